@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random-weight models (a few MB) and engines over them. No network."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, tiny_tokenizer):
+    """One tiny model directory per architecture, vocab padded past the tokenizer (padding never sampled)."""
+    from thinkform.testing.models import make_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    return {arch: make_tiny_model_dir(root / arch, arch, tiny_tokenizer, vocab_size=len(tiny_tokenizer) + 40, seed=i)
+            for i, arch in enumerate(("llama", "qwen2", "qwen3"))}
+
+
+@pytest.fixture(scope="session")
+def engine64(tiny_model_dirs):
+    """float64 engine: greedy equality tests must not flip on near-ties."""
+    from thinkform import Engine
+
+    eng = Engine(model_path=str(tiny_model_dirs["qwen2"]), dtype="float64", max_total_tokens=4096, page_size=4,
+                 chunked_prefill_size=64)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reasoning_engine(tiny_model_dirs):
+    from thinkform import Engine
+
+    eng = Engine(model_path=str(tiny_model_dirs["llama"]), reasoning_parser="deepseek-r1", max_total_tokens=8192)
+    yield eng
+    eng.shutdown()

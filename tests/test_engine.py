@@ -1,0 +1,204 @@
+"""The engine foundation: batching, chunking, sampling params, abort, API shapes."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+PROMPTS = ["Give me the capital of France.", "The answer is", "Hello world! How are you today?",
+           "Okay, so I need to figure out the population of Paris. I recall it is about 2 million."]
+GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+
+
+def _alone(engine, prompt, params=GREEDY):
+    return engine.generate(prompt, params)["output_ids"]
+
+
+def test_single_prompt_returns_dict_with_sglang_fields(engine64):
+    out = engine64.generate("The answer is", {"temperature": 0, "max_new_tokens": 5, "ignore_eos": True})
+    assert isinstance(out, dict)
+    assert set(out) == {"text", "output_ids", "meta_info"}
+    meta = out["meta_info"]
+    assert meta["finish_reason"] == {"type": "length", "matched": None}
+    assert meta["completion_tokens"] == len(out["output_ids"]) == 5
+    assert meta["prompt_tokens"] == len(engine64.tokenizer.encode("The answer is"))
+    assert meta["e2e_latency"] > 0 and "cached_tokens" in meta and "id" in meta
+    assert out["text"] == engine64.tokenizer.decode(out["output_ids"], skip_special_tokens=True)
+
+
+def test_batch_greedy_equals_each_alone(engine64):
+    alone = [_alone(engine64, p) for p in PROMPTS]
+    batch = engine64.generate(PROMPTS, GREEDY)
+    assert isinstance(batch, list) and len(batch) == len(PROMPTS)
+    assert [o["output_ids"] for o in batch] == alone
+
+
+def test_requests_joining_mid_flight_match_alone(engine64):
+    alone = [_alone(engine64, p, {**GREEDY, "max_new_tokens": 20}) for p in PROMPTS]
+    results: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        time.sleep(0.05 * i)
+        results[i] = engine64.generate(PROMPTS[i], {**GREEDY, "max_new_tokens": 20})["output_ids"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(PROMPTS))] == alone
+
+
+def test_chunked_prefill_equals_unchunked(tiny_model_dirs):
+    from thinkform import Engine
+
+    long_prompt = " ".join(PROMPTS * 6)
+    outs = []
+    for chunk in (8, 4096):
+        with Engine(model_path=str(tiny_model_dirs["qwen2"]), dtype="float64", chunked_prefill_size=chunk,
+                    max_total_tokens=4096, disable_radix_cache=True) as eng:
+            outs.append(eng.generate(long_prompt, GREEDY)["output_ids"])
+    assert outs[0] == outs[1]
+
+
+def test_prefix_cache_reports_cached_tokens_and_keeps_output(engine64):
+    prompt = " ".join(PROMPTS * 3)
+    first = engine64.generate(prompt, GREEDY)
+    second = engine64.generate(prompt, GREEDY)
+    assert second["output_ids"] == first["output_ids"]
+    assert second["meta_info"]["cached_tokens"] > 0
+
+
+def test_stop_string_trimmed(engine64):
+    free = engine64.generate("The answer is", {**GREEDY, "max_new_tokens": 20})
+    text = free["text"]
+    stop = text[3:5]
+    assert stop.strip(), text
+    out = engine64.generate("The answer is", {**GREEDY, "max_new_tokens": 20, "stop": [stop]})
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert out["text"] == text[: text.index(stop)]
+
+
+def test_stop_token_ids(engine64):
+    free = engine64.generate("The answer is", GREEDY)
+    target = free["output_ids"][3]
+    out = engine64.generate("The answer is", {**GREEDY, "stop_token_ids": [target]})
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": target}
+    assert out["output_ids"] == free["output_ids"][: free["output_ids"].index(target) + 1]
+
+
+def test_n_samples_and_seeds_reproducible(engine64):
+    params = {"temperature": 1.0, "max_new_tokens": 10, "n": 3, "seed": 7, "ignore_eos": True}
+    a = engine64.generate("Hello", params)
+    b = engine64.generate("Hello", params)
+    assert isinstance(a, list) and len(a) == 3
+    assert [o["output_ids"] for o in a] == [o["output_ids"] for o in b]
+    assert len({tuple(o["output_ids"]) for o in a}) > 1  # the n samples differ from each other
+
+
+def test_batched_prompts_with_n_grouped_by_prompt(engine64):
+    outs = engine64.generate(["Hello", "The answer is"], {**GREEDY, "n": 2})
+    assert len(outs) == 4
+    assert outs[0]["output_ids"] == outs[1]["output_ids"] == _alone(engine64, "Hello")
+    assert outs[2]["output_ids"] == outs[3]["output_ids"] == _alone(engine64, "The answer is")
+
+
+def test_padded_vocab_never_sampled(engine64):
+    tok_len = len(engine64.tokenizer)
+    bias = {str(tok_len + i): 100.0 for i in range(10)}
+    out = engine64.generate(PROMPTS, {"temperature": 1.0, "max_new_tokens": 16, "logit_bias": bias, "seed": 1})
+    assert all(t < tok_len for o in out for t in o["output_ids"])
+
+
+def test_logit_bias_forces_token(engine64):
+    target = engine64.tokenizer.encode(" Paris")[0]
+    out = engine64.generate("Hello", {**GREEDY, "max_new_tokens": 4, "logit_bias": {str(target): 100.0}})
+    assert out["output_ids"] == [target] * 4
+
+
+def test_penalties_change_greedy_output(engine64):
+    base = engine64.generate(PROMPTS[3], {**GREEDY, "max_new_tokens": 24})["output_ids"]
+    rep = engine64.generate(PROMPTS[3], {**GREEDY, "max_new_tokens": 24, "repetition_penalty": 2.0})["output_ids"]
+    freq = engine64.generate(PROMPTS[3], {**GREEDY, "max_new_tokens": 24, "frequency_penalty": 2.0})["output_ids"]
+    assert rep != base or freq != base
+    assert len(set(freq)) >= len(set(base))
+
+
+def test_logprobs_returned(engine64):
+    out = engine64.generate("Hello", {**GREEDY, "max_new_tokens": 4}, return_logprob=True, top_logprobs_num=3)
+    lps = out["meta_info"]["output_token_logprobs"]
+    tops = out["meta_info"]["output_top_logprobs"]
+    assert [t for _, t, _ in lps] == out["output_ids"]
+    assert all(lp <= 0 for lp, _, _ in lps)
+    assert all(len(top) == 3 and top[0][1] == tid for top, tid in zip(tops, out["output_ids"]))  # greedy = top-1
+
+
+def test_input_ids_instead_of_text(engine64):
+    ids = engine64.tokenizer.encode("The answer is")
+    assert engine64.generate(input_ids=ids, sampling_params=GREEDY)["output_ids"] == _alone(engine64, "The answer is")
+
+
+@pytest.mark.parametrize("params, key", [
+    ({"max_new_token": 3}, "max_new_token"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_k": 0}, "top_k"),
+    ({"n": 0}, "n"),
+    ({"stop": 5}, "stop"),
+    ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"max_new_tokens": "ten"}, "max_new_tokens"),
+])
+def test_bad_params_raise_value_error_naming_key(engine64, params, key):
+    with pytest.raises(ValueError, match=key):
+        engine64.generate("Hello", params)
+
+
+def test_prompt_too_long_is_clear_error(engine64):
+    with pytest.raises(ValueError, match="too long|never fit"):
+        engine64.generate(input_ids=[5] * 5000, sampling_params=GREEDY)
+
+
+def test_abort_frees_cache(engine64):
+    pool = engine64.parts.pool
+    stream = engine64.generate(PROMPTS[0], {**GREEDY, "max_new_tokens": 2000}, stream=True, rid="abort-me")
+    first = next(stream)
+    assert first["meta_info"]["finish_reason"] is None
+    engine64.abort("abort-me")
+    chunks = list(stream)
+    assert chunks[-1]["meta_info"]["finish_reason"]["type"] == "abort"
+    deadline = time.time() + 5
+    while pool.num_used and time.time() < deadline:
+        time.sleep(0.01)
+    assert all(c == 0 for c in pool.refcount)
+
+
+def test_stream_text_is_cumulative(engine64):
+    chunks = list(engine64.generate("Hello", {**GREEDY, "max_new_tokens": 8}, stream=True))
+    texts = [c["text"] for c in chunks]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert texts[-1] == engine64.generate("Hello", {**GREEDY, "max_new_tokens": 8})["text"]
+
+
+def test_async_generate_and_running_loop(engine64):
+    expected = _alone(engine64, "Hello")
+
+    async def main():
+        out = await engine64.async_generate("Hello", GREEDY)
+        gen = await engine64.async_generate("Hello", GREEDY, stream=True)
+        chunks = [c async for c in gen]
+        sync_inside_loop = engine64.generate("Hello", GREEDY)  # as in a Jupyter cell
+        return out, chunks, sync_inside_loop
+
+    out, chunks, inside = asyncio.run(main())
+    assert out["output_ids"] == chunks[-1]["output_ids"] == inside["output_ids"] == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_other_architectures_batch_equals_alone(tiny_model_dirs, arch):
+    from thinkform import Engine
+
+    with Engine(model_path=str(tiny_model_dirs[arch]), dtype="float64", max_total_tokens=2048) as eng:
+        alone = [eng.generate(p, GREEDY)["output_ids"] for p in PROMPTS[:3]]
+        assert [o["output_ids"] for o in eng.generate(PROMPTS[:3], GREEDY)] == alone

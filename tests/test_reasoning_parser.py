@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from thinkform.reasoning import REASONING_PARSERS, StreamingReasoningParser, get_markers, split_reasoning
+
+
+def stream(text: str, family: str, in_reasoning: bool, cuts: list[int]) -> tuple[str, str]:
+    parser = StreamingReasoningParser(get_markers(family), in_reasoning)
+    reasoning, content = [], []
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(text)), len(text)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        r, c = parser.feed(text[lo:hi])
+        reasoning.append(r)
+        content.append(c)
+    r, c = parser.flush()
+    return "".join(reasoning) + r, "".join(content) + c
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+def test_registry_has_sglang_parser_names() -> None:
+    for name in ("deepseek-r1", "deepseek-v3", "qwen3", "qwen3-thinking", "qwq", "glm45", "kimi",
+                 "mistral", "gpt-oss", "minimax", "step3"):
+        assert get_markers(name).name == name
+
+
+def test_unknown_parser_lists_known_names() -> None:
+    with pytest.raises(ValueError, match="deepseek-r1.*qwen3"):
+        get_markers("nope")
+
+
+def test_thinking_switches() -> None:
+    qwen3, v3, r1 = get_markers("qwen3"), get_markers("deepseek-v3"), get_markers("deepseek-r1")
+    assert qwen3.thinking_enabled({}) and not qwen3.thinking_enabled({"enable_thinking": False})
+    assert not qwen3.starts_in_reasoning({})  # the model writes <think> itself
+    assert not v3.thinking_enabled(None) and v3.thinking_enabled({"thinking": True})
+    assert v3.starts_in_reasoning({"thinking": True}) and not v3.starts_in_reasoning({})
+    assert r1.starts_in_reasoning({"enable_thinking": False})  # always thinks
+    assert get_markers("qwen3-thinking").starts_in_reasoning()
+
+
+# --- whole-text split, per family -------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["<think>\nplan\n</think>\n\n{\"a\": 1}", "plan</think>{\"a\": 1}",
+                                  "  <think>plan  </think>  {\"a\": 1}"])
+def test_deepseek_r1_with_or_without_start_marker(text: str) -> None:
+    assert split_reasoning(text, get_markers("deepseek-r1"), in_reasoning=True) == ("plan", '{"a": 1}')
+
+
+def test_qwen3_model_writes_start() -> None:
+    m = get_markers("qwen3")
+    assert split_reasoning("<think>\nhmm\n</think>\n\nHi", m, in_reasoning=False) == ("hmm", "Hi")
+    assert split_reasoning("Hi there", m, in_reasoning=False) == (None, "Hi there")
+    # a marker later in the text is not a reasoning section
+    assert split_reasoning("Hi <think>x</think>", m, in_reasoning=False) == (None, "Hi <think>x</think>")
+
+
+def test_truncated_reasoning_is_all_reasoning() -> None:
+    m = get_markers("qwen3-thinking")
+    assert split_reasoning("still thinking ", m, in_reasoning=True) == ("still thinking ", "")
+    assert split_reasoning("<think>still", get_markers("qwen3"), in_reasoning=False) == ("still", "")
+
+
+def test_empty_reasoning_section() -> None:
+    assert split_reasoning("</think>\n\n42", get_markers("qwq"), in_reasoning=True) == ("", "42")
+
+
+@pytest.mark.parametrize("family,start,end", [("kimi", "◁think▷", "◁/think▷"), ("mistral", "[THINK]", "[/THINK]"),
+                                              ("glm45", "<think>", "</think>"), ("minimax", "<think>", "</think>"),
+                                              ("step3", "<think>", "</think>"),
+                                              ("deepseek-v3", "<think>", "</think>")])
+def test_other_families(family: str, start: str, end: str) -> None:
+    m = get_markers(family)
+    assert split_reasoning(f"{start}why{end}answer", m, in_reasoning=False) == ("why", "answer")
+    assert split_reasoning(f"why{end} answer", m, in_reasoning=True) == ("why", "answer")
+
+
+def test_gpt_oss_harmony() -> None:
+    m = get_markers("gpt-oss")
+    text = ("<|channel|>analysis<|message|>Need capital.<|end|><|start|>assistant"
+            "<|channel|>final<|message|>{\"name\": \"Paris\"}")
+    assert split_reasoning(text, m, in_reasoning=True) == ("Need capital.", '{"name": "Paris"}')
+    two = ("<|channel|>analysis<|message|>one<|end|><|start|>assistant<|channel|>analysis<|message|> two"
+           "<|end|><|start|>assistant<|channel|>final<|message|>ok")
+    assert split_reasoning(two, m, in_reasoning=True) == ("one two", "ok")
+    assert split_reasoning("<|channel|>analysis<|message|>cut off", m, True) == ("cut off", "")
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+def test_stream_holds_back_split_end_marker() -> None:
+    parser = StreamingReasoningParser(get_markers("qwen3"), in_reasoning=False)
+    assert parser.feed("<thi") == ("", "")
+    assert parser.feed("nk>abc </th") == ("abc", "")
+    assert parser.feed("ink>\n") == ("", "")
+    assert parser.feed("{}") == ("", "{}")
+    assert parser.flush() == ("", "")
+
+
+def test_stream_releases_false_alarm() -> None:
+    parser = StreamingReasoningParser(get_markers("deepseek-r1"), in_reasoning=True)
+    assert parser.feed("a </t") == ("a", "")
+    assert parser.feed("able") == (" </table", "")
+    assert parser.flush() == ("", "")
+
+
+def test_stream_flush_keeps_partial_marker_as_reasoning() -> None:
+    parser = StreamingReasoningParser(get_markers("deepseek-r1"), in_reasoning=True)
+    assert parser.feed("x</thi") == ("x", "")
+    assert parser.flush() == ("</thi", "")
+
+
+_PIECES = {
+    family: [m.start, m.end, *m.framing, *(m.header or ()), m.start[:3], m.end[:4], m.end[2:], " ", "\n",
+             "a", "b c", "{\"k\": 1}", "final", "<", "|"]
+    for family, m in REASONING_PARSERS.items()
+}
+
+
+@st.composite
+def _case(draw: st.DrawFn) -> tuple[str, str, bool, list[int]]:
+    family = draw(st.sampled_from(sorted(REASONING_PARSERS)))
+    text = "".join(draw(st.lists(st.sampled_from(_PIECES[family]), max_size=12)))
+    cuts = draw(st.lists(st.integers(0, max(len(text), 1)), max_size=12))
+    return family, text, draw(st.booleans()), cuts
+
+
+@settings(max_examples=400, deadline=None)
+@given(_case())
+def test_stream_equals_whole_split(case: tuple[str, str, bool, list[int]]) -> None:
+    family, text, in_reasoning, cuts = case
+    reasoning, content = split_reasoning(text, get_markers(family), in_reasoning)
+    assert stream(text, family, in_reasoning, cuts) == (reasoning or "", content)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_case())
+def test_stream_char_by_char(case: tuple[str, str, bool, list[int]]) -> None:
+    family, text, in_reasoning, _ = case
+    reasoning, content = split_reasoning(text, get_markers(family), in_reasoning)
+    assert stream(text, family, in_reasoning, list(range(len(text)))) == (reasoning or "", content)

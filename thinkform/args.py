@@ -1,0 +1,72 @@
+"""One dataclass of engine/server arguments and its argparse; nothing else parses flags."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EngineArgs:
+    model_path: str | None = field(default=None, metadata={"help": "HF directory or .gguf file; default: the embedded SmolLM2-135M-Instruct"})
+    tokenizer_path: str | None = field(default=None, metadata={"help": "tokenizer directory (default: the model's)"})
+    served_model_name: str | None = field(default=None, metadata={"help": "model name reported by /v1/models (default: the model path)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=30000, metadata={"help": "port to bind"})
+    reasoning_parser: str | None = field(default=None, metadata={"help": "reasoning family: deepseek-r1, qwen3, qwen3-thinking, qwq, deepseek-v3, glm45, kimi, mistral, gpt-oss, minimax, step3"})
+    grammar_backend: str = field(default="xgrammar", metadata={"help": "xgrammar | llguidance | outlines | none"})
+    tool_call_parser: str | None = field(default=None, metadata={"help": "qwen25 | hermes | llama3 | deepseekv3 | mistral | pythonic"})
+    max_reasoning_tokens: int | None = field(default=None, metadata={"help": "default thinking budget per request (tokens); the end marker is forced when reached"})
+    api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on every route but /health"})
+    log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
+    context_length: int | None = field(default=None, metadata={"help": "max prompt + output tokens (default: the model's)"})
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | float16 | bfloat16 | float64"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    max_running_requests: int = field(default=64, metadata={"help": "max requests decoded together"})
+    max_total_tokens: int | None = field(default=None, metadata={"help": "KV cache capacity in tokens (default: from memory)"})
+    mem_fraction_static: float = field(default=0.85, metadata={"help": "GPU: fraction of memory for weights + KV cache"})
+    page_size: int = field(default=16, metadata={"help": "tokens per KV cache page"})
+    chunked_prefill_size: int = field(default=512, metadata={"help": "max prompt tokens prefilled in one step"})
+    chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template file or string (default: the model's)"})
+    max_queued_requests: int = field(default=1024, metadata={"help": "pending requests before the server answers 503"})
+    max_n: int = field(default=16, metadata={"help": "largest n (parallel samples) per request"})
+    answer_reserve_tokens: int | None = field(default=None, metadata={"help": "tokens kept for the answer (default min(128, max_new_tokens/4))"})
+    json_any_whitespace: bool = field(default=False, metadata={"help": "allow flexible (bounded) whitespace in JSON answers"})
+    max_number_digits: int = field(default=17, metadata={"help": "max significant digits of a JSON number in constrained answers"})
+    grammar_compile_timeout: float = field(default=30.0, metadata={"help": "seconds before a grammar compile fails its request"})
+    disable_jump_forward: bool = field(default=False, metadata={"help": "turn off jump-forward decoding of grammar-forced text"})
+    disable_radix_cache: bool = field(default=False, metadata={"help": "turn off prefix caching"})
+    random_seed: int = field(default=0, metadata={"help": "seed for requests without one"})
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(EngineArgs):
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            if f.type in ("bool",) or isinstance(f.default, bool):
+                parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+                continue
+            kind = _arg_type(f)
+            parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "EngineArgs":
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown engine argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+
+def _arg_type(f: dataclasses.Field) -> type:
+    text = str(f.type)
+    if "int" in text:
+        return int
+    if "float" in text:
+        return float
+    return str

@@ -1,0 +1,190 @@
+"""Engine: owns the model, tokenizer, scheduler loop (a thread) and the sync, async and streaming APIs."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import torch
+
+from thinkform.args import EngineArgs
+from thinkform.engine.errors import EngineDead, EngineOverloaded
+from thinkform.engine.loop import EngineLoop
+from thinkform.engine.requests import PreparedRequest, RequestBuilder
+from thinkform.engine.sequence import Sequence
+from thinkform.engine.setup import EngineParts, build_engine_parts
+
+logger = logging.getLogger("thinkform")
+
+
+@dataclass
+class _Delivery:
+    seq: Sequence
+    output: dict[str, Any]
+    finished: bool
+
+
+class Engine:
+    """SGLang-shaped offline engine: `Engine(model_path=None, reasoning_parser=None, grammar_backend=...)`."""
+
+    def __init__(self, model_path: str | None = None, reasoning_parser: str | None = None,
+                 grammar_backend: str = "xgrammar", **kwargs: Any) -> None:
+        args = kwargs.pop("args", None) or EngineArgs.from_kwargs(
+            model_path=model_path, reasoning_parser=reasoning_parser, grammar_backend=grammar_backend, **kwargs)
+        self.args = args
+        self.parts: EngineParts = build_engine_parts(args)
+        self.tokenizer = self.parts.tokenizer
+        self.markers = self.parts.markers
+        self.chat_template = self.parts.chat_template
+        self.served_model_name = args.served_model_name or self.parts.model_name
+        self.context_length = self.parts.context_length
+        self.builder = RequestBuilder(self.parts, args)
+        self.loop = EngineLoop(self.parts, args)
+        self.loop.start()
+
+    @classmethod
+    def from_args(cls, args: EngineArgs) -> "Engine":
+        return cls(args=args)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        self.loop.stop()
+        self.parts.grammar_cache.shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def is_healthy(self) -> bool:
+        return self.loop.alive
+
+    def abort(self, rid: str) -> None:
+        self.loop.abort(rid)
+
+    def server_info(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **self.loop.stats(),
+                "model_name": self.served_model_name, "context_length": self.context_length}
+
+    # -- offline API ----------------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
+                 input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
+                 stream: bool = False, rid: str | list[str] | None = None, return_logprob: bool = False,
+                 top_logprobs_num: int = 0, reasoning_start: str | None = None) -> Any:
+        """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator."""
+        req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
+                                 rid, return_logprob, top_logprobs_num, stream)
+        self._compile_sync(req)
+        inbox: queue.Queue[_Delivery] = queue.Queue()
+        self._submit(req, lambda d: inbox.put(d))
+        if stream:
+            return self._stream_sync(req, inbox)
+        return self._collect(req, (inbox.get() for _ in iter(int, 1)))
+
+    async def async_generate(self, prompt: str | list[str] | None = None,
+                             sampling_params: dict | list[dict] | None = None,
+                             input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
+                             stream: bool = False, rid: str | list[str] | None = None,
+                             return_logprob: bool = False, top_logprobs_num: int = 0,
+                             reasoning_start: str | None = None) -> Any:
+        """As generate; with stream=True returns an async iterator of cumulative chunks."""
+        req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
+                                 rid, return_logprob, top_logprobs_num, stream)
+        await self._compile_async(req)
+        aloop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._submit(req, lambda d: aloop.call_soon_threadsafe(inbox.put_nowait, d))
+        if stream:
+            return self._stream_async(req, inbox)
+        try:
+            finals = []
+            while len(finals) < req.num_seqs:
+                d = await inbox.get()
+                if d.finished:
+                    finals.append(d)
+        except BaseException:
+            self._abort_request(req)
+            raise
+        return self._shape(req, finals)
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _compile_sync(self, req: PreparedRequest) -> None:
+        for c in req.constraints():
+            req.compiled[c.key] = self.parts.grammar_cache.get(c)
+
+    async def _compile_async(self, req: PreparedRequest) -> None:
+        for c in req.constraints():
+            req.compiled[c.key] = await asyncio.wrap_future(self.parts.grammar_cache.submit(c))
+
+    def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None]) -> None:
+        if not self.loop.alive:
+            raise EngineDead(f"the engine is not running: {self.loop.error or 'shut down'}")
+        if self.loop.num_pending + req.num_seqs > self.args.max_queued_requests:
+            raise EngineOverloaded(f"too many pending requests (max_queued_requests={self.args.max_queued_requests})")
+
+        def sink(seq: Sequence, output: dict[str, Any], finished: bool) -> None:
+            deliver(_Delivery(seq, output, finished))
+
+        seqs = self.builder.sequences(req, sink)
+        req.seqs = seqs
+        self.loop.submit(seqs)
+
+    def _abort_request(self, req: PreparedRequest) -> None:
+        for seq in req.seqs:
+            if not seq.finished:
+                self.loop.abort_seq(seq)
+
+    def _collect(self, req: PreparedRequest, deliveries: Iterator[_Delivery]) -> Any:
+        finals = []
+        for d in deliveries:
+            if d.finished:
+                finals.append(d)
+                if len(finals) == req.num_seqs:
+                    break
+        return self._shape(req, finals)
+
+    def _shape(self, req: PreparedRequest, finals: list[_Delivery]) -> Any:
+        outputs = [d.output for d in sorted(finals, key=lambda d: d.seq.index)]
+        for out in outputs:
+            out.pop("index", None)
+        return outputs[0] if req.single else outputs
+
+    def _stream_sync(self, req: PreparedRequest, inbox: "queue.Queue[_Delivery]") -> Iterator[dict[str, Any]]:
+        done = 0
+        try:
+            while done < req.num_seqs:
+                d = inbox.get()
+                done += d.finished
+                yield _chunk(req, d)
+        finally:
+            if done < req.num_seqs:
+                self._abort_request(req)
+
+    async def _stream_async(self, req: PreparedRequest, inbox: "asyncio.Queue[_Delivery]") -> AsyncIterator[dict]:
+        done = 0
+        try:
+            while done < req.num_seqs:
+                d = await inbox.get()
+                done += d.finished
+                yield _chunk(req, d)
+        finally:
+            if done < req.num_seqs:
+                self._abort_request(req)
+
+
+def _chunk(req: PreparedRequest, d: _Delivery) -> dict[str, Any]:
+    out = dict(d.output)
+    if req.single:
+        out.pop("index", None)
+    return out
+
+
+def new_rid() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,14 @@
+"""Errors the engine raises to its callers."""
+from __future__ import annotations
+
+
+class EngineOverloaded(RuntimeError):
+    """The waiting queue is full; retry later (the servers answer 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineDead(RuntimeError):
+    """The engine loop crashed or was shut down; no request can be served."""

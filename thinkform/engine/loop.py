@@ -1,0 +1,217 @@
+"""EngineLoop: the scheduler thread. Each step: schedule → forward (masks filled meanwhile) → sample → advance."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from thinkform.args import EngineArgs
+from thinkform.engine.detokenizer import find_stop
+from thinkform.engine.runner import ModelRunner
+from thinkform.engine.sampler import Sampler
+from thinkform.engine.scheduler import ScheduledBatch, Scheduler
+from thinkform.engine.sequence import FinishReason, Sequence, Status
+
+logger = logging.getLogger("thinkform")
+
+
+class EngineLoop:
+    def __init__(self, parts: Any, args: EngineArgs) -> None:
+        self.parts = parts
+        self.args = args
+        self.scheduler = Scheduler(parts.pool, args.max_running_requests, args.chunked_prefill_size)
+        self.runner = ModelRunner(parts.model, parts.kv, parts.device)
+        self.sampler = Sampler(len(parts.tokenizer), parts.vocab_size, parts.eos_token_ids)
+        self.eos = frozenset(parts.eos_token_ids)
+        self._lock = threading.Lock()
+        self._inbox: list[Sequence] = []
+        self._aborts: list[tuple[str | None, Sequence | None]] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="thinkform-engine", daemon=True)
+        self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix="thinkform-mask")
+        self.error: str | None = None
+        self.counters = {"steps": 0, "forward_tokens": 0, "finished": 0, "aborted": 0, "generated_tokens": 0,
+                         "forced_tokens": 0}
+
+    # -- control (any thread) -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        self._mask_pool.shutdown(wait=False)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping and self.error is None
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._inbox) + len(self.scheduler.waiting) + len(self.scheduler.running)
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        with self._lock:
+            self._inbox.extend(seqs)
+        self._wake.set()
+
+    def abort(self, rid: str) -> None:
+        with self._lock:
+            self._aborts.append((rid, None))
+        self._wake.set()
+
+    def abort_seq(self, seq: Sequence) -> None:
+        with self._lock:
+            self._aborts.append((None, seq))
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        pool = self.parts.pool
+        return {**self.counters, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
+                "kv_pages_total": pool.num_pages, "kv_pages_used": pool.num_used, "page_size": pool.page_size}
+
+    # -- the thread -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        try:
+            while not self._stopping:
+                self._drain()
+                batch = self.scheduler.schedule() if self.scheduler.has_work else None
+                if batch is None:
+                    self._wake.wait(0.05 if self.scheduler.has_work else 1.0)
+                    self._wake.clear()
+                    continue
+                self._step(batch)
+        except Exception as e:  # noqa: BLE001 - a crashed loop must fail every request, not hang them
+            logger.exception("engine loop crashed")
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            self._fail_all(self.error or "the engine shut down")
+
+    def _drain(self) -> None:
+        with self._lock:
+            new, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        for seq in new:
+            self.scheduler.add(seq)
+        for rid, seq in aborts:
+            targets = [seq] if seq is not None else [
+                s for s in list(self.scheduler.running) + list(self.scheduler.waiting) if s.rid == rid]
+            for s in targets:
+                if not s.finished:
+                    self._finish(s, FinishReason("abort", message="aborted by request"))
+
+    def _step(self, batch: ScheduledBatch) -> None:
+        sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
+        masks = self._mask_pool.submit(self._fill_masks, sampling) if any(
+            s.gate is not None and s.gate.constrained for s in sampling) else None
+        logits, rows = self.runner.forward(batch)
+        self.scheduler.commit(batch)
+        self.counters["steps"] += 1
+        self.counters["forward_tokens"] += batch.total_tokens
+        bitmask, masked_rows = masks.result() if masks is not None else (None, [])
+        if logits is None:
+            return
+        out = self.sampler.sample(logits, sampling, bitmask, masked_rows)
+        for j, seq in enumerate(sampling):
+            lp = (out.logprobs[j], out.top_logprobs[j]) if seq.return_logprob else None
+            try:
+                self._advance(seq, out.tokens[j], lp)
+            except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
+                logger.exception("request %s failed", seq.rid)
+                self._finish(seq, FinishReason("abort", message=f"internal error: {type(e).__name__}: {e}"))
+
+    def _fill_masks(self, seqs: list[Sequence]) -> tuple[torch.Tensor | None, list[int]]:
+        """Runs on the mask thread while the forward pass runs (torch releases the GIL)."""
+        import xgrammar
+
+        bitmask = xgrammar.allocate_token_bitmask(len(seqs), self.parts.vocab_size)
+        rows = [i for i, s in enumerate(seqs) if s.gate is not None and s.gate.fill_bitmask(bitmask, i)]
+        return (bitmask, rows) if rows else (None, [])
+
+    # -- one sampled token ----------------------------------------------------------------------------------
+    def _advance(self, seq: Sequence, token: int, logprob: tuple | None) -> None:
+        if seq.finished:
+            return
+        if seq.first_token_time is None:
+            seq.first_token_time = time.perf_counter()
+        seq.num_sampled += 1
+        ids = seq.gate.accept(token) if seq.gate is not None else [token]
+        if logprob is not None:
+            self._record_logprob(seq, token, ids, logprob)
+        finish = self._append(seq, ids)
+        if finish is None and seq.gate is not None:
+            forced = seq.gate.forced_tokens(len(seq.output_ids))
+            if forced:
+                seq.gate.accept_forced(forced)
+                self.counters["forced_tokens"] += len(forced)
+                finish = self._append(seq, forced)
+        if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:
+            finish = FinishReason("length", None)
+        if finish is not None:
+            self._finish(seq, finish)
+        elif seq.stream:
+            seq.sink(seq, False)
+
+    def _append(self, seq: Sequence, ids: list[int]) -> FinishReason | None:
+        """Append ids one by one, checking every stop rule; returns the finish reason, if any."""
+        p = seq.params
+        gate = seq.gate
+        for tid in ids:
+            if len(seq.output_ids) >= p.max_new_tokens:
+                return FinishReason("length", None)
+            seq.output_ids.append(tid)
+            self.counters["generated_tokens"] += 1
+            may_stop = gate is None or gate.may_stop()
+            if gate is not None and gate.finished:
+                matched = tid if tid in self.eos else None
+                if matched is None:
+                    seq.detok.push([tid])
+                return FinishReason("stop", matched)
+            if tid in self.eos and not p.ignore_eos and may_stop:
+                return FinishReason("stop", tid)
+            if tid in p.stop_token_ids and may_stop:
+                return FinishReason("stop", tid)
+            new = seq.detok.push([tid])
+            if new and p.stop and may_stop:
+                hit = find_stop(seq.detok.text, len(new), p.stop)
+                if hit is not None:
+                    pos, stop = hit
+                    seq.detok.text = seq.detok.text[: pos if not p.no_stop_trim else pos + len(stop)]
+                    return FinishReason("stop", stop)
+        return None
+
+    def _record_logprob(self, seq: Sequence, token: int, ids: list[int], logprob: tuple) -> None:
+        value, top = logprob
+        for tid in ids:  # forced replacements get no model logprob
+            seq.token_logprobs.append((value if tid == token else 0.0, tid, None))
+            if seq.top_logprobs_num:
+                seq.top_logprobs.append([(v, t, None) for v, t in (top or [])] if tid == token else [])
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        if seq.finished:
+            return
+        seq.finish = reason
+        if reason.type != "stop" or not isinstance(reason.matched, str):
+            seq.detok.flush()
+        self.scheduler.finish(seq)
+        self.counters["finished"] += 1
+        if reason.type == "abort":
+            self.counters["aborted"] += 1
+        logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
+                    reason.type, len(seq.prompt_ids), len(seq.output_ids))
+        seq.sink(seq, True)
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            pending = self._inbox
+            self._inbox = []
+        for seq in pending + list(self.scheduler.running) + list(self.scheduler.waiting):
+            if not seq.finished:
+                self._finish(seq, FinishReason("abort", message=message))

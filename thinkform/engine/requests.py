@@ -1,0 +1,181 @@
+"""Turns API arguments into validated, tokenized requests and their sequences (one per sample)."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from thinkform.args import EngineArgs
+from thinkform.engine.detokenizer import IncrementalDetokenizer
+from thinkform.engine.output import sequence_output
+from thinkform.engine.sampling_params import SamplingParams
+from thinkform.engine.sequence import Sequence
+from thinkform.structured.gate import Phase, ReasoningGate
+from thinkform.structured.runaway import NumberGuard
+from thinkform.structured.spec import Constraint, constraint_from_fields
+
+REASONING_STARTS = ("reasoning", "open", "answer")
+
+
+@dataclass
+class PreparedRequest:
+    rid: str
+    prompt_ids: list[list[int]]
+    params: list[SamplingParams]
+    constraint: list[Constraint | None]
+    reasoning_start: str
+    single: bool
+    stream: bool
+    return_logprob: bool
+    top_logprobs_num: int
+    compiled: dict[tuple[str, str], Any] = field(default_factory=dict)
+    seqs: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_seqs(self) -> int:
+        return sum(p.n for p in self.params)
+
+    def constraints(self) -> list[Constraint]:
+        seen: dict[tuple[str, str], Constraint] = {}
+        for c in self.constraint:
+            if c is not None:
+                seen.setdefault(c.key, c)
+        return list(seen.values())
+
+
+class RequestBuilder:
+    def __init__(self, parts: Any, args: EngineArgs) -> None:
+        self.parts = parts
+        self.args = args
+
+    def build(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
+              reasoning_start: str | None, rid: Any, return_logprob: bool, top_logprobs_num: int,
+              stream: bool) -> PreparedRequest:
+        prompts, batched = self._token_lists(prompt, input_ids)
+        params = self._params(sampling_params, len(prompts))
+        start = self._reasoning_start(require_reasoning, reasoning_start)
+        if isinstance(rid, list):
+            rid = rid[0] if rid else None
+        if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or not 0 <= top_logprobs_num <= 20:
+            raise ValueError("top_logprobs_num: must be an integer in [0, 20]")
+        for ids, p in zip(prompts, params):
+            self._check_lengths(ids, p)
+        constraints = [constraint_from_fields(p.json_schema, p.regex, p.ebnf, p.structural_tag) for p in params]
+        single = not batched and params[0].n == 1
+        return PreparedRequest(rid=str(rid) if rid else uuid.uuid4().hex, prompt_ids=prompts, params=params,
+                               constraint=constraints, reasoning_start=start, single=single, stream=stream,
+                               return_logprob=bool(return_logprob), top_logprobs_num=top_logprobs_num)
+
+    def _token_lists(self, prompt: Any, input_ids: Any) -> tuple[list[list[int]], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("text/prompt and input_ids: give exactly one of them")
+        if input_ids is not None:
+            if input_ids and all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
+                lists, batched = [list(input_ids)], False
+            elif input_ids and all(isinstance(x, list) for x in input_ids):
+                lists, batched = [list(x) for x in input_ids], True
+            else:
+                raise ValueError("input_ids: must be a non-empty list of token ids or a list of such lists")
+            for ids in lists:
+                if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.parts.vocab_size
+                                  for t in ids):
+                    raise ValueError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size})")
+            return lists, batched
+        if isinstance(prompt, str):
+            return [self._encode(prompt)], False
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return [self._encode(p) for p in prompt], True
+        raise ValueError("text/prompt: must be a string or a non-empty list of strings")
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.parts.tokenizer.encode(text)
+        if not ids:
+            raise ValueError("text/prompt: the prompt is empty (no tokens)")
+        return ids
+
+    def _params(self, sampling_params: Any, count: int) -> list[SamplingParams]:
+        if isinstance(sampling_params, list):
+            if len(sampling_params) != count:
+                raise ValueError(f"sampling_params: got {len(sampling_params)} for {count} prompts")
+            return [self._one_params(p) for p in sampling_params]
+        if sampling_params is not None and not isinstance(sampling_params, dict):
+            raise ValueError("sampling_params: must be a mapping (or a list of them, one per prompt)")
+        one = self._one_params(sampling_params)
+        return [one] + [SamplingParams.from_dict(sampling_params) for _ in range(count - 1)]
+
+    def _one_params(self, p: Any) -> SamplingParams:
+        sp = SamplingParams.from_dict(p)
+        if sp.n > self.args.max_n:
+            raise ValueError(f"sampling_params.n: {sp.n} is more than the server's max_n ({self.args.max_n})")
+        return sp
+
+    def _reasoning_start(self, require_reasoning: bool, start: str | None) -> str:
+        if start is not None and start not in REASONING_STARTS:
+            raise ValueError(f"reasoning_start: must be one of {REASONING_STARTS}")
+        if self.parts.markers is None:
+            return "answer"
+        if start is not None:
+            return start
+        return "reasoning" if require_reasoning else "answer"
+
+    def _check_lengths(self, ids: list[int], p: SamplingParams) -> None:
+        ctx = self.parts.context_length
+        if len(ids) >= ctx:
+            raise ValueError(f"prompt: {len(ids)} tokens is too long for the context length {ctx}")
+        p.max_new_tokens = min(p.max_new_tokens, ctx - len(ids))
+        capacity = self.parts.pool.num_pages * self.parts.pool.page_size
+        if len(ids) + p.max_new_tokens > capacity:
+            raise ValueError(f"prompt + max_new_tokens ({len(ids)} + {p.max_new_tokens}) can never fit in the KV "
+                             f"cache ({capacity} tokens; raise --max-total-tokens)")
+
+    # -- sequences -------------------------------------------------------------------------------------------
+    def sequences(self, req: PreparedRequest, sink: Callable[[Sequence, dict, bool], None]) -> list[Sequence]:
+        seqs: list[Sequence] = []
+        markers = self.parts.markers
+        for ids, p, c in zip(req.prompt_ids, req.params, req.constraint):
+            for k in range(p.n):
+                index = len(seqs)
+                gate = self._gate(req, p, c)
+                seq = Sequence(
+                    rid=req.rid, index=index, prompt_ids=ids, params=p,
+                    detok=IncrementalDetokenizer(self.parts.tokenizer, ids,
+                                                 self.parts.hidden_ids if p.skip_special_tokens else frozenset()),
+                    generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
+                    reasoning=markers is not None and req.reasoning_start != "answer",
+                    reasoning_start=req.reasoning_start, return_logprob=req.return_logprob,
+                    top_logprobs_num=req.top_logprobs_num)
+                seq.sink = _bind_sink(sink, markers, req.single)
+                seqs.append(seq)
+        return seqs
+
+    def _gate(self, req: PreparedRequest, p: SamplingParams, c: Constraint | None) -> ReasoningGate | None:
+        markers = self.parts.markers
+        in_reasoning = markers is not None and req.reasoning_start != "answer"
+        if c is None and not in_reasoning:
+            return None
+        matcher = req.compiled[c.key].new_matcher() if c is not None else None
+        guard = NumberGuard(self.parts.vocab.token_bytes, self.parts.grammar_options) \
+            if c is not None and c.kind in ("json_schema", "json_object") else None
+        budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
+        reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \
+            self.args.answer_reserve_tokens if self.args.answer_reserve_tokens is not None else \
+            min(128, p.max_new_tokens // 4)
+        return ReasoningGate(
+            self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
+            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guard=guard)
+
+    def _generator(self, p: SamplingParams, k: int) -> torch.Generator | None:
+        if p.greedy:
+            return None
+        g = torch.Generator()
+        seed = p.seed + k if p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
+        g.manual_seed(seed)
+        return g
+
+
+def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any, single: bool) -> Callable:
+    def deliver(seq: Sequence, finished: bool) -> None:
+        sink(seq, sequence_output(seq, finished, markers, single), finished)
+    return deliver

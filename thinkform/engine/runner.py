@@ -1,0 +1,35 @@
+"""ModelRunner: a scheduled batch → logits of the sequences that sample next, on the device."""
+from __future__ import annotations
+
+import torch
+
+from thinkform.engine.attention import PagedAttention, StepLayout
+from thinkform.engine.kv_cache import KVCache
+from thinkform.engine.scheduler import ScheduledBatch
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, kv: KVCache, device: torch.device) -> None:
+        self.model = model
+        self.kv = kv
+        self.device = device
+
+    @torch.inference_mode()
+    def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[int]]:
+        """Returns (logits [M, V], rows): logits for the M sequences whose step reached their last token."""
+        ids, positions = [], []
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            start = seq.num_computed
+            ids.extend(seq.tokens[start:start + n])
+            positions.extend(range(start, start + n))
+        layout = StepLayout.build([s.num_computed for s in batch.seqs], batch.num_tokens,
+                                  [s.block_table for s in batch.seqs], self.kv.page_size, self.device)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, pos, PagedAttention(self.kv, layout))
+        rows = [i for i, need in enumerate(batch.needs_logits()) if need]
+        if not rows:
+            return None, rows
+        ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0) - 1
+        last = hidden[ends[torch.tensor(rows, device=self.device)]]
+        return self.model.compute_logits(last), rows

@@ -1,0 +1,131 @@
+"""penalties → bias → grammar bitmask → temperature / top-k / top-p / min-p → token (+ logprobs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from thinkform.engine.sequence import Sequence
+
+
+@dataclass
+class SampleOutput:
+    tokens: list[int]
+    logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
+
+
+class Sampler:
+    def __init__(self, tokenizer_size: int, vocab_size: int, eos_token_ids: tuple[int, ...]) -> None:
+        self.tokenizer_size = tokenizer_size  # ids at or past this are embedding padding: never sampled
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None = None,
+               masked_rows: list[int] | None = None) -> SampleOutput:
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        raw = logits
+        logits = logits.clone()
+        self._penalize(logits, seqs)
+        if self.tokenizer_size < logits.shape[1]:
+            logits[:, self.tokenizer_size:] = float("-inf")
+        if bitmask is not None and masked_rows:
+            apply_bitmask(logits, bitmask, masked_rows)
+        tokens = self._choose(logits, seqs)
+        out = SampleOutput(tokens)
+        if any(s.return_logprob for s in seqs):
+            self._logprobs(raw, seqs, tokens, out)
+        return out
+
+    def _penalize(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        for i, seq in enumerate(seqs):
+            p = seq.params
+            if p.ignore_eos and self.eos_token_ids and not _grammar_active(seq):
+                logits[i, self.eos_token_ids] = float("-inf")
+            if p.logit_bias:
+                ids = torch.tensor([t for t in p.logit_bias if t < logits.shape[1]], dtype=torch.long)
+                if len(ids):
+                    bias = torch.tensor([p.logit_bias[int(t)] for t in ids], dtype=logits.dtype)
+                    logits[i].index_add_(0, ids, bias)
+            if p.min_new_tokens and len(seq.output_ids) < p.min_new_tokens and self.eos_token_ids \
+                    and not _grammar_active(seq):
+                logits[i, self.eos_token_ids] = float("-inf")
+            if not (p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0):
+                continue
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(seq.tokens)), dtype=torch.long)
+                row = logits[i, seen]
+                logits[i, seen] = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+            if seq.output_ids and (p.frequency_penalty or p.presence_penalty):
+                counts = torch.bincount(torch.tensor(seq.output_ids), minlength=logits.shape[1])[: logits.shape[1]]
+                counts = counts.to(logits.dtype)
+                logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+    def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        tokens = logits.argmax(dim=-1).tolist()
+        rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        if not rows:
+            return tokens
+        idx = torch.tensor(rows)
+        sub = logits[idx]
+        temps = torch.tensor([seqs[i].params.temperature for i in rows], dtype=sub.dtype)
+        sub = sub / temps[:, None]
+        sub = _top_k(sub, [seqs[i].params.top_k for i in rows])
+        probs = torch.softmax(sub, dim=-1)
+        probs = _top_p(probs, [seqs[i].params.top_p for i in rows])
+        probs = _min_p(probs, [seqs[i].params.min_p for i in rows])
+        for j, i in enumerate(rows):
+            noise = torch.empty_like(probs[j]).exponential_(generator=seqs[i].generator)
+            tokens[i] = int((probs[j] / noise).argmax())
+        return tokens
+
+    def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:
+        logp = torch.log_softmax(raw.float(), dim=-1)
+        for i, seq in enumerate(seqs):
+            if not seq.return_logprob:
+                out.logprobs.append(None), out.top_logprobs.append(None)
+                continue
+            out.logprobs.append(float(logp[i, tokens[i]]))
+            k = seq.top_logprobs_num
+            if k:
+                vals, ids = logp[i].topk(k)
+                out.top_logprobs.append(list(zip(vals.tolist(), ids.tolist())))
+            else:
+                out.top_logprobs.append(None)
+
+
+def _grammar_active(seq: Sequence) -> bool:
+    return seq.gate is not None and seq.gate.constrained
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """Grammar mask on the constrained rows only (xgrammar's kernel: CPU here, Triton on CUDA)."""
+    import xgrammar
+
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)
+
+
+def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    if all(k <= 0 or k >= logits.shape[1] for k in ks):
+        return logits
+    k_t = torch.tensor([k if 0 < k < logits.shape[1] else logits.shape[1] for k in ks])
+    sorted_vals = logits.sort(dim=-1, descending=True).values
+    kth = sorted_vals.gather(1, (k_t - 1)[:, None])
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
+    if all(p >= 1.0 for p in ps):
+        return probs
+    p_t = torch.tensor(ps, dtype=probs.dtype)[:, None]
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs > p_t  # keep the token that crosses p
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+
+
+def _min_p(probs: torch.Tensor, ms: list[float]) -> torch.Tensor:
+    if all(m <= 0.0 for m in ms):
+        return probs
+    m_t = torch.tensor(ms, dtype=probs.dtype)[:, None]
+    return probs.masked_fill(probs < m_t * probs.max(dim=-1, keepdim=True).values, 0.0)

@@ -1,0 +1,135 @@
+"""SamplingParams: SGLang's sampling-param names, validated up front (ValueError names the key)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+_CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    n: int = 1
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    json_schema: Any = None
+    regex: str | None = None
+    ebnf: str | None = None
+    structural_tag: Any = None
+    max_reasoning_tokens: int | None = None
+    answer_reserve_tokens: int | None = None
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any] | None) -> "SamplingParams":
+        params = dict(params or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in params:
+            if key not in names:
+                raise ValueError(f"sampling_params.{key}: unknown sampling parameter")
+        clean = {k: v for k, v in params.items() if v is not None or k in _CONSTRAINT_KEYS}
+        sp = cls(**clean)
+        sp.normalize()
+        return sp
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5 or self.top_k == 1
+
+    def normalize(self) -> None:
+        _check_int(self, "max_new_tokens", 0)
+        _check_int(self, "min_new_tokens", 0)
+        _check_int(self, "n", 1)
+        _check_int(self, "top_k", -1)
+        if self.top_k == 0:
+            raise ValueError("sampling_params.top_k: must be -1 (off) or >= 1, got 0")
+        _check_num(self, "temperature", 0.0, None)
+        _check_num(self, "top_p", 0.0, 1.0, low_open=True)
+        _check_num(self, "min_p", 0.0, 1.0)
+        _check_num(self, "frequency_penalty", -2.0, 2.0)
+        _check_num(self, "presence_penalty", -2.0, 2.0)
+        _check_num(self, "repetition_penalty", 0.0, None, low_open=True)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"sampling_params.seed: must be an integer, got {self.seed!r}")
+        self.stop = _str_list(self.stop, "stop")
+        self.stop_token_ids = _int_list(self.stop_token_ids, "stop_token_ids")
+        self.logit_bias = _logit_bias(self.logit_bias)
+        for name in ("max_reasoning_tokens", "answer_reserve_tokens"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, 0)
+        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
+
+
+def _check_int(sp: SamplingParams, name: str, low: int) -> None:
+    value = getattr(sp, name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+        setattr(sp, name, value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"sampling_params.{name}: must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"sampling_params.{name}: must be >= {low}, got {value}")
+
+
+def _check_num(sp: SamplingParams, name: str, low: float, high: float | None, low_open: bool = False) -> None:
+    value = getattr(sp, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"sampling_params.{name}: must be a number, got {value!r}")
+    if value < low or (low_open and value == low) or (high is not None and value > high):
+        bound = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
+        raise ValueError(f"sampling_params.{name}: must be in {bound}, got {value}")
+    setattr(sp, name, float(value))
+
+
+def _str_list(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+        raise ValueError(f"sampling_params.{name}: must be a non-empty string or a list of them")
+    return list(value)
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        raise ValueError(f"sampling_params.{name}: must be a list of token ids")
+    return list(value)
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("sampling_params.logit_bias: must be a mapping of token id to bias")
+    out: dict[int, float] = {}
+    for k, v in value.items():
+        try:
+            tid = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"sampling_params.logit_bias: key {k!r} is not a token id") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"sampling_params.logit_bias[{k}]: bias must be a number")
+        out[tid] = float(max(-100.0, min(100.0, v)))
+    return out

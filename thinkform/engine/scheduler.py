@@ -1,0 +1,152 @@
+"""Continuous batching: waiting → running → finished; chunked prefill; preemption by recompute; abort."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from thinkform.engine.kv_cache import PagePool, page_hash
+from thinkform.engine.sequence import Sequence, Status
+
+SMALL_EXTEND = 16  # extends up to this many tokens (forced markers, jump-forward) ride along with decodes
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence]
+    num_tokens: list[int]  # tokens each sequence computes in this step
+
+    def needs_logits(self) -> list[bool]:
+        """A sequence samples after this step when the step reaches the end of its tokens."""
+        return [s.num_computed + n == s.num_tokens for s, n in zip(self.seqs, self.num_tokens)]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_tokens)
+
+
+class Scheduler:
+    def __init__(self, pool: PagePool, max_running: int, chunk_size: int) -> None:
+        self.pool = pool
+        self.max_running = max_running
+        self.chunk_size = chunk_size
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def schedule(self) -> ScheduledBatch | None:
+        batch = self._schedule_prefill()
+        if batch is None:
+            batch = self._schedule_decode()
+        return batch
+
+    # -- prefill: new sequences, preempted ones, and long extends, in chunks -----------------------------
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        seqs, counts, budget = [], [], self.chunk_size
+        for seq in self.running:
+            if seq.num_pending > SMALL_EXTEND and budget > 0:
+                n = self._grow(seq, min(seq.num_pending, budget))
+                if n:
+                    seqs.append(seq), counts.append(n)
+                    budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_running:
+            seq = self.waiting[0]
+            if not self._admit(seq):
+                break
+            self.waiting.popleft()
+            self.running.append(seq)
+            n = self._grow(seq, min(seq.num_pending, budget))
+            if n:
+                seqs.append(seq), counts.append(n)
+                budget -= n
+        return ScheduledBatch(seqs, counts) if seqs else None
+
+    def _admit(self, seq: Sequence) -> bool:
+        match = self.pool.match_prefix(seq.tokens)
+        need_pages = -(-(seq.num_tokens + 1) // self.pool.page_size) - match.num_pages
+        reclaimable = sum(1 for p in match.pages if self.pool.refcount[p] == 0)
+        if need_pages > self.pool.num_available - reclaimable:
+            return False
+        self.pool.retain(match.pages)
+        seq.block_table = list(match.pages)
+        seq.page_hashes = list(match.hashes)
+        seq.num_computed = seq.num_cached = match.num_pages * self.pool.page_size
+        seq.status = Status.RUNNING
+        return True
+
+    # -- decode: every running sequence with a few pending tokens -------------------------------------------
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        seqs, counts = [], []
+        for seq in list(self.running):
+            if seq.status is not Status.RUNNING or not 0 < seq.num_pending <= SMALL_EXTEND:
+                continue
+            while seq.status is Status.RUNNING and not self._grow(seq, seq.num_pending):
+                victim = self._pick_victim(exclude=seq)
+                if victim is None:
+                    self._preempt(seq)
+                    break
+                self._preempt(victim)
+                if victim in seqs:
+                    i = seqs.index(victim)
+                    del seqs[i], counts[i]
+            if seq.status is Status.RUNNING:
+                seqs.append(seq), counts.append(seq.num_pending)
+        return ScheduledBatch(seqs, counts) if seqs else None
+
+    def _grow(self, seq: Sequence, n: int) -> int:
+        """Make room for n more computed tokens; returns n, or 0 when the pool is short."""
+        need = -(-(seq.num_computed + n) // self.pool.page_size) - len(seq.block_table)
+        if need > 0:
+            if need > self.pool.num_available:
+                return 0
+            seq.block_table.extend(self.pool.allocate(need))
+        return n
+
+    def _pick_victim(self, exclude: Sequence) -> Sequence | None:
+        for seq in reversed(self.running):
+            if seq is not exclude and seq.status is Status.RUNNING:
+                return seq
+        return None
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a sequence's pages and requeue it at the front; it is recomputed (prefix cache helps)."""
+        self._free(seq)
+        seq.status = Status.WAITING
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
+
+    # -- after the forward ------------------------------------------------------------------------------
+    def commit(self, batch: ScheduledBatch) -> None:
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_computed += n
+            self._register_full_pages(seq)
+
+    def _register_full_pages(self, seq: Sequence) -> None:
+        size = self.pool.page_size
+        tokens = None
+        while len(seq.page_hashes) < seq.num_computed // size:
+            tokens = tokens or seq.tokens
+            i = len(seq.page_hashes)
+            h = page_hash(seq.page_hashes[-1] if seq.page_hashes else None, tuple(tokens[i * size:(i + 1) * size]))
+            self.pool.register(seq.block_table[i], h)
+            seq.page_hashes.append(h)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a sequence wherever it is and free its pages."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._free(seq)
+        seq.status = Status.FINISHED
+
+    def _free(self, seq: Sequence) -> None:
+        self.pool.release(seq.block_table)
+        seq.block_table = []
+        seq.page_hashes = []
+        seq.num_computed = 0

@@ -1,0 +1,79 @@
+"""Sequence: the state of one generated sample (one of the n of a request) as the scheduler sees it."""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from thinkform.engine.detokenizer import IncrementalDetokenizer
+from thinkform.engine.sampling_params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class FinishReason:
+    type: str  # stop | length | abort
+    matched: int | str | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "matched": self.matched}
+        if self.message is not None:
+            out["message"] = self.message
+        return out
+
+
+@dataclass
+class Sequence:
+    rid: str
+    index: int  # which of the request's samples (prompts × n, flat)
+    prompt_ids: list[int]
+    params: SamplingParams
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None
+    sink: Callable[["Sequence", bool], None]  # (seq, finished) → deliver an output event
+    stream: bool = False
+    gate: Any = None  # ReasoningGate or None
+    reasoning: bool = False  # reasoning parser active for this request (split text in meta_info)
+    reasoning_start: str = "answer"
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    num_computed: int = 0
+    num_cached: int = 0
+    block_table: list[int] = field(default_factory=list)
+    page_hashes: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+    token_logprobs: list[tuple[float, int, None]] = field(default_factory=list)
+    top_logprobs: list[list[tuple[float, int, None]]] = field(default_factory=list)
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+    num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_pending(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def last_token(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]

@@ -1,0 +1,130 @@
+"""Builds what an engine is made of from its arguments: model, tokenizer, KV cache, grammar machinery."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from thinkform.args import EngineArgs
+from thinkform.engine.kv_cache import KVCache, PagePool
+from thinkform.models.loader import load_model
+from thinkform.reasoning import ReasoningMarkers, get_markers
+from thinkform.structured.backends import create_backend
+from thinkform.structured.backends.base import BackendContext, GrammarBackend
+from thinkform.structured.cache import GrammarCache
+from thinkform.structured.spec import GrammarOptions
+from thinkform.structured.vocab import TokenVocab
+
+logger = logging.getLogger("thinkform")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_CPU_DEFAULT_KV_TOKENS = 65536
+
+
+@dataclass
+class EngineParts:
+    model: torch.nn.Module
+    tokenizer: Any
+    chat_template: str | None
+    markers: ReasoningMarkers | None
+    model_name: str
+    context_length: int
+    device: torch.device
+    eos_token_ids: tuple[int, ...]
+    vocab_size: int
+    vocab: TokenVocab
+    hidden_ids: frozenset[int]  # special tokens hidden from text (reasoning markers are never hidden)
+    grammar_options: GrammarOptions
+    grammar_backend: GrammarBackend
+    grammar_cache: GrammarCache
+    kv: KVCache
+    pool: PagePool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return None  # the loader picks: float32 on CPU, bfloat16 (or float16) on CUDA
+    if name not in _DTYPES:
+        raise ValueError(f"dtype: unknown dtype {name!r} (choose from auto, {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def build_engine_parts(args: EngineArgs) -> EngineParts:
+    device = resolve_device(args.device)
+    loaded = load_model(args.model_path, resolve_dtype(args.dtype, device), str(device))
+    tok = loaded.tokenizer
+    if args.tokenizer_path:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(args.tokenizer_path)
+    cfg = loaded.config
+    markers = get_markers(args.reasoning_parser) if args.reasoning_parser else None
+    context = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings) \
+        if args.context_length is None else args.context_length
+    options = GrammarOptions(any_whitespace=args.json_any_whitespace, max_number_digits=args.max_number_digits,
+                             compile_timeout_s=args.grammar_compile_timeout)
+    vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size)
+    backend = create_backend(args.grammar_backend, BackendContext(tok, cfg.vocab_size, loaded.eos_token_ids, options))
+    kv, pool = _build_kv(args, loaded.model, cfg, device, context)
+    chat_template = _chat_template(args.chat_template) or loaded.chat_template
+    return EngineParts(
+        model=loaded.model, tokenizer=tok, chat_template=chat_template, markers=markers,
+        model_name=loaded.served_name, context_length=context, device=device,
+        eos_token_ids=tuple(loaded.eos_token_ids), vocab_size=cfg.vocab_size, vocab=vocab,
+        hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
+        grammar_cache=GrammarCache(backend, options=options), kv=kv, pool=pool)
+
+
+def _build_kv(args: EngineArgs, model: torch.nn.Module, cfg: Any, device: torch.device,
+              context: int) -> tuple[KVCache, PagePool]:
+    dtype = next(model.parameters()).dtype
+    per_token = KVCache.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
+    tokens = args.max_total_tokens or _auto_kv_tokens(args, device, per_token, context)
+    pages = max(1, tokens // args.page_size)
+    logger.info("KV cache: %d pages x %d tokens (%.1f MiB)", pages, args.page_size,
+                pages * args.page_size * per_token / 2**20)
+    kv = KVCache(cfg.num_layers, pages, args.page_size, cfg.num_kv_heads, cfg.head_dim, dtype, device)
+    return kv, PagePool(pages, args.page_size, prefix_caching=not args.disable_radix_cache)
+
+
+def _auto_kv_tokens(args: EngineArgs, device: torch.device, per_token: int, context: int) -> int:
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free - total * (1 - args.mem_fraction_static)
+        return max(context, int(budget // per_token))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 8 * 2**30
+    return max(min(context, 8192), min(_CPU_DEFAULT_KV_TOKENS, int(ram * 0.1 // per_token)))
+
+
+def _chat_template(value: str | None) -> str | None:
+    if not value:
+        return None
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    return value
+
+
+def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
+    """Special tokens skip_special_tokens hides — except any that spell a reasoning marker."""
+    special = set(tok.all_special_ids)
+    for tid, added in getattr(tok, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            special.add(int(tid))
+    if markers is not None:
+        for tid in list(special):
+            text = tok.convert_ids_to_tokens(tid)
+            if text and (text in markers.start or text in markers.end):
+                special.discard(tid)
+    return frozenset(special)

@@ -1,0 +1,93 @@
+"""Each model family's reasoning markers. Pure data; imports nothing of ours.
+
+Names and behaviour follow SGLang's `--reasoning-parser` choices (sglang/srt/parser/reasoning_parser.py):
+who writes the start marker (the chat template or the model), whether the family always thinks, and
+which `chat_template_kwargs` switch turns thinking on or off.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReasoningMarkers:
+    name: str
+    start: str  # e.g. "<think>"
+    end: str  # e.g. "</think>"
+    always_thinks: bool = False  # the model always reasons (deepseek-r1, qwen3-thinking)
+    template_writes_start: bool = False  # the chat template opens the reasoning itself
+    thinking_switch: str | None = None  # chat_template_kwargs key that turns thinking on/off
+    switch_default: bool = True  # value of that switch when the request does not set it
+    # Text the engine appends to close reasoning (thinking budget, EOS guard); defaults to `end`.
+    # gpt-oss needs the harmony framing around its final-channel header.
+    close: str | None = None
+    # Harmony framing that may appear inside reasoning and is not reasoning text (gpt-oss): literal
+    # strings, and headers running from header[0] to the next header[1] (`<|channel|>…<|message|>`).
+    framing: tuple[str, ...] = ()
+    header: tuple[str, str] | None = None
+
+    @property
+    def close_text(self) -> str:
+        return self.close if self.close is not None else self.end
+
+    def thinking_enabled(self, chat_template_kwargs: Mapping[str, Any] | None = None) -> bool:
+        """Whether this request reasons at all, from the family and the request's template switch."""
+        if self.always_thinks or self.thinking_switch is None:
+            return True
+        value = (chat_template_kwargs or {}).get(self.thinking_switch)
+        return self.switch_default if value is None else bool(value)
+
+    def starts_in_reasoning(self, chat_template_kwargs: Mapping[str, Any] | None = None) -> bool:
+        """The prompt already opened reasoning, so the output starts inside it (no start marker expected)."""
+        return self.thinking_enabled(chat_template_kwargs) and self.template_writes_start
+
+
+_THINK = ("<think>", "</think>")
+
+# gpt-oss (harmony): `<|channel|>analysis<|message|>…<|end|><|start|>assistant<|channel|>final<|message|>…`.
+# The answer begins after the final-channel header; everything before it is reasoning.
+_GPT_OSS = ReasoningMarkers(
+    name="gpt-oss",
+    start="<|channel|>analysis<|message|>",
+    end="<|channel|>final<|message|>",
+    always_thinks=True,
+    # The template ends with `<|start|>assistant`; treat the output as reasoning from its first byte so
+    # any channel header the model writes first stays out of the answer.
+    template_writes_start=True,
+    close="<|end|><|start|>assistant<|channel|>final<|message|>",
+    framing=("<|end|>", "<|start|>assistant"),
+    header=("<|channel|>", "<|message|>"),
+)
+
+REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({
+    # R1: the template (R1-0528+) opens `<think>`; older R1 checkpoints may still write it: both handled
+    # by treating the output as reasoning and stripping a leading start marker.
+    "deepseek-r1": ReasoningMarkers("deepseek-r1", *_THINK, always_thinks=True, template_writes_start=True),
+    "qwq": ReasoningMarkers("qwq", *_THINK, always_thinks=True, template_writes_start=True),
+    # V3.1/V3.2: hybrid; `thinking` (not enable_thinking) opts in, and the template then opens `<think>`.
+    "deepseek-v3": ReasoningMarkers("deepseek-v3", *_THINK, template_writes_start=True,
+                                    thinking_switch="thinking", switch_default=False),
+    # Qwen3 (hybrid): the model writes `<think>` itself; enable_thinking=False makes the template write an
+    # empty `<think></think>` block, so the output is all answer.
+    "qwen3": ReasoningMarkers("qwen3", *_THINK, thinking_switch="enable_thinking", switch_default=True),
+    "qwen3-thinking": ReasoningMarkers("qwen3-thinking", *_THINK, always_thinks=True, template_writes_start=True),
+    "glm45": ReasoningMarkers("glm45", *_THINK, thinking_switch="enable_thinking", switch_default=True),
+    "kimi": ReasoningMarkers("kimi", "◁think▷", "◁/think▷"),
+    # Mistral reasons only when asked (reasoning_effort); the model writes `[THINK]` when it does.
+    "mistral": ReasoningMarkers("mistral", "[THINK]", "[/THINK]"),
+    "gpt-oss": _GPT_OSS,
+    "minimax": ReasoningMarkers("minimax", *_THINK, always_thinks=True, template_writes_start=True),
+    "step3": ReasoningMarkers("step3", *_THINK, always_thinks=True, template_writes_start=True),
+})
+
+
+def get_markers(name: str) -> ReasoningMarkers:
+    """The markers of a `--reasoning-parser` name (case-insensitive)."""
+    markers = REASONING_PARSERS.get(name.lower()) if isinstance(name, str) else None
+    if markers is None:
+        raise ValueError(
+            f"reasoning_parser: unknown parser {name!r}; known parsers: {', '.join(sorted(REASONING_PARSERS))}")
+    return markers

@@ -1,0 +1,160 @@
+"""Split model output into reasoning_content / content, whole or streamed.
+
+Rules (one definition, shared by both forms, so streamed deltas always add up to the whole split):
+- `in_reasoning`: the prompt already opened reasoning. A leading start marker the model writes anyway
+  (older DeepSeek-R1) is dropped. Otherwise reasoning exists only when the text starts, after optional
+  whitespace, with the start marker; if not, the whole text is content and reasoning is None.
+- Reasoning runs to the first end marker; without one, everything is reasoning and content is "".
+- Markers and the whitespace right around them are stripped (as SGLang does); harmony framing
+  (gpt-oss: `<|end|>`, `<|start|>assistant`, `<|channel|>…<|message|>`) is removed from reasoning.
+"""
+from __future__ import annotations
+
+import re
+
+from thinkform.reasoning.markers import ReasoningMarkers
+
+
+class _Framing:
+    """Removes a family's framing from reasoning text and says how much of a tail must wait for more."""
+
+    def __init__(self, markers: ReasoningMarkers) -> None:
+        self._end = markers.end
+        self._literals = markers.framing
+        self._header = markers.header
+        parts = [re.escape(lit) for lit in self._literals]
+        if self._header is not None:
+            opener, closer = self._header
+            parts.append(re.escape(opener) + ".*?" + re.escape(closer))
+        self._pattern = re.compile("|".join(parts), re.DOTALL) if parts else None
+
+    def clean(self, text: str) -> str:
+        return self._pattern.sub("", text) if self._pattern is not None else text
+
+    def safe_cut(self, text: str) -> int:
+        """Length of the prefix of `text` that no later text can turn into a marker or framing."""
+        cut = len(text)
+        candidates = (self._end, *self._literals) + ((self._header[0],) if self._header else ())
+        for literal in candidates:
+            cut = min(cut, len(text) - _partial_suffix(text, literal))
+        if self._header is not None:
+            opener, closer = self._header
+            last_close = text.rfind(closer)
+            unclosed = text.find(opener, last_close + len(closer) if last_close >= 0 else 0)
+            if unclosed >= 0:
+                cut = min(cut, unclosed)
+        return cut
+
+
+def _partial_suffix(text: str, literal: str) -> int:
+    """Length of the longest suffix of text that is a proper prefix of literal."""
+    for k in range(min(len(literal) - 1, len(text)), 0, -1):
+        if text.endswith(literal[:k]):
+            return k
+    return 0
+
+
+def split_reasoning(text: str, markers: ReasoningMarkers, in_reasoning: bool) -> tuple[str | None, str]:
+    """Whole output → (reasoning_content, content); reasoning is None when there was no reasoning section."""
+    stripped = text.lstrip()
+    if stripped.startswith(markers.start):
+        raw = stripped[len(markers.start):]
+    elif in_reasoning:
+        raw = text
+    else:
+        return None, text
+    framing = _Framing(markers)
+    idx = raw.find(markers.end)
+    if idx < 0:
+        return framing.clean(raw).lstrip(), ""
+    return framing.clean(raw[:idx]).strip(), raw[idx + len(markers.end):].lstrip()
+
+
+_LEAD, _REASON, _CONTENT_LEAD, _CONTENT = range(4)
+
+
+class StreamingReasoningParser:
+    """Incremental form of `split_reasoning`: text that might still become a marker is held back.
+
+    The concatenation of all (reasoning, content) deltas from `feed` and `flush` equals
+    `split_reasoning` of the concatenated text (with None reasoning read as "").
+    """
+
+    def __init__(self, markers: ReasoningMarkers, in_reasoning: bool) -> None:
+        self._markers = markers
+        self._in_reasoning = in_reasoning
+        self._framing = _Framing(markers)
+        self._state = _LEAD
+        self._buf = ""  # raw text not yet decided
+        self._ws = ""  # cleaned trailing reasoning whitespace: dropped if the end marker follows
+        self._reasoning_started = False  # leading whitespace of reasoning already stripped
+
+    @property
+    def in_reasoning(self) -> bool:
+        """Inside the reasoning section right now (or still deciding whether one starts)."""
+        return self._state == _REASON or (self._state == _LEAD and self._in_reasoning)
+
+    def feed(self, delta: str) -> tuple[str, str]:
+        """Add new output text; returns (reasoning_delta, content_delta)."""
+        self._buf += delta
+        reasoning: list[str] = []
+        content: list[str] = []
+        while self._step(reasoning, content):
+            pass
+        return "".join(reasoning), "".join(content)
+
+    def flush(self) -> tuple[str, str]:
+        """End of output: release whatever was held back."""
+        buf, self._buf = self._buf, ""
+        if self._state == _LEAD and not self._in_reasoning:
+            self._state = _CONTENT
+            return "", buf
+        if self._state in (_LEAD, _REASON):
+            text = self._emit_reasoning(buf, final=False) + self._ws
+            self._ws = ""
+            return text, ""
+        return "", buf if self._state == _CONTENT else ""
+
+    def _step(self, reasoning: list[str], content: list[str]) -> bool:
+        """Advance the state machine once; False when it must wait for more text."""
+        start, end = self._markers.start, self._markers.end
+        if self._state == _LEAD:
+            head = self._buf.lstrip()
+            if head.startswith(start):
+                self._buf = head[len(start):]
+                self._state = _REASON
+            elif start.startswith(head):
+                return False  # empty, or a partial start marker: cannot decide yet
+            else:
+                self._state = _REASON if self._in_reasoning else _CONTENT
+            return True
+        if self._state == _REASON:
+            idx = self._buf.find(end)
+            if idx >= 0:
+                reasoning.append(self._emit_reasoning(self._buf[:idx], final=True))
+                self._buf = self._buf[idx + len(end):]
+                self._state = _CONTENT_LEAD
+                return True
+            cut = self._framing.safe_cut(self._buf)
+            reasoning.append(self._emit_reasoning(self._buf[:cut], final=False))
+            self._buf = self._buf[cut:]
+            return False
+        if self._state == _CONTENT_LEAD:
+            self._buf = self._buf.lstrip()
+            if not self._buf:
+                return False
+            self._state = _CONTENT
+            return True
+        content.append(self._buf)
+        self._buf = ""
+        return False
+
+    def _emit_reasoning(self, raw: str, final: bool) -> str:
+        text = self._framing.clean(raw)
+        if not self._reasoning_started:
+            text = text.lstrip()
+            self._reasoning_started = bool(text)
+        text = self._ws + text
+        kept = text.rstrip()
+        self._ws = "" if final else text[len(kept):]
+        return kept

@@ -1,0 +1,163 @@
+"""Chat templates (rendered in a sandboxed Jinja2 environment, as Hugging Face does) and where the
+model's output starts: inside reasoning, free to open it, or straight in the answer."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Mapping
+
+import jinja2
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from thinkform.reasoning.markers import ReasoningMarkers
+
+logger = logging.getLogger(__name__)
+
+ReasoningStart = Literal["reasoning", "open", "answer"]
+
+# Used when a model ships no chat template: ChatML, which most small instruct models know.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] if message['content'] is string else '' }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ChatTemplateError(ValueError):
+    """The template refused the conversation (raise_exception) or failed to render."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.field = "messages"
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(f"chat template error: {message}")
+
+
+def _tojson(value: Any, indent: int | None = None, separators: tuple[str, str] | None = None,
+            sort_keys: bool = False, ensure_ascii: bool = False) -> str:
+    # Hugging Face's tojson: keeps non-ASCII and does not HTML-escape, unlike Jinja's builtin
+    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@dataclass
+class ChatRenderer:
+    """Compiles one chat template once; renders conversations into prompt text."""
+
+    template_source: str | None
+    special_tokens: Mapping[str, str] = field(default_factory=dict)  # bos_token, eos_token, …
+
+    def __post_init__(self) -> None:
+        source = self.template_source or DEFAULT_CHAT_TEMPLATE
+        if not self.template_source:
+            logger.warning("the model has no chat template; using ChatML")
+        try:
+            self._template = make_environment().from_string(source)
+        except jinja2.TemplateError as e:
+            raise ValueError(f"chat template does not compile: {e}") from e
+        self.uses_tools = "tools" in source
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+               add_generation_prompt: bool = True, continue_final_message: bool = False,
+               chat_template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text. A final assistant message starts a new assistant turn unless
+        `continue_final_message`, which ends the prompt right after that message's text."""
+        if continue_final_message and (not messages or messages[-1].get("role") != "assistant"):
+            raise ChatTemplateError("continue_final_message needs a final assistant message")
+        messages = [normalize_message(m) for m in messages]
+        context = {**self.special_tokens, **dict(chat_template_kwargs or {}),
+                   "messages": messages, "tools": tools or None,
+                   "add_generation_prompt": add_generation_prompt and not continue_final_message}
+        try:
+            text = self._template.render(**context)
+        except ChatTemplateError:
+            raise
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ChatTemplateError(f"chat template failed to render these messages: {e}") from e
+        if continue_final_message:
+            text = _cut_after_final(text, messages[-1].get("content") or "")
+        return text
+
+
+def _cut_after_final(text: str, final: str) -> str:
+    final = final.strip() if isinstance(final, str) else ""
+    at = text.rfind(final) if final else -1
+    if at < 0:
+        raise ChatTemplateError("continue_final_message: the template does not echo the final message")
+    return text[: at + len(final)]
+
+
+def normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI message -> what templates expect: text parts joined, tool-call arguments as dicts."""
+    out = {k: v for k, v in message.items() if v is not None}
+    content = out.get("content")
+    if isinstance(content, list):
+        out["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    elif content is None:
+        out["content"] = ""
+    calls = out.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [_normalize_call(c) for c in calls]
+    return out
+
+
+def _normalize_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    call = dict(call)
+    fn = dict(call.get("function") or {})
+    if isinstance(fn.get("arguments"), str):
+        try:
+            fn["arguments"] = json.loads(fn["arguments"])
+        except json.JSONDecodeError:
+            pass  # the template gets the text as it is
+    call["function"] = fn
+    return call
+
+
+def thinking_enabled(markers: ReasoningMarkers, chat_template_kwargs: Mapping[str, Any] | None) -> bool:
+    """Whether the family's thinking switch is on for this request."""
+    if markers.thinking_switch is None:
+        return True
+    value = (chat_template_kwargs or {}).get(markers.thinking_switch, markers.switch_default)
+    return bool(value)
+
+
+def decide_reasoning_start(prompt: str, markers: ReasoningMarkers | None,
+                           chat_template_kwargs: Mapping[str, Any] | None = None) -> ReasoningStart:
+    """Where generation starts: "reasoning" when the prompt ends inside an opened reasoning section
+    or the family always thinks; "open" when the model may choose to think; else "answer"."""
+    if markers is None:
+        return "answer"
+    if ends_inside_reasoning(prompt, markers):
+        return "reasoning"
+    if not thinking_enabled(markers, chat_template_kwargs):
+        return "answer"
+    return "reasoning" if markers.always_thinks else "open"
+
+
+def ends_inside_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:
+    start = prompt.rfind(markers.start)
+    return start >= 0 and prompt.find(markers.end, start + len(markers.start)) < 0
+
+
+def tools_system_prompt(tools: list[dict[str, Any]], example: str) -> str:
+    """For templates that do not render tools: a short system text listing them and the call format."""
+    lines = ["You may call these tools:"]
+    lines += [json.dumps(t.get("function", t), ensure_ascii=False) for t in tools]
+    lines.append(f"To call a tool, answer exactly in this format: {example}")
+    return "\n".join(lines)

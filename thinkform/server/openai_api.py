@@ -1,0 +1,413 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from thinkform.reasoning import StreamingReasoningParser, split_reasoning
+from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
+from thinkform.server.errors import APIError
+from thinkform.server.params import constraint_fields, sampling_params, validate_constraints
+from thinkform.server.protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, warn_unknown
+from thinkform.server.state import ServerState, new_id, now
+from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
+                                        stream_with_abort)
+from thinkform.server.tools import StreamingToolParser, ToolCall, ToolCallParser, tool_name
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.thinkform
+
+
+# ---------------------------------------------------------------- chat: planning
+
+@dataclass
+class ChatPlan:
+    rid: str
+    input_ids: list[int]
+    reasoning_start: ReasoningStart
+    params: dict[str, Any]
+    split: bool  # separate reasoning_content from content
+    tool_parser: ToolCallParser | None  # tools are active: parse calls out of the answer
+    return_logprob: bool
+    top_logprobs_num: int
+
+
+def _tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
+    """('none'|'auto'|'required'|'named', the tools that may be called)."""
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    choice = body.tool_choice
+    if not tools:
+        if choice not in (None, "none"):
+            raise APIError("tool_choice needs a non-empty tools list", param="tool_choice")
+        return "none", []
+    if choice is None or choice == "auto":
+        return "auto", tools
+    if choice == "none":
+        return "none", []
+    if choice == "required":
+        return "required", tools
+    assert isinstance(choice, NamedToolChoice)
+    name = choice.function.get("name")
+    chosen = [t for t in tools if tool_name(t) == name]
+    if not chosen:
+        raise APIError(f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
+    return "named", chosen
+
+
+def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
+    mode, tools = _tool_mode(body)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    if tools and not state.renderer.uses_tools:
+        example = state.tool_parser.call_begin.replace("{name}", "NAME") + "{ARGUMENTS}" + state.tool_parser.call_end
+        messages.insert(0, {"role": "system", "content": tools_system_prompt(tools, example)})
+    try:
+        prompt = state.renderer.render(messages, tools=tools or None,
+                                       add_generation_prompt=body.add_generation_prompt,
+                                       continue_final_message=body.continue_final_message,
+                                       chat_template_kwargs=body.chat_template_kwargs)
+    except ChatTemplateError as e:
+        raise APIError(str(e), param="messages") from e
+    reasoning_start = decide_reasoning_start(prompt, state.markers, body.chat_template_kwargs)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = sampling_params(body, max_tokens, state.max_n)
+    fields = constraint_fields(body, body.response_format)
+    if mode in ("required", "named"):
+        if fields:
+            raise APIError(f"tool_choice {mode!r} cannot be combined with another constraint", param="tool_choice")
+        fields = {"structural_tag": _tool_tag(state.tool_parser, tools, mode)}
+    elif mode == "auto" and not fields:
+        tag = _tool_tag(state.tool_parser, tools, "auto")
+        fields = {"structural_tag": tag} if tag else {}
+    params.update(validate_constraints(fields))
+    ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    return ChatPlan(rid=body.rid or new_id(""), input_ids=ids, reasoning_start=reasoning_start, params=params,
+                    split=body.separate_reasoning and state.markers is not None and reasoning_start != "answer",
+                    tool_parser=state.tool_parser if mode != "none" else None,
+                    return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0)
+
+
+def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
+    try:
+        return parser.structural_tag(tools, mode)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise APIError(str(e), param="tool_choice") from e
+
+
+def _engine_call(state: ServerState, plan: ChatPlan, stream: bool) -> Any:
+    return state.engine.async_generate(
+        input_ids=plan.input_ids, sampling_params=plan.params, reasoning_start=plan.reasoning_start,
+        stream=stream, rid=plan.rid, return_logprob=plan.return_logprob, top_logprobs_num=plan.top_logprobs_num)
+
+
+# ---------------------------------------------------------------- chat: answers
+
+def _finish_reason(meta: dict[str, Any]) -> tuple[str | None, Any]:
+    fr = meta.get("finish_reason")
+    if not fr:
+        return None, None
+    return fr.get("type"), fr.get("matched")
+
+
+def _split(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any]) -> tuple[str | None, str]:
+    if not plan.split:
+        return None, text
+    if "content" in meta:
+        return meta.get("reasoning_content"), meta["content"]
+    return split_reasoning(text, state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+
+
+def _usage(metas: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    prompt = sum(m.get("prompt_tokens", 0) for m in metas[::n])  # each prompt counted once
+    completion = sum(m.get("completion_tokens", 0) for m in metas)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(m.get("cached_tokens", 0) for m in metas[::n])},
+            "completion_tokens_details": {"reasoning_tokens": sum(m.get("reasoning_tokens", 0) for m in metas)}}
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def _chat_logprobs(tokenizer: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
+    tokens = meta.get("output_token_logprobs")
+    if tokens is None:
+        return None
+    tops = meta.get("output_top_logprobs") or [None] * len(tokens)
+    content = []
+    for (lp, tid, _), top in zip(tokens, tops):
+        text = _token_text(tokenizer, tid)
+        content.append({"token": text, "logprob": lp, "bytes": list(text.encode()),
+                        "top_logprobs": [{"token": (t := _token_text(tokenizer, i)), "logprob": p,
+                                          "bytes": list(t.encode())} for p, i, _ in (top or [])]})
+    return {"content": content}
+
+
+def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, Any]) -> dict[str, Any]:
+    meta = out.get("meta_info", {})
+    reasoning, content = _split(state, plan, out.get("text", ""), meta)
+    reason, matched = _finish_reason(meta)
+    calls: list[ToolCall] = []
+    if plan.tool_parser is not None:  # calls come from the answer only, never from the reasoning
+        content, calls = plan.tool_parser.parse(content)
+    message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None,
+                               "reasoning_content": reasoning}
+    if calls:
+        message["tool_calls"] = [c.to_openai() for c in calls]
+        reason = "tool_calls"
+    choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
+              "logprobs": _chat_logprobs(state.engine.tokenizer, meta) if plan.return_logprob else None}
+    return choice
+
+
+def _as_list(result: Any) -> list[dict[str, Any]]:
+    return result if isinstance(result, list) else [result]
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    state = _state(request)
+    warn_unknown(body, "/v1/chat/completions")
+    plan = plan_chat(state, body)
+    chat_id = f"chatcmpl-{plan.rid}"
+    if body.stream:
+        first, rest = await open_stream(_engine_call(state, plan, stream=True))
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _chat_events(state, plan, body, chat_id, first, rest, include_usage)
+        return StreamingResponse(stream_with_abort(state.engine, [plan.rid], events),
+                                 media_type="text/event-stream")
+    try:
+        result = await call_until_disconnect(request, state.engine, _engine_call(state, plan, False), [plan.rid])
+    except ClientGone:
+        return Response(status_code=499)
+    outs = _as_list(result)
+    return JSONResponse({
+        "id": chat_id, "object": "chat.completion", "created": now(), "model": body.model or state.model_name,
+        "choices": [_chat_choice(state, plan, i, o) for i, o in enumerate(outs)],
+        "usage": _usage([o.get("meta_info", {}) for o in outs], body.n),
+    })
+
+
+@dataclass
+class _ChoiceStream:
+    """Per-choice streaming state: turns cumulative text into reasoning / content / tool-call deltas."""
+
+    reasoning: StreamingReasoningParser | None
+    tools: StreamingToolParser | None
+    hold_reasoning: bool  # stream_reasoning=false: send the reasoning in one piece when it ends
+    seen: int = 0
+    held: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        delta, self.seen = text[self.seen:], max(self.seen, len(text))
+        if not delta:
+            return []
+        r, c = self.reasoning.feed(delta) if self.reasoning else ("", delta)
+        return self._deltas(r, c)
+
+    def finish(self) -> tuple[list[dict[str, Any]], list[ToolCall]]:
+        r, c = self.reasoning.flush() if self.reasoning else ("", "")
+        deltas = self._deltas(r, c)
+        if self.held:
+            deltas.append({"reasoning_content": "".join(self.held)})
+            self.held.clear()
+        calls: list[ToolCall] = []
+        if self.tools is not None:
+            normal, calls = self.tools.finish()
+            if normal:
+                deltas.append({"content": normal})
+        return deltas, calls
+
+    def _deltas(self, r: str, c: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if r:
+            if self.hold_reasoning:
+                self.held.append(r)
+            else:
+                out.append({"reasoning_content": r})
+        if c:
+            if self.held:
+                out.append({"reasoning_content": "".join(self.held)})
+                self.held.clear()
+            if self.tools is not None:
+                c = self.tools.feed(c)
+            if c:
+                out.append({"content": c})
+        return out
+
+
+async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionRequest, chat_id: str,
+                       first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
+                       include_usage: bool) -> AsyncIterator[str]:
+    created, model = now(), body.model or state.model_name
+    choices = [_ChoiceStream(
+        reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
+        tools=plan.tool_parser.streaming() if plan.tool_parser else None,
+        hold_reasoning=not body.stream_reasoning) for _ in range(body.n)]
+    finals: dict[int, dict[str, Any]] = {}
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        return sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None, **extra}]})
+
+    for i in range(body.n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    pending = [first] if first is not None else []
+    while True:
+        if pending:
+            item = pending.pop()
+        else:
+            try:
+                item = await rest.__anext__()
+            except StopAsyncIteration:
+                break
+        index = item.get("index", 0)
+        stream = choices[index]
+        for delta in stream.feed(item.get("text", "")):
+            yield chunk(index, delta)
+        meta = item.get("meta_info", {})
+        reason, matched = _finish_reason(meta)
+        if reason is None or stream.done:
+            continue
+        stream.done = True
+        finals[index] = meta
+        deltas, calls = stream.finish()
+        for delta in deltas:
+            yield chunk(index, delta)
+        if calls:
+            yield chunk(index, {"tool_calls": [c.to_openai(k) for k, c in enumerate(calls)]})
+            reason = "tool_calls"
+        yield chunk(index, {}, reason, matched_stop=matched)
+    if include_usage:
+        metas = [finals[i] for i in sorted(finals)]
+        yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [], "usage": _usage(metas, body.n) if metas else None})
+    yield SSE_DONE
+
+
+# ---------------------------------------------------------------- completions
+
+def _completion_inputs(body: CompletionRequest) -> dict[str, Any]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    if not prompt:
+        raise APIError("prompt must not be empty", param="prompt")
+    if isinstance(prompt[0], str):
+        return {"prompt": list(prompt)}
+    if isinstance(prompt[0], int):
+        return {"input_ids": list(prompt)}
+    return {"input_ids": [list(p) for p in prompt]}
+
+
+def _completion_logprobs(tokenizer: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
+    tokens = meta.get("output_token_logprobs")
+    if tokens is None:
+        return None
+    tops = meta.get("output_top_logprobs") or [None] * len(tokens)
+    texts = [_token_text(tokenizer, tid) for _, tid, _ in tokens]
+    offsets, pos = [], 0
+    for t in texts:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": texts, "token_logprobs": [lp for lp, _, _ in tokens], "text_offset": offsets,
+            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in (top or [])} for top in tops]}
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    state = _state(request)
+    warn_unknown(body, "/v1/completions")
+    inputs = _completion_inputs(body)
+    params = sampling_params(body, body.max_tokens, state.max_n)
+    params.update(validate_constraints(constraint_fields(body, body.response_format)))
+    prompt = body.prompt
+    batched = isinstance(prompt, list) and not isinstance(prompt[0], int)
+    base = body.rid or new_id("")
+    rid: str | list[str] = [f"{base}-{i}" for i in range(len(prompt))] if batched else base
+    rids = rid if isinstance(rid, list) else [rid]
+    want_logprobs = body.logprobs is not None
+    call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
+                                       return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0)
+    cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
+    prompts = _prompt_texts(state, inputs)
+    if body.stream:
+        first, rest = await open_stream(call)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts)
+        return StreamingResponse(stream_with_abort(state.engine, rids, events), media_type="text/event-stream")
+    try:
+        outs = _as_list(await call_until_disconnect(request, state.engine, call, rids))
+    except ClientGone:
+        return Response(status_code=499)
+    choices = []
+    for i, out in enumerate(outs):
+        meta = out.get("meta_info", {})
+        reason, matched = _finish_reason(meta)
+        text = (prompts[i // body.n] if body.echo else "") + out.get("text", "")
+        choices.append({"index": i, "text": text, "finish_reason": reason, "matched_stop": matched,
+                        "logprobs": _completion_logprobs(state.engine.tokenizer, meta) if want_logprobs else None})
+    return JSONResponse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
+                         "choices": choices, "usage": _usage([o.get("meta_info", {}) for o in outs], body.n)})
+
+
+def _prompt_texts(state: ServerState, inputs: dict[str, Any]) -> list[str]:
+    if "prompt" in inputs:
+        p = inputs["prompt"]
+        return [p] if isinstance(p, str) else p
+    ids = inputs["input_ids"]
+    ids = [ids] if ids and isinstance(ids[0], int) else ids
+    return [state.engine.tokenizer.decode(x) for x in ids]
+
+
+async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int, model: str,
+                             first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
+                             include_usage: bool, prompts: list[str]) -> AsyncIterator[str]:
+    seen: dict[int, int] = {}
+    finals: dict[int, dict[str, Any]] = {}
+    pending = [first] if first is not None else []
+    while True:
+        if pending:
+            item = pending.pop()
+        else:
+            try:
+                item = await rest.__anext__()
+            except StopAsyncIteration:
+                break
+        index, text = item.get("index", 0), item.get("text", "")
+        delta = text[seen.get(index, 0):]
+        if body.echo and index not in seen:
+            delta = prompts[index // body.n] + delta
+        seen[index] = max(seen.get(index, 0), len(text))
+        meta = item.get("meta_info", {})
+        reason, matched = _finish_reason(meta)
+        if reason is not None:
+            finals[index] = meta
+        if delta or reason is not None:
+            yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
+                       "choices": [{"index": index, "text": delta, "finish_reason": reason,
+                                    "matched_stop": matched, "logprobs": None}]})
+    if include_usage:
+        metas = [finals[i] for i in sorted(finals)]
+        yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [], "usage": _usage(metas, body.n) if metas else None})
+    yield SSE_DONE
+
+
+# ---------------------------------------------------------------- models
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(),
+                                         "owned_by": "thinkform", "root": state.model_name,
+                                         "max_model_len": state.engine.context_length}]}

@@ -1,0 +1,174 @@
+"""Request models of the OpenAI-compatible and native APIs (pydantic). Unknown fields are kept
+(extra="allow") so the handlers can log and ignore them instead of failing the request."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, conint, confloat
+
+logger = logging.getLogger(__name__)
+
+Stop = Union[str, list[str], None]
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of every field the models do not know, nested models included."""
+    names = [prefix + k for k in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        children = value if isinstance(value, list) else [value]
+        for i, child in enumerate(children):
+            if isinstance(child, BaseModel):
+                sub = f"{name}[{i}]" if isinstance(value, list) else name
+                names += unknown_fields(child, f"{prefix}{sub}.")
+    return names
+
+
+def warn_unknown(model: BaseModel, where: str) -> None:
+    names = unknown_fields(model)
+    if names:
+        logger.warning("%s: ignoring unknown field(s) %s", where, ", ".join(names))
+
+
+# ---------- OpenAI: shared ----------
+
+class StreamOptions(Lenient):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(Lenient):
+    name: str = "response"
+    schema_: Optional[Union[dict[str, Any], bool]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+    description: Optional[str] = None
+
+
+class ResponseFormat(Lenient):
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: Optional[JsonSchemaSpec] = None
+    # structural_tag, legacy form (SGLang): structures + triggers
+    structures: Optional[list[dict[str, Any]]] = None
+    triggers: Optional[list[str]] = None
+    # structural_tag, xgrammar form: format
+    format: Optional[dict[str, Any]] = None
+
+
+class SamplingFields(Lenient):
+    """Fields shared by chat and completions (OpenAI + SGLang extras)."""
+
+    max_tokens: Optional[conint(ge=1)] = None
+    temperature: Optional[confloat(ge=0.0)] = None
+    top_p: Optional[confloat(gt=0.0, le=1.0)] = None
+    top_k: Optional[int] = None
+    min_p: Optional[confloat(ge=0.0, le=1.0)] = None
+    seed: Optional[int] = None
+    stop: Stop = None
+    stop_token_ids: Optional[list[int]] = None
+    n: conint(ge=1) = 1
+    presence_penalty: Optional[confloat(ge=-2.0, le=2.0)] = None
+    frequency_penalty: Optional[confloat(ge=-2.0, le=2.0)] = None
+    repetition_penalty: Optional[confloat(gt=0.0)] = None
+    logit_bias: Optional[dict[str, float]] = None
+    skip_special_tokens: Optional[bool] = None
+    ignore_eos: Optional[bool] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = None
+    rid: Optional[str] = None
+    # constraints (SGLang extra_body)
+    regex: Optional[str] = None
+    ebnf: Optional[str] = None
+    json_schema: Optional[Union[str, dict[str, Any]]] = None
+    structural_tag: Optional[Union[str, dict[str, Any]]] = None
+    max_reasoning_tokens: Optional[conint(ge=0)] = None
+    answer_reserve_tokens: Optional[conint(ge=0)] = None
+
+
+# ---------- OpenAI: chat ----------
+
+class FunctionCall(Lenient):
+    name: str
+    arguments: Union[str, dict[str, Any]] = "{}"
+
+
+class ToolCallIn(Lenient):
+    id: Optional[str] = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[ToolCallIn]] = None
+    tool_call_id: Optional[str] = None
+    reasoning_content: Optional[str] = None
+
+
+class FunctionDef(Lenient):
+    name: str = Field(min_length=1)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class Tool(Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"] = "function"
+    function: dict[str, Any]
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str = "default"
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[conint(ge=1)] = None
+    response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[Tool]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool = True
+    logprobs: bool = False
+    top_logprobs: Optional[conint(ge=0, le=20)] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+    separate_reasoning: bool = True
+    stream_reasoning: bool = True
+
+
+# ---------- OpenAI: completions ----------
+
+class CompletionRequest(SamplingFields):
+    model: str = "default"
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: Optional[conint(ge=1)] = 16
+    echo: bool = False
+    logprobs: Optional[conint(ge=0, le=20)] = None
+    suffix: Optional[str] = None
+    response_format: Optional[ResponseFormat] = None
+
+
+# ---------- native ----------
+
+class GenerateRequest(Lenient):
+    text: Union[str, list[str], None] = None
+    input_ids: Union[list[int], list[list[int]], None] = None
+    sampling_params: Union[dict[str, Any], list[dict[str, Any]], None] = None
+    require_reasoning: bool = False
+    stream: bool = False
+    return_logprob: bool = False
+    top_logprobs_num: conint(ge=0, le=20) = 0
+    rid: Union[str, list[str], None] = None
+
+
+class AbortRequest(Lenient):
+    rid: str = Field(min_length=1)

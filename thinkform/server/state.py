@@ -1,0 +1,43 @@
+"""What the handlers share: the engine and what is derived from it once at startup."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from thinkform.reasoning.markers import ReasoningMarkers
+from thinkform.server.chat import ChatRenderer
+from thinkform.server.tools import ToolCallParser, get_tool_call_parser, guess_tool_call_parser
+
+
+@dataclass
+class ServerState:
+    engine: Any  # thinkform.Engine (or anything with its contract)
+    renderer: ChatRenderer
+    tool_parser: ToolCallParser
+    markers: ReasoningMarkers | None
+    model_name: str
+    max_n: int | None
+    api_key: str | None = None
+
+    @classmethod
+    def from_engine(cls, engine: Any, api_key: str | None = None) -> "ServerState":
+        args = getattr(engine, "args", None)
+        tokenizer = engine.tokenizer
+        special = {name: getattr(tokenizer, name, None) or "" for name in
+                   ("bos_token", "eos_token", "unk_token", "pad_token")}
+        parser_name = getattr(args, "tool_call_parser", None)
+        parser = get_tool_call_parser(parser_name) if parser_name else guess_tool_call_parser(engine.chat_template)
+        return cls(engine=engine, renderer=ChatRenderer(engine.chat_template, special), tool_parser=parser,
+                   markers=engine.markers, model_name=engine.served_model_name,
+                   max_n=getattr(args, "max_n", None), api_key=api_key if api_key is not None
+                   else getattr(args, "api_key", None))
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())

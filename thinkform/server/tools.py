@@ -1,0 +1,326 @@
+"""Tool-call formats: tools -> structural tag (constrained calls); model text -> tool calls.
+
+Each format is a small data description (the text around one call, the optional wrapper around all
+calls, the separator) plus a parser; the structural tags use xgrammar's `format` spelling.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
+
+ToolMode = Literal["auto", "required", "named"]
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+    def to_openai(self, index: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "type": "function",
+                               "function": {"name": self.name, "arguments": self.arguments}}
+        if index is not None:
+            out["index"] = index
+        return out
+
+
+def tool_schema(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a tool's arguments (OpenAI `function.parameters`, default: any object)."""
+    params = tool.get("function", tool).get("parameters")
+    return params if isinstance(params, dict) and params else {"type": "object"}
+
+
+def tool_name(tool: Mapping[str, Any]) -> str:
+    return str(tool.get("function", tool).get("name", ""))
+
+
+def _json_args(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+class ToolCallParser:
+    """Base: one format. Subclasses set the class attributes and `_parse_calls`."""
+
+    name: str = ""
+    call_begin: str = ""  # text before the arguments of one call; `{name}` is replaced
+    call_end: str = ""
+    wrapper: tuple[str, str] | None = None  # text around all the calls, if the format has it
+    separator: str = ""
+    trigger: str = ""  # text that starts the tool-call section
+    constrainable: bool = True
+    bare_json: bool = False  # a JSON object as the whole answer is a call too
+
+    # ---- parsing -------------------------------------------------------------------------
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        """Split `text` into the normal text and the tool calls found after the trigger."""
+        start = self._section_start(text)
+        if start < 0:
+            return text, []
+        calls = self._parse_calls(text[start:])
+        if not calls:
+            return text, []
+        return text[:start].rstrip(), calls
+
+    def _section_start(self, text: str) -> int:
+        return text.find(self.trigger)
+
+    def _maybe_start(self, text: str) -> int:
+        """Where a tool-call section may be starting at the end of `text` (len(text): nowhere)."""
+        return len(text) - _partial_suffix(text, self.trigger)
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        raise NotImplementedError
+
+    def streaming(self) -> "StreamingToolParser":
+        return StreamingToolParser(self)
+
+    # ---- constraints ---------------------------------------------------------------------
+    def _tag(self, tool: Mapping[str, Any]) -> dict[str, Any]:
+        name = tool_name(tool)
+        return {"type": "tag", "begin": self.call_begin.replace("{name}", name),
+                "content": {"type": "json_schema", "json_schema": tool_schema(tool)},
+                "end": self.call_end}
+
+    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto") -> dict[str, Any] | None:
+        """The constraint for `tools`: auto = free text until the trigger, then well-formed calls;
+        required / named = only calls (at least one; named: exactly one of that tool)."""
+        if not self.constrainable:
+            if mode == "auto":
+                return None
+            raise ValueError(f"tool-call parser {self.name!r} supports tool_choice 'auto' and 'none' only")
+        tags = [self._tag(t) for t in tools]
+        calls = {"type": "tags_with_separator", "tags": tags, "separator": self.separator,
+                 "at_least_one": True, "stop_after_first": mode == "named"}
+        if mode == "auto":
+            if self.wrapper is None:
+                fmt: dict[str, Any] = {"type": "triggered_tags", "triggers": [self.trigger], "tags": tags}
+            else:
+                outer = {"type": "tag", "begin": self.wrapper[0], "content": calls, "end": self.wrapper[1]}
+                fmt = {"type": "triggered_tags", "triggers": [self.wrapper[0]], "tags": [outer],
+                       "stop_after_first": True}
+        elif self.wrapper is None:
+            fmt = calls
+        else:
+            fmt = {"type": "tag", "begin": self.wrapper[0], "content": calls, "end": self.wrapper[1]}
+        return {"type": "structural_tag", "format": fmt}
+
+
+def _json_objects(text: str) -> list[Any]:
+    """Every top-level JSON value found in `text`, in order (skipping what is not JSON)."""
+    decoder = json.JSONDecoder()
+    out, i = [], 0
+    while i < len(text):
+        j = min((k for k in (text.find("{", i), text.find("[", i)) if k >= 0), default=-1)
+        if j < 0:
+            break
+        try:
+            value, end = decoder.raw_decode(text, j)
+        except json.JSONDecodeError:
+            i = j + 1
+            continue
+        out.append(value)
+        i = end
+    return out
+
+
+def _calls_from_dicts(values: list[Any], args_keys: tuple[str, ...]) -> list[ToolCall]:
+    calls = []
+    for value in values:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                continue
+            args = next((item[k] for k in args_keys if k in item), {})
+            calls.append(ToolCall(item["name"], _json_args(args)))
+    return calls
+
+
+class HermesParser(ToolCallParser):
+    """Qwen2.5 / Hermes: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`."""
+
+    name = "hermes"
+    call_begin = '<tool_call>\n{"name": "{name}", "arguments": '
+    call_end = "}\n</tool_call>"
+    separator = "\n"
+    trigger = "<tool_call>"
+    _block = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        values = []
+        for body in self._block.findall(section):
+            values.extend(_json_objects(body)[:1])
+        return _calls_from_dicts(values, ("arguments", "parameters"))
+
+
+class Llama3Parser(ToolCallParser):
+    """Llama 3.x JSON tool calls: `<|python_tag|>{"name": ..., "parameters": {...}}` or bare JSON."""
+
+    name = "llama3"
+    call_begin = '<|python_tag|>{"name": "{name}", "parameters": '
+    call_end = "}"
+    separator = ""
+    trigger = "<|python_tag|>"
+    bare_json = True
+
+    def _section_start(self, text: str) -> int:
+        at = text.find(self.trigger)
+        if at >= 0:
+            return at
+        stripped = text.lstrip()  # a bare JSON call must be the whole answer
+        if stripped.startswith("{") and _calls_from_dicts(_json_objects(stripped), ("parameters", "arguments")):
+            return len(text) - len(stripped)
+        return -1
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        body = section.replace(self.trigger, " ")
+        return _calls_from_dicts(_json_objects(body), ("parameters", "arguments"))
+
+
+class DeepSeekV3Parser(ToolCallParser):
+    """DeepSeek V3: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\n{...}\\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>`."""
+
+    name = "deepseekv3"
+    call_begin = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n"
+    call_end = "\n```<｜tool▁call▁end｜>"
+    wrapper = ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>")
+    separator = ""
+    trigger = "<｜tool▁calls▁begin｜>"
+    _call = re.compile(r"<｜tool▁call▁begin｜>(?:function)?<｜tool▁sep｜>(.*?)\n```(?:json)?\n(.*?)\n?```"
+                       r"(?:<｜tool▁call▁end｜>|$)", re.S)
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        calls = []
+        for name, body in self._call.findall(section):
+            values = _json_objects(body)
+            if values and isinstance(values[0], dict):
+                calls.append(ToolCall(name.strip(), _json_args(values[0])))
+        return calls
+
+
+class MistralParser(ToolCallParser):
+    """Mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`."""
+
+    name = "mistral"
+    call_begin = '{"name": "{name}", "arguments": '
+    call_end = "}"
+    wrapper = ("[TOOL_CALLS][", "]")
+    separator = ", "
+    trigger = "[TOOL_CALLS]"
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        return _calls_from_dicts(_json_objects(section[len(self.trigger):]), ("arguments", "parameters"))
+
+
+class PythonicParser(ToolCallParser):
+    """Pythonic: `[get_weather(city="Paris"), get_time()]`. Parse-only (no constraint)."""
+
+    name = "pythonic"
+    trigger = "["
+    constrainable = False
+    _start = re.compile(r"\[\s*[A-Za-z_][\w.]*\s*\(")
+    _partial = re.compile(r"\[\s*(?:[A-Za-z_][\w.]*\s*)?$")
+
+    def _maybe_start(self, text: str) -> int:
+        m = self._partial.search(text)
+        return m.start() if m else len(text)
+
+    def _section_start(self, text: str) -> int:
+        m = self._start.search(text)
+        return m.start() if m else -1
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        end = section.rfind("]")
+        try:
+            tree = ast.parse(section[: end + 1].strip(), mode="eval")
+        except SyntaxError:
+            return []
+        if not isinstance(tree.body, ast.List):
+            return []
+        calls = []
+        for node in tree.body.elts:
+            if not isinstance(node, ast.Call) or node.args:
+                return []
+            try:
+                args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+            except ValueError:
+                return []
+            calls.append(ToolCall(ast.unparse(node.func), json.dumps(args, ensure_ascii=False)))
+        return calls
+
+
+_PARSERS: Mapping[str, Callable[[], ToolCallParser]] = MappingProxyType({
+    "qwen25": HermesParser, "qwen": HermesParser, "hermes": HermesParser,
+    "llama3": Llama3Parser, "deepseekv3": DeepSeekV3Parser, "mistral": MistralParser,
+    "pythonic": PythonicParser,
+})
+
+
+def tool_call_parser_names() -> list[str]:
+    return sorted(_PARSERS)
+
+
+def get_tool_call_parser(name: str) -> ToolCallParser:
+    try:
+        return _PARSERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown tool-call parser {name!r}; choose one of {', '.join(tool_call_parser_names())}") from None
+
+
+def guess_tool_call_parser(chat_template: str | None) -> ToolCallParser:
+    """The format a chat template teaches its model (hermes when nothing tells)."""
+    text = chat_template or ""
+    for needle, name in (("<｜tool▁calls▁begin｜>", "deepseekv3"), ("[TOOL_CALLS]", "mistral"),
+                         ("<|python_tag|>", "llama3"), ("<tool_call>", "hermes")):
+        if needle in text:
+            return get_tool_call_parser(name)
+    return get_tool_call_parser("hermes")
+
+
+class StreamingToolParser:
+    """Streams normal text as it comes; from the trigger on, holds the text back and emits the calls
+    parsed at the end (each call as one complete delta, which OpenAI clients accumulate fine)."""
+
+    def __init__(self, parser: ToolCallParser) -> None:
+        self.parser = parser
+        self._held = ""
+        self._in_calls = False
+        self._sent = False  # normal text already sent (a bare JSON call must be the whole answer)
+
+    def feed(self, delta: str) -> str:
+        """Returns the normal text that is safe to send now."""
+        self._held += delta
+        if self._in_calls:
+            return ""
+        start = self.parser._section_start(self._held)
+        if start < 0 and self.parser.bare_json and not self._sent and self._held.lstrip().startswith("{"):
+            start = len(self._held) - len(self._held.lstrip())  # may become a bare JSON call
+        if start >= 0:
+            self._in_calls = True
+            out, self._held = self._held[:start], self._held[start:]
+            return out
+        out = self._held[: self.parser._maybe_start(self._held)]
+        self._held = self._held[len(out):]
+        self._sent = self._sent or bool(out.strip())
+        return out
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """The text still held back that is not a call, and the calls."""
+        normal, calls = self.parser.parse(self._held)
+        self._held = ""
+        return normal, calls
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0

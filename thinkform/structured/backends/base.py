@@ -1,0 +1,81 @@
+"""The one small protocol every grammar backend implements.
+
+Bitmasks everywhere are xgrammar's layout: int32 tensor [batch, ceil(vocab_size / 32)], bit j of word i set
+when token 32*i + j is allowed. Every backend writes that layout so the sampler has one code path.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+
+
+class GrammarMatcher(ABC):
+    """Per-request grammar state. Not thread-safe; one request owns it."""
+
+    @abstractmethod
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the allowed next tokens into bitmask[row] (EOS bit set only where the grammar may end)."""
+
+    @abstractmethod
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by one token; False (state unchanged) when the grammar rejects it."""
+
+    @abstractmethod
+    def accept_string(self, text: str) -> bool:
+        """Advance by raw text (used for text after a reasoning end marker inside one token)."""
+
+    @abstractmethod
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last num_tokens accepted tokens."""
+
+    @abstractmethod
+    def is_terminated(self) -> bool:
+        """The grammar is complete and accepted EOS/stop (no more tokens may follow)."""
+
+    @abstractmethod
+    def can_terminate(self) -> bool:
+        """The text so far is a complete sentence of the grammar (EOS would be accepted now)."""
+
+    @abstractmethod
+    def find_jump_forward_string(self) -> str:
+        """The text the grammar forces next ('' when more than one continuation is possible)."""
+
+
+class CompiledGrammar(ABC):
+    @abstractmethod
+    def new_matcher(self) -> GrammarMatcher: ...
+
+
+@dataclass
+class BackendContext:
+    """What a backend needs to know about the model: the HF tokenizer and the logits width."""
+
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    vocab_size: int  # model logits width (may exceed len(tokenizer))
+    eos_token_ids: tuple[int, ...]
+    options: GrammarOptions
+
+
+class GrammarBackend(ABC):
+    name: ClassVar[str]
+    kinds: ClassVar[frozenset[str]]  # constraint kinds it can compile
+
+    def __init__(self, ctx: BackendContext) -> None:
+        self.ctx = ctx
+
+    def check_kind(self, constraint: Constraint) -> None:
+        if constraint.kind not in self.kinds:
+            raise ConstraintError(
+                f"grammar backend '{self.name}' does not support {constraint.kind} constraints "
+                f"(it supports: {', '.join(sorted(self.kinds)) or 'none'}); choose another --grammar-backend",
+                field=constraint.field,
+            )
+
+    @abstractmethod
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        """Compile or raise ConstraintError quoting the library's message."""

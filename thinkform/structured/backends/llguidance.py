@@ -1,0 +1,172 @@
+"""llguidance backend: JSON schema, regex, EBNF (GBNF or lark) and trigger-style structural tags."""
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import llguidance
+import llguidance.hf
+import llguidance.torch
+import torch
+from llguidance import LLMatcher, StructTag
+
+from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+
+ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
+
+
+class LLGuidanceMatcher(GrammarMatcher):
+    def __init__(self, matcher: LLMatcher, tokenizer: llguidance.LLTokenizer) -> None:
+        self._m = matcher
+        self._tok = tokenizer
+        self._steps: list[int] = []  # tokens consumed per accept call, so rollback counts calls like xgrammar
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        llguidance.torch.fill_next_token_bitmask(self._m, bitmask, row)
+
+    def accept_token(self, token_id: int) -> bool:
+        return self._consume([token_id])
+
+    def accept_string(self, text: str) -> bool:
+        return self._consume(self._tok.tokenize_str(text)) if text else True
+
+    def _consume(self, tokens: list[int]) -> bool:
+        # try_consume_tokens leaves the matcher usable on a rejected token (consume_token would not).
+        done = self._m.try_consume_tokens(tokens)
+        if done != len(tokens):
+            if done:
+                self._m.rollback(done)
+            return False
+        self._steps.append(done)
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens > len(self._steps):
+            raise ValueError(f"cannot roll back {num_tokens} steps, only {len(self._steps)} taken")
+        count = sum(self._steps[len(self._steps) - num_tokens:]) if num_tokens else 0
+        del self._steps[len(self._steps) - num_tokens:]
+        if count:
+            self._m.rollback(count)
+
+    def is_terminated(self) -> bool:
+        return self._m.is_stopped() and not self._m.is_error()
+
+    def can_terminate(self) -> bool:
+        return self._m.is_accepting()
+
+    def find_jump_forward_string(self) -> str:
+        return _utf8_prefix(self._m.compute_ff_bytes())
+
+
+class LLGuidanceCompiled(CompiledGrammar):
+    def __init__(self, prototype: LLMatcher, tokenizer: llguidance.LLTokenizer) -> None:
+        self._prototype = prototype
+        self._tok = tokenizer
+
+    def new_matcher(self) -> GrammarMatcher:
+        # Copying a built matcher skips re-parsing the grammar for each request.
+        return LLGuidanceMatcher(self._prototype.deep_copy(), self._tok)
+
+
+@register_backend
+class LLGuidanceBackend(GrammarBackend):
+    name: ClassVar[str] = "llguidance"
+    kinds: ClassVar[frozenset[str]] = frozenset(
+        {"json_schema", "json_object", "regex", "ebnf", "structural_tag"})
+
+    def __init__(self, ctx: BackendContext) -> None:
+        super().__init__(ctx)
+        self._tok = llguidance.hf.from_tokenizer(
+            ctx.tokenizer, n_vocab=ctx.vocab_size, eos_token=list(ctx.eos_token_ids))
+
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        self.check_kind(constraint)
+        try:
+            grammar = self._grammar(constraint)
+        except ConstraintError:
+            raise
+        except Exception as e:  # grammar_from_* raise ValueError on malformed input
+            raise ConstraintError(f"invalid {constraint.field}: {e}", field=constraint.field) from e
+        matcher = LLMatcher(self._tok, grammar, log_level=0)
+        if matcher.is_error():
+            raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
+                                  field=constraint.field)
+        return LLGuidanceCompiled(matcher, self._tok)
+
+    def _grammar(self, constraint: Constraint) -> str:
+        opts = self.ctx.options
+        if constraint.kind == "json_schema":
+            return LLMatcher.grammar_from_json_schema(constraint.source, overrides=json_options(opts))
+        if constraint.kind == "json_object":
+            return LLMatcher.grammar_from_json_schema(ANY_JSON_SCHEMA, overrides=json_options(opts))
+        if constraint.kind == "regex":
+            return LLMatcher.grammar_from_regex(constraint.source)
+        if constraint.kind == "ebnf":
+            # GBNF (`root ::= …`, SGLang's dialect) is converted to lark; lark passes through.
+            return llguidance.grammar_from("ebnf", constraint.source)
+        return _structural_tag_grammar(constraint.data(), opts)
+
+
+def json_options(opts: GrammarOptions) -> dict[str, Any]:
+    """llguidance's JSON options matching xgrammar's: compact `, ` / `: `, or bounded whitespace."""
+    if opts.any_whitespace:
+        return {"whitespace_flexible": True, "whitespace_pattern": rf"[\x20\x0A\x0D\x09]{{0,{opts.max_whitespace}}}"}
+    return {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
+    """Free text with JSON tool calls after triggers, as llguidance lazy-trigger lark.
+
+    The legacy form maps directly; of the `format` form only the same shape (triggered_tags whose tags
+    hold a json_schema) maps, anything richer needs xgrammar."""
+    if "structures" in tag:
+        items, triggers = _legacy_items(tag), tag["triggers"]
+    else:
+        items, triggers = _format_items(tag["format"]), tag["format"].get("triggers") or []
+    tags = []
+    for begin, schema, end in items:
+        trigger = next((t for t in triggers if begin.startswith(t)), None)
+        if trigger is None:
+            raise ConstraintError(f"structural_tag begin {begin!r} does not start with any trigger",
+                                  field="structural_tag")
+        schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **json_options(opts)}}
+        # Triggers are matched as text (assume_special=False): markers need not be special tokens.
+        tags.append(StructTag(trigger=trigger, begin=begin, grammar=schema, end=end))
+    return StructTag.to_grammar(tags, assume_special=False)
+
+
+def _legacy_items(tag: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    return [(s["begin"], s["schema"], s["end"]) for s in tag["structures"]]
+
+
+def _format_items(fmt: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    unsupported = ConstraintError(
+        "grammar backend 'llguidance' supports structural_tag only as triggered tags with JSON-schema "
+        "content (the legacy 'structures' form or format type 'triggered_tags'); use --grammar-backend "
+        "xgrammar for other structural tag formats", field="structural_tag")
+    if fmt.get("type") != "triggered_tags" or fmt.get("at_least_one") or fmt.get("stop_after_first"):
+        raise unsupported
+    items = []
+    for t in fmt.get("tags", []):
+        content = t.get("content", {})
+        if (t.get("type", "tag") != "tag" or content.get("type") != "json_schema"
+                or not isinstance(t.get("begin"), str) or not isinstance(t.get("end"), str)
+                or content.get("style", "json") != "json"):
+            raise unsupported
+        schema = content["json_schema"]
+        items.append((t["begin"], json.loads(schema) if isinstance(schema, str) else schema, t["end"]))
+    if not items:
+        raise unsupported
+    return items
+
+
+def _utf8_prefix(data: bytes) -> str:
+    """The longest prefix of data that is whole UTF-8 (a forced multi-byte char may be cut)."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""

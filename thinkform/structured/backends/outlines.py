@@ -1,0 +1,177 @@
+"""outlines-core backend: regular languages only, so JSON schema (via its regex) and regex."""
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import torch
+import xgrammar as xgr
+from outlines_core import Guide, Index, Vocabulary
+from outlines_core.json_schema import build_regex_from_schema
+
+from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+
+ANY_JSON_SCHEMA = '{"type": "object"}'
+MAX_ROLLBACK = 1024  # tokens the Guide remembers for rollback
+MAX_JUMP_BYTES = 64  # cap on one jump-forward walk
+
+
+class OutlinesMatcher(GrammarMatcher):
+    def __init__(self, compiled: OutlinesCompiled) -> None:
+        self._c = compiled
+        self._guide = Guide(compiled.index, max_rollback=MAX_ROLLBACK)
+        self._steps: list[int] = []  # Guide advances per accept call; 0 marks the accepted EOS
+        self._terminated = False
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        out = bitmask[row]
+        out.zero_()
+        if not self._terminated:
+            self._guide.write_mask_into(out.data_ptr(), out.numel(), out.element_size())
+        if self._terminated or self._guide.is_finished():
+            for eos in self._c.eos_token_ids:  # outlines knows one EOS; allow all of the model's
+                out[eos // 32] |= _bit(eos % 32)
+        else:
+            for eos in self._c.eos_token_ids:
+                out[eos // 32] &= ~_bit(eos % 32)
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        if token_id in self._c.eos_token_ids:
+            if not self._guide.is_finished():
+                return False
+            self._terminated = True
+            self._steps.append(0)
+            return True
+        return self._advance([token_id])
+
+    def accept_string(self, text: str) -> bool:
+        if self._terminated:
+            return False
+        return self._advance(self._c.encode(text)) if text else True
+
+    def _advance(self, tokens: list[int]) -> bool:
+        if not tokens or not self._guide.accepts_tokens(tokens):
+            return False
+        for t in tokens:
+            self._guide.advance(t, return_tokens=False)
+        self._steps.append(len(tokens))
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens > len(self._steps):
+            raise ValueError(f"cannot roll back {num_tokens} steps, only {len(self._steps)} taken")
+        for _ in range(num_tokens):
+            n = self._steps.pop()
+            if n == 0:
+                self._terminated = False
+            else:
+                self._guide.rollback_state(n)
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def can_terminate(self) -> bool:
+        return self._guide.is_finished()
+
+    def find_jump_forward_string(self) -> str:
+        """Bytes every allowed continuation starts with: while all allowed tokens share the shortest
+        allowed token as a prefix, that token's bytes are forced (all single bytes are tokens)."""
+        if self._terminated:
+            return ""
+        index, token_bytes = self._c.index, self._c.token_bytes
+        state: int | None = self._guide.get_state()
+        out = b""
+        while state is not None and len(out) < MAX_JUMP_BYTES and not index.is_final_state(state):
+            allowed = [t for t in index.get_allowed_tokens(state) or [] if t in token_bytes]
+            if not allowed:
+                break
+            first = min(allowed, key=lambda t: len(token_bytes[t]))
+            head = token_bytes[first]
+            if not all(token_bytes[t].startswith(head) for t in allowed):
+                break
+            out += head
+            state = index.get_next_state(state, first)
+        return _utf8_prefix(out)
+
+
+class OutlinesCompiled(CompiledGrammar):
+    def __init__(self, index: Index, backend: OutlinesBackend) -> None:
+        self.index = index
+        self.token_bytes = backend.token_bytes
+        self.eos_token_ids = backend.ctx.eos_token_ids
+        self.encode = backend.encode
+
+    def new_matcher(self) -> GrammarMatcher:
+        return OutlinesMatcher(self)
+
+
+@register_backend
+class OutlinesBackend(GrammarBackend):
+    name: ClassVar[str] = "outlines"
+    kinds: ClassVar[frozenset[str]] = frozenset({"json_schema", "json_object", "regex"})
+
+    def __init__(self, ctx: BackendContext) -> None:
+        super().__init__(ctx)
+        if not ctx.eos_token_ids:
+            raise ValueError("the outlines grammar backend needs at least one EOS token id")
+        self.token_bytes = text_token_bytes(ctx)
+        by_bytes: dict[bytes, list[int]] = {}
+        for token_id, data in self.token_bytes.items():
+            by_bytes.setdefault(data, []).append(token_id)
+        self._vocab = Vocabulary(ctx.eos_token_ids[0], by_bytes)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.ctx.tokenizer.encode(text, add_special_tokens=False))
+
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        self.check_kind(constraint)
+        try:
+            regex = self._regex(constraint)
+            return OutlinesCompiled(Index(regex, self._vocab), self)
+        except ConstraintError:
+            raise
+        except Exception as e:  # outlines-core raises ValueError / TypeError with its reason
+            raise ConstraintError(f"invalid {constraint.field}: {e}", field=constraint.field) from e
+
+    def _regex(self, constraint: Constraint) -> str:
+        if constraint.kind == "regex":
+            return constraint.source
+        source = ANY_JSON_SCHEMA if constraint.kind == "json_object" else constraint.source
+        return build_regex_from_schema(source, whitespace_pattern(self.ctx.options))
+
+
+def whitespace_pattern(opts: GrammarOptions) -> str:
+    # outlines puts the pattern around every JSON token; compact means none at all ({"a":1,"b":2}).
+    return rf"[ \t\n\r]{{0,{opts.max_whitespace}}}" if opts.any_whitespace else ""
+
+
+def text_token_bytes(ctx: BackendContext) -> dict[int, bytes]:
+    """Each ordinary token's bytes (special and EOS tokens left out), decoded offline.
+
+    xgrammar already knows how to decode every HF vocabulary type (byte-level, byte-fallback, raw)."""
+    info = xgr.TokenizerInfo.from_huggingface(ctx.tokenizer, vocab_size=ctx.vocab_size)
+    special = set(ctx.tokenizer.all_special_ids) | set(ctx.eos_token_ids)
+    size = min(len(ctx.tokenizer), ctx.vocab_size)
+    return {i: data for i, data in enumerate(info.decoded_vocab[:size]) if data and i not in special}
+
+
+def _bit(j: int) -> int:
+    # bit 31 of an int32 word is its sign bit
+    return -(1 << 31) if j == 31 else 1 << j
+
+
+def _utf8_prefix(data: bytes) -> str:
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""
+
+
+def _unused(_: Any) -> None:  # pragma: no cover
+    json.dumps(_)

@@ -1,0 +1,134 @@
+"""xgrammar backend (the default): every constraint kind, compiled once, matched per request."""
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import torch
+import xgrammar as xgr
+
+from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+
+COMPACT_SEPARATORS = (", ", ": ")
+ANY_JSON_SCHEMA = '{"type": ["object", "array"]}'  # what SGLang's "$$ANY$$" admits, written compactly
+
+
+class XGrammarMatcher(GrammarMatcher):
+    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
+        self._m = xgr.GrammarMatcher(compiled)
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self._m.fill_next_token_bitmask(bitmask, row)
+
+    def accept_token(self, token_id: int) -> bool:
+        return self._m.accept_token(token_id)
+
+    def accept_string(self, text: str) -> bool:
+        return self._m.accept_string(text)
+
+    def rollback(self, num_tokens: int) -> None:
+        self._m.rollback(num_tokens)
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def can_terminate(self) -> bool:
+        # is_completed: the root rule is fully matched, which is exactly when the stop token is accepted.
+        return self._m.is_completed()
+
+    def find_jump_forward_string(self) -> str:
+        return self._m.find_jump_forward_string()
+
+
+class XGrammarCompiled(CompiledGrammar):
+    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
+        self.compiled = compiled
+
+    def new_matcher(self) -> GrammarMatcher:
+        return XGrammarMatcher(self.compiled)
+
+
+@register_backend
+class XGrammarBackend(GrammarBackend):
+    name: ClassVar[str] = "xgrammar"
+    kinds: ClassVar[frozenset[str]] = frozenset(
+        {"json_schema", "json_object", "regex", "ebnf", "structural_tag"})
+
+    def __init__(self, ctx: BackendContext) -> None:
+        super().__init__(ctx)
+        info = xgr.TokenizerInfo.from_huggingface(
+            ctx.tokenizer, vocab_size=ctx.vocab_size, stop_token_ids=list(ctx.eos_token_ids))
+        self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        self.check_kind(constraint)
+        try:
+            return XGrammarCompiled(self._compile(constraint))
+        except ConstraintError:
+            raise
+        except Exception as e:  # xgrammar raises RuntimeError / ValueError / pydantic errors alike
+            raise ConstraintError(f"invalid {constraint.field}: {_message(e)}", field=constraint.field) from e
+
+    def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
+        opts = self.ctx.options
+        if constraint.kind == "json_schema":
+            return self._compiler.compile_json_schema(constraint.source, **_json_kwargs(opts))
+        if constraint.kind == "json_object":
+            return self._compiler.compile_json_schema(
+                ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False})
+        if constraint.kind == "regex":
+            return self._compiler.compile_regex(constraint.source)
+        if constraint.kind == "ebnf":
+            return self._compiler.compile_grammar(constraint.source)
+        return self._compiler.compile_structural_tag(json.dumps(structural_tag_format(constraint.data(), opts)))
+
+
+def _json_kwargs(opts: GrammarOptions) -> dict[str, Any]:
+    if opts.any_whitespace:
+        return {"any_whitespace": True, "max_whitespace_cnt": opts.max_whitespace, "strict_mode": opts.strict_mode}
+    return {"any_whitespace": False, "separators": COMPACT_SEPARATORS, "strict_mode": opts.strict_mode}
+
+
+def structural_tag_format(tag: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
+    """Either SGLang structural-tag form as xgrammar's `format` form, with our JSON whitespace policy."""
+    if "format" in tag:
+        fmt = tag["format"]
+    else:
+        fmt = {
+            "type": "triggered_tags",
+            "triggers": tag["triggers"],
+            "tags": [{"type": "tag", "begin": s["begin"], "end": s["end"],
+                      "content": {"type": "json_schema", "json_schema": s["schema"]}}
+                     for s in tag["structures"]],
+        }
+    return {"type": "structural_tag", "format": _json_policy(fmt, opts)}
+
+
+def _json_policy(node: Any, opts: GrammarOptions) -> Any:
+    """Rewrite the plain-JSON schema formats of a structural tag so their whitespace is bounded.
+
+    xgrammar's json_schema format has no compact switch, so when compact we swap in the grammar of
+    the schema compiled compactly; when flexible we bound the whitespace run."""
+    if isinstance(node, list):
+        return [_json_policy(n, opts) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "json_schema" and node.get("style", "json") == "json":
+        if opts.any_whitespace:
+            return {**node, "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
+        schema = node["json_schema"]
+        grammar = xgr.Grammar.from_json_schema(
+            schema if isinstance(schema, str) else json.dumps(schema), **_json_kwargs(opts))
+        return {"type": "grammar", "grammar": str(grammar)}
+    return {k: _json_policy(v, opts) for k, v in node.items()}
+
+
+def _message(e: Exception) -> str:
+    # xgrammar's C++ errors carry a "[time] file.cc:line: " prefix; the reason is what follows.
+    text = str(e).strip()
+    head, sep, tail = text.partition("] ")
+    if sep and head.startswith("[") and ".cc:" in tail.split(" ", 1)[0]:
+        text = tail.split(": ", 1)[-1]
+    return text

@@ -1,0 +1,378 @@
+"""ReasoningGate: free while the model thinks, grammar-constrained after the end marker.
+
+One gate per request, between the sampler and the grammar matcher. The engine drives it like this,
+once per decode step of the request:
+
+    ids = gate.forced_tokens(num_generated)      # thinking budget / answer reserve
+    if ids:                                      # no sampling this step
+        append ids to the output; gate.accept_forced(ids)
+    else:
+        masked = gate.fill_bitmask(bitmask, row) # False: leave the row unmasked (reasoning, unconstrained)
+        token = sample(...)
+        append gate.accept(token) to the output  # usually [token]; may be replacement ids
+    stop on EOS / stop strings only where gate.may_stop(); stop at once when gate.finished
+
+Phases: OPEN (the model may open reasoning with the start marker) → REASONING (no mask) → ANSWER
+(grammar mask) → FINISHED (grammar terminated). Markers are matched on the tokens' raw bytes, so a marker
+spelled in several tokens works like one special token; the marker itself never reaches the grammar.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+import torch
+
+from thinkform.reasoning.markers import ReasoningMarkers
+from thinkform.structured.backends.base import GrammarMatcher
+from thinkform.structured.vocab import TokenVocab
+
+_WHITESPACE = b" \t\r\n"
+
+
+class Phase(str, Enum):
+    OPEN = "open"
+    REASONING = "reasoning"
+    ANSWER = "answer"
+    FINISHED = "finished"
+
+
+class GateError(RuntimeError):
+    """The engine fed the gate a token its mask forbade, or called it out of order."""
+
+
+class AnswerGuard(Protocol):
+    """Anti-runaway guard over the answer text (structured/runaway.py's NumberGuard)."""
+
+    def observe(self, text: str) -> None: ...
+
+    def restrict(self, bitmask: torch.Tensor, row: int) -> None: ...
+
+
+def default_answer_reserve(max_new_tokens: int | None) -> int:
+    """Tokens kept for the answer when reasoning would eat the whole budget: min(128, max_new_tokens // 4)."""
+    return 0 if max_new_tokens is None else min(128, max_new_tokens // 4)
+
+
+def initial_phase(markers: ReasoningMarkers | None,
+                  chat_template_kwargs: Mapping[str, Any] | None = None) -> Phase:
+    """Where the output starts: no reasoning parser or thinking off → ANSWER; the prompt opened
+    reasoning → REASONING; otherwise the model may open it itself → OPEN."""
+    if markers is None or not markers.thinking_enabled(chat_template_kwargs):
+        return Phase.ANSWER
+    return Phase.REASONING if markers.starts_in_reasoning(chat_template_kwargs) else Phase.OPEN
+
+
+@dataclass
+class _Snapshot:
+    """Gate state before one output token, so rollback can restore it."""
+
+    phase: Phase
+    tail: bytes
+    reasoning_tokens: int
+    open_tokens: int
+    answer_len: int
+    matcher_steps: int = 0  # matcher steps this token caused (0, or 1: accept_token / accept_string)
+
+
+class ReasoningGate:
+    def __init__(
+        self,
+        vocab: TokenVocab,
+        markers: ReasoningMarkers | None,
+        phase: Phase | str = Phase.ANSWER,
+        matcher: GrammarMatcher | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        max_reasoning_tokens: int | None = None,
+        answer_reserve_tokens: int | None = None,
+        guard: AnswerGuard | None = None,
+    ) -> None:
+        phase = Phase(phase)
+        if markers is None and phase in (Phase.OPEN, Phase.REASONING):
+            raise ValueError(f"phase: '{phase.value}' needs reasoning markers (a --reasoning-parser)")
+        if phase is Phase.FINISHED:
+            raise ValueError("phase: a request cannot start finished")
+        self.vocab = vocab
+        self.markers = markers
+        self.matcher = matcher
+        self.phase = phase
+        self.max_new_tokens = max_new_tokens
+        self.max_reasoning_tokens = max_reasoning_tokens
+        self.answer_reserve_tokens = (default_answer_reserve(max_new_tokens)
+                                      if answer_reserve_tokens is None else answer_reserve_tokens)
+        self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
+        self._guard = guard
+        self._pristine_guard = copy.deepcopy(guard) if guard is not None else None
+        self._eos = frozenset(vocab.eos_token_ids)
+        self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
+        self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
+        self._answer = bytearray()  # answer bytes so far (the grammar's input)
+        self._history: list[_Snapshot] = []
+        if markers is not None:
+            self._start = markers.start.encode()
+            self._end = markers.end.encode()
+            self._start_ids = vocab.encode_text(markers.start)
+            self._end_ids = vocab.encode_text(markers.end)
+            self._close_ids = vocab.encode_text(markers.close_text)
+
+    # --- state ----------------------------------------------------------------------------------
+
+    @property
+    def constrained(self) -> bool:
+        return self.matcher is not None
+
+    @property
+    def finished(self) -> bool:
+        """The grammar terminated: the engine stops the request with finish_reason 'stop'."""
+        return self.phase is Phase.FINISHED
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self.phase is Phase.REASONING
+
+    @property
+    def constraint_satisfied(self) -> bool | None:
+        """True when the answer is a complete sentence of the grammar, False when cut short, None when
+        unconstrained."""
+        if self.matcher is None:
+            return None
+        if self.phase is Phase.FINISHED:
+            return True
+        return self.phase is Phase.ANSWER and self._grammar_may_end()
+
+    def may_stop(self) -> bool:
+        """Whether EOS / stop strings / stop token ids may end the request now."""
+        if self.matcher is None or self.phase is Phase.FINISHED:
+            return True
+        return self.phase is Phase.ANSWER and self._grammar_may_end()
+
+    def jump_forward(self) -> str:
+        """Text the grammar forces next while answering ('' otherwise)."""
+        if self.matcher is None or self.phase is not Phase.ANSWER:
+            return ""
+        return self.matcher.find_jump_forward_string()
+
+    def _grammar_may_end(self) -> bool:
+        # EOS is never the first answer token: an empty answer is not an answer
+        return bool(self._answer) and self.matcher is not None and self.matcher.can_terminate()
+
+    # --- mask -----------------------------------------------------------------------------------
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> bool:
+        """Write the allowed next tokens into bitmask[row]; False means: do not mask this row."""
+        if self.matcher is None or self.phase is Phase.REASONING:
+            return False
+        if self.phase is Phase.FINISHED:
+            bitmask[row].zero_()
+            _set_bits(bitmask, row, self._eos, True)
+            return True
+        self.matcher.fill_bitmask(bitmask, row)
+        if self.phase is Phase.OPEN:
+            _set_bits(bitmask, row, (self._start_ids[0],), True)
+        may_end = self.phase is Phase.ANSWER and self._grammar_may_end()
+        _set_bits(bitmask, row, self._eos, may_end)
+        _clear_range(bitmask, row, self.vocab.num_tokens, self.vocab.vocab_size)
+        if self._guard is not None:
+            self._guard.restrict(bitmask, row)
+        return True
+
+    # --- tokens ---------------------------------------------------------------------------------
+
+    def accept(self, token_id: int) -> list[int]:
+        """Take the sampled token; returns the ids to append to the output (usually [token_id]).
+
+        Under a constraint: EOS while reasoning becomes the close marker (the answer then follows); in
+        OPEN, the start marker's first token becomes the whole start marker; a token carrying text after
+        the end marker that the grammar rejects becomes the tokens that complete the marker.
+        """
+        if self.phase is Phase.FINISHED:
+            raise GateError(f"token {token_id} after the constrained answer finished")
+        if self.matcher is not None:
+            if token_id in self._eos and self.phase is Phase.REASONING:
+                return self._advance(list(self._close_ids))
+            if token_id in self._eos and self.phase is Phase.OPEN:
+                return self._advance(self._start_ids + self._close_ids)
+            if self.phase is Phase.OPEN and token_id == self._start_ids[0]:
+                return self._advance(list(self._start_ids))
+        snapshot = self._push()
+        if self._step(token_id, snapshot):
+            return [token_id]
+        self._pop_and_restore()  # the rejected answer text left the matcher unchanged
+        return self._advance(self._marker_completion(token_id))
+
+    def forced_tokens(self, num_generated: int) -> list[int]:
+        """Ids the engine must append instead of sampling (thinking budget, answer reserve), else []."""
+        if self.phase is not Phase.REASONING or self.markers is None:
+            return []
+        over_budget = self.max_reasoning_tokens is not None and self.reasoning_tokens >= self.max_reasoning_tokens
+        left = None if self.max_new_tokens is None else self.max_new_tokens - num_generated
+        if over_budget or (left is not None and left <= self.answer_reserve_tokens):
+            return list(self._close_ids)
+        return []
+
+    def accept_forced(self, token_ids: Sequence[int]) -> None:
+        """The engine appended `token_ids` (from forced_tokens) to the output."""
+        self._advance(list(token_ids))
+
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last num_tokens output tokens, across the end marker if need be."""
+        if num_tokens < 0 or num_tokens > len(self._history):
+            raise GateError(f"rollback: cannot undo {num_tokens} tokens, {len(self._history)} accepted")
+        if num_tokens == 0:
+            return
+        steps = sum(s.matcher_steps for s in self._history[-num_tokens:])
+        answer_len = len(self._answer)
+        snapshot = self._history[-num_tokens]
+        del self._history[-num_tokens:]
+        self._restore(snapshot)
+        if steps and self.matcher is not None:
+            self.matcher.rollback(steps)
+        if self._guard is not None and len(self._answer) != answer_len:
+            # the guard has no rollback of its own: rebuild it from the answer that remains
+            self._guard = copy.deepcopy(self._pristine_guard)
+            if self._answer:
+                self._guard.observe(bytes(self._answer).decode("utf-8", errors="replace"))
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _advance(self, token_ids: list[int]) -> list[int]:
+        for token_id in token_ids:
+            if self.phase is Phase.FINISHED:
+                raise GateError(f"token {token_id} after the constrained answer finished")
+            if not self._step(token_id, self._push()):
+                self._pop_and_restore()
+                raise GateError(f"the grammar rejected the answer text of token {token_id}")
+        return token_ids
+
+    def _push(self) -> _Snapshot:
+        snapshot = _Snapshot(self.phase, self._tail, self.reasoning_tokens, self._open_tokens, len(self._answer))
+        self._history.append(snapshot)
+        return snapshot
+
+    def _pop_and_restore(self) -> None:
+        self._restore(self._history.pop())
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        self.phase = snapshot.phase
+        self._tail = snapshot.tail
+        self.reasoning_tokens = snapshot.reasoning_tokens
+        self._open_tokens = snapshot.open_tokens
+        del self._answer[snapshot.answer_len:]
+
+    def _step(self, token_id: int, snapshot: _Snapshot) -> bool:
+        """Advance by one output token; False when the grammar rejects the text after the end marker."""
+        data = self.vocab.token_bytes[token_id]
+        if self.phase is Phase.OPEN:
+            return self._step_open(token_id, data, snapshot)
+        if self.phase is Phase.REASONING:
+            self.reasoning_tokens += 1
+            return self._reasoning_bytes(data, snapshot)
+        return self._answer_token(token_id, data, snapshot)
+
+    def _step_open(self, token_id: int, data: bytes, snapshot: _Snapshot) -> bool:
+        pending = self._tail + data
+        head = pending.lstrip(_WHITESPACE)
+        if head.startswith(self._start):
+            self.phase = Phase.REASONING
+            self.reasoning_tokens += self._open_tokens + 1
+            self._open_tokens, self._tail = 0, b""
+            return self._reasoning_bytes(head[len(self._start):], snapshot)
+        if self.matcher is None and self._start.startswith(head):
+            self._tail = pending  # maybe the start marker, spelled over several tokens
+            self._open_tokens += 1
+            return True
+        # Anything else is the answer; under a constraint the first token decides (the mask allowed only
+        # the grammar's tokens and the start marker's first token).
+        self.phase = Phase.ANSWER
+        self._open_tokens, self._tail = 0, b""
+        if self.matcher is None:
+            self._answer += pending
+            return True
+        return self._answer_token(token_id, data, snapshot)
+
+    def _reasoning_bytes(self, data: bytes, snapshot: _Snapshot) -> bool:
+        buf = self._tail + data
+        idx = buf.find(self._end)
+        if idx < 0:
+            keep = len(self._end) - 1
+            self._tail = buf[-keep:] if keep else b""
+            return True
+        self.phase = Phase.ANSWER
+        self._tail = b""
+        rest = buf[idx + len(self._end):]
+        return self._answer_text(rest, snapshot) if rest else True
+
+    def _answer_text(self, data: bytes, snapshot: _Snapshot) -> bool:
+        """Text after the end marker inside the same token: the grammar takes it as a string."""
+        if self.matcher is not None:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            if not self.matcher.accept_string(text):
+                return False
+            snapshot.matcher_steps = 1
+        self._took_answer(data)
+        return True
+
+    def _answer_token(self, token_id: int, data: bytes, snapshot: _Snapshot) -> bool:
+        if self.matcher is None:
+            self._answer += data
+            return True
+        if token_id in self._eos:
+            accepted = self.matcher.accept_token(token_id)
+            # the backend may not know every EOS id of the model; the grammar's own verdict decides
+            if not accepted and not self._grammar_may_end():
+                raise GateError(f"EOS token {token_id} where the grammar cannot end")
+            snapshot.matcher_steps = int(accepted)
+            self.phase = Phase.FINISHED
+            return True
+        if not self.matcher.accept_token(token_id):
+            raise GateError(f"token {token_id} ({data!r}) is not allowed by the grammar here")
+        snapshot.matcher_steps = 1
+        self._took_answer(data)
+        return True
+
+    def _took_answer(self, data: bytes) -> None:
+        self._answer += data
+        if self._guard is not None:
+            self._guard.observe(data.decode("utf-8", errors="replace"))
+        if self.matcher is not None and self.matcher.is_terminated():
+            self.phase = Phase.FINISHED
+
+    def _marker_completion(self, token_id: int) -> list[int]:
+        """Ids that say what `token_id` said up to the end of the end marker, and nothing after it."""
+        buf = self._tail + self.vocab.token_bytes[token_id]
+        idx = buf.find(self._end)
+        if idx >= len(self._tail):  # the whole marker is in this token: keep the reasoning before it
+            before = buf[len(self._tail):idx]
+            return (self.vocab.encode_bytes(before) if before else []) + list(self._end_ids)
+        return self.vocab.encode_bytes(self._end[len(self._tail) - idx:])
+
+
+def _set_bits(bitmask: torch.Tensor, row: int, token_ids: Any, value: bool) -> None:
+    """Set or clear single token bits in xgrammar's packed int32 layout."""
+    for token_id in token_ids:
+        word, bit = divmod(int(token_id), 32)
+        if word >= bitmask.shape[1]:
+            continue
+        current = int(bitmask[row, word]) & 0xFFFFFFFF
+        current = current | (1 << bit) if value else current & ~(1 << bit)
+        bitmask[row, word] = current - (1 << 32) if current >= 1 << 31 else current
+
+
+def _clear_range(bitmask: torch.Tensor, row: int, lo: int, hi: int) -> None:
+    """Clear the bits of token ids lo..hi-1 (logits padding past the tokenizer)."""
+    hi = min(hi, bitmask.shape[1] * 32)
+    if lo >= hi:
+        return
+    first_full = -(-lo // 32)
+    _set_bits(bitmask, row, range(lo, min(hi, first_full * 32)), False)
+    last_full = hi // 32
+    if last_full > first_full:
+        bitmask[row, first_full:last_full] = 0
+    _set_bits(bitmask, row, range(max(lo, last_full * 32), hi), False)

@@ -1,0 +1,158 @@
+"""Constraint: what the answer must match. Built from request fields, validated up front.
+
+The request fields are SGLang's sampling params: `json_schema` (a JSON string or a dict; the string
+"$$ANY$$" means any JSON), `regex`, `ebnf` and `structural_tag` (legacy `structures`/`triggers` form or
+xgrammar 0.2's `format` form), plus `json_object` for OpenAI's response_format json_object.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ConstraintKind = Literal["json_schema", "json_object", "regex", "ebnf", "structural_tag"]
+CONSTRAINT_FIELDS: tuple[str, ...] = ("json_schema", "regex", "ebnf", "structural_tag")
+ANY_JSON = "$$ANY$$"  # SGLang's json_schema value for "any JSON"
+
+
+class ConstraintError(ValueError):
+    """A bad constraint: names the request field and quotes the backend's message."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class GrammarOptions:
+    """Anti-runaway defaults; flags loosen each."""
+
+    any_whitespace: bool = False  # compact JSON with fixed separators (", ", ": ")
+    max_whitespace: int = 4  # when any_whitespace: bound on consecutive whitespace
+    max_number_digits: int = 17  # significant digits of a JSON number (integers then fit int64)
+    max_exponent_digits: int = 3
+    compile_timeout_s: float = 30.0
+    strict_mode: bool = True  # JSON schema: no properties / items beyond those the schema names
+
+
+@dataclass(frozen=True)
+class Constraint:
+    kind: ConstraintKind
+    source: str  # canonical text: compact JSON (key order kept) for schema / structural tag
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.source)
+
+    @property
+    def field(self) -> str:
+        """The request field this constraint came from (json_object comes from json_schema "$$ANY$$")."""
+        return "json_schema" if self.kind == "json_object" else self.kind
+
+    def data(self) -> Any:
+        """The parsed JSON of a json_schema / structural_tag constraint."""
+        return json.loads(self.source)
+
+
+def constraint_from_fields(
+    json_schema: Any = None,
+    regex: str | None = None,
+    ebnf: str | None = None,
+    structural_tag: Any = None,
+    json_object: bool = False,
+) -> Constraint | None:
+    """Build a Constraint from SGLang request fields; more than one given is an error naming them."""
+    given = {k: v for k, v in (("json_schema", json_schema), ("regex", regex), ("ebnf", ebnf),
+                               ("structural_tag", structural_tag)) if v is not None}
+    if json_object:
+        given["json_object"] = ANY_JSON
+    if len(given) > 1:
+        names = sorted(given)
+        raise ConstraintError(
+            f"only one constraint per request, got {' and '.join(names)}", field=names[1])
+    if not given:
+        return None
+    (field, value), = given.items()
+    if field in ("json_schema", "json_object"):
+        return _json_schema(value)
+    if field == "structural_tag":
+        return Constraint("structural_tag", _structural_tag(value))
+    if not isinstance(value, str) or not value.strip():
+        raise ConstraintError(f"{field} must be a non-empty string", field=field)
+    return Constraint(field, value)  # type: ignore[arg-type]
+
+
+def _json_schema(value: Any) -> Constraint:
+    if isinstance(value, str) and value.strip() == ANY_JSON:
+        return Constraint("json_object", ANY_JSON)
+    if isinstance(value, type) and hasattr(value, "model_json_schema"):
+        value = value.model_json_schema()  # a pydantic model class from the offline API
+    schema = _parse_json(value, "json_schema")
+    if not isinstance(schema, dict):
+        raise ConstraintError(
+            f"json_schema must be a JSON object, got {type(schema).__name__}", field="json_schema")
+    return Constraint("json_schema", _dump(schema, "json_schema"))
+
+
+def _structural_tag(value: Any) -> str:
+    """Validate either structural tag form and keep only the keys that mean something."""
+    field = "structural_tag"
+    tag = _parse_json(value, field)
+    if not isinstance(tag, dict):
+        raise ConstraintError("structural_tag must be a JSON object", field=field)
+    if tag.get("type", "structural_tag") != "structural_tag":
+        raise ConstraintError(
+            f"structural_tag type must be 'structural_tag', got {tag.get('type')!r}", field=field)
+    if "format" in tag:
+        if not isinstance(tag["format"], dict) or "type" not in tag["format"]:
+            raise ConstraintError("structural_tag format must be an object with a 'type'", field=field)
+        return _dump({"type": "structural_tag", "format": tag["format"]}, field)
+    if "structures" not in tag:
+        raise ConstraintError("structural_tag needs 'format' or 'structures' + 'triggers'", field=field)
+    return _dump({"type": "structural_tag", "structures": _structures(tag["structures"]),
+                  "triggers": _triggers(tag.get("triggers"))}, field)
+
+
+def _structures(structures: Any) -> list[dict[str, Any]]:
+    field = "structural_tag"
+    if not isinstance(structures, list) or not structures:
+        raise ConstraintError("structural_tag structures must be a non-empty list", field=field)
+    out = []
+    for i, item in enumerate(structures):
+        if not isinstance(item, dict):
+            raise ConstraintError(f"structural_tag structures[{i}] must be an object", field=field)
+        for key in ("begin", "end"):
+            if not isinstance(item.get(key), str):
+                raise ConstraintError(f"structural_tag structures[{i}].{key} must be a string", field=field)
+        if "schema" not in item:
+            raise ConstraintError(f"structural_tag structures[{i}] has no schema", field=field)
+        schema = _parse_json(item["schema"], f"structural_tag structures[{i}].schema", field)
+        if not isinstance(schema, dict):
+            raise ConstraintError(f"structural_tag structures[{i}].schema must be a JSON object", field=field)
+        out.append({"begin": item["begin"], "schema": schema, "end": item["end"]})
+    return out
+
+
+def _triggers(triggers: Any) -> list[str]:
+    if (not isinstance(triggers, list) or not triggers
+            or not all(isinstance(t, str) and t for t in triggers)):
+        raise ConstraintError("structural_tag triggers must be a non-empty list of non-empty strings",
+                              field="structural_tag")
+    return triggers
+
+
+def _parse_json(value: Any, what: str, field: str | None = None) -> Any:
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConstraintError(f"{what} is not valid JSON: {e}", field=field or what) from e
+    return value
+
+
+def _dump(value: Any, field: str) -> str:
+    # Key order is kept on purpose: a schema's property order is the order the answer is written in.
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConstraintError(f"{field} is not JSON-serialisable: {e}", field=field) from e
