@@ -23,6 +23,6 @@ def test_hidden_special_tokens_skipped(tiny_tokenizer):
 
 
 def test_find_stop_earliest_in_new_text():
-    assert find_stop("hello world. bye.", 6, [".", "bye"]) == (13, "bye")
+    assert find_stop("hello world. bye.", 4, [".", "bye"]) == (13, "bye")
     assert find_stop("abc", 1, ["x"]) is None
     assert find_stop("ab|c", 1, ["|c"]) == (2, "|c")  # a stop spanning the old and the new text

@@ -37,6 +37,7 @@ class EngineArgs:
     grammar_compile_timeout: float = field(default=30.0, metadata={"help": "seconds before a grammar compile fails its request"})
     disable_jump_forward: bool = field(default=False, metadata={"help": "turn off jump-forward decoding of grammar-forced text"})
     disable_radix_cache: bool = field(default=False, metadata={"help": "turn off prefix caching"})
+    graceful_shutdown_timeout: float = field(default=30.0, metadata={"help": "seconds in-flight requests may take to finish on SIGTERM / Ctrl-C before they are aborted"})
     random_seed: int = field(default=0, metadata={"help": "seed for requests without one"})
 
     @staticmethod

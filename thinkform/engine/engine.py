@@ -55,7 +55,7 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------------------------------
     def shutdown(self) -> None:
         self.loop.stop()
-        self.parts.grammar_cache.shutdown()
+        self.parts.grammar_cache.close()
 
     def __enter__(self) -> "Engine":
         return self

@@ -156,7 +156,7 @@ class RequestBuilder:
         if c is None and not in_reasoning:
             return None
         matcher = req.compiled[c.key].new_matcher() if c is not None else None
-        guard = NumberGuard(self.parts.vocab.token_bytes, self.parts.grammar_options) \
+        guard = NumberGuard(self.parts.number_rules) \
             if c is not None and c.kind in ("json_schema", "json_object") else None
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \

@@ -15,6 +15,7 @@ from thinkform.reasoning import ReasoningMarkers, get_markers
 from thinkform.structured.backends import create_backend
 from thinkform.structured.backends.base import BackendContext, GrammarBackend
 from thinkform.structured.cache import GrammarCache
+from thinkform.structured.runaway import NumberRules
 from thinkform.structured.spec import GrammarOptions
 from thinkform.structured.vocab import TokenVocab
 
@@ -31,11 +32,13 @@ class EngineParts:
     chat_template: str | None
     markers: ReasoningMarkers | None
     model_name: str
+    model_dir: str  # where the weights were read from (the safetensors copy for a GGUF)
     context_length: int
     device: torch.device
     eos_token_ids: tuple[int, ...]
     vocab_size: int
     vocab: TokenVocab
+    number_rules: NumberRules  # per-vocabulary tables of the JSON number guard
     hidden_ids: frozenset[int]  # special tokens hidden from text (reasoning markers are never hidden)
     grammar_options: GrammarOptions
     grammar_backend: GrammarBackend
@@ -71,16 +74,17 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         if args.context_length is None else args.context_length
     options = GrammarOptions(any_whitespace=args.json_any_whitespace, max_number_digits=args.max_number_digits,
                              compile_timeout_s=args.grammar_compile_timeout)
-    vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size)
+    vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size, loaded.eos_token_ids)
     backend = create_backend(args.grammar_backend, BackendContext(tok, cfg.vocab_size, loaded.eos_token_ids, options))
     kv, pool = _build_kv(args, loaded.model, cfg, device, context)
     chat_template = _chat_template(args.chat_template) or loaded.chat_template
     return EngineParts(
         model=loaded.model, tokenizer=tok, chat_template=chat_template, markers=markers,
-        model_name=loaded.served_name, context_length=context, device=device,
+        model_name=loaded.served_name, model_dir=loaded.model_path, context_length=context, device=device,
         eos_token_ids=tuple(loaded.eos_token_ids), vocab_size=cfg.vocab_size, vocab=vocab,
+        number_rules=NumberRules.from_options(vocab.token_bytes, options),
         hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
-        grammar_cache=GrammarCache(backend, options=options), kv=kv, pool=pool)
+        grammar_cache=GrammarCache(backend), kv=kv, pool=pool)
 
 
 def _build_kv(args: EngineArgs, model: torch.nn.Module, cfg: Any, device: torch.device,

@@ -33,7 +33,7 @@ class ModelConfig:
     hidden_act: str = "silu"
     attention_bias: bool = False  # bias on q/k/v/o (Llama's `attention_bias`)
     mlp_bias: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # the raw HF config, for anything else
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # the raw HF config, for anything else
 
     @property
     def rope_type(self) -> str:

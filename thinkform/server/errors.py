@@ -53,9 +53,17 @@ def to_api_error(exc: BaseException) -> APIError:
     return APIError(f"internal error: {type(exc).__name__}: {exc}", 500, type="internal_error")
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "tuple", "none", "NamedToolChoice"})
+
+
+def _is_field(part: Any) -> bool:
+    """pydantic puts union members (`str`, `list[str]`, `function-after[…]`) in error locations."""
+    text = str(part)
+    return text != "body" and text not in _TYPE_TAGS and not any(c in text for c in "[(-")
+
+
 def _loc_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) or "body"
+    return ".".join(str(p) for p in loc if _is_field(p)) or "body"
 
 
 async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -24,7 +24,11 @@ def _state(request: Request) -> ServerState:
 
 def _check_sampling_params(params: dict[str, Any], max_n: int | None) -> None:
     """Constraints are validated here so a bad one is a 400 naming its field before any work."""
-    validate_constraints({k: params[k] for k in _CONSTRAINT_KEYS if params.get(k) is not None})
+    try:
+        validate_constraints({k: params[k] for k in _CONSTRAINT_KEYS if params.get(k) is not None})
+    except APIError as e:
+        e.param = f"sampling_params.{e.param}" if e.param else "sampling_params"
+        raise
     n = params.get("n", 1)
     if max_n is not None and isinstance(n, int) and n > max_n:
         raise APIError(f"n={n} is larger than this server's limit of {max_n}", param="sampling_params.n")

@@ -18,17 +18,18 @@ spelled in several tokens works like one special token; the marker itself never 
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.structured.backends.base import GrammarMatcher
 from thinkform.structured.vocab import TokenVocab
+
+if TYPE_CHECKING:  # the gate only calls the protocol; importing backends here would load every library
+    from thinkform.structured.backends.base import GrammarMatcher
 
 _WHITESPACE = b" \t\r\n"
 
@@ -46,6 +47,8 @@ class GateError(RuntimeError):
 
 class AnswerGuard(Protocol):
     """Anti-runaway guard over the answer text (structured/runaway.py's NumberGuard)."""
+
+    def reset(self) -> None: ...
 
     def observe(self, text: str) -> None: ...
 
@@ -106,11 +109,11 @@ class ReasoningGate:
                                       if answer_reserve_tokens is None else answer_reserve_tokens)
         self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
         self._guard = guard
-        self._pristine_guard = copy.deepcopy(guard) if guard is not None else None
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
         self._answer = bytearray()  # answer bytes so far (the grammar's input)
+        self._spelling_start = False  # appending the start marker's tokens for the model
         self._history: list[_Snapshot] = []
         if markers is not None:
             self._start = markers.start.encode()
@@ -129,6 +132,11 @@ class ReasoningGate:
     def finished(self) -> bool:
         """The grammar terminated: the engine stops the request with finish_reason 'stop'."""
         return self.phase is Phase.FINISHED
+
+    @property
+    def guard(self) -> AnswerGuard | None:
+        """The anti-runaway guard in use (reset and replayed over the remaining answer on rollback)."""
+        return self._guard
 
     @property
     def in_reasoning(self) -> bool:
@@ -197,7 +205,11 @@ class ReasoningGate:
             if token_id in self._eos and self.phase is Phase.OPEN:
                 return self._advance(self._start_ids + self._close_ids)
             if self.phase is Phase.OPEN and token_id == self._start_ids[0]:
-                return self._advance(list(self._start_ids))
+                self._spelling_start = True
+                try:
+                    return self._advance(list(self._start_ids))
+                finally:
+                    self._spelling_start = False
         snapshot = self._push()
         if self._step(token_id, snapshot):
             return [token_id]
@@ -232,8 +244,8 @@ class ReasoningGate:
         if steps and self.matcher is not None:
             self.matcher.rollback(steps)
         if self._guard is not None and len(self._answer) != answer_len:
-            # the guard has no rollback of its own: rebuild it from the answer that remains
-            self._guard = copy.deepcopy(self._pristine_guard)
+            # the guard has no rollback of its own: replay the answer that remains
+            self._guard.reset()
             if self._answer:
                 self._guard.observe(bytes(self._answer).decode("utf-8", errors="replace"))
 
@@ -281,7 +293,7 @@ class ReasoningGate:
             self.reasoning_tokens += self._open_tokens + 1
             self._open_tokens, self._tail = 0, b""
             return self._reasoning_bytes(head[len(self._start):], snapshot)
-        if self.matcher is None and self._start.startswith(head):
+        if (self.matcher is None or self._spelling_start) and self._start.startswith(head):
             self._tail = pending  # maybe the start marker, spelled over several tokens
             self._open_tokens += 1
             return True
@@ -346,6 +358,8 @@ class ReasoningGate:
 
     def _marker_completion(self, token_id: int) -> list[int]:
         """Ids that say what `token_id` said up to the end of the end marker, and nothing after it."""
+        if self.phase is Phase.OPEN:  # start and end marker in one token: an empty reasoning block
+            return self._start_ids + self._end_ids
         buf = self._tail + self.vocab.token_bytes[token_id]
         idx = buf.find(self._end)
         if idx >= len(self._tail):  # the whole marker is in this token: keep the reasoning before it

@@ -12,6 +12,7 @@ from llguidance import LLMatcher, StructTag
 
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
 from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.backends.text import utf8_prefix
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
@@ -57,7 +58,7 @@ class LLGuidanceMatcher(GrammarMatcher):
         return self._m.is_accepting()
 
     def find_jump_forward_string(self) -> str:
-        return _utf8_prefix(self._m.compute_ff_bytes())
+        return utf8_prefix(self._m.compute_ff_bytes())
 
 
 class LLGuidanceCompiled(CompiledGrammar):
@@ -98,7 +99,9 @@ class LLGuidanceBackend(GrammarBackend):
     def _grammar(self, constraint: Constraint) -> str:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            return LLMatcher.grammar_from_json_schema(constraint.source, overrides=json_options(opts))
+            schema = constraint.data()
+            return LLMatcher.grammar_from_json_schema(
+                strict_schema(schema) if opts.strict_mode else schema, overrides=json_options(opts))
         if constraint.kind == "json_object":
             return LLMatcher.grammar_from_json_schema(ANY_JSON_SCHEMA, overrides=json_options(opts))
         if constraint.kind == "regex":
@@ -116,6 +119,33 @@ def json_options(opts: GrammarOptions) -> dict[str, Any]:
     return {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames",
+               "additionalProperties", "unevaluatedItems", "unevaluatedProperties")
+
+
+def strict_schema(schema: Any) -> Any:
+    """xgrammar's strict_mode for llguidance: objects admit only the properties the schema names,
+    unless the schema says otherwise (llguidance, like JSON Schema, admits extra ones by default)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: strict_schema(sub) for name, sub in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [strict_schema(sub) for sub in out[key]]
+    for key in _SUBSCHEMAS:
+        if key in out:
+            out[key] = [strict_schema(s) for s in out[key]] if isinstance(out[key], list) else strict_schema(out[key])
+    # Like xgrammar, only objects that name properties are closed; a bare {"type": "object"} stays open.
+    if "properties" in out and "additionalProperties" not in out and "unevaluatedProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
     """Free text with JSON tool calls after triggers, as llguidance lazy-trigger lark.
 
@@ -131,6 +161,7 @@ def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
         if trigger is None:
             raise ConstraintError(f"structural_tag begin {begin!r} does not start with any trigger",
                                   field="structural_tag")
+        schema = strict_schema(schema) if opts.strict_mode else schema
         schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **json_options(opts)}}
         # Triggers are matched as text (assume_special=False): markers need not be special tokens.
         tags.append(StructTag(trigger=trigger, begin=begin, grammar=schema, end=end))
@@ -160,13 +191,3 @@ def _format_items(fmt: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
     if not items:
         raise unsupported
     return items
-
-
-def _utf8_prefix(data: bytes) -> str:
-    """The longest prefix of data that is whole UTF-8 (a forced multi-byte char may be cut)."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return ""

@@ -1,8 +1,7 @@
 """outlines-core backend: regular languages only, so JSON schema (via its regex) and regex."""
 from __future__ import annotations
 
-import json
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import xgrammar as xgr
@@ -11,9 +10,9 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
 from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.backends.text import utf8_prefix
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
-ANY_JSON_SCHEMA = '{"type": "object"}'
 MAX_ROLLBACK = 1024  # tokens the Guide remembers for rollback
 MAX_JUMP_BYTES = 64  # cap on one jump-forward walk
 
@@ -95,7 +94,7 @@ class OutlinesMatcher(GrammarMatcher):
                 break
             out += head
             state = index.get_next_state(state, first)
-        return _utf8_prefix(out)
+        return utf8_prefix(out)
 
 
 class OutlinesCompiled(CompiledGrammar):
@@ -112,7 +111,8 @@ class OutlinesCompiled(CompiledGrammar):
 @register_backend
 class OutlinesBackend(GrammarBackend):
     name: ClassVar[str] = "outlines"
-    kinds: ClassVar[frozenset[str]] = frozenset({"json_schema", "json_object", "regex"})
+    # json_object is left out: outlines' regex for "any object" takes seconds even on a tiny vocabulary.
+    kinds: ClassVar[frozenset[str]] = frozenset({"json_schema", "regex"})
 
     def __init__(self, ctx: BackendContext) -> None:
         super().__init__(ctx)
@@ -140,8 +140,7 @@ class OutlinesBackend(GrammarBackend):
     def _regex(self, constraint: Constraint) -> str:
         if constraint.kind == "regex":
             return constraint.source
-        source = ANY_JSON_SCHEMA if constraint.kind == "json_object" else constraint.source
-        return build_regex_from_schema(source, whitespace_pattern(self.ctx.options))
+        return build_regex_from_schema(constraint.source, whitespace_pattern(self.ctx.options))
 
 
 def whitespace_pattern(opts: GrammarOptions) -> str:
@@ -162,16 +161,3 @@ def text_token_bytes(ctx: BackendContext) -> dict[int, bytes]:
 def _bit(j: int) -> int:
     # bit 31 of an int32 word is its sign bit
     return -(1 << 31) if j == 31 else 1 << j
-
-
-def _utf8_prefix(data: bytes) -> str:
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return ""
-
-
-def _unused(_: Any) -> None:  # pragma: no cover
-    json.dumps(_)

@@ -1,0 +1,103 @@
+"""A scripted stand-in for thinkform.Engine with the same contract, for fast routing / error tests.
+
+Each request's output text comes from `reply(call) -> str` (call: the keyword arguments of
+async_generate plus `index`); streams cut it into 3-character pieces (cumulative, as the engine sends).
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from thinkform.args import EngineArgs
+from thinkform.engine.errors import EngineOverloaded
+from thinkform.reasoning import get_markers, split_reasoning
+from thinkform.structured.spec import constraint_from_fields
+from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+
+def default_reply(call: dict[str, Any]) -> str:
+    start = call.get("reasoning_start") or ("reasoning" if call.get("require_reasoning") else "answer")
+    return ("Let me think.</think>\n\nParis" if start == "reasoning" else "Paris")
+
+
+@dataclass
+class FakeEngine:
+    reasoning_parser: str | None = "deepseek-r1"
+    reply: Callable[[dict[str, Any]], str] = default_reply
+    chunk_delay_s: float = 0.0
+    overloaded: bool = False
+    healthy: bool = True
+    tool_call_parser: str | None = None
+    api_key: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.args = EngineArgs(reasoning_parser=self.reasoning_parser, tool_call_parser=self.tool_call_parser,
+                               api_key=self.api_key, max_n=8)
+        self.tokenizer = build_tiny_tokenizer()
+        self.chat_template = self.tokenizer.chat_template
+        self.markers = get_markers(self.reasoning_parser) if self.reasoning_parser else None
+        self.served_model_name = "fake-model"
+        self.context_length = 512
+
+    def is_healthy(self) -> bool:
+        return self.healthy
+
+    def server_info(self) -> dict[str, Any]:
+        return {"model_name": self.served_model_name, "num_running": 0}
+
+    def abort(self, rid: str) -> None:
+        self.aborted.append(rid)
+
+    async def async_generate(self, prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
+                             require_reasoning: bool = False, reasoning_start: str | None = None,
+                             stream: bool = False, rid: Any = None, return_logprob: bool = False,
+                             top_logprobs_num: int = 0) -> Any:
+        call = dict(prompt=prompt, sampling_params=sampling_params, input_ids=input_ids,
+                    require_reasoning=require_reasoning, reasoning_start=reasoning_start, stream=stream, rid=rid,
+                    return_logprob=return_logprob, top_logprobs_num=top_logprobs_num)
+        self.calls.append(call)
+        if self.overloaded:
+            raise EngineOverloaded("too many pending requests", retry_after_s=2)
+        params = sampling_params or {}
+        for p in params if isinstance(params, list) else [params]:
+            constraint_from_fields(**{k: p.get(k) for k in ("json_schema", "regex", "ebnf", "structural_tag")})
+        single = isinstance(prompt, str) or (input_ids is not None and input_ids and isinstance(input_ids[0], int))
+        num_prompts = 1 if single else len(prompt if prompt is not None else input_ids)
+        n = (params if isinstance(params, dict) else params[0]).get("n", 1)
+        outs = [self._output({**call, "index": i}, rid, i) for i in range(num_prompts * n)]
+        if stream:
+            return self._stream(outs)
+        if self.chunk_delay_s:
+            await asyncio.sleep(self.chunk_delay_s * 20)
+        finals = [{k: v for k, v in o.items() if k != "index"} for o in outs]
+        return finals[0] if single and n == 1 else finals
+
+    def _output(self, call: dict[str, Any], rid: Any, index: int) -> dict[str, Any]:
+        text = self.reply(call)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        start = call.get("reasoning_start") or ("reasoning" if call.get("require_reasoning") else "answer")
+        meta: dict[str, Any] = {
+            "id": rid if isinstance(rid, str) else f"fake-{index}",
+            "finish_reason": {"type": "stop", "matched": None}, "prompt_tokens": 7,
+            "completion_tokens": len(ids), "cached_tokens": 2, "reasoning_tokens": 0, "e2e_latency": 0.01,
+            "constraint_satisfied": None}
+        if self.markers is not None and start != "answer":
+            reasoning, content = split_reasoning(text, self.markers, start == "reasoning")
+            meta.update(reasoning_content=reasoning, content=content, reasoning_tokens=3 if reasoning else 0)
+        if call.get("return_logprob"):
+            meta["output_token_logprobs"] = [(-0.5, t, None) for t in ids]
+            meta["output_top_logprobs"] = [[(-0.5, t, None)] * call["top_logprobs_num"] for t in ids]
+        return {"index": index, "text": text, "output_ids": ids, "meta_info": meta}
+
+    async def _stream(self, outs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        for out in outs:
+            text = out["text"]
+            for end in range(3, len(text) + 3, 3):
+                if self.chunk_delay_s:
+                    await asyncio.sleep(self.chunk_delay_s)
+                last = end >= len(text)
+                meta = dict(out["meta_info"]) if last else {"id": out["meta_info"]["id"], "finish_reason": None}
+                yield {"index": out["index"], "text": text[:end], "output_ids": out["output_ids"], "meta_info": meta}

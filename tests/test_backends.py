@@ -1,0 +1,320 @@
+"""Every backend, every kind it supports: whatever a random sampler picks inside the mask satisfies the
+constraint; bad constraints are ConstraintErrors carrying the library's message."""
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any, Literal
+
+import jsonschema
+import pytest
+import torch
+from pydantic import BaseModel, Field
+
+from thinkform.structured.backends import (
+    BACKENDS,
+    BackendContext,
+    CompiledGrammar,
+    GrammarBackend,
+    GrammarMatcher,
+    create_backend,
+    register_backend,
+)
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, constraint_from_fields
+from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+PADDING = 45  # the model's logits are wider than the tokenizer, as for real checkpoints
+CLOSERS = ('"', "}", "]", ",")
+
+
+class CapitalInfo(BaseModel):
+    name: str = Field(..., pattern=r"^\w+$")
+    population: int
+
+
+class Address(BaseModel):
+    city: Literal["Paris", "London", "Rome"]
+    zip: str = Field(..., pattern=r"^[0-9]{2,5}$")  # xgrammar ignores min/maxLength next to a pattern
+    note: str = Field(..., min_length=2, max_length=5)
+
+
+class Person(BaseModel):
+    name: str = Field(..., max_length=8)
+    age: int = Field(..., ge=0, le=120)
+    home: Address
+    tags: list[str] = Field(..., min_length=1, max_length=3)
+    grid: list[list[int]] = Field(..., max_length=2)
+    score: float | None
+
+
+HANDWRITTEN = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["a", "b", 3]},
+        "value": {"anyOf": [{"type": "integer", "minimum": -5, "maximum": 5}, {"type": "boolean"}]},
+        "items": {"type": "array", "items": {"type": "string", "maxLength": 3}, "minItems": 2, "maxItems": 2},
+    },
+    "required": ["kind", "value", "items"],
+}
+
+SCHEMAS = {"seed": CapitalInfo.model_json_schema(), "pydantic_defs": Person.model_json_schema(),
+           "handwritten": HANDWRITTEN}
+
+EBNF = """
+root ::= city | description
+city ::= "London" | "Paris" | "Berlin" | "Rome"
+description ::= city " is " status
+status ::= "the capital of " country
+country ::= "England" | "France" | "Germany" | "Italy"
+"""
+EBNF_SENTENCES = {c for c in ("London", "Paris", "Berlin", "Rome")} | {
+    f"{c} is the capital of {k}" for c in ("London", "Paris", "Berlin", "Rome")
+    for k in ("England", "France", "Germany", "Italy")}
+
+WEATHER = {"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 10}, "state": {"type": "string", "maxLength": 2},
+    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city", "state", "unit"]}
+DATE = {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 16}}, "required": ["timezone"]}
+TOOL_SCHEMAS = {"get_current_weather": WEATHER, "get_current_date": DATE}
+LEGACY_TAG = {
+    "type": "structural_tag", "max_new_tokens": 2048,
+    "structures": [{"begin": f"<function={name}>", "schema": schema, "end": "</function>"}
+                   for name, schema in TOOL_SCHEMAS.items()],
+    "triggers": ["<function="],
+}
+FORMAT_TAG = {"type": "structural_tag", "format": {
+    "type": "triggered_tags", "triggers": ["<function="],
+    "tags": [{"type": "tag", "begin": f"<function={name}>", "end": "</function>",
+              "content": {"type": "json_schema", "json_schema": schema}} for name, schema in TOOL_SCHEMAS.items()]}}
+
+SUPPORTED = {
+    "xgrammar": {"json_schema", "json_object", "regex", "ebnf", "structural_tag"},
+    "llguidance": {"json_schema", "json_object", "regex", "ebnf", "structural_tag"},
+    "outlines": {"json_schema", "regex"},
+    "none": set(),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ctx(tokenizer: Any) -> BackendContext:
+    return BackendContext(tokenizer, len(tokenizer) + PADDING, (tokenizer.eos_token_id,), GrammarOptions())
+
+
+@pytest.fixture(scope="module")
+def backends(ctx: BackendContext) -> dict[str, GrammarBackend]:
+    return {name: create_backend(name, ctx) for name in SUPPORTED}
+
+
+def allowed_ids(matcher: GrammarMatcher, vocab_size: int) -> list[int]:
+    mask = torch.zeros((2, (vocab_size + 31) // 32), dtype=torch.int32)
+    matcher.fill_bitmask(mask, 1)
+    assert not mask[0].any(), "a matcher must only write its own row"
+    bits = (mask[1].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    return bits.flatten()[:vocab_size].nonzero().flatten().tolist()
+
+
+def sample(matcher: GrammarMatcher, tokenizer: Any, vocab_size: int, seed: int, max_steps: int = 300) -> str:
+    """Uniform among allowed tokens, but half the time among closing ones (or EOS) so answers end."""
+    rng = random.Random(seed)
+    closers = {i for i in range(len(tokenizer)) if any(c in tokenizer.decode([i]) for c in CLOSERS)}
+    eos = tokenizer.eos_token_id
+    out: list[int] = []
+    for _ in range(max_steps):
+        allowed = allowed_ids(matcher, vocab_size)
+        assert allowed, f"nothing allowed after {tokenizer.decode(out)!r}"
+        assert all(t < len(tokenizer) for t in allowed), "padding ids are never allowed"
+        assert (eos in allowed) == matcher.can_terminate()
+        preferred = [t for t in allowed if t == eos or t in closers]
+        token = rng.choice(preferred if preferred and rng.random() < 0.5 else allowed)
+        if eos in allowed and rng.random() < 0.5:
+            token = eos
+        assert matcher.accept_token(token)
+        if matcher.is_terminated():
+            assert token == eos
+            return tokenizer.decode(out)
+        out.append(token)
+    raise AssertionError(f"no end after {max_steps} steps: {tokenizer.decode(out)!r}")
+
+
+def supported_cases() -> list[tuple[str, str, str]]:
+    names = [("json_schema", n) for n in SCHEMAS] + [
+        ("json_object", "any"), ("regex", "capital"), ("regex", "number"), ("ebnf", "seed"),
+        ("structural_tag", "legacy"), ("structural_tag", "format")]
+    return [(b, k, n) for b, supported in SUPPORTED.items() for k, n in names if k in supported]
+
+
+REGEXES = {"capital": "(Paris|London)", "number": r"-?[1-9][0-9]{0,3}\.[0-9]{2}"}
+
+
+def make_constraint(kind: str, name: str) -> Constraint:
+    if kind == "json_schema":
+        return constraint_from_fields(json_schema=SCHEMAS[name])
+    if kind == "json_object":
+        return constraint_from_fields(json_object=True)
+    if kind == "regex":
+        return constraint_from_fields(regex=REGEXES[name])
+    if kind == "ebnf":
+        return constraint_from_fields(ebnf=EBNF)
+    return constraint_from_fields(structural_tag=LEGACY_TAG if name == "legacy" else FORMAT_TAG)
+
+
+@pytest.mark.parametrize("backend,kind,name", supported_cases())
+def test_random_sampling_inside_the_mask_satisfies_the_constraint(
+        backends: dict[str, GrammarBackend], tokenizer: Any, ctx: BackendContext,
+        backend: str, kind: str, name: str) -> None:
+    compiled = backends[backend].compile(make_constraint(kind, name))
+    for seed in range(4):
+        matcher = compiled.new_matcher()
+        prefix = "Let me check. <function=" if kind == "structural_tag" else ""  # steer into a tool call
+        assert matcher.accept_string(prefix)
+        text = prefix + sample(matcher, tokenizer, ctx.vocab_size, seed)
+        check(kind, name, text, backends[backend])
+
+
+def check(kind: str, name: str, text: str, backend: GrammarBackend) -> None:
+    if kind == "json_schema":
+        jsonschema.validate(json.loads(text), SCHEMAS[name])
+    elif kind == "json_object":
+        assert isinstance(json.loads(text), (dict, list))
+    elif kind == "regex":
+        assert re.fullmatch(REGEXES[name], text), text
+    elif kind == "ebnf":
+        assert text in EBNF_SENTENCES
+        again = backend.compile(make_constraint("ebnf", "seed")).new_matcher()
+        assert again.accept_string(text) and again.can_terminate()
+    else:
+        calls = re.findall(r"<function=(\w+)>(.*?)</function>", text, flags=re.S)
+        assert calls, text
+        for fn, args in calls:
+            jsonschema.validate(json.loads(args), TOOL_SCHEMAS[fn])
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_json_is_compact_by_default(backends: dict[str, GrammarBackend], tokenizer: Any,
+                                    ctx: BackendContext, backend: str) -> None:
+    schema = {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "n": {"type": "integer"},
+                                               "xs": {"type": "array", "items": {"type": "boolean"}}},
+              "required": ["kind", "n", "xs"]}
+    compiled = backends[backend].compile(constraint_from_fields(json_schema=schema))
+    for seed in range(3):
+        text = sample(compiled.new_matcher(), tokenizer, ctx.vocab_size, seed)
+        assert text == json.dumps(json.loads(text))  # exactly ", " and ": ", no other whitespace
+
+
+def test_outlines_json_is_compact_without_spaces(backends: dict[str, GrammarBackend], tokenizer: Any,
+                                                 ctx: BackendContext) -> None:
+    compiled = backends["outlines"].compile(make_constraint("json_schema", "handwritten"))
+    text = sample(compiled.new_matcher(), tokenizer, ctx.vocab_size, 0)
+    assert text == json.dumps(json.loads(text), separators=(",", ":"))
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_extra_properties_are_refused_in_strict_mode(backends: dict[str, GrammarBackend], backend: str) -> None:
+    matcher = backends[backend].compile(make_constraint("json_schema", "seed")).new_matcher()
+    assert matcher.accept_string('{"name": "Paris", "population": 1') or matcher.accept_string(
+        '{"name":"Paris","population":1')
+    assert not matcher.accept_string(', "x": 1') and not matcher.accept_string(',"x":1')
+    assert matcher.accept_string("}") and matcher.can_terminate()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_matcher_protocol(backends: dict[str, GrammarBackend], tokenizer: Any, ctx: BackendContext,
+                          backend: str) -> None:
+    compiled = backends[backend].compile(constraint_from_fields(regex="(Paris|London) is big"))
+    m = compiled.new_matcher()
+    assert m.find_jump_forward_string() == ""  # two ways to go
+    start = allowed_ids(m, ctx.vocab_size)
+    bad = tokenizer.encode("xyz", add_special_tokens=False)[0]
+    assert not m.accept_token(bad) and allowed_ids(m, ctx.vocab_size) == start  # refused, unchanged
+    assert m.accept_string("Par")
+    assert m.find_jump_forward_string() == "is is big"
+    ids = tokenizer.encode("is", add_special_tokens=False)
+    for t in ids:
+        assert m.accept_token(t)
+    m.rollback(len(ids) + 1)  # the string counts as one step, like xgrammar
+    assert allowed_ids(m, ctx.vocab_size) == start
+    assert m.accept_string("London is big") and m.can_terminate() and not m.is_terminated()
+    assert allowed_ids(m, ctx.vocab_size) == [tokenizer.eos_token_id]
+    assert m.accept_token(tokenizer.eos_token_id) and m.is_terminated()
+    m.rollback(1)
+    assert not m.is_terminated() and m.can_terminate()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+@pytest.mark.parametrize("kind,source,field", [
+    ("json_schema", {"type": "object", "properties": {"a": {"type": "nonsense"}}}, "json_schema"),
+    ("regex", "(abc", "regex"),
+    ("ebnf", 'root ::= "a" missing_rule', "ebnf"),
+])
+def test_invalid_constraints_raise_the_library_message(backends: dict[str, GrammarBackend], backend: str,
+                                                       kind: str, source: Any, field: str) -> None:
+    constraint = constraint_from_fields(**{kind: source})
+    with pytest.raises(ConstraintError) as e:
+        backends[backend].compile(constraint)
+    assert e.value.field == field
+    message = str(e.value)
+    if kind in SUPPORTED[backend]:
+        assert message.startswith(f"invalid {field}: ") and len(message) > len(f"invalid {field}: ") + 5
+        assert any(word in message.lower() for word in ("nonsense", "unclosed", "missing_rule", "undefined",
+                                                        "unknown", "invalid", "type"))
+    else:
+        assert f"'{backend}' does not support {kind}" in message
+
+
+def test_llguidance_refuses_rich_structural_tag_formats_clearly(backends: dict[str, GrammarBackend]) -> None:
+    tag = {"type": "structural_tag", "format": {"type": "sequence", "elements": [
+        {"type": "const_string", "value": "A"}, {"type": "regex", "pattern": "[0-9]+"}]}}
+    constraint = constraint_from_fields(structural_tag=tag)
+    with pytest.raises(ConstraintError, match="llguidance.*structural_tag.*xgrammar"):
+        backends["llguidance"].compile(constraint)
+    m = backends["xgrammar"].compile(constraint).new_matcher()  # xgrammar compiles the full format
+    assert m.accept_string("A12") and m.can_terminate()
+
+
+def test_xgrammar_structural_tag_with_bad_schema_names_the_field(backends: dict[str, GrammarBackend]) -> None:
+    tag = {**LEGACY_TAG, "structures": [{"begin": "<f>", "schema": {"type": "nonsense"}, "end": "</f>"}],
+           "triggers": ["<f"]}
+    with pytest.raises(ConstraintError) as e:
+        backends["xgrammar"].compile(constraint_from_fields(structural_tag=tag))
+    assert e.value.field == "structural_tag" and "nonsense" in str(e.value)
+
+
+def test_none_backend_refuses_every_constraint(backends: dict[str, GrammarBackend]) -> None:
+    for kind, source in (("json_schema", {"type": "object"}), ("regex", "a"), ("ebnf", 'root ::= "a"')):
+        with pytest.raises(ConstraintError, match="grammar backend is none") as e:
+            backends["none"].compile(constraint_from_fields(**{kind: source}))
+        assert e.value.field == kind
+
+
+def test_unknown_backend_lists_the_known_ones(ctx: BackendContext) -> None:
+    with pytest.raises(ValueError, match="llguidance, none, outlines, xgrammar"):
+        create_backend("pytorch-magic", ctx)
+
+
+def test_a_new_backend_registers_itself(ctx: BackendContext) -> None:
+    class EchoCompiled(CompiledGrammar):
+        def new_matcher(self) -> GrammarMatcher:
+            raise NotImplementedError
+
+    @register_backend
+    class EchoBackend(GrammarBackend):
+        name = "echo-test"
+        kinds = frozenset({"regex"})
+
+        def compile(self, constraint: Constraint) -> CompiledGrammar:
+            self.check_kind(constraint)
+            return EchoCompiled()
+
+    try:
+        backend = create_backend("echo-test", ctx)
+        assert isinstance(backend.compile(constraint_from_fields(regex="a")), EchoCompiled)
+        with pytest.raises(ConstraintError, match="'echo-test' does not support ebnf"):
+            backend.compile(constraint_from_fields(ebnf='root ::= "a"'))
+    finally:
+        del BACKENDS["echo-test"]

@@ -1,0 +1,109 @@
+"""Constraint parsing: SGLang's request fields become one canonical Constraint, or a clear error."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel, Field
+
+from thinkform.structured.spec import ConstraintError, constraint_from_fields
+
+
+class CapitalInfo(BaseModel):
+    name: str = Field(..., pattern=r"^\w+$", description="Name of the capital city")
+    population: int = Field(..., description="Population of the capital city")
+
+
+SEED_TAG = {
+    "type": "structural_tag",
+    "max_new_tokens": 2048,  # the seed's stray key: not part of a structural tag
+    "structures": [
+        {"begin": "<function=get_current_weather>", "schema": {"type": "object"}, "end": "</function>"},
+        {"begin": "<function=get_current_date>", "schema": {"type": "object"}, "end": "</function>"},
+    ],
+    "triggers": ["<function="],
+}
+
+
+def test_no_constraint_is_none() -> None:
+    assert constraint_from_fields() is None
+
+
+def test_schema_as_dict_string_or_pydantic_model_is_the_same_constraint() -> None:
+    schema = CapitalInfo.model_json_schema()
+    a = constraint_from_fields(json_schema=schema)
+    b = constraint_from_fields(json_schema=json.dumps(schema, indent=2))
+    c = constraint_from_fields(json_schema=CapitalInfo)
+    assert a == b == c
+    assert a.kind == "json_schema" and json.loads(a.source) == schema
+
+
+def test_schema_key_order_is_kept_because_it_is_the_answer_order() -> None:
+    schema = {"type": "object", "properties": {"z": {"type": "integer"}, "a": {"type": "integer"}}}
+    source = constraint_from_fields(json_schema=schema).source
+    assert source.index('"z"') < source.index('"a"')
+
+
+def test_any_json_and_json_object() -> None:
+    assert constraint_from_fields(json_schema="$$ANY$$").kind == "json_object"
+    assert constraint_from_fields(json_object=True).kind == "json_object"
+    assert constraint_from_fields(json_object=True).field == "json_schema"
+
+
+@pytest.mark.parametrize("fields,names", [
+    ({"json_schema": {"type": "object"}, "regex": "a+"}, ("json_schema", "regex")),
+    ({"ebnf": 'root ::= "a"', "structural_tag": SEED_TAG}, ("ebnf", "structural_tag")),
+    ({"regex": "a", "json_object": True}, ("json_object", "regex")),
+])
+def test_two_constraints_are_an_error_naming_both(fields: dict, names: tuple[str, str]) -> None:
+    with pytest.raises(ConstraintError) as e:
+        constraint_from_fields(**fields)
+    assert all(n in str(e.value) for n in names)
+    assert e.value.field in names
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"json_schema": "{not json"}, "json_schema"),
+    ({"json_schema": "[1, 2]"}, "json_schema"),
+    ({"regex": ""}, "regex"),
+    ({"ebnf": "   "}, "ebnf"),
+    ({"structural_tag": "{"}, "structural_tag"),
+    ({"structural_tag": {"type": "other", "format": {"type": "any_text"}}}, "structural_tag"),
+    ({"structural_tag": {"type": "structural_tag", "structures": []}}, "structural_tag"),
+    ({"structural_tag": {**SEED_TAG, "triggers": []}}, "structural_tag"),
+    ({"structural_tag": {"type": "structural_tag", "structures": [{"begin": "<a>", "end": "</a>"}],
+                         "triggers": ["<a"]}}, "structural_tag"),
+])
+def test_malformed_fields_name_the_field(fields: dict, field: str) -> None:
+    with pytest.raises(ConstraintError) as e:
+        constraint_from_fields(**fields)
+    assert e.value.field == field
+    assert field.split("_")[0] in str(e.value)
+
+
+def test_legacy_structural_tag_drops_stray_keys_and_accepts_a_json_string() -> None:
+    a = constraint_from_fields(structural_tag=SEED_TAG)
+    b = constraint_from_fields(structural_tag=json.dumps(SEED_TAG))
+    assert a == b and a.kind == "structural_tag"
+    data = a.data()
+    assert "max_new_tokens" not in data
+    assert [s["begin"] for s in data["structures"]] == [
+        "<function=get_current_weather>", "<function=get_current_date>"]
+    assert data["triggers"] == ["<function="]
+
+
+def test_structural_tag_schema_given_as_string_is_parsed() -> None:
+    tag = {**SEED_TAG, "structures": [{**SEED_TAG["structures"][0], "schema": '{"type": "object"}'}]}
+    assert constraint_from_fields(structural_tag=tag).data()["structures"][0]["schema"] == {"type": "object"}
+
+
+def test_format_structural_tag_is_kept() -> None:
+    tag = {"type": "structural_tag", "format": {"type": "const_string", "value": "hi"}, "extra": 1}
+    assert constraint_from_fields(structural_tag=tag).data() == {
+        "type": "structural_tag", "format": {"type": "const_string", "value": "hi"}}
+
+
+def test_regex_and_ebnf_keep_their_text() -> None:
+    c = constraint_from_fields(regex="(Paris|London)")
+    assert (c.kind, c.source, c.field) == ("regex", "(Paris|London)", "regex")
+    assert constraint_from_fields(ebnf='root ::= "a"').key == ("ebnf", 'root ::= "a"')

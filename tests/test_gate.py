@@ -1,0 +1,403 @@
+"""ReasoningGate with a real xgrammar matcher, a tiny byte-level BPE tokenizer and a scripted model."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+import xgrammar as xgr
+
+from thinkform.reasoning import get_markers, split_reasoning
+from thinkform.structured.backends.base import GrammarMatcher
+from thinkform.structured.gate import GateError, Phase, ReasoningGate, default_answer_reserve, initial_phase
+from thinkform.structured.vocab import TokenVocab
+from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+PADDING = 13  # logits rows past the tokenizer
+QWEN3 = get_markers("qwen3")
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["name", "population"],
+}
+ANSWER = '{"name": "Paris", "population": 2147000}'
+
+
+class XgrMatcher(GrammarMatcher):
+    """Minimal protocol adapter over xgrammar (the gate must work with any backend's matcher)."""
+
+    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
+        self._m = xgr.GrammarMatcher(compiled)
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self._m.fill_next_token_bitmask(bitmask, row)
+
+    def accept_token(self, token_id: int) -> bool:
+        return self._m.accept_token(token_id)
+
+    def accept_string(self, text: str) -> bool:
+        return self._m.accept_string(text)
+
+    def rollback(self, num_tokens: int) -> None:
+        self._m.rollback(num_tokens)
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def can_terminate(self) -> bool:
+        return self._m.is_completed()
+
+    def find_jump_forward_string(self) -> str:
+        return self._m.find_jump_forward_string()
+
+
+@dataclass
+class Env:
+    tok: object
+    vocab: TokenVocab
+    compiler: xgr.GrammarCompiler
+    compiled: xgr.CompiledGrammar = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compiled = self.compiler.compile_json_schema(
+            json.dumps(SCHEMA), any_whitespace=False, separators=(", ", ": "))
+
+    @property
+    def eos(self) -> int:
+        return self.vocab.eos_token_ids[0]
+
+    def ids(self, text: str) -> list[int]:
+        return self.vocab.encode_text(text)
+
+    def text(self, ids: list[int]) -> str:
+        return self.vocab.bytes_of(ids).decode()
+
+    def gate(self, phase: Phase, constrained: bool = True, **kw) -> ReasoningGate:
+        matcher = XgrMatcher(self.compiled) if constrained else None
+        return ReasoningGate(self.vocab, QWEN3, phase, matcher, **kw)
+
+
+def _env(marker_is_special: bool) -> Env:
+    tok = build_tiny_tokenizer(marker_is_special=marker_is_special)
+    # Tokens a BPE model could well have: the end marker's tail glued to the answer's first characters.
+    tok.add_tokens(['>{"', ">oops", "so</think>~"])
+    vocab_size = len(tok) + PADDING
+    vocab = TokenVocab.from_tokenizer(tok, vocab_size)
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab_size, stop_token_ids=list(vocab.eos_token_ids))
+    return Env(tok, vocab, xgr.GrammarCompiler(info))
+
+
+@pytest.fixture(scope="module")
+def special() -> Env:
+    return _env(marker_is_special=True)
+
+
+@pytest.fixture(scope="module")
+def plain() -> Env:
+    return _env(marker_is_special=False)
+
+
+def allowed(bitmask: torch.Tensor, vocab_size: int) -> set[int]:
+    words = bitmask[0].numpy().view(np.uint32)
+    bits = (words[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+    return set(np.flatnonzero(bits.reshape(-1)[:vocab_size]).tolist())
+
+
+@dataclass
+class Trace:
+    out: list[int]
+    masked: list[bool]  # per sampling step: was the row masked
+
+
+def run(env: Env, gate: ReasoningGate, think: list[int], answer: list[int], max_new_tokens: int = 200) -> Trace:
+    """A scripted model: it wants its `think` tokens while reasoning, then EOS; its `answer` tokens once
+    the gate is in the answer. A masked-off wish becomes the lowest allowed id."""
+    think, answer = list(think), list(answer)
+    out: list[int] = []
+    masked: list[bool] = []
+    bitmask = xgr.allocate_token_bitmask(1, env.vocab.vocab_size)
+    while len(out) < max_new_tokens and not gate.finished:
+        forced = gate.forced_tokens(len(out))
+        if forced:
+            out += forced
+            gate.accept_forced(forced)
+            continue
+        if gate.phase in (Phase.OPEN, Phase.REASONING) and think:
+            want = think.pop(0)
+        elif gate.phase is Phase.ANSWER and answer:
+            want = answer.pop(0)
+        else:
+            want = env.eos
+        masked.append(gate.fill_bitmask(bitmask, 0))
+        if masked[-1]:
+            ok = allowed(bitmask, env.vocab.vocab_size)
+            want = want if want in ok else min(ok)
+        out += gate.accept(want)
+        if out[-1] == env.eos and gate.may_stop():
+            break
+    return Trace(out, masked)
+
+
+def answer_of(env: Env, out: list[int], in_reasoning: bool) -> tuple[str | None, str]:
+    text = env.text([t for t in out if t != env.eos])
+    return split_reasoning(text, QWEN3, in_reasoning)
+
+
+# --- TokenVocab ---------------------------------------------------------------------------------
+
+def test_vocab_bytes_and_marker_ids(special: Env, plain: Env) -> None:
+    v = special.vocab
+    assert v.vocab_size == len(special.tok) + PADDING
+    assert all(v.token_bytes[i] == b"" for i in v.padding_ids)
+    assert v.token_bytes[special.tok.convert_tokens_to_ids("Ġ\"")] == b' "'  # GPT-2 byte map undone
+    assert v.encode_text("</think>") == [special.tok.convert_tokens_to_ids("</think>")]
+    assert v.bytes_of(v.encode_text("<|im_end|>")) == b"<|im_end|>"
+    assert v.eos_token_ids == (special.tok.convert_tokens_to_ids("<|im_end|>"),)
+    ids = plain.vocab.encode_text("</think>")
+    assert len(ids) > 1 and plain.vocab.bytes_of(ids) == b"</think>"
+    assert plain.vocab.encode_bytes("é".encode()[:1]) == [plain.vocab.byte_ids[0xC3]]
+
+
+def test_too_small_vocab_size_is_an_error(special: Env) -> None:
+    with pytest.raises(ValueError, match="vocab_size"):
+        TokenVocab.from_tokenizer(special.tok, len(special.tok) - 1)
+
+
+# --- the grammar waits for the end marker ---------------------------------------------------------
+
+def test_reasoning_is_free_and_answer_constrained(special: Env) -> None:
+    env = special
+    think = env.ids("<think>The JSON is {broken: [1, 2 and not closed</think>")
+    gate = env.gate(Phase.OPEN)
+    trace = run(env, gate, think, env.ids(ANSWER))
+    assert trace.out[:len(think)] == think  # nothing in the reasoning was masked away
+    reasoning, content = answer_of(env, trace.out, in_reasoning=False)
+    assert reasoning == "The JSON is {broken: [1, 2 and not closed"
+    assert json.loads(content) == {"name": "Paris", "population": 2147000}
+    assert gate.finished and gate.constraint_satisfied is True and trace.out[-1] == env.eos
+    assert gate.reasoning_tokens == len(think)  # markers included
+    # the row was masked only for the OPEN step and the answer steps
+    assert trace.masked[0] and not any(trace.masked[1:len(think)]) and all(trace.masked[len(think):])
+
+
+def test_multi_token_end_marker_switches_on_the_grammar(plain: Env) -> None:
+    env = plain
+    end_ids = env.ids("</think>")
+    assert len(end_ids) > 1
+    think = env.ids("not json: {oops") + end_ids
+    gate = env.gate(Phase.REASONING)
+    trace = run(env, gate, think, env.ids(ANSWER))
+    assert trace.out[:len(think)] == think
+    assert trace.masked[:len(think)] == [False] * len(think) and all(trace.masked[len(think):])
+    reasoning, content = answer_of(env, trace.out, in_reasoning=True)
+    assert reasoning == "not json: {oops" and json.loads(content)["name"] == "Paris"
+    assert gate.constraint_satisfied is True
+
+
+def test_answer_text_in_the_marker_token_reaches_the_grammar(plain: Env) -> None:
+    env = plain
+    glued = env.tok.convert_tokens_to_ids('>{"')
+    think = env.ids("ok </think")  # the last marker byte comes with the answer's first bytes
+    gate = env.gate(Phase.REASONING)
+    gate.accept_forced(think)
+    assert gate.phase is Phase.REASONING
+    assert gate.accept(glued) == [glued]
+    assert gate.phase is Phase.ANSWER
+    assert gate.jump_forward() == 'name": "'  # the grammar already took '{"'
+    rest = env.ids('name": "Paris", "population": 1}')
+    for t in rest:
+        assert gate.accept(t) == [t]
+    assert gate.accept(env.eos) == [env.eos] and gate.finished
+
+
+def test_rejected_text_after_marker_is_replaced(plain: Env) -> None:
+    env = plain
+    gate = env.gate(Phase.REASONING)
+    gate.accept_forced(env.ids("hmm </think"))
+    oops = env.tok.convert_tokens_to_ids(">oops")
+    replaced = gate.accept(oops)
+    assert env.text(replaced) == ">" and gate.phase is Phase.ANSWER
+    whole = env.tok.convert_tokens_to_ids("so</think>~")
+    gate2 = env.gate(Phase.REASONING)
+    replaced = gate2.accept(whole)
+    assert env.text(replaced) == "so</think>" and gate2.phase is Phase.ANSWER
+    assert gate2.reasoning_tokens == len(replaced)
+
+
+# --- thinking budget and answer reserve ---------------------------------------------------------
+
+def test_thinking_budget_forces_the_end_marker(plain: Env) -> None:
+    env = plain
+    gate = env.gate(Phase.REASONING, max_reasoning_tokens=5)
+    think = env.ids("let me think step by step about the capital of France " * 3)
+    trace = run(env, gate, think, env.ids(ANSWER))
+    end_ids = env.ids("</think>")
+    assert trace.out[:5] == think[:5] and trace.out[5:5 + len(end_ids)] == end_ids
+    assert gate.reasoning_tokens == 5 + len(end_ids)
+    assert json.loads(answer_of(env, trace.out, True)[1])["population"] == 2147000
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_answer_reserve_keeps_room_for_the_answer(special: Env, constrained: bool) -> None:
+    env = special
+    max_new = 80
+    assert default_answer_reserve(max_new) == 20 and default_answer_reserve(10_000) == 128
+    gate = env.gate(Phase.REASONING, constrained, max_new_tokens=max_new)
+    think = env.ids("the capital of France is Paris " * 30)
+    trace = run(env, gate, think, env.ids(ANSWER), max_new_tokens=max_new)
+    cut = max_new - 20
+    assert trace.out[:cut] == think[:cut] and trace.out[cut] == env.ids("</think>")[0]
+    assert json.loads(answer_of(env, trace.out, True)[1])["name"] == "Paris"
+    assert gate.constraint_satisfied is (True if constrained else None)
+
+
+# --- EOS guard ----------------------------------------------------------------------------------
+
+def test_eos_while_reasoning_becomes_the_end_marker_and_no_empty_answer(special: Env) -> None:
+    env = special
+    gate = env.gate(Phase.OPEN)
+    bitmask = xgr.allocate_token_bitmask(1, env.vocab.vocab_size)
+    gate.accept_forced(env.ids("<think>done"))
+    assert not gate.may_stop()  # stop strings / stop ids do not act inside constrained reasoning
+    assert env.text(gate.accept(env.eos)) == "</think>" and gate.phase is Phase.ANSWER
+    assert gate.fill_bitmask(bitmask, 0) and env.eos not in allowed(bitmask, env.vocab.vocab_size)
+    assert not gate.may_stop() and gate.constraint_satisfied is False
+    gate.accept_forced(env.ids('{"name": "Paris"'))
+    gate.fill_bitmask(bitmask, 0)
+    assert env.eos not in allowed(bitmask, env.vocab.vocab_size)  # the grammar cannot end here
+    gate.accept_forced(env.ids(', "population": 3}'))
+    gate.fill_bitmask(bitmask, 0)
+    ok = allowed(bitmask, env.vocab.vocab_size)
+    assert env.eos in ok and gate.may_stop()
+    assert not ok & set(env.vocab.padding_ids)
+    assert gate.accept(env.eos) == [env.eos] and gate.finished
+
+
+def test_eos_guard_only_under_a_constraint(special: Env) -> None:
+    gate = special.gate(Phase.REASONING, constrained=False)
+    assert gate.accept(special.eos) == [special.eos] and gate.may_stop()
+    assert gate.constraint_satisfied is None
+
+
+def test_cut_answer_is_reported(special: Env) -> None:
+    env = special
+    gate = env.gate(Phase.REASONING, answer_reserve_tokens=0)
+    run(env, gate, env.ids("x</think>"), env.ids(ANSWER), max_new_tokens=6)
+    assert gate.phase is Phase.ANSWER and gate.constraint_satisfied is False
+
+
+# --- rollback -----------------------------------------------------------------------------------
+
+def test_rollback_across_the_end_marker(plain: Env) -> None:
+    env = plain
+    gate = env.gate(Phase.REASONING)
+    before = env.ids("I think")
+    marker_and_answer = env.ids("</think>") + env.ids('{"name": "Pa')
+    gate.accept_forced(before + marker_and_answer)
+    assert gate.phase is Phase.ANSWER
+    gate.rollback(len(marker_and_answer) - 1)  # back inside the marker: reasoning again
+    assert gate.phase is Phase.REASONING and gate.reasoning_tokens == len(before) + 1
+    assert not gate.fill_bitmask(xgr.allocate_token_bitmask(1, env.vocab.vocab_size), 0)
+    # replaying must work from the grammar's start: the matcher was rolled back too
+    gate.accept_forced(marker_and_answer[1:] + env.ids('ris", "population": 5}'))
+    assert gate.constraint_satisfied is True
+    gate.rollback(3)
+    assert gate.constraint_satisfied is False
+    gate.accept_forced(env.ids('ris", "population": 5}')[-3:])
+    assert gate.accept(env.eos) == [env.eos] and gate.finished
+
+
+def test_rollback_undoes_text_taken_with_the_marker(plain: Env) -> None:
+    env = plain
+    gate = env.gate(Phase.REASONING)
+    glued = env.tok.convert_tokens_to_ids('>{"')
+    gate.accept_forced(env.ids("a </think") + [glued])
+    gate.rollback(1)
+    assert gate.phase is Phase.REASONING
+    gate.accept_forced(env.ids('>{"name": "X", "population": 1}'))
+    assert gate.constraint_satisfied is True
+    with pytest.raises(GateError):
+        gate.rollback(1000)
+
+
+# --- OPEN: the model may or may not open reasoning ----------------------------------------------
+
+def test_open_mask_is_grammar_plus_start_marker(special: Env) -> None:
+    env = special
+    gate = env.gate(Phase.OPEN)
+    bitmask = xgr.allocate_token_bitmask(1, env.vocab.vocab_size)
+    assert gate.fill_bitmask(bitmask, 0)
+    ok = allowed(bitmask, env.vocab.vocab_size)
+    assert env.ids("<think>")[0] in ok and env.ids('{"')[0] in ok
+    assert env.tok.convert_tokens_to_ids("Paris") not in ok and env.eos not in ok
+
+
+def test_open_answering_directly(special: Env) -> None:
+    env = special
+    gate = env.gate(Phase.OPEN)
+    trace = run(env, gate, [], env.ids(ANSWER))
+    assert answer_of(env, trace.out, False) == (None, ANSWER)
+    assert gate.reasoning_tokens == 0 and gate.finished
+
+
+def test_open_multi_token_start_marker_is_completed(plain: Env) -> None:
+    env = plain
+    start = env.ids("<think>")
+    gate = env.gate(Phase.OPEN)
+    assert gate.accept(start[0]) == start and gate.phase is Phase.REASONING
+    trace = run(env, gate, env.ids("why not</think>"), env.ids(ANSWER))
+    assert answer_of(env, start + trace.out, False) == ("why not", ANSWER)
+
+
+def test_open_unconstrained_detects_a_spelled_start_marker(plain: Env) -> None:
+    env = plain
+    gate = env.gate(Phase.OPEN, constrained=False)
+    gate.accept_forced(env.ids("\n<think>x"))
+    assert gate.phase is Phase.REASONING
+    other = env.gate(Phase.OPEN, constrained=False)
+    other.accept_forced(env.ids("<tab"))
+    assert other.phase is Phase.ANSWER and other.reasoning_tokens == 0
+
+
+def test_initial_phase() -> None:
+    assert initial_phase(QWEN3, {}) is Phase.OPEN
+    assert initial_phase(QWEN3, {"enable_thinking": False}) is Phase.ANSWER
+    assert initial_phase(get_markers("deepseek-r1")) is Phase.REASONING
+    assert initial_phase(get_markers("deepseek-v3")) is Phase.ANSWER
+    assert initial_phase(None) is Phase.ANSWER
+
+
+# --- anti-runaway guard hook --------------------------------------------------------------------
+
+class RecordingGuard:
+    def __init__(self, banned: int) -> None:
+        self.seen = ""
+        self.banned = banned
+
+    def reset(self) -> None:
+        self.seen = ""
+
+    def observe(self, text: str) -> None:
+        self.seen += text
+
+    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
+        word, bit = divmod(self.banned, 32)
+        bitmask[row, word] &= ~(1 << bit)
+
+
+def test_guard_sees_answer_only_and_restricts(special: Env) -> None:
+    env = special
+    digit = env.ids("2")[0]
+    guard = RecordingGuard(digit)
+    gate = ReasoningGate(env.vocab, QWEN3, Phase.REASONING, XgrMatcher(env.compiled), guard=guard)
+    answer = env.ids('{"name": "P", "population": ')
+    gate.accept_forced(env.ids("thinking 123</think>") + answer)
+    assert guard.seen == '{"name": "P", "population": '
+    bitmask = xgr.allocate_token_bitmask(1, env.vocab.vocab_size)
+    gate.fill_bitmask(bitmask, 0)
+    ok = allowed(bitmask, env.vocab.vocab_size)
+    assert digit not in ok and env.ids("1")[0] in ok
+    gate.rollback(2)
+    assert gate.guard is guard and guard.seen == env.text(answer[:-2])  # replayed after the rollback

@@ -1,0 +1,196 @@
+"""Our Llama / Qwen2 / Qwen3 modules and the transformers fallback against transformers' own models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, GemmaConfig, GPTNeoXConfig, MambaConfig
+
+from thinkform.models.config import ModelConfig
+from thinkform.models.dense_attention import DenseAttention
+from thinkform.models.llama import LlamaForCausalLM
+from thinkform.models.loader import load_model
+from thinkform.testing.models import make_tiny_model_dir
+from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+YARN_ROPE = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+PROMPT_LEN = 24
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+def _reference(model_dir, dtype=torch.float64):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager").eval()
+
+
+def _prompt(seed: int = 1, n: int = PROMPT_LEN, vocab: int = 500) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _full_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model.compute_logits(model(ids, torch.arange(len(ids)), DenseAttention()))
+
+
+@torch.no_grad()
+def _stepwise_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    attn, rows = DenseAttention(), []
+    for i in range(len(ids)):
+        rows.append(model.compute_logits(model(ids[i : i + 1], torch.tensor([i]), attn)))
+    return torch.cat(rows)
+
+
+CASES = [
+    ("llama", None), ("qwen2", None), ("qwen3", None), ("llama", LLAMA3_ROPE), ("qwen2", YARN_ROPE),
+]
+
+
+@pytest.mark.parametrize(("arch", "rope"), CASES, ids=["llama", "qwen2", "qwen3", "llama-llama3rope", "qwen2-yarn"])
+def test_logits_equal_transformers_float64(tmp_path, tokenizer, arch, rope):
+    model_dir = make_tiny_model_dir(tmp_path / arch, arch, tokenizer, rope_scaling=rope, dtype=torch.float64)
+    ours = load_model(str(model_dir), torch.float64, "cpu").model
+    ids = _prompt()
+    with torch.no_grad():
+        expected = _reference(model_dir)(ids[None]).logits[0]
+    full, stepwise = _full_logits(ours, ids), _stepwise_logits(ours, ids)
+    assert full.dtype == torch.float64
+    # transformers normalises and rotates in float32 even for float64 models: ~1e-6 is its own noise
+    torch.testing.assert_close(full, expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(stepwise, expected, atol=2e-5, rtol=0)
+    assert expected.argmax(-1).unique().numel() > 3, "random weights should not collapse onto one token"
+
+
+def test_llama3_rope_scaling_changes_long_range_logits(tmp_path, tokenizer):
+    """Guards against the scaling being silently ignored: positions past the original window differ."""
+    plain = load_model(str(make_tiny_model_dir(tmp_path / "a", "llama", tokenizer)), torch.float64, "cpu").model
+    scaled_dir = make_tiny_model_dir(tmp_path / "b", "llama", tokenizer, rope_scaling=LLAMA3_ROPE)
+    scaled = load_model(str(scaled_dir), torch.float64, "cpu").model
+    ids = _prompt()
+    assert (_full_logits(plain, ids) - _full_logits(scaled, ids)).abs().max() > 1e-3
+
+
+def test_batched_sequences_match_separate_runs(tmp_path, tokenizer):
+    ours = load_model(str(make_tiny_model_dir(tmp_path / "m", "qwen3", tokenizer)), torch.float64, "cpu").model
+    a, b = _prompt(2, 7), _prompt(3, 11)
+    expected_a, expected_b = _full_logits(ours, a), _full_logits(ours, b)
+    attn = DenseAttention()
+    attn.begin_step([0, 1], [7, 11])
+    with torch.no_grad():
+        hidden = ours(torch.cat([a, b]), torch.cat([torch.arange(7), torch.arange(11)]), attn)
+        logits = ours.compute_logits(hidden)
+        torch.testing.assert_close(logits[:7], expected_a, atol=1e-10, rtol=0)
+        torch.testing.assert_close(logits[7:], expected_b, atol=1e-10, rtol=0)
+        # one decode step for both sequences together
+        nxt = torch.tensor([5, 9])
+        attn.begin_step([0, 1], [1, 1])
+        step = ours.compute_logits(ours(nxt, torch.tensor([7, 11]), attn))
+    torch.testing.assert_close(step[0], _full_logits(ours, torch.cat([a, nxt[:1]]))[-1], atol=1e-10, rtol=0)
+    torch.testing.assert_close(step[1], _full_logits(ours, torch.cat([b, nxt[1:]]))[-1], atol=1e-10, rtol=0)
+
+
+def test_padded_vocab_rows_are_logit_columns(tmp_path, tokenizer):
+    model_dir = make_tiny_model_dir(tmp_path / "m", "qwen2", tokenizer, vocab_size=len(tokenizer) + 75)
+    loaded = load_model(str(model_dir), torch.float32, "cpu")
+    assert loaded.config.vocab_size == len(tokenizer) + 75
+    hidden = loaded.model(_prompt(n=3), torch.arange(3), DenseAttention())
+    assert loaded.model.compute_logits(hidden).shape == (3, len(tokenizer) + 75)
+
+
+def test_float32_and_tied_embeddings(tmp_path, tokenizer):
+    model_dir = make_tiny_model_dir(tmp_path / "m", "llama", tokenizer, tie_word_embeddings=True)
+    loaded = load_model(str(model_dir), torch.float32, "cpu")
+    ids = _prompt()
+    logits = _full_logits(loaded.model, ids)
+    with torch.no_grad():
+        expected = _reference(model_dir, torch.float32)(ids[None]).logits[0]
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_logits_are_float32_and_near_float32_model(tmp_path, tokenizer):
+    model_dir = make_tiny_model_dir(tmp_path / "m", "qwen3", tokenizer)
+    ids = _prompt()
+    low = _full_logits(load_model(str(model_dir), torch.bfloat16, "cpu").model, ids)
+    high = _full_logits(load_model(str(model_dir), torch.float32, "cpu").model, ids)
+    assert low.dtype == torch.float32
+    assert (low - high).abs().max() < 0.1 * high.abs().max()
+
+
+def test_unsupported_rope_type_is_a_clear_error():
+    config = ModelConfig(
+        arch="LlamaForCausalLM", model_type="llama", vocab_size=10, hidden_size=8, intermediate_size=16,
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, rope_scaling={"rope_type": "longrope", "factor": 2.0},
+    )
+    with pytest.raises(ValueError, match="rope_type='longrope'"):
+        LlamaForCausalLM(config)
+
+
+def test_checkpoint_missing_a_tensor_names_it(tmp_path, tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    model_dir = make_tiny_model_dir(tmp_path / "m", "llama", tokenizer)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    del weights["model.layers.1.self_attn.k_proj.weight"]
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.qkv_proj\.weight#1"):
+        load_model(str(model_dir), torch.float32, "cpu")
+
+
+# ---- transformers fallback ------------------------------------------------------------------------------
+
+
+def _save_hf(model_dir, hf_model, tokenizer):
+    with torch.no_grad():
+        for param in hf_model.parameters():
+            param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(param.numel()))
+    hf_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+FALLBACK_CONFIGS = {
+    # partial rotary, parallel residual, fused qkv of its own
+    "gpt_neox": lambda v: GPTNeoXConfig(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, rotary_pct=0.5),
+    # scaled embeddings, GQA, (1 + weight) norms
+    "gemma": lambda v: GemmaConfig(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, intermediate_size=128),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACK_CONFIGS))
+def test_fallback_architecture_matches_transformers(tmp_path, tokenizer, name):
+    hf = AutoModelForCausalLM.from_config(FALLBACK_CONFIGS[name](len(tokenizer)))
+    model_dir = _save_hf(tmp_path / name, hf, tokenizer)
+    loaded = load_model(str(model_dir), torch.float64, "cpu")
+    assert type(loaded.model).__name__ == "HFFallbackLM"
+    assert loaded.config.num_layers == 2 and loaded.config.head_dim == 16
+    ids = _prompt()
+    with torch.no_grad():
+        expected = _reference(model_dir)(ids[None]).logits[0]
+    torch.testing.assert_close(_full_logits(loaded.model, ids), expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(_stepwise_logits(loaded.model, ids), expected, atol=2e-5, rtol=0)
+
+
+def test_fallback_refuses_models_without_routable_attention(tmp_path, tokenizer):
+    hf = AutoModelForCausalLM.from_config(MambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1))
+    model_dir = _save_hf(tmp_path / "mamba", hf, tokenizer)
+    with pytest.raises(ValueError, match="MambaForCausalLM.*cannot run on thinkform's attention"):
+        load_model(str(model_dir), torch.float32, "cpu")
+
+
+def test_fallback_refuses_non_causal_models(tmp_path, tokenizer):
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    model_dir = _save_hf(tmp_path / "bert", BertForMaskedLM(config), tokenizer)
+    assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    with pytest.raises(ValueError, match="BertForMaskedLM.*not a causal language model"):
+        load_model(str(model_dir), torch.float32, "cpu")

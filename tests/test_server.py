@@ -1,0 +1,495 @@
+"""The HTTP servers, driven over real sockets with the official openai SDK and httpx.
+
+Routing, field mapping, streaming framing, errors, the API key and disconnects run against a scripted
+engine (tests/fake_engine.py); the end-to-end checks at the bottom run the real Engine on a tiny
+random qwen2 model with the deepseek-r1 reasoning parser.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import re
+import time
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel
+
+from fake_engine import FakeEngine
+from server_fixtures import running_server, sse_events
+
+QUESTION = [{"role": "assistant", "content": "Give me the capital of France in the JSON format."}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+         {"type": "function", "function": {"name": "get_date", "parameters": {
+             "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}]
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def fake():
+    engine = FakeEngine()
+    with running_server(engine) as base:
+        yield engine, base
+
+
+@pytest.fixture
+def served(fake):
+    engine, base = fake
+    engine.reply, engine.overloaded, engine.healthy, engine.chunk_delay_s = _default, False, True, 0.0
+    engine.calls.clear()
+    engine.aborted.clear()
+    return engine, base
+
+
+def _default(call):
+    from fake_engine import default_reply
+    return default_reply(call)
+
+
+def _client(base: str, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+
+
+def _error(r: httpx.Response, status: int, param: str | None = None, match: str = "") -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param, err
+    assert re.search(match, err["message"]), err
+    return err
+
+
+# ---------------------------------------------------------------- chat
+
+def test_chat_splits_reasoning_and_reports_usage(served):
+    engine, base = served
+    resp = _client(base).chat.completions.create(model="anything", messages=QUESTION, max_tokens=32, temperature=0)
+    msg = resp.choices[0].message
+    assert msg.reasoning_content == "Let me think." and msg.content == "Paris"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.completion_tokens_details.reasoning_tokens == 3
+    assert resp.usage.prompt_tokens_details.cached_tokens == 2
+    call = engine.calls[-1]
+    assert call["reasoning_start"] == "reasoning"  # deepseek-r1 always thinks
+    prompt = engine.tokenizer.decode(call["input_ids"])
+    assert prompt.endswith("JSON format.<|im_end|>\n<|im_start|>assistant\n")  # a new turn, not a continuation
+    assert call["sampling_params"]["max_new_tokens"] == 32 and call["sampling_params"]["temperature"] == 0
+
+
+def test_separate_reasoning_false_keeps_everything_in_content(served):
+    _, base = served
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "separate_reasoning": False})
+    msg = r.json()["choices"][0]["message"]
+    assert msg["reasoning_content"] is None and msg["content"] == "Let me think.</think>\n\nParis"
+
+
+def test_every_sampling_field_reaches_the_engine(served):
+    engine, base = served
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 20, "temperature": 0.5,
+            "top_p": 0.9, "top_k": 5, "min_p": 0.1, "seed": 7, "stop": "END", "presence_penalty": 0.5,
+            "frequency_penalty": 0.25, "logit_bias": {"42": -100}, "skip_special_tokens": False,
+            "max_reasoning_tokens": 8, "rid": "my-rid", "logprobs": True, "top_logprobs": 2,
+            "chat_template_kwargs": {"enable_thinking": True}}
+    r = httpx.post(f"{base}/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    call = engine.calls[-1]
+    p = call["sampling_params"]
+    assert p == {"max_new_tokens": 20, "temperature": 0.5, "top_p": 0.9, "top_k": 5, "min_p": 0.1, "seed": 7,
+                 "stop": ["END"], "presence_penalty": 0.5, "frequency_penalty": 0.25, "logit_bias": {42: -100.0},
+                 "skip_special_tokens": False, "max_reasoning_tokens": 8, "n": 1}
+    assert call["rid"] == "my-rid" and call["return_logprob"] and call["top_logprobs_num"] == 2
+    choice = r.json()["choices"][0]
+    assert r.json()["id"] == "chatcmpl-my-rid"
+    tokens = choice["logprobs"]["content"]
+    assert "".join(t["token"] for t in tokens) == "Let me think.</think>\n\nParis"
+    assert all(len(t["top_logprobs"]) == 2 for t in tokens)
+
+
+@pytest.mark.parametrize("extra, key, expected", [
+    ({"response_format": {"type": "json_object"}}, "json_schema", {"type": "object"}),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"},
+                                                                 "strict": True}}}, "json_schema", {"type": "integer"}),
+    ({"regex": "(Paris|London)"}, "regex", "(Paris|London)"),
+    ({"ebnf": 'root ::= "Paris"'}, "ebnf", 'root ::= "Paris"'),
+    ({"response_format": {"type": "structural_tag", "max_new_tokens": 2048, "triggers": ["<f="],
+                          "structures": [{"begin": "<f=a>", "schema": {"type": "object"}, "end": "</f>"}]}},
+     "structural_tag", {"type": "structural_tag", "triggers": ["<f="],
+                        "structures": [{"begin": "<f=a>", "schema": {"type": "object"}, "end": "</f>"}]}),
+    ({"response_format": {"type": "structural_tag", "format": {"type": "const_string", "value": "Paris"}}},
+     "structural_tag", {"type": "structural_tag", "format": {"type": "const_string", "value": "Paris"}}),
+])
+def test_each_constraint_kind_reaches_the_engine(served, extra, key, expected):
+    engine, base = served
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, **extra})
+    assert r.status_code == 200, r.text
+    value = engine.calls[-1]["sampling_params"][key]
+    assert (value if key in ("regex", "ebnf") else json.loads(value)) == expected
+
+
+def test_unknown_fields_are_ignored_with_a_warning(served, caplog):
+    _, base = served
+    with caplog.at_level(logging.WARNING):
+        r = httpx.post(f"{base}/v1/chat/completions", json={
+            "messages": QUESTION, "frobnicate": 1,
+            "response_format": {"type": "json_object", "max_new_tokens": 5}})
+    assert r.status_code == 200, r.text
+    assert "frobnicate" in caplog.text and "response_format.max_new_tokens" in caplog.text
+
+
+def test_sdk_parse_with_a_pydantic_model(served):
+    engine, base = served
+
+    class Capital(BaseModel):
+        name: str
+        population: int
+
+    engine.reply = lambda call: 'Hmm.</think>{"name": "Paris", "population": 2100000}'
+    done = _client(base).chat.completions.parse(model="m", messages=QUESTION, response_format=Capital, max_tokens=64)
+    assert done.choices[0].message.parsed == Capital(name="Paris", population=2100000)
+    assert json.loads(engine.calls[-1]["sampling_params"]["json_schema"])["required"] == ["name", "population"]
+
+
+def test_sdk_extra_body_ebnf_and_regex(served):
+    engine, base = served
+    client = _client(base)
+    client.chat.completions.create(model="m", messages=QUESTION, extra_body={"ebnf": 'root ::= "Paris"'})
+    assert engine.calls[-1]["sampling_params"]["ebnf"] == 'root ::= "Paris"'
+    resp = client.chat.completions.create(model="m", messages=QUESTION, extra_body={"regex": "(Paris|London)"})
+    assert resp.choices[0].message.content == "Paris"
+
+
+def test_n_greater_than_one(served):
+    _, base = served
+    resp = _client(base).chat.completions.create(model="m", messages=QUESTION, n=3, max_tokens=8)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert resp.usage.prompt_tokens == 7  # one prompt, counted once
+
+
+# ---------------------------------------------------------------- tools
+
+def test_tool_choice_auto_uses_a_triggered_tag_and_returns_tool_calls(served):
+    engine, base = served
+    engine.reply = lambda call: "I should call get_weather.</think>\n\nLet me check.\n" + HERMES_CALL
+    resp = _client(base).chat.completions.create(model="m", messages=QUESTION, tools=TOOLS, max_tokens=64)
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check."
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    tag = json.loads(engine.calls[-1]["sampling_params"]["structural_tag"])
+    assert tag["format"]["type"] == "triggered_tags" and tag["format"]["triggers"] == ["<tool_call>"]
+
+
+def test_tool_calls_are_never_taken_from_the_reasoning(served):
+    engine, base = served
+    engine.reply = lambda call: "Maybe " + HERMES_CALL + "</think>\n\nIt is sunny."
+    resp = _client(base).chat.completions.create(model="m", messages=QUESTION, tools=TOOLS)
+    assert resp.choices[0].message.tool_calls is None
+    assert resp.choices[0].message.content == "It is sunny." and resp.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("choice, names", [
+    ("required", {"get_weather", "get_date"}),
+    ({"type": "function", "function": {"name": "get_date"}}, {"get_date"}),
+])
+def test_required_and_named_tool_choice_constrain_to_calls_only(served, choice, names):
+    engine, base = served
+    engine.reply = lambda call: "ok</think>" + HERMES_CALL
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "tools": TOOLS, "tool_choice": choice})
+    assert r.status_code == 200, r.text
+    fmt = json.loads(engine.calls[-1]["sampling_params"]["structural_tag"])["format"]
+    assert fmt["type"] == "tags_with_separator" and fmt["at_least_one"] is True
+    assert {re.search(r'"name": "(\w+)"', t["begin"]).group(1) for t in fmt["tags"]} == names
+
+
+def test_tool_choice_none_neither_constrains_nor_parses(served):
+    engine, base = served
+    engine.reply = lambda call: "ok</think>" + HERMES_CALL
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "tools": TOOLS, "tool_choice": "none"})
+    assert "structural_tag" not in engine.calls[-1]["sampling_params"]
+    assert r.json()["choices"][0]["message"]["content"] == HERMES_CALL
+
+
+# ---------------------------------------------------------------- streaming
+
+def test_stream_sends_reasoning_content_and_usage_then_done(served):
+    engine, base = served
+    engine.reply = lambda call: "Think</think>\n\nParis is nice"
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={
+            "messages": QUESTION, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    deltas = [e["choices"][0]["delta"] for e in events[:-2]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    content = "".join(d.get("content", "") for d in deltas)
+    assert reasoning == "Think" and content == "Paris is nice"
+    assert not any("<" in d.get("content", "") + d.get("reasoning_content", "") for d in deltas)  # no marker leaks
+    assert events[-3]["choices"][0]["finish_reason"] == "stop"
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] > 0
+
+
+def test_stream_reasoning_false_sends_reasoning_in_one_piece(served):
+    engine, base = served
+    engine.reply = lambda call: "A long thought</think>Paris"
+    with httpx.stream("POST", f"{base}/v1/chat/completions",
+                      json={"messages": QUESTION, "stream": True, "stream_reasoning": False}) as r:
+        deltas = [e["choices"][0]["delta"] for e in sse_events(r)[:-1]]
+    assert [d["reasoning_content"] for d in deltas if "reasoning_content" in d] == ["A long thought"]
+
+
+def test_stream_tool_calls_with_the_sdk(served):
+    engine, base = served
+    engine.reply = lambda call: "Hmm</think>Checking. " + HERMES_CALL
+    stream = _client(base).chat.completions.create(model="m", messages=QUESTION, tools=TOOLS, stream=True)
+    content, calls, finish = "", [], None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        calls += delta.tool_calls or []
+        finish = chunk.choices[0].finish_reason or finish
+    assert content.strip() == "Checking." and "<tool_call>" not in content
+    assert [c.function.name for c in calls] == ["get_weather"] and finish == "tool_calls"
+
+
+def test_stream_with_n_two(served):
+    _, base = served
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": QUESTION, "stream": True, "n": 2}) as r:
+        events = sse_events(r)[:-1]
+    for i in (0, 1):
+        content = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"][0]["index"] == i)
+        assert content == "Paris"
+    assert sum(e["choices"][0]["finish_reason"] == "stop" for e in events) == 2
+
+
+# ---------------------------------------------------------------- completions, models, native
+
+def test_completions_string_list_n_echo_and_stream(served):
+    engine, base = served
+    client = _client(base)
+    one = client.completions.create(model="m", prompt="The capital of France is", max_tokens=8)
+    assert one.choices[0].text == "Paris" and engine.calls[-1]["reasoning_start"] is None
+    many = client.completions.create(model="m", prompt=["a", "b"], n=2, max_tokens=8, extra_body={"regex": "P.*"})
+    assert len(many.choices) == 4 and engine.calls[-1]["sampling_params"]["regex"] == "P.*"
+    assert engine.calls[-1]["rid"] == [f"{many.id[5:]}-0", f"{many.id[5:]}-1"]
+    echo = client.completions.create(model="m", prompt="Q:", echo=True, max_tokens=8)
+    assert echo.choices[0].text == "Q:Paris"
+    text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="x", stream=True)
+                   if c.choices)
+    assert text == "Paris"
+
+
+def test_models_and_info_routes(served):
+    _, base = served
+    assert [m.id for m in _client(base).models.list()] == ["fake-model"]
+    assert httpx.get(f"{base}/health").status_code == 200
+    info = httpx.get(f"{base}/get_model_info").json()
+    assert info["reasoning_parser"] == "deepseek-r1" and info["is_generation"] is True
+    assert httpx.get(f"{base}/get_server_info").json()["model_name"] == "fake-model"
+
+
+def test_native_generate_single_batch_and_stream(served):
+    engine, base = served
+    body = {"text": "hi", "require_reasoning": True, "sampling_params": {"max_new_tokens": 16, "json_schema": "{}"}}
+    out = httpx.post(f"{base}/generate", json=body).json()
+    assert out["text"] == "Let me think.</think>\n\nParis"
+    assert out["meta_info"]["reasoning_content"] == "Let me think." and out["meta_info"]["content"] == "Paris"
+    assert engine.calls[-1]["require_reasoning"] is True
+    batch = httpx.post(f"{base}/generate", json={"text": ["a", "b"], "sampling_params": {"n": 2}}).json()
+    assert isinstance(batch, list) and len(batch) == 4
+    with httpx.stream("POST", f"{base}/generate", json={"input_ids": [1, 2, 3], "stream": True}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]" and events[-2]["text"] == "Paris"
+    assert events[-2]["meta_info"]["finish_reason"]["type"] == "stop"
+
+
+def test_abort_request_route(served):
+    engine, base = served
+    assert httpx.post(f"{base}/abort_request", json={"rid": "r-1"}).status_code == 200
+    assert engine.aborted == ["r-1"]
+
+
+# ---------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("body, param, match", [
+    ({"messages": []}, "messages", "at least 1"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role", ""),
+    ({"messages": QUESTION, "temperature": "hot"}, "temperature", ""),
+    ({"messages": QUESTION, "max_tokens": 0}, "max_tokens", ""),
+    ({"messages": QUESTION, "n": 100}, "n", "limit"),
+    ({"messages": QUESTION, "regex": "a", "ebnf": "root ::= \"a\""}, "regex", "one constraint"),
+    ({"messages": QUESTION, "response_format": {"type": "json_schema"}}, "response_format.json_schema.schema", ""),
+    ({"messages": QUESTION, "response_format": {"type": "xml"}}, "response_format.type", ""),
+    ({"messages": QUESTION, "json_schema": "{not json"}, "json_schema", "not valid JSON"),
+    ({"messages": QUESTION, "tool_choice": "required"}, "tool_choice", "tools"),
+    ({"messages": QUESTION, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice", "nope"),
+    ({"messages": QUESTION, "logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
+    ({"messages": QUESTION, "continue_final_message": True, "add_generation_prompt": False,
+      "chat_template_kwargs": {}, "stop": 5}, "stop", ""),
+])
+def test_bad_chat_bodies_are_400_naming_the_field(served, body, param, match):
+    _, base = served
+    _error(httpx.post(f"{base}/v1/chat/completions", json=body), 400, param, match)
+
+
+def test_malformed_json_and_unknown_route(served):
+    _, base = served
+    _error(httpx.post(f"{base}/v1/chat/completions", content=b"{oops",
+                      headers={"content-type": "application/json"}), 400, None, "not valid JSON")
+    _error(httpx.post(f"{base}/v1/chat/completions", content=b"[1, 2]",
+                      headers={"content-type": "application/json"}), 400)
+    _error(httpx.get(f"{base}/v2/nothing"), 404)
+
+
+def test_native_errors(served):
+    _, base = served
+    _error(httpx.post(f"{base}/generate", json={"sampling_params": {}}), 400, "text", "exactly one")
+    _error(httpx.post(f"{base}/generate", json={"text": "x", "sampling_params": {"regex": ""}}),
+           400, "sampling_params.regex", "non-empty")
+    _error(httpx.post(f"{base}/generate", json={"text": "x", "sampling_params": {"n": 99}}), 400, "sampling_params.n")
+    _error(httpx.post(f"{base}/abort_request", json={}), 400, "rid")
+
+
+def test_engine_value_errors_become_400_and_overload_503(served):
+    engine, base = served
+
+    def too_long(call):
+        raise ValueError("prompt is longer than the context length (512)")
+
+    engine.reply = too_long
+    _error(httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION}), 400, None, "context length")
+    _error(httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "stream": True}), 400)
+    engine.overloaded = True
+    r = httpx.post(f"{base}/generate", json={"text": "x"})
+    _error(r, 503, None, "pending")
+    assert r.headers["retry-after"] == "2"
+    engine.healthy = False
+    assert httpx.get(f"{base}/health").status_code == 503
+
+
+# ---------------------------------------------------------------- api key, disconnects, load
+
+def test_api_key_on_every_route_but_health():
+    engine = FakeEngine(api_key="sekret")
+    with running_server(engine) as base:
+        assert httpx.get(f"{base}/health").status_code == 200
+        for method, path in (("GET", "/v1/models"), ("POST", "/generate"), ("GET", "/get_model_info"),
+                             ("POST", "/v1/chat/completions"), ("GET", "/nope")):
+            _error(httpx.request(method, f"{base}{path}"), 401)
+            _error(httpx.request(method, f"{base}{path}", headers={"Authorization": "Bearer wrong"}), 401)
+        with pytest.raises(openai.AuthenticationError):
+            _client(base, "wrong").models.list()
+        assert [m.id for m in _client(base, "sekret").models.list()] == ["fake-model"]
+        assert httpx.post(f"{base}/generate", json={"text": "x"},
+                          headers={"Authorization": "Bearer sekret"}).status_code == 200
+
+
+def _wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_client_disconnect_aborts_streaming_and_plain_requests(served):
+    engine, base = served
+    engine.chunk_delay_s = 0.1
+    engine.reply = lambda call: "x" * 300
+    with httpx.stream("POST", f"{base}/v1/chat/completions",
+                      json={"messages": QUESTION, "stream": True, "rid": "gone-stream"}) as r:
+        for _ in zip(range(3), r.iter_lines()):
+            pass
+    assert _wait_for(lambda: "gone-stream" in engine.aborted)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}/generate", json={"text": "x", "rid": "gone-plain"}, timeout=0.5)
+    assert _wait_for(lambda: "gone-plain" in engine.aborted)
+
+
+def test_forty_concurrent_mixed_requests(served):
+    engine, base = served
+    engine.chunk_delay_s = 0.002
+    kinds = [
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": 16}),
+        ("/v1/chat/completions", {"messages": QUESTION, "regex": "(Paris|London)", "stream": True}),
+        ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_object"}}),
+        ("/generate", {"text": "x", "sampling_params": {"ebnf": 'root ::= "Paris"'}, "stream": True}),
+    ]
+    with httpx.Client(timeout=30) as http, concurrent.futures.ThreadPoolExecutor(40) as pool:
+        futures = [pool.submit(http.post, base + kinds[i % 4][0], json=kinds[i % 4][1]) for i in range(40)]
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * 40
+    assert len(engine.calls) == 40
+
+
+# ---------------------------------------------------------------- the real engine, end to end
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from thinkform import Engine
+    from thinkform.testing.models import make_tiny_model_dir
+
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("tiny"), "qwen2")
+    engine = Engine(model_path=str(path), reasoning_parser="deepseek-r1", max_reasoning_tokens=12)
+    try:
+        with running_server(engine) as base:
+            yield engine, base
+    finally:
+        engine.shutdown()
+
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                           "population": {"type": "integer"}}, "required": ["name", "population"]}
+
+
+def test_real_engine_constraints_validate_after_reasoning(real):
+    _, base = real
+    client = _client(base)
+    resp = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=64, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "capital", "schema": SCHEMA}})
+    assert resp.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(resp.choices[0].message.content), SCHEMA)
+    assert resp.usage.completion_tokens <= 64
+    resp = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=64,
+                                          extra_body={"regex": "(Paris|London)"})
+    assert resp.choices[0].message.content in ("Paris", "London")
+    resp = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=64,
+                                          extra_body={"ebnf": 'root ::= "Paris" | "Rome"'})
+    assert resp.choices[0].message.content in ("Paris", "Rome")
+
+
+def test_real_engine_stream_and_native(real):
+    _, base = real
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={
+            "messages": QUESTION, "max_tokens": 48, "stream": True, "regex": "(Paris|London)",
+            "stream_options": {"include_usage": True}}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"])
+    assert content in ("Paris", "London")
+    out = httpx.post(f"{base}/generate", json={"text": "Capital?", "require_reasoning": True, "sampling_params": {
+        "max_new_tokens": 48, "json_schema": json.dumps(SCHEMA)}}).json()
+    jsonschema.validate(json.loads(out["meta_info"]["content"]), SCHEMA)
+
+
+def test_real_engine_tools_and_errors(real):
+    _, base = real
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "tools": TOOLS, "max_tokens": 64,
+                                                        "tool_choice": "required"})
+    choice = r.json()["choices"][0]
+    if choice["finish_reason"] == "tool_calls":
+        for call in choice["message"]["tool_calls"]:
+            assert call["function"]["name"] in ("get_weather", "get_date")
+            json.loads(call["function"]["arguments"])
+    else:
+        assert choice["finish_reason"] == "length"
+    _error(httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "regex": "(unclosed"}), 400)
+    _error(httpx.post(f"{base}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "word " * 5000}], "max_tokens": 8}), 400)

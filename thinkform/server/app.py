@@ -1,0 +1,64 @@
+"""FastAPI application factory: routes, API-key check, error mapping (every error an OpenAI error object)."""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from thinkform.engine.errors import EngineDead, EngineOverloaded
+
+from thinkform.server import native_api, openai_api
+from thinkform.server.errors import APIError, api_error_handler, error_body, http_error_handler, validation_handler
+from thinkform.server.state import ServerState
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def key_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison, so response timing does not reveal how much of a key was right."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class ApiKeyMiddleware:
+    """Plain ASGI (not BaseHTTPMiddleware, which would get in the way of streaming and disconnects)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
+            if not key_matches(_bearer(Request(scope)), self.api_key):
+                response = JSONResponse(error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                                   "authentication_error", code="invalid_api_key"), status_code=401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
+    """The HTTP server around one engine. `api_key` defaults to the engine's `--api-key`."""
+    state = ServerState.from_engine(engine, api_key)
+    app = FastAPI(title="thinkform", version="0.1.0")
+    app.state.thinkform = state
+
+    if state.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    app.add_exception_handler(RequestValidationError, validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
+    for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead, Exception):
+        app.add_exception_handler(exc, api_error_handler)
+    app.include_router(openai_api.router)
+    app.include_router(native_api.router)
+    return app

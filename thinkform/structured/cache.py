@@ -1,0 +1,216 @@
+"""Compiled-grammar cache: LRU of compile results (failures too), compiled off the caller's thread.
+
+Why a daemon thread per in-flight compile, plus one watchdog thread: a native compile (xgrammar,
+llguidance, outlines-core) cannot be interrupted from Python. A fixed pool would let a few runaway
+schemas occupy every worker and starve everyone else; a worker process would have to rebuild the
+tokenizer tables and ship compiled grammars back, which not every library can serialise. So each
+compile gets its own thread and starts at once; the watchdog fails a request whose compile runs past
+`compile_timeout_s` and abandons that thread. Abandoned threads still burn CPU, so at most
+`max_abandoned` of them may exist; beyond that, new compiles are refused with a clear error until
+they finish (cached grammars keep being served).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
+from thinkform.structured.spec import Constraint, ConstraintError
+
+CacheKey = tuple[str, str, str]  # (backend name, constraint kind, canonical source)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int  # served from the cache or joined an identical compile in flight
+    misses: int  # compiles started (or refused while busy)
+    failures: int  # compiles that ended in an error, time-outs included
+    timeouts: int
+    compile_seconds: float  # total time spent inside backend.compile
+    entries: int
+    in_flight: int
+    abandoned: int  # timed-out compiles still running
+
+
+@dataclass(eq=False)
+class _Job:
+    key: CacheKey
+    constraint: Constraint
+    future: Future[CompiledGrammar]
+    deadline: float
+    finished: bool = False
+    timed_out: bool = False
+
+
+class GrammarCache:
+    def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        self.backend = backend
+        self.max_entries = max_entries
+        self.max_abandoned = max_abandoned
+        self.timeout_s = backend.ctx.options.compile_timeout_s
+        self._cond = threading.Condition()
+        self._done: OrderedDict[CacheKey, Future[CompiledGrammar]] = OrderedDict()
+        self._pending: dict[CacheKey, _Job] = {}
+        self._deadlines: list[tuple[float, int, _Job]] = []
+        self._seq = itertools.count()
+        self._watchdog: threading.Thread | None = None
+        self._closed = False
+        self._hits = self._misses = self._failures = self._timeouts = self._abandoned = 0
+        self._compile_seconds = 0.0
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    def submit(self, constraint: Constraint) -> Future[CompiledGrammar]:
+        """A future of the compiled grammar; fails with ConstraintError on a bad constraint or time-out."""
+        key = (self.backend.name, constraint.kind, constraint.source)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("grammar cache is closed")
+            if key in self._done:
+                self._done.move_to_end(key)
+                self._hits += 1
+                return self._done[key]
+            if key in self._pending:
+                self._hits += 1
+                return self._pending[key].future
+            self._misses += 1
+            if self._abandoned >= self.max_abandoned:
+                return _failed(ConstraintError(
+                    f"grammar compiler is busy: {self._abandoned} earlier compiles ran past the "
+                    f"{self.timeout_s:g}s time-out and are still running; try again later",
+                    field=constraint.field))
+            job = _Job(key, constraint, _running_future(), time.monotonic() + self.timeout_s)
+            self._pending[key] = job
+            heapq.heappush(self._deadlines, (job.deadline, next(self._seq), job))
+            self._start_watchdog()
+            self._cond.notify_all()
+        threading.Thread(target=self._compile, args=(job,), name="grammar-compile", daemon=True).start()
+        return job.future
+
+    def get(self, constraint: Constraint, timeout: float | None = None) -> CompiledGrammar:
+        """Compile (or fetch) synchronously; `timeout` bounds this wait only (default: the compile time-out)."""
+        wait = self.timeout_s if timeout is None else timeout
+        try:
+            return self.submit(constraint).result(wait)
+        except FutureTimeout:
+            raise ConstraintError(f"grammar compile timed out after {wait:g}s", field=constraint.field) from None
+
+    def stats(self) -> CacheStats:
+        with self._cond:
+            return CacheStats(self._hits, self._misses, self._failures, self._timeouts,
+                              self._compile_seconds, len(self._done), len(self._pending), self._abandoned)
+
+    def close(self) -> None:
+        """Stop the watchdog; compiles still running finish on their daemon threads unobserved."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # ---- compile thread ---------------------------------------------------------------------------
+
+    def _compile(self, job: _Job) -> None:
+        start = time.monotonic()
+        result: CompiledGrammar | None = None
+        error: BaseException | None = None
+        try:
+            result = self.backend.compile(job.constraint)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed
+            error = e
+        with self._cond:
+            self._compile_seconds += time.monotonic() - start
+            if job.timed_out:  # its request already failed; keep the late outcome for the next asker
+                self._abandoned -= 1
+                if error is None or isinstance(error, ConstraintError):
+                    self._store(job.key, _finished(result, error))
+                return
+            job.finished = True
+            del self._pending[job.key]
+            if error is not None:
+                self._failures += 1
+            if error is None or isinstance(error, ConstraintError):  # other errors may be transient
+                self._store(job.key, job.future)
+        # Resolved outside the lock: done-callbacks may call back into the cache.
+        if error is None:
+            job.future.set_result(result)  # type: ignore[arg-type]
+        else:
+            job.future.set_exception(error)
+
+    def _store(self, key: CacheKey, future: Future[CompiledGrammar]) -> None:
+        self._done[key] = future
+        self._done.move_to_end(key)
+        while len(self._done) > self.max_entries:
+            self._done.popitem(last=False)
+
+    # ---- watchdog ---------------------------------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="grammar-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                expired = self._wait_for_expired()
+            if expired is None:
+                return
+            for job in expired:
+                job.future.set_exception(ConstraintError(
+                    f"grammar compile timed out after {self.timeout_s:g}s", field=job.constraint.field))
+
+    def _wait_for_expired(self) -> list[_Job] | None:
+        """Under the lock: block until some compile passes its deadline; None once closed."""
+        while not self._closed:
+            while self._deadlines and self._deadlines[0][2].finished:
+                heapq.heappop(self._deadlines)
+            if not self._deadlines:
+                self._cond.wait()
+                continue
+            now = time.monotonic()
+            if self._deadlines[0][0] > now:
+                self._cond.wait(self._deadlines[0][0] - now)
+                continue
+            expired = []
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, _, job = heapq.heappop(self._deadlines)
+                if not job.finished:
+                    expired.append(self._expire(job))
+            return expired
+        return None
+
+    def _expire(self, job: _Job) -> _Job:
+        job.timed_out = True
+        del self._pending[job.key]
+        self._abandoned += 1
+        self._timeouts += 1
+        self._failures += 1
+        self._store(job.key, job.future)  # the same constraint fails fast until the compile ends
+        return job
+
+
+def _running_future() -> Future[CompiledGrammar]:
+    fut: Future[CompiledGrammar] = Future()
+    fut.set_running_or_notify_cancel()  # a caller's cancel() must not break our set_result
+    return fut
+
+
+def _failed(error: BaseException) -> Future[CompiledGrammar]:
+    fut = _running_future()
+    fut.set_exception(error)
+    return fut
+
+
+def _finished(result: CompiledGrammar | None, error: BaseException | None) -> Future[CompiledGrammar]:
+    if error is not None:
+        return _failed(error)
+    fut = _running_future()
+    fut.set_result(result)  # type: ignore[arg-type]
+    return fut

@@ -1,0 +1,190 @@
+"""NumberGuard: backend-agnostic bound on the length of JSON numbers.
+
+A grammar says `[1-9][0-9]*` and a model that loves digits writes `"population": 3160000000000…`
+until max_tokens. The guard follows the JSON text of the answer and, while a number is being written,
+clears the mask bits of tokens that would give it more than `max_number_digits` mantissa digits
+(every digit before the exponent counts, leading zeros too, so `0.000…` is bounded as well) or more than
+`max_exponent_digits` exponent digits. With 17 mantissa digits every integer fits int64.
+
+The grammar has the last word: if the guard would leave no token allowed, it leaves the mask alone.
+
+Per vocabulary (`NumberRules`, built once, shared by all requests) each token is scanned for how many
+mantissa / exponent digits it would add to a number in progress, or to a number it starts itself;
+a token that ends right after `.`, `-`, `e` or an exponent sign counts the one digit it obliges.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from thinkform.structured.spec import GrammarOptions
+
+_DIGITS = frozenset(b"0123456789")
+_NUMBER_LEAD_IN = frozenset(b" \t\n\r:,[{")  # what may precede a number that starts inside a token
+
+
+class Mode(enum.Enum):
+    OUT = "out"  # between JSON tokens
+    STRING = "string"
+    ESCAPE = "escape"  # right after a backslash inside a string
+    MANTISSA = "mantissa"  # inside a number, before any exponent
+    EXP_START = "exp_start"  # after e/E (and maybe a sign), no exponent digit yet
+    EXPONENT = "exponent"
+
+
+@dataclass(frozen=True)
+class LexState:
+    mode: Mode = Mode.OUT
+    mantissa_digits: int = 0  # digits written so far (a pending "." or "-" adds none)
+    exponent_digits: int = 0
+
+
+def _scan(data: bytes, start: str) -> tuple[int, int]:
+    """(mantissa, exponent) digits a token adds to the number it continues or starts.
+
+    start: "mantissa" | "exp_start" | "exponent" (continuing a number) or "out" (maybe starting one)."""
+    i = 0
+    need = False
+    if start == "out":
+        while i < len(data) and data[i] in _NUMBER_LEAD_IN:
+            i += 1
+        if i == len(data) or not (data[i] in _DIGITS or data[i] == ord("-")):
+            return 0, 0
+        if data[i] == ord("-"):
+            need, i = True, i + 1
+        start = "mantissa"
+    mode, mant, exp = start, 0, 0
+    for b in data[i:]:
+        if mode == "mantissa":
+            if b in _DIGITS:
+                mant, need = mant + 1, False
+            elif b == ord("."):
+                need = True
+            elif b in b"eE":
+                mode, need = "exp_start", True
+            else:
+                return mant, exp  # the number ended inside this token
+        elif b in _DIGITS:
+            mode, exp, need = "exponent", exp + 1, False
+        elif mode == "exp_start" and b in b"+-":
+            need = True
+        else:
+            return mant, exp
+    if need:  # the token stops where JSON still owes a digit
+        if mode == "mantissa":
+            mant += 1
+        else:
+            exp += 1
+    return mant, exp
+
+
+def _pack(banned: torch.Tensor, words: int) -> torch.Tensor:
+    """bool[vocab] → int32[words] in xgrammar's bitmask layout (bit j of word i is token 32*i + j)."""
+    bits = torch.zeros(words * 32, dtype=torch.int64)
+    bits[: banned.numel()] = banned.to(torch.int64)
+    packed = (bits.view(words, 32) << torch.arange(32, dtype=torch.int64)).sum(dim=1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+class NumberRules:
+    """Per-vocabulary digit tables and the ban masks derived from them (immutable, thread-safe)."""
+
+    def __init__(self, token_bytes: Sequence[bytes], max_number_digits: int = 17,
+                 max_exponent_digits: int = 3) -> None:
+        if max_number_digits < 1 or max_exponent_digits < 1:
+            raise ValueError("max_number_digits and max_exponent_digits must be at least 1")
+        self.max_number_digits = max_number_digits
+        self.max_exponent_digits = max_exponent_digits
+        self.vocab_size = len(token_bytes)
+        words = (self.vocab_size + 31) // 32
+        tables = {start: torch.tensor([_scan(t, start) if _may_matter(t) else (0, 0) for t in token_bytes],
+                                      dtype=torch.int32).reshape(-1, 2)
+                  for start in ("mantissa", "exp_start", "exponent", "out")}
+        m, x = max_number_digits, max_exponent_digits
+        cont, fresh = tables["mantissa"], tables["out"]
+        # One packed mask per reachable state: ~M + 2X + 3 small tensors.
+        self._mantissa = [_pack((used + cont[:, 0] > m) | (cont[:, 1] > x), words) for used in range(m + 1)]
+        self._exp_start = _pack(tables["exp_start"][:, 1] > x, words)
+        self._exponent = [_pack(used + tables["exponent"][:, 1] > x, words) for used in range(x + 1)]
+        self._out = _pack((fresh[:, 0] > m) | (fresh[:, 1] > x), words)
+
+    @classmethod
+    def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:
+        return cls(token_bytes, options.max_number_digits, options.max_exponent_digits)
+
+    def ban_mask(self, state: LexState) -> torch.Tensor | None:
+        """Packed bits of the tokens to forbid in `state` (None inside strings)."""
+        if state.mode == Mode.MANTISSA:
+            return self._mantissa[min(state.mantissa_digits, self.max_number_digits)]
+        if state.mode == Mode.EXP_START:
+            return self._exp_start
+        if state.mode == Mode.EXPONENT:
+            return self._exponent[min(state.exponent_digits, self.max_exponent_digits)]
+        if state.mode == Mode.OUT:
+            return self._out
+        return None
+
+
+def _may_matter(token: bytes) -> bool:
+    return any(b in _DIGITS or b in b".-+eE" for b in token)
+
+
+class NumberGuard:
+    """Per-request: follows the answer's JSON lexical state and trims the mask of digit runaways."""
+
+    def __init__(self, rules: NumberRules) -> None:
+        self.rules = rules
+        self.state = LexState()
+
+    def reset(self) -> None:
+        self.state = LexState()
+
+    def observe(self, text: str) -> None:
+        """Advance the lexical state over text the answer just gained."""
+        mode, mant, exp = self.state.mode, self.state.mantissa_digits, self.state.exponent_digits
+        for ch in text:
+            mode, mant, exp = _step(mode, mant, exp, ch)
+        self.state = LexState(mode, mant, exp)
+
+    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
+        """Clear the bits of tokens that would overrun the current number, unless none would remain."""
+        ban = self.rules.ban_mask(self.state)
+        if ban is None:
+            return
+        current = bitmask[row]
+        width = min(current.numel(), ban.numel())
+        trimmed = current.clone()
+        trimmed[:width] &= ~ban[:width].to(current.device)
+        if bool(trimmed.any()):
+            current.copy_(trimmed)
+
+
+def _step(mode: Mode, mant: int, exp: int, ch: str) -> tuple[Mode, int, int]:
+    digit = "0" <= ch <= "9"
+    if mode == Mode.STRING:
+        return (Mode.OUT if ch == '"' else Mode.ESCAPE if ch == "\\" else Mode.STRING), 0, 0
+    if mode == Mode.ESCAPE:
+        return Mode.STRING, 0, 0
+    if mode == Mode.MANTISSA:
+        if digit:
+            return Mode.MANTISSA, mant + 1, 0
+        if ch == ".":
+            return Mode.MANTISSA, mant, 0
+        if ch in "eE":
+            return Mode.EXP_START, mant, 0
+    elif mode == Mode.EXP_START:
+        if ch in "+-":
+            return Mode.EXP_START, mant, 0
+        if digit:
+            return Mode.EXPONENT, mant, 1
+    elif mode == Mode.EXPONENT and digit:
+        return Mode.EXPONENT, mant, exp + 1
+    # OUT, or the number just ended on this character
+    if ch == '"':
+        return Mode.STRING, 0, 0
+    if ch == "-" or digit:
+        return Mode.MANTISSA, int(digit), 0
+    return Mode.OUT, 0, 0
