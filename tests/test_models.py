@@ -96,6 +96,16 @@ def test_batched_sequences_match_separate_runs(tmp_path, tokenizer):
     torch.testing.assert_close(step[1], _full_logits(ours, torch.cat([b, nxt[1:]]))[-1], atol=1e-10, rtol=0)
 
 
+def test_chunked_prefill_matches_full_forward(tmp_path, tokenizer):
+    ours = load_model(str(make_tiny_model_dir(tmp_path / "m", "llama", tokenizer)), torch.float64, "cpu").model
+    ids = _prompt()
+    attn = DenseAttention()
+    with torch.no_grad():
+        first = ours.compute_logits(ours(ids[:10], torch.arange(10), attn))
+        rest = ours.compute_logits(ours(ids[10:], torch.arange(10, PROMPT_LEN), attn))
+    torch.testing.assert_close(torch.cat([first, rest]), _full_logits(ours, ids), atol=1e-10, rtol=0)
+
+
 def test_padded_vocab_rows_are_logit_columns(tmp_path, tokenizer):
     model_dir = make_tiny_model_dir(tmp_path / "m", "qwen2", tokenizer, vocab_size=len(tokenizer) + 75)
     loaded = load_model(str(model_dir), torch.float32, "cpu")

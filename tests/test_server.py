@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import logging
 import re
+import socket
 import time
 
 import httpx
@@ -445,7 +446,7 @@ def real(tmp_path_factory):
         engine.shutdown()
 
 
-SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^[A-Za-z]{1,8}$"},
                                            "population": {"type": "integer"}}, "required": ["name", "population"]}
 
 
@@ -475,7 +476,7 @@ def test_real_engine_stream_and_native(real):
     content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"])
     assert content in ("Paris", "London")
     out = httpx.post(f"{base}/generate", json={"text": "Capital?", "require_reasoning": True, "sampling_params": {
-        "max_new_tokens": 48, "json_schema": json.dumps(SCHEMA)}}).json()
+        "max_new_tokens": 48, "temperature": 0, "json_schema": json.dumps(SCHEMA)}}).json()
     jsonschema.validate(json.loads(out["meta_info"]["content"]), SCHEMA)
 
 
@@ -493,3 +494,44 @@ def test_real_engine_tools_and_errors(real):
     _error(httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "regex": "(unclosed"}), 400)
     _error(httpx.post(f"{base}/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "word " * 5000}], "max_tokens": 8}), 400)
+
+
+def test_real_engine_forty_concurrent_mixed_requests(real):
+    _, base = real
+    bodies = [
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": 16}),
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": 32, "regex": "(Paris|London)", "stream": True}),
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": 48, "n": 2, "temperature": 0,
+                                  "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMA}}}),
+        ("/generate", {"text": "x", "sampling_params": {"max_new_tokens": 16, "ebnf": 'root ::= "Paris"'}}),
+    ]
+    with httpx.Client(timeout=120) as http, concurrent.futures.ThreadPoolExecutor(40) as pool:
+        futures = [pool.submit(http.post, base + bodies[i % 4][0], json=bodies[i % 4][1]) for i in range(40)]
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * 40
+    for r in responses[2::4]:
+        for choice in r.json()["choices"]:
+            if choice["finish_reason"] == "stop":
+                jsonschema.validate(json.loads(choice["message"]["content"]), SCHEMA)
+    assert all(r.json()["text"] == "Paris" for r in responses[3::4])
+
+
+def test_launch_server_helpers_start_serve_and_stop(tmp_path):
+    from thinkform.testing.models import make_tiny_model_dir
+    from thinkform.utils import launch_server_cmd, terminate_process, wait_for_server
+
+    path = make_tiny_model_dir(tmp_path, "qwen2")
+    process, port = launch_server_cmd(f"python -m thinkform.launch_server --model-path {path} "
+                                      "--reasoning-parser deepseek-r1 --log-level warning")
+    try:
+        wait_for_server(f"http://localhost:{port}", timeout=120, process=process)
+        resp = _client(f"http://127.0.0.1:{port}").chat.completions.create(
+            model="m", messages=QUESTION, max_tokens=32, extra_body={"regex": "(Paris|London)"})
+        assert resp.choices[0].message.content in ("Paris", "London")
+    finally:
+        terminate_process(process)
+    assert process.returncode == 0
+    with socket.socket() as s:  # the port was released: a new server could listen on it (as uvicorn binds)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()

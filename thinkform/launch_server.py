@@ -7,8 +7,12 @@ them), shut the engine down and release the port.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+from types import FrameType
+from typing import Iterator
 
 import uvicorn
 
@@ -36,11 +40,28 @@ def serve(args: EngineArgs) -> None:
         app = create_app(engine)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                                 timeout_graceful_shutdown=args.graceful_shutdown_timeout, access_log=False)
-        server = uvicorn.Server(config)  # installs SIGINT/SIGTERM handlers: graceful stop
+        server = uvicorn.Server(config)  # its SIGINT/SIGTERM handlers stop gracefully
         logger.info("thinkform serving %s on http://%s:%d", engine.served_model_name, args.host, args.port)
-        server.run()
+        with _signals_ignored_after_serving():
+            server.run()
     finally:
         engine.shutdown()
+    logger.info("thinkform stopped")
+
+
+@contextlib.contextmanager
+def _signals_ignored_after_serving() -> Iterator[None]:
+    """uvicorn re-raises the stop signal once it has drained; with the default handlers that kills the
+    process before the engine shuts down. Handlers that only log let the shutdown finish instead."""
+    def note(sig: int, frame: FrameType | None) -> None:
+        logger.info("received %s; shutting down", signal.Signals(sig).name)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,12 @@ class DenseAttention:
         groups = q.shape[1] // k.shape[1]
         kk = k.repeat_interleave(groups, dim=1).transpose(0, 1)
         vv = v.repeat_interleave(groups, dim=1).transpose(0, 1)
-        # query i (absolute position total - n + i) sees keys 0 ..= total - n + i
-        mask = torch.arange(total, device=q.device)[None, :] <= (torch.arange(n, device=q.device)[:, None] + total - n)
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask)
+        qq = q.transpose(0, 1)
+        if n == 1:  # one new token sees the whole history
+            out = F.scaled_dot_product_attention(qq, kk, vv)
+        elif n == total:  # no history: plain causal
+            out = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
+        else:  # query i (absolute position total - n + i) sees keys 0 ..= total - n + i
+            mask = torch.arange(total, device=q.device)[None, :] <= (torch.arange(n, device=q.device)[:, None] + total - n)
+            out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask)
         return out.transpose(0, 1)

@@ -121,7 +121,10 @@ def _probe(model: HFFallbackLM, arch: str, vocab_size: int, device: torch.device
     pos = torch.arange(3, device=device)
     recorder = _Recorder(_dense_backend())
     kwargs = {BACKEND_KWARG: recorder}
-    full = model.hf(input_ids=ids[None], position_ids=pos[None], use_cache=False, **kwargs).logits[0]
+    try:
+        full = model.hf(input_ids=ids[None], position_ids=pos[None], use_cache=False, **kwargs).logits[0]
+    except (TypeError, RuntimeError) as exc:  # a forward that drops or rejects the backend kwarg
+        raise _not_routable(arch, f"its forward does not hand attention kwargs to its layers ({exc})") from exc
     layer_ids = [call[0] for call in recorder.calls]
     if not layer_ids:
         raise _not_routable(arch, "its layers do not use transformers' attention interface")
@@ -171,11 +174,11 @@ def load_hf_fallback(model_dir: str | Path, raw: dict[str, Any], dtype: torch.dt
     try:
         hf = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, use_safetensors=True,
-            trust_remote_code=False,
+            trust_remote_code=False, device_map={"": device},
         )
     except (ValueError, KeyError, OSError) as exc:
         raise ValueError(f"architecture {arch!r}: transformers could not load it with thinkform attention: {exc}") from exc
-    hf.to(device).eval()
+    hf.eval()
     vocab = int(hf.get_output_embeddings().weight.shape[0])
     if getattr(hf.config, "sliding_window", None) and getattr(hf.config, "use_sliding_window", True):
         warnings.warn(f"{arch}: sliding-window attention runs as full attention (exact up to the window)", stacklevel=2)

@@ -19,18 +19,31 @@ ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
 
 
 class LLGuidanceMatcher(GrammarMatcher):
-    def __init__(self, matcher: LLMatcher, tokenizer: llguidance.LLTokenizer) -> None:
+    def __init__(self, matcher: LLMatcher, tokenizer: llguidance.LLTokenizer, eos_token_ids: frozenset[int]) -> None:
         self._m = matcher
         self._tok = tokenizer
+        self._eos = eos_token_ids
         self._steps: list[int] = []  # tokens consumed per accept call, so rollback counts calls like xgrammar
+        self._terminated_at: int | None = None  # step that accepted EOS (is_stopped() is true before it)
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         llguidance.torch.fill_next_token_bitmask(self._m, bitmask, row)
 
     def accept_token(self, token_id: int) -> bool:
+        if self._terminated_at is not None:
+            return False
+        if token_id in self._eos:
+            # EOS is not fed to llguidance: it would not undo it on rollback; we track it ourselves.
+            if not self._m.is_accepting():
+                return False
+            self._steps.append(0)
+            self._terminated_at = len(self._steps)
+            return True
         return self._consume([token_id])
 
     def accept_string(self, text: str) -> bool:
+        if self._terminated_at is not None:
+            return False
         return self._consume(self._tok.tokenize_str(text)) if text else True
 
     def _consume(self, tokens: list[int]) -> bool:
@@ -50,9 +63,11 @@ class LLGuidanceMatcher(GrammarMatcher):
         del self._steps[len(self._steps) - num_tokens:]
         if count:
             self._m.rollback(count)
+        if self._terminated_at is not None and self._terminated_at > len(self._steps):
+            self._terminated_at = None
 
     def is_terminated(self) -> bool:
-        return self._m.is_stopped() and not self._m.is_error()
+        return self._terminated_at is not None
 
     def can_terminate(self) -> bool:
         return self._m.is_accepting()
@@ -62,13 +77,14 @@ class LLGuidanceMatcher(GrammarMatcher):
 
 
 class LLGuidanceCompiled(CompiledGrammar):
-    def __init__(self, prototype: LLMatcher, tokenizer: llguidance.LLTokenizer) -> None:
+    def __init__(self, prototype: LLMatcher, tokenizer: llguidance.LLTokenizer, eos_token_ids: frozenset[int]) -> None:
         self._prototype = prototype
         self._tok = tokenizer
+        self._eos = eos_token_ids
 
     def new_matcher(self) -> GrammarMatcher:
         # Copying a built matcher skips re-parsing the grammar for each request.
-        return LLGuidanceMatcher(self._prototype.deep_copy(), self._tok)
+        return LLGuidanceMatcher(self._prototype.deep_copy(), self._tok, self._eos)
 
 
 @register_backend
@@ -94,7 +110,7 @@ class LLGuidanceBackend(GrammarBackend):
         if matcher.is_error():
             raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
                                   field=constraint.field)
-        return LLGuidanceCompiled(matcher, self._tok)
+        return LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids))
 
     def _grammar(self, constraint: Constraint) -> str:
         opts = self.ctx.options

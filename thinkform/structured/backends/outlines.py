@@ -140,7 +140,33 @@ class OutlinesBackend(GrammarBackend):
     def _regex(self, constraint: Constraint) -> str:
         if constraint.kind == "regex":
             return constraint.source
+        ignored = sorted(unenforced_keywords(constraint.data()))
+        if ignored:  # outlines-core would drop them silently and answers could break the schema
+            raise ConstraintError(
+                f"grammar backend 'outlines' cannot enforce json_schema keyword(s) {', '.join(ignored)}; "
+                "use --grammar-backend xgrammar or llguidance", field="json_schema")
         return build_regex_from_schema(constraint.source, whitespace_pattern(self.ctx.options))
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def unenforced_keywords(schema: object) -> set[str]:
+    """Keywords outlines-core's regex builder ignores: numeric bounds, uniqueItems, and a pattern
+    next to minLength/maxLength (it keeps the length and drops the pattern)."""
+    found: set[str] = set()
+    if isinstance(schema, list):
+        for item in schema:
+            found |= unenforced_keywords(item)
+    elif isinstance(schema, dict):
+        found |= {k for k in _BOUNDS if isinstance(schema.get(k), (int, float)) and not isinstance(schema[k], bool)}
+        if schema.get("uniqueItems") is True:
+            found.add("uniqueItems")
+        if isinstance(schema.get("pattern"), str) and ("minLength" in schema or "maxLength" in schema):
+            found.add("pattern with minLength/maxLength")
+        for value in schema.values():
+            found |= unenforced_keywords(value)
+    return found
 
 
 def whitespace_pattern(opts: GrammarOptions) -> str:

@@ -1,0 +1,106 @@
+"""Every finished constrained answer satisfies its constraint: random tiny models, all backends, all kinds."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from constraint_cases import CASES, SEED_SCHEMA
+
+BACKENDS = ["xgrammar", "llguidance", "outlines"]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dirs):
+    from thinkform import Engine
+
+    built = {b: Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1", grammar_backend=b,
+                       max_total_tokens=16384) for b in BACKENDS}
+    yield built
+    for e in built.values():
+        e.shutdown()
+
+
+def _supported(engine, case) -> bool:
+    return case.kind in engine.parts.grammar_backend.kinds
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(backend=st.sampled_from(BACKENDS), case=st.sampled_from(CASES), reasoning=st.booleans(),
+       temperature=st.sampled_from([0.0, 0.7, 1.5]), n=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_finished_answers_satisfy_constraint(engines, backend, case, reasoning, temperature, n, seed):
+    engine = engines[backend]
+    if not _supported(engine, case):
+        with pytest.raises(ValueError, match=case.kind.split("_")[0]):
+            engine.generate("Give me", {"max_new_tokens": 8, **case.params})
+        return
+    params = {"temperature": temperature, "seed": seed, "n": n, "max_new_tokens": 96, "max_reasoning_tokens": 12,
+              **case.params}
+    outs = engine.generate("Give me the information of the capital of France.", params, require_reasoning=reasoning)
+    outs = outs if isinstance(outs, list) else [outs]
+    for out in outs:
+        meta = out["meta_info"]
+        answer = meta["content"] if reasoning else out["text"]
+        if reasoning:
+            assert meta["reasoning_content"] is not None
+            assert out["text"].count("</think>") == 1
+        if meta["finish_reason"]["type"] == "stop":
+            assert meta["constraint_satisfied"] is True
+            case.check(answer)
+        else:
+            assert meta["finish_reason"]["type"] == "length"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed_schema_no_runaway_greedy(engines, backend):
+    """The seed's integer ran to max_new_tokens under SGLang; here the number ends and the JSON closes."""
+    out = engines[backend].generate("Give me", {"temperature": 0, "max_new_tokens": 200, "json_schema": SEED_SCHEMA})
+    assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
+    CASES[2].check(out["text"])
+
+
+def test_two_constraints_is_an_error(engines):
+    with pytest.raises(ValueError, match="regex"):
+        engines["xgrammar"].generate("Hi", {"regex": "a+", "ebnf": 'root ::= "a"'})
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"json_schema": "{not json"}, "json_schema"),
+    ({"json_schema": {"type": "object", "properties": {"a": {"type": "strin"}}}}, "json_schema"),
+    ({"regex": "(unclosed"}, "regex"),
+    ({"ebnf": "root ::= missing_rule"}, "ebnf"),
+])
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_invalid_constraint_is_clean_error_and_engine_goes_on(engines, backend, params, field):
+    engine = engines[backend]
+    with pytest.raises(ValueError, match=field):
+        engine.generate("Hi", {"max_new_tokens": 4, **params})
+    ok = engine.generate("Hi", {"max_new_tokens": 4, "regex": "(Paris|London)"})
+    assert ok["text"] in ("Paris", "London")
+
+
+def test_budget_forces_marker_and_answer_arrives(engines):
+    out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 64,
+                                                     "max_reasoning_tokens": 10, "regex": "(Paris|London)"},
+                                       require_reasoning=True)
+    meta = out["meta_info"]
+    assert meta["content"] in ("Paris", "London")
+    assert meta["reasoning_tokens"] <= 10 + 4  # the budget, plus the forced marker's tokens
+    assert meta["finish_reason"]["type"] == "stop"
+
+
+def test_answer_reserve_keeps_room_for_answer(engines):
+    out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 40,
+                                                     "ebnf": 'root ::= "Paris is the capital of France"'},
+                                       require_reasoning=True)
+    assert out["meta_info"]["content"] == "Paris is the capital of France"
+    assert out["meta_info"]["completion_tokens"] <= 40
+
+
+def test_unconstrained_reasoning_split_and_budget(engines):
+    out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 30,
+                                                     "max_reasoning_tokens": 8, "ignore_eos": True},
+                                       require_reasoning=True)
+    meta = out["meta_info"]
+    assert "</think>" in out["text"]
+    assert meta["reasoning_content"] is not None and "</think>" not in meta["content"]
+    assert out["text"].split("</think>")[0].strip() == meta["reasoning_content"].strip()
