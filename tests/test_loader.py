@@ -170,6 +170,15 @@ def test_second_load_reads_the_cached_copy_quickly(smollm):
     assert again.model_path == smollm.model_path
 
 
+def test_gguf_file_or_directory_holding_one(smollm, tmp_path):
+    gguf = loader.default_model_file()
+    (tmp_path / gguf.name).symlink_to(gguf)  # same name, size and mtime: the same cached copy
+    from_dir = load_model(str(tmp_path), None, "cpu")
+    from_file = load_model(str(tmp_path / gguf.name), None, "cpu")
+    assert from_dir.model_path == from_file.model_path == smollm.model_path
+    assert from_file.served_name == str(tmp_path / gguf.name)
+
+
 # ---- the real Qwen vocabulary ----------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from constraint_cases import CASES, SEED_SCHEMA
+from constraint_cases import CASES, _json as _json_check
 
 BACKENDS = ["xgrammar", "llguidance", "outlines"]
 
@@ -53,9 +53,12 @@ def test_finished_answers_satisfy_constraint(engines, backend, case, reasoning, 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_seed_schema_no_runaway_greedy(engines, backend):
     """The seed's integer ran to max_new_tokens under SGLang; here the number ends and the JSON closes."""
-    out = engines[backend].generate("Give me", {"temperature": 0, "max_new_tokens": 200, "json_schema": SEED_SCHEMA})
-    assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
-    CASES[2].check(out["text"])
+    schema = {"type": "object", "properties": {"population": {"type": "integer"}, "ratio": {"type": "number"}},
+              "required": ["population", "ratio"]}
+    for prompt in ("Give me", "The population of Paris is", "1234567890"):
+        out = engines[backend].generate(prompt, {"temperature": 0, "max_new_tokens": 120, "json_schema": schema})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
+        _json_check(schema)(out["text"])
 
 
 def test_two_constraints_is_an_error(engines):

@@ -11,10 +11,12 @@ import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import find_stop
+from thinkform.engine.jump_forward import jump_forward
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence, Status
+from thinkform.structured.gate import Phase
 
 logger = logging.getLogger("thinkform")
 
@@ -36,7 +38,8 @@ class EngineLoop:
         self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix="thinkform-mask")
         self.error: str | None = None
         self.counters = {"steps": 0, "forward_tokens": 0, "finished": 0, "aborted": 0, "generated_tokens": 0,
-                         "forced_tokens": 0}
+                         "forced_tokens": 0, "jump_tokens": 0}
+        self.jump_enabled = not args.disable_jump_forward
 
     # -- control (any thread) -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,22 +145,36 @@ class EngineLoop:
         if seq.first_token_time is None:
             seq.first_token_time = time.perf_counter()
         seq.num_sampled += 1
-        ids = seq.gate.accept(token) if seq.gate is not None else [token]
+        gate = seq.gate
+        answering = gate is not None and gate.phase is Phase.ANSWER
+        ids = gate.accept(token) if gate is not None else [token]
+        if answering and len(ids) == 1 and self.jump_enabled:
+            jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1)
+            ids = jumped if replaced else ids + jumped
+            self.counters["jump_tokens"] += len(jumped) - replaced
         if logprob is not None:
             self._record_logprob(seq, token, ids, logprob)
         finish = self._append(seq, ids)
-        if finish is None and seq.gate is not None:
-            forced = seq.gate.forced_tokens(len(seq.output_ids))
+        if finish is None and gate is not None:
+            forced = gate.forced_tokens(len(seq.output_ids))
             if forced:
-                seq.gate.accept_forced(forced)
+                gate.accept_forced(forced)
                 self.counters["forced_tokens"] += len(forced)
                 finish = self._append(seq, forced)
+                if finish is None and self.jump_enabled:
+                    jumped, _ = jump_forward(gate, self.parts.vocab, None, self._room(seq))
+                    self.counters["jump_tokens"] += len(jumped)
+                    finish = self._append(seq, jumped)
         if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:
             finish = FinishReason("length", None)
         if finish is not None:
             self._finish(seq, finish)
         elif seq.stream:
             seq.sink(seq, False)
+
+    @staticmethod
+    def _room(seq: Sequence) -> int:
+        return seq.params.max_new_tokens - len(seq.output_ids)
 
     def _append(self, seq: Sequence, ids: list[int]) -> FinishReason | None:
         """Append ids one by one, checking every stop rule; returns the finish reason, if any."""

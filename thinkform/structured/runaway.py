@@ -42,22 +42,13 @@ class LexState:
     exponent_digits: int = 0
 
 
-def _scan(data: bytes, start: str) -> tuple[int, int]:
-    """(mantissa, exponent) digits a token adds to the number it continues or starts.
+def _number(data: bytes, i: int, mode: str, need: bool = False) -> tuple[int, int, int]:
+    """Scan a number from data[i] in `mode`: (mantissa digits, exponent digits, index where it ended).
 
-    start: "mantissa" | "exp_start" | "exponent" (continuing a number) or "out" (maybe starting one)."""
-    i = 0
-    need = False
-    if start == "out":
-        while i < len(data) and data[i] in _NUMBER_LEAD_IN:
-            i += 1
-        if i == len(data) or not (data[i] in _DIGITS or data[i] == ord("-")):
-            return 0, 0
-        if data[i] == ord("-"):
-            need, i = True, i + 1
-        start = "mantissa"
-    mode, mant, exp = start, 0, 0
-    for b in data[i:]:
+    A number still open at the token's end counts the one digit a trailing ".", "-", "e" or sign owes."""
+    mant = exp = 0
+    while i < len(data):
+        b = data[i]
         if mode == "mantissa":
             if b in _DIGITS:
                 mant, need = mant + 1, False
@@ -66,19 +57,44 @@ def _scan(data: bytes, start: str) -> tuple[int, int]:
             elif b in b"eE":
                 mode, need = "exp_start", True
             else:
-                return mant, exp  # the number ended inside this token
+                return mant, exp, i
         elif b in _DIGITS:
             mode, exp, need = "exponent", exp + 1, False
         elif mode == "exp_start" and b in b"+-":
             need = True
         else:
-            return mant, exp
-    if need:  # the token stops where JSON still owes a digit
-        if mode == "mantissa":
-            mant += 1
-        else:
-            exp += 1
-    return mant, exp
+            return mant, exp, i
+        i += 1
+    if need:
+        mant, exp = (mant + 1, exp) if mode == "mantissa" else (mant, exp + 1)
+    return mant, exp, i
+
+
+def _fresh(data: bytes, i: int) -> tuple[int, int]:
+    """Largest (mantissa, exponent) digit counts of the numbers that start in data[i:]."""
+    best_mant = best_exp = 0
+    while i < len(data):
+        b = data[i]
+        starts = (b in _DIGITS or b == ord("-")) and (i == 0 or not (chr(data[i - 1]).isalnum()
+                                                                    or data[i - 1] in b".+-"))
+        if not starts:
+            i += 1
+            continue
+        minus = b == ord("-")
+        mant, exp, end = _number(data, i + minus, "mantissa", need=minus)
+        best_mant, best_exp = max(best_mant, mant), max(best_exp, exp)
+        i = max(end, i + 1)
+    return best_mant, best_exp
+
+
+def _scan(data: bytes, start: str) -> tuple[int, int, int, int]:
+    """(mantissa, exponent) digits a token adds to the number in progress (start: "mantissa" |
+    "exp_start" | "exponent"), then the largest counts of any number the token starts afterwards.
+    With start "out" there is no number in progress."""
+    if start == "out":
+        return (0, 0, *_fresh(data, 0))
+    mant, exp, end = _number(data, 0, start)
+    return (mant, exp, *_fresh(data, end))
 
 
 def _pack(banned: torch.Tensor, words: int) -> torch.Tensor:
@@ -100,16 +116,21 @@ class NumberRules:
         self.max_exponent_digits = max_exponent_digits
         self.vocab_size = len(token_bytes)
         words = (self.vocab_size + 31) // 32
-        tables = {start: torch.tensor([_scan(t, start) if _may_matter(t) else (0, 0) for t in token_bytes],
-                                      dtype=torch.int32).reshape(-1, 2)
+        tables = {start: torch.tensor([_scan(t, start) if _may_matter(t) else (0, 0, 0, 0) for t in token_bytes],
+                                      dtype=torch.int32).reshape(-1, 4)
                   for start in ("mantissa", "exp_start", "exponent", "out")}
         m, x = max_number_digits, max_exponent_digits
-        cont, fresh = tables["mantissa"], tables["out"]
-        # One packed mask per reachable state: ~M + 2X + 3 small tensors.
-        self._mantissa = [_pack((used + cont[:, 0] > m) | (cont[:, 1] > x), words) for used in range(m + 1)]
-        self._exp_start = _pack(tables["exp_start"][:, 1] > x, words)
-        self._exponent = [_pack(used + tables["exponent"][:, 1] > x, words) for used in range(x + 1)]
-        self._out = _pack((fresh[:, 0] > m) | (fresh[:, 1] > x), words)
+
+        def later(table: torch.Tensor) -> torch.Tensor:  # a number the token starts after this one
+            return (table[:, 2] > m) | (table[:, 3] > x)
+
+        mant, exp0, exp = tables["mantissa"], tables["exp_start"], tables["exponent"]
+        # One packed mask per reachable state: M + X + 3 small tensors.
+        self._mantissa = [_pack((used + mant[:, 0] > m) | (mant[:, 1] > x) | later(mant), words)
+                          for used in range(m + 1)]
+        self._exp_start = _pack((exp0[:, 1] > x) | later(exp0), words)
+        self._exponent = [_pack((used + exp[:, 1] > x) | later(exp), words) for used in range(x + 1)]
+        self._out = _pack(later(tables["out"]), words)
 
     @classmethod
     def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:

@@ -1,0 +1,158 @@
+"""GrammarCache: hits and misses, cached failures, LRU eviction, time-outs that fail only their request."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, ClassVar
+
+import pytest
+
+from thinkform.structured.backends import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.cache import GrammarCache
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, constraint_from_fields
+
+
+class FakeCompiled(CompiledGrammar):
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def new_matcher(self) -> GrammarMatcher:
+        raise NotImplementedError
+
+
+class FakeBackend(GrammarBackend):
+    """Compiles regexes instantly; "slow…" waits for `release`; "bad…" is a compile error."""
+
+    name: ClassVar[str] = "fake"
+    kinds: ClassVar[frozenset[str]] = frozenset({"regex"})
+
+    def __init__(self, ctx: BackendContext) -> None:
+        super().__init__(ctx)
+        self.calls: list[str] = []
+        self.release = threading.Event()
+
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        self.calls.append(constraint.source)
+        self.check_kind(constraint)
+        if constraint.source.startswith("slow"):
+            self.release.wait(10)
+        if constraint.source.startswith("bad"):
+            raise ConstraintError(f"invalid regex: cannot parse {constraint.source!r}", field="regex")
+        return FakeCompiled(constraint.source)
+
+
+def make_cache(timeout_s: float = 5.0, **kwargs: Any) -> tuple[GrammarCache, FakeBackend]:
+    ctx = BackendContext(tokenizer=None, vocab_size=8, eos_token_ids=(0,),
+                         options=GrammarOptions(compile_timeout_s=timeout_s))
+    backend = FakeBackend(ctx)
+    return GrammarCache(backend, **kwargs), backend
+
+
+def regex(source: str) -> Constraint:
+    return constraint_from_fields(regex=source)
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition never became true"
+        time.sleep(0.01)
+
+
+def test_second_request_is_a_hit_with_the_same_grammar() -> None:
+    cache, backend = make_cache()
+    first = cache.get(regex("a+"))
+    second = cache.get(regex("a+"))
+    assert first is second and backend.calls == ["a+"]
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.entries, stats.failures) == (1, 1, 1, 0)
+    assert stats.compile_seconds >= 0.0
+
+
+def test_compiles_run_off_the_callers_thread() -> None:
+    cache, backend = make_cache()
+    future = cache.submit(regex("slow-1"))
+    assert not future.done()  # submit returned while the compile still waits
+    backend.release.set()
+    assert future.result(5).source == "slow-1"
+
+
+def test_identical_requests_in_flight_share_one_compile() -> None:
+    cache, backend = make_cache()
+    a, b = cache.submit(regex("slow-x")), cache.submit(regex("slow-x"))
+    assert a is b
+    backend.release.set()
+    a.result(5)
+    assert backend.calls == ["slow-x"] and cache.stats().hits == 1
+
+
+def test_failures_are_cached_and_fail_fast() -> None:
+    cache, backend = make_cache()
+    for _ in range(2):
+        with pytest.raises(ConstraintError, match="cannot parse 'bad") as e:
+            cache.get(regex("bad("))
+        assert e.value.field == "regex"
+    assert backend.calls == ["bad("]
+    assert cache.stats().failures == 1
+
+
+def test_least_recently_used_entry_is_evicted() -> None:
+    cache, backend = make_cache(max_entries=2)
+    cache.get(regex("a"))
+    cache.get(regex("b"))
+    cache.get(regex("a"))  # a is now the most recent
+    cache.get(regex("c"))  # evicts b
+    cache.get(regex("a"))
+    cache.get(regex("b"))
+    assert backend.calls == ["a", "b", "c", "b"]
+    assert cache.stats().entries == 2
+
+
+def test_a_runaway_compile_times_out_alone_and_its_late_result_is_kept() -> None:
+    cache, backend = make_cache(timeout_s=0.3)
+    slow = cache.submit(regex("slow-runaway"))
+    started = time.monotonic()
+    assert cache.get(regex("fast")).source == "fast"  # not starved by the runaway
+    assert time.monotonic() - started < 0.3
+    with pytest.raises(ConstraintError, match=r"grammar compile timed out after 0.3s") as e:
+        slow.result(5)
+    assert e.value.field == "regex"
+    stats = cache.stats()
+    assert (stats.timeouts, stats.abandoned, stats.in_flight) == (1, 1, 0)
+    with pytest.raises(ConstraintError, match="timed out"):  # the same constraint fails fast meanwhile
+        cache.get(regex("slow-runaway"), timeout=1)
+    backend.release.set()
+    wait_until(lambda: cache.stats().abandoned == 0)
+    assert cache.get(regex("slow-runaway")).source == "slow-runaway"  # the late result is served
+    assert backend.calls.count("slow-runaway") == 1
+
+
+def test_too_many_abandoned_compiles_refuse_new_ones_but_serve_cached() -> None:
+    cache, backend = make_cache(timeout_s=0.2, max_abandoned=1)
+    cache.get(regex("cached"))
+    with pytest.raises(ConstraintError, match="timed out"):
+        cache.get(regex("slow-a"))
+    with pytest.raises(ConstraintError, match="busy: 1 earlier compiles ran past the 0.2s time-out"):
+        cache.get(regex("new"))
+    assert "new" not in backend.calls
+    assert cache.get(regex("cached")).source == "cached"
+    backend.release.set()
+    wait_until(lambda: cache.stats().abandoned == 0)
+    assert cache.get(regex("new")).source == "new"  # not cached as a failure
+
+
+def test_get_timeout_bounds_only_the_wait() -> None:
+    cache, backend = make_cache(timeout_s=5)
+    with pytest.raises(ConstraintError, match="timed out after 0.05s"):
+        cache.get(regex("slow-wait"), timeout=0.05)
+    backend.release.set()
+    assert cache.get(regex("slow-wait")).source == "slow-wait"
+    assert cache.stats().timeouts == 0
+
+
+def test_unsupported_kind_is_a_cached_constraint_error() -> None:
+    cache, backend = make_cache()
+    for _ in range(2):
+        with pytest.raises(ConstraintError, match="'fake' does not support ebnf"):
+            cache.get(constraint_from_fields(ebnf='root ::= "a"'))
+    assert len(backend.calls) == 1

@@ -1,0 +1,147 @@
+"""NumberGuard: a digit-loving sampler cannot write endless numbers; the grammar still has the last word."""
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+import pytest
+import torch
+import xgrammar as xgr
+
+from thinkform.structured.backends import BackendContext, create_backend
+from thinkform.structured.runaway import Mode, NumberGuard, NumberRules
+from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+TOKENS = [b"1", b"12", b"123", b"1234", b",", b"}", b".", b".5", b"e", b"e+", b"e12", b"5,", b'"', b" 12345", b"a"]
+
+
+def ids(*tokens: bytes) -> set[int]:
+    return {TOKENS.index(t) for t in tokens}
+
+
+def allowed_after(guard: NumberGuard, allowed: set[int]) -> set[int]:
+    mask = torch.zeros((2, 1), dtype=torch.int32)
+    for t in allowed:
+        mask[1, 0] |= (1 << t) if t < 31 else -(1 << 31)
+    guard.restrict(mask, 1)
+    assert mask[0, 0] == 0
+    return {t for t in range(len(TOKENS)) if (int(mask[1, 0]) >> t) & 1}
+
+
+@pytest.fixture()
+def guard() -> NumberGuard:
+    return NumberGuard(NumberRules(TOKENS, max_number_digits=4, max_exponent_digits=2))
+
+
+def test_tokens_that_overrun_the_mantissa_are_cleared(guard: NumberGuard) -> None:
+    guard.observe('{"a": 12')
+    assert guard.state.mode == Mode.MANTISSA and guard.state.mantissa_digits == 2
+    everything = set(range(len(TOKENS)))
+    # 2 digits used of 4: "123"/"1234" overrun; "." and ".5" fit (a "." owes one more digit)
+    assert allowed_after(guard, everything) == everything - ids(b"123", b"1234", b" 12345")
+
+
+def test_at_the_budget_only_the_end_of_the_number_remains(guard: NumberGuard) -> None:
+    guard.observe("[1234")
+    assert allowed_after(guard, set(range(len(TOKENS)))) == ids(b",", b"}", b"e", b"e+", b"e12", b'"', b"a")
+
+
+def test_exponent_digits_are_bounded(guard: NumberGuard) -> None:
+    guard.observe("[1e")
+    assert guard.state.mode == Mode.EXP_START
+    # "123"/"1234" would be 3/4 exponent digits; " 12345" starts a 5-digit number ("e12" is the grammar's business)
+    assert set(range(len(TOKENS))) - allowed_after(guard, set(range(len(TOKENS)))) == ids(b"123", b"1234", b" 12345")
+    guard.observe("1")
+    assert guard.state.exponent_digits == 1
+    assert allowed_after(guard, ids(b"1", b"12", b",")) == ids(b"1", b",")
+
+
+def test_strings_are_never_restricted(guard: NumberGuard) -> None:
+    guard.observe('{"a": "12345\\"678')
+    assert guard.state.mode == Mode.STRING
+    assert allowed_after(guard, set(range(len(TOKENS)))) == set(range(len(TOKENS)))
+
+
+def test_a_token_starting_a_too_long_number_is_cleared(guard: NumberGuard) -> None:
+    guard.observe('{"a":')
+    assert guard.state.mode == Mode.OUT
+    assert b" 12345" not in {TOKENS[t] for t in allowed_after(guard, set(range(len(TOKENS))))}
+
+
+def test_the_grammar_wins_when_nothing_else_would_remain(guard: NumberGuard) -> None:
+    guard.observe("[1234")
+    assert allowed_after(guard, ids(b"1", b"12")) == ids(b"1", b"12")
+
+
+def test_reset_starts_a_new_answer(guard: NumberGuard) -> None:
+    guard.observe('"abc')
+    guard.reset()
+    assert guard.state.mode == Mode.OUT
+
+
+# ---- with a real xgrammar matcher on a small tokenizer ---------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "population": {"type": "integer"},
+        "ratio": {"type": "number"},
+        "history": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
+    },
+    "required": ["population", "ratio", "history"],
+}
+NUMBER = re.compile(r"-?(\d+)(?:\.(\d+))?(?:[eE][+-]?(\d+))?")
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[Any, Any, list[bytes], int]:
+    tokenizer = build_tiny_tokenizer()
+    vocab_size = len(tokenizer) + 7
+    ctx = BackendContext(tokenizer, vocab_size, (tokenizer.eos_token_id,), GrammarOptions())
+    compiled = create_backend("xgrammar", ctx).compile(constraint_from_fields(json_schema=SCHEMA))
+    token_bytes = list(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size).decoded_vocab)
+    return tokenizer, compiled, token_bytes[: len(tokenizer)], vocab_size
+
+
+@pytest.mark.parametrize("max_digits,max_exp", [(17, 3), (5, 1)])
+def test_digit_loving_sampler_always_finishes_numbers_within_budget(
+        setup: tuple[Any, Any, list[bytes], int], max_digits: int, max_exp: int) -> None:
+    tokenizer, compiled, token_bytes, vocab_size = setup
+    rules = NumberRules(token_bytes, max_digits, max_exp)
+    digity = {i for i, b in enumerate(token_bytes) if re.search(rb"[0-9eE.]", b)}
+    for seed in range(6):
+        rng = random.Random(seed)
+        matcher, guard = compiled.new_matcher(), NumberGuard(rules)
+        mask = torch.zeros((1, (vocab_size + 31) // 32), dtype=torch.int32)
+        text = ""
+        for _ in range(400):
+            matcher.fill_bitmask(mask, 0)
+            guard.restrict(mask, 0)
+            bits = ((mask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten()[:vocab_size]
+            allowed = bits.nonzero().flatten().tolist()
+            preferred = [t for t in allowed if t in digity]  # adversarial: digits whenever possible
+            if tokenizer.eos_token_id in allowed:
+                token = tokenizer.eos_token_id
+            else:
+                token = rng.choice(preferred if preferred and rng.random() < 0.97 else allowed)
+            assert matcher.accept_token(token)
+            if matcher.is_terminated():
+                break
+            piece = token_bytes[token].decode("utf-8", errors="replace")
+            text += piece
+            guard.observe(piece)
+        assert matcher.is_terminated(), f"no end: {text[:200]!r}…"
+        value = json.loads(text, strict=False)
+        assert isinstance(value["population"], int) and -(2**63) <= value["population"] < 2**63
+        for m in NUMBER.finditer(re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)):
+            whole, frac, exp = m.group(1), m.group(2) or "", m.group(3) or ""
+            assert len(whole) + len(frac) <= max_digits, m.group(0)
+            assert len(exp) <= max_exp, m.group(0)
+
+
+def test_rules_from_options_use_the_option_budgets() -> None:
+    rules = NumberRules.from_options([b"1"], GrammarOptions(max_number_digits=3, max_exponent_digits=2))
+    assert (rules.max_number_digits, rules.max_exponent_digits) == (3, 2)
