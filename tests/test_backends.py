@@ -348,3 +348,12 @@ def test_a_new_backend_registers_itself(ctx: BackendContext) -> None:
             backend.compile(constraint_from_fields(ebnf='root ::= "a"'))
     finally:
         del BACKENDS["echo-test"]
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_flexible_whitespace_is_bounded(tokenizer: Any, backend: str) -> None:
+    options = GrammarOptions(any_whitespace=True, max_whitespace=2)
+    ctx = BackendContext(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), options)
+    compiled = create_backend(backend, ctx).compile(make_constraint("json_schema", "seed"))
+    assert compiled.new_matcher().accept_string('{ "name" :\n"Paris",  "population":1}')
+    assert not compiled.new_matcher().accept_string('{"name":   "Paris"')

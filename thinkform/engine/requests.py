@@ -1,9 +1,10 @@
 """Turns API arguments into validated, tokenized requests and their sequences (one per sample)."""
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -14,9 +15,84 @@ from thinkform.engine.sampling_params import SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.gate import Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard
-from thinkform.structured.spec import Constraint, constraint_from_fields
+from thinkform.structured.spec import CONSTRAINT_FIELDS, Constraint, ConstraintError, constraint_from_fields
 
 REASONING_STARTS = ("reasoning", "open", "answer")
+_OPENERS, _CLOSERS = "([{", ")]}"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Per-request limits (flags of the same names); a breach is a ValueError naming the limit."""
+
+    max_new_tokens: int = 32768
+    max_constraint_bytes: int = 512 * 2**10
+    max_constraint_depth: int = 64
+
+    @classmethod
+    def from_args(cls, args: Any) -> "RequestLimits":
+        return cls(args.max_new_tokens_limit, args.max_constraint_bytes, args.max_constraint_depth)
+
+    def check_max_new_tokens(self, value: int, name: str = "sampling_params.max_new_tokens") -> None:
+        if value > self.max_new_tokens:
+            raise ValueError(f"{name}: {value} is more than this server's limit of {self.max_new_tokens} "
+                             "(--max-new-tokens-limit)")
+
+    def check_constraints(self, fields: Mapping[str, Any]) -> None:
+        """Size and nesting of each constraint field, checked before anything parses or compiles it
+        (a deep schema would overflow the parser's stack, a huge one would stall the compiler)."""
+        for name in CONSTRAINT_FIELDS:
+            value = fields.get(name)
+            if value is None or isinstance(value, type):  # a pydantic class: the offline caller's own code
+                continue
+            depth = nesting_depth(value, json_text=name in ("json_schema", "structural_tag"),
+                                  stop_after=self.max_constraint_depth)
+            if depth > self.max_constraint_depth:
+                raise ConstraintError(f"{name}: nested deeper than this server's limit of {self.max_constraint_depth} "
+                                      "levels (--max-constraint-depth)", field=name)
+            size = len((value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).encode("utf-8",
+                                                                                                          "replace"))
+            if size > self.max_constraint_bytes:
+                raise ConstraintError(f"{name}: {size} bytes is more than this server's limit of "
+                                      f"{self.max_constraint_bytes} bytes (--max-constraint-bytes)", field=name)
+
+
+def nesting_depth(value: Any, json_text: bool = False, stop_after: int | None = None) -> int:
+    """How deeply `value` nests: containers of a parsed JSON value, brackets of a text (escapes and,
+    for JSON text, string contents skipped). Iterative, so no input can exhaust the stack; stops
+    counting once past `stop_after`."""
+    if isinstance(value, str):
+        return _text_depth(value, json_text)
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        deepest = max(deepest, depth)
+        if stop_after is not None and deepest > stop_after:
+            break
+        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _text_depth(text: str, json_text: bool) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_string:
+            in_string = ch != '"'
+        elif json_text and ch == '"':
+            in_string = True
+        elif ch in _OPENERS:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in _CLOSERS:
+            depth = max(0, depth - 1)
+    return deepest
 
 
 @dataclass
@@ -49,6 +125,7 @@ class RequestBuilder:
     def __init__(self, parts: Any, args: EngineArgs) -> None:
         self.parts = parts
         self.args = args
+        self.limits = RequestLimits.from_args(args)
 
     def build(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
               reasoning_start: str | None, rid: Any, return_logprob: bool, top_logprobs_num: int,
@@ -62,11 +139,16 @@ class RequestBuilder:
             raise ValueError("top_logprobs_num: must be an integer in [0, 20]")
         for ids, p in zip(prompts, params):
             self._check_lengths(ids, p)
-        constraints = [constraint_from_fields(p.json_schema, p.regex, p.ebnf, p.structural_tag) for p in params]
+        constraints = [self._constraint(p) for p in params]
         single = not batched and params[0].n == 1
         return PreparedRequest(rid=str(rid) if rid else uuid.uuid4().hex, prompt_ids=prompts, params=params,
                                constraint=constraints, reasoning_start=start, single=single, stream=stream,
                                return_logprob=bool(return_logprob), top_logprobs_num=top_logprobs_num)
+
+    def _constraint(self, p: SamplingParams) -> Constraint | None:
+        fields = {"json_schema": p.json_schema, "regex": p.regex, "ebnf": p.ebnf, "structural_tag": p.structural_tag}
+        self.limits.check_constraints(fields)
+        return constraint_from_fields(**fields)
 
     def _token_lists(self, prompt: Any, input_ids: Any) -> tuple[list[list[int]], bool]:
         if (prompt is None) == (input_ids is None):
@@ -109,6 +191,7 @@ class RequestBuilder:
         sp = SamplingParams.from_dict(p)
         if sp.n > self.args.max_n:
             raise ValueError(f"sampling_params.n: {sp.n} is more than the server's max_n ({self.args.max_n})")
+        self.limits.check_max_new_tokens(sp.max_new_tokens)
         return sp
 
     def _reasoning_start(self, require_reasoning: bool, start: str | None) -> str:

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thinkform.server.errors import APIError, error_body
-from thinkform.server.params import validate_constraints
+from thinkform.engine.requests import RequestLimits
+from thinkform.server.params import check_max_tokens, validate_constraints
 from thinkform.server.protocol import AbortRequest, GenerateRequest, warn_unknown
 from thinkform.server.state import ServerState, new_id
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
@@ -22,16 +23,19 @@ def _state(request: Request) -> ServerState:
     return request.app.state.thinkform
 
 
-def _check_sampling_params(params: dict[str, Any], max_n: int | None) -> None:
+def _check_sampling_params(params: dict[str, Any], max_n: int | None, limits: RequestLimits) -> None:
     """Constraints are validated here so a bad one is a 400 naming its field before any work."""
     try:
-        validate_constraints({k: params[k] for k in _CONSTRAINT_KEYS if params.get(k) is not None})
+        validate_constraints({k: params[k] for k in _CONSTRAINT_KEYS if params.get(k) is not None}, limits)
     except APIError as e:
         e.param = f"sampling_params.{e.param}" if e.param else "sampling_params"
         raise
     n = params.get("n", 1)
     if max_n is not None and isinstance(n, int) and n > max_n:
         raise APIError(f"n={n} is larger than this server's limit of {max_n}", param="sampling_params.n")
+    max_new = params.get("max_new_tokens")
+    if isinstance(max_new, int):
+        check_max_tokens(max_new, limits, "sampling_params.max_new_tokens")
 
 
 def _rids(body: GenerateRequest) -> tuple[str | list[str], list[str]]:
@@ -58,7 +62,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         raise APIError("the prompt list must not be empty", param="text" if body.text is not None else "input_ids")
     params = body.sampling_params or {}
     for p in params if isinstance(params, list) else [params]:
-        _check_sampling_params(p, state.max_n)
+        _check_sampling_params(p, state.max_n, state.limits)
     rid, rids = _rids(body)
     call = state.engine.async_generate(
         prompt=body.text, input_ids=body.input_ids, sampling_params=body.sampling_params,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from thinkform.reasoning import StreamingReasoningParser, split_reasoning
 from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
 from thinkform.server.errors import APIError
-from thinkform.server.params import constraint_fields, sampling_params, validate_constraints
+from thinkform.server.params import check_max_tokens, constraint_fields, sampling_params, validate_constraints
 from thinkform.server.protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, warn_unknown
 from thinkform.server.state import ServerState, new_id, now
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
@@ -78,6 +78,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         raise APIError(str(e), param="messages") from e
     reasoning_start = decide_reasoning_start(prompt, state.markers, body.chat_template_kwargs)
     max_tokens = body.max_completion_tokens or body.max_tokens
+    check_max_tokens(max_tokens, state.limits, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     params = sampling_params(body, max_tokens, state.max_n)
     fields = constraint_fields(body, body.response_format)
     if mode in ("required", "named"):
@@ -87,7 +88,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     elif mode == "auto" and not fields:
         tag = _tool_tag(state.tool_parser, tools, "auto")
         fields = {"structural_tag": tag} if tag else {}
-    params.update(validate_constraints(fields))
+    params.update(validate_constraints(fields, state.limits))
     ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
     return ChatPlan(rid=body.rid or new_id(""), input_ids=ids, reasoning_start=reasoning_start, params=params,
                     split=body.separate_reasoning and state.markers is not None and reasoning_start != "answer",
@@ -328,8 +329,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
     warn_unknown(body, "/v1/completions")
     inputs = _completion_inputs(body)
+    check_max_tokens(body.max_tokens, state.limits, "max_tokens")
     params = sampling_params(body, body.max_tokens, state.max_n)
-    params.update(validate_constraints(constraint_fields(body, body.response_format)))
+    params.update(validate_constraints(constraint_fields(body, body.response_format), state.limits))
     prompt = body.prompt
     batched = isinstance(prompt, list) and not isinstance(prompt[0], int)
     base = body.rid or new_id("")

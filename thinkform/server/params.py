@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from thinkform.engine.requests import RequestLimits
 from thinkform.server.errors import APIError
 from thinkform.server.protocol import ResponseFormat, SamplingFields
 from thinkform.structured.spec import ConstraintError, constraint_from_fields
@@ -75,9 +76,19 @@ def constraint_fields(req: SamplingFields, fmt: ResponseFormat | None) -> dict[s
     return fields
 
 
-def validate_constraints(fields: dict[str, Any]) -> dict[str, str]:
-    """Check the fields (one constraint at most, well-formed) and return them as SGLang params."""
+def check_max_tokens(value: int | None, limits: RequestLimits, param: str) -> None:
+    if value is not None:
+        try:
+            limits.check_max_new_tokens(value, param)
+        except ValueError as e:
+            raise APIError(str(e), param=param) from e
+
+
+def validate_constraints(fields: dict[str, Any], limits: RequestLimits | None = None) -> dict[str, str]:
+    """Check the fields (one constraint at most, within the limits, well-formed) and return them as
+    SGLang params."""
     try:
+        (limits or RequestLimits()).check_constraints(fields)
         constraint_from_fields(**fields)
     except ConstraintError as e:
         raise APIError(str(e), param=e.field or next(iter(fields), None)) from e

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from thinkform.engine.requests import RequestLimits
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.server.chat import ChatRenderer
+from thinkform.server.metrics import ServerMetrics
 from thinkform.server.tools import ToolCallParser, get_tool_call_parser, guess_tool_call_parser
 
 
@@ -20,6 +22,8 @@ class ServerState:
     model_name: str
     max_n: int | None
     api_key: str | None = None
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @classmethod
     def from_engine(cls, engine: Any, api_key: str | None = None) -> "ServerState":
@@ -32,7 +36,8 @@ class ServerState:
         return cls(engine=engine, renderer=ChatRenderer(engine.chat_template, special), tool_parser=parser,
                    markers=engine.markers, model_name=engine.served_model_name,
                    max_n=getattr(args, "max_n", None), api_key=api_key if api_key is not None
-                   else getattr(args, "api_key", None))
+                   else getattr(args, "api_key", None),
+                   limits=RequestLimits.from_args(args) if args is not None else RequestLimits())
 
 
 def new_id(prefix: str) -> str:

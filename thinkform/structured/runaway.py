@@ -18,6 +18,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from thinkform.structured.spec import GrammarOptions
@@ -99,10 +100,10 @@ def _scan(data: bytes, start: str) -> tuple[int, int, int, int]:
 
 def _pack(banned: torch.Tensor, words: int) -> torch.Tensor:
     """bool[vocab] → int32[words] in xgrammar's bitmask layout (bit j of word i is token 32*i + j)."""
-    bits = torch.zeros(words * 32, dtype=torch.int64)
-    bits[: banned.numel()] = banned.to(torch.int64)
-    packed = (bits.view(words, 32) << torch.arange(32, dtype=torch.int64)).sum(dim=1)
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    bits = np.zeros(words * 32, dtype=bool)
+    bits[: banned.numel()] = banned.numpy()
+    packed = np.packbits(bits, bitorder="little").view("<i4")  # 4 little-endian bytes per word
+    return torch.from_numpy(packed.astype(np.int32))
 
 
 class NumberRules:
@@ -116,9 +117,14 @@ class NumberRules:
         self.max_exponent_digits = max_exponent_digits
         self.vocab_size = len(token_bytes)
         words = (self.vocab_size + 31) // 32
-        tables = {start: torch.tensor([_scan(t, start) if _may_matter(t) else (0, 0, 0, 0) for t in token_bytes],
-                                      dtype=torch.int32).reshape(-1, 4)
-                  for start in ("mantissa", "exp_start", "exponent", "out")}
+        relevant = [i for i, t in enumerate(token_bytes) if _may_matter(t)]
+        index = torch.tensor(relevant, dtype=torch.long)
+        tables: dict[str, torch.Tensor] = {}
+        for start in ("mantissa", "exp_start", "exponent", "out"):
+            table = torch.zeros((self.vocab_size, 4), dtype=torch.int32)
+            if relevant:
+                table[index] = torch.tensor([_scan(token_bytes[i], start) for i in relevant], dtype=torch.int32)
+            tables[start] = table
         m, x = max_number_digits, max_exponent_digits
 
         def later(table: torch.Tensor) -> torch.Tensor:  # a number the token starts after this one
@@ -126,10 +132,11 @@ class NumberRules:
 
         mant, exp0, exp = tables["mantissa"], tables["exp_start"], tables["exponent"]
         # One packed mask per reachable state: M + X + 3 small tensors.
-        self._mantissa = [_pack((used + mant[:, 0] > m) | (mant[:, 1] > x) | later(mant), words)
-                          for used in range(m + 1)]
+        mant_always = (mant[:, 1] > x) | later(mant)
+        self._mantissa = [_pack((used + mant[:, 0] > m) | mant_always, words) for used in range(m + 1)]
         self._exp_start = _pack((exp0[:, 1] > x) | later(exp0), words)
-        self._exponent = [_pack((used + exp[:, 1] > x) | later(exp), words) for used in range(x + 1)]
+        exp_always = later(exp)
+        self._exponent = [_pack((used + exp[:, 1] > x) | exp_always, words) for used in range(x + 1)]
         self._out = _pack(later(tables["out"]), words)
 
     @classmethod
@@ -149,8 +156,16 @@ class NumberRules:
         return None
 
 
+_NUMBER_PUNCT = frozenset(b".eE+-")
+
+
 def _may_matter(token: bytes) -> bool:
-    return any(b in _DIGITS or b in b".-+eE" for b in token)
+    """Only tokens with a digit, or made of nothing but number punctuation (".", "e+", ": -"),
+    can add digits or owe one; skipping the rest keeps building the tables fast."""
+    if any(b in _DIGITS for b in token):
+        return True
+    rest = token.lstrip(bytes(_NUMBER_LEAD_IN))
+    return bool(rest) and all(b in _NUMBER_PUNCT for b in rest)
 
 
 class NumberGuard:
