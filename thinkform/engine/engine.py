@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -71,6 +72,7 @@ class Engine:
 
     def server_info(self) -> dict[str, Any]:
         return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **self.loop.stats(),
+                "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
                 "model_name": self.served_model_name, "context_length": self.context_length}
 
     # -- offline API ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import find_stop
+from thinkform.engine.errors import EngineDead
 from thinkform.engine.jump_forward import jump_forward
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler
@@ -37,8 +38,10 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._run, name="thinkform-engine", daemon=True)
         self._mask_pool = ThreadPoolExecutor(1, thread_name_prefix="thinkform-mask")
         self.error: str | None = None
+        self._closed = False  # set once the thread has failed what it held: submit() refuses from then on
         self.counters = {"steps": 0, "forward_tokens": 0, "finished": 0, "aborted": 0, "generated_tokens": 0,
-                         "forced_tokens": 0, "jump_tokens": 0}
+                         "forced_tokens": 0, "jump_tokens": 0, "prompt_tokens": 0, "reasoning_tokens": 0,
+                         "finished_stop": 0, "finished_length": 0, "finished_abort": 0}
         self.jump_enabled = not args.disable_jump_forward
 
     # -- control (any thread) -------------------------------------------------------------------------------
@@ -61,6 +64,8 @@ class EngineLoop:
 
     def submit(self, seqs: list[Sequence]) -> None:
         with self._lock:
+            if self._closed:  # the thread is gone: nobody would ever drain the inbox
+                raise EngineDead(f"the engine is not running: {self.error or 'shut down'}")
             self._inbox.extend(seqs)
         self._wake.set()
 
@@ -112,7 +117,8 @@ class EngineLoop:
 
     def _step(self, batch: ScheduledBatch) -> None:
         sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
-        masks = self._mask_pool.submit(self._fill_masks, sampling) if any(
+        failed: dict[int, BaseException] = {}
+        masks = self._mask_pool.submit(self._fill_masks, sampling, failed) if any(
             s.gate is not None and s.gate.constrained for s in sampling) else None
         logits, rows = self.runner.forward(batch)
         self.scheduler.commit(batch)
@@ -123,19 +129,34 @@ class EngineLoop:
             return
         out = self.sampler.sample(logits, sampling, bitmask, masked_rows)
         for j, seq in enumerate(sampling):
+            if j in failed:
+                self._fail(seq, failed[j])
+                continue
             lp = (out.logprobs[j], out.top_logprobs[j]) if seq.return_logprob else None
             try:
                 self._advance(seq, out.tokens[j], lp)
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
-                logger.exception("request %s failed", seq.rid)
-                self._finish(seq, FinishReason("abort", message=f"internal error: {type(e).__name__}: {e}"))
+                self._fail(seq, e)
 
-    def _fill_masks(self, seqs: list[Sequence]) -> tuple[torch.Tensor | None, list[int]]:
-        """Runs on the mask thread while the forward pass runs (torch releases the GIL)."""
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        logger.error("request %s-%d failed: %s: %s", seq.rid, seq.index, type(error).__name__, error,
+                     exc_info=error)
+        self._finish(seq, FinishReason("abort", message=f"internal error: {type(error).__name__}: {error}"))
+
+    def _fill_masks(self, seqs: list[Sequence],
+                    failed: dict[int, BaseException]) -> tuple[torch.Tensor | None, list[int]]:
+        """Runs on the mask thread while the forward pass runs (torch releases the GIL). A row whose
+        matcher raises goes into `failed`: that request fails after sampling, the batch goes on."""
         import xgrammar
 
         bitmask = xgrammar.allocate_token_bitmask(len(seqs), self.parts.vocab_size)
-        rows = [i for i, s in enumerate(seqs) if s.gate is not None and s.gate.fill_bitmask(bitmask, i)]
+        rows = []
+        for i, s in enumerate(seqs):
+            try:
+                if s.gate is not None and s.gate.fill_bitmask(bitmask, i):
+                    rows.append(i)
+            except Exception as e:  # noqa: BLE001
+                failed[i] = e
         return (bitmask, rows) if rows else (None, [])
 
     # -- one sampled token ----------------------------------------------------------------------------------
@@ -216,9 +237,16 @@ class EngineLoop:
             return
         seq.finish = reason
         if reason.type != "stop" or not isinstance(reason.matched, str):
-            seq.detok.flush()
+            try:
+                seq.detok.flush()
+            except Exception as e:  # noqa: BLE001 - a broken detokenizer fails its request, not the loop
+                logger.error("request %s-%d: detokenizer failed: %s", seq.rid, seq.index, e)
+                seq.finish = reason = FinishReason("abort", message=f"internal error: {type(e).__name__}: {e}")
         self.scheduler.finish(seq)
         self.counters["finished"] += 1
+        self.counters[f"finished_{reason.type}"] = self.counters.get(f"finished_{reason.type}", 0) + 1
+        self.counters["prompt_tokens"] += len(seq.prompt_ids)
+        self.counters["reasoning_tokens"] += seq.gate.reasoning_tokens if seq.gate is not None else 0
         if reason.type == "abort":
             self.counters["aborted"] += 1
         logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
@@ -227,6 +255,7 @@ class EngineLoop:
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
+            self._closed = True
             pending = self._inbox
             self._inbox = []
         for seq in pending + list(self.scheduler.running) + list(self.scheduler.waiting):

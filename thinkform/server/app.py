@@ -11,10 +11,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thinkform.engine.errors import EngineDead, EngineOverloaded
-
-from thinkform.server import native_api, openai_api
+from thinkform.server import metrics, native_api, openai_api
 from thinkform.server.errors import APIError, api_error_handler, error_body, http_error_handler, validation_handler
+from thinkform.server.limits import BodyLimitMiddleware
+from thinkform.server.metrics import ResponseCounter
 from thinkform.server.state import ServerState
+from thinkform.structured.spec import ConstraintError
 
 OPEN_PATHS = frozenset({"/health"})
 
@@ -47,18 +49,34 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def _is_constraint_error(exc: BaseException) -> bool:
+    return isinstance(exc, ConstraintError) or isinstance(exc.__cause__, ConstraintError)
+
+
+async def _counting_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if _is_constraint_error(exc):
+        request.app.state.thinkform.metrics.invalid_constraints += 1
+    return await api_error_handler(request, exc)
+
+
 def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     """The HTTP server around one engine. `api_key` defaults to the engine's `--api-key`."""
     state = ServerState.from_engine(engine, api_key)
     app = FastAPI(title="thinkform", version="0.1.0")
     app.state.thinkform = state
 
-    if state.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
     app.add_exception_handler(RequestValidationError, validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
     for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead, Exception):
-        app.add_exception_handler(exc, api_error_handler)
+        app.add_exception_handler(exc, _counting_error_handler)
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
+    app.include_router(metrics.router)
+    # Middleware added last runs first: count every response, then check the key, then the body size.
+    args = getattr(engine, "args", None)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=getattr(args, "max_request_body_bytes", 8 * 2**20))
+    if state.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    app.add_middleware(ResponseCounter, metrics=state.metrics,
+                       routes=frozenset(getattr(r, "path", "") for r in app.routes))
     return app

@@ -1,0 +1,149 @@
+"""GET /metrics: the server's and the engine's counters in the Prometheus text format (0.0.4).
+
+Written by hand: a few dozen numbers do not need a client library. The engine side comes from
+`engine.server_info()` (scheduler counters, queue, KV pages, grammar cache); the HTTP side (responses by
+route and status, rejected constraints) is counted here.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER_ROUTE = "other"  # unknown paths share one label, so scanners cannot blow up the series count
+
+router = APIRouter()
+
+
+@dataclass
+class ServerMetrics:
+    """Counters the HTTP layer keeps (touched only from the event loop)."""
+
+    responses: Counter[tuple[str, str]] = field(default_factory=Counter)  # (route, status) -> count
+    invalid_constraints: int = 0
+
+    def count_response(self, route: str, status: int) -> None:
+        self.responses[(route, str(status))] += 1
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # counter | gauge
+    help: str
+    samples: tuple[tuple[dict[str, str], float], ...]
+
+
+def _one(name: str, kind: str, help: str, value: float | None) -> list[Metric]:
+    return [] if value is None else [Metric(name, kind, help, (({}, float(value)),))]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(int(value)) if value == int(value) and abs(value) < 2**53 else repr(value)
+
+
+def render(metrics: Iterable[Metric]) -> str:
+    lines = []
+    for m in metrics:
+        lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
+        for labels, value in m.samples:
+            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines.append(f"{m.name}{{{label_text}}} {_number(value)}" if label_text else f"{m.name} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def server_side(metrics: ServerMetrics, healthy: bool) -> list[Metric]:
+    responses = tuple(({"route": route, "status": status}, float(n))
+                      for (route, status), n in sorted(metrics.responses.items()))
+    out = [Metric("thinkform_http_responses_total", "counter", "HTTP responses by route and status code.",
+                  responses)] if responses else []
+    out += _one("thinkform_invalid_constraints_total", "counter",
+                "Requests refused for a bad, too large or too deep constraint, or a failed/timed-out compile.",
+                metrics.invalid_constraints)
+    out += _one("thinkform_engine_healthy", "gauge", "1 while the engine loop runs, else 0.", 1 if healthy else 0)
+    return out
+
+
+def engine_side(info: dict[str, Any]) -> list[Metric]:
+    """Metrics from Engine.server_info(); keys a given engine does not report are left out."""
+    reasons = tuple(({"reason": r}, float(info[f"finished_{r}"])) for r in ("stop", "length", "abort")
+                    if f"finished_{r}" in info)
+    out = [Metric("thinkform_requests_finished_total", "counter",
+                  "Finished samples by finish reason (abort: client gone, aborted, or failed).", reasons)] \
+        if reasons else []
+    out += _one("thinkform_prompt_tokens_total", "counter", "Prompt tokens of finished samples.",
+                info.get("prompt_tokens"))
+    out += _one("thinkform_generation_tokens_total", "counter", "Tokens generated (sampled and forced).",
+                info.get("generated_tokens"))
+    out += _one("thinkform_reasoning_tokens_total", "counter", "Tokens generated inside reasoning sections.",
+                info.get("reasoning_tokens"))
+    out += _one("thinkform_forced_tokens_total", "counter", "Tokens forced by the gate or jump-forward.",
+                info.get("forced_tokens"))
+    out += _one("thinkform_num_requests_waiting", "gauge", "Samples queued, not yet running.", info.get("waiting"))
+    out += _one("thinkform_num_requests_running", "gauge", "Samples in the running batch.", info.get("running"))
+    out += _one("thinkform_kv_pages_used", "gauge", "KV cache pages held by requests.", info.get("kv_pages_used"))
+    out += _one("thinkform_kv_pages_total", "gauge", "KV cache pages in the pool.", info.get("kv_pages_total"))
+    if info.get("kv_pages_total"):
+        out += _one("thinkform_kv_usage_ratio", "gauge", "Fraction of KV cache pages in use.",
+                    info.get("kv_pages_used", 0) / info["kv_pages_total"])
+    return out + _grammar(info.get("grammar_cache") or {})
+
+
+def _grammar(stats: dict[str, Any]) -> list[Metric]:
+    out = _one("thinkform_grammar_compile_seconds_total", "counter", "Seconds spent compiling grammars.",
+               stats.get("compile_seconds"))
+    out += _one("thinkform_grammar_cache_hits_total", "counter", "Grammar requests served from the cache.",
+                stats.get("hits"))
+    out += _one("thinkform_grammar_cache_misses_total", "counter", "Grammar requests that needed a compile.",
+                stats.get("misses"))
+    out += _one("thinkform_grammar_compile_failures_total", "counter", "Grammar compiles that failed.",
+                stats.get("failures"))
+    out += _one("thinkform_grammar_compile_timeouts_total", "counter", "Grammar compiles past the time-out.",
+                stats.get("timeouts"))
+    out += _one("thinkform_grammar_cache_entries", "gauge", "Compiled grammars held.", stats.get("entries"))
+    return out
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    state = request.app.state.thinkform
+    engine = state.engine
+    text = render(server_side(state.metrics, engine.is_healthy()) + engine_side(engine.server_info()))
+    return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+
+class ResponseCounter:
+    """ASGI middleware counting every response by route and status (401s and 413s included)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, routes: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        route = path if path in self.routes else OTHER_ROUTE
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.count_response(route, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
