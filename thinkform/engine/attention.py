@@ -1,4 +1,4 @@
-"""Paged attention through SDPA: write the step's k/v into their slots, gather each sequence's history."""
+"""Paged attention through SDPA: write the step's k/v into their slots, gather each sequence's pages."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +14,10 @@ class StepLayout:
     """Where the N tokens of one forward step live: in the KV cache and in a padded [B, T] query grid."""
 
     slot_mapping: torch.Tensor  # [N] cache slot each new token's k/v goes to
-    gather_slots: torch.Tensor  # [B, L] cache slots of each sequence's whole context (padded)
-    mask: torch.Tensor  # [B, 1, T, L] bool, True = may attend
+    pages: torch.Tensor  # [B, P] each sequence's pages (padded with page 0)
+    context: int  # keys attended over: P * page_size, or the exact context length when B == 1
+    mask: torch.Tensor | None  # [B, 1, T, context] bool (True = may attend); None when not needed
+    causal: bool  # B == 1 fresh prefill: plain causal attention, no mask
     pad_index: torch.Tensor | None  # [N] position of each token in the flattened [B*T] grid; None when B*T == N
     batch: int
     width: int  # T
@@ -26,28 +28,29 @@ class StepLayout:
         """starts[b]: tokens already in cache; lengths[b]: tokens computed this step."""
         batch, width = len(starts), max(lengths)
         ctx = [s + n for s, n in zip(starts, lengths)]
-        max_ctx = max(ctx)
-        positions = torch.zeros(batch, width, dtype=torch.long)
-        gather = torch.zeros(batch, max_ctx, dtype=torch.long)
-        slot_parts, pad_parts = [], []
+        num_pages = max(-(-c // page_size) for c in ctx)
+        pages = torch.zeros(batch, num_pages, dtype=torch.long)
+        slots = []
         for b, (start, n, table) in enumerate(zip(starts, lengths, block_tables)):
-            pages = torch.tensor(table, dtype=torch.long)
-            offs = torch.arange(ctx[b])
-            slots = pages[offs // page_size] * page_size + offs % page_size
-            gather[b, :ctx[b]] = slots
-            slot_parts.append(slots[start:])
-            positions[b, :n] = torch.arange(start, start + n)
-            pad_parts.append(torch.arange(b * width, b * width + n))
-        mask = torch.arange(max_ctx)[None, None, :] <= positions[:, :, None]
-        padded = batch * width != sum(lengths)
-        return StepLayout(
-            slot_mapping=torch.cat(slot_parts).to(device),
-            gather_slots=gather.to(device),
-            mask=mask.unsqueeze(1).to(device),
-            pad_index=torch.cat(pad_parts).to(device) if padded else None,
-            batch=batch,
-            width=width,
-        )
+            used = -(-ctx[b] // page_size)
+            pages[b, :used] = torch.tensor(table[:used], dtype=torch.long)
+            offs = torch.arange(start, start + n)
+            slots.append(pages[b, offs // page_size] * page_size + offs % page_size)
+        single = batch == 1
+        causal = single and starts[0] == 0 and lengths[0] > 1
+        mask = None
+        if not single or (starts[0] > 0 and lengths[0] > 1):
+            positions = torch.zeros(batch, width, dtype=torch.long)
+            for b, (start, n) in enumerate(zip(starts, lengths)):
+                positions[b, :n] = torch.arange(start, start + n)
+            keys = ctx[0] if single else num_pages * page_size
+            mask = (torch.arange(keys)[None, None, :] <= positions[:, :, None]).unsqueeze(1).to(device)
+        pad = None
+        if batch * width != sum(lengths):
+            pad = torch.cat([torch.arange(b * width, b * width + n) for b, n in enumerate(lengths)]).to(device)
+        return StepLayout(slot_mapping=torch.cat(slots).to(device), pages=pages.to(device),
+                          context=ctx[0] if single else num_pages * page_size, mask=mask, causal=causal,
+                          pad_index=pad, batch=batch, width=width)
 
 
 class PagedAttention:
@@ -62,13 +65,22 @@ class PagedAttention:
         k_cache, v_cache = self.kv.k[layer_id], self.kv.v[layer_id]
         k_cache.index_copy_(0, lay.slot_mapping, k.to(k_cache.dtype))
         v_cache.index_copy_(0, lay.slot_mapping, v.to(v_cache.dtype))
-        keys = k_cache[lay.gather_slots].transpose(1, 2)  # [B, Hkv, L, D]
-        values = v_cache[lay.gather_slots].transpose(1, 2)
+        keys = self._gather(k_cache)
+        values = self._gather(v_cache)
         n, heads, dim = q.shape
         queries = self._to_grid(q).transpose(1, 2)  # [B, H, T, D]
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=lay.mask, enable_gqa=True)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=lay.mask, is_causal=lay.causal,
+                                             enable_gqa=True)
         out = out.transpose(1, 2).reshape(lay.batch * lay.width, heads, dim)
         return out if lay.pad_index is None else out[lay.pad_index]
+
+    def _gather(self, cache: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, context, D]: whole pages copied at once, not slot by slot."""
+        lay = self.layout
+        size = self.kv.page_size
+        paged = cache.view(-1, size, *cache.shape[1:])[lay.pages]  # [B, P, page, Hkv, D]
+        flat = paged.view(lay.batch, -1, *cache.shape[1:])[:, : lay.context]
+        return flat.transpose(1, 2)
 
     def _to_grid(self, x: torch.Tensor) -> torch.Tensor:
         lay = self.layout
