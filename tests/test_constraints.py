@@ -35,7 +35,9 @@ def test_schema_as_dict_string_or_pydantic_model_is_the_same_constraint() -> Non
     b = constraint_from_fields(json_schema=json.dumps(schema, indent=2))
     c = constraint_from_fields(json_schema=CapitalInfo)
     assert a == b == c
-    assert a.kind == "json_schema" and json.loads(a.source) == schema
+    assert a.kind == "json_schema"
+    assert json.loads(a.source)["properties"]["name"]["pattern"] == "^[A-Za-z0-9_]+$"  # ECMA \\w
+    assert json.loads(a.source)["properties"]["population"] == schema["properties"]["population"]
 
 
 def test_schema_key_order_is_kept_because_it_is_the_answer_order() -> None:
@@ -107,3 +109,18 @@ def test_regex_and_ebnf_keep_their_text() -> None:
     c = constraint_from_fields(regex="(Paris|London)")
     assert (c.kind, c.source, c.field) == ("regex", "(Paris|London)", "regex")
     assert constraint_from_fields(ebnf='root ::= "a"').key == ("ebnf", 'root ::= "a"')
+
+
+def test_json_schema_patterns_take_ecma_meaning():
+    """\\w in a JSON Schema pattern is ASCII (ECMA-262), whatever the backend's regex engine says."""
+    import json as _json
+
+    from thinkform.structured.ecma_regex import ecma_pattern
+
+    assert ecma_pattern(r"^\w+$") == "^[A-Za-z0-9_]+$"
+    assert ecma_pattern(r"[\w.-]+\d{2}\\w") == r"[A-Za-z0-9_.-]+[0-9]{2}\\w"
+    c = constraint_from_fields(json_schema={"type": "object", "properties": {
+        "pattern": {"type": "string", "pattern": r"^\w+$"}}, "default": {"pattern": r"\w"}})
+    data = _json.loads(c.source)
+    assert data["properties"]["pattern"]["pattern"] == "^[A-Za-z0-9_]+$"
+    assert data["default"] == {"pattern": r"\w"}

@@ -185,13 +185,16 @@ class RequestBuilder:
         if sampling_params is not None and not isinstance(sampling_params, dict):
             raise ValueError("sampling_params: must be a mapping (or a list of them, one per prompt)")
         one = self._one_params(sampling_params)
-        return [one] + [SamplingParams.from_dict(sampling_params) for _ in range(count - 1)]
+        return [one] + [self._one_params(sampling_params) for _ in range(count - 1)]
 
     def _one_params(self, p: Any) -> SamplingParams:
         sp = SamplingParams.from_dict(p)
         if sp.n > self.args.max_n:
             raise ValueError(f"sampling_params.n: {sp.n} is more than the server's max_n ({self.args.max_n})")
-        self.limits.check_max_new_tokens(sp.max_new_tokens)
+        if isinstance(p, dict) and p.get("max_new_tokens") is not None:
+            self.limits.check_max_new_tokens(sp.max_new_tokens)
+        else:  # the default may not exceed a lower limit
+            sp.max_new_tokens = min(sp.max_new_tokens, self.limits.max_new_tokens)
         return sp
 
     def _reasoning_start(self, require_reasoning: bool, start: str | None) -> str:

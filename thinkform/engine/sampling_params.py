@@ -129,6 +129,8 @@ def _logit_bias(value: Any) -> dict[int, float]:
             tid = int(k)
         except (TypeError, ValueError):
             raise ValueError(f"sampling_params.logit_bias: key {k!r} is not a token id") from None
+        if tid < 0:
+            raise ValueError(f"sampling_params.logit_bias: key {k!r} is not a token id (negative)")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"sampling_params.logit_bias[{k}]: bias must be a number")
         out[tid] = float(max(-100.0, min(100.0, v)))

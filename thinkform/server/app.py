@@ -4,7 +4,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,6 +59,13 @@ async def _counting_error_handler(request: Request, exc: Exception) -> JSONRespo
     return await api_error_handler(request, exc)
 
 
+def _route_paths(app: FastAPI, routers: tuple[APIRouter, ...]) -> frozenset[str]:
+    """Every path the app serves (included routers are not listed flat in app.routes)."""
+    paths = {getattr(r, "path", None) for r in app.routes}
+    paths.update(getattr(r, "path", None) for router in routers for r in router.routes)
+    return frozenset(p for p in paths if isinstance(p, str))
+
+
 def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     """The HTTP server around one engine. `api_key` defaults to the engine's `--api-key`."""
     state = ServerState.from_engine(engine, api_key)
@@ -69,14 +76,13 @@ def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
     for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead, Exception):
         app.add_exception_handler(exc, _counting_error_handler)
-    app.include_router(openai_api.router)
-    app.include_router(native_api.router)
-    app.include_router(metrics.router)
+    routers = (openai_api.router, native_api.router, metrics.router)
+    for router in routers:
+        app.include_router(router)
     # Middleware added last runs first: count every response, then check the key, then the body size.
     args = getattr(engine, "args", None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=getattr(args, "max_request_body_bytes", 8 * 2**20))
     if state.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
-    app.add_middleware(ResponseCounter, metrics=state.metrics,
-                       routes=frozenset(getattr(r, "path", "") for r in app.routes))
+    app.add_middleware(ResponseCounter, metrics=state.metrics, routes=_route_paths(app, routers))
     return app

@@ -368,7 +368,10 @@ def _prompt_texts(state: ServerState, inputs: dict[str, Any]) -> list[str]:
         return [p] if isinstance(p, str) else p
     ids = inputs["input_ids"]
     ids = [ids] if ids and isinstance(ids[0], int) else ids
-    return [state.engine.tokenizer.decode(x) for x in ids]
+    try:
+        return [state.engine.tokenizer.decode(x) for x in ids]
+    except (OverflowError, ValueError, TypeError, IndexError) as e:
+        raise APIError(f"prompt: token ids must be valid ids of this model's vocabulary ({e})", param="prompt") from e
 
 
 async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int, model: str,

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from thinkform.structured.ecma_regex import ecma_schema
+
 ConstraintKind = Literal["json_schema", "json_object", "regex", "ebnf", "structural_tag"]
 CONSTRAINT_FIELDS: tuple[str, ...] = ("json_schema", "regex", "ebnf", "structural_tag")
 ANY_JSON = "$$ANY$$"  # SGLang's json_schema value for "any JSON"
@@ -91,7 +93,7 @@ def _json_schema(value: Any) -> Constraint:
     if not isinstance(schema, dict):
         raise ConstraintError(
             f"json_schema must be a JSON object, got {type(schema).__name__}", field="json_schema")
-    return Constraint("json_schema", _dump(schema, "json_schema"))
+    return Constraint("json_schema", _dump(ecma_schema(schema), "json_schema"))
 
 
 def _structural_tag(value: Any) -> str:
@@ -129,7 +131,7 @@ def _structures(structures: Any) -> list[dict[str, Any]]:
         schema = _parse_json(item["schema"], f"structural_tag structures[{i}].schema", field)
         if not isinstance(schema, dict):
             raise ConstraintError(f"structural_tag structures[{i}].schema must be a JSON object", field=field)
-        out.append({"begin": item["begin"], "schema": schema, "end": item["end"]})
+        out.append({"begin": item["begin"], "schema": ecma_schema(schema), "end": item["end"]})
     return out
 
 

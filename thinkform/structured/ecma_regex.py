@@ -1,0 +1,55 @@
+"""JSON Schema `pattern`s are ECMA-262 regexes: `\\w` and `\\d` mean ASCII only, whatever a backend's
+regex engine thinks. Rewriting them to explicit classes gives every backend the same, standard meaning."""
+from __future__ import annotations
+
+from typing import Any
+
+_CLASS_BODY = {"w": "A-Za-z0-9_", "d": "0-9"}
+_DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
+_STANDALONE = {"w": "[A-Za-z0-9_]", "d": "[0-9]", "W": "[^A-Za-z0-9_]", "D": "[^0-9]"}
+
+
+def ecma_pattern(pattern: str) -> str:
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if in_class and nxt in _CLASS_BODY:
+                out.append(_CLASS_BODY[nxt])
+            elif not in_class and nxt in _STANDALONE:
+                out.append(_STANDALONE[nxt])
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class:
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def ecma_schema(schema: Any) -> Any:
+    """A copy of the schema with every `pattern` (and patternProperties key) in ECMA meaning."""
+    if isinstance(schema, list):
+        return [ecma_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "pattern" and isinstance(value, str):
+            out[key] = ecma_pattern(value)
+        elif key == "patternProperties" and isinstance(value, dict):
+            out[key] = {ecma_pattern(k): ecma_schema(v) for k, v in value.items()}
+        elif key in _DATA_KEYS:
+            out[key] = value  # instance data, not schemas
+        elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {k: ecma_schema(v) for k, v in value.items()}  # keys here are names, not schemas
+        else:
+            out[key] = ecma_schema(value)
+    return out
