@@ -121,6 +121,11 @@ class ReasoningGate:
             self._start_ids = vocab.encode_text(markers.start)
             self._end_ids = vocab.encode_text(markers.end)
             self._close_ids = vocab.encode_text(markers.close_text)
+            # a marker spelled by one token never appears inside the answer: `text.split("</think>")`
+            # must find the real end of the reasoning
+            self._marker_tokens = tuple(ids[0] for ids in (self._start_ids, self._end_ids) if len(ids) == 1)
+        else:
+            self._marker_tokens = ()
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -181,6 +186,8 @@ class ReasoningGate:
         self.matcher.fill_bitmask(bitmask, row)
         if self.phase is Phase.OPEN:
             _set_bits(bitmask, row, (self._start_ids[0],), True)
+        if self.phase is Phase.ANSWER:
+            _set_bits(bitmask, row, self._marker_tokens, False)
         may_end = self.phase is Phase.ANSWER and self._grammar_may_end()
         _set_bits(bitmask, row, self._eos, may_end)
         _clear_range(bitmask, row, self.vocab.num_tokens, self.vocab.vocab_size)
