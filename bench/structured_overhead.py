@@ -42,7 +42,7 @@ QWEN_LOGITS_WIDTH = 151_936
 BOUNDED_CAPITAL_SCHEMA: dict[str, Any] = {
     **CAPITAL_INFO_SCHEMA,
     "properties": {**CAPITAL_INFO_SCHEMA["properties"],
-                   "name": {**CAPITAL_INFO_SCHEMA["properties"]["name"], "pattern": "^\\w{1,24}$"}},
+                   "name": {**CAPITAL_INFO_SCHEMA["properties"]["name"], "pattern": "^[A-Za-z0-9_]{1,24}$"}},
 }
 
 

@@ -22,7 +22,7 @@ from thinkform.structured.vocab import TokenVocab
 logger = logging.getLogger("thinkform")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-_CPU_DEFAULT_KV_TOKENS = 65536
+_CPU_DEFAULT_KV_TOKENS = 16384  # tokens; --max-total-tokens raises it
 
 
 @dataclass

@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 import llguidance
 import llguidance.hf
-import llguidance.torch
 import torch
 from llguidance import LLMatcher, StructTag
 
@@ -27,7 +26,9 @@ class LLGuidanceMatcher(GrammarMatcher):
         self._terminated_at: int | None = None  # step that accepted EOS (is_stopped() is true before it)
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        llguidance.torch.fill_next_token_bitmask(self._m, bitmask, row)
+        # what llguidance.torch.fill_next_token_bitmask does, without importing torch.compile (6 s)
+        words = bitmask[row]
+        self._m.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * words.element_size())
 
     def accept_token(self, token_id: int) -> bool:
         if self._terminated_at is not None:
