@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -41,7 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_cases import (  # noqa: E402
-    CAPITAL_INFO_SCHEMA, CAPITAL_PROMPT, SEED_EBNF, SEED_REGEX, ebnf_valid, json_valid, regex_valid,
+    CAPITAL_INFO_SCHEMA, COUNTRIES, SEED_EBNF, SEED_REGEX, ebnf_valid, json_valid, regex_valid,
 )
 
 KINDS = ("json", "regex", "ebnf", "plain")
@@ -51,25 +51,30 @@ KINDS = ("json", "regex", "ebnf", "plain")
 class Workload:
     kind: str
     body: dict[str, Any]  # the request fields beyond model / messages / stream
+    messages: Callable[[str], list[dict[str, str]]]  # country → the seed's messages for it
     validate: Callable[[str], bool] | None
 
 
+def _capital(country: str) -> str:
+    return f"Give me the information and population of the capital of {country} in the JSON format."
+
+
 def workloads(max_tokens: int, max_reasoning_tokens: int | None) -> dict[str, Workload]:
-    base: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens,
-                            "messages": [{"role": "user", "content": CAPITAL_PROMPT}]}
+    """The seed's four chat examples (its assistant-role prompts sent as user messages), one country each."""
+    base: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
     if max_reasoning_tokens is not None:
         base["max_reasoning_tokens"] = max_reasoning_tokens
-    regex_messages = [{"role": "user", "content": "What is the capital of France?"}]
-    ebnf_messages = [{"role": "system", "content": "You are a helpful geography bot."},
-                     {"role": "user", "content": CAPITAL_PROMPT}]
     return {
         "json": Workload("json", {**base, "response_format": {
             "type": "json_schema", "json_schema": {"name": "foo", "schema": CAPITAL_INFO_SCHEMA}}},
-            lambda text: json_valid(text, CAPITAL_INFO_SCHEMA)),
-        "regex": Workload("regex", {**base, "messages": regex_messages, "regex": SEED_REGEX},
+            lambda c: [{"role": "user", "content": _capital(c)}], lambda text: json_valid(text, CAPITAL_INFO_SCHEMA)),
+        "regex": Workload("regex", {**base, "regex": SEED_REGEX},
+                          lambda c: [{"role": "user", "content": f"What is the capital of {c}?"}],
                           lambda text: regex_valid(text, SEED_REGEX)),
-        "ebnf": Workload("ebnf", {**base, "messages": ebnf_messages, "ebnf": SEED_EBNF}, ebnf_valid),
-        "plain": Workload("plain", base, None),
+        "ebnf": Workload("ebnf", {**base, "ebnf": SEED_EBNF},
+                         lambda c: [{"role": "system", "content": "You are a helpful geography bot."},
+                                    {"role": "user", "content": _capital(c)}], ebnf_valid),
+        "plain": Workload("plain", base, lambda c: [{"role": "user", "content": _capital(c)}], None),
     }
 
 
@@ -100,9 +105,11 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         yield json.loads(data)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, work: Workload, headers: dict[str, str]) -> Result:
+async def one_request(client: httpx.AsyncClient, url: str, model: str, work: Workload, headers: dict[str, str],
+                      index: int) -> Result:
     res = Result(work.kind, start=time.perf_counter())
-    body = {"model": model, **work.body, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"model": model, **work.body, "messages": work.messages(COUNTRIES[index % len(COUNTRIES)]),
+            "stream": True, "stream_options": {"include_usage": True}}
     content: list[str] = []
     reasoning: list[str] = []
     try:
@@ -160,7 +167,7 @@ async def run_load(args: argparse.Namespace, base_url: str, model: str) -> tuple
     limits = httpx.Limits(max_connections=max(64, args.concurrency or 0))
     async with httpx.AsyncClient(timeout=httpx.Timeout(args.request_timeout), limits=limits) as client:
         # one warm-up request per kind: compiles each grammar once, as a long-running server would have
-        await asyncio.gather(*(one_request(client, url, model, works[k], headers) for k in set(kinds)))
+        await asyncio.gather(*(one_request(client, url, model, works[k], headers, 0) for k in sorted(set(kinds))))
         t0 = time.perf_counter()
         if args.concurrency:
             results = await closed_loop(client, url, model, works, kinds, headers, args.concurrency)
@@ -173,8 +180,8 @@ async def open_loop(client: httpx.AsyncClient, url: str, model: str, works: dict
                     headers: dict[str, str], rate: float, seed: int) -> list[Result]:
     rng = random.Random(seed + 1)
     tasks = []
-    for kind in kinds:
-        tasks.append(asyncio.create_task(one_request(client, url, model, works[kind], headers)))
+    for i, kind in enumerate(kinds):
+        tasks.append(asyncio.create_task(one_request(client, url, model, works[kind], headers, i)))
         if math.isfinite(rate):
             await asyncio.sleep(rng.expovariate(rate))
     return list(await asyncio.gather(*tasks))
@@ -182,12 +189,13 @@ async def open_loop(client: httpx.AsyncClient, url: str, model: str, works: dict
 
 async def closed_loop(client: httpx.AsyncClient, url: str, model: str, works: dict[str, Workload], kinds: list[str],
                       headers: dict[str, str], concurrency: int) -> list[Result]:
-    queue = list(reversed(kinds))
+    queue = list(reversed(list(enumerate(kinds))))
     results: list[Result] = []
 
     async def client_task() -> None:
         while queue:
-            results.append(await one_request(client, url, model, works[queue.pop()], headers))
+            i, kind = queue.pop()
+            results.append(await one_request(client, url, model, works[kind], headers, i))
 
     await asyncio.gather(*(client_task() for _ in range(concurrency)))
     return results
@@ -224,6 +232,7 @@ def report(results: list[Result], duration: float) -> tuple[list[str], dict[str,
     constrained = [r for r in done if r.valid is not None]
     summary["constrained"] = len(constrained)
     summary["constrained_valid"] = sum(bool(r.valid) for r in constrained)
+    summary["invalid_with_stop"] = sum(r.valid is False and r.finish_reason == "stop" for r in constrained)
     s = summary
     lines = [
         "| requests (ok / sent) | duration (s) | req/s | output tok/s | TTFT p50 / p99 (ms) | first answer token p50 (ms) "
@@ -234,9 +243,9 @@ def report(results: list[Result], duration: float) -> tuple[list[str], dict[str,
         f"{fmt(s['tpot_p99'], digits=1)} | {fmt(s['latency_p50'], 1, 2)} / {fmt(s['latency_p99'], 1, 2)} "
         f"| {s['constrained_valid']} / {s['constrained']} ({100 * s['constrained_valid'] / max(1, s['constrained']):.0f}%) |",
         "",
-        "| kind | requests (ok / sent) | valid | finish reasons | completion tokens (mean) | reasoning tokens (mean) "
-        "| latency p50 (s) | example answer |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kind | requests (ok / sent) | valid | invalid with finish stop | finish reasons | completion tokens (mean) "
+        "| reasoning tokens (mean) | latency p50 (s) | example answer |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
         rs = [r for r in results if r.kind == kind]
@@ -244,12 +253,13 @@ def report(results: list[Result], duration: float) -> tuple[list[str], dict[str,
             continue
         ok = [r for r in rs if r.ok]
         valid = "–" if kind == "plain" else f"{sum(bool(r.valid) for r in ok)} / {len(ok)}"
+        bad_stop = "–" if kind == "plain" else str(sum(r.valid is False and r.finish_reason == "stop" for r in ok))
         reasons: dict[str, int] = {}
         for r in ok:
             reasons[str(r.finish_reason)] = reasons.get(str(r.finish_reason), 0) + 1
         mean = (lambda xs: statistics.mean(xs) if xs else 0.0)
         example = ok[0].content[:60].replace("|", "\\|").replace("\n", " ") if ok else ""
-        lines.append(f"| {kind} | {len(ok)} / {len(rs)} | {valid} | {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))} "
+        lines.append(f"| {kind} | {len(ok)} / {len(rs)} | {valid} | {bad_stop} | {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))} "
                      f"| {mean([r.completion_tokens for r in ok]):.1f} | {mean([r.reasoning_tokens for r in ok]):.1f} "
                      f"| {fmt(pct([r.latency for r in ok], 50), 1, 2)} | `{example}` |")
     failures = [r for r in results if not r.ok][:5] + [r for r in results if r.ok and r.valid is False][:5]

@@ -53,7 +53,8 @@ class EngineArgs:
                 parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
                 continue
             kind = _arg_type(f)
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
+            suffix = "" if "default" in help_text else f" (default: {f.default})"
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text + suffix)
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineArgs":
