@@ -145,3 +145,18 @@ def test_digit_loving_sampler_always_finishes_numbers_within_budget(
 def test_rules_from_options_use_the_option_budgets() -> None:
     rules = NumberRules.from_options([b"1"], GrammarOptions(max_number_digits=3, max_exponent_digits=2))
     assert (rules.max_number_digits, rules.max_exponent_digits) == (3, 2)
+
+
+def test_control_characters_kept_out_of_strings():
+    """xgrammar lets raw control characters into maxLength strings; the guard keeps the JSON valid."""
+    import torch
+
+    from thinkform.structured.runaway import NumberGuard, NumberRules
+
+    tokens = [b'"', b"ab", b"\x1e", b"c\td", b'x"\n', b"1"]
+    guard = NumberGuard(NumberRules(tokens))
+    guard.observe('{"name": "a')
+    mask = torch.full((1, 1), -1, dtype=torch.int32)
+    guard.restrict(mask, 0)
+    allowed = [i for i in range(len(tokens)) if (int(mask[0, 0]) >> i) & 1]
+    assert allowed == [0, 1, 4, 5]  # no raw \x1e or \t inside the string; a quote then a newline is fine

@@ -6,6 +6,9 @@ clears the mask bits of tokens that would give it more than `max_number_digits` 
 (every digit before the exponent counts, leading zeros too, so `0.000…` is bounded as well) or more than
 `max_exponent_digits` exponent digits. With 17 mantissa digits every integer fits int64.
 
+It also keeps raw control characters (U+0000-U+001F) out of JSON strings, where they are invalid:
+xgrammar 0.2.8 lets them into strings with a maxLength, and `json.loads` then rejects the answer.
+
 The grammar has the last word: if the guard would leave no token allowed, it leaves the mask alone.
 
 Per vocabulary (`NumberRules`, built once, shared by all requests) each token is scanned for how many
@@ -138,13 +141,14 @@ class NumberRules:
         exp_always = later(exp)
         self._exponent = [_pack((used + exp[:, 1] > x) | exp_always, words) for used in range(x + 1)]
         self._out = _pack(later(tables["out"]), words)
+        self._in_string = _pack(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool), words)
 
     @classmethod
     def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:
         return cls(token_bytes, options.max_number_digits, options.max_exponent_digits)
 
     def ban_mask(self, state: LexState) -> torch.Tensor | None:
-        """Packed bits of the tokens to forbid in `state` (None inside strings)."""
+        """Packed bits of the tokens to forbid in `state`."""
         if state.mode == Mode.MANTISSA:
             return self._mantissa[min(state.mantissa_digits, self.max_number_digits)]
         if state.mode == Mode.EXP_START:
@@ -153,10 +157,16 @@ class NumberRules:
             return self._exponent[min(state.exponent_digits, self.max_exponent_digits)]
         if state.mode == Mode.OUT:
             return self._out
-        return None
+        return self._in_string
 
 
 _NUMBER_PUNCT = frozenset(b".eE+-")
+
+
+def _control_in_string(token: bytes) -> bool:
+    """A raw control byte before the token's first quote: inside a string, that is invalid JSON."""
+    head = token.split(b'"', 1)[0]
+    return any(b < 0x20 for b in head)
 
 
 def _may_matter(token: bytes) -> bool:
