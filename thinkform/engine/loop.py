@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -118,8 +118,7 @@ class EngineLoop:
     def _step(self, batch: ScheduledBatch) -> None:
         sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
         failed: dict[int, BaseException] = {}
-        masks = self._mask_pool.submit(self._fill_masks, sampling, failed) if any(
-            s.gate is not None and s.gate.constrained for s in sampling) else None
+        masks = self._start_masks(sampling, failed)
         logits, rows = self.runner.forward(batch)
         self.scheduler.commit(batch)
         self.counters["steps"] += 1
@@ -137,6 +136,17 @@ class EngineLoop:
                 self._advance(seq, out.tokens[j], lp)
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
                 self._fail(seq, e)
+
+    def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException]) -> Future | None:
+        """On an accelerator the CPU fills the masks while the device runs the forward pass; on a CPU
+        device both would compete for the same cores, so the masks are filled before the forward."""
+        if not any(s.gate is not None and s.gate.constrained for s in seqs):
+            return None
+        if self.parts.device.type != "cpu":
+            return self._mask_pool.submit(self._fill_masks, seqs, failed)
+        done: Future = Future()
+        done.set_result(self._fill_masks(seqs, failed))
+        return done
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
         logger.error("request %s-%d failed: %s: %s", seq.rid, seq.index, type(error).__name__, error,
