@@ -43,9 +43,10 @@ class Sampler:
             if p.ignore_eos and self.eos_token_ids and not _grammar_active(seq):
                 logits[i, self.eos_token_ids] = float("-inf")
             if p.logit_bias:
-                ids = torch.tensor([t for t in p.logit_bias if t < logits.shape[1]], dtype=torch.long)
-                if len(ids):
-                    bias = torch.tensor([p.logit_bias[int(t)] for t in ids], dtype=logits.dtype)
+                kept = [t for t in p.logit_bias if t < logits.shape[1]]
+                if kept:
+                    ids = torch.tensor(kept, dtype=torch.long, device=logits.device)
+                    bias = torch.tensor([p.logit_bias[t] for t in kept], dtype=logits.dtype, device=logits.device)
                     logits[i].index_add_(0, ids, bias)
             if p.min_new_tokens and len(seq.output_ids) < p.min_new_tokens and self.eos_token_ids \
                     and not _grammar_active(seq):
@@ -53,11 +54,12 @@ class Sampler:
             if not (p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0):
                 continue
             if p.repetition_penalty != 1.0:
-                seen = torch.tensor(sorted(set(seq.tokens)), dtype=torch.long)
+                seen = torch.tensor(sorted(set(seq.tokens)), dtype=torch.long, device=logits.device)
                 row = logits[i, seen]
                 logits[i, seen] = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
             if seq.output_ids and (p.frequency_penalty or p.presence_penalty):
-                counts = torch.bincount(torch.tensor(seq.output_ids), minlength=logits.shape[1])[: logits.shape[1]]
+                out_ids = torch.tensor(seq.output_ids, device=logits.device)
+                counts = torch.bincount(out_ids, minlength=logits.shape[1])[: logits.shape[1]]
                 counts = counts.to(logits.dtype)
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
@@ -66,16 +68,18 @@ class Sampler:
         rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if not rows:
             return tokens
-        idx = torch.tensor(rows)
+        idx = torch.tensor(rows, device=logits.device)
         sub = logits[idx]
-        temps = torch.tensor([seqs[i].params.temperature for i in rows], dtype=sub.dtype)
+        temps = torch.tensor([seqs[i].params.temperature for i in rows], dtype=sub.dtype, device=sub.device)
         sub = sub / temps[:, None]
         sub = _top_k(sub, [seqs[i].params.top_k for i in rows])
         probs = torch.softmax(sub, dim=-1)
         probs = _top_p(probs, [seqs[i].params.top_p for i in rows])
         probs = _min_p(probs, [seqs[i].params.min_p for i in rows])
         for j, i in enumerate(rows):
-            noise = torch.empty_like(probs[j]).exponential_(generator=seqs[i].generator)
+            # the request's own generator (on the CPU) makes its samples reproducible on any device
+            noise = torch.empty(probs.shape[1], dtype=probs.dtype).exponential_(generator=seqs[i].generator)
+            noise = noise.to(probs.device, non_blocking=True)
             tokens[i] = int((probs[j] / noise).argmax())
         return tokens
 
@@ -108,7 +112,7 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
 def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
     if all(k <= 0 or k >= logits.shape[1] for k in ks):
         return logits
-    k_t = torch.tensor([k if 0 < k < logits.shape[1] else logits.shape[1] for k in ks])
+    k_t = torch.tensor([k if 0 < k < logits.shape[1] else logits.shape[1] for k in ks], device=logits.device)
     sorted_vals = logits.sort(dim=-1, descending=True).values
     kth = sorted_vals.gather(1, (k_t - 1)[:, None])
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -117,7 +121,7 @@ def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
 def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
     if all(p >= 1.0 for p in ps):
         return probs
-    p_t = torch.tensor(ps, dtype=probs.dtype)[:, None]
+    p_t = torch.tensor(ps, dtype=probs.dtype, device=probs.device)[:, None]
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     drop = sorted_probs.cumsum(dim=-1) - sorted_probs > p_t  # keep the token that crosses p
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
@@ -127,5 +131,5 @@ def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
 def _min_p(probs: torch.Tensor, ms: list[float]) -> torch.Tensor:
     if all(m <= 0.0 for m in ms):
         return probs
-    m_t = torch.tensor(ms, dtype=probs.dtype)[:, None]
+    m_t = torch.tensor(ms, dtype=probs.dtype, device=probs.device)[:, None]
     return probs.masked_fill(probs < m_t * probs.max(dim=-1, keepdim=True).values, 0.0)
