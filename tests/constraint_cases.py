@@ -9,10 +9,7 @@ from typing import Any, Callable
 import jsonschema
 from pydantic import BaseModel, Field
 
-
-class CapitalInfo(BaseModel):
-    name: str = Field(..., pattern=r"^\w+$", description="Name of the capital city")
-    population: int = Field(..., description="Population of the capital city")
+from thinkform.testing.seed import SEED_EBNF, SEED_EBNF_LANGUAGE, SEED_SCHEMA, SEED_TAG, CapitalInfo
 
 
 class Landmark(BaseModel):
@@ -27,29 +24,6 @@ class City(BaseModel):
     tags: list[str] = Field(..., min_length=1, max_length=3)
     landmark: Landmark | None
     mode: str = Field(..., json_schema_extra={"enum": ["a", "b"]})
-
-
-SEED_SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "pattern": "^[\\w]+$"}, "population": {"type": "integer"}},
-    "required": ["name", "population"],
-}
-SEED_EBNF = (
-    "root ::= city | description\n"
-    'city ::= "London" | "Paris" | "Berlin" | "Rome"\n'
-    'description ::= city " is " status\n'
-    'status ::= "the capital of " country\n'
-    'country ::= "England" | "France" | "Germany" | "Italy"'
-)
-SEED_EBNF_LANGUAGE = r"(London|Paris|Berlin|Rome)( is the capital of (England|France|Germany|Italy))?"
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                             "state": {"type": "string", "maxLength": 4},
-                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "state", "unit"]}
-DATE = {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 16}}, "required": ["timezone"]}
-SEED_TAG = {"type": "structural_tag", "triggers": ["<function="], "structures": [
-    {"begin": "<function=get_current_weather>", "schema": WEATHER, "end": "</function>"},
-    {"begin": "<function=get_current_date>", "schema": DATE, "end": "</function>"}]}
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,7 @@ import argparse
 import json
 import time
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "pattern": "^[\\w]+$"}, "population": {"type": "integer"}},
-    "required": ["name", "population"],
-}
-EBNF = (
-    "root ::= city | description\n"
-    'city ::= "London" | "Paris" | "Berlin" | "Rome"\n'
-    'description ::= city " is " status\n'
-    'status ::= "the capital of " country\n'
-    'country ::= "England" | "France" | "Germany" | "Italy"'
-)
-WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "state": {"type": "string"},
-                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "state", "unit"]}
-TAG = {"type": "structural_tag", "triggers": ["<function="],
-       "structures": [{"begin": "<function=get_current_weather>", "schema": WEATHER, "end": "</function>"}]}
+from thinkform.testing.seed import SEED_EBNF, SEED_REGEX, SEED_SCHEMA, SEED_TAG
 
 
 def main() -> None:
@@ -42,10 +26,10 @@ def main() -> None:
                                      "capital of France in the JSON format."}], tokenize=False,
                                    add_generation_prompt=True)
     cases = [
-        ("JSON schema", {"json_schema": json.dumps(SCHEMA)}),
-        ("EBNF", {"ebnf": EBNF}),
-        ("regex", {"regex": "(Paris|London)"}),
-        ("structural tag", {"structural_tag": json.dumps(TAG)}),
+        ("JSON schema", {"json_schema": json.dumps(SEED_SCHEMA)}),
+        ("EBNF", {"ebnf": SEED_EBNF}),
+        ("regex", {"regex": SEED_REGEX}),
+        ("structural tag", {"structural_tag": json.dumps(SEED_TAG)}),
     ]
     with llm:
         free = llm.generate(chat, {"temperature": 0, "max_new_tokens": args.max_new_tokens})
