@@ -147,6 +147,11 @@ def test_constraint_size_and_depth_limits(real):
            400, "sampling_params.json_schema", "max-constraint-depth")
     _error(_chat(base, regex="(" * 3000 + "a" + ")" * 3000), 400, "regex", "max-constraint-depth")
     _error(_chat(base, ebnf="root ::= " + "(" * 200 + '"a"' + ")" * 200), 400, "ebnf", "max-constraint-depth")
+    _error(_chat(base, regex="a{99999999999}"), 400, "regex", "max-constraint-repeat")
+    laughs = "root ::= r0\n" + "\n".join(f"r{i} ::= r{i + 1} r{i + 1}" for i in range(40)) + '\nr40 ::= "ab"'
+    _error(_chat(base, ebnf=laughs), 400, "ebnf", "max-constraint-repeat")
+    _error(_chat(base, json_schema={"type": "array", "minItems": 10**9, "items": {"const": 1}}), 400, "json_schema",
+           "max-constraint-repeat")
     with pytest.raises(ValueError, match="max-constraint-depth"):
         engine.generate("x", {"max_new_tokens": 4, "json_schema": json.dumps(_deep_schema(12))})
     ok = {"type": "json_schema", "json_schema": {"name": "x", "schema": _deep_schema(3)}}

@@ -112,3 +112,25 @@ def test_unconstrained_reasoning_split_and_budget(engines):
     assert "</think>" in out["text"]
     assert meta["reasoning_content"] is not None and "</think>" not in meta["content"]
     assert out["text"].split("</think>")[0].strip() == meta["reasoning_content"].strip()
+
+
+def test_jump_forward_saves_forward_passes_without_changing_answers(tiny_model_dirs):
+    """Forced text (`{"name": "`, `", "population": `, the final EOS) is appended without sampling steps."""
+    import json
+
+    from thinkform import Engine
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                               "population": {"type": "integer"}}, "required": ["name", "population"]}
+    params = {"temperature": 0, "max_new_tokens": 80, "json_schema": schema}
+    results = {}
+    for jump in (True, False):
+        with Engine(model_path=str(tiny_model_dirs["qwen2"]), disable_jump_forward=not jump) as eng:
+            out = eng.generate("Give me the capital of France.", params)
+            results[jump] = (out, eng.loop.counters["steps"], eng.loop.counters["jump_tokens"])
+    (on, steps_on, jumped), (off, steps_off, none) = results[True], results[False]
+    assert on["meta_info"]["finish_reason"]["type"] == off["meta_info"]["finish_reason"]["type"] == "stop"
+    json.loads(on["text"]), json.loads(off["text"])
+    assert on["text"].startswith('{"name": "') and ', "population": ' in on["text"]
+    assert jumped >= 6 and none == 0
+    assert steps_on <= steps_off - 6

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from thinkform.structured.gate import GateError, Phase
 
 
@@ -51,3 +53,24 @@ def _accept_prefix(gate: Any, ids: list[int]) -> list[int]:
         if gate.phase is not Phase.ANSWER:
             break
     return accepted
+
+
+def eos_only_mask(vocab_size: int, eos_token_ids: tuple[int, ...]) -> torch.Tensor:
+    """The bitmask row that allows nothing but EOS."""
+    mask = torch.zeros((1, (vocab_size + 31) // 32), dtype=torch.int32)
+    for tid in eos_token_ids:
+        mask[0, tid // 32] |= _bit(tid % 32)
+    return mask
+
+
+def forced_end(gate: Any, eos_only: torch.Tensor) -> bool:
+    """Whether the finished answer admits nothing but EOS: the request then ends without another
+    forward pass (checked only where the grammar may end, so it costs one mask fill per answer)."""
+    if gate.phase is not Phase.ANSWER or not gate.constrained or not gate.may_stop():
+        return False
+    row = torch.empty_like(eos_only)
+    return gate.fill_bitmask(row, 0) and torch.equal(row, eos_only)
+
+
+def _bit(j: int) -> int:
+    return (1 << j) - (1 << 32) if j == 31 else 1 << j  # int32 two's complement for bit 31

@@ -12,7 +12,7 @@ import torch
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import find_stop
 from thinkform.engine.errors import EngineDead
-from thinkform.engine.jump_forward import jump_forward
+from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
@@ -43,6 +43,7 @@ class EngineLoop:
                          "forced_tokens": 0, "jump_tokens": 0, "prompt_tokens": 0, "reasoning_tokens": 0,
                          "finished_stop": 0, "finished_length": 0, "finished_abort": 0}
         self.jump_enabled = not args.disable_jump_forward
+        self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
 
     # -- control (any thread) -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,7 +108,9 @@ class EngineLoop:
             new, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
         for seq in new:
-            self.scheduler.add(seq)
+            self._jump_at_start(seq)
+            if not seq.finished:
+                self.scheduler.add(seq)
         for rid, seq in aborts:
             targets = [seq] if seq is not None else [
                 s for s in list(self.scheduler.running) + list(self.scheduler.waiting) if s.rid == rid]
@@ -196,12 +199,32 @@ class EngineLoop:
                     jumped, _ = jump_forward(gate, self.parts.vocab, None, self._room(seq))
                     self.counters["jump_tokens"] += len(jumped)
                     finish = self._append(seq, jumped)
+        if finish is None and answering and self.jump_enabled:
+            if forced_end(gate, self._eos_only):
+                eos = self.parts.eos_token_ids[0]
+                gate.accept_forced([eos])
+                self.counters["jump_tokens"] += 1
+                finish = self._append(seq, [eos])
         if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:
             finish = FinishReason("length", None)
         if finish is not None:
             self._finish(seq, finish)
         elif seq.stream:
             seq.sink(seq, False)
+
+    def _jump_at_start(self, seq: Sequence) -> None:
+        """An answer that starts with forced text (`{"name": "`) gets it before the prefill, not sampled."""
+        if not self.jump_enabled or seq.gate is None or seq.output_ids:
+            return
+        try:
+            jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq))
+        except Exception as e:  # noqa: BLE001 - a grammar failure ends this request only
+            self._fail(seq, e)
+            return
+        self.counters["jump_tokens"] += len(jumped)
+        finish = self._append(seq, jumped)
+        if finish is not None:
+            self._finish(seq, finish)
 
     @staticmethod
     def _room(seq: Sequence) -> int:

@@ -1,98 +1,23 @@
 """Turns API arguments into validated, tokenized requests and their sequences (one per sample)."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import IncrementalDetokenizer
+from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import sequence_output
 from thinkform.engine.sampling_params import SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.gate import Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard
-from thinkform.structured.spec import CONSTRAINT_FIELDS, Constraint, ConstraintError, constraint_from_fields
+from thinkform.structured.spec import Constraint, constraint_from_fields
 
 REASONING_STARTS = ("reasoning", "open", "answer")
-_OPENERS, _CLOSERS = "([{", ")]}"
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-request limits (flags of the same names); a breach is a ValueError naming the limit."""
-
-    max_new_tokens: int = 32768
-    max_constraint_bytes: int = 512 * 2**10
-    max_constraint_depth: int = 64
-
-    @classmethod
-    def from_args(cls, args: Any) -> "RequestLimits":
-        return cls(args.max_new_tokens_limit, args.max_constraint_bytes, args.max_constraint_depth)
-
-    def check_max_new_tokens(self, value: int, name: str = "sampling_params.max_new_tokens") -> None:
-        if value > self.max_new_tokens:
-            raise ValueError(f"{name}: {value} is more than this server's limit of {self.max_new_tokens} "
-                             "(--max-new-tokens-limit)")
-
-    def check_constraints(self, fields: Mapping[str, Any]) -> None:
-        """Size and nesting of each constraint field, checked before anything parses or compiles it
-        (a deep schema would overflow the parser's stack, a huge one would stall the compiler)."""
-        for name in CONSTRAINT_FIELDS:
-            value = fields.get(name)
-            if value is None or isinstance(value, type):  # a pydantic class: the offline caller's own code
-                continue
-            depth = nesting_depth(value, json_text=name in ("json_schema", "structural_tag"),
-                                  stop_after=self.max_constraint_depth)
-            if depth > self.max_constraint_depth:
-                raise ConstraintError(f"{name}: nested deeper than this server's limit of {self.max_constraint_depth} "
-                                      "levels (--max-constraint-depth)", field=name)
-            size = len((value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).encode("utf-8",
-                                                                                                          "replace"))
-            if size > self.max_constraint_bytes:
-                raise ConstraintError(f"{name}: {size} bytes is more than this server's limit of "
-                                      f"{self.max_constraint_bytes} bytes (--max-constraint-bytes)", field=name)
-
-
-def nesting_depth(value: Any, json_text: bool = False, stop_after: int | None = None) -> int:
-    """How deeply `value` nests: containers of a parsed JSON value, brackets of a text (escapes and,
-    for JSON text, string contents skipped). Iterative, so no input can exhaust the stack; stops
-    counting once past `stop_after`."""
-    if isinstance(value, str):
-        return _text_depth(value, json_text)
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, (dict, list, tuple)):
-            continue
-        deepest = max(deepest, depth)
-        if stop_after is not None and deepest > stop_after:
-            break
-        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def _text_depth(text: str, json_text: bool) -> int:
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif in_string:
-            in_string = ch != '"'
-        elif json_text and ch == '"':
-            in_string = True
-        elif ch in _OPENERS:
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in _CLOSERS:
-            depth = max(0, depth - 1)
-    return deepest
 
 
 @dataclass

@@ -338,10 +338,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     rid: str | list[str] = [f"{base}-{i}" for i in range(len(prompt))] if batched else base
     rids = rid if isinstance(rid, list) else [rid]
     want_logprobs = body.logprobs is not None
+    prompts = _prompt_texts(state, inputs)  # before the engine call: it may refuse bad token ids
     call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
                                        return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0)
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
-    prompts = _prompt_texts(state, inputs)
     if body.stream:
         first, rest = await open_stream(call)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
