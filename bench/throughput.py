@@ -1,6 +1,6 @@
 """Output tokens/s of the embedded model on this machine: thinkform vs transformers.generate, same run.
 
-    python bench/throughput.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--model-path PATH]
+    python bench/throughput.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--model-path PATH] [--dtypes float32 bfloat16]
 """
 from __future__ import annotations
 
@@ -58,24 +58,28 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                    help="thinkform dtypes to measure (transformers runs float32, its CPU default)")
     args = ap.parse_args()
     import thinkform
     from transformers import AutoModelForCausalLM
 
-    engine = thinkform.Engine(model_path=args.model_path)
-    rows = []
+    engines = {dt: thinkform.Engine(model_path=args.model_path, dtype=dt) for dt in args.dtypes}
+    first = next(iter(engines.values()))
     hf = None
     if not args.skip_transformers:
-        hf = AutoModelForCausalLM.from_pretrained(engine.parts.model_dir, dtype=torch.float32).eval()
+        hf = AutoModelForCausalLM.from_pretrained(first.parts.model_dir, dtype=torch.float32).eval()
     for bs in args.batch_sizes:
-        ours = bench_thinkform(engine, bs, args.max_new_tokens)
-        theirs = bench_transformers(hf, engine.tokenizer, bs, args.max_new_tokens) if hf is not None else None
-        row = {"batch": bs, "thinkform_tok_s": round(ours, 1),
-               "transformers_tok_s": round(theirs, 1) if theirs else None,
-               "ratio": round(ours / theirs, 2) if theirs else None}
-        rows.append(row)
+        theirs = bench_transformers(hf, first.tokenizer, bs, args.max_new_tokens) if hf is not None else None
+        row: dict = {"batch": bs, "transformers_fp32_tok_s": round(theirs, 1) if theirs else None}
+        for dt, engine in engines.items():
+            ours = bench_thinkform(engine, bs, args.max_new_tokens)
+            row[f"thinkform_{dt}_tok_s"] = round(ours, 1)
+            if theirs:
+                row[f"ratio_{dt}"] = round(ours / theirs, 2)
         print(json.dumps(row), flush=True)
-    engine.shutdown()
+    for engine in engines.values():
+        engine.shutdown()
     print(f"machine: {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 

@@ -206,7 +206,7 @@ class EngineLoop:
                 self.counters["jump_tokens"] += 1
                 finish = self._append(seq, [eos])
         if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:
-            finish = FinishReason("length", None)
+            finish = FinishReason("length", None, length=seq.params.max_new_tokens)
         if finish is not None:
             self._finish(seq, finish)
         elif seq.stream:
@@ -236,7 +236,7 @@ class EngineLoop:
         gate = seq.gate
         for tid in ids:
             if len(seq.output_ids) >= p.max_new_tokens:
-                return FinishReason("length", None)
+                return FinishReason("length", None, length=p.max_new_tokens)
             seq.output_ids.append(tid)
             self.counters["generated_tokens"] += 1
             may_stop = gate is None or gate.may_stop()

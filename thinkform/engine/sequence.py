@@ -23,11 +23,14 @@ class FinishReason:
     type: str  # stop | length | abort
     matched: int | str | None = None
     message: str | None = None
+    length: int | None = None  # for "length": the limit that was reached (SGLang reports it)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "matched": self.matched}
         if self.message is not None:
             out["message"] = self.message
+        if self.length is not None:
+            out["length"] = self.length
         return out
 
 
