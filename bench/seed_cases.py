@@ -6,33 +6,12 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-
-class CapitalInfo(BaseModel):
-    name: str = Field(..., pattern=r"^\w+$", description="Name of the capital city")
-    population: int = Field(..., description="Population of the capital city")
-
+from thinkform.testing.seed import SEED_EBNF, SEED_REGEX, SEED_SCHEMA, CapitalInfo
+from thinkform.testing.seed import SEED_EBNF_LANGUAGE as EBNF_LANGUAGE
 
 CAPITAL_INFO_SCHEMA: dict[str, Any] = CapitalInfo.model_json_schema()
-
-# The seed's hand-written JSON schema (same shape as CapitalInfo, without titles / descriptions).
-SEED_JSON_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"name": {"type": "string", "pattern": "^[\\w]+$"}, "population": {"type": "integer"}},
-    "required": ["name", "population"],
-}
-
-SEED_EBNF = (
-    "root ::= city | description\n"
-    'city ::= "London" | "Paris" | "Berlin" | "Rome"\n'
-    'description ::= city " is " status\n'
-    'status ::= "the capital of " country\n'
-    'country ::= "England" | "France" | "Germany" | "Italy"'
-)
-# The language of SEED_EBNF, written as a Python regex so answers can be checked without a grammar library.
-SEED_EBNF_LANGUAGE = re.compile(r"(London|Paris|Berlin|Rome)( is the capital of (England|France|Germany|Italy))?")
-SEED_REGEX = "(Paris|London)"
+SEED_JSON_SCHEMA = SEED_SCHEMA
+SEED_EBNF_LANGUAGE = re.compile(EBNF_LANGUAGE)
 
 CAPITAL_PROMPT = "Give me the information and population of the capital of France in the JSON format."
 COUNTRIES = ("France", "China", "Ireland", "Germany", "Italy", "Japan", "Spain", "Egypt", "Brazil", "Canada",
