@@ -357,3 +357,22 @@ def test_flexible_whitespace_is_bounded(tokenizer: Any, backend: str) -> None:
     compiled = create_backend(backend, ctx).compile(make_constraint("json_schema", "seed"))
     assert compiled.new_matcher().accept_string('{ "name" :\n"Paris",  "population":1}')
     assert not compiled.new_matcher().accept_string('{"name":   "Paris"')
+
+
+def test_auto_backend_falls_back_to_llguidance_where_xgrammar_refuses():
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.spec import GrammarOptions
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    ctx = BackendContext(tok, len(tok) + 8, (tok.eos_token_id,), GrammarOptions())
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^[a\nb]+$"}}, "required": ["a"]}
+    constraint = constraint_from_fields(json_schema=schema)
+    with pytest.raises(ConstraintError, match="newline"):
+        create_backend("xgrammar", ctx).compile(constraint)
+    matcher = create_backend("auto", ctx).compile(constraint).new_matcher()
+    for tid in tok.encode('{"a": "ab"}'):
+        assert matcher.accept_token(tid)
+    assert matcher.can_terminate()
+    with pytest.raises(ConstraintError, match="regex"):  # both refuse: both messages, naming the field
+        create_backend("auto", ctx).compile(constraint_from_fields(regex="(unclosed"))

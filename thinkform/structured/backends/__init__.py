@@ -15,6 +15,7 @@ from thinkform.structured.backends import none as _none  # noqa: E402,F401
 from thinkform.structured.backends import xgrammar as _xgrammar  # noqa: E402,F401
 from thinkform.structured.backends import llguidance as _llguidance  # noqa: E402,F401
 from thinkform.structured.backends import outlines as _outlines  # noqa: E402,F401
+from thinkform.structured.backends import auto as _auto  # noqa: E402,F401
 
 DEFAULT_BACKEND = "xgrammar"
 
