@@ -91,8 +91,12 @@ def engine_side(info: dict[str, Any]) -> list[Metric]:
                 info.get("generated_tokens"))
     out += _one("thinkform_reasoning_tokens_total", "counter", "Tokens generated inside reasoning sections.",
                 info.get("reasoning_tokens"))
-    out += _one("thinkform_forced_tokens_total", "counter", "Tokens forced by the gate or jump-forward.",
+    out += _one("thinkform_forced_tokens_total", "counter",
+                "Reasoning end markers forced by the thinking budget or the answer reserve (tokens).",
                 info.get("forced_tokens"))
+    out += _one("thinkform_jump_forward_tokens_total", "counter",
+                "Grammar-forced tokens appended without a sampling step (forward passes saved).",
+                info.get("jump_tokens"))
     out += _one("thinkform_num_requests_waiting", "gauge", "Samples queued, not yet running.", info.get("waiting"))
     out += _one("thinkform_num_requests_running", "gauge", "Samples in the running batch.", info.get("running"))
     out += _one("thinkform_kv_pages_used", "gauge", "KV cache pages held by requests.", info.get("kv_pages_used"))
