@@ -10,8 +10,10 @@ import torch
 import xgrammar as xgr
 
 from thinkform.reasoning import get_markers, split_reasoning
-from thinkform.structured.backends.base import GrammarMatcher
+from thinkform.structured.backends.base import BackendContext, CompiledGrammar
+from thinkform.structured.backends.xgrammar import XGrammarBackend
 from thinkform.structured.gate import GateError, Phase, ReasoningGate, default_answer_reserve, initial_phase
+from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.structured.vocab import TokenVocab
 from thinkform.testing.tokenizers import build_tiny_tokenizer
 
@@ -25,44 +27,17 @@ SCHEMA = {
 ANSWER = '{"name": "Paris", "population": 2147000}'
 
 
-class XgrMatcher(GrammarMatcher):
-    """Minimal protocol adapter over xgrammar (the gate must work with any backend's matcher)."""
-
-    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
-        self._m = xgr.GrammarMatcher(compiled)
-
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        self._m.fill_next_token_bitmask(bitmask, row)
-
-    def accept_token(self, token_id: int) -> bool:
-        return self._m.accept_token(token_id)
-
-    def accept_string(self, text: str) -> bool:
-        return self._m.accept_string(text)
-
-    def rollback(self, num_tokens: int) -> None:
-        self._m.rollback(num_tokens)
-
-    def is_terminated(self) -> bool:
-        return self._m.is_terminated()
-
-    def can_terminate(self) -> bool:
-        return self._m.is_completed()
-
-    def find_jump_forward_string(self) -> str:
-        return self._m.find_jump_forward_string()
-
-
 @dataclass
 class Env:
+    """The gate over the project's own xgrammar backend (compact JSON, as served)."""
+
     tok: object
     vocab: TokenVocab
-    compiler: xgr.GrammarCompiler
-    compiled: xgr.CompiledGrammar = field(init=False)
+    backend: XGrammarBackend
+    compiled: CompiledGrammar = field(init=False)
 
     def __post_init__(self) -> None:
-        self.compiled = self.compiler.compile_json_schema(
-            json.dumps(SCHEMA), any_whitespace=False, separators=(", ", ": "))
+        self.compiled = self.backend.compile(constraint_from_fields(json_schema=SCHEMA))
 
     @property
     def eos(self) -> int:
@@ -75,7 +50,7 @@ class Env:
         return self.vocab.bytes_of(ids).decode()
 
     def gate(self, phase: Phase, constrained: bool = True, **kw) -> ReasoningGate:
-        matcher = XgrMatcher(self.compiled) if constrained else None
+        matcher = self.compiled.new_matcher() if constrained else None
         return ReasoningGate(self.vocab, QWEN3, phase, matcher, **kw)
 
 
@@ -85,8 +60,8 @@ def _env(marker_is_special: bool) -> Env:
     tok.add_tokens(['>{"', ">oops", "so</think>~"])
     vocab_size = len(tok) + PADDING
     vocab = TokenVocab.from_tokenizer(tok, vocab_size)
-    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab_size, stop_token_ids=list(vocab.eos_token_ids))
-    return Env(tok, vocab, xgr.GrammarCompiler(info))
+    ctx = BackendContext(tok, vocab_size, tuple(vocab.eos_token_ids), GrammarOptions())
+    return Env(tok, vocab, XGrammarBackend(ctx))
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +366,7 @@ def test_guard_sees_answer_only_and_restricts(special: Env) -> None:
     env = special
     digit = env.ids("2")[0]
     guard = RecordingGuard(digit)
-    gate = ReasoningGate(env.vocab, QWEN3, Phase.REASONING, XgrMatcher(env.compiled), guard=guard)
+    gate = ReasoningGate(env.vocab, QWEN3, Phase.REASONING, env.compiled.new_matcher(), guard=guard)
     answer = env.ids('{"name": "P", "population": ')
     gate.accept_forced(env.ids("thinking 123</think>") + answer)
     assert guard.seen == '{"name": "P", "population": '
