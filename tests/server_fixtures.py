@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from typing import Any, Iterator
@@ -46,3 +47,14 @@ def sse_events(response: httpx.Response) -> list[Any]:
         payload = line[len("data: "):]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+def error_response(r: httpx.Response, status: int, param: str | None = None, match: str = "") -> dict:
+    """Assert an OpenAI-style error object with this status (and param / message pattern); return it."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param, err
+    assert re.search(match, err["message"]), err
+    return err

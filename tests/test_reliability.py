@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from fake_engine import FakeEngine
-from server_fixtures import running_server, sse_events
+from server_fixtures import error_response as _error, running_server, sse_events
 
 QUESTION = [{"role": "user", "content": "Give me the capital of France in the JSON format."}]
 LIMITS = dict(max_request_body_bytes=64 * 1024, max_constraint_bytes=4096, max_constraint_depth=16,
@@ -46,14 +46,6 @@ def real(model_dir):
         engine.shutdown()
 
 
-def _error(r: httpx.Response, status: int, param: str | None = None, match: str = "") -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    if param is not None:
-        assert err["param"] == param, err
-    assert re.search(match, err["message"]), err
-    return err
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -20,7 +20,7 @@ import pytest
 from pydantic import BaseModel
 
 from fake_engine import FakeEngine
-from server_fixtures import running_server, sse_events
+from server_fixtures import error_response as _error, running_server, sse_events
 
 QUESTION = [{"role": "assistant", "content": "Give me the capital of France in the JSON format."}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather", "parameters": {
@@ -55,14 +55,6 @@ def _client(base: str, key: str = "none") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
 
 
-def _error(r: httpx.Response, status: int, param: str | None = None, match: str = "") -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    if param is not None:
-        assert err["param"] == param, err
-    assert re.search(match, err["message"]), err
-    return err
 
 
 # ---------------------------------------------------------------- chat

@@ -262,15 +262,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
 
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": ""})
-    pending = [first] if first is not None else []
-    while True:
-        if pending:
-            item = pending.pop()
-        else:
-            try:
-                item = await rest.__anext__()
-            except StopAsyncIteration:
-                break
+    async for item in _chained(first, rest):
         index = item.get("index", 0)
         stream = choices[index]
         for delta in stream.feed(item.get("text", "")):
@@ -379,15 +371,7 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
                              include_usage: bool, prompts: list[str]) -> AsyncIterator[str]:
     seen: dict[int, int] = {}
     finals: dict[int, dict[str, Any]] = {}
-    pending = [first] if first is not None else []
-    while True:
-        if pending:
-            item = pending.pop()
-        else:
-            try:
-                item = await rest.__anext__()
-            except StopAsyncIteration:
-                break
+    async for item in _chained(first, rest):
         index, text = item.get("index", 0), item.get("text", "")
         delta = text[seen.get(index, 0):]
         if body.echo and index not in seen:
@@ -416,3 +400,11 @@ async def models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(),
                                          "owned_by": "thinkform", "root": state.model_name,
                                          "max_model_len": state.engine.context_length}]}
+
+
+async def _chained(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The chunk already awaited (to surface errors before the first byte), then the rest of the stream."""
+    if first is not None:
+        yield first
+    async for item in rest:
+        yield item
