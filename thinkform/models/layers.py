@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,16 +24,18 @@ class AttentionBackend(Protocol):
         ...
 
 
-class CausalLM(nn.Module):
+class CausalLM(nn.Module, metaclass=ABCMeta):
     """What the engine runs: hidden states from token ids + positions, then logits for chosen rows."""
 
     config: ModelConfig
 
+    @abstractmethod
     def forward(self, input_ids: Tensor, positions: Tensor, attn: AttentionBackend) -> Tensor:  # [N],[N] -> [N, H]
-        raise NotImplementedError
+        """Hidden states of the N tokens of one step."""
 
+    @abstractmethod
     def compute_logits(self, hidden: Tensor) -> Tensor:  # [M, hidden] -> [M, vocab_size] float32/float64
-        raise NotImplementedError
+        """Logits of the chosen rows."""
 
 
 def logits_dtype(dtype: torch.dtype) -> torch.dtype:

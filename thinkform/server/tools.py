@@ -6,6 +6,7 @@ calls, the separator) plus a parser; the structural tags use xgrammar's `format`
 from __future__ import annotations
 
 import ast
+from abc import ABC, abstractmethod
 import json
 import re
 import uuid
@@ -46,7 +47,7 @@ def _json_args(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-class ToolCallParser:
+class ToolCallParser(ABC):
     """Base: one format. Subclasses set the class attributes and `_parse_calls`."""
 
     name: str = ""
@@ -76,8 +77,9 @@ class ToolCallParser:
         """Where a tool-call section may be starting at the end of `text` (len(text): nowhere)."""
         return len(text) - _partial_suffix(text, self.trigger)
 
+    @abstractmethod
     def _parse_calls(self, section: str) -> list[ToolCall]:
-        raise NotImplementedError
+        """The calls written in a tool-call section of the answer."""
 
     def streaming(self) -> "StreamingToolParser":
         return StreamingToolParser(self)
