@@ -202,3 +202,14 @@ def test_other_architectures_batch_equals_alone(tiny_model_dirs, arch):
     with Engine(model_path=str(tiny_model_dirs[arch]), dtype="float64", max_total_tokens=2048) as eng:
         alone = [eng.generate(p, GREEDY)["output_ids"] for p in PROMPTS[:3]]
         assert [o["output_ids"] for o in eng.generate(PROMPTS[:3], GREEDY)] == alone
+
+
+def test_n_samples_prefill_the_prompt_once(engine64):
+    prompt = "A prompt no other test sends: " + " ".join(PROMPTS * 2)
+    steps = engine64.loop.counters["forward_tokens"]
+    outs = engine64.generate(prompt, {**GREEDY, "n": 4, "max_new_tokens": 4})
+    prompt_len = outs[0]["meta_info"]["prompt_tokens"]
+    assert [o["meta_info"]["cached_tokens"] > 0 for o in outs] == [False, True, True, True]
+    computed = engine64.loop.counters["forward_tokens"] - steps
+    assert computed < 2 * prompt_len + 4 * 4  # not 4 prompt prefills
+    assert len({tuple(o["output_ids"]) for o in outs}) == 1  # greedy samples agree, cache or not

@@ -56,7 +56,7 @@ class Scheduler:
                     budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             seq = self.waiting[0]
-            if not self._admit(seq):
+            if self._sibling_prefilling(seq, seqs) or not self._admit(seq):
                 break
             self.waiting.popleft()
             self.running.append(seq)
@@ -65,6 +65,13 @@ class Scheduler:
                 seqs.append(seq), counts.append(n)
                 budget -= n
         return ScheduledBatch(seqs, counts) if seqs else None
+
+    def _sibling_prefilling(self, seq: Sequence, batch: list[Sequence]) -> bool:
+        """The n samples of one prompt share its token list: while one prefills it, the others wait a
+        step and then find its pages in the prefix cache instead of computing the prompt again."""
+        if not self.pool.prefix_caching or len(seq.prompt_ids) <= self.pool.page_size:
+            return False
+        return any(other.prompt_ids is seq.prompt_ids for other in batch)
 
     def _admit(self, seq: Sequence) -> bool:
         match = self.pool.match_prefix(seq.tokens)
