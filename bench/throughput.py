@@ -1,15 +1,19 @@
 """Output tokens/s of the embedded model on this machine: thinkform vs transformers.generate, same run.
 
-    python bench/throughput.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--model-path PATH] [--dtypes float32 bfloat16]
+    python bench/throughput.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--model-path PATH] [--dtypes float32 bfloat16] [--repeats 3]
+
+Each engine runs in its own child process, one after the other: two engines in one process would each keep
+an OpenMP team, and libgomp throttles every team once it manages more threads than there are cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
+import subprocess
+import sys
 import time
-
-import torch
 
 PROMPTS = [
     "Give me the information and population of the capital of France in the JSON format.",
@@ -52,34 +56,68 @@ def bench_transformers(model, tok, batch: int, new: int) -> float:
     return (out.shape[1] - enc["input_ids"].shape[1]) * batch / dt
 
 
+def child(args: argparse.Namespace) -> None:
+    """One engine, every batch size; prints {batch: tok/s} as JSON."""
+    import thinkform
+
+    results = {}
+    if args.child == "transformers":
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from thinkform.models.loader import load_model
+
+        loaded = load_model(args.model_path, torch.float32, "cpu")  # the converted copy of the same weights
+        model = AutoModelForCausalLM.from_pretrained(loaded.model_path, dtype=torch.float32).eval()
+        tokenizer = loaded.tokenizer
+        del loaded
+        for bs in args.batch_sizes:
+            results[bs] = statistics.median(bench_transformers(model, tokenizer, bs, args.max_new_tokens)
+                                            for _ in range(args.repeats))
+    else:
+        with thinkform.Engine(model_path=args.model_path, dtype=args.child) as engine:
+            for bs in args.batch_sizes:
+                results[bs] = statistics.median(bench_thinkform(engine, bs, args.max_new_tokens)
+                                                for _ in range(args.repeats))
+    print("RESULT " + json.dumps(results), flush=True)
+
+
+def run_child(args: argparse.Namespace, which: str) -> dict[int, float]:
+    cmd = [sys.executable, __file__, "--child", which, "--max-new-tokens", str(args.max_new_tokens),
+           "--repeats", str(args.repeats),
+           "--batch-sizes", *map(str, args.batch_sizes)]
+    if args.model_path:
+        cmd += ["--model-path", args.model_path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return {int(k): v for k, v in json.loads(line[len("RESULT "):]).items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per batch size; the median is reported")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                     help="thinkform dtypes to measure (transformers runs float32, its CPU default)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import thinkform
-    from transformers import AutoModelForCausalLM
-
-    engines = {dt: thinkform.Engine(model_path=args.model_path, dtype=dt) for dt in args.dtypes}
-    first = next(iter(engines.values()))
-    hf = None
-    if not args.skip_transformers:
-        hf = AutoModelForCausalLM.from_pretrained(first.parts.model_dir, dtype=torch.float32).eval()
+    if args.child:
+        child(args)
+        return
+    theirs = {} if args.skip_transformers else run_child(args, "transformers")
+    ours = {dt: run_child(args, dt) for dt in args.dtypes}
     for bs in args.batch_sizes:
-        theirs = bench_transformers(hf, first.tokenizer, bs, args.max_new_tokens) if hf is not None else None
-        row: dict = {"batch": bs, "transformers_fp32_tok_s": round(theirs, 1) if theirs else None}
-        for dt, engine in engines.items():
-            ours = bench_thinkform(engine, bs, args.max_new_tokens)
-            row[f"thinkform_{dt}_tok_s"] = round(ours, 1)
+        row: dict = {"batch": bs, "transformers_fp32_tok_s": round(theirs[bs], 1) if theirs else None}
+        for dt in args.dtypes:
+            row[f"thinkform_{dt}_tok_s"] = round(ours[dt][bs], 1)
             if theirs:
-                row[f"ratio_{dt}"] = round(ours / theirs, 2)
+                row[f"ratio_{dt}"] = round(ours[dt][bs] / theirs[bs], 2)
         print(json.dumps(row), flush=True)
-    for engine in engines.values():
-        engine.shutdown()
+    import torch
+
     print(f"machine: {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 

@@ -39,15 +39,14 @@ class Engine:
         args = kwargs.pop("args", None) or EngineArgs.from_kwargs(
             model_path=model_path, reasoning_parser=reasoning_parser, grammar_backend=grammar_backend, **kwargs)
         self.args = args
-        self.parts: EngineParts = build_engine_parts(args)
+        self.loop = EngineLoop.start_with(lambda: build_engine_parts(args), args)
+        self.parts: EngineParts = self.loop.parts
         self.tokenizer = self.parts.tokenizer
         self.markers = self.parts.markers
         self.chat_template = self.parts.chat_template
         self.served_model_name = args.served_model_name or self.parts.model_name
         self.context_length = self.parts.context_length
         self.builder = RequestBuilder(self.parts, args)
-        self.loop = EngineLoop(self.parts, args)
-        self.loop.start()
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
