@@ -85,22 +85,7 @@ def engine_side(info: dict[str, Any]) -> list[Metric]:
     out = [Metric("thinkform_requests_finished_total", "counter",
                   "Finished samples by finish reason (abort: client gone, aborted, or failed).", reasons)] \
         if reasons else []
-    out += _one("thinkform_prompt_tokens_total", "counter", "Prompt tokens of finished samples.",
-                info.get("prompt_tokens"))
-    out += _one("thinkform_generation_tokens_total", "counter", "Tokens generated (sampled and forced).",
-                info.get("generated_tokens"))
-    out += _one("thinkform_reasoning_tokens_total", "counter", "Tokens generated inside reasoning sections.",
-                info.get("reasoning_tokens"))
-    out += _one("thinkform_forced_tokens_total", "counter",
-                "Reasoning end markers forced by the thinking budget or the answer reserve (tokens).",
-                info.get("forced_tokens"))
-    out += _one("thinkform_jump_forward_tokens_total", "counter",
-                "Grammar-forced tokens appended without a sampling step (forward passes saved).",
-                info.get("jump_tokens"))
-    out += _one("thinkform_num_requests_waiting", "gauge", "Samples queued, not yet running.", info.get("waiting"))
-    out += _one("thinkform_num_requests_running", "gauge", "Samples in the running batch.", info.get("running"))
-    out += _one("thinkform_kv_pages_used", "gauge", "KV cache pages held by requests.", info.get("kv_pages_used"))
-    out += _one("thinkform_kv_pages_total", "gauge", "KV cache pages in the pool.", info.get("kv_pages_total"))
+    out += [m for name, kind, help, key in _ENGINE_SCALARS for m in _one(name, kind, help, info.get(key))]
     if info.get("kv_pages_total"):
         out += _one("thinkform_kv_usage_ratio", "gauge", "Fraction of KV cache pages in use.",
                     info.get("kv_pages_used", 0) / info["kv_pages_total"])
@@ -108,18 +93,34 @@ def engine_side(info: dict[str, Any]) -> list[Metric]:
 
 
 def _grammar(stats: dict[str, Any]) -> list[Metric]:
-    out = _one("thinkform_grammar_compile_seconds_total", "counter", "Seconds spent compiling grammars.",
-               stats.get("compile_seconds"))
-    out += _one("thinkform_grammar_cache_hits_total", "counter", "Grammar requests served from the cache.",
-                stats.get("hits"))
-    out += _one("thinkform_grammar_cache_misses_total", "counter", "Grammar requests that needed a compile.",
-                stats.get("misses"))
-    out += _one("thinkform_grammar_compile_failures_total", "counter", "Grammar compiles that failed.",
-                stats.get("failures"))
-    out += _one("thinkform_grammar_compile_timeouts_total", "counter", "Grammar compiles past the time-out.",
-                stats.get("timeouts"))
-    out += _one("thinkform_grammar_cache_entries", "gauge", "Compiled grammars held.", stats.get("entries"))
-    return out
+    return [m for name, kind, help, key in _GRAMMAR_SCALARS for m in _one(name, kind, help, stats.get(key))]
+
+
+# (metric, type, help, key in Engine.server_info()); a key an engine does not report is left out
+_ENGINE_SCALARS = (
+    ("thinkform_prompt_tokens_total", "counter", "Prompt tokens of finished samples.", "prompt_tokens"),
+    ("thinkform_generation_tokens_total", "counter", "Tokens generated (sampled and forced).", "generated_tokens"),
+    ("thinkform_reasoning_tokens_total", "counter", "Tokens generated inside reasoning sections.",
+     "reasoning_tokens"),
+    ("thinkform_forced_tokens_total", "counter",
+     "Reasoning end markers forced by the thinking budget or the answer reserve (tokens).", "forced_tokens"),
+    ("thinkform_jump_forward_tokens_total", "counter",
+     "Grammar-forced tokens appended without a sampling step (forward passes saved).", "jump_tokens"),
+    ("thinkform_num_requests_waiting", "gauge", "Samples queued, not yet running.", "waiting"),
+    ("thinkform_num_requests_running", "gauge", "Samples in the running batch.", "running"),
+    ("thinkform_kv_pages_used", "gauge", "KV cache pages held by requests.", "kv_pages_used"),
+    ("thinkform_kv_pages_total", "gauge", "KV cache pages in the pool.", "kv_pages_total"),
+)
+# the same, for Engine.server_info()["grammar_cache"]
+_GRAMMAR_SCALARS = (
+    ("thinkform_grammar_compile_seconds_total", "counter", "Seconds spent compiling grammars.",
+     "compile_seconds"),
+    ("thinkform_grammar_cache_hits_total", "counter", "Grammar requests served from the cache.", "hits"),
+    ("thinkform_grammar_cache_misses_total", "counter", "Grammar requests that needed a compile.", "misses"),
+    ("thinkform_grammar_compile_failures_total", "counter", "Grammar compiles that failed.", "failures"),
+    ("thinkform_grammar_compile_timeouts_total", "counter", "Grammar compiles past the time-out.", "timeouts"),
+    ("thinkform_grammar_cache_entries", "gauge", "Compiled grammars held.", "entries"),
+)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
