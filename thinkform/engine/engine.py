@@ -5,14 +5,9 @@ import asyncio
 import dataclasses
 import logging
 import queue
-import threading
-import time
-import uuid
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
-import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import EngineDead, EngineOverloaded
@@ -87,7 +82,12 @@ class Engine:
         self._submit(req, lambda d: inbox.put(d))
         if stream:
             return self._stream_sync(req, inbox)
-        return self._collect(req, (inbox.get() for _ in iter(int, 1)))
+        finals = []
+        while len(finals) < req.num_seqs:
+            d = inbox.get()
+            if d.finished:
+                finals.append(d)
+        return self._shape(req, finals)
 
     async def async_generate(self, prompt: str | list[str] | None = None,
                              sampling_params: dict | list[dict] | None = None,
@@ -142,15 +142,6 @@ class Engine:
             if not seq.finished:
                 self.loop.abort_seq(seq)
 
-    def _collect(self, req: PreparedRequest, deliveries: Iterator[_Delivery]) -> Any:
-        finals = []
-        for d in deliveries:
-            if d.finished:
-                finals.append(d)
-                if len(finals) == req.num_seqs:
-                    break
-        return self._shape(req, finals)
-
     def _shape(self, req: PreparedRequest, finals: list[_Delivery]) -> Any:
         outputs = [d.output for d in sorted(finals, key=lambda d: d.seq.index)]
         for out in outputs:
@@ -186,6 +177,3 @@ def _chunk(req: PreparedRequest, d: _Delivery) -> dict[str, Any]:
         out.pop("index", None)
     return out
 
-
-def new_rid() -> str:
-    return uuid.uuid4().hex

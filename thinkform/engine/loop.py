@@ -16,7 +16,7 @@ from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forwar
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
-from thinkform.engine.sequence import FinishReason, Sequence, Status
+from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.structured.gate import Phase
 
 logger = logging.getLogger("thinkform")
@@ -226,11 +226,7 @@ class EngineLoop:
             if forced:
                 gate.accept_forced(forced)
                 self.counters["forced_tokens"] += len(forced)
-                finish = self._append(seq, forced)
-                if finish is None and self.jump_enabled:
-                    jumped, _ = jump_forward(gate, self.parts.vocab, None, self._room(seq))
-                    self.counters["jump_tokens"] += len(jumped)
-                    finish = self._append(seq, jumped)
+                finish = self._append(seq, forced) or self._append_jump(seq)
         if finish is None and answering and self.jump_enabled:
             if forced_end(gate, self._eos_only):
                 eos = self.parts.eos_token_ids[0]
@@ -246,17 +242,23 @@ class EngineLoop:
 
     def _jump_at_start(self, seq: Sequence) -> None:
         """An answer that starts with forced text (`{"name": "`) gets it before the prefill, not sampled."""
-        if not self.jump_enabled or seq.gate is None or seq.output_ids:
+        if seq.gate is None or seq.output_ids:
             return
         try:
-            jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq))
+            finish = self._append_jump(seq)
         except Exception as e:  # noqa: BLE001 - a grammar failure ends this request only
             self._fail(seq, e)
             return
-        self.counters["jump_tokens"] += len(jumped)
-        finish = self._append(seq, jumped)
         if finish is not None:
             self._finish(seq, finish)
+
+    def _append_jump(self, seq: Sequence) -> FinishReason | None:
+        """Append the text the grammar forces now (nothing was just sampled: no boundary to re-tokenize)."""
+        if not self.jump_enabled:
+            return None
+        jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq))
+        self.counters["jump_tokens"] += len(jumped)
+        return self._append(seq, jumped)
 
     @staticmethod
     def _room(seq: Sequence) -> int:

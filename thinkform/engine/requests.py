@@ -109,8 +109,8 @@ class RequestBuilder:
             return [self._one_params(p) for p in sampling_params]
         if sampling_params is not None and not isinstance(sampling_params, dict):
             raise ValueError("sampling_params: must be a mapping (or a list of them, one per prompt)")
-        one = self._one_params(sampling_params)
-        return [one] + [self._one_params(sampling_params) for _ in range(count - 1)]
+        # one object per prompt: length checks clamp max_new_tokens to each prompt's room
+        return [self._one_params(sampling_params) for _ in range(count)]
 
     def _one_params(self, p: Any) -> SamplingParams:
         sp = SamplingParams.from_dict(p)

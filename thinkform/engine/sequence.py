@@ -78,5 +78,3 @@ class Sequence:
     def finished(self) -> bool:
         return self.status is Status.FINISHED
 
-    def last_token(self) -> int:
-        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]

@@ -70,8 +70,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         tok = AutoTokenizer.from_pretrained(args.tokenizer_path)
     cfg = loaded.config
     markers = get_markers(args.reasoning_parser) if args.reasoning_parser else None
-    context = min(args.context_length or cfg.max_position_embeddings, cfg.max_position_embeddings) \
-        if args.context_length is None else args.context_length
+    context = args.context_length or cfg.max_position_embeddings
     options = GrammarOptions(any_whitespace=args.json_any_whitespace, max_number_digits=args.max_number_digits,
                              compile_timeout_s=args.grammar_compile_timeout)
     vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size, loaded.eos_token_ids)
