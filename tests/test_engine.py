@@ -105,6 +105,12 @@ def test_batched_prompts_with_n_grouped_by_prompt(engine64):
     assert outs[2]["output_ids"] == outs[3]["output_ids"] == _alone(engine64, "The answer is")
 
 
+def test_an_offline_batch_larger_than_the_server_queue_limit_runs_whole(engine64, monkeypatch):
+    monkeypatch.setattr(engine64.args, "max_queued_requests", 2)
+    outs = engine64.generate(["Hello"] * 7, {**GREEDY, "max_new_tokens": 2})
+    assert len(outs) == 7 and all(len(o["output_ids"]) == 2 for o in outs)
+
+
 def test_padded_vocab_never_sampled(engine64):
     tok_len = len(engine64.tokenizer)
     bias = {str(tok_len + i): 100.0 for i in range(10)}

@@ -348,14 +348,14 @@ def test_initial_phase() -> None:
 
 class RecordingGuard:
     def __init__(self, banned: int) -> None:
-        self.seen = ""
+        self.seen = b""
         self.banned = banned
 
     def reset(self) -> None:
-        self.seen = ""
+        self.seen = b""
 
-    def observe(self, text: str) -> None:
-        self.seen += text
+    def observe(self, data: bytes) -> None:
+        self.seen += data
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
         word, bit = divmod(self.banned, 32)
@@ -366,13 +366,13 @@ def test_guard_sees_answer_only_and_restricts(special: Env) -> None:
     env = special
     digit = env.ids("2")[0]
     guard = RecordingGuard(digit)
-    gate = ReasoningGate(env.vocab, QWEN3, Phase.REASONING, env.compiled.new_matcher(), guard=guard)
+    gate = ReasoningGate(env.vocab, QWEN3, Phase.REASONING, env.compiled.new_matcher(), guards=[guard])
     answer = env.ids('{"name": "P", "population": ')
     gate.accept_forced(env.ids("thinking 123</think>") + answer)
-    assert guard.seen == '{"name": "P", "population": '
+    assert guard.seen == b'{"name": "P", "population": '
     bitmask = xgr.allocate_token_bitmask(1, env.vocab.vocab_size)
     gate.fill_bitmask(bitmask, 0)
     ok = allowed(bitmask, env.vocab.vocab_size)
     assert digit not in ok and env.ids("1")[0] in ok
     gate.rollback(2)
-    assert gate.guard is guard and guard.seen == env.text(answer[:-2])  # replayed after the rollback
+    assert gate.guards == (guard,) and guard.seen == env.text(answer[:-2]).encode()  # replayed after the rollback

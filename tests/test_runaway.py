@@ -37,7 +37,7 @@ def guard() -> NumberGuard:
 
 
 def test_tokens_that_overrun_the_mantissa_are_cleared(guard: NumberGuard) -> None:
-    guard.observe('{"a": 12')
+    guard.observe(b'{"a": 12')
     assert guard.state.mode == Mode.MANTISSA and guard.state.mantissa_digits == 2
     everything = set(range(len(TOKENS)))
     # 2 digits used of 4: "123"/"1234" overrun; "." and ".5" fit (a "." owes one more digit)
@@ -45,39 +45,39 @@ def test_tokens_that_overrun_the_mantissa_are_cleared(guard: NumberGuard) -> Non
 
 
 def test_at_the_budget_only_the_end_of_the_number_remains(guard: NumberGuard) -> None:
-    guard.observe("[1234")
+    guard.observe(b"[1234")
     assert allowed_after(guard, set(range(len(TOKENS)))) == ids(b",", b"}", b"e", b"e+", b"e12", b'"', b"a")
 
 
 def test_exponent_digits_are_bounded(guard: NumberGuard) -> None:
-    guard.observe("[1e")
+    guard.observe(b"[1e")
     assert guard.state.mode == Mode.EXP_START
     # "123"/"1234" would be 3/4 exponent digits; " 12345" starts a 5-digit number ("e12" is the grammar's business)
     assert set(range(len(TOKENS))) - allowed_after(guard, set(range(len(TOKENS)))) == ids(b"123", b"1234", b" 12345")
-    guard.observe("1")
+    guard.observe(b"1")
     assert guard.state.exponent_digits == 1
     assert allowed_after(guard, ids(b"1", b"12", b",")) == ids(b"1", b",")
 
 
 def test_strings_are_never_restricted(guard: NumberGuard) -> None:
-    guard.observe('{"a": "12345\\"678')
+    guard.observe(b'{"a": "12345\\"678')
     assert guard.state.mode == Mode.STRING
     assert allowed_after(guard, set(range(len(TOKENS)))) == set(range(len(TOKENS)))
 
 
 def test_a_token_starting_a_too_long_number_is_cleared(guard: NumberGuard) -> None:
-    guard.observe('{"a":')
+    guard.observe(b'{"a":')
     assert guard.state.mode == Mode.OUT
     assert b" 12345" not in {TOKENS[t] for t in allowed_after(guard, set(range(len(TOKENS))))}
 
 
 def test_the_grammar_wins_when_nothing_else_would_remain(guard: NumberGuard) -> None:
-    guard.observe("[1234")
+    guard.observe(b"[1234")
     assert allowed_after(guard, ids(b"1", b"12")) == ids(b"1", b"12")
 
 
 def test_reset_starts_a_new_answer(guard: NumberGuard) -> None:
-    guard.observe('"abc')
+    guard.observe(b'"abc')
     guard.reset()
     assert guard.state.mode == Mode.OUT
 
@@ -130,9 +130,8 @@ def test_digit_loving_sampler_always_finishes_numbers_within_budget(
             assert matcher.accept_token(token)
             if matcher.is_terminated():
                 break
-            piece = token_bytes[token].decode("utf-8", errors="replace")
-            text += piece
-            guard.observe(piece)
+            text += token_bytes[token].decode("utf-8", errors="replace")
+            guard.observe(token_bytes[token])
         assert matcher.is_terminated(), f"no end: {text[:200]!r}…"
         value = json.loads(text, strict=False)
         assert isinstance(value["population"], int) and -(2**63) <= value["population"] < 2**63
@@ -155,7 +154,7 @@ def test_control_characters_kept_out_of_strings():
 
     tokens = [b'"', b"ab", b"\x1e", b"c\td", b'x"\n', b"1"]
     guard = NumberGuard(NumberRules(tokens))
-    guard.observe('{"name": "a')
+    guard.observe(b'{"name": "a')
     mask = torch.full((1, 1), -1, dtype=torch.int32)
     guard.restrict(mask, 0)
     allowed = [i for i in range(len(tokens)) if (int(mask[0, 0]) >> i) & 1]

@@ -74,12 +74,15 @@ class Engine:
                  input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
                  stream: bool = False, rid: str | list[str] | None = None, return_logprob: bool = False,
                  top_logprobs_num: int = 0, reasoning_start: str | None = None) -> Any:
-        """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator."""
+        """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator.
+
+        An offline batch of any size is taken whole; `max_queued_requests` is backpressure for concurrent
+        callers of async_generate (the servers)."""
         req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
                                  rid, return_logprob, top_logprobs_num, stream)
         self._compile_sync(req)
         inbox: queue.Queue[_Delivery] = queue.Queue()
-        self._submit(req, lambda d: inbox.put(d))
+        self._submit(req, lambda d: inbox.put(d), limit_queue=False)
         if stream:
             return self._stream_sync(req, inbox)
         finals = []
@@ -124,10 +127,10 @@ class Engine:
         for c in req.constraints():
             req.compiled[c.key] = await asyncio.wrap_future(self.parts.grammar_cache.submit(c))
 
-    def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None]) -> None:
+    def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None], limit_queue: bool = True) -> None:
         if not self.loop.alive:
             raise EngineDead(f"the engine is not running: {self.loop.error or 'shut down'}")
-        if self.loop.num_pending + req.num_seqs > self.args.max_queued_requests:
+        if limit_queue and self.loop.num_pending + req.num_seqs > self.args.max_queued_requests:
             raise EngineOverloaded(f"too many pending requests (max_queued_requests={self.args.max_queued_requests})")
 
         def sink(seq: Sequence, output: dict[str, Any], finished: bool) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from thinkform.structured.bitmask import set_bits
 from thinkform.structured.gate import GateError, Phase
 
 
@@ -58,8 +59,7 @@ def _accept_prefix(gate: Any, ids: list[int]) -> list[int]:
 def eos_only_mask(vocab_size: int, eos_token_ids: tuple[int, ...]) -> torch.Tensor:
     """The bitmask row that allows nothing but EOS."""
     mask = torch.zeros((1, (vocab_size + 31) // 32), dtype=torch.int32)
-    for tid in eos_token_ids:
-        mask[0, tid // 32] |= _bit(tid % 32)
+    set_bits(mask, 0, eos_token_ids, True)
     return mask
 
 
@@ -71,6 +71,3 @@ def forced_end(gate: Any, eos_only: torch.Tensor) -> bool:
     row = torch.empty_like(eos_only)
     return gate.fill_bitmask(row, 0) and torch.equal(row, eos_only)
 
-
-def _bit(j: int) -> int:
-    return (1 << j) - (1 << 32) if j == 31 else 1 << j  # int32 two's complement for bit 31

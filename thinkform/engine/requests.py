@@ -13,9 +13,10 @@ from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import sequence_output
 from thinkform.engine.sampling_params import SamplingParams
 from thinkform.engine.sequence import Sequence
-from thinkform.structured.gate import Phase, ReasoningGate
+from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard
 from thinkform.structured.spec import Constraint, constraint_from_fields
+from thinkform.structured.utf8 import Utf8Guard
 
 REASONING_STARTS = ("reasoning", "open", "answer")
 
@@ -167,15 +168,23 @@ class RequestBuilder:
         if c is None and not in_reasoning:
             return None
         matcher = req.compiled[c.key].new_matcher() if c is not None else None
-        guard = NumberGuard(self.parts.number_rules) \
-            if c is not None and c.kind in ("json_schema", "json_object") else None
+        guards = self._guards(c)
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \
             self.args.answer_reserve_tokens if self.args.answer_reserve_tokens is not None else \
             min(128, p.max_new_tokens // 4)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guard=guard)
+            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards)
+
+    def _guards(self, c: Constraint | None) -> list[AnswerGuard]:
+        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded."""
+        if c is None:
+            return []
+        guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
+        if c.kind in ("json_schema", "json_object"):
+            guards.append(NumberGuard(self.parts.number_rules))
+        return guards
 
     def _generator(self, p: SamplingParams, k: int) -> torch.Generator | None:
         if p.greedy:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
+from thinkform.structured.bitmask import clear_range, set_bits
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:  # the gate only calls the protocol; importing backends here would load every library
@@ -46,11 +47,12 @@ class GateError(RuntimeError):
 
 
 class AnswerGuard(Protocol):
-    """Anti-runaway guard over the answer text (structured/runaway.py's NumberGuard)."""
+    """A rule over the answer's bytes that trims the grammar's mask (runaway.py's NumberGuard,
+    utf8.py's Utf8Guard)."""
 
     def reset(self) -> None: ...
 
-    def observe(self, text: str) -> None: ...
+    def observe(self, data: bytes) -> None: ...
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None: ...
 
@@ -92,7 +94,7 @@ class ReasoningGate:
         max_new_tokens: int | None = None,
         max_reasoning_tokens: int | None = None,
         answer_reserve_tokens: int | None = None,
-        guard: AnswerGuard | None = None,
+        guards: Sequence[AnswerGuard] = (),
     ) -> None:
         phase = Phase(phase)
         if markers is None and phase in (Phase.OPEN, Phase.REASONING):
@@ -108,7 +110,7 @@ class ReasoningGate:
         self.answer_reserve_tokens = (default_answer_reserve(max_new_tokens)
                                       if answer_reserve_tokens is None else answer_reserve_tokens)
         self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
-        self._guard = guard
+        self._guards = tuple(guards)
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
@@ -139,9 +141,9 @@ class ReasoningGate:
         return self.phase is Phase.FINISHED
 
     @property
-    def guard(self) -> AnswerGuard | None:
-        """The anti-runaway guard in use (reset and replayed over the remaining answer on rollback)."""
-        return self._guard
+    def guards(self) -> tuple[AnswerGuard, ...]:
+        """The answer guards in use (reset and replayed over the remaining answer on rollback)."""
+        return self._guards
 
     @property
     def in_reasoning(self) -> bool:
@@ -181,18 +183,18 @@ class ReasoningGate:
             return False
         if self.phase is Phase.FINISHED:
             bitmask[row].zero_()
-            _set_bits(bitmask, row, self._eos, True)
+            set_bits(bitmask, row, self._eos, True)
             return True
         self.matcher.fill_bitmask(bitmask, row)
         if self.phase is Phase.OPEN:
-            _set_bits(bitmask, row, (self._start_ids[0],), True)
+            set_bits(bitmask, row, (self._start_ids[0],), True)
         if self.phase is Phase.ANSWER:
-            _set_bits(bitmask, row, self._marker_tokens, False)
+            set_bits(bitmask, row, self._marker_tokens, False)
         may_end = self.phase is Phase.ANSWER and self._grammar_may_end()
-        _set_bits(bitmask, row, self._eos, may_end)
-        _clear_range(bitmask, row, self.vocab.num_tokens, self.vocab.vocab_size)
-        if self._guard is not None:
-            self._guard.restrict(bitmask, row)
+        set_bits(bitmask, row, self._eos, may_end)
+        clear_range(bitmask, row, self.vocab.num_tokens, self.vocab.vocab_size)
+        for guard in self._guards:
+            guard.restrict(bitmask, row)
         return True
 
     # --- tokens ---------------------------------------------------------------------------------
@@ -250,11 +252,11 @@ class ReasoningGate:
         self._restore(snapshot)
         if steps and self.matcher is not None:
             self.matcher.rollback(steps)
-        if self._guard is not None and len(self._answer) != answer_len:
-            # the guard has no rollback of its own: replay the answer that remains
-            self._guard.reset()
-            if self._answer:
-                self._guard.observe(bytes(self._answer).decode("utf-8", errors="replace"))
+        if len(self._answer) != answer_len:
+            # guards have no rollback of their own: replay the answer that remains
+            for guard in self._guards:
+                guard.reset()
+                guard.observe(bytes(self._answer))
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -358,8 +360,8 @@ class ReasoningGate:
 
     def _took_answer(self, data: bytes) -> None:
         self._answer += data
-        if self._guard is not None:
-            self._guard.observe(data.decode("utf-8", errors="replace"))
+        for guard in self._guards:
+            guard.observe(data)
         if self.matcher is not None and self.matcher.is_terminated():
             self.phase = Phase.FINISHED
 
@@ -374,26 +376,3 @@ class ReasoningGate:
             return (self.vocab.encode_bytes(before) if before else []) + list(self._end_ids)
         return self.vocab.encode_bytes(self._end[len(self._tail) - idx:])
 
-
-def _set_bits(bitmask: torch.Tensor, row: int, token_ids: Any, value: bool) -> None:
-    """Set or clear single token bits in xgrammar's packed int32 layout."""
-    for token_id in token_ids:
-        word, bit = divmod(int(token_id), 32)
-        if word >= bitmask.shape[1]:
-            continue
-        current = int(bitmask[row, word]) & 0xFFFFFFFF
-        current = current | (1 << bit) if value else current & ~(1 << bit)
-        bitmask[row, word] = current - (1 << 32) if current >= 1 << 31 else current
-
-
-def _clear_range(bitmask: torch.Tensor, row: int, lo: int, hi: int) -> None:
-    """Clear the bits of token ids lo..hi-1 (logits padding past the tokenizer)."""
-    hi = min(hi, bitmask.shape[1] * 32)
-    if lo >= hi:
-        return
-    first_full = -(-lo // 32)
-    _set_bits(bitmask, row, range(lo, min(hi, first_full * 32)), False)
-    last_full = hi // 32
-    if last_full > first_full:
-        bitmask[row, first_full:last_full] = 0
-    _set_bits(bitmask, row, range(max(lo, last_full * 32), hi), False)

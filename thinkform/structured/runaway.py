@@ -21,9 +21,9 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from thinkform.structured.bitmask import clear_unless_empty, pack_bits
 from thinkform.structured.spec import GrammarOptions
 
 _DIGITS = frozenset(b"0123456789")
@@ -101,14 +101,6 @@ def _scan(data: bytes, start: str) -> tuple[int, int, int, int]:
     return (mant, exp, *_fresh(data, end))
 
 
-def _pack(banned: torch.Tensor, words: int) -> torch.Tensor:
-    """bool[vocab] → int32[words] in xgrammar's bitmask layout (bit j of word i is token 32*i + j)."""
-    bits = np.zeros(words * 32, dtype=bool)
-    bits[: banned.numel()] = banned.numpy()
-    packed = np.packbits(bits, bitorder="little").view("<i4")  # 4 little-endian bytes per word
-    return torch.from_numpy(packed.astype(np.int32))
-
-
 class NumberRules:
     """Per-vocabulary digit tables and the ban masks derived from them (immutable, thread-safe)."""
 
@@ -136,18 +128,18 @@ class NumberRules:
         mant, exp0, exp = tables["mantissa"], tables["exp_start"], tables["exponent"]
         # One packed mask per reachable state: M + X + 3 small tensors.
         mant_always = (mant[:, 1] > x) | later(mant)
-        self._mantissa = [_pack((used + mant[:, 0] > m) | mant_always, words) for used in range(m + 1)]
-        self._exp_start = _pack((exp0[:, 1] > x) | later(exp0), words)
+        self._mantissa = [pack_bits((used + mant[:, 0] > m) | mant_always, words) for used in range(m + 1)]
+        self._exp_start = pack_bits((exp0[:, 1] > x) | later(exp0), words)
         exp_always = later(exp)
-        self._exponent = [_pack((used + exp[:, 1] > x) | exp_always, words) for used in range(x + 1)]
-        self._out = _pack(later(tables["out"]), words)
-        self._in_string = _pack(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool), words)
+        self._exponent = [pack_bits((used + exp[:, 1] > x) | exp_always, words) for used in range(x + 1)]
+        self._out = pack_bits(later(tables["out"]), words)
+        self._in_string = pack_bits(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool), words)
 
     @classmethod
     def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:
         return cls(token_bytes, options.max_number_digits, options.max_exponent_digits)
 
-    def ban_mask(self, state: LexState) -> torch.Tensor | None:
+    def ban_mask(self, state: LexState) -> torch.Tensor:
         """Packed bits of the tokens to forbid in `state`."""
         if state.mode == Mode.MANTISSA:
             return self._mantissa[min(state.mantissa_digits, self.max_number_digits)]
@@ -188,24 +180,17 @@ class NumberGuard:
     def reset(self) -> None:
         self.state = LexState()
 
-    def observe(self, text: str) -> None:
-        """Advance the lexical state over text the answer just gained."""
+    def observe(self, data: bytes) -> None:
+        """Advance the lexical state over the bytes the answer just gained (JSON's syntax is ASCII: the
+        bytes of other characters only ever mean 'not a digit, quote or backslash')."""
         mode, mant, exp = self.state.mode, self.state.mantissa_digits, self.state.exponent_digits
-        for ch in text:
+        for ch in data.decode("latin-1"):
             mode, mant, exp = _step(mode, mant, exp, ch)
         self.state = LexState(mode, mant, exp)
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
         """Clear the bits of tokens that would overrun the current number, unless none would remain."""
-        ban = self.rules.ban_mask(self.state)
-        if ban is None:
-            return
-        current = bitmask[row]
-        width = min(current.numel(), ban.numel())
-        trimmed = current.clone()
-        trimmed[:width] &= ~ban[:width].to(current.device)
-        if bool(trimmed.any()):
-            current.copy_(trimmed)
+        clear_unless_empty(bitmask, row, self.rules.ban_mask(self.state))
 
 
 def _step(mode: Mode, mant: int, exp: int, ch: str) -> tuple[Mode, int, int]:

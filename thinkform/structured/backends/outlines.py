@@ -11,6 +11,7 @@ from outlines_core.json_schema import build_regex_from_schema
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import utf8_prefix
+from thinkform.structured.bitmask import word_bit
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 MAX_ROLLBACK = 1024  # tokens the Guide remembers for rollback
@@ -31,10 +32,10 @@ class OutlinesMatcher(GrammarMatcher):
             self._guide.write_mask_into(out.data_ptr(), out.numel(), out.element_size())
         if self._terminated or self._guide.is_finished():
             for eos in self._c.eos_token_ids:  # outlines knows one EOS; allow all of the model's
-                out[eos // 32] |= _bit(eos % 32)
+                out[eos // 32] |= word_bit(eos % 32)
         else:
             for eos in self._c.eos_token_ids:
-                out[eos // 32] &= ~_bit(eos % 32)
+                out[eos // 32] &= ~word_bit(eos % 32)
 
     def accept_token(self, token_id: int) -> bool:
         if self._terminated:
@@ -183,7 +184,3 @@ def text_token_bytes(ctx: BackendContext) -> dict[int, bytes]:
     size = min(len(ctx.tokenizer), ctx.vocab_size)
     return {i: data for i, data in enumerate(info.decoded_vocab[:size]) if data and i not in special}
 
-
-def _bit(j: int) -> int:
-    # bit 31 of an int32 word is its sign bit
-    return -(1 << 31) if j == 31 else 1 << j
