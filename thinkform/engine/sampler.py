@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from thinkform.engine.sequence import Sequence
+from thinkform.structured.bitmask import apply_bitmask_cpu
 
 
 @dataclass
@@ -103,7 +104,10 @@ def _grammar_active(seq: Sequence) -> bool:
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """Grammar mask on the constrained rows only (xgrammar's kernel: CPU here, Triton on CUDA)."""
+    """Grammar mask on the constrained rows only (ours on the CPU, xgrammar's Triton kernel on CUDA)."""
+    if logits.device.type == "cpu":
+        apply_bitmask_cpu(logits, bitmask, rows)
+        return
     import xgrammar
 
     xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)

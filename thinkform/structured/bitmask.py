@@ -1,4 +1,8 @@
-"""Helpers for xgrammar's packed token bitmask: int32 words, bit j of word i is token 32*i + j."""
+"""Helpers for xgrammar's packed token bitmask: int32 words, bit j of word i is token 32*i + j.
+
+Bitmasks are filled on the CPU (the device only ever applies them), so the helpers work on numpy views of
+the rows: a numpy scalar update costs a tenth of a microsecond where tensor indexing costs several, and a
+constrained row pays these per token."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -14,41 +18,65 @@ def word_bit(j: int) -> int:
 
 def set_bits(bitmask: torch.Tensor, row: int, token_ids: Iterable[int], value: bool) -> None:
     """Set or clear single token bits of bitmask[row]; ids past the mask are ignored."""
+    words = bitmask.numpy()[row]
     for token_id in token_ids:
         word, bit = divmod(int(token_id), 32)
-        if word >= bitmask.shape[1]:
+        if word >= words.shape[0]:
             continue
-        current = int(bitmask[row, word]) & 0xFFFFFFFF
-        current = current | (1 << bit) if value else current & ~(1 << bit)
-        bitmask[row, word] = current - (1 << 32) if current >= 1 << 31 else current
+        if value:
+            words[word] |= np.int32(word_bit(bit))
+        else:
+            words[word] &= ~np.int32(word_bit(bit))
 
 
-def clear_range(bitmask: torch.Tensor, row: int, lo: int, hi: int) -> None:
-    """Clear the bits of token ids lo..hi-1 (logits padding past the tokenizer)."""
-    hi = min(hi, bitmask.shape[1] * 32)
-    if lo >= hi:
-        return
-    first_full = -(-lo // 32)
-    set_bits(bitmask, row, range(lo, min(hi, first_full * 32)), False)
-    last_full = hi // 32
-    if last_full > first_full:
-        bitmask[row, first_full:last_full] = 0
-    set_bits(bitmask, row, range(max(lo, last_full * 32), hi), False)
-
-
-def pack_bits(flags: torch.Tensor, words: int) -> torch.Tensor:
+def pack_bits(flags: torch.Tensor | np.ndarray, words: int) -> torch.Tensor:
     """bool[vocab] → int32[words] in the packed layout."""
+    flags = flags.numpy() if isinstance(flags, torch.Tensor) else flags
     bits = np.zeros(words * 32, dtype=bool)
-    bits[: flags.numel()] = flags.numpy()
+    bits[: flags.shape[0]] = flags
     packed = np.packbits(bits, bitorder="little").view("<i4")  # 4 little-endian bytes per word
     return torch.from_numpy(packed.astype(np.int32))
 
 
+def keep_mask(vocab_size: int, words: int, banned: Iterable[int]) -> torch.Tensor:
+    """All of 0..vocab_size-1 but `banned`, packed (ids past vocab_size are never kept)."""
+    flags = np.ones(vocab_size, dtype=bool)
+    flags[[i for i in banned if 0 <= i < vocab_size]] = False
+    return pack_bits(flags, words)
+
+
 def clear_unless_empty(bitmask: torch.Tensor, row: int, ban: torch.Tensor) -> None:
     """Clear the banned bits of bitmask[row], unless that would leave no token: the grammar wins."""
-    current = bitmask[row]
-    width = min(current.numel(), ban.numel())
-    trimmed = current.clone()
-    trimmed[:width] &= ~ban[:width].to(current.device)
-    if bool(trimmed.any()):
-        current.copy_(trimmed)
+    current = bitmask.numpy()[row]
+    width = min(current.shape[0], ban.shape[0])
+    trimmed = current[:width] & ~ban.numpy()[:width]
+    if trimmed.any() or current[width:].any():
+        current[:width] = trimmed
+
+
+# byte value → the 8 additive logit masks of its bits: 0 where the token is allowed, -inf where banned
+_ADDITIVE = np.where(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") == 1,
+                     np.float32(0), np.float32(-np.inf)).astype(np.float32)
+
+
+def apply_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """logits[r] = -inf where bitmask[r] bans the token, for r in rows (CPU tensors, float32 logits).
+
+    xgrammar's CPU kernel tests bit by bit (~0.5 ms a row at a 152k vocabulary). Here a row that allows
+    few tokens (the usual case under a grammar) is rebuilt from its allowed logits; any other row gets a
+    branch-free additive mask gathered from a byte table (a data-dependent branch per token costs 4× more
+    when half the vocabulary is allowed): 30-60 µs a row either way."""
+    vocab = logits.shape[1]
+    packed = bitmask.numpy()
+    for r in rows:
+        words, row = packed[r], logits[r]
+        if int(np.bitwise_count(words).sum()) <= vocab // 64:
+            allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:vocab].view(np.bool_)
+            index = torch.from_numpy(np.flatnonzero(allowed))
+            keep = row[index]
+            row.fill_(float("-inf"))
+            row[index] = keep
+            continue
+        additive = np.take(_ADDITIVE, words.view(np.uint8), axis=0).reshape(-1)[:vocab]
+        row[: additive.shape[0]].add_(torch.from_numpy(additive).to(row.dtype))
+        row[additive.shape[0]:] = float("-inf")  # a mask narrower than the logits bans the rest

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.structured.bitmask import clear_range, set_bits
+from thinkform.structured.bitmask import set_bits
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:  # the gate only calls the protocol; importing backends here would load every library
@@ -128,6 +128,8 @@ class ReasoningGate:
             self._marker_tokens = tuple(ids[0] for ids in (self._start_ids, self._end_ids) if len(ids) == 1)
         else:
             self._marker_tokens = ()
+        self._open_keep = vocab.keep_mask(self._eos)  # padding rows never, EOS only where the grammar ends
+        self._answer_keep = vocab.keep_mask(self._eos | frozenset(self._marker_tokens))
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -186,13 +188,14 @@ class ReasoningGate:
             set_bits(bitmask, row, self._eos, True)
             return True
         self.matcher.fill_bitmask(bitmask, row)
+        words = bitmask.numpy()[row]
         if self.phase is Phase.OPEN:
+            words &= self._open_keep
             set_bits(bitmask, row, (self._start_ids[0],), True)
-        if self.phase is Phase.ANSWER:
-            set_bits(bitmask, row, self._marker_tokens, False)
-        may_end = self.phase is Phase.ANSWER and self._grammar_may_end()
-        set_bits(bitmask, row, self._eos, may_end)
-        clear_range(bitmask, row, self.vocab.num_tokens, self.vocab.vocab_size)
+        else:  # ANSWER: no EOS before the grammar may end, no reasoning marker inside the answer
+            words &= self._answer_keep
+            if self._grammar_may_end():
+                set_bits(bitmask, row, self._eos, True)
         for guard in self._guards:
             guard.restrict(bitmask, row)
         return True

@@ -8,10 +8,13 @@ backend already relies on; rows past the tokenizer (logits padding) decode to b"
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import xgrammar
+
+from thinkform.structured.bitmask import keep_mask
 
 _SENTINEL = "\n"  # encoded before text whose plain encoding gains a sentencepiece prefix space
 
@@ -23,6 +26,7 @@ class TokenVocab:
     eos_token_ids: tuple[int, ...]
     tokenizer: Any  # the transformers tokenizer it was built from
     byte_ids: dict[int, int]  # byte value -> id of a token that is exactly that one byte (when one exists)
+    _keep_masks: dict[frozenset[int], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -55,6 +59,16 @@ class TokenVocab:
         return cls(token_bytes=decoded, num_tokens=num_tokens,
                    eos_token_ids=tuple(dict.fromkeys(int(i) for i in eos_token_ids)), tokenizer=tokenizer,
                    byte_ids=byte_ids)
+
+    def keep_mask(self, banned: frozenset[int]) -> np.ndarray:
+        """Packed int32 words allowing every tokenizer id but `banned` (padding rows never), built once
+        per set: a gate ANDs it into each of its rows."""
+        mask = self._keep_masks.get(banned)
+        if mask is None:
+            words = (self.vocab_size + 31) // 32
+            flags = list(banned) + list(self.padding_ids)
+            mask = self._keep_masks.setdefault(banned, keep_mask(self.vocab_size, words, flags).numpy())
+        return mask
 
     def bytes_of(self, token_ids: Iterable[int]) -> bytes:
         return b"".join(self.token_bytes[i] for i in token_ids)

@@ -1,0 +1,54 @@
+"""Packed-bitmask helpers: our CPU mask application equals xgrammar's kernel; bit setting and keep masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xgrammar as xgr
+
+from thinkform.structured.bitmask import apply_bitmask_cpu, clear_unless_empty, keep_mask, set_bits
+
+
+def _random_mask(rows: int, vocab: int, density: float, rng: np.random.Generator) -> torch.Tensor:
+    mask = xgr.allocate_token_bitmask(rows, vocab)
+    flags = rng.random((rows, mask.shape[1] * 32)) < density
+    packed = np.packbits(flags, axis=1, bitorder="little").view("<i4")
+    mask.copy_(torch.from_numpy(packed.astype(np.int32)))
+    return mask
+
+
+@pytest.mark.parametrize("density", [0.0, 0.0005, 0.05, 0.5, 1.0])
+@pytest.mark.parametrize("vocab", [1000, 1007])
+def test_cpu_application_equals_xgrammars_kernel(density: float, vocab: int) -> None:
+    rng = np.random.default_rng(int(density * 1e4) + vocab)
+    logits = torch.randn(5, vocab)
+    mask = _random_mask(5, vocab, density, rng)
+    rows = [0, 2, 3]
+    ours, theirs = logits.clone(), logits.clone()
+    apply_bitmask_cpu(ours, mask, rows)
+    xgr.apply_token_bitmask_inplace(theirs, mask, indices=rows)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(ours[[1, 4]], logits[[1, 4]])  # rows not named are untouched
+
+
+def test_set_bits_handles_the_sign_bit_and_ignores_ids_past_the_mask() -> None:
+    mask = torch.zeros((2, 2), dtype=torch.int32)
+    set_bits(mask, 1, [0, 31, 32, 63, 64, 10_000], True)
+    assert mask[0].tolist() == [0, 0]
+    assert mask[1].tolist() == [1 - 2**31, 1 - 2**31]
+    set_bits(mask, 1, [31, 32], False)
+    assert mask[1].tolist() == [1, -(2**31)]
+
+
+def test_keep_mask_bans_the_named_ids_and_everything_past_the_vocabulary() -> None:
+    words = keep_mask(40, 2, [3, 39])
+    allowed = {i for i in range(64) if (int(words[i // 32]) >> (i % 32)) & 1}
+    assert allowed == set(range(40)) - {3, 39}
+
+
+def test_clear_unless_empty_leaves_the_grammar_the_last_word() -> None:
+    mask = torch.tensor([[0b0110]], dtype=torch.int32)
+    clear_unless_empty(mask, 0, torch.tensor([0b0100], dtype=torch.int32))
+    assert int(mask[0, 0]) == 0b0010
+    clear_unless_empty(mask, 0, torch.tensor([0b0010], dtype=torch.int32))
+    assert int(mask[0, 0]) == 0b0010
