@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from thinkform.engine.sequence import Sequence
-from thinkform.structured.bitmask import apply_bitmask_cpu
+from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, token_allowed
 
 
 @dataclass
@@ -22,19 +22,29 @@ class Sampler:
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
 
+    @torch.inference_mode()
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None = None,
                masked_rows: list[int] | None = None) -> SampleOutput:
+        """`logits` are this step's own (changed in place); `bitmask` rows (CPU) for `masked_rows`."""
         logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         raw = logits
-        logits = logits.clone()
+        wants_logprobs = any(s.return_logprob for s in seqs)
+        if wants_logprobs:
+            logits = logits.clone()
         self._penalize(logits, seqs)
         if self.tokenizer_size < logits.shape[1]:
             logits[:, self.tokenizer_size:] = float("-inf")
-        if bitmask is not None and masked_rows:
-            apply_bitmask(logits, bitmask, masked_rows)
+        masked_rows = masked_rows if bitmask is not None and masked_rows else []
+        # sampled rows need the whole masked distribution; greedy rows only the best allowed token
+        sampled = [r for r in masked_rows if not seqs[r].params.greedy]
+        if sampled:
+            apply_bitmask(logits, bitmask, sampled)
         tokens = self._choose(logits, seqs)
+        greedy = [r for r in masked_rows if seqs[r].params.greedy]
+        if greedy:
+            best_allowed(logits, bitmask, greedy, tokens)
         out = SampleOutput(tokens)
-        if any(s.return_logprob for s in seqs):
+        if wants_logprobs:
             self._logprobs(raw, seqs, tokens, out)
         return out
 
@@ -101,6 +111,21 @@ class Sampler:
 
 def _grammar_active(seq: Sequence) -> bool:
     return seq.gate is not None and seq.gate.constrained
+
+
+def best_allowed(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int], tokens: list[int]) -> None:
+    """Greedy under a mask: tokens[r] already holds row r's argmax; where the mask bans it, the row is
+    masked and its argmax taken again (the usual case under a confident model costs one bit test)."""
+    banned = [r for r in rows if not token_allowed(bitmask, r, tokens[r])]
+    if not banned:
+        return
+    if logits.device.type == "cpu":
+        for r in banned:
+            tokens[r] = argmax_allowed_cpu(logits[r], bitmask, r)
+        return
+    apply_bitmask(logits, bitmask, banned)
+    for r, token in zip(banned, logits[banned].argmax(dim=-1).tolist()):
+        tokens[r] = token
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:

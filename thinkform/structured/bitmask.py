@@ -59,24 +59,45 @@ _ADDITIVE = np.where(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis
                      np.float32(0), np.float32(-np.inf)).astype(np.float32)
 
 
+def token_allowed(bitmask: torch.Tensor, row: int, token_id: int) -> bool:
+    word, bit = divmod(token_id, 32)
+    words = bitmask.numpy()[row]
+    return word < words.shape[0] and bool((int(words[word]) >> bit) & 1)
+
+
 def apply_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
-    """logits[r] = -inf where bitmask[r] bans the token, for r in rows (CPU tensors, float32 logits).
+    """logits[r] = -inf where bitmask[r] bans the token, for r in rows (CPU tensors, float logits).
 
     xgrammar's CPU kernel tests bit by bit (~0.5 ms a row at a 152k vocabulary). Here a row that allows
     few tokens (the usual case under a grammar) is rebuilt from its allowed logits; any other row gets a
     branch-free additive mask gathered from a byte table (a data-dependent branch per token costs 4× more
     when half the vocabulary is allowed): 30-60 µs a row either way."""
-    vocab = logits.shape[1]
     packed = bitmask.numpy()
     for r in rows:
-        words, row = packed[r], logits[r]
-        if int(np.bitwise_count(words).sum()) <= vocab // 64:
-            allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:vocab].view(np.bool_)
-            index = torch.from_numpy(np.flatnonzero(allowed))
+        row = logits[r]
+        index = _sparse_allowed(packed[r], row.shape[0])
+        if index is not None:
             keep = row[index]
             row.fill_(float("-inf"))
             row[index] = keep
             continue
-        additive = np.take(_ADDITIVE, words.view(np.uint8), axis=0).reshape(-1)[:vocab]
+        additive = np.take(_ADDITIVE, packed[r].view(np.uint8), axis=0).reshape(-1)[: row.shape[0]]
         row[: additive.shape[0]].add_(torch.from_numpy(additive).to(row.dtype))
         row[additive.shape[0]:] = float("-inf")  # a mask narrower than the logits bans the rest
+
+
+def argmax_allowed_cpu(row: torch.Tensor, bitmask: torch.Tensor, r: int) -> int:
+    """The best token of `row` that bitmask[r] allows; a sparse mask leaves the row untouched."""
+    index = _sparse_allowed(bitmask.numpy()[r], row.shape[0])
+    if index is not None and index.numel():
+        return int(index[row[index].argmax()])
+    apply_bitmask_cpu(row[None], bitmask[r:r + 1], [0])
+    return int(row.argmax())
+
+
+def _sparse_allowed(words: np.ndarray, vocab: int) -> torch.Tensor | None:
+    """The allowed token ids when they are few (at most 1/64 of the vocabulary), else None."""
+    if int(np.bitwise_count(words).sum()) > vocab // 64:
+        return None
+    allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:vocab].view(np.bool_)
+    return torch.from_numpy(np.flatnonzero(allowed))
