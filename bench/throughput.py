@@ -1,6 +1,10 @@
 """Output tokens/s of the embedded model on this machine: thinkform vs transformers.generate, same run.
 
-    python bench/throughput.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--model-path PATH] [--dtypes float32 bfloat16] [--repeats 3]
+    python bench/throughput.py [--batch-sizes 1 8 32] [--max-new-tokens 64] [--model-path PATH] \
+        [--configs bfloat16/auto bfloat16/none float32/none] [--repeats 3]
+
+A thinkform config is DTYPE/QUANTIZATION: `bfloat16/auto` is the default engine on a bf16-capable CPU (the
+embedded Q4_1 GGUF then runs on its own 4-bit weights), `bfloat16/none` the same weights dequantized.
 
 Each engine runs in its own child process, one after the other: two engines in one process would each keep
 an OpenMP team, and libgomp throttles every team once it manages more threads than there are cores.
@@ -75,7 +79,8 @@ def child(args: argparse.Namespace) -> None:
             results[bs] = statistics.median(bench_transformers(model, tokenizer, bs, args.max_new_tokens)
                                             for _ in range(args.repeats))
     else:
-        with thinkform.Engine(model_path=args.model_path, dtype=args.child) as engine:
+        dtype, _, quantization = args.child.partition("/")
+        with thinkform.Engine(model_path=args.model_path, dtype=dtype, quantization=quantization or "auto") as engine:
             for bs in args.batch_sizes:
                 results[bs] = statistics.median(bench_thinkform(engine, bs, args.max_new_tokens)
                                                 for _ in range(args.repeats))
@@ -100,21 +105,21 @@ def main() -> None:
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="runs per batch size; the median is reported")
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
-                    help="thinkform dtypes to measure (transformers runs float32, its CPU default)")
+    ap.add_argument("--configs", nargs="+", default=["bfloat16/auto", "bfloat16/none", "float32/none"],
+                    help="thinkform DTYPE/QUANTIZATION configs to measure (transformers runs float32, its CPU default)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
         return
     theirs = {} if args.skip_transformers else run_child(args, "transformers")
-    ours = {dt: run_child(args, dt) for dt in args.dtypes}
+    ours = {cfg: run_child(args, cfg) for cfg in args.configs}
     for bs in args.batch_sizes:
         row: dict = {"batch": bs, "transformers_fp32_tok_s": round(theirs[bs], 1) if theirs else None}
-        for dt in args.dtypes:
-            row[f"thinkform_{dt}_tok_s"] = round(ours[dt][bs], 1)
+        for cfg in args.configs:
+            row[f"thinkform_{cfg}_tok_s"] = round(ours[cfg][bs], 1)
             if theirs:
-                row[f"ratio_{dt}"] = round(ours[dt][bs] / theirs[bs], 2)
+                row[f"ratio_{cfg}"] = round(ours[cfg][bs] / theirs[bs], 2)
         print(json.dumps(row), flush=True)
     import torch
 

@@ -65,7 +65,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 def build_engine_parts(args: EngineArgs) -> EngineParts:
     device = resolve_device(args.device)
-    loaded = load_model(args.model_path, resolve_dtype(args.dtype, device), str(device))
+    loaded = load_model(args.model_path, resolve_dtype(args.dtype, device), str(device), args.quantization)
     tok = loaded.tokenizer
     if args.tokenizer_path:
         from transformers import AutoTokenizer

