@@ -10,6 +10,7 @@ from typing import Any, Literal
 import jsonschema
 import pytest
 import torch
+import xgrammar as xgr
 from pydantic import BaseModel, Field
 
 from thinkform.structured.backends import (
@@ -376,3 +377,24 @@ def test_auto_backend_falls_back_to_llguidance_where_xgrammar_refuses():
     assert matcher.can_terminate()
     with pytest.raises(ConstraintError, match="regex"):  # both refuse: both messages, naming the field
         create_backend("auto", ctx).compile(constraint_from_fields(regex="(unclosed"))
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines", "auto"])
+def test_a_steps_rows_filled_at_once_equal_rows_filled_one_by_one(ctx: BackendContext, tokenizer: Any,
+                                                                  backend: str) -> None:
+    be = create_backend(backend, ctx)
+    compiled = [be.compile(make_constraint(kind, name)) for b, kind, name in supported_cases()
+                if b == (backend if backend != "auto" else "xgrammar")][:4]
+    matchers = [c.new_matcher() for c in compiled]
+    assert len(matchers) == 4
+    for i, m in enumerate(matchers):  # different states: advance each by a few allowed tokens
+        for step in range(i):
+            ok = allowed_ids(m, ctx.vocab_size)
+            assert m.accept_token(ok[step % len(ok)])
+    rows = [3, 0, 2, 1][: len(matchers)]
+    together = xgr.allocate_token_bitmask(4, ctx.vocab_size)
+    be.fill_bitmasks(matchers, together, rows)
+    for m, r in zip(matchers, rows):
+        alone = xgr.allocate_token_bitmask(1, ctx.vocab_size)
+        m.fill_bitmask(alone, 0)
+        assert torch.equal(together[r], alone[0])

@@ -52,3 +52,22 @@ def test_clear_unless_empty_leaves_the_grammar_the_last_word() -> None:
     assert int(mask[0, 0]) == 0b0010
     clear_unless_empty(mask, 0, torch.tensor([0b0010], dtype=torch.int32))
     assert int(mask[0, 0]) == 0b0010
+
+
+@pytest.mark.parametrize("density", [0.0005, 0.01, 0.3, 0.9])
+def test_greedy_under_a_mask_picks_the_best_allowed_token(density: float) -> None:
+    from thinkform.engine.sampler import best_allowed
+
+    rng = np.random.default_rng(int(density * 1e4))
+    vocab = 5000
+    logits = torch.randn(6, vocab)
+    mask = _random_mask(6, vocab, density, rng)
+    mask[0, 0] = -1  # row 0 allows its first 32 tokens at least
+    masked = logits.clone()
+    xgr.apply_token_bitmask_inplace(masked, mask)
+    expected = masked.argmax(dim=-1).tolist()
+    tokens = logits.argmax(dim=-1).tolist()
+    best_allowed(logits.clone(), mask, list(range(6)), tokens)
+    for r in range(6):
+        if bool(torch.isfinite(masked[r]).any()):  # a row that allows nothing has no best token
+            assert tokens[r] == expected[r]

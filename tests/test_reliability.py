@@ -211,7 +211,7 @@ def test_client_disconnects_abort_and_free_the_kv_cache(real):
 
 
 class BrokenGate:
-    """A gate whose matcher fails at `where` (fill_bitmask or accept) once the answer has started."""
+    """A gate that fails at `where` (finish_bitmask or accept)."""
 
     def __init__(self, gate, where: str) -> None:
         self._gate, self._where = gate, where
@@ -222,6 +222,21 @@ class BrokenGate:
                 raise RuntimeError(f"injected {name} failure")
             return fail
         return getattr(self._gate, name)
+
+
+class BrokenMatcher:
+    def fill_bitmask(self, bitmask, row) -> None:
+        raise RuntimeError("injected matcher fill failure")
+
+
+class BrokenMatcherGate(BrokenGate):
+    """A gate whose matcher fails inside the step's batched fill."""
+
+    def __init__(self, gate) -> None:
+        super().__init__(gate, "")
+
+    def matcher_to_fill(self):
+        return BrokenMatcher() if self._gate.matcher_to_fill() is not None else None
 
 
 class BrokenDetokenizer:
@@ -252,10 +267,11 @@ def _sabotage(engine, monkeypatch, rid: str, index: int, breaker) -> None:
 
 
 @pytest.mark.parametrize("breaker", [
-    lambda seq: setattr(seq, "gate", BrokenGate(seq.gate, "fill_bitmask")),
+    lambda seq: setattr(seq, "gate", BrokenMatcherGate(seq.gate)),
+    lambda seq: setattr(seq, "gate", BrokenGate(seq.gate, "finish_bitmask")),
     lambda seq: setattr(seq, "gate", BrokenGate(seq.gate, "accept")),
     lambda seq: setattr(seq, "detok", BrokenDetokenizer(seq.detok)),
-], ids=["matcher-mask", "matcher-accept", "detokenizer"])
+], ids=["matcher-batched-fill", "gate-mask", "matcher-accept", "detokenizer"])
 def test_one_failing_request_finishes_with_an_error_and_the_batch_goes_on(real, monkeypatch, breaker):
     engine, base = real
     _sabotage(engine, monkeypatch, "sabotaged", 1, breaker)

@@ -190,15 +190,26 @@ class EngineLoop:
 
     def _fill_masks(self, seqs: list[Sequence],
                     failed: dict[int, BaseException]) -> tuple[torch.Tensor | None, list[int]]:
-        """Runs on the mask thread while the forward pass runs (torch releases the GIL). A row whose
-        matcher raises goes into `failed`: that request fails after sampling, the batch goes on."""
+        """Runs on the mask thread while the forward pass runs (torch releases the GIL): the grammar
+        matchers of all rows in one batched fill, then each gate's own rules. A row whose matcher raises
+        goes into `failed`: that request fails after sampling, the batch goes on."""
         import xgrammar
 
         bitmask = xgrammar.allocate_token_bitmask(len(seqs), self.parts.vocab_size)
+        pending = [(i, s.gate.matcher_to_fill()) for i, s in enumerate(seqs) if s.gate is not None]
+        pending = [(i, m) for i, m in pending if m is not None]
+        try:
+            self.parts.grammar_backend.fill_bitmasks([m for _, m in pending], bitmask, [i for i, _ in pending])
+        except Exception:  # noqa: BLE001 - find the row that broke: fill one by one
+            for i, m in pending:
+                try:
+                    m.fill_bitmask(bitmask, i)
+                except Exception as e:  # noqa: BLE001
+                    failed[i] = e
         rows = []
         for i, s in enumerate(seqs):
             try:
-                if s.gate is not None and s.gate.fill_bitmask(bitmask, i):
+                if i not in failed and s.gate is not None and s.gate.finish_bitmask(bitmask, i):
                     rows.append(i)
             except Exception as e:  # noqa: BLE001
                 failed[i] = e

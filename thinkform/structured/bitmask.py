@@ -86,11 +86,16 @@ def apply_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[in
         row[additive.shape[0]:] = float("-inf")  # a mask narrower than the logits bans the rest
 
 
-def argmax_allowed_cpu(row: torch.Tensor, bitmask: torch.Tensor, r: int) -> int:
-    """The best token of `row` that bitmask[r] allows; a sparse mask leaves the row untouched."""
+def argmax_allowed_cpu(row: torch.Tensor, bitmask: torch.Tensor, r: int, candidates: int = 8) -> int:
+    """The best token of `row` that bitmask[r] allows, without writing the row where possible: a sparse
+    mask is read at its allowed ids; a dense one is asked about the row's top candidates first."""
     index = _sparse_allowed(bitmask.numpy()[r], row.shape[0])
     if index is not None and index.numel():
         return int(index[row[index].argmax()])
+    if index is None:
+        for token in row.topk(min(candidates, row.shape[0])).indices.tolist():
+            if token_allowed(bitmask, r, token):
+                return token
     apply_bitmask_cpu(row[None], bitmask[r:r + 1], [0])
     return int(row.argmax())
 

@@ -181,13 +181,24 @@ class ReasoningGate:
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> bool:
         """Write the allowed next tokens into bitmask[row]; False means: do not mask this row."""
+        matcher = self.matcher_to_fill()
+        if matcher is not None:
+            matcher.fill_bitmask(bitmask, row)
+        return self.finish_bitmask(bitmask, row)
+
+    def matcher_to_fill(self) -> GrammarMatcher | None:
+        """The matcher whose mask this row needs now (the engine fills a step's rows in one batch), or None."""
+        return self.matcher if self.phase in (Phase.OPEN, Phase.ANSWER) else None
+
+    def finish_bitmask(self, bitmask: torch.Tensor, row: int) -> bool:
+        """After the matcher filled bitmask[row] (see matcher_to_fill): markers, EOS, padding and the
+        answer guards; False means: do not mask this row."""
         if self.matcher is None or self.phase is Phase.REASONING:
             return False
         if self.phase is Phase.FINISHED:
             bitmask[row].zero_()
             set_bits(bitmask, row, self._eos, True)
             return True
-        self.matcher.fill_bitmask(bitmask, row)
         words = bitmask.numpy()[row]
         if self.phase is Phase.OPEN:
             words &= self._open_keep

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend
+import torch
+
+from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
 from thinkform.structured.backends.llguidance import LLGuidanceBackend
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.xgrammar import XGrammarBackend
@@ -31,6 +33,9 @@ class AutoBackend(GrammarBackend):
                 return self._llguidance().compile(constraint)
             except ConstraintError as second:
                 raise ConstraintError(f"{first} (llguidance: {second})", field=first.field) from second
+
+    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
+        self.primary.fill_bitmasks(matchers, bitmask, rows)  # batches xgrammar's rows, fills the rest one by one
 
     def _llguidance(self) -> LLGuidanceBackend:
         if self._fallback is None:

@@ -79,3 +79,9 @@ class GrammarBackend(ABC):
     @abstractmethod
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         """Compile or raise ConstraintError quoting the library's message."""
+
+    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
+        """Fill bitmask[rows[i]] from matchers[i], the whole step's rows at once (a backend with a batched,
+        threaded fill overrides this; the default fills row by row)."""
+        for matcher, row in zip(matchers, rows):
+            matcher.fill_bitmask(bitmask, row)
