@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
-from thinkform.structured.backends.llguidance import LLGuidanceBackend
+from thinkform.structured.backends.llguidance import LLGuidanceBackend, LLGuidanceMatcher
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.xgrammar import XGrammarBackend
 from thinkform.structured.spec import Constraint, ConstraintError
@@ -35,7 +35,13 @@ class AutoBackend(GrammarBackend):
                 raise ConstraintError(f"{first} (llguidance: {second})", field=first.field) from second
 
     def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
-        self.primary.fill_bitmasks(matchers, bitmask, rows)  # batches xgrammar's rows, fills the rest one by one
+        """Each library's rows through its own batched fill."""
+        fallback = [(m, r) for m, r in zip(matchers, rows) if isinstance(m, LLGuidanceMatcher)]
+        primary = [(m, r) for m, r in zip(matchers, rows) if not isinstance(m, LLGuidanceMatcher)]
+        if primary:
+            self.primary.fill_bitmasks([m for m, _ in primary], bitmask, [r for _, r in primary])
+        if fallback:
+            self._llguidance().fill_bitmasks([m for m, _ in fallback], bitmask, [r for _, r in fallback])
 
     def _llguidance(self) -> LLGuidanceBackend:
         if self._fallback is None:

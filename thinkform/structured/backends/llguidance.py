@@ -98,6 +98,19 @@ class LLGuidanceBackend(GrammarBackend):
         super().__init__(ctx)
         self._tok = llguidance.hf.from_tokenizer(
             ctx.tokenizer, n_vocab=ctx.vocab_size, eos_token=list(ctx.eos_token_ids))
+        self._executor = llguidance.LLExecutor()  # its own threads (80 % of the cores, at most 32)
+
+    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
+        """llguidance's matchers in parallel on its executor (what llguidance.torch's
+        fill_next_token_bitmask_par does); any other matcher row by row."""
+        ours = [(m._m, r) for m, r in zip(matchers, rows) if isinstance(m, LLGuidanceMatcher)]
+        if ours:
+            if not bitmask.is_contiguous():
+                raise ValueError("bitmask: must be contiguous")
+            self._executor.unsafe_compute_mask_ptr(ours, bitmask.data_ptr(), bitmask.shape[1] * 4, bitmask.shape[0])
+        for m, r in zip(matchers, rows):
+            if not isinstance(m, LLGuidanceMatcher):
+                m.fill_bitmask(bitmask, r)
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)
