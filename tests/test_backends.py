@@ -36,7 +36,8 @@ class CapitalInfo(BaseModel):
 
 class Address(BaseModel):
     city: Literal["Paris", "London", "Rome"]
-    zip: str = Field(..., pattern=r"^[0-9]{2,5}$")  # xgrammar ignores min/maxLength next to a pattern
+    zip: str = Field(..., pattern=r"^[0-9]{2,5}$")
+    code: str = Field(..., pattern=r"^\w+$", min_length=2, max_length=4)  # xgrammar alone drops the lengths
     note: str = Field(..., min_length=2, max_length=5)
 
 
@@ -293,9 +294,12 @@ def test_outlines_refuses_keywords_it_would_silently_drop(backends: dict[str, Gr
     with pytest.raises(ConstraintError, match=f"'outlines' cannot enforce .*{keyword}") as e:
         backends["outlines"].compile(make_constraint("json_schema", name))
     assert e.value.field == "json_schema"
-    tricky = {"type": "string", "pattern": "^a+$", "maxLength": 3}
+    tricky = {"type": "string", "pattern": "^(ab)+$", "maxLength": 3}
     with pytest.raises(ConstraintError, match="pattern with minLength/maxLength"):
         backends["outlines"].compile(constraint_from_fields(json_schema=tricky))
+    bounded = {"type": "string", "pattern": "^a+$", "maxLength": 3}  # one repeated atom: bounded instead
+    compiled = backends["outlines"].compile(constraint_from_fields(json_schema=bounded))
+    assert compiled.new_matcher().accept_string('"aaa"') and not compiled.new_matcher().accept_string('"aaaa"')
 
 
 def test_llguidance_refuses_rich_structural_tag_formats_clearly(backends: dict[str, GrammarBackend]) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from thinkform.engine.sequence import Sequence
-from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, token_allowed
+from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, argmax_rows, token_allowed
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Sampler:
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-        tokens = logits.argmax(dim=-1).tolist()
+        tokens = argmax_rows(logits)
         rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if not rows:
             return tokens
@@ -91,7 +91,7 @@ class Sampler:
             # the request's own generator (on the CPU) makes its samples reproducible on any device
             noise = torch.empty(probs.shape[1], dtype=probs.dtype).exponential_(generator=seqs[i].generator)
             noise = noise.to(probs.device, non_blocking=True)
-            tokens[i] = int((probs[j] / noise).argmax())
+            tokens[i] = argmax_rows((probs[j] / noise)[None])[0]
         return tokens
 
     def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:

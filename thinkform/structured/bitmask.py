@@ -45,11 +45,11 @@ def keep_mask(vocab_size: int, words: int, banned: Iterable[int]) -> torch.Tenso
     return pack_bits(flags, words)
 
 
-def clear_unless_empty(bitmask: torch.Tensor, row: int, ban: torch.Tensor) -> None:
-    """Clear the banned bits of bitmask[row], unless that would leave no token: the grammar wins."""
+def keep_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> None:
+    """bitmask[row] &= keep (packed int32 words), unless that would leave no token: the grammar wins."""
     current = bitmask.numpy()[row]
-    width = min(current.shape[0], ban.shape[0])
-    trimmed = current[:width] & ~ban.numpy()[:width]
+    width = min(current.shape[0], keep.shape[0])
+    trimmed = np.bitwise_and(current[:width], keep[:width])
     if trimmed.any() or current[width:].any():
         current[:width] = trimmed
 
@@ -77,32 +77,45 @@ def apply_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[in
         row = logits[r]
         index = _sparse_allowed(packed[r], row.shape[0])
         if index is not None:
-            keep = row[index]
+            idx = torch.from_numpy(index)
+            keep = row[idx]
             row.fill_(float("-inf"))
-            row[index] = keep
+            row[idx] = keep
             continue
         additive = np.take(_ADDITIVE, packed[r].view(np.uint8), axis=0).reshape(-1)[: row.shape[0]]
         row[: additive.shape[0]].add_(torch.from_numpy(additive).to(row.dtype))
         row[additive.shape[0]:] = float("-inf")  # a mask narrower than the logits bans the rest
 
 
-def argmax_allowed_cpu(row: torch.Tensor, bitmask: torch.Tensor, r: int, candidates: int = 8) -> int:
-    """The best token of `row` that bitmask[r] allows, without writing the row where possible: a sparse
-    mask is read at its allowed ids; a dense one is asked about the row's top candidates first."""
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """Each row's argmax (first on ties). numpy's is vectorised: 14 µs a 152k row where torch's CPU
+    argmax takes 65-130 µs."""
+    if logits.device.type == "cpu":
+        return logits.numpy().argmax(axis=1).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
+def argmax_allowed_cpu(row: torch.Tensor, bitmask: torch.Tensor, r: int, retries: int = 4) -> int:
+    """The best token of `row` that bitmask[r] allows. A sparse mask is read at its allowed ids; under a
+    dense one the row's next-best tokens are tried a few times (banning each refused one) before the whole
+    mask is applied. The row may be changed (only at banned tokens)."""
     index = _sparse_allowed(bitmask.numpy()[r], row.shape[0])
-    if index is not None and index.numel():
-        return int(index[row[index].argmax()])
+    values = row.numpy()
+    if index is not None and index.shape[0]:
+        return int(index[values[index].argmax()])
     if index is None:
-        for token in row.topk(min(candidates, row.shape[0])).indices.tolist():
+        for _ in range(retries):
+            token = int(values.argmax())
             if token_allowed(bitmask, r, token):
                 return token
+            values[token] = -np.inf
     apply_bitmask_cpu(row[None], bitmask[r:r + 1], [0])
-    return int(row.argmax())
+    return int(values.argmax())
 
 
-def _sparse_allowed(words: np.ndarray, vocab: int) -> torch.Tensor | None:
+def _sparse_allowed(words: np.ndarray, vocab: int) -> np.ndarray | None:
     """The allowed token ids when they are few (at most 1/64 of the vocabulary), else None."""
-    if int(np.bitwise_count(words).sum()) > vocab // 64:
+    if int(np.bitwise_count(words.view(np.uint32)).sum()) > vocab // 64:
         return None
     allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:vocab].view(np.bool_)
-    return torch.from_numpy(np.flatnonzero(allowed))
+    return np.flatnonzero(allowed)

@@ -21,9 +21,10 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from thinkform.structured.bitmask import clear_unless_empty, pack_bits
+from thinkform.structured.bitmask import keep_unless_empty, pack_bits
 from thinkform.structured.spec import GrammarOptions
 
 _DIGITS = frozenset(b"0123456789")
@@ -128,19 +129,22 @@ class NumberRules:
         mant, exp0, exp = tables["mantissa"], tables["exp_start"], tables["exponent"]
         # One packed mask per reachable state: M + X + 3 small tensors.
         mant_always = (mant[:, 1] > x) | later(mant)
-        self._mantissa = [pack_bits((used + mant[:, 0] > m) | mant_always, words) for used in range(m + 1)]
-        self._exp_start = pack_bits((exp0[:, 1] > x) | later(exp0), words)
+        def keep(ban: torch.Tensor) -> np.ndarray:
+            return ~pack_bits(ban, words).numpy()
+
+        self._mantissa = [keep((used + mant[:, 0] > m) | mant_always) for used in range(m + 1)]
+        self._exp_start = keep((exp0[:, 1] > x) | later(exp0))
         exp_always = later(exp)
-        self._exponent = [pack_bits((used + exp[:, 1] > x) | exp_always, words) for used in range(x + 1)]
-        self._out = pack_bits(later(tables["out"]), words)
-        self._in_string = pack_bits(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool), words)
+        self._exponent = [keep((used + exp[:, 1] > x) | exp_always) for used in range(x + 1)]
+        self._out = keep(later(tables["out"]))
+        self._in_string = keep(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool))
 
     @classmethod
     def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:
         return cls(token_bytes, options.max_number_digits, options.max_exponent_digits)
 
-    def ban_mask(self, state: LexState) -> torch.Tensor:
-        """Packed bits of the tokens to forbid in `state`."""
+    def keep_mask(self, state: LexState) -> np.ndarray:
+        """Packed int32 words of the tokens allowed in `state`."""
         if state.mode == Mode.MANTISSA:
             return self._mantissa[min(state.mantissa_digits, self.max_number_digits)]
         if state.mode == Mode.EXP_START:
@@ -190,7 +194,7 @@ class NumberGuard:
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
         """Clear the bits of tokens that would overrun the current number, unless none would remain."""
-        clear_unless_empty(bitmask, row, self.rules.ban_mask(self.state))
+        keep_unless_empty(bitmask, row, self.rules.keep_mask(self.state))
 
 
 def _step(mode: Mode, mant: int, exp: int, ch: str) -> tuple[Mode, int, int]:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from thinkform.structured.bitmask import clear_unless_empty, pack_bits
+from thinkform.structured.bitmask import keep_unless_empty, pack_bits
 
 
 class Pending(NamedTuple):
@@ -100,10 +100,11 @@ class Utf8Rules:
             elif not _is_utf8(data):
                 for state, ban in banned.items():
                     ban[token_id] = not _allowed(state, data)
-        self._masks = {state: pack_bits(torch.from_numpy(ban), words) for state, ban in banned.items()}
+        self._keep = {state: ~pack_bits(ban, words).numpy() for state, ban in banned.items()}
 
-    def ban_mask(self, state: Pending | None) -> torch.Tensor:
-        return self._masks[state]
+    def keep_mask(self, state: Pending | None) -> np.ndarray:
+        """Packed int32 words of the tokens allowed in `state`."""
+        return self._keep[state]
 
 
 class Utf8Guard:
@@ -123,5 +124,5 @@ class Utf8Guard:
             self.state = BOUNDARY
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
-        clear_unless_empty(bitmask, row, self.rules.ban_mask(self.state))
+        keep_unless_empty(bitmask, row, self.rules.keep_mask(self.state))
 

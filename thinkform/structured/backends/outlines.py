@@ -1,6 +1,7 @@
 """outlines-core backend: regular languages only, so JSON schema (via its regex) and regex."""
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 import torch
@@ -12,6 +13,7 @@ from thinkform.structured.backends.base import BackendContext, CompiledGrammar, 
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import utf8_prefix
 from thinkform.structured.bitmask import word_bit
+from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 MAX_ROLLBACK = 1024  # tokens the Guide remembers for rollback
@@ -141,12 +143,17 @@ class OutlinesBackend(GrammarBackend):
     def _regex(self, constraint: Constraint) -> str:
         if constraint.kind == "regex":
             return constraint.source
-        ignored = sorted(unenforced_keywords(constraint.data()))
+        schema = constraint.data()
+        try:
+            schema = bound_pattern_lengths(schema)  # one repeated class + lengths: one bounded pattern
+        except ConstraintError:
+            pass  # other patterns next to a length: refused just below, naming the keywords
+        ignored = sorted(unenforced_keywords(schema))
         if ignored:  # outlines-core would drop them silently and answers could break the schema
             raise ConstraintError(
                 f"grammar backend 'outlines' cannot enforce json_schema keyword(s) {', '.join(ignored)}; "
-                "use --grammar-backend xgrammar or llguidance", field="json_schema")
-        return build_regex_from_schema(constraint.source, whitespace_pattern(self.ctx.options))
+                "use --grammar-backend xgrammar, llguidance or auto", field="json_schema")
+        return build_regex_from_schema(json.dumps(schema), whitespace_pattern(self.ctx.options))
 
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")

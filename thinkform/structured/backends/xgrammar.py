@@ -9,6 +9,7 @@ import xgrammar as xgr
 
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
 from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
@@ -89,7 +90,8 @@ class XGrammarBackend(GrammarBackend):
     def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            return self._compiler.compile_json_schema(constraint.source, **_json_kwargs(opts))
+            schema = bound_pattern_lengths(json.loads(constraint.source))
+            return self._compiler.compile_json_schema(json.dumps(schema), **_json_kwargs(opts))
         if constraint.kind == "json_object":
             return self._compiler.compile_json_schema(
                 ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False})
@@ -131,11 +133,12 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
     if not isinstance(node, dict):
         return node
     if node.get("type") == "json_schema" and node.get("style", "json") == "json":
-        if opts.any_whitespace:
-            return {**node, "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
         schema = node["json_schema"]
-        grammar = xgr.Grammar.from_json_schema(
-            schema if isinstance(schema, str) else json.dumps(schema), **_json_kwargs(opts))
+        schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
+        if opts.any_whitespace:
+            return {**node, "json_schema": schema,
+                    "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
+        grammar = xgr.Grammar.from_json_schema(json.dumps(schema), **_json_kwargs(opts))
         return {"type": "grammar", "grammar": str(grammar)}
     return {k: _json_policy(v, opts) for k, v in node.items()}
 
