@@ -175,7 +175,8 @@ class RequestBuilder:
             min(128, p.max_new_tokens // 4)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards)
+            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards,
+            closing=self.parts.closing_rules if c is not None and c.kind in ("json_schema", "json_object") else None)
 
     def _guards(self, c: Constraint | None) -> list[AnswerGuard]:
         """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded."""

@@ -27,6 +27,7 @@ import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.structured.bitmask import set_bits
+from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:  # the gate only calls the protocol; importing backends here would load every library
@@ -95,6 +96,7 @@ class ReasoningGate:
         max_reasoning_tokens: int | None = None,
         answer_reserve_tokens: int | None = None,
         guards: Sequence[AnswerGuard] = (),
+        closing: ClosingRules | None = None,
     ) -> None:
         phase = Phase(phase)
         if markers is None and phase in (Phase.OPEN, Phase.REASONING):
@@ -111,6 +113,8 @@ class ReasoningGate:
                                       if answer_reserve_tokens is None else answer_reserve_tokens)
         self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
         self._guards = tuple(guards)
+        self._closing = closing  # JSON answers: steer to the end when the token budget runs out
+        self._closing_reserve = closing_reserve(max_new_tokens) if max_new_tokens is not None else 0
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
@@ -209,7 +213,16 @@ class ReasoningGate:
                 set_bits(bitmask, row, self._eos, True)
         for guard in self._guards:
             guard.restrict(bitmask, row)
+        if self.closing:
+            self._closing.restrict(bitmask, row, self._grammar_may_end())
         return True
+
+    @property
+    def closing(self) -> bool:
+        """The answer is being steered to its end: the tokens left are within the closing reserve."""
+        if self._closing is None or self.phase is not Phase.ANSWER or self.max_new_tokens is None:
+            return False
+        return self.max_new_tokens - len(self._history) <= self._closing_reserve
 
     # --- tokens ---------------------------------------------------------------------------------
 

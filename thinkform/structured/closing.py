@@ -1,0 +1,71 @@
+"""Budget closing: a JSON answer about to run out of `max_new_tokens` is steered to its end.
+
+A grammar bounds what may be written, not how long: under the seed's `"name": {"pattern": "^\\w+$"}` the
+embedded model wrote `"Nova_Larsen_Kvart_2023_2024_2025_…` until `max_new_tokens` cut it, and the user got
+no JSON at all. Once the tokens left fall to the closing reserve, the gate narrows each step's mask (never
+beyond what the grammar allows) to the first non-empty tier of:
+
+1. EOS, where the grammar may end;
+2. tokens made only of `"`, `}`, `]` (and whitespace): closing strings, objects, arrays;
+3. tokens made only of those, `,`, `:` and `0`: the shortest way through a required key's colon or a
+   required number.
+
+Where no tier is allowed (the middle of a required key's name, say) the grammar's mask stands, and jump-
+forward writes forced keys without sampling. The answer then arrives with `finish_reason` "stop" and its
+values as far as the model got, instead of being cut off invalid.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from thinkform.structured.bitmask import set_bits
+
+_WHITESPACE = b" \t\n\r"
+_CLOSERS = b'"}]'
+_SHORTEST = b'"}],:0'
+
+
+def closing_reserve(max_new_tokens: int) -> int:
+    """Tokens before the end of the budget at which closing starts: min(32, max_new_tokens // 4)."""
+    return min(32, max_new_tokens // 4)
+
+
+def _made_of(data: bytes, allowed: bytes) -> bool:
+    """Only `allowed` bytes and whitespace, and not only whitespace."""
+    return bool(data.strip(_WHITESPACE)) and not data.translate(None, allowed + _WHITESPACE)
+
+
+class ClosingRules:
+    """Per vocabulary: the keep masks of the tiers (immutable, shared by all requests)."""
+
+    def __init__(self, token_bytes: Sequence[bytes], eos_token_ids: Sequence[int]) -> None:
+        vocab = len(token_bytes)
+        words = (vocab + 31) // 32
+        self._eos = _only(vocab, words, eos_token_ids)
+        self._tiers = [
+            _only(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, _CLOSERS)]),
+            _only(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, _SHORTEST)]),
+        ]
+
+    def restrict(self, bitmask: torch.Tensor, row: int, may_end: bool) -> None:
+        """Narrow bitmask[row] to the first tier it allows anything of; leave it as it is otherwise."""
+        words = bitmask.numpy()[row]
+        tiers = ([self._eos] if may_end else []) + self._tiers
+        for keep in tiers:
+            width = min(words.shape[0], keep.shape[0])
+            trimmed = np.bitwise_and(words[:width], keep[:width])
+            if trimmed.any():
+                words[:width] = trimmed
+                words[width:] = 0
+                return
+
+
+def _only(vocab: int, words: int, ids: Sequence[int]) -> np.ndarray:
+    """Packed keep mask of exactly `ids`."""
+    mask = torch.zeros((1, words), dtype=torch.int32)
+    set_bits(mask, 0, [i for i in ids if 0 <= i < vocab], True)
+    return mask.numpy()[0].copy()
+
