@@ -1,0 +1,167 @@
+"""Issue 6's GPU benchmark, engine level: thinkform against transformers.generate, same card, same call.
+
+    python bench/gpu_bench.py --out DIR [--config qwen2.5-1.5b|tiny] [--batch-sizes 1 32]
+        [--max-new-tokens 128] [--parts thinkform transformers] [--no-compile]
+
+Model: random bfloat16 weights at the given config with the real Qwen vocabulary (151,669 tokens, logits
+151,936). Greedy, `max-new-tokens` per request, the seed's CapitalInfo schema. Rows (one JSON object per
+line, appended to DIR/results.jsonl as each finishes, so a run cut short still reports what it measured):
+
+- thinkform `free`: `ignore_eos`, all of max-new-tokens; `json`: constrained with jump-forward off, and an
+  unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
+  `json_jf`: jump-forward on (tok/s counts only sampled tokens).
+- transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
+  reduce-overhead: CUDA graphs), each `free` and `json` (xgrammar's HF logits processor).
+
+Each part runs in its own child process. `bench/gpu_check.sh` is the one-call wrapper for the device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_cases import CAPITAL_INFO_SCHEMA, capital_prompts  # noqa: E402
+
+CONFIGS: dict[str, dict[str, Any]] = {  # Qwen2.5-1.5B's shapes; `tiny` is for trying the script on a CPU
+    "qwen2.5-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
+                         tie_word_embeddings=True, max_position_embeddings=32768),
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                 tie_word_embeddings=True),
+}
+QWEN_LOGITS_WIDTH = 151_936
+
+
+def build_model(config: str, path: Path) -> Path:
+    import torch
+
+    from thinkform.testing.models import make_tiny_model_dir
+    from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+
+    if (path / "config.json").is_file():
+        return path
+    return make_tiny_model_dir(path, "qwen2", build_qwen_tokenizer(reasoning=False), vocab_size=QWEN_LOGITS_WIDTH,
+                               dtype=torch.bfloat16, **CONFIGS[config])
+
+
+def emit(out: Path, row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_thinkform(args: argparse.Namespace) -> None:
+    import thinkform
+    from structured_overhead import decode_pair
+
+    prompts = capital_prompts(max(args.batch_sizes))
+    schema = json.dumps(CAPITAL_INFO_SCHEMA)
+    for jump in (False, True):
+        with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", disable_jump_forward=not jump) as engine:
+            for bs in args.batch_sizes:
+                batch = prompts[:bs]
+                if not jump:
+                    free = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "ignore_eos": True}
+                    engine.generate(batch, free)  # warm-up
+                    _sync()
+                    t0 = time.perf_counter()
+                    outs = engine.generate(batch, free)
+                    dt = time.perf_counter() - t0
+                    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+                    emit(args.out, {"engine": "thinkform", "kind": "free", "batch": bs, "tok_s": tokens / dt})
+                params = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "json_schema": schema}
+                row = decode_pair(engine, batch, params, repeats=args.repeats, batch=bs, schema=CAPITAL_INFO_SCHEMA)
+                if jump:  # count only sampled tokens: the forced ones cost no step of their own
+                    row["sampled_tok_s"] = row["constrained_tok_s"] * row["passes_per_answer"] / row["tokens_per_answer"]
+                emit(args.out, {"engine": "thinkform", "kind": "json_jf" if jump else "json", **row})
+
+
+def run_transformers(args: argparse.Namespace) -> None:
+    import torch
+    import xgrammar as xgr
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(str(args.model))
+    tok.padding_side = "left"
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.bfloat16).to(device).eval()
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=model.config.vocab_size)
+    grammar = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(CAPITAL_INFO_SCHEMA))
+    prompts = capital_prompts(max(args.batch_sizes))
+    for mode in ("eager", "static"):
+        if mode == "static":
+            model.generation_config.cache_implementation = "static"
+            if not args.no_compile:
+                model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        for bs in args.batch_sizes:
+            enc = tok(prompts[:bs], return_tensors="pt", padding=True).to(device)
+            for kind in ("free", "json"):
+                kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+                if kind == "free":
+                    kwargs["min_new_tokens"] = args.max_new_tokens
+                with torch.inference_mode():
+                    model.generate(**enc, **kwargs, logits_processor=_processors(kind, grammar, bs))  # warm-up
+                    _sync()
+                    t0 = time.perf_counter()
+                    out = model.generate(**enc, **kwargs, logits_processor=_processors(kind, grammar, bs))
+                    _sync()
+                dt = time.perf_counter() - t0
+                new = out[:, enc["input_ids"].shape[1]:]
+                tokens = int((new != tok.pad_token_id).sum()) if kind == "json" else new.numel()
+                emit(args.out, {"engine": f"transformers-{mode}", "kind": kind, "batch": bs, "tok_s": tokens / dt,
+                                "example": tok.decode(new[0], skip_special_tokens=True)[:80]})
+
+
+def _processors(kind: str, grammar: Any, bs: int) -> list[Any] | None:
+    """A fresh xgrammar logits processor per generate call (it holds the matchers' state)."""
+    import xgrammar as xgr
+
+    return [xgr.contrib.hf.LogitsProcessor([grammar] * bs)] if kind == "json" else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--config", default="qwen2.5-1.5b", choices=sorted(CONFIGS))
+    ap.add_argument("--model-dir", type=Path, default=Path("/tmp/thinkform-gpu-bench-model"))
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--parts", nargs="+", default=["thinkform", "transformers"], choices=["thinkform", "transformers"])
+    ap.add_argument("--no-compile", action="store_true", help="transformers static cache without torch.compile")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        {"thinkform": run_thinkform, "transformers": run_transformers}[args.child](args)
+        return
+    t0 = time.perf_counter()
+    model = build_model(args.config, args.model_dir / args.config)
+    emit(args.out, {"event": "model", "config": args.config, "seconds": round(time.perf_counter() - t0, 1)})
+    for part in args.parts:
+        cmd = [sys.executable, __file__, "--child", part, "--model", str(model), "--out", str(args.out),
+               "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
+               "--batch-sizes", *map(str, args.batch_sizes)] + (["--no-compile"] if args.no_compile else [])
+        t1 = time.perf_counter()
+        code = subprocess.run(cmd).returncode
+        emit(args.out, {"event": "part", "part": part, "returncode": code, "seconds": round(time.perf_counter() - t1, 1)})
+
+
+if __name__ == "__main__":
+    main()
