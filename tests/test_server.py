@@ -401,8 +401,9 @@ def test_client_disconnect_aborts_streaming_and_plain_requests(served):
         for _ in zip(range(3), r.iter_lines()):
             pass
     assert _wait_for(lambda: "gone-stream" in engine.aborted)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{base}/generate", json={"text": "x", "rid": "gone-plain"}, timeout=0.5)
+    engine.chunk_delay_s = 0.5  # a plain reply now takes 10 s; the client leaves after 2 (the server has it)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{base}/generate", json={"text": "x", "rid": "gone-plain"}, timeout=2.0)
     assert _wait_for(lambda: "gone-plain" in engine.aborted)
 
 
