@@ -43,6 +43,12 @@ def test_int4_linear_computes_with_the_grid_weights(bias: bool) -> None:
         expected = F.linear(x.float(), dense.weight, dense.bias)
     got = layer(x)
     assert got.dtype == torch.bfloat16 and got.shape == (5, 96)
+    # prefill-sized inputs take the dense bfloat16 weight: exactly F.linear in bfloat16
+    many = torch.randn(3, 16, 128, dtype=torch.bfloat16)
+    with torch.no_grad():
+        dense_bf16 = F.linear(many, dense.weight.to(torch.bfloat16),
+                              None if dense.bias is None else dense.bias.to(torch.bfloat16))
+    assert torch.equal(layer(many), dense_bf16)
     # bfloat16 activations and scales: a few parts in a thousand of the output's scale
     torch.testing.assert_close(got.float(), expected, atol=0.02 * float(expected.abs().max()), rtol=0)
     torch.testing.assert_close(layer.dequantized(), dense.weight.detach(), atol=4e-3, rtol=0)
@@ -67,7 +73,10 @@ def _answer_logits(loaded, question: str, answer: str) -> torch.Tensor:
     return loaded.model.compute_logits(hidden).float()[len(prompt) - 1:-1]
 
 
-def test_the_embedded_q4_1_model_runs_in_int4_by_default_and_as_faithfully_as_dense_bfloat16() -> None:
+def test_the_embedded_q4_1_model_runs_in_int4_by_default_and_as_faithfully_as_dense_bfloat16(monkeypatch) -> None:
+    from thinkform.models import quant
+
+    monkeypatch.setattr(quant, "DENSE_FROM_ROWS", 10**9)  # whole sequences through the int4 (decode) kernel
     int4 = load_model(None, torch.bfloat16, "cpu")
     layer = int4.model.model.layers[0]
     assert isinstance(layer.mlp.down_proj, Int4Linear) and isinstance(layer.self_attn.qkv_proj, Int4Linear)

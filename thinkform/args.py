@@ -23,7 +23,7 @@ class EngineArgs:
     context_length: int | None = field(default=None, metadata={"help": "max prompt + output tokens (default: the model's)"})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | float16 | bfloat16 | float64"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    quantization: str = field(default="auto", metadata={"help": "auto | none | int4: weight-only int4 (groups of 32) on a CPU in bfloat16; auto = int4 where the GGUF's layer weights are already 4-bit (Q4_0/Q4_1/Q4_K) and the CPU runs bfloat16, else none"})
+    quantization: str = field(default="auto", metadata={"help": "auto | none | int4: weight-only int4 (groups of 32) on a CPU in bfloat16; auto = int4 where the GGUF's layer weights are Q4_1 (int4 holds them exactly) and the CPU runs bfloat16, else none"})
     max_running_requests: int = field(default=64, metadata={"help": "max requests decoded together"})
     max_total_tokens: int | None = field(default=None, metadata={"help": "KV cache capacity in tokens (default: from memory)"})
     mem_fraction_static: float = field(default=0.85, metadata={"help": "GPU: fraction of memory for weights + KV cache"})

@@ -240,11 +240,13 @@ def _wants_int4(quantization: str, gguf: Path | None, device: str, dtype: torch.
 
 
 def gguf_weights_are_4bit(gguf_file: Path) -> bool:
-    """Whether most of the GGUF's layer weights are stored in an affine 4-bit format (per 32 weights:
-    scale and offset), which int4 groups of 32 hold without further loss."""
+    """Whether most of the GGUF's layer weights are Q4_1: per 32 weights w = d * q + m with the group's min
+    at q = 0 and its max at q = 15, so int4 groups of 32 recover them exactly. (Q4_0 and Q4_K need not use
+    both ends of the 0..15 range: re-quantizing them would be a second, lossy quantization; pass
+    `quantization="int4"` to choose that.)"""
     from gguf import GGMLQuantizationType, GGUFReader
 
-    four_bit = {GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q4_K}
+    four_bit = {GGMLQuantizationType.Q4_1}
     layers = [t for t in GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
     return bool(layers) and sum(t.tensor_type in four_bit for t in layers) * 2 > len(layers)
 
