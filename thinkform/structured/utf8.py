@@ -87,7 +87,7 @@ def _allowed(state: Pending | None, data: bytes) -> bool:
 
 
 class Utf8Rules:
-    """Per-vocabulary ban masks, one per decoder state (immutable, thread-safe)."""
+    """Per-vocabulary keep masks, one per decoder state (immutable, thread-safe)."""
 
     def __init__(self, token_bytes: Sequence[bytes]) -> None:
         words = (len(token_bytes) + 31) // 32
