@@ -87,3 +87,16 @@ def test_random_models_answer_in_valid_json_within_a_small_budget(tiny_model_dir
         assert out["meta_info"]["finish_reason"]["type"] == "stop", out
         assert out["meta_info"]["completion_tokens"] <= 64
         jsonschema.validate(json.loads(out["text"]), SCHEMA)
+        if not out["meta_info"]["closed_by_budget"]:  # ended on its own, before the closing reserve
+            assert out["meta_info"]["completion_tokens"] <= 64 - closing_reserve(64)
+    assert sum(o["meta_info"]["closed_by_budget"] for o in outs) >= len(outs) // 2  # random models rarely end
+
+
+def test_an_answer_that_ends_on_its_own_is_not_marked_closed(tiny_model_dirs) -> None:
+    from thinkform import Engine
+
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096) as engine:
+        out = engine.generate("Yes or no?", {"temperature": 0, "max_new_tokens": 64,
+                                             "json_schema": json.dumps({"enum": ["yes", "no"]})})
+    assert json.loads(out["text"]) in ("yes", "no")
+    assert out["meta_info"]["closed_by_budget"] is False

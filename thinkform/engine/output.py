@@ -19,6 +19,7 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
         "cached_tokens": seq.num_cached,
         "reasoning_tokens": gate.reasoning_tokens if gate is not None else 0,
         "constraint_satisfied": gate.constraint_satisfied if gate is not None else None,
+        "closed_by_budget": gate.closed_by_budget if gate is not None else False,
         "e2e_latency": time.perf_counter() - seq.arrival,
     }
     if seq.first_token_time is not None:

@@ -115,6 +115,7 @@ class ReasoningGate:
         self._guards = tuple(guards)
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out
         self._closing_reserve = closing_reserve(max_new_tokens) if max_new_tokens is not None else 0
+        self.closed_by_budget = False  # the closing reserve steered this answer's end
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
@@ -214,6 +215,7 @@ class ReasoningGate:
         for guard in self._guards:
             guard.restrict(bitmask, row)
         if self.closing:
+            self.closed_by_budget = True
             self._closing.restrict(bitmask, row, self._grammar_may_end())
         return True
 
