@@ -401,7 +401,7 @@ def test_a_steps_rows_filled_at_once_equal_rows_filled_one_by_one(ctx: BackendCo
             assert m.accept_token(ok[step % len(ok)])
     rows = [3, 0, 2, 1][: len(matchers)]
     together = xgr.allocate_token_bitmask(4, ctx.vocab_size)
-    be.fill_bitmasks(matchers, together, rows)
+    be.fill_bitmasks(together, list(zip(rows, matchers)))
     for m, r in zip(matchers, rows):
         alone = xgr.allocate_token_bitmask(1, ctx.vocab_size)
         m.fill_bitmask(alone, 0)

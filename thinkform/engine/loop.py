@@ -199,7 +199,7 @@ class EngineLoop:
         pending = [(i, s.gate.matcher_to_fill()) for i, s in enumerate(seqs) if s.gate is not None]
         pending = [(i, m) for i, m in pending if m is not None]
         try:
-            self.parts.grammar_backend.fill_bitmasks([m for _, m in pending], bitmask, [i for i, _ in pending])
+            self.parts.grammar_backend.fill_bitmasks(bitmask, pending)
         except Exception:  # noqa: BLE001 - find the row that broke: fill one by one
             for i, m in pending:
                 try:

@@ -168,22 +168,22 @@ class RequestBuilder:
         if c is None and not in_reasoning:
             return None
         matcher = req.compiled[c.key].new_matcher() if c is not None else None
-        guards = self._guards(c)
+        json_answer = c is not None and c.kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \
             self.args.answer_reserve_tokens if self.args.answer_reserve_tokens is not None else \
             min(128, p.max_new_tokens // 4)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards,
-            closing=self.parts.closing_rules if c is not None and c.kind in ("json_schema", "json_object") else None)
+            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=self._guards(c, json_answer),
+            closing=self.parts.closing_rules if json_answer else None)
 
-    def _guards(self, c: Constraint | None) -> list[AnswerGuard]:
+    def _guards(self, c: Constraint | None, json_answer: bool) -> list[AnswerGuard]:
         """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded."""
         if c is None:
             return []
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
-        if c.kind in ("json_schema", "json_object"):
+        if json_answer:
             guards.append(NumberGuard(self.parts.number_rules))
         return guards
 

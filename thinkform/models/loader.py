@@ -236,19 +236,18 @@ def _wants_int4(quantization: str, gguf: Path | None, device: str, dtype: torch.
         if not supported:
             raise ValueError(f"quantization: int4 runs on a CPU with dtype bfloat16 (got {device}, {dtype})")
         return True
-    return supported and gguf is not None and gguf_weights_are_4bit(gguf)
+    return supported and gguf is not None and gguf_weights_are_q4_1(gguf)
 
 
-def gguf_weights_are_4bit(gguf_file: Path) -> bool:
+def gguf_weights_are_q4_1(gguf_file: Path) -> bool:
     """Whether most of the GGUF's layer weights are Q4_1: per 32 weights w = d * q + m with the group's min
     at q = 0 and its max at q = 15, so int4 groups of 32 recover them exactly. (Q4_0 and Q4_K need not use
     both ends of the 0..15 range: re-quantizing them would be a second, lossy quantization; pass
     `quantization="int4"` to choose that.)"""
     from gguf import GGMLQuantizationType, GGUFReader
 
-    four_bit = {GGMLQuantizationType.Q4_1}
     layers = [t for t in GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
-    return bool(layers) and sum(t.tensor_type in four_bit for t in layers) * 2 > len(layers)
+    return bool(layers) and sum(t.tensor_type == GGMLQuantizationType.Q4_1 for t in layers) * 2 > len(layers)
 
 
 def load_model(model_path: str | None, dtype: torch.dtype | None = None, device: str = "cpu",

@@ -7,8 +7,8 @@ swaps the layers' Linear modules for it.
 
 A GGUF in Q4_1 (the embedded SmolLM2 file) already stores its weights on exactly that grid (w = d * q + m
 per block of 32, the block's min at q = 0 and max at q = 15), so re-quantizing its dequantized weights
-recovers them up to the bfloat16 rounding of the scales: the model is the file, read as llama.cpp reads it. For other checkpoints int4 is
-an ordinary lossy quantization, chosen explicitly with `--quantization int4`.
+recovers them up to the bfloat16 rounding of the scales: the model is the file, read as llama.cpp reads
+it. For other checkpoints int4 is an ordinary lossy quantization, chosen with `--quantization int4`.
 """
 from __future__ import annotations
 

@@ -38,6 +38,13 @@ def pack_bits(flags: torch.Tensor | np.ndarray, words: int) -> torch.Tensor:
     return torch.from_numpy(packed.astype(np.int32))
 
 
+def only_mask(vocab_size: int, words: int, allowed: Iterable[int]) -> torch.Tensor:
+    """Exactly `allowed` (ids below vocab_size), packed."""
+    flags = np.zeros(vocab_size, dtype=bool)
+    flags[[i for i in allowed if 0 <= i < vocab_size]] = True
+    return pack_bits(flags, words)
+
+
 def keep_mask(vocab_size: int, words: int, banned: Iterable[int]) -> torch.Tensor:
     """All of 0..vocab_size-1 but `banned`, packed (ids past vocab_size are never kept)."""
     flags = np.ones(vocab_size, dtype=bool)

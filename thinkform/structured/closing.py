@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from thinkform.structured.bitmask import set_bits
+from thinkform.structured.bitmask import only_mask
 
 _WHITESPACE = b" \t\n\r"
 _CLOSERS = b'"}]'
@@ -44,11 +44,9 @@ class ClosingRules:
     def __init__(self, token_bytes: Sequence[bytes], eos_token_ids: Sequence[int]) -> None:
         vocab = len(token_bytes)
         words = (vocab + 31) // 32
-        self._eos = _only(vocab, words, eos_token_ids)
-        self._tiers = [
-            _only(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, _CLOSERS)]),
-            _only(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, _SHORTEST)]),
-        ]
+        self._eos = only_mask(vocab, words, eos_token_ids).numpy()
+        self._tiers = [only_mask(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, chars)]).numpy()
+                       for chars in (_CLOSERS, _SHORTEST)]
 
     def restrict(self, bitmask: torch.Tensor, row: int, may_end: bool) -> None:
         """Narrow bitmask[row] to the first tier it allows anything of; leave it as it is otherwise."""
@@ -62,10 +60,4 @@ class ClosingRules:
                 words[width:] = 0
                 return
 
-
-def _only(vocab: int, words: int, ids: Sequence[int]) -> np.ndarray:
-    """Packed keep mask of exactly `ids`."""
-    mask = torch.zeros((1, words), dtype=torch.int32)
-    set_bits(mask, 0, [i for i in ids if 0 <= i < vocab], True)
-    return mask.numpy()[0].copy()
 

@@ -205,18 +205,19 @@ class ReasoningGate:
             set_bits(bitmask, row, self._eos, True)
             return True
         words = bitmask.numpy()[row]
+        may_end = self.phase is Phase.ANSWER and self._grammar_may_end()
         if self.phase is Phase.OPEN:
             words &= self._open_keep
             set_bits(bitmask, row, (self._start_ids[0],), True)
         else:  # ANSWER: no EOS before the grammar may end, no reasoning marker inside the answer
             words &= self._answer_keep
-            if self._grammar_may_end():
+            if may_end:
                 set_bits(bitmask, row, self._eos, True)
         for guard in self._guards:
             guard.restrict(bitmask, row)
         if self.closing:
             self.closed_by_budget = True
-            self._closing.restrict(bitmask, row, self._grammar_may_end())
+            self._closing.restrict(bitmask, row, may_end)
         return True
 
     @property

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, Pending, split_pending
 from thinkform.structured.backends.llguidance import LLGuidanceBackend, LLGuidanceMatcher
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.xgrammar import XGrammarBackend
@@ -34,14 +34,12 @@ class AutoBackend(GrammarBackend):
             except ConstraintError as second:
                 raise ConstraintError(f"{first} (llguidance: {second})", field=first.field) from second
 
-    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
+    def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """Each library's rows through its own batched fill."""
-        fallback = [(m, r) for m, r in zip(matchers, rows) if isinstance(m, LLGuidanceMatcher)]
-        primary = [(m, r) for m, r in zip(matchers, rows) if not isinstance(m, LLGuidanceMatcher)]
-        if primary:
-            self.primary.fill_bitmasks([m for m, _ in primary], bitmask, [r for _, r in primary])
+        fallback, primary = split_pending(pending, LLGuidanceMatcher)
+        self.primary.fill_bitmasks(bitmask, primary)
         if fallback:
-            self._llguidance().fill_bitmasks([m for m, _ in fallback], bitmask, [r for _, r in fallback])
+            self._llguidance().fill_bitmasks(bitmask, fallback)
 
     def _llguidance(self) -> LLGuidanceBackend:
         if self._fallback is None:

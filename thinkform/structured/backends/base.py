@@ -6,6 +6,7 @@ when token 32*i + j is allowed. Every backend writes that layout so the sampler 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,6 +47,9 @@ class GrammarMatcher(ABC):
         """The text the grammar forces next ('' when more than one continuation is possible)."""
 
 
+Pending = Sequence[tuple[int, GrammarMatcher]]  # a step's (bitmask row, matcher) pairs to fill
+
+
 class CompiledGrammar(ABC):
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...
@@ -80,8 +84,16 @@ class GrammarBackend(ABC):
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         """Compile or raise ConstraintError quoting the library's message."""
 
-    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
-        """Fill bitmask[rows[i]] from matchers[i], the whole step's rows at once (a backend with a batched,
-        threaded fill overrides this; the default fills row by row)."""
-        for matcher, row in zip(matchers, rows):
+    def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
+        """Fill bitmask[row] from its matcher for each (row, matcher) of a step, all at once (a backend with
+        a batched, threaded fill overrides this; the default fills row by row)."""
+        for row, matcher in pending:
             matcher.fill_bitmask(bitmask, row)
+
+
+
+def split_pending(pending: Pending, kind: type) -> tuple[list[tuple[int, Any]], list[tuple[int, GrammarMatcher]]]:
+    """(the rows whose matcher is a `kind`, the other rows)."""
+    ours = [(row, m) for row, m in pending if isinstance(m, kind)]
+    rest = [(row, m) for row, m in pending if not isinstance(m, kind)]
+    return ours, rest

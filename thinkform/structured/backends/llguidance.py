@@ -9,7 +9,8 @@ import llguidance.hf
 import torch
 from llguidance import LLMatcher, StructTag
 
-from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
+                                                Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import utf8_prefix
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
@@ -100,17 +101,16 @@ class LLGuidanceBackend(GrammarBackend):
             ctx.tokenizer, n_vocab=ctx.vocab_size, eos_token=list(ctx.eos_token_ids))
         self._executor = llguidance.LLExecutor()  # its own threads (80 % of the cores, at most 32)
 
-    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
+    def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """llguidance's matchers in parallel on its executor (what llguidance.torch's
         fill_next_token_bitmask_par does); any other matcher row by row."""
-        ours = [(m._m, r) for m, r in zip(matchers, rows) if isinstance(m, LLGuidanceMatcher)]
+        ours, rest = split_pending(pending, LLGuidanceMatcher)
         if ours:
             if not bitmask.is_contiguous():
                 raise ValueError("bitmask: must be contiguous")
-            self._executor.unsafe_compute_mask_ptr(ours, bitmask.data_ptr(), bitmask.shape[1] * 4, bitmask.shape[0])
-        for m, r in zip(matchers, rows):
-            if not isinstance(m, LLGuidanceMatcher):
-                m.fill_bitmask(bitmask, r)
+            self._executor.unsafe_compute_mask_ptr([(m._m, row) for row, m in ours], bitmask.data_ptr(),
+                                                   bitmask.shape[1] * 4, bitmask.shape[0])
+        super().fill_bitmasks(bitmask, rest)
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)

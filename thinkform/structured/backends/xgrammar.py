@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 import torch
 import xgrammar as xgr
 
-from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
+from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
+                                                Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
@@ -43,17 +44,6 @@ class XGrammarMatcher(GrammarMatcher):
         return self._m.find_jump_forward_string()
 
 
-def fill_xgrammar_rows(batch: xgr.BatchGrammarMatcher, matchers: list[GrammarMatcher], bitmask: torch.Tensor,
-                      rows: list[int]) -> None:
-    """xgrammar's matchers in one batched call; any other matcher row by row."""
-    ours = [(m, r) for m, r in zip(matchers, rows) if isinstance(m, XGrammarMatcher)]
-    if ours:
-        batch.batch_fill_next_token_bitmask([m._m for m, _ in ours], bitmask, [r for _, r in ours])
-    for m, r in zip(matchers, rows):
-        if not isinstance(m, XGrammarMatcher):
-            m.fill_bitmask(bitmask, r)
-
-
 class XGrammarCompiled(CompiledGrammar):
     def __init__(self, compiled: xgr.CompiledGrammar) -> None:
         self.compiled = compiled
@@ -75,8 +65,12 @@ class XGrammarBackend(GrammarBackend):
             ctx.tokenizer, vocab_size=ctx.vocab_size, stop_token_ids=list(ctx.eos_token_ids))
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
 
-    def fill_bitmasks(self, matchers: list[GrammarMatcher], bitmask: torch.Tensor, rows: list[int]) -> None:
-        fill_xgrammar_rows(self._batch, matchers, bitmask, rows)
+    def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
+        """xgrammar's matchers in one batched call; any other matcher row by row."""
+        ours, rest = split_pending(pending, XGrammarMatcher)
+        if ours:
+            self._batch.batch_fill_next_token_bitmask([m._m for _, m in ours], bitmask, [row for row, _ in ours])
+        super().fill_bitmasks(bitmask, rest)
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)
