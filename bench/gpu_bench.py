@@ -7,6 +7,8 @@ Model: random bfloat16 weights at the given config with the real Qwen vocabulary
 151,936). Greedy, `max-new-tokens` per request, the seed's CapitalInfo schema. Rows (one JSON object per
 line, appended to DIR/results.jsonl as each finishes, so a run cut short still reports what it measured):
 
+- `check`: the CUDA path (Triton kernels, with and without CUDA graphs) against the torch path: greedy
+  agreement and JSON validity.
 - thinkform `free`: `ignore_eos`, all of max-new-tokens; `json`: constrained with jump-forward off, and an
   unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
   `json_jf`: jump-forward on (tok/s counts only sampled tokens).
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_cases import CAPITAL_INFO_SCHEMA, capital_prompts  # noqa: E402
+from seed_cases import CAPITAL_INFO_SCHEMA, capital_prompts, json_valid  # noqa: E402
 
 CONFIGS: dict[str, dict[str, Any]] = {  # Qwen2.5-1.5B's shapes; `tiny` is for trying the script on a CPU
     "qwen2.5-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
@@ -63,6 +65,66 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def run_check(args: argparse.Namespace) -> None:
+    """The CUDA path against the plain torch one on the same card: greedy token agreement (free text and
+    JSON), and every JSON answer valid. bf16 kernels differ in rounding, so a random model may part ways
+    after a near-tie; agreement is reported, validity must be total."""
+    import thinkform
+
+    prompts = capital_prompts(8)
+    schema = json.dumps(CAPITAL_INFO_SCHEMA)
+    runs: dict[str, list[list[int]]] = {}
+    import torch
+
+    variants = (("torch", False), ("triton", False), ("triton", True)) if torch.cuda.is_available() else (("torch", False),)
+    for backend, graphs in variants:
+        name = f"{backend}{'+graphs' if graphs else ''}"
+        t0 = time.perf_counter()
+        with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", attention_backend=backend,
+                              disable_cuda_graph=not graphs, max_total_tokens=1 << 16) as engine:
+            start = time.perf_counter() - t0
+            free = engine.generate(prompts, {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True})
+            constrained = engine.generate(prompts, {"temperature": 0, "max_new_tokens": args.max_new_tokens,
+                                                    "json_schema": schema})
+            replay = _replay_ms(engine.parts.small_steps)
+        runs[name] = [o["output_ids"] for o in free] + [o["output_ids"] for o in constrained]
+        valid = sum(json_valid(o["text"], CAPITAL_INFO_SCHEMA) for o in constrained)
+        emit(args.out, {"check": name, "start_s": round(start, 1), "json_valid": f"{valid}/{len(constrained)}",
+                        "graph_replay_ms": replay, "example": constrained[0]["text"][:80]})
+    base = runs["torch"]
+    for name, ids in runs.items():
+        same = [_common_prefix(a, b) / max(1, len(a)) for a, b in zip(base, ids)]
+        emit(args.out, {"check": name, "vs": "torch", "mean_prefix_agreement": round(sum(same) / len(same), 3),
+                        "identical": sum(a == b for a, b in zip(base, ids))})
+
+
+def _replay_ms(steps: Any) -> dict[int, float] | None:
+    """Device time of one captured forward (a decode step of that many tokens), for the step's CPU share."""
+    import torch
+
+    if steps is None or not steps.graphs:
+        return None
+    times = {}
+    steps.load_padding()  # no stale logit rows or slots from the last real step
+    for width in (1, 32):
+        graph = steps.graphs.get(width)
+        if graph is None:
+            continue
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph.replay()
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times[width] = round(start.elapsed_time(end) / 20, 3)
+    return times
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def run_thinkform(args: argparse.Namespace) -> None:
     import thinkform
     from structured_overhead import decode_pair
@@ -70,7 +132,14 @@ def run_thinkform(args: argparse.Namespace) -> None:
     prompts = capital_prompts(max(args.batch_sizes))
     schema = json.dumps(CAPITAL_INFO_SCHEMA)
     for jump in (False, True):
-        with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", disable_jump_forward=not jump) as engine:
+        t0 = time.perf_counter()
+        with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", disable_jump_forward=not jump,
+                              **args.engine_args) as engine:
+            steps = engine.parts.small_steps
+            emit(args.out, {"engine": "thinkform", "engine_args": args.engine_args,
+                            "start_s": round(time.perf_counter() - t0, 1),
+                            "kv_tokens": engine.parts.pool.num_pages * engine.parts.pool.page_size,
+                            "cuda_graphs": len(steps.graphs) if steps is not None else 0})
             for bs in args.batch_sizes:
                 batch = prompts[:bs]
                 if not jump:
@@ -103,10 +172,9 @@ def run_transformers(args: argparse.Namespace) -> None:
     grammar = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(CAPITAL_INFO_SCHEMA))
     prompts = capital_prompts(max(args.batch_sizes))
     for mode in ("eager", "static"):
-        if mode == "static":
+        if mode == "static":  # generate() then compiles the forward itself (reduce-overhead: CUDA graphs)
             model.generation_config.cache_implementation = "static"
-            if not args.no_compile:
-                model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            model.generation_config.disable_compile = args.no_compile
         for bs in args.batch_sizes:
             enc = tok(prompts[:bs], return_tensors="pt", padding=True).to(device)
             for kind in ("free", "json"):
@@ -141,15 +209,17 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--parts", nargs="+", default=["thinkform", "transformers"], choices=["thinkform", "transformers"])
+    ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "transformers"],
+                    choices=["check", "thinkform", "transformers"])
     ap.add_argument("--no-compile", action="store_true", help="transformers static cache without torch.compile")
+    ap.add_argument("--engine-args", type=json.loads, default={}, help="extra thinkform.Engine arguments (JSON)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        {"thinkform": run_thinkform, "transformers": run_transformers}[args.child](args)
+        {"check": run_check, "thinkform": run_thinkform, "transformers": run_transformers}[args.child](args)
         return
     t0 = time.perf_counter()
     model = build_model(args.config, args.model_dir / args.config)
@@ -158,9 +228,15 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", part, "--model", str(model), "--out", str(args.out),
                "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
                "--batch-sizes", *map(str, args.batch_sizes)] + (["--no-compile"] if args.no_compile else [])
-        t1 = time.perf_counter()
-        code = subprocess.run(cmd).returncode
-        emit(args.out, {"event": "part", "part": part, "returncode": code, "seconds": round(time.perf_counter() - t1, 1)})
+        # a broken CUDA path still leaves figures: without graphs, then on the torch path
+        fallbacks = [[], ["--engine-args", '{"disable_cuda_graph": true}'], ["--engine-args", '{"attention_backend": "torch"}']]
+        for extra in fallbacks if part == "thinkform" else [[]]:
+            t1 = time.perf_counter()
+            code = subprocess.run(cmd + extra).returncode
+            emit(args.out, {"event": "part", "part": part, "extra": extra, "returncode": code,
+                            "seconds": round(time.perf_counter() - t1, 1)})
+            if code == 0:
+                break
 
 
 if __name__ == "__main__":

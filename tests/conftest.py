@@ -47,3 +47,40 @@ def reasoning_engine(tiny_model_dirs):
     eng = Engine(model_path=str(tiny_model_dirs["llama"]), reasoning_parser="deepseek-r1", max_total_tokens=8192)
     yield eng
     eng.shutdown()
+
+
+def _interpret_triton_library(mp: pytest.MonkeyPatch) -> None:
+    """Give tl's jit'd library functions interpreted twins for the duration of `mp` (they were decorated
+    when triton was first imported, which in a full run may be long before, without TRITON_INTERPRET)."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for name, value in list(vars(tl).items()):
+        if isinstance(value, JITFunction):
+            mp.setattr(tl, name, InterpretedFunction(value.fn))
+
+
+def _drop_kernel_modules() -> dict:
+    import sys
+
+    import thinkform.kernels as package
+
+    dropped = {name: sys.modules.pop(name) for name in list(sys.modules) if name.startswith("thinkform.kernels.")}
+    for name in dropped:
+        vars(package).pop(name.rsplit(".", 1)[1], None)
+    return dropped
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter():
+    """thinkform.kernels imported fresh under TRITON_INTERPRET=1 (`@triton.jit` reads it when it decorates), so
+    the Triton kernels run on CPU tensors; afterwards the modules are dropped again and nothing leaks."""
+    import importlib
+
+    _drop_kernel_modules()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        _interpret_triton_library(mp)
+        yield importlib.import_module("thinkform.kernels.triton_ops")
+        _drop_kernel_modules()

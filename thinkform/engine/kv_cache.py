@@ -13,14 +13,18 @@ import torch
 
 
 class KVCache:
-    """The tensors: k and v of shape [num_layers, num_pages * page_size, num_kv_heads, head_dim]."""
+    """The tensors: k and v of shape [num_layers, (num_pages + 1) * page_size, num_kv_heads, head_dim].
+
+    The last page belongs to no sequence: padding tokens of a CUDA-graph step write their k/v there."""
 
     def __init__(self, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
-        shape = (num_layers, num_pages * page_size, num_kv_heads, head_dim)
+        shape = (num_layers, (num_pages + 1) * page_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.page_size = page_size
+        self.num_pages = num_pages
+        self.scratch_slot = num_pages * page_size
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

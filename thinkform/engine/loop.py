@@ -27,7 +27,7 @@ class EngineLoop:
         self.parts = parts
         self.args = args
         self.scheduler = Scheduler(parts.pool, args.max_running_requests, args.chunked_prefill_size)
-        self.runner = ModelRunner(parts.model, parts.kv, parts.device)
+        self.runner = ModelRunner(parts.model, parts.kv, parts.device, parts.small_steps)
         self.sampler = Sampler(len(parts.tokenizer), parts.vocab_size, parts.eos_token_ids)
         self.eos = frozenset(parts.eos_token_ids)
         self._lock = threading.Lock()
@@ -44,6 +44,7 @@ class EngineLoop:
                          "finished_stop": 0, "finished_length": 0, "finished_abort": 0}
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
+        self._pinned_masks: torch.Tensor | None = None  # GPU: the step's bitmask rows, reused
 
     # -- control (any thread) -------------------------------------------------------------------------------
     @classmethod
@@ -193,9 +194,7 @@ class EngineLoop:
         """Runs on the mask thread while the forward pass runs (torch releases the GIL): the grammar
         matchers of all rows in one batched fill, then each gate's own rules. A row whose matcher raises
         goes into `failed`: that request fails after sampling, the batch goes on."""
-        import xgrammar
-
-        bitmask = xgrammar.allocate_token_bitmask(len(seqs), self.parts.vocab_size)
+        bitmask = self._new_bitmask(len(seqs))
         pending = [(i, s.gate.matcher_to_fill()) for i, s in enumerate(seqs) if s.gate is not None]
         pending = [(i, m) for i, m in pending if m is not None]
         try:
@@ -214,6 +213,20 @@ class EngineLoop:
             except Exception as e:  # noqa: BLE001
                 failed[i] = e
         return (bitmask, rows) if rows else (None, [])
+
+    def _new_bitmask(self, rows: int) -> torch.Tensor:
+        """All-allowed rows to fill. For a GPU they live in pinned memory, so the copy to the device runs
+        asynchronously; the step's sampling waits for its tokens, so the next step's fill finds it done."""
+        if self._pinned_masks is None:
+            import xgrammar
+
+            if self.parts.device.type == "cpu":
+                return xgrammar.allocate_token_bitmask(rows, self.parts.vocab_size)
+            self._pinned_masks = xgrammar.allocate_token_bitmask(self.args.max_running_requests,
+                                                                 self.parts.vocab_size).pin_memory()
+        bitmask = self._pinned_masks[:rows]
+        bitmask.fill_(-1)
+        return bitmask
 
     # -- one sampled token ----------------------------------------------------------------------------------
     def _advance(self, seq: Sequence, token: int, logprob: tuple | None) -> None:

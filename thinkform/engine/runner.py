@@ -4,23 +4,28 @@ from __future__ import annotations
 import torch
 
 from thinkform.engine.attention import PagedAttention, StepLayout
+from thinkform.engine.graph_runner import CudaStepRunner
 from thinkform.engine.kv_cache import KVCache
 from thinkform.engine.scheduler import ScheduledBatch
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, kv: KVCache, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, kv: KVCache, device: torch.device,
+                 small_steps: CudaStepRunner | None = None) -> None:
         self.model = model
         self.kv = kv
         self.device = device
+        self.small_steps = small_steps  # CUDA: steps it fits run on Triton kernels through CUDA graphs
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[int]]:
         """Returns (logits [M, V], rows): logits for the M sequences whose step reached their last token."""
+        if self.small_steps is not None and self.small_steps.fits(batch):
+            return self.small_steps.forward(batch)
         ids, positions = [], []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             start = seq.num_computed
-            ids.extend(seq.tokens[start:start + n])
+            ids.extend(seq.token_slice(start, start + n))
             positions.extend(range(start, start + n))
         layout = StepLayout.build([s.num_computed for s in batch.seqs], batch.num_tokens,
                                   [s.block_table for s in batch.seqs], self.kv.page_size, self.device)

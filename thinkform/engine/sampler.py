@@ -35,12 +35,15 @@ class Sampler:
         if self.tokenizer_size < logits.shape[1]:
             logits[:, self.tokenizer_size:] = float("-inf")
         masked_rows = masked_rows if bitmask is not None and masked_rows else []
-        # sampled rows need the whole masked distribution; greedy rows only the best allowed token
-        sampled = [r for r in masked_rows if not seqs[r].params.greedy]
+        # sampled rows need the whole masked distribution; greedy rows on a CPU only the best allowed token
+        # (one bit test when the model agrees with the grammar). On a GPU one kernel masks every row at
+        # once, cheaper than a second round trip for the rows whose argmax was banned.
+        on_cpu = logits.device.type == "cpu"
+        sampled = [r for r in masked_rows if not (on_cpu and seqs[r].params.greedy)]
         if sampled:
             apply_bitmask(logits, bitmask, sampled)
         tokens = self._choose(logits, seqs)
-        greedy = [r for r in masked_rows if seqs[r].params.greedy]
+        greedy = [r for r in masked_rows if on_cpu and seqs[r].params.greedy]
         if greedy:
             best_allowed(logits, bitmask, greedy, tokens)
         out = SampleOutput(tokens)
@@ -49,19 +52,15 @@ class Sampler:
         return out
 
     def _penalize(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        self._ban_eos(logits, seqs)
         for i, seq in enumerate(seqs):
             p = seq.params
-            if p.ignore_eos and self.eos_token_ids and not _grammar_active(seq):
-                logits[i, self.eos_token_ids] = float("-inf")
             if p.logit_bias:
                 kept = [t for t in p.logit_bias if t < logits.shape[1]]
                 if kept:
                     ids = torch.tensor(kept, dtype=torch.long, device=logits.device)
                     bias = torch.tensor([p.logit_bias[t] for t in kept], dtype=logits.dtype, device=logits.device)
                     logits[i].index_add_(0, ids, bias)
-            if p.min_new_tokens and len(seq.output_ids) < p.min_new_tokens and self.eos_token_ids \
-                    and not _grammar_active(seq):
-                logits[i, self.eos_token_ids] = float("-inf")
             if not (p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0):
                 continue
             if p.repetition_penalty != 1.0:
@@ -73,6 +72,17 @@ class Sampler:
                 counts = torch.bincount(out_ids, minlength=logits.shape[1])[: logits.shape[1]]
                 counts = counts.to(logits.dtype)
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+    def _ban_eos(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """EOS off for rows that ignore it or have not reached min_new_tokens (unless a grammar decides
+        the end): one indexed write for all rows, not one per row (each a kernel launch on a GPU)."""
+        if not self.eos_token_ids:
+            return
+        rows = [i for i, s in enumerate(seqs) if not _grammar_active(s) and (
+            s.params.ignore_eos or len(s.output_ids) < s.params.min_new_tokens)]
+        if rows:
+            index = torch.tensor(rows, dtype=torch.long)[:, None], torch.tensor(self.eos_token_ids)[None, :]
+            logits[tuple(i.to(logits.device, non_blocking=True) for i in index)] = float("-inf")
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         tokens = argmax_rows(logits)

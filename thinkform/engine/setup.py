@@ -10,6 +10,7 @@ import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.kv_cache import KVCache, PagePool
+from thinkform.models.decoder import DecoderLM
 from thinkform.models.loader import load_model
 from thinkform.reasoning import ReasoningMarkers, get_markers
 from thinkform.structured.backends import create_backend
@@ -49,6 +50,7 @@ class EngineParts:
     grammar_cache: GrammarCache
     kv: KVCache
     pool: PagePool
+    small_steps: Any = None  # CudaStepRunner on CUDA with the Triton backend, else None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,6 +82,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
     vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size, loaded.eos_token_ids)
     backend = create_backend(args.grammar_backend, BackendContext(tok, cfg.vocab_size, loaded.eos_token_ids, options))
     kv, pool = _build_kv(args, loaded.model, cfg, device, context)
+    small_steps = _cuda_kernels(args, loaded.model, kv, device, context)
     chat_template = _chat_template(args.chat_template) or loaded.chat_template
     return EngineParts(
         model=loaded.model, tokenizer=tok, chat_template=chat_template, markers=markers,
@@ -88,7 +91,29 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
         closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids),
         hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
-        grammar_cache=GrammarCache(backend), kv=kv, pool=pool)
+        grammar_cache=GrammarCache(backend), kv=kv, pool=pool, small_steps=small_steps)
+
+
+def attention_backend(name: str, device: torch.device) -> str:
+    if name not in ("auto", "triton", "torch"):
+        raise ValueError(f"attention_backend: unknown backend {name!r} (choose from auto, triton, torch)")
+    if name == "triton" and device.type != "cuda":
+        raise ValueError(f"attention_backend: triton needs a CUDA device, not {device.type}")
+    return "triton" if name == "auto" and device.type == "cuda" else ("torch" if name == "auto" else name)
+
+
+def _cuda_kernels(args: EngineArgs, model: torch.nn.Module, kv: KVCache, device: torch.device,
+                  context: int) -> Any:
+    """On CUDA: Triton kernels in the layers, and small steps through CUDA graphs. Imported only here."""
+    if attention_backend(args.attention_backend, device) != "triton" or not isinstance(model, DecoderLM):
+        return None
+    from thinkform.engine.graph_runner import CudaStepRunner
+    from thinkform.kernels.ops import TritonOps
+
+    model.ops = TritonOps()
+    return CudaStepRunner(model, kv, device, max_tokens=args.cuda_graph_max_bs,
+                          max_pages=-(-context // args.page_size), max_seqs=args.max_running_requests,
+                          use_graphs=not args.disable_cuda_graph)
 
 
 def _build_kv(args: EngineArgs, model: torch.nn.Module, cfg: Any, device: torch.device,

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from thinkform.models.config import ModelConfig
 from thinkform.models.layers import AttentionBackend, CausalLM, DecoderLayer, RMSNorm, logits_dtype
+from thinkform.models.ops import TorchOps
 from thinkform.models.rope import RotaryEmbedding
 
 
@@ -53,13 +54,17 @@ class DecoderLM(CausalLM):
         )
         # tied: no separate parameter (sharing one Parameter would not survive to_empty/_apply)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, False)
+        self.ops = TorchOps()  # the engine swaps in Triton kernels on CUDA (thinkform.kernels)
 
     def forward(self, input_ids: Tensor, positions: Tensor, attn: AttentionBackend) -> Tensor:
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
+        residual = None
         for layer in self.model.layers:
-            h = layer(h, cos, sin, attn)
-        return self.model.norm(h)
+            h, residual = layer(h, residual, cos, sin, attn, self.ops)
+        if residual is None:
+            return self.model.norm(h, self.ops)
+        return self.model.norm.add_forward(h, residual, self.ops)[0]
 
     def output_weight(self) -> Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thinkform.models.config import ModelConfig
-from thinkform.models.rope import apply_rotary
+from thinkform.models.ops import TorchOps, norm_compute_dtype
 
 
 class AttentionBackend(Protocol):
@@ -42,22 +42,20 @@ def logits_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _norm_compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # half precision is normalised in float32 (as transformers does); float64 stays float64
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        h = x.to(_norm_compute_dtype(dtype))
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+    def forward(self, x: Tensor, ops: TorchOps = TorchOps()) -> Tensor:
+        if x.dim() > 2:  # per-head norms (Qwen3's q/k): the kernels take rows
+            return ops.rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: Tensor, residual: Tensor, ops: TorchOps) -> tuple[Tensor, Tensor]:
+        """(norm(residual + x), residual + x): the residual add fused into the norm."""
+        return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def _silu(x: Tensor) -> Tensor:
@@ -98,16 +96,16 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps) -> Tensor:
         n = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.num_kv_heads, self.head_dim)
         v = v.view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = attn(self.layer_id, q, k, v.contiguous())
+            q, k = self.q_norm(q, ops), self.k_norm(k, ops)
+        q, k = ops.rotary(q, k, cos, sin)
+        out = attn(self.layer_id, q, k, v)
         return self.o_proj(out.reshape(n, self.q_size))
 
 
@@ -120,9 +118,13 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act = activation(config.hidden_act)
+        self.silu = self.act is _silu
 
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+    def forward(self, x: Tensor, ops: TorchOps) -> Tensor:
+        gate_up = self.gate_up_proj(x)
+        if self.silu:
+            return self.down_proj(ops.silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 
@@ -134,6 +136,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = GatedMLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor, attn: AttentionBackend,
+                ops: TorchOps) -> tuple[Tensor, Tensor]:
+        """x: the previous layer's output, not yet added to `residual` (None at the first layer): each
+        residual add is fused into the norm that follows it. Returns (output, residual)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x, ops)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual, ops)
+        h = self.self_attn(h, cos, sin, attn, ops)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual, ops)
+        return self.mlp(h, ops), residual

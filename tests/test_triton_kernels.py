@@ -1,0 +1,226 @@
+"""thinkform.kernels.triton_ops against the torch reference, run on CPU through Triton's interpreter.
+
+TRITON_INTERPRET is read when `@triton.jit` decorates, so the module is imported fresh under the variable and
+taken out of sys.modules afterwards (no other test sees the interpreted kernels or the variable). Triton's own
+jit'd library functions (tl.sum, tl.max, tl.zeros, ...) were decorated when triton was first imported, which in a
+full test run may be long before this module, without the variable; the fixture therefore imports triton
+normally first and swaps those functions for interpreted twins only while these tests run.
+
+Tolerances: the interpreter computes float32 with numpy, so elementwise kernels (residual add, rotary, store,
+bf16 rounding) are compared bit for bit; kernels with a float32 reduction or exp (rms_norm, silu, attention) can
+land on the other side of a half-precision rounding when the last float32 bit differs from torch's. Half results
+there may be off on at most 2% of elements: by 2 ulps for rms_norm and silu_and_mul (a 1-ulp flip of the first
+rounding can move the second by 2), by 1 ulp or 1e-5 for attention (float32 accumulation error on outputs near
+zero, where an ulp is tiny); float32 results within 1e-5. Measured in the interpreter: bfloat16 bit-identical for
+all of them, float16 a few 1-2 ulp flips per 10^5 elements. The same helpers and bounds held for the compiled
+kernels on an H100 (triton 3.6, torch 2.11) against these CPU references, CUDA-graph replay of the attention
+included; no test here needs a GPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(scope="module")
+def ops(triton_interpreter):
+    return triton_interpreter
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=_gen(seed)).to(dtype)
+
+
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in units of last place between two 16-bit float tensors (sign-magnitude made monotone)."""
+    def key(t: torch.Tensor) -> torch.Tensor:
+        i = t.view(torch.int16).int()
+        return torch.where(i < 0, -(i & 0x7FFF), i)
+    return (key(a) - key(b)).abs()
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, exact: bool = False, max_ulp: int = 1,
+                   atol: float = 0.0) -> None:
+    """Bitwise when `exact`; else half dtypes off by at most max_ulp (or atol) on <= 2% of elements, float32
+    within 1e-5."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if exact:
+        assert torch.equal(actual, expected), (actual - expected).abs().max()
+    elif actual.dtype in HALF_DTYPES:
+        ulps = torch.where((actual.float() - expected.float()).abs() <= atol, 0, _ulps(actual, expected))
+        assert ulps.max() <= max_ulp and (ulps > 0).float().mean() <= 0.02, (ulps.max(), (ulps > 0).sum())
+    else:
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _qkv_views(n: int, hq: int, hk: int, dim: int, dtype: torch.dtype, seed: int):
+    """q, k, v as the model makes them: strided views of one fused projection [n, (hq + 2 hk) * dim]."""
+    qkv = _randn(n, (hq + 2 * hk) * dim, dtype=dtype, seed=seed)
+    q, k, v = qkv.split([hq * dim, hk * dim, hk * dim], dim=-1)
+    return qkv, q.view(n, hq, dim), k.view(n, hk, dim), v.view(n, hk, dim)
+
+
+# ----------------------------------------------------------------------------------------------- references
+
+def ref_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def ref_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.split(gate_up.shape[-1] // 2, -1)
+    return F.silu(gate) * up
+
+
+def ref_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+
+
+def ref_paged_attention(q, k_cache, v_cache, block_tables, context_lens, page_size, scale):
+    out = torch.zeros_like(q)
+    group = q.shape[1] // k_cache.shape[1]
+    for b, n in enumerate(context_lens.tolist()):
+        pos = torch.arange(n)
+        slots = block_tables[b, pos // page_size].long() * page_size + pos % page_size
+        k = k_cache[slots].float().repeat_interleave(group, dim=1)  # [n, H, D]
+        v = v_cache[slots].float().repeat_interleave(group, dim=1)
+        probs = torch.softmax(torch.einsum("hd,nhd->hn", q[b].float(), k) * scale, dim=-1)
+        out[b] = torch.einsum("hn,nhd->hd", probs, v).to(q.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- tests
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm(ops, dtype):
+    x = _randn(5, 160, dtype=dtype, seed=0)[:, :96]  # strided rows, H not a power of two
+    weight = (1 + 0.1 * _randn(96, dtype=torch.float32, seed=1)).to(dtype)
+    assert_matches(ops.rms_norm(x, weight, 1e-6), ref_rms_norm(x, weight, 1e-6), max_ulp=2)
+
+
+def test_rms_norm_float32_weight_promotes(ops):
+    x = _randn(3, 64, dtype=torch.bfloat16, seed=2)
+    weight = 1 + 0.1 * _randn(64, dtype=torch.float32, seed=3)
+    out = torch.empty(3, 64)
+    assert ops.rms_norm(x, weight, 1e-5, out=out) is out
+    torch.testing.assert_close(out, ref_rms_norm(x, weight, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_add_rms_norm(ops, dtype):
+    x = _randn(4, 96, dtype=dtype, seed=4)
+    residual = _randn(4, 96, dtype=dtype, seed=5)
+    weight = (1 + 0.1 * _randn(96, dtype=torch.float32, seed=6)).to(dtype)
+    expected_residual = residual + x
+    expected = ref_rms_norm(expected_residual, weight, 1e-6)
+    out, new_residual = ops.fused_add_rms_norm(x, residual, weight, 1e-6)
+    assert new_residual is residual
+    assert_matches(new_residual, expected_residual, exact=True)
+    assert_matches(out, expected, max_ulp=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(ops, dtype):
+    gate_up = (2 * _randn(3, 2 * 1100, dtype=torch.float32, seed=7)).to(dtype)  # two column blocks, ragged
+    # a 1-ulp flip of the rounded silu can move the rounded product by 2 ulps
+    assert_matches(ops.silu_and_mul(gate_up), ref_silu_and_mul(gate_up), max_ulp=2)
+
+
+@pytest.mark.parametrize("dim", [64, 80])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_inplace_on_fused_qkv_views(ops, dtype, dim):
+    n, hq, hk = 3, 12, 2
+    qkv, q, k, v = _qkv_views(n, hq, hk, dim, dtype, seed=8)
+    angles = torch.rand(n, dim // 2, generator=_gen(9)) * 20
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    expected_q, expected_k, v_before = ref_rotary(q, cos, sin), ref_rotary(k, cos, sin), v.clone()
+    ops.rotary_inplace(q, k, cos, sin)
+    assert_matches(q, expected_q, exact=True)
+    assert_matches(k, expected_k, exact=True)
+    assert torch.equal(v, v_before)
+
+
+def test_rotary_accepts_model_cos_layout(ops):
+    _, q, k, _ = _qkv_views(2, 4, 4, 64, torch.bfloat16, seed=10)
+    angles = torch.rand(2, 1, 32, generator=_gen(11)) * 5  # rope.py hands out [N, 1, D/2]
+    cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+    expected_q, expected_k = ref_rotary(q, cos[:, 0], sin[:, 0]), ref_rotary(k, cos[:, 0], sin[:, 0])
+    ops.rotary_inplace(q, k, cos, sin)
+    assert torch.equal(q, expected_q) and torch.equal(k, expected_k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_into_shuffled_slots(ops, dtype):
+    n, hq, hkv, dim, slots = 5, 12, 2, 80, 48
+    _, _, k, v = _qkv_views(n, hq, hkv, dim, dtype, seed=12)
+    k_cache = _randn(slots, hkv, dim, dtype=dtype, seed=13)
+    v_cache = _randn(slots, hkv, dim, dtype=dtype, seed=14)
+    slot_mapping = torch.randperm(slots, generator=_gen(15))[:n]
+    slot_mapping[2] = -1  # a padding row: stores nothing
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    keep = slot_mapping >= 0
+    expected_k[slot_mapping[keep]], expected_v[slot_mapping[keep]] = k[keep], v[keep]
+    ops.store_kv(k, v, k_cache, v_cache, slot_mapping)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+def _paged_case(dtype, dim, table_dtype, lens, seed):
+    """GQA 12/2 heads, page 16, a shuffled page pool; unused table entries hold garbage that must not be read."""
+    batch, heads, kv_heads, page, num_pages, max_pages = len(lens), 12, 2, 16, 12, 4
+    _, q, _, _ = _qkv_views(batch, heads, kv_heads, dim, dtype, seed=seed)
+    k_cache = _randn(num_pages * page, kv_heads, dim, dtype=dtype, seed=seed + 1)
+    v_cache = _randn(num_pages * page, kv_heads, dim, dtype=dtype, seed=seed + 2)
+    block_tables = torch.full((batch, max_pages), 10**6, dtype=table_dtype)
+    pool = torch.randperm(num_pages, generator=_gen(seed + 3)).tolist()
+    for b, n in enumerate(lens):
+        for i in range(-(-n // page)):
+            block_tables[b, i] = pool.pop()
+    return q, k_cache, v_cache, block_tables, page
+
+
+@pytest.mark.parametrize("dtype, dim, table_dtype, block_n", [
+    (torch.float32, 64, torch.int32, None),  # default chunk (128 positions): one chunk per sequence
+    (torch.float32, 80, torch.int64, 16),  # 16-position chunks: the online softmax rescales across chunks
+    (torch.bfloat16, 64, torch.int64, 16),
+    (torch.bfloat16, 80, torch.int32, None),
+])
+def test_paged_decode_attention(ops, dtype, dim, table_dtype, block_n):
+    lens = [1, 17, 40, 0]
+    q, k_cache, v_cache, block_tables, page = _paged_case(dtype, dim, table_dtype, lens, seed=20)
+    context_lens = torch.tensor(lens, dtype=table_dtype)
+    scale = dim ** -0.5
+    out = torch.full_like(q, float("nan"))  # contiguous, unlike the strided q
+    result = ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, page, scale, out=out,
+                                        block_n=block_n)
+    assert result is out
+    expected = ref_paged_attention(q, k_cache, v_cache, block_tables, context_lens, page, scale)
+    assert torch.equal(out[3], torch.zeros_like(out[3]))  # empty context: zeros, not NaN
+    assert_matches(out, expected, atol=1e-5)
+
+
+def test_paged_decode_attention_replays_with_new_lengths(ops):
+    """Same buffers, new lengths and tables (what a CUDA graph replay does): the launch must follow them."""
+    q, k_cache, v_cache, block_tables, page = _paged_case(torch.float32, 64, torch.int32, [33, 5, 0, 48], seed=30)
+    out = torch.empty_like(q)
+    for lens in ([33, 5, 0, 48], [2, 0, 0, 31]):
+        context_lens = torch.tensor(lens, dtype=torch.int32)
+        ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, page, 0.125, out=out,
+                                   block_n=32)
+        assert_matches(out, ref_paged_attention(q, k_cache, v_cache, block_tables, context_lens, page, 0.125),
+                       atol=1e-5)

@@ -1,0 +1,168 @@
+"""CudaStepRunner: small steps (decodes, the extends riding with them, short prefills) on CUDA through
+captured CUDA graphs, one per token-count bucket.
+
+A graph replays a whole forward (embedding, every layer, the LM head of the rows that sample) as one
+launch, so a decode step costs its kernels' time and not their launches'. The inputs live in static
+device buffers, written each step from one pinned host staging area (one copy for the token columns,
+one for the page tables); padding tokens write their k/v to the cache's scratch page and attend to nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from thinkform.engine.kv_cache import KVCache
+from thinkform.engine.scheduler import ScheduledBatch
+
+logger = logging.getLogger("thinkform")
+
+_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+# rows of the int64 staging block: one per token column
+_IDS, _POS, _SLOT, _SEQ, _LEN, _LOGIT = range(6)
+
+
+@dataclass
+class StepTokens:
+    """One step, flattened to tokens, as host arrays (columns of `ints`) plus the sequences' page tables."""
+
+    ints: np.ndarray  # [6, T] int64: ids, positions, cache slots, sequence row, keys attended, logit rows
+    tables: list[list[int]]
+    rows: list[int]  # which sequences of the batch sample after this step
+
+    @property
+    def num_tokens(self) -> int:
+        return self.ints.shape[1]
+
+
+def flatten_step(batch: ScheduledBatch, page_size: int) -> StepTokens:
+    """Plain Python lists, one numpy conversion: a decode row costs a few list appends (~1 µs), where
+    numpy calls per row would cost ~10."""
+    ids: list[int] = []
+    slots: list[int] = []
+    pos: list[int] = []
+    seq_of: list[int] = []
+    rows, logit_at = [], []
+    for b, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
+        start, table = seq.num_computed, seq.block_table
+        ids += seq.token_slice(start, start + n)
+        positions = range(start, start + n)
+        pos += positions
+        slots += [table[p // page_size] * page_size + p % page_size for p in positions]
+        seq_of += [b] * n
+        if start + n == seq.num_tokens:
+            rows.append(b)
+            logit_at.append(len(ids) - 1)
+    total = len(ids)
+    ints = np.empty((6, total), dtype=np.int64)
+    ints[_IDS], ints[_POS], ints[_SLOT], ints[_SEQ] = ids, pos, slots, seq_of
+    ints[_LEN] = ints[_POS] + 1
+    ints[_LOGIT] = 0
+    ints[_LOGIT, :len(logit_at)] = logit_at
+    return StepTokens(ints, [s.block_table for s in batch.seqs], rows)
+
+
+class CudaStepRunner:
+    """Runs steps of up to `max_tokens` tokens; graphs are captured at start (unless disabled)."""
+
+    def __init__(self, model: torch.nn.Module, kv: KVCache, device: torch.device, max_tokens: int,
+                 max_pages: int, max_seqs: int, use_graphs: bool) -> None:
+        from thinkform.kernels.attention import TokenAttention  # CUDA only: never imported on a CPU engine
+
+        self._attention = TokenAttention
+        self.model, self.kv, self.device = model, kv, device
+        self.buckets = [b for b in _BUCKETS if b <= max_tokens] or [1]
+        self.max_tokens = self.buckets[-1]
+        self.max_pages = max_pages
+        self.max_seqs = max_seqs  # rows that sample in one step: the LM head runs on at most these
+        size = self.max_tokens
+        pinned = device.type == "cuda"  # (a CPU device runs this class only in tests, through Triton's interpreter)
+        self.staging = torch.zeros(6, size, dtype=torch.int64, pin_memory=pinned)
+        self.table_staging = torch.zeros(size, max_pages, dtype=torch.int32, pin_memory=pinned)
+        self.ints = torch.zeros(6, size, dtype=torch.int64, device=device)
+        self.tables = torch.zeros(size, max_pages, dtype=torch.int32, device=device)
+        # the staging area may be rewritten once its last copy is done
+        self._copied = torch.cuda.Event() if pinned else None
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        if use_graphs:
+            self._capture_all()
+
+    def fits(self, batch: ScheduledBatch) -> bool:
+        return batch.total_tokens <= self.max_tokens and \
+            all(len(s.block_table) <= self.max_pages for s in batch.seqs)
+
+    @torch.inference_mode()
+    def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[int]]:
+        step = flatten_step(batch, self.kv.page_size)
+        width = self._bucket(step.num_tokens)
+        self._load(step, width)
+        if width in self.graphs:
+            self.graphs[width].replay()
+            logits = self.outputs[width]
+        else:
+            logits = self._forward(width)
+        return (logits[: len(step.rows)], step.rows) if step.rows else (None, [])
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def _load(self, step: StepTokens, width: int) -> None:
+        """Host arrays → pinned staging → the static device buffers, padding up to `width` tokens."""
+        t = step.num_tokens
+        if self._copied is not None:
+            self._copied.synchronize()
+        host = self.staging.numpy()
+        host[:, :t] = step.ints
+        host[:, t:width] = 0
+        host[_SLOT, t:width] = self.kv.scratch_slot
+        tables = self.table_staging.numpy()
+        used = max(len(table) for table in step.tables)
+        for b, table in enumerate(step.tables):
+            tables[b, :len(table)] = table
+        self.ints[:, :width].copy_(self.staging[:, :width], non_blocking=True)
+        self.tables[: len(step.tables), :used].copy_(self.table_staging[: len(step.tables), :used], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+
+    def load_padding(self) -> None:
+        """Every token slot padding (the state graphs are captured in): scratch page, nothing attended."""
+        self.ints.zero_()
+        self.ints[_SLOT].fill_(self.kv.scratch_slot)
+
+    def _forward(self, width: int) -> torch.Tensor:
+        """The forward over the first `width` tokens of the static buffers (what a graph captures)."""
+        ints = self.ints[:, :width]
+        tables = self.tables[ints[_SEQ]]  # each token's sequence's pages
+        attn = self._attention(self.kv.k, self.kv.v, ints[_SLOT], tables, ints[_LEN], self.kv.page_size)
+        hidden = self.model(ints[_IDS], ints[_POS], attn)
+        return self.model.compute_logits(hidden[ints[_LOGIT, : min(width, self.max_seqs)]])
+
+    def _bucket(self, tokens: int) -> int:
+        return next(b for b in self.buckets if b >= tokens)
+
+    # -- capture ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _capture_all(self) -> None:
+        t0 = time.perf_counter()
+        self.load_padding()
+        pool = torch.cuda.graph_pool_handle()
+        for width in reversed(self.buckets):  # largest first: the shared pool is sized once
+            self.outputs[width] = self._capture(width, pool)
+        torch.cuda.synchronize(self.device)
+        logger.info("CUDA graphs: %d captured (steps of 1..%d tokens) in %.1f s", len(self.graphs),
+                    self.max_tokens, time.perf_counter() - t0)
+
+    def _capture(self, width: int, pool: tuple) -> torch.Tensor:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up off the capture: Triton compiles, cuBLAS picks kernels
+            for _ in range(2):
+                self._forward(width)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = self._forward(width)
+        self.graphs[width] = graph
+        return out

@@ -1,0 +1,28 @@
+"""TokenAttention: the AttentionBackend of CUDA steps, one Triton launch per layer for each of store and attend.
+
+Every token of the step is its own query row: token t reads the pages of its sequence (`tables[t]`) up
+to its own position (`lens[t]` = position + 1), so one kernel serves decodes, the small extends that ride
+with them (jump-forward text, forced markers) and short prefills, and its launch shape depends only on
+the step's token count: the same launch replays in a CUDA graph with new tables and lengths."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from thinkform.kernels import triton_ops
+
+
+class TokenAttention:
+    def __init__(self, k_cache: Tensor, v_cache: Tensor, slots: Tensor, tables: Tensor, lens: Tensor,
+                 page_size: int) -> None:
+        """k_cache/v_cache [layers, slots, Hkv, D]; slots [T] (where each token's k/v goes); tables [T, P]
+        (each token's sequence's pages); lens [T] (keys each token attends to; 0 for padding)."""
+        self.k_cache, self.v_cache = k_cache, v_cache
+        self.slots, self.tables, self.lens = slots, tables, lens
+        self.page_size = page_size
+
+    def __call__(self, layer_id: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        k_cache, v_cache = self.k_cache[layer_id], self.v_cache[layer_id]
+        triton_ops.store_kv(k, v, k_cache, v_cache, self.slots)
+        return triton_ops.paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.page_size,
+                                                 q.shape[-1] ** -0.5)
+
