@@ -48,8 +48,9 @@ def build_model(config: str, path: Path) -> Path:
 
     if (path / "config.json").is_file():
         return path
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     return make_tiny_model_dir(path, "qwen2", build_qwen_tokenizer(reasoning=False), vocab_size=QWEN_LOGITS_WIDTH,
-                               dtype=torch.bfloat16, **CONFIGS[config])
+                               dtype=torch.bfloat16, device=device, **CONFIGS[config])
 
 
 def emit(out: Path, row: dict[str, Any]) -> None:
@@ -76,7 +77,7 @@ def run_check(args: argparse.Namespace) -> None:
     runs: dict[str, list[list[int]]] = {}
     import torch
 
-    variants = (("torch", False), ("triton", False), ("triton", True)) if torch.cuda.is_available() else (("torch", False),)
+    variants = (("torch", False), ("triton", True)) if torch.cuda.is_available() else (("torch", False),)
     for backend, graphs in variants:
         name = f"{backend}{'+graphs' if graphs else ''}"
         t0 = time.perf_counter()
@@ -151,6 +152,14 @@ def run_thinkform(args: argparse.Namespace) -> None:
                     dt = time.perf_counter() - t0
                     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
                     emit(args.out, {"engine": "thinkform", "kind": "free", "batch": bs, "tok_s": tokens / dt})
+                    if engine.loop.overlap:  # what the overlap schedule is worth
+                        engine.loop.overlap = False
+                        t0 = time.perf_counter()
+                        engine.generate(batch, free)
+                        dt = time.perf_counter() - t0
+                        engine.loop.overlap = True
+                        emit(args.out, {"engine": "thinkform", "kind": "free_no_overlap", "batch": bs,
+                                        "tok_s": tokens / dt})
                 params = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "json_schema": schema}
                 row = decode_pair(engine, batch, params, repeats=args.repeats, batch=bs, schema=CAPITAL_INFO_SCHEMA)
                 if jump:  # count only sampled tokens: the forced ones cost no step of their own
@@ -171,7 +180,7 @@ def run_transformers(args: argparse.Namespace) -> None:
     info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=model.config.vocab_size)
     grammar = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(CAPITAL_INFO_SCHEMA))
     prompts = capital_prompts(max(args.batch_sizes))
-    for mode in ("eager", "static"):
+    for mode in args.transformers_modes:
         if mode == "static":  # generate() then compiles the forward itself (reduce-overhead: CUDA graphs)
             model.generation_config.cache_implementation = "static"
             model.generation_config.disable_compile = args.no_compile
@@ -212,6 +221,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "transformers"],
                     choices=["check", "thinkform", "transformers"])
     ap.add_argument("--no-compile", action="store_true", help="transformers static cache without torch.compile")
+    ap.add_argument("--transformers-modes", nargs="+", default=["eager", "static"], choices=["eager", "static"])
     ap.add_argument("--engine-args", type=json.loads, default={}, help="extra thinkform.Engine arguments (JSON)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
@@ -227,7 +237,8 @@ def main() -> None:
     for part in args.parts:
         cmd = [sys.executable, __file__, "--child", part, "--model", str(model), "--out", str(args.out),
                "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
-               "--batch-sizes", *map(str, args.batch_sizes)] + (["--no-compile"] if args.no_compile else [])
+               "--batch-sizes", *map(str, args.batch_sizes), "--transformers-modes", *args.transformers_modes] + \
+            (["--no-compile"] if args.no_compile else [])
         # a broken CUDA path still leaves figures: without graphs, then on the torch path
         fallbacks = [[], ["--engine-args", '{"disable_cuda_graph": true}'], ["--engine-args", '{"attention_backend": "torch"}']]
         for extra in fallbacks if part == "thinkform" else [[]]:

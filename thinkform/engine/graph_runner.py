@@ -46,14 +46,15 @@ def flatten_step(batch: ScheduledBatch, page_size: int) -> StepTokens:
     pos: list[int] = []
     seq_of: list[int] = []
     rows, logit_at = [], []
+    needs = batch.needs_logits()
     for b, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
         start, table = seq.num_computed, seq.block_table
-        ids += seq.token_slice(start, start + n)
+        ids += batch.step_tokens(b)
         positions = range(start, start + n)
         pos += positions
         slots += [table[p // page_size] * page_size + p % page_size for p in positions]
         seq_of += [b] * n
-        if start + n == seq.num_tokens:
+        if needs[b]:
             rows.append(b)
             logit_at.append(len(ids) - 1)
     total = len(ids)

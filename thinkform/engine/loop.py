@@ -45,6 +45,10 @@ class EngineLoop:
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
         self._pinned_masks: torch.Tensor | None = None  # GPU: the step's bitmask rows, reused
+        # overlap schedule: on an accelerator the next decode step is launched before the CPU appends the
+        # sampled tokens (on a CPU both would share the same cores: nothing to gain)
+        self.overlap = parts.device.type != "cpu" and not args.disable_overlap_schedule
+        self._ahead: tuple[ScheduledBatch, torch.Tensor] | None = None
 
     # -- control (any thread) -------------------------------------------------------------------------------
     @classmethod
@@ -124,6 +128,9 @@ class EngineLoop:
         try:
             while not self._stopping:
                 self._drain()
+                if self._ahead is not None:
+                    self._finish_ahead()
+                    continue
                 batch = self.scheduler.schedule() if self.scheduler.has_work else None
                 if batch is None:
                     self._wake.wait(0.05 if self.scheduler.has_work else 1.0)
@@ -157,12 +164,33 @@ class EngineLoop:
         masks = self._start_masks(sampling, failed)
         logits, rows = self.runner.forward(batch)
         self.scheduler.commit(batch)
-        self.counters["steps"] += 1
-        self.counters["forward_tokens"] += batch.total_tokens
-        bitmask, masked_rows = masks.result() if masks is not None else (None, [])
-        if logits is None:
+        self._count(batch)
+        if logits is not None:
+            self._sample_and_advance(logits, sampling, masks, failed)
+        elif masks is not None:
+            masks.result()
+
+    def _finish_ahead(self) -> None:
+        """The decode-ahead step launched last time: its rows whose sequences went on as fed sample now
+        (their masks are filled while the device still computes); the others' logits are dropped."""
+        batch, logits = self._ahead
+        self._ahead = None
+        kept = self.scheduler.commit_ahead(batch)
+        rows = [i for i, ok in enumerate(kept) if ok and batch.seqs[i].num_pending == 0]
+        if not rows:
             return
+        sampling = [batch.seqs[i] for i in rows]
+        failed: dict[int, BaseException] = {}
+        masks = self._start_masks(sampling, failed)
+        logits = logits if len(rows) == len(batch.seqs) else logits[torch.tensor(rows, device=logits.device)]
+        self._sample_and_advance(logits, sampling, masks, failed)
+
+    def _sample_and_advance(self, logits: torch.Tensor, sampling: list[Sequence], masks: Future | None,
+                            failed: dict[int, BaseException]) -> None:
+        bitmask, masked_rows = masks.result() if masks is not None else (None, [])
         out = self.sampler.sample(logits, sampling, bitmask, masked_rows)
+        if self.overlap and not failed:
+            self._launch_ahead(sampling, out.tokens)
         for j, seq in enumerate(sampling):
             if j in failed:
                 self._fail(seq, failed[j])
@@ -172,6 +200,22 @@ class EngineLoop:
                 self._advance(seq, out.tokens[j], lp)
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
                 self._fail(seq, e)
+
+    def _launch_ahead(self, sampling: list[Sequence], tokens: list[int]) -> None:
+        """Overlap: the next decode step goes to the device now, fed the tokens just sampled, and the CPU
+        appends them (grammar, detokenizer, stop rules, streaming) while it runs."""
+        with self._lock:
+            if self._inbox or self._aborts:
+                return  # new work or aborts first: the usual schedule takes them
+        batch = self.scheduler.schedule_ahead(sampling, tokens)
+        if batch is not None:
+            logits, _ = self.runner.forward(batch)
+            self._count(batch)
+            self._ahead = (batch, logits)
+
+    def _count(self, batch: ScheduledBatch) -> None:
+        self.counters["steps"] += 1
+        self.counters["forward_tokens"] += batch.total_tokens
 
     def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException]) -> Future | None:
         """On an accelerator the CPU fills the masks while the device runs the forward pass; on a CPU

@@ -23,9 +23,9 @@ class ModelRunner:
         if self.small_steps is not None and self.small_steps.fits(batch):
             return self.small_steps.forward(batch)
         ids, positions = [], []
-        for seq, n in zip(batch.seqs, batch.num_tokens):
+        for b, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
             start = seq.num_computed
-            ids.extend(seq.token_slice(start, start + n))
+            ids.extend(batch.step_tokens(b))
             positions.extend(range(start, start + n))
         layout = StepLayout.build([s.num_computed for s in batch.seqs], batch.num_tokens,
                                   [s.block_table for s in batch.seqs], self.kv.page_size, self.device)

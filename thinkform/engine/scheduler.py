@@ -14,10 +14,22 @@ SMALL_EXTEND = 16  # extends up to this many tokens (forced markers, jump-forwar
 class ScheduledBatch:
     seqs: list[Sequence]
     num_tokens: list[int]  # tokens each sequence computes in this step
+    # decode-ahead: one token per sequence that is not in it yet (just sampled; the loop appends it while
+    # this step runs on the device)
+    ahead_tokens: list[int] | None = None
 
     def needs_logits(self) -> list[bool]:
         """A sequence samples after this step when the step reaches the end of its tokens."""
+        if self.ahead_tokens is not None:
+            return [True] * len(self.seqs)
         return [s.num_computed + n == s.num_tokens for s, n in zip(self.seqs, self.num_tokens)]
+
+    def step_tokens(self, b: int) -> list[int]:
+        """The token ids sequence b computes in this step."""
+        if self.ahead_tokens is not None:
+            return [self.ahead_tokens[b]]
+        start = self.seqs[b].num_computed
+        return self.seqs[b].token_slice(start, start + self.num_tokens[b])
 
     @property
     def total_tokens(self) -> int:
@@ -104,6 +116,32 @@ class Scheduler:
             if seq.status is Status.RUNNING:
                 seqs.append(seq), counts.append(seq.num_pending)
         return ScheduledBatch(seqs, counts) if seqs else None
+
+    def schedule_ahead(self, seqs: list[Sequence], tokens: list[int]) -> ScheduledBatch | None:
+        """The next decode step of `seqs` (each fed its just-sampled token), when they are all that runs,
+        nothing waits and the pool has their pages; else None (the loop then schedules as usual)."""
+        if self.waiting or len(seqs) != len(self.running) or any(s.num_pending for s in seqs):
+            return None
+        size = self.pool.page_size
+        need = sum(max(0, -(-(s.num_computed + 1) // size) - len(s.block_table)) for s in seqs)
+        if need > self.pool.num_available:
+            return None
+        for seq in seqs:
+            self._grow(seq, 1)
+        return ScheduledBatch(list(seqs), [1] * len(seqs), list(tokens))
+
+    def commit_ahead(self, batch: ScheduledBatch) -> list[bool]:
+        """After the loop appended what it sampled: a decode-ahead row counts where its sequence still runs
+        and holds the fed token at that position (a jump-forward re-tokenization may have replaced it;
+        that position is then computed again, over the same slot)."""
+        kept = []
+        for seq, token in zip(batch.seqs, batch.ahead_tokens or []):
+            ok = not seq.finished and seq.token_slice(seq.num_computed, seq.num_computed + 1) == [token]
+            if ok:
+                seq.num_computed += 1
+                self._register_full_pages(seq)
+            kept.append(ok)
+        return kept
 
     def _grow(self, seq: Sequence, n: int) -> int:
         """Make room for n more computed tokens; returns n, or 0 when the pool is short."""

@@ -1,0 +1,76 @@
+"""The overlap schedule (next decode step launched before the CPU appends the sampled tokens) changes
+timing only: every output, finish reason and constraint result is the one the plain schedule gives.
+
+It is on by default on accelerators only; here it is switched on for a CPU engine, where it runs the same
+code (the device merely does not overlap)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                                     "n": {"type": "integer"}}, "required": ["name", "n"]})
+PROMPTS = ["Give me the capital of France.", "a b c", "One more prompt, a little longer than the others are."]
+CASES = {
+    "free": ({"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}, {}),
+    "json": ({"temperature": 0, "max_new_tokens": 40, "json_schema": SCHEMA}, {}),  # jump-forward extends
+    "reasoning": ({"temperature": 0, "max_new_tokens": 48, "max_reasoning_tokens": 6, "regex": "(yes|no)"},
+                  {"require_reasoning": True}),
+    "sampled": ({"temperature": 0.9, "seed": 7, "n": 3, "max_new_tokens": 16, "stop": ["e"]}, {}),
+    "logprobs": ({"temperature": 0, "max_new_tokens": 10}, {"return_logprob": True, "top_logprobs_num": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dirs):
+    from thinkform import Engine
+
+    eng = Engine(model_path=str(tiny_model_dirs["qwen2"]), dtype="float64", reasoning_parser="deepseek-r1",
+                 max_total_tokens=4096, page_size=4)
+    yield eng
+    eng.shutdown()
+
+
+def _run(engine, overlap: bool, params: dict, kwargs: dict) -> tuple[list, int]:
+    engine.loop.overlap = overlap  # the loop is idle between generate calls
+    engine.parts.pool.reset_prefix_cache()
+    steps = engine.loop.counters["steps"]
+    outs = engine.generate(PROMPTS, params, **kwargs)
+    for out in outs:
+        out["meta_info"].pop("e2e_latency", None)
+    return outs, engine.loop.counters["steps"] - steps
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_overlap_gives_the_same_outputs(engine, case):
+    params, kwargs = CASES[case]
+    plain, _ = _run(engine, False, params, kwargs)
+    overlapped, _ = _run(engine, True, params, kwargs)
+    for a, b in zip(plain, overlapped):
+        assert a["output_ids"] == b["output_ids"]
+        assert a["text"] == b["text"]
+        for key in ("finish_reason", "completion_tokens", "constraint_satisfied", "reasoning_content", "content",
+                    "output_token_logprobs", "output_top_logprobs"):
+            assert a["meta_info"].get(key) == b["meta_info"].get(key), key
+
+
+def test_overlap_launches_steps_ahead_and_drops_finished_rows(engine):
+    """Decode steps run ahead (so a request that stops costs at most one dropped row, never a wrong token)."""
+    params = {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}
+    engine.loop.overlap = True
+    ahead = []
+    launch = engine.loop._launch_ahead
+
+    def spy(sampling, tokens):
+        launch(sampling, tokens)
+        ahead.append(engine.loop._ahead is not None)
+
+    engine.loop._launch_ahead = spy
+    try:
+        outs = engine.generate(PROMPTS, params)
+    finally:
+        del engine.loop._launch_ahead
+        engine.loop.overlap = False
+    assert all(len(o["output_ids"]) == 6 for o in outs)
+    assert sum(ahead) >= 4  # every decode step after the first was launched ahead
