@@ -54,11 +54,18 @@ def keep_mask(vocab_size: int, words: int, banned: Iterable[int]) -> torch.Tenso
 
 def keep_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> None:
     """bitmask[row] &= keep (packed int32 words), unless that would leave no token: the grammar wins."""
+    and_unless_empty(bitmask, row, keep)
+
+
+def and_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> bool:
+    """keep_unless_empty, saying whether the row was changed (False: it would have been left empty)."""
     current = bitmask.numpy()[row]
     width = min(current.shape[0], keep.shape[0])
     trimmed = np.bitwise_and(current[:width], keep[:width])
-    if trimmed.any() or current[width:].any():
-        current[:width] = trimmed
+    if not (trimmed.any() or current[width:].any()):
+        return False
+    current[:width] = trimmed
+    return True
 
 
 # byte value → the 8 additive logit masks of its bits: 0 where the token is allowed, -inf where banned

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.structured.bitmask import set_bits
+from thinkform.structured.bitmask import and_unless_empty, set_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.vocab import TokenVocab
 
@@ -54,6 +55,8 @@ class AnswerGuard(Protocol):
     def reset(self) -> None: ...
 
     def observe(self, data: bytes) -> None: ...
+
+    def keep(self) -> np.ndarray: ...  # packed words of the tokens allowed next
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None: ...
 
@@ -113,6 +116,7 @@ class ReasoningGate:
                                       if answer_reserve_tokens is None else answer_reserve_tokens)
         self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
         self._guards = tuple(guards)
+        self._combined_keeps: dict[tuple[int, ...], np.ndarray] = {}
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out
         self._closing_reserve = closing_reserve(max_new_tokens) if max_new_tokens is not None else 0
         self.closed_by_budget = False  # the closing reserve steered this answer's end
@@ -213,12 +217,27 @@ class ReasoningGate:
             words &= self._answer_keep
             if may_end:
                 set_bits(bitmask, row, self._eos, True)
-        for guard in self._guards:
-            guard.restrict(bitmask, row)
+        self._restrict_by_guards(bitmask, row)
         if self.closing:
             self.closed_by_budget = True
             self._closing.restrict(bitmask, row, may_end)
         return True
+
+    def _restrict_by_guards(self, bitmask: torch.Tensor, row: int) -> None:
+        """Each guard keeps its tokens unless that leaves none. Their keep masks ANDed together (cached
+        per combination of states) take one pass over the row; only an empty result needs them one by one."""
+        if len(self._guards) < 2:
+            for guard in self._guards:
+                guard.restrict(bitmask, row)
+            return
+        keeps = tuple(guard.keep() for guard in self._guards)
+        key = tuple(map(id, keeps))  # the rules cache one array per state: ids name the combination
+        combined = self._combined_keeps.get(key)
+        if combined is None:
+            combined = self._combined_keeps[key] = np.bitwise_and.reduce(np.stack(keeps))
+        if not and_unless_empty(bitmask, row, combined):
+            for guard in self._guards:
+                guard.restrict(bitmask, row)
 
     @property
     def closing(self) -> bool:

@@ -192,9 +192,13 @@ class NumberGuard:
             mode, mant, exp = _step(mode, mant, exp, ch)
         self.state = LexState(mode, mant, exp)
 
+    def keep(self) -> np.ndarray:
+        """Packed words of the tokens that do not overrun the current number."""
+        return self.rules.keep_mask(self.state)
+
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
         """Clear the bits of tokens that would overrun the current number, unless none would remain."""
-        keep_unless_empty(bitmask, row, self.rules.keep_mask(self.state))
+        keep_unless_empty(bitmask, row, self.keep())
 
 
 def _step(mode: Mode, mant: int, exp: int, ch: str) -> tuple[Mode, int, int]:

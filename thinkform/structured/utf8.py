@@ -123,6 +123,10 @@ class Utf8Guard:
         except ValueError:  # only where the grammar left nothing well-formed: start over at a boundary
             self.state = BOUNDARY
 
+    def keep(self) -> np.ndarray:
+        """Packed words of the tokens this guard allows next."""
+        return self.rules.keep_mask(self.state)
+
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
-        keep_unless_empty(bitmask, row, self.rules.keep_mask(self.state))
+        keep_unless_empty(bitmask, row, self.keep())
 
