@@ -12,6 +12,7 @@ line, appended to DIR/results.jsonl as each finishes, so a run cut short still r
 - thinkform `free`: `ignore_eos`, all of max-new-tokens; `json`: constrained with jump-forward off, and an
   unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
   `json_jf`: jump-forward on (tok/s counts only sampled tokens).
+- `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt).
 - transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
   reduce-overhead: CUDA graphs), each `free` and `json` (xgrammar's HF logits processor).
 
@@ -167,6 +168,29 @@ def run_thinkform(args: argparse.Namespace) -> None:
                 emit(args.out, {"engine": "thinkform", "kind": "json_jf" if jump else "json", **row})
 
 
+def run_profile(args: argparse.Namespace) -> None:
+    """torch.profiler over a few decode steps at each batch size: the device kernels a step runs (CUPTI sees
+    every thread's; torch's CPU ops of the engine thread are not recorded from this one), as tables in
+    DIR/profile_bs{N}.txt: what to fuse next. Empty on a CPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import thinkform
+
+    prompts = capital_prompts(max(args.batch_sizes))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", **args.engine_args) as engine:
+        for bs in args.batch_sizes:
+            params = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
+            engine.generate(prompts[:bs], params)  # warm-up
+            with profile(activities=activities) as prof:
+                engine.generate(prompts[:bs], params)
+            sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+            (args.out / f"profile_bs{bs}.txt").write_text(table)
+            emit(args.out, {"profile": bs, "file": f"profile_bs{bs}.txt", "steps": 16})
+
+
 def run_transformers(args: argparse.Namespace) -> None:
     import torch
     import xgrammar as xgr
@@ -218,8 +242,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "transformers"],
-                    choices=["check", "thinkform", "transformers"])
+    ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "profile", "transformers"],
+                    choices=["check", "thinkform", "profile", "transformers"])
     ap.add_argument("--no-compile", action="store_true", help="transformers static cache without torch.compile")
     ap.add_argument("--transformers-modes", nargs="+", default=["eager", "static"], choices=["eager", "static"])
     ap.add_argument("--engine-args", type=json.loads, default={}, help="extra thinkform.Engine arguments (JSON)")
@@ -229,7 +253,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        {"check": run_check, "thinkform": run_thinkform, "transformers": run_transformers}[args.child](args)
+        parts = {"check": run_check, "thinkform": run_thinkform, "profile": run_profile,
+                 "transformers": run_transformers}
+        parts[args.child](args)
         return
     t0 = time.perf_counter()
     model = build_model(args.config, args.model_dir / args.config)
@@ -237,7 +263,8 @@ def main() -> None:
     for part in args.parts:
         cmd = [sys.executable, __file__, "--child", part, "--model", str(model), "--out", str(args.out),
                "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
-               "--batch-sizes", *map(str, args.batch_sizes), "--transformers-modes", *args.transformers_modes] + \
+               "--batch-sizes", *map(str, args.batch_sizes), "--transformers-modes", *args.transformers_modes,
+               "--engine-args", json.dumps(args.engine_args)] + \
             (["--no-compile"] if args.no_compile else [])
         # a broken CUDA path still leaves figures: without graphs, then on the torch path
         fallbacks = [[], ["--engine-args", '{"disable_cuda_graph": true}'], ["--engine-args", '{"attention_backend": "torch"}']]
