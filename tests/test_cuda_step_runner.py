@@ -3,6 +3,10 @@ the CPU through Triton's interpreter: every step of real workloads gives the log
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from thinkform.engine.graph_runner import CudaStepRunner
 from thinkform.engine.runner import ModelRunner
@@ -55,3 +59,27 @@ def test_cuda_step_path_matches_torch_path_on_every_step(triton_interpreter, tin
     assert any(n not in (1, 2, 4, 8, 12, 16, 24) for n in sizes)  # some steps ran padded to a bucket
     worst = max(d for _, d in seen)
     assert worst < 1e-4, seen
+
+
+def test_cpu_engine_never_imports_the_cuda_kernels(tiny_model_dirs):
+    """CUDA-only code is chosen at run time: a CPU engine serves without importing thinkform.kernels."""
+    code = (
+        "import sys, json\n"
+        "from thinkform import Engine\n"
+        f"e = Engine(model_path={str(tiny_model_dirs['qwen2'])!r}, max_total_tokens=1024)\n"
+        "e.generate('hi', {'max_new_tokens': 4, 'json_schema': json.dumps({'type': 'object'})})\n"
+        "e.shutdown()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('thinkform.kernels')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_triton_backend_on_a_cpu_is_a_clear_error(tiny_model_dirs):
+    from thinkform import Engine
+
+    with pytest.raises(ValueError, match="attention_backend: triton needs a CUDA device"):
+        Engine(model_path=str(tiny_model_dirs["qwen2"]), attention_backend="triton", max_total_tokens=1024)
+    with pytest.raises(ValueError, match="attention_backend: unknown backend 'flash'"):
+        Engine(model_path=str(tiny_model_dirs["qwen2"]), attention_backend="flash", max_total_tokens=1024)
