@@ -269,7 +269,7 @@ class EngineLoop:
             if self.parts.device.type != "cpu":
                 self._masks = self._masks.pin_memory()
         bitmask = self._masks[:rows]
-        bitmask.fill_(-1)
+        bitmask.numpy().fill(-1)  # a plain memset: torch's fill_ wakes its thread team (~0.4 ms a step on 2 cores)
         return bitmask
 
     # -- one sampled token ----------------------------------------------------------------------------------
