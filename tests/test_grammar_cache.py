@@ -112,8 +112,8 @@ def test_a_runaway_compile_times_out_alone_and_its_late_result_is_kept() -> None
     cache, backend = make_cache(timeout_s=0.3)
     slow = cache.submit(regex("slow-runaway"))
     started = time.monotonic()
-    assert cache.get(regex("fast")).source == "fast"  # not starved by the runaway
-    assert time.monotonic() - started < 0.3
+    assert cache.get(regex("fast")).source == "fast"  # not starved by the runaway (which blocks 10 s)
+    assert time.monotonic() - started < 3  # generous: a busy machine may be slow to start a thread
     with pytest.raises(ConstraintError, match=r"grammar compile timed out after 0.3s") as e:
         slow.result(5)
     assert e.value.field == "regex"
