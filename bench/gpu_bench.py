@@ -109,7 +109,7 @@ def _replay_ms(steps: Any) -> dict[int, float] | None:
     times = {}
     steps.load_padding()  # no stale logit rows or slots from the last real step
     for width in (1, 32):
-        graph = steps.graphs.get(width)
+        graph = steps.graphs.get((width, 1))
         if graph is None:
             continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -40,8 +40,23 @@ def _both_paths(engine, max_tokens: int):
     return seen, skipped
 
 
-def test_cuda_step_path_matches_torch_path_on_every_step(triton_interpreter, tiny_model_dirs):
+@pytest.mark.parametrize("long_context", [None, 8])
+def test_cuda_step_path_matches_torch_path_on_every_step(triton_interpreter, tiny_model_dirs, long_context,
+                                                         monkeypatch):
+    """long_context=8: every step past 8 keys takes the split (flash-decoding) attention."""
     from thinkform import Engine
+    from thinkform.engine import graph_runner
+
+    if long_context is not None:
+        monkeypatch.setattr(graph_runner, "LONG_CONTEXT", long_context)
+    splits_seen: set[int] = set()
+    attend = triton_interpreter.paged_decode_attention
+
+    def recording(*args, splits=1, **kwargs):
+        splits_seen.add(splits)
+        return attend(*args, splits=splits, **kwargs)
+
+    monkeypatch.setattr(triton_interpreter, "paged_decode_attention", recording)
 
     schema = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
                                                           "n": {"type": "integer"}}, "required": ["name", "n"]})
@@ -59,6 +74,7 @@ def test_cuda_step_path_matches_torch_path_on_every_step(triton_interpreter, tin
     assert any(n not in (1, 2, 4, 8, 12, 16, 24) for n in sizes)  # some steps ran padded to a bucket
     worst = max(d for _, d in seen)
     assert worst < 1e-4, seen
+    assert splits_seen == ({1} if long_context is None else {1, graph_runner.LONG_SPLITS})
 
 
 def test_cpu_engine_never_imports_the_cuda_kernels(tiny_model_dirs):

@@ -214,6 +214,31 @@ def test_paged_decode_attention(ops, dtype, dim, table_dtype, block_n):
     assert_matches(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype, splits, block_n", [
+    (torch.float32, 2, 16),
+    (torch.float32, 4, 16),  # 40 positions in 4 runs of 16: the last run is empty, 1 and 17 leave several empty
+    (torch.bfloat16, 8, 16),
+    (torch.float32, 4, None),  # runs of whole 128-position chunks: every context fits the first run
+])
+def test_paged_decode_attention_in_splits(ops, dtype, splits, block_n):
+    """Flash-decoding: each context cut into `splits` runs, merged by a second kernel, gives the single
+    pass's answer (empty runs and empty contexts included)."""
+    lens = [1, 17, 40, 0, 64]
+    q, k_cache, v_cache, block_tables, page = _paged_case(dtype, 64, torch.int32, lens, seed=40)
+    context_lens = torch.tensor(lens, dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    ops.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, page, 0.125, out=out,
+                               block_n=block_n, splits=splits)
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
+    assert_matches(out, ref_paged_attention(q, k_cache, v_cache, block_tables, context_lens, page, 0.125), atol=1e-5)
+
+
+def test_paged_decode_attention_splits_must_be_a_power_of_two(ops):
+    q, k_cache, v_cache, block_tables, page = _paged_case(torch.float32, 64, torch.int32, [3], seed=50)
+    with pytest.raises(ValueError, match="splits must be a power of two, got 3"):
+        ops.paged_decode_attention(q, k_cache, v_cache, block_tables, torch.tensor([3]), page, 0.125, splits=3)
+
+
 def test_paged_decode_attention_replays_with_new_lengths(ops):
     """Same buffers, new lengths and tables (what a CUDA graph replay does): the launch must follow them."""
     q, k_cache, v_cache, block_tables, page = _paged_case(torch.float32, 64, torch.int32, [33, 5, 0, 48], seed=30)

@@ -21,6 +21,11 @@ from thinkform.engine.scheduler import ScheduledBatch
 logger = logging.getLogger("thinkform")
 
 _BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+# A step whose longest context passes LONG_CONTEXT runs attention in LONG_SPLITS runs per (token, head):
+# a batch-1 decode at 4k context is otherwise 12-32 programs walking 4k keys each (~250 µs a layer on an
+# H100). Runs are whole 128-key chunks, so a shorter context leaves the extra programs idle.
+LONG_CONTEXT = 1024
+LONG_SPLITS = 16
 # rows of the int64 staging block: one per token column
 _IDS, _POS, _SLOT, _SEQ, _LEN, _LOGIT = range(6)
 
@@ -32,6 +37,7 @@ class StepTokens:
     ints: np.ndarray  # [6, T] int64: ids, positions, cache slots, sequence row, keys attended, logit rows
     tables: list[list[int]]
     rows: list[int]  # which sequences of the batch sample after this step
+    longest: int  # the longest context a token of this step attends to
 
     @property
     def num_tokens(self) -> int:
@@ -63,7 +69,7 @@ def flatten_step(batch: ScheduledBatch, page_size: int) -> StepTokens:
     ints[_LEN] = ints[_POS] + 1
     ints[_LOGIT] = 0
     ints[_LOGIT, :len(logit_at)] = logit_at
-    return StepTokens(ints, [s.block_table for s in batch.seqs], rows)
+    return StepTokens(ints, [s.block_table for s in batch.seqs], rows, max(pos) + 1)
 
 
 class CudaStepRunner:
@@ -87,8 +93,10 @@ class CudaStepRunner:
         self.tables = torch.zeros(size, max_pages, dtype=torch.int32, device=device)
         # the staging area may be rewritten once its last copy is done
         self._copied = torch.cuda.Event() if pinned else None
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        # keyed by (tokens, attention splits); long-context variants only up to max_seqs tokens: wider steps
+        # have programs enough in one pass
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
         if use_graphs:
             self._capture_all()
 
@@ -100,12 +108,15 @@ class CudaStepRunner:
     def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[int]]:
         step = flatten_step(batch, self.kv.page_size)
         width = self._bucket(step.num_tokens)
+        key = (width, LONG_SPLITS if step.longest > LONG_CONTEXT else 1)
+        if key not in self.graphs and (width, 1) in self.graphs:
+            key = (width, 1)  # a wide step: one pass has programs enough
         self._load(step, width)
-        if width in self.graphs:
-            self.graphs[width].replay()
-            logits = self.outputs[width]
+        if key in self.graphs:
+            self.graphs[key].replay()
+            logits = self.outputs[key]
         else:
-            logits = self._forward(width)
+            logits = self._forward(*key)
         return (logits[: len(step.rows)], step.rows) if step.rows else (None, [])
 
     # -- inputs -------------------------------------------------------------------------------------------
@@ -132,11 +143,11 @@ class CudaStepRunner:
         self.ints.zero_()
         self.ints[_SLOT].fill_(self.kv.scratch_slot)
 
-    def _forward(self, width: int) -> torch.Tensor:
+    def _forward(self, width: int, splits: int) -> torch.Tensor:
         """The forward over the first `width` tokens of the static buffers (what a graph captures)."""
         ints = self.ints[:, :width]
         tables = self.tables[ints[_SEQ]]  # each token's sequence's pages
-        attn = self._attention(self.kv.k, self.kv.v, ints[_SLOT], tables, ints[_LEN], self.kv.page_size)
+        attn = self._attention(self.kv.k, self.kv.v, ints[_SLOT], tables, ints[_LEN], self.kv.page_size, splits)
         hidden = self.model(ints[_IDS], ints[_POS], attn)
         return self.model.compute_logits(hidden[ints[_LOGIT, : min(width, self.max_seqs)]])
 
@@ -149,21 +160,22 @@ class CudaStepRunner:
         t0 = time.perf_counter()
         self.load_padding()
         pool = torch.cuda.graph_pool_handle()
-        for width in reversed(self.buckets):  # largest first: the shared pool is sized once
-            self.outputs[width] = self._capture(width, pool)
+        keys = [(w, 1) for w in self.buckets] + [(w, LONG_SPLITS) for w in self.buckets if w <= self.max_seqs]
+        for key in sorted(keys, reverse=True):  # largest first: the shared pool is sized once
+            self.outputs[key] = self._capture(key, pool)
         torch.cuda.synchronize(self.device)
         logger.info("CUDA graphs: %d captured (steps of 1..%d tokens) in %.1f s", len(self.graphs),
                     self.max_tokens, time.perf_counter() - t0)
 
-    def _capture(self, width: int, pool: tuple) -> torch.Tensor:
+    def _capture(self, key: tuple[int, int], pool: tuple) -> torch.Tensor:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm-up off the capture: Triton compiles, cuBLAS picks kernels
             for _ in range(2):
-                self._forward(width)
+                self._forward(*key)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            out = self._forward(width)
-        self.graphs[width] = graph
+            out = self._forward(*key)
+        self.graphs[key] = graph
         return out

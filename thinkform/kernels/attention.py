@@ -13,16 +13,18 @@ from thinkform.kernels import triton_ops
 
 class TokenAttention:
     def __init__(self, k_cache: Tensor, v_cache: Tensor, slots: Tensor, tables: Tensor, lens: Tensor,
-                 page_size: int) -> None:
+                 page_size: int, splits: int = 1) -> None:
         """k_cache/v_cache [layers, slots, Hkv, D]; slots [T] (where each token's k/v goes); tables [T, P]
-        (each token's sequence's pages); lens [T] (keys each token attends to; 0 for padding)."""
+        (each token's sequence's pages); lens [T] (keys each token attends to; 0 for padding); splits:
+        programs per (token, head), each over its own run of the context (flash-decoding; 1 = one pass)."""
         self.k_cache, self.v_cache = k_cache, v_cache
         self.slots, self.tables, self.lens = slots, tables, lens
         self.page_size = page_size
+        self.splits = splits
 
     def __call__(self, layer_id: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         k_cache, v_cache = self.k_cache[layer_id], self.v_cache[layer_id]
         triton_ops.store_kv(k, v, k_cache, v_cache, self.slots)
         return triton_ops.paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.page_size,
-                                                 q.shape[-1] ** -0.5)
+                                                 q.shape[-1] ** -0.5, splits=self.splits)
 

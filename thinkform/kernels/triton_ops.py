@@ -129,22 +129,28 @@ def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, k_row, k_head, v_ro
 
 
 @triton.jit
-def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, bt_ptr, lens_ptr, scale,
+def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, stat_ptr, bt_ptr, lens_ptr, scale,
                          q_b, q_h, k_slot, k_head, v_slot, v_head, o_b, o_h, bt_row, group,
-                         HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                         SPLITS: tl.constexpr):
     h = tl.program_id(0)  # heads fastest: the query heads of one kv head run together and share K/V in L2
     b = tl.program_id(1)
+    split = tl.program_id(2)
     kvh = h // group
     d = tl.arange(0, BLOCK_D)
     dmask = d < HEAD_DIM
     q = tl.load(q_ptr + b * q_b + h * q_h + d, mask=dmask, other=0.0).to(tl.float32)
     ctx = tl.load(lens_ptr + b).to(tl.int32)
+    # split `split` of SPLITS takes an equal run of whole chunks; SPLITS == 1 takes the whole context
+    span = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * span
+    hi = tl.minimum(ctx, lo + span)
     m_i = -float("inf")
     l_i = 0.0
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for start in range(0, ctx, BLOCK_N):
+    for start in range(lo, hi, BLOCK_N):
         pos = start + tl.arange(0, BLOCK_N)
-        pmask = pos < ctx
+        pmask = pos < hi
         page = tl.load(bt_ptr + b * bt_row + pos // PAGE, mask=pmask, other=0).to(tl.int64)
         slot = page * PAGE + pos % PAGE
         kv_mask = pmask[:, None] & dmask[None, :]
@@ -157,8 +163,34 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, bt_ptr, lens_ptr, scale,
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
         l_i = l_i * alpha + tl.sum(p, 0)
         m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)  # empty context: acc is 0, so the output is 0, not NaN
-    tl.store(out_ptr + b * o_b + h * o_h + d, _cast(out, out_ptr.dtype.element_ty), mask=dmask)
+    if SPLITS == 1:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)  # empty context: acc is 0, so the output is 0, not NaN
+        tl.store(out_ptr + b * o_b + h * o_h + d, _cast(out, out_ptr.dtype.element_ty), mask=dmask)
+    else:  # unnormalised partial sums and their (max, sum) for _combine_splits_kernel
+        row = (b * tl.num_programs(0) + h) * SPLITS + split
+        tl.store(part_ptr + row * BLOCK_D + d, acc)
+        tl.store(stat_ptr + row * 2, m_i)
+        tl.store(stat_ptr + row * 2 + 1, l_i)
+
+
+@triton.jit
+def _combine_splits_kernel(out_ptr, part_ptr, stat_ptr, o_b, o_h, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                           SPLITS: tl.constexpr):
+    """Flash-decoding's second pass: the splits' partial softmaxes rescaled to their common max and summed."""
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    sp = tl.arange(0, SPLITS)
+    rows = (b * tl.num_programs(0) + h) * SPLITS + sp
+    m = tl.load(stat_ptr + rows * 2)
+    l = tl.load(stat_ptr + rows * 2 + 1)
+    top = tl.max(m, 0)
+    weight = tl.where(m > -float("inf"), tl.exp(m - tl.where(top > -float("inf"), top, 0.0)), 0.0)
+    total = tl.sum(weight * l, 0)
+    parts = tl.load(part_ptr + rows[:, None] * BLOCK_D + d[None, :])
+    acc = tl.sum(parts * weight[:, None], 0)
+    out = acc / tl.where(total > 0, total, 1.0)  # no keys at all: zeros, as the single pass gives
+    tl.store(out_ptr + b * o_b + h * o_h + d, _cast(out, out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 # ----------------------------------------------------------------------------------------------- launchers
@@ -251,25 +283,37 @@ def _attn_block_n(block_d: int) -> int:
 
 def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor,
                            page_size: int, scale: float, out: Tensor | None = None,
-                           block_n: int | None = None) -> Tensor:
+                           block_n: int | None = None, splits: int = 1) -> Tensor:
     """One query token per sequence q [B, H, D] attending over its paged KV history (GQA aware).
 
     Position p of sequence b lives in slot block_tables[b, p // page_size] * page_size + p % page_size; the
     number of positions is read from context_lens inside the kernel, so one launch serves any lengths (CUDA
     graph replay). Float32 online softmax; the output is rounded to q.dtype; empty contexts give zeros.
-    block_n (positions per chunk, a power of two) is a tuning/testing knob; None picks by head size."""
+    `splits` > 1 (a power of two) cuts each context into that many runs handled by their own programs and
+    merged by a second kernel (flash-decoding): a long context is then read by `splits` times more programs
+    at once, for a second launch. block_n (positions per chunk, a power of two) is a tuning/testing knob;
+    None picks by head size."""
     _check_last_contiguous(q, k_cache, v_cache, block_tables)
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[1]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} kv heads")
+    if splits < 1 or splits & (splits - 1):
+        raise ValueError(f"splits must be a power of two, got {splits}")
     out = torch.empty((batch, heads, dim), dtype=q.dtype, device=q.device) if out is None else out
     if batch == 0:
         return out
     block_d = triton.next_power_of_2(dim)
-    _paged_decode_kernel[(heads, batch)](
-        q, k_cache, v_cache, out, block_tables, context_lens, scale, q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
+    parts = stats = out  # unused by a single pass
+    if splits > 1:
+        parts = torch.empty((batch * heads * splits, block_d), dtype=torch.float32, device=q.device)
+        stats = torch.empty((batch * heads * splits, 2), dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(heads, batch, splits)](
+        q, k_cache, v_cache, out, parts, stats, block_tables, context_lens, scale, q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
         block_tables.stride(0), heads // kv_heads, HEAD_DIM=dim, PAGE=page_size,
-        BLOCK_N=block_n or _attn_block_n(block_d), BLOCK_D=block_d, num_warps=_ATTN_WARPS)
+        BLOCK_N=block_n or _attn_block_n(block_d), BLOCK_D=block_d, SPLITS=splits, num_warps=_ATTN_WARPS)
+    if splits > 1:
+        _combine_splits_kernel[(heads, batch)](out, parts, stats, out.stride(0), out.stride(1), HEAD_DIM=dim,
+                                               BLOCK_D=block_d, SPLITS=splits, num_warps=4)
     return out
