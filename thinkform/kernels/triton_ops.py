@@ -19,8 +19,10 @@ Performance (bf16, H100 + triton 3.6; memory bound, and at decode sizes launch l
   of one kv head run together and share its K/V in L2; a single pass over the context in chunks of BLOCK_N
   positions (128 for D <= 128) with an online float32 softmax. The grid never depends on context lengths, so it
   can be captured in a CUDA graph. H=32/8, D=128: B=64 x 1024 ctx ~420 us, B=256 x 512 ~740 us (~0.65-0.7 TB/s
-  of unique KV: GQA re-reads K/V per query head); B=1 x 4096 ~250 us (only 32 programs, no split-KV). Grouping
-  the query heads of a kv head in one program and splitting long contexts are the next steps if it matters.
+  of unique KV: GQA re-reads K/V per query head); B=1 x 4096 ~250 us (only 32 programs, one pass). With
+  `splits` > 1 (flash-decoding, added after these measurements and not yet timed on a GPU) each context is cut
+  into that many runs of whole chunks, each its own program, merged by `_combine_splits_kernel`. Grouping the
+  query heads of a kv head in one program is the next step.
 """
 from __future__ import annotations
 
