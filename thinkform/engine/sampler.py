@@ -97,11 +97,13 @@ class Sampler:
         probs = torch.softmax(sub, dim=-1)
         probs = _top_p(probs, [seqs[i].params.top_p for i in rows])
         probs = _min_p(probs, [seqs[i].params.min_p for i in rows])
+        # Gumbel-max through exponential noise: each row's own generator (a seeded request repeats itself on
+        # the same device), drawn where the logits live, then one division and one argmax for all rows
+        noise = torch.empty_like(probs)
         for j, i in enumerate(rows):
-            # the request's own generator (on the CPU) makes its samples reproducible on any device
-            noise = torch.empty(probs.shape[1], dtype=probs.dtype).exponential_(generator=seqs[i].generator)
-            noise = noise.to(probs.device, non_blocking=True)
-            tokens[i] = argmax_rows((probs[j] / noise)[None])[0]
+            noise[j].exponential_(generator=seqs[i].generator)
+        for i, token in zip(rows, argmax_rows(probs / noise)):
+            tokens[i] = token
         return tokens
 
     def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:
