@@ -107,18 +107,17 @@ class Sampler:
         return tokens
 
     def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:
+        """One gather and one top-k for the whole batch, read back once (a GPU would sync per call)."""
         logp = torch.log_softmax(raw.float(), dim=-1)
+        chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
+        k = max((s.top_logprobs_num for s in seqs if s.return_logprob), default=0)
+        top_vals, top_ids = logp.topk(k, dim=-1) if k else (None, None)
+        top_vals, top_ids = (top_vals.tolist(), top_ids.tolist()) if k else ([], [])
         for i, seq in enumerate(seqs):
-            if not seq.return_logprob:
-                out.logprobs.append(None), out.top_logprobs.append(None)
-                continue
-            out.logprobs.append(float(logp[i, tokens[i]]))
-            k = seq.top_logprobs_num
-            if k:
-                vals, ids = logp[i].topk(k)
-                out.top_logprobs.append(list(zip(vals.tolist(), ids.tolist())))
-            else:
-                out.top_logprobs.append(None)
+            wanted = seq.return_logprob
+            out.logprobs.append(chosen[i] if wanted else None)
+            n = seq.top_logprobs_num if wanted else 0
+            out.top_logprobs.append(list(zip(top_vals[i][:n], top_ids[i][:n])) if n else None)
 
 
 def _grammar_active(seq: Sequence) -> bool:
