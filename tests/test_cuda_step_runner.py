@@ -9,17 +9,23 @@ import sys
 import pytest
 
 from thinkform.engine.graph_runner import CudaStepRunner
+from thinkform.engine.kv_cache import KVCache
 from thinkform.engine.runner import ModelRunner
 
 
 def _both_paths(engine, max_tokens: int):
-    """Make the engine run every step on both paths; returns the list of (tokens, max |Δlogit|) per step
-    the CUDA path fitted, and the steps it did not."""
+    """Make the engine run every step on both paths, each over its own KV cache (same pages, same tables:
+    a k/v written to a wrong slot cannot be read back right from the other path's writes). Returns the
+    (tokens, max |Δlogit|) of each step the CUDA path fitted, and the sizes of the steps it did not (those
+    run eagerly on its side too, as the engine's runner does)."""
     loop = engine.loop
     parts = engine.parts
-    steps = CudaStepRunner(parts.model, parts.kv, parts.device, max_tokens=max_tokens,
+    kv = KVCache(parts.kv.k.shape[0], parts.kv.num_pages, parts.kv.page_size, parts.kv.k.shape[2],
+                 parts.kv.k.shape[3], parts.kv.k.dtype, parts.device)
+    steps = CudaStepRunner(parts.model, kv, parts.device, max_tokens=max_tokens,
                            max_pages=-(-parts.context_length // parts.kv.page_size),
                            max_seqs=engine.args.max_running_requests, use_graphs=False)
+    cuda_side = ModelRunner(parts.model, kv, parts.device, small_steps=steps)
     torch_path = ModelRunner(parts.model, parts.kv, parts.device)
     seen: list[tuple[int, float]] = []
     skipped: list[int] = []
@@ -27,11 +33,12 @@ def _both_paths(engine, max_tokens: int):
     class Both:
         def forward(self, batch):
             ref, rows = torch_path.forward(batch)
-            if not steps.fits(batch):
+            fitted = steps.fits(batch)
+            got, got_rows = cuda_side.forward(batch)
+            assert got_rows == rows
+            if not fitted:
                 skipped.append(batch.total_tokens)
                 return ref, rows
-            got, got_rows = steps.forward(batch)
-            assert got_rows == rows
             diff = 0.0 if ref is None else float((ref - got).abs().max())
             seen.append((batch.total_tokens, diff))
             return ref, rows

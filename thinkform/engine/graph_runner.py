@@ -89,6 +89,7 @@ class CudaStepRunner:
         pinned = device.type == "cuda"  # (a CPU device runs this class only in tests, through Triton's interpreter)
         self.staging = torch.zeros(6, size, dtype=torch.int64, pin_memory=pinned)
         self.table_staging = torch.zeros(size, max_pages, dtype=torch.int32, pin_memory=pinned)
+        self._staged: list[tuple[list[int] | None, int]] = [(None, 0)] * size  # per table row: (table, pages)
         self.ints = torch.zeros(6, size, dtype=torch.int64, device=device)
         self.tables = torch.zeros(size, max_pages, dtype=torch.int32, device=device)
         # the staging area may be rewritten once its last copy is done
@@ -121,7 +122,9 @@ class CudaStepRunner:
 
     # -- inputs -------------------------------------------------------------------------------------------
     def _load(self, step: StepTokens, width: int) -> None:
-        """Host arrays → pinned staging → the static device buffers, padding up to `width` tokens."""
+        """Host arrays → pinned staging → the static device buffers, padding up to `width` tokens. Whole
+        rows are copied: a strided slice of pinned memory would be staged through pageable memory, and the
+        copy would no longer be asynchronous."""
         t = step.num_tokens
         if self._copied is not None:
             self._copied.synchronize()
@@ -129,14 +132,24 @@ class CudaStepRunner:
         host[:, :t] = step.ints
         host[:, t:width] = 0
         host[_SLOT, t:width] = self.kv.scratch_slot
-        tables = self.table_staging.numpy()
-        used = max(len(table) for table in step.tables)
-        for b, table in enumerate(step.tables):
-            tables[b, :len(table)] = table
-        self.ints[:, :width].copy_(self.staging[:, :width], non_blocking=True)
-        self.tables[: len(step.tables), :used].copy_(self.table_staging[: len(step.tables), :used], non_blocking=True)
+        rows = self._stage_tables(step.tables)
+        self.ints.copy_(self.staging, non_blocking=True)
+        self.tables[:rows].copy_(self.table_staging[:rows], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
+
+    def _stage_tables(self, tables: list[list[int]]) -> int:
+        """Write each sequence's page table into its staging row, only the pages added since that row last
+        held the same table (block tables only grow; a freed or re-admitted sequence gets a new list)."""
+        host = self.table_staging.numpy()
+        for b, table in enumerate(tables):
+            owner, done = self._staged[b]
+            if owner is not table or done > len(table):
+                done = 0
+            if done < len(table):
+                host[b, done:len(table)] = table[done:]
+            self._staged[b] = (table, len(table))
+        return len(tables)
 
     def load_padding(self) -> None:
         """Every token slot padding (the state graphs are captured in): scratch page, nothing attended."""
