@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6's device check, one call: install the carried wheels, then bench/gpu_bench.py, results to $OUT.
 #   Here, once: bash bench/gpu_wheels.sh        (Python 3.12 wheels the GPU image lacks, into .whl/)
-#   Device:     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=290)
+#   Device:     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=360)   (~4.5 min with every part)
 #   CPU try:    OUT=/tmp/gpu-out GPU_CHECK_ARGS="--config tiny --batch-sizes 1 4 --max-new-tokens 16 --no-compile" \
 #               GPU_CHECK_PYTHON=.venv/bin/python bash bench/gpu_check.sh
 set -uo pipefail
@@ -19,4 +19,4 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } | tee "$OUT/machine.txt"
-timeout 270 "$PY" bench/gpu_bench.py --out "$OUT" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUT/log.txt"
+timeout 330 "$PY" bench/gpu_bench.py --out "$OUT" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUT/log.txt"
