@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thinkform.models.config import ModelConfig
-from thinkform.models.ops import TorchOps, norm_compute_dtype
+from thinkform.models.ops import TorchOps
 
 
 class AttentionBackend(Protocol):

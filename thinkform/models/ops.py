@@ -7,6 +7,7 @@ kernels round where torch rounds).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -36,8 +37,6 @@ class TorchOps:
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
-def norm_compute_dtype(dtype):  # noqa: ANN001, ANN201 - torch.dtype in and out
+def norm_compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # half precision is normalised in float32 (as transformers does); float64 stays float64
-    import torch
-
     return torch.float64 if dtype == torch.float64 else torch.float32
