@@ -8,7 +8,6 @@ import queue
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
-
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import EngineDead, EngineOverloaded
 from thinkform.engine.loop import EngineLoop

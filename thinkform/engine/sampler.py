@@ -81,8 +81,8 @@ class Sampler:
         rows = [i for i, s in enumerate(seqs) if not _grammar_active(s) and (
             s.params.ignore_eos or len(s.output_ids) < s.params.min_new_tokens)]
         if rows:
-            index = torch.tensor(rows, dtype=torch.long)[:, None], torch.tensor(self.eos_token_ids)[None, :]
-            logits[tuple(i.to(logits.device, non_blocking=True) for i in index)] = float("-inf")
+            row_ids = torch.tensor(rows, device=logits.device)[:, None]
+            logits[row_ids, torch.tensor(self.eos_token_ids, device=logits.device)[None, :]] = float("-inf")
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         tokens = argmax_rows(logits)
@@ -111,8 +111,10 @@ class Sampler:
         logp = torch.log_softmax(raw.float(), dim=-1)
         chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
         k = max((s.top_logprobs_num for s in seqs if s.return_logprob), default=0)
-        top_vals, top_ids = logp.topk(k, dim=-1) if k else (None, None)
-        top_vals, top_ids = (top_vals.tolist(), top_ids.tolist()) if k else ([], [])
+        top_vals, top_ids = [], []
+        if k:
+            vals, ids = logp.topk(k, dim=-1)
+            top_vals, top_ids = vals.tolist(), ids.tolist()
         for i, seq in enumerate(seqs):
             wanted = seq.return_logprob
             out.logprobs.append(chosen[i] if wanted else None)
@@ -125,18 +127,11 @@ def _grammar_active(seq: Sequence) -> bool:
 
 
 def best_allowed(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int], tokens: list[int]) -> None:
-    """Greedy under a mask: tokens[r] already holds row r's argmax; where the mask bans it, the row is
-    masked and its argmax taken again (the usual case under a confident model costs one bit test)."""
-    banned = [r for r in rows if not token_allowed(bitmask, r, tokens[r])]
-    if not banned:
-        return
-    if logits.device.type == "cpu":
-        for r in banned:
+    """Greedy under a mask, CPU logits: tokens[r] already holds row r's argmax; where the mask bans it, the
+    best allowed token is searched (the usual case under a confident model costs one bit test)."""
+    for r in rows:
+        if not token_allowed(bitmask, r, tokens[r]):
             tokens[r] = argmax_allowed_cpu(logits[r], bitmask, r)
-        return
-    apply_bitmask(logits, bitmask, banned)
-    for r, token in zip(banned, logits[banned].argmax(dim=-1).tolist()):
-        tokens[r] = token
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:

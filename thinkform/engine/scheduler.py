@@ -122,9 +122,7 @@ class Scheduler:
         nothing waits and the pool has their pages; else None (the loop then schedules as usual)."""
         if self.waiting or len(seqs) != len(self.running) or any(s.num_pending for s in seqs):
             return None
-        size = self.pool.page_size
-        need = sum(max(0, -(-(s.num_computed + 1) // size) - len(s.block_table)) for s in seqs)
-        if need > self.pool.num_available:
+        if sum(max(0, self._pages_short(s, 1)) for s in seqs) > self.pool.num_available:
             return None
         for seq in seqs:
             self._grow(seq, 1)
@@ -145,12 +143,16 @@ class Scheduler:
 
     def _grow(self, seq: Sequence, n: int) -> int:
         """Make room for n more computed tokens; returns n, or 0 when the pool is short."""
-        need = -(-(seq.num_computed + n) // self.pool.page_size) - len(seq.block_table)
+        need = self._pages_short(seq, n)
         if need > 0:
             if need > self.pool.num_available:
                 return 0
             seq.block_table.extend(self.pool.allocate(need))
         return n
+
+    def _pages_short(self, seq: Sequence, n: int) -> int:
+        """Pages seq's table lacks for n more computed tokens (negative: pages to spare)."""
+        return -(-(seq.num_computed + n) // self.pool.page_size) - len(seq.block_table)
 
     def _pick_victim(self, exclude: Sequence) -> Sequence | None:
         for seq in reversed(self.running):

@@ -99,7 +99,9 @@ def attention_backend(name: str, device: torch.device) -> str:
         raise ValueError(f"attention_backend: unknown backend {name!r} (choose from auto, triton, torch)")
     if name == "triton" and device.type != "cuda":
         raise ValueError(f"attention_backend: triton needs a CUDA device, not {device.type}")
-    return "triton" if name == "auto" and device.type == "cuda" else ("torch" if name == "auto" else name)
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return name
 
 
 def _cuda_kernels(args: EngineArgs, model: torch.nn.Module, kv: KVCache, device: torch.device,

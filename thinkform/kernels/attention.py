@@ -27,4 +27,3 @@ class TokenAttention:
         triton_ops.store_kv(k, v, k_cache, v_cache, self.slots)
         return triton_ops.paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.page_size,
                                                  q.shape[-1] ** -0.5, splits=self.splits)
-

@@ -11,8 +11,6 @@ from thinkform.models.ops import TorchOps
 class TritonOps(TorchOps):
     """Each piece one kernel launch. Anything the kernels do not cover (float64) falls back to torch."""
 
-    name = "triton"
-
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         if not _fits(x):
             return super().rms_norm(x, weight, eps)

@@ -15,8 +15,6 @@ from thinkform.models.rope import apply_rotary
 
 
 class TorchOps:
-    name = "torch"
-
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         dtype = x.dtype
         h = x.to(norm_compute_dtype(dtype))
