@@ -305,7 +305,7 @@ def test_a_crashed_engine_loop_fails_health_and_requests_instead_of_hanging(mode
             thread.start()
             assert _wait_for(lambda: engine.loop.counters["generated_tokens"] > 5)
 
-            def explode(batch):
+            def explode(batch, allowed=None):
                 raise RuntimeError("injected loop fault")
 
             monkeypatch.setattr(engine.loop.runner, "forward", explode)

@@ -28,6 +28,7 @@ class EngineArgs:
     disable_cuda_graph: bool = field(default=False, metadata={"help": "run every CUDA step eagerly instead of replaying captured CUDA graphs"})
     cuda_graph_max_bs: int = field(default=256, metadata={"help": "largest step, in tokens (decodes plus the extends riding with them), run through a CUDA graph"})
     disable_overlap_schedule: bool = field(default=False, metadata={"help": "GPU: wait for the CPU to append each step's tokens before launching the next decode step (by default the next step runs while it does)"})
+    disable_sparse_logits: bool = field(default=False, metadata={"help": "CPU: compute every constrained row's full logits, even where the grammar allows a few tokens (by default only those tokens' logits are computed)"})
     max_running_requests: int = field(default=64, metadata={"help": "max requests decoded together"})
     max_total_tokens: int | None = field(default=None, metadata={"help": "KV cache capacity in tokens (default: from memory)"})
     mem_fraction_static: float = field(default=0.85, metadata={"help": "GPU: fraction of memory for weights + KV cache"})

@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -17,9 +18,19 @@ from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence
+from thinkform.structured.bitmask import sparse_allowed_ids
 from thinkform.structured.gate import Phase
 
 logger = logging.getLogger("thinkform")
+
+
+@dataclass
+class StepMasks:
+    """A step's grammar masks: `bitmask` rows for the sampler to apply at `rows`; `allowed` rows (CPU
+    only) are masked already: the forward computes their logits at these token ids alone."""
+    bitmask: torch.Tensor | None
+    rows: list[int]
+    allowed: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class EngineLoop:
@@ -40,14 +51,16 @@ class EngineLoop:
         self.error: str | None = None
         self._closed = False  # set once the thread has failed what it held: submit() refuses from then on
         self.counters = {"steps": 0, "forward_tokens": 0, "finished": 0, "aborted": 0, "generated_tokens": 0,
-                         "forced_tokens": 0, "jump_tokens": 0, "prompt_tokens": 0, "reasoning_tokens": 0,
-                         "finished_stop": 0, "finished_length": 0, "finished_abort": 0}
+                         "forced_tokens": 0, "jump_tokens": 0, "sparse_logit_rows": 0, "prompt_tokens": 0,
+                         "reasoning_tokens": 0, "finished_stop": 0, "finished_length": 0, "finished_abort": 0}
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
         self._masks: torch.Tensor | None = None  # the step's bitmask rows (pinned for a GPU), reused
         # overlap schedule: on an accelerator the next decode step is launched before the CPU appends the
         # sampled tokens (on a CPU both would share the same cores: nothing to gain)
         self.overlap = parts.device.type != "cpu" and not args.disable_overlap_schedule
+        # CPU: rows whose grammar allows few tokens get logits at those tokens only (StepMasks.allowed)
+        self.sparse_logits = parts.device.type == "cpu" and not args.disable_sparse_logits
         self._ahead: tuple[ScheduledBatch, torch.Tensor] | None = None
 
     # -- control (any thread) -------------------------------------------------------------------------------
@@ -161,8 +174,10 @@ class EngineLoop:
     def _step(self, batch: ScheduledBatch) -> None:
         sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
         failed: dict[int, BaseException] = {}
-        masks = self._start_masks(sampling, failed)
-        logits, rows = self.runner.forward(batch)
+        masks = self._start_masks(sampling, failed, self.sparse_logits)
+        allowed = masks.result().allowed if self.sparse_logits and masks is not None else None
+        logits, rows = self.runner.forward(batch, allowed)
+        self.counters["sparse_logit_rows"] += len(allowed or ())
         self.scheduler.commit(batch)
         self._count(batch)
         if logits is not None:
@@ -181,14 +196,14 @@ class EngineLoop:
             return
         sampling = [batch.seqs[i] for i in rows]
         failed: dict[int, BaseException] = {}
-        masks = self._start_masks(sampling, failed)
+        masks = self._start_masks(sampling, failed, sparse=False)
         logits = logits if len(rows) == len(batch.seqs) else logits[torch.tensor(rows, device=logits.device)]
         self._sample_and_advance(logits, sampling, masks, failed)
 
     def _sample_and_advance(self, logits: torch.Tensor, sampling: list[Sequence], masks: Future | None,
                             failed: dict[int, BaseException]) -> None:
-        bitmask, masked_rows = masks.result() if masks is not None else (None, [])
-        out = self.sampler.sample(logits, sampling, bitmask, masked_rows)
+        step_masks = masks.result() if masks is not None else StepMasks(None, [])
+        out = self.sampler.sample(logits, sampling, step_masks.bitmask, step_masks.rows)
         if self.overlap and not failed:
             self._launch_ahead(sampling, out.tokens)
         for j, seq in enumerate(sampling):
@@ -217,15 +232,17 @@ class EngineLoop:
         self.counters["steps"] += 1
         self.counters["forward_tokens"] += batch.total_tokens
 
-    def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException]) -> Future | None:
+    def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException],
+                     sparse: bool = False) -> Future | None:
         """On an accelerator the CPU fills the masks while the device runs the forward pass; on a CPU
-        device both would compete for the same cores, so the masks are filled before the forward."""
+        device both would compete for the same cores, so the masks are filled before the forward (and
+        `sparse` rows, see `StepMasks.allowed`, can spare it work)."""
         if not any(s.gate is not None and s.gate.constrained for s in seqs):
             return None
         if self.parts.device.type != "cpu":
             return self._mask_pool.submit(self._fill_masks, seqs, failed)
         done: Future = Future()
-        done.set_result(self._fill_masks(seqs, failed))
+        done.set_result(self._fill_masks(seqs, failed, sparse))
         return done
 
     def _fail(self, seq: Sequence, error: BaseException) -> None:
@@ -233,8 +250,8 @@ class EngineLoop:
                      exc_info=error)
         self._finish(seq, FinishReason("abort", message=f"internal error: {type(error).__name__}: {error}"))
 
-    def _fill_masks(self, seqs: list[Sequence],
-                    failed: dict[int, BaseException]) -> tuple[torch.Tensor | None, list[int]]:
+    def _fill_masks(self, seqs: list[Sequence], failed: dict[int, BaseException],
+                    sparse: bool = False) -> StepMasks:
         """Runs on the mask thread while the forward pass runs (torch releases the GIL): the grammar
         matchers of all rows in one batched fill, then each gate's own rules. A row whose matcher raises
         goes into `failed`: that request fails after sampling, the batch goes on."""
@@ -256,7 +273,21 @@ class EngineLoop:
                     rows.append(i)
             except Exception as e:  # noqa: BLE001
                 failed[i] = e
-        return (bitmask, rows) if rows else (None, [])
+        if not rows:
+            return StepMasks(None, [])
+        allowed = self._sparse_rows(bitmask, rows, seqs) if sparse else {}
+        return StepMasks(bitmask, [r for r in rows if r not in allowed], allowed)
+
+    def _sparse_rows(self, bitmask: torch.Tensor, rows: list[int], seqs: list[Sequence]) -> dict[int, torch.Tensor]:
+        """The masked rows whose grammar allows few tokens, with those ids (rows that return logprobs
+        need the whole distribution)."""
+        allowed = {}
+        for r in rows:
+            if not seqs[r].return_logprob:
+                ids = sparse_allowed_ids(bitmask, r, self.parts.vocab_size)
+                if ids is not None and ids.shape[0]:
+                    allowed[r] = torch.from_numpy(ids)
+        return allowed
 
     def _new_bitmask(self, rows: int) -> torch.Tensor:
         """All-allowed rows to fill, in one buffer reused every step (a fresh 600 KB allocation a step

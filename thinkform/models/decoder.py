@@ -72,6 +72,19 @@ class DecoderLM(CausalLM):
     def compute_logits(self, hidden: Tensor) -> Tensor:
         return F.linear(hidden, self.output_weight()).to(logits_dtype(hidden.dtype))
 
+    def compute_logits_at(self, hidden: Tensor, rows: Tensor, token_ids: Tensor) -> Tensor:
+        # K dot products instead of M x vocab_size, in chunks of about 4M gathered weights. Products of
+        # bfloat16 values are exact in float32 and summed there, then rounded as the matmul rounds its output.
+        weight = self.output_weight()
+        chunk = max(1, (1 << 22) // weight.shape[1])
+        wide = logits_dtype(hidden.dtype)
+        out = torch.empty(token_ids.shape[0], dtype=wide, device=hidden.device)
+        for start in range(0, token_ids.shape[0], chunk):
+            ids, at = token_ids[start:start + chunk], rows[start:start + chunk]
+            dots = (hidden.index_select(0, at).to(wide) * weight.index_select(0, ids).to(wide)).sum(-1)
+            out[start:start + chunk] = dots.to(hidden.dtype)
+        return out
+
     # ---- weights ---------------------------------------------------------------------------------------
 
     def _shard_slice(self, fused_name: str, shard: int) -> slice:

@@ -37,6 +37,10 @@ class CausalLM(nn.Module, metaclass=ABCMeta):
     def compute_logits(self, hidden: Tensor) -> Tensor:  # [M, hidden] -> [M, vocab_size] float32/float64
         """Logits of the chosen rows."""
 
+    def compute_logits_at(self, hidden: Tensor, rows: Tensor, token_ids: Tensor) -> Tensor:  # [M, H], [K], [K] -> [K]
+        """logits[rows[k], token_ids[k]] for each k (models with a plain output matrix compute just those)."""
+        return self.compute_logits(hidden)[rows, token_ids]
+
 
 def logits_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32

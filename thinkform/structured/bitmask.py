@@ -127,9 +127,25 @@ def argmax_allowed_cpu(row: torch.Tensor, bitmask: torch.Tensor, r: int, retries
     return int(values.argmax())
 
 
+def sparse_allowed_ids(bitmask: torch.Tensor, row: int, vocab: int) -> np.ndarray | None:
+    """The token ids (below `vocab`) that bitmask[row] allows when they are few (at most 1/64 of the
+    vocabulary, or 64), else None."""
+    return _sparse_allowed(bitmask.numpy()[row], vocab)
+
+
+_BIT_SHIFTS = np.arange(32, dtype=np.uint32)
+
+
 def _sparse_allowed(words: np.ndarray, vocab: int) -> np.ndarray | None:
-    """The allowed token ids when they are few (at most 1/64 of the vocabulary), else None."""
-    if int(np.bitwise_count(words.view(np.uint32)).sum()) > vocab // 64:
+    # only the non-zero words are expanded: ~10 µs a 152k-token row where unpacking it all costs 20 µs
+    words = words.view(np.uint32)
+    nonzero = np.flatnonzero(words != 0)  # on a bool array: 3x faster than on the ints
+    limit = max(64, vocab // 64)
+    if nonzero.shape[0] > limit:
         return None
-    allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:vocab].view(np.bool_)
-    return np.flatnonzero(allowed)
+    selected = words[nonzero]
+    if int(np.bitwise_count(selected).sum()) > limit:
+        return None
+    word, bit = np.nonzero((selected[:, None] >> _BIT_SHIFTS) & 1)
+    ids = nonzero[word] * 32 + bit
+    return ids[ids < vocab]
