@@ -3,7 +3,9 @@
     python bench/structured_overhead.py [--models tiny embedded] [--tiny-batches 1 8 32] \
         [--embedded-batches 1 8] [--repeats 3] [--json-out results.json]
 
-For each model, two engines in turn, jump-forward off and on. On each, for each batch size, the seed's
+For each model, three engines in turn (VARIANTS): jump-forward off with the CPU's sparse logits (the
+default), jump-forward off with every row's full logits computed and then masked (the grammar's own cost),
+and jump-forward on. On each, for each batch size, the seed's
 CapitalInfo answers are generated greedily (constrained), then the same prompts unconstrained with
 `ignore_eos` and `max_new_tokens` set to each prompt's constrained token count, so both runs write the same
 number of tokens in the same batch shapes and the tokens/s ratio isolates the grammar's cost. Runs
@@ -38,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_cases import CAPITAL_INFO_SCHEMA, capital_prompts, json_valid  # noqa: E402
 
 QWEN_LOGITS_WIDTH = 151_936
+# (jump-forward, sparse logits) per engine: the overhead with the CPU default, the grammar's own cost
+# (every row's full logits computed, then masked), and the forward passes jump-forward saves
+VARIANTS = ((False, True), (False, False), (True, True))
 
 BOUNDED_CAPITAL_SCHEMA: dict[str, Any] = {
     **CAPITAL_INFO_SCHEMA,
@@ -138,29 +143,32 @@ def bench_model(label: str, model_path: str | None, make_prompts: Callable[[Any,
 
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "json_schema": json.dumps(schema)}
     rows = []
-    for jump in (False, True):
+    for jump, sparse in VARIANTS:
         t0 = time.perf_counter()
-        engine = thinkform.Engine(model_path=model_path, disable_jump_forward=not jump, max_total_tokens=65536)
-        print(f"[{label}] engine (jump-forward {'on' if jump else 'off'}) loaded in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr, flush=True)
+        engine = thinkform.Engine(model_path=model_path, disable_jump_forward=not jump,
+                                  disable_sparse_logits=not sparse, max_total_tokens=65536)
+        print(f"[{label}] engine (jump-forward {'on' if jump else 'off'}, sparse logits {'on' if sparse else 'off'}) "
+              f"loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         try:
             for bs in batches:
                 prompts = make_prompts(engine.tokenizer, bs1_answers if bs == 1 else bs)
                 row = decode_pair(engine, prompts, params, repeats, batch=bs, schema=schema)
-                rows.append({"model": label, "jump_forward": jump, **row})
-                print(f"[{label}] jf={jump} bs={bs}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+                rows.append({"model": label, "jump_forward": jump, "sparse_logits": sparse, **row})
+                print(f"[{label}] jf={jump} sparse={sparse} bs={bs}: {json.dumps(rows[-1])}", file=sys.stderr,
+                      flush=True)
         finally:
             engine.shutdown()
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| model | jump-forward | batch | answers | constrained tok/s | unconstrained tok/s | ratio (per-pair median) "
+    out = ["| model | jump-forward | sparse logits | batch | answers | constrained tok/s | unconstrained tok/s | ratio (per-pair median) "
            "| tokens / answer | passes / answer | saved | steps / answer (bs 1) | valid | example |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bs1 = f"{r['steps_per_answer']:.1f}" if r["batch"] == 1 else "–"
-        out.append(f"| {r['model']} | {'on' if r['jump_forward'] else 'off'} | {r['batch']} | {r['answers']} "
+        out.append(f"| {r['model']} | {'on' if r['jump_forward'] else 'off'} | {'on' if r['sparse_logits'] else 'off'} "
+                   f"| {r['batch']} | {r['answers']} "
                    f"| {r['constrained_tok_s']:.1f} | {r['unconstrained_tok_s']:.1f} | {r['ratio']:.3f} "
                    f"| {r['tokens_per_answer']:.1f} | {r['passes_per_answer']:.1f} | {r['saved'] * 100:.0f}% "
                    f"| {bs1} | {r['valid']}/{r['answers']} | `{r['example']}` |")
