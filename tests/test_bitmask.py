@@ -71,3 +71,44 @@ def test_greedy_under_a_mask_picks_the_best_allowed_token(density: float) -> Non
     for r in range(6):
         if bool(torch.isfinite(masked[r]).any()):  # a row that allows nothing has no best token
             assert tokens[r] == expected[r]
+
+
+def test_combined_keeps_and_the_masks_once_per_combination() -> None:
+    from thinkform.structured.bitmask import CombinedKeeps
+
+    a = np.array([0b0111, -1], dtype=np.int32)
+    b = np.array([0b1101, 0b1], dtype=np.int32)
+    combine = CombinedKeeps()
+    first = combine((a, b))
+    assert first.tolist() == [0b0101, 0b1]
+    assert combine((a, b)) is first and len(combine) == 1  # the same arrays: the cached result
+    assert combine((b, a)).tolist() == [0b0101, 0b1] and len(combine) == 2
+
+
+def test_requests_share_the_engines_combined_keep_masks(engine64) -> None:
+    """Guard-mask combinations are computed once per engine, not once per request."""
+    import json
+
+    schema = json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    params = {"temperature": 0, "max_new_tokens": 24, "json_schema": schema}
+    engine64.generate("first", params)
+    seen = len(engine64.parts.combined_keeps)
+    assert seen >= 2
+    engine64.generate(["first", "first"], params)
+    assert len(engine64.parts.combined_keeps) == seen
+
+
+@pytest.mark.parametrize("density", [0.0, 0.0005, 0.003, 0.5])
+def test_sparse_allowed_ids_lists_exactly_the_allowed_tokens_when_few(density) -> None:
+    from thinkform.structured.bitmask import sparse_allowed_ids
+
+    vocab = 151_669
+    mask = _random_mask(3, vocab, density, np.random.default_rng(3))
+    for row in range(3):
+        flags = np.unpackbits(mask.numpy()[row].view(np.uint8), bitorder="little")[:vocab]
+        expected = np.flatnonzero(flags)
+        got = sparse_allowed_ids(mask, row, vocab)
+        if expected.shape[0] > vocab // 64:
+            assert got is None
+        else:
+            assert got is not None and got.tolist() == expected.tolist()

@@ -176,7 +176,7 @@ class RequestBuilder:
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=self._guards(c, json_answer),
-            closing=self.parts.closing_rules if json_answer else None)
+            closing=self.parts.closing_rules if json_answer else None, combined_keeps=self.parts.combined_keeps)
 
     def _guards(self, c: Constraint | None, json_answer: bool) -> list[AnswerGuard]:
         """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded."""

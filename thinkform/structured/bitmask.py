@@ -64,8 +64,28 @@ def and_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> bool:
     trimmed = np.bitwise_and(current[:width], keep[:width])
     if not (trimmed.any() or current[width:].any()):
         return False
-    current[:width] = trimmed
+    np.copyto(current[:width], trimmed)
     return True
+
+
+class CombinedKeeps:
+    """ANDs of packed keep masks, cached by which arrays they are. The guards' rules hand out one array per
+    state, shared by every request, so an engine meets few combinations: one cache serves all its requests
+    (a cache per request recomputed each combination for every new answer)."""
+
+    def __init__(self) -> None:
+        # the value keeps the combined arrays alive: their ids cannot be reused while they are a key
+        self._cache: dict[tuple[int, ...], tuple[np.ndarray, tuple[np.ndarray, ...]]] = {}
+
+    def __call__(self, keeps: tuple[np.ndarray, ...]) -> np.ndarray:
+        key = tuple(map(id, keeps))
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = (np.bitwise_and.reduce(np.stack(keeps)), keeps)
+        return hit[0]
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 # byte value → the 8 additive logit masks of its bits: 0 where the token is allowed, -inf where banned

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.structured.bitmask import and_unless_empty, set_bits
+from thinkform.structured.bitmask import CombinedKeeps, and_unless_empty, set_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.vocab import TokenVocab
 
@@ -100,6 +100,7 @@ class ReasoningGate:
         answer_reserve_tokens: int | None = None,
         guards: Sequence[AnswerGuard] = (),
         closing: ClosingRules | None = None,
+        combined_keeps: CombinedKeeps | None = None,
     ) -> None:
         phase = Phase(phase)
         if markers is None and phase in (Phase.OPEN, Phase.REASONING):
@@ -116,7 +117,7 @@ class ReasoningGate:
                                       if answer_reserve_tokens is None else answer_reserve_tokens)
         self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
         self._guards = tuple(guards)
-        self._combined_keeps: dict[tuple[int, ...], np.ndarray] = {}
+        self._combined_keeps = combined_keeps if combined_keeps is not None else CombinedKeeps()
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out
         self._closing_reserve = closing_reserve(max_new_tokens) if max_new_tokens is not None else 0
         self.closed_by_budget = False  # the closing reserve steered this answer's end
@@ -230,11 +231,7 @@ class ReasoningGate:
             for guard in self._guards:
                 guard.restrict(bitmask, row)
             return
-        keeps = tuple(guard.keep() for guard in self._guards)
-        key = tuple(map(id, keeps))  # the rules cache one array per state: ids name the combination
-        combined = self._combined_keeps.get(key)
-        if combined is None:
-            combined = self._combined_keeps[key] = np.bitwise_and.reduce(np.stack(keeps))
+        combined = self._combined_keeps(tuple([guard.keep() for guard in self._guards]))
         if not and_unless_empty(bitmask, row, combined):
             for guard in self._guards:
                 guard.restrict(bitmask, row)
