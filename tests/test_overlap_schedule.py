@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from same_outputs import assert_same_outputs, run_with
 
 SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
                                                      "n": {"type": "integer"}}, "required": ["name", "n"]})
@@ -33,13 +34,7 @@ def engine(tiny_model_dirs):
 
 
 def _run(engine, overlap: bool, params: dict, kwargs: dict) -> tuple[list, int]:
-    engine.loop.overlap = overlap  # the loop is idle between generate calls
-    engine.parts.pool.reset_prefix_cache()
-    steps = engine.loop.counters["steps"]
-    outs = engine.generate(PROMPTS, params, **kwargs)
-    for out in outs:
-        out["meta_info"].pop("e2e_latency", None)
-    return outs, engine.loop.counters["steps"] - steps
+    return run_with(engine, lambda: setattr(engine.loop, "overlap", overlap), PROMPTS, params, kwargs, "steps")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -47,12 +42,7 @@ def test_overlap_gives_the_same_outputs(engine, case):
     params, kwargs = CASES[case]
     plain, _ = _run(engine, False, params, kwargs)
     overlapped, _ = _run(engine, True, params, kwargs)
-    for a, b in zip(plain, overlapped):
-        assert a["output_ids"] == b["output_ids"]
-        assert a["text"] == b["text"]
-        for key in ("finish_reason", "completion_tokens", "constraint_satisfied", "reasoning_content", "content",
-                    "output_token_logprobs", "output_top_logprobs"):
-            assert a["meta_info"].get(key) == b["meta_info"].get(key), key
+    assert_same_outputs(plain, overlapped)
 
 
 def test_overlap_launches_steps_ahead_and_drops_finished_rows(engine):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from same_outputs import assert_same_outputs, run_with
 
 SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
                                                      "n": {"type": "integer"}, "ok": {"type": "boolean"}},
@@ -38,13 +39,8 @@ def engine(tiny_model_dirs):
 
 
 def _run(engine, sparse: bool, params: dict, kwargs: dict) -> tuple[list, int]:
-    engine.loop.sparse_logits = sparse  # the loop is idle between generate calls
-    engine.parts.pool.reset_prefix_cache()
-    before = engine.loop.counters["sparse_logit_rows"]
-    outs = engine.generate(PROMPTS, params, **kwargs)
-    for out in outs:
-        out["meta_info"].pop("e2e_latency", None)
-    return outs, engine.loop.counters["sparse_logit_rows"] - before
+    return run_with(engine, lambda: setattr(engine.loop, "sparse_logits", sparse), PROMPTS, params, kwargs,
+                    "sparse_logit_rows")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -57,12 +53,7 @@ def test_sparse_logits_give_the_same_outputs(engine, case):
         assert used == 0
     else:
         assert used >= len(full)  # every answer had steps with few allowed tokens
-    for a, b in zip(full, sparse):
-        assert a["output_ids"] == b["output_ids"]
-        assert a["text"] == b["text"]
-        for key in ("finish_reason", "completion_tokens", "constraint_satisfied", "reasoning_content", "content",
-                    "output_token_logprobs", "output_top_logprobs"):
-            assert a["meta_info"].get(key) == b["meta_info"].get(key), key
+    assert_same_outputs(full, sparse)
     if "json_schema" in params:
         for out in sparse:
             assert set(json.loads(out["text"])) == {"name", "n", "ok"}
