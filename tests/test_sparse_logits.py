@@ -73,3 +73,17 @@ def test_runner_computes_only_the_allowed_logits(engine):
         rest = torch.ones(full.shape[1], dtype=torch.bool)
         rest[ids] = False
         assert torch.isneginf(got[row, rest]).all()
+
+
+def test_the_generic_allowed_logits_pick_from_the_full_ones(engine):
+    """Models without their own compute_logits_at (the transformers fallback) get the picked full logits."""
+    from thinkform.models.layers import CausalLM
+
+    model = engine.parts.model
+    hidden = torch.randn(4, model.config.hidden_size, dtype=torch.float64)
+    rows, ids = torch.tensor([3, 1, 3, 1]), torch.tensor([0, 9, 17, 42])
+    with torch.inference_mode():
+        got = CausalLM.compute_logits_at(model, hidden, rows, ids)
+        want = model.compute_logits_at(hidden, rows, ids)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, model.compute_logits(hidden)[rows, ids])

@@ -38,8 +38,10 @@ class CausalLM(nn.Module, metaclass=ABCMeta):
         """Logits of the chosen rows."""
 
     def compute_logits_at(self, hidden: Tensor, rows: Tensor, token_ids: Tensor) -> Tensor:  # [M, H], [K], [K] -> [K]
-        """logits[rows[k], token_ids[k]] for each k (models with a plain output matrix compute just those)."""
-        return self.compute_logits(hidden)[rows, token_ids]
+        """logits[rows[k], token_ids[k]] for each k. Here: the named rows' full logits, then picked (models
+        with a plain output matrix compute just the K dot products)."""
+        named, index = rows.unique(return_inverse=True)
+        return self.compute_logits(hidden[named])[index, token_ids]
 
 
 def logits_dtype(dtype: torch.dtype) -> torch.dtype:
