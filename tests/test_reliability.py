@@ -473,6 +473,7 @@ def test_metrics_in_prometheus_format_track_requests(real):
     assert grew("thinkform_invalid_constraints_total", 2)
     assert grew("thinkform_prompt_tokens_total", 2) and grew("thinkform_generation_tokens_total", 2)
     assert grew("thinkform_reasoning_tokens_total")  # deepseek-r1 thinks before its answer
+    assert grew("thinkform_sparse_logit_rows_total")  # "(Paris|Rome)" allows a handful of tokens at a time
     assert grew('thinkform_requests_finished_total{reason="stop"}', 2)
     assert grew("thinkform_grammar_cache_hits_total") and grew("thinkform_grammar_compile_failures_total")
     assert after["thinkform_grammar_compile_seconds_total"] > 0
