@@ -96,6 +96,20 @@ def test_budget_forces_marker_and_answer_arrives(engines):
     assert meta["finish_reason"]["type"] == "stop"
 
 
+def test_thinking_costs_no_mask_work(engines, monkeypatch):
+    """Steps where every constrained request is still in its reasoning fill no bitmask at all: the masks
+    start with the answer."""
+    engine = engines["xgrammar"]
+    fills = []
+    fill = engine.loop._fill_masks
+    monkeypatch.setattr(engine.loop, "_fill_masks", lambda seqs, *a: fills.append(len(seqs)) or fill(seqs, *a))
+    out = engine.generate("Question:", {"temperature": 0, "max_new_tokens": 64, "max_reasoning_tokens": 10,
+                                        "regex": "(Paris|London)"}, require_reasoning=True)
+    meta = out["meta_info"]
+    assert meta["reasoning_tokens"] >= 10 and meta["content"] in ("Paris", "London")
+    assert 1 <= len(fills) <= meta["completion_tokens"] - meta["reasoning_tokens"] + 1
+
+
 def test_answer_reserve_keeps_room_for_answer(engines):
     out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 40,
                                                      "ebnf": 'root ::= "Paris is the capital of France"'},

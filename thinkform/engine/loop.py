@@ -237,8 +237,8 @@ class EngineLoop:
         """On an accelerator the CPU fills the masks while the device runs the forward pass; on a CPU
         device both would compete for the same cores, so the masks are filled before the forward (and
         `sparse` rows, see `StepMasks.allowed`, can spare it work)."""
-        if not any(s.gate is not None and s.gate.constrained for s in seqs):
-            return None
+        if not any(s.gate is not None and s.gate.constrained and not s.gate.in_reasoning for s in seqs):
+            return None  # nothing to mask: no constraint, or all still thinking (no mask work at all)
         if self.parts.device.type != "cpu":
             return self._mask_pool.submit(self._fill_masks, seqs, failed)
         done: Future = Future()
