@@ -87,3 +87,16 @@ def test_the_generic_allowed_logits_pick_from_the_full_ones(engine):
         want = model.compute_logits_at(hidden, rows, ids)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got, model.compute_logits(hidden)[rows, ids])
+
+
+@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+def test_sparse_logits_under_every_grammar_backend(tiny_model_dirs, backend):
+    from thinkform import Engine
+
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), dtype="float64", grammar_backend=backend,
+                max_total_tokens=4096, disable_jump_forward=True) as engine:
+        params = {"temperature": 0, "max_new_tokens": 40, "json_schema": SCHEMA}
+        full, _ = _run(engine, False, params, {})
+        sparse, used = _run(engine, True, params, {})
+    assert used >= len(full)
+    assert_same_outputs(full, sparse)
