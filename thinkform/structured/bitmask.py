@@ -52,13 +52,9 @@ def keep_mask(vocab_size: int, words: int, banned: Iterable[int]) -> torch.Tenso
     return pack_bits(flags, words)
 
 
-def keep_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> None:
-    """bitmask[row] &= keep (packed int32 words), unless that would leave no token: the grammar wins."""
-    and_unless_empty(bitmask, row, keep)
-
-
-def and_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> bool:
-    """keep_unless_empty, saying whether the row was changed (False: it would have been left empty)."""
+def keep_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> bool:
+    """bitmask[row] &= keep (packed int32 words), unless that would leave no token: the grammar wins.
+    Returns whether the row was narrowed (False: it would have been left empty, and is unchanged)."""
     current = bitmask.numpy()[row]
     width = min(current.shape[0], keep.shape[0])
     trimmed = np.bitwise_and(current[:width], keep[:width])

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from thinkform.structured.bitmask import only_mask
+from thinkform.structured.bitmask import keep_unless_empty, only_mask
 
 _WHITESPACE = b" \t\n\r"
 _CLOSERS = b'"}]'
@@ -50,14 +49,6 @@ class ClosingRules:
 
     def restrict(self, bitmask: torch.Tensor, row: int, may_end: bool) -> None:
         """Narrow bitmask[row] to the first tier it allows anything of; leave it as it is otherwise."""
-        words = bitmask.numpy()[row]
-        tiers = ([self._eos] if may_end else []) + self._tiers
-        for keep in tiers:
-            width = min(words.shape[0], keep.shape[0])
-            trimmed = np.bitwise_and(words[:width], keep[:width])
-            if trimmed.any():
-                words[:width] = trimmed
-                words[width:] = 0
+        for keep in ([self._eos] if may_end else []) + self._tiers:
+            if keep_unless_empty(bitmask, row, keep):
                 return
-
-

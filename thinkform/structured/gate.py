@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.structured.bitmask import CombinedKeeps, and_unless_empty, set_bits
+from thinkform.structured.bitmask import CombinedKeeps, keep_unless_empty, set_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.vocab import TokenVocab
 
@@ -232,7 +232,7 @@ class ReasoningGate:
                 guard.restrict(bitmask, row)
             return
         combined = self._combined_keeps(tuple([guard.keep() for guard in self._guards]))
-        if not and_unless_empty(bitmask, row, combined):
+        if not keep_unless_empty(bitmask, row, combined):
             for guard in self._guards:
                 guard.restrict(bitmask, row)
 

@@ -91,7 +91,6 @@ class GrammarBackend(ABC):
             matcher.fill_bitmask(bitmask, row)
 
 
-
 def split_pending(pending: Pending, kind: type) -> tuple[list[tuple[int, Any]], list[tuple[int, GrammarMatcher]]]:
     """(the rows whose matcher is a `kind`, the other rows)."""
     ours = [(row, m) for row, m in pending if isinstance(m, kind)]
