@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from thinkform.engine.detokenizer import IncrementalDetokenizer, find_stop
 
 
@@ -26,3 +30,84 @@ def test_find_stop_earliest_in_new_text():
     assert find_stop("hello world. bye.", 4, [".", "bye"]) == (13, "bye")
     assert find_stop("abc", 1, ["x"]) is None
     assert find_stop("ab|c", 1, ["|c"]) == (2, "|c")  # a stop spanning the old and the new text
+
+
+def _window_detokenize(tokenizer, prompt_ids, hidden, pushes):
+    """The reference: decode the window twice per push (vLLM's prefix/read offsets), in Python."""
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    ids = [t for t in prompt_ids[-6:] if t not in hidden]
+    prefix, read, pieces = 0, len(ids), []
+    for push in pushes:
+        visible = [t for t in push if t not in hidden]
+        if not visible:
+            pieces.append("")
+            continue
+        ids.extend(visible)
+        prefix_text, full = decode(ids[prefix:read]), decode(ids[prefix:])
+        if len(full) <= len(prefix_text) or full.endswith("\ufffd"):
+            pieces.append("")
+            continue
+        pieces.append(full[len(prefix_text):])
+        prefix, read = read, len(ids)
+    prefix_text, full = decode(ids[prefix:read]), decode(ids[prefix:])
+    pieces.append(full[len(prefix_text):] if len(full) > len(prefix_text) else "")
+    return pieces
+
+
+def _sentencepiece_style_tokenizer():
+    """Llama-2 style: Metaspace pieces, byte fallback for everything else, the leading space stripped."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyzPF,.{}\":", "▁P", "▁Paris", "ar", "is", "é"]:
+        vocab.setdefault(piece, len(vocab))
+    merges = [("▁", "P"), ("a", "r"), ("i", "s"), ("▁P", "ar"), ("▁Par", "is")]
+    vocab.setdefault("▁Par", len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<s>", "</s>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE", "sentencepiece-style", "Qwen"])
+def test_same_text_as_decoding_the_window(kind, tiny_tokenizer):
+    """Random token streams (broken UTF-8, special and hidden tokens, several ids a push): every piece and
+    the final text are what decoding the window twice per push gives."""
+    if kind == "Qwen":
+        from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+
+        tokenizer = build_qwen_tokenizer()
+    else:
+        tokenizer = tiny_tokenizer if kind == "byte-level BPE" else _sentencepiece_style_tokenizer()
+    rng = random.Random(7)
+    size = len(tokenizer)
+    prompt = tokenizer.encode("Hello, what is the capital of France?")
+    hidden = frozenset({tokenizer.eos_token_id})
+    for trial in range(40):
+        ids = [rng.randrange(size) for _ in range(rng.randrange(1, 30))]
+        if trial % 4 == 0:  # also text the tokenizer would write itself: words, accents, emoji
+            ids = tokenizer.encode(" Paris, café 🙂 北京 é", add_special_tokens=False) + ids
+        cuts = sorted(rng.sample(range(1, len(ids)), min(len(ids) - 1, rng.randrange(0, 8))))
+        pushes = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        detok = IncrementalDetokenizer(tokenizer, prompt, hidden)
+        pieces = [detok.push(p) for p in pushes] + [detok.flush()]
+        assert pieces == _window_detokenize(tokenizer, prompt, hidden, pushes), (kind, ids)
+        assert detok.text == "".join(pieces)
+        assert all(not p.endswith("\ufffd") for p in pieces[:-1])
+
+
+def test_leading_space_of_the_first_token_kept(tiny_tokenizer):
+    sp = _sentencepiece_style_tokenizer()
+    for tokenizer in (tiny_tokenizer, sp):
+        detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("Hello"), frozenset())
+        for t in tokenizer.encode(" Paris", add_special_tokens=False):
+            detok.push([t])
+        detok.flush()
+        assert detok.text == " Paris"

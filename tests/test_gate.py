@@ -12,6 +12,7 @@ import xgrammar as xgr
 from thinkform.reasoning import get_markers, split_reasoning
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar
 from thinkform.structured.backends.xgrammar import XGrammarBackend
+from thinkform.structured.bitmask import keep_mask, only_mask, set_bits
 from thinkform.structured.gate import GateError, Phase, ReasoningGate, default_answer_reserve, initial_phase
 from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.structured.vocab import TokenVocab
@@ -347,9 +348,9 @@ def test_initial_phase() -> None:
 # --- anti-runaway guard hook --------------------------------------------------------------------
 
 class RecordingGuard:
-    def __init__(self, banned: int) -> None:
+    def __init__(self, banned: int, vocab_size: int) -> None:
         self.seen = b""
-        self.banned = banned
+        self._keep = keep_mask(vocab_size, (vocab_size + 31) // 32, [banned]).numpy()
 
     def reset(self) -> None:
         self.seen = b""
@@ -357,15 +358,14 @@ class RecordingGuard:
     def observe(self, data: bytes) -> None:
         self.seen += data
 
-    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
-        word, bit = divmod(self.banned, 32)
-        bitmask[row, word] &= ~(1 << bit)
+    def keep(self) -> np.ndarray:
+        return self._keep
 
 
 def test_guard_sees_answer_only_and_restricts(special: Env) -> None:
     env = special
     digit = env.ids("2")[0]
-    guard = RecordingGuard(digit)
+    guard = RecordingGuard(digit, env.vocab.vocab_size)
     gate = ReasoningGate(env.vocab, QWEN3, Phase.REASONING, env.compiled.new_matcher(), guards=[guard])
     answer = env.ids('{"name": "P", "population": ')
     gate.accept_forced(env.ids("thinking 123</think>") + answer)
@@ -376,3 +376,34 @@ def test_guard_sees_answer_only_and_restricts(special: Env) -> None:
     assert digit not in ok and env.ids("1")[0] in ok
     gate.rollback(2)
     assert gate.guards == (guard,) and guard.seen == env.text(answer[:-2]).encode()  # replayed after the rollback
+
+
+class FixedGuard(RecordingGuard):
+    """Keeps exactly `kept` (or everything but `banned`)."""
+
+    def __init__(self, vocab_size: int, kept: list[int] | None = None, banned: list[int] | None = None) -> None:
+        super().__init__(0, vocab_size)
+        words = (vocab_size + 31) // 32
+        self._keep = (only_mask(vocab_size, words, kept) if kept is not None
+                      else keep_mask(vocab_size, words, banned)).numpy()
+
+
+def test_guards_that_disagree_apply_one_by_one(special: Env) -> None:
+    """Two guards whose keeps together leave no token: the first one that leaves something wins, the
+    other one stands aside, and the gate's own rule (no reasoning marker inside the answer) still holds,
+    even over a grammar mask that allowed the marker."""
+    env = special
+    size = env.vocab.vocab_size
+    one, two = env.ids("1")[0], env.ids("2")[0]
+    end_marker = env.ids("</think>")[0]
+    for guards, expect in (
+        ([FixedGuard(size, kept=[one, end_marker]), FixedGuard(size, banned=[one])], {one}),
+        ([FixedGuard(size, kept=[end_marker]), FixedGuard(size, kept=[two])], {two}),
+    ):
+        gate = env.gate(Phase.ANSWER, guards=guards)
+        gate.accept_forced(env.ids('{"name": "P", "population": '))
+        bitmask = xgr.allocate_token_bitmask(1, size)
+        gate.matcher_to_fill().fill_bitmask(bitmask, 0)
+        set_bits(bitmask, 0, [end_marker], True)
+        assert gate.finish_bitmask(bitmask, 0)
+        assert allowed(bitmask, size) == expect

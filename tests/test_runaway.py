@@ -65,6 +65,15 @@ def test_strings_are_never_restricted(guard: NumberGuard) -> None:
     assert allowed_after(guard, set(range(len(TOKENS)))) == set(range(len(TOKENS)))
 
 
+def test_an_escape_split_across_tokens_stays_in_the_string(guard: NumberGuard) -> None:
+    # the string "xab\"123456789 \"": each backslash is a token of its own, the quote after it is escaped
+    for piece in (b'{"a": "x', b"ab", b"\\", b'"12345678', b"9 ", b"\\", b'"'):
+        guard.observe(piece)
+        assert guard.state.mode in (Mode.STRING, Mode.ESCAPE)
+    guard.observe(b'"')  # the closing quote
+    assert guard.state.mode == Mode.OUT
+
+
 def test_a_token_starting_a_too_long_number_is_cleared(guard: NumberGuard) -> None:
     guard.observe(b'{"a":')
     assert guard.state.mode == Mode.OUT

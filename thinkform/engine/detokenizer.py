@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
+
 _CONTEXT_TOKENS = 6  # prompt tokens decoded with the output so leading spaces come out right
 
 
 class IncrementalDetokenizer:
-    """Decodes a small window of ids per step (vLLM's prefix/read offsets) instead of the whole output."""
+    """vLLM's prefix/read offsets: the text of the ids after `read_offset` is what decoding from
+    `prefix_offset` adds to decoding up to `read_offset`, held back while a UTF-8 character is unfinished.
+    The `tokenizers` library's DecodeStream does that in Rust (a tenth of the cost of decoding the window
+    twice in Python); where it refuses (a byte-fallback tokenizer whose stray bytes turn text it already
+    gave into replacement characters), this request goes on with the Python window."""
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], hidden_ids: frozenset[int]) -> None:
         self.tokenizer = tokenizer
@@ -17,9 +23,7 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0
         self.read_offset = len(context)
         self.text = ""
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        self._stream: DecodeStream | None = DecodeStream(context, skip_special_tokens=False)
 
     def push(self, token_ids: list[int]) -> str:
         """Add generated ids; return the newly complete text (held back while a UTF-8 char is unfinished)."""
@@ -27,23 +31,39 @@ class IncrementalDetokenizer:
         if not visible:
             return ""
         self.ids.extend(visible)
-        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
-        if len(full) <= len(prefix_text) or full.endswith("\ufffd"):
+        new = self._step(visible)
+        if not new:
             return ""
-        new = full[len(prefix_text):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         self.text += new
         return new
 
     def flush(self) -> str:
         """At the end: whatever is held back, replacement characters included."""
-        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
+        prefix_text, full = self._window()
         new = full[len(prefix_text):] if len(full) > len(prefix_text) else ""
         self.prefix_offset = self.read_offset = len(self.ids)
+        self._stream = None
         self.text += new
         return new
+
+    def _step(self, visible: list[int]) -> str | None:
+        if self._stream is not None:
+            try:
+                return self._stream.step(self.tokenizer.backend_tokenizer, visible)
+            except Exception:  # noqa: BLE001 - "Invalid prefix encountered": the window below copes
+                self._stream = None
+        prefix_text, full = self._window()
+        if len(full) <= len(prefix_text) or full.endswith("\ufffd"):
+            return None
+        return full[len(prefix_text):]
+
+    def _window(self) -> tuple[str, str]:
+        return (self._decode(self.ids[self.prefix_offset:self.read_offset]),
+                self._decode(self.ids[self.prefix_offset:]))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | None:

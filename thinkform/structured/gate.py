@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.structured.bitmask import CombinedKeeps, keep_unless_empty, set_bits
+from thinkform.structured.bitmask import CombinedKeeps, narrow_unless_empty, set_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.vocab import TokenVocab
 
@@ -56,9 +56,7 @@ class AnswerGuard(Protocol):
 
     def observe(self, data: bytes) -> None: ...
 
-    def keep(self) -> np.ndarray: ...  # packed words of the tokens allowed next
-
-    def restrict(self, bitmask: torch.Tensor, row: int) -> None: ...
+    def keep(self) -> np.ndarray: ...  # packed words of the tokens allowed next, one array per state
 
 
 def default_answer_reserve(max_new_tokens: int | None) -> int:
@@ -75,7 +73,7 @@ def initial_phase(markers: ReasoningMarkers | None,
     return Phase.REASONING if markers.starts_in_reasoning(chat_template_kwargs) else Phase.OPEN
 
 
-@dataclass
+@dataclass(slots=True)
 class _Snapshot:
     """Gate state before one output token, so rollback can restore it."""
 
@@ -140,6 +138,7 @@ class ReasoningGate:
             self._marker_tokens = ()
         self._open_keep = vocab.keep_mask(self._eos)  # padding rows never, EOS only where the grammar ends
         self._answer_keep = vocab.keep_mask(self._eos | frozenset(self._marker_tokens))
+        self._ending_keep = vocab.keep_mask(frozenset(self._marker_tokens))  # the same and EOS: the grammar may end
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -210,31 +209,36 @@ class ReasoningGate:
             set_bits(bitmask, row, self._eos, True)
             return True
         words = bitmask.numpy()[row]
-        may_end = self.phase is Phase.ANSWER and self._grammar_may_end()
         if self.phase is Phase.OPEN:
             words &= self._open_keep
             set_bits(bitmask, row, (self._start_ids[0],), True)
-        else:  # ANSWER: no EOS before the grammar may end, no reasoning marker inside the answer
-            words &= self._answer_keep
-            if may_end:
-                set_bits(bitmask, row, self._eos, True)
-        self._restrict_by_guards(bitmask, row)
+            self._narrow(words, None)
+            return True
+        # ANSWER: no EOS before the grammar may end, no reasoning marker inside the answer
+        may_end = self._grammar_may_end()
+        if may_end:
+            set_bits(bitmask, row, self._eos, True)
+        self._narrow(words, self._ending_keep if may_end else self._answer_keep)
         if self.closing:
             self.closed_by_budget = True
             self._closing.restrict(bitmask, row, may_end)
         return True
 
-    def _restrict_by_guards(self, bitmask: torch.Tensor, row: int) -> None:
-        """Each guard keeps its tokens unless that leaves none. Their keep masks ANDed together (cached
-        per combination of states) take one pass over the row; only an empty result needs them one by one."""
-        if len(self._guards) < 2:
-            for guard in self._guards:
-                guard.restrict(bitmask, row)
+    def _narrow(self, words: np.ndarray, rule: np.ndarray | None) -> None:
+        """words &= `rule` (the gate's own, always), then each guard keeps its tokens unless that leaves
+        none. All of them ANDed together (cached per combination of states) take one pass over the row;
+        only a result with no token left needs them one by one."""
+        keeps = tuple([guard.keep() for guard in self._guards])
+        keeps = keeps if rule is None else (rule, *keeps)
+        if not keeps:
             return
-        combined = self._combined_keeps(tuple([guard.keep() for guard in self._guards]))
-        if not keep_unless_empty(bitmask, row, combined):
-            for guard in self._guards:
-                guard.restrict(bitmask, row)
+        combined = keeps[0] if len(keeps) == 1 else self._combined_keeps(keeps)
+        if narrow_unless_empty(words, combined):
+            return
+        if rule is not None:
+            words &= rule
+        for keep in keeps[rule is not None:]:
+            narrow_unless_empty(words, keep)
 
     @property
     def closing(self) -> bool:

@@ -1,0 +1,151 @@
+"""The engine loop's CPU work per sampled token, constrained vs free: what an accelerator waits for.
+
+    python bench/host_overhead.py [--batch-sizes 1 32] [--max-new-tokens 64] [--repeats 3]
+
+On a GPU the forward pass runs on the device while the CPU fills the next step's grammar masks and appends
+the sampled tokens (grammar, detokenizer, stop rules). When that CPU work per step outgrows the forward,
+the device waits, and constrained decoding falls behind free decoding. This measures that CPU work here,
+on any machine, by timing the loop's pieces around the forward pass: the tiny random model with the real
+Qwen vocabulary (151,936 logits), the seed's CapitalInfo schema (name bounded, see structured_overhead.py),
+greedy, jump-forward off and every row's full logits computed (`--disable-sparse-logits`, as on a GPU).
+
+Per sampled token, in µs: `masks` (the matchers' batched fill and each gate's rules), `sample` (the
+sampler, whose CPU masking a GPU does in one kernel instead), `advance` (appending the token: gate,
+grammar accept, detokenizer, stop rules), and `host` = masks + advance, the part a GPU step waits for
+whatever the sampler costs. Medians over `--repeats` runs; free runs write the constrained runs' token counts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from structured_overhead import BOUNDED_CAPITAL_SCHEMA, make_qwen_tiny_model, tiny_prompts  # noqa: E402
+
+PARTS = ("forward", "masks", "sample", "advance")
+
+
+class PartTimer:
+    """Wraps the loop's methods on the instance and sums their wall time by part."""
+
+    def __init__(self, loop: Any) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.rows = 0
+        self._wrap(loop.runner, "forward", "forward")
+        self._wrap(loop, "_fill_masks", "masks")
+        self._wrap(loop.sampler, "sample", "sample", count_rows=True)
+        self._wrap(loop, "_advance", "advance")
+
+    def _wrap(self, owner: Any, method: str, part: str, count_rows: bool = False) -> None:
+        inner: Callable[..., Any] = getattr(owner, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - t0
+                if count_rows:
+                    self.rows += len(args[1])
+
+        setattr(owner, method, timed)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.rows = 0
+
+    def per_row_us(self) -> dict[str, float]:
+        return {p: self.seconds[p] / max(self.rows, 1) * 1e6 for p in PARTS}
+
+
+def run(engine: Any, timer: PartTimer, prompts: list[str], params: list[dict[str, Any]], batch: int
+        ) -> tuple[dict[str, float], list[int]]:
+    engine.parts.pool.reset_prefix_cache()
+    timer.reset()
+    lengths = []
+    for i in range(0, len(prompts), batch):
+        outs = engine.generate(prompts[i:i + batch], params[i:i + batch])
+        lengths += [o["meta_info"]["completion_tokens"] for o in outs]
+    return timer.per_row_us(), lengths
+
+
+def bench_batch(engine: Any, timer: PartTimer, batch: int, answers: int, max_new_tokens: int,
+                repeats: int) -> dict[str, Any]:
+    prompts = tiny_prompts(answers)
+    params = {"temperature": 0, "max_new_tokens": max_new_tokens, "json_schema": json.dumps(BOUNDED_CAPITAL_SCHEMA)}
+    engine.generate(prompts[:1], [{**params, "max_new_tokens": 8}])  # compiles and caches the grammar
+    con, free = defaultdict(list), defaultdict(list)
+    for _ in range(repeats):
+        times, lengths = run(engine, timer, prompts, [params] * len(prompts), batch)
+        for k, v in times.items():
+            con[k].append(v)
+        free_params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
+        times, _ = run(engine, timer, prompts, free_params, batch)
+        for k, v in times.items():
+            free[k].append(v)
+    row = {"batch": batch, "answers": answers, "tokens": sum(lengths)}
+    for label, series in (("json", con), ("free", free)):
+        for part in PARTS:
+            row[f"{label}_{part}"] = statistics.median(series[part])
+        row[f"{label}_host"] = row[f"{label}_masks"] + row[f"{label}_advance"]
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| batch | tokens | forward free / JSON | masks JSON | sample free / JSON | advance free / JSON "
+           "| host (masks + advance) free / JSON |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['batch']} | {r['tokens']} | {r['free_forward']:.0f} / {r['json_forward']:.0f} "
+                   f"| {r['json_masks']:.1f} | {r['free_sample']:.1f} / {r['json_sample']:.1f} "
+                   f"| {r['free_advance']:.1f} / {r['json_advance']:.1f} "
+                   f"| {r['free_host']:.1f} / **{r['json_host']:.1f}** |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--bs1-answers", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    import thinkform
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_qwen_tiny_model(Path(tmp) / "tiny-qwen")
+        engine = thinkform.Engine(model_path=str(model_dir), disable_jump_forward=True,
+                                  disable_sparse_logits=True, max_total_tokens=65536)
+        try:
+            timer = PartTimer(engine.loop)
+            for bs in args.batch_sizes:
+                rows.append(bench_batch(engine, timer, bs, args.bs1_answers if bs == 1 else bs,
+                                        args.max_new_tokens, args.repeats))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        finally:
+            engine.shutdown()
+    lines = [f"Run {started} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
+             f"torch {torch.__version__} with {torch.get_num_threads()} threads). µs per sampled token.", "",
+             "Command: `" + " ".join(sys.argv) + "`", ""] + table(rows)
+    print("\n".join(lines))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
