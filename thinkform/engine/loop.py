@@ -15,7 +15,7 @@ from thinkform.engine.detokenizer import find_stop
 from thinkform.engine.errors import EngineDead
 from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
-from thinkform.engine.sampler import Sampler
+from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.structured.bitmask import sparse_allowed_ids
@@ -40,6 +40,7 @@ class EngineLoop:
         self.scheduler = Scheduler(parts.pool, args.max_running_requests, args.chunked_prefill_size)
         self.runner = ModelRunner(parts.model, parts.kv, parts.device, parts.small_steps)
         self.sampler = Sampler(len(parts.tokenizer), parts.vocab_size, parts.eos_token_ids)
+        warm_up_mask_kernel(parts.device, parts.vocab_size)
         self.eos = frozenset(parts.eos_token_ids)
         self._lock = threading.Lock()
         self._inbox: list[Sequence] = []

@@ -144,6 +144,22 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
     xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)
 
 
+def warm_up_mask_kernel(device: torch.device, vocab_size: int) -> None:
+    """Compile xgrammar's Triton mask kernel for each row count it specializes on (1, multiples of 16, any
+    other) now, at start: each compile takes about a second, and paid lazily it fell into the first batch of
+    constrained requests (their JSON ÷ free ratio 0.62 on an H100, where the warm repeat gave 0.95)."""
+    if device.type != "cuda":
+        return
+    import xgrammar
+
+    rows = 16
+    logits = torch.zeros(rows, vocab_size, dtype=torch.float32, device=device)  # the sampler masks float32
+    bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
+    for n in (1, 3, rows):
+        apply_bitmask(logits, bitmask, list(range(n)))
+    torch.cuda.synchronize(device)
+
+
 def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
     if all(k <= 0 or k >= logits.shape[1] for k in ks):
         return logits
