@@ -12,7 +12,8 @@ line, appended to DIR/results.jsonl as each finishes, so a run cut short still r
 - thinkform `free`: `ignore_eos`, all of max-new-tokens; `json`: constrained with jump-forward off, and an
   unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
   `json_jf`: jump-forward on (tok/s counts only sampled tokens).
-- `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt).
+- `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt), and the
+  engine loop's wall time per step in its main calls, free and under the seed's schema.
 - transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
   reduce-overhead: CUDA graphs), each `free` and `json` (xgrammar's HF logits processor).
 
@@ -186,6 +187,11 @@ def run_profile(args: argparse.Namespace) -> None:
             with profile(activities=activities) as prof:
                 engine.generate(prompts[:bs], params)
             emit(args.out, {"host_ms_per_step": bs, **_host_times(engine, prompts[:bs], params)})
+            # the same under the seed's schema (jump-forward on, the default): does the CPU's grammar work
+            # (masks on the mask thread, advance on the loop's) outlast the device's forward?
+            json_params = {"temperature": 0, "max_new_tokens": 32, "json_schema": json.dumps(CAPITAL_INFO_SCHEMA)}
+            engine.generate(prompts[:bs], json_params)  # warm-up: grammar compiled, mask kernel warm
+            emit(args.out, {"host_ms_per_step_json": bs, **_host_times(engine, prompts[:bs], json_params)})
             sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
             table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
             (args.out / f"profile_bs{bs}.txt").write_text(table)
@@ -196,7 +202,8 @@ def _host_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> dict
     """Wall time per step inside the engine loop's main calls (the sampler's includes waiting for the device)."""
     loop = engine.loop
     names = {"forward": (loop.runner, "forward"), "sample": (loop.sampler, "sample"), "advance": (loop, "_advance"),
-             "launch_ahead": (loop, "_launch_ahead"), "commit_ahead": (loop.scheduler, "commit_ahead")}
+             "launch_ahead": (loop, "_launch_ahead"), "commit_ahead": (loop.scheduler, "commit_ahead"),
+             "masks": (loop, "_fill_masks")}  # on a GPU the masks fill on their own thread, during the forward
     spent = dict.fromkeys(names, 0.0)
 
     def timed(name: str, fn: Any) -> Any:
