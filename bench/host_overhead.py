@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from structured_overhead import BOUNDED_CAPITAL_SCHEMA, make_qwen_tiny_model, tiny_prompts  # noqa: E402
+from structured_overhead import BOUNDED_CAPITAL_SCHEMA, make_qwen_tiny_model, report, tiny_prompts  # noqa: E402
 
 PARTS = ("forward", "masks", "sample", "advance")
 
@@ -121,8 +120,6 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
     import thinkform
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -139,12 +136,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         finally:
             engine.shutdown()
-    lines = [f"Run {started} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
-             f"torch {torch.__version__} with {torch.get_num_threads()} threads). µs per sampled token.", "",
-             "Command: `" + " ".join(sys.argv) + "`", ""] + table(rows)
-    print("\n".join(lines))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=1))
+    report(started, table(rows), rows, args.json_out, " µs per sampled token.")
 
 
 if __name__ == "__main__":

@@ -190,8 +190,6 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,12 +202,18 @@ def main() -> None:
         rows += bench_model("embedded", args.embedded_model_path,
                             chat_prompts, CAPITAL_INFO_SCHEMA, args.embedded_batches, args.max_new_tokens,
                             args.embedded_repeats, args.embedded_bs1_answers)
-    lines = [f"Run {started} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
-             f"torch {torch.__version__} with {torch.get_num_threads()} threads).", "",
-             "Command: `" + " ".join(sys.argv) + "`", ""] + table(rows)
-    print("\n".join(lines))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=1))
+    report(started, table(rows), rows, args.json_out)
+
+
+def report(started: str, lines: list[str], rows: list[dict[str, Any]], json_out: Path | None, note: str = "") -> None:
+    """The run's machine, command and table on stdout (for BENCHMARKS.md); the raw rows to `json_out`."""
+    import torch
+
+    print("\n".join([f"Run {started} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
+                     f"torch {torch.__version__} with {torch.get_num_threads()} threads).{note}", "",
+                     "Command: `" + " ".join(sys.argv) + "`", ""] + lines))
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
