@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,30 +26,29 @@ class StepLayout:
     @staticmethod
     def build(starts: list[int], lengths: list[int], block_tables: list[list[int]], page_size: int,
               device: torch.device) -> "StepLayout":
-        """starts[b]: tokens already in cache; lengths[b]: tokens computed this step."""
+        """starts[b]: tokens already in cache; lengths[b]: tokens computed this step. Plain lists and numpy,
+        one tensor per field: torch calls per sequence cost ~30 µs each (0.9 ms a batch-32 decode step)."""
         batch, width = len(starts), max(lengths)
         ctx = [s + n for s, n in zip(starts, lengths)]
         num_pages = max(-(-c // page_size) for c in ctx)
-        pages = torch.zeros(batch, num_pages, dtype=torch.long)
-        slots = []
+        pages = np.zeros((batch, num_pages), dtype=np.int64)
+        slots: list[int] = []
         for b, (start, n, table) in enumerate(zip(starts, lengths, block_tables)):
-            used = -(-ctx[b] // page_size)
-            pages[b, :used] = torch.tensor(table[:used], dtype=torch.long)
-            offs = torch.arange(start, start + n)
-            slots.append(pages[b, offs // page_size] * page_size + offs % page_size)
+            pages[b, :-(-ctx[b] // page_size)] = table[:-(-ctx[b] // page_size)]
+            slots += [table[p // page_size] * page_size + p % page_size for p in range(start, start + n)]
         single = batch == 1
         causal = single and starts[0] == 0 and lengths[0] > 1
         mask = None
         if not single or (starts[0] > 0 and lengths[0] > 1):
-            positions = torch.zeros(batch, width, dtype=torch.long)
+            positions = np.zeros((batch, width), dtype=np.int64)  # a padded query attends to key 0 only
             for b, (start, n) in enumerate(zip(starts, lengths)):
-                positions[b, :n] = torch.arange(start, start + n)
+                positions[b, :n] = np.arange(start, start + n)
             keys = ctx[0] if single else num_pages * page_size
-            mask = (torch.arange(keys)[None, None, :] <= positions[:, :, None]).unsqueeze(1).to(device)
+            mask = torch.from_numpy(np.arange(keys)[None, None, None, :] <= positions[:, None, :, None]).to(device)
         pad = None
         if batch * width != sum(lengths):
-            pad = torch.cat([torch.arange(b * width, b * width + n) for b, n in enumerate(lengths)]).to(device)
-        return StepLayout(slot_mapping=torch.cat(slots).to(device), pages=pages.to(device),
+            pad = torch.tensor([b * width + i for b, n in enumerate(lengths) for i in range(n)], device=device)
+        return StepLayout(slot_mapping=torch.tensor(slots, device=device), pages=torch.from_numpy(pages).to(device),
                           context=ctx[0] if single else num_pages * page_size, mask=mask, causal=causal,
                           pad_index=pad, batch=batch, width=width)
 
