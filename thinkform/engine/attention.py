@@ -34,7 +34,8 @@ class StepLayout:
         pages = np.zeros((batch, num_pages), dtype=np.int64)
         slots: list[int] = []
         for b, (start, n, table) in enumerate(zip(starts, lengths, block_tables)):
-            pages[b, :-(-ctx[b] // page_size)] = table[:-(-ctx[b] // page_size)]
+            used = -(-ctx[b] // page_size)
+            pages[b, :used] = table[:used]
             slots += [table[p // page_size] * page_size + p % page_size for p in range(start, start + n)]
         single = batch == 1
         causal = single and starts[0] == 0 and lengths[0] > 1

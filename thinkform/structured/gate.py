@@ -228,8 +228,8 @@ class ReasoningGate:
         """words &= `rule` (the gate's own, always), then each guard keeps its tokens unless that leaves
         none. All of them ANDed together (cached per combination of states) take one pass over the row;
         only a result with no token left needs them one by one."""
-        keeps = tuple([guard.keep() for guard in self._guards])
-        keeps = keeps if rule is None else (rule, *keeps)
+        guards = tuple([guard.keep() for guard in self._guards])
+        keeps = guards if rule is None else (rule, *guards)
         if not keeps:
             return
         combined = keeps[0] if len(keeps) == 1 else self._combined_keeps(keeps)
@@ -237,7 +237,7 @@ class ReasoningGate:
             return
         if rule is not None:
             words &= rule
-        for keep in keeps[rule is not None:]:
+        for keep in guards:
             narrow_unless_empty(words, keep)
 
     @property
