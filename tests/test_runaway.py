@@ -11,7 +11,7 @@ import torch
 import xgrammar as xgr
 
 from thinkform.structured.backends import BackendContext, create_backend
-from thinkform.structured.runaway import Mode, NumberGuard, NumberRules
+from thinkform.structured.runaway import Mode, NumberGuard, NumberRules, TaggedNumberGuard
 from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.testing.tokenizers import build_tiny_tokenizer
 
@@ -168,3 +168,69 @@ def test_control_characters_kept_out_of_strings():
     guard.restrict(mask, 0)
     allowed = [i for i in range(len(tokens)) if (int(mask[0, 0]) >> i) & 1]
     assert allowed == [0, 1, 4, 5]  # no raw \x1e or \t inside the string; a quote then a newline is fine
+
+
+# --- structural tags: the JSON of each tag's content (tool-call arguments) ----------------------
+
+FUNCTION_TAG = [("<function=f>", "</function>")]
+
+
+def _tagged(tags: list[tuple[str, str]] = FUNCTION_TAG) -> tuple[TaggedNumberGuard, NumberRules]:
+    rules = NumberRules(TOKENS, max_number_digits=4, max_exponent_digits=2)
+    return TaggedNumberGuard(rules, tags), rules
+
+
+def _same_as_plain(guard: TaggedNumberGuard, rules: NumberRules, json_text: bytes) -> bool:
+    plain = NumberGuard(rules)
+    plain.observe(json_text)
+    return guard.keep() is plain.keep()
+
+
+def test_free_text_around_tool_calls_is_never_restricted() -> None:
+    guard, rules = _tagged()
+    guard.observe(b'I have 123456789012345 apples and "12345')
+    assert guard.keep() is rules.keep_all
+    assert allowed_after(guard, set(range(len(TOKENS)))) == set(range(len(TOKENS)))
+
+
+def test_numbers_inside_a_tag_are_bounded_even_with_its_begin_split_across_tokens() -> None:
+    guard, rules = _tagged()
+    for piece in (b"Let me check. 99999999 <func", b"tion=f", b'>{"a": 12', b"34"):
+        guard.observe(piece)
+    assert _same_as_plain(guard, rules, b'{"a": 1234')
+    assert b"1" not in {TOKENS[t] for t in allowed_after(guard, set(range(len(TOKENS))))}
+
+
+def test_the_end_string_counts_only_outside_strings_and_after_the_value() -> None:
+    guard, rules = _tagged()
+    guard.observe(b'<function=f>{"s": "</function>", "n": 12')  # the end string inside a JSON string
+    assert _same_as_plain(guard, rules, b'{"s": "", "n": 12')
+    guard.observe(b"}</function> and 123456")
+    assert guard.keep() is rules.keep_all
+    guard.observe(b'<function=f>{"m": 1')  # the next call starts from a fresh JSON state
+    assert _same_as_plain(guard, rules, b'{"m": 1')
+
+    guard, rules = _tagged()
+    guard.observe(b'<function=f>"a string value: </function>')  # a tag whose JSON is a string
+    assert _same_as_plain(guard, rules, b'"a string value: </function>')
+
+    guard, rules = _tagged([('<|python_tag|>{"name": "f", "parameters": ', "}")])
+    guard.observe(b'<|python_tag|>{"name": "f", "parameters": {"a": {"b": 1}, "c": 123')  # nested "}"
+    assert _same_as_plain(guard, rules, b'{"a": {"b": 1}, "c": 123')
+    guard.observe(b"}}")
+    assert guard.keep() is rules.keep_all
+
+
+def test_json_tag_bounds_of_both_structural_tag_forms() -> None:
+    from thinkform.structured.spec import json_tag_bounds
+
+    legacy = constraint_from_fields(structural_tag={"type": "structural_tag", "triggers": ["<function="], "structures": [
+        {"begin": "<function=a>", "schema": {"type": "object"}, "end": "</function>"}]})
+    assert json_tag_bounds(legacy.data()) == [("<function=a>", "</function>")]
+    args = {"type": "json_schema", "json_schema": {"type": "object"}}
+    nested = constraint_from_fields(structural_tag={"type": "structural_tag", "format": {
+        "type": "tag", "begin": "<tools>", "end": "</tools>", "content": {
+            "type": "tags_with_separator", "separator": ",", "tags": [
+                {"type": "tag", "begin": "<a>", "end": "</a>", "content": args},
+                {"type": "tag", "begin": "<b>", "end": "</b>", "content": {"type": "regex", "pattern": "x"}}]}}})
+    assert json_tag_bounds(nested.data()) == [("<a>", "</a>")]

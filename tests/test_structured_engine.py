@@ -1,6 +1,9 @@
 """Every finished constrained answer satisfies its constraint: random tiny models, all backends, all kinds."""
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -64,6 +67,27 @@ def test_seed_schema_no_runaway_greedy(engines, backend):
         out = engines[backend].generate(prompt, {"temperature": 0, "max_new_tokens": 120, "json_schema": schema})
         assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
         _json_check(schema)(out["text"])
+
+
+def test_tool_call_arguments_no_runaway(engines):
+    """The same inside a tool call (a structural tag, as `tool_choice` required builds): a model that writes
+    digits wherever it may still closes its numbers within 17 digits, and the call ends."""
+    engine = engines["xgrammar"]
+    schema = {"type": "object", "properties": {"days": {"type": "integer"}, "ratio": {"type": "number"}},
+              "required": ["days", "ratio"]}
+    tag = {"type": "structural_tag", "format": {
+        "type": "tags_with_separator", "separator": "\n", "at_least_one": True, "stop_after_first": True,
+        "tags": [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
+                  "content": {"type": "json_schema", "json_schema": schema}}]}}
+    digits = {str(t): 30.0 for t in range(len(engine.tokenizer)) if engine.tokenizer.decode([t]).strip().isdigit()}
+    for prompt in ("Give me", "1234567890"):
+        out = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 120, "structural_tag": json.dumps(tag),
+                                       "logit_bias": digits})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
+        args = out["text"].removeprefix("<function=plan>").removesuffix("</function>")
+        _json_check(schema)(args)
+        for number in re.findall(r"-?(\d+)(?:\.(\d+))?(?:[eE][+-]?(\d+))?", args):
+            assert len(number[0]) + len(number[1]) <= 17 and len(number[2]) <= 3, args
 
 
 def test_two_constraints_is_an_error(engines):

@@ -14,8 +14,8 @@ from thinkform.engine.output import sequence_output
 from thinkform.engine.sampling_params import SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
-from thinkform.structured.runaway import NumberGuard
-from thinkform.structured.spec import Constraint, constraint_from_fields
+from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
+from thinkform.structured.spec import Constraint, constraint_from_fields, json_tag_bounds
 from thinkform.structured.utf8 import Utf8Guard
 
 REASONING_STARTS = ("reasoning", "open", "answer")
@@ -179,12 +179,15 @@ class RequestBuilder:
             closing=self.parts.closing_rules if json_answer else None, combined_keeps=self.parts.combined_keeps)
 
     def _guards(self, c: Constraint | None, json_answer: bool) -> list[AnswerGuard]:
-        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded."""
+        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, in a JSON answer and
+        in the JSON of a structural tag's tags (tool-call arguments)."""
         if c is None:
             return []
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
         if json_answer:
             guards.append(NumberGuard(self.parts.number_rules))
+        elif c.kind == "structural_tag" and (tags := json_tag_bounds(c.data())):
+            guards.append(TaggedNumberGuard(self.parts.number_rules, tags))  # tool-call arguments
         return guards
 
     def _generator(self, p: SamplingParams, k: int) -> torch.Generator | None:

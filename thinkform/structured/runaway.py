@@ -138,6 +138,7 @@ class NumberRules:
         self._exponent = [keep((used + exp[:, 1] > x) | exp_always) for used in range(x + 1)]
         self._out = keep(later(tables["out"]))
         self._in_string = keep(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool))
+        self.keep_all = keep(torch.zeros(self.vocab_size, dtype=torch.bool))  # outside any JSON: no rule
 
     @classmethod
     def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:
@@ -200,6 +201,61 @@ class NumberGuard:
 
     def restrict(self, bitmask: torch.Tensor, row: int) -> None:
         """Clear the bits of tokens that would overrun the current number, unless none would remain."""
+        keep_unless_empty(bitmask, row, self.keep())
+
+
+class TaggedNumberGuard:
+    """NumberGuard for the JSON inside a structural tag's tags (tool-call arguments): it follows the
+    answer's text, and from a tag's begin string to its end string (found outside JSON strings only) it
+    bounds numbers as NumberGuard does; elsewhere (free text, tags with other content) it keeps every token."""
+
+    def __init__(self, rules: NumberRules, tags: Sequence[tuple[str, str]]) -> None:
+        if not tags:
+            raise ValueError("TaggedNumberGuard needs at least one (begin, end) pair")
+        self.rules = rules
+        self._tags = [(begin.encode(), end.encode()) for begin, end in tags]
+        self._longest = max(len(m) for pair in self._tags for m in pair)
+        self._json = NumberGuard(rules)
+        self.reset()
+
+    def reset(self) -> None:
+        self._recent = b""  # the last bytes seen, as long as the longest begin or end string
+        self._end: bytes | None = None  # inside a tag: the end string that closes it
+        self._depth = 0  # open objects and arrays of the tag's JSON
+        self._json.reset()
+
+    def observe(self, data: bytes) -> None:
+        if self._end is None and not any(begin[-1] in data for begin, _ in self._tags):
+            self._recent = (self._recent + data)[-self._longest:]  # free text that completes no begin string
+            return
+        for i in range(len(data)):
+            byte = data[i:i + 1]
+            self._recent = (self._recent + byte)[-self._longest:]
+            if self._end is not None:
+                self._inside(byte)
+                continue
+            for begin, end in self._tags:
+                if self._recent.endswith(begin):
+                    self._end, self._depth = end, 0
+                    self._json.reset()
+                    break
+
+    def _inside(self, byte: bytes) -> None:
+        """One byte of a tag's content. Its end string counts only outside strings once the JSON value
+        is closed: an end of `}` must not end the tag at a nested object's brace."""
+        structural = self._json.state.mode not in (Mode.STRING, Mode.ESCAPE)
+        self._json.observe(byte)
+        if structural and byte in b"{[":
+            self._depth += 1
+        elif structural and byte in b"}]":
+            self._depth -= 1
+        if self._depth <= 0 and self._json.state.mode is Mode.OUT and self._recent.endswith(self._end):
+            self._end = None
+
+    def keep(self) -> np.ndarray:
+        return self._json.keep() if self._end is not None else self.rules.keep_all
+
+    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
         keep_unless_empty(bitmask, row, self.keep())
 
 

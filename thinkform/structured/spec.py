@@ -115,6 +115,28 @@ def _structural_tag(value: Any) -> str:
                   "triggers": _triggers(tag.get("triggers"))}, field)
 
 
+def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
+    """(begin, end) of every tag of a structural tag whose content is JSON: the legacy form's structures,
+    and the format form's `tag` nodes with `json_schema` content, wherever they are nested."""
+    if "structures" in tag:
+        return [(s["begin"], s["end"]) for s in tag["structures"]]
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            content = node.get("content")
+            if node.get("type") == "tag" and isinstance(content, dict) and content.get("type") == "json_schema":
+                found.append((node.get("begin", ""), node.get("end", "")))
+            for value in node.values():
+                walk(value)
+
+    walk(tag.get("format"))
+    return [(b, e) for b, e in found if isinstance(b, str) and isinstance(e, str) and b and e]
+
+
 def _structures(structures: Any) -> list[dict[str, Any]]:
     field = "structural_tag"
     if not isinstance(structures, list) or not structures:
