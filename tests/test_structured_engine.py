@@ -90,6 +90,45 @@ def test_tool_call_arguments_no_runaway(engines):
             assert len(number[0]) + len(number[1]) <= 17 and len(number[2]) <= 3, args
 
 
+def test_tool_call_near_its_budget_closes(engines):
+    """A tool call whose string argument would run past max_new_tokens is steered to its end (as a JSON
+    answer is): the call arrives whole, marked closed_by_budget."""
+    engine = engines["xgrammar"]
+    schema = {"type": "object", "properties": {"note": {"type": "string"}, "days": {"type": "integer"}},
+              "required": ["note", "days"]}
+    tag = {"type": "structural_tag", "format": {
+        "type": "tags_with_separator", "separator": "\n", "at_least_one": True, "stop_after_first": True,
+        "tags": [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
+                  "content": {"type": "json_schema", "json_schema": schema}}]}}
+    letters = {str(t): 20.0 for t in range(len(engine.tokenizer)) if engine.tokenizer.decode([t]).strip().isalpha()}
+    for jump in (True, False):
+        engine.loop.jump_enabled = jump
+        try:
+            out = engine.generate("Note:", {"temperature": 0, "max_new_tokens": 48, "structural_tag": json.dumps(tag),
+                                            "logit_bias": letters})
+        finally:
+            engine.loop.jump_enabled = True
+        meta = out["meta_info"]
+        assert meta["finish_reason"]["type"] == "stop" and meta["closed_by_budget"], out["text"]
+        assert out["text"].startswith("<function=plan>") and out["text"].endswith("</function>"), out["text"]
+        _json_check(schema)(out["text"].removeprefix("<function=plan>").removesuffix("</function>"))
+
+
+def test_free_text_beside_tool_calls_is_not_closed(engines):
+    """Closing steers only a tool call's JSON: plain text where a call could start runs to max_new_tokens
+    and says so ("length"), rather than being ended early as if the model had stopped."""
+    engine = engines["xgrammar"]
+    tag = {"type": "structural_tag", "format": {
+        "type": "triggered_tags", "triggers": ["<function="],
+        "tags": [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
+                  "content": {"type": "json_schema", "json_schema": {"type": "object"}}}]}}
+    letters = {str(t): 20.0 for t in range(len(engine.tokenizer)) if engine.tokenizer.decode([t]).strip().isalpha()}
+    out = engine.generate("Note:", {"temperature": 0, "max_new_tokens": 40, "structural_tag": json.dumps(tag),
+                                    "logit_bias": letters})
+    assert "<function=" not in out["text"]
+    assert out["meta_info"]["finish_reason"]["type"] == "length" and not out["meta_info"]["closed_by_budget"]
+
+
 def test_two_constraints_is_an_error(engines):
     with pytest.raises(ValueError, match="regex"):
         engines["xgrammar"].generate("Hi", {"regex": "a+", "ebnf": 'root ::= "a"'})

@@ -13,6 +13,7 @@ from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import sequence_output
 from thinkform.engine.sampling_params import SamplingParams
 from thinkform.engine.sequence import Sequence
+from thinkform.structured.closing import closing_reserve
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import Constraint, constraint_from_fields, json_tag_bounds
@@ -173,12 +174,27 @@ class RequestBuilder:
         reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \
             self.args.answer_reserve_tokens if self.args.answer_reserve_tokens is not None else \
             min(128, p.max_new_tokens // 4)
+        tags = json_tag_bounds(c.data()) if c is not None and c.kind == "structural_tag" else []
+        guards = self._guards(c, json_answer, tags)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=self._guards(c, json_answer),
-            closing=self.parts.closing_rules if json_answer else None, combined_keeps=self.parts.combined_keeps)
+            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards,
+            combined_keeps=self.parts.combined_keeps, **self._closing(p, json_answer, guards, tags))
 
-    def _guards(self, c: Constraint | None, json_answer: bool) -> list[AnswerGuard]:
+    def _closing(self, p: SamplingParams, json_answer: bool, guards: list[AnswerGuard],
+                 tags: list[tuple[str, str]]) -> dict[str, Any]:
+        """Budget closing: a JSON answer is steered to its end near max_new_tokens; so is a tool call's JSON
+        while the answer is inside it, with room kept for the tag's end string."""
+        if json_answer:
+            return {"closing": self.parts.closing_rules}
+        tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
+        if tagged is None:
+            return {}
+        end_bytes = max(len(end.encode()) for _, end in tags)  # sampled token by token: one byte each at worst
+        return {"closing": self.parts.closing_rules, "closing_scope": tagged.inside_tag,
+                "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + end_bytes}
+
+    def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:
         """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, in a JSON answer and
         in the JSON of a structural tag's tags (tool-call arguments)."""
         if c is None:
@@ -186,7 +202,7 @@ class RequestBuilder:
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
         if json_answer:
             guards.append(NumberGuard(self.parts.number_rules))
-        elif c.kind == "structural_tag" and (tags := json_tag_bounds(c.data())):
+        elif tags:
             guards.append(TaggedNumberGuard(self.parts.number_rules, tags))  # tool-call arguments
         return guards
 

@@ -18,7 +18,7 @@ spelled in several tokens works like one special token; the marker itself never 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -98,6 +98,8 @@ class ReasoningGate:
         answer_reserve_tokens: int | None = None,
         guards: Sequence[AnswerGuard] = (),
         closing: ClosingRules | None = None,
+        closing_scope: Callable[[], bool] | None = None,
+        closing_reserve_tokens: int | None = None,
         combined_keeps: CombinedKeeps | None = None,
     ) -> None:
         phase = Phase(phase)
@@ -117,7 +119,9 @@ class ReasoningGate:
         self._guards = tuple(guards)
         self._combined_keeps = combined_keeps if combined_keeps is not None else CombinedKeeps()
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out
-        self._closing_reserve = closing_reserve(max_new_tokens) if max_new_tokens is not None else 0
+        self._closing_scope = closing_scope  # where closing applies (a tool call's JSON); None: everywhere
+        self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
+                                 closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
         self.closed_by_budget = False  # the closing reserve steered this answer's end
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
@@ -245,7 +249,9 @@ class ReasoningGate:
         """The answer is being steered to its end: the tokens left are within the closing reserve."""
         if self._closing is None or self.phase is not Phase.ANSWER or self.max_new_tokens is None:
             return False
-        return self.max_new_tokens - len(self._history) <= self._closing_reserve
+        if self.max_new_tokens - len(self._history) > self._closing_reserve:
+            return False
+        return self._closing_scope is None or self._closing_scope()
 
     # --- tokens ---------------------------------------------------------------------------------
 

@@ -252,6 +252,10 @@ class TaggedNumberGuard:
         if self._depth <= 0 and self._json.state.mode is Mode.OUT and self._recent.endswith(self._end):
             self._end = None
 
+    def inside_tag(self) -> bool:
+        """Whether the answer is inside a tag's JSON now (between its begin and its end string)."""
+        return self._end is not None
+
     def keep(self) -> np.ndarray:
         return self._json.keep() if self._end is not None else self.rules.keep_all
 
