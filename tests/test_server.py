@@ -240,14 +240,19 @@ def test_stream_tool_calls_with_the_sdk(served):
     engine, base = served
     engine.reply = lambda call: "Hmm</think>Checking. " + HERMES_CALL
     stream = _client(base).chat.completions.create(model="m", messages=QUESTION, tools=TOOLS, stream=True)
-    content, calls, finish = "", [], None
+    content, calls, finish, pieces = "", {}, None, 0
     for chunk in stream:
         delta = chunk.choices[0].delta
         content += delta.content or ""
-        calls += delta.tool_calls or []
+        for piece in delta.tool_calls or []:  # a call's id and name first, then its arguments in pieces
+            pieces += 1
+            call = calls.setdefault(piece.index, {"name": None, "arguments": ""})
+            call["name"] = piece.function.name or call["name"]
+            call["arguments"] += piece.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
     assert content.strip() == "Checking." and "<tool_call>" not in content
-    assert [c.function.name for c in calls] == ["get_weather"] and finish == "tool_calls"
+    assert [c["name"] for c in calls.values()] == ["get_weather"] and finish == "tool_calls"
+    assert json.loads(calls[0]["arguments"]) == {"city": "Paris"} and pieces > 3  # streamed, not sent whole
 
 
 def test_stream_with_n_two(served):

@@ -41,25 +41,63 @@ def test_parse_whole_text(name):
     assert len({c.id for c in calls}) == 2
 
 
+def _accumulate(deltas):
+    """What an OpenAI client does with streamed tool-call deltas: join them by index."""
+    calls = {}
+    for d in deltas:
+        call = calls.setdefault(d["index"], {"id": None, "name": None, "arguments": ""})
+        if "id" in d:
+            assert call["id"] is None and d["type"] == "function"  # the id comes once, first
+            call["id"] = d["id"]
+        call["name"] = d.get("function", {}).get("name") or call["name"]
+        call["arguments"] += d.get("function", {}).get("arguments") or ""
+    return [calls[k] for k in sorted(calls)]
+
+
+def _stream(name, text, step):
+    stream = get_tool_call_parser(name).streaming()
+    sent, deltas, during = "", [], 0
+    for i in range(0, len(text), step):
+        normal, calls = stream.feed(text[i:i + step])
+        sent, deltas = sent + normal, deltas + calls
+        during += len(calls)
+    rest, calls, made = stream.finish()
+    return sent + rest, deltas + calls, during, made
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 @pytest.mark.parametrize("step", [1, 2, 5])
 def test_streaming_parse_matches_whole_and_never_leaks_the_call_text(name, step):
     text = SAMPLES[name]
+    normal, deltas, during, made = _stream(name, text, step)
+    assert normal.strip() == "Sure." and made
+    calls = _accumulate(deltas)
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == EXPECTED
+    assert len({c["id"] for c in calls}) == 2
+    whole = get_tool_call_parser(name).parse(text)[1]
+    assert [c["arguments"] for c in calls] == [c.arguments for c in whole]  # the same text either way
+
+
+@pytest.mark.parametrize("name", sorted(set(SAMPLES) - {"pythonic"}))
+def test_calls_stream_while_they_are_written(name):
+    """Name first, then the arguments piece by piece, as OpenAI streams them (pythonic calls come whole)."""
+    text = SAMPLES[name]
     stream = get_tool_call_parser(name).streaming()
-    sent = "".join(stream.feed(text[i:i + step]) for i in range(0, len(text), step))
-    rest, calls = stream.finish()
-    assert (sent + rest).strip() == "Sure."
-    assert _calls(calls) == EXPECTED
+    first_args_end = text.index("Paris") + len("Paris")
+    deltas = []
+    for i in range(0, first_args_end, 3):
+        deltas += stream.feed(text[i:min(i + 3, first_args_end)])[1]
+    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert len(deltas) >= 3 and all("id" not in d for d in deltas[1:])
+    assert "".join(d["function"]["arguments"] for d in deltas).startswith('{"city": "Pari')
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_plain_text_is_not_a_call(name):
     text = "The weather in Paris is [mild] today {or so}."
     assert get_tool_call_parser(name).parse(text) == (text, [])
-    stream = get_tool_call_parser(name).streaming()
-    sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
-    rest, calls = stream.finish()
-    assert sent + rest == text and calls == []
+    normal, deltas, _, made = _stream(name, text, 3)
+    assert normal == text and deltas == [] and not made
 
 
 def test_qwen25_is_hermes_and_llama3_accepts_a_bare_json_call():
@@ -106,3 +144,13 @@ def test_pythonic_is_parse_only():
     assert parser.structural_tag([WEATHER], "auto") is None
     with pytest.raises(ValueError, match="pythonic"):
         parser.structural_tag([WEATHER], "required")
+
+
+def test_a_malformed_call_never_streams_past_its_closing_marker():
+    """Arguments that are not JSON (an unconstrained model) stream no further than the call's end marker;
+    the text then comes back as content, as without streaming."""
+    text = 'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": Paris}}\n</tool_call> Done.'
+    normal, deltas, _, made = _stream("hermes", text, 2)
+    args = "".join(d["function"].get("arguments") or "" for d in deltas)
+    assert "</tool_call>" not in args and "Done" not in args and not made
+    assert normal == text

@@ -215,18 +215,21 @@ class _ChoiceStream:
         r, c = self.reasoning.feed(delta) if self.reasoning else ("", delta)
         return self._deltas(r, c)
 
-    def finish(self) -> tuple[list[dict[str, Any]], list[ToolCall]]:
+    def finish(self) -> tuple[list[dict[str, Any]], bool]:
+        """The last deltas, and whether the answer made tool calls."""
         r, c = self.reasoning.flush() if self.reasoning else ("", "")
         deltas = self._deltas(r, c)
         if self.held:
             deltas.append({"reasoning_content": "".join(self.held)})
             self.held.clear()
-        calls: list[ToolCall] = []
-        if self.tools is not None:
-            normal, calls = self.tools.finish()
-            if normal:
-                deltas.append({"content": normal})
-        return deltas, calls
+        if self.tools is None:
+            return deltas, False
+        normal, calls, made = self.tools.finish()
+        if normal:
+            deltas.append({"content": normal})
+        if calls:
+            deltas.append({"tool_calls": calls})
+        return deltas, made
 
     def _deltas(self, r: str, c: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -239,10 +242,13 @@ class _ChoiceStream:
             if self.held:
                 out.append({"reasoning_content": "".join(self.held)})
                 self.held.clear()
+            calls: list[dict[str, Any]] = []
             if self.tools is not None:
-                c = self.tools.feed(c)
+                c, calls = self.tools.feed(c)
             if c:
                 out.append({"content": c})
+            if calls:
+                out.append({"tool_calls": calls})
         return out
 
 
@@ -273,11 +279,10 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
             continue
         stream.done = True
         finals[index] = meta
-        deltas, calls = stream.finish()
+        deltas, made_calls = stream.finish()
         for delta in deltas:
             yield chunk(index, delta)
-        if calls:
-            yield chunk(index, {"tool_calls": [c.to_openai(k) for k, c in enumerate(calls)]})
+        if made_calls:
             reason = "tool_calls"
         yield chunk(index, {}, reason, matched_stop=matched)
     if include_usage:

@@ -41,6 +41,9 @@ def tool_name(tool: Mapping[str, Any]) -> str:
     return str(tool.get("function", tool).get("name", ""))
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _json_args(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -68,7 +71,44 @@ class ToolCallParser(ABC):
         calls = self._parse_calls(text[start:])
         if not calls:
             return text, []
-        return text[:start].rstrip(), calls
+        return text[:start].rstrip(), self._raw_arguments(text[start:], calls)
+
+    def _raw_arguments(self, section: str, calls: list[ToolCall]) -> list[ToolCall]:
+        """Calls written in the format's own template keep their arguments as the model wrote them (what
+        streaming sends); re-serialised JSON stays for the others."""
+        raw = self.partial_calls(section)
+        for call, (name, args, complete) in zip(calls, raw):
+            if complete and name == call.name and json.loads(args) == json.loads(call.arguments):
+                call.arguments = args
+        return calls
+
+    def partial_calls(self, section: str) -> list[tuple[str, str, bool]]:
+        """(name, arguments text so far, complete) of each call written in the format's template
+        (`call_begin`, then a JSON object), as far as `section` goes: what streaming sends as it grows."""
+        begin = self._begin_pattern()
+        if begin is None:
+            return []
+        out, pos = [], 0
+        while (m := begin.search(section, pos)) is not None:
+            try:
+                _, end = _DECODER.raw_decode(section, m.end())
+            except json.JSONDecodeError:  # unfinished, or not JSON: never past the call's closing marker
+                closing = self.call_end.strip("}\n ")
+                args = section[m.end():]
+                args = args[: args.find(closing)] if closing and closing in args else \
+                    args[: len(args) - _partial_suffix(args, closing)] if closing else args
+                out.append((m.group("name"), args, False))
+                break
+            out.append((m.group("name"), section[m.end():end], True))
+            pos = end
+        return out
+
+    def _begin_pattern(self) -> re.Pattern[str] | None:
+        if "{name}" not in self.call_begin:
+            return None
+        begin = self.call_begin.removeprefix(self.trigger)  # later calls of a section may not repeat it
+        head, tail = (re.escape(part) for part in begin.split("{name}"))
+        return re.compile(head + r"(?P<name>[\w.\-]+)" + tail + r"(?=\{)")
 
     def _section_start(self, text: str) -> int:
         return text.find(self.trigger)
@@ -287,37 +327,70 @@ def guess_tool_call_parser(chat_template: str | None) -> ToolCallParser:
 
 
 class StreamingToolParser:
-    """Streams normal text as it comes; from the trigger on, holds the text back and emits the calls
-    parsed at the end (each call as one complete delta, which OpenAI clients accumulate fine)."""
+    """Streams normal text as it comes; from the trigger on, holds the text back and streams the calls as
+    OpenAI does: a call's first delta carries its id and name, the next ones pieces of its arguments. Calls
+    not written in the format's template (or parse-only formats) are sent whole at the end."""
 
     def __init__(self, parser: ToolCallParser) -> None:
         self.parser = parser
         self._held = ""
         self._in_calls = False
-        self._sent = False  # normal text already sent (a bare JSON call must be the whole answer)
+        self._sent_text = False  # normal text already sent (a bare JSON call must be the whole answer)
+        self._calls: list[tuple[ToolCall, int]] = []  # streamed calls and how much of their arguments went
 
-    def feed(self, delta: str) -> str:
-        """Returns the normal text that is safe to send now."""
+    def feed(self, delta: str) -> tuple[str, list[dict[str, Any]]]:
+        """Returns the normal text that is safe to send now, and the tool-call deltas."""
         self._held += delta
         if self._in_calls:
-            return ""
+            return "", self._call_deltas()
         start = self.parser._section_start(self._held)
-        if start < 0 and self.parser.bare_json and not self._sent and self._held.lstrip().startswith("{"):
+        if start < 0 and self.parser.bare_json and not self._sent_text and self._held.lstrip().startswith("{"):
             start = len(self._held) - len(self._held.lstrip())  # may become a bare JSON call
         if start >= 0:
             self._in_calls = True
             out, self._held = self._held[:start], self._held[start:]
-            return out
+            return out, self._call_deltas()
         out = self._held[: self.parser._maybe_start(self._held)]
         self._held = self._held[len(out):]
-        self._sent = self._sent or bool(out.strip())
-        return out
+        self._sent_text = self._sent_text or bool(out.strip())
+        return out, []
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """The text still held back that is not a call, and the calls."""
+    def finish(self) -> tuple[str, list[dict[str, Any]], bool]:
+        """The text still held back that is not a call, the last tool-call deltas, and whether the answer
+        made any call."""
+        deltas = self._call_deltas() if self._in_calls else []
         normal, calls = self.parser.parse(self._held)
         self._held = ""
-        return normal, calls
+        streamed = [(c.name, _normal_json(c.arguments)) for c, _ in self._calls]
+        for call in calls:  # the whole parse has the last word: calls it found that were not streamed go whole
+            key = (call.name, _normal_json(call.arguments))
+            if key in streamed:
+                streamed.remove(key)
+            else:
+                deltas.append(call.to_openai(len(self._calls)))
+                self._calls.append((call, len(call.arguments)))
+        return normal, deltas, bool(calls)
+
+    def _call_deltas(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held)):
+            if k == len(self._calls):
+                call = ToolCall(name, "")
+                self._calls.append((call, 0))
+                out.append({**call.to_openai(k), "function": {"name": name, "arguments": ""}})
+            call, sent = self._calls[k]
+            if len(args) > sent:
+                out.append({"index": k, "function": {"arguments": args[sent:]}})
+                call.arguments = args
+                self._calls[k] = (call, len(args))
+        return out
+
+
+def _normal_json(text: str) -> str | None:
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except json.JSONDecodeError:
+        return None
 
 
 def _partial_suffix(text: str, marker: str) -> int:
