@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
@@ -85,30 +86,35 @@ class ToolCallParser(ABC):
     def partial_calls(self, section: str) -> list[tuple[str, str, bool]]:
         """(name, arguments text so far, complete) of each call written in the format's template
         (`call_begin`, then a JSON object), as far as `section` goes: what streaming sends as it grows."""
-        begin = self._begin_pattern()
-        if begin is None:
+        if self._begin is None:
             return []
         out, pos = [], 0
-        while (m := begin.search(section, pos)) is not None:
+        while (m := self._begin.search(section, pos)) is not None:
             try:
                 _, end = _DECODER.raw_decode(section, m.end())
-            except json.JSONDecodeError:  # unfinished, or not JSON: never past the call's closing marker
-                closing = self.call_end.strip("}\n ")
-                args = section[m.end():]
-                args = args[: args.find(closing)] if closing and closing in args else \
-                    args[: len(args) - _partial_suffix(args, closing)] if closing else args
-                out.append((m.group("name"), args, False))
+            except json.JSONDecodeError:
+                out.append((m.group("name"), self._unfinished_arguments(section[m.end():]), False))
                 break
             out.append((m.group("name"), section[m.end():end], True))
             pos = end
         return out
 
-    def _begin_pattern(self) -> re.Pattern[str] | None:
+    @cached_property
+    def _begin(self) -> re.Pattern[str] | None:
+        """`call_begin` as a pattern that captures the name, followed by the arguments' opening brace."""
         if "{name}" not in self.call_begin:
             return None
         begin = self.call_begin.removeprefix(self.trigger)  # later calls of a section may not repeat it
         head, tail = (re.escape(part) for part in begin.split("{name}"))
         return re.compile(head + r"(?P<name>[\w.\-]+)" + tail + r"(?=\{)")
+
+    def _unfinished_arguments(self, text: str) -> str:
+        """Arguments still being written (or not JSON at all): never past the call's closing marker."""
+        closing = self.call_end.strip("}\n ")
+        if not closing:
+            return text
+        at = text.find(closing)
+        return text[:at] if at >= 0 else text[: len(text) - _partial_suffix(text, closing)]
 
     def _section_start(self, text: str) -> int:
         return text.find(self.trigger)
