@@ -234,3 +234,13 @@ def test_json_tag_bounds_of_both_structural_tag_forms() -> None:
                 {"type": "tag", "begin": "<a>", "end": "</a>", "content": args},
                 {"type": "tag", "begin": "<b>", "end": "</b>", "content": {"type": "regex", "pattern": "x"}}]}}})
     assert json_tag_bounds(nested.data()) == [("<a>", "</a>")]
+
+
+def test_calls_back_to_back_in_one_token_each_start_fresh() -> None:
+    rules = NumberRules(TOKENS, max_number_digits=4, max_exponent_digits=2)
+    guard = TaggedNumberGuard(rules, [("<function=f>", "</function>"),
+                                      ("<function=a_much_longer_tool_name>", "</function>")])
+    guard.observe(b'<function=f>{"a": 1}</function><function=f>{"b": 123')
+    assert _same_as_plain(guard, rules, b'{"b": 123')
+    guard.observe(b"}</function>")
+    assert guard.keep() is rules.keep_all

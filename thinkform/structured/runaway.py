@@ -18,6 +18,7 @@ a token that ends right after `.`, `-`, `e` or an exponent sign counts the one d
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -213,8 +214,10 @@ class TaggedNumberGuard:
         if not tags:
             raise ValueError("TaggedNumberGuard needs at least one (begin, end) pair")
         self.rules = rules
-        self._tags = [(begin.encode(), end.encode()) for begin, end in tags]
-        self._longest = max(len(m) for pair in self._tags for m in pair)
+        self._ends = {begin.encode(): end.encode() for begin, end in tags}
+        # one search for every begin string: free text costs one regex call a token, however many tools
+        self._begins = re.compile(b"|".join(re.escape(b) for b in sorted(self._ends, key=len, reverse=True)))
+        self._longest = max(len(m) for pair in self._ends.items() for m in pair)
         self._json = NumberGuard(rules)
         self.reset()
 
@@ -225,20 +228,32 @@ class TaggedNumberGuard:
         self._json.reset()
 
     def observe(self, data: bytes) -> None:
-        if self._end is None and not any(begin[-1] in data for begin, _ in self._tags):
-            self._recent = (self._recent + data)[-self._longest:]  # free text that completes no begin string
-            return
+        while data:
+            data = self._outside(data) if self._end is None else self._through_tag(data)
+
+    def _outside(self, data: bytes) -> bytes:
+        """Free text: look for a begin string (it may have started in earlier tokens); the bytes after it
+        are the tag's."""
+        joined = self._recent + data
+        m = self._begins.search(joined)
+        if m is None or m.end() <= len(self._recent):
+            self._recent = joined[-self._longest:]
+            return b""
+        self._recent = joined[:m.end()][-self._longest:]
+        self._end, self._depth = self._ends[m.group()], 0
+        self._json.reset()
+        return joined[m.end():]
+
+    def _through_tag(self, data: bytes) -> bytes:
+        """A tag's content, byte by byte up to its end string; returns what follows the tag."""
         for i in range(len(data)):
             byte = data[i:i + 1]
             self._recent = (self._recent + byte)[-self._longest:]
-            if self._end is not None:
-                self._inside(byte)
-                continue
-            for begin, end in self._tags:
-                if self._recent.endswith(begin):
-                    self._end, self._depth = end, 0
-                    self._json.reset()
-                    break
+            self._inside(byte)
+            if self._end is None:
+                self._recent = b""  # the next begin string starts after this end string
+                return data[i + 1:]
+        return b""
 
     def _inside(self, byte: bytes) -> None:
         """One byte of a tag's content. Its end string counts only outside strings once the JSON value
