@@ -219,3 +219,23 @@ def test_n_samples_prefill_the_prompt_once(engine64):
     computed = engine64.loop.counters["forward_tokens"] - steps
     assert computed < 2 * prompt_len + 4 * 4  # not 4 prompt prefills
     assert len({tuple(o["output_ids"]) for o in outs}) == 1  # greedy samples agree, cache or not
+
+
+def test_a_failed_mask_kernel_warm_up_only_warns(caplog, monkeypatch):
+    """The CUDA warm-up of the grammar's mask kernel never stops an engine from starting (here it fails:
+    no CUDA device, or a kernel that raises); constrained requests would then compile it on first use."""
+    import logging
+
+    import torch
+
+    from thinkform.engine import sampler
+    from thinkform.engine.sampler import warm_up_mask_kernel
+
+    def broken(*args):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(sampler, "apply_bitmask", broken)
+    with caplog.at_level(logging.WARNING, logger="thinkform"):
+        warm_up_mask_kernel(torch.device("cuda"), 1000)
+        warm_up_mask_kernel(torch.device("cpu"), 1000)  # a CPU engine has nothing to warm up
+    assert [r.message for r in caplog.records if "warm-up failed" in r.message] and len(caplog.records) == 1

@@ -1,12 +1,15 @@
 """penalties → bias → grammar bitmask → temperature / top-k / top-p / min-p → token (+ logprobs)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, argmax_rows, token_allowed
+
+logger = logging.getLogger("thinkform")
 
 
 @dataclass
@@ -153,11 +156,14 @@ def warm_up_mask_kernel(device: torch.device, vocab_size: int) -> None:
     import xgrammar
 
     rows = 16
-    logits = torch.zeros(rows, vocab_size, dtype=torch.float32, device=device)  # the sampler masks float32
-    bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
-    for n in (1, 3, rows):
-        apply_bitmask(logits, bitmask, list(range(n)))
-    torch.cuda.synchronize(device)
+    try:
+        logits = torch.zeros(rows, vocab_size, dtype=torch.float32, device=device)  # the sampler masks float32
+        bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
+        for n in (1, 3, rows):
+            apply_bitmask(logits, bitmask, list(range(n)))
+        torch.cuda.synchronize(device)
+    except Exception as e:  # noqa: BLE001 - a warm-up must not stop the engine: the first use compiles instead
+        logger.warning("grammar mask kernel warm-up failed (%s: %s); it compiles on first use", type(e).__name__, e)
 
 
 def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
