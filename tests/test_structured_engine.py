@@ -129,6 +129,28 @@ def test_free_text_beside_tool_calls_is_not_closed(engines):
     assert out["meta_info"]["finish_reason"]["type"] == "length" and not out["meta_info"]["closed_by_budget"]
 
 
+def test_pythonic_tool_calls_from_a_random_model_parse_and_fit(engines):
+    """tool_choice required with the pythonic format: whatever a random model samples, a finished answer
+    is a list of calls the parser reads, with arguments that match the tools' schemas."""
+    import jsonschema
+
+    from thinkform.server.tools import get_tool_call_parser
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12}, "days": {"type": "integer"}}, "required": ["city"]}}}]
+    parser = get_tool_call_parser("pythonic")
+    tag = json.dumps(parser.structural_tag(tools, "required"))
+    outs = engines["xgrammar"].generate(["Weather?"] * 6, [{"temperature": 1.0, "seed": i, "max_new_tokens": 96,
+                                                            "structural_tag": tag} for i in range(6)])
+    finished = [o for o in outs if o["meta_info"]["finish_reason"]["type"] == "stop"]
+    assert len(finished) >= 3
+    for out in finished:
+        normal, calls = parser.parse(out["text"])
+        assert normal == "" and calls, out["text"]
+        for call in calls:
+            jsonschema.validate(json.loads(call.arguments), tools[0]["function"]["parameters"])
+
+
 def test_two_constraints_is_an_error(engines):
     with pytest.raises(ValueError, match="regex"):
         engines["xgrammar"].generate("Hi", {"regex": "a+", "ebnf": 'root ::= "a"'})

@@ -139,11 +139,69 @@ def test_constrained_formats_accept_what_the_parser_reads(name):
     assert _calls(parser.parse(calls_text)[1]) == [("get_weather", {"city": "Paris"})]
 
 
-def test_pythonic_is_parse_only():
+RICH = {"type": "function", "function": {"name": "plan_trip", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}, "days": {"type": "integer"},
+    "budget": {"type": ["number", "null"]}, "flags": {"type": "array", "items": {"type": "boolean"}},
+    "hotel": {"type": "object", "properties": {"stars": {"type": "integer"}, "name": {"type": "string"}},
+              "required": ["stars"]}, "extra": {}}, "required": ["city", "days"]}}}
+
+
+def test_pythonic_calls_are_constrained_for_required_and_named():
     parser = get_tool_call_parser("pythonic")
-    assert parser.structural_tag([WEATHER], "auto") is None
-    with pytest.raises(ValueError, match="pythonic"):
-        parser.structural_tag([WEATHER], "required")
+    assert parser.structural_tag([WEATHER], "auto") is None  # "[" opens plain lists too: auto stays free
+    required = parser.structural_tag([WEATHER, DATE, RICH], "required")
+    two = '[get_weather(city="Paris"), plan_trip(city="Rome", days=3, hotel={"stars": 4}, extra=[1, None])]'
+    assert _grammar_accepts(required, two)
+    assert _calls(parser.parse(two)[1])[1] == ("plan_trip", {"city": "Rome", "days": 3, "hotel": {"stars": 4},
+                                                             "extra": [1, None]})
+    for wrong in ("No tool needed.", "[]", '[get_weather(town="Paris")]', '[plan_trip(days=3, city="Rome")]',
+                  '[plan_trip(city="Rome")]', '[plan_trip(city="Rome", days=3.5)]',
+                  '[plan_trip(city="Rome", days=12345678901234567890)]'):
+        assert not _grammar_accepts(required, wrong), wrong  # no call, unknown or misplaced or missing arguments
+    named = parser.structural_tag([DATE], "named")
+    assert _grammar_accepts(named, '[get_date(tz="CET")]')
+    assert not _grammar_accepts(named, '[get_date(tz="CET"), get_date(tz="UTC")]')
+
+
+def test_every_pythonic_call_the_grammar_allows_parses_and_fits_its_schema():
+    """Random walks through the grammar (a random allowed token each step, ending where it may): every
+    text it allows is read back by the parser as calls whose arguments match the tools' schemas."""
+    import random
+
+    import jsonschema
+    import torch
+
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer)
+    parser = get_tool_call_parser("pythonic")
+    tools = [WEATHER, RICH]
+    tag = parser.structural_tag(tools, "required")
+    compiled = xgr.GrammarCompiler(info).compile_structural_tag(json.dumps(tag))
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    eos = tokenizer.eos_token_id
+    read = 0
+    for seed in range(25):
+        rng = random.Random(seed)
+        matcher, out = xgr.GrammarMatcher(compiled), []
+        mask = xgr.allocate_token_bitmask(1, info.vocab_size)
+        while not matcher.is_terminated() and len(out) < 300:
+            matcher.fill_next_token_bitmask(mask)
+            bits = ((mask[0].unsqueeze(-1) >> torch.arange(32, dtype=mask.dtype)) & 1).flatten()
+            allowed = bits[: info.vocab_size].nonzero().flatten().tolist()
+            token = eos if eos in allowed and rng.random() < 0.5 else rng.choice(allowed)
+            assert matcher.accept_token(token)
+            out.append(token)
+        if not matcher.is_terminated():
+            continue  # a walk that never closed its list: nothing to read
+        text = tokenizer.decode([t for t in out if t != eos])
+        normal, calls = parser.parse(text)
+        assert normal == "" and calls, text
+        for call in calls:
+            jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+        read += 1
+    assert read >= 10  # most walks close their list well within 300 tokens
 
 
 def test_a_malformed_call_never_streams_past_its_closing_marker():

@@ -15,6 +15,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
+from thinkform.server.pythonic import pythonic_calls_grammar
+
 ToolMode = Literal["auto", "required", "named"]
 
 
@@ -60,7 +62,6 @@ class ToolCallParser(ABC):
     wrapper: tuple[str, str] | None = None  # text around all the calls, if the format has it
     separator: str = ""
     trigger: str = ""  # text that starts the tool-call section
-    constrainable: bool = True
     bare_json: bool = False  # a JSON object as the whole answer is a call too
 
     # ---- parsing -------------------------------------------------------------------------
@@ -140,10 +141,6 @@ class ToolCallParser(ABC):
     def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto") -> dict[str, Any] | None:
         """The constraint for `tools`: auto = free text until the trigger, then well-formed calls;
         required / named = only calls (at least one; named: exactly one of that tool)."""
-        if not self.constrainable:
-            if mode == "auto":
-                return None
-            raise ValueError(f"tool-call parser {self.name!r} supports tool_choice 'auto' and 'none' only")
         tags = [self._tag(t) for t in tools]
         calls = {"type": "tags_with_separator", "tags": tags, "separator": self.separator,
                  "at_least_one": True, "stop_after_first": mode == "named"}
@@ -268,13 +265,20 @@ class MistralParser(ToolCallParser):
 
 
 class PythonicParser(ToolCallParser):
-    """Pythonic: `[get_weather(city="Paris"), get_time()]`. Parse-only (no constraint)."""
+    """Pythonic: `[get_weather(city="Paris"), get_time()]`. Constrained for tool_choice required / named
+    (a grammar of the calls, see pythonic.py); with auto the text stays free (a `[` opens plain lists too)
+    and the calls are parsed from it."""
 
     name = "pythonic"
     trigger = "["
-    constrainable = False
     _start = re.compile(r"\[\s*[A-Za-z_][\w.]*\s*\(")
     _partial = re.compile(r"\[\s*(?:[A-Za-z_][\w.]*\s*)?$")
+
+    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto") -> dict[str, Any] | None:
+        if mode == "auto":
+            return None
+        grammar = pythonic_calls_grammar([(tool_name(t), tool_schema(t)) for t in tools], at_most_one=mode == "named")
+        return {"type": "structural_tag", "format": {"type": "grammar", "grammar": grammar}}
 
     def _maybe_start(self, text: str) -> int:
         m = self._partial.search(text)
