@@ -69,20 +69,31 @@ def test_seed_schema_no_runaway_greedy(engines, backend):
         _json_check(schema)(out["text"])
 
 
+def _call_tag(schema: dict, triggered: bool = False) -> str:
+    """A structural tag for one tool, `plan`, written `<function=plan>{...}</function>`: the answer is exactly
+    one call, or (triggered) free text in which calls may start."""
+    tags = [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
+             "content": {"type": "json_schema", "json_schema": schema}}]
+    fmt = ({"type": "triggered_tags", "triggers": ["<function="], "tags": tags} if triggered else
+           {"type": "tags_with_separator", "separator": "\n", "at_least_one": True, "stop_after_first": True,
+            "tags": tags})
+    return json.dumps({"type": "structural_tag", "format": fmt})
+
+
+def _favour(engine, wanted) -> dict[str, float]:
+    """A logit_bias that makes the model write tokens whose text passes `wanted` wherever it may."""
+    return {str(t): 30.0 for t in range(len(engine.tokenizer)) if wanted(engine.tokenizer.decode([t]).strip())}
+
+
 def test_tool_call_arguments_no_runaway(engines):
     """The same inside a tool call (a structural tag, as `tool_choice` required builds): a model that writes
     digits wherever it may still closes its numbers within 17 digits, and the call ends."""
     engine = engines["xgrammar"]
     schema = {"type": "object", "properties": {"days": {"type": "integer"}, "ratio": {"type": "number"}},
               "required": ["days", "ratio"]}
-    tag = {"type": "structural_tag", "format": {
-        "type": "tags_with_separator", "separator": "\n", "at_least_one": True, "stop_after_first": True,
-        "tags": [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
-                  "content": {"type": "json_schema", "json_schema": schema}}]}}
-    digits = {str(t): 30.0 for t in range(len(engine.tokenizer)) if engine.tokenizer.decode([t]).strip().isdigit()}
     for prompt in ("Give me", "1234567890"):
-        out = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 120, "structural_tag": json.dumps(tag),
-                                       "logit_bias": digits})
+        out = engine.generate(prompt, {"temperature": 0, "max_new_tokens": 120, "structural_tag": _call_tag(schema),
+                                       "logit_bias": _favour(engine, str.isdigit)})
         assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
         args = out["text"].removeprefix("<function=plan>").removesuffix("</function>")
         _json_check(schema)(args)
@@ -96,16 +107,11 @@ def test_tool_call_near_its_budget_closes(engines):
     engine = engines["xgrammar"]
     schema = {"type": "object", "properties": {"note": {"type": "string"}, "days": {"type": "integer"}},
               "required": ["note", "days"]}
-    tag = {"type": "structural_tag", "format": {
-        "type": "tags_with_separator", "separator": "\n", "at_least_one": True, "stop_after_first": True,
-        "tags": [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
-                  "content": {"type": "json_schema", "json_schema": schema}}]}}
-    letters = {str(t): 20.0 for t in range(len(engine.tokenizer)) if engine.tokenizer.decode([t]).strip().isalpha()}
     for jump in (True, False):
         engine.loop.jump_enabled = jump
         try:
-            out = engine.generate("Note:", {"temperature": 0, "max_new_tokens": 48, "structural_tag": json.dumps(tag),
-                                            "logit_bias": letters})
+            out = engine.generate("Note:", {"temperature": 0, "max_new_tokens": 48, "structural_tag": _call_tag(schema),
+                                            "logit_bias": _favour(engine, str.isalpha)})
         finally:
             engine.loop.jump_enabled = True
         meta = out["meta_info"]
@@ -118,13 +124,8 @@ def test_free_text_beside_tool_calls_is_not_closed(engines):
     """Closing steers only a tool call's JSON: plain text where a call could start runs to max_new_tokens
     and says so ("length"), rather than being ended early as if the model had stopped."""
     engine = engines["xgrammar"]
-    tag = {"type": "structural_tag", "format": {
-        "type": "triggered_tags", "triggers": ["<function="],
-        "tags": [{"type": "tag", "begin": "<function=plan>", "end": "</function>",
-                  "content": {"type": "json_schema", "json_schema": {"type": "object"}}}]}}
-    letters = {str(t): 20.0 for t in range(len(engine.tokenizer)) if engine.tokenizer.decode([t]).strip().isalpha()}
-    out = engine.generate("Note:", {"temperature": 0, "max_new_tokens": 40, "structural_tag": json.dumps(tag),
-                                    "logit_bias": letters})
+    out = engine.generate("Note:", {"temperature": 0, "max_new_tokens": 40, "logit_bias": _favour(engine, str.isalpha),
+                                    "structural_tag": _call_tag({"type": "object"}, triggered=True)})
     assert "<function=" not in out["text"]
     assert out["meta_info"]["finish_reason"]["type"] == "length" and not out["meta_info"]["closed_by_budget"]
 
