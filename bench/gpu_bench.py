@@ -12,6 +12,7 @@ line, appended to DIR/results.jsonl as each finishes, so a run cut short still r
 - thinkform `free`: `ignore_eos`, all of max-new-tokens; `json`: constrained with jump-forward off, and an
   unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
   `json_jf`: jump-forward on (tok/s counts only sampled tokens).
+- `attention`: the engine's decode attention against a GQA-grouped candidate (bench/attention_variants.py).
 - `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt), and the
   engine loop's wall time per step in its main calls, free and under the seed's schema.
 - transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
@@ -169,6 +170,21 @@ def run_thinkform(args: argparse.Namespace) -> None:
                 emit(args.out, {"engine": "thinkform", "kind": "json_jf" if jump else "json", **row})
 
 
+def run_attention(args: argparse.Namespace) -> None:
+    """The engine's decode attention against a GQA-grouped candidate (bench/attention_variants.py): on a card
+    timed at Qwen2.5-1.5B's heads; on a CPU compared only, on small shapes through Triton's interpreter."""
+    import torch
+
+    timed = torch.cuda.is_available()
+    if not timed:
+        os.environ["TRITON_INTERPRET"] = "1"  # before attention_variants imports triton
+    from attention_variants import run
+
+    shapes = ([1, 32], [256, 1024, 4096]) if timed else ([1, 3], [40, 300])
+    for row in run(*shapes, timed=timed):
+        emit(args.out, row)
+
+
 def run_profile(args: argparse.Namespace) -> None:
     """torch.profiler over a few decode steps at each batch size: the device kernels a step runs (CUPTI sees
     every thread's; torch's CPU ops of the engine thread are not recorded from this one), as tables in
@@ -280,8 +296,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "profile", "transformers"],
-                    choices=["check", "thinkform", "profile", "transformers"])
+    ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "attention", "profile", "transformers"],
+                    choices=["check", "thinkform", "attention", "profile", "transformers"])
     ap.add_argument("--no-compile", action="store_true", help="transformers static cache without torch.compile")
     ap.add_argument("--transformers-modes", nargs="+", default=["eager", "static"], choices=["eager", "static"])
     ap.add_argument("--engine-args", type=json.loads, default={}, help="extra thinkform.Engine arguments (JSON)")
@@ -291,7 +307,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        parts = {"check": run_check, "thinkform": run_thinkform, "profile": run_profile,
+        parts = {"check": run_check, "thinkform": run_thinkform, "attention": run_attention, "profile": run_profile,
                  "transformers": run_transformers}
         parts[args.child](args)
         return

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6's device check, one call: install the carried wheels, then bench/gpu_bench.py, results to $OUT.
 #   Here, once: bash bench/gpu_wheels.sh        (Python 3.12 wheels the GPU image lacks, into .whl/)
-#   Device:     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=360)   (~4.5 min with every part)
+#   Device:     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=360)   (~5 min with every part)
 #   CPU try:    OUT=/tmp/gpu-out GPU_CHECK_ARGS="--config tiny --batch-sizes 1 4 --max-new-tokens 16 --no-compile" \
 #               GPU_CHECK_PYTHON=.venv/bin/python bash bench/gpu_check.sh
 set -uo pipefail
