@@ -72,17 +72,16 @@ class _Builder:
         props = list(schema.get("properties", {}).items())
         required = set(schema.get("required", []))
         # rule (i, first): properties i.. of the list, `first`: nothing written before them yet
-        for i in range(len(props), -1, -1):
+        for first in (True, False):
+            self.add(f"{name}_f{len(props)}_{int(first)}", '""')
+        for i in range(len(props) - 1, -1, -1):
+            key, sub = props[i]
+            label = _python(key) + ": " if dict_keys else f"{key}="
+            value = self.value(sub, f"{name}_p{i}")
             for first in (True, False):
-                rule = f"{name}_f{i}_{int(first)}"
-                if i == len(props):
-                    self.add(rule, '""')
-                    continue
-                key, sub = props[i]
-                label = _python(key) + ": " if dict_keys else f"{key}="
-                sep = "" if first else ", "
-                item = f"{json.dumps(sep + label)} {self.value(sub, f'{name}_p{i}')} {name}_f{i + 1}_0"
-                self.add(rule, item if key in required else f"( {item} ) | {name}_f{i + 1}_{int(first)}")
+                item = f"{json.dumps(('' if first else ', ') + label)} {value} {name}_f{i + 1}_0"
+                self.add(f"{name}_f{i}_{int(first)}",
+                         item if key in required else f"( {item} ) | {name}_f{i + 1}_{int(first)}")
         return f"{name}_f0_1"
 
 
