@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thinkform.structured.bitmask import keep_unless_empty, pack_bits
+from thinkform.structured.bitmask import pack_bits
 from thinkform.structured.spec import GrammarOptions
 
 _DIGITS = frozenset(b"0123456789")
@@ -200,10 +200,6 @@ class NumberGuard:
         """Packed words of the tokens that do not overrun the current number."""
         return self.rules.keep_mask(self.state)
 
-    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
-        """Clear the bits of tokens that would overrun the current number, unless none would remain."""
-        keep_unless_empty(bitmask, row, self.keep())
-
 
 class TaggedNumberGuard:
     """NumberGuard for the JSON inside a structural tag's tags (tool-call arguments): it follows the
@@ -273,9 +269,6 @@ class TaggedNumberGuard:
 
     def keep(self) -> np.ndarray:
         return self._json.keep() if self._end is not None else self.rules.keep_all
-
-    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
-        keep_unless_empty(bitmask, row, self.keep())
 
 
 def _step(mode: Mode, mant: int, exp: int, ch: str) -> tuple[Mode, int, int]:

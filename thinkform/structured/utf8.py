@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
-from thinkform.structured.bitmask import keep_unless_empty, pack_bits
+from thinkform.structured.bitmask import pack_bits
 
 
 class Pending(NamedTuple):
@@ -126,7 +125,4 @@ class Utf8Guard:
     def keep(self) -> np.ndarray:
         """Packed words of the tokens this guard allows next."""
         return self.rules.keep_mask(self.state)
-
-    def restrict(self, bitmask: torch.Tensor, row: int) -> None:
-        keep_unless_empty(bitmask, row, self.keep())
 
