@@ -215,34 +215,21 @@ def run_profile(args: argparse.Namespace) -> None:
 
 
 def _host_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> dict[str, float]:
-    """Wall time per step inside the engine loop's main calls (the sampler's includes waiting for the device)."""
+    """Wall time per step inside the engine loop's main calls (the sampler's includes waiting for the device;
+    on a GPU the masks fill on their own thread, during the forward)."""
+    from host_overhead import PartTimer, loop_calls
+
     loop = engine.loop
-    names = {"forward": (loop.runner, "forward"), "sample": (loop.sampler, "sample"), "advance": (loop, "_advance"),
-             "launch_ahead": (loop, "_launch_ahead"), "commit_ahead": (loop.scheduler, "commit_ahead"),
-             "masks": (loop, "_fill_masks")}  # on a GPU the masks fill on their own thread, during the forward
-    spent = dict.fromkeys(names, 0.0)
-
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[name] += time.perf_counter() - t
-        return wrapper
-
-    for name, (obj, attr) in names.items():
-        setattr(obj, attr, timed(name, getattr(obj, attr)))
+    timer = PartTimer(loop)
     steps = loop.counters["steps"]
     t0 = time.perf_counter()
     try:
         engine.generate(prompts, params)
     finally:
-        for obj, attr in names.values():
-            delattr(obj, attr)  # the instance attribute shadowed the method
+        timer.remove()
     n = max(1, loop.counters["steps"] - steps)
     return {"total": round((time.perf_counter() - t0) / n * 1e3, 3),
-            **{k: round(v / n * 1e3, 3) for k, v in spent.items()}}
+            **{k: round(timer.seconds[k] / n * 1e3, 3) for k in loop_calls(loop)}}
 
 
 def run_transformers(args: argparse.Namespace) -> None:

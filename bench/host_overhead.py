@@ -33,18 +33,25 @@ from structured_overhead import BOUNDED_CAPITAL_SCHEMA, make_qwen_tiny_model, re
 PARTS = ("forward", "masks", "sample", "advance")
 
 
+def loop_calls(loop: Any) -> dict[str, tuple[Any, str]]:
+    """The engine loop's main calls by part, as (owner, method name): where a step's time goes."""
+    return {"forward": (loop.runner, "forward"), "masks": (loop, "_fill_masks"), "sample": (loop.sampler, "sample"),
+            "advance": (loop, "_advance"), "launch_ahead": (loop, "_launch_ahead"),
+            "commit_ahead": (loop.scheduler, "commit_ahead")}
+
+
 class PartTimer:
-    """Wraps the loop's methods on the instance and sums their wall time by part."""
+    """Wraps the loop's main calls on their instances and sums their wall time by part, and the rows the
+    sampler saw; `remove()` puts the methods back."""
 
     def __init__(self, loop: Any) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.rows = 0
-        self._wrap(loop.runner, "forward", "forward")
-        self._wrap(loop, "_fill_masks", "masks")
-        self._wrap(loop.sampler, "sample", "sample", count_rows=True)
-        self._wrap(loop, "_advance", "advance")
+        self._calls = loop_calls(loop)
+        for part, (owner, method) in self._calls.items():
+            self._wrap(owner, method, part)
 
-    def _wrap(self, owner: Any, method: str, part: str, count_rows: bool = False) -> None:
+    def _wrap(self, owner: Any, method: str, part: str) -> None:
         inner: Callable[..., Any] = getattr(owner, method)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -53,10 +60,14 @@ class PartTimer:
                 return inner(*args, **kwargs)
             finally:
                 self.seconds[part] += time.perf_counter() - t0
-                if count_rows:
+                if part == "sample":
                     self.rows += len(args[1])
 
         setattr(owner, method, timed)
+
+    def remove(self) -> None:
+        for owner, method in self._calls.values():
+            delattr(owner, method)  # the instance attribute shadowed the method
 
     def reset(self) -> None:
         self.seconds.clear()
