@@ -100,3 +100,113 @@ def test_an_answer_that_ends_on_its_own_is_not_marked_closed(tiny_model_dirs) ->
                                              "json_schema": json.dumps({"enum": ["yes", "no"]})})
     assert json.loads(out["text"]) in ("yes", "no")
     assert out["meta_info"]["closed_by_budget"] is False
+
+
+# --- regex and EBNF answers: the grammar's shortest ending, appended near the budget -------------------------
+
+ENDING_CASES = [  # (constraint kind, source, a Python regex of the same language, answer so far)
+    ("regex", r"[a-z]+@[a-z]+\.com", r"[a-z]+@[a-z]+\.com", "abc"),
+    ("regex", r"\d{3}-\d{4}", r"\d{3}-\d{4}", "12"),
+    ("regex", r"[a-z]{40}", r"[a-z]{40}", "abc"),
+    ("regex", r"(yes|no)", r"(yes|no)", ""),
+    ("regex", r"[A-Z][a-z]+ [A-Z]Z", r"[A-Z][a-z]+ [A-Z]Z", "Ab"),
+    ("regex", r"(x+x+)+y", r"(x+x+)+y", "xxxxxx"),  # ambiguous: xgrammar slows down with every x
+    ("regex", r"[A-Z][a-z]+( [a-z]+){3,20}\.", r"[A-Z][a-z]+( [a-z]+){3,20}\.", "Abc de"),  # counted words
+    ("ebnf", 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+', r"\([a-z]+(,[a-z]+)*\)", "(ab,cd"),
+    ("ebnf", 'root ::= expr\nexpr ::= term ("+" term)*\nterm ::= "(" expr ")" | [0-9]+', None, "((1+(2+((3"),
+]
+
+
+def _balanced_sum(text: str) -> bool:
+    """The second EBNF case's language: sums of numbers and parenthesised sums."""
+    import re
+
+    while re.search(r"\(\d+(\+\d+)*\)", text):
+        text = re.sub(r"\(\d+(\+\d+)*\)", "0", text)
+    return re.fullmatch(r"\d+(\+\d+)*", text) is not None
+
+
+@pytest.mark.parametrize("backend,kind,source,language,prefix",
+                         [(b, *case) for b in ("xgrammar", "llguidance", "outlines") for case in ENDING_CASES
+                          if b != "outlines" or case[0] == "regex"])  # outlines compiles no EBNF
+def test_the_ending_search_completes_a_sentence_of_the_grammar(tiny_tokenizer, backend, kind, source, language,
+                                                              prefix) -> None:
+    import re
+
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    compiled = create_backend(backend, BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids,
+                                                      GrammarOptions())).compile(constraint_from_fields(**{kind: source}))
+    matcher = compiled.new_matcher()
+    for t in vocab.encode_text(prefix):
+        assert matcher.accept_token(t)
+    ids = EndingSearch(vocab).ending_tokens(matcher, empty_ok=bool(prefix))
+    assert ids is not None and ids[-1] in vocab.eos_token_ids
+    answer = prefix + vocab.bytes_of(ids[:-1]).decode()
+    assert (re.fullmatch(language, answer) is not None) if language else _balanced_sum(answer), answer
+    assert not matcher.can_terminate() or not prefix  # the search left the matcher where it was
+    for t in ids:
+        assert matcher.accept_token(t), answer
+    assert matcher.is_terminated()
+
+
+def test_the_ending_search_gives_up_within_its_limits(tiny_tokenizer) -> None:
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    compiled = create_backend("xgrammar", BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids,
+                                                         GrammarOptions())).compile(
+        constraint_from_fields(regex=r"[a-z]{40}"))
+    matcher = compiled.new_matcher()
+    assert EndingSearch(vocab, max_length=20).ending_tokens(matcher) is None
+    assert EndingSearch(vocab, max_fills=10).ending_tokens(matcher) is None
+    assert EndingSearch(vocab, max_seconds=0).ending_tokens(matcher) is None
+    assert len(vocab.bytes_of(EndingSearch(vocab).find(matcher))) == 40
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+@pytest.mark.parametrize("jump_forward", [True, False])
+def test_random_models_finish_regex_and_ebnf_answers_within_a_small_budget(tiny_model_dirs, backend,
+                                                                           jump_forward) -> None:
+    """Letters and commas forever, left alone: every answer must still be a whole sentence of its grammar."""
+    import re
+
+    from thinkform import Engine
+
+    grammars = [({"regex": r"[a-z]+@[a-z]+\.com"}, r"[a-z]+@[a-z]+\.com"),
+                ({"ebnf": 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+'}, r"\([a-z]+(,[a-z]+)*\)")]
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 48, **grammars[i % 2][0]} for i in range(8)]
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096, grammar_backend=backend,
+                disable_jump_forward=not jump_forward) as engine:
+        outs = engine.generate(["Write it."] * len(params), params)
+    for i, out in enumerate(outs):
+        assert re.fullmatch(grammars[i % 2][1], out["text"]), out
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+        assert out["meta_info"]["completion_tokens"] <= 48
+    assert sum(o["meta_info"]["closed_by_budget"] for o in outs) >= len(outs) // 2  # random models rarely end
+
+
+def test_an_answer_after_long_thinking_still_ends_as_a_sentence_of_its_grammar(tiny_model_dirs) -> None:
+    """The answer reserve ends the thinking; the closing reserve then completes the EBNF answer it leaves."""
+    import re
+
+    from thinkform import Engine
+
+    ebnf = 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+'
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 40, "ebnf": ebnf} for i in range(4)]
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1",
+                max_total_tokens=4096) as engine:
+        outs = engine.generate(["Think, then write it."] * len(params), params, require_reasoning=True)
+    for out in outs:
+        meta = out["meta_info"]
+        assert meta["reasoning_content"] and out["text"].count("</think>") == 1, out
+        assert re.fullmatch(r"\([a-z]+(,[a-z]+)*\)", meta["content"]), out
+        assert meta["finish_reason"]["type"] == "stop" and meta["closed_by_budget"], out
+        assert meta["completion_tokens"] <= 40

@@ -368,13 +368,14 @@ class EngineLoop:
         """Append ids one by one, checking every stop rule; returns the finish reason, if any."""
         p = seq.params
         gate = seq.gate
-        for tid in ids:
+        last = len(ids) - 1
+        for i, tid in enumerate(ids):
             if len(seq.output_ids) >= p.max_new_tokens:
                 return FinishReason("length", None, length=p.max_new_tokens)
             seq.output_ids.append(tid)
             self.counters["generated_tokens"] += 1
             may_stop = gate is None or gate.may_stop()
-            if gate is not None and gate.finished:
+            if gate is not None and gate.finished and i == last:  # the gate took all of ids (a forced ending)
                 matched = tid if tid in self.eos else None
                 if matched is None:
                     seq.detok.push([tid])

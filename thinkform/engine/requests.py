@@ -169,7 +169,8 @@ class RequestBuilder:
         if c is None and not in_reasoning:
             return None
         matcher = req.compiled[c.key].new_matcher() if c is not None else None
-        json_answer = c is not None and c.kind in ("json_schema", "json_object")
+        kind = c.kind if c is not None else None
+        json_answer = kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \
             self.args.answer_reserve_tokens if self.args.answer_reserve_tokens is not None else \
@@ -179,14 +180,17 @@ class RequestBuilder:
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards,
-            combined_keeps=self.parts.combined_keeps, **self._closing(p, json_answer, guards, tags))
+            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags))
 
-    def _closing(self, p: SamplingParams, json_answer: bool, guards: list[AnswerGuard],
+    def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
                  tags: list[tuple[str, str]]) -> dict[str, Any]:
         """Budget closing: a JSON answer is steered to its end near max_new_tokens; so is a tool call's JSON
-        while the answer is inside it, with room kept for the tag's end string."""
-        if json_answer:
+        while the answer is inside it, with room kept for the tag's end string; a regex or EBNF answer gets
+        its grammar's shortest ending."""
+        if kind in ("json_schema", "json_object"):
             return {"closing": self.parts.closing_rules}
+        if kind in ("regex", "ebnf"):
+            return {"ending": self.parts.ending_search}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         if tagged is None:
             return {}

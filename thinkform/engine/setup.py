@@ -18,6 +18,7 @@ from thinkform.structured.backends.base import BackendContext, GrammarBackend
 from thinkform.structured.bitmask import CombinedKeeps
 from thinkform.structured.cache import GrammarCache
 from thinkform.structured.closing import ClosingRules
+from thinkform.structured.ending import EndingSearch
 from thinkform.structured.runaway import NumberRules
 from thinkform.structured.utf8 import Utf8Rules
 from thinkform.structured.spec import GrammarOptions
@@ -45,6 +46,7 @@ class EngineParts:
     number_rules: NumberRules  # per-vocabulary tables of the JSON number guard
     utf8_rules: Utf8Rules  # per-vocabulary masks that keep constrained answers well-formed UTF-8
     closing_rules: ClosingRules  # per-vocabulary tiers that steer a JSON answer to its end near the budget
+    ending_search: EndingSearch  # finds a regex / EBNF answer's ending near the budget
     combined_keeps: CombinedKeeps  # the guards' keep masks ANDed per combination of states, for all requests
     hidden_ids: frozenset[int]  # special tokens hidden from text (reasoning markers are never hidden)
     grammar_options: GrammarOptions
@@ -91,7 +93,8 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         model_name=loaded.served_name, model_dir=loaded.model_path, context_length=context, device=device,
         eos_token_ids=tuple(loaded.eos_token_ids), vocab_size=cfg.vocab_size, vocab=vocab,
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
-        closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), combined_keeps=CombinedKeeps(),
+        closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=EndingSearch(vocab),
+        combined_keeps=CombinedKeeps(),
         hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend), kv=kv, pool=pool, small_steps=small_steps)
 

@@ -29,6 +29,7 @@ import torch
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.structured.bitmask import CombinedKeeps, narrow_unless_empty, set_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
+from thinkform.structured.ending import EndingSearch
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:  # the gate only calls the protocol; importing backends here would load every library
@@ -100,6 +101,7 @@ class ReasoningGate:
         closing: ClosingRules | None = None,
         closing_scope: Callable[[], bool] | None = None,
         closing_reserve_tokens: int | None = None,
+        ending: EndingSearch | None = None,
         combined_keeps: CombinedKeeps | None = None,
     ) -> None:
         phase = Phase(phase)
@@ -122,7 +124,9 @@ class ReasoningGate:
         self._closing_scope = closing_scope  # where closing applies (a tool call's JSON); None: everywhere
         self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
                                  closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
-        self.closed_by_budget = False  # the closing reserve steered this answer's end
+        self._ending = ending  # regex / EBNF answers: appended whole when the token budget runs out
+        self._ending_tried = False
+        self.closed_by_budget = False  # the closing reserve steered (JSON) or wrote (regex, EBNF) this answer's end
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
@@ -282,7 +286,10 @@ class ReasoningGate:
         return self._advance(self._marker_completion(token_id))
 
     def forced_tokens(self, num_generated: int) -> list[int]:
-        """Ids the engine must append instead of sampling (thinking budget, answer reserve), else []."""
+        """Ids the engine must append instead of sampling (thinking budget, answer reserve, a regex or EBNF
+        answer's ending), else []."""
+        if self.phase is Phase.ANSWER:
+            return self._forced_ending(num_generated)
         if self.phase is not Phase.REASONING or self.markers is None:
             return []
         over_budget = self.max_reasoning_tokens is not None and self.reasoning_tokens >= self.max_reasoning_tokens
@@ -290,6 +297,21 @@ class ReasoningGate:
         if over_budget or (left is not None and left <= self.answer_reserve_tokens):
             return list(self._close_ids)
         return []
+
+    def _forced_ending(self, num_generated: int) -> list[int]:
+        """Once the tokens left fall to the closing reserve: a short ending of the grammar and EOS, when it
+        fits in them (EOS alone where the grammar may end already)."""
+        if self._ending is None or self._ending_tried or self.matcher is None or self.max_new_tokens is None:
+            return []
+        left = self.max_new_tokens - num_generated
+        if left > self._closing_reserve:
+            return []
+        self._ending_tried = True  # one search per answer: its cost is paid once, and only near the budget
+        ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
+        if ids is None or len(ids) > left:
+            return []
+        self.closed_by_budget = True
+        return ids
 
     def accept_forced(self, token_ids: Sequence[int]) -> None:
         """The engine appended `token_ids` (from forced_tokens) to the output."""

@@ -1,0 +1,111 @@
+"""What budget closing costs for regex and EBNF answers: the ending search, timed from random answer states.
+
+    python bench/ending_search.py [--walks 40] [--max-walk 60] [--seed 0]
+
+When a regex or EBNF answer reaches the closing reserve, the gate searches once for a short way to an end
+of its grammar (thinkform/structured/ending.py) on the engine loop's thread: every request in the batch
+waits for it. This walks each grammar at random (`--walks` times, up to `--max-walk` tokens, each a random
+allowed token of the real Qwen vocabulary), then times the search from where the walk stopped, for every
+backend that compiles the grammar. It reports the search's time (median, p99, max), the share of walks it
+found an ending for, and the ending's length in tokens (median, max); every ending found is checked by
+feeding it to the matcher, which must then terminate.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from thinkform.structured.backends import BackendContext, create_backend
+from thinkform.structured.ending import EndingSearch
+from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+from thinkform.structured.vocab import TokenVocab
+from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+
+GRAMMARS: dict[str, tuple[str, str]] = {
+    "email": ("regex", r"[a-z0-9._]+@[a-z0-9-]+(\.[a-z]{2,6})+"),
+    "phone": ("regex", r"\(\d{3}\) \d{3}-\d{4}"),
+    "iso-datetime": ("regex", r"\d{4}-[01]\d-[0-3]\dT[0-2]\d:[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-][0-2]\d:[0-5]\d)"),
+    "sentence": ("regex", r"[A-Z][a-z]+( [a-z]+){3,20}\."),
+    "list": ("ebnf", 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+'),
+    "arithmetic": ("ebnf", 'root ::= expr\nexpr ::= term (("+" | "-") term)*\nterm ::= factor (("*" | "/") factor)*\n'
+                           'factor ::= "(" expr ")" | [0-9]+'),
+    "sql": ("ebnf", 'root ::= "SELECT " cols " FROM " name (" WHERE " cond)? ";"\ncols ::= "*" | name (", " name)*\n'
+                    'name ::= [a-z_]+\ncond ::= name " " op " " value (" AND " cond)?\nop ::= "=" | "<" | ">"\n'
+                    'value ::= [0-9]+ | "\'" [a-z ]* "\'"'),
+    "json-like": ("ebnf", 'root ::= obj\nobj ::= "{" (pair ("," pair)*)? "}"\npair ::= str ":" val\n'
+                          'val ::= str | num | obj | "[" (val ("," val)*)? "]"\nstr ::= "\\"" [a-z]* "\\""\n'
+                          'num ::= "-"? [0-9]+'),
+}
+BACKENDS = ("xgrammar", "llguidance", "outlines")
+
+
+def random_walk(matcher, vocab: TokenVocab, rng: random.Random, steps: int, scratch: torch.Tensor) -> int:
+    """Accept up to `steps` random allowed tokens (never EOS); returns how many were taken."""
+    eos = set(vocab.eos_token_ids)
+    taken = 0
+    for _ in range(steps):
+        matcher.fill_bitmask(scratch, 0)
+        words = scratch.numpy()[0]
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: vocab.vocab_size]
+        allowed = [int(t) for t in np.flatnonzero(bits) if int(t) not in eos and vocab.token_bytes[int(t)]]
+        if not allowed or not matcher.accept_token(rng.choice(allowed)):
+            break
+        taken += 1
+    return taken
+
+
+def measure(backend_name: str, kind: str, source: str, vocab: TokenVocab, tok, args) -> dict | None:
+    backend = create_backend(backend_name, BackendContext(tok, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions()))
+    constraint = constraint_from_fields(**{kind: source})
+    try:
+        backend.check_kind(constraint)
+    except Exception:  # noqa: BLE001 - outlines compiles no EBNF: no row
+        return None
+    compiled = backend.compile(constraint)
+    search = EndingSearch(vocab)
+    scratch = torch.empty((1, (vocab.vocab_size + 31) // 32), dtype=torch.int32)
+    rng = random.Random(args.seed)
+    times, lengths, found = [], [], 0
+    for _ in range(args.walks):
+        matcher = compiled.new_matcher()
+        walked = random_walk(matcher, vocab, rng, rng.randint(1, args.max_walk), scratch)
+        start = time.perf_counter()
+        ids = search.ending_tokens(matcher, empty_ok=walked > 0)
+        times.append((time.perf_counter() - start) * 1e3)
+        if ids is not None:
+            found += 1
+            lengths.append(len(ids))
+            assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated(), (backend_name, source)
+    times.sort()
+    return {"ms_p50": statistics.median(times), "ms_p99": times[min(len(times) - 1, int(0.99 * len(times)))],
+            "ms_max": times[-1], "found": found / args.walks,
+            "tokens_p50": statistics.median(lengths) if lengths else None, "tokens_max": max(lengths, default=None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--walks", type=int, default=40)
+    parser.add_argument("--max-walk", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grammars", nargs="+", default=list(GRAMMARS), choices=list(GRAMMARS))
+    args = parser.parse_args()
+    tok = build_qwen_tokenizer()
+    vocab = TokenVocab.from_tokenizer(tok, len(tok))
+    print("| grammar | backend | search ms p50 / p99 / max | ending found | ending tokens p50 / max |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in args.grammars:
+        kind, source = GRAMMARS[name]
+        for backend in BACKENDS:
+            row = measure(backend, kind, source, vocab, tok, args)
+            if row is not None:
+                print(f"| {name} ({kind}) | {backend} | {row['ms_p50']:.1f} / {row['ms_p99']:.1f} / {row['ms_max']:.1f} "
+                      f"| {row['found']:.0%} | {row['tokens_p50']} / {row['tokens_max']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

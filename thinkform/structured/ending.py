@@ -1,0 +1,202 @@
+"""Shortest ending: the bytes that take a grammar from where an answer stands to a place it may end.
+
+Budget closing for regex and EBNF answers. They have no brackets to steer toward, as JSON has (closing.py):
+under `root ::= "(" item ("," item)* ")"` with `item ::= [a-z]+`, a random model writes letters and
+commas until `max_new_tokens` cuts it, and the user gets no sentence of the grammar at all. When the
+tokens left fall to the closing reserve, the gate asks this search for a short way to an end and appends
+it, then EOS: `(ab,cd` + `)`.
+
+The search is breadth-first over single bytes, driven by the request's own matcher (accept, fill,
+rollback), so it serves every backend and every grammar kind. To stay small:
+- a node's children are one byte per class: each punctuation mark and whitespace byte on its own, and
+  of the lowercase letters, uppercase letters, digits and bytes of multi-byte characters the first and
+  the last the grammar allows, so `[a-z]+` has two ways forward, not 26;
+- nodes of one level whose next-token masks are equal count as one state and are expanded once (every
+  reachable state has a way to an end, so dropping a twin never loses the last way); a node's mask is
+  filled only when it is expanded (mask fills are the search's whole cost: ~0.4 ms each for xgrammar
+  over a 152k vocabulary), and children are tested for an end as they are made;
+- at most `max_width` nodes a level (the first in the order of their bytes' classes), `max_fills` mask
+  fills in all and `max_length` tokens in a way: past them there is no ending, and the answer is cut at
+  `max_new_tokens` as it would have been. These limits count work, so a request closes the same way on
+  every machine; `max_seconds` (0.2 s) only guards the engine loop against grammars whose matcher slows
+  down as a way grows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from thinkform.structured.vocab import TokenVocab
+
+if TYPE_CHECKING:
+    from thinkform.structured.backends.base import GrammarMatcher
+
+_CLOSERS = b"\"')]}>"
+_OPENERS = b"([{<"
+_OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
+                           if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
+# Class order decides which of several ways of one length is taken, and which of two twins is kept. Closers
+# come first and openers last, so that `0)` (a way out) is kept over `(0` (a way in) where their masks
+# agree; separators come before letters and digits, so that `a b` (a second word) is kept over `aab` (a
+# longer first word) where a grammar counts words.
+_CLASSES: tuple[bytes, ...] = (
+    *(bytes([c]) for c in _CLOSERS), b" ", b"\n", b"\t", b"\r", *(bytes([c]) for c in _OTHER_PUNCTUATION),
+    b"0123456789", b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", *(bytes([c]) for c in _OPENERS),
+    bytes(range(0x80, 0x100)),
+)
+
+
+class _Exhausted(Exception):
+    """The search spent its fills or its time."""
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One search: the matcher it drives and what it may still spend."""
+
+    matcher: GrammarMatcher
+    scratch: torch.Tensor
+    fills_left: int
+    deadline: float
+
+    def mask(self) -> np.ndarray:
+        if self.fills_left <= 0:
+            raise _Exhausted
+        self.fills_left -= 1
+        self.matcher.fill_bitmask(self.scratch, 0)
+        return self.scratch.numpy()[0].copy()
+
+    def accept(self, token_id: int) -> bool:
+        # an ambiguous grammar can make one accept cost milliseconds deep in a way (xgrammar under
+        # `(x+x+)+y`): the clock is checked at each one
+        if time.perf_counter() > self.deadline:
+            raise _Exhausted
+        return self.matcher.accept_token(token_id)
+
+
+class EndingSearch:
+    """Per vocabulary (immutable, shared by all requests): the byte classes' token ids and the limits."""
+
+    def __init__(self, vocab: TokenVocab, *, max_width: int = 16, max_fills: int = 512, max_length: int = 128,
+                 max_seconds: float = 0.2) -> None:
+        pairs = [(vocab.byte_ids[b], k) for k, members in enumerate(_CLASSES) for b in members if b in vocab.byte_ids]
+        self._ids = np.array([t for t, _ in pairs], dtype=np.int64)
+        self._classes = np.array([k for _, k in pairs], dtype=np.int64)
+        self._words = (vocab.vocab_size + 31) // 32
+        self._vocab = vocab
+        self._eos = frozenset(vocab.eos_token_ids)
+        self.max_width, self.max_fills, self.max_length = max_width, max_fills, max_length
+        self.max_seconds = max_seconds
+
+    def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True) -> list[int] | None:
+        """Token ids that end the answer from the matcher's state: a short way to where the grammar may end,
+        spelled in as few tokens as the tokenizer finds, then EOS unless the grammar terminated by itself.
+        None when the search finds no way within its limits. The matcher is left as it was."""
+        path = self.find(matcher, empty_ok=empty_ok)
+        if path is None:
+            return None
+        ending = self._vocab.bytes_of(path)
+        for ids in (self._spelled(ending), path):
+            terminated = self._accepted(matcher, ids)
+            if terminated is not None:
+                return ids if terminated else ids + [self._vocab.eos_token_ids[0]]
+        return None
+
+    def find(self, matcher: GrammarMatcher, *, empty_ok: bool = True) -> list[int] | None:
+        """Token ids (single bytes where the grammar allows them) from the matcher's state to one where the
+        grammar may end ([] when it may end now and `empty_ok`), or None. The matcher is left as it was."""
+        if empty_ok and matcher.can_terminate():
+            return []
+        walk = _Walk(matcher, torch.empty((1, self._words), dtype=torch.int32), self.max_fills,
+                     time.perf_counter() + self.max_seconds)
+        level: list[list[int]] = [[]]
+        try:
+            while level and len(level[0]) < self.max_length:
+                twins: set[bytes] = set()
+                following: list[list[int]] = []
+                for path in level[:self.max_width]:  # the level is in class order: the likeliest ways out first
+                    found = self._expand(walk, path, twins, following)
+                    if found is not None:
+                        return found
+                level = following
+        except _Exhausted:
+            pass
+        return None
+
+    def _expand(self, walk: _Walk, path: list[int], twins: set[bytes], following: list[list[int]]) -> list[int] | None:
+        """Fill the mask after `path`; unless a twin of this level was expanded already, try each child: the
+        way to an end if one is found, else the children go to `following`. A node's mask is filled only
+        when it is expanded, so the level where the search ends costs no fills."""
+        matcher = walk.matcher
+        taken = 0
+        try:
+            for t in path:
+                if not walk.accept(t):
+                    raise RuntimeError("ending search: the grammar rejected a path it allowed before")
+                taken += 1
+            words = walk.mask()
+            key = words.tobytes()
+            if key in twins:
+                return None
+            twins.add(key)
+            for child in self._children(words):
+                if not walk.accept(child):
+                    continue
+                terminal = matcher.can_terminate()
+                matcher.rollback(1)
+                if terminal:
+                    return path + [child]
+                following.append(path + [child])
+        finally:
+            if taken:
+                matcher.rollback(taken)
+        return None
+
+    def _children(self, words: np.ndarray) -> list[int]:
+        """The first and the last allowed single-byte token of each class, in class order (`(x+x+)+y` needs
+        the `y` after its run of `x`); where the grammar allows no single byte (a backend that insists on
+        whole tokens for forced text), its first allowed token."""
+        allowed = ((words[self._ids >> 5] >> (self._ids & 31)) & 1).astype(bool)
+        if not allowed.any():
+            return self._first_allowed(words)
+        ids, classes = self._ids[allowed], self._classes[allowed]
+        ends = np.flatnonzero(np.diff(classes, prepend=-1, append=-1))  # where each class's run starts and ends
+        picks = np.unique(np.concatenate([ends[:-1], ends[1:] - 1]))
+        return ids[picks].tolist()
+
+    def _first_allowed(self, words: np.ndarray) -> list[int]:
+        for word in np.flatnonzero(words).tolist():
+            bits = int(words[word]) & 0xFFFFFFFF
+            while bits:
+                low = bits & -bits
+                token = word * 32 + low.bit_length() - 1
+                if token not in self._eos:
+                    return [token]
+                bits ^= low
+        return []
+
+    def _spelled(self, ending: bytes) -> list[int]:
+        try:
+            return self._vocab.encode_bytes(ending)
+        except ValueError:
+            return []
+
+    @staticmethod
+    def _accepted(matcher: GrammarMatcher, ids: list[int]) -> bool | None:
+        """Whether the matcher terminates after `ids` (None: it rejects them). The matcher is left as it was."""
+        if not ids:
+            return matcher.is_terminated()
+        taken = 0
+        try:
+            for t in ids:
+                if not matcher.accept_token(t):
+                    return None
+                taken += 1
+            return matcher.is_terminated()
+        finally:
+            if taken:
+                matcher.rollback(taken)
