@@ -13,6 +13,7 @@ feeding it to the matcher, which must then terminate.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -25,6 +26,7 @@ from thinkform.structured.ending import EndingSearch
 from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.structured.vocab import TokenVocab
 from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+from thinkform.testing.seed import SEED_SCHEMA
 
 GRAMMARS: dict[str, tuple[str, str]] = {
     "email": ("regex", r"[a-z0-9._]+@[a-z0-9-]+(\.[a-z]{2,6})+"),
@@ -40,6 +42,9 @@ GRAMMARS: dict[str, tuple[str, str]] = {
     "json-like": ("ebnf", 'root ::= obj\nobj ::= "{" (pair ("," pair)*)? "}"\npair ::= str ":" val\n'
                           'val ::= str | num | obj | "[" (val ("," val)*)? "]"\nstr ::= "\\"" [a-z]* "\\""\n'
                           'num ::= "-"? [0-9]+'),
+    "json-seed": ("json_schema", json.dumps(SEED_SCHEMA)),
+    "json-8-strings": ("json_schema", json.dumps({"type": "object", "properties": {k: {"type": "string"} for k in "abcdefgh"},
+                                                  "required": list("abcdefgh")})),
 }
 BACKENDS = ("xgrammar", "llguidance", "outlines")
 

@@ -168,6 +168,7 @@ def test_the_ending_search_gives_up_within_its_limits(tiny_tokenizer) -> None:
     assert EndingSearch(vocab, max_length=20).ending_tokens(matcher) is None
     assert EndingSearch(vocab, max_fills=10).ending_tokens(matcher) is None
     assert EndingSearch(vocab, max_seconds=0).ending_tokens(matcher) is None
+    # and each search that gave up left the matcher where it was: the whole way is still 40 letters
     assert len(vocab.bytes_of(EndingSearch(vocab).find(matcher))) == 40
 
 
@@ -210,3 +211,46 @@ def test_an_answer_after_long_thinking_still_ends_as_a_sentence_of_its_grammar(t
         assert re.fullmatch(r"\([a-z]+(,[a-z]+)*\)", meta["content"]), out
         assert meta["finish_reason"]["type"] == "stop" and meta["closed_by_budget"], out
         assert meta["completion_tokens"] <= 40
+
+
+def test_a_long_ending_is_appended_early_enough_to_fit(tiny_model_dirs) -> None:
+    """Eight required strings, or a timestamp after a free word: their endings are longer than the closing
+    reserve, so they are looked for earlier and appended while they still fit."""
+    import re
+
+    from thinkform import Engine
+
+    schema = {"type": "object", "properties": {k: {"type": "string"} for k in "abcdefgh"}, "required": list("abcdefgh")}
+    stamp = r"[a-z]+ \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"
+    params = ([{"temperature": 1.0, "seed": i, "max_new_tokens": 160, "json_schema": json.dumps(schema)}
+               for i in range(6)] +
+              [{"temperature": 1.0, "seed": i, "max_new_tokens": 64, "regex": stamp} for i in range(4)])
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=8192) as engine:
+        outs = engine.generate(["Fill it in."] * len(params), params)
+    for p, out in zip(params, outs):
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+        if "json_schema" in p:
+            jsonschema.validate(json.loads(out["text"]), schema)
+        else:
+            assert re.fullmatch(stamp, out["text"]), out
+
+
+def test_an_ending_that_starts_inside_a_character_is_spelled_in_few_tokens(tiny_tokenizer) -> None:
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    compiled = create_backend("xgrammar", BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids,
+                                                         GrammarOptions())).compile(
+        constraint_from_fields(json_schema={"type": "object", "properties": {"note": {"type": "string"}},
+                                            "required": ["note"]}))
+    matcher = compiled.new_matcher()
+    for t in vocab.encode_text('{"note": "caf') + [vocab.byte_ids[0xC3]]:  # the first byte of é
+        assert matcher.accept_token(t)
+    ids = EndingSearch(vocab).ending_tokens(matcher)
+    ending = vocab.bytes_of(ids[:-1])
+    assert json.loads(b'{"note": "caf\xc3' + ending) == {"note": "caf" + (b"\xc3" + ending[:1]).decode()}
+    # the stray continuation byte alone, the rest as the tokenizer spells text (not one token a byte)
+    assert ids[:-1] == [vocab.byte_ids[ending[0]]] + vocab.encode_text(ending[1:].decode())

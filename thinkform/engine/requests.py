@@ -184,18 +184,20 @@ class RequestBuilder:
 
     def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
                  tags: list[tuple[str, str]]) -> dict[str, Any]:
-        """Budget closing: a JSON answer is steered to its end near max_new_tokens; so is a tool call's JSON
-        while the answer is inside it, with room kept for the tag's end string; a regex or EBNF answer gets
-        its grammar's shortest ending."""
+        """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
+        JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
+        tag, both only while the answer is inside a tag's JSON (a tool call's arguments), with room kept
+        for the tag's end string; free text beside the calls is never ended early."""
         if kind in ("json_schema", "json_object"):
-            return {"closing": self.parts.closing_rules}
+            return {"closing": self.parts.closing_rules, "ending": self.parts.ending_search}
         if kind in ("regex", "ebnf"):
             return {"ending": self.parts.ending_search}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         if tagged is None:
             return {}
         end_bytes = max(len(end.encode()) for _, end in tags)  # sampled token by token: one byte each at worst
-        return {"closing": self.parts.closing_rules, "closing_scope": tagged.inside_tag,
+        return {"closing": self.parts.closing_rules, "ending": self.parts.ending_search,
+                "closing_scope": tagged.inside_tag,
                 "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + end_bytes}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:

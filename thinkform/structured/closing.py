@@ -1,9 +1,10 @@
-"""Budget closing: a JSON answer about to run out of `max_new_tokens` is steered to its end.
+"""Budget closing, the fallback: a JSON answer about to run out of `max_new_tokens` is steered to its end.
 
 A grammar bounds what may be written, not how long: under the seed's `"name": {"pattern": "^\\w+$"}` the
 embedded model wrote `"Nova_Larsen_Kvart_2023_2024_2025_…` until `max_new_tokens` cut it, and the user got
-no JSON at all. Once the tokens left fall to the closing reserve, the gate narrows each step's mask (never
-beyond what the grammar allows) to the first non-empty tier of:
+no JSON at all. The gate first looks for a whole ending and appends it (ending.py). Where that search
+finds none within its limits, and once the tokens left fall to the closing reserve, the gate narrows each
+step's mask (never beyond what the grammar allows) to the first non-empty tier of:
 
 1. EOS, where the grammar may end;
 2. tokens made only of `"`, `}`, `]` (and whitespace): closing strings, objects, arrays;

@@ -1,25 +1,29 @@
-"""Shortest ending: the bytes that take a grammar from where an answer stands to a place it may end.
+"""Budget closing by search: the bytes that take a grammar from where an answer stands to a place it may end.
 
-Budget closing for regex and EBNF answers. They have no brackets to steer toward, as JSON has (closing.py):
-under `root ::= "(" item ("," item)* ")"` with `item ::= [a-z]+`, a random model writes letters and
-commas until `max_new_tokens` cuts it, and the user gets no sentence of the grammar at all. When the
-tokens left fall to the closing reserve, the gate asks this search for a short way to an end and appends
-it, then EOS: `(ab,cd` + `)`.
+A grammar bounds what may be written, not how long. Under `root ::= "(" item ("," item)* ")"` with
+`item ::= [a-z]+` a random model writes letters and commas until `max_new_tokens` cuts it; under a schema of
+eight required strings the seed's closing tiers (closing.py) cannot get it out of a string whose bytes
+may be `}` and `]` themselves. Either way the user gets no valid answer at all. When the tokens left fall
+to the closing reserve, the gate asks this search for a short way to an end and appends it, then EOS:
+`(ab,cd` + `)`, `{"a": "xy` + `", "b": "", …, "h": ""}`.
 
-The search is breadth-first over single bytes, driven by the request's own matcher (accept, fill,
-rollback), so it serves every backend and every grammar kind. To stay small:
+The search walks single bytes with the request's own matcher (accept, fill, rollback), so it serves every
+backend and every constraint kind:
 - a node's children are one byte per class: each punctuation mark and whitespace byte on its own, and
   of the lowercase letters, uppercase letters, digits and bytes of multi-byte characters the first and
-  the last the grammar allows, so `[a-z]+` has two ways forward, not 26;
-- nodes of one level whose next-token masks are equal count as one state and are expanded once (every
-  reachable state has a way to an end, so dropping a twin never loses the last way); a node's mask is
-  filled only when it is expanded (mask fills are the search's whole cost: ~0.4 ms each for xgrammar
-  over a 152k vocabulary), and children are tested for an end as they are made;
-- at most `max_width` nodes a level (the first in the order of their bytes' classes), `max_fills` mask
-  fills in all and `max_length` tokens in a way: past them there is no ending, and the answer is cut at
-  `max_new_tokens` as it would have been. These limits count work, so a request closes the same way on
-  every machine; `max_seconds` (0.2 s) only guards the engine loop against grammars whose matcher slows
-  down as a way grows.
+  the last the grammar allows, so `[a-z]+` has two ways forward, not 26; class order puts closers first
+  and openers last;
+- first one greedy way: a child that ends the grammar, else a closer, else a child that changes the mask
+  (leaves a loop), else the first child. A fill or two a step, and in our measurements it finds an ending
+  as short as the breadth-first search's (bench/ending_search.py);
+- where it fails, breadth-first over the same children; nodes of one level whose masks are equal count as
+  one state and are expanded once (every reachable state has a way to an end, so dropping a twin never
+  loses the last way);
+- limits: `max_width` nodes a level, `max_fills` mask fills in all (fills are the search's cost: up to
+  ~0.4 ms each for xgrammar over a 152k vocabulary) and `max_length` tokens in a way; past them there is no
+  ending, and the answer is cut as it would have been. They count work, so a request closes the same way
+  on every machine; `max_seconds` (0.2 s) only guards the engine loop against a matcher that slows down
+  as a way grows (xgrammar under `(x+x+)+y`).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
                            if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
-# Class order decides which of several ways of one length is taken, and which of two twins is kept. Closers
+# Class order decides which of several ways is taken, and which of two twins is kept. Closers
 # come first and openers last, so that `0)` (a way out) is kept over `(0` (a way in) where their masks
 # agree; separators come before letters and digits, so that `a b` (a second word) is kept over `aab` (a
 # longer first word) where a grammar counts words.
@@ -86,6 +90,8 @@ class EndingSearch:
         pairs = [(vocab.byte_ids[b], k) for k, members in enumerate(_CLASSES) for b in members if b in vocab.byte_ids]
         self._ids = np.array([t for t, _ in pairs], dtype=np.int64)
         self._classes = np.array([k for _, k in pairs], dtype=np.int64)
+        self._closers = frozenset(vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids)
+        self._ascii = frozenset(vocab.byte_ids[b] for b in range(0x80) if b in vocab.byte_ids)
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
         self._eos = frozenset(vocab.eos_token_ids)
@@ -113,18 +119,80 @@ class EndingSearch:
             return []
         walk = _Walk(matcher, torch.empty((1, self._words), dtype=torch.int32), self.max_fills,
                      time.perf_counter() + self.max_seconds)
-        level: list[list[int]] = [[]]
         try:
-            while level and len(level[0]) < self.max_length:
-                twins: set[bytes] = set()
-                following: list[list[int]] = []
-                for path in level[:self.max_width]:  # the level is in class order: the likeliest ways out first
-                    found = self._expand(walk, path, twins, following)
-                    if found is not None:
-                        return found
-                level = following
+            found = self._greedy(walk)
+            return found if found is not None else self._breadth_first(walk)
         except _Exhausted:
-            pass
+            return None
+
+    def _greedy(self, walk: _Walk) -> list[int] | None:
+        """One way, taken step by step: a child that ends the grammar if there is one, else the first closer
+        or ASCII child (in class order) whose mask differs from its parent's, else the first child.
+        A fill or two a step; it finds the long endings (the remaining required fields of a JSON object)
+        that the breadth-first search runs out of fills for."""
+        matcher = walk.matcher
+        path: list[int] = []
+        words = walk.mask()
+        try:
+            while len(path) < self.max_length:
+                children = self._children(words)
+                last = self._last_child(walk, children)
+                if last is not None:
+                    return path + [last]
+                step = self._step(walk, children, words.tobytes())
+                if step is None:
+                    return None
+                child, words = step
+                if not walk.accept(child):
+                    return None
+                path.append(child)
+            return None
+        finally:
+            if path:
+                matcher.rollback(len(path))
+
+    @staticmethod
+    def _last_child(walk: _Walk, children: list[int]) -> int | None:
+        """The first child after which the grammar may end, if any (no fills: an accept and a rollback each)."""
+        for child in children:
+            if walk.accept(child):
+                ends = walk.matcher.can_terminate()
+                walk.matcher.rollback(1)
+                if ends:
+                    return child
+        return None
+
+    def _step(self, walk: _Walk, children: list[int], here: bytes) -> tuple[int, np.ndarray] | None:
+        """(child, its mask): the first closer, or ASCII child that goes somewhere else (`@` after a run of
+        `.` in a name), or else the first child (a counted run: `0` in `\\d{4}`, rather than Unicode
+        digits). A closer counts as progress even where its mask is its parent's: `)` deep in parentheses."""
+        first = None
+        for child in children:
+            if child not in self._ascii and first is not None:
+                break
+            if not walk.accept(child):
+                continue
+            try:
+                after = walk.mask()
+            finally:
+                walk.matcher.rollback(1)
+            if first is None:
+                first = (child, after)
+            if child in self._closers or (child in self._ascii and after.tobytes() != here):
+                return child, after
+        return first
+
+    def _breadth_first(self, walk: _Walk) -> list[int] | None:
+        """The shortest way (within the limits), level by level."""
+        level: list[list[int]] = [[]]
+        while level and len(level[0]) < self.max_length:
+            twins: set[bytes] = set()
+            following: list[list[int]] = []
+            for path in level[:self.max_width]:  # the level is in class order: the likeliest ways out first
+                found = self._expand(walk, path, twins, following)
+                if found is not None:
+                    return found
+            level = following
         return None
 
     def _expand(self, walk: _Walk, path: list[int], twins: set[bytes], following: list[list[int]]) -> list[int] | None:
@@ -143,14 +211,11 @@ class EndingSearch:
             if key in twins:
                 return None
             twins.add(key)
-            for child in self._children(words):
-                if not walk.accept(child):
-                    continue
-                terminal = matcher.can_terminate()
-                matcher.rollback(1)
-                if terminal:
-                    return path + [child]
-                following.append(path + [child])
+            children = self._children(words)
+            last = self._last_child(walk, children)
+            if last is not None:
+                return path + [last]
+            following.extend(path + [child] for child in children)
         finally:
             if taken:
                 matcher.rollback(taken)
@@ -180,10 +245,15 @@ class EndingSearch:
         return []
 
     def _spelled(self, ending: bytes) -> list[int]:
-        try:
-            return self._vocab.encode_bytes(ending)
-        except ValueError:
-            return []
+        """The ending in few tokens. It may start inside a character the answer began (its last bytes), and
+        the tokenizer spells only whole text: those bytes go one by one, the rest as text."""
+        for head in range(min(4, len(ending)) + 1):
+            try:
+                ending[head:].decode("utf-8")
+                return [self._vocab.byte_ids[b] for b in ending[:head]] + self._vocab.encode_bytes(ending[head:])
+            except (UnicodeDecodeError, KeyError, ValueError):
+                continue
+        return []
 
     @staticmethod
     def _accepted(matcher: GrammarMatcher, ids: list[int]) -> bool | None:

@@ -120,12 +120,13 @@ class ReasoningGate:
         self.reasoning_tokens = 0  # tokens generated in reasoning, markers included (as SGLang counts)
         self._guards = tuple(guards)
         self._combined_keeps = combined_keeps if combined_keeps is not None else CombinedKeeps()
-        self._closing = closing  # JSON answers: steer to the end when the token budget runs out
+        self._closing = closing  # JSON answers: steer to the end when the token budget runs out (no ending found)
         self._closing_scope = closing_scope  # where closing applies (a tool call's JSON); None: everywhere
         self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
                                  closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
-        self._ending = ending  # regex / EBNF answers: appended whole when the token budget runs out
-        self._ending_tried = False
+        self._ending = ending  # finds an ending to append whole when the token budget runs out
+        # tokens left at which the ending is looked for: early enough for a long one, last at the reserve
+        self._ending_points = [self._closing_reserve * k for k in (4, 2, 1)] if self._closing_reserve > 0 else []
         self.closed_by_budget = False  # the closing reserve steered (JSON) or wrote (regex, EBNF) this answer's end
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
@@ -299,16 +300,20 @@ class ReasoningGate:
         return []
 
     def _forced_ending(self, num_generated: int) -> list[int]:
-        """Once the tokens left fall to the closing reserve: a short ending of the grammar and EOS, when it
-        fits in them (EOS alone where the grammar may end already)."""
-        if self._ending is None or self._ending_tried or self.matcher is None or self.max_new_tokens is None:
+        """A short ending of the grammar and EOS (EOS alone where the grammar may end already), looked for
+        when the tokens left fall to 4×, 2× and 1× the closing reserve, and appended as soon as it would not
+        fit at the next of those points (at the last, whenever it fits)."""
+        if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
             return []
         left = self.max_new_tokens - num_generated
-        if left > self._closing_reserve:
+        if left > self._ending_points[0] or (self._closing_scope is not None and not self._closing_scope()):
             return []
-        self._ending_tried = True  # one search per answer: its cost is paid once, and only near the budget
+        while len(self._ending_points) > 1 and left <= self._ending_points[1]:
+            del self._ending_points[0]  # passed by a jump: only the nearest point counts
+        del self._ending_points[0]
+        later = self._ending_points[0] if self._ending_points else 0
         ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
-        if ids is None or len(ids) > left:
+        if ids is None or len(ids) > left or len(ids) <= later:
             return []
         self.closed_by_budget = True
         return ids
