@@ -254,3 +254,30 @@ def test_an_ending_that_starts_inside_a_character_is_spelled_in_few_tokens(tiny_
     assert json.loads(b'{"note": "caf\xc3' + ending) == {"note": "caf" + (b"\xc3" + ending[:1]).decode()}
     # the stray continuation byte alone, the rest as the tokenizer spells text (not one token a byte)
     assert ids[:-1] == [vocab.byte_ids[ending[0]]] + vocab.encode_text(ending[1:].decode())
+
+
+def test_answers_that_end_on_their_own_cost_no_search(tiny_model_dirs, monkeypatch) -> None:
+    """The seed's schema has a short answer: it is looked for only at the reserve, which an answer that
+    ends on its own never reaches; a schema whose shortest answer is longer than the reserve is looked at
+    earlier."""
+    from thinkform import Engine
+    from thinkform.structured.spec import constraint_from_fields
+
+    long_schema = {"type": "object", "properties": {k: {"type": "string"} for k in "abcdefgh"},
+                   "required": list("abcdefgh")}
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096) as engine:
+        search = engine.parts.ending_search
+        calls = []
+        ending_tokens = search.ending_tokens
+        monkeypatch.setattr(search, "ending_tokens", lambda *a, **k: calls.append(1) or ending_tokens(*a, **k))
+        out = engine.generate("Yes or no?", {"temperature": 0, "max_new_tokens": 64,
+                                             "json_schema": json.dumps({"enum": ["yes", "no"]})})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop" and calls == [1]  # its compile measured it
+        out = engine.generate("Yes or no?", {"temperature": 0, "max_new_tokens": 64,
+                                             "json_schema": json.dumps({"enum": ["yes", "no"]})})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop" and calls == [1]  # cached: nothing more
+        engine.generate("Fill it in.", {"temperature": 1.0, "seed": 0, "max_new_tokens": 160,
+                                        "json_schema": json.dumps(long_schema)})
+        compiled = engine.parts.grammar_cache.get(constraint_from_fields(json_schema=json.dumps(long_schema)))
+    assert search.shortest_answer(compiled) > closing_reserve(160)
+    assert len(calls) >= 3  # measured at its compile, then looked for before the reserve

@@ -180,18 +180,23 @@ class RequestBuilder:
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards,
-            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags))
+            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags, req.compiled[c.key] if c is not None else None))
 
     def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
-                 tags: list[tuple[str, str]]) -> dict[str, Any]:
+                 tags: list[tuple[str, str]], compiled: Any) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only while the answer is inside a tag's JSON (a tool call's arguments), with room kept
         for the tag's end string; free text beside the calls is never ended early."""
+        search = self.parts.ending_search
+        shortest = search.shortest_answer(compiled) if compiled is not None else None
+        # a grammar whose shortest answer fits in the closing reserve is looked at only there: no search
+        # at all for the usual answer that ends on its own well before its budget
+        early = shortest is None or shortest > closing_reserve(p.max_new_tokens)
         if kind in ("json_schema", "json_object"):
-            return {"closing": self.parts.closing_rules, "ending": self.parts.ending_search}
+            return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early}
         if kind in ("regex", "ebnf"):
-            return {"ending": self.parts.ending_search}
+            return {"ending": search, "ending_early": early}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         if tagged is None:
             return {}

@@ -85,6 +85,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
                              compile_timeout_s=args.grammar_compile_timeout)
     vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size, loaded.eos_token_ids)
     backend = create_backend(args.grammar_backend, BackendContext(tok, cfg.vocab_size, loaded.eos_token_ids, options))
+    ending_search = EndingSearch(vocab)
     kv, pool = _build_kv(args, loaded.model, cfg, device, context)
     small_steps = _cuda_kernels(args, loaded.model, kv, device, context)
     chat_template = _chat_template(args.chat_template) or loaded.chat_template
@@ -93,10 +94,10 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         model_name=loaded.served_name, model_dir=loaded.model_path, context_length=context, device=device,
         eos_token_ids=tuple(loaded.eos_token_ids), vocab_size=cfg.vocab_size, vocab=vocab,
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
-        closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=EndingSearch(vocab),
+        closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=ending_search,
         combined_keeps=CombinedKeeps(),
         hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
-        grammar_cache=GrammarCache(backend), kv=kv, pool=pool, small_steps=small_steps)
+        grammar_cache=GrammarCache(backend, after_compile=ending_search.measure), kv=kv, pool=pool, small_steps=small_steps)
 
 
 def attention_backend(name: str, device: torch.device) -> str:

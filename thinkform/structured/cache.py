@@ -16,6 +16,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -49,10 +50,14 @@ class _Job:
 
 
 class GrammarCache:
-    def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2) -> None:
+    def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2,
+                 after_compile: Callable[[CompiledGrammar], None] | None = None) -> None:
+        """after_compile: run on each newly compiled grammar, on its compile thread (its errors are ignored:
+        what it computes is an extra)."""
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.backend = backend
+        self.after_compile = after_compile
         self.max_entries = max_entries
         self.max_abandoned = max_abandoned
         self.timeout_s = backend.ctx.options.compile_timeout_s
@@ -122,6 +127,11 @@ class GrammarCache:
         error: BaseException | None = None
         try:
             result = self.backend.compile(job.constraint)
+            if self.after_compile is not None:
+                try:
+                    self.after_compile(result)
+                except Exception:  # noqa: BLE001 - an extra; the grammar itself compiled
+                    pass
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed
             error = e
         with self._cond:

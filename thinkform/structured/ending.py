@@ -24,10 +24,16 @@ backend and every constraint kind:
   ending, and the answer is cut as it would have been. They count work, so a request closes the same way
   on every machine; `max_seconds` (0.2 s) only guards the engine loop against a matcher that slows down
   as a way grows (xgrammar under `(x+x+)+y`).
+
+The gate looks when the closing reserve of tokens is left, and, for a grammar whose shortest answer is
+longer than the reserve (measured once per compiled grammar, on its compile thread), at 4× and 2× the
+reserve as well: a long ending is appended while it still fits. An answer that ends on its own before
+its budget costs no search.
 """
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,7 +43,7 @@ import torch
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:
-    from thinkform.structured.backends.base import GrammarMatcher
+    from thinkform.structured.backends.base import CompiledGrammar, GrammarMatcher
 
 _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
@@ -83,7 +89,8 @@ class _Walk:
 
 
 class EndingSearch:
-    """Per vocabulary (immutable, shared by all requests): the byte classes' token ids and the limits."""
+    """Per vocabulary, shared by all requests: the byte classes' token ids, the limits, and each compiled
+    grammar's shortest answer (measured once, on its compile thread)."""
 
     def __init__(self, vocab: TokenVocab, *, max_width: int = 16, max_fills: int = 512, max_length: int = 128,
                  max_seconds: float = 0.2) -> None:
@@ -97,6 +104,20 @@ class EndingSearch:
         self._eos = frozenset(vocab.eos_token_ids)
         self.max_width, self.max_fills, self.max_length = max_width, max_fills, max_length
         self.max_seconds = max_seconds
+        self._shortest: weakref.WeakKeyDictionary[CompiledGrammar, int | None] = weakref.WeakKeyDictionary()
+
+    def measure(self, compiled: CompiledGrammar) -> None:
+        """Remember the length in tokens of the grammar's shortest answer (None: not found), for
+        shortest_answer. Meant to run where the grammar was compiled, off the engine loop."""
+        self._shortest[compiled] = self.answer_length(compiled.new_matcher())
+
+    def answer_length(self, matcher: GrammarMatcher) -> int | None:
+        ids = self.ending_tokens(matcher, empty_ok=False)
+        return None if ids is None else len(ids)
+
+    def shortest_answer(self, compiled: CompiledGrammar) -> int | None:
+        """The measured length of the grammar's shortest answer in tokens, EOS included; None if unknown."""
+        return self._shortest.get(compiled)
 
     def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True) -> list[int] | None:
         """Token ids that end the answer from the matcher's state: a short way to where the grammar may end,

@@ -102,6 +102,7 @@ class ReasoningGate:
         closing_scope: Callable[[], bool] | None = None,
         closing_reserve_tokens: int | None = None,
         ending: EndingSearch | None = None,
+        ending_early: bool = True,
         combined_keeps: CombinedKeeps | None = None,
     ) -> None:
         phase = Phase(phase)
@@ -125,8 +126,10 @@ class ReasoningGate:
         self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
                                  closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
         self._ending = ending  # finds an ending to append whole when the token budget runs out
-        # tokens left at which the ending is looked for: early enough for a long one, last at the reserve
-        self._ending_points = [self._closing_reserve * k for k in (4, 2, 1)] if self._closing_reserve > 0 else []
+        # tokens left at which the ending is looked for: early enough for a long one (unless the grammar's
+        # shortest answer fits in the reserve), last at the reserve
+        self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
+                               if self._closing_reserve > 0]
         self.closed_by_budget = False  # the closing reserve steered (JSON) or wrote (regex, EBNF) this answer's end
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
