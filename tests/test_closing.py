@@ -281,3 +281,21 @@ def test_answers_that_end_on_their_own_cost_no_search(tiny_model_dirs, monkeypat
         compiled = engine.parts.grammar_cache.get(constraint_from_fields(json_schema=json.dumps(long_schema)))
     assert search.shortest_answer(compiled) > closing_reserve(160)
     assert len(calls) >= 3  # measured at its compile, then looked for before the reserve
+
+
+def test_logprobs_keep_one_entry_per_token_through_forced_text(tiny_model_dirs) -> None:
+    """The forced end marker, jump-forward text and a budget's ending are output tokens too: each gets an
+    entry (0.0, no alternatives), so tokens and logprobs still line up."""
+    from thinkform import Engine
+
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1",
+                max_total_tokens=4096) as engine:
+        out = engine.generate("Think, then write it.", {"temperature": 1.0, "seed": 1, "max_new_tokens": 40,
+                                                        "regex": r"[a-z]+@[a-z]+\.com"},
+                              require_reasoning=True, return_logprob=True, top_logprobs_num=2)
+    meta = out["meta_info"]
+    assert meta["closed_by_budget"] and "</think>" in out["text"]
+    assert [t for _, t, _ in meta["output_token_logprobs"]] == out["output_ids"]
+    assert len(meta["output_top_logprobs"]) == len(out["output_ids"])
+    sampled = [lp for lp, _, _ in meta["output_token_logprobs"] if lp != 0.0]
+    assert sampled and all(lp < 0 for lp in sampled)

@@ -318,9 +318,7 @@ class EngineLoop:
             jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1)
             ids = jumped if replaced else ids + jumped
             self.counters["jump_tokens"] += len(jumped) - replaced
-        if logprob is not None:
-            self._record_logprob(seq, token, ids, logprob)
-        finish = self._append(seq, ids)
+        finish = self._append(seq, ids, (token, logprob) if logprob is not None else None)
         if finish is None and gate is not None:
             forced = gate.forced_tokens(len(seq.output_ids))
             if forced:
@@ -364,8 +362,9 @@ class EngineLoop:
     def _room(seq: Sequence) -> int:
         return seq.params.max_new_tokens - len(seq.output_ids)
 
-    def _append(self, seq: Sequence, ids: list[int]) -> FinishReason | None:
-        """Append ids one by one, checking every stop rule; returns the finish reason, if any."""
+    def _append(self, seq: Sequence, ids: list[int], sampled: tuple[int, tuple] | None = None) -> FinishReason | None:
+        """Append ids one by one, checking every stop rule; returns the finish reason, if any. `sampled`:
+        (the sampled token, its logprobs) when the request returns logprobs."""
         p = seq.params
         gate = seq.gate
         last = len(ids) - 1
@@ -373,6 +372,9 @@ class EngineLoop:
             if len(seq.output_ids) >= p.max_new_tokens:
                 return FinishReason("length", None, length=p.max_new_tokens)
             seq.output_ids.append(tid)
+            if seq.return_logprob:
+                self._record_logprob(seq, tid, sampled)
+                sampled = None if sampled is not None and sampled[0] == tid else sampled  # its value once
             self.counters["generated_tokens"] += 1
             may_stop = gate is None or gate.may_stop()
             if gate is not None and gate.finished and i == last:  # the gate took all of ids (a forced ending)
@@ -393,12 +395,14 @@ class EngineLoop:
                     return FinishReason("stop", stop)
         return None
 
-    def _record_logprob(self, seq: Sequence, token: int, ids: list[int], logprob: tuple) -> None:
-        value, top = logprob
-        for tid in ids:  # forced replacements get no model logprob
-            seq.token_logprobs.append((value if tid == token else 0.0, tid, None))
-            if seq.top_logprobs_num:
-                seq.top_logprobs.append([(v, t, None) for v, t in (top or [])] if tid == token else [])
+    @staticmethod
+    def _record_logprob(seq: Sequence, tid: int, sampled: tuple[int, tuple] | None) -> None:
+        """One entry per output token: the sampled token's own logprob, 0.0 (and no alternatives) for the
+        tokens the engine appended itself (jump-forward text, forced markers, a budget's ending)."""
+        value, top = sampled[1] if sampled is not None and sampled[0] == tid else (0.0, None)
+        seq.token_logprobs.append((value, tid, None))
+        if seq.top_logprobs_num:
+            seq.top_logprobs.append([(v, t, None) for v, t in (top or [])])
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.finished:
