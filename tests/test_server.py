@@ -156,6 +156,31 @@ def test_sdk_extra_body_ebnf_and_regex(served):
     assert resp.choices[0].message.content == "Paris"
 
 
+def test_vllm_constraint_fields_are_taken_not_ignored(served):
+    """A vLLM client's guided_* / structured_outputs fields constrain the answer as they do on vLLM."""
+    engine, base = served
+    client = _client(base)
+    for extra, key, expected in [
+            ({"guided_regex": "(Paris|London)"}, "regex", "(Paris|London)"),
+            ({"guided_grammar": 'root ::= "Paris"'}, "ebnf", 'root ::= "Paris"'),
+            ({"guided_json": {"type": "object"}}, "json_schema", '{"type": "object"}'),
+            ({"guided_choice": ["Paris", 'Lon"don']}, "ebnf", 'root ::= "Paris" | "Lon\\"don"'),
+            ({"structured_outputs": {"choice": ["Rome"]}}, "ebnf", 'root ::= "Rome"'),
+            ({"structured_outputs": {"json": '{"type": "string"}', "backend": "xgrammar"}}, "json_schema",
+             '{"type": "string"}'),
+            ({"structured_outputs": {"json_object": True}}, "json_schema", '{"type": "object"}')]:
+        client.chat.completions.create(model="m", messages=QUESTION, extra_body=extra)
+        assert engine.calls[-1]["sampling_params"][key] == expected, extra
+    for extra, param in [({"guided_regex": "a", "regex": "b"}, "guided_regex"),
+                         ({"guided_choice": []}, "guided_choice"),
+                         ({"structured_outputs": {"choices": ["a"]}}, "structured_outputs.choices"),
+                         ({"guided_json": {"type": "object"}, "response_format": {"type": "json_object"}},
+                          "guided_json")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="m", messages=QUESTION, extra_body=extra)
+        assert e.value.body["param"] == param, e.value.body
+
+
 def test_n_greater_than_one(served):
     _, base = served
     resp = _client(base).chat.completions.create(model="m", messages=QUESTION, n=3, max_tokens=8)
@@ -533,3 +558,21 @@ def test_launch_server_helpers_start_serve_and_stop(tmp_path):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
         s.listen()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_a_vllm_choice_compiles_to_exactly_its_strings(tiny_tokenizer, backend):
+    from thinkform.server.params import constraint_fields
+    from thinkform.server.protocol import ChatCompletionRequest
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+
+    choices = ["Paris", 'Lon"don', "São Paulo", "a\\b", "new\nline"]
+    body = ChatCompletionRequest(messages=QUESTION, guided_choice=choices)
+    fields = constraint_fields(body, None)
+    compiled = create_backend(backend, BackendContext(tiny_tokenizer, len(tiny_tokenizer), (0,), GrammarOptions())
+                              ).compile(constraint_from_fields(**fields))
+    for text in choices + ["Pari", "Parisx", "London"]:
+        matcher = compiled.new_matcher()
+        whole = matcher.accept_string(text) and matcher.can_terminate()
+        assert whole == (text in choices), (text, fields)

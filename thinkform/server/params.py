@@ -63,17 +63,52 @@ def response_format_fields(fmt: ResponseFormat | None) -> dict[str, Any]:
                    param="response_format")
 
 
+# vLLM's constraint fields -> ours: `guided_*` (extra_body) and the `structured_outputs` object of vLLM ≥ 0.10
+_VLLM_FIELDS = {"guided_json": "json_schema", "guided_regex": "regex", "guided_grammar": "ebnf",
+                "guided_choice": "choice"}
+_VLLM_STRUCTURED_OUTPUTS = {"json": "json_schema", "regex": "regex", "grammar": "ebnf", "choice": "choice",
+                            "structural_tag": "structural_tag", "json_object": "json_object"}
+
+
 def constraint_fields(req: SamplingFields, fmt: ResponseFormat | None) -> dict[str, Any]:
-    """All constraint fields of a request: response_format plus SGLang's extra fields."""
-    fields = response_format_fields(fmt)
-    for name in ("json_schema", "regex", "ebnf", "structural_tag"):
-        value = getattr(req, name)
-        if value is None:
+    """All constraint fields of a request: response_format plus SGLang's extra fields (vLLM's spellings
+    taken too). Two constraints are an error naming both (validate_constraints)."""
+    given: list[tuple[str, str, Any]] = [(name, name, value) for name, value in response_format_fields(fmt).items()]
+    given += [(name, name, getattr(req, name)) for name in ("json_schema", "regex", "ebnf", "structural_tag")]
+    given += [(name, ours, getattr(req, name)) for name, ours in _VLLM_FIELDS.items()]
+    given += _structured_outputs(req.structured_outputs)
+    fields: dict[str, Any] = {}
+    named: dict[str, str] = {}
+    for name, ours, value in given:
+        if value is None or value is False:
             continue
-        if name in fields:
-            raise APIError(f"{name} given both in response_format and as a field", param=name)
-        fields[name] = value
+        ours, value = _vllm_value(name, ours, value)
+        if ours in fields:
+            raise APIError(f"{name}: {named[ours]} already gives a {ours} constraint", param=name)
+        fields[ours], named[ours] = value, name
     return fields
+
+
+def _structured_outputs(value: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
+    if value is None:
+        return []
+    unknown = sorted(set(value) - set(_VLLM_STRUCTURED_OUTPUTS) - {"backend", "disable_any_whitespace",
+                                                                     "disable_additional_properties", "whitespace_pattern"})
+    if unknown:
+        raise APIError(f"structured_outputs: unknown key {unknown[0]!r} (known: "
+                       f"{', '.join(sorted(_VLLM_STRUCTURED_OUTPUTS))})", param=f"structured_outputs.{unknown[0]}")
+    return [(f"structured_outputs.{k}", ours, value.get(k)) for k, ours in _VLLM_STRUCTURED_OUTPUTS.items()]
+
+
+def _vllm_value(name: str, ours: str, value: Any) -> tuple[str, Any]:
+    """A choice is an EBNF of its alternatives (the answer is one of them, verbatim); json_object any object."""
+    if ours == "json_object":
+        return "json_schema", {"type": "object"}
+    if ours != "choice":
+        return ours, value
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise APIError(f"{name}: a non-empty list of non-empty strings is required", param=name)
+    return "ebnf", "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in value)
 
 
 def check_max_tokens(value: int | None, limits: RequestLimits, param: str) -> None:

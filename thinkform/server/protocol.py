@@ -85,6 +85,12 @@ class SamplingFields(Lenient):
     ebnf: Optional[str] = None
     json_schema: Optional[Union[str, dict[str, Any]]] = None
     structural_tag: Optional[Union[str, dict[str, Any]]] = None
+    # the same, in vLLM's spelling (server/params.py maps them), so vLLM clients are not silently unconstrained
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_grammar: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
     max_reasoning_tokens: Optional[conint(ge=0)] = None
     answer_reserve_tokens: Optional[conint(ge=0)] = None
 
