@@ -156,7 +156,7 @@ def test_the_ending_search_completes_a_sentence_of_the_grammar(tiny_tokenizer, b
 
 def test_the_ending_search_gives_up_within_its_limits(tiny_tokenizer) -> None:
     from thinkform.structured.backends import BackendContext, create_backend
-    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.ending import EndingSearch, SearchLimits
     from thinkform.structured.spec import GrammarOptions, constraint_from_fields
     from thinkform.structured.vocab import TokenVocab
 
@@ -165,9 +165,9 @@ def test_the_ending_search_gives_up_within_its_limits(tiny_tokenizer) -> None:
                                                          GrammarOptions())).compile(
         constraint_from_fields(regex=r"[a-z]{40}"))
     matcher = compiled.new_matcher()
-    assert EndingSearch(vocab, max_length=20).ending_tokens(matcher) is None
-    assert EndingSearch(vocab, max_fills=10).ending_tokens(matcher) is None
-    assert EndingSearch(vocab, max_seconds=0).ending_tokens(matcher) is None
+    assert EndingSearch(vocab, SearchLimits(max_length=20)).ending_tokens(matcher) is None
+    assert EndingSearch(vocab, SearchLimits(max_fills=10)).ending_tokens(matcher) is None
+    assert EndingSearch(vocab, SearchLimits(max_seconds=0)).ending_tokens(matcher) is None
     # and each search that gave up left the matcher where it was: the whole way is still 40 letters
     assert len(vocab.bytes_of(EndingSearch(vocab).find(matcher))) == 40
 
@@ -299,3 +299,21 @@ def test_logprobs_keep_one_entry_per_token_through_forced_text(tiny_model_dirs) 
     assert len(meta["output_top_logprobs"]) == len(out["output_ids"])
     sampled = [lp for lp, _, _ in meta["output_token_logprobs"] if lp != 0.0]
     assert sampled and all(lp < 0 for lp in sampled)
+
+
+def test_the_answer_reserve_grows_to_the_grammars_shortest_answer(tiny_model_dirs) -> None:
+    """Twelve required strings need more than the default answer reserve (a quarter of max_new_tokens) just
+    to be written: the thinking is closed early enough for the whole answer to arrive."""
+    from thinkform import Engine
+
+    schema = {"type": "object", "properties": {f"field{i}": {"type": "string"} for i in range(12)},
+              "required": [f"field{i}" for i in range(12)]}
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 200, "json_schema": json.dumps(schema)}
+              for i in range(4)]
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1",
+                max_total_tokens=8192) as engine:
+        outs = engine.generate(["Think, then fill it in."] * len(params), params, require_reasoning=True)
+    for out in outs:
+        meta = out["meta_info"]
+        assert meta["reasoning_content"] and meta["finish_reason"]["type"] == "stop", out
+        jsonschema.validate(json.loads(meta["content"]), schema)

@@ -42,7 +42,7 @@ class EngineArgs:
     max_constraint_bytes: int = field(default=512 * 2**10, metadata={"help": "largest json_schema / regex / ebnf / structural_tag, in UTF-8 bytes (larger: 400)"})
     max_constraint_depth: int = field(default=64, metadata={"help": "deepest nesting of a constraint: JSON levels of a schema or tag, brackets of a regex or grammar (deeper: 400)"})
     max_constraint_repeat: int = field(default=100000, metadata={"help": "largest text a constraint may force through repetition counts (regex/EBNF {n,m}, JSON schema minItems/minLength), nested counts multiplied (larger: 400)"})
-    answer_reserve_tokens: int | None = field(default=None, metadata={"help": "tokens kept for the answer (default min(128, max_new_tokens/4))"})
+    answer_reserve_tokens: int | None = field(default=None, metadata={"help": "tokens kept for the answer (default min(128, max_new_tokens/4), raised to the grammar's shortest answer plus the closing reserve where that is longer)"})
     json_any_whitespace: bool = field(default=False, metadata={"help": "allow flexible (bounded) whitespace in JSON answers"})
     max_number_digits: int = field(default=17, metadata={"help": "max significant digits of a JSON number in constrained answers"})
     grammar_compile_timeout: float = field(default=30.0, metadata={"help": "seconds before a grammar compile fails its request"})

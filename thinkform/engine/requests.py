@@ -168,19 +168,32 @@ class RequestBuilder:
         in_reasoning = markers is not None and req.reasoning_start != "answer"
         if c is None and not in_reasoning:
             return None
-        matcher = req.compiled[c.key].new_matcher() if c is not None else None
+        compiled = req.compiled[c.key] if c is not None else None
+        matcher = compiled.new_matcher() if compiled is not None else None
         kind = c.kind if c is not None else None
         json_answer = kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
-        reserve = p.answer_reserve_tokens if p.answer_reserve_tokens is not None else \
-            self.args.answer_reserve_tokens if self.args.answer_reserve_tokens is not None else \
-            min(128, p.max_new_tokens // 4)
         tags = json_tag_bounds(c.data()) if c is not None and c.kind == "structural_tag" else []
         guards = self._guards(c, json_answer, tags)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=reserve, guards=guards,
-            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags, req.compiled[c.key] if c is not None else None))
+            max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, compiled), guards=guards,
+            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags, compiled))
+
+    def _answer_reserve(self, p: SamplingParams, compiled: Any) -> int:
+        """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
+        min(128, max_new_tokens / 4), raised to the grammar's shortest answer plus the closing reserve
+        where that is longer (twenty required fields need more than 128 tokens to arrive at all)."""
+        if p.answer_reserve_tokens is not None:
+            return p.answer_reserve_tokens
+        if self.args.answer_reserve_tokens is not None:
+            return self.args.answer_reserve_tokens
+        reserve = min(128, p.max_new_tokens // 4)
+        shortest = self.parts.ending_search.shortest_answer(compiled) if compiled is not None else None
+        if shortest is not None:
+            # the answer comes first: a budget too small for both leaves the thinking short, not the answer
+            reserve = max(reserve, min(shortest + closing_reserve(p.max_new_tokens), p.max_new_tokens))
+        return reserve
 
     def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
                  tags: list[tuple[str, str]], compiled: Any) -> dict[str, Any]:

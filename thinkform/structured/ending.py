@@ -19,11 +19,11 @@ backend and every constraint kind:
 - where it fails, breadth-first over the same children; nodes of one level whose masks are equal count as
   one state and are expanded once (every reachable state has a way to an end, so dropping a twin never
   loses the last way);
-- limits: `max_width` nodes a level, `max_fills` mask fills in all (fills are the search's cost: up to
-  ~0.4 ms each for xgrammar over a 152k vocabulary) and `max_length` tokens in a way; past them there is no
-  ending, and the answer is cut as it would have been. They count work, so a request closes the same way
-  on every machine; `max_seconds` (0.2 s) only guards the engine loop against a matcher that slows down
-  as a way grows (xgrammar under `(x+x+)+y`).
+- limits (SearchLimits): 16 nodes a level, 2048 mask fills in all (fills are the search's cost: up to
+  ~0.4 ms each for xgrammar over a 152k vocabulary) and 1024 tokens in a way; past them there is no ending,
+  and the answer is cut as it would have been. They count work, so a request closes the same way on every
+  machine; 0.2 s only guards the engine loop against a matcher that slows down as a way grows (xgrammar
+  under `(x+x+)+y`).
 
 The gate looks when the closing reserve of tokens is left, and, for a grammar whose shortest answer is
 longer than the reserve (measured once per compiled grammar, on its compile thread), at 4× and 2× the
@@ -60,6 +60,19 @@ _CLASSES: tuple[bytes, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class SearchLimits:
+    max_width: int = 16  # nodes a level of the breadth-first search
+    max_fills: int = 2048  # mask fills in all
+    max_length: int = 1024  # tokens in a way (single bytes mostly: twelve empty JSON fields take ~170)
+    max_seconds: float = 0.2  # a guard against matchers that slow down as a way grows
+
+
+# Measuring a grammar's shortest answer runs on its compile thread, where a long answer (twenty required
+# fields) may take longer to find.
+MEASURE_LIMITS = SearchLimits(max_fills=8192, max_length=4096, max_seconds=2.0)
+
+
 class _Exhausted(Exception):
     """The search spent its fills or its time."""
 
@@ -70,6 +83,7 @@ class _Walk:
 
     matcher: GrammarMatcher
     scratch: torch.Tensor
+    limits: SearchLimits
     fills_left: int
     deadline: float
 
@@ -92,8 +106,8 @@ class EndingSearch:
     """Per vocabulary, shared by all requests: the byte classes' token ids, the limits, and each compiled
     grammar's shortest answer (measured once, on its compile thread)."""
 
-    def __init__(self, vocab: TokenVocab, *, max_width: int = 16, max_fills: int = 512, max_length: int = 128,
-                 max_seconds: float = 0.2) -> None:
+    def __init__(self, vocab: TokenVocab, limits: SearchLimits = SearchLimits(),
+                 measure_limits: SearchLimits = MEASURE_LIMITS) -> None:
         pairs = [(vocab.byte_ids[b], k) for k, members in enumerate(_CLASSES) for b in members if b in vocab.byte_ids]
         self._ids = np.array([t for t, _ in pairs], dtype=np.int64)
         self._classes = np.array([k for _, k in pairs], dtype=np.int64)
@@ -102,28 +116,25 @@ class EndingSearch:
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
         self._eos = frozenset(vocab.eos_token_ids)
-        self.max_width, self.max_fills, self.max_length = max_width, max_fills, max_length
-        self.max_seconds = max_seconds
+        self.limits, self.measure_limits = limits, measure_limits
         self._shortest: weakref.WeakKeyDictionary[CompiledGrammar, int | None] = weakref.WeakKeyDictionary()
 
     def measure(self, compiled: CompiledGrammar) -> None:
         """Remember the length in tokens of the grammar's shortest answer (None: not found), for
         shortest_answer. Meant to run where the grammar was compiled, off the engine loop."""
-        self._shortest[compiled] = self.answer_length(compiled.new_matcher())
-
-    def answer_length(self, matcher: GrammarMatcher) -> int | None:
-        ids = self.ending_tokens(matcher, empty_ok=False)
-        return None if ids is None else len(ids)
+        ids = self.ending_tokens(compiled.new_matcher(), empty_ok=False, limits=self.measure_limits)
+        self._shortest[compiled] = None if ids is None else len(ids)
 
     def shortest_answer(self, compiled: CompiledGrammar) -> int | None:
         """The measured length of the grammar's shortest answer in tokens, EOS included; None if unknown."""
         return self._shortest.get(compiled)
 
-    def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True) -> list[int] | None:
+    def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True,
+                      limits: SearchLimits | None = None) -> list[int] | None:
         """Token ids that end the answer from the matcher's state: a short way to where the grammar may end,
         spelled in as few tokens as the tokenizer finds, then EOS unless the grammar terminated by itself.
         None when the search finds no way within its limits. The matcher is left as it was."""
-        path = self.find(matcher, empty_ok=empty_ok)
+        path = self.find(matcher, empty_ok=empty_ok, limits=limits)
         if path is None:
             return None
         ending = self._vocab.bytes_of(path)
@@ -133,13 +144,15 @@ class EndingSearch:
                 return ids if terminated else ids + [self._vocab.eos_token_ids[0]]
         return None
 
-    def find(self, matcher: GrammarMatcher, *, empty_ok: bool = True) -> list[int] | None:
+    def find(self, matcher: GrammarMatcher, *, empty_ok: bool = True,
+             limits: SearchLimits | None = None) -> list[int] | None:
         """Token ids (single bytes where the grammar allows them) from the matcher's state to one where the
         grammar may end ([] when it may end now and `empty_ok`), or None. The matcher is left as it was."""
         if empty_ok and matcher.can_terminate():
             return []
-        walk = _Walk(matcher, torch.empty((1, self._words), dtype=torch.int32), self.max_fills,
-                     time.perf_counter() + self.max_seconds)
+        limits = limits or self.limits
+        walk = _Walk(matcher, torch.empty((1, self._words), dtype=torch.int32), limits,
+                     limits.max_fills, time.perf_counter() + limits.max_seconds)
         try:
             found = self._greedy(walk)
             return found if found is not None else self._breadth_first(walk)
@@ -155,7 +168,7 @@ class EndingSearch:
         path: list[int] = []
         words = walk.mask()
         try:
-            while len(path) < self.max_length:
+            while len(path) < walk.limits.max_length:
                 children = self._children(words)
                 last = self._last_child(walk, children)
                 if last is not None:
@@ -206,10 +219,10 @@ class EndingSearch:
     def _breadth_first(self, walk: _Walk) -> list[int] | None:
         """The shortest way (within the limits), level by level."""
         level: list[list[int]] = [[]]
-        while level and len(level[0]) < self.max_length:
+        while level and len(level[0]) < walk.limits.max_length:
             twins: set[bytes] = set()
             following: list[list[int]] = []
-            for path in level[:self.max_width]:  # the level is in class order: the likeliest ways out first
+            for path in level[:walk.limits.max_width]:  # the level is in class order: the likeliest ways out first
                 found = self._expand(walk, path, twins, following)
                 if found is not None:
                     return found
