@@ -9,6 +9,11 @@ allowed token of the real Qwen vocabulary), then times the search from where the
 backend that compiles the grammar. It reports the search's time (median, p99, max), the share of walks it
 found an ending for, and the ending's length in tokens (median, max); every ending found is checked by
 feeding it to the matcher, which must then terminate.
+
+    python bench/ending_search.py --schemas-dir ../shared/data/jsonschemabench [--limit 200]
+
+times instead what the grammar cache does after each compile: measuring the schema's shortest answer
+(which decides the answer reserve and when the ending is first looked for), against the compile itself.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,15 +99,55 @@ def measure(backend_name: str, kind: str, source: str, vocab: TokenVocab, tok, a
             "tokens_p50": statistics.median(lengths) if lengths else None, "tokens_max": max(lengths, default=None)}
 
 
+def measure_schemas(schemas_dir: Path, limit: int, vocab: TokenVocab, tok) -> None:
+    """Compile each JSONSchemaBench schema with xgrammar, then measure its shortest answer as the grammar
+    cache does after every compile (EndingSearch.measure): its time against the compile's."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from grammar_overhead import load_schemas
+
+    backend = create_backend("xgrammar", BackendContext(tok, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions()))
+    search = EndingSearch(vocab)
+    compile_ms, measure_ms, lengths, unknown = [], [], [], 0
+    for _, source in load_schemas(schemas_dir, limit):
+        try:
+            start = time.perf_counter()
+            compiled = backend.compile(constraint_from_fields(json_schema=source))
+        except Exception:  # noqa: BLE001 - a schema xgrammar refuses has nothing to measure
+            continue
+        compiled_at = time.perf_counter()
+        search.measure(compiled)
+        compile_ms.append((compiled_at - start) * 1e3)
+        measure_ms.append((time.perf_counter() - compiled_at) * 1e3)
+        length = search.shortest_answer(compiled)
+        unknown += length is None
+        lengths += [] if length is None else [length]
+
+    def q(values: list[float], p: float) -> float:
+        values = sorted(values)
+        return values[min(len(values) - 1, int(p * len(values)))]
+
+    print(f"| schemas | compile ms p50 / p90 / p99 | measure ms p50 / p90 / p99 / max | shortest answer tokens "
+          f"p50 / p90 / max | not found |\n| --- | --- | --- | --- | --- |\n| {len(compile_ms)} | "
+          f"{q(compile_ms, .5):.1f} / {q(compile_ms, .9):.1f} / {q(compile_ms, .99):.1f} | {q(measure_ms, .5):.1f} / "
+          f"{q(measure_ms, .9):.1f} / {q(measure_ms, .99):.1f} / {max(measure_ms):.1f} | {q(lengths, .5)} / "
+          f"{q(lengths, .9)} / {max(lengths)} | {unknown} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--walks", type=int, default=40)
     parser.add_argument("--max-walk", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grammars", nargs="+", default=list(GRAMMARS), choices=list(GRAMMARS))
+    parser.add_argument("--schemas-dir", type=Path, default=None,
+                        help="JSONSchemaBench's folder: time measuring each schema's shortest answer instead")
+    parser.add_argument("--limit", type=int, default=200, help="with --schemas-dir: schemas, an equal share per subset")
     args = parser.parse_args()
     tok = build_qwen_tokenizer()
     vocab = TokenVocab.from_tokenizer(tok, len(tok))
+    if args.schemas_dir is not None:
+        measure_schemas(args.schemas_dir, args.limit, vocab, tok)
+        return
     print("| grammar | backend | search ms p50 / p99 / max | ending found | ending tokens p50 / max |")
     print("| --- | --- | --- | --- | --- |")
     for name in args.grammars:

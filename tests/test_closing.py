@@ -270,17 +270,16 @@ def test_answers_that_end_on_their_own_cost_no_search(tiny_model_dirs, monkeypat
         calls = []
         ending_tokens = search.ending_tokens
         monkeypatch.setattr(search, "ending_tokens", lambda *a, **k: calls.append(1) or ending_tokens(*a, **k))
-        out = engine.generate("Yes or no?", {"temperature": 0, "max_new_tokens": 64,
-                                             "json_schema": json.dumps({"enum": ["yes", "no"]})})
-        assert out["meta_info"]["finish_reason"]["type"] == "stop" and calls == [1]  # its compile measured it
-        out = engine.generate("Yes or no?", {"temperature": 0, "max_new_tokens": 64,
-                                             "json_schema": json.dumps({"enum": ["yes", "no"]})})
-        assert out["meta_info"]["finish_reason"]["type"] == "stop" and calls == [1]  # cached: nothing more
+        short = json.dumps({"enum": ["yes", "no"]})
+        assert search.wait_measured(engine.parts.grammar_cache.get(constraint_from_fields(json_schema=short)))
+        calls.clear()
+        out = engine.generate("Yes or no?", {"temperature": 0, "max_new_tokens": 64, "json_schema": short})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop" and calls == []
         engine.generate("Fill it in.", {"temperature": 1.0, "seed": 0, "max_new_tokens": 160,
                                         "json_schema": json.dumps(long_schema)})
         compiled = engine.parts.grammar_cache.get(constraint_from_fields(json_schema=json.dumps(long_schema)))
-    assert search.shortest_answer(compiled) > closing_reserve(160)
-    assert len(calls) >= 3  # measured at its compile, then looked for before the reserve
+        assert search.wait_measured(compiled) and search.shortest_answer(compiled) > closing_reserve(160)
+    assert len(calls) >= 3  # measured after its compile, and looked for before the reserve
 
 
 def test_logprobs_keep_one_entry_per_token_through_forced_text(tiny_model_dirs) -> None:
@@ -305,6 +304,7 @@ def test_the_answer_reserve_grows_to_the_grammars_shortest_answer(tiny_model_dir
     """Twelve required strings need more than the default answer reserve (a quarter of max_new_tokens) just
     to be written: the thinking is closed early enough for the whole answer to arrive."""
     from thinkform import Engine
+    from thinkform.structured.spec import constraint_from_fields
 
     schema = {"type": "object", "properties": {f"field{i}": {"type": "string"} for i in range(12)},
               "required": [f"field{i}" for i in range(12)]}
@@ -312,6 +312,8 @@ def test_the_answer_reserve_grows_to_the_grammars_shortest_answer(tiny_model_dir
               for i in range(4)]
     with Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1",
                 max_total_tokens=8192) as engine:
+        compiled = engine.parts.grammar_cache.get(constraint_from_fields(json_schema=json.dumps(schema)))
+        assert engine.parts.ending_search.wait_measured(compiled)  # measured after its compile, off the requests
         outs = engine.generate(["Think, then fill it in."] * len(params), params, require_reasoning=True)
     for out in outs:
         meta = out["meta_info"]

@@ -52,8 +52,8 @@ class _Job:
 class GrammarCache:
     def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2,
                  after_compile: Callable[[CompiledGrammar], None] | None = None) -> None:
-        """after_compile: run on each newly compiled grammar, on its compile thread (its errors are ignored:
-        what it computes is an extra)."""
+        """after_compile: run on each newly compiled grammar, on its compile thread once the grammar is
+        handed out (its errors are ignored: what it computes is an extra)."""
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.backend = backend
@@ -127,11 +127,6 @@ class GrammarCache:
         error: BaseException | None = None
         try:
             result = self.backend.compile(job.constraint)
-            if self.after_compile is not None:
-                try:
-                    self.after_compile(result)
-                except Exception:  # noqa: BLE001 - an extra; the grammar itself compiled
-                    pass
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed
             error = e
         with self._cond:
@@ -150,8 +145,17 @@ class GrammarCache:
         # Resolved outside the lock: done-callbacks may call back into the cache.
         if error is None:
             job.future.set_result(result)  # type: ignore[arg-type]
+            self._after_compile(result)  # type: ignore[arg-type]
         else:
             job.future.set_exception(error)
+
+    def _after_compile(self, result: CompiledGrammar) -> None:
+        """The extra work on a new grammar, after its requests got it: it never delays them."""
+        if self.after_compile is not None:
+            try:
+                self.after_compile(result)
+            except Exception:  # noqa: BLE001 - an extra; the grammar itself compiled
+                pass
 
     def _store(self, key: CacheKey, future: Future[CompiledGrammar]) -> None:
         self._done[key] = future

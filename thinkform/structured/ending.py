@@ -26,8 +26,8 @@ backend and every constraint kind:
   under `(x+x+)+y`).
 
 The gate looks when the closing reserve of tokens is left, and, for a grammar whose shortest answer is
-longer than the reserve (measured once per compiled grammar, on its compile thread), at 4× and 2× the
-reserve as well: a long ending is appended while it still fits. An answer that ends on its own before
+longer than the reserve or not known yet (measured once per compiled grammar, on its compile thread after
+the grammar is handed out: p50 1.9 ms, p99 0.9 s over JSONSchemaBench), at 4× and 2× the reserve as well: a long ending is appended while it still fits. An answer that ends on its own before
 its budget costs no search.
 """
 from __future__ import annotations
@@ -126,8 +126,18 @@ class EndingSearch:
         self._shortest[compiled] = None if ids is None else len(ids)
 
     def shortest_answer(self, compiled: CompiledGrammar) -> int | None:
-        """The measured length of the grammar's shortest answer in tokens, EOS included; None if unknown."""
+        """The measured length of the grammar's shortest answer in tokens, EOS included; None if unknown
+        (not found, or not measured yet: the first requests of a new grammar do without)."""
         return self._shortest.get(compiled)
+
+    def wait_measured(self, compiled: CompiledGrammar, timeout: float = 10.0) -> bool:
+        """Whether the grammar was measured within `timeout` seconds (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while compiled not in self._shortest:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True,
                       limits: SearchLimits | None = None) -> list[int] | None:
