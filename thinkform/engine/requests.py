@@ -214,8 +214,7 @@ class RequestBuilder:
         if tagged is None:
             return {}
         end_bytes = max(len(end.encode()) for _, end in tags)  # sampled token by token: one byte each at worst
-        return {"closing": self.parts.closing_rules, "ending": self.parts.ending_search,
-                "closing_scope": tagged.inside_tag,
+        return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": tagged.inside_tag,
                 "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + end_bytes}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:

@@ -130,7 +130,7 @@ class ReasoningGate:
         # shortest answer fits in the reserve), last at the reserve
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
-        self.closed_by_budget = False  # the closing reserve steered (JSON) or wrote (regex, EBNF) this answer's end
+        self.closed_by_budget = False  # this answer's end was written (or steered) because the budget ran out
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
@@ -290,8 +290,8 @@ class ReasoningGate:
         return self._advance(self._marker_completion(token_id))
 
     def forced_tokens(self, num_generated: int) -> list[int]:
-        """Ids the engine must append instead of sampling (thinking budget, answer reserve, a regex or EBNF
-        answer's ending), else []."""
+        """Ids the engine must append instead of sampling (thinking budget, answer reserve, the ending of an
+        answer near its budget), else []."""
         if self.phase is Phase.ANSWER:
             return self._forced_ending(num_generated)
         if self.phase is not Phase.REASONING or self.markers is None:
