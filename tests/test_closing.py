@@ -319,3 +319,18 @@ def test_the_answer_reserve_grows_to_the_grammars_shortest_answer(tiny_model_dir
         meta = out["meta_info"]
         assert meta["reasoning_content"] and meta["finish_reason"]["type"] == "stop", out
         jsonschema.validate(json.loads(meta["content"]), schema)
+
+
+def test_a_stop_string_inside_an_appended_ending_does_not_cut_it(tiny_model_dirs) -> None:
+    """Stop strings count only where the grammar may end, in an ending the engine appends as anywhere."""
+    import re
+
+    from thinkform import Engine
+
+    regex = r"[a-z]+@[a-z]+\.com"
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 32, "regex": regex, "stop": ["."]}
+              for i in range(4)]
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096) as engine:
+        outs = engine.generate(["Write it."] * len(params), params)
+    for out in outs:
+        assert re.fullmatch(regex, out["text"]) and out["meta_info"]["closed_by_budget"], out

@@ -376,7 +376,9 @@ class EngineLoop:
                 self._record_logprob(seq, tid, sampled)
                 sampled = None if sampled is not None and sampled[0] == tid else sampled  # its value once
             self.counters["generated_tokens"] += 1
-            may_stop = gate is None or gate.may_stop()
+            # the gate took all of ids at once; where it may end is known after the last of them only, and
+            # text the grammar forced (jump-forward, a budget's ending) passes no place it could end before
+            may_stop = (gate is None or gate.may_stop()) and i == last
             if gate is not None and gate.finished and i == last:  # the gate took all of ids (a forced ending)
                 matched = tid if tid in self.eos else None
                 if matched is None:
