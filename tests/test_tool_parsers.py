@@ -143,7 +143,9 @@ RICH = {"type": "function", "function": {"name": "plan_trip", "parameters": {"ty
     "city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}, "days": {"type": "integer"},
     "budget": {"type": ["number", "null"]}, "flags": {"type": "array", "items": {"type": "boolean"}},
     "hotel": {"type": "object", "properties": {"stars": {"type": "integer"}, "name": {"type": "string"}},
-              "required": ["stars"]}, "extra": {}}, "required": ["city", "days"]}}}
+              "required": ["stars"]}, "extra": {},
+    "legs": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 5}, "minItems": 1, "maxItems": 2},
+    "nights": {"type": "integer", "minimum": 0}}, "required": ["city", "days"]}}}
 
 
 def test_pythonic_calls_are_constrained_for_required_and_named():
@@ -158,6 +160,9 @@ def test_pythonic_calls_are_constrained_for_required_and_named():
                   '[plan_trip(city="Rome")]', '[plan_trip(city="Rome", days=3.5)]',
                   '[plan_trip(city="Rome", days=12345678901234567890)]'):
         assert not _grammar_accepts(required, wrong), wrong  # no call, unknown or misplaced or missing arguments
+    for args, ok in [("legs=[5, 1]", True), ("legs=[3]", True), ("legs=[]", False), ("legs=[1, 2, 3]", False),
+                     ("legs=[7]", False), ("legs=[0]", False), ("nights=12", True), ("nights=-1", False)]:
+        assert _grammar_accepts(required, f'[plan_trip(city="Rome", days=3, {args})]') == ok, args
     named = parser.structural_tag([DATE], "named")
     assert _grammar_accepts(named, '[get_date(tz="CET")]')
     assert not _grammar_accepts(named, '[get_date(tz="CET"), get_date(tz="UTC")]')

@@ -3,13 +3,15 @@ of tools: keyword arguments in each tool's property order, values as Python lite
 schema, so `ast.literal_eval` reads every call the grammar allows.
 
 Numbers are bounded in the grammar itself (17 significant digits, a 3-digit exponent) and strings use JSON's
-escapes, which Python reads the same way. Schema keywords beyond types, enums, string lengths, properties /
-required, items and anyOf / oneOf (patterns, numeric ranges, array lengths, $ref) are not enforced: such values
+escapes, which Python reads the same way. Enforced: types, enums, string lengths, properties / required,
+items with minItems / maxItems, anyOf / oneOf, and integer ranges of up to 256 values (written out) or with
+a lower bound of 0 or more only (no sign). Not enforced: patterns, other numeric ranges, $ref; such values
 fall back to any literal of their type, or to any literal at all.
 """
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
 _RULES = r'''
@@ -55,16 +57,30 @@ class _Builder:
         if kind == "string" and ("minLength" in schema or "maxLength" in schema):
             low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
             return self.add(name, f'"\\"" py_char{{{low},{"" if high is None else int(high)}}} "\\""')
+        if kind == "integer" and _small_range(schema):
+            low, high = _small_range(schema)
+            return self.add(name, " | ".join(f'"{n}"' for n in range(low, high + 1)))
+        if kind == "integer" and _at_least_zero(schema):
+            return self.add(name, '"0" | [1-9] [0-9]{0,16}')
         if kind in simple:
             return simple[kind]
         if kind == "array":
-            item = self.value(schema.get("items"), f"{name}_item")
-            return self.add(name, f'"[" ( {item} ( ", " {item} )* )? "]"')
+            return self.add(name, self.array(schema, name))
         if kind == "object" and isinstance(schema.get("properties"), Mapping) and schema["properties"]:
             return self.add(name, f'"{{" {self.fields(schema, name, dict_keys=True)} "}}"')
         if kind == "object":
             return "py_dict"
         return "py_value"
+
+    def array(self, schema: Mapping[str, Any], name: str) -> str:
+        """`[a, b, ...]` with minItems..maxItems items."""
+        item = self.value(schema.get("items"), f"{name}_item")
+        low, high = int(schema.get("minItems", 0)), schema.get("maxItems")
+        if high is not None and int(high) <= 0:
+            return '"[]"'
+        more = f"{{{max(low - 1, 0)},{'' if high is None else int(high) - 1}}}"
+        items = f'{item} ( ", " {item} ){more}'
+        return f'"[" {items} "]"' if low >= 1 else f'"[" ( {items} )? "]"'
 
     def fields(self, schema: Mapping[str, Any], name: str, dict_keys: bool) -> str:
         """The properties in order, required ones always, optional ones maybe, separated by ", ": as
@@ -100,6 +116,27 @@ def pythonic_calls_grammar(tools: list[tuple[str, Mapping[str, Any]]], at_most_o
     builder.add("call", " | ".join(calls))
     root = 'root ::= "[" call "]"' if at_most_one else 'root ::= "[" call ( ", " call )* "]"'
     return "\n".join([root, *(f"{k} ::= {v}" for k, v in builder.rules.items())]) + _RULES
+
+
+def _bound(schema: Mapping[str, Any], inclusive: str, exclusive: str, step: int) -> int | None:
+    """An integer bound of the schema, inclusive (`minimum` / `exclusiveMinimum` and the like)."""
+    if isinstance(schema.get(inclusive), (int, float)) and not isinstance(schema.get(inclusive), bool):
+        return math.ceil(schema[inclusive]) if step > 0 else math.floor(schema[inclusive])
+    if isinstance(schema.get(exclusive), (int, float)) and not isinstance(schema.get(exclusive), bool):
+        return math.floor(schema[exclusive]) + 1 if step > 0 else math.ceil(schema[exclusive]) - 1
+    return None
+
+
+def _small_range(schema: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(low, high) of an integer schema bounded on both sides by at most 256 values: written out."""
+    low = _bound(schema, "minimum", "exclusiveMinimum", 1)
+    high = _bound(schema, "maximum", "exclusiveMaximum", -1)
+    return (low, high) if low is not None and high is not None and 0 <= high - low < 256 else None
+
+
+def _at_least_zero(schema: Mapping[str, Any]) -> bool:
+    low = _bound(schema, "minimum", "exclusiveMinimum", 1)
+    return low is not None and low >= 0 and _bound(schema, "maximum", "exclusiveMaximum", -1) is None
 
 
 def _literal(value: Any) -> str:
