@@ -51,13 +51,15 @@ class _Job:
 
 class GrammarCache:
     def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2,
-                 after_compile: Callable[[CompiledGrammar], None] | None = None) -> None:
-        """after_compile: run on each newly compiled grammar, on its compile thread once the grammar is
-        handed out (its errors are ignored: what it computes is an extra)."""
+                 before_handout: Callable[[CompiledGrammar], None] | None = None,
+                 after_handout: Callable[[CompiledGrammar], None] | None = None) -> None:
+        """before_handout / after_handout: extra work on each newly compiled grammar, on its compile thread,
+        before its requests get it (keep it quick) and after (errors in either are ignored: what they
+        compute is an extra)."""
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.backend = backend
-        self.after_compile = after_compile
+        self.before_handout, self.after_handout = before_handout, after_handout
         self.max_entries = max_entries
         self.max_abandoned = max_abandoned
         self.timeout_s = backend.ctx.options.compile_timeout_s
@@ -127,6 +129,7 @@ class GrammarCache:
         error: BaseException | None = None
         try:
             result = self.backend.compile(job.constraint)
+            _extra(self.before_handout, result)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed
             error = e
         with self._cond:
@@ -145,17 +148,9 @@ class GrammarCache:
         # Resolved outside the lock: done-callbacks may call back into the cache.
         if error is None:
             job.future.set_result(result)  # type: ignore[arg-type]
-            self._after_compile(result)  # type: ignore[arg-type]
+            _extra(self.after_handout, result)  # type: ignore[arg-type]
         else:
             job.future.set_exception(error)
-
-    def _after_compile(self, result: CompiledGrammar) -> None:
-        """The extra work on a new grammar, after its requests got it: it never delays them."""
-        if self.after_compile is not None:
-            try:
-                self.after_compile(result)
-            except Exception:  # noqa: BLE001 - an extra; the grammar itself compiled
-                pass
 
     def _store(self, key: CacheKey, future: Future[CompiledGrammar]) -> None:
         self._done[key] = future
@@ -208,6 +203,14 @@ class GrammarCache:
         self._failures += 1
         self._store(job.key, job.future)  # the same constraint fails fast until the compile ends
         return job
+
+
+def _extra(work: Callable[[CompiledGrammar], None] | None, result: CompiledGrammar) -> None:
+    if work is not None:
+        try:
+            work(result)
+        except Exception:  # noqa: BLE001 - an extra; the grammar itself compiled
+            pass
 
 
 def _running_future() -> Future[CompiledGrammar]:
