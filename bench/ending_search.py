@@ -35,6 +35,9 @@ from thinkform.structured.vocab import TokenVocab
 from thinkform.testing.qwen_vocab import build_qwen_tokenizer
 from thinkform.testing.seed import SEED_SCHEMA
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grammar_overhead import load_schemas, pct  # noqa: E402
+
 GRAMMARS: dict[str, tuple[str, str]] = {
     "email": ("regex", r"[a-z0-9._]+@[a-z0-9-]+(\.[a-z]{2,6})+"),
     "phone": ("regex", r"\(\d{3}\) \d{3}-\d{4}"),
@@ -94,7 +97,7 @@ def measure(backend_name: str, kind: str, source: str, vocab: TokenVocab, tok, a
             lengths.append(len(ids))
             assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated(), (backend_name, source)
     times.sort()
-    return {"ms_p50": statistics.median(times), "ms_p99": times[min(len(times) - 1, int(0.99 * len(times)))],
+    return {"ms_p50": statistics.median(times), "ms_p99": pct(times, 99),
             "ms_max": times[-1], "found": found / args.walks,
             "tokens_p50": statistics.median(lengths) if lengths else None, "tokens_max": max(lengths, default=None)}
 
@@ -103,9 +106,6 @@ def measure_schemas(schemas_dir: Path, limit: int, vocab: TokenVocab, tok) -> No
     """Compile each JSONSchemaBench schema with xgrammar, then measure its shortest answer as the grammar
     cache does after every compile (briefly before the grammar is handed out, then whole): times against
     the compile's."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from grammar_overhead import load_schemas
-
     backend = create_backend("xgrammar", BackendContext(tok, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions()))
     search = EndingSearch(vocab)
     compile_ms, quick_ms, measure_ms, lengths, unknown, quick = [], [], [], [], 0, 0
@@ -127,17 +127,13 @@ def measure_schemas(schemas_dir: Path, limit: int, vocab: TokenVocab, tok) -> No
         unknown += length is None
         lengths += [] if length is None else [length]
 
-    def q(values: list[float], p: float) -> float:
-        values = sorted(values)
-        return values[min(len(values) - 1, int(p * len(values)))]
-
     print(f"| schemas | compile ms p50 / p90 / p99 | quick measure (before hand-out) ms p50 / p99 / max, found "
           f"| whole measure ms p50 / p90 / p99 / max | shortest answer tokens p50 / p90 / max | not found |\n"
           f"| --- | --- | --- | --- | --- | --- |\n| {len(compile_ms)} | "
-          f"{q(compile_ms, .5):.1f} / {q(compile_ms, .9):.1f} / {q(compile_ms, .99):.1f} | {q(quick_ms, .5):.1f} / "
-          f"{q(quick_ms, .99):.1f} / {max(quick_ms):.1f}, {quick / len(compile_ms):.0%} | {q(measure_ms, .5):.1f} / "
-          f"{q(measure_ms, .9):.1f} / {q(measure_ms, .99):.1f} / {max(measure_ms):.1f} | {q(lengths, .5)} / "
-          f"{q(lengths, .9)} / {max(lengths)} | {unknown} |")
+          f"{pct(compile_ms, 50):.1f} / {pct(compile_ms, 90):.1f} / {pct(compile_ms, 99):.1f} | {pct(quick_ms, 50):.1f} / "
+          f"{pct(quick_ms, 99):.1f} / {max(quick_ms):.1f}, {quick / len(compile_ms):.0%} | {pct(measure_ms, 50):.1f} / "
+          f"{pct(measure_ms, 90):.1f} / {pct(measure_ms, 99):.1f} / {max(measure_ms):.1f} | {pct(lengths, 50)} / "
+          f"{pct(lengths, 90)} / {max(lengths)} | {unknown} |")
 
 
 def main() -> None:

@@ -112,3 +112,22 @@ def test_sparse_allowed_ids_lists_exactly_the_allowed_tokens_when_few(density) -
             assert got is None
         else:
             assert got is not None and got.tolist() == expected.tolist()
+
+
+def test_tokens_allowed_and_first_allowed_read_the_packed_layout():
+    import numpy as np
+    import torch
+
+    from thinkform.structured.bitmask import first_allowed, set_bits, token_allowed, tokens_allowed
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = torch.zeros((1, 8), dtype=torch.int32)
+        chosen = sorted(set(rng.integers(0, 256, size=int(rng.integers(1, 12))).tolist()) | {31})  # 31: sign bit
+        set_bits(mask, 0, chosen, True)
+        words = mask.numpy()[0]
+        ids = np.arange(256, dtype=np.int64)
+        assert tokens_allowed(words, ids).tolist() == [token_allowed(mask, 0, i) for i in range(256)]
+        assert first_allowed(words) == chosen[0]
+        assert first_allowed(words, frozenset(chosen[:1])) == (chosen[1] if len(chosen) > 1 else None)
+    assert first_allowed(np.zeros(8, dtype=np.int32)) is None

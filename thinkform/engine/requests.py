@@ -170,6 +170,8 @@ class RequestBuilder:
             return None
         compiled = req.compiled[c.key] if c is not None else None
         matcher = compiled.new_matcher() if compiled is not None else None
+        # the grammar's measured shortest answer (None: unknown) sizes the answer reserve and the closing
+        shortest = self.parts.ending_search.shortest_answer(compiled) if compiled is not None else None
         kind = c.kind if c is not None else None
         json_answer = kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
@@ -177,10 +179,10 @@ class RequestBuilder:
         guards = self._guards(c, json_answer, tags)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, compiled), guards=guards,
-            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags, compiled))
+            max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
+            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags, shortest))
 
-    def _answer_reserve(self, p: SamplingParams, compiled: Any) -> int:
+    def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
         min(128, max_new_tokens / 4), raised to the grammar's shortest answer plus the closing reserve
         where that is longer (twenty required fields need more than 128 tokens to arrive at all)."""
@@ -189,20 +191,18 @@ class RequestBuilder:
         if self.args.answer_reserve_tokens is not None:
             return self.args.answer_reserve_tokens
         reserve = min(128, p.max_new_tokens // 4)
-        shortest = self.parts.ending_search.shortest_answer(compiled) if compiled is not None else None
         if shortest is not None:
             # the answer comes first: a budget too small for both leaves the thinking short, not the answer
             reserve = max(reserve, min(shortest + closing_reserve(p.max_new_tokens), p.max_new_tokens))
         return reserve
 
     def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
-                 tags: list[tuple[str, str]], compiled: Any) -> dict[str, Any]:
+                 tags: list[tuple[str, str]], shortest: int | None) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only while the answer is inside a tag's JSON (a tool call's arguments), with room kept
         for the tag's end string; free text beside the calls is never ended early."""
         search = self.parts.ending_search
-        shortest = search.shortest_answer(compiled) if compiled is not None else None
         # a grammar whose shortest answer fits in the closing reserve is looked at only there: no search
         # at all for the usual answer that ends on its own well before its budget
         early = shortest is None or shortest > closing_reserve(p.max_new_tokens)

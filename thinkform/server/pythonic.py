@@ -57,9 +57,8 @@ class _Builder:
         if kind == "string" and ("minLength" in schema or "maxLength" in schema):
             low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
             return self.add(name, f'"\\"" py_char{{{low},{"" if high is None else int(high)}}} "\\""')
-        if kind == "integer" and _small_range(schema):
-            low, high = _small_range(schema)
-            return self.add(name, " | ".join(f'"{n}"' for n in range(low, high + 1)))
+        if kind == "integer" and (span := _small_range(schema)) is not None:
+            return self.add(name, " | ".join(f'"{n}"' for n in range(span[0], span[1] + 1)))
         if kind == "integer" and _at_least_zero(schema):
             return self.add(name, '"0" | [1-9] [0-9]{0,16}')
         if kind in simple:
@@ -118,25 +117,26 @@ def pythonic_calls_grammar(tools: list[tuple[str, Mapping[str, Any]]], at_most_o
     return "\n".join([root, *(f"{k} ::= {v}" for k, v in builder.rules.items())]) + _RULES
 
 
-def _bound(schema: Mapping[str, Any], inclusive: str, exclusive: str, step: int) -> int | None:
-    """An integer bound of the schema, inclusive (`minimum` / `exclusiveMinimum` and the like)."""
+def _bound(schema: Mapping[str, Any], lower: bool) -> int | None:
+    """The schema's lowest (or highest) allowed integer from `minimum` / `exclusiveMinimum` (or the
+    maximums); None when unbounded that way."""
+    inclusive, exclusive = ("minimum", "exclusiveMinimum") if lower else ("maximum", "exclusiveMaximum")
     if isinstance(schema.get(inclusive), (int, float)) and not isinstance(schema.get(inclusive), bool):
-        return math.ceil(schema[inclusive]) if step > 0 else math.floor(schema[inclusive])
+        return math.ceil(schema[inclusive]) if lower else math.floor(schema[inclusive])
     if isinstance(schema.get(exclusive), (int, float)) and not isinstance(schema.get(exclusive), bool):
-        return math.floor(schema[exclusive]) + 1 if step > 0 else math.ceil(schema[exclusive]) - 1
+        return math.floor(schema[exclusive]) + 1 if lower else math.ceil(schema[exclusive]) - 1
     return None
 
 
 def _small_range(schema: Mapping[str, Any]) -> tuple[int, int] | None:
     """(low, high) of an integer schema bounded on both sides by at most 256 values: written out."""
-    low = _bound(schema, "minimum", "exclusiveMinimum", 1)
-    high = _bound(schema, "maximum", "exclusiveMaximum", -1)
+    low, high = _bound(schema, lower=True), _bound(schema, lower=False)
     return (low, high) if low is not None and high is not None and 0 <= high - low < 256 else None
 
 
 def _at_least_zero(schema: Mapping[str, Any]) -> bool:
-    low = _bound(schema, "minimum", "exclusiveMinimum", 1)
-    return low is not None and low >= 0 and _bound(schema, "maximum", "exclusiveMaximum", -1) is None
+    low = _bound(schema, lower=True)
+    return low is not None and low >= 0 and _bound(schema, lower=False) is None
 
 
 def _literal(value: Any) -> str:

@@ -104,6 +104,24 @@ def token_allowed(bitmask: torch.Tensor, row: int, token_id: int) -> bool:
     return word < words.shape[0] and bool((int(words[word]) >> bit) & 1)
 
 
+def tokens_allowed(words: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+    """bool per id of `token_ids` (int64, all inside the row): whether the row of `words` allows it."""
+    return ((words[token_ids >> 5] >> (token_ids & 31)) & 1).astype(bool)
+
+
+def first_allowed(words: np.ndarray, skip: frozenset[int] = frozenset()) -> int | None:
+    """The lowest token id the row of `words` allows, other than those in `skip`; None if there is none."""
+    for word in np.flatnonzero(words).tolist():
+        bits = int(words[word]) & 0xFFFFFFFF
+        while bits:
+            low = bits & -bits
+            token = word * 32 + low.bit_length() - 1
+            if token not in skip:
+                return token
+            bits ^= low
+    return None
+
+
 def apply_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
     """logits[r] = -inf where bitmask[r] bans the token, for r in rows (CPU tensors, float logits).
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from thinkform.structured.bitmask import first_allowed, tokens_allowed
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:
@@ -281,24 +282,14 @@ class EndingSearch:
         """The first and the last allowed single-byte token of each class, in class order (`(x+x+)+y` needs
         the `y` after its run of `x`); where the grammar allows no single byte (a backend that insists on
         whole tokens for forced text), its first allowed token."""
-        allowed = ((words[self._ids >> 5] >> (self._ids & 31)) & 1).astype(bool)
+        allowed = tokens_allowed(words, self._ids)
         if not allowed.any():
-            return self._first_allowed(words)
+            token = first_allowed(words, self._eos)
+            return [] if token is None else [token]
         ids, classes = self._ids[allowed], self._classes[allowed]
         ends = np.flatnonzero(np.diff(classes, prepend=-1, append=-1))  # where each class's run starts and ends
         picks = np.unique(np.concatenate([ends[:-1], ends[1:] - 1]))
         return ids[picks].tolist()
-
-    def _first_allowed(self, words: np.ndarray) -> list[int]:
-        for word in np.flatnonzero(words).tolist():
-            bits = int(words[word]) & 0xFFFFFFFF
-            while bits:
-                low = bits & -bits
-                token = word * 32 + low.bit_length() - 1
-                if token not in self._eos:
-                    return [token]
-                bits ^= low
-        return []
 
     def _spelled(self, ending: bytes) -> list[int]:
         """The ending in few tokens. It may start inside a character the answer began (its last bytes), and

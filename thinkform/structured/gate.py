@@ -259,6 +259,9 @@ class ReasoningGate:
             return False
         if self.max_new_tokens - len(self._history) > self._closing_reserve:
             return False
+        return self._in_closing_scope()
+
+    def _in_closing_scope(self) -> bool:
         return self._closing_scope is None or self._closing_scope()
 
     # --- tokens ---------------------------------------------------------------------------------
@@ -309,7 +312,7 @@ class ReasoningGate:
         if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
             return []
         left = self.max_new_tokens - num_generated
-        if left > self._ending_points[0] or (self._closing_scope is not None and not self._closing_scope()):
+        if left > self._ending_points[0] or not self._in_closing_scope():
             return []
         while len(self._ending_points) > 1 and left <= self._ending_points[1]:
             del self._ending_points[0]  # passed by a jump: only the nearest point counts
