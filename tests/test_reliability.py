@@ -327,26 +327,26 @@ def test_sigterm_drains_in_flight_requests_then_exits(model_dir):
 
     process, port = launch_server_cmd(
         f"python -m thinkform.launch_server --model-path {model_dir} --log-level warning --context-length 32768 "
-        "--max-total-tokens 36000 --graceful-shutdown-timeout 3")
+        "--max-total-tokens 36000 --graceful-shutdown-timeout 10")  # room for the short one on a busy machine
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(base, timeout=120, process=process)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             short = pool.submit(httpx.post, f"{base}/v1/completions",
-                                json={"prompt": "x", "max_tokens": 300, "ignore_eos": True}, timeout=60)
+                                json={"prompt": "x", "max_tokens": 100, "ignore_eos": True}, timeout=90)
             endless = pool.submit(httpx.post, f"{base}/v1/completions",
-                                  json={"prompt": "x", "max_tokens": 30000, "ignore_eos": True}, timeout=60)
+                                  json={"prompt": "x", "max_tokens": 30000, "ignore_eos": True}, timeout=90)
             time.sleep(0.3)
             process.send_signal(signal.SIGTERM)
             sent = time.monotonic()
             process.wait(timeout=60)
             elapsed = time.monotonic() - sent
             done = short.result()
-            assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 300
+            assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 100
             with pytest.raises(httpx.HTTPError):  # cut off after the drain time-out, not awaited to its end
                 endless.result().raise_for_status()
         assert process.returncode == 0
-        assert elapsed < 3 + 20
+        assert elapsed < 10 + 20
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/health", timeout=2)
     finally:

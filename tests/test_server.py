@@ -103,6 +103,27 @@ def test_every_sampling_field_reaches_the_engine(served):
     assert all(len(t["top_logprobs"]) == 2 for t in tokens)
 
 
+@pytest.mark.parametrize("extra, expected", [
+    ({"thinking_token_budget": 7}, {"max_reasoning_tokens": 7}),  # vLLM
+    ({"custom_params": {"thinking_budget": 7}}, {"custom_params": {"thinking_budget": 7}}),  # SGLang strict thinking
+    ({"thinking_token_budget": 7, "max_reasoning_tokens": 7}, {"max_reasoning_tokens": 7}),
+    ({"min_tokens": 3, "no_stop_trim": True}, {"min_new_tokens": 3, "no_stop_trim": True}),
+])
+def test_sglang_and_vllm_spellings_reach_the_engine(served, extra, expected):
+    engine, base = served
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, **extra})
+    assert r.status_code == 200, r.text
+    p = engine.calls[-1]["sampling_params"]
+    assert {k: p.get(k) for k in expected} == expected
+
+
+def test_two_different_thinking_budgets_are_a_400(served):
+    _, base = served
+    r = httpx.post(f"{base}/v1/chat/completions",
+                   json={"messages": QUESTION, "thinking_token_budget": 7, "max_reasoning_tokens": 9})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "thinking_token_budget"
+
+
 @pytest.mark.parametrize("extra, key, expected", [
     ({"response_format": {"type": "json_object"}}, "json_schema", {"type": "object"}),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"},

@@ -182,6 +182,18 @@ def test_budget_forces_marker_and_answer_arrives(engines):
     assert meta["finish_reason"]["type"] == "stop"
 
 
+def test_sglang_strict_thinking_budget_is_honoured(engines):
+    """SGLang's per-request budget (`custom_params.thinking_budget`) caps the thinking like max_reasoning_tokens."""
+    engine = engines["xgrammar"]
+    params = {"temperature": 0, "max_new_tokens": 64, "regex": "(Paris|London)", "custom_params": {"thinking_budget": 6}}
+    meta = engine.generate("Question:", params, require_reasoning=True)["meta_info"]
+    assert 6 <= meta["reasoning_tokens"] <= 6 + 4 and meta["content"] in ("Paris", "London")
+    with pytest.raises(ValueError, match="custom_params.thinking_budget"):
+        engine.generate("Question:", {**params, "max_reasoning_tokens": 9})
+    with pytest.raises(ValueError, match="custom_params.thinking_budget"):
+        engine.generate("Question:", {**params, "custom_params": {"thinking_budget": -1}})
+
+
 def test_thinking_costs_no_mask_work(engines, monkeypatch):
     """Steps where every constrained request is still in its reasoning fill no bitmask at all: the masks
     start with the answer."""

@@ -34,6 +34,9 @@ class SamplingParams:
     structural_tag: Any = None
     max_reasoning_tokens: int | None = None
     answer_reserve_tokens: int | None = None
+    # SGLang's free-form params for custom logit processors; its `thinking_budget` (strict thinking) is honoured
+    # as max_reasoning_tokens, the rest is ignored (no custom logit processors here)
+    custom_params: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, params: dict[str, Any] | None) -> "SamplingParams":
@@ -72,9 +75,28 @@ class SamplingParams:
         for name in ("max_reasoning_tokens", "answer_reserve_tokens"):
             if getattr(self, name) is not None:
                 _check_int(self, name, 0)
+        self._take_thinking_budget()
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
+
+
+    def _take_thinking_budget(self) -> None:
+        """custom_params.thinking_budget (SGLang's per-request budget under --enable-strict-thinking) is our
+        max_reasoning_tokens; a different max_reasoning_tokens beside it is an error, not a silent choice."""
+        if self.custom_params is None:
+            return
+        if not isinstance(self.custom_params, dict):
+            raise ValueError(f"sampling_params.custom_params: must be a mapping, got {self.custom_params!r}")
+        budget = self.custom_params.get("thinking_budget")
+        if budget is None:
+            return
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise ValueError(f"sampling_params.custom_params.thinking_budget: must be an integer >= 0, got {budget!r}")
+        if self.max_reasoning_tokens is not None and self.max_reasoning_tokens != budget:
+            raise ValueError(f"sampling_params.custom_params.thinking_budget: {budget} conflicts with "
+                             f"max_reasoning_tokens={self.max_reasoning_tokens}")
+        self.max_reasoning_tokens = budget
 
 
 def _check_int(sp: SamplingParams, name: str, low: int) -> None:

@@ -11,7 +11,7 @@ from thinkform.structured.spec import ConstraintError, constraint_from_fields
 
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "seed", "stop_token_ids", "n", "presence_penalty",
                 "frequency_penalty", "repetition_penalty", "skip_special_tokens", "ignore_eos",
-                "max_reasoning_tokens", "answer_reserve_tokens")
+                "max_reasoning_tokens", "answer_reserve_tokens", "custom_params", "no_stop_trim")
 
 
 def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int | None) -> dict[str, Any]:
@@ -19,6 +19,13 @@ def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int 
     params: dict[str, Any] = {k: getattr(req, k) for k in _PASSTHROUGH if getattr(req, k) is not None}
     if max_new_tokens is not None:
         params["max_new_tokens"] = max_new_tokens
+    if req.min_tokens is not None:
+        params["min_new_tokens"] = req.min_tokens
+    if req.thinking_token_budget is not None:
+        if params.get("max_reasoning_tokens", req.thinking_token_budget) != req.thinking_token_budget:
+            raise APIError(f"thinking_token_budget: {req.thinking_token_budget} conflicts with max_reasoning_tokens="
+                           f"{params['max_reasoning_tokens']}", param="thinking_token_budget")
+        params["max_reasoning_tokens"] = req.thinking_token_budget
     if req.stop is not None:
         params["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if req.logit_bias:

@@ -93,6 +93,11 @@ class SamplingFields(Lenient):
     structured_outputs: Optional[dict[str, Any]] = None
     max_reasoning_tokens: Optional[conint(ge=0)] = None
     answer_reserve_tokens: Optional[conint(ge=0)] = None
+    # the thinking budget in vLLM's spelling, and SGLang's strict-thinking form custom_params.thinking_budget
+    thinking_token_budget: Optional[conint(ge=0)] = None
+    custom_params: Optional[dict[str, Any]] = None
+    min_tokens: Optional[conint(ge=0)] = None  # SGLang / vLLM: min_new_tokens
+    no_stop_trim: Optional[bool] = None
 
 
 # ---------- OpenAI: chat ----------
