@@ -64,12 +64,16 @@ def _tags(text: str) -> None:
         pos = end + len("</function>")
 
 
+# answers that share their first bytes and part inside a character (東京 / 東北: e6 9d b1 e4… / e6 9d b1 e5…)
+NON_ASCII_SCHEMA = {"type": "object", "properties": {"city": {"enum": ["Ελλάδα", "Ελβετία", "東京", "東北"]}},
+                    "required": ["city"]}
 CASES = [
     Case("pydantic", "json_schema", {"json_schema": json.dumps(CapitalInfo.model_json_schema())},
          _json(CapitalInfo.model_json_schema())),
     Case("nested", "json_schema", {"json_schema": City.model_json_schema()}, _json(City.model_json_schema())),
     Case("seed_schema", "json_schema", {"json_schema": json.dumps(SEED_SCHEMA)}, _json(SEED_SCHEMA)),
     Case("any_json", "json_object", {"json_schema": "$$ANY$$"}, lambda t: (json.loads(t), _no_runaway(t))),
+    Case("non_ascii_enum", "json_schema", {"json_schema": NON_ASCII_SCHEMA}, _json(NON_ASCII_SCHEMA)),
     Case("regex", "regex", {"regex": "(Paris|London)"}, _regex("(Paris|London)")),
     Case("regex2", "regex", {"regex": r"[0-9]{3}-[a-z]{2,5}"}, _regex(r"[0-9]{3}-[a-z]{2,5}")),
     Case("ebnf", "ebnf", {"ebnf": SEED_EBNF}, _regex(SEED_EBNF_LANGUAGE)),

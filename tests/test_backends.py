@@ -249,12 +249,12 @@ def test_matcher_protocol(backends: dict[str, GrammarBackend], tokenizer: Any, c
                           backend: str) -> None:
     compiled = backends[backend].compile(constraint_from_fields(regex="(Paris|London) is big"))
     m = compiled.new_matcher()
-    assert m.find_jump_forward_string() == ""  # two ways to go
+    assert m.find_jump_forward_bytes() == b""  # two ways to go
     start = allowed_ids(m, ctx.vocab_size)
     bad = tokenizer.encode("xyz", add_special_tokens=False)[0]
     assert not m.accept_token(bad) and allowed_ids(m, ctx.vocab_size) == start  # refused, unchanged
     assert m.accept_string("Par")
-    assert m.find_jump_forward_string() == "is is big"
+    assert m.find_jump_forward_bytes() == b"is is big"
     ids = tokenizer.encode("is", add_special_tokens=False)
     for t in ids:
         assert m.accept_token(t)
@@ -265,6 +265,31 @@ def test_matcher_protocol(backends: dict[str, GrammarBackend], tokenizer: Any, c
     assert m.accept_token(tokenizer.eos_token_id) and m.is_terminated()
     m.rollback(1)
     assert not m.is_terminated() and m.can_terminate()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_jump_forward_from_inside_a_character(backends: dict[str, GrammarBackend], tokenizer: Any,
+                                              backend: str) -> None:
+    """Text that stops inside a character (two of 東's three bytes sampled) is forced on with the rest of it;
+    xgrammar's own str answer raised UnicodeDecodeError there and aborted the request."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_token = {b: tokenizer.convert_tokens_to_ids(c) for b, c in bytes_to_unicode().items()}
+    m = backends[backend].compile(constraint_from_fields(regex="(東京|東北) is big")).new_matcher()
+    assert m.accept_token(byte_token[0xE6]) and m.accept_token(byte_token[0x9D])
+    assert m.find_jump_forward_bytes() == b"\xb1"  # 東 = e6 9d b1; then 京 or 北
+    assert m.accept_token(byte_token[0xB1]) and m.accept_string("京")
+    assert m.find_jump_forward_bytes() == b" is big"
+
+
+def test_a_cut_character_is_dropped_from_the_end_of_forced_bytes() -> None:
+    from thinkform.structured.backends.text import without_cut_end
+
+    tokyo = "東京".encode()
+    assert without_cut_end(tokyo) == tokyo and without_cut_end(tokyo[:-1]) == tokyo[:3]
+    assert without_cut_end(tokyo[1:3]) == tokyo[1:3]  # the end of a character begun earlier: kept
+    assert without_cut_end(b"ab\xf0\x9f\x98") == b"ab" and without_cut_end("a😀".encode()) == "a😀".encode()
+    assert without_cut_end(b"") == b""
 
 
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])

@@ -181,7 +181,7 @@ def test_answer_text_in_the_marker_token_reaches_the_grammar(plain: Env) -> None
     assert gate.phase is Phase.REASONING
     assert gate.accept(glued) == [glued]
     assert gate.phase is Phase.ANSWER
-    assert gate.jump_forward() == 'name": "'  # the grammar already took '{"'
+    assert gate.jump_forward() == b'name": "'  # the grammar already took '{"'
     rest = env.ids('name": "Paris", "population": 1}')
     for t in rest:
         assert gate.accept(t) == [t]

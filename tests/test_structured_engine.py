@@ -172,6 +172,20 @@ def test_invalid_constraint_is_clean_error_and_engine_goes_on(engines, backend, 
     assert ok["text"] in ("Paris", "London")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_answers_that_part_inside_a_character_arrive(engines, backend):
+    """Sampled bytes that stop inside 東 leave the rest of it forced: jump-forward goes on from there (under
+    xgrammar this aborted every such request with a UnicodeDecodeError)."""
+    from constraint_cases import NON_ASCII_SCHEMA
+
+    params = {"temperature": 1.0, "max_new_tokens": 48, "max_reasoning_tokens": 4, "json_schema": NON_ASCII_SCHEMA}
+    for seed in range(8):
+        out = engines[backend].generate("JSON:", {**params, "seed": seed}, require_reasoning=True)
+        meta = out["meta_info"]
+        assert meta["finish_reason"]["type"] == "stop", meta["finish_reason"]
+        assert json.loads(meta["content"])["city"] in NON_ASCII_SCHEMA["properties"]["city"]["enum"]
+
+
 def test_budget_forces_marker_and_answer_arrives(engines):
     out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 64,
                                                      "max_reasoning_tokens": 10, "regex": "(Paris|London)"},

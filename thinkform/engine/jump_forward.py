@@ -18,10 +18,9 @@ def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int) -> tup
     """Tokens to append after `sampled` (already accepted by the gate); (ids, replaced_sampled)."""
     if budget <= 0 or gate.phase is not Phase.ANSWER:
         return [], False
-    text = gate.jump_forward()
-    if not text:
+    forced = gate.jump_forward()
+    if not forced:
         return [], False
-    forced = text.encode("utf-8")
     if sampled is not None:
         retokenized = _encode(vocab, vocab.token_bytes[sampled] + forced)
         if retokenized and retokenized[0] != sampled:

@@ -188,11 +188,11 @@ class ReasoningGate:
             return True
         return self.phase is Phase.ANSWER and self._grammar_may_end()
 
-    def jump_forward(self) -> str:
-        """Text the grammar forces next while answering ('' otherwise)."""
+    def jump_forward(self) -> bytes:
+        """Bytes the grammar forces next while answering (b'' otherwise)."""
         if self.matcher is None or self.phase is not Phase.ANSWER:
-            return ""
-        return self.matcher.find_jump_forward_string()
+            return b""
+        return self.matcher.find_jump_forward_bytes()
 
     def _grammar_may_end(self) -> bool:
         # EOS is never the first answer token: an empty answer is not an answer

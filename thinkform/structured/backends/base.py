@@ -43,8 +43,9 @@ class GrammarMatcher(ABC):
         """The text so far is a complete sentence of the grammar (EOS would be accepted now)."""
 
     @abstractmethod
-    def find_jump_forward_string(self) -> str:
-        """The text the grammar forces next ('' when more than one continuation is possible)."""
+    def find_jump_forward_bytes(self) -> bytes:
+        """The bytes the grammar forces next (b'' when more than one continuation is possible). They may
+        begin inside the character the text so far ends in (finishing it), and never end inside one."""
 
 
 Pending = Sequence[tuple[int, GrammarMatcher]]  # a step's (bitmask row, matcher) pairs to fill

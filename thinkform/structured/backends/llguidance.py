@@ -12,7 +12,7 @@ from llguidance import LLMatcher, StructTag
 from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
-from thinkform.structured.backends.text import utf8_prefix
+from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
@@ -74,8 +74,8 @@ class LLGuidanceMatcher(GrammarMatcher):
     def can_terminate(self) -> bool:
         return self._m.is_accepting()
 
-    def find_jump_forward_string(self) -> str:
-        return utf8_prefix(self._m.compute_ff_bytes())
+    def find_jump_forward_bytes(self) -> bytes:
+        return without_cut_end(self._m.compute_ff_bytes())
 
 
 class LLGuidanceCompiled(CompiledGrammar):

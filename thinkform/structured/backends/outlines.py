@@ -11,7 +11,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher
 from thinkform.structured.backends.registry import register_backend
-from thinkform.structured.backends.text import utf8_prefix
+from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.bitmask import word_bit
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
@@ -79,11 +79,11 @@ class OutlinesMatcher(GrammarMatcher):
     def can_terminate(self) -> bool:
         return self._guide.is_finished()
 
-    def find_jump_forward_string(self) -> str:
+    def find_jump_forward_bytes(self) -> bytes:
         """Bytes every allowed continuation starts with: while all allowed tokens share the shortest
         allowed token as a prefix, that token's bytes are forced (all single bytes are tokens)."""
         if self._terminated:
-            return ""
+            return b""
         index, token_bytes = self._c.index, self._c.token_bytes
         state: int | None = self._guide.get_state()
         out = b""
@@ -97,7 +97,7 @@ class OutlinesMatcher(GrammarMatcher):
                 break
             out += head
             state = index.get_next_state(state, first)
-        return utf8_prefix(out)
+        return without_cut_end(out)
 
 
 class OutlinesCompiled(CompiledGrammar):

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 
-def utf8_prefix(data: bytes) -> str:
-    """The longest prefix of `data` that is whole UTF-8 (a forced multi-byte character may be cut)."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return ""
+def without_cut_end(data: bytes) -> bytes:
+    """`data` less a multi-byte character cut off at its end (its first bytes without the rest). Leading
+    continuation bytes stay: forced text may finish the character the text so far ends inside."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return data
+        if byte >= 0xC0:  # the last character's lead byte: is the character whole?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else data[:-back]
+    return data

@@ -10,6 +10,7 @@ import xgrammar as xgr
 from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
+from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
@@ -40,8 +41,11 @@ class XGrammarMatcher(GrammarMatcher):
         # is_completed: the root rule is fully matched, which is exactly when the stop token is accepted.
         return self._m.is_completed()
 
-    def find_jump_forward_string(self) -> str:
-        return self._m.find_jump_forward_string()
+    def find_jump_forward_bytes(self) -> bytes:
+        try:
+            return self._m.find_jump_forward_string().encode("utf-8")
+        except UnicodeDecodeError as e:  # forced bytes that finish (or cut) a character: xgrammar's str fails
+            return without_cut_end(e.object)
 
 
 class XGrammarCompiled(CompiledGrammar):
