@@ -25,6 +25,7 @@ def default_reply(call: dict[str, Any]) -> str:
 class FakeEngine:
     reasoning_parser: str | None = "deepseek-r1"
     reply: Callable[[dict[str, Any]], str] = default_reply
+    finish_reason: dict[str, Any] = field(default_factory=lambda: {"type": "stop", "matched": None})
     chunk_delay_s: float = 0.0
     overloaded: bool = False
     healthy: bool = True
@@ -81,16 +82,26 @@ class FakeEngine:
         start = call.get("reasoning_start") or ("reasoning" if call.get("require_reasoning") else "answer")
         meta: dict[str, Any] = {
             "id": rid if isinstance(rid, str) else f"fake-{index}",
-            "finish_reason": {"type": "stop", "matched": None}, "prompt_tokens": 7,
+            "finish_reason": dict(self.finish_reason), "prompt_tokens": 7,
             "completion_tokens": len(ids), "cached_tokens": 2, "reasoning_tokens": 0, "e2e_latency": 0.01,
             "constraint_satisfied": None}
         if self.markers is not None and start != "answer":
             reasoning, content = split_reasoning(text, self.markers, start == "reasoning")
             meta.update(reasoning_content=reasoning, content=content, reasoning_tokens=3 if reasoning else 0)
         if call.get("return_logprob"):
-            meta["output_token_logprobs"] = [(-0.5, t, None) for t in ids]
-            meta["output_top_logprobs"] = [[(-0.5, t, None)] * call["top_logprobs_num"] for t in ids]
+            # a value per position, so a test sees entries out of order or twice
+            meta["output_token_logprobs"] = [(-0.5 - k / 64, t, None) for k, t in enumerate(ids)]
+            meta["output_top_logprobs"] = [[(-0.5 - k / 64, t, None)] * call["top_logprobs_num"]
+                                           for k, t in enumerate(ids)]
         return {"index": index, "text": text, "output_ids": ids, "meta_info": meta}
+
+    def _shown_logprobs(self, meta: dict[str, Any], out: dict[str, Any], shown: int) -> None:
+        """As the engine: a streamed event carries the logprobs of the tokens whose text it shows (cumulative)."""
+        ids, count = out["output_ids"], 0
+        while count < len(ids) and len(self.tokenizer.decode(ids[:count + 1])) <= shown:
+            count += 1
+        meta["output_token_logprobs"] = out["meta_info"]["output_token_logprobs"][:count]
+        meta["output_top_logprobs"] = out["meta_info"]["output_top_logprobs"][:count]
 
     async def _stream(self, outs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         for out in outs:
@@ -100,4 +111,6 @@ class FakeEngine:
                     await asyncio.sleep(self.chunk_delay_s)
                 last = end >= len(text)
                 meta = dict(out["meta_info"]) if last else {"id": out["meta_info"]["id"], "finish_reason": None}
+                if not last and "output_token_logprobs" in out["meta_info"]:
+                    self._shown_logprobs(meta, out, end)
                 yield {"index": out["index"], "text": text[:end], "output_ids": out["output_ids"], "meta_info": meta}

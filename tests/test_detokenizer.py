@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from thinkform.engine.detokenizer import IncrementalDetokenizer, find_stop
+from thinkform.engine.detokenizer import IncrementalDetokenizer, find_stop, partial_stop_len
 
 
 def test_multibyte_utf8_split_across_tokens(tiny_tokenizer):
@@ -30,6 +30,16 @@ def test_find_stop_earliest_in_new_text():
     assert find_stop("hello world. bye.", 4, [".", "bye"]) == (13, "bye")
     assert find_stop("abc", 1, ["x"]) is None
     assert find_stop("ab|c", 1, ["|c"]) == (2, "|c")  # a stop spanning the old and the new text
+
+
+def test_partial_stop_len_is_the_longest_end_that_may_begin_a_stop():
+    assert partial_stop_len("continental veter", ["terminal"]) == 3  # "ter" may become "terminal"
+    assert partial_stop_len("abcab", ["abcabd"]) == 5  # the earliest candidate is the longest
+    assert partial_stop_len("xab", ["abc", "bx", "b"]) == 2  # the longest over all stops; a 1-char stop holds none
+    assert partial_stop_len("abc", ["abc"]) == 0  # a whole stop is matched, not held
+    assert partial_stop_len("hello", ["xyz", ""]) == 0
+    assert partial_stop_len("", ["abc"]) == 0
+    assert partial_stop_len("aa", ["aaa"]) == 2
 
 
 def _window_detokenize(tokenizer, prompt_ids, hidden, pushes):

@@ -155,15 +155,26 @@ def test_input_ids_instead_of_text(engine64):
     ({"stop": 5}, "stop"),
     ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"max_new_tokens": "ten"}, "max_new_tokens"),
+    ({"logit_bias": {10**6: 5}}, "logit_bias"),  # past the vocabulary
+    ({"seed": 2**70}, "seed"),
 ])
 def test_bad_params_raise_value_error_naming_key(engine64, params, key):
-    with pytest.raises(ValueError, match=key):
+    with pytest.raises(ValueError, match=key) as e:
         engine64.generate("Hello", params)
+    assert getattr(e.value, "field", key) == key  # the servers' error `param`
 
 
 def test_prompt_too_long_is_clear_error(engine64):
     with pytest.raises(ValueError, match="too long|never fit"):
         engine64.generate(input_ids=[5] * 5000, sampling_params=GREEDY)
+
+
+def test_max_new_tokens_none_runs_to_what_the_context_and_cache_leave(engine64):
+    """SGLang's meaning of an explicit None (the OpenAI chat route's omitted max_tokens): no 128 cap."""
+    pool = engine64.parts.pool
+    room = min(engine64.context_length, pool.num_pages * pool.page_size)
+    out = engine64.generate(input_ids=[5] * (room - 20), sampling_params={"max_new_tokens": None, "ignore_eos": True})
+    assert out["meta_info"]["completion_tokens"] == 20 and out["meta_info"]["finish_reason"]["type"] == "length"
 
 
 def test_abort_frees_cache(engine64):
@@ -185,6 +196,36 @@ def test_stream_text_is_cumulative(engine64):
     texts = [c["text"] for c in chunks]
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
     assert texts[-1] == engine64.generate("Hello", {**GREEDY, "max_new_tokens": 8})["text"]
+
+
+def test_stream_never_sends_text_that_a_stop_string_cuts(engine64):
+    """A stop string that straddles a token boundary: the stream holds back its possible start, so the
+    cumulative text only grows and ends as the non-streamed text; each event's logprobs are those of the
+    tokens whose text it shows, all of them at the end."""
+    params = {**GREEDY, "max_new_tokens": 16}
+    texts = [c["text"] for c in engine64.generate(PROMPTS[1], params, stream=True)]
+    whole = texts[-1]
+    tried = 0
+    for prev, cur in zip(texts, texts[1:]):
+        b = len(prev)
+        stop = whole[b - 1:b + 2]
+        if b == 0 or len(cur) - b >= 2 or len(stop) < 3 or whole.find(stop) != b - 1:
+            continue  # wanted: the stop begins in one event's text and ends in a later one
+        tried += 1
+        stopped = {**params, "stop": [stop]}
+        chunks = list(engine64.generate(PROMPTS[1], stopped, stream=True, return_logprob=True, top_logprobs_num=2))
+        final = engine64.generate(PROMPTS[1], stopped, return_logprob=True, top_logprobs_num=2)
+        assert final["text"] == whole[:b - 1] and final["meta_info"]["finish_reason"]["matched"] == stop
+        got = [c["text"] for c in chunks]
+        assert all(later.startswith(earlier) for earlier, later in zip(got, got[1:])), (stop, got)
+        assert got[-1] == final["text"]
+        lps = [c["meta_info"]["output_token_logprobs"] for c in chunks]
+        assert all(later[:len(earlier)] == earlier for earlier, later in zip(lps, lps[1:]))
+        assert lps[-1] == final["meta_info"]["output_token_logprobs"]
+        assert chunks[-1]["meta_info"]["output_top_logprobs"] == final["meta_info"]["output_top_logprobs"]
+        for c, lp in zip(chunks[:-1], lps):  # a streamed event's tokens decode to at most the text it shows
+            assert len(engine64.tokenizer.decode([t for _, t, _ in lp])) <= len(c["text"])
+    assert tried, texts
 
 
 def test_async_generate_and_running_loop(engine64):

@@ -118,6 +118,16 @@ def test_n_over_the_limit_is_400(real):
     _error(_chat(base, n=17), 400, "n", "limit")
 
 
+@pytest.mark.parametrize("fields, param, match", [
+    ({"top_k": 0}, "top_k", "-1"), ({"seed": 2**70}, "seed", "64 bits"),
+    ({"logit_bias": {"99999999": 5}}, "logit_bias", "vocabulary"),
+    ({"custom_params": {"thinking_budget": "lots"}}, "custom_params.thinking_budget", "integer"),
+])
+def test_bad_sampling_values_the_engine_checks_are_400_naming_the_field(real, fields, param, match):
+    _, base = real
+    _error(_chat(base, **fields), 400, param, match)
+
+
 def _deep_schema(levels: int) -> dict:
     schema: dict = {"type": "string"}
     for _ in range(levels):
@@ -281,10 +291,22 @@ def test_one_failing_request_finishes_with_an_error_and_the_batch_goes_on(real, 
                            rid="sabotaged")
     broken = outs[1]["meta_info"]["finish_reason"]
     assert broken["type"] == "abort" and "internal error" in broken["message"] and "injected" in broken["message"]
+    assert broken["status_code"] == 500
     for out in (outs[0], outs[2]):
         assert out["meta_info"]["finish_reason"]["type"] in ("stop", "length")
         assert re.fullmatch("[a-z]{1,20}", out["text"])
     assert engine.is_healthy() and _wait_for(lambda: pool_empty(engine))
+    assert _chat(base, regex="(yes|no)").json()["choices"][0]["message"]["content"] in ("yes", "no")
+
+
+def test_a_request_the_engine_fails_is_a_500_on_the_openai_routes(real, monkeypatch):
+    """Not a 200 whose answer stops short with finish_reason "abort" and no word of why."""
+    engine, base = real
+    _sabotage(engine, monkeypatch, "sabotaged-chat", 0, lambda seq: setattr(seq, "gate", BrokenGate(seq.gate, "accept")))
+    r = httpx.post(f"{base}/v1/chat/completions", timeout=60,
+                   json={"messages": QUESTION, "max_tokens": 16, "regex": "[a-z]{1,20}", "rid": "sabotaged-chat"})
+    assert r.status_code == 500 and "injected" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["type"] == "internal_error"
     assert _chat(base, regex="(yes|no)").json()["choices"][0]["message"]["content"] in ("yes", "no")
 
 

@@ -117,6 +117,14 @@ def test_sglang_and_vllm_spellings_reach_the_engine(served, extra, expected):
     assert {k: p.get(k) for k in expected} == expected
 
 
+def test_chat_without_max_tokens_is_bounded_by_the_context_not_128(served):
+    engine, base = served
+    assert httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION}).status_code == 200
+    assert engine.calls[-1]["sampling_params"]["max_new_tokens"] is None  # the engine's "as many as fit"
+    httpx.post(f"{base}/v1/completions", json={"prompt": "x"})
+    assert engine.calls[-1]["sampling_params"]["max_new_tokens"] == 16  # completions keep OpenAI's default
+
+
 def test_two_different_thinking_budgets_are_a_400(served):
     _, base = served
     r = httpx.post(f"{base}/v1/chat/completions",
@@ -232,6 +240,61 @@ def test_tool_calls_are_never_taken_from_the_reasoning(served):
     assert resp.choices[0].message.content == "It is sunny." and resp.choices[0].finish_reason == "stop"
 
 
+def test_separate_reasoning_false_keeps_the_reasoning_but_takes_calls_from_the_answer_only(served):
+    engine, base = served
+    engine.reply = lambda call: "Maybe " + HERMES_CALL + "</think>\n\nIt is sunny."
+    r = httpx.post(f"{base}/v1/chat/completions",
+                   json={"messages": QUESTION, "tools": TOOLS, "separate_reasoning": False})
+    msg = r.json()["choices"][0]["message"]
+    assert msg.get("tool_calls") is None and r.json()["choices"][0]["finish_reason"] == "stop"
+    assert msg["content"] == "Maybe " + HERMES_CALL + "</think>\n\nIt is sunny."
+    engine.reply = lambda call: "Hmm.</think>\n\nChecking.\n" + HERMES_CALL
+    r = httpx.post(f"{base}/v1/chat/completions",
+                   json={"messages": QUESTION, "tools": TOOLS, "separate_reasoning": False})
+    msg = r.json()["choices"][0]["message"]
+    assert msg["content"] == "Hmm.</think>\n\nChecking." and len(msg["tool_calls"]) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_cut_by_max_tokens_is_a_length_finish_streamed_or_not(served, monkeypatch, stream):
+    """Both ways: finish_reason "length" (not "tool_calls", which would hide the cut), the whole call plus
+    the cut one with its arguments as far as they go, no raw call markup in content."""
+    engine, base = served
+    monkeypatch.setattr(engine, "finish_reason", {"type": "length", "matched": None, "length": 64})
+    engine.reply = lambda call: ("ok</think>\n\nChecking.\n" + HERMES_CALL + "\n"
+                                 + HERMES_CALL.split("Paris")[0] + "Ro")
+    body = {"messages": QUESTION, "tools": TOOLS, "stream": stream}
+    if stream:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        content = "".join(d.get("content") or "" for d in deltas)
+        calls: dict[int, str] = {}
+        for d in deltas:
+            for t in d.get("tool_calls") or []:
+                calls[t["index"]] = calls.get(t["index"], "") + t["function"].get("arguments", "")
+        args, finish = [calls[k] for k in sorted(calls)], chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        choice = httpx.post(f"{base}/v1/chat/completions", json=body).json()["choices"][0]
+        content, finish = choice["message"]["content"], choice["finish_reason"]
+        args = [t["function"]["arguments"] for t in choice["message"]["tool_calls"]]
+    assert finish == "length" and content.strip() == "Checking."
+    assert json.loads(args[0]) == {"city": "Paris"} and args[1] == '{"city": "Ro'
+
+
+def test_parallel_tool_calls_false_gives_one_call_at_most(served):
+    engine, base = served
+    engine.reply = lambda call: "ok</think>" + HERMES_CALL + "\n" + HERMES_CALL.replace("Paris", "Rome")
+    body = {"messages": QUESTION, "tools": TOOLS, "parallel_tool_calls": False}
+    r = httpx.post(f"{base}/v1/chat/completions", json=body)
+    assert [json.loads(c["function"]["arguments"])["city"] for c in r.json()["choices"][0]["message"]["tool_calls"]] \
+        == ["Paris"]
+    r = httpx.post(f"{base}/v1/chat/completions", json={**body, "tool_choice": "required"})
+    assert json.loads(engine.calls[-1]["sampling_params"]["structural_tag"])["format"]["stop_after_first"] is True
+    assert len(httpx.post(f"{base}/v1/chat/completions", json={**body, "parallel_tool_calls": True}
+                          ).json()["choices"][0]["message"]["tool_calls"]) == 2
+
+
 @pytest.mark.parametrize("choice, names", [
     ("required", {"get_weather", "get_date"}),
     ({"type": "function", "function": {"name": "get_date"}}, {"get_date"}),
@@ -328,6 +391,59 @@ def test_completions_string_list_n_echo_and_stream(served):
     assert text == "Paris"
 
 
+def _joined_completion_logprobs(events: list) -> dict:
+    joined: dict = {"tokens": [], "token_logprobs": [], "text_offset": [], "top_logprobs": []}
+    for e in events:
+        for key in joined:
+            joined[key] += (e["choices"][0]["logprobs"] or {}).get(key, [])
+    return joined
+
+
+def test_streamed_logprobs_add_up_to_the_non_streamed_ones(served):
+    """Each chunk carries the logprobs of the tokens whose text it delivers; over the stream they are the
+    non-streamed entries, in chat (reasoning included) and in /v1/completions."""
+    engine, base = served
+    engine.reply = lambda call: "Let me think about it.</think>\n\nParis is the capital"
+    body = {"messages": QUESTION, "logprobs": True, "top_logprobs": 2}
+    whole = httpx.post(f"{base}/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"]
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True}) as r:
+        events = [e for e in sse_events(r)[:-1] if e["choices"]]
+    per_chunk = [e["choices"][0]["logprobs"]["content"] for e in events if e["choices"][0]["logprobs"]]
+    assert len(per_chunk) > 1 and [t for c in per_chunk for t in c] == whole
+    assert events[0]["choices"][0]["logprobs"] is None  # the role chunk delivers no token
+    body = {"prompt": "x", "logprobs": 2, "max_tokens": 16}
+    whole = httpx.post(f"{base}/v1/completions", json=body).json()["choices"][0]
+    with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}) as r:
+        events = [e for e in sse_events(r)[:-1] if e["choices"]]
+    assert sum(e["choices"][0]["logprobs"] is not None for e in events) > 1
+    assert _joined_completion_logprobs(events) == whole["logprobs"]
+    assert "".join(e["choices"][0]["text"] for e in events) == whole["text"]
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is", [5, 17, 42]])
+def test_completions_echo_puts_the_prompt_tokens_first_in_the_logprobs(served, prompt):
+    engine, base = served
+    tokenizer = engine.tokenizer
+    body = {"prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 8}
+    choice = httpx.post(f"{base}/v1/completions", json=body).json()["choices"][0]
+    text, lp = choice["text"], choice["logprobs"]
+    prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+    prompt_text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
+    assert text == prompt_text + "Paris"
+    n = len(prompt_ids)
+    assert lp["tokens"][:n] == [tokenizer.decode([t]) for t in prompt_ids]
+    assert lp["token_logprobs"][:n] == [None] * n and lp["top_logprobs"][:n] == [None] * n
+    assert len(lp["tokens"]) == n + len(tokenizer.encode("Paris"))
+    assert all(v is not None for v in lp["token_logprobs"][n:])
+    assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][n] == len(prompt_text)
+    for token, offset in zip(lp["tokens"], lp["text_offset"]):  # every offset points at its token's text
+        assert text[offset:].startswith(token), (token, offset, text)
+    with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}) as r:
+        events = [e for e in sse_events(r)[:-1] if e["choices"]]
+    assert _joined_completion_logprobs(events) == lp
+    assert "".join(e["choices"][0]["text"] for e in events) == text
+
+
 def test_models_and_info_routes(served):
     _, base = served
     assert [m.id for m in _client(base).models.list()] == ["fake-model"]
@@ -374,6 +490,7 @@ def test_abort_request_route(served):
     ({"messages": QUESTION, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice", "nope"),
     ({"messages": QUESTION, "logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
+    ({"messages": QUESTION, "top_logprobs": 2}, "top_logprobs", "logprobs"),
     ({"messages": QUESTION, "continue_final_message": True, "add_generation_prompt": False,
       "chat_template_kwargs": {}, "stop": 5}, "stop", ""),
 ])
@@ -522,6 +639,38 @@ def test_real_engine_stream_and_native(real):
     out = httpx.post(f"{base}/generate", json={"text": "Capital?", "require_reasoning": True, "sampling_params": {
         "max_new_tokens": 48, "temperature": 0, "json_schema": json.dumps(SCHEMA)}}).json()
     jsonschema.validate(json.loads(out["meta_info"]["content"]), SCHEMA)
+
+
+def test_real_engine_streams_equal_the_whole_with_a_stop_and_logprobs(real):
+    """A stop string straddling a token boundary: streamed completions join to the non-streamed text, the
+    native cumulative text only grows; streamed chat logprobs (reasoning included) are the non-streamed ones."""
+    _, base = real
+    native = {"text": "Hello", "sampling_params": {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}}
+    with httpx.stream("POST", f"{base}/generate", json={**native, "stream": True}) as r:
+        texts = [e["text"] for e in sse_events(r)[:-1]]
+    whole = texts[-1]
+    cuts = [len(a) for a, b in zip(texts, texts[1:]) if 0 < len(a) and len(b) - len(a) < 2
+            and whole.find(whole[len(a) - 1:len(a) + 2]) == len(a) - 1 and len(whole) >= len(a) + 2]
+    assert cuts, texts
+    stop = whole[cuts[0] - 1:cuts[0] + 2]
+    with httpx.stream("POST", f"{base}/generate", json={
+            "text": "Hello", "stream": True, "sampling_params": {**native["sampling_params"], "stop": [stop]}}) as r:
+        got = [e["text"] for e in sse_events(r)[:-1]]
+    assert all(b.startswith(a) for a, b in zip(got, got[1:])) and got[-1] == whole[:cuts[0] - 1], (stop, got)
+    body = {"prompt": "Hello", "max_tokens": 12, "temperature": 0, "stop": [stop], "logprobs": 1,
+            "ignore_eos": True}
+    plain = httpx.post(f"{base}/v1/completions", json=body).json()["choices"][0]
+    with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}) as r:
+        events = [e for e in sse_events(r)[:-1] if e["choices"]]
+    assert "".join(e["choices"][0]["text"] for e in events) == plain["text"] == whole[:cuts[0] - 1]
+    assert _joined_completion_logprobs(events) == plain["logprobs"]
+    chat = {"messages": QUESTION, "max_tokens": 24, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    resp = httpx.post(f"{base}/v1/chat/completions", json=chat).json()
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={**chat, "stream": True}) as r:
+        events = [e for e in sse_events(r)[:-1] if e["choices"]]
+    streamed = [t for e in events for t in (e["choices"][0]["logprobs"] or {}).get("content", [])]
+    assert streamed == resp["choices"][0]["logprobs"]["content"]
+    assert len(streamed) == resp["usage"]["completion_tokens"]
 
 
 def test_real_engine_tools_and_errors(real):

@@ -137,6 +137,11 @@ def test_constrained_formats_accept_what_the_parser_reads(name):
     named = parser.structural_tag([DATE], "named")
     assert not _grammar_accepts(named, calls_text)  # get_weather is not the named tool
     assert _calls(parser.parse(calls_text)[1]) == [("get_weather", {"city": "Paris"})]
+    two = one + parser.separator + parser.call_begin.replace("{name}", "get_date") + '{"tz": "UTC"}' + parser.call_end
+    two = parser.wrapper[0] + two + parser.wrapper[1] if parser.wrapper else two
+    assert _grammar_accepts(required, two)
+    assert not _grammar_accepts(parser.structural_tag([WEATHER, DATE], "required", parallel=False), two)
+    assert _grammar_accepts(parser.structural_tag([WEATHER, DATE], "required", parallel=False), calls_text)
 
 
 RICH = {"type": "function", "function": {"name": "plan_trip", "parameters": {"type": "object", "properties": {

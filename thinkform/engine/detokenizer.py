@@ -75,3 +75,20 @@ def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | No
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, stop)
     return best
+
+
+def partial_stop_len(text: str, stops: list[str]) -> int:
+    """Length of the longest end of text that is the start of a stop string (a proper prefix of it): a
+    stream holds it back, since the next tokens may complete the stop and cut it off."""
+    best = 0
+    for stop in stops:
+        if len(stop) <= 1 + best:
+            continue
+        # candidates begin with the stop's first char, within its last len(stop) - 1 chars; the earliest is longest
+        pos = text.find(stop[0], max(0, len(text) - len(stop) + 1))
+        while 0 <= pos < len(text) - best:
+            if stop.startswith(text[pos:]):
+                best = len(text) - pos
+                break
+            pos = text.find(stop[0], pos + 1)
+    return best

@@ -1,15 +1,37 @@
 """Turns a Sequence into SGLang's output dict: text, output_ids, meta_info."""
 from __future__ import annotations
 
+import bisect
 import time
 from typing import Any
 
+from thinkform.engine.detokenizer import partial_stop_len
 from thinkform.engine.sequence import Sequence
 from thinkform.reasoning import ReasoningMarkers, split_reasoning
 
 
-def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None, single: bool) -> dict[str, Any]:
+def shown_text(seq: Sequence, finished: bool) -> str:
+    """The text an event may show: until the end, the start of a stop string that may still complete is held
+    back, so a stream never sends text the stop then cuts (streamed pieces join to the final text)."""
     text = seq.detok.text
+    p = seq.params
+    if finished or not p.stop or p.no_stop_trim:
+        return text
+    held = partial_stop_len(text, p.stop)
+    return text[: len(text) - held] if held else text
+
+
+def _shown_tokens(seq: Sequence, finished: bool, shown: int) -> int:
+    """How many output tokens' text the event shows (all at the end): a streamed event carries their logprobs."""
+    if finished or not seq.stream:
+        return len(seq.token_logprobs)
+    marks = seq.text_marks
+    i = bisect.bisect_right(marks, shown, key=lambda m: m[0])
+    return marks[i - 1][1] if i else 0
+
+
+def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None, single: bool) -> dict[str, Any]:
+    text = shown_text(seq, finished)
     gate = seq.gate
     meta: dict[str, Any] = {
         "id": seq.rid if single else f"{seq.rid}-{seq.index}",
@@ -28,7 +50,8 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
         meta["reasoning_content"], meta["content"] = split_reasoning(
             text, markers, in_reasoning=seq.reasoning_start == "reasoning")
     if seq.return_logprob:
-        meta["output_token_logprobs"] = list(seq.token_logprobs)
+        count = _shown_tokens(seq, finished, len(text))
+        meta["output_token_logprobs"] = seq.token_logprobs[:count]
         if seq.top_logprobs_num:
-            meta["output_top_logprobs"] = list(seq.top_logprobs)
+            meta["output_top_logprobs"] = seq.top_logprobs[:count]
     return {"index": seq.index, "text": text, "output_ids": list(seq.output_ids), "meta_info": meta}

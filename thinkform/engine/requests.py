@@ -11,7 +11,7 @@ from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import IncrementalDetokenizer
 from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import sequence_output
-from thinkform.engine.sampling_params import SamplingParams
+from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.closing import closing_reserve
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
@@ -118,9 +118,13 @@ class RequestBuilder:
         sp = SamplingParams.from_dict(p)
         if sp.n > self.args.max_n:
             raise ValueError(f"sampling_params.n: {sp.n} is more than the server's max_n ({self.args.max_n})")
+        outside = [t for t in sp.logit_bias if t >= self.parts.vocab_size]
+        if outside:
+            raise SamplingParamError(f"sampling_params.logit_bias: token id {outside[0]} is not in the vocabulary "
+                                     f"(ids 0..{self.parts.vocab_size - 1})")
         if isinstance(p, dict) and p.get("max_new_tokens") is not None:
             self.limits.check_max_new_tokens(sp.max_new_tokens)
-        else:  # the default may not exceed a lower limit
+        elif sp.max_new_tokens is not None:  # the default may not exceed a lower limit
             sp.max_new_tokens = min(sp.max_new_tokens, self.limits.max_new_tokens)
         return sp
 
@@ -137,8 +141,10 @@ class RequestBuilder:
         ctx = self.parts.context_length
         if len(ids) >= ctx:
             raise ValueError(f"prompt: {len(ids)} tokens is too long for the context length {ctx}")
-        p.max_new_tokens = min(p.max_new_tokens, ctx - len(ids))
         capacity = self.parts.pool.num_pages * self.parts.pool.page_size
+        if p.max_new_tokens is None:  # as SGLang: what the context, the KV cache and the server's limit leave
+            p.max_new_tokens = max(0, min(self.limits.max_new_tokens, capacity - len(ids)))
+        p.max_new_tokens = min(p.max_new_tokens, ctx - len(ids))
         if len(ids) + p.max_new_tokens > capacity:
             raise ValueError(f"prompt + max_new_tokens ({len(ids)} + {p.max_new_tokens}) can never fit in the KV "
                              f"cache ({capacity} tokens; raise --max-total-tokens)")
@@ -233,7 +239,7 @@ class RequestBuilder:
         if p.greedy:
             return None
         g = torch.Generator(device=self.parts.device)  # on a GPU: its noise never crosses the bus
-        seed = p.seed + k if p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
+        seed = (p.seed + k) % 2**64 if p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
         g.manual_seed(seed)
         return g
 

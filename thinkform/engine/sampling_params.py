@@ -8,9 +8,20 @@ from typing import Any
 _CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
 
 
+class SamplingParamError(ValueError):
+    """A bad sampling param; `field` is its name (the servers' error `param`), read from the message's
+    "sampling_params.<name>:" prefix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.field = message.split(":", 1)[0].removeprefix("sampling_params.")
+
+_KEEP_NONE = (*_CONSTRAINT_KEYS, "max_new_tokens")
+
+
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = 128  # None (given as such): as many as the context and the KV cache leave
     min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -44,8 +55,8 @@ class SamplingParams:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in params:
             if key not in names:
-                raise ValueError(f"sampling_params.{key}: unknown sampling parameter")
-        clean = {k: v for k, v in params.items() if v is not None or k in _CONSTRAINT_KEYS}
+                raise SamplingParamError(f"sampling_params.{key}: unknown sampling parameter")
+        clean = {k: v for k, v in params.items() if v is not None or k in _KEEP_NONE}
         sp = cls(**clean)
         sp.normalize()
         return sp
@@ -55,12 +66,13 @@ class SamplingParams:
         return self.temperature < 1e-5 or self.top_k == 1
 
     def normalize(self) -> None:
-        _check_int(self, "max_new_tokens", 0)
+        if self.max_new_tokens is not None:
+            _check_int(self, "max_new_tokens", 0)
         _check_int(self, "min_new_tokens", 0)
         _check_int(self, "n", 1)
         _check_int(self, "top_k", -1)
         if self.top_k == 0:
-            raise ValueError("sampling_params.top_k: must be -1 (off) or >= 1, got 0")
+            raise SamplingParamError("sampling_params.top_k: must be -1 (off) or >= 1, got 0")
         _check_num(self, "temperature", 0.0, None)
         _check_num(self, "top_p", 0.0, 1.0, low_open=True)
         _check_num(self, "min_p", 0.0, 1.0)
@@ -68,7 +80,9 @@ class SamplingParams:
         _check_num(self, "presence_penalty", -2.0, 2.0)
         _check_num(self, "repetition_penalty", 0.0, None, low_open=True)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"sampling_params.seed: must be an integer, got {self.seed!r}")
+            raise SamplingParamError(f"sampling_params.seed: must be an integer, got {self.seed!r}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise SamplingParamError(f"sampling_params.seed: must fit in 64 bits, got {self.seed}")
         self.stop = _str_list(self.stop, "stop")
         self.stop_token_ids = _int_list(self.stop_token_ids, "stop_token_ids")
         self.logit_bias = _logit_bias(self.logit_bias)
@@ -78,7 +92,7 @@ class SamplingParams:
         self._take_thinking_budget()
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
+                raise SamplingParamError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
 
 
     def _take_thinking_budget(self) -> None:
@@ -87,14 +101,14 @@ class SamplingParams:
         if self.custom_params is None:
             return
         if not isinstance(self.custom_params, dict):
-            raise ValueError(f"sampling_params.custom_params: must be a mapping, got {self.custom_params!r}")
+            raise SamplingParamError(f"sampling_params.custom_params: must be a mapping, got {self.custom_params!r}")
         budget = self.custom_params.get("thinking_budget")
         if budget is None:
             return
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-            raise ValueError(f"sampling_params.custom_params.thinking_budget: must be an integer >= 0, got {budget!r}")
+            raise SamplingParamError(f"sampling_params.custom_params.thinking_budget: must be an integer >= 0, got {budget!r}")
         if self.max_reasoning_tokens is not None and self.max_reasoning_tokens != budget:
-            raise ValueError(f"sampling_params.custom_params.thinking_budget: {budget} conflicts with "
+            raise SamplingParamError(f"sampling_params.custom_params.thinking_budget: {budget} conflicts with "
                              f"max_reasoning_tokens={self.max_reasoning_tokens}")
         self.max_reasoning_tokens = budget
 
@@ -105,18 +119,18 @@ def _check_int(sp: SamplingParams, name: str, low: int) -> None:
         value = int(value)
         setattr(sp, name, value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"sampling_params.{name}: must be an integer, got {value!r}")
+        raise SamplingParamError(f"sampling_params.{name}: must be an integer, got {value!r}")
     if value < low:
-        raise ValueError(f"sampling_params.{name}: must be >= {low}, got {value}")
+        raise SamplingParamError(f"sampling_params.{name}: must be >= {low}, got {value}")
 
 
 def _check_num(sp: SamplingParams, name: str, low: float, high: float | None, low_open: bool = False) -> None:
     value = getattr(sp, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"sampling_params.{name}: must be a number, got {value!r}")
+        raise SamplingParamError(f"sampling_params.{name}: must be a number, got {value!r}")
     if value < low or (low_open and value == low) or (high is not None and value > high):
         bound = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
-        raise ValueError(f"sampling_params.{name}: must be in {bound}, got {value}")
+        raise SamplingParamError(f"sampling_params.{name}: must be in {bound}, got {value}")
     setattr(sp, name, float(value))
 
 
@@ -126,7 +140,7 @@ def _str_list(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
-        raise ValueError(f"sampling_params.{name}: must be a non-empty string or a list of them")
+        raise SamplingParamError(f"sampling_params.{name}: must be a non-empty string or a list of them")
     return list(value)
 
 
@@ -136,7 +150,7 @@ def _int_list(value: Any, name: str) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
-        raise ValueError(f"sampling_params.{name}: must be a list of token ids")
+        raise SamplingParamError(f"sampling_params.{name}: must be a list of token ids")
     return list(value)
 
 
@@ -144,16 +158,16 @@ def _logit_bias(value: Any) -> dict[int, float]:
     if not value:
         return {}
     if not isinstance(value, dict):
-        raise ValueError("sampling_params.logit_bias: must be a mapping of token id to bias")
+        raise SamplingParamError("sampling_params.logit_bias: must be a mapping of token id to bias")
     out: dict[int, float] = {}
     for k, v in value.items():
         try:
             tid = int(k)
         except (TypeError, ValueError):
-            raise ValueError(f"sampling_params.logit_bias: key {k!r} is not a token id") from None
+            raise SamplingParamError(f"sampling_params.logit_bias: key {k!r} is not a token id") from None
         if tid < 0:
-            raise ValueError(f"sampling_params.logit_bias: key {k!r} is not a token id (negative)")
+            raise SamplingParamError(f"sampling_params.logit_bias: key {k!r} is not a token id (negative)")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"sampling_params.logit_bias[{k}]: bias must be a number")
+            raise SamplingParamError(f"sampling_params.logit_bias[{k}]: bias must be a number")
         out[tid] = float(max(-100.0, min(100.0, v)))
     return out

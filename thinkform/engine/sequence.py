@@ -24,6 +24,7 @@ class FinishReason:
     matched: int | str | None = None
     message: str | None = None
     length: int | None = None  # for "length": the limit that was reached (SGLang reports it)
+    status_code: int | None = None  # for "abort": 500 when the engine failed the request (as SGLang's)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "matched": self.matched}
@@ -31,6 +32,8 @@ class FinishReason:
             out["message"] = self.message
         if self.length is not None:
             out["length"] = self.length
+        if self.status_code is not None:
+            out["status_code"] = self.status_code
         return out
 
 
@@ -61,6 +64,9 @@ class Sequence:
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)
+    # streamed with logprobs: (len(detok.text), len(output_ids)) each time the text grew, so an event gives
+    # the logprobs of the tokens whose text it shows
+    text_marks: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:

@@ -37,6 +37,7 @@ class ChatPlan:
     params: dict[str, Any]
     split: bool  # separate reasoning_content from content
     tool_parser: ToolCallParser | None  # tools are active: parse calls out of the answer
+    max_calls: int | None  # parallel_tool_calls false: one call at most
     return_logprob: bool
     top_logprobs_num: int
 
@@ -77,28 +78,34 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     except ChatTemplateError as e:
         raise APIError(str(e), param="messages") from e
     reasoning_start = decide_reasoning_start(prompt, state.markers, body.chat_template_kwargs)
+    if body.top_logprobs and not body.logprobs:
+        raise APIError("top_logprobs: needs logprobs set to true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens
     check_max_tokens(max_tokens, state.limits, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     params = sampling_params(body, max_tokens, state.max_n)
+    if max_tokens is None:  # as SGLang, vLLM and OpenAI: a chat answer is bounded by the context, not by 128
+        params["max_new_tokens"] = None
     fields = constraint_fields(body, body.response_format)
     if mode in ("required", "named"):
         if fields:
             raise APIError(f"tool_choice {mode!r} cannot be combined with another constraint", param="tool_choice")
-        fields = {"structural_tag": _tool_tag(state.tool_parser, tools, mode)}
+        fields = {"structural_tag": _tool_tag(state.tool_parser, tools, mode, body.parallel_tool_calls)}
     elif mode == "auto" and not fields:
-        tag = _tool_tag(state.tool_parser, tools, "auto")
+        tag = _tool_tag(state.tool_parser, tools, "auto", body.parallel_tool_calls)
         fields = {"structural_tag": tag} if tag else {}
     params.update(validate_constraints(fields, state.limits))
     ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
     return ChatPlan(rid=body.rid or new_id(""), input_ids=ids, reasoning_start=reasoning_start, params=params,
                     split=body.separate_reasoning and state.markers is not None and reasoning_start != "answer",
                     tool_parser=state.tool_parser if mode != "none" else None,
+                    max_calls=None if body.parallel_tool_calls else 1,
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0)
 
 
-def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
+def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
+              parallel: bool) -> dict[str, Any] | None:
     try:
-        return parser.structural_tag(tools, mode)  # type: ignore[arg-type]
+        return parser.structural_tag(tools, mode, parallel)  # type: ignore[arg-type]
     except ValueError as e:
         raise APIError(str(e), param="tool_choice") from e
 
@@ -118,12 +125,28 @@ def _finish_reason(meta: dict[str, Any]) -> tuple[str | None, Any]:
     return fr.get("type"), fr.get("matched")
 
 
-def _split(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any]) -> tuple[str | None, str]:
-    if not plan.split:
+def _split(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
+           always: bool = False) -> tuple[str | None, str]:
+    if not (plan.split or always and plan.reasoning_start != "answer" and state.markers is not None):
         return None, text
     if "content" in meta:
         return meta.get("reasoning_content"), meta["content"]
     return split_reasoning(text, state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+
+
+def _answer_calls(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
+                  content: str) -> tuple[str, list[ToolCall]]:
+    """(content without the calls, the calls): calls come from the answer only, never from the reasoning,
+    also when the reasoning stays in `content` (separate_reasoning false); one at most without
+    parallel_tool_calls."""
+    assert plan.tool_parser is not None
+    _, answer = _split(state, plan, text, meta, always=True)
+    cut = (meta.get("finish_reason") or {}).get("type") == "length"
+    normal, calls = plan.tool_parser.parse(answer, with_cut_call=cut)
+    if not calls:
+        return content, []
+    at = content.rfind(answer) if answer else -1  # content: the answer, or the reasoning and then the answer
+    return (content[:at] if at > 0 else "") + normal, calls[: plan.max_calls]
 
 
 def _usage(metas: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -138,18 +161,50 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
-def _chat_logprobs(tokenizer: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
+LogprobPair = tuple[tuple[float, int, Any], list[tuple[float, int, Any]] | None]  # (token's entry, its top ones)
+
+
+def _logprob_pairs(meta: dict[str, Any], start: int = 0) -> list[LogprobPair] | None:
+    """The output tokens' (logprob entry, top entries) from `start` on; None when the engine sent none."""
     tokens = meta.get("output_token_logprobs")
     if tokens is None:
         return None
     tops = meta.get("output_top_logprobs") or [None] * len(tokens)
+    return list(zip(tokens[start:], tops[start:]))
+
+
+def _chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict[str, Any]]:
     content = []
-    for (lp, tid, _), top in zip(tokens, tops):
+    for (lp, tid, _), top in pairs:
         text = _token_text(tokenizer, tid)
         content.append({"token": text, "logprob": lp, "bytes": list(text.encode()),
                         "top_logprobs": [{"token": (t := _token_text(tokenizer, i)), "logprob": p,
                                           "bytes": list(t.encode())} for p, i, _ in (top or [])]})
-    return {"content": content}
+    return content
+
+
+def _chat_logprobs(tokenizer: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
+    pairs = _logprob_pairs(meta)
+    return None if pairs is None else {"content": _chat_logprob_entries(tokenizer, pairs)}
+
+
+@dataclass
+class _LogprobFeed:
+    """Streamed logprobs of one choice: each event's engine output carries the entries of the tokens whose
+    text it shows (cumulative); the new ones wait here for the next chunk of that choice."""
+
+    sent: int = 0  # entries taken from the engine so far
+    pending: list[LogprobPair] = field(default_factory=list)
+
+    def feed(self, meta: dict[str, Any]) -> None:
+        pairs = _logprob_pairs(meta, self.sent)
+        if pairs:
+            self.pending.extend(pairs)
+            self.sent += len(pairs)
+
+    def take(self) -> list[LogprobPair]:
+        pairs, self.pending = self.pending, []
+        return pairs
 
 
 def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, Any]) -> dict[str, Any]:
@@ -157,20 +212,28 @@ def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, 
     reasoning, content = _split(state, plan, out.get("text", ""), meta)
     reason, matched = _finish_reason(meta)
     calls: list[ToolCall] = []
-    if plan.tool_parser is not None:  # calls come from the answer only, never from the reasoning
-        content, calls = plan.tool_parser.parse(content)
+    if plan.tool_parser is not None:
+        content, calls = _answer_calls(state, plan, out.get("text", ""), meta, content)
     message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None,
                                "reasoning_content": reasoning}
     if calls:
         message["tool_calls"] = [c.to_openai() for c in calls]
-        reason = "tool_calls"
+        reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
     choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
               "logprobs": _chat_logprobs(state.engine.tokenizer, meta) if plan.return_logprob else None}
     return choice
 
 
 def _as_list(result: Any) -> list[dict[str, Any]]:
-    return result if isinstance(result, list) else [result]
+    """The engine's outputs as a list; an output the engine failed (an abort with a status, as SGLang's)
+    makes the response that error rather than a 200 with a cut answer."""
+    outs = result if isinstance(result, list) else [result]
+    for out in outs:
+        reason = out.get("meta_info", {}).get("finish_reason") or {}
+        if reason.get("type") == "abort" and reason.get("status_code"):
+            raise APIError(reason.get("message") or "the request failed", reason["status_code"],
+                           type="internal_error")
+    return outs
 
 
 @router.post("/v1/chat/completions")
@@ -215,8 +278,8 @@ class _ChoiceStream:
         r, c = self.reasoning.feed(delta) if self.reasoning else ("", delta)
         return self._deltas(r, c)
 
-    def finish(self) -> tuple[list[dict[str, Any]], bool]:
-        """The last deltas, and whether the answer made tool calls."""
+    def finish(self, cut: bool = False) -> tuple[list[dict[str, Any]], bool]:
+        """The last deltas, and whether the answer made tool calls (`cut`: it ran out of tokens)."""
         r, c = self.reasoning.flush() if self.reasoning else ("", "")
         deltas = self._deltas(r, c)
         if self.held:
@@ -224,7 +287,7 @@ class _ChoiceStream:
             self.held.clear()
         if self.tools is None:
             return deltas, False
-        normal, calls, made = self.tools.finish()
+        normal, calls, made = self.tools.finish(cut)
         if normal:
             deltas.append({"content": normal})
         if calls:
@@ -258,31 +321,37 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
     created, model = now(), body.model or state.model_name
     choices = [_ChoiceStream(
         reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
-        tools=plan.tool_parser.streaming() if plan.tool_parser else None,
+        tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
         hold_reasoning=not body.stream_reasoning) for _ in range(body.n)]
     finals: dict[int, dict[str, Any]] = {}
+    feeds = [_LogprobFeed() for _ in range(body.n)] if plan.return_logprob else None
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        pairs = feeds[index].take() if feeds is not None else None  # the tokens delivered since the last chunk
+        logprobs = {"content": _chat_logprob_entries(state.engine.tokenizer, pairs)} if pairs else None
         return sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None, **extra}]})
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs,
+                                 **extra}]})
 
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": ""})
     async for item in _chained(first, rest):
         index = item.get("index", 0)
         stream = choices[index]
+        meta = item.get("meta_info", {})
+        if feeds is not None:
+            feeds[index].feed(meta)
         for delta in stream.feed(item.get("text", "")):
             yield chunk(index, delta)
-        meta = item.get("meta_info", {})
         reason, matched = _finish_reason(meta)
         if reason is None or stream.done:
             continue
         stream.done = True
         finals[index] = meta
-        deltas, made_calls = stream.finish()
+        deltas, made_calls = stream.finish(cut=reason == "length")
         for delta in deltas:
             yield chunk(index, delta)
-        if made_calls:
+        if made_calls and reason == "stop":  # a call cut by max_tokens stays a "length"
             reason = "tool_calls"
         yield chunk(index, {}, reason, matched_stop=matched)
     if include_usage:
@@ -307,18 +376,62 @@ def _completion_inputs(body: CompletionRequest) -> dict[str, Any]:
     return {"input_ids": [list(p) for p in prompt]}
 
 
-def _completion_logprobs(tokenizer: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
-    tokens = meta.get("output_token_logprobs")
-    if tokens is None:
-        return None
-    tops = meta.get("output_top_logprobs") or [None] * len(tokens)
-    texts = [_token_text(tokenizer, tid) for _, tid, _ in tokens]
-    offsets, pos = [], 0
+def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: int) -> tuple[dict[str, Any], int]:
+    """OpenAI's legacy logprobs of these tokens, their text_offset counted on from `start` (where their text
+    begins in the returned text); and the offset after them."""
+    texts = [_token_text(tokenizer, tid) for (_, tid, _), _ in pairs]
+    offsets, pos = [], start
     for t in texts:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": texts, "token_logprobs": [lp for lp, _, _ in tokens], "text_offset": offsets,
-            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in (top or [])} for top in tops]}
+    return {"tokens": texts, "token_logprobs": [lp for (lp, _, _), _ in pairs], "text_offset": offsets,
+            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in (top or [])} for _, top in pairs]}, pos
+
+
+def _completion_logprobs(tokenizer: Any, meta: dict[str, Any], echo: dict[str, Any] | None = None,
+                         start: int = 0) -> dict[str, Any] | None:
+    """The whole answer's logprobs; with echo, the prompt's entries (`_echo_logprobs`) first, and the
+    answer's offsets from `start`, the length of the echoed prompt."""
+    pairs = _logprob_pairs(meta)
+    if pairs is None:
+        return None
+    lists, _ = _completion_logprob_lists(tokenizer, pairs, start)
+    return _joined_logprobs(echo, lists) if echo is not None else lists
+
+
+def _joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    return {k: first[k] + then[k] for k in ("tokens", "token_logprobs", "text_offset", "top_logprobs")}
+
+
+def _echo_logprobs(tokenizer: Any, prompt: str | list[int], text: str) -> dict[str, Any]:
+    """With echo, the prompt's tokens come first in the logprobs: logprob None (prompt logprobs are not
+    computed; OpenAI's first token has none either), text_offset into the echoed prompt `text`."""
+    ids, offsets = _prompt_token_offsets(tokenizer, prompt, text)
+    return {"tokens": [_token_text(tokenizer, t) for t in ids], "token_logprobs": [None] * len(ids),
+            "text_offset": offsets, "top_logprobs": [None] * len(ids)}
+
+
+def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) -> tuple[list[int], list[int]]:
+    """The prompt's ids (as the engine encodes it) and where each token starts in `text`: each token's own
+    text laid end to end where those add up to the prompt; else the tokenizer's offsets (a BOS, a character
+    split over tokens), clamped into the text where it has none."""
+    offsets_map = None
+    if isinstance(prompt, str):
+        try:
+            enc = tokenizer(prompt, return_offsets_mapping=True)
+            ids, offsets_map = list(enc["input_ids"]), [s for s, _ in enc["offset_mapping"]]
+        except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer: no offsets
+            ids = tokenizer.encode(prompt)
+    else:
+        ids = list(prompt)
+    texts = [_token_text(tokenizer, t) for t in ids]
+    if offsets_map is not None and "".join(texts) != text:
+        return ids, offsets_map
+    offsets, pos = [], 0
+    for t in texts:
+        offsets.append(min(pos, len(text)))
+        pos += len(t)
+    return ids, offsets
 
 
 @router.post("/v1/completions")
@@ -336,13 +449,17 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     rids = rid if isinstance(rid, list) else [rid]
     want_logprobs = body.logprobs is not None
     prompts = _prompt_texts(state, inputs)  # before the engine call: it may refuse bad token ids
+    tokenizer = state.engine.tokenizer
+    echoes = ([_echo_logprobs(tokenizer, p, t) for p, t in zip(_prompt_inputs(inputs), prompts)]
+              if body.echo and want_logprobs else None)
     call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
                                        return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0)
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
         first, rest = await open_stream(call)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts)
+        events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts,
+                                    tokenizer if want_logprobs else None, echoes)
         return StreamingResponse(stream_with_abort(state.engine, rids, events), media_type="text/event-stream")
     try:
         outs = _as_list(await call_until_disconnect(request, state.engine, call, rids))
@@ -352,11 +469,22 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     for i, out in enumerate(outs):
         meta = out.get("meta_info", {})
         reason, matched = _finish_reason(meta)
-        text = (prompts[i // body.n] if body.echo else "") + out.get("text", "")
-        choices.append({"index": i, "text": text, "finish_reason": reason, "matched_stop": matched,
-                        "logprobs": _completion_logprobs(state.engine.tokenizer, meta) if want_logprobs else None})
+        echoed = prompts[i // body.n] if body.echo else ""
+        logprobs = (_completion_logprobs(tokenizer, meta, echoes[i // body.n] if echoes else None, len(echoed))
+                    if want_logprobs else None)
+        choices.append({"index": i, "text": echoed + out.get("text", ""), "finish_reason": reason,
+                        "matched_stop": matched, "logprobs": logprobs})
     return JSONResponse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                          "choices": choices, "usage": _usage([o.get("meta_info", {}) for o in outs], body.n)})
+
+
+def _prompt_inputs(inputs: dict[str, Any]) -> list[str | list[int]]:
+    """Each prompt as given: a text or a list of token ids."""
+    if "prompt" in inputs:
+        p = inputs["prompt"]
+        return [p] if isinstance(p, str) else list(p)
+    ids = inputs["input_ids"]
+    return [ids] if ids and isinstance(ids[0], int) else list(ids)
 
 
 def _prompt_texts(state: ServerState, inputs: dict[str, Any]) -> list[str]:
@@ -371,25 +499,54 @@ def _prompt_texts(state: ServerState, inputs: dict[str, Any]) -> list[str]:
         raise APIError(f"prompt: token ids must be valid ids of this model's vocabulary ({e})", param="prompt") from e
 
 
+@dataclass
+class _CompletionLogprobStream:
+    """Streamed /v1/completions logprobs of one choice: each chunk the lists of the tokens it delivers, their
+    text_offset running on through the returned text; with echo the prompt's entries lead the first chunk."""
+
+    tokenizer: Any
+    echo: dict[str, Any] | None
+    pos: int  # where the next token's text starts in the returned text
+    feed: _LogprobFeed = field(default_factory=_LogprobFeed)
+
+    def take(self) -> dict[str, Any] | None:
+        pairs = self.feed.take()
+        if not pairs and self.echo is None:
+            return None
+        lists, self.pos = _completion_logprob_lists(self.tokenizer, pairs, self.pos)
+        if self.echo is not None:
+            lists, self.echo = _joined_logprobs(self.echo, lists), None
+        return lists
+
+
 async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int, model: str,
                              first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
-                             include_usage: bool, prompts: list[str]) -> AsyncIterator[str]:
+                             include_usage: bool, prompts: list[str], tokenizer: Any = None,
+                             echoes: list[dict[str, Any]] | None = None) -> AsyncIterator[str]:
+    """`tokenizer`: logprobs were asked for; `echoes`: with echo, each prompt's own logprob entries."""
     seen: dict[int, int] = {}
     finals: dict[int, dict[str, Any]] = {}
+    lps: dict[int, _CompletionLogprobStream] = {}
     async for item in _chained(first, rest):
         index, text = item.get("index", 0), item.get("text", "")
         delta = text[seen.get(index, 0):]
+        prompt = prompts[index // body.n] if body.echo else ""
         if body.echo and index not in seen:
-            delta = prompts[index // body.n] + delta
+            delta = prompt + delta
         seen[index] = max(seen.get(index, 0), len(text))
         meta = item.get("meta_info", {})
         reason, matched = _finish_reason(meta)
         if reason is not None:
             finals[index] = meta
+        lp = None
+        if tokenizer is not None:
+            lp = lps.setdefault(index, _CompletionLogprobStream(
+                tokenizer, echoes[index // body.n] if echoes else None, len(prompt)))
+            lp.feed.feed(meta)
         if delta or reason is not None:
             yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                        "choices": [{"index": index, "text": delta, "finish_reason": reason,
-                                    "matched_stop": matched, "logprobs": None}]})
+                                    "matched_stop": matched, "logprobs": lp.take() if lp is not None else None}]})
     if include_usage:
         metas = [finals[i] for i in sorted(finals)]
         yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,

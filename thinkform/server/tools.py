@@ -65,12 +65,17 @@ class ToolCallParser(ABC):
     bare_json: bool = False  # a JSON object as the whole answer is a call too
 
     # ---- parsing -------------------------------------------------------------------------
-    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
-        """Split `text` into the normal text and the tool calls found after the trigger."""
+    def parse(self, text: str, with_cut_call: bool = False) -> tuple[str, list[ToolCall]]:
+        """Split `text` into the normal text and the tool calls found after the trigger. `with_cut_call`
+        (the answer ran out of tokens): a last call still being written comes too, its arguments as far as
+        they go (what streaming sent of it)."""
         start = self._section_start(text)
         if start < 0:
             return text, []
         calls = self._parse_calls(text[start:])
+        if with_cut_call:
+            calls = calls + [ToolCall(name, args) for name, args, complete in self.partial_calls(text[start:])
+                             if not complete][:1]
         if not calls:
             return text, []
         return text[:start].rstrip(), self._raw_arguments(text[start:], calls)
@@ -128,8 +133,8 @@ class ToolCallParser(ABC):
     def _parse_calls(self, section: str) -> list[ToolCall]:
         """The calls written in a tool-call section of the answer."""
 
-    def streaming(self) -> "StreamingToolParser":
-        return StreamingToolParser(self)
+    def streaming(self, max_calls: int | None = None) -> "StreamingToolParser":
+        return StreamingToolParser(self, max_calls)
 
     # ---- constraints ---------------------------------------------------------------------
     def _tag(self, tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,12 +143,14 @@ class ToolCallParser(ABC):
                 "content": {"type": "json_schema", "json_schema": tool_schema(tool)},
                 "end": self.call_end}
 
-    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto") -> dict[str, Any] | None:
+    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto",
+                       parallel: bool = True) -> dict[str, Any] | None:
         """The constraint for `tools`: auto = free text until the trigger, then well-formed calls;
-        required / named = only calls (at least one; named: exactly one of that tool)."""
+        required / named = only calls (at least one; named: exactly one of that tool). Not `parallel`: one
+        call at most where the format allows saying so (auto without a wrapper: the parser keeps the first)."""
         tags = [self._tag(t) for t in tools]
         calls = {"type": "tags_with_separator", "tags": tags, "separator": self.separator,
-                 "at_least_one": True, "stop_after_first": mode == "named"}
+                 "at_least_one": True, "stop_after_first": mode == "named" or not parallel}
         if mode == "auto":
             if self.wrapper is None:
                 fmt: dict[str, Any] = {"type": "triggered_tags", "triggers": [self.trigger], "tags": tags}
@@ -274,10 +281,12 @@ class PythonicParser(ToolCallParser):
     _start = re.compile(r"\[\s*[A-Za-z_][\w.]*\s*\(")
     _partial = re.compile(r"\[\s*(?:[A-Za-z_][\w.]*\s*)?$")
 
-    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto") -> dict[str, Any] | None:
+    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto",
+                       parallel: bool = True) -> dict[str, Any] | None:
         if mode == "auto":
             return None
-        grammar = pythonic_calls_grammar([(tool_name(t), tool_schema(t)) for t in tools], at_most_one=mode == "named")
+        grammar = pythonic_calls_grammar([(tool_name(t), tool_schema(t)) for t in tools],
+                                         at_most_one=mode == "named" or not parallel)
         return {"type": "structural_tag", "format": {"type": "grammar", "grammar": grammar}}
 
     def _maybe_start(self, text: str) -> int:
@@ -341,8 +350,9 @@ class StreamingToolParser:
     OpenAI does: a call's first delta carries its id and name, the next ones pieces of its arguments. Calls
     not written in the format's template (or parse-only formats) are sent whole at the end."""
 
-    def __init__(self, parser: ToolCallParser) -> None:
+    def __init__(self, parser: ToolCallParser, max_calls: int | None = None) -> None:
         self.parser = parser
+        self.max_calls = max_calls  # parallel_tool_calls false: 1; later calls are dropped
         self._held = ""
         self._in_calls = False
         self._sent_text = False  # normal text already sent (a bare JSON call must be the whole answer)
@@ -365,25 +375,25 @@ class StreamingToolParser:
         self._sent_text = self._sent_text or bool(out.strip())
         return out, []
 
-    def finish(self) -> tuple[str, list[dict[str, Any]], bool]:
+    def finish(self, cut: bool = False) -> tuple[str, list[dict[str, Any]], bool]:
         """The text still held back that is not a call, the last tool-call deltas, and whether the answer
-        made any call."""
+        made any call (`cut`: the answer ran out of tokens, a call being written counts, as streamed)."""
         deltas = self._call_deltas() if self._in_calls else []
-        normal, calls = self.parser.parse(self._held)
+        normal, calls = self.parser.parse(self._held, with_cut_call=cut)
         self._held = ""
         streamed = [(c.name, _normal_json(c.arguments)) for c, _ in self._calls]
         for call in calls:  # the whole parse has the last word: calls it found that were not streamed go whole
             key = (call.name, _normal_json(call.arguments))
             if key in streamed:
                 streamed.remove(key)
-            else:
+            elif self.max_calls is None or len(self._calls) < self.max_calls:
                 deltas.append(call.to_openai(len(self._calls)))
                 self._calls.append((call, len(call.arguments)))
         return normal, deltas, bool(calls)
 
     def _call_deltas(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held)):
+        for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held)[: self.max_calls]):
             if k == len(self._calls):
                 call = ToolCall(name, "")
                 self._calls.append((call, 0))
