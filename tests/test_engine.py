@@ -177,6 +177,19 @@ def test_max_new_tokens_none_runs_to_what_the_context_and_cache_leave(engine64):
     assert out["meta_info"]["completion_tokens"] == 20 and out["meta_info"]["finish_reason"]["type"] == "length"
 
 
+def test_a_rid_in_flight_cannot_be_taken_twice(engine64):
+    """As SGLang: a second request with the id of one still running is refused (an abort by rid would hit
+    both); once the first is done the id is free again."""
+    first = engine64.generate("Hello", {"max_new_tokens": 200, "ignore_eos": True}, rid="same", stream=True)
+    next(first)
+    with pytest.raises(ValueError, match="rid") as e:
+        engine64.generate("Hello", {"max_new_tokens": 2}, rid="same")
+    assert e.value.field == "rid"
+    engine64.abort("same")
+    list(first)
+    assert engine64.generate("Hello", {"max_new_tokens": 2}, rid="same")["meta_info"]["completion_tokens"] == 2
+
+
 def test_abort_frees_cache(engine64):
     pool = engine64.parts.pool
     stream = engine64.generate(PROMPTS[0], {**GREEDY, "max_new_tokens": 2000}, stream=True, rid="abort-me")

@@ -307,6 +307,12 @@ def test_a_request_the_engine_fails_is_a_500_on_the_openai_routes(real, monkeypa
                    json={"messages": QUESTION, "max_tokens": 16, "regex": "[a-z]{1,20}", "rid": "sabotaged-chat"})
     assert r.status_code == 500 and "injected" in r.json()["error"]["message"], r.text
     assert r.json()["error"]["type"] == "internal_error"
+    with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=60, json={
+            "messages": QUESTION, "max_tokens": 16, "regex": "[a-z]{1,20}", "rid": "sabotaged-chat", "stream": True}) as r:
+        events = sse_events(r)
+    assert any("injected" in str(e.get("error", {}).get("message")) for e in events if isinstance(e, dict)), events
+    assert not any(c.get("finish_reason") == "abort" for e in events if isinstance(e, dict)
+                   for c in e.get("choices", []))
     assert _chat(base, regex="(yes|no)").json()["choices"][0]["message"]["content"] in ("yes", "no")
 
 

@@ -162,6 +162,7 @@ def test_two_constraints_is_an_error(engines):
     ({"json_schema": {"type": "object", "properties": {"a": {"type": "strin"}}}}, "json_schema"),
     ({"regex": "(unclosed"}, "regex"),
     ({"ebnf": "root ::= missing_rule"}, "ebnf"),
+    ({"ebnf": "root ::= root"}, "ebnf"),  # compiles, but no text satisfies it: a request could only fail
 ])
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
 def test_invalid_constraint_is_clean_error_and_engine_goes_on(engines, backend, params, field):

@@ -5,11 +5,12 @@ import asyncio
 import dataclasses
 import logging
 import queue
+import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from thinkform.args import EngineArgs
-from thinkform.engine.errors import EngineDead, EngineOverloaded
+from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
 from thinkform.engine.loop import EngineLoop
 from thinkform.engine.requests import PreparedRequest, RequestBuilder
 from thinkform.engine.sequence import Sequence
@@ -23,6 +24,29 @@ class _Delivery:
     seq: Sequence
     output: dict[str, Any]
     finished: bool
+
+
+class _LiveRids:
+    """Request ids in flight. A second request may not take one while it is (SGLang refuses duplicates
+    too): an abort by rid would end both, and their outputs could not be told apart."""
+
+    def __init__(self) -> None:
+        self._unfinished: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, rid: str, num_seqs: int) -> None:
+        with self._lock:
+            if rid in self._unfinished:
+                raise DuplicateRequestId(f"rid: {rid!r} is already the id of a request in flight")
+            self._unfinished[rid] = num_seqs
+
+    def release(self, rid: str, num_seqs: int = 1) -> None:
+        with self._lock:
+            left = self._unfinished.get(rid, 0) - num_seqs
+            if left > 0:
+                self._unfinished[rid] = left
+            else:
+                self._unfinished.pop(rid, None)
 
 
 class Engine:
@@ -41,6 +65,7 @@ class Engine:
         self.served_model_name = args.served_model_name or self.parts.model_name
         self.context_length = self.parts.context_length
         self.builder = RequestBuilder(self.parts, args)
+        self._live_rids = _LiveRids()
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
@@ -133,11 +158,18 @@ class Engine:
             raise EngineOverloaded(f"too many pending requests (max_queued_requests={self.args.max_queued_requests})")
 
         def sink(seq: Sequence, output: dict[str, Any], finished: bool) -> None:
+            if finished:
+                self._live_rids.release(req.rid)
             deliver(_Delivery(seq, output, finished))
 
-        seqs = self.builder.sequences(req, sink)
-        req.seqs = seqs
-        self.loop.submit(seqs)
+        self._live_rids.claim(req.rid, req.num_seqs)
+        try:
+            seqs = self.builder.sequences(req, sink)
+            req.seqs = seqs
+            self.loop.submit(seqs)
+        except BaseException:
+            self._live_rids.release(req.rid, req.num_seqs)
+            raise
 
     def _abort_request(self, req: PreparedRequest) -> None:
         for seq in req.seqs:

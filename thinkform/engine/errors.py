@@ -12,3 +12,9 @@ class EngineOverloaded(RuntimeError):
 
 class EngineDead(RuntimeError):
     """The engine loop crashed or was shut down; no request can be served."""
+
+
+class DuplicateRequestId(ValueError):
+    """A request's rid is the id of another request still in flight (a 400 naming `rid`)."""
+
+    field = "rid"

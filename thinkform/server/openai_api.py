@@ -229,11 +229,16 @@ def _as_list(result: Any) -> list[dict[str, Any]]:
     makes the response that error rather than a 200 with a cut answer."""
     outs = result if isinstance(result, list) else [result]
     for out in outs:
-        reason = out.get("meta_info", {}).get("finish_reason") or {}
-        if reason.get("type") == "abort" and reason.get("status_code"):
-            raise APIError(reason.get("message") or "the request failed", reason["status_code"],
-                           type="internal_error")
+        _raise_if_failed(out.get("meta_info", {}))
     return outs
+
+
+def _raise_if_failed(meta: dict[str, Any]) -> None:
+    """An output the engine failed (an abort with a status, as SGLang's) is an error, not a cut answer: the
+    whole response, or in a stream an error event."""
+    reason = meta.get("finish_reason") or {}
+    if reason.get("type") == "abort" and reason.get("status_code"):
+        raise APIError(reason.get("message") or "the request failed", reason["status_code"], type="internal_error")
 
 
 @router.post("/v1/chat/completions")
@@ -343,6 +348,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
             feeds[index].feed(meta)
         for delta in stream.feed(item.get("text", "")):
             yield chunk(index, delta)
+        _raise_if_failed(meta)
         reason, matched = _finish_reason(meta)
         if reason is None or stream.done:
             continue
@@ -535,6 +541,7 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
             delta = prompt + delta
         seen[index] = max(seen.get(index, 0), len(text))
         meta = item.get("meta_info", {})
+        _raise_if_failed(meta)
         reason, matched = _finish_reason(meta)
         if reason is not None:
             finals[index] = meta

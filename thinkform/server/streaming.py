@@ -84,6 +84,7 @@ async def stream_with_abort(engine: Any, rids: list[str], body: AsyncIterator[st
         raise
     except Exception as exc:  # the response has started: report in-band
         finished = True
+        abort_all(engine, rids)  # the stream's other samples (n > 1) have nobody left to read them
         if not isinstance(exc, APIError):
             logger.warning("stream failed: %s", exc)
         yield sse_error(exc)

@@ -16,12 +16,15 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+import torch
+
 from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
+from thinkform.structured.bitmask import set_bits
 from thinkform.structured.spec import Constraint, ConstraintError
 
 CacheKey = tuple[str, str, str]  # (backend name, constraint kind, canonical source)
@@ -129,6 +132,7 @@ class GrammarCache:
         error: BaseException | None = None
         try:
             result = self.backend.compile(job.constraint)
+            _check_has_answers(result, job.constraint, self.backend.ctx.vocab_size, self.backend.ctx.eos_token_ids)
             _extra(self.before_handout, result)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed
             error = e
@@ -203,6 +207,20 @@ class GrammarCache:
         self._failures += 1
         self._store(job.key, job.future)  # the same constraint fails fast until the compile ends
         return job
+
+
+def _check_has_answers(compiled: CompiledGrammar, constraint: Constraint, vocab_size: int,
+                       eos_token_ids: Iterable[int]) -> None:
+    """A grammar that allows no first token and no empty answer (`root ::= root`) has no answer at all: a
+    400 now, rather than a request that can only fail later. (An EOS bit alone does not count: llguidance
+    may leave it set where the grammar cannot end.)"""
+    matcher = compiled.new_matcher()
+    mask = torch.zeros((1, (vocab_size + 31) // 32), dtype=torch.int32)
+    matcher.fill_bitmask(mask, 0)
+    set_bits(mask, 0, eos_token_ids, False)
+    if not bool(mask.any()) and not matcher.can_terminate():
+        raise ConstraintError(f"{constraint.field}: the constraint has no valid answer (no text satisfies it)",
+                              field=constraint.field)
 
 
 def _extra(work: Callable[[CompiledGrammar], None] | None, result: CompiledGrammar) -> None:
