@@ -282,6 +282,36 @@ def test_jump_forward_from_inside_a_character(backends: dict[str, GrammarBackend
     assert m.find_jump_forward_bytes() == b" is big"
 
 
+SIBLING_SCHEMAS = [  # keywords beside anyOf / oneOf / allOf, which xgrammar 0.2 drops: (schema, invalid answer)
+    ({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}},
+      "oneOf": [{"properties": {"kind": {"enum": ["a"]}}}, {"properties": {"kind": {"enum": ["b"]}}}]}, "{}"),
+    ({"type": "object", "anyOf": [{"required": ["x"]}, {"required": ["y"]}]}, '""'),
+    ({"allOf": [{"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}},
+                {"required": ["b"], "properties": {"b": {"type": "integer"}}}]}, '""'),
+]
+
+
+@pytest.mark.parametrize("schema, invalid", SIBLING_SCHEMAS)
+def test_schemas_xgrammar_would_not_enforce_are_refused_and_auto_takes_llguidance(
+        backends: dict[str, GrammarBackend], ctx: BackendContext, schema: dict, invalid: str) -> None:
+    with pytest.raises(ConstraintError, match="would not enforce"):
+        backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    try:  # llguidance enforces it, or refuses it too (strict mode can make a branch unsatisfiable)
+        m = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema)).new_matcher()
+    except ConstraintError as e:
+        assert "llguidance" in str(e)
+        return
+    assert not (m.accept_string(invalid) and m.can_terminate())
+
+
+def test_siblings_xgrammar_may_drop_are_kept(backends: dict[str, GrammarBackend]) -> None:
+    """`type` that every branch already has, and additionalProperties in strict mode, lose nothing."""
+    schema = {"type": "object", "additionalProperties": False,
+              "anyOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                        {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}]}
+    backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+
+
 def test_a_cut_character_is_dropped_from_the_end_of_forced_bytes() -> None:
     from thinkform.structured.backends.text import without_cut_end
 

@@ -223,10 +223,21 @@ def test_answer_reserve_keeps_room_for_the_answer(special: Env, constrained: boo
     gate = env.gate(Phase.REASONING, constrained, max_new_tokens=max_new)
     think = env.ids("the capital of France is Paris " * 30)
     trace = run(env, gate, think, env.ids(ANSWER), max_new_tokens=max_new)
-    cut = max_new - 20
+    cut = max_new - 20 - len(gate._close_ids)  # the reserve is the answer's; the marker's tokens come on top
     assert trace.out[:cut] == think[:cut] and trace.out[cut] == env.ids("</think>")[0]
     assert json.loads(answer_of(env, trace.out, True)[1])["name"] == "Paris"
     assert gate.constraint_satisfied is (True if constrained else None)
+
+
+def test_a_marker_of_many_tokens_still_leaves_the_answer_its_reserve(plain: Env) -> None:
+    """`</think>` spelled in several tokens: forced early enough that the marker and the reserve both fit
+    (the marker was cut by max_new_tokens and no answer came)."""
+    env = plain
+    assert len(env.ids("</think>")) > 1
+    gate = env.gate(Phase.REASONING, max_new_tokens=40, answer_reserve_tokens=3)
+    trace = run(env, gate, env.ids("the capital of France is Paris " * 30), env.ids(ANSWER), max_new_tokens=40)
+    assert len(trace.out) <= 40 and gate.phase is not Phase.REASONING
+    assert trace.out.count(env.ids("</think>")[0]) >= 1 and 40 - trace.out.index(env.ids("</think>")[0]) >= 3
 
 
 # --- EOS guard ----------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Engine:
     """SGLang-shaped offline engine: `Engine(model_path=None, reasoning_parser=None, grammar_backend=...)`."""
 
     def __init__(self, model_path: str | None = None, reasoning_parser: str | None = None,
-                 grammar_backend: str = "xgrammar", **kwargs: Any) -> None:
+                 grammar_backend: str = "auto", **kwargs: Any) -> None:
         args = kwargs.pop("args", None) or EngineArgs.from_kwargs(
             model_path=model_path, reasoning_parser=reasoning_parser, grammar_backend=grammar_backend, **kwargs)
         self.args = args

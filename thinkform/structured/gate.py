@@ -301,7 +301,9 @@ class ReasoningGate:
             return []
         over_budget = self.max_reasoning_tokens is not None and self.reasoning_tokens >= self.max_reasoning_tokens
         left = None if self.max_new_tokens is None else self.max_new_tokens - num_generated
-        if over_budget or (left is not None and left <= self.answer_reserve_tokens):
+        # the reserve is the answer's: the marker's own tokens come on top (a 7-token marker cut short by
+        # max_new_tokens left no answer at all)
+        if over_budget or (left is not None and left <= self.answer_reserve_tokens + len(self._close_ids)):
             return list(self._close_ids)
         return []
 

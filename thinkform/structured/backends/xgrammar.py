@@ -12,6 +12,7 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
+from thinkform.structured.schema_support import check_xgrammar_enforces
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
@@ -89,6 +90,7 @@ class XGrammarBackend(GrammarBackend):
         opts = self.ctx.options
         if constraint.kind == "json_schema":
             schema = bound_pattern_lengths(json.loads(constraint.source))
+            check_xgrammar_enforces(schema, strict=opts.strict_mode)
             return self._compiler.compile_json_schema(json.dumps(schema), **_json_kwargs(opts))
         if constraint.kind == "json_object":
             return self._compiler.compile_json_schema(
