@@ -187,6 +187,17 @@ def test_answers_that_part_inside_a_character_arrive(engines, backend):
         assert json.loads(meta["content"])["city"] in NON_ASCII_SCHEMA["properties"]["city"]["enum"]
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_a_stop_string_never_cuts_a_constrained_answer_short(engines, backend):
+    """A stop string ends the answer only where it is complete, and the answer keeps it: trimmed, `ab` with
+    stop "b" became `a`, reported as a satisfied constraint."""
+    for seed in range(6):
+        out = engines[backend].generate("x", {"temperature": 1.0, "seed": seed, "max_new_tokens": 16,
+                                              "regex": "ab(cd)?", "stop": ["b", "c"]})
+        if out["meta_info"]["finish_reason"]["type"] == "stop":
+            assert re.fullmatch("ab(cd)?", out["text"]), out["text"]
+
+
 def test_budget_forces_marker_and_answer_arrives(engines):
     out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 64,
                                                      "max_reasoning_tokens": 10, "regex": "(Paris|London)"},

@@ -395,7 +395,10 @@ class EngineLoop:
                 hit = find_stop(seq.detok.text, len(new), p.stop)
                 if hit is not None:
                     pos, stop = hit
-                    seq.detok.text = seq.detok.text[: pos if not p.no_stop_trim else pos + len(stop)]
+                    # under a constraint the answer is complete here, with the stop string and the rest of
+                    # its token: cutting either could leave an answer the grammar does not accept
+                    if gate is None or gate.matcher is None:
+                        seq.detok.text = seq.detok.text[: pos if not p.no_stop_trim else pos + len(stop)]
                     return FinishReason("stop", stop)
         return None
 
