@@ -163,6 +163,7 @@ def test_two_constraints_is_an_error(engines):
     ({"regex": "(unclosed"}, "regex"),
     ({"ebnf": "root ::= missing_rule"}, "ebnf"),
     ({"ebnf": "root ::= root"}, "ebnf"),  # compiles, but no text satisfies it: a request could only fail
+    ({"regex": "\\"}, "regex"),  # llguidance reads it as the empty string: no answer either
 ])
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
 def test_invalid_constraint_is_clean_error_and_engine_goes_on(engines, backend, params, field):
@@ -196,6 +197,17 @@ def test_a_stop_string_never_cuts_a_constrained_answer_short(engines, backend):
                                               "regex": "ab(cd)?", "stop": ["b", "c"]})
         if out["meta_info"]["finish_reason"]["type"] == "stop":
             assert re.fullmatch("ab(cd)?", out["text"]), out["text"]
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 3])
+def test_the_flags_describe_the_text_returned_when_the_budget_cuts_it(engines, max_new_tokens):
+    """Forced text that fills max_new_tokens: the token sampled after it, which the output has no room
+    for, must not count (it made a cut answer read as satisfied)."""
+    out = engines["xgrammar"].generate("Answer:", {"temperature": 0, "max_new_tokens": max_new_tokens,
+                                                   "regex": "Paris is (a|b)"})
+    meta = out["meta_info"]
+    assert meta["completion_tokens"] == len(out["output_ids"]) <= max_new_tokens
+    assert meta["constraint_satisfied"] is bool(re.fullmatch("Paris is (a|b)", out["text"])), out
 
 
 def test_budget_forces_marker_and_answer_arrives(engines):

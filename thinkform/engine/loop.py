@@ -347,6 +347,8 @@ class EngineLoop:
         except Exception as e:  # noqa: BLE001 - a grammar failure ends this request only
             self._fail(seq, e)
             return
+        if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:  # the jump took the whole budget
+            finish = FinishReason("length", None, length=seq.params.max_new_tokens)
         if finish is not None:
             self._finish(seq, finish)
 
@@ -370,6 +372,8 @@ class EngineLoop:
         last = len(ids) - 1
         for i, tid in enumerate(ids):
             if len(seq.output_ids) >= p.max_new_tokens:
+                if gate is not None:  # it took all of ids: it must not describe tokens the output has no room for
+                    gate.rollback(len(ids) - i)
                 return FinishReason("length", None, length=p.max_new_tokens)
             seq.output_ids.append(tid)
             if seq.return_logprob:

@@ -211,15 +211,16 @@ class GrammarCache:
 
 def _check_has_answers(compiled: CompiledGrammar, constraint: Constraint, vocab_size: int,
                        eos_token_ids: Iterable[int]) -> None:
-    """A grammar that allows no first token and no empty answer (`root ::= root`) has no answer at all: a
-    400 now, rather than a request that can only fail later. (An EOS bit alone does not count: llguidance
-    may leave it set where the grammar cannot end.)"""
+    """A grammar that allows no first token (`root ::= root`, or llguidance's reading of the regex `\\`: the
+    empty string only) has no answer: an answer is never empty (EOS is not its first token). A 400 now,
+    rather than a request that can only fail later."""
     matcher = compiled.new_matcher()
     mask = torch.zeros((1, (vocab_size + 31) // 32), dtype=torch.int32)
     matcher.fill_bitmask(mask, 0)
     set_bits(mask, 0, eos_token_ids, False)
-    if not bool(mask.any()) and not matcher.can_terminate():
-        raise ConstraintError(f"{constraint.field}: the constraint has no valid answer (no text satisfies it)",
+    if not bool(mask.any()):
+        what = "only the empty answer" if matcher.can_terminate() else "no text at all"
+        raise ConstraintError(f"{constraint.field}: the constraint has no valid answer (it allows {what})",
                               field=constraint.field)
 
 
