@@ -49,8 +49,9 @@ class FakeEngine:
     def server_info(self) -> dict[str, Any]:
         return {"model_name": self.served_model_name, "num_running": 0}
 
-    def abort(self, rid: str) -> None:
+    def abort(self, rid: str) -> bool:
         self.aborted.append(rid)
+        return True
 
     async def async_generate(self, prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
                              require_reasoning: bool = False, reasoning_start: str | None = None,

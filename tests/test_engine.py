@@ -185,7 +185,7 @@ def test_a_rid_in_flight_cannot_be_taken_twice(engine64):
     with pytest.raises(ValueError, match="rid") as e:
         engine64.generate("Hello", {"max_new_tokens": 2}, rid="same")
     assert e.value.field == "rid"
-    engine64.abort("same")
+    assert engine64.abort("same") is True and engine64.abort("no-such-request") is False
     list(first)
     assert engine64.generate("Hello", {"max_new_tokens": 2}, rid="same")["meta_info"]["completion_tokens"] == 2
 

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinkform.reasoning import REASONING_PARSERS, StreamingReasoningParser, get_markers, split_reasoning
+from thinkform.reasoning import (REASONING_PARSERS, RawAnswerSplitter, StreamingReasoningParser, get_markers,
+                                 split_reasoning)
 
 
 def stream(text: str, family: str, in_reasoning: bool, cuts: list[int]) -> tuple[str, str]:
@@ -142,3 +143,24 @@ def test_stream_char_by_char(case: tuple[str, str, bool, list[int]]) -> None:
     family, text, in_reasoning, _ = case
     reasoning, content = split_reasoning(text, get_markers(family), in_reasoning)
     assert stream(text, family, in_reasoning, list(range(len(text)))) == (reasoning or "", content)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_case())
+def test_raw_answer_splitter_keeps_every_character_and_finds_split_reasonings_answer(
+        case: tuple[str, str, bool, list[int]]) -> None:
+    """separate_reasoning false with tools: the text goes out whole; the part it calls the answer (where
+    tool calls may be parsed) is split_reasoning's content, but for the whitespace that strips."""
+    family, text, in_reasoning, cuts = case
+    splitter = RawAnswerSplitter(get_markers(family), in_reasoning)
+    before, answer = "", ""
+    bounds = sorted(set(cuts) | {0, len(text)})
+    for lo, hi in zip(bounds, bounds[1:]):
+        b, a = splitter.feed(text[lo:hi])
+        assert not (answer and b)  # nothing before the answer comes after it
+        before, answer = before + b, answer + a
+    b, a = splitter.flush()
+    before, answer = before + b, answer + a
+    reasoning, content = split_reasoning(text, get_markers(family), in_reasoning)
+    assert before + answer == text
+    assert answer.strip() == content.strip() or (reasoning is not None and not content and not answer)

@@ -240,19 +240,36 @@ def test_tool_calls_are_never_taken_from_the_reasoning(served):
     assert resp.choices[0].message.content == "It is sunny." and resp.choices[0].finish_reason == "stop"
 
 
-def test_separate_reasoning_false_keeps_the_reasoning_but_takes_calls_from_the_answer_only(served):
+def _chat_message(url: str, body: dict, stream: bool) -> tuple[dict, str]:
+    """(message, finish_reason) of one chat completion; streamed: its deltas put together."""
+    if not stream:
+        choice = httpx.post(url, json=body).json()["choices"][0]
+        return choice["message"], choice["finish_reason"]
+    with httpx.stream("POST", url, json={**body, "stream": True}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    calls: dict[int, dict] = {}
+    for d in deltas:
+        for t in d.get("tool_calls") or []:
+            fn = calls.setdefault(t["index"], {"function": {"name": "", "arguments": ""}})["function"]
+            fn["name"] += t["function"].get("name") or ""
+            fn["arguments"] += t["function"].get("arguments") or ""
+    message = {"content": "".join(d.get("content") or "" for d in deltas),
+               "tool_calls": [calls[k] for k in sorted(calls)] or None}
+    return message, chunks[-1]["choices"][0]["finish_reason"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_separate_reasoning_false_keeps_the_reasoning_but_takes_calls_from_the_answer_only(served, stream):
     engine, base = served
+    body = {"messages": QUESTION, "tools": TOOLS, "separate_reasoning": False}
     engine.reply = lambda call: "Maybe " + HERMES_CALL + "</think>\n\nIt is sunny."
-    r = httpx.post(f"{base}/v1/chat/completions",
-                   json={"messages": QUESTION, "tools": TOOLS, "separate_reasoning": False})
-    msg = r.json()["choices"][0]["message"]
-    assert msg.get("tool_calls") is None and r.json()["choices"][0]["finish_reason"] == "stop"
+    msg, finish = _chat_message(f"{base}/v1/chat/completions", body, stream)
+    assert msg.get("tool_calls") is None and finish == "stop"
     assert msg["content"] == "Maybe " + HERMES_CALL + "</think>\n\nIt is sunny."
     engine.reply = lambda call: "Hmm.</think>\n\nChecking.\n" + HERMES_CALL
-    r = httpx.post(f"{base}/v1/chat/completions",
-                   json={"messages": QUESTION, "tools": TOOLS, "separate_reasoning": False})
-    msg = r.json()["choices"][0]["message"]
-    assert msg["content"] == "Hmm.</think>\n\nChecking." and len(msg["tool_calls"]) == 1
+    msg, finish = _chat_message(f"{base}/v1/chat/completions", body, stream)
+    assert msg["content"].rstrip() == "Hmm.</think>\n\nChecking." and len(msg["tool_calls"]) == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -263,22 +280,9 @@ def test_a_call_cut_by_max_tokens_is_a_length_finish_streamed_or_not(served, mon
     monkeypatch.setattr(engine, "finish_reason", {"type": "length", "matched": None, "length": 64})
     engine.reply = lambda call: ("ok</think>\n\nChecking.\n" + HERMES_CALL + "\n"
                                  + HERMES_CALL.split("Paris")[0] + "Ro")
-    body = {"messages": QUESTION, "tools": TOOLS, "stream": stream}
-    if stream:
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
-            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
-        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
-        content = "".join(d.get("content") or "" for d in deltas)
-        calls: dict[int, str] = {}
-        for d in deltas:
-            for t in d.get("tool_calls") or []:
-                calls[t["index"]] = calls.get(t["index"], "") + t["function"].get("arguments", "")
-        args, finish = [calls[k] for k in sorted(calls)], chunks[-1]["choices"][0]["finish_reason"]
-    else:
-        choice = httpx.post(f"{base}/v1/chat/completions", json=body).json()["choices"][0]
-        content, finish = choice["message"]["content"], choice["finish_reason"]
-        args = [t["function"]["arguments"] for t in choice["message"]["tool_calls"]]
-    assert finish == "length" and content.strip() == "Checking."
+    msg, finish = _chat_message(f"{base}/v1/chat/completions", {"messages": QUESTION, "tools": TOOLS}, stream)
+    args = [t["function"]["arguments"] for t in msg["tool_calls"]]
+    assert finish == "length" and msg["content"].strip() == "Checking."
     assert json.loads(args[0]) == {"city": "Paris"} and args[1] == '{"city": "Ro'
 
 

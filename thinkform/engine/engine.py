@@ -40,6 +40,10 @@ class _LiveRids:
                 raise DuplicateRequestId(f"rid: {rid!r} is already the id of a request in flight")
             self._unfinished[rid] = num_seqs
 
+    def __contains__(self, rid: str) -> bool:
+        with self._lock:
+            return rid in self._unfinished
+
     def release(self, rid: str, num_seqs: int = 1) -> None:
         with self._lock:
             left = self._unfinished.get(rid, 0) - num_seqs
@@ -85,8 +89,11 @@ class Engine:
     def is_healthy(self) -> bool:
         return self.loop.alive
 
-    def abort(self, rid: str) -> None:
+    def abort(self, rid: str) -> bool:
+        """Abort the request `rid`; False when no request of that id is in flight."""
+        live = rid in self._live_rids
         self.loop.abort(rid)
+        return live
 
     def server_info(self) -> dict[str, Any]:
         return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **self.loop.stats(),

@@ -158,3 +158,50 @@ class StreamingReasoningParser:
         kept = text.rstrip()
         self._ws = "" if final else text[len(kept):]
         return kept
+
+
+class RawAnswerSplitter:
+    """Streamed text cut where the answer begins, by `split_reasoning`'s rules, with nothing removed: what
+    comes before (the reasoning section, markers and all) and the answer's text. For separate_reasoning
+    false, where the reasoning stays in `content` but tool calls may only come from the answer."""
+
+    def __init__(self, markers: ReasoningMarkers, in_reasoning: bool) -> None:
+        self._markers = markers
+        self._reasoning: bool | None = True if in_reasoning else None  # None: not known yet
+        self._buf = ""
+        self._answering = False
+
+    def feed(self, delta: str) -> tuple[str, str]:
+        """(text before the answer, answer text) of this delta, as far as it can be told now."""
+        if self._answering:
+            return "", delta
+        self._buf += delta
+        start = self._markers.start
+        if self._reasoning is None:
+            head = self._buf.lstrip()[: len(start)]
+            if head == start:
+                self._reasoning = True
+            elif not start.startswith(head) or len(head) == len(start):
+                self._reasoning = False
+            else:
+                return "", ""  # could still become the start marker
+        if not self._reasoning:
+            return self._answer_from(0)
+        end = self._markers.end
+        at = self._buf.find(end)
+        if at >= 0:
+            return self._answer_from(at + len(end))
+        keep = _partial_suffix(self._buf, end)
+        before, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+        return before, ""
+
+    def flush(self) -> tuple[str, str]:
+        """What was held back, at the end: the rest of a reasoning section that never ended, or text that
+        only looked as if it might start one (then it is the answer)."""
+        rest, self._buf = self._buf, ""
+        return (rest, "") if self._reasoning else ("", rest)
+
+    def _answer_from(self, cut: int) -> tuple[str, str]:
+        self._answering = True
+        before, answer, self._buf = self._buf[:cut], self._buf[cut:], ""
+        return before, answer

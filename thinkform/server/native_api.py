@@ -118,5 +118,5 @@ async def get_server_info(request: Request) -> dict[str, Any]:
 
 @router.post("/abort_request")
 async def abort_request(body: AbortRequest, request: Request) -> dict[str, Any]:
-    _state(request).engine.abort(body.rid)
-    return {"rid": body.rid, "aborted": True}
+    aborted = _state(request).engine.abort(body.rid)
+    return {"rid": body.rid, "aborted": bool(aborted)}

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from thinkform.reasoning import StreamingReasoningParser, split_reasoning
+from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
 from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
 from thinkform.server.errors import APIError
 from thinkform.server.params import check_max_tokens, constraint_fields, sampling_params, validate_constraints
@@ -272,6 +272,7 @@ class _ChoiceStream:
     reasoning: StreamingReasoningParser | None
     tools: StreamingToolParser | None
     hold_reasoning: bool  # stream_reasoning=false: send the reasoning in one piece when it ends
+    raw: RawAnswerSplitter | None = None  # separate_reasoning false with tools: calls come from the answer only
     seen: int = 0
     held: list[str] = field(default_factory=list)
     done: bool = False
@@ -280,6 +281,9 @@ class _ChoiceStream:
         delta, self.seen = text[self.seen:], max(self.seen, len(text))
         if not delta:
             return []
+        if self.raw is not None:  # the reasoning goes out as content, unparsed
+            before, answer = self.raw.feed(delta)
+            return ([{"content": before}] if before else []) + self._deltas("", answer)
         r, c = self.reasoning.feed(delta) if self.reasoning else ("", delta)
         return self._deltas(r, c)
 
@@ -287,6 +291,9 @@ class _ChoiceStream:
         """The last deltas, and whether the answer made tool calls (`cut`: it ran out of tokens)."""
         r, c = self.reasoning.flush() if self.reasoning else ("", "")
         deltas = self._deltas(r, c)
+        if self.raw is not None:
+            before, answer = self.raw.flush()
+            deltas += ([{"content": before}] if before else []) + self._deltas("", answer)
         if self.held:
             deltas.append({"reasoning_content": "".join(self.held)})
             self.held.clear()
@@ -327,7 +334,10 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
     choices = [_ChoiceStream(
         reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
         tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
-        hold_reasoning=not body.stream_reasoning) for _ in range(body.n)]
+        hold_reasoning=not body.stream_reasoning,
+        raw=RawAnswerSplitter(state.markers, plan.reasoning_start == "reasoning")
+        if plan.tool_parser and not plan.split and state.markers and plan.reasoning_start != "answer" else None)
+        for _ in range(body.n)]
     finals: dict[int, dict[str, Any]] = {}
     feeds = [_LogprobFeed() for _ in range(body.n)] if plan.return_logprob else None
 
