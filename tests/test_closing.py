@@ -334,3 +334,18 @@ def test_a_stop_string_inside_an_appended_ending_does_not_cut_it(tiny_model_dirs
         outs = engine.generate(["Write it."] * len(params), params)
     for out in outs:
         assert re.fullmatch(regex, out["text"]) and out["meta_info"]["closed_by_budget"], out
+
+
+def test_a_new_grammars_first_seeded_request_answers_as_every_later_one(tiny_model_dirs) -> None:
+    """The grammar's shortest answer (which sizes the answer reserve) is measured before the grammar is
+    handed out: the first request of a new grammar is not shaped differently from the next ones."""
+    from thinkform import Engine
+
+    schema = {"type": "object", "properties": {f"field{i}": {"type": "string", "minLength": 3} for i in range(24)},
+              "required": [f"field{i}" for i in range(24)]}
+    params = {"temperature": 1.0, "seed": 7, "max_new_tokens": 200, "json_schema": json.dumps(schema)}
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1",
+                max_total_tokens=8192, disable_radix_cache=True) as engine:
+        first, second = (engine.generate("Think, then fill it in.", params, require_reasoning=True)
+                         for _ in range(2))
+    assert first["output_ids"] == second["output_ids"]

@@ -97,8 +97,8 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=ending_search,
         combined_keeps=CombinedKeeps(),
         hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
-        grammar_cache=GrammarCache(backend, before_handout=ending_search.measure_quickly,
-                                                 after_handout=ending_search.measure), kv=kv, pool=pool, small_steps=small_steps)
+        grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
+        small_steps=small_steps)
 
 
 def attention_backend(name: str, device: torch.device) -> str:

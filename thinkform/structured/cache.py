@@ -54,15 +54,13 @@ class _Job:
 
 class GrammarCache:
     def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2,
-                 before_handout: Callable[[CompiledGrammar], None] | None = None,
-                 after_handout: Callable[[CompiledGrammar], None] | None = None) -> None:
-        """before_handout / after_handout: extra work on each newly compiled grammar, on its compile thread,
-        before its requests get it (keep it quick) and after (errors in either are ignored: what they
-        compute is an extra)."""
+                 before_handout: Callable[[CompiledGrammar], None] | None = None) -> None:
+        """before_handout: extra work on each newly compiled grammar, on its compile thread, before its
+        requests get it (its errors are ignored: what it computes is an extra)."""
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.backend = backend
-        self.before_handout, self.after_handout = before_handout, after_handout
+        self.before_handout = before_handout
         self.max_entries = max_entries
         self.max_abandoned = max_abandoned
         self.timeout_s = backend.ctx.options.compile_timeout_s
@@ -152,7 +150,6 @@ class GrammarCache:
         # Resolved outside the lock: done-callbacks may call back into the cache.
         if error is None:
             job.future.set_result(result)  # type: ignore[arg-type]
-            _extra(self.after_handout, result)  # type: ignore[arg-type]
         else:
             job.future.set_exception(error)
 

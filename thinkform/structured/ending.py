@@ -26,9 +26,9 @@ backend and every constraint kind:
   under `(x+x+)+y`).
 
 The gate looks when the closing reserve of tokens is left, and, for a grammar whose shortest answer is
-longer than the reserve or not known yet (measured once per compiled grammar on its compile thread: briefly
-before the grammar is handed out, at length after where that ran out; p50 2 ms, p99 0.95 s over
-JSONSchemaBench), at 4× and 2× the reserve as well: a long ending is appended while it still fits. An answer that ends on its own before
+longer than the reserve or not found (measured once per compiled grammar on its compile thread, before the
+grammar is handed out, so the first request of a grammar is shaped as every later one and a seed gives the
+same answer either way; p50 2 ms, p99 0.95 s over JSONSchemaBench), at 4× and 2× the reserve as well: a long ending is appended while it still fits. An answer that ends on its own before
 its budget costs no search.
 """
 from __future__ import annotations
@@ -70,10 +70,8 @@ class SearchLimits:
     max_seconds: float = 0.2  # a guard against matchers that slow down as a way grows
 
 
-# Measuring a grammar's shortest answer runs on its compile thread: first briefly, before the grammar is
-# handed out (most are measured by then: p50 2 ms over JSONSchemaBench), then, where that ran out, with
-# room for a long answer (twenty required fields) while the first requests go on without it.
-QUICK_MEASURE_LIMITS = SearchLimits(max_fills=1024, max_length=1024, max_seconds=0.02)
+# Measuring a grammar's shortest answer runs on its compile thread before the grammar is handed out, with
+# room for a long answer (twenty required fields); the clock only guards against pathological matchers.
 MEASURE_LIMITS = SearchLimits(max_fills=8192, max_length=4096, max_seconds=2.0)
 
 
@@ -123,16 +121,10 @@ class EndingSearch:
         self.limits, self.measure_limits = limits, measure_limits
         self._shortest: weakref.WeakKeyDictionary[CompiledGrammar, int | None] = weakref.WeakKeyDictionary()
 
-    def measure_quickly(self, compiled: CompiledGrammar) -> None:
-        """Remember the grammar's shortest answer if a brief search finds it (before the grammar is handed out)."""
-        ids = self.ending_tokens(compiled.new_matcher(), empty_ok=False, limits=QUICK_MEASURE_LIMITS)
-        if ids is not None:
-            self._shortest[compiled] = len(ids)
-
     def measure(self, compiled: CompiledGrammar) -> None:
         """Remember the length in tokens of the grammar's shortest answer (None: not found), for
-        shortest_answer, unless measure_quickly found it. Meant to run where the grammar was compiled, off
-        the engine loop."""
+        shortest_answer. Meant to run where the grammar was compiled, off the engine loop, before its
+        requests get it."""
         if compiled in self._shortest:
             return
         ids = self.ending_tokens(compiled.new_matcher(), empty_ok=False, limits=self.measure_limits)
@@ -140,7 +132,7 @@ class EndingSearch:
 
     def shortest_answer(self, compiled: CompiledGrammar) -> int | None:
         """The measured length of the grammar's shortest answer in tokens, EOS included; None if unknown
-        (not found, or not measured yet: the first requests of a new grammar do without)."""
+        (not found within the measure's limits, or not measured)."""
         return self._shortest.get(compiled)
 
     def wait_measured(self, compiled: CompiledGrammar, timeout: float = 10.0) -> bool:
