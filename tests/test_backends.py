@@ -304,6 +304,22 @@ def test_schemas_xgrammar_would_not_enforce_are_refused_and_auto_takes_llguidanc
     assert not (m.accept_string(invalid) and m.can_terminate())
 
 
+@pytest.mark.parametrize("legacy", [True, False])
+def test_tool_arguments_xgrammar_would_not_enforce_are_refused_too(backends: dict[str, GrammarBackend],
+                                                                   ctx: BackendContext, legacy: bool) -> None:
+    """A structural tag's JSON (a tool call's arguments) gets the same check as a json_schema."""
+    schema, invalid = SIBLING_SCHEMAS[1]
+    tag = ({"type": "structural_tag", "triggers": ["<f="], "structures": [{"begin": "<f=a>", "schema": schema,
+                                                                          "end": "</f>"}]} if legacy else
+           {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<f="], "tags": [
+               {"type": "tag", "begin": "<f=a>", "content": {"type": "json_schema", "json_schema": schema},
+                "end": "</f>"}]}})
+    with pytest.raises(ConstraintError, match="structural_tag: .*would not enforce"):
+        backends["xgrammar"].compile(constraint_from_fields(structural_tag=tag))
+    m = create_backend("auto", ctx).compile(constraint_from_fields(structural_tag=tag)).new_matcher()
+    assert not (m.accept_string(f"<f=a>{invalid}</f>") and m.can_terminate())
+
+
 def test_siblings_xgrammar_may_drop_are_kept(backends: dict[str, GrammarBackend]) -> None:
     """`type` that every branch already has, and additionalProperties in strict mode, lose nothing."""
     schema = {"type": "object", "additionalProperties": False,

@@ -199,6 +199,20 @@ def test_a_stop_string_never_cuts_a_constrained_answer_short(engines, backend):
             assert re.fullmatch("ab(cd)?", out["text"]), out["text"]
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_a_stop_token_id_never_cuts_a_constrained_answer_short(engines, backend):
+    """The same for stop_token_ids: a stop token the grammar took stays in the answer."""
+    engine = engines[backend]
+    stop = engine.tokenizer.convert_tokens_to_ids("c")
+    stopped = 0
+    for seed in range(8):
+        out = engine.generate("x", {"temperature": 1.0, "seed": seed, "max_new_tokens": 16, "regex": "a(b|c)",
+                                    "stop_token_ids": [stop]})
+        assert re.fullmatch("a(b|c)", out["text"]), out["text"]
+        stopped += out["meta_info"]["finish_reason"]["matched"] == stop
+    assert stopped  # the stop token did end some of them
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3])
 def test_the_flags_describe_the_text_returned_when_the_budget_cuts_it(engines, max_new_tokens):
     """Forced text that fills max_new_tokens: the token sampled after it, which the output has no room

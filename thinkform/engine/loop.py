@@ -391,6 +391,8 @@ class EngineLoop:
             if tid in self.eos and not p.ignore_eos and may_stop:
                 return FinishReason("stop", tid)
             if tid in p.stop_token_ids and may_stop:
+                if gate is not None and gate.matcher is not None:  # the grammar took it: the answer keeps it
+                    seq.detok.push([tid])
                 return FinishReason("stop", tid)
             new = seq.detok.push([tid])
             if new and seq.stream and seq.return_logprob:

@@ -22,7 +22,7 @@ _SCHEMAS = ("items", "additionalProperties", "contains", "not", "if", "then", "e
             "unevaluatedProperties", "additionalItems")
 
 
-def check_xgrammar_enforces(schema: Any, strict: bool = True) -> None:
+def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json_schema") -> None:
     """Raise ConstraintError naming the first place of `schema` that xgrammar would not enforce. Dropping
     some siblings loses nothing: `type` where every branch is of that type already, and (in strict mode,
     where no branch admits other properties) `additionalProperties`."""
@@ -32,11 +32,11 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True) -> None:
             continue
         siblings = sorted(set(node) - _ANNOTATIONS - set(_COMBINATORS) - _harmless(node, combos[0], strict))
         if siblings:
-            _refuse(f"'{siblings[0]}' beside '{combos[0]}' at {path}")
+            _refuse(field, f"'{siblings[0]}' beside '{combos[0]}' at {path}")
         if len(combos) > 1:
-            _refuse(f"'{combos[0]}' beside '{combos[1]}' at {path}")
+            _refuse(field, f"'{combos[0]}' beside '{combos[1]}' at {path}")
         if "allOf" in node and isinstance(node["allOf"], list) and len(node["allOf"]) > 1:
-            _refuse(f"'allOf' of {len(node['allOf'])} schemas at {path}")
+            _refuse(field, f"'allOf' of {len(node['allOf'])} schemas at {path}")
 
 
 def _harmless(node: dict[str, Any], combo: str, strict: bool) -> set[str]:
@@ -63,9 +63,9 @@ def _types(schema: Any) -> set[str] | None:
     return {_JSON_TYPES.get(type(v), "?") for v in values}
 
 
-def _refuse(what: str) -> None:
-    raise ConstraintError(f"json_schema: grammar backend 'xgrammar' would not enforce {what} (it drops it); "
-                          "use --grammar-backend auto or llguidance", field="json_schema")
+def _refuse(field: str, what: str) -> None:
+    raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {what} (it drops it); "
+                          "use --grammar-backend auto or llguidance", field=field)
 
 
 def _nodes(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
