@@ -320,6 +320,26 @@ def test_tool_arguments_xgrammar_would_not_enforce_are_refused_too(backends: dic
     assert not (m.accept_string(f"<f=a>{invalid}</f>") and m.can_terminate())
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "auto"])
+def test_a_required_property_properties_does_not_list_is_required_with_any_value(
+        backends: dict[str, GrammarBackend], ctx: BackendContext, backend: str) -> None:
+    """Strict mode admits no unlisted property: xgrammar dropped the requirement, llguidance called the
+    schema unsatisfiable. It is listed now, as any value."""
+    schema = {"type": "object", "properties": {"n": {"type": "string"}}, "required": ["n", "v"]}
+    be = backends[backend] if backend in backends else create_backend(backend, ctx)
+    compiled = be.compile(constraint_from_fields(json_schema=schema))
+    m = compiled.new_matcher()
+    assert not (m.accept_string('{"n": ""}') and m.can_terminate())
+    m = compiled.new_matcher()
+    assert m.accept_string('{"n": "", "v": [1]}') and m.can_terminate()
+
+
+def test_an_enum_against_its_type_is_refused_for_xgrammar(backends: dict[str, GrammarBackend]) -> None:
+    with pytest.raises(ConstraintError, match="'type' beside 'enum'"):
+        backends["xgrammar"].compile(constraint_from_fields(
+            json_schema={"type": "object", "properties": {"m": {"type": "object", "enum": ["all"]}}}))
+
+
 def test_siblings_xgrammar_may_drop_are_kept(backends: dict[str, GrammarBackend]) -> None:
     """`type` that every branch already has, and additionalProperties in strict mode, lose nothing."""
     schema = {"type": "object", "additionalProperties": False,

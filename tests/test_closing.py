@@ -349,3 +349,27 @@ def test_a_new_grammars_first_seeded_request_answers_as_every_later_one(tiny_mod
         first, second = (engine.generate("Think, then fill it in.", params, require_reasoning=True)
                          for _ in range(2))
     assert first["output_ids"] == second["output_ids"]
+
+
+def test_a_tool_call_near_its_budget_keeps_room_for_its_end_tag(tiny_model_dirs) -> None:
+    """The server's named-tool shape after forced thinking, with a budget a few tokens over the shortest
+    call: the ending is appended while it still fits with room to spare (a longer enum value begun after a
+    look used to push the end tag `}\\n</tool_call>` past max_new_tokens)."""
+    from thinkform import Engine
+    from thinkform.testing.seed import WEATHER_SCHEMA
+
+    tag = {"type": "tag", "begin": '<tool_call>\n{"name": "get_weather", "arguments": ',
+           "content": {"type": "json_schema", "json_schema": WEATHER_SCHEMA}, "end": "}\n</tool_call>"}
+    named = {"type": "structural_tag", "format": {"type": "tags_with_separator", "tags": [tag], "separator": "\n",
+                                                  "at_least_one": True, "stop_after_first": True}}
+    cut = []
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), reasoning_parser="deepseek-r1",
+                max_total_tokens=8192) as engine:
+        for max_new, seed in [(m, s) for m in (78, 82, 90) for s in range(6)]:
+            out = engine.generate("Answer:", {"temperature": 2.0, "min_p": 0.05, "seed": seed,
+                                              "max_new_tokens": max_new, "structural_tag": json.dumps(named)},
+                                  require_reasoning=True)
+            meta = out["meta_info"]
+            if not (meta["finish_reason"]["type"] == "stop" and meta["content"].endswith("}\n</tool_call>")):
+                cut.append((max_new, seed, meta["content"][-30:]))
+    assert not cut

@@ -224,6 +224,31 @@ def test_the_flags_describe_the_text_returned_when_the_budget_cuts_it(engines, m
     assert meta["constraint_satisfied"] is bool(re.fullmatch("Paris is (a|b)", out["text"])), out
 
 
+UNENFORCEABLE_SCHEMAS = [  # keywords no grammar enforces: each finished answer is checked against the schema
+    {"type": "object", "properties": {"v": {"type": "array", "items": {"enum": [1, 2]}, "minItems": 3, "maxItems": 3,
+                                            "uniqueItems": True}}, "required": ["v"]},
+    {"type": "object", "properties": {"k": {"enum": ["a", "b"]}, "x": {"type": "integer"}}, "required": ["k"],
+     "if": {"properties": {"k": {"const": "a"}}}, "then": {"required": ["x"]}},
+]
+
+
+@pytest.mark.parametrize("schema", UNENFORCEABLE_SCHEMAS)
+def test_constraint_satisfied_tells_the_truth_about_keywords_no_grammar_enforces(engines, schema):
+    import jsonschema
+
+    verdicts = set()
+    for seed in range(6):
+        out = engines["xgrammar"].generate("x", {"temperature": 1.0, "seed": seed, "max_new_tokens": 48,
+                                                 "json_schema": schema})
+        meta = out["meta_info"]
+        if meta["finish_reason"]["type"] != "stop":
+            continue
+        valid = jsonschema.Draft202012Validator(schema).is_valid(json.loads(out["text"]))
+        assert meta["constraint_satisfied"] is valid, out["text"]
+        verdicts.add(valid)
+    assert verdicts  # some answers finished
+
+
 def test_budget_forces_marker_and_answer_arrives(engines):
     out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 64,
                                                      "max_reasoning_tokens": 10, "regex": "(Paris|London)"},

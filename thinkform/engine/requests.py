@@ -186,7 +186,8 @@ class RequestBuilder:
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
-            combined_keeps=self.parts.combined_keeps, **self._closing(p, kind, guards, tags, shortest))
+            combined_keeps=self.parts.combined_keeps, answer_check=compiled.answer_check if compiled else None,
+            **self._closing(p, kind, guards, tags, shortest))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default

@@ -104,6 +104,7 @@ class ReasoningGate:
         ending: EndingSearch | None = None,
         ending_early: bool = True,
         combined_keeps: CombinedKeeps | None = None,
+        answer_check: Callable[[bytes], bool] | None = None,
     ) -> None:
         phase = Phase(phase)
         if markers is None and phase in (Phase.OPEN, Phase.REASONING):
@@ -131,6 +132,8 @@ class ReasoningGate:
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
         self.closed_by_budget = False  # this answer's end was written (or steered) because the budget ran out
+        self._answer_check = answer_check  # schema keywords the grammar could not enforce, checked at the end
+        self._checked: tuple[int, bool] | None = None  # (answer length, verdict) of the last check
         self._eos = frozenset(vocab.eos_token_ids)
         self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
@@ -178,9 +181,16 @@ class ReasoningGate:
         unconstrained."""
         if self.matcher is None:
             return None
-        if self.phase is Phase.FINISHED:
+        complete = self.phase is Phase.FINISHED or (self.phase is Phase.ANSWER and self._grammar_may_end())
+        return complete and self._answer_holds()
+
+    def _answer_holds(self) -> bool:
+        """The complete answer also satisfies what the grammar could not enforce (checked once per length)."""
+        if self._answer_check is None:
             return True
-        return self.phase is Phase.ANSWER and self._grammar_may_end()
+        if self._checked is None or self._checked[0] != len(self._answer):
+            self._checked = (len(self._answer), self._answer_check(bytes(self._answer)))
+        return self._checked[1]
 
     def may_stop(self) -> bool:
         """Whether EOS / stop strings / stop token ids may end the request now."""
@@ -321,7 +331,9 @@ class ReasoningGate:
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
         ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
-        if ids is None or len(ids) > left or len(ids) <= later:
+        # the ending may grow before the next look (a longer enum value begun, a space in a string): only
+        # one that will still fit with a quarter of that look's room to spare waits for it
+        if ids is None or len(ids) > left or len(ids) <= later - later // 4:
             return []
         self.closed_by_budget = True
         return ids

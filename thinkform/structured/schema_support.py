@@ -1,14 +1,31 @@
-"""JSON Schema shapes xgrammar compiles but does not enforce: refused up front (so `auto` takes llguidance).
+"""JSON Schema keywords a grammar library compiles but does not enforce, and what thinkform does about each.
 
-xgrammar 0.2 drops every keyword that sits beside anyOf / oneOf / allOf (`{"type": "object", "required":
-["name"], "oneOf": [...]}` accepts `{}` and `""`), and an allOf of several schemas accepts anything. A finished
-answer must satisfy its schema, so such a schema is a clear error rather than a grammar that lets invalid
-answers through."""
+- xgrammar 0.2 drops every keyword that sits beside anyOf / oneOf / allOf (`{"type": "object", "required":
+  ["name"], "oneOf": [...]}` accepts `{}` and `""`), accepts anything under an allOf of several schemas, and
+  takes an enum's values whatever `type` says: refused up front (`check_xgrammar_enforces`), so `auto`
+  takes llguidance, which enforces them.
+- A `required` property that `properties` does not list is impossible in strict mode (no other properties):
+  xgrammar drops the requirement, llguidance calls the schema unsatisfiable. It is what the schema says, a
+  property of any value (or of `additionalProperties`' schema), so `complete_required` lists it.
+- Keywords no grammar here enforces (`not`, `uniqueItems`, `if` / `then` / `else`, `dependencies`,
+  `contains`, ...; llguidance refuses them, xgrammar ignores them): the grammar enforces the rest, and each
+  finished answer is checked against the whole schema (`AnswerCheck`), so `constraint_satisfied` says
+  whether it holds.
+"""
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any, Iterator
 
 from thinkform.structured.spec import ConstraintError
+
+logger = logging.getLogger(__name__)
+
+# keywords no grammar enforces: checked on the finished answer instead
+UNENFORCEABLE = frozenset({"not", "uniqueItems", "if", "then", "else", "dependencies", "dependentRequired",
+                           "dependentSchemas", "contains", "minContains", "maxContains", "unevaluatedProperties",
+                           "unevaluatedItems"})
 
 _COMBINATORS = ("anyOf", "oneOf", "allOf")
 # keywords that describe a schema without constraining its instances
@@ -37,6 +54,78 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
             _refuse(field, f"'{combos[0]}' beside '{combos[1]}' at {path}")
         if "allOf" in node and isinstance(node["allOf"], list) and len(node["allOf"]) > 1:
             _refuse(field, f"'allOf' of {len(node['allOf'])} schemas at {path}")
+    for path, node in _nodes(schema, "#"):
+        declared, values = _declared_types(node), _value_types(node)
+        if declared is not None and values is not None and not values <= declared:
+            _refuse(field, f"'type' beside 'enum' / 'const' at {path}")
+
+
+def unenforced_keywords(schema: Any) -> list[str]:
+    """The keywords of `schema` that no grammar enforces (see UNENFORCEABLE), each once."""
+    found = {k for _, node in _nodes(schema, "#") for k in node if k in UNENFORCEABLE
+             and not (k == "uniqueItems" and node[k] is not True)}
+    return sorted(found)
+
+
+def complete_required(schema: Any) -> Any:
+    """A copy of `schema` in which every object that requires a property it does not list lists it: with
+    `additionalProperties`' schema where that is one, else as any value."""
+    if isinstance(schema, list):
+        return [complete_required(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in ("enum", "const", "default", "examples", "required") else complete_required(v)
+           for k, v in schema.items()}
+    props, required = out.get("properties"), out.get("required")
+    if isinstance(required, list) and (props is None or isinstance(props, dict)) and not out.get("patternProperties"):
+        missing = [name for name in required if isinstance(name, str) and name not in (props or {})]
+        if missing:
+            extra = out.get("additionalProperties")
+            value = extra if isinstance(extra, dict) else {}
+            out["properties"] = {**(props or {}), **{name: value for name in missing}}
+    return out
+
+
+class AnswerCheck:
+    """Validates a finished JSON answer against the whole schema (keywords the grammar did not enforce)."""
+
+    def __init__(self, schema: Any, keywords: list[str]) -> None:
+        import jsonschema  # only for the rare schema that needs it
+
+        self.keywords = keywords
+        self._validator = jsonschema.validators.validator_for(schema)(schema)
+
+    def __call__(self, answer: bytes) -> bool:
+        try:
+            return self._validator.is_valid(json.loads(answer))
+        except ValueError:
+            return False
+
+    @classmethod
+    def for_schema(cls, schema: Any) -> "AnswerCheck | None":
+        keywords = unenforced_keywords(schema)
+        if not keywords:
+            return None
+        logger.info("json_schema: %s not enforced by the grammar; each answer is checked against the schema",
+                    ", ".join(keywords))
+        return cls(schema, keywords)
+
+
+def _declared_types(node: dict[str, Any]) -> set[str] | None:
+    declared = node.get("type")
+    if isinstance(declared, str):
+        declared = [declared]
+    if not isinstance(declared, list) or not all(isinstance(t, str) for t in declared):
+        return None
+    return set(declared) | ({"integer"} if "number" in declared else set())
+
+
+def _value_types(node: dict[str, Any]) -> set[str] | None:
+    values = node["enum"] if isinstance(node.get("enum"), list) else [node["const"]] if "const" in node else None
+    if values is None:
+        return None
+    return {_JSON_TYPES.get(type(v), "?") if not (type(v) is float and v.is_integer()) else "integer"
+            for v in values}
 
 
 def _harmless(node: dict[str, Any], combo: str, strict: bool) -> set[str]:
@@ -52,15 +141,8 @@ def _types(schema: Any) -> set[str] | None:
     """The JSON types a schema admits, where it says so itself (type, or the values of enum / const)."""
     if not isinstance(schema, dict):
         return None
-    declared = schema.get("type")
-    if isinstance(declared, str):
-        return {declared, "integer"} if declared == "number" else {declared}
-    if isinstance(declared, list) and all(isinstance(t, str) for t in declared):
-        return set(declared) | ({"integer"} if "number" in declared else set())
-    values = schema["enum"] if isinstance(schema.get("enum"), list) else [schema["const"]] if "const" in schema else None
-    if values is None:
-        return None
-    return {_JSON_TYPES.get(type(v), "?") for v in values}
+    declared = _declared_types(schema)
+    return declared if declared is not None else _value_types(schema)
 
 
 def _refuse(field: str, what: str) -> None:

@@ -6,7 +6,7 @@ when token 32*i + j is allowed. Every backend writes that layout so the sampler 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +52,9 @@ Pending = Sequence[tuple[int, GrammarMatcher]]  # a step's (bitmask row, matcher
 
 
 class CompiledGrammar(ABC):
+    # checks a finished answer against what the grammar could not enforce (schema_support.AnswerCheck)
+    answer_check: Callable[[bytes], bool] | None = None
+
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...
 

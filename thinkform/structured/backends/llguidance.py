@@ -13,6 +13,7 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
+from thinkform.structured.schema_support import complete_required
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
@@ -129,7 +130,7 @@ class LLGuidanceBackend(GrammarBackend):
     def _grammar(self, constraint: Constraint) -> str:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            schema = constraint.data()
+            schema = complete_required(constraint.data())
             return LLMatcher.grammar_from_json_schema(
                 strict_schema(schema) if opts.strict_mode else schema, overrides=json_options(opts))
         if constraint.kind == "json_object":

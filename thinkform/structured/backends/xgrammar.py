@@ -12,7 +12,7 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
-from thinkform.structured.schema_support import check_xgrammar_enforces
+from thinkform.structured.schema_support import AnswerCheck, check_xgrammar_enforces, complete_required
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
@@ -80,16 +80,19 @@ class XGrammarBackend(GrammarBackend):
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)
         try:
-            return XGrammarCompiled(self._compile(constraint))
+            compiled = XGrammarCompiled(self._compile(constraint))
         except ConstraintError:
             raise
         except Exception as e:  # xgrammar raises RuntimeError / ValueError / pydantic errors alike
             raise ConstraintError(f"invalid {constraint.field}: {_message(e)}", field=constraint.field) from e
+        if constraint.kind == "json_schema":
+            compiled.answer_check = AnswerCheck.for_schema(constraint.data())
+        return compiled
 
     def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            schema = bound_pattern_lengths(json.loads(constraint.source))
+            schema = complete_required(bound_pattern_lengths(json.loads(constraint.source)))
             check_xgrammar_enforces(schema, strict=opts.strict_mode)
             return self._compiler.compile_json_schema(json.dumps(schema), **_json_kwargs(opts))
         if constraint.kind == "json_object":
