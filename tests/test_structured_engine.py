@@ -249,6 +249,18 @@ def test_constraint_satisfied_tells_the_truth_about_keywords_no_grammar_enforces
     assert verdicts  # some answers finished
 
 
+def test_numbers_fit_a_double_by_default(engines):
+    """17 significant digits and a two-digit exponent: no answer parses to infinity (1289E343 did)."""
+    import math
+
+    for seed in range(8):
+        out = engines["xgrammar"].generate("x", {"temperature": 1.5, "seed": seed, "max_new_tokens": 40,
+                                                 "json_schema": {"type": "array", "items": {"type": "number"}}})
+        if out["meta_info"]["finish_reason"]["type"] == "stop":
+            assert all(math.isfinite(v) for v in json.loads(out["text"])), out["text"]
+            assert not re.search(r"[eE][+-]?\d{3}", out["text"]), out["text"]
+
+
 def test_budget_forces_marker_and_answer_arrives(engines):
     out = engines["xgrammar"].generate("Question:", {"temperature": 0, "max_new_tokens": 64,
                                                      "max_reasoning_tokens": 10, "regex": "(Paris|London)"},

@@ -4,7 +4,8 @@ A grammar says `[1-9][0-9]*` and a model that loves digits writes `"population":
 until max_tokens. The guard follows the JSON text of the answer and, while a number is being written,
 clears the mask bits of tokens that would give it more than `max_number_digits` mantissa digits
 (every digit before the exponent counts, leading zeros too, so `0.000…` is bounded as well) or more than
-`max_exponent_digits` exponent digits. With 17 mantissa digits every integer fits int64.
+`max_exponent_digits` exponent digits. With 17 mantissa digits every integer fits int64, and with two
+exponent digits every number fits a double (three let `1289E343` through: infinity to `json.loads`).
 
 It also keeps raw control characters (U+0000-U+001F) out of JSON strings, where they are invalid:
 xgrammar 0.2.8 lets them into strings with a maxLength, and `json.loads` then rejects the answer.

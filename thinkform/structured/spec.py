@@ -32,7 +32,8 @@ class GrammarOptions:
     any_whitespace: bool = False  # compact JSON with fixed separators (", ", ": ")
     max_whitespace: int = 4  # when any_whitespace: bound on consecutive whitespace
     max_number_digits: int = 17  # significant digits of a JSON number (integers then fit int64)
-    max_exponent_digits: int = 3
+    # two: at most 17 digits and e±99 stay inside a double (a fuzzed answer's 1289E343 parsed as inf)
+    max_exponent_digits: int = 2
     compile_timeout_s: float = 30.0
     strict_mode: bool = True  # JSON schema: no properties / items beyond those the schema names
 
