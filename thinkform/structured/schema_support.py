@@ -47,7 +47,9 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
         combos = [k for k in _COMBINATORS if k in node]
         if not combos:
             continue
-        siblings = sorted(set(node) - _ANNOTATIONS - set(_COMBINATORS) - _harmless(node, combos[0], strict))
+        # keywords no grammar enforces are checked on the answer wherever they stand
+        siblings = sorted(set(node) - _ANNOTATIONS - set(_COMBINATORS) - UNENFORCEABLE
+                          - _harmless(node, combos[0], strict))
         if siblings:
             _refuse(field, f"'{siblings[0]}' beside '{combos[0]}' at {path}")
         if len(combos) > 1:
@@ -145,9 +147,12 @@ def _types(schema: Any) -> set[str] | None:
     return declared if declared is not None else _value_types(schema)
 
 
+OTHER_BACKENDS_HINT = "; use --grammar-backend auto or llguidance"  # `auto` drops it from its own message
+
+
 def _refuse(field: str, what: str) -> None:
-    raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {what} (it drops it); "
-                          "use --grammar-backend auto or llguidance", field=field)
+    raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {what} (it drops it)"
+                          + OTHER_BACKENDS_HINT, field=field)
 
 
 def _nodes(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

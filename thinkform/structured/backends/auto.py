@@ -1,5 +1,6 @@
-"""`auto`: xgrammar first; where it rejects a constraint, llguidance (JSONSchemaBench: xgrammar compiles 96
-of 100 sampled real-world schemas, with the fallback 98). The answer keeps the chosen library's matcher."""
+"""`auto`, the default: xgrammar first; where it rejects a constraint or would not enforce it, llguidance
+(JSONSchemaBench: xgrammar compiles 955 of 1,000 real-world schemas soundly less the 173 it would not
+enforce, the fallback most of those). The answer keeps the chosen library's matcher."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -10,6 +11,7 @@ from thinkform.structured.backends.base import BackendContext, CompiledGrammar, 
 from thinkform.structured.backends.llguidance import LLGuidanceBackend, LLGuidanceMatcher
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.xgrammar import XGrammarBackend
+from thinkform.structured.schema_support import OTHER_BACKENDS_HINT
 from thinkform.structured.spec import Constraint, ConstraintError
 
 
@@ -31,8 +33,9 @@ class AutoBackend(GrammarBackend):
                 raise
             try:
                 return self._llguidance().compile(constraint)
-            except ConstraintError as second:
-                raise ConstraintError(f"{first} (llguidance: {second})", field=first.field) from second
+            except ConstraintError as second:  # neither library: the hint to try the other one is moot here
+                reason = str(first).replace(OTHER_BACKENDS_HINT, "")
+                raise ConstraintError(f"{reason} (llguidance: {second})", field=first.field) from second
 
     def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """Each library's rows through its own batched fill."""
