@@ -111,6 +111,23 @@ def test_regex_and_ebnf_keep_their_text() -> None:
     assert constraint_from_fields(ebnf='root ::= "a"').key == ("ebnf", 'root ::= "a"')
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_a_regex_digit_is_an_ascii_digit_on_every_backend(backend):
+    """`\\d` as xgrammar (SGLang's default) reads it, also where `auto` falls back to llguidance, whose `\\d`
+    took Unicode digits (`൦555-５߉` for `\\d{4}-\\d{2}`)."""
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.spec import GrammarOptions
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    assert constraint_from_fields(regex=r"\d{2}-\w").source == "[0-9]{2}-[A-Za-z0-9_]"
+    tok = build_tiny_tokenizer()
+    ctx = BackendContext(tok, len(tok) + 8, (tok.eos_token_id,), GrammarOptions())
+    compiled = create_backend(backend, ctx).compile(constraint_from_fields(regex=r"\d{2}"))
+    for text, ok in (("12", True), ("٣٤", False)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, (backend, text)
+
+
 def test_json_schema_patterns_take_ecma_meaning():
     """\\w in a JSON Schema pattern is ASCII (ECMA-262), whatever the backend's regex engine says."""
     import json as _json

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from thinkform.structured.ecma_regex import ecma_schema
+from thinkform.structured.ecma_regex import ecma_pattern, ecma_schema
 
 ConstraintKind = Literal["json_schema", "json_object", "regex", "ebnf", "structural_tag"]
 CONSTRAINT_FIELDS: tuple[str, ...] = ("json_schema", "regex", "ebnf", "structural_tag")
@@ -82,6 +82,8 @@ def constraint_from_fields(
         return Constraint("structural_tag", _structural_tag(value))
     if not isinstance(value, str) or not value.strip():
         raise ConstraintError(f"{field} must be a non-empty string", field=field)
+    if field == "regex":  # `\d` and `\w` mean ASCII (as xgrammar reads them) whichever library compiles it
+        value = ecma_pattern(value)
     return Constraint(field, value)  # type: ignore[arg-type]
 
 
