@@ -229,6 +229,8 @@ UNENFORCEABLE_SCHEMAS = [  # keywords no grammar enforces: each finished answer 
                                             "uniqueItems": True}}, "required": ["v"]},
     {"type": "object", "properties": {"k": {"enum": ["a", "b"]}, "x": {"type": "integer"}}, "required": ["k"],
      "if": {"properties": {"k": {"const": "a"}}}, "then": {"required": ["x"]}},
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},  # draft 7
+     "dependencies": {"a": ["b"]}},
 ]
 
 
@@ -243,7 +245,7 @@ def test_constraint_satisfied_tells_the_truth_about_keywords_no_grammar_enforces
         meta = out["meta_info"]
         if meta["finish_reason"]["type"] != "stop":
             continue
-        valid = jsonschema.Draft202012Validator(schema).is_valid(json.loads(out["text"]))
+        valid = jsonschema.Draft7Validator(schema).is_valid(json.loads(out["text"]))
         assert meta["constraint_satisfied"] is valid, out["text"]
         verdicts.add(valid)
     assert verdicts  # some answers finished

@@ -35,6 +35,7 @@ class ChatPlan:
     input_ids: list[int]
     reasoning_start: ReasoningStart
     params: dict[str, Any]
+    reasoning: bool  # the output may hold a reasoning section (a parser, and the prompt did not skip it)
     split: bool  # separate reasoning_content from content
     tool_parser: ToolCallParser | None  # tools are active: parse calls out of the answer
     max_calls: int | None  # parallel_tool_calls false: one call at most
@@ -95,8 +96,9 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         fields = {"structural_tag": tag} if tag else {}
     params.update(validate_constraints(fields, state.limits))
     ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    reasoning = state.markers is not None and reasoning_start != "answer"
     return ChatPlan(rid=body.rid or new_id(""), input_ids=ids, reasoning_start=reasoning_start, params=params,
-                    split=body.separate_reasoning and state.markers is not None and reasoning_start != "answer",
+                    reasoning=reasoning, split=body.separate_reasoning and reasoning,
                     tool_parser=state.tool_parser if mode != "none" else None,
                     max_calls=None if body.parallel_tool_calls else 1,
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0)
@@ -127,7 +129,9 @@ def _finish_reason(meta: dict[str, Any]) -> tuple[str | None, Any]:
 
 def _split(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
            always: bool = False) -> tuple[str | None, str]:
-    if not (plan.split or always and plan.reasoning_start != "answer" and state.markers is not None):
+    """(reasoning, answer) where the plan separates them (or `always`: for finding tool calls), else
+    (None, the whole text)."""
+    if not (plan.split or (always and plan.reasoning)):
         return None, text
     if "content" in meta:
         return meta.get("reasoning_content"), meta["content"]
@@ -225,8 +229,7 @@ def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, 
 
 
 def _as_list(result: Any) -> list[dict[str, Any]]:
-    """The engine's outputs as a list; an output the engine failed (an abort with a status, as SGLang's)
-    makes the response that error rather than a 200 with a cut answer."""
+    """The engine's outputs as a list (raising the error of one the engine failed)."""
     outs = result if isinstance(result, list) else [result]
     for out in outs:
         _raise_if_failed(out.get("meta_info", {}))
@@ -335,8 +338,8 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
         tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
         hold_reasoning=not body.stream_reasoning,
-        raw=RawAnswerSplitter(state.markers, plan.reasoning_start == "reasoning")
-        if plan.tool_parser and not plan.split and state.markers and plan.reasoning_start != "answer" else None)
+        raw=RawAnswerSplitter(state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+        if plan.tool_parser and plan.reasoning and not plan.split else None)
         for _ in range(body.n)]
     finals: dict[int, dict[str, Any]] = {}
     feeds = [_LogprobFeed() for _ in range(body.n)] if plan.return_logprob else None

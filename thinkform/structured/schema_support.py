@@ -95,7 +95,9 @@ class AnswerCheck:
         import jsonschema  # only for the rare schema that needs it
 
         self.keywords = keywords
-        self._validator = jsonschema.validators.validator_for(schema)(schema)
+        # without a $schema: draft 7 where the schema speaks it (`dependencies`, which 2020-12 dropped)
+        default = jsonschema.Draft7Validator if "dependencies" in keywords else jsonschema.Draft202012Validator
+        self._validator = jsonschema.validators.validator_for(schema, default=default)(schema)
 
     def __call__(self, answer: bytes) -> bool:
         try:
