@@ -190,6 +190,26 @@ def test_a_rid_in_flight_cannot_be_taken_twice(engine64):
     assert engine64.generate("Hello", {"max_new_tokens": 2}, rid="same")["meta_info"]["completion_tokens"] == 2
 
 
+def test_an_output_that_cannot_be_built_still_answers_its_caller(engine64, monkeypatch):
+    """A failure while building the final output (it once came from the answer check) is delivered as the
+    request's error; the caller no longer waits forever, and the engine goes on."""
+    import thinkform.engine.requests as requests_module
+
+    build = requests_module.sequence_output
+
+    def broken(seq, finished, markers, single):
+        if finished:
+            raise RuntimeError("injected output failure")
+        return build(seq, finished, markers, single)
+
+    monkeypatch.setattr(requests_module, "sequence_output", broken)
+    out = engine64.generate("Hello", {"max_new_tokens": 3, "ignore_eos": True})
+    reason = out["meta_info"]["finish_reason"]
+    assert reason["type"] == "abort" and reason["status_code"] == 500 and "injected" in reason["message"]
+    monkeypatch.undo()
+    assert engine64.generate("Hello", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+
+
 def test_abort_frees_cache(engine64):
     pool = engine64.parts.pool
     stream = engine64.generate(PROMPTS[0], {**GREEDY, "max_new_tokens": 2000}, stream=True, rid="abort-me")

@@ -251,6 +251,16 @@ def test_constraint_satisfied_tells_the_truth_about_keywords_no_grammar_enforces
     assert verdicts  # some answers finished
 
 
+def test_an_answer_check_that_cannot_run_leaves_the_grammars_verdict(engines):
+    """`(?<word>…)` is ECMA (xgrammar takes it) but Python's re refuses it, so jsonschema cannot check the
+    answer's uniqueItems: the request still answers (it once hung), with the grammar's verdict."""
+    schema = {"type": "array", "uniqueItems": True, "minItems": 1, "maxItems": 2,
+              "items": {"type": "string", "pattern": "^(?<word>[a-c])$"}}
+    out = engines["xgrammar"].generate("x", {"temperature": 0, "max_new_tokens": 32, "json_schema": schema})
+    assert out["meta_info"]["finish_reason"]["type"] in ("stop", "length")
+    assert all(item in "abc" for item in json.loads(out["text"]))
+
+
 def test_numbers_fit_a_double_by_default(engines):
     """17 significant digits and a two-digit exponent: no answer parses to infinity (1289E343 did)."""
     import math

@@ -249,7 +249,7 @@ class EngineLoop:
     def _fail(self, seq: Sequence, error: BaseException) -> None:
         logger.error("request %s-%d failed: %s: %s", seq.rid, seq.index, type(error).__name__, error,
                      exc_info=error)
-        self._finish(seq, internal_error(error))
+        self._finish(seq, FinishReason.failed(error))
 
     def _fill_masks(self, seqs: list[Sequence], failed: dict[int, BaseException],
                     sparse: bool = False) -> StepMasks:
@@ -426,7 +426,7 @@ class EngineLoop:
                 seq.detok.flush()
             except Exception as e:  # noqa: BLE001 - a broken detokenizer fails its request, not the loop
                 logger.error("request %s-%d: detokenizer failed: %s", seq.rid, seq.index, e)
-                seq.finish = reason = internal_error(e)
+                seq.finish = reason = FinishReason.failed(e)
         self.scheduler.finish(seq)
         self.counters["finished"] += 1
         self.counters[f"finished_{reason.type}"] = self.counters.get(f"finished_{reason.type}", 0) + 1
@@ -446,9 +446,3 @@ class EngineLoop:
         for seq in pending + list(self.scheduler.running) + list(self.scheduler.waiting):
             if not seq.finished:
                 self._finish(seq, FinishReason("abort", message=message))
-
-
-def internal_error(error: BaseException) -> FinishReason:
-    """How a request the engine failed ends: an abort with the error and status 500 (the routes answer it
-    as an error, not as a cut answer)."""
-    return FinishReason("abort", message=f"internal error: {type(error).__name__}: {error}", status_code=500)

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from thinkform.engine.detokenizer import partial_stop_len
-from thinkform.engine.sequence import Sequence
+from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.reasoning import ReasoningMarkers, split_reasoning
 
 
@@ -55,3 +55,12 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
         if seq.top_logprobs_num:
             meta["output_top_logprobs"] = seq.top_logprobs[:count]
     return {"index": seq.index, "text": text, "output_ids": list(seq.output_ids), "meta_info": meta}
+
+
+def failed_output(seq: Sequence, error: BaseException, single: bool) -> dict[str, Any]:
+    """The final output of a sequence whose output could not be built: the error, so its caller is answered
+    (with status 500 on the OpenAI routes) instead of waiting forever."""
+    meta = {"id": seq.rid if single else f"{seq.rid}-{seq.index}",
+            "finish_reason": FinishReason.failed(error).to_dict(), "prompt_tokens": len(seq.prompt_ids),
+            "completion_tokens": len(seq.output_ids), "e2e_latency": time.perf_counter() - seq.arrival}
+    return {"index": seq.index, "text": "", "output_ids": list(seq.output_ids), "meta_info": meta}

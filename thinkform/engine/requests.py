@@ -1,6 +1,7 @@
 """Turns API arguments into validated, tokenized requests and their sequences (one per sample)."""
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -10,7 +11,7 @@ import torch
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import IncrementalDetokenizer
 from thinkform.engine.limits import RequestLimits
-from thinkform.engine.output import sequence_output
+from thinkform.engine.output import failed_output, sequence_output
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.closing import closing_reserve
@@ -18,6 +19,8 @@ from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import Constraint, constraint_from_fields, json_tag_bounds
 from thinkform.structured.utf8 import Utf8Guard
+
+logger = logging.getLogger("thinkform")
 
 REASONING_STARTS = ("reasoning", "open", "answer")
 
@@ -247,5 +250,13 @@ class RequestBuilder:
 
 def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any, single: bool) -> Callable:
     def deliver(seq: Sequence, finished: bool) -> None:
-        sink(seq, sequence_output(seq, finished, markers, single), finished)
+        try:
+            output = sequence_output(seq, finished, markers, single)
+        except Exception as e:  # noqa: BLE001 - a broken output must still answer its caller, once, at the end
+            logger.error("request %s-%d: its output could not be built: %s: %s", seq.rid, seq.index,
+                         type(e).__name__, e, exc_info=e)
+            if not finished:
+                return
+            output = failed_output(seq, e, single)
+        sink(seq, output, finished)
     return deliver

@@ -26,6 +26,12 @@ class FinishReason:
     length: int | None = None  # for "length": the limit that was reached (SGLang reports it)
     status_code: int | None = None  # for "abort": 500 when the engine failed the request (as SGLang's)
 
+    @classmethod
+    def failed(cls, error: BaseException) -> "FinishReason":
+        """How a request the engine failed ends: an abort with the error and status 500 (the routes answer
+        it as an error, not as a cut answer)."""
+        return cls("abort", message=f"internal error: {type(error).__name__}: {error}", status_code=500)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "matched": self.matched}
         if self.message is not None:

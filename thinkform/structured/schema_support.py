@@ -98,12 +98,22 @@ class AnswerCheck:
         # without a $schema: draft 7 where the schema speaks it (`dependencies`, which 2020-12 dropped)
         default = jsonschema.Draft7Validator if "dependencies" in keywords else jsonschema.Draft202012Validator
         self._validator = jsonschema.validators.validator_for(schema, default=default)(schema)
+        self._broken = False
 
     def __call__(self, answer: bytes) -> bool:
         try:
-            return self._validator.is_valid(json.loads(answer))
+            instance = json.loads(answer)
         except ValueError:
             return False
+        if self._broken:
+            return True
+        try:
+            return self._validator.is_valid(instance)
+        except Exception as e:  # noqa: BLE001 - e.g. an ECMA pattern Python's re cannot read (`(?<name>…)`)
+            self._broken = True  # the grammar's verdict stands, as it did before there was a check
+            logger.warning("json_schema: the answer check cannot run (%s: %s); %s stay unchecked",
+                           type(e).__name__, e, ", ".join(self.keywords))
+            return True
 
     @classmethod
     def for_schema(cls, schema: Any) -> "AnswerCheck | None":
