@@ -334,6 +334,41 @@ def test_a_required_property_properties_does_not_list_is_required_with_any_value
     assert m.accept_string('{"n": "", "v": [1]}') and m.can_terminate()
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "auto"])
+def test_a_required_property_gets_its_pattern_properties_schema(
+        backends: dict[str, GrammarBackend], ctx: BackendContext, backend: str) -> None:
+    schema = {"type": "object", "patternProperties": {"^b$": {"type": "integer"}}, "required": ["b"]}
+    be = backends[backend] if backend in backends else create_backend(backend, ctx)
+    compiled = be.compile(constraint_from_fields(json_schema=schema))
+    for text, ok in (("{}", False), ('{"b": "x"}', False), ('{"b": 1}', True)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, (backend, text)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {}}, "required": ["a", "b"], "additionalProperties": False},
+    {"type": "object", "required": ["b"], "propertyNames": {"pattern": "^a"}},
+])
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "auto"])
+def test_a_required_property_the_object_can_never_hold_is_a_clear_error(
+        backends: dict[str, GrammarBackend], ctx: BackendContext, backend: str, schema: dict) -> None:
+    be = backends[backend] if backend in backends else create_backend(backend, ctx)
+    with pytest.raises(ConstraintError, match="requires property 'b'.*no answer satisfies"):
+        be.compile(constraint_from_fields(json_schema=schema))
+
+
+def test_a_number_multiple_of_is_refused_for_xgrammar(backends: dict[str, GrammarBackend],
+                                                       ctx: BackendContext) -> None:
+    """xgrammar keeps multipleOf for integers only; auto takes llguidance, which enforces it."""
+    schema = {"type": "number", "multipleOf": 0.5}
+    with pytest.raises(ConstraintError, match="'multipleOf' of a number"):
+        backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema))
+    for text, ok in (("1.5", True), ("1.25", False)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, text
+
+
 def test_an_enum_against_its_type_is_refused_for_xgrammar(backends: dict[str, GrammarBackend]) -> None:
     with pytest.raises(ConstraintError, match="'type' beside 'enum'"):
         backends["xgrammar"].compile(constraint_from_fields(

@@ -251,6 +251,18 @@ def test_constraint_satisfied_tells_the_truth_about_keywords_no_grammar_enforces
     assert verdicts  # some answers finished
 
 
+def test_tool_call_arguments_are_checked_for_keywords_no_grammar_enforces(engines):
+    args = {"type": "object", "properties": {"xs": {"type": "array", "items": {"enum": [1]}, "minItems": 2,
+                                                    "uniqueItems": True}}, "required": ["xs"]}
+    tag = {"type": "structural_tag", "format": {"type": "tags_with_separator", "separator": "\n",
+           "at_least_one": True, "stop_after_first": True, "tags": [
+               {"type": "tag", "begin": '<tool_call>{"name": "f", "arguments": ',
+                "content": {"type": "json_schema", "json_schema": args}, "end": "}</tool_call>"}]}}
+    out = engines["xgrammar"].generate("x", {"temperature": 0, "max_new_tokens": 60, "structural_tag": tag})
+    assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+    assert '"xs": [1, 1]' in out["text"] and out["meta_info"]["constraint_satisfied"] is False
+
+
 def test_an_answer_check_that_cannot_run_leaves_the_grammars_verdict(engines):
     """`(?<word>…)` is ECMA (xgrammar takes it) but Python's re refuses it, so jsonschema cannot check the
     answer's uniqueItems: the request still answers (it once hung), with the grammar's verdict."""
@@ -293,6 +305,16 @@ def test_sglang_strict_thinking_budget_is_honoured(engines):
         engine.generate("Question:", {**params, "max_reasoning_tokens": 9})
     with pytest.raises(ValueError, match="custom_params.thinking_budget"):
         engine.generate("Question:", {**params, "custom_params": {"thinking_budget": -1}})
+
+
+def test_a_thinking_budget_of_zero_thinks_not_at_all(engines):
+    """The end marker comes before anything is sampled (a budget of 0 let one thinking token through)."""
+    out = engines["xgrammar"].generate("Question:", {"temperature": 1.0, "seed": 3, "max_new_tokens": 32,
+                                                     "max_reasoning_tokens": 0, "regex": "(Paris|London)"},
+                                       require_reasoning=True)
+    meta = out["meta_info"]
+    assert meta["reasoning_content"] == "" and meta["content"] in ("Paris", "London")
+    assert out["text"].startswith("</think>")
 
 
 def test_thinking_costs_no_mask_work(engines, monkeypatch):

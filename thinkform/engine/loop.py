@@ -162,7 +162,7 @@ class EngineLoop:
             new, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
         for seq in new:
-            self._jump_at_start(seq)
+            self._force_at_start(seq)
             if not seq.finished:
                 self.scheduler.add(seq)
         for rid, seq in aborts:
@@ -338,12 +338,20 @@ class EngineLoop:
         elif seq.stream:
             seq.sink(seq, False)
 
-    def _jump_at_start(self, seq: Sequence) -> None:
-        """An answer that starts with forced text (`{"name": "`) gets it before the prefill, not sampled."""
+    def _force_at_start(self, seq: Sequence) -> None:
+        """What the gate forces before anything is sampled goes in before the prefill: the end marker where
+        the thinking budget is 0 (or the token budget leaves no room to think), then an answer's forced
+        start (`{"name": "`). (Not a budget's ending: the model writes some of its answer first.)"""
         if seq.gate is None or seq.output_ids:
             return
         try:
-            finish = self._append_jump(seq)
+            forced = seq.gate.forced_tokens(0) if seq.gate.phase is not Phase.ANSWER else []
+            finish = None
+            if forced:
+                seq.gate.accept_forced(forced)
+                self.counters["forced_tokens"] += len(forced)
+                finish = self._append(seq, forced)
+            finish = finish or self._append_jump(seq)
         except Exception as e:  # noqa: BLE001 - a grammar failure ends this request only
             self._fail(seq, e)
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Iterator
 
 from thinkform.structured.spec import ConstraintError
@@ -60,6 +61,9 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
         declared, values = _declared_types(node), _value_types(node)
         if declared is not None and values is not None and not values <= declared:
             _refuse(field, f"'type' beside 'enum' / 'const' at {path}")
+        step = node.get("multipleOf")
+        if step is not None and not (node.get("type") == "integer" and isinstance(step, int)):
+            _refuse(field, f"'multipleOf' of a number at {path}")  # it keeps multipleOf for integers only
 
 
 def unenforced_keywords(schema: Any) -> list[str]:
@@ -69,23 +73,50 @@ def unenforced_keywords(schema: Any) -> list[str]:
     return sorted(found)
 
 
-def complete_required(schema: Any) -> Any:
-    """A copy of `schema` in which every object that requires a property it does not list lists it: with
-    `additionalProperties`' schema where that is one, else as any value."""
+def complete_required(schema: Any, field: str = "json_schema", path: str = "#") -> Any:
+    """A copy of `schema` in which every object that requires a property it does not list lists it, with
+    the schema JSON Schema gives it there: the first `patternProperties` entry its name matches, else
+    `additionalProperties`' schema, else any value. A required name the object can never hold
+    (`additionalProperties: false`, a `propertyNames` pattern it fails) is a ConstraintError."""
     if isinstance(schema, list):
-        return [complete_required(s) for s in schema]
+        return [complete_required(s, field, f"{path}/{i}") for i, s in enumerate(schema)]
     if not isinstance(schema, dict):
         return schema
-    out = {k: v if k in ("enum", "const", "default", "examples", "required") else complete_required(v)
-           for k, v in schema.items()}
-    props, required = out.get("properties"), out.get("required")
-    if isinstance(required, list) and (props is None or isinstance(props, dict)) and not out.get("patternProperties"):
-        missing = [name for name in required if isinstance(name, str) and name not in (props or {})]
+    out = {k: v if k in ("enum", "const", "default", "examples", "required") else
+           complete_required(v, field, f"{path}/{k}") for k, v in schema.items()}
+    props, required = out.get("properties", {}), out.get("required")
+    if isinstance(required, list) and isinstance(props, dict):
+        missing = [name for name in required if isinstance(name, str) and name not in props]
         if missing:
-            extra = out.get("additionalProperties")
-            value = extra if isinstance(extra, dict) else {}
-            out["properties"] = {**(props or {}), **{name: value for name in missing}}
+            out["properties"] = {**props, **{name: _unlisted_property(out, name, field, path) for name in missing}}
     return out
+
+
+def _unlisted_property(node: dict[str, Any], name: str, field: str, path: str) -> Any:
+    names = node.get("propertyNames")
+    pattern = names.get("pattern") if isinstance(names, dict) else None
+    if isinstance(pattern, str) and _search(pattern, name) is False:
+        _unsatisfiable(field, name, path, f"propertyNames' pattern {pattern!r}")
+    for key, sub in (node.get("patternProperties") or {}).items():
+        if _search(key, name):
+            return sub
+    extra = node.get("additionalProperties")
+    if extra is False:
+        _unsatisfiable(field, name, path, "additionalProperties false")
+    return extra if isinstance(extra, dict) else {}
+
+
+def _search(pattern: str, text: str) -> bool | None:
+    """Whether an ECMA pattern matches somewhere in `text` (None where Python's re cannot read it)."""
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return None
+
+
+def _unsatisfiable(field: str, name: str, path: str, why: str) -> None:
+    raise ConstraintError(f"{field}: {path} requires property {name!r}, which its {why} never admits: "
+                          "no answer satisfies the schema", field=field)
 
 
 class AnswerCheck:
@@ -123,6 +154,33 @@ class AnswerCheck:
         logger.info("json_schema: %s not enforced by the grammar; each answer is checked against the schema",
                     ", ".join(keywords))
         return cls(schema, keywords)
+
+
+class TagArgumentsCheck:
+    """The AnswerCheck of each JSON tag of a structural tag (a tool call's arguments), over every call of
+    that tag in the answer."""
+
+    def __init__(self, checks: list[tuple[str, str, AnswerCheck]]) -> None:
+        self._checks = checks
+
+    def __call__(self, answer: bytes) -> bool:
+        text = answer.decode("utf-8", "replace")
+        for begin, end, check in self._checks:
+            at = text.find(begin)
+            while at >= 0:
+                stop = text.find(end, at + len(begin))
+                if stop < 0:
+                    break  # a call still open: the grammar's verdict covers it
+                if not check(text[at + len(begin):stop].encode()):
+                    return False
+                at = text.find(begin, stop + len(end))
+        return True
+
+    @classmethod
+    def for_tags(cls, tags: list[tuple[str, str, Any]]) -> "TagArgumentsCheck | None":
+        checks = [(begin, end, check) for begin, end, schema in tags
+                  if (check := AnswerCheck.for_schema(json.loads(schema) if isinstance(schema, str) else schema))]
+        return cls(checks) if checks else None
 
 
 def _declared_types(node: dict[str, Any]) -> set[str] | None:

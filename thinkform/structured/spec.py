@@ -119,11 +119,16 @@ def _structural_tag(value: Any) -> str:
 
 
 def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
-    """(begin, end) of every tag of a structural tag whose content is JSON: the legacy form's structures,
-    and the format form's `tag` nodes with `json_schema` content, wherever they are nested."""
+    """(begin, end) of every tag of a structural tag whose content is JSON (see json_tags)."""
+    return [(begin, end) for begin, end, _ in json_tags(tag)]
+
+
+def json_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(begin, end, schema) of every tag of a structural tag whose content is JSON: the legacy form's
+    structures, and the format form's `tag` nodes with `json_schema` content, wherever they are nested."""
     if "structures" in tag:
-        return [(s["begin"], s["end"]) for s in tag["structures"]]
-    found: list[tuple[str, str]] = []
+        return [(s["begin"], s["end"], s["schema"]) for s in tag["structures"]]
+    found: list[tuple[str, str, Any]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -132,12 +137,12 @@ def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
         elif isinstance(node, dict):
             content = node.get("content")
             if node.get("type") == "tag" and isinstance(content, dict) and content.get("type") == "json_schema":
-                found.append((node.get("begin", ""), node.get("end", "")))
+                found.append((node.get("begin", ""), node.get("end", ""), content.get("json_schema")))
             for value in node.values():
                 walk(value)
 
     walk(tag.get("format"))
-    return [(b, e) for b, e in found if isinstance(b, str) and isinstance(e, str) and b and e]
+    return [(b, e, s) for b, e, s in found if isinstance(b, str) and isinstance(e, str) and b and e]
 
 
 def _structures(structures: Any) -> list[dict[str, Any]]:

@@ -192,6 +192,7 @@ def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
         if trigger is None:
             raise ConstraintError(f"structural_tag begin {begin!r} does not start with any trigger",
                                   field="structural_tag")
+        schema = complete_required(schema, field="structural_tag")
         schema = strict_schema(schema) if opts.strict_mode else schema
         schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **json_options(opts)}}
         # Triggers are matched as text (assume_special=False): markers need not be special tokens.

@@ -12,8 +12,9 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
-from thinkform.structured.schema_support import AnswerCheck, check_xgrammar_enforces, complete_required
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+from thinkform.structured.schema_support import (AnswerCheck, TagArgumentsCheck, check_xgrammar_enforces,
+                                                 complete_required)
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, json_tags
 
 COMPACT_SEPARATORS = (", ", ": ")
 ANY_JSON_SCHEMA = '{"type": ["object", "array"]}'  # what SGLang's "$$ANY$$" admits, written compactly
@@ -87,6 +88,8 @@ class XGrammarBackend(GrammarBackend):
             raise ConstraintError(f"invalid {constraint.field}: {_message(e)}", field=constraint.field) from e
         if constraint.kind == "json_schema":
             compiled.answer_check = AnswerCheck.for_schema(constraint.data())
+        elif constraint.kind == "structural_tag":
+            compiled.answer_check = TagArgumentsCheck.for_tags(json_tags(constraint.data()))
         return compiled
 
     def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
@@ -138,6 +141,7 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
     if node.get("type") == "json_schema" and node.get("style", "json") == "json":
         schema = node["json_schema"]
         schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
+        schema = complete_required(schema, field="structural_tag")
         check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")  # a tool call's arguments
         if opts.any_whitespace:
             return {**node, "json_schema": schema,
