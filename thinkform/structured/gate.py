@@ -331,9 +331,9 @@ class ReasoningGate:
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
         ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
-        # the ending may grow before the next look (a longer enum value begun, a space in a string): only
-        # one that will still fit with a quarter of that look's room to spare waits for it
-        if ids is None or len(ids) > left or len(ids) <= later - later // 4:
+        # the ending may grow a little before the next look (a longer enum value begun): only one that will
+        # still fit with a few tokens to spare waits for it (more would close natural answers early)
+        if ids is None or len(ids) > left or len(ids) <= later - min(4, later // 4):
             return []
         self.closed_by_budget = True
         return ids

@@ -6,7 +6,8 @@
   takes llguidance, which enforces them.
 - A `required` property that `properties` does not list is impossible in strict mode (no other properties):
   xgrammar drops the requirement, llguidance calls the schema unsatisfiable. It is what the schema says, a
-  property of any value (or of `additionalProperties`' schema), so `complete_required` lists it.
+  property of any value (or of its `patternProperties` / `additionalProperties` schema), so
+  `complete_required` lists it; one the object can never hold goes to llguidance, which says so.
 - Keywords no grammar here enforces (`not`, `uniqueItems`, `if` / `then` / `else`, `dependencies`,
   `contains`, ...; llguidance refuses them, xgrammar ignores them): the grammar enforces the rest, and each
   finished answer is checked against the whole schema (`AnswerCheck`), so `constraint_satisfied` says
@@ -38,6 +39,12 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "depe
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMAS = ("items", "additionalProperties", "contains", "not", "if", "then", "else", "propertyNames",
             "unevaluatedProperties", "additionalItems")
+_DEFINITIONS = ("$defs", "definitions")
+# a dict with one of these is a schema, not a group of definitions
+_KEYWORDS = frozenset({"type", "properties", "items", "$ref", "anyOf", "oneOf", "allOf", "enum", "const", "required",
+                       "not", "if", "format", "pattern", "minimum", "maximum", "additionalProperties", "title",
+                       "description", "default", "minLength", "maxLength", "minItems", "maxItems", "$id", "id",
+                       "patternProperties", "prefixItems", "examples", "$schema", "$defs", "definitions"})
 
 
 def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json_schema") -> None:
@@ -61,6 +68,9 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
         declared, values = _declared_types(node), _value_types(node)
         if declared is not None and values is not None and not values <= declared:
             _refuse(field, f"'type' beside 'enum' / 'const' at {path}")
+        unlisted = _unlisted_required(node)  # (after complete_required: names the object can never hold)
+        if unlisted:
+            _refuse(field, f"'required' {unlisted[0]!r}, which the object cannot hold, at {path}")
         step = node.get("multipleOf")
         if step is not None and not (node.get("type") == "integer" and isinstance(step, int)):
             _refuse(field, f"'multipleOf' of a number at {path}")  # it keeps multipleOf for integers only
@@ -73,37 +83,52 @@ def unenforced_keywords(schema: Any) -> list[str]:
     return sorted(found)
 
 
-def complete_required(schema: Any, field: str = "json_schema", path: str = "#") -> Any:
-    """A copy of `schema` in which every object that requires a property it does not list lists it, with
-    the schema JSON Schema gives it there: the first `patternProperties` entry its name matches, else
-    `additionalProperties`' schema, else any value. A required name the object can never hold
-    (`additionalProperties: false`, a `propertyNames` pattern it fails) is a ConstraintError."""
-    if isinstance(schema, list):
-        return [complete_required(s, field, f"{path}/{i}") for i, s in enumerate(schema)]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: v if k in ("enum", "const", "default", "examples", "required") else
-           complete_required(v, field, f"{path}/{k}") for k, v in schema.items()}
-    props, required = out.get("properties", {}), out.get("required")
-    if isinstance(required, list) and isinstance(props, dict):
-        missing = [name for name in required if isinstance(name, str) and name not in props]
-        if missing:
-            out["properties"] = {**props, **{name: _unlisted_property(out, name, field, path) for name in missing}}
-    return out
+def complete_required(schema: Any) -> Any:
+    """A copy of `schema` in which every object schema that lists `properties` and requires one it does not
+    list lists that one too, with the schema JSON Schema gives it there: the first `patternProperties` entry
+    its name matches, else `additionalProperties`' schema, else any value. (Strict mode closes an object to
+    what it lists; a name it can never hold, under `additionalProperties: false` or a `propertyNames`
+    pattern, stays unlisted. A `required`-only schema, an anyOf branch say, is left open as it is.)"""
+    return _rebuild(schema, _complete_node)
 
 
-def _unlisted_property(node: dict[str, Any], name: str, field: str, path: str) -> Any:
+def _complete_node(node: dict[str, Any]) -> dict[str, Any]:
+    props, required = node.get("properties", {}), node.get("required")
+    if not (_lists_properties(node) and isinstance(props, dict) and isinstance(required, list)):
+        return node
+    added = {name: value for name in required if isinstance(name, str) and name not in props
+             and (value := _unlisted_property(node, name)) is not None}
+    return {**node, "properties": {**props, **added}} if added else node
+
+
+def without_unenforceable(schema: Any) -> Any:
+    """A copy of `schema` without the keywords no grammar enforces (llguidance refuses them; the answer
+    check covers them instead)."""
+    return _rebuild(schema, lambda node: {k: v for k, v in node.items() if k not in UNENFORCEABLE})
+
+
+def _lists_properties(node: dict[str, Any]) -> bool:
+    return isinstance(node.get("properties"), dict) or isinstance(node.get("patternProperties"), dict)
+
+
+def _unlisted_required(node: dict[str, Any]) -> list[str]:
+    props, required = node.get("properties", {}), node.get("required")
+    if not (_lists_properties(node) and isinstance(props, dict) and isinstance(required, list)):
+        return []
+    return [name for name in required if isinstance(name, str) and name not in props]
+
+
+def _unlisted_property(node: dict[str, Any], name: str) -> Any:
+    """The schema of a property `node` does not list (None: it can never hold one of that name)."""
     names = node.get("propertyNames")
     pattern = names.get("pattern") if isinstance(names, dict) else None
     if isinstance(pattern, str) and _search(pattern, name) is False:
-        _unsatisfiable(field, name, path, f"propertyNames' pattern {pattern!r}")
+        return None
     for key, sub in (node.get("patternProperties") or {}).items():
         if _search(key, name):
             return sub
-    extra = node.get("additionalProperties")
-    if extra is False:
-        _unsatisfiable(field, name, path, "additionalProperties false")
-    return extra if isinstance(extra, dict) else {}
+    extra = node.get("additionalProperties", {})
+    return None if extra is False else extra if isinstance(extra, dict) else {}
 
 
 def _search(pattern: str, text: str) -> bool | None:
@@ -114,21 +139,20 @@ def _search(pattern: str, text: str) -> bool | None:
         return None
 
 
-def _unsatisfiable(field: str, name: str, path: str, why: str) -> None:
-    raise ConstraintError(f"{field}: {path} requires property {name!r}, which its {why} never admits: "
-                          "no answer satisfies the schema", field=field)
-
-
 class AnswerCheck:
     """Validates a finished JSON answer against the whole schema (keywords the grammar did not enforce)."""
 
     def __init__(self, schema: Any, keywords: list[str]) -> None:
         import jsonschema  # only for the rare schema that needs it
+        import referencing
 
         self.keywords = keywords
         # without a $schema: draft 7 where the schema speaks it (`dependencies`, which 2020-12 dropped)
         default = jsonschema.Draft7Validator if "dependencies" in keywords else jsonschema.Draft202012Validator
-        self._validator = jsonschema.validators.validator_for(schema, default=default)(schema)
+        # an empty registry: a remote $ref is never fetched (no network from the engine; the check of a
+        # schema that needs one cannot run, and the grammar's verdict stands)
+        self._validator = jsonschema.validators.validator_for(schema, default=default)(
+            schema, registry=referencing.Registry())
         self._broken = False
 
     def __call__(self, answer: bytes) -> bool:
@@ -226,21 +250,65 @@ def _refuse(field: str, what: str) -> None:
 
 
 def _nodes(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema in `schema` with its JSON pointer: through the keywords that hold schemas, and through
+    definitions grouped in containers (`definitions/a/full`, which a `$ref` can point to)."""
     if not isinstance(schema, dict):
         return
     yield path, schema
+    for key, sub in _child_schemas(schema, path):
+        yield from _nodes(sub, key)
+
+
+def _child_schemas(schema: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
     for key in _SCHEMA_MAPS:
         if isinstance(schema.get(key), dict):
             for name, sub in schema[key].items():
-                yield from _nodes(sub, f"{path}/{key}/{name}")
+                yield from _definition(sub, f"{path}/{key}/{name}") if key in _DEFINITIONS else \
+                    [(f"{path}/{key}/{name}", sub)]
     for key in _SCHEMA_LISTS:
         if isinstance(schema.get(key), list):
             for i, sub in enumerate(schema[key]):
-                yield from _nodes(sub, f"{path}/{key}/{i}")
+                yield f"{path}/{key}/{i}", sub
     for key in _SCHEMAS:
         sub = schema.get(key)
         if isinstance(sub, list):  # draft-4 tuple items
             for i, item in enumerate(sub):
-                yield from _nodes(item, f"{path}/{key}/{i}")
-        else:
-            yield from _nodes(sub, f"{path}/{key}")
+                yield f"{path}/{key}/{i}", item
+        elif sub is not None:
+            yield f"{path}/{key}", sub
+
+
+def _definition(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """A definition is a schema, or (a few levels deep) a group of them."""
+    if not isinstance(value, dict) or not value or depth >= 3 or any(k in _KEYWORDS for k in value):
+        yield path, value
+        return
+    for name, sub in value.items():
+        yield from _definition(sub, f"{path}/{name}", depth + 1)
+
+
+def _rebuild(schema: Any, fn: Any) -> Any:
+    """A copy of `schema` with `fn` applied to every schema in it, innermost first (the places _nodes walks)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: (_rebuild_definition(sub, fn) if key in _DEFINITIONS else _rebuild(sub, fn))
+                        for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_rebuild(sub, fn) for sub in out[key]]
+    for key in _SCHEMAS:
+        sub = out.get(key)
+        if isinstance(sub, list):
+            out[key] = [_rebuild(item, fn) for item in sub]
+        elif isinstance(sub, dict):
+            out[key] = _rebuild(sub, fn)
+    return fn(out)
+
+
+def _rebuild_definition(value: Any, fn: Any, depth: int = 0) -> Any:
+    if not isinstance(value, dict) or not value or depth >= 3 or any(k in _KEYWORDS for k in value):
+        return _rebuild(value, fn)
+    return {name: _rebuild_definition(sub, fn, depth + 1) for name, sub in value.items()}

@@ -13,8 +13,9 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
-from thinkform.structured.schema_support import complete_required
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+from thinkform.structured.schema_support import (AnswerCheck, TagArgumentsCheck, complete_required,
+                                                 without_unenforceable)
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, json_tags
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
 
@@ -125,12 +126,17 @@ class LLGuidanceBackend(GrammarBackend):
         if matcher.is_error():
             raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
                                   field=constraint.field)
-        return LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids))
+        compiled = LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids))
+        if constraint.kind == "json_schema":
+            compiled.answer_check = AnswerCheck.for_schema(constraint.data())
+        elif constraint.kind == "structural_tag":
+            compiled.answer_check = TagArgumentsCheck.for_tags(json_tags(constraint.data()))
+        return compiled
 
     def _grammar(self, constraint: Constraint) -> str:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            schema = complete_required(constraint.data())
+            schema = complete_required(without_unenforceable(constraint.data()))
             return LLMatcher.grammar_from_json_schema(
                 strict_schema(schema) if opts.strict_mode else schema, overrides=json_options(opts))
         if constraint.kind == "json_object":
@@ -192,7 +198,7 @@ def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
         if trigger is None:
             raise ConstraintError(f"structural_tag begin {begin!r} does not start with any trigger",
                                   field="structural_tag")
-        schema = complete_required(schema, field="structural_tag")
+        schema = complete_required(without_unenforceable(schema))
         schema = strict_schema(schema) if opts.strict_mode else schema
         schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **json_options(opts)}}
         # Triggers are matched as text (assume_special=False): markers need not be special tokens.

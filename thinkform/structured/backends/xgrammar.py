@@ -141,7 +141,7 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
     if node.get("type") == "json_schema" and node.get("style", "json") == "json":
         schema = node["json_schema"]
         schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
-        schema = complete_required(schema, field="structural_tag")
+        schema = complete_required(schema)
         check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")  # a tool call's arguments
         if opts.any_whitespace:
             return {**node, "json_schema": schema,
