@@ -734,6 +734,31 @@ def test_launch_server_helpers_start_serve_and_stop(tmp_path):
         s.listen()
 
 
+def test_a_script_that_dies_takes_its_launched_server_with_it(tmp_path):
+    """A notebook that fails before its terminate_process left the server running (and holding its port)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from thinkform.testing.models import make_tiny_model_dir
+
+    path = make_tiny_model_dir(tmp_path, "qwen2")
+    script = ("import sys\nfrom thinkform.utils import launch_server_cmd, wait_for_server\n"
+              f"p, port = launch_server_cmd('python -m thinkform.launch_server --model-path {path} --log-level warning')\n"
+              "wait_for_server(f'http://localhost:{port}', timeout=120, process=p)\n"
+              "print(p.pid, flush=True)\nraise RuntimeError('the notebook failed')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0 and "the notebook failed" in proc.stderr
+    pid = int(proc.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+            open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
 def test_a_vllm_choice_compiles_to_exactly_its_strings(tiny_tokenizer, backend):
     from thinkform.server.params import constraint_fields

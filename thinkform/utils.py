@@ -1,6 +1,7 @@
 """Notebook helpers, as SGLang's docs use them: start a server on a free port, wait for it, stop it."""
 from __future__ import annotations
 
+import atexit
 import shlex
 import socket
 import subprocess
@@ -25,6 +26,8 @@ def launch_server_cmd(command: str, host: str = "127.0.0.1", port: int | None = 
     if argv and argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     process = subprocess.Popen(argv, stdout=None, stderr=None)
+    # a script that dies before its terminate_process must not leave the server running
+    atexit.register(terminate_process, process, 5.0)
     return process, port
 
 
