@@ -9,9 +9,10 @@
   property of any value (or of its `patternProperties` / `additionalProperties` schema), so
   `complete_required` lists it; one the object can never hold goes to llguidance, which says so.
 - Keywords no grammar here enforces (`not`, `uniqueItems`, `if` / `then` / `else`, `dependencies`,
-  `contains`, ...; llguidance refuses them, xgrammar ignores them): the grammar enforces the rest, and each
-  finished answer is checked against the whole schema (`AnswerCheck`), so `constraint_satisfied` says
-  whether it holds.
+  `contains`, ...; llguidance refuses them and is given the schema without them, xgrammar ignores them), and
+  the exclusivity of a `oneOf` (both read it as `anyOf`): the grammar enforces the rest, and each finished
+  answer is checked against the whole schema (`AnswerCheck`), so `constraint_satisfied` says whether it
+  holds.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
 
 
 def unenforced_keywords(schema: Any) -> list[str]:
-    """The keywords of `schema` that no grammar enforces (see UNENFORCEABLE), each once."""
-    found = {k for _, node in _nodes(schema, "#") for k in node if k in UNENFORCEABLE
+    """The keywords of `schema` that the grammar does not enforce in full, each once: UNENFORCEABLE, and
+    `oneOf`, which both libraries read as `anyOf` where its branches may overlap."""
+    found = {k for _, node in _nodes(schema, "#") for k in node if k in UNENFORCEABLE | {"oneOf"}
              and not (k == "uniqueItems" and node[k] is not True)}
     return sorted(found)
 

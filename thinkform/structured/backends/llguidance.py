@@ -150,10 +150,12 @@ class LLGuidanceBackend(GrammarBackend):
 
 
 def json_options(opts: GrammarOptions) -> dict[str, Any]:
-    """llguidance's JSON options matching xgrammar's: compact `, ` / `: `, or bounded whitespace."""
+    """llguidance's JSON options matching xgrammar's: compact `, ` / `: `, or bounded whitespace; a `oneOf`
+    read as `anyOf` (as xgrammar reads an overlapping one), its exclusivity checked on the answer."""
     if opts.any_whitespace:
-        return {"whitespace_flexible": True, "whitespace_pattern": rf"[\x20\x0A\x0D\x09]{{0,{opts.max_whitespace}}}"}
-    return {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+        return {"whitespace_flexible": True, "whitespace_pattern": rf"[\x20\x0A\x0D\x09]{{0,{opts.max_whitespace}}}",
+                "coerce_one_of": True}
+    return {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "coerce_one_of": True}
 
 
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
