@@ -322,9 +322,7 @@ class EngineLoop:
         if finish is None and gate is not None:
             forced = gate.forced_tokens(len(seq.output_ids))
             if forced:
-                gate.accept_forced(forced)
-                self.counters["forced_tokens"] += len(forced)
-                finish = self._append(seq, forced) or self._append_jump(seq)
+                finish = self._append_forced(seq, forced) or self._append_jump(seq)
         if finish is None and answering and self.jump_enabled:
             if forced_end(gate, self._eos_only):
                 eos = self.parts.eos_token_ids[0]
@@ -346,12 +344,7 @@ class EngineLoop:
             return
         try:
             forced = seq.gate.forced_tokens(0) if seq.gate.phase is not Phase.ANSWER else []
-            finish = None
-            if forced:
-                seq.gate.accept_forced(forced)
-                self.counters["forced_tokens"] += len(forced)
-                finish = self._append(seq, forced)
-            finish = finish or self._append_jump(seq)
+            finish = (self._append_forced(seq, forced) if forced else None) or self._append_jump(seq)
         except Exception as e:  # noqa: BLE001 - a grammar failure ends this request only
             self._fail(seq, e)
             return
@@ -359,6 +352,12 @@ class EngineLoop:
             finish = FinishReason("length", None, length=seq.params.max_new_tokens)
         if finish is not None:
             self._finish(seq, finish)
+
+    def _append_forced(self, seq: Sequence, forced: list[int]) -> FinishReason | None:
+        """Append what the gate forces instead of sampling (a marker, a budget's ending)."""
+        seq.gate.accept_forced(forced)
+        self.counters["forced_tokens"] += len(forced)
+        return self._append(seq, forced)
 
     def _append_jump(self, seq: Sequence) -> FinishReason | None:
         """Append the text the grammar forces now (nothing was just sampled: no boundary to re-tokenize)."""

@@ -34,7 +34,7 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
     text = shown_text(seq, finished)
     gate = seq.gate
     meta: dict[str, Any] = {
-        "id": seq.rid if single else f"{seq.rid}-{seq.index}",
+        "id": _output_id(seq, single),
         "finish_reason": seq.finish.to_dict() if finished and seq.finish else None,
         "prompt_tokens": len(seq.prompt_ids),
         "completion_tokens": len(seq.output_ids),
@@ -60,7 +60,11 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
 def failed_output(seq: Sequence, error: BaseException, single: bool) -> dict[str, Any]:
     """The final output of a sequence whose output could not be built: the error, so its caller is answered
     (with status 500 on the OpenAI routes) instead of waiting forever."""
-    meta = {"id": seq.rid if single else f"{seq.rid}-{seq.index}",
+    meta = {"id": _output_id(seq, single),
             "finish_reason": FinishReason.failed(error).to_dict(), "prompt_tokens": len(seq.prompt_ids),
             "completion_tokens": len(seq.output_ids), "e2e_latency": time.perf_counter() - seq.arrival}
     return {"index": seq.index, "text": "", "output_ids": list(seq.output_ids), "meta_info": meta}
+
+
+def _output_id(seq: Sequence, single: bool) -> str:
+    return seq.rid if single else f"{seq.rid}-{seq.index}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
+_KEEP_NONE = (*_CONSTRAINT_KEYS, "max_new_tokens")  # None given for these means something
 
 
 class SamplingParamError(ValueError):
@@ -15,8 +16,6 @@ class SamplingParamError(ValueError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.field = message.split(":", 1)[0].removeprefix("sampling_params.")
-
-_KEEP_NONE = (*_CONSTRAINT_KEYS, "max_new_tokens")
 
 
 @dataclass
@@ -94,7 +93,6 @@ class SamplingParams:
             if not isinstance(getattr(self, name), bool):
                 raise SamplingParamError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
 
-
     def _take_thinking_budget(self) -> None:
         """custom_params.thinking_budget (SGLang's per-request budget under --enable-strict-thinking) is our
         max_reasoning_tokens; a different max_reasoning_tokens beside it is an error, not a silent choice."""
@@ -106,10 +104,11 @@ class SamplingParams:
         if budget is None:
             return
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-            raise SamplingParamError(f"sampling_params.custom_params.thinking_budget: must be an integer >= 0, got {budget!r}")
+            raise SamplingParamError("sampling_params.custom_params.thinking_budget: must be an integer >= 0, "
+                                     f"got {budget!r}")
         if self.max_reasoning_tokens is not None and self.max_reasoning_tokens != budget:
             raise SamplingParamError(f"sampling_params.custom_params.thinking_budget: {budget} conflicts with "
-                             f"max_reasoning_tokens={self.max_reasoning_tokens}")
+                                     f"max_reasoning_tokens={self.max_reasoning_tokens}")
         self.max_reasoning_tokens = budget
 
 

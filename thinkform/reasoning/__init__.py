@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from thinkform.reasoning.markers import REASONING_PARSERS, ReasoningMarkers, get_markers
-from thinkform.reasoning.parser import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
+from thinkform.reasoning.parser import RawAnswerSplitter, StreamingReasoningParser, partial_suffix, split_reasoning
 
 __all__ = ["REASONING_PARSERS", "RawAnswerSplitter", "ReasoningMarkers", "StreamingReasoningParser", "get_markers",
-           "split_reasoning"]
+           "partial_suffix", "split_reasoning"]

@@ -36,7 +36,7 @@ class _Framing:
         cut = len(text)
         candidates = (self._end, *self._literals) + ((self._header[0],) if self._header else ())
         for literal in candidates:
-            cut = min(cut, len(text) - _partial_suffix(text, literal))
+            cut = min(cut, len(text) - partial_suffix(text, literal))
         if self._header is not None:
             opener, closer = self._header
             last_close = text.rfind(closer)
@@ -46,7 +46,7 @@ class _Framing:
         return cut
 
 
-def _partial_suffix(text: str, literal: str) -> int:
+def partial_suffix(text: str, literal: str) -> int:
     """Length of the longest suffix of text that is a proper prefix of literal."""
     for k in range(min(len(literal) - 1, len(text)), 0, -1):
         if text.endswith(literal[:k]):
@@ -191,7 +191,7 @@ class RawAnswerSplitter:
         at = self._buf.find(end)
         if at >= 0:
             return self._answer_from(at + len(end))
-        keep = _partial_suffix(self._buf, end)
+        keep = partial_suffix(self._buf, end)
         before, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep:]
         return before, ""
 

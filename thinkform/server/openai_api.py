@@ -439,8 +439,8 @@ def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) ->
         try:
             enc = tokenizer(prompt, return_offsets_mapping=True)
             ids, offsets_map = list(enc["input_ids"]), [s for s, _ in enc["offset_mapping"]]
-        except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer: no offsets
-            ids = tokenizer.encode(prompt)
+        except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer has no offset
+            ids = tokenizer.encode(prompt)  # mapping: the token texts laid end to end below serve instead
     else:
         ids = list(prompt)
     texts = [_token_text(tokenizer, t) for t in ids]
@@ -507,13 +507,9 @@ def _prompt_inputs(inputs: dict[str, Any]) -> list[str | list[int]]:
 
 
 def _prompt_texts(state: ServerState, inputs: dict[str, Any]) -> list[str]:
-    if "prompt" in inputs:
-        p = inputs["prompt"]
-        return [p] if isinstance(p, str) else p
-    ids = inputs["input_ids"]
-    ids = [ids] if ids and isinstance(ids[0], int) else ids
+    """Each prompt as text (token ids decoded)."""
     try:
-        return [state.engine.tokenizer.decode(x) for x in ids]
+        return [p if isinstance(p, str) else state.engine.tokenizer.decode(p) for p in _prompt_inputs(inputs)]
     except (OverflowError, ValueError, TypeError, IndexError) as e:
         raise APIError(f"prompt: token ids must be valid ids of this model's vocabulary ({e})", param="prompt") from e
 

@@ -15,6 +15,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
+from thinkform.reasoning import partial_suffix
 from thinkform.server.pythonic import pythonic_calls_grammar
 
 ToolMode = Literal["auto", "required", "named"]
@@ -120,14 +121,14 @@ class ToolCallParser(ABC):
         if not closing:
             return text
         at = text.find(closing)
-        return text[:at] if at >= 0 else text[: len(text) - _partial_suffix(text, closing)]
+        return text[:at] if at >= 0 else text[: len(text) - partial_suffix(text, closing)]
 
     def _section_start(self, text: str) -> int:
         return text.find(self.trigger)
 
     def _maybe_start(self, text: str) -> int:
         """Where a tool-call section may be starting at the end of `text` (len(text): nowhere)."""
-        return len(text) - _partial_suffix(text, self.trigger)
+        return len(text) - partial_suffix(text, self.trigger)
 
     @abstractmethod
     def _parse_calls(self, section: str) -> list[ToolCall]:
@@ -412,10 +413,3 @@ def _normal_json(text: str) -> str | None:
     except json.JSONDecodeError:
         return None
 
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0

@@ -21,7 +21,7 @@ import logging
 import re
 from typing import Any, Iterator
 
-from thinkform.structured.spec import ConstraintError
+from thinkform.structured.spec import Constraint, ConstraintError, json_tags
 
 logger = logging.getLogger(__name__)
 
@@ -53,28 +53,38 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
     some siblings loses nothing: `type` where every branch is of that type already, and (in strict mode,
     where no branch admits other properties) `additionalProperties`."""
     for path, node in _nodes(schema, "#"):
-        combos = [k for k in _COMBINATORS if k in node]
-        if not combos:
-            continue
-        # keywords no grammar enforces are checked on the answer wherever they stand
-        siblings = sorted(set(node) - _ANNOTATIONS - set(_COMBINATORS) - UNENFORCEABLE
-                          - _harmless(node, combos[0], strict))
-        if siblings:
-            _refuse(field, f"'{siblings[0]}' beside '{combos[0]}' at {path}")
-        if len(combos) > 1:
-            _refuse(field, f"'{combos[0]}' beside '{combos[1]}' at {path}")
-        if "allOf" in node and isinstance(node["allOf"], list) and len(node["allOf"]) > 1:
-            _refuse(field, f"'allOf' of {len(node['allOf'])} schemas at {path}")
-    for path, node in _nodes(schema, "#"):
-        declared, values = _declared_types(node), _value_types(node)
-        if declared is not None and values is not None and not values <= declared:
-            _refuse(field, f"'type' beside 'enum' / 'const' at {path}")
-        unlisted = _unlisted_required(node)  # (after complete_required: names the object can never hold)
-        if unlisted:
-            _refuse(field, f"'required' {unlisted[0]!r}, which the object cannot hold, at {path}")
-        step = node.get("multipleOf")
-        if step is not None and not (node.get("type") == "integer" and isinstance(step, int)):
-            _refuse(field, f"'multipleOf' of a number at {path}")  # it keeps multipleOf for integers only
+        problem = _combinator_problem(node, strict) or _keyword_problem(node)
+        if problem:
+            raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {problem} at {path} "
+                                  "(it drops it)" + OTHER_BACKENDS_HINT, field=field)
+
+
+def _combinator_problem(node: dict[str, Any], strict: bool) -> str | None:
+    combos = [k for k in _COMBINATORS if k in node]
+    if not combos:
+        return None
+    # keywords no grammar enforces are checked on the answer wherever they stand
+    siblings = sorted(set(node) - _ANNOTATIONS - set(_COMBINATORS) - UNENFORCEABLE - _harmless(node, combos[0], strict))
+    if siblings:
+        return f"'{siblings[0]}' beside '{combos[0]}'"
+    if len(combos) > 1:
+        return f"'{combos[0]}' beside '{combos[1]}'"
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
+        return f"'allOf' of {len(node['allOf'])} schemas"
+    return None
+
+
+def _keyword_problem(node: dict[str, Any]) -> str | None:
+    declared, values = _declared_types(node), _value_types(node)
+    if declared is not None and values is not None and not values <= declared:
+        return "'type' beside 'enum' / 'const'"
+    unlisted = _unlisted_required(node)  # (after complete_required: names the object can never hold)
+    if unlisted:
+        return f"'required' {unlisted[0]!r}, which the object cannot hold,"
+    step = node.get("multipleOf")
+    if step is not None and not (node.get("type") == "integer" and isinstance(step, int)):
+        return "'multipleOf' of a number"  # it keeps multipleOf for integers only
+    return None
 
 
 def unenforced_keywords(schema: Any) -> list[str]:
@@ -95,12 +105,9 @@ def complete_required(schema: Any) -> Any:
 
 
 def _complete_node(node: dict[str, Any]) -> dict[str, Any]:
-    props, required = node.get("properties", {}), node.get("required")
-    if not (_lists_properties(node) and isinstance(props, dict) and isinstance(required, list)):
-        return node
-    added = {name: value for name in required if isinstance(name, str) and name not in props
-             and (value := _unlisted_property(node, name)) is not None}
-    return {**node, "properties": {**props, **added}} if added else node
+    added = {name: value for name in _unlisted_required(node)
+             if (value := _unlisted_property(node, name)) is not None}
+    return {**node, "properties": {**node.get("properties", {}), **added}} if added else node
 
 
 def without_unenforceable(schema: Any) -> Any:
@@ -209,6 +216,15 @@ class TagArgumentsCheck:
         return cls(checks) if checks else None
 
 
+def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck | None:
+    """What a grammar compiled from `constraint` leaves to be checked on the finished answer, if anything."""
+    if constraint.kind == "json_schema":
+        return AnswerCheck.for_schema(constraint.data())
+    if constraint.kind == "structural_tag":
+        return TagArgumentsCheck.for_tags(json_tags(constraint.data()))
+    return None
+
+
 def _declared_types(node: dict[str, Any]) -> set[str] | None:
     declared = node.get("type")
     if isinstance(declared, str):
@@ -244,11 +260,6 @@ def _types(schema: Any) -> set[str] | None:
 
 
 OTHER_BACKENDS_HINT = "; use --grammar-backend auto or llguidance"  # `auto` drops it from its own message
-
-
-def _refuse(field: str, what: str) -> None:
-    raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {what} (it drops it)"
-                          + OTHER_BACKENDS_HINT, field=field)
 
 
 def _nodes(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -13,9 +13,8 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
-from thinkform.structured.schema_support import (AnswerCheck, TagArgumentsCheck, complete_required,
-                                                 without_unenforceable)
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, json_tags
+from thinkform.structured.schema_support import answer_check_for, complete_required, without_unenforceable
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
 
@@ -127,10 +126,7 @@ class LLGuidanceBackend(GrammarBackend):
             raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
                                   field=constraint.field)
         compiled = LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids))
-        if constraint.kind == "json_schema":
-            compiled.answer_check = AnswerCheck.for_schema(constraint.data())
-        elif constraint.kind == "structural_tag":
-            compiled.answer_check = TagArgumentsCheck.for_tags(json_tags(constraint.data()))
+        compiled.answer_check = answer_check_for(constraint)
         return compiled
 
     def _grammar(self, constraint: Constraint) -> str:

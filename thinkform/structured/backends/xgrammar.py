@@ -12,9 +12,8 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
-from thinkform.structured.schema_support import (AnswerCheck, TagArgumentsCheck, check_xgrammar_enforces,
-                                                 complete_required)
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, json_tags
+from thinkform.structured.schema_support import answer_check_for, check_xgrammar_enforces, complete_required
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
 ANY_JSON_SCHEMA = '{"type": ["object", "array"]}'  # what SGLang's "$$ANY$$" admits, written compactly
@@ -86,10 +85,7 @@ class XGrammarBackend(GrammarBackend):
             raise
         except Exception as e:  # xgrammar raises RuntimeError / ValueError / pydantic errors alike
             raise ConstraintError(f"invalid {constraint.field}: {_message(e)}", field=constraint.field) from e
-        if constraint.kind == "json_schema":
-            compiled.answer_check = AnswerCheck.for_schema(constraint.data())
-        elif constraint.kind == "structural_tag":
-            compiled.answer_check = TagArgumentsCheck.for_tags(json_tags(constraint.data()))
+        compiled.answer_check = answer_check_for(constraint)
         return compiled
 
     def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
