@@ -56,10 +56,12 @@ class FakeEngine:
     async def async_generate(self, prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
                              require_reasoning: bool = False, reasoning_start: str | None = None,
                              stream: bool = False, rid: Any = None, return_logprob: bool = False,
-                             top_logprobs_num: int = 0) -> Any:
+                             top_logprobs_num: int = 0, logprob_start_len: Any = -1,
+                             return_text_in_logprobs: bool = False) -> Any:
         call = dict(prompt=prompt, sampling_params=sampling_params, input_ids=input_ids,
                     require_reasoning=require_reasoning, reasoning_start=reasoning_start, stream=stream, rid=rid,
-                    return_logprob=return_logprob, top_logprobs_num=top_logprobs_num)
+                    return_logprob=return_logprob, top_logprobs_num=top_logprobs_num,
+                    logprob_start_len=logprob_start_len, return_text_in_logprobs=return_text_in_logprobs)
         self.calls.append(call)
         if self.overloaded:
             raise EngineOverloaded("too many pending requests", retry_after_s=2)
@@ -94,7 +96,20 @@ class FakeEngine:
             meta["output_token_logprobs"] = [(-0.5 - k / 64, t, None) for k, t in enumerate(ids)]
             meta["output_top_logprobs"] = [[(-0.5 - k / 64, t, None)] * call["top_logprobs_num"]
                                            for k, t in enumerate(ids)]
+            meta.update(self._prompt_logprobs(call, index))
         return {"index": index, "text": text, "output_ids": ids, "meta_info": meta}
+
+    def _prompt_logprobs(self, call: dict[str, Any], index: int) -> dict[str, Any]:
+        """As the engine: the prompt's tokens from logprob_start_len (-1: the last), the first one unscored."""
+        prompts = call["prompt"] if call["prompt"] is not None else call["input_ids"]
+        single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
+        prompt = prompts if single else prompts[index % len(prompts)]
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        start = call["logprob_start_len"]
+        start = len(ids) - 1 if start in (-1, None) else start
+        scored = [(None, ids[start], None)] + [(-2.0 - k / 64, t, None) for k, t in enumerate(ids[start + 1:])]
+        top = [None] + [[(-1.0, 7, None)] * call["top_logprobs_num"] for _ in ids[start + 1:]]
+        return {"input_token_logprobs": scored, "input_top_logprobs": top}
 
     def _shown_logprobs(self, meta: dict[str, Any], out: dict[str, Any], shown: int) -> None:
         """As the engine: a streamed event carries the logprobs of the tokens whose text it shows (cumulative)."""
@@ -103,6 +118,8 @@ class FakeEngine:
             count += 1
         meta["output_token_logprobs"] = out["meta_info"]["output_token_logprobs"][:count]
         meta["output_top_logprobs"] = out["meta_info"]["output_top_logprobs"][:count]
+        meta["input_token_logprobs"] = out["meta_info"]["input_token_logprobs"]
+        meta["input_top_logprobs"] = out["meta_info"]["input_top_logprobs"]
 
     async def _stream(self, outs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         for out in outs:

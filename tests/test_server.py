@@ -435,8 +435,11 @@ def test_completions_echo_puts_the_prompt_tokens_first_in_the_logprobs(served, p
     prompt_text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
     assert text == prompt_text + "Paris"
     n = len(prompt_ids)
+    assert engine.calls[-1]["logprob_start_len"] == 0  # the engine scores the whole prompt
     assert lp["tokens"][:n] == [tokenizer.decode([t]) for t in prompt_ids]
-    assert lp["token_logprobs"][:n] == [None] * n and lp["top_logprobs"][:n] == [None] * n
+    # the prompt's logprobs as the engine scored them; the first token has none (nothing before it)
+    assert lp["token_logprobs"][:n] == [None] + [-2.0 - k / 64 for k in range(n - 1)]
+    assert lp["top_logprobs"][:n] == [None] + [{tokenizer.decode([7]): -1.0}] * (n - 1)
     assert len(lp["tokens"]) == n + len(tokenizer.encode("Paris"))
     assert all(v is not None for v in lp["token_logprobs"][n:])
     assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][n] == len(prompt_text)

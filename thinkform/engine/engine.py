@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
 from thinkform.engine.loop import EngineLoop
-from thinkform.engine.requests import PreparedRequest, RequestBuilder
+from thinkform.engine.requests import LogprobOptions, PreparedRequest, RequestBuilder
 from thinkform.engine.sequence import Sequence
 from thinkform.engine.setup import EngineParts, build_engine_parts
 
@@ -104,13 +104,15 @@ class Engine:
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
                  stream: bool = False, rid: str | list[str] | None = None, return_logprob: bool = False,
-                 top_logprobs_num: int = 0, reasoning_start: str | None = None) -> Any:
+                 top_logprobs_num: int = 0, reasoning_start: str | None = None,
+                 logprob_start_len: int | list[int] = -1, return_text_in_logprobs: bool = False) -> Any:
         """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator.
 
         An offline batch of any size is taken whole; `max_queued_requests` is backpressure for concurrent
         callers of async_generate (the servers)."""
         req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
-                                 rid, return_logprob, top_logprobs_num, stream)
+                                 rid, LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
+                                                     return_text_in_logprobs), stream)
         self._compile_sync(req)
         inbox: queue.Queue[_Delivery] = queue.Queue()
         self._submit(req, lambda d: inbox.put(d), limit_queue=False)
@@ -128,10 +130,12 @@ class Engine:
                              input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
                              stream: bool = False, rid: str | list[str] | None = None,
                              return_logprob: bool = False, top_logprobs_num: int = 0,
-                             reasoning_start: str | None = None) -> Any:
+                             reasoning_start: str | None = None, logprob_start_len: int | list[int] = -1,
+                             return_text_in_logprobs: bool = False) -> Any:
         """As generate; with stream=True returns an async iterator of cumulative chunks."""
         req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
-                                 rid, return_logprob, top_logprobs_num, stream)
+                                 rid, LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
+                                                     return_text_in_logprobs), stream)
         await self._compile_async(req)
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any
+from typing import Any, Callable
 
 from thinkform.engine.detokenizer import partial_stop_len
 from thinkform.engine.sequence import FinishReason, Sequence
@@ -50,11 +50,26 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
         meta["reasoning_content"], meta["content"] = split_reasoning(
             text, markers, in_reasoning=seq.reasoning_start == "reasoning")
     if seq.return_logprob:
-        count = _shown_tokens(seq, finished, len(text))
-        meta["output_token_logprobs"] = seq.token_logprobs[:count]
-        if seq.top_logprobs_num:
-            meta["output_top_logprobs"] = seq.top_logprobs[:count]
+        meta.update(_logprobs(seq, _shown_tokens(seq, finished, len(text))))
     return {"index": seq.index, "text": text, "output_ids": list(seq.output_ids), "meta_info": meta}
+
+
+def _logprobs(seq: Sequence, count: int) -> dict[str, Any]:
+    """SGLang's four lists of (logprob, token id, text) entries: the prompt's from logprob_start_len (the
+    first one's logprob None), the output's first `count` tokens; the text only with return_text_in_logprobs."""
+    named = _with_text(seq.detok.tokenizer) if seq.return_text_in_logprobs else (lambda entries: entries)
+    out = {"input_token_logprobs": named(seq.input_token_logprobs),
+           "output_token_logprobs": named(seq.token_logprobs[:count])}
+    if seq.top_logprobs_num:
+        out["input_top_logprobs"] = [named(top) if top is not None else None for top in seq.input_top_logprobs]
+        out["output_top_logprobs"] = [named(top) for top in seq.top_logprobs[:count]]
+    return out
+
+
+def _with_text(tokenizer: Any) -> Callable[[list[tuple]], list[tuple]]:
+    def named(entries: list[tuple]) -> list[tuple]:
+        return [(value, tid, tokenizer.decode([tid])) for value, tid, _ in entries]
+    return named
 
 
 def failed_output(seq: Sequence, error: BaseException, single: bool) -> dict[str, Any]:

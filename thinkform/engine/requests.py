@@ -26,6 +26,37 @@ REASONING_STARTS = ("reasoning", "open", "answer")
 
 
 @dataclass
+class LogprobOptions:
+    """What a request asks of logprobs, in SGLang's terms: `logprob_start_len` is the first prompt token
+    returned in input_token_logprobs (-1: the last one only; an int or one per prompt); each entry's third
+    slot holds the token's text with `return_text_in_logprobs`."""
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    logprob_start_len: int | list[int] | None = -1
+    return_text_in_logprobs: bool = False
+
+    def check(self, prompts: list[list[int]]) -> list[int]:
+        """Each prompt's first scored token, checked; raises ValueError naming the field."""
+        k = self.top_logprobs_num
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20:
+            raise ValueError("top_logprobs_num: must be an integer in [0, 20]")
+        starts = -1 if self.logprob_start_len is None else self.logprob_start_len
+        if isinstance(starts, list):
+            if len(starts) != len(prompts):
+                raise ValueError(f"logprob_start_len: got {len(starts)} values for {len(prompts)} prompts")
+        else:
+            starts = [starts] * len(prompts)
+        out = []
+        for start, ids in zip(starts, prompts):
+            if not isinstance(start, int) or isinstance(start, bool) or start < -1:
+                raise ValueError("logprob_start_len: must be an integer, -1 (the last prompt token) or more")
+            if start >= len(ids):
+                raise ValueError(f"logprob_start_len: {start} is not below the prompt's {len(ids)} tokens")
+            out.append(len(ids) - 1 if start == -1 else start)
+        return out
+
+
+@dataclass
 class PreparedRequest:
     rid: str
     prompt_ids: list[list[int]]
@@ -34,8 +65,8 @@ class PreparedRequest:
     reasoning_start: str
     single: bool
     stream: bool
-    return_logprob: bool
-    top_logprobs_num: int
+    logprobs: LogprobOptions
+    scored_from: list[int]  # each prompt's first token in input_token_logprobs
     compiled: dict[tuple[str, str], Any] = field(default_factory=dict)
     seqs: list[Sequence] = field(default_factory=list)
 
@@ -58,22 +89,20 @@ class RequestBuilder:
         self.limits = RequestLimits.from_args(args)
 
     def build(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
-              reasoning_start: str | None, rid: Any, return_logprob: bool, top_logprobs_num: int,
-              stream: bool) -> PreparedRequest:
+              reasoning_start: str | None, rid: Any, logprobs: LogprobOptions, stream: bool) -> PreparedRequest:
         prompts, batched = self._token_lists(prompt, input_ids)
         params = self._params(sampling_params, len(prompts))
         start = self._reasoning_start(require_reasoning, reasoning_start)
         if isinstance(rid, list):
             rid = rid[0] if rid else None
-        if not isinstance(top_logprobs_num, int) or isinstance(top_logprobs_num, bool) or not 0 <= top_logprobs_num <= 20:
-            raise ValueError("top_logprobs_num: must be an integer in [0, 20]")
+        scored_from = logprobs.check(prompts)
         for ids, p in zip(prompts, params):
             self._check_lengths(ids, p)
         constraints = [self._constraint(p) for p in params]
         single = not batched and params[0].n == 1
         return PreparedRequest(rid=str(rid) if rid else uuid.uuid4().hex, prompt_ids=prompts, params=params,
                                constraint=constraints, reasoning_start=start, single=single, stream=stream,
-                               return_logprob=bool(return_logprob), top_logprobs_num=top_logprobs_num)
+                               logprobs=logprobs, scored_from=scored_from)
 
     def _constraint(self, p: SamplingParams) -> Constraint | None:
         fields = {"json_schema": p.json_schema, "regex": p.regex, "ebnf": p.ebnf, "structural_tag": p.structural_tag}
@@ -156,7 +185,8 @@ class RequestBuilder:
     def sequences(self, req: PreparedRequest, sink: Callable[[Sequence, dict, bool], None]) -> list[Sequence]:
         seqs: list[Sequence] = []
         markers = self.parts.markers
-        for ids, p, c in zip(req.prompt_ids, req.params, req.constraint):
+        lp = req.logprobs
+        for ids, p, c, scored_from in zip(req.prompt_ids, req.params, req.constraint, req.scored_from):
             for k in range(p.n):
                 index = len(seqs)
                 gate = self._gate(req, p, c)
@@ -166,8 +196,12 @@ class RequestBuilder:
                                                  self.parts.hidden_ids if p.skip_special_tokens else frozenset()),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
                     reasoning=markers is not None and req.reasoning_start != "answer",
-                    reasoning_start=req.reasoning_start, return_logprob=req.return_logprob,
-                    top_logprobs_num=req.top_logprobs_num)
+                    reasoning_start=req.reasoning_start, return_logprob=bool(lp.return_logprob),
+                    top_logprobs_num=lp.top_logprobs_num, return_text_in_logprobs=bool(lp.return_text_in_logprobs),
+                    logprob_start=scored_from)
+                if seq.return_logprob:
+                    seq.input_token_logprobs.append((None, ids[scored_from], None))
+                    seq.input_top_logprobs.append(None)
                 seq.sink = _bind_sink(sink, markers, req.single)
                 seqs.append(seq)
         return seqs

@@ -7,6 +7,7 @@ import torch
 from thinkform.engine.attention import PagedAttention, StepLayout
 from thinkform.engine.graph_runner import CudaStepRunner
 from thinkform.engine.kv_cache import KVCache
+from thinkform.engine.prompt_logprobs import prompt_logprob_rows, record_prompt_logprobs
 from thinkform.engine.scheduler import ScheduledBatch
 from thinkform.models.layers import logits_dtype
 
@@ -27,10 +28,14 @@ class ModelRunner:
 
         `allowed` maps some of those M rows to the only token ids their grammar allows: such a row gets
         logits at those ids and -inf elsewhere (already masked), computed from just those rows of the
-        output matrix. Only the eager path takes it (a CPU device: the masks are known before the forward)."""
+        output matrix. Only the eager path takes it (a CPU device: the masks are known before the forward).
+
+        Prompt tokens a request scores (prompt logprobs) are recorded on its sequence; such a step runs on
+        the eager path, which keeps every token's hidden state."""
         if allowed:
             assert self.small_steps is None, "allowed-token logits need the eager path"
-        if self.small_steps is not None and self.small_steps.fits(batch):
+        scored = prompt_logprob_rows(batch)
+        if self.small_steps is not None and not scored and self.small_steps.fits(batch):
             return self.small_steps.forward(batch)
         ids, positions = [], []
         for b, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
@@ -42,6 +47,8 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(input_ids, pos, PagedAttention(self.kv, layout))
+        if scored:
+            record_prompt_logprobs(hidden, scored, self.model.compute_logits)
         rows = [i for i, need in enumerate(batch.needs_logits()) if need]
         if not rows:
             return None, rows

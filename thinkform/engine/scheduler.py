@@ -86,7 +86,11 @@ class Scheduler:
         return any(other.prompt_ids is seq.prompt_ids for other in batch)
 
     def _admit(self, seq: Sequence) -> bool:
-        match = self.pool.match_prefix(seq.tokens)
+        tokens = seq.tokens
+        scored_from = seq.next_prompt_logprob_position
+        if scored_from is not None:  # positions the request scores are computed, not taken from the cache
+            tokens = tokens[:scored_from + 1]
+        match = self.pool.match_prefix(tokens)
         need_pages = -(-(seq.num_tokens + 1) // self.pool.page_size) - match.num_pages
         reclaimable = sum(1 for p in match.pages if self.pool.refcount[p] == 0)
         if need_pages > self.pool.num_available - reclaimable:

@@ -58,6 +58,8 @@ class Sequence:
     reasoning_start: str = "answer"
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    return_text_in_logprobs: bool = False
+    logprob_start: int = 0  # the first prompt token with an entry in input_token_logprobs (its own is None)
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     num_computed: int = 0
@@ -67,6 +69,10 @@ class Sequence:
     finish: FinishReason | None = None
     token_logprobs: list[tuple[float, int, None]] = field(default_factory=list)
     top_logprobs: list[list[tuple[float, int, None]]] = field(default_factory=list)
+    # with return_logprob: prompt tokens logprob_start.. (the first one None: nothing before it is scored);
+    # filled by the prefill, kept across a preemption's recompute
+    input_token_logprobs: list[tuple[float | None, int, None]] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)
@@ -92,6 +98,21 @@ class Sequence:
     @property
     def num_pending(self) -> int:
         return self.num_tokens - self.num_computed
+
+    @property
+    def next_prompt_logprob_position(self) -> int | None:
+        """The position whose logits give the next prompt token's logprob (None: all are in, or none asked)."""
+        if not self.return_logprob:
+            return None
+        position = self.logprob_start + len(self.input_token_logprobs) - 1
+        return position if position < len(self.prompt_ids) - 1 else None
+
+    def prompt_logprob_span(self, start: int, n: int) -> range:
+        """The positions among [start, start + n) whose logits score a prompt token not scored yet."""
+        first = self.next_prompt_logprob_position
+        if first is None:
+            return range(0)
+        return range(max(start, first), min(start + n, len(self.prompt_ids) - 1))
 
     @property
     def finished(self) -> bool:

@@ -67,7 +67,8 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     call = state.engine.async_generate(
         prompt=body.text, input_ids=body.input_ids, sampling_params=body.sampling_params,
         require_reasoning=body.require_reasoning, stream=body.stream, rid=rid,
-        return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num)
+        return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
+        logprob_start_len=body.logprob_start_len, return_text_in_logprobs=body.return_text_in_logprobs)
     if body.stream:
         first, rest = await open_stream(call)
         return StreamingResponse(stream_with_abort(state.engine, rids, _events(first, rest)),

@@ -415,7 +415,7 @@ def _completion_logprobs(tokenizer: Any, meta: dict[str, Any], echo: dict[str, A
     if pairs is None:
         return None
     lists, _ = _completion_logprob_lists(tokenizer, pairs, start)
-    return _joined_logprobs(echo, lists) if echo is not None else lists
+    return _joined_logprobs(_scored_echo(tokenizer, echo, meta), lists) if echo is not None else lists
 
 
 def _joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
@@ -423,11 +423,23 @@ def _joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, A
 
 
 def _echo_logprobs(tokenizer: Any, prompt: str | list[int], text: str) -> dict[str, Any]:
-    """With echo, the prompt's tokens come first in the logprobs: logprob None (prompt logprobs are not
-    computed; OpenAI's first token has none either), text_offset into the echoed prompt `text`."""
+    """With echo, the prompt's tokens come first in the logprobs, text_offset into the echoed prompt `text`;
+    their logprobs come with the output (`_scored_echo`)."""
     ids, offsets = _prompt_token_offsets(tokenizer, prompt, text)
     return {"tokens": [_token_text(tokenizer, t) for t in ids], "token_logprobs": [None] * len(ids),
             "text_offset": offsets, "top_logprobs": [None] * len(ids)}
+
+
+def _scored_echo(tokenizer: Any, echo: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The echoed prompt's entries with the engine's prompt logprobs (scored from the first token on; the
+    first has none, as in OpenAI's legacy API)."""
+    scored = meta.get("input_token_logprobs") or []
+    if len(scored) != len(echo["tokens"]):
+        return echo
+    tops = meta.get("input_top_logprobs") or [None] * len(scored)
+    return {**echo, "token_logprobs": [lp for lp, _, _ in scored],
+            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in top} if top is not None else None
+                             for top in tops]}
 
 
 def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) -> tuple[list[int], list[int]]:
@@ -472,7 +484,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     echoes = ([_echo_logprobs(tokenizer, p, t) for p, t in zip(_prompt_inputs(inputs), prompts)]
               if body.echo and want_logprobs else None)
     call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
-                                       return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0)
+                                       return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0,
+                                       logprob_start_len=0 if echoes else -1)
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
         first, rest = await open_stream(call)
@@ -559,6 +572,8 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
             lp = lps.setdefault(index, _CompletionLogprobStream(
                 tokenizer, echoes[index // body.n] if echoes else None, len(prompt)))
             lp.feed.feed(meta)
+            if lp.echo is not None:
+                lp.echo = _scored_echo(tokenizer, lp.echo, meta)
         if delta or reason is not None:
             yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                        "choices": [{"index": index, "text": delta, "finish_reason": reason,

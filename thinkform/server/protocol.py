@@ -161,7 +161,7 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     model: str = "default"
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[conint(ge=1)] = 16
+    max_tokens: Optional[conint(ge=0)] = 16  # 0 with echo and logprobs: score the prompt only
     echo: bool = False
     logprobs: Optional[conint(ge=0, le=20)] = None
     suffix: Optional[str] = None
@@ -178,6 +178,8 @@ class GenerateRequest(Lenient):
     stream: bool = False
     return_logprob: bool = False
     top_logprobs_num: conint(ge=0, le=20) = 0
+    logprob_start_len: Union[conint(ge=-1), list[conint(ge=-1)], None] = -1
+    return_text_in_logprobs: bool = False
     rid: Union[str, list[str], None] = None
 
 
