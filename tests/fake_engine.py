@@ -33,6 +33,8 @@ class FakeEngine:
     api_key: str | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    busy: bool = False  # requests in flight: flush_cache refuses, as the engine's
+    flushes: int = 0  # flush_cache calls that flushed
 
     def __post_init__(self) -> None:
         self.args = EngineArgs(reasoning_parser=self.reasoning_parser, tool_call_parser=self.tool_call_parser,
@@ -47,10 +49,29 @@ class FakeEngine:
         return self.healthy
 
     def server_info(self) -> dict[str, Any]:
-        return {"model_name": self.served_model_name, "num_running": 0}
+        return {"model_name": self.served_model_name, "num_running": 0, "running": 2 if self.busy else 0,
+                "waiting": 1 if self.busy else 0, "kv_pages_used": 3, "page_size": 16}
+
+    def get_server_info(self) -> dict[str, Any]:
+        return self.server_info()
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {"model_path": "fake/model-path", "tokenizer_path": "fake/model-path",
+                "served_model_name": self.served_model_name, "is_generation": True,
+                "context_length": self.context_length, "reasoning_parser": self.reasoning_parser}
 
     def abort(self, rid: str) -> bool:
         self.aborted.append(rid)
+        return True
+
+    def abort_request(self, rid: str = "", abort_all: bool = False) -> bool:
+        """As the engine: one request, or every one in flight ("*" recorded for all)."""
+        return self.abort("*" if abort_all else rid)
+
+    def flush_cache(self) -> bool:
+        if self.busy:
+            return False
+        self.flushes += 1
         return True
 
     async def async_generate(self, prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
@@ -121,6 +142,13 @@ class FakeEngine:
         meta["input_token_logprobs"] = out["meta_info"]["input_token_logprobs"]
         meta["input_top_logprobs"] = out["meta_info"]["input_top_logprobs"]
 
+    def _running_meta(self, out: dict[str, Any], shown: str) -> dict[str, Any]:
+        """As the engine: an unfinished event carries the counts so far (cumulative)."""
+        whole = out["meta_info"]
+        return {"id": whole["id"], "finish_reason": None, "prompt_tokens": whole["prompt_tokens"],
+                "completion_tokens": len(self.tokenizer.encode(shown, add_special_tokens=False)),
+                "cached_tokens": whole["cached_tokens"], "reasoning_tokens": 0}
+
     async def _stream(self, outs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         for out in outs:
             text = out["text"]
@@ -128,7 +156,7 @@ class FakeEngine:
                 if self.chunk_delay_s:
                     await asyncio.sleep(self.chunk_delay_s)
                 last = end >= len(text)
-                meta = dict(out["meta_info"]) if last else {"id": out["meta_info"]["id"], "finish_reason": None}
+                meta = dict(out["meta_info"]) if last else self._running_meta(out, text[:end])
                 if not last and "output_token_logprobs" in out["meta_info"]:
                     self._shown_logprobs(meta, out, end)
                 yield {"index": out["index"], "text": text[:end], "output_ids": out["output_ids"], "meta_info": meta}

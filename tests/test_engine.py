@@ -197,10 +197,10 @@ def test_an_output_that_cannot_be_built_still_answers_its_caller(engine64, monke
 
     build = requests_module.sequence_output
 
-    def broken(seq, finished, markers, single):
+    def broken(seq, finished, markers):
         if finished:
             raise RuntimeError("injected output failure")
-        return build(seq, finished, markers, single)
+        return build(seq, finished, markers)
 
     monkeypatch.setattr(requests_module, "sequence_output", broken)
     out = engine64.generate("Hello", {"max_new_tokens": 3, "ignore_eos": True})

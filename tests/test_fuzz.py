@@ -106,7 +106,7 @@ HOSTILE = [
     (GEN, gen(temperature="hot"), 4), (GEN, gen(stop=[1, 2]), 4), (GEN, gen(n=1.5), 4),
     (GEN, {"input_ids": ["a"]}, 4), (GEN, {"input_ids": [-1]}, 4), (GEN, {"input_ids": [10**30]}, 4),
     (GEN, {"input_ids": [[]]}, 4), (GEN, {"text": [], "sampling_params": {}}, 4),
-    (GEN, {"text": ["a", "b"], "sampling_params": [{}]}, 4), (GEN, {"text": ["a", "b"], "rid": "one"}, 4),
+    (GEN, {"text": ["a", "b"], "sampling_params": [{}]}, 4), (GEN, {"text": ["a", "b"], "rid": "one"}, 2),  # a prefix: one_0, one_1 (SGLang)
     (CMPL, {"prompt": {"a": 1}}, 4), (CMPL, {"prompt": []}, 4), (CMPL, {"prompt": [[]]}, 4),
     (CMPL, {"prompt": [-5]}, 4), ("/abort_request", {"rid": 5}, 4),
     # absurd numbers

@@ -271,7 +271,7 @@ def _sabotage(engine, monkeypatch, rid: str, index: int, breaker) -> None:
 
     def sequences(req, sink):
         seqs = original(req, sink)
-        if req.rid == rid:
+        if any(r == rid or r.startswith(f"{rid}_") for r in req.rids):  # a batch's: rid_0, rid_1, ...
             breaker(seqs[index])
         return seqs
 

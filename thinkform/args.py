@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger("thinkform")
 
 
 @dataclass
@@ -50,9 +54,35 @@ class EngineArgs:
     disable_radix_cache: bool = field(default=False, metadata={"help": "turn off prefix caching"})
     graceful_shutdown_timeout: float = field(default=30.0, metadata={"help": "seconds in-flight requests may take to finish on SIGTERM / Ctrl-C before they are aborted"})
     random_seed: int = field(default=0, metadata={"help": "seed for requests without one"})
+    sampling_defaults: str = field(default="model", metadata={"help": "model | openai: where a request's unset temperature, top_p, top_k, min_p and repetition_penalty come from: the model's generation_config.json (as SGLang and vLLM), or the OpenAI defaults"})
+    preferred_sampling_params: str | None = field(default=None, metadata={"help": "JSON object of sampling params that every request gets unless it sets them (over the model's defaults)"})
+
+    def __post_init__(self) -> None:
+        if self.sampling_defaults not in ("model", "openai"):
+            raise ValueError(f"sampling_defaults: {self.sampling_defaults!r} is not one of model, openai")
+        self.preferred_params()
+
+    def preferred_params(self) -> dict[str, Any]:
+        """--preferred-sampling-params as a dict (checked: a JSON object)."""
+        if not self.preferred_sampling_params:
+            return {}
+        try:
+            value = json.loads(self.preferred_sampling_params)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"preferred_sampling_params: not JSON ({e})") from None
+        if not isinstance(value, dict):
+            raise ValueError("preferred_sampling_params: must be a JSON object of sampling params")
+        return value
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in SGLANG_ONLY:
+            flag = "--" + f.name.replace("_", "-")
+            extra = [f"--{alias}" for alias in f.aliases]
+            if f.flag:
+                parser.add_argument(flag, *extra, dest=f.name, action="store_true", default=None, help=argparse.SUPPRESS)
+            else:
+                parser.add_argument(flag, *extra, dest=f.name, default=None, help=argparse.SUPPRESS)
         for f in dataclasses.fields(EngineArgs):
             flag = "--" + f.name.replace("_", "-")
             help_text = f.metadata.get("help", "")
@@ -65,15 +95,74 @@ class EngineArgs:
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineArgs":
+        accept_sglang_only({f.name: getattr(ns, f.name) for f in SGLANG_ONLY if getattr(ns, f.name) is not None})
         return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
+        sglang_only = {f.name for f in SGLANG_ONLY}
+        unknown = sorted(set(kwargs) - names - sglang_only)
         if unknown:
             raise ValueError(f"unknown engine argument(s): {', '.join(unknown)}")
+        accept_sglang_only({k: kwargs.pop(k) for k in list(kwargs) if k in sglang_only})
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class SGLangOnlyArg:
+    """An SGLang server argument with no counterpart here. Scripts written for SGLang pass them: the value
+    that means what thinkform does anyway is accepted (a note in the log); any other is refused by name."""
+    name: str
+    neutral: Any  # the value that asks for nothing thinkform lacks; ANY: every value is harmless here
+    note: str
+    aliases: tuple[str, ...] = ()
+    flag: bool = False  # given without a value on SGLang's command line
+
+
+ANY = object()
+
+SGLANG_ONLY = (
+    SGLangOnlyArg("trust_remote_code", ANY, "no model code is downloaded or run: architectures are built in", flag=True),
+    SGLangOnlyArg("tp_size", 1, "one device per engine", ("tp",)),
+    SGLangOnlyArg("dp_size", 1, "one device per engine", ("dp",)),
+    SGLangOnlyArg("pp_size", 1, "one device per engine"),
+    SGLangOnlyArg("nnodes", 1, "one device per engine"),
+    SGLangOnlyArg("enable_metrics", ANY, "/metrics is always served", flag=True),
+    SGLangOnlyArg("enable_cache_report", ANY, "cached_tokens is always reported", flag=True),
+    SGLangOnlyArg("skip_server_warmup", ANY, "the server needs no warm-up request", flag=True),
+    SGLangOnlyArg("skip_tokenizer_init", False, "requests and outputs go through the tokenizer", flag=True),
+    SGLangOnlyArg("is_embedding", False, "generation models only", flag=True),
+    SGLangOnlyArg("kv_cache_dtype", "auto", "the KV cache is kept in the model's dtype"),
+    SGLangOnlyArg("load_format", "auto", "safetensors directories and GGUF files are read as they are"),
+    SGLangOnlyArg("tokenizer_mode", "auto", "the model's fast tokenizer is used"),
+    SGLangOnlyArg("enable_strict_thinking", ANY, "thinking budgets (custom_params.thinking_budget) are always honoured", flag=True),
+    SGLangOnlyArg("stream_interval", ANY, "streams send every token's text as it comes"),
+    SGLangOnlyArg("schedule_policy", ANY, "requests are scheduled first come, first served"),
+    SGLangOnlyArg("max_prefill_tokens", ANY, "--chunked-prefill-size bounds a prefill step"),
+    SGLangOnlyArg("enable_torch_compile", ANY, "CUDA graphs and Triton kernels serve a GPU instead", flag=True),
+    SGLangOnlyArg("watchdog_timeout", ANY, "no watchdog: a failed step fails its requests"),
+    SGLangOnlyArg("log_requests", ANY, "requests are logged at --log-level info", flag=True),
+    SGLangOnlyArg("show_time_cost", ANY, "timings are in each output's meta_info", flag=True),
+    SGLangOnlyArg("download_dir", ANY, "nothing is downloaded: model paths are local"),
+    SGLangOnlyArg("revision", ANY, "nothing is downloaded: model paths are local"),
+)
+
+
+def accept_sglang_only(given: dict[str, Any]) -> None:
+    """Check SGLang-only arguments: a neutral value is noted in the log, any other is a ValueError."""
+    by_name = {f.name: f for f in SGLANG_ONLY}
+    for name, value in given.items():
+        arg = by_name[name]
+        if arg.neutral is not ANY and not _same(value, arg.neutral):
+            raise ValueError(f"{name}: {value!r} is not supported by thinkform ({arg.note}); "
+                             f"leave it out or pass {arg.neutral!r}")
+        logger.info("%s=%r accepted for SGLang compatibility; it changes nothing here: %s", name, value, arg.note)
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    """A CLI value arrives as text: "1" is 1."""
+    return value == neutral or str(value).lower() == str(neutral).lower()
 
 
 def _arg_type(f: dataclasses.Field) -> type:

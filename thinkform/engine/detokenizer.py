@@ -1,6 +1,8 @@
 """Incremental detokenization: correct for multi-byte UTF-8 split across tokens; stop strings."""
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 from tokenizers.decoders import DecodeStream
@@ -74,6 +76,23 @@ def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | No
         pos = text.find(stop, start)
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, stop)
+    return best
+
+
+# how far before the newest text a stop regex's match may begin (a match only ever grows from the end)
+STOP_REGEX_LOOKBACK = 1024
+
+
+def find_stop_regex(text: str, new_len: int, patterns: list[re.Pattern]) -> tuple[int, int, str] | None:
+    """Earliest match of a stop regex that ends inside the last new_len chars of text: (start, end, pattern)."""
+    best: tuple[int, int, str] | None = None
+    tail = len(text) - new_len
+    for rx in patterns:
+        m = rx.search(text, max(0, tail - STOP_REGEX_LOOKBACK))
+        while m is not None and m.end() <= tail:  # ended before the new text: seen (or passed over) already
+            m = rx.search(text, m.start() + 1)
+        if m is not None and (best is None or m.start() < best[0]):
+            best = (m.start(), m.end(), rx.pattern)
     return best
 
 

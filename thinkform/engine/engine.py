@@ -19,6 +19,17 @@ from thinkform.engine.setup import EngineParts, build_engine_parts
 logger = logging.getLogger("thinkform")
 
 
+# SGLang's Engine.generate keywords for what thinkform does not do (images, LoRA, custom logit processors,
+# hidden states, disaggregation), each with the value that asks for none of it: code that passes them
+# explicitly at that value runs unchanged
+SGLANG_NEUTRAL_KEYWORDS: dict[str, Any] = {
+    "image_data": None, "audio_data": None, "video_data": None, "token_ids_logprob": None, "lora_path": None,
+    "custom_logit_processor": None, "return_hidden_states": False, "return_routed_experts": False,
+    "session_params": None, "priority": None, "data_parallel_rank": None, "external_trace_header": None,
+    "bootstrap_host": None, "bootstrap_port": None, "bootstrap_room": None,
+}
+
+
 @dataclass
 class _Delivery:
     seq: Sequence
@@ -34,15 +45,21 @@ class _LiveRids:
         self._unfinished: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def claim(self, rid: str, num_seqs: int) -> None:
+    def claim(self, counts: dict[str, int]) -> None:
+        """Take each rid for its number of samples: all of them, or none."""
         with self._lock:
-            if rid in self._unfinished:
-                raise DuplicateRequestId(f"rid: {rid!r} is already the id of a request in flight")
-            self._unfinished[rid] = num_seqs
+            taken = next((rid for rid in counts if rid in self._unfinished), None)
+            if taken is not None:
+                raise DuplicateRequestId(f"rid: {taken!r} is already the id of a request in flight")
+            self._unfinished.update(counts)
 
     def __contains__(self, rid: str) -> bool:
         with self._lock:
             return rid in self._unfinished
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self._unfinished)
 
     def release(self, rid: str, num_seqs: int = 1) -> None:
         with self._lock:
@@ -95,6 +112,35 @@ class Engine:
         self.loop.abort(rid)
         return live
 
+    def abort_request(self, rid: str = "", abort_all: bool = False) -> bool:
+        """SGLang's spelling: one request by rid, or with abort_all every request in flight."""
+        if not abort_all:
+            return self.abort(rid)
+        rids = self._live_rids.snapshot()
+        for live in rids:
+            self.loop.abort(live)
+        return bool(rids)
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache and the compiled-grammar cache (as SGLang's flush_cache); refused (False)
+        while requests are in flight, whose pages and grammars are in use."""
+        if self._live_rids.snapshot():
+            return False
+        if not self.loop.flush_prefix_cache():
+            return False
+        self.parts.grammar_cache.clear()
+        return True
+
+    def get_server_info(self) -> dict[str, Any]:
+        return self.server_info()
+
+    def get_model_info(self) -> dict[str, Any]:
+        args = self.args
+        return {"model_path": args.model_path or self.parts.model_name,
+                "tokenizer_path": args.tokenizer_path or args.model_path or self.parts.model_name,
+                "served_model_name": self.served_model_name, "is_generation": True,
+                "context_length": self.context_length, "reasoning_parser": args.reasoning_parser}
+
     def server_info(self) -> dict[str, Any]:
         return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **self.loop.stats(),
                 "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
@@ -104,15 +150,17 @@ class Engine:
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
                  stream: bool = False, rid: str | list[str] | None = None, return_logprob: bool = False,
-                 top_logprobs_num: int = 0, reasoning_start: str | None = None,
-                 logprob_start_len: int | list[int] = -1, return_text_in_logprobs: bool = False) -> Any:
+                 top_logprobs_num: int | None = 0, reasoning_start: str | None = None,
+                 logprob_start_len: int | list[int] | None = -1, return_text_in_logprobs: bool = False,
+                 **sglang_only: Any) -> Any:
         """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator.
 
         An offline batch of any size is taken whole; `max_queued_requests` is backpressure for concurrent
-        callers of async_generate (the servers)."""
-        req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
-                                 rid, LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
-                                                     return_text_in_logprobs), stream)
+        callers of async_generate (the servers). SGLang's other keywords (image_data, lora_path, ...) are
+        accepted at the value that asks for nothing (None / False)."""
+        req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
+                            LogprobOptions(bool(return_logprob), top_logprobs_num or 0, logprob_start_len,
+                                           return_text_in_logprobs), sglang_only)
         self._compile_sync(req)
         inbox: queue.Queue[_Delivery] = queue.Queue()
         self._submit(req, lambda d: inbox.put(d), limit_queue=False)
@@ -129,13 +177,13 @@ class Engine:
                              sampling_params: dict | list[dict] | None = None,
                              input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
                              stream: bool = False, rid: str | list[str] | None = None,
-                             return_logprob: bool = False, top_logprobs_num: int = 0,
-                             reasoning_start: str | None = None, logprob_start_len: int | list[int] = -1,
-                             return_text_in_logprobs: bool = False) -> Any:
+                             return_logprob: bool = False, top_logprobs_num: int | None = 0,
+                             reasoning_start: str | None = None, logprob_start_len: int | list[int] | None = -1,
+                             return_text_in_logprobs: bool = False, **sglang_only: Any) -> Any:
         """As generate; with stream=True returns an async iterator of cumulative chunks."""
-        req = self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start,
-                                 rid, LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
-                                                     return_text_in_logprobs), stream)
+        req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
+                            LogprobOptions(bool(return_logprob), top_logprobs_num or 0, logprob_start_len,
+                                           return_text_in_logprobs), sglang_only)
         await self._compile_async(req)
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
@@ -154,6 +202,18 @@ class Engine:
         return self._shape(req, finals)
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _prepare(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
+                 reasoning_start: str | None, rid: Any, stream: bool, logprobs: LogprobOptions,
+                 sglang_only: dict[str, Any]) -> PreparedRequest:
+        for name, value in sglang_only.items():
+            if name not in SGLANG_NEUTRAL_KEYWORDS:
+                raise TypeError(f"generate() got an unexpected keyword argument {name!r}")
+            if value != SGLANG_NEUTRAL_KEYWORDS[name]:
+                raise ValueError(f"{name}: not supported by thinkform (leave it out or pass "
+                                 f"{SGLANG_NEUTRAL_KEYWORDS[name]!r})")
+        return self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid,
+                                  logprobs, stream)
+
     def _compile_sync(self, req: PreparedRequest) -> None:
         for c in req.constraints():
             req.compiled[c.key] = self.parts.grammar_cache.get(c)
@@ -170,16 +230,18 @@ class Engine:
 
         def sink(seq: Sequence, output: dict[str, Any], finished: bool) -> None:
             if finished:
-                self._live_rids.release(req.rid)
+                self._live_rids.release(seq.rid)
             deliver(_Delivery(seq, output, finished))
 
-        self._live_rids.claim(req.rid, req.num_seqs)
+        claims = {rid: p.n for rid, p in zip(req.rids, req.params)}
+        self._live_rids.claim(claims)
         try:
             seqs = self.builder.sequences(req, sink)
             req.seqs = seqs
             self.loop.submit(seqs)
         except BaseException:
-            self._live_rids.release(req.rid, req.num_seqs)
+            for rid, count in claims.items():
+                self._live_rids.release(rid, count)
             raise
 
     def _abort_request(self, req: PreparedRequest) -> None:

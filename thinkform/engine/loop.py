@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from thinkform.args import EngineArgs
-from thinkform.engine.detokenizer import find_stop
+from thinkform.engine.detokenizer import find_stop, find_stop_regex
 from thinkform.engine.errors import EngineDead
 from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
@@ -45,6 +45,7 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._inbox: list[Sequence] = []
         self._aborts: list[tuple[str | None, Sequence | None]] = []
+        self._flushes: list[Future] = []  # flush_prefix_cache callers waiting for the loop
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -131,6 +132,18 @@ class EngineLoop:
             self._aborts.append((None, seq))
         self._wake.set()
 
+    def flush_prefix_cache(self, timeout: float = 10.0) -> bool:
+        """Empty the prefix cache on the loop's thread (which owns the page pool) when nothing runs there;
+        False when something does, or the loop did not get to it in time."""
+        done: Future = Future()
+        with self._lock:
+            self._flushes.append(done)
+        self._wake.set()
+        try:
+            return done.result(timeout)
+        except Exception:  # noqa: BLE001 - a stopped loop never answers
+            return False
+
     def stats(self) -> dict[str, Any]:
         pool = self.parts.pool
         return {**self.counters, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
@@ -161,6 +174,7 @@ class EngineLoop:
         with self._lock:
             new, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
+            flushes, self._flushes = self._flushes, []
         for seq in new:
             self._force_at_start(seq)
             if not seq.finished:
@@ -171,6 +185,11 @@ class EngineLoop:
             for s in targets:
                 if not s.finished:
                     self._finish(s, FinishReason("abort", message="aborted by request"))
+        for done in flushes:
+            idle = not self.scheduler.has_work and self._ahead is None
+            if idle:
+                self.parts.pool.reset_prefix_cache()
+            done.set_result(idle)
 
     def _step(self, batch: ScheduledBatch) -> None:
         sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
@@ -396,22 +415,24 @@ class EngineLoop:
                     seq.detok.push([tid])
                 return FinishReason("stop", matched)
             if tid in self.eos and not p.ignore_eos and may_stop:
+                if p.no_stop_trim:  # its text stays (a special token's is hidden anyway)
+                    seq.detok.push([tid])
                 return FinishReason("stop", tid)
             if tid in p.stop_token_ids and may_stop:
-                if gate is not None and gate.matcher is not None:  # the grammar took it: the answer keeps it
-                    seq.detok.push([tid])
+                if p.no_stop_trim or (gate is not None and gate.matcher is not None):  # under a grammar, the
+                    seq.detok.push([tid])  # answer keeps the token it took
                 return FinishReason("stop", tid)
             new = seq.detok.push([tid])
             if new and seq.stream and seq.return_logprob:
                 seq.text_marks.append((len(seq.detok.text), len(seq.output_ids)))
-            if new and p.stop and may_stop:
-                hit = find_stop(seq.detok.text, len(new), p.stop)
+            if new and (p.stop or p.stop_patterns) and may_stop:
+                hit = _earliest_stop(seq.detok.text, len(new), p)
                 if hit is not None:
-                    pos, stop = hit
+                    start, end, stop = hit
                     # under a constraint the answer is complete here, with the stop string and the rest of
                     # its token: cutting either could leave an answer the grammar does not accept
                     if gate is None or gate.matcher is None:
-                        seq.detok.text = seq.detok.text[: pos if not p.no_stop_trim else pos + len(stop)]
+                        seq.detok.text = seq.detok.text[: end if p.no_stop_trim else start]
                     return FinishReason("stop", stop)
         return None
 
@@ -450,6 +471,21 @@ class EngineLoop:
             self._closed = True
             pending = self._inbox
             self._inbox = []
+            flushes, self._flushes = self._flushes, []
+        for done in flushes:
+            done.set_result(False)
         for seq in pending + list(self.scheduler.running) + list(self.scheduler.waiting):
             if not seq.finished:
                 self._finish(seq, FinishReason("abort", message=message))
+
+
+def _earliest_stop(text: str, new_len: int, p: Any) -> tuple[int, int, str] | None:
+    """The earliest stop string or stop regex match ending in the newest text: (start, end, what matched)."""
+    hits = []
+    plain = find_stop(text, new_len, p.stop) if p.stop else None
+    if plain is not None:
+        hits.append((plain[0], plain[0] + len(plain[1]), plain[1]))
+    pattern = find_stop_regex(text, new_len, p.stop_patterns) if p.stop_patterns else None
+    if pattern is not None:
+        hits.append(pattern)
+    return min(hits, key=lambda h: h[0]) if hits else None

@@ -30,11 +30,11 @@ def _shown_tokens(seq: Sequence, finished: bool, shown: int) -> int:
     return marks[i - 1][1] if i else 0
 
 
-def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None, single: bool) -> dict[str, Any]:
+def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None) -> dict[str, Any]:
     text = shown_text(seq, finished)
     gate = seq.gate
     meta: dict[str, Any] = {
-        "id": _output_id(seq, single),
+        "id": seq.output_id or seq.rid,
         "finish_reason": seq.finish.to_dict() if finished and seq.finish else None,
         "prompt_tokens": len(seq.prompt_ids),
         "completion_tokens": len(seq.output_ids),
@@ -72,14 +72,10 @@ def _with_text(tokenizer: Any) -> Callable[[list[tuple]], list[tuple]]:
     return named
 
 
-def failed_output(seq: Sequence, error: BaseException, single: bool) -> dict[str, Any]:
+def failed_output(seq: Sequence, error: BaseException) -> dict[str, Any]:
     """The final output of a sequence whose output could not be built: the error, so its caller is answered
     (with status 500 on the OpenAI routes) instead of waiting forever."""
-    meta = {"id": _output_id(seq, single),
+    meta = {"id": seq.output_id or seq.rid,
             "finish_reason": FinishReason.failed(error).to_dict(), "prompt_tokens": len(seq.prompt_ids),
             "completion_tokens": len(seq.output_ids), "e2e_latency": time.perf_counter() - seq.arrival}
     return {"index": seq.index, "text": "", "output_ids": list(seq.output_ids), "meta_info": meta}
-
-
-def _output_id(seq: Sequence, single: bool) -> str:
-    return seq.rid if single else f"{seq.rid}-{seq.index}"

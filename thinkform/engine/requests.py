@@ -58,7 +58,7 @@ class LogprobOptions:
 
 @dataclass
 class PreparedRequest:
-    rid: str
+    rids: list[str]  # one per prompt (SGLang's: a batch's string rid is a prefix, rid_0, rid_1, ...)
     prompt_ids: list[list[int]]
     params: list[SamplingParams]
     constraint: list[Constraint | None]
@@ -93,14 +93,13 @@ class RequestBuilder:
         prompts, batched = self._token_lists(prompt, input_ids)
         params = self._params(sampling_params, len(prompts))
         start = self._reasoning_start(require_reasoning, reasoning_start)
-        if isinstance(rid, list):
-            rid = rid[0] if rid else None
+        rids = _prompt_rids(rid, len(prompts), batched)
         scored_from = logprobs.check(prompts)
         for ids, p in zip(prompts, params):
             self._check_lengths(ids, p)
         constraints = [self._constraint(p) for p in params]
         single = not batched and params[0].n == 1
-        return PreparedRequest(rid=str(rid) if rid else uuid.uuid4().hex, prompt_ids=prompts, params=params,
+        return PreparedRequest(rids=rids, prompt_ids=prompts, params=params,
                                constraint=constraints, reasoning_start=start, single=single, stream=stream,
                                logprobs=logprobs, scored_from=scored_from)
 
@@ -147,7 +146,9 @@ class RequestBuilder:
         return [self._one_params(sampling_params) for _ in range(count)]
 
     def _one_params(self, p: Any) -> SamplingParams:
-        sp = SamplingParams.from_dict(p)
+        if p is not None and not isinstance(p, dict):
+            raise ValueError("sampling_params: must be a mapping (or a list of them, one per prompt)")
+        sp = SamplingParams.from_dict(p, self.parts.sampling_defaults)
         if sp.n > self.args.max_n:
             raise ValueError(f"sampling_params.n: {sp.n} is more than the server's max_n ({self.args.max_n})")
         outside = [t for t in sp.logit_bias if t >= self.parts.vocab_size]
@@ -186,12 +187,12 @@ class RequestBuilder:
         seqs: list[Sequence] = []
         markers = self.parts.markers
         lp = req.logprobs
-        for ids, p, c, scored_from in zip(req.prompt_ids, req.params, req.constraint, req.scored_from):
+        for ids, p, c, scored_from, rid in zip(req.prompt_ids, req.params, req.constraint, req.scored_from, req.rids):
             for k in range(p.n):
                 index = len(seqs)
                 gate = self._gate(req, p, c)
                 seq = Sequence(
-                    rid=req.rid, index=index, prompt_ids=ids, params=p,
+                    rid=rid, index=index, output_id=rid if p.n == 1 else f"{rid}-{k}", prompt_ids=ids, params=p,
                     detok=IncrementalDetokenizer(self.parts.tokenizer, ids,
                                                  self.parts.hidden_ids if p.skip_special_tokens else frozenset()),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
@@ -202,7 +203,7 @@ class RequestBuilder:
                 if seq.return_logprob:
                     seq.input_token_logprobs.append((None, ids[scored_from], None))
                     seq.input_top_logprobs.append(None)
-                seq.sink = _bind_sink(sink, markers, req.single)
+                seq.sink = _bind_sink(sink, markers)
                 seqs.append(seq)
         return seqs
 
@@ -282,15 +283,31 @@ class RequestBuilder:
         return g
 
 
-def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any, single: bool) -> Callable:
+def _prompt_rids(rid: Any, count: int, batched: bool) -> list[str]:
+    """Each prompt's request id, as SGLang reads `rid`: one id for one prompt; for a batch a list of one per
+    prompt, or a string whose items are rid_0, rid_1, ...; new ids where none is given."""
+    if rid is None or rid == "" or rid == []:
+        return [uuid.uuid4().hex for _ in range(count)]
+    if isinstance(rid, list):
+        if len(rid) != count or not all(isinstance(r, str) and r for r in rid):
+            raise ValueError(f"rid: a list needs one non-empty string per prompt ({count}), got {rid!r:.80}")
+        if len(set(rid)) != count:
+            raise ValueError("rid: the ids of a batch's prompts must differ")
+        return list(rid)
+    if not isinstance(rid, str):
+        raise ValueError("rid: must be a string or a list of strings")
+    return [f"{rid}_{i}" for i in range(count)] if batched else [rid]
+
+
+def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any) -> Callable:
     def deliver(seq: Sequence, finished: bool) -> None:
         try:
-            output = sequence_output(seq, finished, markers, single)
+            output = sequence_output(seq, finished, markers)
         except Exception as e:  # noqa: BLE001 - a broken output must still answer its caller, once, at the end
             logger.error("request %s-%d: its output could not be built: %s: %s", seq.rid, seq.index,
                          type(e).__name__, e, exc_info=e)
             if not finished:
                 return
-            output = failed_output(seq, e, single)
+            output = failed_output(seq, e)
         sink(seq, output, finished)
     return deliver

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ class SamplingParams:
     min_p: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stop_regex: list[str] = field(default_factory=list)  # stop where the output matches one (SGLang's)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     n: int = 1
@@ -47,10 +49,18 @@ class SamplingParams:
     # SGLang's free-form params for custom logit processors; its `thinking_budget` (strict thinking) is honoured
     # as max_reasoning_tokens, the rest is ignored (no custom logit processors here)
     custom_params: dict[str, Any] | None = None
+    sampling_seed: int | None = None  # SGLang's native spelling of seed
+    stream_interval: int | None = None  # accepted: streams here send every token's text as it comes
+    stop_patterns: list[re.Pattern] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any] | None) -> "SamplingParams":
+    def from_dict(cls, params: dict[str, Any] | None, defaults: dict[str, Any] | None = None) -> "SamplingParams":
+        """`defaults` (the server's: the model's generation config, preferred params) fill what `params`
+        leaves unset; a None given for a key that means nothing by it is unset too."""
         params = dict(params or {})
+        if defaults:
+            given = {k: v for k, v in params.items() if v is not None or k in _KEEP_NONE}
+            params = {**defaults, **given}
         names = {f.name for f in dataclasses.fields(cls)}
         for key in params:
             if key not in names:
@@ -78,11 +88,16 @@ class SamplingParams:
         _check_num(self, "frequency_penalty", -2.0, 2.0)
         _check_num(self, "presence_penalty", -2.0, 2.0)
         _check_num(self, "repetition_penalty", 0.0, None, low_open=True)
+        self._take_sampling_seed()
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise SamplingParamError(f"sampling_params.seed: must be an integer, got {self.seed!r}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise SamplingParamError(f"sampling_params.seed: must fit in 64 bits, got {self.seed}")
         self.stop = _str_list(self.stop, "stop")
+        self.stop_regex = _str_list(self.stop_regex, "stop_regex")
+        self.stop_patterns = [_stop_pattern(p) for p in self.stop_regex]
+        if self.stream_interval is not None:
+            _check_int(self, "stream_interval", 1)
         self.stop_token_ids = _int_list(self.stop_token_ids, "stop_token_ids")
         self.logit_bias = _logit_bias(self.logit_bias)
         for name in ("max_reasoning_tokens", "answer_reserve_tokens"):
@@ -92,6 +107,13 @@ class SamplingParams:
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
                 raise SamplingParamError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
+
+    def _take_sampling_seed(self) -> None:
+        if self.sampling_seed is None:
+            return
+        if self.seed is not None and self.seed != self.sampling_seed:
+            raise SamplingParamError(f"sampling_params.sampling_seed: {self.sampling_seed} conflicts with seed={self.seed}")
+        self.seed = self.sampling_seed
 
     def _take_thinking_budget(self) -> None:
         """custom_params.thinking_budget (SGLang's per-request budget under --enable-strict-thinking) is our
@@ -141,6 +163,17 @@ def _str_list(value: Any, name: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
         raise SamplingParamError(f"sampling_params.{name}: must be a non-empty string or a list of them")
     return list(value)
+
+
+def _stop_pattern(pattern: str) -> re.Pattern:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise SamplingParamError(f"sampling_params.stop_regex: {pattern!r} is not a valid regex ({e})") from None
+    if compiled.fullmatch(""):
+        raise SamplingParamError(f"sampling_params.stop_regex: {pattern!r} matches the empty string (it would "
+                                 "stop before the first token)")
+    return compiled
 
 
 def _int_list(value: Any, name: str) -> list[int]:

@@ -45,13 +45,14 @@ class FinishReason:
 
 @dataclass
 class Sequence:
-    rid: str
+    rid: str  # its prompt's request id (abort by it)
     index: int  # which of the request's samples (prompts × n, flat)
     prompt_ids: list[int]
     params: SamplingParams
     detok: IncrementalDetokenizer
     generator: torch.Generator | None
     sink: Callable[["Sequence", bool], None]  # (seq, finished) → deliver an output event
+    output_id: str = ""  # meta_info id: the rid, or rid-k for the k-th of n samples
     stream: bool = False
     gate: Any = None  # ReasoningGate or None
     reasoning: bool = False  # reasoning parser active for this request (split text in meta_info)

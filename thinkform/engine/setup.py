@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.kv_cache import KVCache, PagePool
+from thinkform.engine.sampling_params import SamplingParams
 from thinkform.models.decoder import DecoderLM
 from thinkform.models.loader import load_model
 from thinkform.reasoning import ReasoningMarkers, get_markers
@@ -55,6 +56,20 @@ class EngineParts:
     kv: KVCache
     pool: PagePool
     small_steps: Any = None  # CudaStepRunner on CUDA with the Triton backend, else None
+    # what a request's unset sampling params default to: the model's generation_config.json (unless
+    # --sampling-defaults openai), then --preferred-sampling-params
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _sampling_defaults(args: EngineArgs, model_defaults: dict[str, Any]) -> dict[str, Any]:
+    defaults = {**(model_defaults if args.sampling_defaults == "model" else {}), **args.preferred_params()}
+    try:
+        SamplingParams.from_dict(defaults)  # a bad preferred value fails the start, not every request
+    except ValueError as e:
+        raise ValueError(f"preferred_sampling_params: {e}") from None
+    if defaults:
+        logger.info("sampling defaults for requests that do not set them: %s", defaults)
+    return defaults
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,6 +113,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         combined_keeps=CombinedKeeps(),
         hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
+        sampling_defaults=_sampling_defaults(args, loaded.generation_defaults),
         small_steps=small_steps)
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -43,6 +43,9 @@ class LoadedModel:
     chat_template: str | None
     eos_token_ids: tuple[int, ...]
     served_name: str
+    # the model author's sampling defaults (generation_config.json): temperature, top_p, top_k, min_p,
+    # repetition_penalty, where given
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def cache_dir() -> Path:
@@ -219,6 +222,23 @@ def _eos_ids(model_dir: Path, raw: dict[str, Any], tokenizer: Any) -> tuple[int,
     return tuple(ids)
 
 
+GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def generation_defaults(model_dir: Path) -> dict[str, Any]:
+    """The sampling params generation_config.json sets (SGLang and vLLM default to them); an unreadable
+    file or a value of the wrong type sets nothing."""
+    path = model_dir / "generation_config.json"
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        logger.warning("%s: unreadable; sampling defaults are OpenAI's", path)
+        return {}
+    wanted = {"top_k": int}
+    return {k: raw[k] for k in GENERATION_DEFAULT_KEYS if isinstance(raw.get(k), wanted.get(k, (int, float)))
+            and not isinstance(raw.get(k), bool)}
+
+
 def _load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -289,4 +309,5 @@ def load_model(model_path: str | None, dtype: torch.dtype | None = None, device:
         chat_template=getattr(tokenizer, "chat_template", None),
         eos_token_ids=eos,
         served_name=served_name,
+        generation_defaults=generation_defaults(model_dir),
     )

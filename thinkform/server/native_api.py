@@ -1,14 +1,17 @@
-"""Native (SGLang) routes: /generate, /health, /get_model_info, /get_server_info, /abort_request."""
+"""Native (SGLang) routes: /generate, /health, /ping, /get_model_info, /get_server_info, /get_load,
+/abort_request, /flush_cache."""
 from __future__ import annotations
 
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from thinkform.server.errors import APIError, error_body
 from thinkform.engine.requests import RequestLimits
-from thinkform.server.params import check_max_tokens, validate_constraints
+from thinkform.server.params import check_max_tokens, refuse_hidden_states, take_thinking_budget, validate_constraints
 from thinkform.server.protocol import AbortRequest, GenerateRequest, warn_unknown
 from thinkform.server.state import ServerState, new_id
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
@@ -39,12 +42,16 @@ def _check_sampling_params(params: dict[str, Any], max_n: int | None, limits: Re
 
 
 def _rids(body: GenerateRequest) -> tuple[str | list[str], list[str]]:
+    """(the rid for the engine, the ids to abort when the client goes). A string rid with a batch goes to
+    the engine as it is (SGLang: it expands it into per-item ids); a list needs one id per prompt."""
     texts = body.text if body.text is not None else body.input_ids
     batch = len(texts) if isinstance(texts, list) and texts and not isinstance(texts[0], int) else None
-    if body.rid is not None:
-        if batch is not None and (not isinstance(body.rid, list) or len(body.rid) != batch):
-            raise APIError("rid must be a list with one id per prompt for batched input", param="rid")
-        return body.rid, body.rid if isinstance(body.rid, list) else [body.rid]
+    if isinstance(body.rid, list):
+        if batch is not None and len(body.rid) != batch:
+            raise APIError(f"rid: a list needs one id per prompt ({batch}), got {len(body.rid)}", param="rid")
+        return body.rid, body.rid
+    if body.rid:  # a batch's items are rid_0, rid_1, ... (SGLang's expansion, done by the engine)
+        return body.rid, [f"{body.rid}_{i}" for i in range(batch)] if batch is not None else [body.rid]
     if batch is None:
         rid = new_id("")
         return rid, [rid]
@@ -52,20 +59,39 @@ def _rids(body: GenerateRequest) -> tuple[str | list[str], list[str]]:
     return rids, rids
 
 
-@router.post("/generate")
-async def generate(body: GenerateRequest, request: Request) -> Response:
-    state = _state(request)
-    warn_unknown(body, "/generate")
+def _with_thinking_budget(params: dict[str, Any] | list[dict[str, Any]] | None,
+                          budget: int | None) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """SGLang's top-level max_thinking_tokens, put into every prompt's sampling params as our
+    max_reasoning_tokens (copies: the request's dicts stay as they came)."""
+    if budget is None:
+        return params
+    each = [dict(p) for p in (params if isinstance(params, list) else [params or {}])]
+    for p in each:
+        take_thinking_budget(p, budget, "max_thinking_tokens")
+    return each if isinstance(params, list) else each[0]
+
+
+def _check_generate(body: GenerateRequest, state: ServerState) -> None:
     if (body.text is None) == (body.input_ids is None):
         raise APIError("give exactly one of text or input_ids", param="text")
     if isinstance(body.text, list) and not body.text or isinstance(body.input_ids, list) and not body.input_ids:
         raise APIError("the prompt list must not be empty", param="text" if body.text is not None else "input_ids")
+    refuse_hidden_states(body.return_hidden_states)
     params = body.sampling_params or {}
     for p in params if isinstance(params, list) else [params]:
         _check_sampling_params(p, state.max_n, state.limits)
+
+
+@router.post("/generate")
+@router.put("/generate", operation_id="generate_put")  # SGLang takes both
+async def generate(body: GenerateRequest, request: Request) -> Response:
+    state = _state(request)
+    warn_unknown(body, "/generate")
+    _check_generate(body, state)
     rid, rids = _rids(body)
     call = state.engine.async_generate(
-        prompt=body.text, input_ids=body.input_ids, sampling_params=body.sampling_params,
+        prompt=body.text, input_ids=body.input_ids,
+        sampling_params=_with_thinking_budget(body.sampling_params, body.max_thinking_tokens),
         require_reasoning=body.require_reasoning, stream=body.stream, rid=rid,
         return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
         logprob_start_len=body.logprob_start_len, return_text_in_logprobs=body.return_text_in_logprobs)
@@ -100,24 +126,50 @@ async def health_generate(request: Request) -> Response:
     return await health(request)
 
 
+@router.get("/ping")
+async def ping() -> Response:
+    """SGLang's (SageMaker) liveness probe of the HTTP server: 200, empty."""
+    return Response(status_code=200)
+
+
 @router.get("/get_model_info")
 async def get_model_info(request: Request) -> dict[str, Any]:
     state = _state(request)
-    args = getattr(state.engine, "args", None)
-    return {"model_path": getattr(args, "model_path", None) or state.model_name,
-            "tokenizer_path": getattr(args, "tokenizer_path", None) or getattr(args, "model_path", None),
-            "served_model_name": state.model_name, "is_generation": True,
-            "context_length": state.engine.context_length,
-            "reasoning_parser": getattr(args, "reasoning_parser", None),
-            "tool_call_parser": state.tool_parser.name}
+    return {**state.engine.get_model_info(), "tool_call_parser": state.tool_parser.name}
 
 
 @router.get("/get_server_info")
 async def get_server_info(request: Request) -> dict[str, Any]:
-    return _state(request).engine.server_info()
+    return _state(request).engine.get_server_info()
+
+
+@router.get("/get_load")
+async def get_load(request: Request) -> list[dict[str, Any]]:
+    """SGLang's load report, one entry per data-parallel rank (one here): requests and KV tokens in use."""
+    info = _state(request).engine.get_server_info()
+    running, waiting = info.get("running", 0), info.get("waiting", 0)
+    return [{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
+             "num_tokens": info.get("kv_pages_used", 0) * info.get("page_size", 1), "ts_tic": time.perf_counter()}]
 
 
 @router.post("/abort_request")
 async def abort_request(body: AbortRequest, request: Request) -> dict[str, Any]:
-    aborted = _state(request).engine.abort(body.rid)
-    return {"rid": body.rid, "aborted": bool(aborted)}
+    if not body.rid and not body.abort_all:
+        raise APIError("rid: give the id of the request to abort, or abort_all: true", param="rid")
+    aborted = _state(request).engine.abort_request(rid=body.rid, abort_all=body.abort_all)
+    return {"rid": body.rid, "abort_all": body.abort_all, "aborted": bool(aborted)}
+
+
+FLUSHED = ("Cache flushed.\nPlease check backend logs for more details. "
+           "(When there are running or waiting requests, the operation will not be performed.)\n")
+
+
+@router.get("/flush_cache")
+@router.post("/flush_cache", operation_id="flush_cache_post")
+async def flush_cache(request: Request) -> Response:
+    """SGLang's answer, plain text: 200 when flushed, 400 when requests in flight hold the caches. The
+    engine waits for its loop, so the call leaves the event loop free meanwhile."""
+    if await run_in_threadpool(_state(request).engine.flush_cache):
+        return PlainTextResponse(FLUSHED)
+    return PlainTextResponse("Cache not flushed: requests are running or waiting; try again when they end.\n",
+                             status_code=400)

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
 from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
 from thinkform.server.errors import APIError
-from thinkform.server.params import check_max_tokens, constraint_fields, sampling_params, validate_constraints
+from thinkform.server.params import (chat_template_kwargs, check_max_tokens, constraint_fields, sampling_params,
+                                    validate_constraints)
 from thinkform.server.protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, warn_unknown
 from thinkform.server.state import ServerState, new_id, now
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
@@ -41,9 +42,11 @@ class ChatPlan:
     max_calls: int | None  # parallel_tool_calls false: one call at most
     return_logprob: bool
     top_logprobs_num: int
+    return_token_ids: bool = False  # choices carry the output's token ids
+    return_prompt_token_ids: bool = False  # and the prompt's (SGLang: also with return_token_ids)
 
 
-def _tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
+def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
     """('none'|'auto'|'required'|'named', the tools that may be called)."""
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     choice = body.tool_choice
@@ -65,20 +68,48 @@ def _tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
     return "named", chosen
 
 
-def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
-    mode, tools = _tool_mode(body)
+def render_chat(state: ServerState, body: ChatCompletionRequest, tools: list[dict[str, Any]],
+                kwargs: dict[str, Any] | None) -> str:
+    """The prompt text of the conversation (tools listed in a system message where the template cannot)."""
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     if tools and not state.renderer.uses_tools:
         example = state.tool_parser.call_begin.replace("{name}", "NAME") + "{ARGUMENTS}" + state.tool_parser.call_end
         messages.insert(0, {"role": "system", "content": tools_system_prompt(tools, example)})
     try:
-        prompt = state.renderer.render(messages, tools=tools or None,
-                                       add_generation_prompt=body.add_generation_prompt,
-                                       continue_final_message=body.continue_final_message,
-                                       chat_template_kwargs=body.chat_template_kwargs)
+        return state.renderer.render(messages, tools=tools or None, add_generation_prompt=body.add_generation_prompt,
+                                     continue_final_message=body.continue_final_message,
+                                     chat_template_kwargs=kwargs)
     except ChatTemplateError as e:
         raise APIError(str(e), param="messages") from e
-    reasoning_start = decide_reasoning_start(prompt, state.markers, body.chat_template_kwargs)
+
+
+def _given_ids(state: ServerState, ids: list[int]) -> str:
+    """The text of the prompt ids a request gave (SGLang's input_ids), which decides where the output starts."""
+    if not ids or any(i < 0 for i in ids):
+        raise APIError("input_ids: must be a non-empty list of token ids >= 0", param="input_ids")
+    try:
+        return state.engine.tokenizer.decode(ids)
+    except (OverflowError, ValueError, TypeError, IndexError) as e:
+        raise APIError(f"input_ids: must be token ids of this model's vocabulary ({e})", param="input_ids") from e
+
+
+def _check_token_id_options(body: ChatCompletionRequest) -> None:
+    """As SGLang: the ids come on the whole choice only, so a stream refuses them."""
+    for name in ("return_token_ids", "return_prompt_token_ids"):
+        if body.stream and getattr(body, name):
+            raise APIError(f"{name}: not supported with streaming (set stream to false)", param=name)
+
+
+def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
+    mode, tools = tool_mode(body)
+    _check_token_id_options(body)
+    kwargs = chat_template_kwargs(body.chat_template_kwargs, body.reasoning_effort, body.reasoning)
+    if body.input_ids is not None:  # SGLang: these ids are the prompt; the messages only shape the request
+        prompt, ids = _given_ids(state, body.input_ids), list(body.input_ids)
+    else:
+        prompt = render_chat(state, body, tools, kwargs)
+        ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs)
     if body.top_logprobs and not body.logprobs:
         raise APIError("top_logprobs: needs logprobs set to true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -95,13 +126,14 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         tag = _tool_tag(state.tool_parser, tools, "auto", body.parallel_tool_calls)
         fields = {"structural_tag": tag} if tag else {}
     params.update(validate_constraints(fields, state.limits))
-    ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
     reasoning = state.markers is not None and reasoning_start != "answer"
     return ChatPlan(rid=body.rid or new_id(""), input_ids=ids, reasoning_start=reasoning_start, params=params,
                     reasoning=reasoning, split=body.separate_reasoning and reasoning,
                     tool_parser=state.tool_parser if mode != "none" else None,
                     max_calls=None if body.parallel_tool_calls else 1,
-                    return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0)
+                    return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0,
+                    return_token_ids=body.return_token_ids,
+                    return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids)
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
@@ -154,11 +186,28 @@ def _answer_calls(state: ServerState, plan: ChatPlan, text: str, meta: dict[str,
 
 
 def _usage(metas: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    prompt = sum(m.get("prompt_tokens", 0) for m in metas[::n])  # each prompt counted once
-    completion = sum(m.get("completion_tokens", 0) for m in metas)
+    """The usage of whole outputs, grouped by prompt (n each)."""
+    return _usage_of(metas[::n], metas)  # each prompt counted once
+
+
+def _running_usage(latest: dict[int, dict[str, Any]], n: int) -> dict[str, Any]:
+    """The usage so far of a stream (continuous_usage_stats): the latest event of each choice seen, which
+    carries its cumulative counts; each prompt counted once, from the first of its choices seen."""
+    firsts: dict[int, dict[str, Any]] = {}
+    for index in sorted(latest):
+        firsts.setdefault(index // n, latest[index])
+    return _usage_of(list(firsts.values()), list(latest.values()))
+
+
+def _usage_of(prompts: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    prompt = sum(m.get("prompt_tokens", 0) for m in prompts)
+    completion = sum(m.get("completion_tokens", 0) for m in outputs)
+    reasoning = sum(m.get("reasoning_tokens", 0) for m in outputs)
+    # reasoning_tokens twice: at the top as SGLang's UsageInfo, and where OpenAI's SDK reads it
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(m.get("cached_tokens", 0) for m in metas[::n])},
-            "completion_tokens_details": {"reasoning_tokens": sum(m.get("reasoning_tokens", 0) for m in metas)}}
+            "reasoning_tokens": reasoning,
+            "prompt_tokens_details": {"cached_tokens": sum(m.get("cached_tokens", 0) for m in prompts)},
+            "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
 
 def _token_text(tokenizer: Any, token_id: int) -> str:
@@ -225,6 +274,10 @@ def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, 
         reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
     choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
               "logprobs": _chat_logprobs(state.engine.tokenizer, meta) if plan.return_logprob else None}
+    if plan.return_token_ids:  # as SGLang's choice: present only when asked for
+        choice["token_ids"] = list(out.get("output_ids", []))
+    if plan.return_prompt_token_ids:
+        choice["prompt_token_ids"] = list(plan.input_ids)
     return choice
 
 
@@ -342,14 +395,20 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         if plan.tool_parser and plan.reasoning and not plan.split else None)
         for _ in range(body.n)]
     finals: dict[int, dict[str, Any]] = {}
+    latest: dict[int, dict[str, Any]] = {}  # each choice's last engine output: its counts so far
     feeds = [_LogprobFeed() for _ in range(body.n)] if plan.return_logprob else None
+    continuous = _continuous_usage(body)
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         pairs = feeds[index].take() if feeds is not None else None  # the tokens delivered since the last chunk
         logprobs = {"content": _chat_logprob_entries(state.engine.tokenizer, pairs)} if pairs else None
-        return sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs,
-                                 **extra}]})
+        event = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs,
+                              **extra}]}
+        if continuous:  # before any output only the prompt counts
+            event["usage"] = (_running_usage(latest, body.n) if latest
+                              else _usage_of([{"prompt_tokens": len(plan.input_ids)}], []))
+        return sse(event)
 
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": ""})
@@ -357,6 +416,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         index = item.get("index", 0)
         stream = choices[index]
         meta = item.get("meta_info", {})
+        latest[index] = meta
         if feeds is not None:
             feeds[index].feed(meta)
         for delta in stream.feed(item.get("text", "")):
@@ -378,6 +438,10 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [], "usage": _usage(metas, body.n) if metas else None})
     yield SSE_DONE
+
+
+def _continuous_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.continuous_usage_stats)
 
 
 # ---------------------------------------------------------------- completions
@@ -554,9 +618,12 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
     """`tokenizer`: logprobs were asked for; `echoes`: with echo, each prompt's own logprob entries."""
     seen: dict[int, int] = {}
     finals: dict[int, dict[str, Any]] = {}
+    latest: dict[int, dict[str, Any]] = {}  # each choice's last engine output: its counts so far
     lps: dict[int, _CompletionLogprobStream] = {}
+    continuous = _continuous_usage(body)
     async for item in _chained(first, rest):
         index, text = item.get("index", 0), item.get("text", "")
+        latest[index] = item.get("meta_info", {})
         delta = text[seen.get(index, 0):]
         prompt = prompts[index // body.n] if body.echo else ""
         if body.echo and index not in seen:
@@ -575,9 +642,12 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
             if lp.echo is not None:
                 lp.echo = _scored_echo(tokenizer, lp.echo, meta)
         if delta or reason is not None:
-            yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": index, "text": delta, "finish_reason": reason,
-                                    "matched_stop": matched, "logprobs": lp.take() if lp is not None else None}]})
+            event = {"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
+                     "choices": [{"index": index, "text": delta, "finish_reason": reason,
+                                  "matched_stop": matched, "logprobs": lp.take() if lp is not None else None}]}
+            if continuous:
+                event["usage"] = _running_usage(latest, body.n)
+            yield sse(event)
     if include_usage:
         metas = [finals[i] for i in sorted(finals)]
         yield sse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
@@ -587,12 +657,23 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
 
 # ---------------------------------------------------------------- models
 
+def _model_card(state: ServerState) -> dict[str, Any]:
+    return {"id": state.model_name, "object": "model", "created": now(), "owned_by": "thinkform",
+            "root": state.model_name, "max_model_len": state.engine.context_length}
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(_state(request))]}
+
+
+@router.get("/v1/models/{model:path}")  # `:path`: model ids often hold a slash (org/name)
+async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
+    """OpenAI's models.retrieve(id); an id this server does not serve is SGLang's 404."""
     state = _state(request)
-    return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(),
-                                         "owned_by": "thinkform", "root": state.model_name,
-                                         "max_model_len": state.engine.context_length}]}
+    if model != state.model_name:
+        raise APIError(f"The model '{model}' does not exist", 404, param="model", code="model_not_found")
+    return _model_card(state)
 
 
 async def _chained(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

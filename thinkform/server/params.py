@@ -11,21 +11,21 @@ from thinkform.structured.spec import ConstraintError, constraint_from_fields
 
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "seed", "stop_token_ids", "n", "presence_penalty",
                 "frequency_penalty", "repetition_penalty", "skip_special_tokens", "ignore_eos",
-                "max_reasoning_tokens", "answer_reserve_tokens", "custom_params", "no_stop_trim")
+                "max_reasoning_tokens", "answer_reserve_tokens", "custom_params", "no_stop_trim", "stop_regex")
 
 
 def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int | None) -> dict[str, Any]:
     """The engine's sampling params for an OpenAI request (constraints excluded)."""
+    refuse_hidden_states(req.return_hidden_states)
     params: dict[str, Any] = {k: getattr(req, k) for k in _PASSTHROUGH if getattr(req, k) is not None}
     if max_new_tokens is not None:
         params["max_new_tokens"] = max_new_tokens
     if req.min_tokens is not None:
         params["min_new_tokens"] = req.min_tokens
-    if req.thinking_token_budget is not None:
-        if params.get("max_reasoning_tokens", req.thinking_token_budget) != req.thinking_token_budget:
-            raise APIError(f"thinking_token_budget: {req.thinking_token_budget} conflicts with max_reasoning_tokens="
-                           f"{params['max_reasoning_tokens']}", param="thinking_token_budget")
-        params["max_reasoning_tokens"] = req.thinking_token_budget
+    if req.include_stop_str_in_output:  # vLLM's name for keeping the matched stop string
+        params["no_stop_trim"] = True
+    for name in _BUDGET_ALIASES:
+        take_thinking_budget(params, getattr(req, name), name)
     if req.stop is not None:
         params["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if req.logit_bias:
@@ -33,6 +33,82 @@ def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int 
     if max_n is not None and req.n > max_n:
         raise APIError(f"n={req.n} is larger than this server's limit of {max_n}", param="n")
     return params
+
+
+# Other names clients give the thinking budget (max_reasoning_tokens): vLLM's, SGLang's native /generate
+# field, and the short form; custom_params.thinking_budget is taken by the engine itself
+_BUDGET_ALIASES = ("thinking_token_budget", "max_thinking_tokens", "thinking_budget")
+
+
+def take_thinking_budget(params: dict[str, Any], budget: int | None, name: str) -> None:
+    """Set max_reasoning_tokens from an alias; two different budgets are a 400 naming the alias, not a
+    silent choice of one."""
+    if budget is None:
+        return
+    if params.get("max_reasoning_tokens", budget) != budget:
+        raise APIError(f"{name}: {budget} conflicts with max_reasoning_tokens={params['max_reasoning_tokens']}",
+                       param=name)
+    params["max_reasoning_tokens"] = budget
+
+
+def refuse_hidden_states(value: Any, param: str = "return_hidden_states") -> None:
+    """SGLang can return hidden states; thinkform cannot, and a client that asked must not get an answer
+    silently without them."""
+    if value is not None and value is not False:
+        raise APIError(f"{param}: returning hidden states is not supported by this server", param=param)
+
+
+_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
+
+
+def chat_template_kwargs(kwargs: dict[str, Any] | None, effort: Any, reasoning: Any) -> dict[str, Any] | None:
+    """chat_template_kwargs with the thinking switches folded in, as SGLang's protocol does: reasoning_effort
+    (or reasoning.effort) "none" turns thinking off, another effort or reasoning.enabled true turns it on;
+    reasoning.enabled false (OpenRouter) turns it off. Both switch names are set (deepseek-v3 reads
+    `thinking`, qwen3 / glm `enable_thinking`); a value the request gave in chat_template_kwargs wins."""
+    effort = _effort(effort, reasoning)
+    thinking = _reasoning_enabled(reasoning)
+    if effort is not None:
+        thinking = effort != "none"
+    if thinking is None:
+        return kwargs
+    out = dict(kwargs or {})
+    out.setdefault("thinking", thinking)
+    out.setdefault("enable_thinking", thinking)
+    if effort is not None:
+        out.setdefault("reasoning_effort", effort)  # templates that take it (gpt-oss, mistral) see it
+    return out
+
+
+def _effort(effort: Any, reasoning: Any) -> str | float | None:
+    param = "reasoning_effort"
+    if effort is None and isinstance(reasoning, dict):
+        key = "effort" if "effort" in reasoning else "reasoning_effort"
+        effort, param = reasoning.get(key), f"reasoning.{key}"
+    if effort is None:
+        return None
+    if isinstance(effort, str) and effort in _EFFORTS:
+        return effort
+    if isinstance(effort, (int, float)) and not isinstance(effort, bool) and 0.0 <= effort <= 0.99:
+        return float(effort)
+    raise APIError(f"{param}: must be one of {', '.join(sorted(_EFFORTS))} or a number in [0, 0.99], "
+                   f"got {effort!r}", param=param)
+
+
+def _reasoning_enabled(reasoning: Any) -> bool | None:
+    if reasoning is None:
+        return None
+    if not isinstance(reasoning, dict):
+        raise APIError(f"reasoning: must be an object, got {reasoning!r}", param="reasoning")
+    key = "enabled" if "enabled" in reasoning else "enable"
+    value = reasoning.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip().lower() in {"1", "true", "yes", "y", "on"}
+    if not isinstance(value, bool):
+        raise APIError(f"reasoning.{key}: must be a boolean, got {value!r}", param=f"reasoning.{key}")
+    return value
 
 
 def _logit_bias(bias: dict[str, float]) -> dict[int, float]:

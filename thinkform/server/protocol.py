@@ -39,6 +39,7 @@ def warn_unknown(model: BaseModel, where: str) -> None:
 
 class StreamOptions(Lenient):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM / SGLang: every chunk carries the usage so far
 
 
 class JsonSchemaSpec(Lenient):
@@ -68,6 +69,7 @@ class SamplingFields(Lenient):
     min_p: Optional[confloat(ge=0.0, le=1.0)] = None
     seed: Optional[int] = None
     stop: Stop = None
+    stop_regex: Stop = None  # SGLang's: stop where the output matches one of these regexes
     stop_token_ids: Optional[list[int]] = None
     n: conint(ge=1) = 1
     presence_penalty: Optional[confloat(ge=-2.0, le=2.0)] = None
@@ -96,8 +98,14 @@ class SamplingFields(Lenient):
     # the thinking budget in vLLM's spelling, and SGLang's strict-thinking form custom_params.thinking_budget
     thinking_token_budget: Optional[conint(ge=0)] = None
     custom_params: Optional[dict[str, Any]] = None
+    # more spellings of the thinking budget: SGLang's native max_thinking_tokens, and thinking_budget
+    max_thinking_tokens: Optional[conint(ge=0)] = None
+    thinking_budget: Optional[conint(ge=0)] = None
     min_tokens: Optional[conint(ge=0)] = None  # SGLang / vLLM: min_new_tokens
     no_stop_trim: Optional[bool] = None
+    include_stop_str_in_output: Optional[bool] = None  # vLLM's no_stop_trim
+    # SGLang's (bool or "last"); not supported here, so refused (params.refuse_hidden_states), not ignored
+    return_hidden_states: Any = None
 
 
 # ---------- OpenAI: chat ----------
@@ -154,6 +162,13 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     separate_reasoning: bool = True
     stream_reasoning: bool = True
+    # thinking switches (params.chat_template_kwargs folds them into chat_template_kwargs, as SGLang does):
+    # OpenAI's reasoning_effort ("none" turns thinking off) and OpenRouter's reasoning object
+    reasoning_effort: Any = None
+    reasoning: Any = None
+    input_ids: Optional[list[int]] = None  # SGLang: the prompt is these ids, not the rendered messages
+    return_token_ids: bool = False
+    return_prompt_token_ids: bool = False
 
 
 # ---------- OpenAI: completions ----------
@@ -181,7 +196,25 @@ class GenerateRequest(Lenient):
     logprob_start_len: Union[conint(ge=-1), list[conint(ge=-1)], None] = -1
     return_text_in_logprobs: bool = False
     rid: Union[str, list[str], None] = None
+    max_thinking_tokens: Optional[conint(ge=0)] = None  # SGLang: the thinking budget of every prompt
+    return_hidden_states: Any = None  # refused when set: not supported
 
 
 class AbortRequest(Lenient):
-    rid: str = Field(min_length=1)
+    rid: str = ""  # SGLang's AbortReq: optional with abort_all
+    abort_all: bool = False
+
+
+class TokenizeRequest(Lenient):
+    """SGLang's /tokenize: a prompt (or prompts), or chat messages rendered as /v1/chat/completions would."""
+
+    model: str = "default"
+    prompt: Union[str, list[str], None] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(Lenient):
+    model: str = "default"
+    tokens: Union[list[int], list[list[int]]]
+    skip_special_tokens: bool = True

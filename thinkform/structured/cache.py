@@ -116,6 +116,11 @@ class GrammarCache:
             return CacheStats(self._hits, self._misses, self._failures, self._timeouts,
                               self._compile_seconds, len(self._done), len(self._pending), self._abandoned)
 
+    def clear(self) -> None:
+        """Forget every finished compile (compiles in flight still land); the next request compiles anew."""
+        with self._cond:
+            self._done.clear()
+
     def close(self) -> None:
         """Stop the watchdog; compiles still running finish on their daemon threads unobserved."""
         with self._cond:

@@ -1,0 +1,356 @@
+"""SGLang / vLLM server compatibility: routes SGLang serves, request fields its clients send, response
+fields they read. Routing and shapes run against the scripted engine (tests/fake_engine.py); the few
+checks whose meaning needs a model run the real Engine on a tiny model (conftest's engine64,
+reasoning_engine)."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from fake_engine import FakeEngine, default_reply
+from server_fixtures import error_response as _error, running_server, sse_events
+
+QUESTION = [{"role": "user", "content": "Give me the capital of France."}]
+
+
+@pytest.fixture(scope="module")
+def fake():
+    engine = FakeEngine()
+    with running_server(engine) as base:
+        yield engine, base
+
+
+@pytest.fixture
+def served(fake):
+    engine, base = fake
+    engine.reply, engine.busy, engine.chunk_delay_s = default_reply, False, 0.0
+    engine.calls.clear()
+    engine.aborted.clear()
+    return engine, base
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    """A hybrid family (qwen3): thinking is on unless the request turns it off."""
+    engine = FakeEngine(reasoning_parser="qwen3")
+    with running_server(engine) as base:
+        yield engine, base
+
+
+def _client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+
+
+def _chat(base: str, **body) -> httpx.Response:
+    return httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, **body})
+
+
+# ---------------------------------------------------------------- routes SGLang serves
+
+def test_flush_cache_get_and_post_answer_as_sglang(served):
+    engine, base = served
+    for method in ("GET", "POST"):
+        r = httpx.request(method, f"{base}/flush_cache")
+        assert r.status_code == 200 and r.text.startswith("Cache flushed.\n"), r.text
+    assert engine.flushes >= 2
+    engine.busy = True  # requests in flight: nothing is flushed
+    r = httpx.post(f"{base}/flush_cache")
+    assert r.status_code == 400 and "not flushed" in r.text
+
+
+@pytest.mark.parametrize("prefix", ["", "/v1"])
+def test_tokenize_and_detokenize(served, prefix):
+    engine, base = served
+    tok = engine.tokenizer
+    r = httpx.post(f"{base}{prefix}/tokenize", json={"prompt": "Hello world"}).json()
+    assert r == {"tokens": tok.encode("Hello world"), "count": len(tok.encode("Hello world")),
+                 "max_model_len": engine.context_length}
+    plain = httpx.post(f"{base}{prefix}/tokenize", json={"prompt": ["a b", "c"], "add_special_tokens": False}).json()
+    assert plain["tokens"] == [tok.encode("a b", add_special_tokens=False), tok.encode("c", add_special_tokens=False)]
+    assert plain["count"] == [len(t) for t in plain["tokens"]]
+    text = httpx.post(f"{base}{prefix}/detokenize", json={"tokens": plain["tokens"][0]}).json()
+    assert text == {"text": "a b"}
+    both = httpx.post(f"{base}{prefix}/detokenize", json={"tokens": plain["tokens"]}).json()
+    assert both == {"text": ["a b", "c"]}
+
+
+def test_tokenize_messages_gives_the_chat_prompt_ids(served):
+    engine, base = served
+    kwargs = {"chat_template_kwargs": {"enable_thinking": False}}
+    r = httpx.post(f"{base}/tokenize", json={"messages": QUESTION, **kwargs}).json()
+    assert _chat(base, **kwargs).status_code == 200
+    assert r["tokens"] == engine.calls[-1]["input_ids"] and r["count"] == len(r["tokens"])
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/tokenize", {}, "prompt"),
+    ("/tokenize", {"prompt": "x", "messages": QUESTION}, "prompt"),
+    ("/tokenize", {"messages": []}, "messages"),
+    ("/detokenize", {"tokens": [1, -2]}, "tokens"),
+    ("/detokenize", {"tokens": "abc"}, "tokens"),
+])
+def test_bad_tokenize_bodies_are_400_naming_the_field(served, path, body, param):
+    _, base = served
+    _error(httpx.post(f"{base}{path}", json=body), 400, param)
+
+
+def test_models_retrieve_by_id(served):
+    _, base = served
+    model = _client(base).models.retrieve("fake-model")
+    assert model.id == "fake-model" and model.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        _client(base).models.retrieve("other-model")
+    err = _error(httpx.get(f"{base}/v1/models/org/other"), 404, "model", "does not exist")
+    assert err["code"] == "model_not_found"
+
+
+def test_generate_takes_put_as_well_as_post(served):
+    _, base = served
+    r = httpx.put(f"{base}/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 4}})
+    assert r.status_code == 200 and r.json()["text"] == "Paris"
+
+
+def test_ping_and_get_load(served):
+    engine, base = served
+    assert httpx.get(f"{base}/ping").status_code == 200
+    engine.busy = True
+    load = httpx.get(f"{base}/get_load").json()
+    assert isinstance(load, list) and len(load) == 1
+    assert load[0]["num_reqs"] == 3 and load[0]["num_waiting_reqs"] == 1 and load[0]["num_tokens"] == 48
+
+
+# ---------------------------------------------------------------- abort_all, model info
+
+def test_abort_all_needs_no_rid(served):
+    engine, base = served
+    r = httpx.post(f"{base}/abort_request", json={"abort_all": True})
+    assert r.status_code == 200 and r.json()["abort_all"] is True
+    assert engine.aborted == ["*"]
+    assert httpx.post(f"{base}/abort_request", json={"rid": "r-2"}).status_code == 200
+    assert engine.aborted == ["*", "r-2"]
+    _error(httpx.post(f"{base}/abort_request", json={"abort_all": False}), 400, "rid")
+
+
+def test_get_model_info_comes_from_the_engine_plus_the_tool_parser(served):
+    _, base = served
+    info = httpx.get(f"{base}/get_model_info").json()
+    assert info["model_path"] == "fake/model-path" and info["served_model_name"] == "fake-model"
+    assert info["is_generation"] is True and info["context_length"] == 512
+    assert info["reasoning_parser"] == "deepseek-r1" and "tool_call_parser" in info
+
+
+# ---------------------------------------------------------------- usage
+
+def test_usage_has_reasoning_tokens_at_the_top_and_in_the_details(served):
+    _, base = served
+    usage = _chat(base).json()["usage"]
+    assert usage["reasoning_tokens"] == 3 == usage["completion_tokens_details"]["reasoning_tokens"]
+    resp = _client(base).chat.completions.create(model="m", messages=QUESTION)
+    assert resp.usage.completion_tokens_details.reasoning_tokens == 3
+
+
+def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(served):
+    engine, base = served
+    engine.reply = lambda call: "Let me think about it.</think>\n\nParis, of course"
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={
+            "messages": QUESTION, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}) as r:
+        events = sse_events(r)[:-1]
+    assert all("usage" in e for e in events)
+    counts = [e["usage"]["completion_tokens"] for e in events]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] > 0
+    assert all(e["usage"]["prompt_tokens"] == 7 for e in events[1:])
+    assert events[-2]["usage"] == events[-1]["usage"]  # the last chunk's usage is the final one
+    with httpx.stream("POST", f"{base}/v1/completions", json={
+            "prompt": ["a", "b"], "stream": True, "stream_options": {"continuous_usage_stats": True}}) as r:
+        events = sse_events(r)[:-1]
+    assert all("usage" in e for e in events)
+    assert events[-1]["usage"]["prompt_tokens"] == 14  # two prompts, counted once each
+
+
+def test_plain_streams_carry_no_usage_on_their_chunks(served):
+    _, base = served
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": QUESTION, "stream": True}) as r:
+        events = sse_events(r)[:-1]
+    assert not any("usage" in e for e in events)
+
+
+# ---------------------------------------------------------------- thinking controls
+
+@pytest.mark.parametrize("extra", [
+    {"reasoning_effort": "none"},
+    {"reasoning": {"enabled": False}},
+    {"reasoning": {"effort": "none"}},
+    {"chat_template_kwargs": {"enable_thinking": False}},
+])
+def test_thinking_off_switches_all_act_as_enable_thinking_false(hybrid, extra):
+    engine, base = hybrid
+    assert _chat(base, **extra).status_code == 200
+    call = engine.calls[-1]
+    assert call["reasoning_start"] == "answer"
+    assert engine.tokenizer.decode(call["input_ids"]).endswith("<think>\n\n</think>\n\n")  # the template's empty block
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"reasoning_effort": "high"},
+    {"reasoning": {"enabled": True}},
+    {"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}},  # the explicit switch wins
+])
+def test_thinking_stays_on_otherwise(hybrid, extra):
+    engine, base = hybrid
+    assert _chat(base, **extra).status_code == 200
+    assert engine.calls[-1]["reasoning_start"] == "open"
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"reasoning_effort": "turbo"}, "reasoning_effort"),
+    ({"reasoning_effort": True}, "reasoning_effort"),
+    ({"reasoning": "off"}, "reasoning"),
+    ({"reasoning": {"effort": 5}}, "reasoning.effort"),
+    ({"reasoning": {"enabled": 3}}, "reasoning.enabled"),
+])
+def test_bad_thinking_switches_are_400_naming_the_field(hybrid, extra, param):
+    _, base = hybrid
+    _error(_chat(base, **extra), 400, param)
+
+
+@pytest.mark.parametrize("extra, name", [({"max_thinking_tokens": 5}, None), ({"thinking_budget": 5}, None),
+                                         ({"max_thinking_tokens": 5, "max_reasoning_tokens": 6}, "max_thinking_tokens"),
+                                         ({"thinking_budget": 5, "max_reasoning_tokens": 6}, "thinking_budget")])
+def test_chat_thinking_budget_spellings(served, extra, name):
+    engine, base = served
+    r = _chat(base, **extra)
+    if name is None:
+        assert r.status_code == 200 and engine.calls[-1]["sampling_params"]["max_reasoning_tokens"] == 5
+    else:
+        _error(r, 400, name, "conflicts")
+
+
+def test_generate_max_thinking_tokens_caps_every_prompt(served):
+    engine, base = served
+    assert httpx.post(f"{base}/generate", json={"text": "x", "max_thinking_tokens": 4}).status_code == 200
+    assert engine.calls[-1]["sampling_params"] == {"max_reasoning_tokens": 4}
+    body = {"text": ["a", "b"], "max_thinking_tokens": 4,
+            "sampling_params": [{"max_new_tokens": 8}, {"max_new_tokens": 9}]}
+    assert httpx.post(f"{base}/generate", json=body).status_code == 200
+    assert engine.calls[-1]["sampling_params"] == [{"max_new_tokens": 8, "max_reasoning_tokens": 4},
+                                                   {"max_new_tokens": 9, "max_reasoning_tokens": 4}]
+    assert body["sampling_params"][0] == {"max_new_tokens": 8}
+    _error(httpx.post(f"{base}/generate", json={"text": "x", "max_thinking_tokens": 4,
+                                                "sampling_params": {"max_reasoning_tokens": 2}}),
+           400, "max_thinking_tokens", "conflicts")
+    _error(httpx.post(f"{base}/generate", json={"text": "x", "max_thinking_tokens": -1}), 400, "max_thinking_tokens")
+
+
+# ---------------------------------------------------------------- chat extras
+
+def test_chat_input_ids_are_the_prompt(served):
+    engine, base = served
+    ids = engine.tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    r = _chat(base, input_ids=ids, return_prompt_token_ids=True)
+    assert r.status_code == 200, r.text
+    assert engine.calls[-1]["input_ids"] == ids
+    choice = r.json()["choices"][0]
+    assert choice["prompt_token_ids"] == ids and "token_ids" not in choice
+    _error(_chat(base, input_ids=[]), 400, "input_ids")
+    _error(_chat(base, input_ids=[1, -5]), 400, "input_ids")
+
+
+def test_return_token_ids(served):
+    engine, base = served
+    plain = _chat(base).json()["choices"][0]
+    assert "token_ids" not in plain and "prompt_token_ids" not in plain
+    choice = _chat(base, return_token_ids=True).json()["choices"][0]
+    assert choice["token_ids"] == engine.tokenizer.encode("Let me think.</think>\n\nParis", add_special_tokens=False)
+    assert choice["prompt_token_ids"] == engine.calls[-1]["input_ids"]  # SGLang: with return_token_ids too
+    for name in ("return_token_ids", "return_prompt_token_ids"):
+        _error(_chat(base, stream=True, **{name: True}), 400, name, "stream")
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": QUESTION, "return_hidden_states": True}),
+    ("/v1/chat/completions", {"messages": QUESTION, "return_hidden_states": "last"}),
+    ("/v1/completions", {"prompt": "x", "return_hidden_states": True}),
+    ("/generate", {"text": "x", "return_hidden_states": True}),
+])
+def test_return_hidden_states_is_refused_not_ignored(served, path, body):
+    engine, base = served
+    _error(httpx.post(f"{base}{path}", json=body), 400, "return_hidden_states", "not supported")
+    assert not engine.calls
+    assert httpx.post(f"{base}{path}", json={**body, "return_hidden_states": False}).status_code == 200
+
+
+def test_include_stop_str_in_output_is_no_stop_trim(served):
+    engine, base = served
+    assert _chat(base, stop=["x"], include_stop_str_in_output=True).status_code == 200
+    assert engine.calls[-1]["sampling_params"]["no_stop_trim"] is True
+    assert _chat(base, stop=["x"], include_stop_str_in_output=False).status_code == 200
+    assert "no_stop_trim" not in engine.calls[-1]["sampling_params"]
+
+
+def test_stop_regex_reaches_the_engine_from_both_openai_routes(served):
+    engine, base = served
+    assert _chat(base, stop_regex="[0-9]{3}").status_code == 200
+    assert engine.calls[-1]["sampling_params"]["stop_regex"] == "[0-9]{3}"
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "stop_regex": ["a+b", "c"]})
+    assert r.status_code == 200 and engine.calls[-1]["sampling_params"]["stop_regex"] == ["a+b", "c"]
+
+
+# ---------------------------------------------------------------- /generate rids
+
+def test_generate_batch_with_a_string_rid_passes_it_to_the_engine(served):
+    engine, base = served
+    r = httpx.post(f"{base}/generate", json={"text": ["a", "b"], "rid": "batch-rid"})
+    assert r.status_code == 200 and len(r.json()) == 2
+    assert engine.calls[-1]["rid"] == "batch-rid"
+    assert httpx.post(f"{base}/generate", json={"text": ["a", "b"], "rid": ["r1", "r2"]}).status_code == 200
+    assert engine.calls[-1]["rid"] == ["r1", "r2"]
+    _error(httpx.post(f"{base}/generate", json={"text": ["a", "b"], "rid": ["r1"]}), 400, "rid", "one id per prompt")
+
+
+def test_a_client_leaving_a_batch_stream_aborts_each_item_id(served):
+    """The engine names a string rid's batch items rid_0, rid_1, ... (SGLang's expansion): those are aborted."""
+    engine, base = served
+    engine.chunk_delay_s, engine.reply = 0.1, (lambda call: "x" * 300)
+    try:
+        with httpx.stream("POST", f"{base}/generate", json={"text": ["a", "b"], "rid": "gone", "stream": True}) as r:
+            for _ in zip(range(3), r.iter_lines()):
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not {"gone_0", "gone_1"} <= set(engine.aborted):
+            time.sleep(0.05)
+        assert {"gone_0", "gone_1"} <= set(engine.aborted), engine.aborted
+    finally:
+        engine.chunk_delay_s = 0.0
+
+
+# ---------------------------------------------------------------- the real engine
+
+@pytest.fixture(scope="module")
+def real64(engine64):
+    with running_server(engine64) as base:
+        yield engine64, base
+
+
+def test_real_engine_flush_cache_and_tokenize_match_the_chat_prompt(real64):
+    engine, base = real64
+    r = httpx.get(f"{base}/flush_cache", timeout=30)
+    assert r.status_code == 200 and r.text.startswith("Cache flushed.")
+    counted = httpx.post(f"{base}/v1/tokenize", json={"messages": QUESTION}).json()
+    usage = _chat(base, max_tokens=2, temperature=0).json()["usage"]
+    assert counted["count"] == usage["prompt_tokens"] and counted["max_model_len"] == engine.context_length
+    info = httpx.get(f"{base}/get_model_info").json()
+    assert info["model_path"] == engine.args.model_path and "tool_call_parser" in info
+
+
+def test_real_engine_max_thinking_tokens_caps_the_thinking(reasoning_engine):
+    with running_server(reasoning_engine) as base:
+        out = httpx.post(f"{base}/generate", timeout=60, json={
+            "text": "Question:", "require_reasoning": True, "max_thinking_tokens": 5,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 48, "regex": "(Paris|London)"}}).json()
+    meta = out["meta_info"]
+    assert 5 <= meta["reasoning_tokens"] <= 5 + 4 and meta["content"] in ("Paris", "London")

@@ -1,0 +1,137 @@
+"""SGLang code against the offline Engine: its constructor arguments, generate() keywords, batch request ids,
+sampling defaults from the model's generation_config.json, stop_regex, and the Engine methods scripts call."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from thinkform import Engine
+from thinkform.args import EngineArgs
+from thinkform.launch_server import make_parser
+
+GREEDY = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def model_with_generation_config(tiny_model_dirs, tmp_path_factory):
+    """The llama tiny model, its generation_config.json saying what its author samples with: top_k 1."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("gencfg") / "llama"
+    shutil.copytree(tiny_model_dirs["llama"], path)
+    config = json.loads((path / "generation_config.json").read_text())
+    (path / "generation_config.json").write_text(json.dumps({**config, "top_k": 1, "temperature": 0.6}))
+    return path
+
+
+def _texts(engine: Engine, params: dict, times: int = 3) -> set[str]:
+    return {engine.generate("Hello there", {"max_new_tokens": 12, **params})["text"] for _ in range(times)}
+
+
+def test_unset_sampling_params_come_from_the_models_generation_config(model_with_generation_config):
+    with Engine(model_path=str(model_with_generation_config), dtype="float32") as engine:
+        assert len(_texts(engine, {})) == 1  # top_k 1 from the file: greedy without asking
+        assert len(_texts(engine, {"top_k": -1})) > 1  # what the request sets wins
+    with Engine(model_path=str(model_with_generation_config), dtype="float32", sampling_defaults="openai") as engine:
+        assert len(_texts(engine, {})) > 1
+
+
+def test_preferred_sampling_params_fill_what_a_request_leaves_unset(tiny_model_dirs):
+    with Engine(model_path=str(tiny_model_dirs["llama"]), dtype="float32",
+                preferred_sampling_params=json.dumps({"temperature": 0})) as engine:
+        assert len(_texts(engine, {})) == 1
+    with pytest.raises(ValueError, match="preferred_sampling_params"):
+        EngineArgs.from_kwargs(preferred_sampling_params="[1, 2]")
+
+
+def test_sglang_engine_arguments_are_accepted_at_their_neutral_values(tiny_model_dirs):
+    with Engine(model_path=str(tiny_model_dirs["llama"]), trust_remote_code=True, tp_size=1, dp_size=1,
+                enable_metrics=True, kv_cache_dtype="auto", log_requests=False) as engine:
+        assert engine.generate("Hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+    for bad in ({"tp_size": 2}, {"skip_tokenizer_init": True}, {"kv_cache_dtype": "fp8_e5m2"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EngineArgs.from_kwargs(**bad)
+    with pytest.raises(ValueError, match="unknown engine argument"):
+        EngineArgs.from_kwargs(no_such_thing=1)
+    ns = make_parser().parse_args(["--trust-remote-code", "--tp", "1", "--enable-metrics", "--skip-server-warmup",
+                                   "--sampling-defaults", "openai"])
+    assert EngineArgs.from_cli_args(ns).sampling_defaults == "openai"
+    with pytest.raises(ValueError, match="tp_size"):
+        EngineArgs.from_cli_args(make_parser().parse_args(["--tp-size", "2"]))
+
+
+def test_generate_takes_sglangs_keywords_at_the_values_that_ask_for_nothing(engine64):
+    out = engine64.generate("Hi", {"max_new_tokens": 2}, lora_path=None, image_data=None, custom_logit_processor=None,
+                            return_hidden_states=False, token_ids_logprob=None, top_logprobs_num=None,
+                            logprob_start_len=None)
+    assert out["meta_info"]["completion_tokens"] == 2
+    with pytest.raises(ValueError, match="return_hidden_states"):
+        engine64.generate("Hi", {"max_new_tokens": 2}, return_hidden_states=True)
+    with pytest.raises(TypeError, match="no_such_keyword"):
+        engine64.generate("Hi", no_such_keyword=1)
+
+
+def test_a_batchs_rids_are_per_prompt_and_abort_one_prompt_only(engine64):
+    prompts = ["Hello", "The answer is", "Give me"]
+    outs = engine64.generate(prompts, {"max_new_tokens": 2}, rid=["r-a", "r-b", "r-c"])
+    assert [o["meta_info"]["id"] for o in outs] == ["r-a", "r-b", "r-c"]
+    outs = engine64.generate(prompts, {"max_new_tokens": 2}, rid="batch")
+    assert [o["meta_info"]["id"] for o in outs] == ["batch_0", "batch_1", "batch_2"]
+    outs = engine64.generate(prompts[:2], {"max_new_tokens": 2, "n": 2}, rid=["x", "y"])
+    assert [o["meta_info"]["id"] for o in outs] == ["x-0", "x-1", "y-0", "y-1"]
+    stream = engine64.generate(prompts, {**GREEDY, "max_new_tokens": 400}, rid=["s0", "s1", "s2"], stream=True)
+    next(stream)
+    assert engine64.abort_request("s1") is True
+    finals = {}
+    for chunk in stream:
+        if chunk["meta_info"]["finish_reason"] is not None:
+            finals[chunk["meta_info"]["id"]] = chunk["meta_info"]["finish_reason"]["type"]
+    assert finals == {"s0": "length", "s1": "abort", "s2": "length"}
+    for bad in (["only-one"], ["d", "d", "d"]):
+        with pytest.raises(ValueError, match="rid"):
+            engine64.generate(prompts, {"max_new_tokens": 1}, rid=bad)
+
+
+def test_abort_all_flush_cache_and_info(engine64):
+    stream = engine64.generate("Hello", {**GREEDY, "max_new_tokens": 2000}, stream=True)
+    next(stream)
+    assert engine64.flush_cache() is False  # a request is in flight: its pages are in use
+    assert engine64.abort_request(abort_all=True) is True
+    assert list(stream)[-1]["meta_info"]["finish_reason"]["type"] == "abort"
+    engine64.generate("The answer is always forty two", GREEDY)
+    assert engine64.generate("The answer is always forty two", GREEDY)["meta_info"]["cached_tokens"] > 0
+    assert engine64.flush_cache() is True
+    assert engine64.generate("The answer is always forty two", GREEDY)["meta_info"]["cached_tokens"] == 0
+    assert engine64.get_model_info()["is_generation"] is True
+    assert engine64.get_server_info()["context_length"] == engine64.context_length
+
+
+def test_stop_regex_ends_the_output_where_it_matches(engine64):
+    whole = engine64.generate("Hello", GREEDY)["text"]
+    cut = len(whole) // 2
+    pattern = "".join(f"\\x{ord(c):02x}" if ord(c) < 256 else c for c in whole[cut:cut + 2])
+    out = engine64.generate("Hello", {**GREEDY, "stop_regex": pattern})
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": pattern}
+    assert whole.startswith(out["text"]) and out["text"] == whole[:whole.index(whole[cut:cut + 2])]
+    kept = engine64.generate("Hello", {**GREEDY, "stop_regex": [pattern], "no_stop_trim": True})["text"]
+    assert kept == whole[:whole.index(whole[cut:cut + 2]) + 2]
+    for bad in ("(", "x*"):
+        with pytest.raises(ValueError, match="stop_regex"):
+            engine64.generate("Hello", {"stop_regex": bad})
+
+
+def test_no_stop_trim_keeps_a_stop_tokens_text(engine64):
+    ids = engine64.generate("Hello", GREEDY)["output_ids"]
+    stop = ids[5]
+    trimmed = engine64.generate("Hello", {**GREEDY, "stop_token_ids": [stop]})
+    kept = engine64.generate("Hello", {**GREEDY, "stop_token_ids": [stop], "no_stop_trim": True})
+    assert trimmed["output_ids"] == kept["output_ids"] == ids[:ids.index(stop) + 1]
+    assert kept["text"] == engine64.tokenizer.decode(kept["output_ids"]) != trimmed["text"]
+
+
+def test_sampling_seed_is_seed(engine64):
+    a = engine64.generate("Hello", {"max_new_tokens": 8, "sampling_seed": 11})["text"]
+    assert a == engine64.generate("Hello", {"max_new_tokens": 8, "seed": 11})["text"]
+    with pytest.raises(ValueError, match="sampling_seed"):
+        engine64.generate("Hello", {"sampling_seed": 1, "seed": 2})
