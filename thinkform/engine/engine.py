@@ -167,10 +167,14 @@ class Engine:
         if stream:
             return self._stream_sync(req, inbox)
         finals = []
-        while len(finals) < req.num_seqs:
-            d = inbox.get()
-            if d.finished:
-                finals.append(d)
+        try:
+            while len(finals) < req.num_seqs:
+                d = inbox.get()
+                if d.finished:
+                    finals.append(d)
+        except BaseException:  # Ctrl-C: nobody will read the rest, end the request
+            self._abort_request(req)
+            raise
         return self._shape(req, finals)
 
     async def async_generate(self, prompt: str | list[str] | None = None,
@@ -187,7 +191,15 @@ class Engine:
         await self._compile_async(req)
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
-        self._submit(req, lambda d: aloop.call_soon_threadsafe(inbox.put_nowait, d))
+
+        def deliver(d: _Delivery) -> None:
+            try:
+                aloop.call_soon_threadsafe(inbox.put_nowait, d)
+            except RuntimeError:  # the caller's event loop is closed: nobody will read, end the request
+                if not d.finished:
+                    self.loop.abort_seq(d.seq)
+
+        self._submit(req, deliver)
         if stream:
             return self._stream_async(req, inbox)
         try:

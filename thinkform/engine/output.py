@@ -39,6 +39,7 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
         "prompt_tokens": len(seq.prompt_ids),
         "completion_tokens": len(seq.output_ids),
         "cached_tokens": seq.num_cached,
+        "num_retractions": max(0, seq.admissions - 1),  # preempted and recomputed (SGLang's name)
         "reasoning_tokens": gate.reasoning_tokens if gate is not None else 0,
         "constraint_satisfied": gate.constraint_satisfied if gate is not None else None,
         "closed_by_budget": gate.closed_by_budget if gate is not None else False,

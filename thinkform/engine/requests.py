@@ -309,5 +309,9 @@ def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any) -> Ca
             if not finished:
                 return
             output = failed_output(seq, e)
-        sink(seq, output, finished)
+        try:
+            sink(seq, output, finished)
+        except Exception as e:  # noqa: BLE001 - a caller that cannot take its output must not stop the loop
+            logger.error("request %s-%d: its output could not be delivered: %s: %s", seq.rid, seq.index,
+                         type(e).__name__, e)
     return deliver

@@ -60,9 +60,9 @@ class Scheduler:
     # -- prefill: new sequences, preempted ones, and long extends, in chunks -----------------------------
     def _schedule_prefill(self) -> ScheduledBatch | None:
         seqs, counts, budget = [], [], self.chunk_size
-        for seq in self.running:
-            if seq.num_pending > SMALL_EXTEND and budget > 0:
-                n = self._grow(seq, min(seq.num_pending, budget))
+        for seq in list(self.running):
+            if seq.status is Status.RUNNING and seq.num_pending > SMALL_EXTEND and budget > 0:
+                n = self._fit(seq, min(seq.num_pending, budget), seqs, counts, partial=True)
                 if n:
                     seqs.append(seq), counts.append(n)
                     budget -= n
@@ -98,7 +98,10 @@ class Scheduler:
         self.pool.retain(match.pages)
         seq.block_table = list(match.pages)
         seq.page_hashes = list(match.hashes)
-        seq.num_computed = seq.num_cached = match.num_pages * self.pool.page_size
+        seq.num_computed = match.num_pages * self.pool.page_size
+        if seq.admissions == 0:  # prompt tokens the cache served; a re-admission's hits are its own pages
+            seq.num_cached = min(seq.num_computed, len(seq.prompt_ids))
+        seq.admissions += 1
         seq.status = Status.RUNNING
         return True
 
@@ -108,18 +111,33 @@ class Scheduler:
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or not 0 < seq.num_pending <= SMALL_EXTEND:
                 continue
-            while seq.status is Status.RUNNING and not self._grow(seq, seq.num_pending):
-                victim = self._pick_victim(exclude=seq)
-                if victim is None:
-                    self._preempt(seq)
-                    break
-                self._preempt(victim)
-                if victim in seqs:
-                    i = seqs.index(victim)
-                    del seqs[i], counts[i]
-            if seq.status is Status.RUNNING:
+            if self._fit(seq, seq.num_pending, seqs, counts, partial=False):
                 seqs.append(seq), counts.append(seq.num_pending)
         return ScheduledBatch(seqs, counts) if seqs else None
+
+    def _fit(self, seq: Sequence, n: int, seqs: list[Sequence], counts: list[int], partial: bool) -> int:
+        """Pages for n more computed tokens of seq (with `partial`, for as many of them as the pool holds);
+        while there is no room at all, the latest-running other sequence is preempted (and leaves this
+        step's batch). Returns the tokens seq computes now: 0 when seq itself had to be preempted.
+
+        An extend longer than a decode's (grammar-forced text) takes what room there is rather than waiting
+        for all of it: when every running sequence waits like that, nothing frees pages and nothing runs."""
+        while True:
+            fits = min(n, self._room(seq)) if partial else (n if self._pages_short(seq, n) <= self.pool.num_available else 0)
+            if fits > 0:
+                return self._grow(seq, fits)
+            victim = self._pick_victim(exclude=seq)
+            if victim is None:
+                self._preempt(seq)
+                return 0
+            self._preempt(victim)
+            if victim in seqs:
+                i = seqs.index(victim)
+                del seqs[i], counts[i]
+
+    def _room(self, seq: Sequence) -> int:
+        """Tokens seq could compute now: its own pages' free slots plus every page the pool has."""
+        return (len(seq.block_table) + self.pool.num_available) * self.pool.page_size - seq.num_computed
 
     def schedule_ahead(self, seqs: list[Sequence], tokens: list[int]) -> ScheduledBatch | None:
         """The next decode step of `seqs` (each fed its just-sampled token), when they are all that runs,

@@ -64,7 +64,8 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     num_computed: int = 0
-    num_cached: int = 0
+    num_cached: int = 0  # prompt tokens the prefix cache served at admission
+    admissions: int = 0  # 1 + the times it was preempted and admitted again (recomputed)
     block_table: list[int] = field(default_factory=list)
     page_hashes: list[int] = field(default_factory=list)
     finish: FinishReason | None = None

@@ -1,0 +1,91 @@
+"""A KV cache too small for everything at once: requests wait, are preempted and recomputed, and still all
+finish with what they would have written alone; callers that go away never take the engine with them."""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+
+import jsonschema
+import pytest
+
+from thinkform import Engine
+
+LONG = "b" + "_this_is_a_very_long_property_name_that_the_grammar_forces" * 2
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, LONG: {"type": "integer"}},
+          "required": ["a", LONG], "additionalProperties": False}
+
+
+def _in_time(work, seconds: float):
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("out", work()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the engine stopped making progress"
+    return box["out"]
+
+
+@pytest.mark.parametrize("total", [168, 240])
+def test_grammar_forced_text_longer_than_a_decode_finishes_in_a_full_cache(tiny_model_dirs, total):
+    """Jump-forward appends a long forced key (38 tokens) that is computed as an extend; when every running
+    request waited for pages that way, no step ran again and the engine hung."""
+    with Engine(model_path=str(tiny_model_dirs["llama"]), dtype="float32", max_total_tokens=total, page_size=4,
+                chunked_prefill_size=64) as engine:
+        outs = _in_time(lambda: engine.generate(["The capital of France"] * 6, {
+            "max_new_tokens": 150, "temperature": 0, "json_schema": json.dumps(SCHEMA)}), 120)
+        assert all(o["meta_info"]["finish_reason"]["type"] == "stop" for o in outs)
+        for out in outs:
+            jsonschema.validate(json.loads(out["text"]), SCHEMA)
+        alone = engine.generate("The capital of France", {"max_new_tokens": 150, "temperature": 0,
+                                                          "json_schema": json.dumps(SCHEMA)})
+        assert all(o["output_ids"] == alone["output_ids"] for o in outs)
+
+
+def test_cached_tokens_count_the_prompt_only_across_preemptions(tiny_model_dirs):
+    with Engine(model_path=str(tiny_model_dirs["llama"]), dtype="float32", max_total_tokens=160, page_size=8,
+                chunked_prefill_size=32) as engine:
+        prompts = [f"Question {k}: what is the capital of France and its population" for k in range(8)]
+        outs = engine.generate(prompts, {"max_new_tokens": 40, "temperature": 0, "ignore_eos": True})
+        assert any(o["meta_info"]["num_retractions"] > 0 for o in outs)  # the cache was too small for all
+        assert all(o["meta_info"]["cached_tokens"] <= o["meta_info"]["prompt_tokens"] for o in outs)
+
+
+def test_a_callers_closed_event_loop_leaves_the_engine_serving(engine64):
+    """asyncio.run(wait_for(async_generate(...), t)) gives up and closes its loop while the request runs:
+    the request ends, the engine does not."""
+    async def give_up():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine64.async_generate("Hello", {"max_new_tokens": 2000, "ignore_eos": True}), 0.2)
+
+    asyncio.run(give_up())
+    time.sleep(0.5)
+    assert engine64.is_healthy()
+    assert engine64.generate("Hello", {"max_new_tokens": 3})["meta_info"]["completion_tokens"] == 3
+    deadline = time.time() + 10
+    while engine64.loop.stats()["running"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine64.loop.stats()["running"] == 0
+
+
+def test_an_interrupted_generate_aborts_its_request(engine64):
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(*_):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            engine64.generate("Hello", {"max_new_tokens": 4000, "ignore_eos": True}, rid="interrupted")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    deadline = time.time() + 10
+    while engine64.loop.stats()["running"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine64.loop.stats()["running"] == 0
+    assert engine64.generate("Hello", {"max_new_tokens": 2}, rid="interrupted")["meta_info"]["completion_tokens"] == 2
