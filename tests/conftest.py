@@ -29,6 +29,24 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizer):
             for i, arch in enumerate(("llama", "qwen2", "qwen3"))}
 
 
+@pytest.fixture(scope="module")
+def fake():
+    """A server over the scripted FakeEngine, one per test module."""
+    from fake_engine import FakeEngine
+    from server_fixtures import running_server
+
+    engine = FakeEngine()
+    with running_server(engine) as base:
+        yield engine, base
+
+
+@pytest.fixture
+def served(fake):
+    engine, base = fake
+    engine.reset()
+    return engine, base
+
+
 @pytest.fixture(scope="session")
 def engine64(tiny_model_dirs):
     """float64 engine: greedy equality tests must not flip on near-ties."""

@@ -45,6 +45,12 @@ class FakeEngine:
         self.served_model_name = "fake-model"
         self.context_length = 512
 
+    def reset(self) -> None:
+        """Back to the scripted defaults between tests that share one server."""
+        self.reply, self.overloaded, self.healthy, self.busy, self.chunk_delay_s = default_reply, False, True, False, 0.0
+        self.calls.clear()
+        self.aborted.clear()
+
     def is_healthy(self) -> bool:
         return self.healthy
 

@@ -30,31 +30,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
-@pytest.fixture(scope="module")
-def fake():
-    engine = FakeEngine()
-    with running_server(engine) as base:
-        yield engine, base
-
-
-@pytest.fixture
-def served(fake):
-    engine, base = fake
-    engine.reply, engine.overloaded, engine.healthy, engine.chunk_delay_s = _default, False, True, 0.0
-    engine.calls.clear()
-    engine.aborted.clear()
-    return engine, base
-
-
-def _default(call):
-    from fake_engine import default_reply
-    return default_reply(call)
-
-
 def _client(base: str, key: str = "none") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
-
-
 
 
 # ---------------------------------------------------------------- chat

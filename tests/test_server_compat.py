@@ -10,26 +10,12 @@ import httpx
 import openai
 import pytest
 
-from fake_engine import FakeEngine, default_reply
+from fake_engine import FakeEngine
 from server_fixtures import error_response as _error, running_server, sse_events
 
 QUESTION = [{"role": "user", "content": "Give me the capital of France."}]
 
 
-@pytest.fixture(scope="module")
-def fake():
-    engine = FakeEngine()
-    with running_server(engine) as base:
-        yield engine, base
-
-
-@pytest.fixture
-def served(fake):
-    engine, base = fake
-    engine.reply, engine.busy, engine.chunk_delay_s = default_reply, False, 0.0
-    engine.calls.clear()
-    engine.aborted.clear()
-    return engine, base
 
 
 @pytest.fixture(scope="module")
