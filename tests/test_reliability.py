@@ -472,12 +472,15 @@ def parse_metrics(text: str) -> dict[str, float]:
             continue
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge"), line
+            assert kind in ("counter", "gauge", "histogram"), line
             types[name] = kind
             continue
         assert _SAMPLE.match(line), f"not a Prometheus sample: {line!r}"
         key, value = line.rsplit(" ", 1)
-        assert key.split("{")[0] in types, f"sample without TYPE: {line!r}"
+        base = key.split("{")[0]
+        family = next((base.removesuffix(s) for s in ("_bucket", "_sum", "_count")
+                       if types.get(base.removesuffix(s)) == "histogram"), base)
+        assert family in types, f"sample without TYPE: {line!r}"
         values[key] = float(value)
     return values
 
@@ -509,6 +512,15 @@ def test_metrics_in_prometheus_format_track_requests(real):
     assert after["thinkform_kv_pages_used"] == 0 and after["thinkform_kv_usage_ratio"] == 0
     assert after["thinkform_num_requests_waiting"] == 0 and after["thinkform_num_requests_running"] == 0
     assert after["thinkform_engine_healthy"] == 1
+    # the same under SGLang's names, so its dashboards read them
+    model = f'{{model_name="{engine.served_model_name}"}}'
+    assert grew(f"sglang:prompt_tokens_total{model}", 2) and grew(f"sglang:num_requests_total{model}", 2)
+    assert grew(f"sglang:num_so_requests_total{model}", 2) and after[f"sglang:num_running_reqs{model}"] == 0
+    assert after[f"sglang:token_usage{model}"] == 0 and 0 <= after[f"sglang:cache_hit_rate{model}"] <= 1
+    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "inter_token_latency_seconds"):
+        count = after[f"sglang:{name}_count{model}"]
+        assert grew(f"sglang:{name}_count{model}", 2) and after[f"sglang:{name}_sum{model}"] > 0
+        assert after[f'sglang:{name}_bucket{{le="+Inf",model_name="{engine.served_model_name}"}}'] == count
 
 
 def test_queue_and_batch_gauges_move_under_load(real):

@@ -76,6 +76,7 @@ def test_tokenize_messages_gives_the_chat_prompt_ids(served):
     ("/tokenize", {"prompt": "x", "messages": QUESTION}, "prompt"),
     ("/tokenize", {"messages": []}, "messages"),
     ("/detokenize", {"tokens": [1, -2]}, "tokens"),
+    ("/detokenize", {"tokens": [1, 10**9]}, "tokens"),  # past the vocabulary
     ("/detokenize", {"tokens": "abc"}, "tokens"),
 ])
 def test_bad_tokenize_bodies_are_400_naming_the_field(served, path, body, param):

@@ -3,6 +3,7 @@ sampling defaults from the model's generation_config.json, stop_regex, and the E
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -35,6 +36,22 @@ def test_unset_sampling_params_come_from_the_models_generation_config(model_with
         assert len(_texts(engine, {"top_k": -1})) > 1  # what the request sets wins
     with Engine(model_path=str(model_with_generation_config), dtype="float32", sampling_defaults="openai") as engine:
         assert len(_texts(engine, {})) > 1
+
+
+def test_odd_generation_config_values_never_stop_the_model_from_serving(tiny_model_dirs, tmp_path):
+    """transformers' top_k 0 means no top-k (ours: -1); a value no request could give (top_p 0) is left
+    out with a warning instead of failing the start."""
+    import shutil
+
+    from thinkform.models.loader import generation_defaults
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["llama"], path)
+    (path / "generation_config.json").write_text(json.dumps({"top_k": 0, "top_p": 0.0, "temperature": 0.7}))
+    assert generation_defaults(path) == {"top_k": -1, "top_p": 0.0, "temperature": 0.7}
+    with Engine(model_path=str(path), dtype="float32") as engine:
+        assert engine.parts.sampling_defaults == {"top_k": -1, "temperature": 0.7}
+        assert engine.generate("Hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
 
 
 def test_preferred_sampling_params_fill_what_a_request_leaves_unset(tiny_model_dirs):
@@ -119,6 +136,21 @@ def test_stop_regex_ends_the_output_where_it_matches(engine64):
     for bad in ("(", "x*"):
         with pytest.raises(ValueError, match="stop_regex"):
             engine64.generate("Hello", {"stop_regex": bad})
+
+
+def test_a_stream_never_sends_text_a_stop_regex_then_cuts(engine64):
+    """The match spans two tokens: its first part is held back until the match is decided, so streamed text
+    only grows and ends as the non-streamed text (a match that never completes is sent once it cannot)."""
+    ids = engine64.generate("Hello", GREEDY)["output_ids"]
+    tok = engine64.tokenizer
+    k = next(i for i in range(3, len(ids) - 1) if tok.decode(ids[i]) and tok.decode(ids[i + 1]))
+    pair = tok.decode(ids[k])[-1] + tok.decode(ids[k + 1])[0]
+    for pattern in (re.escape(pair), re.escape(pair[0]) + "ZZZ"):  # the second never completes
+        params = {**GREEDY, "stop_regex": pattern}
+        final = engine64.generate("Hello", params)["text"]
+        texts = [c["text"] for c in engine64.generate("Hello", params, stream=True)]
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:])) and texts[-1] == final
+        assert all(final.startswith(t) for t in texts)
 
 
 def test_no_stop_trim_keeps_a_stop_tokens_text(engine64):

@@ -1,7 +1,7 @@
 """Incremental detokenization: correct for multi-byte UTF-8 split across tokens; stop strings."""
 from __future__ import annotations
 
-import re
+import regex
 
 from typing import Any
 
@@ -83,7 +83,7 @@ def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | No
 STOP_REGEX_LOOKBACK = 1024
 
 
-def find_stop_regex(text: str, new_len: int, patterns: list[re.Pattern]) -> tuple[int, int, str] | None:
+def find_stop_regex(text: str, new_len: int, patterns: list[regex.Pattern]) -> tuple[int, int, str] | None:
     """Earliest match of a stop regex that ends inside the last new_len chars of text: (start, end, pattern)."""
     best: tuple[int, int, str] | None = None
     tail = len(text) - new_len
@@ -93,6 +93,20 @@ def find_stop_regex(text: str, new_len: int, patterns: list[re.Pattern]) -> tupl
             m = rx.search(text, m.start() + 1)
         if m is not None and (best is None or m.start() < best[0]):
             best = (m.start(), m.end(), rx.pattern)
+    return best
+
+
+def partial_stop_regex_len(text: str, patterns: list[regex.Pattern]) -> int:
+    """Length of the longest end of text where a stop regex's match has begun but not ended (a partial
+    match reaching the end): a stream holds it back, since the next tokens may complete the match."""
+    best = 0
+    start = max(0, len(text) - STOP_REGEX_LOOKBACK)
+    for rx in patterns:
+        m = rx.search(text, start, partial=True)
+        while m is not None and not m.partial:  # a whole match already took its stop; look past it
+            m = rx.search(text, max(m.end(), m.start() + 1), partial=True)
+        if m is not None:
+            best = max(best, len(text) - m.start())
     return best
 
 

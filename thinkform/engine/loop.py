@@ -13,6 +13,7 @@ import torch
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import find_stop, find_stop_regex
 from thinkform.engine.errors import EngineDead
+from thinkform.engine.histogram import Histogram
 from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
@@ -22,6 +23,8 @@ from thinkform.structured.bitmask import sparse_allowed_ids
 from thinkform.structured.gate import Phase
 
 logger = logging.getLogger("thinkform")
+
+LATENCY_HISTOGRAMS = ("time_to_first_token_seconds", "e2e_request_latency_seconds", "inter_token_latency_seconds")
 
 
 @dataclass
@@ -54,7 +57,9 @@ class EngineLoop:
         self._closed = False  # set once the thread has failed what it held: submit() refuses from then on
         self.counters = {"steps": 0, "forward_tokens": 0, "finished": 0, "aborted": 0, "generated_tokens": 0,
                          "forced_tokens": 0, "jump_tokens": 0, "sparse_logit_rows": 0, "prompt_tokens": 0,
-                         "reasoning_tokens": 0, "finished_stop": 0, "finished_length": 0, "finished_abort": 0}
+                         "reasoning_tokens": 0, "finished_stop": 0, "finished_length": 0, "finished_abort": 0,
+                         "cached_tokens": 0, "constrained_finished": 0}
+        self.latency = {name: Histogram() for name in LATENCY_HISTOGRAMS}
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
         self._masks: torch.Tensor | None = None  # the step's bitmask rows (pinned for a GPU), reused
@@ -146,7 +151,7 @@ class EngineLoop:
 
     def stats(self) -> dict[str, Any]:
         pool = self.parts.pool
-        return {**self.counters, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
+        return {**self.counters, "latency": {name: h.snapshot() for name, h in self.latency.items()}, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
                 "kv_pages_total": pool.num_pages, "kv_pages_used": pool.num_used, "page_size": pool.page_size}
 
     # -- the thread -----------------------------------------------------------------------------------------
@@ -460,11 +465,23 @@ class EngineLoop:
         self.counters[f"finished_{reason.type}"] = self.counters.get(f"finished_{reason.type}", 0) + 1
         self.counters["prompt_tokens"] += len(seq.prompt_ids)
         self.counters["reasoning_tokens"] += seq.gate.reasoning_tokens if seq.gate is not None else 0
+        self.counters["cached_tokens"] += seq.num_cached
+        self.counters["constrained_finished"] += seq.gate is not None and seq.gate.matcher is not None
+        self._observe_latency(seq)
         if reason.type == "abort":
             self.counters["aborted"] += 1
         logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
                     reason.type, len(seq.prompt_ids), len(seq.output_ids))
         seq.sink(seq, True)
+
+    def _observe_latency(self, seq: Sequence) -> None:
+        now = time.perf_counter()
+        self.latency["e2e_request_latency_seconds"].observe(now - seq.arrival)
+        if seq.first_token_time is not None:
+            self.latency["time_to_first_token_seconds"].observe(seq.first_token_time - seq.arrival)
+            if len(seq.output_ids) > 1:
+                self.latency["inter_token_latency_seconds"].observe(
+                    (now - seq.first_token_time) / (len(seq.output_ids) - 1))
 
     def _fail_all(self, message: str) -> None:
         with self._lock:

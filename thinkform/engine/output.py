@@ -5,7 +5,7 @@ import bisect
 import time
 from typing import Any, Callable
 
-from thinkform.engine.detokenizer import partial_stop_len
+from thinkform.engine.detokenizer import partial_stop_len, partial_stop_regex_len
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.reasoning import ReasoningMarkers, split_reasoning
 
@@ -15,9 +15,10 @@ def shown_text(seq: Sequence, finished: bool) -> str:
     back, so a stream never sends text the stop then cuts (streamed pieces join to the final text)."""
     text = seq.detok.text
     p = seq.params
-    if finished or not p.stop or p.no_stop_trim:
+    if finished or not (p.stop or p.stop_patterns) or p.no_stop_trim:
         return text
-    held = partial_stop_len(text, p.stop)
+    held = max(partial_stop_len(text, p.stop) if p.stop else 0,
+               partial_stop_regex_len(text, p.stop_patterns) if p.stop_patterns else 0)
     return text[: len(text) - held] if held else text
 
 

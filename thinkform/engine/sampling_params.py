@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import regex
 
 _CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
 _KEEP_NONE = (*_CONSTRAINT_KEYS, "max_new_tokens")  # None given for these means something
@@ -51,7 +52,7 @@ class SamplingParams:
     custom_params: dict[str, Any] | None = None
     sampling_seed: int | None = None  # SGLang's native spelling of seed
     stream_interval: int | None = None  # accepted: streams here send every token's text as it comes
-    stop_patterns: list[re.Pattern] = field(default_factory=list, init=False, repr=False, compare=False)
+    stop_patterns: list[regex.Pattern] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any] | None, defaults: dict[str, Any] | None = None) -> "SamplingParams":
@@ -165,10 +166,12 @@ def _str_list(value: Any, name: str) -> list[str]:
     return list(value)
 
 
-def _stop_pattern(pattern: str) -> re.Pattern:
+def _stop_pattern(pattern: str) -> regex.Pattern:
+    """Compiled with `regex` (Python's `re` syntax): its partial matches let a stream hold back text a
+    match may still take."""
     try:
-        compiled = re.compile(pattern)
-    except re.error as e:
+        compiled = regex.compile(pattern)
+    except regex.error as e:
         raise SamplingParamError(f"sampling_params.stop_regex: {pattern!r} is not a valid regex ({e})") from None
     if compiled.fullmatch(""):
         raise SamplingParamError(f"sampling_params.stop_regex: {pattern!r} matches the empty string (it would "

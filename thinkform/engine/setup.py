@@ -62,14 +62,29 @@ class EngineParts:
 
 
 def _sampling_defaults(args: EngineArgs, model_defaults: dict[str, Any]) -> dict[str, Any]:
-    defaults = {**(model_defaults if args.sampling_defaults == "model" else {}), **args.preferred_params()}
+    preferred = args.preferred_params()
     try:
-        SamplingParams.from_dict(defaults)  # a bad preferred value fails the start, not every request
+        SamplingParams.from_dict(preferred)  # a bad preferred value fails the start, not every request
     except ValueError as e:
         raise ValueError(f"preferred_sampling_params: {e}") from None
+    defaults = {**(_valid_model_defaults(model_defaults) if args.sampling_defaults == "model" else {}), **preferred}
     if defaults:
         logger.info("sampling defaults for requests that do not set them: %s", defaults)
     return defaults
+
+
+def _valid_model_defaults(model_defaults: dict[str, Any]) -> dict[str, Any]:
+    """The generation config's values a request could have given; another (top_p 0) is left out with a
+    warning: a model file must not make the model unservable."""
+    kept = {}
+    for key, value in model_defaults.items():
+        try:
+            SamplingParams.from_dict({key: value})
+        except ValueError as e:
+            logger.warning("generation_config.json: %s=%r is not used as a default (%s)", key, value, e)
+            continue
+        kept[key] = value
+    return kept
 
 
 def resolve_device(name: str) -> torch.device:

@@ -234,9 +234,12 @@ def generation_defaults(model_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         logger.warning("%s: unreadable; sampling defaults are OpenAI's", path)
         return {}
-    wanted = {"top_k": int}
-    return {k: raw[k] for k in GENERATION_DEFAULT_KEYS if isinstance(raw.get(k), wanted.get(k, (int, float)))
-            and not isinstance(raw.get(k), bool)}
+    out = {k: raw[k] for k in GENERATION_DEFAULT_KEYS
+           if isinstance(raw.get(k), (int, float)) and not isinstance(raw.get(k), bool)}
+    if "top_k" in out:  # transformers' top_k 0 means no top-k filtering: ours is -1
+        top_k = out["top_k"]
+        out["top_k"] = -1 if top_k == 0 else int(top_k) if float(top_k).is_integer() else top_k
+    return out
 
 
 def _load_tokenizer(model_dir: Path) -> Any:

@@ -2,7 +2,8 @@
 
 Written by hand: a few dozen numbers do not need a client library. The engine side comes from
 `engine.server_info()` (scheduler counters, queue, KV pages, grammar cache); the HTTP side (responses by
-route and status, rejected constraints) is counted here.
+route and status, rejected constraints) is counted here. The engine's numbers are given twice: as
+`thinkform_*`, and under SGLang's `sglang:*` names (with its latency histograms) for its dashboards.
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ class ServerMetrics:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    kind: str  # counter | gauge
+    kind: str  # counter | gauge | histogram
     help: str
     samples: tuple[tuple[dict[str, str], float], ...]
+    suffixes: tuple[str, ...] = ()  # a histogram's per sample: _bucket, _sum, _count
 
 
 def _one(name: str, kind: str, help: str, value: float | None) -> list[Metric]:
@@ -60,9 +62,10 @@ def render(metrics: Iterable[Metric]) -> str:
     lines = []
     for m in metrics:
         lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
-        for labels, value in m.samples:
+        for i, (labels, value) in enumerate(m.samples):
+            name = m.name + (m.suffixes[i] if m.suffixes else "")
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            lines.append(f"{m.name}{{{label_text}}} {_number(value)}" if label_text else f"{m.name} {_number(value)}")
+            lines.append(f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -126,11 +129,59 @@ _GRAMMAR_SCALARS = (
 )
 
 
+def sglang_side(info: dict[str, Any], model_name: str) -> list[Metric]:
+    """The same numbers under SGLang's names and model_name label, so its dashboards and alerts read them."""
+    label = {"model_name": model_name}
+
+    def one(name: str, kind: str, help: str, value: float | None) -> list[Metric]:
+        return [] if value is None else [Metric(f"sglang:{name}", kind, help, ((label, float(value)),))]
+
+    out = [m for name, kind, help, key in _SGLANG_SCALARS for m in one(name, kind, help, info.get(key))]
+    if info.get("kv_pages_total"):
+        out += one("token_usage", "gauge", "The token usage (fraction of the KV cache in use).",
+                   info.get("kv_pages_used", 0) / info["kv_pages_total"])
+        out += one("num_used_tokens", "gauge", "KV cache tokens in use.",
+                   info.get("kv_pages_used", 0) * info.get("page_size", 1))
+    if info.get("prompt_tokens"):
+        out += one("cache_hit_rate", "gauge", "The cache hit rate (prompt tokens served from the prefix cache).",
+                   info.get("cached_tokens", 0) / info["prompt_tokens"])
+    for name, snapshot in (info.get("latency") or {}).items():
+        out.append(_histogram(f"sglang:{name}", _LATENCY_HELP.get(name, name), snapshot, label))
+    return out
+
+
+def _histogram(name: str, help: str, snap: dict[str, Any], label: dict[str, str]) -> Metric:
+    bounds = [*(_number(b) for b in snap["bounds"]), "+Inf"]
+    samples = [({"le": le, **label}, float(n)) for le, n in zip(bounds, snap["cumulative"])]
+    samples += [(label, float(snap["sum"])), (label, float(snap["count"]))]
+    return Metric(name, "histogram", help, tuple(samples), ("_bucket",) * len(bounds) + ("_sum", "_count"))
+
+
+# (SGLang's name, type, help, key in Engine.server_info())
+_SGLANG_SCALARS = (
+    ("prompt_tokens_total", "counter", "Number of prefill tokens processed.", "prompt_tokens"),
+    ("generation_tokens_total", "counter", "Number of generation tokens processed.", "generated_tokens"),
+    ("cached_tokens_total", "counter", "Number of cached tokens (prefix cache hits).", "cached_tokens"),
+    ("num_requests_total", "counter", "Number of requests processed.", "finished"),
+    ("num_so_requests_total", "counter", "Number of structured output requests processed.", "constrained_finished"),
+    ("num_aborted_requests_total", "counter", "Number of requests aborted.", "aborted"),
+    ("num_running_reqs", "gauge", "The number of running requests.", "running"),
+    ("num_queue_reqs", "gauge", "The number of requests in the waiting queue.", "waiting"),
+)
+_LATENCY_HELP = {
+    "time_to_first_token_seconds": "Histogram of time to first token in seconds.",
+    "e2e_request_latency_seconds": "Histogram of end-to-end request latency in seconds.",
+    "inter_token_latency_seconds": "Histogram of inter-token latency in seconds.",
+}
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     state = request.app.state.thinkform
     engine = state.engine
-    text = render(server_side(state.metrics, engine.is_healthy()) + engine_side(engine.server_info()))
+    info = engine.server_info()
+    text = render(server_side(state.metrics, engine.is_healthy()) + engine_side(info) +
+                  sglang_side(info, state.model_name))
     return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 

@@ -500,7 +500,7 @@ def _scored_echo(tokenizer: Any, echo: dict[str, Any], meta: dict[str, Any]) -> 
     scored = meta.get("input_token_logprobs") or []
     if len(scored) != len(echo["tokens"]):
         return echo
-    tops = meta.get("input_top_logprobs") or [None] * len(scored)
+    tops = meta.get("input_top_logprobs") or [None] + [[]] * (len(scored) - 1)  # logprobs 0: {} as for output
     return {**echo, "token_logprobs": [lp for lp, _, _ in scored],
             "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in top} if top is not None else None
                              for top in tops]}

@@ -64,9 +64,11 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
     batched = bool(body.tokens) and isinstance(body.tokens[0], list)
     lists = body.tokens if batched else [body.tokens]
     texts = []
+    size = len(tokenizer)
     for i, ids in enumerate(lists):
-        if any(t < 0 for t in ids):  # type: ignore[operator]
-            raise APIError("tokens: token ids must be >= 0", param=f"tokens.{i}" if batched else "tokens")
+        if any(not 0 <= t < size for t in ids):  # type: ignore[operator]
+            raise APIError(f"tokens: token ids must be in [0, {size}) (the tokenizer's vocabulary)",
+                           param=f"tokens.{i}" if batched else "tokens")
         try:
             texts.append(tokenizer.decode(ids, skip_special_tokens=body.skip_special_tokens))
         except (OverflowError, ValueError, TypeError, IndexError) as e:
