@@ -16,8 +16,6 @@ from server_fixtures import error_response as _error, running_server, sse_events
 QUESTION = [{"role": "user", "content": "Give me the capital of France."}]
 
 
-
-
 @pytest.fixture(scope="module")
 def hybrid():
     """A hybrid family (qwen3): thinking is on unless the request turns it off."""

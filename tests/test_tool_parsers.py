@@ -109,7 +109,8 @@ def test_qwen25_is_hermes_and_llama3_accepts_a_bare_json_call():
 def test_unknown_parser_names_the_choices():
     with pytest.raises(ValueError, match="hermes"):
         get_tool_call_parser("nope")
-    assert {"qwen25", "hermes", "llama3", "deepseekv3", "mistral", "pythonic"} <= set(tool_call_parser_names())
+    assert {"qwen25", "hermes", "llama3", "deepseekv3", "mistral", "pythonic", "deepseekv31", "kimi_k2", "qwen3_coder",
+            "glm45"} <= set(tool_call_parser_names())
 
 
 def test_guess_from_chat_template():

@@ -413,7 +413,7 @@ class EngineLoop:
             self.counters["generated_tokens"] += 1
             # the gate took all of ids at once; where it may end is known after the last of them only, and
             # text the grammar forced (jump-forward, a budget's ending) passes no place it could end before
-            may_stop = (gate is None or gate.may_stop()) and i == last
+            may_stop = (gate is None or gate.may_stop()) and i == last and len(seq.output_ids) >= p.min_new_tokens
             if gate is not None and gate.finished and i == last:  # the gate took all of ids (a forced ending)
                 matched = tid if tid in self.eos else None
                 if matched is None:

@@ -106,7 +106,11 @@ class RequestBuilder:
     def _constraint(self, p: SamplingParams) -> Constraint | None:
         fields = {"json_schema": p.json_schema, "regex": p.regex, "ebnf": p.ebnf, "structural_tag": p.structural_tag}
         self.limits.check_constraints(fields)
-        return constraint_from_fields(**fields)
+        constraint = constraint_from_fields(**fields)
+        if constraint is not None and p.allowed_token_ids is not None:
+            raise SamplingParamError("sampling_params.allowed_token_ids: cannot be combined with a constraint "
+                                     f"({constraint.field}): the grammar decides which tokens may come")
+        return constraint
 
     def _token_lists(self, prompt: Any, input_ids: Any) -> tuple[list[list[int]], bool]:
         if (prompt is None) == (input_ids is None):
@@ -151,15 +155,27 @@ class RequestBuilder:
         sp = SamplingParams.from_dict(p, self.parts.sampling_defaults)
         if sp.n > self.args.max_n:
             raise ValueError(f"sampling_params.n: {sp.n} is more than the server's max_n ({self.args.max_n})")
-        outside = [t for t in sp.logit_bias if t >= self.parts.vocab_size]
-        if outside:
-            raise SamplingParamError(f"sampling_params.logit_bias: token id {outside[0]} is not in the vocabulary "
-                                     f"(ids 0..{self.parts.vocab_size - 1})")
+        for name, ids in (("logit_bias", list(sp.logit_bias)), ("allowed_token_ids", sp.allowed_token_ids or [])):
+            outside = [t for t in ids if t >= self.parts.vocab_size]
+            if outside:
+                raise SamplingParamError(f"sampling_params.{name}: token id {outside[0]} is not in the vocabulary "
+                                         f"(ids 0..{self.parts.vocab_size - 1})")
+        sp.bad_word_ids = self._bad_word_ids(sp.bad_words)
         if isinstance(p, dict) and p.get("max_new_tokens") is not None:
             self.limits.check_max_new_tokens(sp.max_new_tokens)
         elif sp.max_new_tokens is not None:  # the default may not exceed a lower limit
             sp.max_new_tokens = min(sp.max_new_tokens, self.limits.max_new_tokens)
         return sp
+
+    def _bad_word_ids(self, words: list[str]) -> list[list[int]]:
+        """Each bad word as the tokens it is written with, alone and after a space (as vLLM reads them)."""
+        out: list[list[int]] = []
+        for word in words:
+            for text in (word, " " + word.lstrip()):
+                ids = self.parts.tokenizer.encode(text, add_special_tokens=False)
+                if ids and ids not in out:
+                    out.append(ids)
+        return out
 
     def _reasoning_start(self, require_reasoning: bool, start: str | None) -> str:
         if start is not None and start not in REASONING_STARTS:

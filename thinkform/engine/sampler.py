@@ -58,6 +58,10 @@ class Sampler:
         self._ban_eos(logits, seqs)
         for i, seq in enumerate(seqs):
             p = seq.params
+            if p.allowed_token_ids is not None:
+                _keep_only(logits[i], p.allowed_token_ids)
+            if p.bad_word_ids:
+                _ban_bad_words(logits[i], p.bad_word_ids, seq.output_ids)
             if p.logit_bias:
                 kept = [t for t in p.logit_bias if t < logits.shape[1]]
                 if kept:
@@ -123,6 +127,20 @@ class Sampler:
             out.logprobs.append(chosen[i] if wanted else None)
             n = seq.top_logprobs_num if wanted else 0
             out.top_logprobs.append(list(zip(top_vals[i][:n], top_ids[i][:n])) if n else None)
+
+
+def _keep_only(row: torch.Tensor, ids: list[int]) -> None:
+    allowed = torch.tensor([t for t in ids if t < row.shape[0]], dtype=torch.long, device=row.device)
+    kept = row[allowed].clone()
+    row.fill_(float("-inf"))
+    row[allowed] = kept
+
+
+def _ban_bad_words(row: torch.Tensor, words: list[list[int]], output_ids: list[int]) -> None:
+    """A bad word's last token is banned where the output ends with the rest of it (a one-token word: always)."""
+    banned = [w[-1] for w in words if len(w) == 1 or output_ids[len(output_ids) - len(w) + 1:] == w[:-1]]
+    if banned:
+        row[torch.tensor(banned, dtype=torch.long, device=row.device)] = float("-inf")
 
 
 def _grammar_active(seq: Sequence) -> bool:

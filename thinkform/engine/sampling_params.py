@@ -38,6 +38,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    allowed_token_ids: list[int] | None = None  # vLLM's: only these tokens may be sampled
+    bad_words: list[str] = field(default_factory=list)  # vLLM's: words that may not be written
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
@@ -53,6 +55,8 @@ class SamplingParams:
     sampling_seed: int | None = None  # SGLang's native spelling of seed
     stream_interval: int | None = None  # accepted: streams here send every token's text as it comes
     stop_patterns: list[regex.Pattern] = field(default_factory=list, init=False, repr=False, compare=False)
+    # bad_words as token sequences (with and without a leading space), filled by the request builder
+    bad_word_ids: list[list[int]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any] | None, defaults: dict[str, Any] | None = None) -> "SamplingParams":
@@ -100,6 +104,11 @@ class SamplingParams:
         if self.stream_interval is not None:
             _check_int(self, "stream_interval", 1)
         self.stop_token_ids = _int_list(self.stop_token_ids, "stop_token_ids")
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = _int_list(self.allowed_token_ids, "allowed_token_ids")
+            if not self.allowed_token_ids:
+                raise SamplingParamError("sampling_params.allowed_token_ids: must name at least one token")
+        self.bad_words = _str_list(self.bad_words, "bad_words")
         self.logit_bias = _logit_bias(self.logit_bias)
         for name in ("max_reasoning_tokens", "answer_reserve_tokens"):
             if getattr(self, name) is not None:

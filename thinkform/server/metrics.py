@@ -3,7 +3,8 @@
 Written by hand: a few dozen numbers do not need a client library. The engine side comes from
 `engine.server_info()` (scheduler counters, queue, KV pages, grammar cache); the HTTP side (responses by
 route and status, rejected constraints) is counted here. The engine's numbers are given twice: as
-`thinkform_*`, and under SGLang's `sglang:*` names (with its latency histograms) for its dashboards.
+`thinkform_*`, and under SGLang's `sglang:*` and vLLM's `vllm:*` names (with their latency histograms) for
+their dashboards.
 """
 from __future__ import annotations
 
@@ -129,6 +130,21 @@ _GRAMMAR_SCALARS = (
 )
 
 
+def vllm_side(info: dict[str, Any], model_name: str) -> list[Metric]:
+    """The main numbers under vLLM's names, for its dashboards, autoscalers and routers."""
+    label = {"model_name": model_name}
+    out = [Metric(f"vllm:{name}", kind, help, ((label, float(info[key])),))
+           for name, kind, help, key in _VLLM_SCALARS if info.get(key) is not None]
+    if info.get("kv_pages_total"):
+        out.append(Metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
+                          ((label, info.get("kv_pages_used", 0) / info["kv_pages_total"]),)))
+    latency = info.get("latency") or {}
+    for ours, theirs in _VLLM_HISTOGRAMS:
+        if ours in latency:
+            out.append(_histogram(f"vllm:{theirs}", _LATENCY_HELP.get(ours, theirs), latency[ours], label))
+    return out
+
+
 def sglang_side(info: dict[str, Any], model_name: str) -> list[Metric]:
     """The same numbers under SGLang's names and model_name label, so its dashboards and alerts read them."""
     label = {"model_name": model_name}
@@ -168,6 +184,15 @@ _SGLANG_SCALARS = (
     ("num_running_reqs", "gauge", "The number of running requests.", "running"),
     ("num_queue_reqs", "gauge", "The number of requests in the waiting queue.", "waiting"),
 )
+_VLLM_SCALARS = (
+    ("num_requests_running", "gauge", "Number of requests in model execution batches.", "running"),
+    ("num_requests_waiting", "gauge", "Number of requests waiting to be processed.", "waiting"),
+    ("prompt_tokens_total", "counter", "Number of prefill tokens processed.", "prompt_tokens"),
+    ("generation_tokens_total", "counter", "Number of generation tokens processed.", "generated_tokens"),
+)
+_VLLM_HISTOGRAMS = (("time_to_first_token_seconds", "time_to_first_token_seconds"),
+                    ("e2e_request_latency_seconds", "e2e_request_latency_seconds"),
+                    ("inter_token_latency_seconds", "inter_token_latency_seconds"))
 _LATENCY_HELP = {
     "time_to_first_token_seconds": "Histogram of time to first token in seconds.",
     "e2e_request_latency_seconds": "Histogram of end-to-end request latency in seconds.",
@@ -181,7 +206,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     engine = state.engine
     info = engine.server_info()
     text = render(server_side(state.metrics, engine.is_healthy()) + engine_side(info) +
-                  sglang_side(info, state.model_name))
+                  sglang_side(info, state.model_name) + vllm_side(info, state.model_name))
     return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 

@@ -126,7 +126,15 @@ async def health_generate(request: Request) -> Response:
     return await health(request)
 
 
+@router.get("/version")
+async def version() -> dict[str, str]:
+    from thinkform import __version__
+
+    return {"version": __version__}
+
+
 @router.get("/ping")
+@router.post("/ping", operation_id="ping_post")  # vLLM takes both
 async def ping() -> Response:
     """SGLang's (SageMaker) liveness probe of the HTTP server: 200, empty."""
     return Response(status_code=200)

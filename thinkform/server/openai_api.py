@@ -44,6 +44,8 @@ class ChatPlan:
     top_logprobs_num: int
     return_token_ids: bool = False  # choices carry the output's token ids
     return_prompt_token_ids: bool = False  # and the prompt's (SGLang: also with return_token_ids)
+    include_reasoning: bool = True  # vLLM's include_reasoning false: the reasoning is left out
+    token_names: Any = None  # names logprob tokens: the tokenizer, or TokenIdNames (return_tokens_as_token_ids)
 
 
 def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
@@ -101,6 +103,9 @@ def _check_token_id_options(body: ChatCompletionRequest) -> None:
 
 
 def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
+    if body.chat_template is not None:
+        raise APIError("chat_template: a per-request template is not supported; start the server with "
+                       "--chat-template", param="chat_template")
     mode, tools = tool_mode(body)
     _check_token_id_options(body)
     kwargs = chat_template_kwargs(body.chat_template_kwargs, body.reasoning_effort, body.reasoning)
@@ -127,13 +132,14 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         fields = {"structural_tag": tag} if tag else {}
     params.update(validate_constraints(fields, state.limits))
     reasoning = state.markers is not None and reasoning_start != "answer"
-    return ChatPlan(rid=body.rid or new_id(""), input_ids=ids, reasoning_start=reasoning_start, params=params,
-                    reasoning=reasoning, split=body.separate_reasoning and reasoning,
-                    tool_parser=state.tool_parser if mode != "none" else None,
+    return ChatPlan(rid=body.rid or body.request_id or new_id(""), input_ids=ids, reasoning_start=reasoning_start,
+                    params=params, reasoning=reasoning, split=body.separate_reasoning and reasoning,
+                    tool_parser=state.tool_parser.for_tools(tools) if mode != "none" else None,
                     max_calls=None if body.parallel_tool_calls else 1,
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0,
                     return_token_ids=body.return_token_ids,
-                    return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids)
+                    return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
+                    include_reasoning=body.include_reasoning, token_names=token_names(state, body))
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
@@ -214,6 +220,18 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
+class TokenIdNames:
+    """Stands in for the tokenizer where logprob tokens are named "token_id:N" (vLLM's
+    return_tokens_as_token_ids: a byte-level token's text alone can be ambiguous or invalid UTF-8)."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f"token_id:{i}" for i in ids)
+
+
+def token_names(state: ServerState, body: SamplingFields) -> Any:
+    return TokenIdNames() if body.return_tokens_as_token_ids else state.engine.tokenizer
+
+
 LogprobPair = tuple[tuple[float, int, Any], list[tuple[float, int, Any]] | None]  # (token's entry, its top ones)
 
 
@@ -267,13 +285,15 @@ def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, 
     calls: list[ToolCall] = []
     if plan.tool_parser is not None:
         content, calls = _answer_calls(state, plan, out.get("text", ""), meta, content)
+    reasoning = reasoning if plan.include_reasoning else None
+    # the reasoning under both names: SGLang's reasoning_content and vLLM's (newer) reasoning
     message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None,
-                               "reasoning_content": reasoning}
+                               "reasoning_content": reasoning, "reasoning": reasoning}
     if calls:
         message["tool_calls"] = [c.to_openai() for c in calls]
         reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
     choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
-              "logprobs": _chat_logprobs(state.engine.tokenizer, meta) if plan.return_logprob else None}
+              "stop_reason": matched, "logprobs": _chat_logprobs(plan.token_names, meta) if plan.return_logprob else None}
     if plan.return_token_ids:  # as SGLang's choice: present only when asked for
         choice["token_ids"] = list(out.get("output_ids", []))
     if plan.return_prompt_token_ids:
@@ -401,7 +421,9 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         pairs = feeds[index].take() if feeds is not None else None  # the tokens delivered since the last chunk
-        logprobs = {"content": _chat_logprob_entries(state.engine.tokenizer, pairs)} if pairs else None
+        logprobs = {"content": _chat_logprob_entries(plan.token_names, pairs)} if pairs else None
+        if "reasoning_content" in delta:  # under both names, as in the whole response
+            delta = {**delta, "reasoning": delta["reasoning_content"]}
         event = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs,
                               **extra}]}
@@ -419,7 +441,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         latest[index] = meta
         if feeds is not None:
             feeds[index].feed(meta)
-        for delta in stream.feed(item.get("text", "")):
+        for delta in _shown(stream.feed(item.get("text", "")), plan):
             yield chunk(index, delta)
         _raise_if_failed(meta)
         reason, matched = _finish_reason(meta)
@@ -428,16 +450,23 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         stream.done = True
         finals[index] = meta
         deltas, made_calls = stream.finish(cut=reason == "length")
-        for delta in deltas:
+        for delta in _shown(deltas, plan):
             yield chunk(index, delta)
         if made_calls and reason == "stop":  # a call cut by max_tokens stays a "length"
             reason = "tool_calls"
-        yield chunk(index, {}, reason, matched_stop=matched)
+        yield chunk(index, {}, reason, matched_stop=matched, stop_reason=matched)
     if include_usage:
         metas = [finals[i] for i in sorted(finals)]
         yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [], "usage": _usage(metas, body.n) if metas else None})
     yield SSE_DONE
+
+
+def _shown(deltas: list[dict[str, Any]], plan: ChatPlan) -> list[dict[str, Any]]:
+    """The deltas the response carries: without reasoning where the request left it out."""
+    if plan.include_reasoning:
+        return deltas
+    return [d for d in ({k: v for k, v in d.items() if k != "reasoning_content"} for d in deltas) if d]
 
 
 def _continuous_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
@@ -459,38 +488,41 @@ def _completion_inputs(body: CompletionRequest) -> dict[str, Any]:
     return {"input_ids": [list(p) for p in prompt]}
 
 
-def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: int) -> tuple[dict[str, Any], int]:
+def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: int,
+                              names: Any = None) -> tuple[dict[str, Any], int]:
     """OpenAI's legacy logprobs of these tokens, their text_offset counted on from `start` (where their text
-    begins in the returned text); and the offset after them."""
+    begins in the returned text); and the offset after them. `names` names the tokens (default: their text)."""
+    names = names or tokenizer
     texts = [_token_text(tokenizer, tid) for (_, tid, _), _ in pairs]
     offsets, pos = [], start
     for t in texts:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": texts, "token_logprobs": [lp for (lp, _, _), _ in pairs], "text_offset": offsets,
-            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in (top or [])} for _, top in pairs]}, pos
+    tokens = texts if names is tokenizer else [_token_text(names, tid) for (_, tid, _), _ in pairs]
+    return {"tokens": tokens, "token_logprobs": [lp for (lp, _, _), _ in pairs], "text_offset": offsets,
+            "top_logprobs": [{_token_text(names, i): p for p, i, _ in (top or [])} for _, top in pairs]}, pos
 
 
 def _completion_logprobs(tokenizer: Any, meta: dict[str, Any], echo: dict[str, Any] | None = None,
-                         start: int = 0) -> dict[str, Any] | None:
+                         start: int = 0, names: Any = None) -> dict[str, Any] | None:
     """The whole answer's logprobs; with echo, the prompt's entries (`_echo_logprobs`) first, and the
     answer's offsets from `start`, the length of the echoed prompt."""
     pairs = _logprob_pairs(meta)
     if pairs is None:
         return None
-    lists, _ = _completion_logprob_lists(tokenizer, pairs, start)
-    return _joined_logprobs(_scored_echo(tokenizer, echo, meta), lists) if echo is not None else lists
+    lists, _ = _completion_logprob_lists(tokenizer, pairs, start, names)
+    return _joined_logprobs(_scored_echo(names or tokenizer, echo, meta), lists) if echo is not None else lists
 
 
 def _joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
     return {k: first[k] + then[k] for k in ("tokens", "token_logprobs", "text_offset", "top_logprobs")}
 
 
-def _echo_logprobs(tokenizer: Any, prompt: str | list[int], text: str) -> dict[str, Any]:
+def _echo_logprobs(tokenizer: Any, prompt: str | list[int], text: str, names: Any = None) -> dict[str, Any]:
     """With echo, the prompt's tokens come first in the logprobs, text_offset into the echoed prompt `text`;
     their logprobs come with the output (`_scored_echo`)."""
     ids, offsets = _prompt_token_offsets(tokenizer, prompt, text)
-    return {"tokens": [_token_text(tokenizer, t) for t in ids], "token_logprobs": [None] * len(ids),
+    return {"tokens": [_token_text(names or tokenizer, t) for t in ids], "token_logprobs": [None] * len(ids),
             "text_offset": offsets, "top_logprobs": [None] * len(ids)}
 
 
@@ -539,13 +571,15 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     params.update(validate_constraints(constraint_fields(body, body.response_format), state.limits))
     prompt = body.prompt
     batched = isinstance(prompt, list) and not isinstance(prompt[0], int)
-    base = body.rid or new_id("")
+    base = body.rid or body.request_id or new_id("")
     rid: str | list[str] = [f"{base}-{i}" for i in range(len(prompt))] if batched else base
     rids = rid if isinstance(rid, list) else [rid]
     want_logprobs = body.logprobs is not None
     prompts = _prompt_texts(state, inputs)  # before the engine call: it may refuse bad token ids
-    tokenizer = state.engine.tokenizer
-    echoes = ([_echo_logprobs(tokenizer, p, t) for p, t in zip(_prompt_inputs(inputs), prompts)]
+    if body.suffix is not None:
+        raise APIError("suffix: fill-in-the-middle is not supported by this server", param="suffix")
+    tokenizer, names = state.engine.tokenizer, token_names(state, body)
+    echoes = ([_echo_logprobs(tokenizer, p, t, names) for p, t in zip(_prompt_inputs(inputs), prompts)]
               if body.echo and want_logprobs else None)
     call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
                                        return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0,
@@ -555,7 +589,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         first, rest = await open_stream(call)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts,
-                                    tokenizer if want_logprobs else None, echoes)
+                                    tokenizer if want_logprobs else None, echoes, names)
         return StreamingResponse(stream_with_abort(state.engine, rids, events), media_type="text/event-stream")
     try:
         outs = _as_list(await call_until_disconnect(request, state.engine, call, rids))
@@ -566,10 +600,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         meta = out.get("meta_info", {})
         reason, matched = _finish_reason(meta)
         echoed = prompts[i // body.n] if body.echo else ""
-        logprobs = (_completion_logprobs(tokenizer, meta, echoes[i // body.n] if echoes else None, len(echoed))
-                    if want_logprobs else None)
+        logprobs = (_completion_logprobs(tokenizer, meta, echoes[i // body.n] if echoes else None, len(echoed),
+                                         names) if want_logprobs else None)
         choices.append({"index": i, "text": echoed + out.get("text", ""), "finish_reason": reason,
-                        "matched_stop": matched, "logprobs": logprobs})
+                        "matched_stop": matched, "stop_reason": matched, "logprobs": logprobs})
     return JSONResponse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                          "choices": choices, "usage": _usage([o.get("meta_info", {}) for o in outs], body.n)})
 
@@ -599,13 +633,14 @@ class _CompletionLogprobStream:
     tokenizer: Any
     echo: dict[str, Any] | None
     pos: int  # where the next token's text starts in the returned text
+    names: Any = None  # names the tokens (default: their text)
     feed: _LogprobFeed = field(default_factory=_LogprobFeed)
 
     def take(self) -> dict[str, Any] | None:
         pairs = self.feed.take()
         if not pairs and self.echo is None:
             return None
-        lists, self.pos = _completion_logprob_lists(self.tokenizer, pairs, self.pos)
+        lists, self.pos = _completion_logprob_lists(self.tokenizer, pairs, self.pos, self.names)
         if self.echo is not None:
             lists, self.echo = _joined_logprobs(self.echo, lists), None
         return lists
@@ -614,7 +649,7 @@ class _CompletionLogprobStream:
 async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int, model: str,
                              first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
                              include_usage: bool, prompts: list[str], tokenizer: Any = None,
-                             echoes: list[dict[str, Any]] | None = None) -> AsyncIterator[str]:
+                             echoes: list[dict[str, Any]] | None = None, names: Any = None) -> AsyncIterator[str]:
     """`tokenizer`: logprobs were asked for; `echoes`: with echo, each prompt's own logprob entries."""
     seen: dict[int, int] = {}
     finals: dict[int, dict[str, Any]] = {}
@@ -637,14 +672,15 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
         lp = None
         if tokenizer is not None:
             lp = lps.setdefault(index, _CompletionLogprobStream(
-                tokenizer, echoes[index // body.n] if echoes else None, len(prompt)))
+                tokenizer, echoes[index // body.n] if echoes else None, len(prompt), names))
             lp.feed.feed(meta)
             if lp.echo is not None:
-                lp.echo = _scored_echo(tokenizer, lp.echo, meta)
+                lp.echo = _scored_echo(names or tokenizer, lp.echo, meta)
         if delta or reason is not None:
             event = {"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                      "choices": [{"index": index, "text": delta, "finish_reason": reason,
-                                  "matched_stop": matched, "logprobs": lp.take() if lp is not None else None}]}
+                                  "matched_stop": matched, "stop_reason": matched,
+                                  "logprobs": lp.take() if lp is not None else None}]}
             if continuous:
                 event["usage"] = _running_usage(latest, body.n)
             yield sse(event)

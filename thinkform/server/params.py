@@ -11,12 +11,15 @@ from thinkform.structured.spec import ConstraintError, constraint_from_fields
 
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "seed", "stop_token_ids", "n", "presence_penalty",
                 "frequency_penalty", "repetition_penalty", "skip_special_tokens", "ignore_eos",
-                "max_reasoning_tokens", "answer_reserve_tokens", "custom_params", "no_stop_trim", "stop_regex")
+                "max_reasoning_tokens", "answer_reserve_tokens", "custom_params", "no_stop_trim", "stop_regex",
+                "allowed_token_ids", "bad_words")
 
 
 def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int | None) -> dict[str, Any]:
     """The engine's sampling params for an OpenAI request (constraints excluded)."""
     refuse_hidden_states(req.return_hidden_states)
+    if req.use_beam_search:
+        raise APIError("use_beam_search: beam search is not supported by this server", param="use_beam_search")
     params: dict[str, Any] = {k: getattr(req, k) for k in _PASSTHROUGH if getattr(req, k) is not None}
     if max_new_tokens is not None:
         params["max_new_tokens"] = max_new_tokens
@@ -25,7 +28,8 @@ def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int 
     if req.include_stop_str_in_output:  # vLLM's name for keeping the matched stop string
         params["no_stop_trim"] = True
     for name in _BUDGET_ALIASES:
-        take_thinking_budget(params, getattr(req, name), name)
+        budget = getattr(req, name)
+        take_thinking_budget(params, None if budget == -1 else budget, name)  # vLLM's -1: no budget
     if req.stop is not None:
         params["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if req.logit_bias:

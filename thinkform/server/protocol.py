@@ -95,8 +95,8 @@ class SamplingFields(Lenient):
     structured_outputs: Optional[dict[str, Any]] = None
     max_reasoning_tokens: Optional[conint(ge=0)] = None
     answer_reserve_tokens: Optional[conint(ge=0)] = None
-    # the thinking budget in vLLM's spelling, and SGLang's strict-thinking form custom_params.thinking_budget
-    thinking_token_budget: Optional[conint(ge=0)] = None
+    # the thinking budget in vLLM's spelling (-1: none), and SGLang's strict-thinking form custom_params.thinking_budget
+    thinking_token_budget: Optional[conint(ge=-1)] = None
     custom_params: Optional[dict[str, Any]] = None
     # more spellings of the thinking budget: SGLang's native max_thinking_tokens, and thinking_budget
     max_thinking_tokens: Optional[conint(ge=0)] = None
@@ -106,6 +106,12 @@ class SamplingFields(Lenient):
     include_stop_str_in_output: Optional[bool] = None  # vLLM's no_stop_trim
     # SGLang's (bool or "last"); not supported here, so refused (params.refuse_hidden_states), not ignored
     return_hidden_states: Any = None
+    # vLLM's
+    allowed_token_ids: Optional[list[int]] = None
+    bad_words: Optional[list[str]] = None
+    request_id: Optional[str] = None  # the response id (SGLang's rid)
+    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:N"
+    use_beam_search: bool = False  # refused: no beam search here
 
 
 # ---------- OpenAI: chat ----------
@@ -128,6 +134,11 @@ class ChatMessage(Lenient):
     tool_calls: Optional[list[ToolCallIn]] = None
     tool_call_id: Optional[str] = None
     reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None  # vLLM's newer name for reasoning_content: templates see it as both
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.reasoning_content is None and self.reasoning is not None:
+            self.reasoning_content = self.reasoning
 
 
 class FunctionDef(Lenient):
@@ -169,6 +180,8 @@ class ChatCompletionRequest(SamplingFields):
     input_ids: Optional[list[int]] = None  # SGLang: the prompt is these ids, not the rendered messages
     return_token_ids: bool = False
     return_prompt_token_ids: bool = False
+    include_reasoning: bool = True  # vLLM: false leaves the reasoning out of the response
+    chat_template: Optional[str] = None  # vLLM's per-request template: refused (the server's --chat-template)
 
 
 # ---------- OpenAI: completions ----------
@@ -212,6 +225,7 @@ class TokenizeRequest(Lenient):
     prompt: Union[str, list[str], None] = None
     messages: Optional[list[ChatMessage]] = None
     add_special_tokens: bool = True
+    return_token_strs: bool = False  # vLLM's: also each token's string
 
 
 class DetokenizeRequest(Lenient):

@@ -53,7 +53,11 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     else:
         tokens = [encode(p, add_special_tokens=body.add_special_tokens) for p in body.prompt or []]
         count = [len(t) for t in tokens]
-    return {"tokens": tokens, "count": count, "max_model_len": state.engine.context_length}
+    out = {"tokens": tokens, "count": count, "max_model_len": state.engine.context_length}
+    if body.return_token_strs:  # vLLM's: each token's own string
+        convert = state.engine.tokenizer.convert_ids_to_tokens
+        out["token_strs"] = convert(tokens) if count == len(tokens) else [convert(t) for t in tokens]
+    return out
 
 
 @router.post("/detokenize")
@@ -73,4 +77,5 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
             texts.append(tokenizer.decode(ids, skip_special_tokens=body.skip_special_tokens))
         except (OverflowError, ValueError, TypeError, IndexError) as e:
             raise APIError(f"tokens: not ids of this model's vocabulary ({e})", param="tokens") from e
-    return {"text": texts if batched else texts[0]}
+    text = texts if batched else texts[0]
+    return {"text": text, "prompt": text}  # SGLang's key, and vLLM's

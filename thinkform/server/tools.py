@@ -1,7 +1,9 @@
 """Tool-call formats: tools -> structural tag (constrained calls); model text -> tool calls.
 
 Each format is a small data description (the text around one call, the optional wrapper around all
-calls, the separator) plus a parser; the structural tags use xgrammar's `format` spelling.
+calls, the separator) plus a parser; the structural tags use xgrammar's `format` spelling. The formats whose
+arguments are XML parameters (qwen3_coder, glm45) live in xml_tools.py and read them by the request's tool
+schemas (`for_tools`).
 """
 from __future__ import annotations
 
@@ -79,7 +81,18 @@ class ToolCallParser(ABC):
                              if not complete][:1]
         if not calls:
             return text, []
+        for k, call in enumerate(calls):
+            call.id = self.call_id(call.name, k) or call.id
         return text[:start].rstrip(), self._raw_arguments(text[start:], calls)
+
+    def for_tools(self, tools: list[Mapping[str, Any]]) -> "ToolCallParser":
+        """The parser for one request's tools: formats whose arguments are not JSON (XML parameters) read
+        them by the tools' schemas; the others need nothing and are shared."""
+        return self
+
+    def call_id(self, name: str, index: int) -> str | None:
+        """The id of the request's `index`-th call (None: a random `call_...` id)."""
+        return None
 
     def _raw_arguments(self, section: str, calls: list[ToolCall]) -> list[ToolCall]:
         """Calls written in the format's own template keep their arguments as the model wrote them (what
@@ -258,6 +271,70 @@ class DeepSeekV3Parser(ToolCallParser):
         return calls
 
 
+class DeepSeekV31Parser(ToolCallParser):
+    """DeepSeek-V3.1 / V3.2 chat: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>
+    <｜tool▁calls▁end｜>` (no `function` type and no ```json fence, unlike V3)."""
+
+    name = "deepseekv31"
+    call_begin = "<｜tool▁call▁begin｜>{name}<｜tool▁sep｜>"
+    call_end = "<｜tool▁call▁end｜>"
+    wrapper = ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>")
+    separator = ""
+    trigger = "<｜tool▁calls▁begin｜>"
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        return _template_calls(self, section)
+
+
+class KimiK2Parser(ToolCallParser):
+    """Kimi-K2: `<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>{...}
+    <|tool_call_end|>...<|tool_calls_section_end|>`, IDX counting the calls 0, 1, 2, ... Constrained, the
+    count is exact for up to `max_indexed_calls` calls in one answer (a grammar cannot count without end); each call's
+    id is `functions.NAME:IDX`, as SGLang's (which adds the calls earlier in the conversation to IDX)."""
+
+    name = "kimi_k2"
+    call_begin = "<|tool_call_begin|>functions.{name}:0<|tool_call_argument_begin|>"  # the first call's
+    call_end = "<|tool_call_end|>"
+    wrapper = ("<|tool_calls_section_begin|>", "<|tool_calls_section_end|>")
+    separator = ""
+    trigger = "<|tool_calls_section_begin|>"
+    max_indexed_calls = 8  # calls of one answer under a constraint (each index has its own tags)
+
+    @cached_property
+    def _begin(self) -> re.Pattern[str]:
+        return re.compile(r"<\|tool_call_begin\|>\s*(?:functions\.)?(?P<name>[\w.\-]+):(?P<index>\d+)\s*"
+                          r"<\|tool_call_argument_begin\|>\s*(?=\{)")
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        return _template_calls(self, section)
+
+    def call_id(self, name: str, index: int) -> str | None:
+        return f"functions.{name}:{index}"
+
+    def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto",
+                       parallel: bool = True) -> dict[str, Any] | None:
+        count = 1 if mode == "named" or not parallel else self.max_indexed_calls
+
+        def call(k: int) -> dict[str, Any]:
+            tags = [{**self._tag(t), "begin": self.call_begin.replace("{name}", tool_name(t)).replace(":0<", f":{k}<")}
+                    for t in tools]
+            return tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}
+
+        calls = call(count - 1)
+        for k in range(count - 2, -1, -1):  # call k, then maybe call k + 1, ...
+            calls = {"type": "sequence", "elements": [call(k), {"type": "optional", "content": calls}]}
+        section = {"type": "tag", "begin": self.wrapper[0], "content": calls, "end": self.wrapper[1]}
+        if mode == "auto":
+            section = {"type": "triggered_tags", "triggers": [self.trigger], "tags": [section], "stop_after_first": True}
+        return {"type": "structural_tag", "format": section}
+
+
+def _template_calls(parser: ToolCallParser, section: str) -> list[ToolCall]:
+    """The complete calls written in the format's template, their arguments a JSON object."""
+    return [ToolCall(name, args) for name, args, complete in parser.partial_calls(section)
+            if complete and isinstance(json.loads(args), dict)]
+
+
 class MistralParser(ToolCallParser):
     """Mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`."""
 
@@ -318,10 +395,13 @@ class PythonicParser(ToolCallParser):
         return calls
 
 
+from thinkform.server.xml_tools import Glm45Parser, Qwen3CoderParser  # noqa: E402  (they build on the classes above)
+
 _PARSERS: Mapping[str, Callable[[], ToolCallParser]] = MappingProxyType({
     "qwen25": HermesParser, "qwen": HermesParser, "hermes": HermesParser,
     "llama3": Llama3Parser, "deepseekv3": DeepSeekV3Parser, "mistral": MistralParser,
-    "pythonic": PythonicParser,
+    "pythonic": PythonicParser, "deepseekv31": DeepSeekV31Parser, "kimi_k2": KimiK2Parser,
+    "qwen3_coder": Qwen3CoderParser, "glm45": Glm45Parser,
 })
 
 
@@ -339,8 +419,11 @@ def get_tool_call_parser(name: str) -> ToolCallParser:
 def guess_tool_call_parser(chat_template: str | None) -> ToolCallParser:
     """The format a chat template teaches its model (hermes when nothing tells)."""
     text = chat_template or ""
-    for needle, name in (("<｜tool▁calls▁begin｜>", "deepseekv3"), ("[TOOL_CALLS]", "mistral"),
-                         ("<|python_tag|>", "llama3"), ("<tool_call>", "hermes")):
+    if "<｜tool▁calls▁begin｜>" in text:  # V3 writes `function<｜tool▁sep｜>NAME` and a ```json fence, V3.1 neither
+        return get_tool_call_parser("deepseekv3" if "```json" in text else "deepseekv31")
+    for needle, name in (("<|tool_calls_section_begin|>", "kimi_k2"), ("[TOOL_CALLS]", "mistral"),
+                         ("<|python_tag|>", "llama3"), ("<arg_key>", "glm45"), ("<function=", "qwen3_coder"),
+                         ("<parameter=", "qwen3_coder"), ("<tool_call>", "hermes")):
         if needle in text:
             return get_tool_call_parser(name)
     return get_tool_call_parser("hermes")
@@ -388,6 +471,7 @@ class StreamingToolParser:
             if key in streamed:
                 streamed.remove(key)
             elif self.max_calls is None or len(self._calls) < self.max_calls:
+                call.id = self.parser.call_id(call.name, len(self._calls)) or call.id
                 deltas.append(call.to_openai(len(self._calls)))
                 self._calls.append((call, len(call.arguments)))
         return normal, deltas, bool(calls)
@@ -397,6 +481,7 @@ class StreamingToolParser:
         for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held)[: self.max_calls]):
             if k == len(self._calls):
                 call = ToolCall(name, "")
+                call.id = self.parser.call_id(name, k) or call.id
                 self._calls.append((call, 0))
                 out.append({**call.to_openai(k), "function": {"name": name, "arguments": ""}})
             call, sent = self._calls[k]

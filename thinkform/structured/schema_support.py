@@ -21,7 +21,8 @@ import logging
 import re
 from typing import Any, Iterator
 
-from thinkform.structured.spec import Constraint, ConstraintError, json_tags
+from thinkform.structured.spec import Constraint, ConstraintError, json_tags, xml_tags
+from thinkform.structured.xml_args import XML_STYLES, read_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +192,14 @@ class AnswerCheck:
 
 class TagArgumentsCheck:
     """The AnswerCheck of each JSON tag of a structural tag (a tool call's arguments), over every call of
-    that tag in the answer."""
+    that tag in the answer. Arguments written in an XML style (xgrammar's "qwen_xml" / "glm_xml": Qwen3-Coder,
+    GLM-4.5) are checked too, after reading them into JSON by the schema's types exactly as the tool-call
+    parser does (xml_args), so the check judges the arguments the client gets."""
 
-    def __init__(self, checks: list[tuple[str, str, AnswerCheck]]) -> None:
+    def __init__(self, checks: list[tuple[str, str, AnswerCheck]],
+                 xml_checks: list[tuple[str, str, AnswerCheck, Any, str]] | None = None) -> None:
         self._checks = checks
+        self._xml_checks = xml_checks or []
 
     def __call__(self, answer: bytes) -> bool:
         text = answer.decode("utf-8", "replace")
@@ -207,13 +212,29 @@ class TagArgumentsCheck:
                 if not check(text[at + len(begin):stop].encode()):
                     return False
                 at = text.find(begin, stop + len(end))
+        for begin, end, check, schema, style in self._xml_checks:
+            at = text.find(begin)
+            while at >= 0:
+                read = read_arguments(text, at + len(begin), style, schema)
+                if read is None:
+                    break  # a call still open: the grammar's verdict covers it
+                args, stop = read
+                if not check(json.dumps(args, ensure_ascii=False).encode()):
+                    return False
+                at = text.find(begin, stop)
         return True
 
     @classmethod
-    def for_tags(cls, tags: list[tuple[str, str, Any]]) -> "TagArgumentsCheck | None":
-        checks = [(begin, end, check) for begin, end, schema in tags
-                  if (check := AnswerCheck.for_schema(json.loads(schema) if isinstance(schema, str) else schema))]
-        return cls(checks) if checks else None
+    def for_tags(cls, tags: list[tuple[str, str, Any]],
+                 xml: list[tuple[str, str, Any, str]] = ()) -> "TagArgumentsCheck | None":  # type: ignore[assignment]
+        checks = [(begin, end, check) for begin, end, schema in tags if (check := AnswerCheck.for_schema(_load(schema)))]
+        xml_checks = [(begin, end, check, _load(schema), style) for begin, end, schema, style in xml
+                      if style in XML_STYLES and (check := AnswerCheck.for_schema(_load(schema)))]
+        return cls(checks, xml_checks) if checks or xml_checks else None
+
+
+def _load(schema: Any) -> Any:
+    return json.loads(schema) if isinstance(schema, str) else schema
 
 
 def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck | None:
@@ -221,7 +242,8 @@ def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck 
     if constraint.kind == "json_schema":
         return AnswerCheck.for_schema(constraint.data())
     if constraint.kind == "structural_tag":
-        return TagArgumentsCheck.for_tags(json_tags(constraint.data()))
+        data = constraint.data()
+        return TagArgumentsCheck.for_tags(json_tags(data), xml_tags(data))
     return None
 
 
@@ -298,6 +320,11 @@ def _definition(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, An
         return
     for name, sub in value.items():
         yield from _definition(sub, f"{path}/{name}", depth + 1)
+
+
+def map_schemas(schema: Any, fn: Any) -> Any:
+    """A copy of `schema` with `fn` applied to every schema in it (each subschema, innermost first)."""
+    return _rebuild(schema, fn)
 
 
 def _rebuild(schema: Any, fn: Any) -> Any:

@@ -119,16 +119,52 @@ def _structural_tag(value: Any) -> str:
 
 
 def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
-    """(begin, end) of every tag of a structural tag whose content is JSON (see json_tags)."""
+    """(begin, end) of every tag of a structural tag whose content is JSON (see json_tags): where the JSON
+    number guard follows tool-call arguments. Tags with XML-style content (xml_tags) are left out: their
+    string values are raw text, which a JSON lexer would misread (a `"` opening a string that never ends);
+    their numbers are bounded in the grammar itself instead (the xgrammar backend's `_xml_policy`)."""
     return [(begin, end) for begin, end, _ in json_tags(tag)]
 
 
 def json_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(begin, end, schema) of every tag of a structural tag whose content is JSON: the legacy form's
-    structures, and the format form's `tag` nodes with `json_schema` content, wherever they are nested."""
+    structures, and the format form's `tag` nodes with `json_schema` content in the plain JSON style,
+    wherever they are nested."""
     if "structures" in tag:
         return [(s["begin"], s["end"], s["schema"]) for s in tag["structures"]]
-    found: list[tuple[str, str, Any]] = []
+    return [(b, e, s) for b, e, s, style in _schema_tags(tag) if style == "json"]
+
+
+def xml_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
+    """(begin, end, schema, style) of every tag of a structural tag whose `json_schema` content is written
+    in one of xgrammar's XML styles ("qwen_xml", "glm_xml", ...: tool-call arguments as XML parameters)."""
+    if "structures" in tag:
+        return []
+    return [(b, e, s, style) for b, e, s, style in _schema_tags(tag) if style != "json"]
+
+
+def has_xml_content(tag: dict[str, Any]) -> bool:
+    """Whether some `json_schema` content of a structural tag (at any depth, in a tag or not) is written in an
+    XML style, which only xgrammar compiles."""
+    found = False
+
+    def walk(node: Any) -> None:
+        nonlocal found
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if node.get("type") == "json_schema" and node.get("style", "json") != "json":
+                found = True
+            for value in node.values():
+                walk(value)
+
+    walk(tag.get("format"))
+    return found
+
+
+def _schema_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
+    found: list[tuple[str, str, Any, str]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -137,12 +173,13 @@ def json_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any]]:
         elif isinstance(node, dict):
             content = node.get("content")
             if node.get("type") == "tag" and isinstance(content, dict) and content.get("type") == "json_schema":
-                found.append((node.get("begin", ""), node.get("end", ""), content.get("json_schema")))
+                found.append((node.get("begin", ""), node.get("end", ""), content.get("json_schema"),
+                              str(content.get("style", "json"))))
             for value in node.values():
                 walk(value)
 
     walk(tag.get("format"))
-    return [(b, e, s) for b, e, s in found if isinstance(b, str) and isinstance(e, str) and b and e]
+    return [(b, e, s, st) for b, e, s, st in found if isinstance(b, str) and isinstance(e, str) and b and e]
 
 
 def _structures(structures: Any) -> list[dict[str, Any]]:

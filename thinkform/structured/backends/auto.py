@@ -1,6 +1,7 @@
 """`auto`, the default: xgrammar first; where it rejects a constraint or would not enforce it, llguidance
 (JSONSchemaBench: xgrammar compiles 955 of 1,000 real-world schemas, less the 181 it would not
-enforce, the fallback most of those). The answer keeps the chosen library's matcher."""
+enforce, the fallback most of those). The answer keeps the chosen library's matcher. A structural tag with
+XML-style arguments (Qwen3-Coder's, GLM-4.5's tool calls) is xgrammar's alone: no fallback."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -12,7 +13,7 @@ from thinkform.structured.backends.llguidance import LLGuidanceBackend, LLGuidan
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.xgrammar import XGrammarBackend
 from thinkform.structured.schema_support import OTHER_BACKENDS_HINT
-from thinkform.structured.spec import Constraint, ConstraintError
+from thinkform.structured.spec import Constraint, ConstraintError, has_xml_content
 
 
 @register_backend
@@ -31,6 +32,9 @@ class AutoBackend(GrammarBackend):
         except ConstraintError as first:
             if constraint.kind not in LLGuidanceBackend.kinds:
                 raise
+            if constraint.kind == "structural_tag" and has_xml_content(constraint.data()):
+                # XML-style tool-call arguments (qwen_xml, glm_xml): xgrammar only, its message stands
+                raise ConstraintError(str(first).replace(OTHER_BACKENDS_HINT, ""), field=first.field) from first
             try:
                 return self._llguidance().compile(constraint)
             except ConstraintError as second:  # neither library: the hint to try the other one is moot here

@@ -14,7 +14,8 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.schema_support import answer_check_for, complete_required, without_unenforceable
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, has_xml_content
+from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
 
@@ -189,6 +190,10 @@ def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
     if "structures" in tag:
         items, triggers = _legacy_items(tag), tag["triggers"]
     else:
+        if has_xml_content(tag):
+            raise ConstraintError("grammar backend 'llguidance' cannot compile a structural_tag whose json_schema "
+                                  f"content has an XML style{XML_ONLY_XGRAMMAR}; use --grammar-backend xgrammar "
+                                  "or auto", field="structural_tag")
         items, triggers = _format_items(tag["format"]), tag["format"].get("triggers") or []
     tags = []
     for begin, schema, end in items:

@@ -12,7 +12,9 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
-from thinkform.structured.schema_support import answer_check_for, check_xgrammar_enforces, complete_required
+from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
+                                                  map_schemas, OTHER_BACKENDS_HINT)
+from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
@@ -144,7 +146,42 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
                     "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
         grammar = xgr.Grammar.from_json_schema(json.dumps(schema), **_json_kwargs(opts))
         return {"type": "grammar", "grammar": str(grammar)}
+    if node.get("type") == "json_schema":
+        return _xml_policy(node, opts)
     return {k: _json_policy(v, opts) for k, v in node.items()}
+
+
+def _xml_policy(node: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
+    """A json_schema format in one of xgrammar's XML styles (tool-call arguments as `<parameter=k>v</parameter>`
+    or `<arg_key>k</arg_key><arg_value>v</arg_value>`): compiled by xgrammar itself, as only it can. The same
+    schema checks as for JSON (a keyword xgrammar would drop is refused: no other library compiles these
+    styles), whitespace runs bounded, and numbers bounded in the grammar through the schema: the JSON number
+    guard cannot follow XML (its raw strings are not JSON), so an integer gets the range of
+    `max_number_digits` digits and a number that range too (xgrammar then writes at most 6 decimals and no
+    exponent), inside any bounds of its own."""
+    schema = node["json_schema"]
+    schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
+    schema = map_schemas(complete_required(schema), lambda n: _bounded_number(n, opts))
+    try:
+        check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")
+    except ConstraintError as e:  # no other backend to suggest
+        raise ConstraintError(str(e).replace(OTHER_BACKENDS_HINT, "") + XML_ONLY_XGRAMMAR, field=e.field) from e
+    return {**node, "json_schema": schema, "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
+
+
+def _bounded_number(node: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
+    kind = node.get("type")
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    if not kinds & {"integer", "number"} or "enum" in node or "const" in node:
+        return node
+    top = 10 ** opts.max_number_digits - 1
+    low, high = node.get("minimum"), node.get("maximum")
+    out = dict(node)
+    if "exclusiveMinimum" not in node or not isinstance(node["exclusiveMinimum"], (int, float)):
+        out["minimum"] = max(low, -top) if isinstance(low, (int, float)) else -top
+    if "exclusiveMaximum" not in node or not isinstance(node["exclusiveMaximum"], (int, float)):
+        out["maximum"] = min(high, top) if isinstance(high, (int, float)) else top
+    return out
 
 
 def _message(e: Exception) -> str:

@@ -1,0 +1,126 @@
+"""vLLM clients against the server: the response fields they read (reasoning, stop_reason, token ids as
+names), request fields they send (allowed_token_ids, bad_words, request_id, include_reasoning, -1 budgets)
+and the routes they call; what thinkform cannot do is a 400 naming the field, never silently ignored."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from server_fixtures import error_response as _error, running_server, sse_events
+
+QUESTION = [{"role": "user", "content": "Give me the capital of France."}]
+GREEDY = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
+
+
+def _chat(base: str, **body) -> httpx.Response:
+    return httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, **body})
+
+
+def test_reasoning_under_vllms_name_too_and_stop_reason(served):
+    _, base = served
+    choice = _chat(base).json()["choices"][0]
+    assert choice["message"]["reasoning"] == choice["message"]["reasoning_content"] == "Let me think."
+    assert "stop_reason" in choice and choice["stop_reason"] == choice["matched_stop"]
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": QUESTION, "stream": True}) as r:
+        events = [e for e in sse_events(r)[:-1] if e["choices"]]
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert "".join(d.get("reasoning", "") for d in deltas) == "Let me think."
+    assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
+    assert "stop_reason" in events[-1]["choices"][0]
+    cmpl = httpx.post(f"{base}/v1/completions", json={"prompt": "hi"}).json()["choices"][0]
+    assert "stop_reason" in cmpl
+
+
+def test_include_reasoning_false_leaves_the_reasoning_out(served):
+    _, base = served
+    message = _chat(base, include_reasoning=False).json()["choices"][0]["message"]
+    assert message["reasoning"] is None and message["reasoning_content"] is None and message["content"] == "Paris"
+    with httpx.stream("POST", f"{base}/v1/chat/completions",
+                      json={"messages": QUESTION, "stream": True, "include_reasoning": False}) as r:
+        deltas = [e["choices"][0]["delta"] for e in sse_events(r)[:-1] if e["choices"]]
+    assert not any("reasoning" in d or "reasoning_content" in d for d in deltas)
+    assert "".join(d.get("content") or "" for d in deltas) == "Paris"
+
+
+def test_request_id_names_the_response(served):
+    engine, base = served
+    assert _chat(base, request_id="my-req").json()["id"] == "chatcmpl-my-req"
+    assert engine.calls[-1]["rid"] == "my-req"
+    assert httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "request_id": "c1"}).json()["id"] == "cmpl-c1"
+
+
+def test_return_tokens_as_token_ids_names_logprob_tokens_by_id(served):
+    engine, base = served
+    content = _chat(base, logprobs=True, top_logprobs=1, return_tokens_as_token_ids=True).json()[
+        "choices"][0]["logprobs"]["content"]
+    ids = engine.tokenizer.encode("Let me think.</think>\n\nParis", add_special_tokens=False)
+    assert [c["token"] for c in content] == [f"token_id:{i}" for i in ids]
+    lp = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "logprobs": 1, "echo": True,
+                                                    "return_tokens_as_token_ids": True}).json()["choices"][0]["logprobs"]
+    assert all(t.startswith("token_id:") for t in lp["tokens"])
+    assert lp["text_offset"] == sorted(lp["text_offset"])  # offsets still count the text's characters
+
+
+def test_fields_passed_to_the_engine(served):
+    engine, base = served
+    assert _chat(base, allowed_token_ids=[5, 6], bad_words=["Rome"], thinking_token_budget=-1).status_code == 200
+    params = engine.calls[-1]["sampling_params"]
+    assert params["allowed_token_ids"] == [5, 6] and params["bad_words"] == ["Rome"]
+    assert "max_reasoning_tokens" not in params  # vLLM's -1: no budget
+    assert _chat(base, thinking_token_budget=7).status_code == 200
+    assert engine.calls[-1]["sampling_params"]["max_reasoning_tokens"] == 7
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("/v1/chat/completions", {"messages": QUESTION, "chat_template": "{{ messages }}"}, "chat_template"),
+    ("/v1/chat/completions", {"messages": QUESTION, "use_beam_search": True}, "use_beam_search"),
+    ("/v1/completions", {"prompt": "def f(", "suffix": "return x"}, "suffix"),
+])
+def test_what_thinkform_cannot_do_is_refused_by_name(served, route, body, param):
+    _, base = served
+    _error(httpx.post(f"{base}{route}", json=body), 400, param)
+
+
+def test_vllm_routes(served):
+    _, base = served
+    assert httpx.get(f"{base}/version").json()["version"]
+    assert httpx.post(f"{base}/ping").status_code == 200
+    tok = httpx.post(f"{base}/tokenize", json={"prompt": "Hello world", "return_token_strs": True}).json()
+    assert len(tok["token_strs"]) == len(tok["tokens"]) and all(isinstance(t, str) for t in tok["token_strs"])
+    back = httpx.post(f"{base}/detokenize", json={"tokens": tok["tokens"]}).json()
+    assert back["prompt"] == back["text"] == "Hello world"
+
+
+def test_history_reasoning_under_either_name_reaches_the_template():
+    from thinkform.server.protocol import ChatMessage
+
+    m = ChatMessage(role="assistant", content="Paris", reasoning="It is Paris.")
+    assert m.model_dump(exclude_none=True)["reasoning_content"] == "It is Paris."
+
+
+# ---------------------------------------------------------------- on the real engine
+
+def test_allowed_token_ids_bad_words_and_min_tokens_on_the_engine(engine64):
+    out = engine64.generate("Hello", {**GREEDY, "allowed_token_ids": [100, 101, 102]})
+    assert set(out["output_ids"]) <= {100, 101, 102} and len(out["output_ids"]) == 24
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        engine64.generate("Hello", {**GREEDY, "allowed_token_ids": [1], "regex": "a+"})
+    whole = engine64.generate("Hello", GREEDY)
+    word = engine64.tokenizer.decode(whole["output_ids"][4:6])
+    banned = engine64.generate("Hello", {**GREEDY, "bad_words": [word]})
+    ids = engine64.tokenizer.encode(word, add_special_tokens=False)
+    assert not any(banned["output_ids"][i:i + len(ids)] == ids for i in range(len(banned["output_ids"])))
+    stop = engine64.tokenizer.decode(whole["output_ids"][1:3])
+    early = engine64.generate("Hello", {**GREEDY, "stop": [stop]})
+    late = engine64.generate("Hello", {**GREEDY, "stop": [stop], "min_new_tokens": 10})
+    assert len(early["output_ids"]) < 10 and len(late["output_ids"]) >= 10  # no stop before min_new_tokens
+
+
+def test_vllm_metric_names(engine64):
+    with running_server(engine64) as base:
+        httpx.post(f"{base}/generate", json={"text": "Hi", "sampling_params": {"max_new_tokens": 3}})
+        text = httpx.get(f"{base}/metrics").text
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_count"):
+        assert f"\n{name}{{" in text, name
