@@ -433,7 +433,9 @@ def test_no_request_field_reads_or_writes_a_file(real, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("TOPSECRET-1234")
     target = tmp_path / "written.txt"
-    odd = {"model": str(secret), "chat_template": str(secret), "tokenizer_path": str(secret),
+    refused = _chat(base, chat_template=str(secret))  # a per-request template is refused, never read
+    assert refused.status_code == 400 and "TOPSECRET" not in refused.text
+    odd = {"model": str(secret), "tokenizer_path": str(secret),
            "model_path": str(secret), "template": str(secret), "file": str(secret), "output_file": str(target),
            "log_file": str(target), "save_path": str(target), "user": str(secret),
            "chat_template_kwargs": {"template": str(secret), "path": str(secret)}}
@@ -443,12 +445,13 @@ def test_no_request_field_reads_or_writes_a_file(real, tmp_path):
     prompt_bodies = [
         ("/generate", {"text": "x", "sampling_params": {"max_new_tokens": 4}, "model_path": str(secret),
                        "tokenizer": str(secret), "output_path": str(target)}),
-        ("/v1/completions", {"prompt": str(secret), "max_tokens": 4, "suffix": str(secret),
-                             "model": f"file://{secret}"}),
+        ("/v1/completions", {"prompt": str(secret), "max_tokens": 4, "model": f"file://{secret}"}),
     ]
     for path, body in prompt_bodies:
         r = httpx.post(f"{base}{path}", json=body, timeout=30)
         assert r.status_code == 200 and "TOPSECRET" not in r.text
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "suffix": str(secret)}, timeout=30)
+    assert r.status_code == 400 and "TOPSECRET" not in r.text  # suffix is refused (no fill-in-the-middle)
     # a schema that points at a file is refused or ignored, never read
     ref = {"type": "object", "properties": {"a": {"$ref": f"file://{secret}"}}}
     r = _chat(base, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": ref}})

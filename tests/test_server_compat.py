@@ -56,9 +56,9 @@ def test_tokenize_and_detokenize(served, prefix):
     assert plain["tokens"] == [tok.encode("a b", add_special_tokens=False), tok.encode("c", add_special_tokens=False)]
     assert plain["count"] == [len(t) for t in plain["tokens"]]
     text = httpx.post(f"{base}{prefix}/detokenize", json={"tokens": plain["tokens"][0]}).json()
-    assert text == {"text": "a b"}
+    assert text == {"text": "a b", "prompt": "a b"}  # SGLang's key and vLLM's
     both = httpx.post(f"{base}{prefix}/detokenize", json={"tokens": plain["tokens"]}).json()
-    assert both == {"text": ["a b", "c"]}
+    assert both == {"text": ["a b", "c"], "prompt": ["a b", "c"]}
 
 
 def test_tokenize_messages_gives_the_chat_prompt_ids(served):

@@ -324,8 +324,8 @@ def test_the_answer_check_reads_xml_arguments_as_json(name):
 # ---------------------------------------------------------------- a random model, end to end
 
 # Strings of a few characters: a random model almost never writes a free string's closing tag (nor its
-# closing quote), and budget closing does not reach XML arguments (see tools.py's report), so unbounded strings
-# would run to max_new_tokens; the grammar enforces maxLength on an XML string as on a JSON one.
+# closing quote), so unbounded strings run until budget closing ends them (the last test); bounded ones let
+# these tests see calls the model finished itself. The grammar enforces maxLength on an XML string as on JSON.
 BOUNDED_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     **WEATHER_PARAMS, "properties": {**WEATHER_PARAMS["properties"], "city": {"type": "string", "maxLength": 10}}}}},
     {"type": "function", "function": {"name": "get_date", "parameters": {
@@ -387,3 +387,23 @@ def test_the_server_binds_the_request_tools_to_an_xml_parser(tool_engine):
             deltas = [d for e in events for d in e["choices"][0]["delta"].get("tool_calls") or []]
             assert [c["arguments"] for c in _accumulate(deltas)] == [c["function"]["arguments"] for c in calls]
         assert seen >= 2
+
+
+@pytest.mark.parametrize("name", ["qwen3_coder", "glm45"])
+def test_an_xml_call_still_open_near_max_new_tokens_is_closed_valid(tool_engine, name):
+    """Free strings (no maxLength): a random model never closes one, so the call is open when the budget
+    runs out; budget closing appends the grammar's ending inside the call (its end tag included), and the
+    call parses and validates instead of finishing "length" cut."""
+    parser = get_tool_call_parser(name)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMS}}]
+    tag = json.dumps(parser.structural_tag(tools, "required"))
+    outs = tool_engine.generate(["Weather?"] * 4, [{"temperature": 1.0, "seed": i, "max_new_tokens": 200,
+                                                    "structural_tag": tag} for i in range(4)])
+    for out in outs:
+        meta = out["meta_info"]
+        assert meta["finish_reason"]["type"] == "stop" and meta["constraint_satisfied"], out["text"]
+        normal, calls = parser.for_tools(tools).parse(out["text"])
+        assert normal == "" and len(calls) >= 1, out["text"]
+        for call in calls:
+            jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
+    assert any(o["meta_info"]["closed_by_budget"] for o in outs)

@@ -14,10 +14,10 @@ from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import failed_output, sequence_output
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
-from thinkform.structured.closing import closing_reserve
+from thinkform.structured.closing import TagScope, closing_reserve
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
-from thinkform.structured.spec import Constraint, constraint_from_fields, json_tag_bounds
+from thinkform.structured.spec import Constraint, constraint_from_fields, json_tag_bounds, xml_tags
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -236,12 +236,13 @@ class RequestBuilder:
         json_answer = kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         tags = json_tag_bounds(c.data()) if c is not None and c.kind == "structural_tag" else []
+        xml = [(b, e) for b, e, _, _ in xml_tags(c.data())] if c is not None and c.kind == "structural_tag" else []
         guards = self._guards(c, json_answer, tags)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
             combined_keeps=self.parts.combined_keeps, answer_check=compiled.answer_check if compiled else None,
-            **self._closing(p, kind, guards, tags, shortest))
+            **self._closing(p, kind, guards, tags, shortest, xml))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
@@ -258,7 +259,8 @@ class RequestBuilder:
         return reserve
 
     def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
-                 tags: list[tuple[str, str]], shortest: int | None) -> dict[str, Any]:
+                 tags: list[tuple[str, str]], shortest: int | None,
+                 xml_bounds: list[tuple[str, str]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only while the answer is inside a tag's JSON (a tool call's arguments), with room kept
@@ -272,11 +274,14 @@ class RequestBuilder:
         if kind in ("regex", "ebnf"):
             return {"ending": search, "ending_early": early}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
-        if tagged is None:
-            return {}
-        end_bytes = max(len(end.encode()) for _, end in tags)  # sampled token by token: one byte each at worst
-        return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": tagged.inside_tag,
-                "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + end_bytes}
+        if tagged is not None:
+            return {"closing": self.parts.closing_rules, "ending": search,
+                    "closing_scope": lambda _answer: tagged.inside_tag(),
+                    "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + _longest_end(tags)}
+        if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
+            return {"ending": search, "closing_scope": TagScope(xml_bounds),
+                    "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + _longest_end(xml_bounds)}
+        return {}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:
         """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, in a JSON answer and
@@ -297,6 +302,11 @@ class RequestBuilder:
         seed = (p.seed + k) % 2**64 if p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
         g.manual_seed(seed)
         return g
+
+
+def _longest_end(tags: list[tuple[str, str]]) -> int:
+    """Room for a tag's end string: sampled token by token, one byte each at worst."""
+    return max(len(end.encode()) for _, end in tags)
 
 
 def _prompt_rids(rid: Any, count: int, batched: bool) -> list[str]:

@@ -53,3 +53,19 @@ class ClosingRules:
         for keep in ([self._eos] if may_end else []) + self._tiers:
             if keep_unless_empty(bitmask, row, keep):
                 return
+
+
+class TagScope:
+    """Whether an answer is inside one of a structural tag's tags (between a begin string and its end
+    string): where budget closing may end a tool call whose arguments are not JSON (XML parameters), so
+    that free text beside the calls is never ended early."""
+
+    def __init__(self, tags: Sequence[tuple[str, str]]) -> None:
+        self._tags = [(begin.encode(), end.encode()) for begin, end in tags]
+
+    def __call__(self, answer: bytes) -> bool:
+        for begin, end in self._tags:
+            at = answer.rfind(begin)
+            if at >= 0 and answer.find(end, at + len(begin)) < 0:
+                return True
+        return False

@@ -188,6 +188,11 @@ class EndingSearch:
                 last = self._last_child(walk, children)
                 if last is not None:
                     return path + [last]
+                hinted = self._hint(walk, words.tobytes())
+                if hinted is not None:
+                    path += hinted[0]
+                    words = hinted[1]
+                    continue
                 step = self._step(walk, children, words.tobytes())
                 if step is None:
                     return None
@@ -209,6 +214,27 @@ class EndingSearch:
                 walk.matcher.rollback(1)
                 if ends:
                     return child
+        return None
+
+    def _hint(self, walk: _Walk, here: bytes) -> tuple[list[int], np.ndarray] | None:
+        """(its bytes' ids, the mask after it): the first of the matcher's ending hints the grammar takes
+        whole here and that leads elsewhere (an XML value's closing tag out of its raw text); the matcher is
+        left after it. None: no hint applies (the matcher as it was)."""
+        for hint in walk.matcher.ending_hints:
+            ids = [self._vocab.byte_ids.get(b) for b in hint]
+            if None in ids:
+                continue
+            taken = 0
+            for t in ids:
+                if not walk.accept(t):
+                    break
+                taken += 1
+            if taken == len(ids):
+                after = walk.mask()
+                if after.tobytes() != here:
+                    return ids, after
+            if taken:
+                walk.matcher.rollback(taken)
         return None
 
     def _step(self, walk: _Walk, children: list[int], here: bytes) -> tuple[int, np.ndarray] | None:

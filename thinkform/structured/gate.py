@@ -99,7 +99,7 @@ class ReasoningGate:
         answer_reserve_tokens: int | None = None,
         guards: Sequence[AnswerGuard] = (),
         closing: ClosingRules | None = None,
-        closing_scope: Callable[[], bool] | None = None,
+        closing_scope: Callable[[bytes], bool] | None = None,
         closing_reserve_tokens: int | None = None,
         ending: EndingSearch | None = None,
         ending_early: bool = True,
@@ -123,7 +123,8 @@ class ReasoningGate:
         self._guards = tuple(guards)
         self._combined_keeps = combined_keeps if combined_keeps is not None else CombinedKeeps()
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out (no ending found)
-        self._closing_scope = closing_scope  # where closing applies (a tool call's JSON); None: everywhere
+        # where closing applies, judged from the answer so far (inside a tool call's arguments); None: everywhere
+        self._closing_scope = closing_scope
         self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
                                  closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
         self._ending = ending  # finds an ending to append whole when the token budget runs out
@@ -272,7 +273,7 @@ class ReasoningGate:
         return self._in_closing_scope()
 
     def _in_closing_scope(self) -> bool:
-        return self._closing_scope is None or self._closing_scope()
+        return self._closing_scope is None or self._closing_scope(bytes(self._answer))
 
     # --- tokens ---------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from thinkform.reasoning import partial_suffix
+from thinkform.structured.spec import xml_tags
 
 XML_STYLES = frozenset({"qwen_xml", "glm_xml"})
 XML_ONLY_XGRAMMAR = (" (tool-call arguments written as XML, json_schema style 'qwen_xml' / 'glm_xml', as the "
@@ -49,6 +50,13 @@ STYLES: Mapping[str, _Style] = {
     "qwen_xml": _Style("<parameter=", ">", "", "</parameter>", True),
     "glm_xml": _Style("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", False),
 }
+
+
+def xml_value_closers(tag: dict[str, Any]) -> tuple[bytes, ...]:
+    """The closing tags of the XML argument values in a structural tag (the ending search's way out of a raw
+    string value, see GrammarMatcher.ending_hints); () where it has none."""
+    styles = {style for _, _, _, style in xml_tags(tag) if style in STYLES}
+    return tuple(sorted({STYLES[style].value_close.encode() for style in styles}))
 
 
 @dataclass

@@ -18,6 +18,10 @@ from thinkform.structured.spec import Constraint, ConstraintError, GrammarOption
 class GrammarMatcher(ABC):
     """Per-request grammar state. Not thread-safe; one request owns it."""
 
+    # byte strings that lead out of a state the ending search cannot leave byte class by byte class (an XML
+    # value's closing tag: inside the raw text every letter is allowed, so no one letter spells the tag)
+    ending_hints: tuple[bytes, ...] = ()
+
     @abstractmethod
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed next tokens into bitmask[row] (EOS bit set only where the grammar may end)."""
@@ -54,6 +58,7 @@ Pending = Sequence[tuple[int, GrammarMatcher]]  # a step's (bitmask row, matcher
 class CompiledGrammar(ABC):
     # checks a finished answer against what the grammar could not enforce (schema_support.AnswerCheck)
     answer_check: Callable[[bytes], bool] | None = None
+    ending_hints: tuple[bytes, ...] = ()  # given to its matchers (GrammarMatcher.ending_hints)
 
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...

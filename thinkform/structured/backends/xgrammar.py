@@ -14,7 +14,7 @@ from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
                                                   map_schemas, OTHER_BACKENDS_HINT)
-from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
+from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
@@ -56,7 +56,9 @@ class XGrammarCompiled(CompiledGrammar):
         self.compiled = compiled
 
     def new_matcher(self) -> GrammarMatcher:
-        return XGrammarMatcher(self.compiled)
+        matcher = XGrammarMatcher(self.compiled)
+        matcher.ending_hints = self.ending_hints
+        return matcher
 
 
 @register_backend
@@ -88,6 +90,8 @@ class XGrammarBackend(GrammarBackend):
         except Exception as e:  # xgrammar raises RuntimeError / ValueError / pydantic errors alike
             raise ConstraintError(f"invalid {constraint.field}: {_message(e)}", field=constraint.field) from e
         compiled.answer_check = answer_check_for(constraint)
+        if constraint.kind == "structural_tag":
+            compiled.ending_hints = xml_value_closers(constraint.data())
         return compiled
 
     def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
