@@ -71,6 +71,18 @@ def test_fields_passed_to_the_engine(served):
     assert engine.calls[-1]["sampling_params"]["max_reasoning_tokens"] == 7
 
 
+def test_truncate_prompt_tokens_and_add_special_tokens(served):
+    engine, base = served
+    tok = engine.tokenizer
+    text = "one two three four five six"
+    assert httpx.post(f"{base}/v1/completions", json={"prompt": text, "truncate_prompt_tokens": 3}).status_code == 200
+    assert engine.calls[-1]["input_ids"] == tok.encode(text)[-3:]
+    httpx.post(f"{base}/v1/completions", json={"prompt": [text, "seven"], "add_special_tokens": False})
+    assert engine.calls[-1]["input_ids"] == [tok.encode(t, add_special_tokens=False) for t in (text, "seven")]
+    assert _chat(base, truncate_prompt_tokens=4).status_code == 200
+    assert len(engine.calls[-1]["input_ids"]) == 4
+
+
 @pytest.mark.parametrize("route, body, param", [
     ("/v1/chat/completions", {"messages": QUESTION, "chat_template": "{{ messages }}"}, "chat_template"),
     ("/v1/chat/completions", {"messages": QUESTION, "use_beam_search": True}, "use_beam_search"),
@@ -124,3 +136,37 @@ def test_vllm_metric_names(engine64):
                  "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
                  "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_count"):
         assert f"\n{name}{{" in text, name
+
+
+def test_prompt_logprobs_as_vllm_gives_them(engine64):
+    """vLLM's prompt_logprobs: per prompt token (the first None) the token's own logprob and rank and the
+    row's top k, on completions (per choice, streamed in a choice's first chunk) and chat (at the top)."""
+    text = "The capital of France is Paris"
+    ids = engine64.tokenizer.encode(text)
+    with running_server(engine64) as base:
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": text, "max_tokens": 2, "prompt_logprobs": 2,
+                                                        "temperature": 0})
+        native = httpx.post(f"{base}/generate", json={"text": text, "sampling_params": {"max_new_tokens": 0},
+                                                      "return_logprob": True, "logprob_start_len": 0,
+                                                      "top_logprobs_num": 2}).json()["meta_info"]
+        with httpx.stream("POST", f"{base}/v1/completions", json={"prompt": text, "max_tokens": 2, "stream": True,
+                                                                  "prompt_logprobs": 2}) as s:
+            events = [e for e in sse_events(s)[:-1] if e["choices"]]
+        chat = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2,
+                                                               "prompt_logprobs": 0}).json()
+    choice = r.json()["choices"][0]
+    assert choice["logprobs"] is None  # output logprobs were not asked for
+    rows = choice["prompt_logprobs"]
+    assert len(rows) == len(ids) and rows[0] is None
+    for i, row in enumerate(rows[1:], start=1):
+        own = row[str(ids[i])]
+        assert own["logprob"] == pytest.approx(native["input_token_logprobs"][i][0], abs=1e-5)
+        assert own["decoded_token"] == engine64.tokenizer.decode([ids[i]])
+        top = native["input_top_logprobs"][i]
+        assert (own["rank"] == 1) == (top[0][1] == ids[i]) and own["rank"] >= 1
+        assert {str(t) for _, t, _ in top} <= set(row) and len(row) <= 3
+    assert [e["choices"][0].get("prompt_logprobs") is not None for e in events].count(True) == 1
+    assert events[0]["choices"][0]["prompt_logprobs"] == rows
+    prompt = chat["prompt_logprobs"]
+    assert prompt[0] is None and all(len(row) == 1 for row in prompt[1:])  # k 0: the token itself
+    assert chat["choices"][0]["logprobs"] is None

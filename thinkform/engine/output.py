@@ -60,7 +60,7 @@ def _logprobs(seq: Sequence, count: int) -> dict[str, Any]:
     """SGLang's four lists of (logprob, token id, text) entries: the prompt's from logprob_start_len (the
     first one's logprob None), the output's first `count` tokens; the text only with return_text_in_logprobs."""
     named = _with_text(seq.detok.tokenizer) if seq.return_text_in_logprobs else (lambda entries: entries)
-    out = {"input_token_logprobs": named(seq.input_token_logprobs),
+    out = {"input_token_logprobs": named(seq.input_token_logprobs), "input_token_ranks": seq.input_token_ranks,
            "output_token_logprobs": named(seq.token_logprobs[:count])}
     if seq.top_logprobs_num:
         out["input_top_logprobs"] = [named(top) if top is not None else None for top in seq.input_top_logprobs]

@@ -37,8 +37,11 @@ def record_prompt_logprobs(hidden: torch.Tensor, wanted: list[tuple[Sequence, ra
             rows = hidden[row + at:row + min(at + CHUNK, len(span))]
             logp = torch.log_softmax(compute_logits(rows).float(), dim=-1)
             ids = targets[at:at + rows.shape[0]]
-            values = logp.gather(1, torch.tensor(ids, device=logp.device)[:, None])[:, 0].tolist()
+            chosen = logp.gather(1, torch.tensor(ids, device=logp.device)[:, None])
+            ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()  # vLLM's rank: 1 where the token was the likeliest
+            values = chosen[:, 0].tolist()
             seq.input_token_logprobs.extend((v, t, None) for v, t in zip(values, ids))
+            seq.input_token_ranks.extend(ranks)
             if k:
                 top_vals, top_ids = (x.tolist() for x in logp.topk(k, dim=-1))
                 seq.input_top_logprobs.extend([(v, t, None) for v, t in zip(vs, ts)]

@@ -219,6 +219,7 @@ class RequestBuilder:
                 if seq.return_logprob:
                     seq.input_token_logprobs.append((None, ids[scored_from], None))
                     seq.input_top_logprobs.append(None)
+                    seq.input_token_ranks.append(None)
                 seq.sink = _bind_sink(sink, markers)
                 seqs.append(seq)
         return seqs

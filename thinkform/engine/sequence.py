@@ -75,6 +75,7 @@ class Sequence:
     # filled by the prefill, kept across a preemption's recompute
     input_token_logprobs: list[tuple[float | None, int, None]] = field(default_factory=list)
     input_top_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
+    input_token_ranks: list[int | None] = field(default_factory=list)  # each scored token's rank in its row
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)

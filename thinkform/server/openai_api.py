@@ -46,6 +46,7 @@ class ChatPlan:
     return_prompt_token_ids: bool = False  # and the prompt's (SGLang: also with return_token_ids)
     include_reasoning: bool = True  # vLLM's include_reasoning false: the reasoning is left out
     token_names: Any = None  # names logprob tokens: the tokenizer, or TokenIdNames (return_tokens_as_token_ids)
+    prompt_logprobs: int | None = None  # vLLM's: the prompt's logprobs with their top k, in the response
 
 
 def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
@@ -114,6 +115,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     else:
         prompt = render_chat(state, body, tools, kwargs)
         ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    ids = truncated(ids, body.truncate_prompt_tokens)
     reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs)
     if body.top_logprobs and not body.logprobs:
         raise APIError("top_logprobs: needs logprobs set to true", param="top_logprobs")
@@ -139,7 +141,8 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0,
                     return_token_ids=body.return_token_ids,
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
-                    include_reasoning=body.include_reasoning, token_names=token_names(state, body))
+                    include_reasoning=body.include_reasoning, token_names=token_names(state, body),
+                    prompt_logprobs=body.prompt_logprobs)
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
@@ -153,7 +156,35 @@ def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
 def _engine_call(state: ServerState, plan: ChatPlan, stream: bool) -> Any:
     return state.engine.async_generate(
         input_ids=plan.input_ids, sampling_params=plan.params, reasoning_start=plan.reasoning_start,
-        stream=stream, rid=plan.rid, return_logprob=plan.return_logprob, top_logprobs_num=plan.top_logprobs_num)
+        stream=stream, rid=plan.rid,
+        **engine_logprob_args(plan.top_logprobs_num if plan.return_logprob else None, plan.prompt_logprobs))
+
+
+def engine_logprob_args(output_k: int | None, prompt_k: int | None, echo: bool = False) -> dict[str, Any]:
+    """What the engine computes for the logprobs a request shows: the output's (top output_k; None: none),
+    the prompt's (vLLM's prompt_logprobs, or echo): the larger top k serves both, each shown trimmed."""
+    return {"return_logprob": output_k is not None or prompt_k is not None,
+            "top_logprobs_num": max(output_k or 0, prompt_k or 0),
+            "logprob_start_len": 0 if prompt_k is not None or echo else -1}
+
+
+def vllm_prompt_logprobs(names: Any, meta: dict[str, Any], k: int) -> list[dict[str, Any] | None]:
+    """vLLM's prompt_logprobs: per prompt token, None for the first, else {token id: {logprob, rank,
+    decoded_token}} for the token itself and the row's top k."""
+    out: list[dict[str, Any] | None] = []
+    tops = meta.get("input_top_logprobs") or []
+    ranks = meta.get("input_token_ranks") or []
+    for i, (value, tid, _) in enumerate(meta.get("input_token_logprobs") or []):
+        if value is None:
+            out.append(None)
+            continue
+        top = (tops[i] if i < len(tops) else None) or []
+        row = {str(t): {"logprob": v, "rank": j + 1, "decoded_token": _token_text(names, t)}
+               for j, (v, t, _) in enumerate(top[:k])}
+        row[str(tid)] = {"logprob": value, "rank": ranks[i] if i < len(ranks) else None,
+                         "decoded_token": _token_text(names, tid)}
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- chat: answers
@@ -235,13 +266,14 @@ def token_names(state: ServerState, body: SamplingFields) -> Any:
 LogprobPair = tuple[tuple[float, int, Any], list[tuple[float, int, Any]] | None]  # (token's entry, its top ones)
 
 
-def _logprob_pairs(meta: dict[str, Any], start: int = 0) -> list[LogprobPair] | None:
-    """The output tokens' (logprob entry, top entries) from `start` on; None when the engine sent none."""
+def _logprob_pairs(meta: dict[str, Any], start: int = 0, k: int | None = None) -> list[LogprobPair] | None:
+    """The output tokens' (logprob entry, top entries, at most k of them) from `start` on; None when the
+    engine sent none."""
     tokens = meta.get("output_token_logprobs")
     if tokens is None:
         return None
     tops = meta.get("output_top_logprobs") or [None] * len(tokens)
-    return list(zip(tokens[start:], tops[start:]))
+    return [(t, top[:k] if top is not None and k is not None else top) for t, top in zip(tokens[start:], tops[start:])]
 
 
 def _chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict[str, Any]]:
@@ -254,8 +286,8 @@ def _chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict
     return content
 
 
-def _chat_logprobs(tokenizer: Any, meta: dict[str, Any]) -> dict[str, Any] | None:
-    pairs = _logprob_pairs(meta)
+def _chat_logprobs(tokenizer: Any, meta: dict[str, Any], k: int | None = None) -> dict[str, Any] | None:
+    pairs = _logprob_pairs(meta, k=k)
     return None if pairs is None else {"content": _chat_logprob_entries(tokenizer, pairs)}
 
 
@@ -264,11 +296,12 @@ class _LogprobFeed:
     """Streamed logprobs of one choice: each event's engine output carries the entries of the tokens whose
     text it shows (cumulative); the new ones wait here for the next chunk of that choice."""
 
+    k: int | None = None  # top entries shown per token (the engine may compute more for the prompt's)
     sent: int = 0  # entries taken from the engine so far
     pending: list[LogprobPair] = field(default_factory=list)
 
     def feed(self, meta: dict[str, Any]) -> None:
-        pairs = _logprob_pairs(meta, self.sent)
+        pairs = _logprob_pairs(meta, self.sent, self.k)
         if pairs:
             self.pending.extend(pairs)
             self.sent += len(pairs)
@@ -293,7 +326,8 @@ def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, 
         message["tool_calls"] = [c.to_openai() for c in calls]
         reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
     choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
-              "stop_reason": matched, "logprobs": _chat_logprobs(plan.token_names, meta) if plan.return_logprob else None}
+              "stop_reason": matched,
+              "logprobs": _chat_logprobs(plan.token_names, meta, plan.top_logprobs_num) if plan.return_logprob else None}
     if plan.return_token_ids:  # as SGLang's choice: present only when asked for
         choice["token_ids"] = list(out.get("output_ids", []))
     if plan.return_prompt_token_ids:
@@ -334,11 +368,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     except ClientGone:
         return Response(status_code=499)
     outs = _as_list(result)
-    return JSONResponse({
+    response = {
         "id": chat_id, "object": "chat.completion", "created": now(), "model": body.model or state.model_name,
         "choices": [_chat_choice(state, plan, i, o) for i, o in enumerate(outs)],
         "usage": _usage([o.get("meta_info", {}) for o in outs], body.n),
-    })
+    }
+    if plan.prompt_logprobs is not None:  # one prompt: vLLM gives them once, at the top
+        response["prompt_logprobs"] = vllm_prompt_logprobs(plan.token_names, outs[0].get("meta_info", {}),
+                                                           plan.prompt_logprobs)
+    return JSONResponse(response)
 
 
 @dataclass
@@ -416,7 +454,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         for _ in range(body.n)]
     finals: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # each choice's last engine output: its counts so far
-    feeds = [_LogprobFeed() for _ in range(body.n)] if plan.return_logprob else None
+    feeds = [_LogprobFeed(plan.top_logprobs_num) for _ in range(body.n)] if plan.return_logprob else None
     continuous = _continuous_usage(body)
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -475,17 +513,28 @@ def _continuous_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
 
 # ---------------------------------------------------------------- completions
 
-def _completion_inputs(body: CompletionRequest) -> dict[str, Any]:
+def _completion_inputs(body: CompletionRequest, tokenizer: Any) -> dict[str, Any]:
+    """The engine's prompt arguments: text as given, or token ids where the request gave ids, asks for no
+    special tokens or for its prompts cut to their last truncate_prompt_tokens tokens (vLLM's)."""
     prompt = body.prompt
-    if isinstance(prompt, str):
-        return {"prompt": prompt}
-    if not prompt:
+    if not prompt and not isinstance(prompt, str):
         raise APIError("prompt must not be empty", param="prompt")
-    if isinstance(prompt[0], str):
-        return {"prompt": list(prompt)}
-    if isinstance(prompt[0], int):
-        return {"input_ids": list(prompt)}
-    return {"input_ids": [list(p) for p in prompt]}
+    if body.add_special_tokens and body.truncate_prompt_tokens is None:
+        if isinstance(prompt, str):
+            return {"prompt": prompt}
+        if isinstance(prompt[0], str):
+            return {"prompt": list(prompt)}
+    texts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else list(prompt)
+    lists = [tokenizer.encode(p, add_special_tokens=body.add_special_tokens) if isinstance(p, str) else list(p)
+             for p in texts]
+    lists = [truncated(ids, body.truncate_prompt_tokens) for ids in lists]
+    single = isinstance(prompt, str) or isinstance(prompt[0], int)
+    return {"input_ids": lists[0] if single else lists}
+
+
+def truncated(ids: list[int], keep: int | None) -> list[int]:
+    """vLLM's truncate_prompt_tokens: the last `keep` tokens of a prompt (all of them where None)."""
+    return ids if keep is None else ids[-keep:]
 
 
 def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: int,
@@ -504,14 +553,14 @@ def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: i
 
 
 def _completion_logprobs(tokenizer: Any, meta: dict[str, Any], echo: dict[str, Any] | None = None,
-                         start: int = 0, names: Any = None) -> dict[str, Any] | None:
+                         start: int = 0, names: Any = None, k: int | None = None) -> dict[str, Any] | None:
     """The whole answer's logprobs; with echo, the prompt's entries (`_echo_logprobs`) first, and the
     answer's offsets from `start`, the length of the echoed prompt."""
-    pairs = _logprob_pairs(meta)
+    pairs = _logprob_pairs(meta, k=k)
     if pairs is None:
         return None
     lists, _ = _completion_logprob_lists(tokenizer, pairs, start, names)
-    return _joined_logprobs(_scored_echo(names or tokenizer, echo, meta), lists) if echo is not None else lists
+    return _joined_logprobs(_scored_echo(names or tokenizer, echo, meta, k), lists) if echo is not None else lists
 
 
 def _joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
@@ -526,7 +575,7 @@ def _echo_logprobs(tokenizer: Any, prompt: str | list[int], text: str, names: An
             "text_offset": offsets, "top_logprobs": [None] * len(ids)}
 
 
-def _scored_echo(tokenizer: Any, echo: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def _scored_echo(tokenizer: Any, echo: dict[str, Any], meta: dict[str, Any], k: int | None = None) -> dict[str, Any]:
     """The echoed prompt's entries with the engine's prompt logprobs (scored from the first token on; the
     first has none, as in OpenAI's legacy API)."""
     scored = meta.get("input_token_logprobs") or []
@@ -534,7 +583,7 @@ def _scored_echo(tokenizer: Any, echo: dict[str, Any], meta: dict[str, Any]) -> 
         return echo
     tops = meta.get("input_top_logprobs") or [None] + [[]] * (len(scored) - 1)  # logprobs 0: {} as for output
     return {**echo, "token_logprobs": [lp for lp, _, _ in scored],
-            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in top} if top is not None else None
+            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in top[:k]} if top is not None else None
                              for top in tops]}
 
 
@@ -565,7 +614,7 @@ def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) ->
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
     warn_unknown(body, "/v1/completions")
-    inputs = _completion_inputs(body)
+    inputs = _completion_inputs(body, state.engine.tokenizer)
     check_max_tokens(body.max_tokens, state.limits, "max_tokens")
     params = sampling_params(body, body.max_tokens, state.max_n)
     params.update(validate_constraints(constraint_fields(body, body.response_format), state.limits))
@@ -582,8 +631,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     echoes = ([_echo_logprobs(tokenizer, p, t, names) for p, t in zip(_prompt_inputs(inputs), prompts)]
               if body.echo and want_logprobs else None)
     call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
-                                       return_logprob=want_logprobs, top_logprobs_num=body.logprobs or 0,
-                                       logprob_start_len=0 if echoes else -1)
+                                       **engine_logprob_args(body.logprobs, body.prompt_logprobs, bool(echoes)))
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
         first, rest = await open_stream(call)
@@ -601,9 +649,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         reason, matched = _finish_reason(meta)
         echoed = prompts[i // body.n] if body.echo else ""
         logprobs = (_completion_logprobs(tokenizer, meta, echoes[i // body.n] if echoes else None, len(echoed),
-                                         names) if want_logprobs else None)
+                                         names, body.logprobs) if want_logprobs else None)
         choices.append({"index": i, "text": echoed + out.get("text", ""), "finish_reason": reason,
                         "matched_stop": matched, "stop_reason": matched, "logprobs": logprobs})
+        if body.prompt_logprobs is not None:
+            choices[-1]["prompt_logprobs"] = vllm_prompt_logprobs(names, meta, body.prompt_logprobs)
     return JSONResponse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                          "choices": choices, "usage": _usage([o.get("meta_info", {}) for o in outs], body.n)})
 
@@ -655,6 +705,7 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
     finals: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # each choice's last engine output: its counts so far
     lps: dict[int, _CompletionLogprobStream] = {}
+    prompt_sent: set[int] = set()
     continuous = _continuous_usage(body)
     async for item in _chained(first, rest):
         index, text = item.get("index", 0), item.get("text", "")
@@ -672,15 +723,19 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
         lp = None
         if tokenizer is not None:
             lp = lps.setdefault(index, _CompletionLogprobStream(
-                tokenizer, echoes[index // body.n] if echoes else None, len(prompt), names))
+                tokenizer, echoes[index // body.n] if echoes else None, len(prompt), names, _LogprobFeed(body.logprobs)))
             lp.feed.feed(meta)
             if lp.echo is not None:
-                lp.echo = _scored_echo(names or tokenizer, lp.echo, meta)
+                lp.echo = _scored_echo(names or tokenizer, lp.echo, meta, body.logprobs)
         if delta or reason is not None:
             event = {"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                      "choices": [{"index": index, "text": delta, "finish_reason": reason,
                                   "matched_stop": matched, "stop_reason": matched,
                                   "logprobs": lp.take() if lp is not None else None}]}
+            if body.prompt_logprobs is not None and index not in prompt_sent:  # once, in a choice's first chunk
+                prompt_sent.add(index)
+                event["choices"][0]["prompt_logprobs"] = vllm_prompt_logprobs(names or tokenizer, meta,
+                                                                              body.prompt_logprobs)
             if continuous:
                 event["usage"] = _running_usage(latest, body.n)
             yield sse(event)

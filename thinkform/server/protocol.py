@@ -112,6 +112,8 @@ class SamplingFields(Lenient):
     request_id: Optional[str] = None  # the response id (SGLang's rid)
     return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:N"
     use_beam_search: bool = False  # refused: no beam search here
+    prompt_logprobs: Optional[conint(ge=0, le=20)] = None  # each prompt token's logprob and its top k
+    truncate_prompt_tokens: Optional[conint(ge=1)] = None  # keep a prompt's last tokens only
 
 
 # ---------- OpenAI: chat ----------
@@ -193,6 +195,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: Optional[conint(ge=0, le=20)] = None
     suffix: Optional[str] = None
+    add_special_tokens: bool = True  # vLLM's: false encodes a text prompt without BOS and the like
     response_format: Optional[ResponseFormat] = None
 
 
