@@ -83,6 +83,19 @@ def test_truncate_prompt_tokens_and_add_special_tokens(served):
     assert len(engine.calls[-1]["input_ids"]) == 4
 
 
+def test_completions_return_token_ids(served):
+    engine, base = served
+    tok = engine.tokenizer
+    choices = httpx.post(f"{base}/v1/completions", json={"prompt": ["a b", "c"], "return_token_ids": True}).json()[
+        "choices"]
+    assert [c["prompt_token_ids"] for c in choices] == [tok.encode("a b"), tok.encode("c")]
+    assert choices[0]["token_ids"] == tok.encode("Paris", add_special_tokens=False)
+    plain = httpx.post(f"{base}/v1/completions", json={"prompt": "a b"}).json()["choices"][0]
+    assert "token_ids" not in plain and "prompt_token_ids" not in plain
+    _error(httpx.post(f"{base}/v1/completions", json={"prompt": "a", "stream": True, "return_token_ids": True}),
+           400, "return_token_ids")
+
+
 @pytest.mark.parametrize("route, body, param", [
     ("/v1/chat/completions", {"messages": QUESTION, "chat_template": "{{ messages }}"}, "chat_template"),
     ("/v1/chat/completions", {"messages": QUESTION, "use_beam_search": True}, "use_beam_search"),

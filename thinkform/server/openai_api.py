@@ -96,7 +96,7 @@ def _given_ids(state: ServerState, ids: list[int]) -> str:
         raise APIError(f"input_ids: must be token ids of this model's vocabulary ({e})", param="input_ids") from e
 
 
-def _check_token_id_options(body: ChatCompletionRequest) -> None:
+def _check_token_id_options(body: ChatCompletionRequest | CompletionRequest) -> None:
     """As SGLang: the ids come on the whole choice only, so a stream refuses them."""
     for name in ("return_token_ids", "return_prompt_token_ids"):
         if body.stream and getattr(body, name):
@@ -615,6 +615,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
     warn_unknown(body, "/v1/completions")
     inputs = _completion_inputs(body, state.engine.tokenizer)
+    _check_token_id_options(body)
     check_max_tokens(body.max_tokens, state.limits, "max_tokens")
     params = sampling_params(body, body.max_tokens, state.max_n)
     params.update(validate_constraints(constraint_fields(body, body.response_format), state.limits))
@@ -654,6 +655,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                         "matched_stop": matched, "stop_reason": matched, "logprobs": logprobs})
         if body.prompt_logprobs is not None:
             choices[-1]["prompt_logprobs"] = vllm_prompt_logprobs(names, meta, body.prompt_logprobs)
+        if body.return_token_ids:
+            choices[-1]["token_ids"] = list(out.get("output_ids", []))
+        if body.return_token_ids or body.return_prompt_token_ids:
+            choices[-1]["prompt_token_ids"] = _prompt_ids(tokenizer, _prompt_inputs(inputs)[i // body.n])
     return JSONResponse({"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                          "choices": choices, "usage": _usage([o.get("meta_info", {}) for o in outs], body.n)})
 
@@ -665,6 +670,11 @@ def _prompt_inputs(inputs: dict[str, Any]) -> list[str | list[int]]:
         return [p] if isinstance(p, str) else list(p)
     ids = inputs["input_ids"]
     return [ids] if ids and isinstance(ids[0], int) else list(ids)
+
+
+def _prompt_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
+    """A prompt's ids as the engine encodes it (text) or as given (ids)."""
+    return tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
 
 def _prompt_texts(state: ServerState, inputs: dict[str, Any]) -> list[str]:

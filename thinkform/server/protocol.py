@@ -196,6 +196,8 @@ class CompletionRequest(SamplingFields):
     logprobs: Optional[conint(ge=0, le=20)] = None
     suffix: Optional[str] = None
     add_special_tokens: bool = True  # vLLM's: false encodes a text prompt without BOS and the like
+    return_token_ids: bool = False  # choices carry the output's and the prompt's token ids
+    return_prompt_token_ids: bool = False
     response_format: Optional[ResponseFormat] = None
 
 
