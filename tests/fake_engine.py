@@ -84,7 +84,7 @@ class FakeEngine:
                              require_reasoning: bool = False, reasoning_start: str | None = None,
                              stream: bool = False, rid: Any = None, return_logprob: bool = False,
                              top_logprobs_num: int = 0, logprob_start_len: Any = -1,
-                             return_text_in_logprobs: bool = False) -> Any:
+                             return_text_in_logprobs: bool = False, token_ids_logprob: Any = None) -> Any:
         call = dict(prompt=prompt, sampling_params=sampling_params, input_ids=input_ids,
                     require_reasoning=require_reasoning, reasoning_start=reasoning_start, stream=stream, rid=rid,
                     return_logprob=return_logprob, top_logprobs_num=top_logprobs_num,

@@ -167,3 +167,25 @@ def test_sampling_seed_is_seed(engine64):
     assert a == engine64.generate("Hello", {"max_new_tokens": 8, "seed": 11})["text"]
     with pytest.raises(ValueError, match="sampling_seed"):
         engine64.generate("Hello", {"sampling_seed": 1, "seed": 2})
+
+
+def test_token_ids_logprob_gives_those_tokens_logprobs_everywhere(engine64):
+    """SGLang's token_ids_logprob (classifiers read the logprob of "Yes" / "No" at each step): the listed
+    ids' logprobs at every output position and at every scored prompt position, equal to the same tokens'
+    entries where they are the sampled or the prompt token."""
+    ids = engine64.tokenizer.encode("Hello there friend")
+    out = engine64.generate("Hello there friend", {**GREEDY, "max_new_tokens": 6}, return_logprob=True,
+                            logprob_start_len=0, top_logprobs_num=1, token_ids_logprob=[ids[1], 7])
+    meta = out["meta_info"]
+    by_id = meta["output_token_ids_logprobs"]
+    assert len(by_id) == 6 and all([t for _, t, _ in row] == [ids[1], 7] for row in by_id)
+    for row, (value, tid, _), top in zip(by_id, meta["output_token_logprobs"], meta["output_top_logprobs"]):
+        assert all(v <= top[0][0] + 1e-6 for v, _, _ in row)
+        if tid in (ids[1], 7):
+            assert dict((t, v) for v, t, _ in row)[tid] == pytest.approx(value, abs=1e-6)
+    prompt_rows = meta["input_token_ids_logprobs"]
+    assert prompt_rows[0] is None and len(prompt_rows) == len(ids)
+    assert dict((t, v) for v, t, _ in prompt_rows[1])[ids[1]] == pytest.approx(meta["input_token_logprobs"][1][0],
+                                                                                 abs=1e-6)
+    with pytest.raises(ValueError, match="token_ids_logprob"):
+        engine64.generate("Hi", GREEDY, return_logprob=True, token_ids_logprob=[10**9])

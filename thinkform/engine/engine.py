@@ -23,7 +23,7 @@ logger = logging.getLogger("thinkform")
 # hidden states, disaggregation), each with the value that asks for none of it: code that passes them
 # explicitly at that value runs unchanged
 SGLANG_NEUTRAL_KEYWORDS: dict[str, Any] = {
-    "image_data": None, "audio_data": None, "video_data": None, "token_ids_logprob": None, "lora_path": None,
+    "image_data": None, "audio_data": None, "video_data": None, "lora_path": None,
     "custom_logit_processor": None, "return_hidden_states": False, "return_routed_experts": False,
     "session_params": None, "priority": None, "data_parallel_rank": None, "external_trace_header": None,
     "bootstrap_host": None, "bootstrap_port": None, "bootstrap_room": None,
@@ -152,7 +152,7 @@ class Engine:
                  stream: bool = False, rid: str | list[str] | None = None, return_logprob: bool = False,
                  top_logprobs_num: int | None = 0, reasoning_start: str | None = None,
                  logprob_start_len: int | list[int] | None = -1, return_text_in_logprobs: bool = False,
-                 **sglang_only: Any) -> Any:
+                 token_ids_logprob: list[int] | list[list[int]] | None = None, **sglang_only: Any) -> Any:
         """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator.
 
         An offline batch of any size is taken whole; `max_queued_requests` is backpressure for concurrent
@@ -160,7 +160,7 @@ class Engine:
         accepted at the value that asks for nothing (None / False)."""
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                             LogprobOptions(bool(return_logprob), top_logprobs_num or 0, logprob_start_len,
-                                           return_text_in_logprobs), sglang_only)
+                                           return_text_in_logprobs, token_ids_logprob), sglang_only)
         self._compile_sync(req)
         inbox: queue.Queue[_Delivery] = queue.Queue()
         self._submit(req, lambda d: inbox.put(d), limit_queue=False)
@@ -183,11 +183,12 @@ class Engine:
                              stream: bool = False, rid: str | list[str] | None = None,
                              return_logprob: bool = False, top_logprobs_num: int | None = 0,
                              reasoning_start: str | None = None, logprob_start_len: int | list[int] | None = -1,
-                             return_text_in_logprobs: bool = False, **sglang_only: Any) -> Any:
+                             return_text_in_logprobs: bool = False,
+                             token_ids_logprob: list[int] | list[list[int]] | None = None, **sglang_only: Any) -> Any:
         """As generate; with stream=True returns an async iterator of cumulative chunks."""
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                             LogprobOptions(bool(return_logprob), top_logprobs_num or 0, logprob_start_len,
-                                           return_text_in_logprobs), sglang_only)
+                                           return_text_in_logprobs, token_ids_logprob), sglang_only)
         await self._compile_async(req)
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()

@@ -235,7 +235,7 @@ class EngineLoop:
             if j in failed:
                 self._fail(seq, failed[j])
                 continue
-            lp = (out.logprobs[j], out.top_logprobs[j]) if seq.return_logprob else None
+            lp = (out.logprobs[j], out.top_logprobs[j], out.id_logprobs[j]) if seq.return_logprob else None
             try:
                 self._advance(seq, out.tokens[j], lp)
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
@@ -445,10 +445,12 @@ class EngineLoop:
     def _record_logprob(seq: Sequence, tid: int, sampled: tuple[int, tuple] | None) -> None:
         """One entry per output token: the sampled token's own logprob, 0.0 (and no alternatives) for the
         tokens the engine appended itself (jump-forward text, forced markers, a budget's ending)."""
-        value, top = sampled[1] if sampled is not None and sampled[0] == tid else (0.0, None)
+        value, top, by_id = sampled[1] if sampled is not None and sampled[0] == tid else (0.0, None, None)
         seq.token_logprobs.append((value, tid, None))
         if seq.top_logprobs_num:
             seq.top_logprobs.append([(v, t, None) for v, t in (top or [])])
+        if seq.token_ids_logprob:
+            seq.token_ids_logprobs.append([(v, t, None) for v, t in by_id] if by_id else None)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         if seq.finished:

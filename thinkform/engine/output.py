@@ -65,6 +65,9 @@ def _logprobs(seq: Sequence, count: int) -> dict[str, Any]:
     if seq.top_logprobs_num:
         out["input_top_logprobs"] = [named(top) if top is not None else None for top in seq.input_top_logprobs]
         out["output_top_logprobs"] = [named(top) for top in seq.top_logprobs[:count]]
+    if seq.token_ids_logprob:
+        out["input_token_ids_logprobs"] = [named(e) if e is not None else None for e in seq.input_token_ids_logprobs]
+        out["output_token_ids_logprobs"] = [named(e) if e is not None else None for e in seq.token_ids_logprobs[:count]]
     return out
 
 

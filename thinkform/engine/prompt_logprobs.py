@@ -42,6 +42,10 @@ def record_prompt_logprobs(hidden: torch.Tensor, wanted: list[tuple[Sequence, ra
             values = chosen[:, 0].tolist()
             seq.input_token_logprobs.extend((v, t, None) for v, t in zip(values, ids))
             seq.input_token_ranks.extend(ranks)
+            if seq.token_ids_logprob:
+                asked = seq.token_ids_logprob
+                rows_of_ids = logp[:, asked].tolist()
+                seq.input_token_ids_logprobs.extend([(v, t, None) for v, t in zip(vs, asked)] for vs in rows_of_ids)
             if k:
                 top_vals, top_ids = (x.tolist() for x in logp.topk(k, dim=-1))
                 seq.input_top_logprobs.extend([(v, t, None) for v, t in zip(vs, ts)]

@@ -34,9 +34,18 @@ class LogprobOptions:
     top_logprobs_num: int = 0
     logprob_start_len: int | list[int] | None = -1
     return_text_in_logprobs: bool = False
+    token_ids_logprob: list[int] | list[list[int]] | None = None  # one list for all prompts, or one each
 
-    def check(self, prompts: list[list[int]]) -> list[int]:
+    def ids_of(self, prompt: int) -> list[int] | None:
+        """The token ids whose logprobs prompt number `prompt` returns at every position (None: none)."""
+        ids = self.token_ids_logprob
+        if not ids:
+            return None
+        return list(ids[prompt]) if isinstance(ids[0], list) else list(ids)  # type: ignore[arg-type]
+
+    def check(self, prompts: list[list[int]], vocab_size: int) -> list[int]:
         """Each prompt's first scored token, checked; raises ValueError naming the field."""
+        self._check_token_ids(len(prompts), vocab_size)
         k = self.top_logprobs_num
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20:
             raise ValueError("top_logprobs_num: must be an integer in [0, 20]")
@@ -54,6 +63,19 @@ class LogprobOptions:
                 raise ValueError(f"logprob_start_len: {start} is not below the prompt's {len(ids)} tokens")
             out.append(len(ids) - 1 if start == -1 else start)
         return out
+
+    def _check_token_ids(self, num_prompts: int, vocab_size: int) -> None:
+        ids = self.token_ids_logprob
+        if not ids:
+            return
+        lists = ids if isinstance(ids, list) and isinstance(ids[0], list) else [ids]
+        if len(lists) > 1 and len(lists) != num_prompts:
+            raise ValueError(f"token_ids_logprob: got {len(lists)} lists for {num_prompts} prompts")
+        for each in lists:
+            if not isinstance(each, list) or len(each) > 1024 or not all(
+                    isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in each):
+                raise ValueError(f"token_ids_logprob: must be up to 1024 token ids in [0, {vocab_size}) "
+                                 "(or one such list per prompt)")
 
 
 @dataclass
@@ -94,7 +116,7 @@ class RequestBuilder:
         params = self._params(sampling_params, len(prompts))
         start = self._reasoning_start(require_reasoning, reasoning_start)
         rids = _prompt_rids(rid, len(prompts), batched)
-        scored_from = logprobs.check(prompts)
+        scored_from = logprobs.check(prompts, self.parts.vocab_size)
         for ids, p in zip(prompts, params):
             self._check_lengths(ids, p)
         constraints = [self._constraint(p) for p in params]
@@ -203,7 +225,8 @@ class RequestBuilder:
         seqs: list[Sequence] = []
         markers = self.parts.markers
         lp = req.logprobs
-        for ids, p, c, scored_from, rid in zip(req.prompt_ids, req.params, req.constraint, req.scored_from, req.rids):
+        for n, (ids, p, c, scored_from, rid) in enumerate(
+                zip(req.prompt_ids, req.params, req.constraint, req.scored_from, req.rids)):
             for k in range(p.n):
                 index = len(seqs)
                 gate = self._gate(req, p, c)
@@ -215,11 +238,13 @@ class RequestBuilder:
                     reasoning=markers is not None and req.reasoning_start != "answer",
                     reasoning_start=req.reasoning_start, return_logprob=bool(lp.return_logprob),
                     top_logprobs_num=lp.top_logprobs_num, return_text_in_logprobs=bool(lp.return_text_in_logprobs),
+                    token_ids_logprob=lp.ids_of(n) if lp.return_logprob else None,
                     logprob_start=scored_from)
                 if seq.return_logprob:
                     seq.input_token_logprobs.append((None, ids[scored_from], None))
                     seq.input_top_logprobs.append(None)
                     seq.input_token_ranks.append(None)
+                    seq.input_token_ids_logprobs.append(None)
                 seq.sink = _bind_sink(sink, markers)
                 seqs.append(seq)
         return seqs

@@ -17,6 +17,7 @@ class SampleOutput:
     tokens: list[int]
     logprobs: list[float | None] = field(default_factory=list)
     top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
+    id_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)  # token_ids_logprob's
 
 
 class Sampler:
@@ -127,6 +128,8 @@ class Sampler:
             out.logprobs.append(chosen[i] if wanted else None)
             n = seq.top_logprobs_num if wanted else 0
             out.top_logprobs.append(list(zip(top_vals[i][:n], top_ids[i][:n])) if n else None)
+            ids = seq.token_ids_logprob if wanted else None
+            out.id_logprobs.append(list(zip(logp[i, ids].tolist(), ids)) if ids else None)
 
 
 def _keep_only(row: torch.Tensor, ids: list[int]) -> None:

@@ -60,6 +60,7 @@ class Sequence:
     return_logprob: bool = False
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    token_ids_logprob: list[int] | None = None  # SGLang's: these tokens' logprobs at every position too
     logprob_start: int = 0  # the first prompt token with an entry in input_token_logprobs (its own is None)
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
@@ -76,6 +77,9 @@ class Sequence:
     input_token_logprobs: list[tuple[float | None, int, None]] = field(default_factory=list)
     input_top_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
     input_token_ranks: list[int | None] = field(default_factory=list)  # each scored token's rank in its row
+    # with token_ids_logprob: per position, (logprob, id, None) of each of those ids (None where not scored)
+    input_token_ids_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
+    token_ids_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)

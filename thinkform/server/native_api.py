@@ -94,7 +94,8 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         sampling_params=_with_thinking_budget(body.sampling_params, body.max_thinking_tokens),
         require_reasoning=body.require_reasoning, stream=body.stream, rid=rid,
         return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
-        logprob_start_len=body.logprob_start_len, return_text_in_logprobs=body.return_text_in_logprobs)
+        logprob_start_len=body.logprob_start_len, return_text_in_logprobs=body.return_text_in_logprobs,
+        token_ids_logprob=body.token_ids_logprob)
     if body.stream:
         first, rest = await open_stream(call)
         return StreamingResponse(stream_with_abort(state.engine, rids, _events(first, rest)),

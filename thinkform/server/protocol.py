@@ -213,6 +213,7 @@ class GenerateRequest(Lenient):
     top_logprobs_num: conint(ge=0, le=20) = 0
     logprob_start_len: Union[conint(ge=-1), list[conint(ge=-1)], None] = -1
     return_text_in_logprobs: bool = False
+    token_ids_logprob: Union[list[int], list[list[int]], None] = None  # these tokens' logprobs at every position
     rid: Union[str, list[str], None] = None
     max_thinking_tokens: Optional[conint(ge=0)] = None  # SGLang: the thinking budget of every prompt
     return_hidden_states: Any = None  # refused when set: not supported
