@@ -121,7 +121,10 @@ def test_abort_all_flush_cache_and_info(engine64):
     assert engine64.flush_cache() is True
     assert engine64.generate("The answer is always forty two", GREEDY)["meta_info"]["cached_tokens"] == 0
     assert engine64.get_model_info()["is_generation"] is True
-    assert engine64.get_server_info()["context_length"] == engine64.context_length
+    info = engine64.get_server_info()
+    assert info["context_length"] == engine64.context_length and info["version"]
+    assert info["max_total_num_tokens"] == engine64.parts.pool.num_pages * engine64.parts.pool.page_size
+    assert info["served_model_name"] == engine64.served_model_name and info["tokenizer_path"]
 
 
 def test_stop_regex_ends_the_output_where_it_matches(engine64):

@@ -142,9 +142,18 @@ class Engine:
                 "context_length": self.context_length, "reasoning_parser": args.reasoning_parser}
 
     def server_info(self) -> dict[str, Any]:
+        """The arguments (resolved where they were left to defaults), the loop's counters, and the keys SGLang
+        clients read from /get_server_info (version, max_total_num_tokens, max_req_input_len)."""
+        from thinkform import __version__
+
+        pool = self.parts.pool
+        model = self.get_model_info()
         return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **self.loop.stats(),
                 "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
-                "model_name": self.served_model_name, "context_length": self.context_length}
+                "model_path": model["model_path"], "tokenizer_path": model["tokenizer_path"],
+                "served_model_name": self.served_model_name, "model_name": self.served_model_name,
+                "context_length": self.context_length, "version": __version__,
+                "max_total_num_tokens": pool.num_pages * pool.page_size, "max_req_input_len": self.context_length - 1}
 
     # -- offline API ----------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
