@@ -183,3 +183,25 @@ def test_prompt_logprobs_as_vllm_gives_them(engine64):
     prompt = chat["prompt_logprobs"]
     assert prompt[0] is None and all(len(row) == 1 for row in prompt[1:])  # k 0: the token itself
     assert chat["choices"][0]["logprobs"] is None
+
+
+def test_audit_mends(served, engine64):
+    engine, base = served
+    assert httpx.post(f"{base}/v1/completions", json={"prompt": "one two", "truncate_prompt_tokens": -1}).status_code == 200
+    assert engine.calls[-1]["input_ids"] == engine.tokenizer.encode("one two")  # -1: all that fits
+    _error(_chat(base, stream=True, prompt_logprobs=1), 400, "prompt_logprobs")
+    # one list of ids for a whole batch serves every prompt
+    outs = engine64.generate(["Hello", "Hi there"], {**GREEDY, "max_new_tokens": 2}, return_logprob=True,
+                             token_ids_logprob=[[10, 11]])
+    assert all([t for _, t, _ in o["meta_info"]["output_token_ids_logprobs"][0]] == [10, 11] for o in outs)
+    assert "output_token_ids_logprobs" not in engine64.generate(["Hello"], GREEDY, return_logprob=True,
+                                                                 token_ids_logprob=[[]])[0]["meta_info"]
+
+
+def test_deepseekv31_calls_with_whitespace_after_the_separator():
+    from thinkform.server.tools import get_tool_call_parser
+
+    text = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>\n{\"city\": \"Tokyo\"}"
+            "<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+    normal, calls = get_tool_call_parser("deepseekv31").parse(text)
+    assert normal == "" and [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Tokyo"}')]

@@ -41,7 +41,9 @@ class LogprobOptions:
         ids = self.token_ids_logprob
         if not ids:
             return None
-        return list(ids[prompt]) if isinstance(ids[0], list) else list(ids)  # type: ignore[arg-type]
+        if isinstance(ids[0], list):  # one list per prompt, or one list (in a list) for all of them
+            ids = ids[prompt] if len(ids) > 1 else ids[0]  # type: ignore[assignment]
+        return list(ids) or None  # type: ignore[arg-type]
 
     def check(self, prompts: list[list[int]], vocab_size: int) -> list[int]:
         """Each prompt's first scored token, checked; raises ValueError naming the field."""
@@ -300,13 +302,13 @@ class RequestBuilder:
         if kind in ("regex", "ebnf"):
             return {"ending": search, "ending_early": early}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
+        ends = tags or xml_bounds  # room kept for a tag's end string: sampled token by token, a byte each at worst
+        reserve = closing_reserve(p.max_new_tokens) + (max(len(end.encode()) for _, end in ends) if ends else 0)
         if tagged is not None:
             return {"closing": self.parts.closing_rules, "ending": search,
-                    "closing_scope": lambda _answer: tagged.inside_tag(),
-                    "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + _longest_end(tags)}
+                    "closing_scope": lambda _answer: tagged.inside_tag(), "closing_reserve_tokens": reserve}
         if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
-            return {"ending": search, "closing_scope": TagScope(xml_bounds),
-                    "closing_reserve_tokens": closing_reserve(p.max_new_tokens) + _longest_end(xml_bounds)}
+            return {"ending": search, "closing_scope": TagScope(xml_bounds), "closing_reserve_tokens": reserve}
         return {}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:
@@ -328,11 +330,6 @@ class RequestBuilder:
         seed = (p.seed + k) % 2**64 if p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
         g.manual_seed(seed)
         return g
-
-
-def _longest_end(tags: list[tuple[str, str]]) -> int:
-    """Room for a tag's end string: sampled token by token, one byte each at worst."""
-    return max(len(end.encode()) for _, end in tags)
 
 
 def _prompt_rids(rid: Any, count: int, batched: bool) -> list[str]:

@@ -97,7 +97,11 @@ def _given_ids(state: ServerState, ids: list[int]) -> str:
 
 
 def _check_token_id_options(body: ChatCompletionRequest | CompletionRequest) -> None:
-    """As SGLang: the ids come on the whole choice only, so a stream refuses them."""
+    """As SGLang: the ids come on the whole choice only, so a stream refuses them (and a chat stream
+    vLLM's prompt_logprobs, which come at the top of the whole response)."""
+    if isinstance(body, ChatCompletionRequest) and body.stream and body.prompt_logprobs is not None:
+        raise APIError("prompt_logprobs: not supported with streaming chat (set stream to false)",
+                       param="prompt_logprobs")
     for name in ("return_token_ids", "return_prompt_token_ids"):
         if body.stream and getattr(body, name):
             raise APIError(f"{name}: not supported with streaming (set stream to false)", param=name)
@@ -115,7 +119,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     else:
         prompt = render_chat(state, body, tools, kwargs)
         ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
-    ids = truncated(ids, body.truncate_prompt_tokens)
+    ids = truncated(ids, body.truncate_prompt_tokens, state.engine.context_length)
     reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs)
     if body.top_logprobs and not body.logprobs:
         raise APIError("top_logprobs: needs logprobs set to true", param="top_logprobs")
@@ -513,7 +517,7 @@ def _continuous_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
 
 # ---------------------------------------------------------------- completions
 
-def _completion_inputs(body: CompletionRequest, tokenizer: Any) -> dict[str, Any]:
+def _completion_inputs(body: CompletionRequest, tokenizer: Any, context_length: int) -> dict[str, Any]:
     """The engine's prompt arguments: text as given, or token ids where the request gave ids, asks for no
     special tokens or for its prompts cut to their last truncate_prompt_tokens tokens (vLLM's)."""
     prompt = body.prompt
@@ -527,14 +531,17 @@ def _completion_inputs(body: CompletionRequest, tokenizer: Any) -> dict[str, Any
     texts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else list(prompt)
     lists = [tokenizer.encode(p, add_special_tokens=body.add_special_tokens) if isinstance(p, str) else list(p)
              for p in texts]
-    lists = [truncated(ids, body.truncate_prompt_tokens) for ids in lists]
+    lists = [truncated(ids, body.truncate_prompt_tokens, context_length) for ids in lists]
     single = isinstance(prompt, str) or isinstance(prompt[0], int)
     return {"input_ids": lists[0] if single else lists}
 
 
-def truncated(ids: list[int], keep: int | None) -> list[int]:
-    """vLLM's truncate_prompt_tokens: the last `keep` tokens of a prompt (all of them where None)."""
-    return ids if keep is None else ids[-keep:]
+def truncated(ids: list[int], keep: int | None, context_length: int) -> list[int]:
+    """vLLM's truncate_prompt_tokens: the last `keep` tokens of a prompt (-1: as many as the context holds
+    with room for one token; None or 0: all of them)."""
+    if not keep:
+        return ids
+    return ids[-(context_length - 1 if keep == -1 else keep):]
 
 
 def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: int,
@@ -614,7 +621,7 @@ def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) ->
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
     warn_unknown(body, "/v1/completions")
-    inputs = _completion_inputs(body, state.engine.tokenizer)
+    inputs = _completion_inputs(body, state.engine.tokenizer, state.engine.context_length)
     _check_token_id_options(body)
     check_max_tokens(body.max_tokens, state.limits, "max_tokens")
     params = sampling_params(body, body.max_tokens, state.max_n)

@@ -113,7 +113,7 @@ class SamplingFields(Lenient):
     return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:N"
     use_beam_search: bool = False  # refused: no beam search here
     prompt_logprobs: Optional[conint(ge=0, le=20)] = None  # each prompt token's logprob and its top k
-    truncate_prompt_tokens: Optional[conint(ge=1)] = None  # keep a prompt's last tokens only
+    truncate_prompt_tokens: Optional[conint(ge=-1)] = None  # keep a prompt's last tokens only (-1: what fits)
 
 
 # ---------- OpenAI: chat ----------

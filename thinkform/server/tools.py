@@ -282,6 +282,11 @@ class DeepSeekV31Parser(ToolCallParser):
     separator = ""
     trigger = "<｜tool▁calls▁begin｜>"
 
+    @cached_property
+    def _begin(self) -> re.Pattern[str]:
+        # whitespace may follow the separator (SGLang's detector reads whatever comes up to the call's end)
+        return re.compile(r"<｜tool▁call▁begin｜>\s*(?P<name>[\w.\-]+)\s*<｜tool▁sep｜>\s*(?=\{)")
+
     def _parse_calls(self, section: str) -> list[ToolCall]:
         return _template_calls(self, section)
 
