@@ -407,3 +407,33 @@ def test_an_xml_call_still_open_near_max_new_tokens_is_closed_valid(tool_engine,
         for call in calls:
             jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
     assert any(o["meta_info"]["closed_by_budget"] for o in outs)
+
+
+@pytest.mark.parametrize("name, prefix, closer", [
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nLyo", "</parameter>"),
+    ("glm45", "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Lyo", "</arg_value>"),
+])
+def test_the_ending_search_leaves_an_xml_value_by_its_closing_tag_and_adds_no_padding(tiny_tokenizer, name, prefix,
+                                                                                      closer):
+    """Inside a raw string value every letter is allowed, so no byte class spells the closing tag: the
+    matcher's ending hint does. The rest follows the grammar without the spaces it merely allows."""
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    tag = get_tool_call_parser(name).structural_tag([WEATHER], "required")
+    compiled = create_backend("xgrammar", BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids,
+                                                         GrammarOptions())).compile(
+        constraint_from_fields(structural_tag=json.dumps(tag)))
+    matcher = compiled.new_matcher()
+    assert matcher.ending_hints == (closer.encode(),)
+    assert matcher.accept_string(prefix)
+    ids = EndingSearch(vocab).ending_tokens(matcher, empty_ok=True)
+    assert ids is not None
+    ending = vocab.bytes_of([t for t in ids if t not in vocab.eos_token_ids]).decode()
+    assert ending.startswith(closer) and f"{closer} " not in ending and f"{closer}\n\n" not in ending, ending
+    _, calls = _parser(name).parse(prefix + ending)
+    assert len(calls) == 1 and json.loads(calls[0].arguments)["city"].startswith("Lyo")
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER_PARAMS)

@@ -115,6 +115,8 @@ class EndingSearch:
         self._classes = np.array([k for _, k in pairs], dtype=np.int64)
         self._closers = frozenset(vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids)
         self._ascii = frozenset(vocab.byte_ids[b] for b in range(0x80) if b in vocab.byte_ids)
+        self._spaces = frozenset(vocab.byte_ids[b] for b in b" \t\n\r" if b in vocab.byte_ids)
+        self._newline = vocab.byte_ids.get(ord("\n"))
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
         self._eos = frozenset(vocab.eos_token_ids)
@@ -241,7 +243,7 @@ class EndingSearch:
         """(child, its mask): the first closer, or ASCII child that goes somewhere else (`@` after a run of
         `.` in a name), or else the first child (a counted run: `0` in `\\d{4}`, rather than Unicode
         digits). A closer counts as progress even where its mask is its parent's: `)` deep in parentheses."""
-        first = None
+        first = spacing = None
         for child in children:
             if child not in self._ascii and first is not None:
                 break
@@ -253,9 +255,17 @@ class EndingSearch:
                 walk.matcher.rollback(1)
             if first is None:
                 first = (child, after)
-            if child in self._closers or (child in self._ascii and after.tobytes() != here):
+            if child in self._closers:
                 return child, after
-        return first
+            if child in self._ascii and after.tobytes() != here:
+                if child not in self._spaces:
+                    return child, after
+                if spacing is None or child == self._newline:
+                    spacing = (child, after)
+        # whitespace only where nothing else goes anywhere (a word counted by the grammar): where the grammar
+        # merely allows it (`</parameter>  <parameter=`, JSON's optional spaces) it would only lengthen the way.
+        # A newline first: the templates' own separator, and the first byte of ends like `\n</function>`
+        return spacing or first
 
     def _breadth_first(self, walk: _Walk) -> list[int] | None:
         """The shortest way (within the limits), level by level."""
