@@ -114,6 +114,9 @@ ENDING_CASES = [  # (constraint kind, source, a Python regex of the same languag
     ("regex", r"[A-Z][a-z]+( [a-z]+){3,20}\.", r"[A-Z][a-z]+( [a-z]+){3,20}\.", "Abc de"),  # counted words
     ("ebnf", 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+', r"\([a-z]+(,[a-z]+)*\)", "(ab,cd"),
     ("ebnf", 'root ::= expr\nexpr ::= term ("+" term)*\nterm ::= "(" expr ")" | [0-9]+', None, "((1+(2+((3"),
+    # keywords after a name: the way out is a space, where a comma (another column) also changes the state
+    ("ebnf", 'root ::= "SELECT " cols " FROM " name ";"\ncols ::= "*" | name (", " name)*\nname ::= [a-z_]+',
+     r"SELECT (\*|[a-z_]+(, [a-z_]+)*) FROM [a-z_]+;", "SELECT ab"),
 ]
 
 
@@ -152,6 +155,25 @@ def test_the_ending_search_completes_a_sentence_of_the_grammar(tiny_tokenizer, b
     for t in ids:
         assert matcher.accept_token(t), answer
     assert matcher.is_terminated()
+
+
+def test_the_greedy_way_takes_the_space_before_a_keyword(tiny_tokenizer) -> None:
+    """After a name, a comma (another column) and a space (the FROM) both lead somewhere: the greedy way must
+    take the space, which comes first in class order, or it lists columns until the breadth-first search (far
+    dearer over a real vocabulary) has to find the way."""
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch, SearchLimits
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    sql = 'root ::= "SELECT " cols " FROM " name ";"\ncols ::= "*" | name (", " name)*\nname ::= [a-z_]+'
+    compiled = create_backend("xgrammar", BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids,
+                                                         GrammarOptions())).compile(constraint_from_fields(ebnf=sql))
+    matcher = compiled.new_matcher()
+    assert matcher.accept_string("SELECT ab")
+    path = EndingSearch(vocab, limits=SearchLimits(max_width=1, max_fills=64)).find(matcher)
+    assert path is not None and vocab.bytes_of(path).startswith(b" FROM ")
 
 
 def test_the_ending_search_gives_up_within_its_limits(tiny_tokenizer) -> None:

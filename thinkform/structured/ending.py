@@ -244,6 +244,9 @@ class EndingSearch:
         `.` in a name), or else the first child (a counted run: `0` in `\\d{4}`, rather than Unicode
         digits). A closer counts as progress even where its mask is its parent's: `)` deep in parentheses."""
         first = spacing = None
+        # an XML call's grammar (it has ending hints) allows whitespace between its tags that only lengthens the
+        # way; elsewhere whitespace keeps its place in class order (SQL's keywords need their spaces)
+        late_spaces = bool(walk.matcher.ending_hints)
         for child in children:
             if child not in self._ascii and first is not None:
                 break
@@ -258,13 +261,12 @@ class EndingSearch:
             if child in self._closers:
                 return child, after
             if child in self._ascii and after.tobytes() != here:
-                if child not in self._spaces:
+                if not late_spaces or child not in self._spaces:
                     return child, after
                 if spacing is None or child == self._newline:
                     spacing = (child, after)
-        # whitespace only where nothing else goes anywhere (a word counted by the grammar): where the grammar
-        # merely allows it (`</parameter>  <parameter=`, JSON's optional spaces) it would only lengthen the way.
-        # A newline first: the templates' own separator, and the first byte of ends like `\n</function>`
+        # there, whitespace only where nothing else goes anywhere, a newline first: the templates' own
+        # separator, and the first byte of ends like `\n</function>`
         return spacing or first
 
     def _breadth_first(self, walk: _Walk) -> list[int] | None:
