@@ -151,7 +151,8 @@ class EngineLoop:
 
     def stats(self) -> dict[str, Any]:
         pool = self.parts.pool
-        return {**self.counters, "latency": {name: h.snapshot() for name, h in self.latency.items()}, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
+        return {**self.counters, "latency": {name: h.snapshot() for name, h in self.latency.items()},
+                "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
                 "kv_pages_total": pool.num_pages, "kv_pages_used": pool.num_used, "page_size": pool.page_size}
 
     # -- the thread -----------------------------------------------------------------------------------------

@@ -263,8 +263,9 @@ class RequestBuilder:
         kind = c.kind if c is not None else None
         json_answer = kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
-        tags = json_tag_bounds(c.data()) if c is not None and c.kind == "structural_tag" else []
-        xml = [(b, e) for b, e, _, _ in xml_tags(c.data())] if c is not None and c.kind == "structural_tag" else []
+        tag = c.data() if c is not None and c.kind == "structural_tag" else None  # parsed once for both
+        tags = json_tag_bounds(tag) if tag is not None else []
+        xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []
         guards = self._guards(c, json_answer, tags)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
@@ -288,7 +289,7 @@ class RequestBuilder:
 
     def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
                  tags: list[tuple[str, str]], shortest: int | None,
-                 xml_bounds: list[tuple[str, str]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+                 xml_bounds: list[tuple[str, str]]) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only while the answer is inside a tag's JSON (a tool call's arguments), with room kept

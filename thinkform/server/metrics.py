@@ -130,39 +130,35 @@ _GRAMMAR_SCALARS = (
 )
 
 
-def vllm_side(info: dict[str, Any], model_name: str) -> list[Metric]:
-    """The main numbers under vLLM's names, for its dashboards, autoscalers and routers."""
-    label = {"model_name": model_name}
-    out = [Metric(f"vllm:{name}", kind, help, ((label, float(info[key])),))
-           for name, kind, help, key in _VLLM_SCALARS if info.get(key) is not None]
-    if info.get("kv_pages_total"):
-        out.append(Metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
-                          ((label, info.get("kv_pages_used", 0) / info["kv_pages_total"]),)))
-    latency = info.get("latency") or {}
-    for ours, theirs in _VLLM_HISTOGRAMS:
-        if ours in latency:
-            out.append(_histogram(f"vllm:{theirs}", _LATENCY_HELP.get(ours, theirs), latency[ours], label))
-    return out
-
-
 def sglang_side(info: dict[str, Any], model_name: str) -> list[Metric]:
     """The same numbers under SGLang's names and model_name label, so its dashboards and alerts read them."""
     label = {"model_name": model_name}
+    extra = [("num_used_tokens", "gauge", "KV cache tokens in use.",
+              info.get("kv_pages_used", 0) * info.get("page_size", 1) if info.get("kv_pages_total") else None),
+             ("cache_hit_rate", "gauge", "The cache hit rate (prompt tokens served from the prefix cache).",
+              info.get("cached_tokens", 0) / info["prompt_tokens"] if info.get("prompt_tokens") else None)]
+    return _named("sglang", _SGLANG_SCALARS, ("token_usage", "The token usage (fraction of the KV cache in use)."),
+                  info, label, extra)
 
-    def one(name: str, kind: str, help: str, value: float | None) -> list[Metric]:
-        return [] if value is None else [Metric(f"sglang:{name}", kind, help, ((label, float(value)),))]
 
-    out = [m for name, kind, help, key in _SGLANG_SCALARS for m in one(name, kind, help, info.get(key))]
+def vllm_side(info: dict[str, Any], model_name: str) -> list[Metric]:
+    """The main numbers under vLLM's names, for its dashboards, autoscalers and routers."""
+    return _named("vllm", _VLLM_SCALARS, ("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+                  info, {"model_name": model_name}, [])
+
+
+def _named(prefix: str, scalars: tuple[tuple[str, str, str, str], ...], usage: tuple[str, str],
+           info: dict[str, Any], label: dict[str, str],
+           extra: list[tuple[str, str, str, float | None]]) -> list[Metric]:
+    """One serving engine's spelling of the engine's numbers: `scalars` read from server_info, the KV cache's
+    usage as a fraction, `extra` values, and the latency histograms (the names SGLang and vLLM share)."""
+    values = [(name, kind, help, info.get(key)) for name, kind, help, key in scalars]
     if info.get("kv_pages_total"):
-        out += one("token_usage", "gauge", "The token usage (fraction of the KV cache in use).",
-                   info.get("kv_pages_used", 0) / info["kv_pages_total"])
-        out += one("num_used_tokens", "gauge", "KV cache tokens in use.",
-                   info.get("kv_pages_used", 0) * info.get("page_size", 1))
-    if info.get("prompt_tokens"):
-        out += one("cache_hit_rate", "gauge", "The cache hit rate (prompt tokens served from the prefix cache).",
-                   info.get("cached_tokens", 0) / info["prompt_tokens"])
+        values.append((*usage[:1], "gauge", usage[1], info.get("kv_pages_used", 0) / info["kv_pages_total"]))
+    out = [Metric(f"{prefix}:{name}", kind, help, ((label, float(value)),))
+           for name, kind, help, value in values + extra if value is not None]
     for name, snapshot in (info.get("latency") or {}).items():
-        out.append(_histogram(f"sglang:{name}", _LATENCY_HELP.get(name, name), snapshot, label))
+        out.append(_histogram(f"{prefix}:{name}", _LATENCY_HELP.get(name, name), snapshot, label))
     return out
 
 
@@ -190,9 +186,6 @@ _VLLM_SCALARS = (
     ("prompt_tokens_total", "counter", "Number of prefill tokens processed.", "prompt_tokens"),
     ("generation_tokens_total", "counter", "Number of generation tokens processed.", "generated_tokens"),
 )
-_VLLM_HISTOGRAMS = (("time_to_first_token_seconds", "time_to_first_token_seconds"),
-                    ("e2e_request_latency_seconds", "e2e_request_latency_seconds"),
-                    ("inter_token_latency_seconds", "inter_token_latency_seconds"))
 _LATENCY_HELP = {
     "time_to_first_token_seconds": "Histogram of time to first token in seconds.",
     "e2e_request_latency_seconds": "Histogram of end-to-end request latency in seconds.",

@@ -13,7 +13,8 @@ from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reas
 from thinkform.server.errors import APIError
 from thinkform.server.params import (chat_template_kwargs, check_max_tokens, constraint_fields, sampling_params,
                                     validate_constraints)
-from thinkform.server.protocol import ChatCompletionRequest, CompletionRequest, NamedToolChoice, warn_unknown
+from thinkform.server.protocol import (ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields,
+                                       warn_unknown)
 from thinkform.server.state import ServerState, new_id, now
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
@@ -86,6 +87,17 @@ def render_chat(state: ServerState, body: ChatCompletionRequest, tools: list[dic
         raise APIError(str(e), param="messages") from e
 
 
+def chat_prompt(state: ServerState, body: ChatCompletionRequest,
+                tools: list[dict[str, Any]]) -> tuple[str, list[int], dict[str, Any] | None]:
+    """(prompt text, its ids, the template kwargs with the thinking switches folded in): the rendered
+    messages, or SGLang's input_ids where given (the messages then only shape the request)."""
+    kwargs = chat_template_kwargs(body.chat_template_kwargs, body.reasoning_effort, body.reasoning)
+    if body.input_ids is not None:
+        return _given_ids(state, body.input_ids), list(body.input_ids), kwargs
+    prompt = render_chat(state, body, tools, kwargs)
+    return prompt, state.engine.tokenizer.encode(prompt, add_special_tokens=False), kwargs
+
+
 def _given_ids(state: ServerState, ids: list[int]) -> str:
     """The text of the prompt ids a request gave (SGLang's input_ids), which decides where the output starts."""
     if not ids or any(i < 0 for i in ids):
@@ -102,8 +114,9 @@ def _check_token_id_options(body: ChatCompletionRequest | CompletionRequest) -> 
     if isinstance(body, ChatCompletionRequest) and body.stream and body.prompt_logprobs is not None:
         raise APIError("prompt_logprobs: not supported with streaming chat (set stream to false)",
                        param="prompt_logprobs")
-    for name in ("return_token_ids", "return_prompt_token_ids"):
-        if body.stream and getattr(body, name):
+    for name, asked in (("return_token_ids", body.return_token_ids),
+                        ("return_prompt_token_ids", body.return_prompt_token_ids)):
+        if body.stream and asked:
             raise APIError(f"{name}: not supported with streaming (set stream to false)", param=name)
 
 
@@ -113,12 +126,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                        "--chat-template", param="chat_template")
     mode, tools = tool_mode(body)
     _check_token_id_options(body)
-    kwargs = chat_template_kwargs(body.chat_template_kwargs, body.reasoning_effort, body.reasoning)
-    if body.input_ids is not None:  # SGLang: these ids are the prompt; the messages only shape the request
-        prompt, ids = _given_ids(state, body.input_ids), list(body.input_ids)
-    else:
-        prompt = render_chat(state, body, tools, kwargs)
-        ids = state.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    prompt, ids, kwargs = chat_prompt(state, body, tools)
     ids = truncated(ids, body.truncate_prompt_tokens, state.engine.context_length)
     reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs)
     if body.top_logprobs and not body.logprobs:

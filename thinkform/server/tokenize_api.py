@@ -7,8 +7,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from thinkform.server.errors import APIError
-from thinkform.server.openai_api import render_chat, tool_mode
-from thinkform.server.params import chat_template_kwargs
+from thinkform.server.openai_api import chat_prompt, tool_mode
 from thinkform.server.protocol import ChatCompletionRequest, DetokenizeRequest, TokenizeRequest
 from thinkform.server.state import ServerState
 
@@ -30,9 +29,7 @@ def _chat_ids(state: ServerState, body: TokenizeRequest) -> list[int]:
         name = ".".join(str(p) for p in first.get("loc", ())) or "messages"
         raise APIError(f"{name}: {first.get('msg', 'invalid value')}", param=name) from e
     _, tools = tool_mode(chat)
-    kwargs = chat_template_kwargs(chat.chat_template_kwargs, chat.reasoning_effort, chat.reasoning)
-    prompt = render_chat(state, chat, tools, kwargs)
-    return state.engine.tokenizer.encode(prompt, add_special_tokens=False)
+    return chat_prompt(state, chat, tools)[1]
 
 
 @router.post("/tokenize")
