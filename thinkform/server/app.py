@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thinkform.engine.errors import EngineDead, EngineOverloaded
-from thinkform.server import metrics, native_api, openai_api, tokenize_api
+from thinkform.server import metrics, native_api, openai_api, responses_api, tokenize_api
 from thinkform.server.errors import APIError, api_error_handler, error_body, http_error_handler, validation_handler
 from thinkform.server.limits import BodyLimitMiddleware
 from thinkform.server.metrics import ResponseCounter
@@ -76,7 +76,7 @@ def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
     for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead, Exception):
         app.add_exception_handler(exc, _counting_error_handler)
-    routers = (openai_api.router, native_api.router, tokenize_api.router, metrics.router)
+    routers = (openai_api.router, responses_api.router, native_api.router, tokenize_api.router, metrics.router)
     for router in routers:
         app.include_router(router)
     # Middleware added last runs first: count every response, then check the key, then the body size.

@@ -62,8 +62,13 @@ def _is_field(part: Any) -> bool:
     return text != "body" and text not in _TYPE_TAGS and not any(c in text for c in "[(-")
 
 
+def loc_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of a pydantic error location (union members left out)."""
+    return [str(p) for p in loc if _is_field(p)]
+
+
 def _loc_name(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if _is_field(p)) or "body"
+    return ".".join(loc_fields(loc)) or "body"
 
 
 async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -165,7 +165,7 @@ def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
         raise APIError(str(e), param="tool_choice") from e
 
 
-def _engine_call(state: ServerState, plan: ChatPlan, stream: bool) -> Any:
+def start_chat(state: ServerState, plan: ChatPlan, stream: bool) -> Any:
     return state.engine.async_generate(
         input_ids=plan.input_ids, sampling_params=plan.params, reasoning_start=plan.reasoning_start,
         stream=stream, rid=plan.rid,
@@ -201,7 +201,7 @@ def vllm_prompt_logprobs(names: Any, meta: dict[str, Any], k: int) -> list[dict[
 
 # ---------------------------------------------------------------- chat: answers
 
-def _finish_reason(meta: dict[str, Any]) -> tuple[str | None, Any]:
+def finish_reason_of(meta: dict[str, Any]) -> tuple[str | None, Any]:
     fr = meta.get("finish_reason")
     if not fr:
         return None, None
@@ -323,10 +323,10 @@ class _LogprobFeed:
         return pairs
 
 
-def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, Any]) -> dict[str, Any]:
+def chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, Any]) -> dict[str, Any]:
     meta = out.get("meta_info", {})
     reasoning, content = _split(state, plan, out.get("text", ""), meta)
-    reason, matched = _finish_reason(meta)
+    reason, matched = finish_reason_of(meta)
     calls: list[ToolCall] = []
     if plan.tool_parser is not None:
         content, calls = _answer_calls(state, plan, out.get("text", ""), meta, content)
@@ -347,15 +347,15 @@ def _chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, 
     return choice
 
 
-def _as_list(result: Any) -> list[dict[str, Any]]:
+def engine_outputs(result: Any) -> list[dict[str, Any]]:
     """The engine's outputs as a list (raising the error of one the engine failed)."""
     outs = result if isinstance(result, list) else [result]
     for out in outs:
-        _raise_if_failed(out.get("meta_info", {}))
+        raise_if_failed(out.get("meta_info", {}))
     return outs
 
 
-def _raise_if_failed(meta: dict[str, Any]) -> None:
+def raise_if_failed(meta: dict[str, Any]) -> None:
     """An output the engine failed (an abort with a status, as SGLang's) is an error, not a cut answer: the
     whole response, or in a stream an error event."""
     reason = meta.get("finish_reason") or {}
@@ -370,19 +370,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     plan = plan_chat(state, body)
     chat_id = f"chatcmpl-{plan.rid}"
     if body.stream:
-        first, rest = await open_stream(_engine_call(state, plan, stream=True))
+        first, rest = await open_stream(start_chat(state, plan, stream=True))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _chat_events(state, plan, body, chat_id, first, rest, include_usage)
         return StreamingResponse(stream_with_abort(state.engine, [plan.rid], events),
                                  media_type="text/event-stream")
     try:
-        result = await call_until_disconnect(request, state.engine, _engine_call(state, plan, False), [plan.rid])
+        result = await call_until_disconnect(request, state.engine, start_chat(state, plan, False), [plan.rid])
     except ClientGone:
         return Response(status_code=499)
-    outs = _as_list(result)
+    outs = engine_outputs(result)
     response = {
         "id": chat_id, "object": "chat.completion", "created": now(), "model": body.model or state.model_name,
-        "choices": [_chat_choice(state, plan, i, o) for i, o in enumerate(outs)],
+        "choices": [chat_choice(state, plan, i, o) for i, o in enumerate(outs)],
         "usage": _usage([o.get("meta_info", {}) for o in outs], body.n),
     }
     if plan.prompt_logprobs is not None:  # one prompt: vLLM gives them once, at the top
@@ -453,17 +453,21 @@ class _ChoiceStream:
         return out
 
 
+def new_choice_stream(state: ServerState, plan: ChatPlan, hold_reasoning: bool) -> _ChoiceStream:
+    """The streaming state of one choice of this plan."""
+    return _ChoiceStream(
+        reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
+        tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
+        hold_reasoning=hold_reasoning,
+        raw=RawAnswerSplitter(state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+        if plan.tool_parser and plan.reasoning and not plan.split else None)
+
+
 async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionRequest, chat_id: str,
                        first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
                        include_usage: bool) -> AsyncIterator[str]:
     created, model = now(), body.model or state.model_name
-    choices = [_ChoiceStream(
-        reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
-        tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
-        hold_reasoning=not body.stream_reasoning,
-        raw=RawAnswerSplitter(state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
-        if plan.tool_parser and plan.reasoning and not plan.split else None)
-        for _ in range(body.n)]
+    choices = [new_choice_stream(state, plan, hold_reasoning=not body.stream_reasoning) for _ in range(body.n)]
     finals: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # each choice's last engine output: its counts so far
     feeds = [_LogprobFeed(plan.top_logprobs_num) for _ in range(body.n)] if plan.return_logprob else None
@@ -484,7 +488,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
 
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": ""})
-    async for item in _chained(first, rest):
+    async for item in chained(first, rest):
         index = item.get("index", 0)
         stream = choices[index]
         meta = item.get("meta_info", {})
@@ -493,8 +497,8 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
             feeds[index].feed(meta)
         for delta in _shown(stream.feed(item.get("text", "")), plan):
             yield chunk(index, delta)
-        _raise_if_failed(meta)
-        reason, matched = _finish_reason(meta)
+        raise_if_failed(meta)
+        reason, matched = finish_reason_of(meta)
         if reason is None or stream.done:
             continue
         stream.done = True
@@ -656,13 +660,13 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                                     tokenizer if want_logprobs else None, echoes, names)
         return StreamingResponse(stream_with_abort(state.engine, rids, events), media_type="text/event-stream")
     try:
-        outs = _as_list(await call_until_disconnect(request, state.engine, call, rids))
+        outs = engine_outputs(await call_until_disconnect(request, state.engine, call, rids))
     except ClientGone:
         return Response(status_code=499)
     choices = []
     for i, out in enumerate(outs):
         meta = out.get("meta_info", {})
-        reason, matched = _finish_reason(meta)
+        reason, matched = finish_reason_of(meta)
         echoed = prompts[i // body.n] if body.echo else ""
         logprobs = (_completion_logprobs(tokenizer, meta, echoes[i // body.n] if echoes else None, len(echoed),
                                          names, body.logprobs) if want_logprobs else None)
@@ -732,7 +736,7 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
     lps: dict[int, _CompletionLogprobStream] = {}
     prompt_sent: set[int] = set()
     continuous = _continuous_usage(body)
-    async for item in _chained(first, rest):
+    async for item in chained(first, rest):
         index, text = item.get("index", 0), item.get("text", "")
         latest[index] = item.get("meta_info", {})
         delta = text[seen.get(index, 0):]
@@ -741,8 +745,8 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
             delta = prompt + delta
         seen[index] = max(seen.get(index, 0), len(text))
         meta = item.get("meta_info", {})
-        _raise_if_failed(meta)
-        reason, matched = _finish_reason(meta)
+        raise_if_failed(meta)
+        reason, matched = finish_reason_of(meta)
         if reason is not None:
             finals[index] = meta
         lp = None
@@ -792,7 +796,7 @@ async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
     return _model_card(state)
 
 
-async def _chained(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def chained(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     """The chunk already awaited (to surface errors before the first byte), then the rest of the stream."""
     if first is not None:
         yield first

@@ -201,6 +201,42 @@ class CompletionRequest(SamplingFields):
     response_format: Optional[ResponseFormat] = None
 
 
+# ---------- OpenAI: responses ----------
+
+class ResponseText(Lenient):
+    format: Optional[dict[str, Any]] = None  # {"type": "text" | "json_object" | "json_schema", ...}
+
+
+class ResponsesRequest(Lenient):
+    """/v1/responses (OpenAI's Responses API, as SGLang and vLLM serve it). Fields chat has and this does not
+    (top_k, min_p, stop, regex, max_reasoning_tokens, ...) are taken from the extras, as SGLang takes its
+    sampling extras."""
+
+    model: str = "default"
+    input: Union[str, list[dict[str, Any]]] = Field(default_factory=list)
+    instructions: Optional[str] = None
+    max_output_tokens: Optional[conint(ge=1)] = None
+    temperature: Optional[confloat(ge=0.0)] = None
+    top_p: Optional[confloat(gt=0.0, le=1.0)] = None
+    text: Optional[ResponseText] = None
+    reasoning: Optional[dict[str, Any]] = None  # {"effort": ..., "summary": ...}; effort "none" turns thinking off
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any]] = "auto"
+    parallel_tool_calls: bool = True
+    max_tool_calls: Optional[conint(ge=1)] = None
+    stream: bool = False
+    store: bool = True
+    previous_response_id: Optional[str] = None
+    metadata: Optional[dict[str, Any]] = None
+    user: Optional[str] = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    background: bool = False
+    include: Optional[list[str]] = None
+    top_logprobs: Optional[conint(ge=0, le=20)] = None
+    request_id: Optional[str] = None  # SGLang's: the response id
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
 # ---------- native ----------
 
 class GenerateRequest(Lenient):

@@ -10,6 +10,7 @@ from thinkform.engine.requests import RequestLimits
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.server.chat import ChatRenderer
 from thinkform.server.metrics import ServerMetrics
+from thinkform.server.response_store import ResponseStore
 from thinkform.server.tools import ToolCallParser, get_tool_call_parser, guess_tool_call_parser
 
 
@@ -24,6 +25,7 @@ class ServerState:
     api_key: str | None = None
     limits: RequestLimits = field(default_factory=RequestLimits)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    responses: ResponseStore = field(default_factory=ResponseStore)  # /v1/responses with store: true
 
     @classmethod
     def from_engine(cls, engine: Any, api_key: str | None = None) -> "ServerState":

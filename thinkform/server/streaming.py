@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import json
 import logging
-from typing import Any, AsyncIterator, Awaitable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from fastapi import Request
 
@@ -72,9 +72,15 @@ def sse_error(exc: BaseException) -> str:
     return sse(error_body(err.message, err.type, err.param, err.code or err.status))
 
 
-async def stream_with_abort(engine: Any, rids: list[str], body: AsyncIterator[str]) -> AsyncIterator[str]:
+def chat_error_events(exc: BaseException) -> list[str]:
+    return [sse_error(exc), SSE_DONE]
+
+
+async def stream_with_abort(engine: Any, rids: list[str], body: AsyncIterator[str],
+                            error_events: Callable[[BaseException], list[str]] = chat_error_events
+                            ) -> AsyncIterator[str]:
     """Wrap an SSE body: when the client goes away (the generator is cancelled or closed before its
-    end), abort the engine requests; errors mid-stream become an error event, then [DONE]."""
+    end), abort the engine requests; errors mid-stream become error events (an error, then [DONE])."""
     finished = False
     try:
         async for piece in body:
@@ -87,8 +93,8 @@ async def stream_with_abort(engine: Any, rids: list[str], body: AsyncIterator[st
         abort_all(engine, rids)  # the stream's other samples (n > 1) have nobody left to read them
         if not isinstance(exc, APIError):
             logger.warning("stream failed: %s", exc)
-        yield sse_error(exc)
-        yield SSE_DONE
+        for event in error_events(exc):
+            yield event
     finally:
         if not finished:
             logger.info("stream closed early; aborting %s", ", ".join(rids))

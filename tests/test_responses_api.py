@@ -1,0 +1,193 @@
+"""/v1/responses (OpenAI's Responses API), driven with the official openai SDK: output items, streaming
+events, stored conversations, structured answers and tool calls; the real engine's answers valid."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pydantic
+import pytest
+
+from server_fixtures import error_response, running_server, sse_events
+
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather of a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+def _client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+
+
+def _prompt(engine) -> str:
+    return engine.tokenizer.decode(engine.calls[-1]["input_ids"])
+
+
+def test_a_response_has_a_reasoning_item_and_a_message(served):
+    engine, base = served
+    r = _client(base).responses.create(model="m", input="Capital of France?", instructions="Be brief.",
+                                       max_output_tokens=50)
+    assert r.status == "completed" and r.object == "response" and r.id.startswith("resp_")
+    assert [o.type for o in r.output] == ["reasoning", "message"]
+    assert r.output[0].content[0].text == "Let me think." and r.output_text == "Paris"
+    assert r.usage.input_tokens == 7 and r.usage.output_tokens_details.reasoning_tokens == 3
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.instructions == "Be brief." and r.max_output_tokens == 50
+    assert engine.calls[-1]["sampling_params"]["max_new_tokens"] == 50
+    assert _prompt(engine).startswith("<|im_start|>system\nBe brief.")
+
+
+def test_a_cut_answer_is_incomplete_with_its_reason(served):
+    engine, base = served
+    engine.finish_reason = {"type": "length", "matched": None}
+    try:
+        r = _client(base).responses.create(model="m", input="Capital?")
+    finally:
+        engine.finish_reason = {"type": "stop", "matched": None}
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output[-1].status == "incomplete"
+
+
+def test_the_stream_tells_the_same_response_in_typed_events(served):
+    engine, base = served
+    client = _client(base)
+    with client.responses.stream(model="m", input="Capital?") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    reasoning = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    answer = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert (reasoning, answer) == ("Let me think.", "Paris") and final.output_text == "Paris"
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    stored = client.responses.retrieve(final.id)
+    assert [o.id for o in stored.output] == [o.id for o in final.output]
+
+
+def test_previous_response_id_continues_the_conversation(served):
+    engine, base = served
+    client = _client(base)
+    first = client.responses.create(model="m", input="Capital of France?", instructions="Only first.")
+    engine.reply = lambda call: "Hmm.</think>Berlin"
+    second = client.responses.create(model="m", input="And Germany?", previous_response_id=first.id)
+    prompt = _prompt(engine)
+    assert second.output_text == "Berlin" and second.previous_response_id == first.id
+    assert prompt.index("Capital of France?") < prompt.index("Paris") < prompt.index("And Germany?")
+    assert "Only first." not in prompt  # instructions do not carry over, as OpenAI's
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    r = httpx.post(f"{base}/v1/responses", json={"input": "x", "previous_response_id": first.id})
+    error_response(r, 404, "previous_response_id")
+
+
+def test_store_false_keeps_nothing(served):
+    engine, base = served
+    r = _client(base).responses.create(model="m", input="Capital?", store=False)
+    assert httpx.get(f"{base}/v1/responses/{r.id}").status_code == 404
+
+
+class CapitalInfo(pydantic.BaseModel):
+    name: str
+    population: int
+
+
+def test_text_format_json_schema_constrains_the_answer(served):
+    engine, base = served
+    engine.reply = lambda call: 'Hmm.</think>{"name": "Paris", "population": 2100000}'
+    r = _client(base).responses.parse(model="m", input="Capital?", text_format=CapitalInfo)
+    assert r.output_parsed == CapitalInfo(name="Paris", population=2100000)
+    schema = json.loads(engine.calls[-1]["sampling_params"]["json_schema"])
+    assert schema["required"] == ["name", "population"]
+
+
+def test_function_calls_and_their_outputs(served):
+    engine, base = served
+    client = _client(base)
+    engine.reply = lambda call: "I should look.</think>\n\n" + HERMES_CALL
+    r = client.responses.create(model="m", input="Weather in Paris?", tools=TOOLS)
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert "message" not in [o.type for o in r.output]  # nothing but the call was said
+    engine.reply = lambda call: "Got it.</think>It is sunny."
+    follow = client.responses.create(model="m", previous_response_id=r.id, tools=TOOLS, input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}])
+    prompt = _prompt(engine)
+    assert follow.output_text == "It is sunny."
+    assert prompt.index("get_weather") < prompt.index("sunny, 21 C")
+    # the same turn replayed by the client instead of previous_response_id
+    replay = [{"role": "user", "content": "Weather in Paris?"}] + [o.model_dump() for o in r.output] + [
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}]
+    client.responses.create(model="m", input=replay, tools=TOOLS)
+    assert _prompt(engine) == prompt
+
+
+def test_function_calls_stream_as_items(served):
+    engine, base = served
+    engine.reply = lambda call: "I should look.</think>\n\n" + HERMES_CALL
+    with _client(base).responses.stream(model="m", input="Weather?", tools=TOOLS) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    added = [e.item.type for e in events if e.type == "response.output_item.added"]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert added == ["reasoning", "function_call"] and json.loads(args) == {"city": "Paris"}
+    assert final.output[-1].type == "function_call" and final.output[-1].arguments == args
+
+
+def test_tool_choice_names_a_function(served):
+    engine, base = served
+    engine.reply = lambda call: "ok</think>" + HERMES_CALL
+    _client(base).responses.create(model="m", input="Weather?", tools=TOOLS,
+                                   tool_choice={"type": "function", "name": "get_weather"})
+    tag = json.loads(engine.calls[-1]["sampling_params"]["structural_tag"])
+    assert "get_weather" in json.dumps(tag)
+
+
+@pytest.mark.parametrize("body, param, match", [
+    ({"messages": [{"role": "user", "content": "x"}]}, "messages", "use input"),
+    ({"input": "x", "max_tokens": 5}, "max_tokens", "max_output_tokens"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", "function tools only"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]},
+     "input[0].content[0].type", "text only"),
+    ({"input": "x", "background": True}, "background", "not supported"),
+    ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type", "json_schema"),
+    ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "call_id"),
+    ({"input": []}, "input", "at least one"),
+    ({"input": "x", "top_k": "many"}, "top_k", ""),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x", "schema": 5}}}, "text.format.schema", ""),
+])
+def test_bad_requests_name_their_field(served, body, param, match):
+    engine, base = served
+    r = httpx.post(f"{base}/v1/responses", json=body)
+    error_response(r, 400, param, match)
+    assert httpx.post(f"{base}/v1/responses", json={"input": "x"}).status_code == 200
+
+
+def test_stream_events_carry_their_names(served):
+    engine, base = served
+    with httpx.stream("POST", f"{base}/v1/responses", json={"input": "Capital?", "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    datas = [json.loads(line[len("data: "):]) for line in lines if line.startswith("data: ")]
+    assert names == [d["type"] for d in datas] and names[-1] == "response.completed"
+
+
+# ---------------------------------------------------------------- the real engine
+
+def test_real_engine_answers_valid_json_after_reasoning(reasoning_engine):
+    """A random model under a thinking budget: the answer still comes, valid for the schema, both ways."""
+    with running_server(reasoning_engine) as base:
+        client = _client(base)
+        r = client.responses.parse(model="m", input="Capital of France?", text_format=CapitalInfo,
+                                   max_output_tokens=96, temperature=0.8, extra_body={"max_reasoning_tokens": 16})
+        assert isinstance(r.output_parsed, CapitalInfo) and r.status == "completed"
+        assert r.output[0].type == "reasoning" and r.usage.output_tokens_details.reasoning_tokens >= 16
+        with client.responses.stream(model="m", input="Capital of Italy?", text_format=CapitalInfo,
+                                     max_output_tokens=96, extra_body={"max_reasoning_tokens": 16}) as stream:
+            final = stream.get_final_response()
+        assert isinstance(final.output_parsed, CapitalInfo)
+        events = sse_events(httpx.post(f"{base}/v1/responses", timeout=60, json={
+            "input": "Hi", "stream": True, "max_output_tokens": 24, "temperature": 0}))
+        assert events[-1]["type"] in ("response.completed", "response.incomplete")

@@ -1,0 +1,488 @@
+"""/v1/responses: OpenAI's Responses API over the chat path.
+
+A Responses request becomes a chat request (input items -> messages, `text.format` -> response_format, flat
+function tools -> chat tools), runs exactly as /v1/chat/completions would (same constraints, reasoning split,
+tool-call parsing, budgets), and its answer is told as output items: a `reasoning` item (the reasoning text),
+a `message` with one `output_text`, and one `function_call` per tool call. Streams send OpenAI's typed events.
+Responses are stored (`store`, default true) so `previous_response_id` can continue a conversation.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from thinkform.server.errors import APIError, loc_fields, to_api_error
+from thinkform.server.openai_api import (chained, chat_choice, engine_outputs, finish_reason_of, new_choice_stream,
+                                         plan_chat, raise_if_failed, start_chat)
+from thinkform.server.protocol import ChatCompletionRequest, ResponsesRequest, warn_unknown
+from thinkform.server.response_store import StoredResponse
+from thinkform.server.state import ServerState, new_id, now
+from thinkform.server.streaming import ClientGone, call_until_disconnect, open_stream, stream_with_abort
+
+router = APIRouter()
+
+# Chat fields a Responses request spells differently (or has no room for): naming them is a 400, so a
+# client that sent chat's spelling learns the right one instead of getting it silently ignored.
+_CHAT_SPELLINGS = {"messages": "input", "max_tokens": "max_output_tokens",
+                   "max_completion_tokens": "max_output_tokens", "response_format": "text.format",
+                   "logprobs": None, "n": None, "stream_options": None, "echo": None}
+_LOGPROBS = "message.output_text.logprobs"
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.thinkform
+
+
+# ---------------------------------------------------------------- request -> chat
+
+def _text_of(content: Any, where: str) -> str:
+    """The text of an item's content: a string, or text parts (input_text / output_text / text / refusal)."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if not isinstance(content, list):
+        raise APIError(f"{where}: must be a string or a list of content parts", param=where)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text", "reasoning_text", "summary_text"):
+            texts.append(str(part.get("text", "")))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal", "")))
+        else:
+            raise APIError(f"{where}[{j}].type: {kind!r} parts are not supported by this server (text only)",
+                           param=f"{where}[{j}].type")
+    return "".join(texts)
+
+
+def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages from Responses input items. A replayed `reasoning` item goes with the assistant turn
+    after it; `function_call` items join the assistant message they follow (one turn, several calls)."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    messages: list[dict[str, Any]] = []
+    reasoning: str | None = None
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise APIError(f"{where}.role: must be user, assistant, system or developer, got {role!r}",
+                               param=f"{where}.role")
+            message: dict[str, Any] = {"role": role, "content": _text_of(item.get("content"), f"{where}.content")}
+            if role == "assistant" and reasoning is not None:
+                message["reasoning_content"], reasoning = reasoning, None
+            messages.append(message)
+        elif kind == "reasoning":
+            reasoning = _text_of(item.get("content") or item.get("summary"), f"{where}.content")
+        elif kind == "function_call":
+            call = {"id": item.get("call_id") or item.get("id") or new_id("call_"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or "{}"}}
+            if not isinstance(call["function"]["name"], str) or not call["function"]["name"]:
+                raise APIError(f"{where}.name: a function_call item needs the function's name", param=f"{where}.name")
+            last = messages[-1] if messages else None
+            if last is None or last["role"] != "assistant":
+                last = {"role": "assistant", "content": None}
+                if reasoning is not None:
+                    last["reasoning_content"], reasoning = reasoning, None
+                messages.append(last)
+            last.setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            if not item.get("call_id"):
+                raise APIError(f"{where}.call_id: a function_call_output item needs the call_id it answers",
+                               param=f"{where}.call_id")
+            messages.append({"role": "tool", "tool_call_id": item["call_id"],
+                             "content": _text_of(item.get("output"), f"{where}.output")})
+        else:
+            raise APIError(f"{where}.type: {kind!r} items are not supported by this server (message, reasoning, "
+                           "function_call, function_call_output)", param=f"{where}.type")
+    return messages
+
+
+def _chat_tool(tool: dict[str, Any], i: int) -> dict[str, Any]:
+    """A Responses function tool (flat: type, name, parameters) as a chat tool; chat's nested form passes."""
+    if tool.get("type", "function") != "function":
+        raise APIError(f"tools[{i}].type: {tool.get('type')!r} tools are not supported by this server "
+                       "(function tools only)", param=f"tools[{i}].type")
+    if "function" in tool:
+        return tool
+    fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+    return {"type": "function", "function": fn}
+
+
+def _chat_tool_choice(choice: str | dict[str, Any]) -> Any:
+    if isinstance(choice, str):
+        return choice
+    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    if choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        return choice
+    raise APIError(f"tool_choice: {choice!r} is not supported (auto, none, required or "
+                   "{\"type\": \"function\", \"name\": ...})", param="tool_choice")
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    fmt = text.format if text is not None else None
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_schema":
+        spec = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        if "schema" not in spec:
+            raise APIError("text.format.schema: a json_schema format needs its schema", param="text.format.schema")
+        return {"type": "json_schema", "json_schema": spec}
+    if fmt.get("type") in ("json_object", "structural_tag"):
+        return fmt
+    raise APIError(f"text.format.type: must be text, json_object or json_schema, got {fmt.get('type')!r}",
+                   param="text.format.type")
+
+
+def _check_supported(body: ResponsesRequest) -> None:
+    for name, instead in _CHAT_SPELLINGS.items():
+        if name in (body.model_extra or {}):
+            hint = f"; use {instead}" if instead else ""
+            raise APIError(f"{name}: not a field of /v1/responses{hint}", param=name)
+    if body.background:
+        raise APIError("background: background responses are not supported by this server", param="background")
+    if body.top_logprobs or _LOGPROBS in (body.include or []):
+        raise APIError("top_logprobs: logprobs are not supported on /v1/responses; use /v1/chat/completions",
+                       param="top_logprobs" if body.top_logprobs else "include")
+
+
+def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
+                 earlier: list[dict[str, Any]]) -> tuple[ChatCompletionRequest, list[dict[str, Any]]]:
+    """(the chat request that runs this response, the conversation without instructions)."""
+    _check_supported(body)
+    conversation = earlier + input_messages(body.input)
+    if not conversation:
+        raise APIError("input: must hold at least one message or item", param="input")
+    messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation
+    tools = [_chat_tool(t, i) for i, t in enumerate(body.tools)]
+    data: dict[str, Any] = {
+        **(body.model_extra or {}), "model": body.model, "messages": messages, "stream": body.stream,
+        "max_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p,
+        "tools": tools or None, "parallel_tool_calls": body.parallel_tool_calls and body.max_tool_calls != 1,
+        "response_format": _response_format(body.text), "reasoning": body.reasoning,
+        "chat_template_kwargs": body.chat_template_kwargs, "request_id": response_id, "user": body.user,
+        "truncate_prompt_tokens": -1 if body.truncation == "auto" else None}
+    if tools or body.tool_choice not in ("auto", "none"):  # chat refuses a tool_choice without tools
+        data["tool_choice"] = _chat_tool_choice(body.tool_choice)
+    try:
+        return ChatCompletionRequest.model_validate({k: v for k, v in data.items() if v is not None}), conversation
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = _responses_name(loc_fields(first["loc"]))
+        raise APIError(f"{where}: {first['msg']}", param=where) from e
+
+
+def _responses_name(loc: list[str]) -> str:
+    """A chat field's name as this request spelled it (response_format.json_schema.schema: text.format.schema)."""
+    if loc[:2] == ["response_format", "json_schema"]:
+        loc = ["text", "format"] + loc[2:]
+    elif loc[:1] == ["response_format"]:
+        loc = ["text", "format"] + loc[1:]
+    elif loc[:1] == ["max_tokens"]:
+        loc = ["max_output_tokens"] + loc[1:]
+    return ".".join(loc)
+
+
+# ---------------------------------------------------------------- answer -> output items
+
+@dataclass
+class OutputItems:
+    """A response's output items in order, built whole or piece by piece as a stream goes."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_reasoning(self) -> dict[str, Any]:
+        return self._add({"id": new_id("rs_"), "type": "reasoning", "summary": [],
+                          "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"})
+
+    def add_message(self) -> dict[str, Any]:
+        return self._add({"id": new_id("msg_"), "type": "message", "role": "assistant", "status": "in_progress",
+                          "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]})
+
+    def add_call(self, call_id: str, name: str) -> dict[str, Any]:
+        return self._add({"id": new_id("fc_"), "type": "function_call", "call_id": call_id, "name": name,
+                          "arguments": "", "status": "in_progress"})
+
+    def _add(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.items.append(item)
+        return item
+
+    def finish(self, status: str) -> None:
+        for item in self.items:
+            item["status"] = status if item["type"] == "message" else "completed"
+
+    def assistant_message(self) -> dict[str, Any]:
+        """The answer as a chat message, for the stored conversation."""
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        for item in self.items:
+            if item["type"] == "reasoning":
+                message["reasoning_content"] = item["content"][0]["text"]
+            elif item["type"] == "message":
+                message["content"] = item["content"][0]["text"]
+            else:
+                message.setdefault("tool_calls", []).append(
+                    {"id": item["call_id"], "type": "function",
+                     "function": {"name": item["name"], "arguments": item["arguments"]}})
+        return message
+
+
+def _text(item: dict[str, Any]) -> str:
+    return item["content"][0]["text"] if item["type"] in ("reasoning", "message") else item["arguments"]
+
+
+def whole_output(choice: dict[str, Any], max_calls: int | None) -> OutputItems:
+    """The output items of a finished chat choice."""
+    message, out = choice["message"], OutputItems()
+    if message.get("reasoning_content"):
+        out.add_reasoning()["content"][0]["text"] = message["reasoning_content"]
+    calls = (message.get("tool_calls") or [])[:max_calls]
+    if message.get("content") or not calls:
+        out.add_message()["content"][0]["text"] = message.get("content") or ""
+    for call in calls:
+        out.add_call(call["id"], call["function"]["name"])["arguments"] = call["function"]["arguments"]
+    return out
+
+
+def _status(reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    if reason == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if reason == "abort":
+        return "cancelled", None
+    return "completed", None
+
+
+def _usage(meta: dict[str, Any]) -> dict[str, Any]:
+    prompt, output = meta.get("prompt_tokens", 0), meta.get("completion_tokens", 0)
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": meta.get("cached_tokens", 0)},
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": meta.get("reasoning_tokens", 0)},
+            "total_tokens": prompt + output}
+
+
+@dataclass
+class ResponsePlan:
+    """What one /v1/responses call runs and answers with."""
+
+    response_id: str
+    body: ResponsesRequest
+    chat: ChatCompletionRequest
+    conversation: list[dict[str, Any]]
+    created_at: int
+    model: str
+
+    def skeleton(self) -> dict[str, Any]:
+        """The response object before any output (the request's settings echoed, as OpenAI's)."""
+        body = self.body
+        return {"id": self.response_id, "object": "response", "created_at": self.created_at,
+                "status": "in_progress", "background": False, "error": None, "incomplete_details": None,
+                "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+                "max_tool_calls": body.max_tool_calls, "model": self.model, "output": [],
+                "parallel_tool_calls": body.parallel_tool_calls, "previous_response_id": body.previous_response_id,
+                "reasoning": {"effort": (body.reasoning or {}).get("effort"),
+                              "summary": (body.reasoning or {}).get("summary")},
+                "store": body.store, "temperature": body.temperature, "top_p": body.top_p,
+                "text": {"format": (body.text.format if body.text and body.text.format else {"type": "text"})},
+                "tool_choice": body.tool_choice, "tools": body.tools, "truncation": body.truncation,
+                "usage": None, "user": body.user, "metadata": body.metadata or {}}
+
+    def finished(self, state: ServerState, output: OutputItems, meta: dict[str, Any]) -> dict[str, Any]:
+        """The final response object; stored when the request asks."""
+        status, incomplete = _status((meta.get("finish_reason") or {}).get("type"))
+        output.finish(status)
+        response = {**self.skeleton(), "status": status, "incomplete_details": incomplete,
+                    "output": output.items, "usage": _usage(meta)}
+        if status == "completed":
+            response["completed_at"] = now()
+        if self.body.store:
+            state.responses.put(self.response_id, StoredResponse(
+                response, self.conversation + [output.assistant_message()]))
+        return response
+
+
+def plan_response(state: ServerState, body: ResponsesRequest) -> tuple[ResponsePlan, Any]:
+    """(the plan, the chat plan that runs it)."""
+    earlier: list[dict[str, Any]] = []
+    if body.previous_response_id is not None:
+        stored = state.responses.get(body.previous_response_id)
+        if stored is None:
+            raise APIError(f"previous_response_id: no stored response {body.previous_response_id!r}", 404,
+                           param="previous_response_id")
+        earlier = [dict(m) for m in stored.conversation]
+    response_id = body.request_id or new_id("resp_")
+    chat, conversation = chat_request(state, body, response_id, earlier)
+    warn_unknown(chat, "/v1/responses")
+    plan = ResponsePlan(response_id, body, chat, conversation, now(), body.model)
+    return plan, plan_chat(state, chat)
+
+
+# ---------------------------------------------------------------- routes
+
+@router.post("/v1/responses")
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    state = _state(request)
+    plan, chat_plan = plan_response(state, body)
+    if body.stream:
+        first, rest = await open_stream(start_chat(state, chat_plan, stream=True))
+        events = ResponseEvents(plan, state, chat_plan).run(first, rest)
+        return StreamingResponse(stream_with_abort(state.engine, [chat_plan.rid], events, _error_event),
+                                 media_type="text/event-stream")
+    try:
+        result = await call_until_disconnect(request, state.engine, start_chat(state, chat_plan, stream=False),
+                                             [chat_plan.rid])
+    except ClientGone:
+        return Response(status_code=499)
+    out = engine_outputs(result)[0]
+    choice = chat_choice(state, chat_plan, 0, out)
+    return JSONResponse(plan.finished(state, whole_output(choice, body.max_tool_calls), out.get("meta_info", {})))
+
+
+def _stored(state: ServerState, response_id: str) -> StoredResponse:
+    stored = state.responses.get(response_id)
+    if stored is None:
+        raise APIError(f"No response found with id {response_id!r}", 404, param="response_id")
+    return stored
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, request: Request) -> dict[str, Any]:
+    return _stored(_state(request), response_id).response
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    _stored(state, response_id)
+    state.responses.delete(response_id)
+    return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+
+# ---------------------------------------------------------------- streaming
+
+def _event(kind: str, seq: int, **fields: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **fields}, ensure_ascii=False)}\n\n"
+
+
+def _error_event(exc: BaseException) -> list[str]:
+    """A failure after the stream began: Responses' `error` event (it also carries the `error` object, so
+    OpenAI's SDK raises it as it does chat's)."""
+    err = to_api_error(exc)
+    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code or err.status}
+    return [_event("error", 0, message=err.message, code=err.code or err.status, param=err.param, error=body)]
+
+
+class ResponseEvents:
+    """Turns the chat stream's deltas (reasoning, content, tool calls) into Responses events: each piece
+    opens its output item the first time it comes, the previous item closes, and the final response follows."""
+
+    def __init__(self, plan: ResponsePlan, state: ServerState, chat_plan: Any) -> None:
+        self.plan, self.state = plan, state
+        self.stream = new_choice_stream(state, chat_plan, hold_reasoning=False)
+        self.output = OutputItems()
+        self.open: dict[str, Any] | None = None
+        self.calls: dict[int, dict[str, Any]] = {}  # the chat stream's call index -> its function_call item
+        self.seq = 0
+
+    def event(self, kind: str, **fields: Any) -> str:
+        self.seq += 1
+        return _event(kind, self.seq - 1, **fields)
+
+    async def run(self, first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+        yield self.event("response.created", response=self.plan.skeleton())
+        yield self.event("response.in_progress", response=self.plan.skeleton())
+        meta: dict[str, Any] = {}
+        async for item in chained(first, rest):
+            meta = item.get("meta_info", {})
+            for delta in self.stream.feed(item.get("text", "")):
+                for event in self._on_delta(delta):
+                    yield event
+            raise_if_failed(meta)
+            reason, _ = finish_reason_of(meta)
+            if reason is not None:
+                deltas, _ = self.stream.finish(cut=reason == "length")
+                for delta in deltas:
+                    for event in self._on_delta(delta):
+                        yield event
+                break
+        for event in self._close(_status(finish_reason_of(meta)[0])[0]):
+            yield event
+        response = self.plan.finished(self.state, self.output, meta)
+        kind = {"incomplete": "response.incomplete", "cancelled": "response.failed"}.get(response["status"],
+                                                                                      "response.completed")
+        yield self.event(kind, response=response)
+
+    def _on_delta(self, delta: dict[str, Any]) -> list[str]:
+        events: list[str] = []
+        if delta.get("reasoning_content"):
+            events += self._append("reasoning", delta["reasoning_content"])
+        if delta.get("content"):
+            events += self._append("message", delta["content"])
+        for call in delta.get("tool_calls") or []:
+            events += self._call_delta(call)
+        return events
+
+    def _append(self, kind: str, text: str) -> list[str]:
+        events: list[str] = []
+        if self.open is None or self.open["type"] != kind:
+            events += self._close()
+            item = self.output.add_reasoning() if kind == "reasoning" else self.output.add_message()
+            events += self._opened(item)
+            part = {"type": "reasoning_text", "text": ""} if kind == "reasoning" else \
+                {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(self.event("response.content_part.added", item_id=item["id"], output_index=self._index(item),
+                                     content_index=0, part=part))
+        item = self.open
+        assert item is not None
+        item["content"][0]["text"] += text
+        name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
+        extra = {} if kind == "reasoning" else {"logprobs": []}
+        events.append(self.event(name, item_id=item["id"], output_index=self._index(item), content_index=0,
+                                 delta=text, **extra))
+        return events
+
+    def _call_delta(self, call: dict[str, Any]) -> list[str]:
+        events: list[str] = []
+        index, fn = call.get("index", len(self.calls)), call.get("function") or {}
+        if index not in self.calls:
+            if self.plan.body.max_tool_calls is not None and len(self.calls) >= self.plan.body.max_tool_calls:
+                return []
+            events += self._close()
+            self.calls[index] = self.output.add_call(call.get("id") or new_id("call_"), fn.get("name", ""))
+            events += self._opened(self.calls[index])
+        item = self.calls[index]
+        if fn.get("arguments"):
+            item["arguments"] += fn["arguments"]
+            events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
+                                     output_index=self._index(item), delta=fn["arguments"]))
+        return events
+
+    def _opened(self, item: dict[str, Any]) -> list[str]:
+        self.open = item
+        return [self.event("response.output_item.added", output_index=self._index(item), item=dict(item))]
+
+    def _index(self, item: dict[str, Any]) -> int:
+        return next(i for i, it in enumerate(self.output.items) if it is item)
+
+    def _close(self, status: str = "completed") -> list[str]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        at, text = self._index(item), _text(item)
+        item["status"] = status if item["type"] == "message" else "completed"
+        if item["type"] == "function_call":
+            events = [self.event("response.function_call_arguments.done", item_id=item["id"], output_index=at,
+                                 name=item["name"], arguments=text)]
+        else:
+            done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
+            extra = {"logprobs": []} if item["type"] == "message" else {}
+            events = [self.event(done, item_id=item["id"], output_index=at, content_index=0, text=text, **extra),
+                      self.event("response.content_part.done", item_id=item["id"], output_index=at, content_index=0,
+                                 part=dict(item["content"][0]))]
+        return events + [self.event("response.output_item.done", output_index=at, item=dict(item))]
