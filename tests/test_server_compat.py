@@ -112,7 +112,7 @@ def test_ping_and_get_load(served):
 def test_abort_all_needs_no_rid(served):
     engine, base = served
     r = httpx.post(f"{base}/abort_request", json={"abort_all": True})
-    assert r.status_code == 200 and r.json()["abort_all"] is True
+    assert (r.status_code, r.content) == (200, b"")  # SGLang answers an empty 200
     assert engine.aborted == ["*"]
     assert httpx.post(f"{base}/abort_request", json={"rid": "r-2"}).status_code == 200
     assert engine.aborted == ["*", "r-2"]

@@ -274,6 +274,40 @@ def test_kimi_indices_count_the_calls_in_the_grammar():
     assert not _accepts(required, _wrap("kimi_k2", [call(0), call(2)]))
 
 
+def test_kimi_indices_go_on_from_the_conversations_earlier_calls():
+    """Kimi-K2 numbers calls across the conversation (its template writes earlier calls back by id): after two
+    calls, the grammar wants index 2 and the ids say so, as SGLang's; index 0 again is refused."""
+    parser = get_tool_call_parser("kimi_k2").for_tools(TOOLS, earlier_calls=2)
+    required = _grammar(parser.structural_tag(TOOLS, "required"))
+    call = lambda k: _one_call("kimi_k2", '{"tz": "UTC"}', "get_date", k)  # noqa: E731
+    assert _accepts(required, _wrap("kimi_k2", [call(2), call(3)]))
+    assert not _accepts(required, _wrap("kimi_k2", [call(0)]))
+    later = SAMPLES["kimi_k2"].replace("get_weather:0", "get_weather:2").replace("get_date:1", "get_date:3")
+    assert [c.id for c in parser.parse(later)[1]] == ["functions.get_weather:2", "functions.get_date:3"]
+    streamed = _accumulate(_stream(parser, later, 4)[1])
+    assert [c["id"] for c in streamed] == ["functions.get_weather:2", "functions.get_date:3"]
+
+
+def test_kimi_chat_ids_count_the_history(tiny_tokenizer):
+    from fake_engine import FakeEngine
+    from server_fixtures import running_server
+
+    engine = FakeEngine(tool_call_parser="kimi_k2", reasoning_parser=None)
+    engine.reply = lambda call: SAMPLES["kimi_k2"].replace("get_weather:0", "get_weather:1").replace(":1<", ":2<")
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "functions.get_weather:0", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "days": 1, "unit": "celsius"}'}}]},
+               {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "rain"},
+               {"role": "user", "content": "And Paris, and the date?"}]
+    with running_server(engine) as base:
+        r = httpx.post(f"{base}/v1/chat/completions", json={"messages": history, "tools": TOOLS}).json()
+    assert [c["id"] for c in r["choices"][0]["message"]["tool_calls"]] == \
+        ["functions.get_weather:1", "functions.get_date:2"]
+    tag = engine.calls[-1]["sampling_params"]["structural_tag"]
+    assert "functions.get_weather:1<" in tag and "functions.get_weather:0<" not in tag
+
+
 @pytest.fixture(scope="module")
 def backend_ctx():
     from thinkform.structured.backends import BackendContext

@@ -158,17 +158,21 @@ class Engine:
     # -- offline API ----------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
                  input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
-                 stream: bool = False, rid: str | list[str] | None = None, return_logprob: bool = False,
-                 top_logprobs_num: int | None = 0, reasoning_start: str | None = None,
+                 stream: bool = False, rid: str | list[str] | None = None,
+                 return_logprob: bool | list[bool] | None = False, top_logprobs_num: int | list[int] | None = 0,
+                 reasoning_start: str | None = None,
                  logprob_start_len: int | list[int] | None = -1, return_text_in_logprobs: bool = False,
                  token_ids_logprob: list[int] | list[list[int]] | None = None, **sglang_only: Any) -> Any:
         """One prompt with n = 1 → a dict; otherwise a flat list grouped by prompt. stream=True → an iterator.
+
+        As SGLang, return_logprob, top_logprobs_num and logprob_start_len are one value for all prompts or a
+        list of one per prompt (not with n > 1), token_ids_logprob one list of ids or one list per prompt.
 
         An offline batch of any size is taken whole; `max_queued_requests` is backpressure for concurrent
         callers of async_generate (the servers). SGLang's other keywords (image_data, lora_path, ...) are
         accepted at the value that asks for nothing (None / False)."""
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
-                            LogprobOptions(bool(return_logprob), top_logprobs_num or 0, logprob_start_len,
+                            LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
         self._compile_sync(req)
         inbox: queue.Queue[_Delivery] = queue.Queue()
@@ -190,13 +194,14 @@ class Engine:
                              sampling_params: dict | list[dict] | None = None,
                              input_ids: list[int] | list[list[int]] | None = None, require_reasoning: bool = False,
                              stream: bool = False, rid: str | list[str] | None = None,
-                             return_logprob: bool = False, top_logprobs_num: int | None = 0,
+                             return_logprob: bool | list[bool] | None = False,
+                             top_logprobs_num: int | list[int] | None = 0,
                              reasoning_start: str | None = None, logprob_start_len: int | list[int] | None = -1,
                              return_text_in_logprobs: bool = False,
                              token_ids_logprob: list[int] | list[list[int]] | None = None, **sglang_only: Any) -> Any:
         """As generate; with stream=True returns an async iterator of cumulative chunks."""
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
-                            LogprobOptions(bool(return_logprob), top_logprobs_num or 0, logprob_start_len,
+                            LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
         await self._compile_async(req)
         aloop = asyncio.get_running_loop()

@@ -25,59 +25,105 @@ logger = logging.getLogger("thinkform")
 REASONING_STARTS = ("reasoning", "open", "answer")
 
 
+class RequestFieldError(ValueError):
+    """A bad top-level request field; `field` (the servers' error `param`) is the message's "name:" prefix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.field = message.split(":", 1)[0]
+
+
+@dataclass
+class PromptLogprobs:
+    """What one prompt of a request asks of logprobs, resolved from LogprobOptions."""
+    return_logprob: bool
+    top_logprobs_num: int
+    scored_from: int  # the first prompt token in input_token_logprobs
+    token_ids: list[int] | None  # these tokens' logprobs at every position (None: none)
+
+
 @dataclass
 class LogprobOptions:
-    """What a request asks of logprobs, in SGLang's terms: `logprob_start_len` is the first prompt token
-    returned in input_token_logprobs (-1: the last one only; an int or one per prompt); each entry's third
-    slot holds the token's text with `return_text_in_logprobs`."""
-    return_logprob: bool = False
-    top_logprobs_num: int = 0
+    """What a request asks of logprobs, in SGLang's terms. `return_logprob`, `top_logprobs_num` and
+    `logprob_start_len` are one value for every prompt or a list of one per prompt; `token_ids_logprob` is
+    one list of ids for every prompt or one list per prompt. `logprob_start_len` is the first prompt token
+    returned in input_token_logprobs (-1: the last one only); each entry's third slot holds the token's text
+    with `return_text_in_logprobs`."""
+    return_logprob: bool | list[bool] | None = False
+    top_logprobs_num: int | list[int] | None = 0
     logprob_start_len: int | list[int] | None = -1
     return_text_in_logprobs: bool = False
-    token_ids_logprob: list[int] | list[list[int]] | None = None  # one list for all prompts, or one each
+    token_ids_logprob: list[int] | list[list[int]] | None = None
 
-    def ids_of(self, prompt: int) -> list[int] | None:
-        """The token ids whose logprobs prompt number `prompt` returns at every position (None: none)."""
-        ids = self.token_ids_logprob
-        if not ids:
-            return None
-        if isinstance(ids[0], list):  # one list per prompt, or one list (in a list) for all of them
-            ids = ids[prompt] if len(ids) > 1 else ids[0]  # type: ignore[assignment]
-        return list(ids) or None  # type: ignore[arg-type]
+    def resolve(self, prompts: list[list[int]], vocab_size: int, parallel: bool) -> list[PromptLogprobs]:
+        """Each prompt's logprob asks, checked; raises RequestFieldError naming the field. `parallel`: some
+        prompt is sampled n > 1 times, where SGLang refuses per-prompt lists."""
+        count = len(prompts)
+        wants = _flags(self.return_logprob, count, parallel)
+        tops = _per_prompt("top_logprobs_num", self.top_logprobs_num, count, parallel)
+        starts = _per_prompt("logprob_start_len", self.logprob_start_len, count, parallel)
+        ids = _token_ids_per_prompt(self.token_ids_logprob, count, vocab_size, parallel)
+        return [PromptLogprobs(want, _top_k(k), _scored_from(start, len(prompt)), each)
+                for want, k, start, prompt, each in zip(wants, tops, starts, prompts, ids)]
 
-    def check(self, prompts: list[list[int]], vocab_size: int) -> list[int]:
-        """Each prompt's first scored token, checked; raises ValueError naming the field."""
-        self._check_token_ids(len(prompts), vocab_size)
-        k = self.top_logprobs_num
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20:
-            raise ValueError("top_logprobs_num: must be an integer in [0, 20]")
-        starts = -1 if self.logprob_start_len is None else self.logprob_start_len
-        if isinstance(starts, list):
-            if len(starts) != len(prompts):
-                raise ValueError(f"logprob_start_len: got {len(starts)} values for {len(prompts)} prompts")
-        else:
-            starts = [starts] * len(prompts)
-        out = []
-        for start, ids in zip(starts, prompts):
-            if not isinstance(start, int) or isinstance(start, bool) or start < -1:
-                raise ValueError("logprob_start_len: must be an integer, -1 (the last prompt token) or more")
-            if start >= len(ids):
-                raise ValueError(f"logprob_start_len: {start} is not below the prompt's {len(ids)} tokens")
-            out.append(len(ids) - 1 if start == -1 else start)
-        return out
 
-    def _check_token_ids(self, num_prompts: int, vocab_size: int) -> None:
-        ids = self.token_ids_logprob
-        if not ids:
-            return
-        lists = ids if isinstance(ids, list) and isinstance(ids[0], list) else [ids]
-        if len(lists) > 1 and len(lists) != num_prompts:
-            raise ValueError(f"token_ids_logprob: got {len(lists)} lists for {num_prompts} prompts")
-        for each in lists:
-            if not isinstance(each, list) or len(each) > 1024 or not all(
-                    isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in each):
-                raise ValueError(f"token_ids_logprob: must be up to 1024 token ids in [0, {vocab_size}) "
-                                 "(or one such list per prompt)")
+def _per_prompt(name: str, value: Any, count: int, parallel: bool) -> list[Any]:
+    """SGLang's normalisation: one value serves every prompt; a list gives one per prompt, and cannot be
+    combined with parallel sampling (its samples would not line up with the list)."""
+    if not isinstance(value, list):
+        return [value] * count
+    if parallel:
+        raise RequestFieldError(f"{name}: a list (one value per prompt) cannot be combined with n > 1 "
+                                "(parallel sampling); give one value for all prompts")
+    if len(value) != count:
+        raise RequestFieldError(f"{name}: a list needs one value per prompt ({count}), got {len(value)}")
+    return value
+
+
+def _flags(value: Any, count: int, parallel: bool) -> list[bool]:
+    if isinstance(value, list) and not all(isinstance(v, bool) for v in value):  # one value keeps its truthiness
+        raise RequestFieldError("return_logprob: a list needs true or false for each prompt")
+    return [bool(v) for v in _per_prompt("return_logprob", value, count, parallel)]
+
+
+def _top_k(k: Any) -> int:
+    k = 0 if k is None else k
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20:
+        raise RequestFieldError("top_logprobs_num: must be an integer in [0, 20] (or a list of one per prompt)")
+    return k
+
+
+def _scored_from(start: Any, num_tokens: int) -> int:
+    start = -1 if start is None else start
+    if not isinstance(start, int) or isinstance(start, bool) or start < -1:
+        raise RequestFieldError("logprob_start_len: must be an integer, -1 (the last prompt token) or more")
+    if start >= num_tokens:
+        raise RequestFieldError(f"logprob_start_len: {start} is not below the prompt's {num_tokens} tokens")
+    return num_tokens - 1 if start == -1 else start
+
+
+def _token_ids_per_prompt(ids: Any, count: int, vocab_size: int, parallel: bool) -> list[list[int] | None]:
+    """One list of ids serves every prompt (also wrapped in a list); a list of lists gives one per prompt,
+    refused with parallel sampling as SGLang does."""
+    if not ids:
+        return [None] * count
+    if not isinstance(ids, list) or not isinstance(ids[0], list):
+        lists = [ids] * count
+    elif len(ids) == 1:
+        lists = ids * count
+    elif parallel:
+        raise RequestFieldError("token_ids_logprob: one list per prompt cannot be combined with n > 1 "
+                                "(parallel sampling); give one list for all prompts")
+    elif len(ids) != count:
+        raise RequestFieldError(f"token_ids_logprob: a list of lists needs one per prompt ({count}), got {len(ids)}")
+    else:
+        lists = ids
+    for each in lists:
+        if not isinstance(each, list) or len(each) > 1024 or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in each):
+            raise RequestFieldError(f"token_ids_logprob: must be up to 1024 token ids in [0, {vocab_size}) "
+                                    "(or one such list per prompt)")
+    return [list(each) or None for each in lists]
 
 
 @dataclass
@@ -90,7 +136,7 @@ class PreparedRequest:
     single: bool
     stream: bool
     logprobs: LogprobOptions
-    scored_from: list[int]  # each prompt's first token in input_token_logprobs
+    prompt_logprobs: list[PromptLogprobs]  # each prompt's logprob asks, resolved
     compiled: dict[tuple[str, str], Any] = field(default_factory=dict)
     seqs: list[Sequence] = field(default_factory=list)
 
@@ -118,14 +164,14 @@ class RequestBuilder:
         params = self._params(sampling_params, len(prompts))
         start = self._reasoning_start(require_reasoning, reasoning_start)
         rids = _prompt_rids(rid, len(prompts), batched)
-        scored_from = logprobs.check(prompts, self.parts.vocab_size)
+        prompt_logprobs = logprobs.resolve(prompts, self.parts.vocab_size, parallel=any(p.n > 1 for p in params))
         for ids, p in zip(prompts, params):
             self._check_lengths(ids, p)
         constraints = [self._constraint(p) for p in params]
         single = not batched and params[0].n == 1
         return PreparedRequest(rids=rids, prompt_ids=prompts, params=params,
                                constraint=constraints, reasoning_start=start, single=single, stream=stream,
-                               logprobs=logprobs, scored_from=scored_from)
+                               logprobs=logprobs, prompt_logprobs=prompt_logprobs)
 
     def _constraint(self, p: SamplingParams) -> Constraint | None:
         fields = {"json_schema": p.json_schema, "regex": p.regex, "ebnf": p.ebnf, "structural_tag": p.structural_tag}
@@ -226,9 +272,7 @@ class RequestBuilder:
     def sequences(self, req: PreparedRequest, sink: Callable[[Sequence, dict, bool], None]) -> list[Sequence]:
         seqs: list[Sequence] = []
         markers = self.parts.markers
-        lp = req.logprobs
-        for n, (ids, p, c, scored_from, rid) in enumerate(
-                zip(req.prompt_ids, req.params, req.constraint, req.scored_from, req.rids)):
+        for ids, p, c, lp, rid in zip(req.prompt_ids, req.params, req.constraint, req.prompt_logprobs, req.rids):
             for k in range(p.n):
                 index = len(seqs)
                 gate = self._gate(req, p, c)
@@ -238,12 +282,12 @@ class RequestBuilder:
                                                  self.parts.hidden_ids if p.skip_special_tokens else frozenset()),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
                     reasoning=markers is not None and req.reasoning_start != "answer",
-                    reasoning_start=req.reasoning_start, return_logprob=bool(lp.return_logprob),
-                    top_logprobs_num=lp.top_logprobs_num, return_text_in_logprobs=bool(lp.return_text_in_logprobs),
-                    token_ids_logprob=lp.ids_of(n) if lp.return_logprob else None,
-                    logprob_start=scored_from)
+                    reasoning_start=req.reasoning_start, return_logprob=lp.return_logprob,
+                    top_logprobs_num=lp.top_logprobs_num,
+                    return_text_in_logprobs=bool(req.logprobs.return_text_in_logprobs),
+                    token_ids_logprob=lp.token_ids if lp.return_logprob else None, logprob_start=lp.scored_from)
                 if seq.return_logprob:
-                    seq.input_token_logprobs.append((None, ids[scored_from], None))
+                    seq.input_token_logprobs.append((None, ids[lp.scored_from], None))
                     seq.input_top_logprobs.append(None)
                     seq.input_token_ranks.append(None)
                     seq.input_token_ids_logprobs.append(None)

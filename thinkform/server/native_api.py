@@ -162,11 +162,12 @@ async def get_load(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/abort_request")
-async def abort_request(body: AbortRequest, request: Request) -> dict[str, Any]:
-    if not body.rid and not body.abort_all:
+async def abort_request(body: AbortRequest, request: Request) -> Response:
+    """SGLang's answer: 200 with an empty body, whether or not the request was still in flight."""
+    if not body.rid and not body.abort_all:  # SGLang ignores it; here a body that aborts nothing is a 400
         raise APIError("rid: give the id of the request to abort, or abort_all: true", param="rid")
-    aborted = _state(request).engine.abort_request(rid=body.rid, abort_all=body.abort_all)
-    return {"rid": body.rid, "abort_all": body.abort_all, "aborted": bool(aborted)}
+    _state(request).engine.abort_request(rid=body.rid or "", abort_all=body.abort_all)
+    return Response(status_code=200)
 
 
 FLUSHED = ("Cache flushed.\nPlease check backend logs for more details. "

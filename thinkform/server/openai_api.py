@@ -137,18 +137,19 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     if max_tokens is None:  # as SGLang, vLLM and OpenAI: a chat answer is bounded by the context, not by 128
         params["max_new_tokens"] = None
     fields = constraint_fields(body, body.response_format)
+    tool_parser = state.tool_parser.for_tools(tools, sum(len(m.tool_calls or []) for m in body.messages))
     if mode in ("required", "named"):
         if fields:
             raise APIError(f"tool_choice {mode!r} cannot be combined with another constraint", param="tool_choice")
-        fields = {"structural_tag": _tool_tag(state.tool_parser, tools, mode, body.parallel_tool_calls)}
+        fields = {"structural_tag": _tool_tag(tool_parser, tools, mode, body.parallel_tool_calls)}
     elif mode == "auto" and not fields:
-        tag = _tool_tag(state.tool_parser, tools, "auto", body.parallel_tool_calls)
+        tag = _tool_tag(tool_parser, tools, "auto", body.parallel_tool_calls)
         fields = {"structural_tag": tag} if tag else {}
     params.update(validate_constraints(fields, state.limits))
     reasoning = state.markers is not None and reasoning_start != "answer"
     return ChatPlan(rid=body.rid or body.request_id or new_id(""), input_ids=ids, reasoning_start=reasoning_start,
                     params=params, reasoning=reasoning, split=body.separate_reasoning and reasoning,
-                    tool_parser=state.tool_parser.for_tools(tools) if mode != "none" else None,
+                    tool_parser=tool_parser if mode != "none" else None,
                     max_calls=None if body.parallel_tool_calls else 1,
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0,
                     return_token_ids=body.return_token_ids,

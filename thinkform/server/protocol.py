@@ -245,8 +245,10 @@ class GenerateRequest(Lenient):
     sampling_params: Union[dict[str, Any], list[dict[str, Any]], None] = None
     require_reasoning: bool = False
     stream: bool = False
-    return_logprob: bool = False
-    top_logprobs_num: conint(ge=0, le=20) = 0
+    # one value for every prompt, or (SGLang's GenerateReqInput) one per prompt of a batch: the engine checks
+    # a list against the batch and n
+    return_logprob: Union[bool, list[bool], None] = False
+    top_logprobs_num: Union[conint(ge=0, le=20), list[conint(ge=0, le=20)], None] = 0
     logprob_start_len: Union[conint(ge=-1), list[conint(ge=-1)], None] = -1
     return_text_in_logprobs: bool = False
     token_ids_logprob: Union[list[int], list[list[int]], None] = None  # these tokens' logprobs at every position
@@ -256,7 +258,7 @@ class GenerateRequest(Lenient):
 
 
 class AbortRequest(Lenient):
-    rid: str = ""  # SGLang's AbortReq: optional with abort_all
+    rid: Optional[str] = ""  # SGLang's AbortReq: optional (null too) with abort_all
     abort_all: bool = False
 
 

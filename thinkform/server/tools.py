@@ -8,6 +8,7 @@ schemas (`for_tools`).
 from __future__ import annotations
 
 import ast
+import copy
 from abc import ABC, abstractmethod
 import json
 import re
@@ -85,9 +86,11 @@ class ToolCallParser(ABC):
             call.id = self.call_id(call.name, k) or call.id
         return text[:start].rstrip(), self._raw_arguments(text[start:], calls)
 
-    def for_tools(self, tools: list[Mapping[str, Any]]) -> "ToolCallParser":
-        """The parser for one request's tools: formats whose arguments are not JSON (XML parameters) read
-        them by the tools' schemas; the others need nothing and are shared."""
+    def for_tools(self, tools: list[Mapping[str, Any]], earlier_calls: int = 0) -> "ToolCallParser":
+        """The parser for one request's tools and conversation (`earlier_calls`: the calls its assistant
+        messages made): formats whose arguments are not JSON (XML parameters) read them by the tools'
+        schemas, formats that number calls across the conversation go on from the earlier ones; the others
+        need nothing and are shared."""
         return self
 
     def call_id(self, name: str, index: int) -> str | None:
@@ -293,9 +296,10 @@ class DeepSeekV31Parser(ToolCallParser):
 
 class KimiK2Parser(ToolCallParser):
     """Kimi-K2: `<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>{...}
-    <|tool_call_end|>...<|tool_calls_section_end|>`, IDX counting the calls 0, 1, 2, ... Constrained, the
-    count is exact for up to `max_indexed_calls` calls in one answer (a grammar cannot count without end); each call's
-    id is `functions.NAME:IDX`, as SGLang's (which adds the calls earlier in the conversation to IDX)."""
+    <|tool_call_end|>...<|tool_calls_section_end|>`, IDX counting the calls of the whole conversation 0, 1, 2, ...
+    (the template writes earlier calls back by their ids). Constrained, the count is exact for up to
+    `max_indexed_calls` calls in one answer (a grammar cannot count without end); each call's id is
+    `functions.NAME:IDX`, as SGLang's."""
 
     name = "kimi_k2"
     call_begin = "<|tool_call_begin|>functions.{name}:0<|tool_call_argument_begin|>"  # the first call's
@@ -304,6 +308,12 @@ class KimiK2Parser(ToolCallParser):
     separator = ""
     trigger = "<|tool_calls_section_begin|>"
     max_indexed_calls = 8  # calls of one answer under a constraint (each index has its own tags)
+    earlier_calls = 0  # the conversation's calls before this answer: its first call's index
+
+    def for_tools(self, tools: list[Mapping[str, Any]], earlier_calls: int = 0) -> "KimiK2Parser":
+        bound = copy.copy(self)
+        bound.earlier_calls = earlier_calls
+        return bound
 
     @cached_property
     def _begin(self) -> re.Pattern[str]:
@@ -314,14 +324,15 @@ class KimiK2Parser(ToolCallParser):
         return _template_calls(self, section)
 
     def call_id(self, name: str, index: int) -> str | None:
-        return f"functions.{name}:{index}"
+        return f"functions.{name}:{self.earlier_calls + index}"
 
     def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto",
                        parallel: bool = True) -> dict[str, Any] | None:
         count = 1 if mode == "named" or not parallel else self.max_indexed_calls
 
         def call(k: int) -> dict[str, Any]:
-            tags = [{**self._tag(t), "begin": self.call_begin.replace("{name}", tool_name(t)).replace(":0<", f":{k}<")}
+            index = self.earlier_calls + k
+            tags = [{**self._tag(t), "begin": self.call_begin.replace("{name}", tool_name(t)).replace(":0<", f":{index}<")}
                     for t in tools]
             return tags[0] if len(tags) == 1 else {"type": "or", "elements": tags}
 

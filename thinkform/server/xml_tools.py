@@ -29,7 +29,7 @@ class XmlToolCallParser(ToolCallParser):
     _closing: tuple[str, ...] = ()
     schemas: Mapping[str, Any] = {}
 
-    def for_tools(self, tools: list[Mapping[str, Any]]) -> "XmlToolCallParser":
+    def for_tools(self, tools: list[Mapping[str, Any]], earlier_calls: int = 0) -> "XmlToolCallParser":
         bound = copy.copy(self)
         bound.schemas = {tool_name(t): tool_schema(t) for t in tools}
         return bound
