@@ -190,7 +190,8 @@ def _chat_template(value: str | None) -> str | None:
 
 
 def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
-    """Special tokens skip_special_tokens hides — except any that spell a reasoning marker."""
+    """Special tokens skip_special_tokens hides — except any that spell a reasoning marker or its framing
+    (gpt-oss: a hidden `<|start|>` left "assistant" in the reasoning text)."""
     special = set(tok.all_special_ids)
     for tid, added in getattr(tok, "added_tokens_decoder", {}).items():
         if getattr(added, "special", False):
@@ -198,6 +199,6 @@ def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
     if markers is not None:
         for tid in list(special):
             text = tok.convert_ids_to_tokens(tid)
-            if text and (text in markers.start or text in markers.end):
+            if text and any(text in marker for marker in markers.spellings):
                 special.discard(tid)
     return frozenset(special)

@@ -28,10 +28,38 @@ class ReasoningMarkers:
     # strings, and headers running from header[0] to the next header[1] (`<|channel|>…<|message|>`).
     framing: tuple[str, ...] = ()
     header: tuple[str, str] | None = None
+    # Other strings that end reasoning as `end` does (gpt-oss: the final channel's header with a content
+    # type). `answer_ends` end it too and stay at the head of the answer, which they describe (gpt-oss: a
+    # tool call's header, read by the tool-call parser); the grammar takes what follows them.
+    alt_ends: tuple[str, ...] = ()
+    answer_ends: tuple[str, ...] = ()
 
     @property
     def close_text(self) -> str:
         return self.close if self.close is not None else self.end
+
+    @property
+    def ends(self) -> tuple[str, ...]:
+        """Every string that ends reasoning."""
+        return (self.end, *self.alt_ends, *self.answer_ends)
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every string of this family's markup: markers, closing text, framing, header delimiters."""
+        return (self.start, *self.ends, self.close_text, *self.framing, *(self.header or ()))
+
+    def first_end(self, text: str, start: int = 0) -> tuple[int, str] | None:
+        """(where, which) of the first end marker in `text` from `start` (at one place, the longest)."""
+        best: tuple[int, str] | None = None
+        for end in self.ends:
+            at = text.find(end, start)
+            if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(end) > len(best[1]))):
+                best = (at, end)
+        return best
+
+    def answer_starts(self, end: str) -> int:
+        """How much of an end marker the answer starts with: all of an answer end, none of the others."""
+        return len(end) if end not in self.answer_ends else 0
 
     def thinking_enabled(self, chat_template_kwargs: Mapping[str, Any] | None = None) -> bool:
         """Whether this request reasons at all, from the family and the request's template switch."""
@@ -60,6 +88,12 @@ _GPT_OSS = ReasoningMarkers(
     close="<|end|><|start|>assistant<|channel|>final<|message|>",
     framing=("<|end|>", "<|start|>assistant"),
     header=("<|channel|>", "<|message|>"),
+    # the final header as the model writes it under structured output (vLLM #23120: unmatched, the JSON
+    # ran unconstrained), and a call's header in either place harmony allows its recipient
+    alt_ends=tuple(f"<|channel|>final{kind}<|message|>" for kind in (" <|constrain|>json", "<|constrain|>json",
+                                                                    " json")),
+    answer_ends=("<|channel|>commentary to=functions.", "<|start|>assistant to=functions.",
+                 "<|channel|>analysis to=functions."),
 )
 
 REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({

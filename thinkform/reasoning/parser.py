@@ -4,7 +4,8 @@ Rules (one definition, shared by both forms, so streamed deltas always add up to
 - `in_reasoning`: the prompt already opened reasoning. A leading start marker the model writes anyway
   (older DeepSeek-R1) is dropped. Otherwise reasoning exists only when the text starts, after optional
   whitespace, with the start marker; if not, the whole text is content and reasoning is None.
-- Reasoning runs to the first end marker; without one, everything is reasoning and content is "".
+- Reasoning runs to the first end marker (a family may have several); without one, everything is reasoning
+  and content is "". An answer end marker (gpt-oss: a tool call's header) stays at the head of the content.
 - Markers and the whitespace right around them are stripped (as SGLang does); harmony framing
   (gpt-oss: `<|end|>`, `<|start|>assistant`, `<|channel|>…<|message|>`) is removed from reasoning.
 """
@@ -19,7 +20,7 @@ class _Framing:
     """Removes a family's framing from reasoning text and says how much of a tail must wait for more."""
 
     def __init__(self, markers: ReasoningMarkers) -> None:
-        self._end = markers.end
+        self._ends = markers.ends
         self._literals = markers.framing
         self._header = markers.header
         parts = [re.escape(lit) for lit in self._literals]
@@ -34,7 +35,7 @@ class _Framing:
     def safe_cut(self, text: str) -> int:
         """Length of the prefix of `text` that no later text can turn into a marker or framing."""
         cut = len(text)
-        candidates = (self._end, *self._literals) + ((self._header[0],) if self._header else ())
+        candidates = (*self._ends, *self._literals) + ((self._header[0],) if self._header else ())
         for literal in candidates:
             cut = min(cut, len(text) - partial_suffix(text, literal))
         if self._header is not None:
@@ -64,10 +65,11 @@ def split_reasoning(text: str, markers: ReasoningMarkers, in_reasoning: bool) ->
     else:
         return None, text
     framing = _Framing(markers)
-    idx = raw.find(markers.end)
-    if idx < 0:
+    hit = markers.first_end(raw)
+    if hit is None:
         return framing.clean(raw).lstrip(), ""
-    return framing.clean(raw[:idx]).strip(), raw[idx + len(markers.end):].lstrip()
+    idx, end = hit
+    return framing.clean(raw[:idx]).strip(), raw[idx + markers.answer_starts(end):].lstrip()
 
 
 _LEAD, _REASON, _CONTENT_LEAD, _CONTENT = range(4)
@@ -117,7 +119,7 @@ class StreamingReasoningParser:
 
     def _step(self, reasoning: list[str], content: list[str]) -> bool:
         """Advance the state machine once; False when it must wait for more text."""
-        start, end = self._markers.start, self._markers.end
+        start = self._markers.start
         if self._state == _LEAD:
             head = self._buf.lstrip()
             if head.startswith(start):
@@ -129,10 +131,11 @@ class StreamingReasoningParser:
                 self._state = _REASON if self._in_reasoning else _CONTENT
             return True
         if self._state == _REASON:
-            idx = self._buf.find(end)
-            if idx >= 0:
+            hit = self._markers.first_end(self._buf)
+            if hit is not None:
+                idx, end = hit
                 reasoning.append(self._emit_reasoning(self._buf[:idx], final=True))
-                self._buf = self._buf[idx + len(end):]
+                self._buf = self._buf[idx + self._markers.answer_starts(end):]
                 self._state = _CONTENT_LEAD
                 return True
             cut = self._framing.safe_cut(self._buf)
@@ -187,11 +190,10 @@ class RawAnswerSplitter:
                 return "", ""  # could still become the start marker
         if not self._reasoning:
             return self._answer_from(0)
-        end = self._markers.end
-        at = self._buf.find(end)
-        if at >= 0:
-            return self._answer_from(at + len(end))
-        keep = partial_suffix(self._buf, end)
+        hit = self._markers.first_end(self._buf)
+        if hit is not None:
+            return self._answer_from(hit[0] + self._markers.answer_starts(hit[1]))
+        keep = max(partial_suffix(self._buf, end) for end in self._markers.ends)
         before, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep:]
         return before, ""
 

@@ -152,7 +152,7 @@ def decide_reasoning_start(prompt: str, markers: ReasoningMarkers | None,
 
 def ends_inside_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:
     start = prompt.rfind(markers.start)
-    return start >= 0 and prompt.find(markers.end, start + len(markers.start)) < 0
+    return start >= 0 and markers.first_end(prompt, start + len(markers.start)) is None
 
 
 def tools_system_prompt(tools: list[dict[str, Any]], example: str) -> str:

@@ -411,13 +411,14 @@ class PythonicParser(ToolCallParser):
         return calls
 
 
-from thinkform.server.xml_tools import Glm45Parser, Qwen3CoderParser  # noqa: E402  (they build on the classes above)
+from thinkform.server.harmony_tools import GptOssParser  # noqa: E402  (they build on the classes above)
+from thinkform.server.xml_tools import Glm45Parser, Qwen3CoderParser  # noqa: E402
 
 _PARSERS: Mapping[str, Callable[[], ToolCallParser]] = MappingProxyType({
     "qwen25": HermesParser, "qwen": HermesParser, "hermes": HermesParser,
     "llama3": Llama3Parser, "deepseekv3": DeepSeekV3Parser, "mistral": MistralParser,
     "pythonic": PythonicParser, "deepseekv31": DeepSeekV31Parser, "kimi_k2": KimiK2Parser,
-    "qwen3_coder": Qwen3CoderParser, "glm45": Glm45Parser,
+    "qwen3_coder": Qwen3CoderParser, "glm45": Glm45Parser, "gpt-oss": GptOssParser,
 })
 
 
@@ -437,6 +438,8 @@ def guess_tool_call_parser(chat_template: str | None) -> ToolCallParser:
     text = chat_template or ""
     if "<｜tool▁calls▁begin｜>" in text:  # V3 writes `function<｜tool▁sep｜>NAME` and a ```json fence, V3.1 neither
         return get_tool_call_parser("deepseekv3" if "```json" in text else "deepseekv31")
+    if "to=functions." in text and "<|channel|>" in text:  # harmony: gpt-oss
+        return get_tool_call_parser("gpt-oss")
     for needle, name in (("<|tool_calls_section_begin|>", "kimi_k2"), ("[TOOL_CALLS]", "mistral"),
                          ("<|python_tag|>", "llama3"), ("<arg_key>", "glm45"), ("<function=", "qwen3_coder"),
                          ("<parameter=", "qwen3_coder"), ("<tool_call>", "hermes")):

@@ -136,16 +136,17 @@ class ReasoningGate:
         self._answer_check = answer_check  # schema keywords the grammar could not enforce, checked at the end
         self._checked: tuple[int, bool] | None = None  # (answer length, verdict) of the last check
         self._eos = frozenset(vocab.eos_token_ids)
-        self._tail = b""  # REASONING: last len(end)-1 reasoning bytes; OPEN: bytes that may be the start
+        self._tail = b""  # REASONING: last bytes that may begin an end marker; OPEN: bytes that may be the start
         self._open_tokens = 0  # tokens spent in OPEN on a possible start marker
         self._answer = bytearray()  # answer bytes so far (the grammar's input)
         self._spelling_start = False  # appending the start marker's tokens for the model
         self._history: list[_Snapshot] = []
         if markers is not None:
             self._start = markers.start.encode()
-            self._end = markers.end.encode()
+            self._ends = {end.encode(): vocab.encode_text(end) for end in markers.ends}
+            self._longest_end = max(len(end) for end in self._ends)
             self._start_ids = vocab.encode_text(markers.start)
-            self._end_ids = vocab.encode_text(markers.end)
+            self._end_ids = self._ends[markers.end.encode()]
             self._close_ids = vocab.encode_text(markers.close_text)
             # a marker spelled by one token never appears inside the answer: `text.split("</think>")`
             # must find the real end of the reasoning
@@ -419,16 +420,25 @@ class ReasoningGate:
             return True
         return self._answer_token(token_id, data, snapshot)
 
+    def _first_end(self, buf: bytes) -> tuple[int, bytes] | None:
+        """(where, which) of the first end marker in `buf` (at one place, the longest)."""
+        best: tuple[int, bytes] | None = None
+        for end in self._ends:
+            at = buf.find(end)
+            if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(end) > len(best[1]))):
+                best = (at, end)
+        return best
+
     def _reasoning_bytes(self, data: bytes, snapshot: _Snapshot) -> bool:
         buf = self._tail + data
-        idx = buf.find(self._end)
-        if idx < 0:
-            keep = len(self._end) - 1
+        hit = self._first_end(buf)
+        if hit is None:
+            keep = self._longest_end - 1
             self._tail = buf[-keep:] if keep else b""
             return True
         self.phase = Phase.ANSWER
         self._tail = b""
-        rest = buf[idx + len(self._end):]
+        rest = buf[hit[0] + len(hit[1]):]  # an answer end's text is the answer's head, not the grammar's
         return self._answer_text(rest, snapshot) if rest else True
 
     def _answer_text(self, data: bytes, snapshot: _Snapshot) -> bool:
@@ -474,9 +484,9 @@ class ReasoningGate:
         if self.phase is Phase.OPEN:  # start and end marker in one token: an empty reasoning block
             return self._start_ids + self._end_ids
         buf = self._tail + self.vocab.token_bytes[token_id]
-        idx = buf.find(self._end)
+        idx, end = self._first_end(buf) or (-1, b"")
         if idx >= len(self._tail):  # the whole marker is in this token: keep the reasoning before it
             before = buf[len(self._tail):idx]
-            return (self.vocab.encode_bytes(before) if before else []) + list(self._end_ids)
-        return self.vocab.encode_bytes(self._end[len(self._tail) - idx:])
+            return (self.vocab.encode_bytes(before) if before else []) + list(self._ends[end])
+        return self.vocab.encode_bytes(end[len(self._tail) - idx:])
 

@@ -222,6 +222,7 @@ class TaggedNumberGuard:
         self._recent = b""  # the last bytes seen, as long as the longest begin or end string
         self._end: bytes | None = None  # inside a tag: the end string that closes it
         self._depth = 0  # open objects and arrays of the tag's JSON
+        self._opened = False  # the tag's JSON value has begun
         self._json.reset()
 
     def observe(self, data: bytes) -> None:
@@ -237,7 +238,7 @@ class TaggedNumberGuard:
             self._recent = joined[-self._longest:]
             return b""
         self._recent = joined[:m.end()][-self._longest:]
-        self._end, self._depth = self._ends[m.group()], 0
+        self._end, self._depth, self._opened = self._ends[m.group()], 0, False
         self._json.reset()
         return joined[m.end():]
 
@@ -261,7 +262,10 @@ class TaggedNumberGuard:
             self._depth += 1
         elif structural and byte in b"}]":
             self._depth -= 1
-        if self._depth <= 0 and self._json.state.mode is Mode.OUT and self._recent.endswith(self._end):
+        self._opened = self._opened or self._depth > 0
+        # an empty end string (the tag ends with its content) counts once the JSON value has been written
+        if (self._depth <= 0 and self._json.state.mode is Mode.OUT and (self._end or self._opened)
+                and self._recent.endswith(self._end)):
             self._end = None
 
     def inside_tag(self) -> bool:

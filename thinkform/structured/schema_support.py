@@ -206,7 +206,7 @@ class TagArgumentsCheck:
         for begin, end, check in self._checks:
             at = text.find(begin)
             while at >= 0:
-                stop = text.find(end, at + len(begin))
+                stop = text.find(end, at + len(begin)) if end else _json_value_end(text, at + len(begin))
                 if stop < 0:
                     break  # a call still open: the grammar's verdict covers it
                 if not check(text[at + len(begin):stop].encode()):
@@ -231,6 +231,15 @@ class TagArgumentsCheck:
         xml_checks = [(begin, end, check, _load(schema), style) for begin, end, schema, style in xml
                       if style in XML_STYLES and (check := AnswerCheck.for_schema(_load(schema)))]
         return cls(checks, xml_checks) if checks or xml_checks else None
+
+
+def _json_value_end(text: str, at: int) -> int:
+    """Where the JSON value from `at` ends (a tag with an empty end string ends with it); -1: not complete."""
+    start = len(text) - len(text[at:].lstrip())
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[1]
+    except json.JSONDecodeError:
+        return -1
 
 
 def _load(schema: Any) -> Any:

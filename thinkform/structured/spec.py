@@ -179,7 +179,8 @@ def _schema_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
                 walk(value)
 
     walk(tag.get("format"))
-    return [(b, e, s, st) for b, e, s, st in found if isinstance(b, str) and isinstance(e, str) and b and e]
+    # an empty end: the tag ends with its content (gpt-oss: a call runs to the stop token)
+    return [(b, e, s, st) for b, e, s, st in found if isinstance(b, str) and isinstance(e, str) and b]
 
 
 def _structures(structures: Any) -> list[dict[str, Any]]:

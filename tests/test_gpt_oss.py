@@ -1,0 +1,167 @@
+"""gpt-oss (harmony): reasoning ends at the final channel's header however the model spells its content
+type, and at a tool call's header, which stays at the head of the answer for the gpt-oss tool-call parser;
+calls in both recipient positions, parsed whole and streamed; the call grammar; and a random tiny model with
+gpt-oss's special tokens through the real engine and server, whose calls and JSON answers come out valid."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import pytest
+
+from thinkform.reasoning import get_markers, split_reasoning
+from thinkform.reasoning.parser import StreamingReasoningParser
+from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser
+from thinkform.structured.spec import constraint_from_fields, json_tag_bounds
+from thinkform.testing.tokenizers import HARMONY_TEMPLATE, build_harmony_tokenizer
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+           "required": ["city", "days"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+ANALYSIS = "<|channel|>analysis<|message|>Need the weather.<|end|>"
+ARGS = '{"city": "Paris", "days": 3}'
+CALLS = {  # how gpt-oss writes a call after its analysis (recipient in the channel or in the role header)
+    "channel": f"{ANALYSIS}<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{ARGS}",
+    "tight": f"{ANALYSIS}<|start|>assistant<|channel|>commentary to=functions.get_weather<|constrain|>json<|message|>{ARGS}",
+    "role": f"{ANALYSIS}<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{ARGS}",
+    "after_final": f"{ANALYSIS}<|start|>assistant<|channel|>final<|message|>get_weather <|constrain|>json<|message|>{ARGS}",
+}
+
+
+def _stream_split(text: str, step: int) -> tuple[str, str]:
+    parser = StreamingReasoningParser(get_markers("gpt-oss"), in_reasoning=True)
+    reasoning = content = ""
+    for i in range(0, len(text), step):
+        r, c = parser.feed(text[i:i + step])
+        reasoning, content = reasoning + r, content + c
+    r, c = parser.flush()
+    return reasoning + r, content + c
+
+
+@pytest.mark.parametrize("kind", [" <|constrain|>json", "<|constrain|>json", " json", ""])
+def test_the_final_header_ends_reasoning_in_every_spelling(kind):
+    """vLLM #23120: `<|channel|>final <|constrain|>json<|message|>` was not an end, so the JSON ran unconstrained."""
+    text = f'{ANALYSIS}<|start|>assistant<|channel|>final{kind}<|message|>{{"a": 1}}'
+    assert split_reasoning(text, get_markers("gpt-oss"), in_reasoning=True) == ("Need the weather.", '{"a": 1}')
+    assert _stream_split(text, 3) == ("Need the weather.", '{"a": 1}')
+
+
+@pytest.mark.parametrize("form", sorted(CALLS))
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_calls_are_answers_not_reasoning(form, step):
+    markers, parser = get_markers("gpt-oss"), get_tool_call_parser("gpt-oss").for_tools(TOOLS)
+    reasoning, content = split_reasoning(CALLS[form], markers, in_reasoning=True)
+    assert reasoning == "Need the weather." and _stream_split(CALLS[form], step) == (reasoning, content)
+    normal, calls = parser.parse(content)
+    assert normal == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", json.loads(ARGS))]
+    assert calls[0].id.startswith("call_")
+    stream = parser.streaming()
+    sent, deltas = "", []
+    for i in range(0, len(content), step):
+        text, more = stream.feed(content[i:i + step])
+        sent, deltas = sent + text, deltas + more
+    rest, more, made = stream.finish()
+    assert made and sent + rest == ""
+    args = "".join(d["function"]["arguments"] for d in deltas + more)
+    assert [d["function"]["name"] for d in deltas + more if "id" in d] == ["get_weather"] and json.loads(args) == json.loads(ARGS)
+
+
+def test_a_plain_answer_has_no_calls_and_streams_whole():
+    parser = get_tool_call_parser("gpt-oss").for_tools(TOOLS)
+    assert parser.parse("Paris is sunny, get_weather says.") == ("Paris is sunny, get_weather says.", [])
+    stream = parser.streaming()
+    sent = "".join(stream.feed(piece)[0] for piece in ("Paris ", "is ", "sunny."))
+    rest, _, made = stream.finish()
+    assert sent + rest == "Paris is sunny." and not made
+
+
+def test_the_template_tells_the_parser():
+    assert guess_tool_call_parser(HARMONY_TEMPLATE).name == "gpt-oss"
+
+
+@pytest.fixture(scope="module")
+def harmony_tokenizer():
+    return build_harmony_tokenizer()
+
+
+def _accepts(harmony_tokenizer, tag, text):
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.spec import GrammarOptions
+
+    ctx = BackendContext(harmony_tokenizer, len(harmony_tokenizer), (harmony_tokenizer.eos_token_id,), GrammarOptions())
+    matcher = create_backend("xgrammar", ctx).compile(constraint_from_fields(structural_tag=tag)).new_matcher()
+    return all(matcher.accept_token(t) for t in harmony_tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_the_call_grammar(harmony_tokenizer):
+    parser = get_tool_call_parser("gpt-oss")
+    required, auto = parser.structural_tag(TOOLS, "required"), parser.structural_tag(TOOLS, "auto")
+    call = "get_weather <|constrain|>json<|message|>" + ARGS
+    assert _accepts(harmony_tokenizer, required, call)
+    assert _accepts(harmony_tokenizer, required, "get_weather<|channel|>commentary json<|message|>" + ARGS)
+    assert not _accepts(harmony_tokenizer, required, "Paris is sunny.")
+    assert not _accepts(harmony_tokenizer, required, 'get_weather <|constrain|>json<|message|>{"town": "Paris"}')
+    assert not _accepts(harmony_tokenizer, required, "get_time <|constrain|>json<|message|>{")
+    assert _accepts(harmony_tokenizer, auto, "Paris is sunny.") and _accepts(harmony_tokenizer, auto, call)
+    assert not _accepts(harmony_tokenizer, auto, "Paris<|message|>")  # a call's head must name a tool
+    assert json_tag_bounds(required)  # the arguments' numbers are bounded like any tool call's
+
+
+# ---------------------------------------------------------------- the real engine
+
+@pytest.fixture(scope="module")
+def harmony_server(tmp_path_factory, harmony_tokenizer):
+    from transformers import GenerationConfig
+
+    from server_fixtures import running_server
+    from thinkform import Engine
+    from thinkform.testing.models import make_tiny_model_dir
+
+    tok = harmony_tokenizer
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("harmony") / "m", "qwen2", tok, vocab_size=len(tok) + 16, seed=3)
+    stops = [tok.convert_tokens_to_ids("<|return|>"), tok.convert_tokens_to_ids("<|call|>")]
+    GenerationConfig(eos_token_id=stops, pad_token_id=tok.pad_token_id).save_pretrained(path)
+    engine = Engine(model_path=str(path), reasoning_parser="gpt-oss", max_total_tokens=8192)
+    with running_server(engine) as base:
+        yield base
+    engine.shutdown()
+
+
+def _chat(base, **body):
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 80,
+            "max_reasoning_tokens": 20, "temperature": 1.0, **body}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120).json()["choices"][0]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_real_engine_calls_are_valid(harmony_server, choice):
+    for seed in range(3):
+        out = _chat(harmony_server, tools=TOOLS, tool_choice=choice, seed=seed)
+        message = out["message"]
+        (call,) = message["tool_calls"]
+        assert out["finish_reason"] == "tool_calls" and message["content"] is None
+        assert call["function"]["name"] == "get_weather"
+        jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+        assert "<|" not in message["reasoning_content"] and not message["reasoning_content"].endswith("assistant")
+
+
+def test_real_engine_streams_the_call(harmony_server):
+    with httpx.stream("POST", f"{harmony_server}/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS, "tool_choice": "required",
+            "max_tokens": 80, "max_reasoning_tokens": 20, "seed": 7, "temperature": 1.0, "stream": True}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    args = "".join(d["function"].get("arguments", "") for d in deltas)
+    jsonschema.validate(json.loads(args), WEATHER)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert not "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+
+def test_real_engine_json_answers_are_valid(harmony_server):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    for seed in range(3):
+        out = _chat(harmony_server, seed=seed, max_tokens=60, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        jsonschema.validate(json.loads(out["message"]["content"]), schema)
+        assert "<|" not in out["message"]["reasoning_content"]
