@@ -157,6 +157,30 @@ def test_the_ending_search_completes_a_sentence_of_the_grammar(tiny_tokenizer, b
     assert matcher.is_terminated()
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+@pytest.mark.parametrize("prefix", ['{"email": "ab', '{"email": "ab}}', '{"email": "a.b'])
+def test_an_email_address_is_ended_not_filled_with_closers(tiny_tokenizer, backend, prefix) -> None:
+    """Audit 12: `}` and `'` are legal in an address's name and leave its mask as it was, so the greedy way
+    took them as closers again and again (and budget closing appended `}}}}…`): no ending was found. A
+    closer now counts only where writing it (in a run) changes something; the way goes on to `@`."""
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    schema = {"type": "object", "properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]}
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
+    matcher = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=json.dumps(schema))).new_matcher()
+    for t in vocab.encode_text(prefix):
+        assert matcher.accept_token(t)
+    ids = EndingSearch(vocab).ending_tokens(matcher)
+    assert ids is not None and len(ids) <= 12, ids
+    answer = prefix + vocab.bytes_of(ids[:-1]).decode()
+    assert "@" in json.loads(answer)["email"], answer
+    assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated()
+
+
 def test_the_greedy_way_takes_the_space_before_a_keyword(tiny_tokenizer) -> None:
     """After a name, a comma (another column) and a space (the FROM) both lead somewhere: the greedy way must
     take the space, which comes first in class order, or it lists columns until the breadth-first search (far
@@ -237,7 +261,9 @@ def test_an_answer_after_long_thinking_still_ends_as_a_sentence_of_its_grammar(t
 
 def test_a_long_ending_is_appended_early_enough_to_fit(tiny_model_dirs) -> None:
     """Eight required strings, or a timestamp after a free word: their endings are longer than the closing
-    reserve, so they are looked for earlier and appended while they still fit."""
+    reserve, so they are looked for earlier and appended while they still fit — but not at the first look:
+    the model writes its own values until the ending (and a margin for growth) would barely fit (audit 12:
+    appended at once, the engine filled in every value after the first token with budget left over)."""
     import re
 
     from thinkform import Engine
@@ -250,9 +276,12 @@ def test_a_long_ending_is_appended_early_enough_to_fit(tiny_model_dirs) -> None:
     with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=8192) as engine:
         outs = engine.generate(["Fill it in."] * len(params), params)
     for p, out in zip(params, outs):
-        assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+        meta = out["meta_info"]
+        assert meta["finish_reason"]["type"] == "stop", out
         if "json_schema" in p:
             jsonschema.validate(json.loads(out["text"]), schema)
+            # appended with at most its margin left over (the ending is ~40 tokens: a quarter of it)
+            assert not meta["closed_by_budget"] or meta["completion_tokens"] >= p["max_new_tokens"] - 16, out
         else:
             assert re.fullmatch(stamp, out["text"]), out
 
@@ -395,3 +424,30 @@ def test_a_tool_call_near_its_budget_keeps_room_for_its_end_tag(tiny_model_dirs)
             if not (meta["finish_reason"]["type"] == "stop" and meta["content"].endswith("}\n</tool_call>")):
                 cut.append((max_new, seed, meta["content"][-30:]))
     assert not cut
+
+
+def test_every_spelling_of_a_json_tag_gets_closing_and_number_bounds(tiny_model_dirs) -> None:
+    """Audit 12: xgrammar's structural tags may leave out a tag's "type", list several end strings, or be one
+    JSON schema as a whole; those answers ran to "length" (no budget closing) with integers of 150 digits (no
+    number bound). Each now ends "stop" within the README's 17 digits."""
+    import re
+
+    from thinkform import Engine
+
+    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    number = {"type": "object", "properties": {"n": {"type": "integer"}, "x": {"type": "number"}}, "required": ["n", "x"]}
+
+    def tagged(schema, **tag):
+        tag = {"begin": "<f>", "content": {"type": "json_schema", "json_schema": schema}, "end": "</f>", **tag}
+        return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<f>"], "tags": [tag],
+                                                      "at_least_one": True, "stop_after_first": True}}
+
+    forms = [tagged(city), tagged(city, end=["</f>", "</g>"]), tagged(number),
+             {"type": "structural_tag", "format": {"type": "json_schema", "json_schema": number}}]
+    params = [{"max_new_tokens": 64, "temperature": 1.0, "seed": seed, "structural_tag": json.dumps(form)}
+              for form in forms for seed in range(3)]
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=8192) as engine:
+        outs = engine.generate(["Answer:"] * len(params), params)
+    for out in outs:
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]
+        assert all(len(n.lstrip("-")) <= 17 for n in re.findall(r'"n": ?(-?\d+)', out["text"])), out["text"]

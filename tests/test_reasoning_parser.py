@@ -24,8 +24,18 @@ def stream(text: str, family: str, in_reasoning: bool, cuts: list[int]) -> tuple
 
 def test_registry_has_sglang_parser_names() -> None:
     for name in ("deepseek-r1", "deepseek-v3", "qwen3", "qwen3-thinking", "qwq", "glm45", "kimi",
-                 "mistral", "gpt-oss", "minimax", "step3"):
+                 "kimi_k2", "interns1", "mistral", "gpt-oss", "minimax", "step3"):
         assert get_markers(name).name == name
+
+
+def test_kimi_k2_reasoning_ends_at_a_tool_call_section_too() -> None:
+    """Kimi-K2-Thinking may begin its calls without `</think>` (SGLang and vLLM split there as well); the
+    section stays the answer's, where the kimi_k2 tool-call parser reads it."""
+    m = get_markers("kimi_k2")
+    call = "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}"
+    assert split_reasoning(f"<think>Need f.{call}", m, in_reasoning=False) == ("Need f.", call)
+    assert split_reasoning("<think>Plain.</think>Answer", m, in_reasoning=False) == ("Plain.", "Answer")
+    assert not m.thinking_enabled({"thinking": False})
 
 
 def test_unknown_parser_lists_known_names() -> None:

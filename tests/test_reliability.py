@@ -160,6 +160,17 @@ def test_constraint_size_and_depth_limits(real):
     assert _chat(base, response_format=ok, max_tokens=64).status_code == 200
 
 
+def test_a_choice_among_many_forces_only_its_longest_option():
+    """Audit 12: alternatives were added up, so a regex (or guided_choice) of 20,000 six-letter names was
+    refused as "repetition counts can force about 108890 characters"; one option is taken."""
+    from thinkform.engine.limits import pattern_repeat
+
+    names = "|".join(f"n{i:05d}" for i in range(20000))
+    assert pattern_repeat(names) == 6 and pattern_repeat(f"({names})") == 6
+    assert pattern_repeat("(ab|c){10}") == 20 and pattern_repeat("x(a|b{50})y") == 52
+    assert pattern_repeat("a{1000}|b") == 1000
+
+
 def test_grammar_compile_timeout_is_a_400(real, monkeypatch):
     engine, base = real
     cache = engine.parts.grammar_cache

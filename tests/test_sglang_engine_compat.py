@@ -83,6 +83,10 @@ def test_generate_takes_sglangs_keywords_at_the_values_that_ask_for_nothing(engi
                             return_hidden_states=False, token_ids_logprob=None, top_logprobs_num=None,
                             logprob_start_len=None)
     assert out["meta_info"]["completion_tokens"] == 2
+    outs = engine64.generate(["Hi", "Yo"], {"max_new_tokens": 2}, image_data=[None, None], lora_path=[None, None])
+    assert [o["meta_info"]["completion_tokens"] for o in outs] == [2, 2]  # per prompt, as SGLang takes them
+    with pytest.raises(ValueError, match="lora_path"):
+        engine64.generate(["Hi", "Yo"], {"max_new_tokens": 2}, lora_path=[None, "adapter"])
     with pytest.raises(ValueError, match="return_hidden_states"):
         engine64.generate("Hi", {"max_new_tokens": 2}, return_hidden_states=True)
     with pytest.raises(TypeError, match="no_such_keyword"):

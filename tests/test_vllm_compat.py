@@ -139,6 +139,48 @@ def test_allowed_token_ids_bad_words_and_min_tokens_on_the_engine(engine64):
     early = engine64.generate("Hello", {**GREEDY, "stop": [stop]})
     late = engine64.generate("Hello", {**GREEDY, "stop": [stop], "min_new_tokens": 10})
     assert len(early["output_ids"]) < 10 and len(late["output_ids"]) >= 10  # no stop before min_new_tokens
+    with pytest.raises(ValueError, match="min_new_tokens"):  # as SGLang and vLLM: not silently ignored
+        engine64.generate("Hello", {**GREEDY, "max_new_tokens": 4, "min_new_tokens": 10})
+
+
+def test_bad_words_under_a_grammar_give_way_where_it_allows_nothing_else(engine64):
+    """Audit 12: regex (yes|no) with both first letters banned was a 500 (GateError): the grammar now wins
+    where bad words would leave it no token; where it has another way, the bad word is still avoided."""
+    tok = engine64.tokenizer
+    firsts = sorted({tok.decode(tok.encode(w, add_special_tokens=False)[:1]) for w in ("yes", "no")})
+    for seed in range(3):
+        out = engine64.generate("Answer:", {"temperature": 1.0, "seed": seed, "max_new_tokens": 8,
+                                            "regex": "(yes|no)", "bad_words": firsts})
+        assert out["text"] in ("yes", "no") and out["meta_info"]["finish_reason"]["type"] == "stop", out
+    yes = tok.encode("yes", add_special_tokens=False)
+    if len(yes) == 1:  # one token: banning it leaves "no", the grammar's other way
+        for seed in range(3):
+            out = engine64.generate("Answer:", {"temperature": 1.0, "seed": seed, "max_new_tokens": 8,
+                                                "regex": "(yes|no)", "bad_words": ["yes"]})
+            assert out["text"] == "no", out
+
+
+def test_text_the_grammar_forces_is_scored_when_logprobs_are_asked(engine64):
+    """Audit 12: jump-forward appended forced text with logprob 0.0 and no alternatives (`yes` under
+    (yes|no) read [-8.0, 0.0, 0.0]); with logprobs asked every token is sampled and scored by the model."""
+    out = engine64.generate("Answer:", {"temperature": 0, "max_new_tokens": 64, "regex": "(yes|no)"},
+                            return_logprob=True, top_logprobs_num=2)
+    meta = out["meta_info"]
+    assert out["text"] in ("yes", "no") and len(meta["output_token_logprobs"]) == len(out["output_ids"])
+    assert all(value < 0 for value, _, _ in meta["output_token_logprobs"]), meta["output_token_logprobs"]
+    assert all(len(top) == 2 for top in meta["output_top_logprobs"])
+
+
+def test_stop_reason_is_null_where_the_models_eos_ended_it(engine64):
+    """vLLM: stop_reason is the stop string or stop token id, None for EOS (audit 12: it was the EOS id,
+    SGLang's matched_stop, which stays)."""
+    with running_server(engine64) as base:
+        for path, body in (("/v1/completions", {"prompt": "Answer:"}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Answer:"}]})):
+            choice = httpx.post(f"{base}{path}", timeout=60, json={
+                **body, "max_tokens": 16, "temperature": 0, "regex": "(yes|no)"}).json()["choices"][0]
+            assert choice["finish_reason"] == "stop" and choice["matched_stop"] in engine64.eos_token_ids
+            assert choice["stop_reason"] is None, choice
 
 
 def test_vllm_metric_names(engine64):

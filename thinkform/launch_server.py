@@ -64,9 +64,29 @@ def _signals_ignored_after_serving() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def check_names(args: EngineArgs) -> None:
+    """The names flags choose among, checked before anything loads (ValueError listing the known ones)."""
+    from thinkform.reasoning import get_markers
+    from thinkform.server.tools import get_tool_call_parser
+    from thinkform.structured.backends import BACKENDS
+
+    if args.reasoning_parser:
+        get_markers(args.reasoning_parser)
+    if args.tool_call_parser:
+        get_tool_call_parser(args.tool_call_parser)
+    if args.grammar_backend not in BACKENDS:
+        raise ValueError(f"grammar_backend: unknown backend {args.grammar_backend!r}; choose one of: "
+                         f"{', '.join(sorted(BACKENDS))}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = make_parser().parse_args(argv)
-    args = EngineArgs.from_cli_args(ns)
+    parser = make_parser()
+    ns = parser.parse_args(argv)
+    try:
+        args = EngineArgs.from_cli_args(ns)
+        check_names(args)
+    except ValueError as e:  # a typo in a flag: argparse's one-line usage error (exit 2), not a traceback
+        parser.error(str(e))
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     serve(args)
     return 0

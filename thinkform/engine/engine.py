@@ -85,6 +85,7 @@ class Engine:
         self.chat_template = self.parts.chat_template
         self.served_model_name = args.served_model_name or self.parts.model_name
         self.context_length = self.parts.context_length
+        self.eos_token_ids = tuple(self.parts.eos_token_ids)
         self.builder = RequestBuilder(self.parts, args)
         self._live_rids = _LiveRids()
 
@@ -235,9 +236,11 @@ class Engine:
         for name, value in sglang_only.items():
             if name not in SGLANG_NEUTRAL_KEYWORDS:
                 raise TypeError(f"generate() got an unexpected keyword argument {name!r}")
-            if value != SGLANG_NEUTRAL_KEYWORDS[name]:
-                raise ValueError(f"{name}: not supported by thinkform (leave it out or pass "
-                                 f"{SGLANG_NEUTRAL_KEYWORDS[name]!r})")
+            neutral = SGLANG_NEUTRAL_KEYWORDS[name]
+            # SGLang takes them per prompt too: a list asks for nothing where each of its items does not
+            if value != neutral and not (isinstance(value, list) and all(v == neutral for v in value)):
+                raise ValueError(f"{name}: not supported by thinkform (leave it out or pass {neutral!r}, "
+                                 "or a list of it per prompt)")
         return self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid,
                                   logprobs, stream)
 

@@ -137,8 +137,9 @@ def _count(match: re.Match[str]) -> int:
 
 def pattern_repeat(text: str, rule_size: Mapping[str, int] | None = None) -> int:
     """Upper estimate of the characters a regex (or EBNF rule body, with `rule_size` for references)
-    can force: a quantifier multiplies the atom or group before it; siblings and alternatives add."""
-    totals, last, i = [0], 0, 0
+    can force: a quantifier multiplies the atom or group before it; siblings add; of alternatives, the
+    longest counts (one is taken: a choice among 20,000 names forces no more than the longest name)."""
+    totals, longest, last, i = [0], [0], 0, 0  # per open group: this alternative so far, the longest before
     while i < len(text):
         ch = text[i]
         size, step = 1, 1
@@ -151,12 +152,17 @@ def pattern_repeat(text: str, rule_size: Mapping[str, int] | None = None) -> int
             size, step = max(1, end - i - 2), end - i
         elif ch == "(":
             totals.append(0)
+            longest.append(0)
             i += 1
             continue
         elif ch == ")":
-            inner = totals.pop() if len(totals) > 1 else 0
+            inner = max(totals.pop(), longest.pop()) if len(totals) > 1 else 0
             totals[-1] = min(_HUGE, totals[-1] + inner)
             last, i = inner, i + 1
+            continue
+        elif ch == "|":
+            longest[-1], totals[-1] = max(longest[-1], totals[-1]), 0
+            i += 1
             continue
         elif ch == "{" and (m := _QUANTIFIER.match(text, i)):
             count = _count(m)
@@ -165,12 +171,15 @@ def pattern_repeat(text: str, rule_size: Mapping[str, int] | None = None) -> int
             continue
         elif rule_size is not None and (m := _NAME.match(text, i)):
             size, step = rule_size.get(m.group(0), 1), m.end() - i
-        elif ch in " \t\r\n|*+?":
+        elif ch in " \t\r\n*+?":
             i += 1
             continue
         totals[-1] = min(_HUGE, totals[-1] + size)
         last, i = size, i + step
-    return min(_HUGE, sum(totals))
+    while len(totals) > 1:  # groups left open
+        inner = max(totals.pop(), longest.pop())
+        totals[-1] = min(_HUGE, totals[-1] + inner)
+    return min(_HUGE, max(totals[0], longest[0]))
 
 
 def _class_end(text: str, start: int) -> int:

@@ -339,7 +339,7 @@ class EngineLoop:
         gate = seq.gate
         answering = gate is not None and gate.phase is Phase.ANSWER
         ids = gate.accept(token) if gate is not None else [token]
-        if answering and len(ids) == 1 and self.jump_enabled:
+        if answering and len(ids) == 1 and self._jumps(seq):
             jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1)
             ids = jumped if replaced else ids + jumped
             self.counters["jump_tokens"] += len(jumped) - replaced
@@ -348,7 +348,7 @@ class EngineLoop:
             forced = gate.forced_tokens(len(seq.output_ids))
             if forced:
                 finish = self._append_forced(seq, forced) or self._append_jump(seq)
-        if finish is None and answering and self.jump_enabled:
+        if finish is None and answering and self._jumps(seq):
             if forced_end(gate, self._eos_only):
                 eos = self.parts.eos_token_ids[0]
                 gate.accept_forced([eos])
@@ -386,11 +386,16 @@ class EngineLoop:
 
     def _append_jump(self, seq: Sequence) -> FinishReason | None:
         """Append the text the grammar forces now (nothing was just sampled: no boundary to re-tokenize)."""
-        if not self.jump_enabled:
+        if not self._jumps(seq):
             return None
         jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq))
         self.counters["jump_tokens"] += len(jumped)
         return self._append(seq, jumped)
+
+    def _jumps(self, seq: Sequence) -> bool:
+        """Jump-forward for this sequence: not where it asks for logprobs, which every token then gets from
+        the model (as SGLang and vLLM give them), not 0.0 for text the grammar forced."""
+        return self.jump_enabled and not seq.return_logprob
 
     @staticmethod
     def _room(seq: Sequence) -> int:
@@ -445,7 +450,8 @@ class EngineLoop:
     @staticmethod
     def _record_logprob(seq: Sequence, tid: int, sampled: tuple[int, tuple] | None) -> None:
         """One entry per output token: the sampled token's own logprob, 0.0 (and no alternatives) for the
-        tokens the engine appended itself (jump-forward text, forced markers, a budget's ending)."""
+        tokens the engine appended itself (forced markers, a budget's ending; no jump-forward text, which a
+        request that asks for logprobs samples token by token)."""
         value, top, by_id = sampled[1] if sampled is not None and sampled[0] == tid else (0.0, None, None)
         seq.token_logprobs.append((value, tid, None))
         if seq.top_logprobs_num:

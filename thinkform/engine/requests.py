@@ -17,7 +17,7 @@ from thinkform.engine.sequence import Sequence
 from thinkform.structured.closing import TagScope, closing_reserve
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
-from thinkform.structured.spec import Constraint, constraint_from_fields, json_tag_bounds, xml_tags
+from thinkform.structured.spec import Constraint, constraint_from_fields, is_json_format, json_tag_bounds, xml_tags
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -305,9 +305,11 @@ class RequestBuilder:
         # the grammar's measured shortest answer (None: unknown) sizes the answer reserve and the closing
         shortest = self.parts.ending_search.shortest_answer(compiled) if compiled is not None else None
         kind = c.kind if c is not None else None
-        json_answer = kind in ("json_schema", "json_object")
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         tag = c.data() if c is not None and c.kind == "structural_tag" else None  # parsed once for both
+        if tag is not None and is_json_format(tag):  # a structural tag that is one JSON schema: a JSON answer
+            kind, tag = "json_schema", None
+        json_answer = kind in ("json_schema", "json_object")
         tags = json_tag_bounds(tag) if tag is not None else []
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []
         guards = self._guards(c, json_answer, tags)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from thinkform.engine.sequence import Sequence
-from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, argmax_rows, token_allowed
+from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, argmax_rows, set_bits, token_allowed
 
 logger = logging.getLogger("thinkform")
 
@@ -35,10 +35,13 @@ class Sampler:
         wants_logprobs = any(s.return_logprob for s in seqs)
         if wants_logprobs:
             logits = logits.clone()
-        self._penalize(logits, seqs)
+        masked_rows = masked_rows if bitmask is not None and masked_rows else []
+        self._penalize(logits, seqs, frozenset(masked_rows))
         if self.tokenizer_size < logits.shape[1]:
             logits[:, self.tokenizer_size:] = float("-inf")
-        masked_rows = masked_rows if bitmask is not None and masked_rows else []
+        for r in masked_rows:
+            if seqs[r].params.bad_word_ids:
+                _ban_bad_words_in_mask(bitmask, r, seqs[r].params.bad_word_ids, seqs[r].output_ids)
         # sampled rows need the whole masked distribution; greedy rows on a CPU only the best allowed token
         # (one bit test when the model agrees with the grammar). On a GPU one kernel masks every row at
         # once, cheaper than a second round trip for the rows whose argmax was banned.
@@ -55,14 +58,14 @@ class Sampler:
             self._logprobs(raw, seqs, tokens, out)
         return out
 
-    def _penalize(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    def _penalize(self, logits: torch.Tensor, seqs: list[Sequence], masked: frozenset[int] = frozenset()) -> None:
         self._ban_eos(logits, seqs)
         for i, seq in enumerate(seqs):
             p = seq.params
             if p.allowed_token_ids is not None:
                 _keep_only(logits[i], p.allowed_token_ids)
-            if p.bad_word_ids:
-                _ban_bad_words(logits[i], p.bad_word_ids, seq.output_ids)
+            if p.bad_word_ids and i not in masked:  # a masked row bans them in its mask (sample)
+                _ban_bad_words(logits[i], p.bad_word_ids, seq.output_ids, give_way=_grammar_active(seq))
             if p.logit_bias:
                 kept = [t for t in p.logit_bias if t < logits.shape[1]]
                 if kept:
@@ -139,11 +142,35 @@ def _keep_only(row: torch.Tensor, ids: list[int]) -> None:
     row[allowed] = kept
 
 
-def _ban_bad_words(row: torch.Tensor, words: list[list[int]], output_ids: list[int]) -> None:
-    """A bad word's last token is banned where the output ends with the rest of it (a one-token word: always)."""
-    banned = [w[-1] for w in words if len(w) == 1 or output_ids[len(output_ids) - len(w) + 1:] == w[:-1]]
-    if banned:
-        row[torch.tensor(banned, dtype=torch.long, device=row.device)] = float("-inf")
+def _banned_now(words: list[list[int]], output_ids: list[int]) -> list[int]:
+    """The last tokens of the bad words the output now ends with the rest of (a one-token word: always)."""
+    return [w[-1] for w in words if len(w) == 1 or output_ids[len(output_ids) - len(w) + 1:] == w[:-1]]
+
+
+def _ban_bad_words(row: torch.Tensor, words: list[list[int]], output_ids: list[int], give_way: bool = False) -> None:
+    """`give_way`: a grammar's row whose logits hold only its allowed tokens (sparse logits) keeps them where
+    the bad words would leave none."""
+    banned = _banned_now(words, output_ids)
+    if not banned:
+        return
+    ids = torch.tensor(banned, dtype=torch.long, device=row.device)
+    kept = row[ids].clone() if give_way else None
+    row[ids] = float("-inf")
+    if kept is not None and not bool(torch.isfinite(row).any()):
+        row[ids] = kept
+
+
+def _ban_bad_words_in_mask(bitmask: torch.Tensor, row: int, words: list[list[int]], output_ids: list[int]) -> None:
+    """Under a grammar, bad words leave its mask, unless that leaves nothing: where the grammar allows only a
+    bad word, it is written (the answer must stay a sentence of the grammar; vLLM's sampler would have had
+    no token left at all)."""
+    banned = _banned_now(words, output_ids)
+    if not banned:
+        return
+    before = bitmask[row].clone()
+    set_bits(bitmask, row, banned, False)
+    if not bool(bitmask[row].any()):
+        bitmask[row] = before
 
 
 def _grammar_active(seq: Sequence) -> bool:

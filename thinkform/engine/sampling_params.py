@@ -83,6 +83,9 @@ class SamplingParams:
         if self.max_new_tokens is not None:
             _check_int(self, "max_new_tokens", 0)
         _check_int(self, "min_new_tokens", 0)
+        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
+            raise SamplingParamError(f"sampling_params.min_new_tokens: must be in [0, max_new_tokens "
+                                     f"({self.max_new_tokens})], got {self.min_new_tokens}")
         _check_int(self, "n", 1)
         _check_int(self, "top_k", -1)
         if self.top_k == 0:

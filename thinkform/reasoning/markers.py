@@ -110,6 +110,11 @@ REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({
     "qwen3-thinking": ReasoningMarkers("qwen3-thinking", *_THINK, always_thinks=True, template_writes_start=True),
     "glm45": ReasoningMarkers("glm45", *_THINK, thinking_switch="enable_thinking", switch_default=True),
     "kimi": ReasoningMarkers("kimi", "◁think▷", "◁/think▷"),
+    # Kimi-K2-Thinking: `<think>`, thinking unless `thinking: false`; a tool-call section begun without
+    # `</think>` ends the reasoning and is the answer's (as SGLang's and vLLM's kimi_k2 parsers read it)
+    "kimi_k2": ReasoningMarkers("kimi_k2", *_THINK, thinking_switch="thinking", switch_default=True,
+                                answer_ends=("<|tool_calls_section_begin|>",)),
+    "interns1": ReasoningMarkers("interns1", *_THINK, thinking_switch="enable_thinking", switch_default=True),
     # Mistral reasons only when asked (reasoning_effort); the model writes `[THINK]` when it does.
     "mistral": ReasoningMarkers("mistral", "[THINK]", "[/THINK]"),
     "gpt-oss": _GPT_OSS,

@@ -202,6 +202,16 @@ def vllm_prompt_logprobs(names: Any, meta: dict[str, Any], k: int) -> list[dict[
 
 # ---------------------------------------------------------------- chat: answers
 
+def vllm_stop_reason(eos_ids: tuple[int, ...], matched: Any) -> Any:
+    """vLLM's stop_reason: the stop string or stop token id that ended the output, None where the model's
+    own EOS did (SGLang's matched_stop names the EOS id too)."""
+    return None if isinstance(matched, int) and matched in eos_ids else matched
+
+
+def eos_ids(state: ServerState) -> tuple[int, ...]:
+    return tuple(getattr(state.engine, "eos_token_ids", ()))
+
+
 def finish_reason_of(meta: dict[str, Any]) -> tuple[str | None, Any]:
     fr = meta.get("finish_reason")
     if not fr:
@@ -339,7 +349,7 @@ def chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, A
         message["tool_calls"] = [c.to_openai() for c in calls]
         reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
     choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
-              "stop_reason": matched,
+              "stop_reason": vllm_stop_reason(eos_ids(state), matched),
               "logprobs": _chat_logprobs(plan.token_names, meta, plan.top_logprobs_num) if plan.return_logprob else None}
     if plan.return_token_ids:  # as SGLang's choice: present only when asked for
         choice["token_ids"] = list(out.get("output_ids", []))
@@ -509,7 +519,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
             yield chunk(index, delta)
         if made_calls and reason == "stop":  # a call cut by max_tokens stays a "length"
             reason = "tool_calls"
-        yield chunk(index, {}, reason, matched_stop=matched, stop_reason=matched)
+        yield chunk(index, {}, reason, matched_stop=matched, stop_reason=vllm_stop_reason(eos_ids(state), matched))
     if include_usage:
         metas = [finals[i] for i in sorted(finals)]
         yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -658,7 +668,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         first, rest = await open_stream(call)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts,
-                                    tokenizer if want_logprobs else None, echoes, names)
+                                    tokenizer if want_logprobs else None, echoes, names, eos_ids(state))
         return StreamingResponse(stream_with_abort(state.engine, rids, events), media_type="text/event-stream")
     try:
         outs = engine_outputs(await call_until_disconnect(request, state.engine, call, rids))
@@ -672,7 +682,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         logprobs = (_completion_logprobs(tokenizer, meta, echoes[i // body.n] if echoes else None, len(echoed),
                                          names, body.logprobs) if want_logprobs else None)
         choices.append({"index": i, "text": echoed + out.get("text", ""), "finish_reason": reason,
-                        "matched_stop": matched, "stop_reason": matched, "logprobs": logprobs})
+                        "matched_stop": matched, "stop_reason": vllm_stop_reason(eos_ids(state), matched),
+                        "logprobs": logprobs})
         if body.prompt_logprobs is not None:
             choices[-1]["prompt_logprobs"] = vllm_prompt_logprobs(names, meta, body.prompt_logprobs)
         if body.return_token_ids:
@@ -729,8 +740,10 @@ class _CompletionLogprobStream:
 async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int, model: str,
                              first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]],
                              include_usage: bool, prompts: list[str], tokenizer: Any = None,
-                             echoes: list[dict[str, Any]] | None = None, names: Any = None) -> AsyncIterator[str]:
-    """`tokenizer`: logprobs were asked for; `echoes`: with echo, each prompt's own logprob entries."""
+                             echoes: list[dict[str, Any]] | None = None, names: Any = None,
+                             eos: tuple[int, ...] = ()) -> AsyncIterator[str]:
+    """`tokenizer`: logprobs were asked for; `echoes`: with echo, each prompt's own logprob entries; `eos`: the
+    model's EOS ids (vLLM's stop_reason leaves them out)."""
     seen: dict[int, int] = {}
     finals: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # each choice's last engine output: its counts so far
@@ -760,7 +773,7 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
         if delta or reason is not None:
             event = {"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                      "choices": [{"index": index, "text": delta, "finish_reason": reason,
-                                  "matched_stop": matched, "stop_reason": matched,
+                                  "matched_stop": matched, "stop_reason": vllm_stop_reason(eos, matched),
                                   "logprobs": lp.take() if lp is not None else None}]}
             if body.prompt_logprobs is not None and index not in prompt_sent:  # once, in a choice's first chunk
                 prompt_sent.add(index)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
+_MAX_REPEATS = 32  # how far a closer that leaves the mask as it was is tried in a run (nesting depth)
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
                            if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
 # Class order decides which of several ways is taken, and which of two twins is kept. Closers
@@ -116,6 +117,7 @@ class EndingSearch:
         self._closers = frozenset(vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids)
         self._ascii = frozenset(vocab.byte_ids[b] for b in range(0x80) if b in vocab.byte_ids)
         self._spaces = frozenset(vocab.byte_ids[b] for b in b" \t\n\r" if b in vocab.byte_ids)
+        self._openers = frozenset(vocab.byte_ids[b] for b in _OPENERS if b in vocab.byte_ids)
         self._newline = vocab.byte_ids.get(ord("\n"))
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
@@ -184,6 +186,8 @@ class EndingSearch:
         matcher = walk.matcher
         path: list[int] = []
         words = walk.mask()
+        seen = {words.tobytes()}  # the masks this way went through: going back to one is no progress
+        runs: dict[tuple[int, bytes], bool] = {}  # (closer, mask): whether writing it again closes something
         try:
             while len(path) < walk.limits.max_length:
                 children = self._children(words)
@@ -195,10 +199,12 @@ class EndingSearch:
                     path += hinted[0]
                     words = hinted[1]
                     continue
-                step = self._step(walk, children, words.tobytes())
+                here = words.tobytes()
+                step = self._step(walk, children, here, seen, runs)
                 if step is None:
                     return None
                 child, words = step
+                seen.add(words.tobytes())
                 if not walk.accept(child):
                     return None
                 path.append(child)
@@ -239,11 +245,15 @@ class EndingSearch:
                 walk.matcher.rollback(taken)
         return None
 
-    def _step(self, walk: _Walk, children: list[int], here: bytes) -> tuple[int, np.ndarray] | None:
-        """(child, its mask): the first closer, or ASCII child that goes somewhere else (`@` after a run of
-        `.` in a name), or else the first child (a counted run: `0` in `\\d{4}`, rather than Unicode
-        digits). A closer counts as progress even where its mask is its parent's: `)` deep in parentheses."""
-        first = spacing = None
+    def _step(self, walk: _Walk, children: list[int], here: bytes, seen: set[bytes],
+              runs: dict[tuple[int, bytes], bool]) -> tuple[int, np.ndarray] | None:
+        """(child, its mask), the first in class order of: a closer that changes the mask, or that leaves it as
+        it was but, written again, closes something (`)` deep in parentheses; not a `'` or `}` in an email
+        address's name, which closes nothing however many are written); an ASCII child, not an opener, that
+        goes somewhere this way has not been (`@` after `.` in a name, never back and forth between `.` and a
+        letter); an ASCII child that goes anywhere else; else the first child (a counted run: `0` in
+        `\\d{4}`, rather than Unicode digits)."""
+        first = spacing = moved = None
         # an XML call's grammar (it has ending hints) allows whitespace between its tags that only lengthens the
         # way; elsewhere whitespace keeps its place in class order (SQL's keywords need their spaces)
         late_spaces = bool(walk.matcher.ending_hints)
@@ -258,16 +268,44 @@ class EndingSearch:
                 walk.matcher.rollback(1)
             if first is None:
                 first = (child, after)
+            mask = after.tobytes()
             if child in self._closers:
-                return child, after
-            if child in self._ascii and after.tobytes() != here:
-                if not late_spaces or child not in self._spaces:
+                if mask != here or self._closes_in_a_run(walk, child, here, runs):
                     return child, after
-                if spacing is None or child == self._newline:
-                    spacing = (child, after)
+            elif child in self._ascii and mask != here:
+                if late_spaces and child in self._spaces:
+                    if spacing is None or child == self._newline:
+                        spacing = (child, after)
+                elif mask not in seen and child not in self._openers:
+                    return child, after
+                else:
+                    moved = moved or (child, after)
         # there, whitespace only where nothing else goes anywhere, a newline first: the templates' own
         # separator, and the first byte of ends like `\n</function>`
-        return spacing or first
+        return moved or spacing or first
+
+    @staticmethod
+    def _closes_in_a_run(walk: _Walk, child: int, here: bytes, runs: dict[tuple[int, bytes], bool]) -> bool:
+        """Whether `child`, which leaves the mask as it was, changes it when written up to `_MAX_REPEATS`
+        times in a row (the last `)` of nested parentheses) rather than never (a `}` inside a string). Known
+        answers are kept for the walk: each level of a nesting has the same mask, and asks once."""
+        known = runs.get((child, here))
+        if known is not None:
+            return known
+        accepted, closes = 0, False
+        try:
+            for _ in range(_MAX_REPEATS):
+                if not walk.accept(child):
+                    closes = accepted > 0
+                    break
+                accepted += 1
+                if walk.mask().tobytes() != here:
+                    closes = True
+                    break
+        finally:
+            walk.matcher.rollback(accepted)
+        runs[(child, here)] = closes
+        return closes
 
     def _breadth_first(self, walk: _Walk) -> list[int] | None:
         """The shortest way (within the limits), level by level."""

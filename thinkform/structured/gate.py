@@ -321,8 +321,9 @@ class ReasoningGate:
 
     def _forced_ending(self, num_generated: int) -> list[int]:
         """A short ending of the grammar and EOS (EOS alone where the grammar may end already), looked for
-        when the tokens left fall to 4×, 2× and 1× the closing reserve, and appended as soon as it would not
-        fit at the next of those points (at the last, whenever it fits)."""
+        when the tokens left fall to 4×, 2× and 1× the closing reserve. One found early is not appended at
+        once: the model writes on, and the ending is looked for again just before it would stop fitting (its
+        length and a margin for growth), then appended; at the last point, whenever it fits."""
         if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
             return []
         left = self.max_new_tokens - num_generated
@@ -333,9 +334,14 @@ class ReasoningGate:
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
         ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
-        # the ending may grow a little before the next look (a longer enum value begun): only one that will
-        # still fit with a few tokens to spare waits for it (more would close natural answers early)
-        if ids is None or len(ids) > left or len(ids) <= later - min(4, later // 4):
+        if ids is None or len(ids) > left:
+            return []
+        # the ending may grow before the next look (a longer enum value begun, a nested object opened): it
+        # waits while it will still fit then with a margin; the next look comes no later than that
+        need = len(ids) + max(4, len(ids) // 4)
+        if self._ending_points and need < left:
+            if need > later:
+                self._ending_points.insert(0, need)
             return []
         self.closed_by_budget = True
         return ids

@@ -211,16 +211,18 @@ class TaggedNumberGuard:
         if not tags:
             raise ValueError("TaggedNumberGuard needs at least one (begin, end) pair")
         self.rules = rules
-        self._ends = {begin.encode(): end.encode() for begin, end in tags}
+        self._ends: dict[bytes, tuple[bytes, ...]] = {}  # a tag may end in one of several strings
+        for begin, end in tags:
+            self._ends[begin.encode()] = (*self._ends.get(begin.encode(), ()), end.encode())
         # one search for every begin string: free text costs one regex call a token, however many tools
         self._begins = re.compile(b"|".join(re.escape(b) for b in sorted(self._ends, key=len, reverse=True)))
-        self._longest = max(len(m) for pair in self._ends.items() for m in pair)
+        self._longest = max(max(len(begin), *map(len, ends)) for begin, ends in self._ends.items())
         self._json = NumberGuard(rules)
         self.reset()
 
     def reset(self) -> None:
         self._recent = b""  # the last bytes seen, as long as the longest begin or end string
-        self._end: bytes | None = None  # inside a tag: the end string that closes it
+        self._end: tuple[bytes, ...] | None = None  # inside a tag: the end strings that close it
         self._depth = 0  # open objects and arrays of the tag's JSON
         self._opened = False  # the tag's JSON value has begun
         self._json.reset()
@@ -264,8 +266,8 @@ class TaggedNumberGuard:
             self._depth -= 1
         self._opened = self._opened or self._depth > 0
         # an empty end string (the tag ends with its content) counts once the JSON value has been written
-        if (self._depth <= 0 and self._json.state.mode is Mode.OUT and (self._end or self._opened)
-                and self._recent.endswith(self._end)):
+        if self._depth <= 0 and self._json.state.mode is Mode.OUT and self._end is not None and any(
+                (end or self._opened) and self._recent.endswith(end) for end in self._end):
             self._end = None
 
     def inside_tag(self) -> bool:

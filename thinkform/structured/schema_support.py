@@ -21,7 +21,7 @@ import logging
 import re
 from typing import Any, Iterator
 
-from thinkform.structured.spec import Constraint, ConstraintError, json_tags, xml_tags
+from thinkform.structured.spec import Constraint, ConstraintError, is_json_format, json_tags, xml_tags
 from thinkform.structured.xml_args import XML_STYLES, read_arguments
 
 logger = logging.getLogger(__name__)
@@ -252,6 +252,8 @@ def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck 
         return AnswerCheck.for_schema(constraint.data())
     if constraint.kind == "structural_tag":
         data = constraint.data()
+        if is_json_format(data):  # the whole answer is one JSON schema's
+            return AnswerCheck.for_schema(_load(data["format"].get("json_schema")))
         return TagArgumentsCheck.for_tags(json_tags(data), xml_tags(data))
     return None
 

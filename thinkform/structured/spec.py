@@ -135,6 +135,12 @@ def json_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return [(b, e, s) for b, e, s, style in _schema_tags(tag) if style == "json"]
 
 
+def is_json_format(tag: dict[str, Any]) -> bool:
+    """A structural tag whose whole format is one JSON schema (in the plain JSON style): a JSON answer."""
+    fmt = tag.get("format")
+    return isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("style", "json") == "json"
+
+
 def xml_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
     """(begin, end, schema, style) of every tag of a structural tag whose `json_schema` content is written
     in one of xgrammar's XML styles ("qwen_xml", "glm_xml", ...: tool-call arguments as XML parameters)."""
@@ -172,9 +178,13 @@ def _schema_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
                 walk(item)
         elif isinstance(node, dict):
             content = node.get("content")
-            if node.get("type") == "tag" and isinstance(content, dict) and content.get("type") == "json_schema":
-                found.append((node.get("begin", ""), node.get("end", ""), content.get("json_schema"),
-                              str(content.get("style", "json"))))
+            # xgrammar's TagFormat: "type" may be left out (a tag in triggered_tags), `end` may list strings
+            kind = node.get("type", "tag" if "begin" in node and "content" in node else None)
+            if kind == "tag" and isinstance(content, dict) and content.get("type") == "json_schema":
+                ends = node.get("end", "")
+                for end in [ends] if isinstance(ends, str) else ends if isinstance(ends, list) else []:
+                    found.append((node.get("begin", ""), end, content.get("json_schema"),
+                                  str(content.get("style", "json"))))
             for value in node.values():
                 walk(value)
 
