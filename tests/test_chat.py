@@ -50,6 +50,18 @@ def test_content_parts_are_joined_and_tool_arguments_become_objects():
     assert renderer.render(msgs) == 'aé||{"x": "ü"}'
 
 
+def test_a_calls_reasoning_reaches_templates_that_read_thinking():
+    """gpt-oss's template renders the analysis before a call from `thinking` (harmony keeps it for the next
+    turn); clients send it back as reasoning_content or reasoning. Beside content it stays out (that template
+    refuses both)."""
+    renderer = ChatRenderer("{% for m in messages %}[{{ m.thinking or '' }}]{% endfor %}")
+    call = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+    msgs = [{"role": "assistant", "content": None, "reasoning_content": "Need f.", "tool_calls": [call]},
+            {"role": "assistant", "content": "Done.", "reasoning_content": "Easy.", "tool_calls": [call]},
+            {"role": "assistant", "content": "Hi", "reasoning_content": "Plain."}]
+    assert renderer.render(msgs) == "[Need f.][][]"
+
+
 def test_tools_and_helpers_available_like_hugging_face():
     renderer = ChatRenderer("{% if tools %}{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}"
                             "{{ strftime_now('%Y')|length }}")

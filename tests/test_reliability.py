@@ -139,10 +139,10 @@ def test_constraint_size_and_depth_limits(real):
     engine, base = real
     huge = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(400)}}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": huge}}
-    _error(_chat(base, response_format=fmt), 400, "json_schema", "max-constraint-bytes")
+    _error(_chat(base, response_format=fmt), 400, "response_format.json_schema.schema", "max-constraint-bytes")
     _error(_chat(base, regex="a" * 5000), 400, "regex", "max-constraint-bytes")
     deep = {"type": "json_schema", "json_schema": {"name": "x", "schema": _deep_schema(12)}}
-    _error(_chat(base, response_format=deep), 400, "json_schema", "max-constraint-depth")
+    _error(_chat(base, response_format=deep), 400, "response_format.json_schema.schema", "max-constraint-depth")
     # deeper than any parser's stack, as text: refused by counting, never parsed
     text = '{"a":' * 3000 + "1" + "}" * 3000
     _error(httpx.post(f"{base}/generate", json={"text": "x", "sampling_params": {"json_schema": text}}),

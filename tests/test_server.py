@@ -748,7 +748,7 @@ def test_a_vllm_choice_compiles_to_exactly_its_strings(tiny_tokenizer, backend):
 
     choices = ["Paris", 'Lon"don', "São Paulo", "a\\b", "new\nline"]
     body = ChatCompletionRequest(messages=QUESTION, guided_choice=choices)
-    fields = constraint_fields(body, None)
+    fields = constraint_fields(body, None).fields
     compiled = create_backend(backend, BackendContext(tiny_tokenizer, len(tiny_tokenizer), (0,), GrammarOptions())
                               ).compile(constraint_from_fields(**fields))
     for text in choices + ["Pari", "Parisx", "London"]:

@@ -183,6 +183,23 @@ def test_stop_reason_is_null_where_the_models_eos_ended_it(engine64):
             assert choice["stop_reason"] is None, choice
 
 
+def test_constraint_errors_name_the_field_the_request_sent(engine64):
+    """Audit 12: a bad guided_json / guided_regex / structured_outputs.regex / response_format schema was a
+    400 naming json_schema or regex, fields the client never sent; checked up front and at compile time."""
+    cases = {"guided_json": {"guided_json": "{bad"}, "guided_regex": {"guided_regex": "(a"},
+             "guided_grammar": {"guided_grammar": "root ::= foo"},
+             "structured_outputs.regex": {"structured_outputs": {"regex": "(a"}},
+             "response_format.json_schema.schema": {"response_format": {
+                 "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}}}
+    with running_server(engine64) as base:
+        for sent, extra in cases.items():
+            for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                               ("/v1/completions", {"prompt": "hi"})):
+                r = httpx.post(f"{base}{path}", timeout=60, json={**body, "max_tokens": 4, **extra})
+                err = r.json()["error"]
+                assert r.status_code == 400 and err["param"] == sent and err["message"].startswith(sent), (path, err)
+
+
 def test_vllm_metric_names(engine64):
     with running_server(engine64) as base:
         httpx.post(f"{base}/generate", json={"text": "Hi", "sampling_params": {"max_new_tokens": 3}})

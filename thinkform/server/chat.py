@@ -114,6 +114,10 @@ def normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
     calls = out.get("tool_calls")
     if calls:
         out["tool_calls"] = [_normalize_call(c) for c in calls]
+        # gpt-oss's template reads a call's reasoning as `thinking` (and refuses it beside content): the
+        # analysis before a call goes back to the model as harmony asks
+        if out.get("reasoning_content") and not out["content"]:
+            out.setdefault("thinking", out["reasoning_content"])
     return out
 
 

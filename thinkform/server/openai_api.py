@@ -11,14 +11,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
 from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
 from thinkform.server.errors import APIError
-from thinkform.server.params import (chat_template_kwargs, check_max_tokens, constraint_fields, sampling_params,
-                                    validate_constraints)
+from thinkform.server.params import (RequestConstraints, chat_template_kwargs, check_max_tokens, constraint_fields,
+                                    sampling_params, spelled_error, validate_constraints)
 from thinkform.server.protocol import (ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields,
                                        warn_unknown)
 from thinkform.server.state import ServerState, new_id, now
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
 from thinkform.server.tools import StreamingToolParser, ToolCall, ToolCallParser, tool_name
+from thinkform.structured.spec import ConstraintError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ChatPlan:
     include_reasoning: bool = True  # vLLM's include_reasoning false: the reasoning is left out
     token_names: Any = None  # names logprob tokens: the tokenizer, or TokenIdNames (return_tokens_as_token_ids)
     prompt_logprobs: int | None = None  # vLLM's: the prompt's logprobs with their top k, in the response
+    constraints: RequestConstraints | None = None  # how the request spelled its constraint (errors name it)
 
 
 def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
@@ -136,7 +138,8 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     params = sampling_params(body, max_tokens, state.max_n)
     if max_tokens is None:  # as SGLang, vLLM and OpenAI: a chat answer is bounded by the context, not by 128
         params["max_new_tokens"] = None
-    fields = constraint_fields(body, body.response_format)
+    constraints = constraint_fields(body, body.response_format)
+    fields = constraints.fields
     tool_parser = state.tool_parser.for_tools(tools, sum(len(m.tool_calls or []) for m in body.messages))
     if mode in ("required", "named"):
         if fields:
@@ -145,7 +148,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     elif mode == "auto" and not fields:
         tag = _tool_tag(tool_parser, tools, "auto", body.parallel_tool_calls)
         fields = {"structural_tag": tag} if tag else {}
-    params.update(validate_constraints(fields, state.limits))
+    params.update(validate_constraints(fields, state.limits, constraints))
     reasoning = state.markers is not None and reasoning_start != "answer"
     return ChatPlan(rid=body.rid or body.request_id or new_id(""), input_ids=ids, reasoning_start=reasoning_start,
                     params=params, reasoning=reasoning, split=body.separate_reasoning and reasoning,
@@ -155,7 +158,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_token_ids=body.return_token_ids,
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
                     include_reasoning=body.include_reasoning, token_names=token_names(state, body),
-                    prompt_logprobs=body.prompt_logprobs)
+                    prompt_logprobs=body.prompt_logprobs, constraints=constraints)
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
@@ -167,10 +170,19 @@ def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
 
 
 def start_chat(state: ServerState, plan: ChatPlan, stream: bool) -> Any:
-    return state.engine.async_generate(
+    return spelled_errors(state.engine.async_generate(
         input_ids=plan.input_ids, sampling_params=plan.params, reasoning_start=plan.reasoning_start,
         stream=stream, rid=plan.rid,
-        **engine_logprob_args(plan.top_logprobs_num if plan.return_logprob else None, plan.prompt_logprobs))
+        **engine_logprob_args(plan.top_logprobs_num if plan.return_logprob else None, plan.prompt_logprobs)),
+        plan.constraints)
+
+
+async def spelled_errors(call: Any, names: RequestConstraints | None) -> Any:
+    """The engine call; a grammar that fails to compile is a 400 naming the field as the request spelled it."""
+    try:
+        return await call
+    except ConstraintError as e:
+        raise spelled_error(e, names) from e
 
 
 def engine_logprob_args(output_k: int | None, prompt_k: int | None, echo: bool = False) -> dict[str, Any]:
@@ -648,7 +660,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     _check_token_id_options(body)
     check_max_tokens(body.max_tokens, state.limits, "max_tokens")
     params = sampling_params(body, body.max_tokens, state.max_n)
-    params.update(validate_constraints(constraint_fields(body, body.response_format), state.limits))
+    constraints = constraint_fields(body, body.response_format)
+    params.update(validate_constraints(constraints.fields, state.limits, constraints))
     prompt = body.prompt
     batched = isinstance(prompt, list) and not isinstance(prompt[0], int)
     base = body.rid or body.request_id or new_id("")
@@ -661,8 +674,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     tokenizer, names = state.engine.tokenizer, token_names(state, body)
     echoes = ([_echo_logprobs(tokenizer, p, t, names) for p, t in zip(_prompt_inputs(inputs), prompts)]
               if body.echo and want_logprobs else None)
-    call = state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
-                                       **engine_logprob_args(body.logprobs, body.prompt_logprobs, bool(echoes)))
+    call = spelled_errors(state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
+                                                      **engine_logprob_args(body.logprobs, body.prompt_logprobs,
+                                                                            bool(echoes))), constraints)
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
         first, rest = await open_stream(call)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from thinkform.engine.requests import RequestLimits
@@ -157,10 +158,26 @@ _VLLM_STRUCTURED_OUTPUTS = {"json": "json_schema", "regex": "regex", "grammar": 
                             "structural_tag": "structural_tag", "json_object": "json_object"}
 
 
-def constraint_fields(req: SamplingFields, fmt: ResponseFormat | None) -> dict[str, Any]:
+@dataclass
+class RequestConstraints:
+    """A request's constraint fields in our names, and how the request spelled each (errors name that)."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # our field -> the request's
+
+    def spelled(self, name: str | None) -> str | None:
+        return self.names.get(name, name) if name else name
+
+
+def _response_format_name(fmt: ResponseFormat | None) -> str:
+    return "response_format.json_schema.schema" if fmt is not None and fmt.type == "json_schema" else "response_format"
+
+
+def constraint_fields(req: SamplingFields, fmt: ResponseFormat | None) -> RequestConstraints:
     """All constraint fields of a request: response_format plus SGLang's extra fields (vLLM's spellings
     taken too). Two constraints are an error naming both (validate_constraints)."""
-    given: list[tuple[str, str, Any]] = [(name, name, value) for name, value in response_format_fields(fmt).items()]
+    given: list[tuple[str, str, Any]] = [(_response_format_name(fmt), name, value)
+                                         for name, value in response_format_fields(fmt).items()]
     given += [(name, name, getattr(req, name)) for name in ("json_schema", "regex", "ebnf", "structural_tag")]
     given += [(name, ours, getattr(req, name)) for name, ours in _VLLM_FIELDS.items()]
     given += _structured_outputs(req.structured_outputs)
@@ -173,7 +190,7 @@ def constraint_fields(req: SamplingFields, fmt: ResponseFormat | None) -> dict[s
         if ours in fields:
             raise APIError(f"{name}: {named[ours]} already gives a {ours} constraint", param=name)
         fields[ours], named[ours] = value, name
-    return fields
+    return RequestConstraints(fields, named)
 
 
 def _structured_outputs(value: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
@@ -206,12 +223,23 @@ def check_max_tokens(value: int | None, limits: RequestLimits, param: str) -> No
             raise APIError(str(e), param=param) from e
 
 
-def validate_constraints(fields: dict[str, Any], limits: RequestLimits | None = None) -> dict[str, str]:
+def validate_constraints(fields: dict[str, Any], limits: RequestLimits | None = None,
+                         names: RequestConstraints | None = None) -> dict[str, str]:
     """Check the fields (one constraint at most, within the limits, well-formed) and return them as
-    SGLang params."""
+    SGLang params; an error names the field as the request spelled it (`names`)."""
     try:
         (limits or RequestLimits()).check_constraints(fields)
         constraint_from_fields(**fields)
     except ConstraintError as e:
-        raise APIError(str(e), param=e.field or next(iter(fields), None)) from e
+        raise spelled_error(e, names, next(iter(fields), None)) from e
     return {k: _json_text(v) for k, v in fields.items()}
+
+
+def spelled_error(e: ConstraintError, names: RequestConstraints | None, default: str | None = None) -> APIError:
+    """A constraint's error under the name the request gave its field (guided_json, response_format, ...)."""
+    ours = e.field or default
+    param = names.spelled(ours) if names is not None else ours
+    message = str(e)
+    if param != ours and not message.startswith(f"{param}:"):
+        message = f"{param}: {message.removeprefix(f'{ours}: ')}"
+    return APIError(message, param=param)
