@@ -369,6 +369,21 @@ def test_satisfiable_schemas_stay_satisfiable_under_auto(ctx: BackendContext, sc
     assert m.accept_string(valid) and m.can_terminate()
 
 
+def test_an_allof_of_objects_is_closed_as_a_whole(ctx: BackendContext) -> None:
+    """OpenAPI's base + extension (audit 12: each branch closed on its own excluded the other's properties,
+    a 400 for a satisfiable schema): every branch's properties are allowed together, no others."""
+    base = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+    schema = {"$defs": {"Base": base},
+              "allOf": [{"$ref": "#/$defs/Base"}, {"type": "object", "properties": {
+                  "name": {"type": "string"}, "tag": {"type": "object", "properties": {"k": {"type": "string"}}}},
+                  "required": ["name"]}]}
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema))
+    m = compiled.new_matcher()
+    assert m.accept_string('{"id": 1, "name": "x", "tag": {"k": "v"}}') and m.can_terminate()
+    for extra in ('{"id": 1, "name": "x", "zz": 1', '{"id": 1, "name": "x", "tag": {"k": "v", "q": 1'):
+        assert not compiled.new_matcher().accept_string(extra), extra  # strict mode stands, nested objects too
+
+
 def test_keywords_in_grouped_definitions_are_seen(backends: dict[str, GrammarBackend]) -> None:
     """`definitions/a/full` (a group of definitions a $ref points into) is checked like any schema."""
     schema = {"$ref": "#/definitions/a/full", "definitions": {"a": {"full": {

@@ -163,23 +163,78 @@ _SUBSCHEMAS = ("items", "additionalItems", "contains", "not", "if", "then", "els
 
 def strict_schema(schema: Any) -> Any:
     """xgrammar's strict_mode for llguidance: objects admit only the properties the schema names,
-    unless the schema says otherwise (llguidance, like JSON Schema, admits extra ones by default)."""
+    unless the schema says otherwise (llguidance, like JSON Schema, admits extra ones by default).
+
+    An `allOf` of objects (OpenAPI's base + extension) is closed as a whole: its branches (and the local
+    `$defs` they name) stay open, and the object that holds the `allOf` lists every branch's properties and
+    admits no others. Closing each branch would make them exclude each other (a 400 for a satisfiable schema)."""
+    if not isinstance(schema, dict):
+        return schema
+    return _strict(schema, _composed_defs(schema), close=True)
+
+
+def _strict(schema: Any, composed: set[str], close: bool) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
     for key in _SUBSCHEMA_MAPS:
         if isinstance(out.get(key), dict):
-            out[key] = {name: strict_schema(sub) for name, sub in out[key].items()}
+            out[key] = {name: _strict(sub, composed, not (key in ("$defs", "definitions") and name in composed))
+                        for name, sub in out[key].items()}
     for key in _SUBSCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [strict_schema(sub) for sub in out[key]]
+            out[key] = [_strict(sub, composed, key != "allOf") for sub in out[key]]
     for key in _SUBSCHEMAS:
         if key in out:
-            out[key] = [strict_schema(s) for s in out[key]] if isinstance(out[key], list) else strict_schema(out[key])
+            out[key] = ([_strict(s, composed, True) for s in out[key]] if isinstance(out[key], list)
+                        else _strict(out[key], composed, True))
+    if close and isinstance(out.get("allOf"), list):
+        names = _branch_properties(out["allOf"], schema)
+        if names:
+            out["properties"] = {**{name: {} for name in names}, **(out.get("properties") or {})}
     # Like xgrammar, only objects that name properties are closed; a bare {"type": "object"} stays open.
-    if "properties" in out and "additionalProperties" not in out and "unevaluatedProperties" not in out:
+    if close and "properties" in out and "additionalProperties" not in out and "unevaluatedProperties" not in out:
         out["additionalProperties"] = False
     return out
+
+
+def _local_def(ref: Any) -> str | None:
+    for prefix in ("#/$defs/", "#/definitions/"):
+        if isinstance(ref, str) and ref.startswith(prefix) and "/" not in ref[len(prefix):]:
+            return ref[len(prefix):]
+    return None
+
+
+def _composed_defs(schema: Any) -> set[str]:
+    """Names of local definitions some `allOf` uses as a branch (they stay open, their users are closed)."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for branch in node.get("allOf") or []:
+                name = _local_def(branch.get("$ref")) if isinstance(branch, dict) else None
+                if name is not None:
+                    found.add(name)
+            for value in node.values():
+                walk(value)
+
+    walk(schema)
+    return found
+
+
+def _branch_properties(branches: list[Any], root: dict[str, Any]) -> list[str]:
+    """The property names an `allOf`'s branches list (through local `$ref`s), in order."""
+    names: list[str] = []
+    for branch in branches:
+        if isinstance(branch, dict) and (name := _local_def(branch.get("$ref"))) is not None:
+            branch = (root.get("$defs") or root.get("definitions") or {}).get(name, {})
+        for prop in (branch.get("properties") or {}) if isinstance(branch, dict) else {}:
+            if prop not in names:
+                names.append(prop)
+    return names
 
 
 def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
