@@ -181,6 +181,29 @@ def test_an_email_address_is_ended_not_filled_with_closers(tiny_tokenizer, backe
     assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated()
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_a_number_the_ending_writes_is_a_plain_zero(tiny_tokenizer, backend) -> None:
+    """Audit 13: preferring masks the way had not seen anywhere on it wrote `-0.0e+0` (the comma's mask had
+    been seen after an earlier field), 5 tokens more: the budget's ending no longer fit, and answers that
+    ended "stop" before ended "length". Only a loop of the last few steps counts now."""
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    props = {"name": "string", "age": "integer", "email": "string", "ok": "boolean", "score": "number", "city": "string"}
+    schema = {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}, "required": list(props)}
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
+    matcher = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=json.dumps(schema))).new_matcher()
+    prefix = '{"name": "ab'
+    for t in vocab.encode_text(prefix):
+        assert matcher.accept_token(t)
+    ids = EndingSearch(vocab).ending_tokens(matcher)
+    answer = json.loads(prefix + vocab.bytes_of(ids[:-1]).decode())
+    assert set(answer) == set(props) and str(answer["score"]) in ("0", "-0"), answer
+
+
 def test_the_greedy_way_takes_the_space_before_a_keyword(tiny_tokenizer) -> None:
     """After a name, a comma (another column) and a space (the FROM) both lead somewhere: the greedy way must
     take the space, which comes first in class order, or it lists columns until the breadth-first search (far

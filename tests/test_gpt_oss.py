@@ -26,6 +26,8 @@ CALLS = {  # how gpt-oss writes a call after its analysis (recipient in the chan
     "tight": f"{ANALYSIS}<|start|>assistant<|channel|>commentary to=functions.get_weather<|constrain|>json<|message|>{ARGS}",
     "role": f"{ANALYSIS}<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{ARGS}",
     "after_final": f"{ANALYSIS}<|start|>assistant<|channel|>final<|message|>get_weather <|constrain|>json<|message|>{ARGS}",
+    # no analysis: the first header, right after the template's `<|start|>assistant` (audit 13: reasoning)
+    "first": f" to=functions.get_weather<|channel|>commentary json<|message|>{ARGS}",
 }
 
 
@@ -52,7 +54,8 @@ def test_the_final_header_ends_reasoning_in_every_spelling(kind):
 def test_calls_are_answers_not_reasoning(form, step):
     markers, parser = get_markers("gpt-oss"), get_tool_call_parser("gpt-oss").for_tools(TOOLS)
     reasoning, content = split_reasoning(CALLS[form], markers, in_reasoning=True)
-    assert reasoning == "Need the weather." and _stream_split(CALLS[form], step) == (reasoning, content)
+    assert reasoning == ("" if form == "first" else "Need the weather.")
+    assert _stream_split(CALLS[form], step) == (reasoning, content)
     normal, calls = parser.parse(content)
     assert normal == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", json.loads(ARGS))]
     assert calls[0].id.startswith("call_")
@@ -144,6 +147,7 @@ def test_real_engine_calls_are_valid(harmony_server, choice):
         assert call["function"]["name"] == "get_weather"
         jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
         assert "<|" not in message["reasoning_content"] and not message["reasoning_content"].endswith("assistant")
+        assert "<|" not in call["function"]["arguments"]  # markup in a value would come back as real tokens
 
 
 def test_real_engine_streams_the_call(harmony_server):
@@ -158,10 +162,25 @@ def test_real_engine_streams_the_call(harmony_server):
     assert not "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
 
 
+def test_markup_tokens_never_enter_json_values(harmony_server, harmony_tokenizer):
+    """A model that favours `<|channel|>` (a logit bias makes it certain) writes it in its reasoning, never in
+    a JSON string value or a call's arguments, where the grammar alone would take it as text."""
+    channel = harmony_tokenizer.convert_tokens_to_ids("<|channel|>")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    for extra in ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+                  {"tools": TOOLS, "tool_choice": "required"}):
+        out = _chat(harmony_server, seed=0, max_tokens=60, max_reasoning_tokens=8, logit_bias={str(channel): 30},
+                    **extra)["message"]
+        answer = out["content"] or out["tool_calls"][0]["function"]["arguments"]
+        assert "<|" not in answer, answer
+        json.loads(answer)
+
+
 def test_real_engine_json_answers_are_valid(harmony_server):
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-    for seed in range(3):
+    for seed in range(8):
         out = _chat(harmony_server, seed=seed, max_tokens=60, response_format={
             "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
         jsonschema.validate(json.loads(out["message"]["content"]), schema)
-        assert "<|" not in out["message"]["reasoning_content"]
+        # audit 13: a random model wrote harmony's special tokens inside string values (3 of 8)
+        assert "<|" not in out["message"]["content"]

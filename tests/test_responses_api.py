@@ -191,3 +191,29 @@ def test_real_engine_answers_valid_json_after_reasoning(reasoning_engine):
         events = sse_events(httpx.post(f"{base}/v1/responses", timeout=60, json={
             "input": "Hi", "stream": True, "max_output_tokens": 24, "temperature": 0}))
         assert events[-1]["type"] in ("response.completed", "response.incomplete")
+        # a grammar that fails to compile is named as this request named it (audit 13: response_format...)
+        bad = {"type": "json_schema", "name": "x", "schema": {"type": "string", "pattern": "(?<=a)b"}}
+        for stream in (False, True):
+            r = httpx.post(f"{base}/v1/responses", timeout=60, json={"input": "Hi", "text": {"format": bad},
+                                                                      "stream": stream})
+            error_response(r, 400, "text.format.schema", "^text.format.schema: ")
+
+
+def test_a_stream_and_a_whole_response_have_the_same_items(served):
+    """Audit 13: an answer cut inside its reasoning had an (empty) message whole but none streamed; an added
+    item carried its content part, which content_part.added then sent again."""
+    engine, base = served
+    engine.reply = lambda call: "Still thinking, no end"
+    engine.finish_reason = {"type": "length", "matched": None}
+    client = _client(base)
+    try:
+        whole = client.responses.create(model="m", input="Capital?")
+        with client.responses.stream(model="m", input="Capital?") as stream:
+            events = list(stream)
+    finally:
+        engine.finish_reason = {"type": "stop", "matched": None}
+    final = next(e for e in events if e.type == "response.incomplete").response
+    assert [o.type for o in final.output] == [o.type for o in whole.output] == ["reasoning", "message"]
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    parts = [e for e in events if e.type == "response.content_part.added"]
+    assert all(item.content == [] for item in added) and len(parts) == len(added)

@@ -15,6 +15,7 @@ from thinkform.engine.output import failed_output, sequence_output
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.structured.closing import TagScope, closing_reserve
+from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import Constraint, constraint_from_fields, is_json_format, json_tag_bounds, xml_tags
@@ -359,15 +360,23 @@ class RequestBuilder:
         return {}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:
-        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, in a JSON answer and
-        in the JSON of a structural tag's tags (tool-call arguments)."""
+        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, and the reasoning
+        family's markup tokens stay out, in a JSON answer and in the JSON of a structural tag's tags
+        (tool-call arguments)."""
         if c is None:
             return []
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
+        markup = self.parts.markup_ids
         if json_answer:
             guards.append(NumberGuard(self.parts.number_rules))
+            if markup:
+                guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all))
         elif tags:
-            guards.append(TaggedNumberGuard(self.parts.number_rules, tags))  # tool-call arguments
+            tagged = TaggedNumberGuard(self.parts.number_rules, tags)  # tool-call arguments
+            guards.append(tagged)
+            if markup:
+                guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all,
+                                           tagged.inside_tag))
         return guards
 
     def _generator(self, p: SamplingParams, k: int) -> torch.Generator | None:

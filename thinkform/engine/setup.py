@@ -50,6 +50,7 @@ class EngineParts:
     ending_search: EndingSearch  # finds a regex / EBNF answer's ending near the budget
     combined_keeps: CombinedKeeps  # the guards' keep masks ANDed per combination of states, for all requests
     hidden_ids: frozenset[int]  # special tokens hidden from text (reasoning markers are never hidden)
+    markup_ids: frozenset[int]  # special tokens of the reasoning family's markup: never inside JSON
     grammar_options: GrammarOptions
     grammar_backend: GrammarBackend
     grammar_cache: GrammarCache
@@ -126,7 +127,8 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
         closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=ending_search,
         combined_keeps=CombinedKeeps(),
-        hidden_ids=_hidden_ids(tok, markers), grammar_options=options, grammar_backend=backend,
+        hidden_ids=_hidden_ids(tok, markers), markup_ids=_markup_ids(tok, markers) - set(loaded.eos_token_ids),
+        grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
         sampling_defaults=_sampling_defaults(args, loaded.generation_defaults),
         small_steps=small_steps)
@@ -189,16 +191,23 @@ def _chat_template(value: str | None) -> str | None:
     return value
 
 
-def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
-    """Special tokens skip_special_tokens hides — except any that spell a reasoning marker or its framing
-    (gpt-oss: a hidden `<|start|>` left "assistant" in the reasoning text)."""
+def _special_ids(tok: Any) -> set[int]:
     special = set(tok.all_special_ids)
     for tid, added in getattr(tok, "added_tokens_decoder", {}).items():
         if getattr(added, "special", False):
             special.add(int(tid))
-    if markers is not None:
-        for tid in list(special):
-            text = tok.convert_ids_to_tokens(tid)
-            if text and any(text in marker for marker in markers.spellings):
-                special.discard(tid)
-    return frozenset(special)
+    return special
+
+
+def _markup_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
+    """Special tokens that spell part of a family's markup: a marker or its framing (gpt-oss's `<|channel|>`)."""
+    if markers is None:
+        return frozenset()
+    return frozenset(tid for tid in _special_ids(tok) if (text := tok.convert_ids_to_tokens(tid))
+                     and any(text in spelled for spelled in markers.spellings))
+
+
+def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
+    """Special tokens skip_special_tokens hides — except the family's markup (gpt-oss: a hidden `<|start|>`
+    left "assistant" in the reasoning text)."""
+    return frozenset(_special_ids(tok) - _markup_ids(tok, markers))

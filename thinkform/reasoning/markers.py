@@ -92,8 +92,9 @@ _GPT_OSS = ReasoningMarkers(
     # ran unconstrained), and a call's header in either place harmony allows its recipient
     alt_ends=tuple(f"<|channel|>final{kind}<|message|>" for kind in (" <|constrain|>json", "<|constrain|>json",
                                                                     " json")),
+    # (the bare ` to=functions.`: the output's first header, whose `<|start|>assistant` the template wrote)
     answer_ends=("<|channel|>commentary to=functions.", "<|start|>assistant to=functions.",
-                 "<|channel|>analysis to=functions."),
+                 "<|channel|>analysis to=functions.", " to=functions."),
 )
 
 REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({

@@ -182,14 +182,32 @@ def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
 
 
 def _responses_name(loc: list[str]) -> str:
-    """A chat field's name as this request spelled it (response_format.json_schema.schema: text.format.schema)."""
+    """A chat field's name as this request spelled it (response_format.json_schema.schema: text.format.schema,
+    tools.0.function.name: tools[0].name)."""
     if loc[:2] == ["response_format", "json_schema"]:
         loc = ["text", "format"] + loc[2:]
     elif loc[:1] == ["response_format"]:
         loc = ["text", "format"] + loc[1:]
-    elif loc[:1] == ["max_tokens"]:
+    elif loc[:1] in (["max_tokens"], ["max_completion_tokens"]):
         loc = ["max_output_tokens"] + loc[1:]
+    elif loc[:1] == ["messages"]:
+        loc = ["input"]
+    elif loc[:1] == ["tools"] and len(loc) > 1 and loc[1].isdigit():
+        loc = [f"tools[{loc[1]}]"] + [part for part in loc[2:] if part != "function"]
     return ".".join(loc)
+
+
+def _responses_param(name: str | None) -> str | None:
+    return _responses_name(name.replace("[", ".").replace("]", "").split(".")) if name else name
+
+
+def _renamed(e: APIError) -> APIError:
+    """A chat error under this request's names (its message starts with the name it gives)."""
+    param = _responses_param(e.param)
+    message = e.message
+    if param != e.param and e.param and message.startswith(f"{e.param}"):
+        message = param + message[len(e.param):]
+    return APIError(message, e.status, param=param, type=e.type, code=e.code, headers=e.headers)
 
 
 # ---------------------------------------------------------------- answer -> output items
@@ -320,7 +338,14 @@ def plan_response(state: ServerState, body: ResponsesRequest) -> tuple[ResponseP
     chat, conversation = chat_request(state, body, response_id, earlier)
     warn_unknown(chat, "/v1/responses")
     plan = ResponsePlan(response_id, body, chat, conversation, now(), body.model)
-    return plan, plan_chat(state, chat)
+    try:
+        chat_plan = plan_chat(state, chat)
+    except APIError as e:
+        raise _renamed(e) from e
+    if chat_plan.constraints is not None:  # a grammar that fails to compile is named as this request named it
+        names = chat_plan.constraints.names
+        chat_plan.constraints.names = {ours: _responses_param(theirs) or theirs for ours, theirs in names.items()}
+    return plan, chat_plan
 
 
 # ---------------------------------------------------------------- routes
@@ -411,6 +436,9 @@ class ResponseEvents:
                     for event in self._on_delta(delta):
                         yield event
                 break
+        if not any(item["type"] != "reasoning" for item in self.output.items):  # as whole: an answer, if empty
+            for event in self._append("message", ""):
+                yield event
         for event in self._close(_status(finish_reason_of(meta)[0])[0]):
             yield event
         response = self.plan.finished(self.state, self.output, meta)
@@ -440,6 +468,8 @@ class ResponseEvents:
                                      content_index=0, part=part))
         item = self.open
         assert item is not None
+        if not text:
+            return events
         item["content"][0]["text"] += text
         name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
         extra = {} if kind == "reasoning" else {"logprobs": []}
@@ -465,7 +495,8 @@ class ResponseEvents:
 
     def _opened(self, item: dict[str, Any]) -> list[str]:
         self.open = item
-        return [self.event("response.output_item.added", output_index=self._index(item), item=dict(item))]
+        added = {**item, "content": []} if "content" in item else dict(item)  # its part comes next, on its own
+        return [self.event("response.output_item.added", output_index=self._index(item), item=added)]
 
     def _index(self, item: dict[str, Any]) -> int:
         return next(i for i, it in enumerate(self.output.items) if it is item)

@@ -33,6 +33,8 @@ its budget costs no search.
 """
 from __future__ import annotations
 
+from collections import deque
+
 import time
 import weakref
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
 _MAX_REPEATS = 32  # how far a closer that leaves the mask as it was is tried in a run (nesting depth)
+_RECENT_MASKS = 4  # steps back a mask counts as where the way has been
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
                            if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
 # Class order decides which of several ways is taken, and which of two twins is kept. Closers
@@ -186,7 +189,9 @@ class EndingSearch:
         matcher = walk.matcher
         path: list[int] = []
         words = walk.mask()
-        seen = {words.tobytes()}  # the masks this way went through: going back to one is no progress
+        # the masks of the last few steps: going back to one is a loop (`.` and a letter in an email's name);
+        # not the whole way, where masks repeat without loops (after each of several fields' values)
+        seen: deque[bytes] = deque([words.tobytes()], maxlen=_RECENT_MASKS)
         runs: dict[tuple[int, bytes], bool] = {}  # (closer, mask): whether writing it again closes something
         try:
             while len(path) < walk.limits.max_length:
@@ -204,7 +209,7 @@ class EndingSearch:
                 if step is None:
                     return None
                 child, words = step
-                seen.add(words.tobytes())
+                seen.append(words.tobytes())
                 if not walk.accept(child):
                     return None
                 path.append(child)
@@ -245,13 +250,14 @@ class EndingSearch:
                 walk.matcher.rollback(taken)
         return None
 
-    def _step(self, walk: _Walk, children: list[int], here: bytes, seen: set[bytes],
+    def _step(self, walk: _Walk, children: list[int], here: bytes, seen: deque[bytes],
               runs: dict[tuple[int, bytes], bool]) -> tuple[int, np.ndarray] | None:
         """(child, its mask), the first in class order of: a closer that changes the mask, or that leaves it as
         it was but, written again, closes something (`)` deep in parentheses; not a `'` or `}` in an email
         address's name, which closes nothing however many are written); an ASCII child, not an opener, that
         goes somewhere this way has not been (`@` after `.` in a name, never back and forth between `.` and a
-        letter); an ASCII child that goes anywhere else; else the first child (a counted run: `0` in
+        letter; "not been" counts the last few steps only); an ASCII child that goes anywhere else; else the
+        first child (a counted run: `0` in
         `\\d{4}`, rather than Unicode digits)."""
         first = spacing = moved = None
         # an XML call's grammar (it has ending hints) allows whitespace between its tags that only lengthens the

@@ -1,0 +1,32 @@
+"""FramingGuard: a reasoning family's markup never inside a constrained JSON value.
+
+gpt-oss frames its messages with special tokens (`<|channel|>`, `<|message|>`, `<|start|>`, `<|end|>`,
+`<|constrain|>`). A grammar reads each as its text, which a JSON string may hold, so a model could write one
+inside a value; sent back in the next turn's history it would be encoded as the real token and break the
+conversation's framing. The guard keeps them out of a JSON answer, and out of a tool call's arguments (a
+structural tag's JSON) while the answer is inside them; the call's header, which needs them, is left alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+class FramingGuard:
+    """An AnswerGuard (see gate.py): `keep` is the vocabulary without the markup tokens while `inside()`
+    (always, without one), every token otherwise."""
+
+    def __init__(self, keep_without: np.ndarray, keep_all: np.ndarray, inside: Callable[[], bool] | None = None) -> None:
+        self._without = keep_without
+        self._all = keep_all
+        self._inside = inside
+
+    def reset(self) -> None:
+        pass  # no state of its own: `inside` follows the answer
+
+    def observe(self, data: bytes) -> None:
+        pass
+
+    def keep(self) -> np.ndarray:
+        return self._without if self._inside is None or self._inside() else self._all
