@@ -127,7 +127,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
         closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=ending_search,
         combined_keeps=CombinedKeeps(),
-        hidden_ids=_hidden_ids(tok, markers), markup_ids=_markup_ids(tok, markers) - set(loaded.eos_token_ids),
+        hidden_ids=_hidden_ids(tok, markers), markup_ids=_json_banned_markup(tok, markers, loaded.eos_token_ids),
         grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
         sampling_defaults=_sampling_defaults(args, loaded.generation_defaults),
@@ -205,6 +205,15 @@ def _markup_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
         return frozenset()
     return frozenset(tid for tid in _special_ids(tok) if (text := tok.convert_ids_to_tokens(tid))
                      and any(text in spelled for spelled in markers.spellings))
+
+
+def _json_banned_markup(tok: Any, markers: ReasoningMarkers | None, eos_token_ids: Any) -> frozenset[int]:
+    """The markup tokens a JSON answer must be kept from by a guard: not EOS, and not a one-token start or
+    end marker, which the gate keeps out of every answer itself (deepseek-r1's `<think>`: no guard at all)."""
+    if markers is None:
+        return frozenset()
+    own = {markers.start, markers.end}
+    return frozenset(t for t in _markup_ids(tok, markers) - set(eos_token_ids) if tok.convert_ids_to_tokens(t) not in own)
 
 
 def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
