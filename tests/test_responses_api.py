@@ -217,3 +217,15 @@ def test_a_stream_and_a_whole_response_have_the_same_items(served):
     added = [e.item for e in events if e.type == "response.output_item.added"]
     parts = [e for e in events if e.type == "response.content_part.added"]
     assert all(item.content == [] for item in added) and len(parts) == len(added)
+
+
+def test_the_store_keeps_the_newest_within_its_count_and_size():
+    from thinkform.server.response_store import ResponseStore, StoredResponse
+
+    store = ResponseStore(capacity=3, max_bytes=2000)
+    for i in range(5):
+        store.put(f"r{i}", StoredResponse({"id": f"r{i}"}, [{"role": "user", "content": "x" * 100}]))
+    assert [store.get(f"r{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    store.put("big", StoredResponse({"id": "big"}, [{"role": "user", "content": "y" * 1900}]))
+    assert store.get("big") is not None and len(store) == 1  # the older ones made room
+    assert store.delete("big") and not store.delete("big") and len(store) == 0

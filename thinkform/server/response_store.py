@@ -1,7 +1,9 @@
 """Stored responses of /v1/responses (`store: true`): what `previous_response_id` continues and
-GET / DELETE /v1/responses/{id} read. In memory, newest kept: a server restart forgets them, as SGLang's."""
+GET / DELETE /v1/responses/{id} read. In memory, newest kept (by count and size): a server restart
+forgets them, as SGLang's."""
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,32 +17,40 @@ class StoredResponse:
 
 
 class ResponseStore:
-    """The last `capacity` stored responses by id (least recently stored or read dropped first)."""
+    """The last `capacity` stored responses by id, within `max_bytes` of their JSON (least recently stored
+    or read dropped first): long agent conversations cannot grow the server's memory without end."""
 
-    def __init__(self, capacity: int = 4096) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity: must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+    def __init__(self, capacity: int = 4096, max_bytes: int = 256 * 2**20) -> None:
+        if capacity < 1 or max_bytes < 1:
+            raise ValueError(f"capacity, max_bytes: must be >= 1, got {capacity}, {max_bytes}")
+        self.capacity, self.max_bytes = capacity, max_bytes
+        self._items: OrderedDict[str, tuple[StoredResponse, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def put(self, response_id: str, stored: StoredResponse) -> None:
+        size = len(json.dumps([stored.response, stored.conversation], ensure_ascii=False, default=str))
         with self._lock:
-            self._items[response_id] = stored
-            self._items.move_to_end(response_id)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            old = self._items.pop(response_id, None)
+            self._bytes -= old[1] if old else 0
+            self._items[response_id] = (stored, size)
+            self._bytes += size
+            while self._items and (len(self._items) > self.capacity or self._bytes > self.max_bytes):
+                self._bytes -= self._items.popitem(last=False)[1][1]
 
     def get(self, response_id: str) -> StoredResponse | None:
         with self._lock:
-            stored = self._items.get(response_id)
-            if stored is not None:
-                self._items.move_to_end(response_id)
-            return stored
+            entry = self._items.get(response_id)
+            if entry is None:
+                return None
+            self._items.move_to_end(response_id)
+            return entry[0]
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
-            return self._items.pop(response_id, None) is not None
+            entry = self._items.pop(response_id, None)
+            self._bytes -= entry[1] if entry else 0
+            return entry is not None
 
     def __len__(self) -> int:
         return len(self._items)
