@@ -70,6 +70,26 @@ def test_calls_are_answers_not_reasoning(form, step):
     assert [d["function"]["name"] for d in deltas + more if "id" in d] == ["get_weather"] and json.loads(args) == json.loads(ARGS)
 
 
+def test_a_call_header_ends_reasoning_only_where_the_answer_may_be_a_call():
+    """Audit 14: without tools a call header (or a mention of `to=functions.`) ended the reasoning, and a JSON
+    answer then followed the header: content `<|channel|>commentary to=functions.{...}`, not JSON. Only a
+    request whose answer may be a call (a structural tag: tools) reads them as its end."""
+    markers = get_markers("gpt-oss")
+    plain = markers.without_answer_ends
+    reasoning, content = split_reasoning(CALLS["channel"], plain, in_reasoning=True)
+    assert content == "" and "<|" not in reasoning
+    mention = f"{ANALYSIS[:-7]} I could send it to=functions.get_weather but no.<|end|>"
+    assert split_reasoning(mention + "<|start|>assistant<|channel|>final<|message|>{}", plain, True)[1] == "{}"
+
+
+def test_the_engine_reads_call_headers_as_ends_only_under_a_structural_tag(harmony_engine):
+    tag = constraint_from_fields(structural_tag=get_tool_call_parser("gpt-oss").structural_tag(TOOLS, "required"))
+    json_schema = constraint_from_fields(json_schema=json.dumps(WEATHER))
+    builder = harmony_engine.builder
+    assert builder.markers_for(tag).answer_ends
+    assert not builder.markers_for(json_schema).answer_ends and not builder.markers_for(None).answer_ends
+
+
 def test_a_plain_answer_has_no_calls_and_streams_whole():
     parser = get_tool_call_parser("gpt-oss").for_tools(TOOLS)
     assert parser.parse("Paris is sunny, get_weather says.") == ("Paris is sunny, get_weather says.", [])
@@ -114,10 +134,9 @@ def test_the_call_grammar(harmony_tokenizer):
 # ---------------------------------------------------------------- the real engine
 
 @pytest.fixture(scope="module")
-def harmony_server(tmp_path_factory, harmony_tokenizer):
+def harmony_engine(tmp_path_factory, harmony_tokenizer):
     from transformers import GenerationConfig
 
-    from server_fixtures import running_server
     from thinkform import Engine
     from thinkform.testing.models import make_tiny_model_dir
 
@@ -126,9 +145,16 @@ def harmony_server(tmp_path_factory, harmony_tokenizer):
     stops = [tok.convert_tokens_to_ids("<|return|>"), tok.convert_tokens_to_ids("<|call|>")]
     GenerationConfig(eos_token_id=stops, pad_token_id=tok.pad_token_id).save_pretrained(path)
     engine = Engine(model_path=str(path), reasoning_parser="gpt-oss", max_total_tokens=8192)
-    with running_server(engine) as base:
-        yield base
+    yield engine
     engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def harmony_server(harmony_engine):
+    from server_fixtures import running_server
+
+    with running_server(harmony_engine) as base:
+        yield base
 
 
 def _chat(base, **body):

@@ -14,11 +14,13 @@ from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import failed_output, sequence_output
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
+from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.structured.closing import TagScope, closing_reserve
 from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
-from thinkform.structured.spec import Constraint, constraint_from_fields, is_json_format, json_tag_bounds, xml_tags
+from thinkform.structured.spec import (Constraint, constraint_from_fields, ending_may_grow, is_json_format,
+                                      json_tag_bounds, xml_tags)
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -272,11 +274,11 @@ class RequestBuilder:
     # -- sequences -------------------------------------------------------------------------------------------
     def sequences(self, req: PreparedRequest, sink: Callable[[Sequence, dict, bool], None]) -> list[Sequence]:
         seqs: list[Sequence] = []
-        markers = self.parts.markers
         for ids, p, c, lp, rid in zip(req.prompt_ids, req.params, req.constraint, req.prompt_logprobs, req.rids):
+            markers = self.markers_for(c)
             for k in range(p.n):
                 index = len(seqs)
-                gate = self._gate(req, p, c)
+                gate = self._gate(req, p, c, markers)
                 seq = Sequence(
                     rid=rid, index=index, output_id=rid if p.n == 1 else f"{rid}-{k}", prompt_ids=ids, params=p,
                     detok=IncrementalDetokenizer(self.parts.tokenizer, ids,
@@ -296,8 +298,16 @@ class RequestBuilder:
                 seqs.append(seq)
         return seqs
 
-    def _gate(self, req: PreparedRequest, p: SamplingParams, c: Constraint | None) -> ReasoningGate | None:
+    def markers_for(self, c: Constraint | None) -> ReasoningMarkers | None:
+        """A family's answer ends (gpt-oss: a tool call's header) end reasoning only where the answer may be a
+        call (a structural tag, as tools make); elsewhere such a header, or a mention of it, is reasoning."""
         markers = self.parts.markers
+        if markers is None or not markers.answer_ends or (c is not None and c.kind == "structural_tag"):
+            return markers
+        return markers.without_answer_ends
+
+    def _gate(self, req: PreparedRequest, p: SamplingParams, c: Constraint | None,
+              markers: ReasoningMarkers | None) -> ReasoningGate | None:
         in_reasoning = markers is not None and req.reasoning_start != "answer"
         if c is None and not in_reasoning:
             return None
@@ -318,7 +328,7 @@ class RequestBuilder:
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
             combined_keeps=self.parts.combined_keeps, answer_check=compiled.answer_check if compiled else None,
-            **self._closing(p, kind, guards, tags, shortest, xml))
+            **self._closing(p, c, kind, guards, tags, shortest, xml))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
@@ -334,7 +344,7 @@ class RequestBuilder:
             reserve = max(reserve, min(shortest + closing_reserve(p.max_new_tokens), p.max_new_tokens))
         return reserve
 
-    def _closing(self, p: SamplingParams, kind: str | None, guards: list[AnswerGuard],
+    def _closing(self, p: SamplingParams, c: Constraint | None, kind: str | None, guards: list[AnswerGuard],
                  tags: list[tuple[str, str]], shortest: int | None,
                  xml_bounds: list[tuple[str, str]]) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
@@ -345,10 +355,13 @@ class RequestBuilder:
         # a grammar whose shortest answer fits in the closing reserve is looked at only there: no search
         # at all for the usual answer that ends on its own well before its budget
         early = shortest is None or shortest > closing_reserve(p.max_new_tokens)
+        # what the ending may grow by at once (one more list item, an optional object): about the shortest answer
+        growth = min(shortest if shortest is not None else 16, 32) if c is not None and ending_may_grow(c) else 0
         if kind in ("json_schema", "json_object"):
-            return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early}
+            return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
+                    "ending_growth": growth}
         if kind in ("regex", "ebnf"):
-            return {"ending": search, "ending_early": early}
+            return {"ending": search, "ending_early": early, "ending_growth": growth}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         ends = tags or xml_bounds  # room kept for a tag's end string: sampled token by token, a byte each at worst
         reserve = closing_reserve(p.max_new_tokens) + (max(len(end.encode()) for _, end in ends) if ends else 0)

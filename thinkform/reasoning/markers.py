@@ -7,7 +7,8 @@ which `chat_template_kwargs` switch turns thinking on or off.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -47,6 +48,11 @@ class ReasoningMarkers:
     def spellings(self) -> tuple[str, ...]:
         """Every string of this family's markup: markers, closing text, framing, header delimiters."""
         return (self.start, *self.ends, self.close_text, *self.framing, *(self.header or ()))
+
+    @cached_property
+    def without_answer_ends(self) -> "ReasoningMarkers":
+        """The markers where the answer cannot be a tool call (no tools): a call's header is reasoning text."""
+        return replace(self, answer_ends=())
 
     def first_end(self, text: str, start: int = 0) -> tuple[int, str] | None:
         """(where, which) of the first end marker in `text` from `start` (at one place, the longest)."""

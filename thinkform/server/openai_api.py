@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
+from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
 from thinkform.server.errors import APIError
 from thinkform.server.params import (RequestConstraints, chat_template_kwargs, check_max_tokens, constraint_fields,
@@ -50,6 +51,7 @@ class ChatPlan:
     token_names: Any = None  # names logprob tokens: the tokenizer, or TokenIdNames (return_tokens_as_token_ids)
     prompt_logprobs: int | None = None  # vLLM's: the prompt's logprobs with their top k, in the response
     constraints: RequestConstraints | None = None  # how the request spelled its constraint (errors name it)
+    markers: ReasoningMarkers | None = None  # the family's, as the engine reads this request (see markers_for)
 
 
 def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
@@ -160,7 +162,14 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_token_ids=body.return_token_ids,
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
                     include_reasoning=body.include_reasoning, token_names=token_names(state, body),
-                    prompt_logprobs=body.prompt_logprobs, constraints=constraints)
+                    prompt_logprobs=body.prompt_logprobs, constraints=constraints,
+                    markers=_request_markers(state.markers, "structural_tag" in fields))
+
+
+def _request_markers(markers: ReasoningMarkers | None, calls: bool) -> ReasoningMarkers | None:
+    """As the engine reads them (RequestBuilder.markers_for): a tool call's header ends reasoning only where
+    the answer may be a call."""
+    return markers if markers is None or calls else markers.without_answer_ends
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
@@ -241,7 +250,7 @@ def _split(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
         return None, text
     if "content" in meta:
         return meta.get("reasoning_content"), meta["content"]
-    return split_reasoning(text, state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+    return split_reasoning(text, plan.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
 
 
 def _answer_calls(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
@@ -481,10 +490,10 @@ class _ChoiceStream:
 def new_choice_stream(state: ServerState, plan: ChatPlan, hold_reasoning: bool) -> _ChoiceStream:
     """The streaming state of one choice of this plan."""
     return _ChoiceStream(
-        reasoning=StreamingReasoningParser(state.markers, plan.reasoning_start == "reasoning") if plan.split else None,
+        reasoning=StreamingReasoningParser(plan.markers, plan.reasoning_start == "reasoning") if plan.split else None,
         tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
         hold_reasoning=hold_reasoning,
-        raw=RawAnswerSplitter(state.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+        raw=RawAnswerSplitter(plan.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
         if plan.tool_parser and plan.reasoning and not plan.split else None)
 
 

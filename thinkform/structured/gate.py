@@ -103,6 +103,7 @@ class ReasoningGate:
         closing_reserve_tokens: int | None = None,
         ending: EndingSearch | None = None,
         ending_early: bool = True,
+        ending_growth: int = 0,
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
     ) -> None:
@@ -130,6 +131,8 @@ class ReasoningGate:
         self._ending = ending  # finds an ending to append whole when the token budget runs out
         # tokens left at which the ending is looked for: early enough for a long one (unless the grammar's
         # shortest answer fits in the reserve), last at the reserve
+        # what an ending may grow by in one step (a list item or an object begun): about a whole answer
+        self._ending_growth = ending_growth
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
         self.closed_by_budget = False  # this answer's end was written (or steered) because the budget ran out
@@ -322,8 +325,8 @@ class ReasoningGate:
     def _forced_ending(self, num_generated: int) -> list[int]:
         """A short ending of the grammar and EOS (EOS alone where the grammar may end already), looked for
         when the tokens left fall to 4×, 2× and 1× the closing reserve. One found early is not appended at
-        once: the model writes on, and the ending is looked for again just before it would stop fitting (its
-        length and a margin for growth), then appended; at the last point, whenever it fits."""
+        once: the model writes on, the ending is looked for again halfway to where it would stop fitting (its
+        length and half of it for growth), and appended there; at the last point, whenever it fits."""
         if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
             return []
         left = self.max_new_tokens - num_generated
@@ -336,12 +339,14 @@ class ReasoningGate:
         ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
         if ids is None or len(ids) > left:
             return []
-        # the ending may grow before the next look (a longer enum value begun, a nested object opened): it
-        # waits while it will still fit then with a margin; the next look comes no later than that
-        need = len(ids) + max(4, len(ids) // 4)
+        # the ending may grow before the next look (a list item or a nested object opened): it waits while
+        # it would still fit with half its length, or the grammar's shortest answer (up to 32), to spare, and
+        # is looked for again halfway there, so growth is seen while there is room for it
+        need = len(ids) + max(4, len(ids) // 2, self._ending_growth)
         if self._ending_points and need < left:
-            if need > later:
-                self._ending_points.insert(0, need)
+            again = max(need, (left + need) // 2)
+            if again > later:
+                self._ending_points.insert(0, again)
             return []
         self.closed_by_budget = True
         return ids

@@ -236,3 +236,32 @@ def _dump(value: Any, field: str) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ConstraintError(f"{field} is not JSON-serialisable: {e}", field=field) from e
+
+
+def ending_may_grow(constraint: Constraint) -> bool:
+    """Whether an answer's shortest ending can grow by more than a token at once: the grammar repeats or
+    chooses (a list item, an optional field, an alternative begun). A JSON object of required fields only
+    (closed, as strict mode closes it) cannot: its ending only shrinks as the model writes."""
+    if constraint.kind == "regex":
+        return any(ch in constraint.source for ch in "*+?{|")
+    if constraint.kind != "json_schema":
+        return True
+    return _schema_may_grow(constraint.data())
+
+
+_GROWING_KEYS = ("anyOf", "oneOf", "allOf", "items", "prefixItems", "additionalItems", "patternProperties",
+                 "$ref", "enum", "not", "if")
+
+
+def _schema_may_grow(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return node is not False
+    if any(key in node for key in _GROWING_KEYS) or node.get("type") in ("array", None) and "properties" not in node:
+        return True
+    if node.get("additionalProperties") not in (None, False):
+        return True
+    props = node.get("properties") or {}
+    if set(props) - set(node.get("required") or []):
+        return True  # an optional field may be begun
+    return any(_schema_may_grow(sub) for sub in props.values()) or any(
+        _schema_may_grow(sub) for sub in (node.get("$defs") or node.get("definitions") or {}).values())
