@@ -384,6 +384,28 @@ def test_an_allof_of_objects_is_closed_as_a_whole(ctx: BackendContext) -> None:
         assert not compiled.new_matcher().accept_string(extra), extra  # strict mode stands, nested objects too
 
 
+def test_allof_compositions_below_the_root_and_ref_wrappers(ctx: BackendContext) -> None:
+    """Audit 14: the composition in a property (its $ref looked up in the wrong place), an allOf of an allOf
+    (three-level inheritance) were still 400s; pydantic v1's one-branch `allOf: [{$ref}]` field was opened."""
+    base = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+    ext = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+    def accepts(schema: dict, text: str, backend: str = "auto") -> bool:
+        m = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=schema)).new_matcher()
+        return m.accept_string(text) and m.can_terminate()
+
+    nested = {"$defs": {"Base": base}, "type": "object", "required": ["pet"],
+              "properties": {"pet": {"allOf": [{"$ref": "#/$defs/Base"}, ext]}}}
+    assert accepts(nested, '{"pet": {"id": 1, "name": "x"}}')
+    three = {"$defs": {"Root": base, "Mid": {"allOf": [{"$ref": "#/$defs/Root"}, ext]}},
+             "allOf": [{"$ref": "#/$defs/Mid"}, {"type": "object", "properties": {"extra": {"type": "boolean"}}}]}
+    assert accepts(three, '{"id": 1, "name": "x"}')
+    wrapped = {"definitions": {"Pet": base}, "type": "object", "required": ["pet"],
+               "properties": {"pet": {"allOf": [{"$ref": "#/definitions/Pet"}], "description": "the pet"}}}
+    assert accepts(wrapped, '{"pet": {"id": 1}}', "llguidance")
+    assert not accepts(wrapped, '{"pet": {"id": 1, "zzz": 2}}', "llguidance")
+
+
 def test_keywords_in_grouped_definitions_are_seen(backends: dict[str, GrammarBackend]) -> None:
     """`definitions/a/full` (a group of definitions a $ref points into) is checked like any schema."""
     schema = {"$ref": "#/definitions/a/full", "definitions": {"a": {"full": {

@@ -352,11 +352,13 @@ class RequestBuilder:
         tag, both only while the answer is inside a tag's JSON (a tool call's arguments), with room kept
         for the tag's end string; free text beside the calls is never ended early."""
         search = self.parts.ending_search
-        # a grammar whose shortest answer fits in the closing reserve is looked at only there: no search
-        # at all for the usual answer that ends on its own well before its budget
-        early = shortest is None or shortest > closing_reserve(p.max_new_tokens)
-        # what the ending may grow by at once (one more list item, an optional object): about the shortest answer
-        growth = min(shortest if shortest is not None else 16, 32) if c is not None and ending_may_grow(c) else 0
+        # a grammar whose shortest answer fits in the closing reserve, and that cannot grow, is looked at only
+        # there: no search at all for the usual answer that ends on its own well before its budget
+        # what the ending may grow by at once (one more list item, an optional object): about the shortest answer;
+        # such a grammar is looked at early too (closing an array's open item may need more than the reserve)
+        grows = c is not None and ending_may_grow(c)
+        early = shortest is None or shortest > closing_reserve(p.max_new_tokens) or grows
+        growth = min(shortest if shortest is not None else 16, 32) if grows else 0
         if kind in ("json_schema", "json_object"):
             return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
                     "ending_growth": growth}

@@ -150,6 +150,10 @@ def _check_supported(body: ResponsesRequest) -> None:
             raise APIError(f"{name}: not a field of /v1/responses{hint}", param=name)
     if body.background:
         raise APIError("background: background responses are not supported by this server", param="background")
+    for name, what in (("conversation", "conversations"), ("prompt", "stored prompt templates")):
+        if (body.model_extra or {}).get(name) is not None:
+            raise APIError(f"{name}: {what} are not supported by this server (use previous_response_id or "
+                           "input)", param=name)
     if body.top_logprobs or _LOGPROBS in (body.include or []):
         raise APIError("top_logprobs: logprobs are not supported on /v1/responses; use /v1/chat/completions",
                        param="top_logprobs" if body.top_logprobs else "include")

@@ -249,15 +249,17 @@ def ending_may_grow(constraint: Constraint) -> bool:
     return _schema_may_grow(constraint.data())
 
 
-_GROWING_KEYS = ("anyOf", "oneOf", "allOf", "items", "prefixItems", "additionalItems", "patternProperties",
-                 "$ref", "enum", "not", "if")
+# (an enum or const is a choice of fixed strings: its ending never grows past the longest one)
+_GROWING_KEYS = ("anyOf", "oneOf", "allOf", "items", "prefixItems", "additionalItems", "patternProperties", "$ref")
 
 
 def _schema_may_grow(node: Any) -> bool:
     if not isinstance(node, dict):
         return node is not False
-    if any(key in node for key in _GROWING_KEYS) or node.get("type") in ("array", None) and "properties" not in node:
+    if any(key in node for key in _GROWING_KEYS) or node.get("type") == "array":
         return True
+    if node.get("type") is None and not ({"properties", "enum", "const"} & set(node)):
+        return True  # any value at all
     if node.get("additionalProperties") not in (None, False):
         return True
     props = node.get("properties") or {}

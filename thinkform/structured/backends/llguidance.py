@@ -170,26 +170,32 @@ def strict_schema(schema: Any) -> Any:
     admits no others. Closing each branch would make them exclude each other (a 400 for a satisfiable schema)."""
     if not isinstance(schema, dict):
         return schema
-    return _strict(schema, _composed_defs(schema), close=True)
+    return _strict(schema, schema, _composed_defs(schema), close=True)
 
 
-def _strict(schema: Any, composed: set[str], close: bool) -> Any:
+def _composes(node: dict[str, Any]) -> bool:
+    """An `allOf` of several branches, which together make one object (one branch is a `$ref` wrapper)."""
+    return isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1
+
+
+def _strict(schema: Any, root: dict[str, Any], composed: set[str], close: bool) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
     for key in _SUBSCHEMA_MAPS:
         if isinstance(out.get(key), dict):
-            out[key] = {name: _strict(sub, composed, not (key in ("$defs", "definitions") and name in composed))
+            out[key] = {name: _strict(sub, root, composed, not (key in ("$defs", "definitions") and name in composed))
                         for name, sub in out[key].items()}
     for key in _SUBSCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [_strict(sub, composed, key != "allOf") for sub in out[key]]
+            branch_close = key != "allOf" or not _composes(out)
+            out[key] = [_strict(sub, root, composed, branch_close) for sub in out[key]]
     for key in _SUBSCHEMAS:
         if key in out:
-            out[key] = ([_strict(s, composed, True) for s in out[key]] if isinstance(out[key], list)
-                        else _strict(out[key], composed, True))
-    if close and isinstance(out.get("allOf"), list):
-        names = _branch_properties(out["allOf"], schema)
+            out[key] = ([_strict(s, root, composed, True) for s in out[key]] if isinstance(out[key], list)
+                        else _strict(out[key], root, composed, True))
+    if close and _composes(out):
+        names = _branch_properties(out["allOf"], root)
         if names:
             out["properties"] = {**{name: {} for name in names}, **(out.get("properties") or {})}
     # Like xgrammar, only objects that name properties are closed; a bare {"type": "object"} stays open.
@@ -214,7 +220,7 @@ def _composed_defs(schema: Any) -> set[str]:
             for item in node:
                 walk(item)
         elif isinstance(node, dict):
-            for branch in node.get("allOf") or []:
+            for branch in node.get("allOf") or [] if _composes(node) else []:
                 name = _local_def(branch.get("$ref")) if isinstance(branch, dict) else None
                 if name is not None:
                     found.add(name)
@@ -225,13 +231,16 @@ def _composed_defs(schema: Any) -> set[str]:
     return found
 
 
-def _branch_properties(branches: list[Any], root: dict[str, Any]) -> list[str]:
-    """The property names an `allOf`'s branches list (through local `$ref`s), in order."""
+def _branch_properties(branches: list[Any], root: dict[str, Any], depth: int = 0) -> list[str]:
+    """The property names an `allOf`'s branches list (through local `$ref`s and nested `allOf`s), in order."""
     names: list[str] = []
     for branch in branches:
         if isinstance(branch, dict) and (name := _local_def(branch.get("$ref"))) is not None:
             branch = (root.get("$defs") or root.get("definitions") or {}).get(name, {})
-        for prop in (branch.get("properties") or {}) if isinstance(branch, dict) else {}:
+        if not isinstance(branch, dict):
+            continue
+        nested = _branch_properties(branch["allOf"], root, depth + 1) if depth < 8 and _composes(branch) else []
+        for prop in [*(branch.get("properties") or {}), *nested]:
             if prop not in names:
                 names.append(prop)
     return names
