@@ -49,6 +49,20 @@ def test_the_final_header_ends_reasoning_in_every_spelling(kind):
     assert _stream_split(text, 3) == ("Need the weather.", '{"a": 1}')
 
 
+@pytest.mark.parametrize("cut", ["<|channel|>commentary", "<|channel|>final <|constrain|>"])
+def test_a_header_the_budget_cut_off_leaves_no_markup_in_the_reasoning(cut):
+    """Audit 14: the thinking budget's close text after a header begun (`<|channel|>commentary`) left the
+    header in reasoning_content; whole and streamed alike now drop it."""
+    close = get_markers("gpt-oss").close_text
+    text = f"{ANALYSIS}<|start|>assistant{cut}{close}{{}}"
+    markers = get_markers("gpt-oss").without_answer_ends
+    whole = split_reasoning(text, markers, in_reasoning=True)
+    assert whole == ("Need the weather.", "{}")
+    parser = StreamingReasoningParser(markers, in_reasoning=True)
+    pieces = [parser.feed(text[i:i + 3]) for i in range(0, len(text), 3)] + [parser.flush()]
+    assert ("".join(r for r, _ in pieces), "".join(c for _, c in pieces)) == whole
+
+
 @pytest.mark.parametrize("form", sorted(CALLS))
 @pytest.mark.parametrize("step", [1, 4, 1000])
 def test_calls_are_answers_not_reasoning(form, step):

@@ -23,10 +23,15 @@ class _Framing:
         self._ends = markers.ends
         self._literals = markers.framing
         self._header = markers.header
-        parts = [re.escape(lit) for lit in self._literals]
+        literals = [re.escape(lit) for lit in self._literals]
+        parts = list(literals)
         if self._header is not None:
-            opener, closer = self._header
-            parts.append(re.escape(opener) + ".*?" + re.escape(closer))
+            opener, closer = (re.escape(x) for x in self._header)
+            parts.append(opener + ".*?" + closer)
+            # a header cut off before its closer (a thinking budget closed the reasoning inside it): up to the
+            # framing that follows, or the end
+            stop = "|".join([closer, *literals])
+            parts.append(f"{opener}(?:(?!{stop}).)*(?=(?:{'|'.join(literals) or '$^'})|$)")
         self._pattern = re.compile("|".join(parts), re.DOTALL) if parts else None
 
     def clean(self, text: str) -> str:
