@@ -118,9 +118,7 @@ class FakeEngine:
         if self.markers is not None and start != "answer":
             params = call.get("sampling_params") or {}
             tagged = any(p.get("structural_tag") for p in (params if isinstance(params, list) else [params]))
-            # as the engine: a family's answer ends (gpt-oss call headers) only where the answer may be a call
-            markers = self.markers if tagged else self.markers.without_answer_ends
-            reasoning, content = split_reasoning(text, markers, start == "reasoning")
+            reasoning, content = split_reasoning(text, self.markers.for_answer(tagged), start == "reasoning")
             meta.update(reasoning_content=reasoning, content=content, reasoning_tokens=3 if reasoning else 0)
         if call.get("return_logprob"):
             # a value per position, so a test sees entries out of order or twice

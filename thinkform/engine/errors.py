@@ -18,3 +18,11 @@ class DuplicateRequestId(ValueError):
     """A request's rid is the id of another request still in flight (a 400 naming `rid`)."""
 
     field = "rid"
+
+
+class RequestFieldError(ValueError):
+    """A bad request field; `field` (the servers' error `param`) is the message's "name:" prefix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.field = message.split(":", 1)[0]

@@ -10,30 +10,23 @@ import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import IncrementalDetokenizer
+from thinkform.engine.errors import RequestFieldError
 from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import failed_output, sequence_output
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.reasoning.markers import ReasoningMarkers
+from thinkform.structured.backends.base import CompiledGrammar
 from thinkform.structured.closing import TagScope, closing_reserve
 from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
-from thinkform.structured.spec import (Constraint, constraint_from_fields, ending_may_grow, is_json_format,
-                                      json_tag_bounds, xml_tags)
+from thinkform.structured.spec import Constraint, constraint_from_fields, is_json_format, json_tag_bounds, xml_tags
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
 
 REASONING_STARTS = ("reasoning", "open", "answer")
-
-
-class RequestFieldError(ValueError):
-    """A bad top-level request field; `field` (the servers' error `param`) is the message's "name:" prefix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.field = message.split(":", 1)[0]
 
 
 @dataclass
@@ -299,12 +292,9 @@ class RequestBuilder:
         return seqs
 
     def markers_for(self, c: Constraint | None) -> ReasoningMarkers | None:
-        """A family's answer ends (gpt-oss: a tool call's header) end reasoning only where the answer may be a
-        call (a structural tag, as tools make); elsewhere such a header, or a mention of it, is reasoning."""
+        """The family's markers as this constraint's request reads them (ReasoningMarkers.for_answer)."""
         markers = self.parts.markers
-        if markers is None or not markers.answer_ends or (c is not None and c.kind == "structural_tag"):
-            return markers
-        return markers.without_answer_ends
+        return markers.for_answer(c is not None and c.kind == "structural_tag") if markers is not None else None
 
     def _gate(self, req: PreparedRequest, p: SamplingParams, c: Constraint | None,
               markers: ReasoningMarkers | None) -> ReasoningGate | None:
@@ -328,7 +318,7 @@ class RequestBuilder:
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
             combined_keeps=self.parts.combined_keeps, answer_check=compiled.answer_check if compiled else None,
-            **self._closing(p, c, kind, guards, tags, shortest, xml))
+            **self._closing(p, compiled, kind, guards, tags, shortest, xml))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
@@ -344,8 +334,8 @@ class RequestBuilder:
             reserve = max(reserve, min(shortest + closing_reserve(p.max_new_tokens), p.max_new_tokens))
         return reserve
 
-    def _closing(self, p: SamplingParams, c: Constraint | None, kind: str | None, guards: list[AnswerGuard],
-                 tags: list[tuple[str, str]], shortest: int | None,
+    def _closing(self, p: SamplingParams, compiled: CompiledGrammar | None, kind: str | None,
+                 guards: list[AnswerGuard], tags: list[tuple[str, str]], shortest: int | None,
                  xml_bounds: list[tuple[str, str]]) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
@@ -353,10 +343,10 @@ class RequestBuilder:
         for the tag's end string; free text beside the calls is never ended early."""
         search = self.parts.ending_search
         # a grammar whose shortest answer fits in the closing reserve, and that cannot grow, is looked at only
-        # there: no search at all for the usual answer that ends on its own well before its budget
-        # what the ending may grow by at once (one more list item, an optional object): about the shortest answer;
-        # such a grammar is looked at early too (closing an array's open item may need more than the reserve)
-        grows = c is not None and ending_may_grow(c)
+        # there: no search at all for the usual answer that ends on its own well before its budget. One whose
+        # ending may grow at once (one more list item, an optional object) keeps about its shortest answer to
+        # spare, and is looked at early too (closing an array's open item may need more than the reserve)
+        grows = compiled is not None and compiled.ending_grows
         early = shortest is None or shortest > closing_reserve(p.max_new_tokens) or grows
         growth = min(shortest if shortest is not None else 16, 32) if grows else 0
         if kind in ("json_schema", "json_object"):

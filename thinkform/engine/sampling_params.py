@@ -7,17 +7,18 @@ from typing import Any
 
 import regex
 
+from thinkform.engine.errors import RequestFieldError
+
 _CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
 _KEEP_NONE = (*_CONSTRAINT_KEYS, "max_new_tokens")  # None given for these means something
 
 
-class SamplingParamError(ValueError):
-    """A bad sampling param; `field` is its name (the servers' error `param`), read from the message's
-    "sampling_params.<name>:" prefix."""
+class SamplingParamError(RequestFieldError):
+    """A bad sampling param; `field` is its name, from the message's "sampling_params.<name>:" prefix."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.field = message.split(":", 1)[0].removeprefix("sampling_params.")
+        self.field = self.field.removeprefix("sampling_params.")
 
 
 @dataclass

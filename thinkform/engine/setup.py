@@ -213,7 +213,8 @@ def _json_banned_markup(tok: Any, markers: ReasoningMarkers | None, eos_token_id
     if markers is None:
         return frozenset()
     own = {markers.start, markers.end}
-    return frozenset(t for t in _markup_ids(tok, markers) - set(eos_token_ids) if tok.convert_ids_to_tokens(t) not in own)
+    return frozenset(t for t in _markup_ids(tok, markers) - set(eos_token_ids)
+                     if tok.convert_ids_to_tokens(t) not in own)
 
 
 def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:

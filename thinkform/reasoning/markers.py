@@ -6,11 +6,11 @@ which `chat_template_kwargs` switch turns thinking on or off.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, AnyStr
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,15 @@ class ReasoningMarkers:
         """The markers where the answer cannot be a tool call (no tools): a call's header is reasoning text."""
         return replace(self, answer_ends=())
 
+    def for_answer(self, may_call: bool) -> "ReasoningMarkers":
+        """The markers as one request reads them: its answer ends (gpt-oss's call headers) only where the
+        answer may be a tool call (a structural tag, as tools make); elsewhere such a header, or a mention of
+        it, is reasoning. The engine and the server both read a request this way."""
+        return self if may_call or not self.answer_ends else self.without_answer_ends
+
     def first_end(self, text: str, start: int = 0) -> tuple[int, str] | None:
         """(where, which) of the first end marker in `text` from `start` (at one place, the longest)."""
-        best: tuple[int, str] | None = None
-        for end in self.ends:
-            at = text.find(end, start)
-            if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(end) > len(best[1]))):
-                best = (at, end)
-        return best
+        return first_of(text, self.ends, start)
 
     def answer_starts(self, end: str) -> int:
         """How much of an end marker the answer starts with: all of an answer end, none of the others."""
@@ -77,6 +78,17 @@ class ReasoningMarkers:
     def starts_in_reasoning(self, chat_template_kwargs: Mapping[str, Any] | None = None) -> bool:
         """The prompt already opened reasoning, so the output starts inside it (no start marker expected)."""
         return self.thinking_enabled(chat_template_kwargs) and self.template_writes_start
+
+
+def first_of(text: AnyStr, needles: Iterable[AnyStr], start: int = 0) -> tuple[int, AnyStr] | None:
+    """(where, which) of the first of `needles` in `text` from `start` (at one place, the longest): the
+    parsers' search on text and the gate's on bytes."""
+    best: tuple[int, AnyStr] | None = None
+    for needle in needles:
+        at = text.find(needle, start)
+        if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(needle) > len(best[1]))):
+            best = (at, needle)
+    return best
 
 
 _THINK = ("<think>", "</think>")

@@ -163,13 +163,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
                     include_reasoning=body.include_reasoning, token_names=token_names(state, body),
                     prompt_logprobs=body.prompt_logprobs, constraints=constraints,
-                    markers=_request_markers(state.markers, "structural_tag" in fields))
-
-
-def _request_markers(markers: ReasoningMarkers | None, calls: bool) -> ReasoningMarkers | None:
-    """As the engine reads them (RequestBuilder.markers_for): a tool call's header ends reasoning only where
-    the answer may be a call."""
-    return markers if markers is None or calls else markers.without_answer_ends
+                    markers=state.markers.for_answer("structural_tag" in fields) if state.markers else None)
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,

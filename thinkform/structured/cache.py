@@ -25,7 +25,7 @@ import torch
 
 from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
 from thinkform.structured.bitmask import set_bits
-from thinkform.structured.spec import Constraint, ConstraintError
+from thinkform.structured.spec import Constraint, ConstraintError, ending_may_grow
 
 CacheKey = tuple[str, str, str]  # (backend name, constraint kind, canonical source)
 
@@ -135,6 +135,7 @@ class GrammarCache:
         error: BaseException | None = None
         try:
             result = self.backend.compile(job.constraint)
+            result.ending_grows = ending_may_grow(job.constraint)  # once per grammar, off the request path
             _check_has_answers(result, job.constraint, self.backend.ctx.vocab_size, self.backend.ctx.eos_token_ids)
             _extra(self.before_handout, result)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed

@@ -17,7 +17,8 @@ class FramingGuard:
     """An AnswerGuard (see gate.py): `keep` is the vocabulary without the markup tokens while `inside()`
     (always, without one), every token otherwise."""
 
-    def __init__(self, keep_without: np.ndarray, keep_all: np.ndarray, inside: Callable[[], bool] | None = None) -> None:
+    def __init__(self, keep_without: np.ndarray, keep_all: np.ndarray,
+                 inside: Callable[[], bool] | None = None) -> None:
         self._without = keep_without
         self._all = keep_all
         self._inside = inside

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from thinkform.reasoning.markers import ReasoningMarkers
+from thinkform.reasoning.markers import ReasoningMarkers, first_of
 from thinkform.structured.bitmask import CombinedKeeps, narrow_unless_empty, set_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.ending import EndingSearch
@@ -431,18 +431,9 @@ class ReasoningGate:
             return True
         return self._answer_token(token_id, data, snapshot)
 
-    def _first_end(self, buf: bytes) -> tuple[int, bytes] | None:
-        """(where, which) of the first end marker in `buf` (at one place, the longest)."""
-        best: tuple[int, bytes] | None = None
-        for end in self._ends:
-            at = buf.find(end)
-            if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(end) > len(best[1]))):
-                best = (at, end)
-        return best
-
     def _reasoning_bytes(self, data: bytes, snapshot: _Snapshot) -> bool:
         buf = self._tail + data
-        hit = self._first_end(buf)
+        hit = first_of(buf, self._ends)
         if hit is None:
             keep = self._longest_end - 1
             self._tail = buf[-keep:] if keep else b""
@@ -495,7 +486,7 @@ class ReasoningGate:
         if self.phase is Phase.OPEN:  # start and end marker in one token: an empty reasoning block
             return self._start_ids + self._end_ids
         buf = self._tail + self.vocab.token_bytes[token_id]
-        idx, end = self._first_end(buf) or (-1, b"")
+        idx, end = first_of(buf, self._ends) or (-1, b"")
         if idx >= len(self._tail):  # the whole marker is in this token: keep the reasoning before it
             before = buf[len(self._tail):idx]
             return (self.vocab.encode_bytes(before) if before else []) + list(self._ends[end])

@@ -59,6 +59,9 @@ class CompiledGrammar(ABC):
     # checks a finished answer against what the grammar could not enforce (schema_support.AnswerCheck)
     answer_check: Callable[[bytes], bool] | None = None
     ending_hints: tuple[bytes, ...] = ()  # given to its matchers (GrammarMatcher.ending_hints)
+    # whether an answer's ending may grow by more than a token at once (spec.ending_may_grow): set once per
+    # grammar by the compile cache; until then, as it may
+    ending_grows: bool = True
 
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...
