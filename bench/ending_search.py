@@ -40,6 +40,10 @@ from grammar_overhead import load_schemas, pct  # noqa: E402
 
 GRAMMARS: dict[str, tuple[str, str]] = {
     "email": ("regex", r"[a-z0-9._]+@[a-z0-9-]+(\.[a-z]{2,6})+"),
+    # a domain whose class takes the dot too: no single byte changes the mask until the answer may end
+    "email-domain": ("regex", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}"),
+    "email-dotted": ("regex", r"[a-z]+(\.[a-z]+)*@[a-z]+(\.[a-z]+)*\.[a-z]{2,4}"),
+    "url": ("regex", r"https?://[a-z0-9.-]+\.[a-z]{2,6}(/[a-z0-9]*)*"),
     "phone": ("regex", r"\(\d{3}\) \d{3}-\d{4}"),
     "iso-datetime": ("regex", r"\d{4}-[01]\d-[0-3]\dT[0-2]\d:[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-][0-2]\d:[0-5]\d)"),
     "sentence": ("regex", r"[A-Z][a-z]+( [a-z]+){3,20}\."),
@@ -53,6 +57,8 @@ GRAMMARS: dict[str, tuple[str, str]] = {
                           'val ::= str | num | obj | "[" (val ("," val)*)? "]"\nstr ::= "\\"" [a-z]* "\\""\n'
                           'num ::= "-"? [0-9]+'),
     "json-seed": ("json_schema", json.dumps(SEED_SCHEMA)),
+    "json-email-pattern": ("json_schema", json.dumps({"type": "object", "properties": {"email": {
+        "type": "string", "pattern": "^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,4}$"}}, "required": ["email"]})),
     "json-8-strings": ("json_schema", json.dumps({"type": "object", "properties": {k: {"type": "string"} for k in "abcdefgh"},
                                                   "required": list("abcdefgh")})),
 }

@@ -41,13 +41,14 @@ def test_chat_template_kwargs_reach_the_template(tiny_renderer):
     assert not tiny_renderer.render(msgs).endswith("</think>\n\n")
 
 
-def test_content_parts_are_joined_and_tool_arguments_become_objects():
+def test_content_parts_are_joined_by_a_space_and_tool_arguments_become_objects():
+    """Parts are joined as SGLang joins them for string templates: "Hello" and "world" were "Helloworld"."""
     renderer = ChatRenderer("{% for m in messages %}{{ m.content }}|{% for c in m.tool_calls or [] %}"
                             "{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}")
     msgs = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "é"}]},
             {"role": "assistant", "content": None,
              "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": '{"x": "ü"}'}}]}]
-    assert renderer.render(msgs) == 'aé||{"x": "ü"}'
+    assert renderer.render(msgs) == 'a é||{"x": "ü"}'
 
 
 def test_a_calls_reasoning_reaches_templates_that_read_thinking():
@@ -113,3 +114,17 @@ def test_reasoning_start_by_family_and_switch(parser, kwargs, expected):
 def test_closed_think_block_in_prompt_is_not_reasoning():
     prompt = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert decide_reasoning_start(prompt, get_markers("qwen3"), {"enable_thinking": False}) == "answer"
+
+
+@pytest.mark.parametrize("parser", ["deepseek-r1", "qwq", "qwen3-thinking", "qwen3"])
+@pytest.mark.parametrize("kwargs", [None, {"enable_thinking": False}])
+def test_a_prompt_that_closed_its_reasoning_starts_the_answer_even_for_a_family_that_always_thinks(parser, kwargs):
+    """Audit 16: thinking turned off by a Qwen3-style template (`<think>\\n\\n</think>\\n\\n`), or a prefilled
+    reasoning continued, was read as reasoning under deepseek-r1: the engine then wrote a `</think>` the model
+    never did, and the answer went to reasoning_content. A reasoning section closed earlier in the
+    conversation does not count: the new turn still starts inside reasoning."""
+    closed = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nok\n</think>\n\n"
+    assert decide_reasoning_start(closed, get_markers(parser), kwargs) == "answer"
+    earlier = closed + "Hello<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"
+    expected = "answer" if kwargs and parser == "qwen3" else ("reasoning" if parser != "qwen3" else "open")
+    assert decide_reasoning_start(earlier, get_markers(parser), kwargs) == expected

@@ -112,6 +112,14 @@ ENDING_CASES = [  # (constraint kind, source, a Python regex of the same languag
     ("regex", r"[A-Z][a-z]+ [A-Z]Z", r"[A-Z][a-z]+ [A-Z]Z", "Ab"),
     ("regex", r"(x+x+)+y", r"(x+x+)+y", "xxxxxx"),  # ambiguous: xgrammar slows down with every x
     ("regex", r"[A-Z][a-z]+( [a-z]+){3,20}\.", r"[A-Z][a-z]+( [a-z]+){3,20}\.", "Abc de"),  # counted words
+    # loops whose mask no single byte changes until the answer may end (audit 14): a domain whose class takes
+    # the dot, dotted names where `.` and `@` lead to the same mask, a URL's host
+    ("regex", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}", "ab@cd"),
+    ("regex", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}", "ab"),
+    ("regex", r"[a-z]+(\.[a-z]+)*@[a-z]+(\.[a-z]+)*\.[a-z]{2,4}", r"[a-z]+(\.[a-z]+)*@[a-z]+(\.[a-z]+)*\.[a-z]{2,4}",
+     "ab.c"),
+    ("regex", r"https?://[a-z0-9.-]+\.[a-z]{2,6}(/[a-z0-9]*)*", r"https?://[a-z0-9.-]+\.[a-z]{2,6}(/[a-z0-9]*)*",
+     "https://ab"),
     ("ebnf", 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+', r"\([a-z]+(,[a-z]+)*\)", "(ab,cd"),
     ("ebnf", 'root ::= expr\nexpr ::= term ("+" term)*\nterm ::= "(" expr ")" | [0-9]+', None, "((1+(2+((3"),
     # keywords after a name: the way out is a space, where a comma (another column) also changes the state
@@ -178,6 +186,33 @@ def test_an_email_address_is_ended_not_filled_with_closers(tiny_tokenizer, backe
     assert ids is not None and len(ids) <= 12, ids
     answer = prefix + vocab.bytes_of(ids[:-1]).decode()
     assert "@" in json.loads(answer)["email"], answer
+    assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+@pytest.mark.parametrize("prefix", ['{"email": "ab', '{"email": "ab@cd', '{"email": "ab@cd.e'])
+def test_an_email_pattern_in_json_is_ended(tiny_tokenizer, backend, prefix) -> None:
+    """Audit 14: under a pattern whose domain class takes the dot, every byte of the domain leaves the mask
+    as it was, so the search could not tell where it stood and never reached the closing quote: a random model
+    wrote `0000…` until "length". A few bytes looked ahead (`.aa`, then `"`) now find the way out."""
+    import re
+
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    pattern = r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}$"
+    schema = {"type": "object", "properties": {"email": {"type": "string", "pattern": pattern}}, "required": ["email"]}
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
+    matcher = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=json.dumps(schema))).new_matcher()
+    for t in vocab.encode_text(prefix):
+        assert matcher.accept_token(t)
+    ids = EndingSearch(vocab).ending_tokens(matcher)
+    assert ids is not None and len(ids) <= 12, ids
+    answer = prefix + vocab.bytes_of(ids[:-1]).decode()
+    assert re.fullmatch(pattern, json.loads(answer)["email"]), answer
     assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated()
 
 

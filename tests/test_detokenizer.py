@@ -121,3 +121,24 @@ def test_leading_space_of_the_first_token_kept(tiny_tokenizer):
             detok.push([t])
         detok.flush()
         assert detok.text == " Paris"
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE", "Qwen"])
+def test_a_prompt_ending_inside_a_character_leaves_nothing_of_itself_in_the_text(kind, tiny_tokenizer):
+    """Audit 15: token prompts cut inside a character (a continuation of an answer cut mid-emoji) made the
+    first piece the prompt's last tokens' text (`kyo \\ufffd{"name": …}`): a JSON answer came out invalid, and
+    stop strings matched the prompt."""
+    if kind == "Qwen":
+        from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+
+        tokenizer = build_qwen_tokenizer()
+    else:
+        tokenizer = tiny_tokenizer
+    ids = tokenizer.encode("Give me JSON about Tokyo 東京🙂", add_special_tokens=False)
+    cut = [ids[:k] for k in range(len(ids)) if tokenizer.decode(ids[:k]).endswith("\ufffd")]
+    assert cut  # the prompts end inside a character
+    answer = tokenizer.encode('{"name": "Tokyo"}', add_special_tokens=False)
+    for prompt in cut:
+        detok = IncrementalDetokenizer(tokenizer, prompt, frozenset())
+        pieces = [detok.push([t]) for t in answer] + [detok.flush()]
+        assert "".join(pieces) == '{"name": "Tokyo"}', (prompt, pieces)

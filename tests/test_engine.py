@@ -313,3 +313,68 @@ def test_a_failed_mask_kernel_warm_up_only_warns(caplog, monkeypatch):
         warm_up_mask_kernel(torch.device("cuda"), 1000)
         warm_up_mask_kernel(torch.device("cpu"), 1000)  # a CPU engine has nothing to warm up
     assert [r.message for r in caplog.records if "warm-up failed" in r.message] and len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("how", ["rid", "abort_all"])
+def test_an_abort_while_the_grammar_compiles_ends_the_request(engine64, monkeypatch, how):
+    """Audit 15: aborts only reached requests the loop already had, so one sent while the request's grammar
+    compiled (a big schema: a second or more) was lost and the request ran to its max_new_tokens."""
+    import concurrent.futures
+    import threading
+    import time
+
+    cache = engine64.parts.grammar_cache
+    compile_now = cache.submit
+
+    def slow_submit(constraint):
+        slow: concurrent.futures.Future = concurrent.futures.Future()
+        done = compile_now(constraint)
+        threading.Timer(0.5, lambda: slow.set_result(done.result())).start()
+        return slow
+
+    monkeypatch.setattr(cache, "submit", slow_submit)
+    results: list = []
+    params = {"max_new_tokens": 300, "ignore_eos": True, "regex": "[a-z ]+"}
+    worker = threading.Thread(target=lambda: results.append(engine64.generate("Hello", params, rid=f"slow-{how}")))
+    worker.start()
+    time.sleep(0.15)
+    assert engine64.abort_request(f"slow-{how}", abort_all=how == "abort_all") is True
+    worker.join(30)
+    out = results[0]
+    assert out["meta_info"]["finish_reason"]["type"] == "abort" and out["meta_info"]["completion_tokens"] < 300
+    assert f"slow-{how}" not in engine64._live_rids  # and the id is free again
+    again = engine64.generate("Hello", {"max_new_tokens": 2, "ignore_eos": True}, rid=f"slow-{how}")["meta_info"]
+    assert again["completion_tokens"] == 2 and again["finish_reason"]["type"] == "length"
+
+
+def test_random_seed_seeds_the_requests_without_one(engine64):
+    """Audit 15: `--random-seed` was documented and read by nothing. Two servers started with the same one
+    draw the same seeds for their unseeded requests, in order; without one each draws fresh seeds."""
+    import dataclasses
+
+    from thinkform.engine.requests import LogprobOptions, RequestBuilder
+
+    def seeds(random_seed):
+        builder = RequestBuilder(engine64.parts, dataclasses.replace(engine64.args, random_seed=random_seed))
+        req = builder.build("Hello", {"temperature": 1.0, "n": 3}, None, False, None, None, LogprobOptions(), False)
+        return [s.generator.initial_seed() for s in builder.sequences(req, lambda *a: None)]
+
+    assert seeds(7) == seeds(7) and seeds(7) != seeds(8) and len(set(seeds(7))) == 3
+    assert seeds(None) != seeds(None)
+
+
+def test_a_stop_regex_that_backtracks_without_end_ends_its_request_not_the_engine(engine64):
+    """Audit 15: stop regexes are searched on the engine loop after every token; `(a|aa)+b` over a run of
+    a's backtracks exponentially, and one such request stalled every other. Its search now has a time limit:
+    the request ends ("abort", naming stop_regex) and the others go on."""
+    import time
+
+    a = engine64.tokenizer.encode("a", add_special_tokens=False)
+    assert len(a) == 1
+    started = time.perf_counter()
+    out = engine64.generate("Hello", {"max_new_tokens": 120, "allowed_token_ids": a, "stop_regex": ["(a|aa)+b"],
+                                      "temperature": 0})
+    reason = out["meta_info"]["finish_reason"]
+    assert reason["type"] == "abort" and "stop_regex" in reason["message"], reason
+    assert time.perf_counter() - started < 30
+    assert engine64.generate("Hello", {"max_new_tokens": 3, "stop_regex": ["x+y"]})["meta_info"]["completion_tokens"] <= 3

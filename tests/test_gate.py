@@ -240,6 +240,20 @@ def test_a_marker_of_many_tokens_still_leaves_the_answer_its_reserve(plain: Env)
     assert trace.out.count(env.ids("</think>")[0]) >= 1 and 40 - trace.out.index(env.ids("</think>")[0]) >= 3
 
 
+@pytest.mark.parametrize("constrained", [True, False])
+def test_a_reserve_of_zero_lets_reasoning_run_to_max_new_tokens(special: Env, constrained: bool) -> None:
+    """Audit 16: `answer_reserve_tokens: 0` still replaced the last token with `</think>`; 0 keeps nothing,
+    so the model's own reasoning runs to max_new_tokens as in SGLang and vLLM (a thinking budget still acts)."""
+    env = special
+    gate = env.gate(Phase.REASONING, constrained, max_new_tokens=40, answer_reserve_tokens=0)
+    think = env.ids("the capital of France is Paris " * 30)
+    trace = run(env, gate, think, env.ids(ANSWER), max_new_tokens=40)
+    assert trace.out == think[:40] and gate.phase is Phase.REASONING
+    gate = env.gate(Phase.REASONING, constrained, max_new_tokens=40, answer_reserve_tokens=0, max_reasoning_tokens=5)
+    trace = run(env, gate, think, env.ids(ANSWER), max_new_tokens=40)
+    assert trace.out[5] == env.ids("</think>")[0] and gate.phase is not Phase.REASONING
+
+
 # --- EOS guard ----------------------------------------------------------------------------------
 
 def test_eos_while_reasoning_becomes_the_end_marker_and_no_empty_answer(special: Env) -> None:

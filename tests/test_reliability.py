@@ -101,6 +101,34 @@ def test_prompt_longer_than_the_context_is_400(real):
     _error(httpx.post(f"{base}/generate", json={"input_ids": [5] * 5000}), 400, match="context length")
 
 
+def test_a_prompt_and_max_tokens_beyond_the_context_are_a_400_naming_each_route_s_field(real):
+    """Audit 16: a max_tokens the context cannot hold was cut silently (200, fewer tokens); SGLang and vLLM
+    answer 400, with a message clients read to shrink the request. Each route names its own field."""
+    engine, base = real
+    ctx = engine.context_length
+    long = ctx - 2000  # with max_tokens at the server's limit (3000): past the context
+    sglang = "exceeds the model's maximum context length"
+    per_word = len(engine.tokenizer.encode("word " * 100)) / 100
+    words = [{"role": "user", "content": "word " * int(long / per_word)}]
+    _error(_chat(base, messages=words, max_tokens=3000), 400, "max_tokens", sglang)
+    _error(_chat(base, messages=words, max_tokens=None, max_completion_tokens=3000), 400, "max_completion_tokens",
+           sglang)
+    _error(httpx.post(f"{base}/v1/completions", json={"prompt": [5] * long, "max_tokens": 3000}), 400, "max_tokens",
+           sglang)
+    _error(httpx.post(f"{base}/generate", json={"input_ids": [5] * long, "sampling_params": {"max_new_tokens": 3000}}),
+           400, "sampling_params.max_new_tokens", sglang)
+    _error(_chat(base, messages=[{"role": "user", "content": "word " * ctx}]), 400, "messages", "context length")
+    _error(httpx.post(f"{base}/generate", json={"input_ids": [5] * ctx}), 400, "input_ids", "context length")
+    with pytest.raises(ValueError, match=sglang) as e:
+        engine.generate(input_ids=[5] * long, sampling_params={"max_new_tokens": 3000})
+    assert e.value.field == "max_new_tokens"
+    # what fits exactly still runs; an omitted max_tokens is what the context leaves
+    ids = engine.tokenizer.encode("x")
+    out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 4, "ignore_eos": True})
+    assert out["meta_info"]["completion_tokens"] == 4
+    assert _chat(base, max_tokens=None, stop=["e"]).status_code == 200
+
+
 def test_max_tokens_over_the_limit_is_400_everywhere(real):
     engine, base = real
     _error(_chat(base, max_tokens=3001), 400, "max_tokens", "max-new-tokens-limit")

@@ -339,3 +339,44 @@ def test_real_engine_max_thinking_tokens_caps_the_thinking(reasoning_engine):
             "sampling_params": {"temperature": 0, "max_new_tokens": 48, "regex": "(Paris|London)"}}).json()
     meta = out["meta_info"]
     assert 5 <= meta["reasoning_tokens"] <= 5 + 4 and meta["content"] in ("Paris", "London")
+
+
+# ---------------------------------------------------------------- request shapes SGLang accepts (audit 16)
+
+def test_a_json_schema_response_format_without_its_wrapper_is_taken_as_sglang_takes_it(served):
+    engine, base = served
+    schema = {"title": "City", "type": "object", "properties": {"name": {"type": "string"}}}
+    r = _chat(base, response_format={"type": "json_schema", "schema": schema, "strict": True})
+    assert r.status_code == 200, r.text
+    import json as _json
+
+    assert _json.loads(engine.calls[-1]["sampling_params"]["json_schema"]) == schema
+
+
+def test_roles_in_another_case_are_read_as_sglang_reads_them(served):
+    engine, base = served
+    r = _chat(base, messages=[{"role": "System", "content": "Be brief."}, {"role": "User", "content": "Hi"}])
+    assert r.status_code == 200, r.text
+    assert "Be brief." in engine.tokenizer.decode(engine.calls[-1]["input_ids"])
+
+
+def test_a_completions_rid_list_names_each_prompt(served):
+    engine, base = served
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3, "rid": ["r-a", "r-b"]})
+    assert r.status_code == 200, r.text
+    assert engine.calls[-1]["rid"] == ["r-a", "r-b"]
+    _error(httpx.post(f"{base}/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3, "rid": ["r-a"]}),
+           400, "rid", "one id per prompt")
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "a", "max_tokens": 3, "rid": ["only"]})
+    assert r.status_code == 200 and engine.calls[-1]["rid"] == "only"
+
+
+def test_meta_info_carries_sglang_s_keys_and_a_native_param_error_its_full_name(engine64):
+    """The seed page's outputs show `weight_version` and `total_retractions` (we had `num_retractions`); a
+    bad sampling param on /generate is named under `sampling_params.`, as its message and constraint errors
+    on that route are."""
+    out = engine64.generate("Hello", {"max_new_tokens": 2})
+    assert out["meta_info"]["weight_version"] == "default" and out["meta_info"]["total_retractions"] == 0
+    with running_server(engine64) as base:
+        r = httpx.post(f"{base}/generate", json={"text": "Hi", "sampling_params": {"temperature": "hot"}})
+        _error(r, 400, "sampling_params.temperature")

@@ -1,9 +1,10 @@
 """Incremental detokenization: correct for multi-byte UTF-8 split across tokens; stop strings."""
 from __future__ import annotations
 
-import regex
-
+import time
 from typing import Any
+
+import regex
 
 from tokenizers.decoders import DecodeStream
 
@@ -21,6 +22,10 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.hidden_ids = hidden_ids
         context = [t for t in prompt_ids[-_CONTEXT_TOKENS:] if t not in hidden_ids]
+        # a prompt that ends inside a character (token ids cut mid-emoji) leaves it unfinished: the output
+        # starts after it (DecodeStream would hand the whole context's text out with the first token)
+        while context and self._decode(context).endswith("\ufffd"):
+            context.pop()
         self.ids: list[int] = context
         self.prefix_offset = 0
         self.read_offset = len(context)
@@ -81,16 +86,42 @@ def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | No
 
 # how far before the newest text a stop regex's match may begin (a match only ever grows from the end)
 STOP_REGEX_LOOKBACK = 1024
+# what one token's stop regex searches may take: they run on the engine loop, where a pattern that
+# backtracks without end (`(a|aa)+b` over a run of a's) would stall every request
+STOP_REGEX_SECONDS = 0.05
+
+
+class StopRegexTimeout(TimeoutError):
+    """A stop regex took longer than STOP_REGEX_SECONDS to search one token's text."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__(f"stop_regex: {pattern!r} took longer than {STOP_REGEX_SECONDS * 1000:g} ms to search "
+                         "the output (it backtracks too much); the request was ended")
+
+
+class _Clock:
+    """The time left to a token's searches, as each regex search's timeout."""
+
+    def __init__(self) -> None:
+        self.deadline = time.perf_counter() + STOP_REGEX_SECONDS
+
+    def search(self, rx: regex.Pattern, text: str, pos: int, partial: bool = False) -> regex.Match | None:
+        try:
+            return rx.search(text, pos, partial=partial, timeout=max(1e-4, self.deadline - time.perf_counter()))
+        except TimeoutError:
+            raise StopRegexTimeout(rx.pattern) from None
 
 
 def find_stop_regex(text: str, new_len: int, patterns: list[regex.Pattern]) -> tuple[int, int, str] | None:
-    """Earliest match of a stop regex that ends inside the last new_len chars of text: (start, end, pattern)."""
+    """Earliest match of a stop regex that ends inside the last new_len chars of text: (start, end, pattern).
+    Raises StopRegexTimeout past STOP_REGEX_SECONDS."""
     best: tuple[int, int, str] | None = None
     tail = len(text) - new_len
+    clock = _Clock()
     for rx in patterns:
-        m = rx.search(text, max(0, tail - STOP_REGEX_LOOKBACK))
+        m = clock.search(rx, text, max(0, tail - STOP_REGEX_LOOKBACK))
         while m is not None and m.end() <= tail:  # ended before the new text: seen (or passed over) already
-            m = rx.search(text, m.start() + 1)
+            m = clock.search(rx, text, m.start() + 1)
         if m is not None and (best is None or m.start() < best[0]):
             best = (m.start(), m.end(), rx.pattern)
     return best
@@ -98,15 +129,20 @@ def find_stop_regex(text: str, new_len: int, patterns: list[regex.Pattern]) -> t
 
 def partial_stop_regex_len(text: str, patterns: list[regex.Pattern]) -> int:
     """Length of the longest end of text where a stop regex's match has begun but not ended (a partial
-    match reaching the end): a stream holds it back, since the next tokens may complete the match."""
+    match reaching the end): a stream holds it back, since the next tokens may complete the match. Past
+    STOP_REGEX_SECONDS, the whole window it searched is held back (the loop ends such a request)."""
     best = 0
     start = max(0, len(text) - STOP_REGEX_LOOKBACK)
-    for rx in patterns:
-        m = rx.search(text, start, partial=True)
-        while m is not None and not m.partial:  # a whole match already took its stop; look past it
-            m = rx.search(text, max(m.end(), m.start() + 1), partial=True)
-        if m is not None:
-            best = max(best, len(text) - m.start())
+    clock = _Clock()
+    try:
+        for rx in patterns:
+            m = clock.search(rx, text, start, partial=True)
+            while m is not None and not m.partial:  # a whole match already took its stop; look past it
+                m = clock.search(rx, text, max(m.end(), m.start() + 1), partial=True)
+            if m is not None:
+                best = max(best, len(text) - m.start())
+    except StopRegexTimeout:
+        return len(text) - start
     return best
 
 

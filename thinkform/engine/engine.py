@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -43,6 +44,7 @@ class _LiveRids:
 
     def __init__(self) -> None:
         self._unfinished: dict[str, int] = {}
+        self._aborted: set[str] = set()  # asked to abort, maybe before the loop had its sequences
         self._lock = threading.Lock()
 
     def claim(self, counts: dict[str, int]) -> None:
@@ -57,6 +59,18 @@ class _LiveRids:
         with self._lock:
             return rid in self._unfinished
 
+    def mark_aborted(self, rid: str) -> bool:
+        """Remember an abort of `rid` for its whole flight; False where no request of that id is in flight."""
+        with self._lock:
+            if rid in self._unfinished:
+                self._aborted.add(rid)
+                return True
+            return False
+
+    def aborted(self, rid: str) -> bool:
+        with self._lock:
+            return rid in self._aborted
+
     def snapshot(self) -> list[str]:
         with self._lock:
             return list(self._unfinished)
@@ -68,6 +82,7 @@ class _LiveRids:
                 self._unfinished[rid] = left
             else:
                 self._unfinished.pop(rid, None)
+                self._aborted.discard(rid)
 
 
 class Engine:
@@ -109,7 +124,7 @@ class Engine:
 
     def abort(self, rid: str) -> bool:
         """Abort the request `rid`; False when no request of that id is in flight."""
-        live = rid in self._live_rids
+        live = self._live_rids.mark_aborted(rid)  # one still compiling its grammar ends when it is submitted
         self.loop.abort(rid)
         return live
 
@@ -119,7 +134,7 @@ class Engine:
             return self.abort(rid)
         rids = self._live_rids.snapshot()
         for live in rids:
-            self.loop.abort(live)
+            self.abort(live)
         return bool(rids)
 
     def flush_cache(self) -> bool:
@@ -175,9 +190,10 @@ class Engine:
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                             LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
-        self._compile_sync(req)
         inbox: queue.Queue[_Delivery] = queue.Queue()
-        self._submit(req, lambda d: inbox.put(d), limit_queue=False)
+        with self._claimed(req):
+            self._compile_sync(req)
+            self._submit(req, lambda d: inbox.put(d), limit_queue=False)
         if stream:
             return self._stream_sync(req, inbox)
         finals = []
@@ -204,7 +220,6 @@ class Engine:
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                             LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
-        await self._compile_async(req)
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
 
@@ -215,7 +230,9 @@ class Engine:
                 if not d.finished:
                     self.loop.abort_seq(d.seq)
 
-        self._submit(req, deliver)
+        with self._claimed(req):
+            await self._compile_async(req)
+            self._submit(req, deliver)
         if stream:
             return self._stream_async(req, inbox)
         try:
@@ -263,12 +280,21 @@ class Engine:
                 self._live_rids.release(seq.rid)
             deliver(_Delivery(seq, output, finished))
 
+        seqs = self.builder.sequences(req, sink)
+        req.seqs = seqs
+        self.loop.submit(seqs)
+        for seq in seqs:  # aborted while its grammar compiled: the loop had nothing to end then
+            if self._live_rids.aborted(seq.rid):
+                self.loop.abort_seq(seq)
+
+    @contextlib.contextmanager
+    def _claimed(self, req: PreparedRequest) -> Iterator[None]:
+        """The request's ids are in flight from before its grammars compile (an abort must find them), and
+        free again if it never reaches the loop; once there, each finished sequence frees its own."""
         claims = {rid: p.n for rid, p in zip(req.rids, req.params)}
         self._live_rids.claim(claims)
         try:
-            seqs = self.builder.sequences(req, sink)
-            req.seqs = seqs
-            self.loop.submit(seqs)
+            yield
         except BaseException:
             for rid, count in claims.items():
                 self._live_rids.release(rid, count)

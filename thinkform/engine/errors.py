@@ -23,6 +23,12 @@ class DuplicateRequestId(ValueError):
 class RequestFieldError(ValueError):
     """A bad request field; `field` (the servers' error `param`) is the message's "name:" prefix."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
-        self.field = message.split(":", 1)[0]
+        self.field = field if field is not None else message.split(":", 1)[0]
+
+
+class ContextLengthError(RequestFieldError):
+    """The prompt, or the prompt and the tokens asked for, do not fit in the model's context; `field` is
+    "prompt" or "max_new_tokens" (the servers spell it as their request did). The message is SGLang's, which
+    clients read to shrink what they ask for."""

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from thinkform.args import EngineArgs
-from thinkform.engine.detokenizer import find_stop, find_stop_regex
+from thinkform.engine.detokenizer import StopRegexTimeout, find_stop, find_stop_regex
 from thinkform.engine.errors import EngineDead
 from thinkform.engine.histogram import Histogram
 from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
@@ -437,7 +437,11 @@ class EngineLoop:
             if new and seq.stream and seq.return_logprob:
                 seq.text_marks.append((len(seq.detok.text), len(seq.output_ids)))
             if new and (p.stop or p.stop_patterns) and may_stop:
-                hit = _earliest_stop(seq.detok.text, len(new), p)
+                try:
+                    hit = _earliest_stop(seq.detok.text, len(new), p)
+                except StopRegexTimeout as e:  # this request's pattern, not the loop, pays for its backtracking
+                    logger.warning("request %s-%d: %s", seq.rid, seq.index, e)
+                    return FinishReason("abort", message=str(e))
                 if hit is not None:
                     start, end, stop = hit
                     # under a constraint the answer is complete here, with the stop string and the rest of

@@ -38,9 +38,11 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
         "id": seq.output_id or seq.rid,
         "finish_reason": seq.finish.to_dict() if finished and seq.finish else None,
         "prompt_tokens": len(seq.prompt_ids),
+        "weight_version": "default",  # SGLang's: the weights are never updated in place here
+        "total_retractions": max(0, seq.admissions - 1),  # preempted and recomputed (SGLang's name)
         "completion_tokens": len(seq.output_ids),
         "cached_tokens": seq.num_cached,
-        "num_retractions": max(0, seq.admissions - 1),  # preempted and recomputed (SGLang's name)
+        "cached_tokens_details": None,
         "reasoning_tokens": gate.reasoning_tokens if gate is not None else 0,
         "constraint_satisfied": gate.constraint_satisfied if gate is not None else None,
         "closed_by_budget": gate.closed_by_budget if gate is not None else False,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -10,7 +12,7 @@ import torch
 
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import IncrementalDetokenizer
-from thinkform.engine.errors import RequestFieldError
+from thinkform.engine.errors import ContextLengthError, RequestFieldError
 from thinkform.engine.limits import RequestLimits
 from thinkform.engine.output import failed_output, sequence_output
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
@@ -153,6 +155,10 @@ class RequestBuilder:
         self.parts = parts
         self.args = args
         self.limits = RequestLimits.from_args(args)
+        # seeds for requests without one: from --random-seed where given (a restarted server samples the same
+        # way), else fresh ones
+        self._seeds = random.Random(args.random_seed) if args.random_seed is not None else None
+        self._seeds_lock = threading.Lock()
 
     def build(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
               reasoning_start: str | None, rid: Any, logprobs: LogprobOptions, stream: bool) -> PreparedRequest:
@@ -255,11 +261,17 @@ class RequestBuilder:
     def _check_lengths(self, ids: list[int], p: SamplingParams) -> None:
         ctx = self.parts.context_length
         if len(ids) >= ctx:
-            raise ValueError(f"prompt: {len(ids)} tokens is too long for the context length {ctx}")
+            raise ContextLengthError(f"The input ({len(ids)} tokens) is too long for the model's context length "
+                                     f"({ctx} tokens).", field="prompt")
         capacity = self.parts.pool.num_pages * self.parts.pool.page_size
         if p.max_new_tokens is None:  # as SGLang: what the context, the KV cache and the server's limit leave
-            p.max_new_tokens = max(0, min(self.limits.max_new_tokens, capacity - len(ids)))
-        p.max_new_tokens = min(p.max_new_tokens, ctx - len(ids))
+            p.max_new_tokens = max(0, min(self.limits.max_new_tokens, capacity - len(ids), ctx - len(ids)))
+        if len(ids) + p.max_new_tokens > ctx:  # a 400 as in SGLang and vLLM, not a silent cut
+            raise ContextLengthError(
+                f"Requested token count exceeds the model's maximum context length of {ctx} tokens. You requested "
+                f"a total of {len(ids) + p.max_new_tokens} tokens: {len(ids)} tokens from the input messages and "
+                f"{p.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+                f"messages or the completion to fit within the limit.", field="max_new_tokens")
         if len(ids) + p.max_new_tokens > capacity:
             raise ValueError(f"prompt + max_new_tokens ({len(ids)} + {p.max_new_tokens}) can never fit in the KV "
                              f"cache ({capacity} tokens; raise --max-total-tokens)")
@@ -384,11 +396,17 @@ class RequestBuilder:
                                            tagged.inside_tag))
         return guards
 
+    def _unseeded(self) -> int:
+        if self._seeds is None:
+            return int.from_bytes(uuid.uuid4().bytes[:8], "little")
+        with self._seeds_lock:  # requests are built on their callers' threads
+            return self._seeds.getrandbits(64)
+
     def _generator(self, p: SamplingParams, k: int) -> torch.Generator | None:
         if p.greedy:
             return None
         g = torch.Generator(device=self.parts.device)  # on a GPU: its noise never crosses the bus
-        seed = (p.seed + k) % 2**64 if p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:8], "little")
+        seed = (p.seed + k) % 2**64 if p.seed is not None else self._unseeded()
         g.manual_seed(seed)
         return g
 

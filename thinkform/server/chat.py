@@ -108,7 +108,8 @@ def normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in message.items() if v is not None}
     content = out.get("content")
     if isinstance(content, list):
-        out["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        # one space between parts, as SGLang joins them for string templates ("Hello" + "world" is no word)
+        out["content"] = " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     elif content is None:
         out["content"] = ""
     calls = out.get("tool_calls")
@@ -149,7 +150,7 @@ def decide_reasoning_start(prompt: str, markers: ReasoningMarkers | None,
         return "answer"
     if ends_inside_reasoning(prompt, markers):
         return "reasoning"
-    if not thinking_enabled(markers, chat_template_kwargs):
+    if not thinking_enabled(markers, chat_template_kwargs) or ends_after_reasoning(prompt, markers):
         return "answer"
     return "reasoning" if markers.always_thinks else "open"
 
@@ -157,6 +158,14 @@ def decide_reasoning_start(prompt: str, markers: ReasoningMarkers | None,
 def ends_inside_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:
     start = prompt.rfind(markers.start)
     return start >= 0 and markers.first_end(prompt, start + len(markers.start)) is None
+
+
+def ends_after_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:
+    """The prompt closed a reasoning section last (`<think>\n\n</think>\n\n` where a Qwen3-style template turns
+    thinking off, or a prefilled reasoning continued): the output is the answer, even for a family that
+    always thinks."""
+    tail = prompt.rstrip()
+    return any(tail.endswith(end) for end in (markers.end, *markers.alt_ends, markers.close_text))
 
 
 def tools_system_prompt(tools: list[dict[str, Any]], example: str) -> str:

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from thinkform.engine.errors import ContextLengthError, RequestFieldError
+from thinkform.engine.sampling_params import SamplingParamError
 from thinkform.server.errors import APIError, error_body
 from thinkform.engine.requests import RequestLimits
 from thinkform.server.params import check_max_tokens, refuse_hidden_states, take_thinking_budget, validate_constraints
@@ -89,13 +91,13 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     warn_unknown(body, "/generate")
     _check_generate(body, state)
     rid, rids = _rids(body)
-    call = state.engine.async_generate(
+    call = _spelled(body, state.engine.async_generate(
         prompt=body.text, input_ids=body.input_ids,
         sampling_params=_with_thinking_budget(body.sampling_params, body.max_thinking_tokens),
         require_reasoning=body.require_reasoning, stream=body.stream, rid=rid,
         return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
         logprob_start_len=body.logprob_start_len, return_text_in_logprobs=body.return_text_in_logprobs,
-        token_ids_logprob=body.token_ids_logprob)
+        token_ids_logprob=body.token_ids_logprob))
     if body.stream:
         first, rest = await open_stream(call)
         return StreamingResponse(stream_with_abort(state.engine, rids, _events(first, rest)),
@@ -105,6 +107,19 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse(result)
+
+
+async def _spelled(body: GenerateRequest, call: Any) -> Any:
+    """The engine call; a field the engine names is named as this route spells it: a sampling param under
+    `sampling_params.`, the prompt as `text` or `input_ids`."""
+    try:
+        return await call
+    except RequestFieldError as e:
+        if e.field == "prompt":
+            e.field = "text" if body.text is not None else "input_ids"
+        elif isinstance(e, (SamplingParamError, ContextLengthError)):
+            e.field = f"sampling_params.{e.field}"
+        raise
 
 
 async def _events(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:

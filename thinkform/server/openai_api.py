@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from thinkform.engine.errors import RequestFieldError
 from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
@@ -52,6 +54,8 @@ class ChatPlan:
     prompt_logprobs: int | None = None  # vLLM's: the prompt's logprobs with their top k, in the response
     constraints: RequestConstraints | None = None  # how the request spelled its constraint (errors name it)
     markers: ReasoningMarkers | None = None  # the family's, as the engine reads this request (see markers_for)
+    # the request's names of the engine's fields, for its errors (a context overflow names max_tokens)
+    field_names: dict[str, str] = field(default_factory=dict)
 
 
 def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
@@ -163,7 +167,9 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
                     include_reasoning=body.include_reasoning, token_names=token_names(state, body),
                     prompt_logprobs=body.prompt_logprobs, constraints=constraints,
-                    markers=state.markers.for_answer("structural_tag" in fields) if state.markers else None)
+                    markers=state.markers.for_answer("structural_tag" in fields) if state.markers else None,
+                    field_names={"prompt": "messages", "max_new_tokens": "max_completion_tokens"
+                                 if body.max_completion_tokens else "max_tokens"})
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
@@ -179,15 +185,20 @@ def start_chat(state: ServerState, plan: ChatPlan, stream: bool) -> Any:
         input_ids=plan.input_ids, sampling_params=plan.params, reasoning_start=plan.reasoning_start,
         stream=stream, rid=plan.rid,
         **engine_logprob_args(plan.top_logprobs_num if plan.return_logprob else None, plan.prompt_logprobs)),
-        plan.constraints)
+        plan.constraints, plan.field_names)
 
 
-async def spelled_errors(call: Any, names: RequestConstraints | None) -> Any:
-    """The engine call; a grammar that fails to compile is a 400 naming the field as the request spelled it."""
+async def spelled_errors(call: Any, names: RequestConstraints | None, fields: Mapping[str, str] | None = None) -> Any:
+    """The engine call; a grammar that fails to compile is a 400 naming the field as the request spelled it,
+    and so is a field the engine names otherwise (`fields`: the engine's name -> the request's)."""
     try:
         return await call
     except ConstraintError as e:
         raise spelled_error(e, names) from e
+    except RequestFieldError as e:
+        if fields and e.field in fields:
+            e.field = fields[e.field]
+        raise
 
 
 def engine_logprob_args(output_k: int | None, prompt_k: int | None, echo: bool = False) -> dict[str, Any]:
@@ -657,6 +668,17 @@ def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) ->
     return ids, offsets
 
 
+def _completion_rids(body: CompletionRequest, batch: int | None) -> tuple[str, str | list[str]]:
+    """(the response's id, the engine's rid: one per prompt of a batch of `batch` prompts): the client's list
+    as SGLang takes it, else `<id>-<i>`."""
+    if isinstance(body.rid, list):
+        if len(body.rid) != (batch or 1):
+            raise APIError(f"rid: a list needs one id per prompt ({batch or 1}), got {len(body.rid)}", param="rid")
+        return body.rid[0], list(body.rid) if batch is not None else body.rid[0]
+    base = body.rid or body.request_id or new_id("")
+    return base, [f"{base}-{i}" for i in range(batch)] if batch is not None else base
+
+
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
@@ -669,8 +691,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     params.update(validate_constraints(constraints.fields, state.limits, constraints))
     prompt = body.prompt
     batched = isinstance(prompt, list) and not isinstance(prompt[0], int)
-    base = body.rid or body.request_id or new_id("")
-    rid: str | list[str] = [f"{base}-{i}" for i in range(len(prompt))] if batched else base
+    base, rid = _completion_rids(body, len(prompt) if batched else None)
     rids = rid if isinstance(rid, list) else [rid]
     want_logprobs = body.logprobs is not None
     prompts = _prompt_texts(state, inputs)  # before the engine call: it may refuse bad token ids
@@ -681,7 +702,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
               if body.echo and want_logprobs else None)
     call = spelled_errors(state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
                                                       **engine_logprob_args(body.logprobs, body.prompt_logprobs,
-                                                                            bool(echoes))), constraints)
+                                                                            bool(echoes))), constraints,
+                          {"max_new_tokens": "max_tokens"})
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
         first, rest = await open_stream(call)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, conint, confloat
+from pydantic import BaseModel, ConfigDict, Field, conint, confloat, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ class ResponseFormat(Lenient):
     triggers: Optional[list[str]] = None
     # structural_tag, xgrammar form: format
     format: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap_bare_schema(cls, data: Any) -> Any:
+        """`{"type": "json_schema", "schema": {...}}` without the `json_schema` wrapper, as SGLang accepts it
+        (its name from the schema's title)."""
+        if isinstance(data, dict) and data.get("type") == "json_schema" and "json_schema" not in data \
+                and "schema" in data:
+            data = dict(data)
+            schema = data.pop("schema")
+            title = schema.get("title") if isinstance(schema, dict) else None
+            data["json_schema"] = {"name": data.pop("name", None) or title or "response", "schema": schema,
+                                   **({"strict": data.pop("strict")} if "strict" in data else {})}
+        return data
 
 
 class SamplingFields(Lenient):
@@ -131,6 +145,11 @@ class ToolCallIn(Lenient):
 
 class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _lower_role(cls, role: Any) -> Any:
+        return role.lower() if isinstance(role, str) else role  # "System" as SGLang reads it
     content: Union[str, list[dict[str, Any]], None] = None
     name: Optional[str] = None
     tool_calls: Optional[list[ToolCallIn]] = None
@@ -199,6 +218,7 @@ class CompletionRequest(SamplingFields):
     return_token_ids: bool = False  # choices carry the output's and the prompt's token ids
     return_prompt_token_ids: bool = False
     response_format: Optional[ResponseFormat] = None
+    rid: Union[str, list[str], None] = None  # SGLang's: a list gives one id per prompt of a batch
 
 
 # ---------- OpenAI: responses ----------

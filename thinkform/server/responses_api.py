@@ -346,6 +346,7 @@ def plan_response(state: ServerState, body: ResponsesRequest) -> tuple[ResponseP
         chat_plan = plan_chat(state, chat)
     except APIError as e:
         raise _renamed(e) from e
+    chat_plan.field_names = {ours: _CHAT_SPELLINGS.get(theirs, theirs) for ours, theirs in chat_plan.field_names.items()}
     if chat_plan.constraints is not None:  # a grammar that fails to compile is named as this request named it
         names = chat_plan.constraints.names
         chat_plan.constraints.names = {ours: _responses_param(theirs) or theirs for ours, theirs in names.items()}

@@ -14,8 +14,11 @@ backend and every constraint kind:
   the last the grammar allows, so `[a-z]+` has two ways forward, not 26; class order puts closers first
   and openers last;
 - first one greedy way: a child that ends the grammar, else a closer, else a child that changes the mask
-  (leaves a loop), else the first child. A fill or two a step, and in our measurements it finds an ending
-  as short as the breadth-first search's (bench/ending_search.py);
+  (leaves a loop; of several that lead back, one not taken from there lately), else the first child. A fill
+  or two a step, and in our measurements it finds an ending as short as the breadth-first search's
+  (bench/ending_search.py). Where no child changes the mask (inside `[a-z0-9.-]+\\.[a-z]{2,4}` a dot and a
+  letter go on alike), it looks up to 4 bytes ahead with accepts alone for a way that may end or lets a
+  closer through (`.aa`);
 - where it fails, breadth-first over the same children; nodes of one level whose masks are equal count as
   one state and are expanded once (every reachable state has a way to an end, so dropping a twin never
   loses the last way);
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
 _MAX_REPEATS = 32  # how far a closer that leaves the mask as it was is tried in a run (nesting depth)
+_LOOKAHEAD_DEPTH = 4  # bytes a way through a loop whose mask never changes is looked for (`a.aa`: a domain)
+_LOOKAHEAD_PROBES = 2048  # accepts one such look may spend (a few milliseconds; no fills)
 _RECENT_MASKS = 4  # steps back a mask counts as where the way has been
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
                            if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
@@ -118,6 +123,8 @@ class EndingSearch:
         self._ids = np.array([t for t, _ in pairs], dtype=np.int64)
         self._classes = np.array([k for _, k in pairs], dtype=np.int64)
         self._closers = frozenset(vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids)
+        self._closers_in_order = [vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids]
+        self._class_of = dict(zip(self._ids.tolist(), self._classes.tolist()))
         self._ascii = frozenset(vocab.byte_ids[b] for b in range(0x80) if b in vocab.byte_ids)
         self._spaces = frozenset(vocab.byte_ids[b] for b in b" \t\n\r" if b in vocab.byte_ids)
         self._openers = frozenset(vocab.byte_ids[b] for b in _OPENERS if b in vocab.byte_ids)
@@ -193,6 +200,7 @@ class EndingSearch:
         # not the whole way, where masks repeat without loops (after each of several fields' values)
         seen: deque[bytes] = deque([words.tobytes()], maxlen=_RECENT_MASKS)
         runs: dict[tuple[int, bytes], bool] = {}  # (closer, mask): whether writing it again closes something
+        taken: deque[tuple[int, bytes]] = deque(maxlen=2 * _RECENT_MASKS)  # the last steps, (child, mask before)
         try:
             while len(path) < walk.limits.max_length:
                 children = self._children(words)
@@ -205,11 +213,21 @@ class EndingSearch:
                     words = hinted[1]
                     continue
                 here = words.tobytes()
-                step = self._step(walk, children, here, seen, runs)
+                step = self._step(walk, children, here, seen, runs, taken)
                 if step is None:
                     return None
+                if step[1].tobytes() == here:
+                    # every child keeps the mask (inside `[a-z0-9.-]+\.[a-z]{2,4}` a dot and letters go on
+                    # alike): look a few bytes ahead for a way that ends or lets a closer through
+                    ahead = self._look_ahead(walk, children, words)
+                    if ahead is not None:
+                        path += ahead
+                        words = walk.mask()
+                        seen.append(words.tobytes())
+                        continue
                 child, words = step
                 seen.append(words.tobytes())
+                taken.append((child, here))
                 if not walk.accept(child):
                     return None
                 path.append(child)
@@ -251,14 +269,14 @@ class EndingSearch:
         return None
 
     def _step(self, walk: _Walk, children: list[int], here: bytes, seen: deque[bytes],
-              runs: dict[tuple[int, bytes], bool]) -> tuple[int, np.ndarray] | None:
+              runs: dict[tuple[int, bytes], bool], taken: deque[tuple[int, bytes]]) -> tuple[int, np.ndarray] | None:
         """(child, its mask), the first in class order of: a closer that changes the mask, or that leaves it as
         it was but, written again, closes something (`)` deep in parentheses; not a `'` or `}` in an email
         address's name, which closes nothing however many are written); an ASCII child, not an opener, that
         goes somewhere this way has not been (`@` after `.` in a name, never back and forth between `.` and a
-        letter; "not been" counts the last few steps only); an ASCII child that goes anywhere else; else the
-        first child (a counted run: `0` in
-        `\\d{4}`, rather than Unicode digits)."""
+        letter; "not been" counts the last few steps only); an ASCII child that goes anywhere else, one not
+        taken from this mask lately first; else the first child (a counted run: `0` in `\\d{4}`, rather than
+        Unicode digits)."""
         first = spacing = moved = None
         # an XML call's grammar (it has ending hints) allows whitespace between its tags that only lengthens the
         # way; elsewhere whitespace keeps its place in class order (SQL's keywords need their spaces)
@@ -284,11 +302,59 @@ class EndingSearch:
                         spacing = (child, after)
                 elif mask not in seen and child not in self._openers:
                     return child, after
-                else:
-                    moved = moved or (child, after)
+                elif moved is None or (moved[0], here) in taken and (child, here) not in taken:
+                    # of the ways back, one not taken from here lately: `.` then `@` after a name's letters,
+                    # where both lead to the same mask and taking the first each time loops (`a.a.a.a`)
+                    moved = (child, after)
         # there, whitespace only where nothing else goes anywhere, a newline first: the templates' own
         # separator, and the first byte of ends like `\n</function>`
         return moved or spacing or first
+
+    def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> list[int] | None:
+        """A way of 2 to `_LOOKAHEAD_DEPTH` bytes, shortest first, after which the grammar may end or takes a
+        closer it does not take here (`.aa` and then `"` for an email address in JSON); the matcher is left
+        after it. Where every child keeps the mask, the mask cannot tell one state from another, so this walks
+        with accepts alone (no fills): the ASCII children, one per class (one letter, one digit, each
+        punctuation mark), and `_LOOKAHEAD_PROBES` accepts at most. None: no such way (the matcher as it
+        was)."""
+        probes, classes = [], set()
+        for child in children:
+            if child in self._ascii and self._class_of.get(child) not in classes:
+                classes.add(self._class_of.get(child))
+                probes.append(child)
+        blocked = [c for c in self._closers_in_order if not tokens_allowed(words, np.array([c], dtype=np.int64))[0]]
+        budget = [_LOOKAHEAD_PROBES]
+
+        def below(depth: int) -> list[int] | None:
+            for probe in probes:
+                if budget[0] <= 0:
+                    return None
+                budget[0] -= 1
+                if not walk.accept(probe):
+                    continue
+                found = self._way_out(walk, blocked, budget) if depth == 1 else below(depth - 1)
+                if found is not None:
+                    return [probe, *found]
+                walk.matcher.rollback(1)
+            return None
+
+        for depth in range(2, _LOOKAHEAD_DEPTH + 1):
+            found = below(depth)
+            if found is not None:
+                return found
+        return None
+
+    @staticmethod
+    def _way_out(walk: _Walk, blocked: list[int], budget: list[int]) -> list[int] | None:
+        """[] where the grammar may end here, [closer] for the first of `blocked` it takes (accepted: the
+        matcher is left after it), else None."""
+        if walk.matcher.can_terminate():
+            return []
+        for closer in blocked:
+            budget[0] -= 1
+            if walk.accept(closer):
+                return [closer]
+        return None
 
     @staticmethod
     def _closes_in_a_run(walk: _Walk, child: int, here: bytes, runs: dict[tuple[int, bytes], bool]) -> bool:

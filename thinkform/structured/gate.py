@@ -318,7 +318,9 @@ class ReasoningGate:
         left = None if self.max_new_tokens is None else self.max_new_tokens - num_generated
         # the reserve is the answer's: the marker's own tokens come on top (a 7-token marker cut short by
         # max_new_tokens left no answer at all)
-        if over_budget or (left is not None and left <= self.answer_reserve_tokens + len(self._close_ids)):
+        # a reserve of 0 keeps nothing: reasoning may run to max_new_tokens (SGLang's and vLLM's way)
+        reserve = self.answer_reserve_tokens
+        if over_budget or (reserve > 0 and left is not None and left <= reserve + len(self._close_ids)):
             return list(self._close_ids)
         return []
 
