@@ -378,3 +378,20 @@ def test_a_stop_regex_that_backtracks_without_end_ends_its_request_not_the_engin
     assert reason["type"] == "abort" and "stop_regex" in reason["message"], reason
     assert time.perf_counter() - started < 30
     assert engine64.generate("Hello", {"max_new_tokens": 3, "stop_regex": ["x+y"]})["meta_info"]["completion_tokens"] <= 3
+
+
+def test_a_bad_item_of_a_batch_is_named_by_its_index(engine64):
+    """Audit 15: one bad prompt or sampling param fails the whole batch (as in SGLang), and the error did not
+    say which: a large batch had to be bisected."""
+    with pytest.raises(ValueError, match=r"prompt 1 of the batch") as e:
+        engine64.generate(["Hello", ""], {"max_new_tokens": 2})
+    with pytest.raises(ValueError, match=r"sampling_params\.temperature.*prompt 2 of the batch") as e:
+        engine64.generate(["a", "b", "c"], [{}, {}, {"temperature": "hot"}])
+    assert e.value.field == "temperature"
+    with pytest.raises(ValueError, match=r"(?s)regex.*prompt 1 of the batch"):
+        engine64.generate(["a", "b"], [{"regex": "a"}, {"regex": "("}])
+    with pytest.raises(ValueError, match=r"prompt 1 of the batch"):
+        engine64.generate(input_ids=[[5, 6], [5, 10**9]])
+    with pytest.raises(ValueError) as e:  # a single prompt's error stays as it was
+        engine64.generate("a", {"temperature": "hot"})
+    assert "batch" not in str(e.value)

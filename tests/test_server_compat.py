@@ -380,3 +380,19 @@ def test_meta_info_carries_sglang_s_keys_and_a_native_param_error_its_full_name(
     with running_server(engine64) as base:
         r = httpx.post(f"{base}/generate", json={"text": "Hi", "sampling_params": {"temperature": "hot"}})
         _error(r, 400, "sampling_params.temperature")
+
+
+def test_an_image_part_is_refused_by_name_not_dropped(served):
+    """Audit 16: image_url parts were dropped silently and the answer made up without them (vLLM refuses
+    images for a text-only model)."""
+    _, base = served
+    parts = [{"type": "text", "text": "What is in this picture?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    err = _error(_chat(base, messages=[{"role": "user", "content": parts}]), 400, match="image_url")
+    assert err["param"].startswith("messages")
+
+
+def test_model_info_carries_sglang_s_keys(engine64):
+    info = engine64.get_model_info()
+    assert info["weight_version"] == "default" and info["model_type"] == "qwen2"
+    assert info["architectures"] == ["Qwen2ForCausalLM"] and "preferred_sampling_params" in info

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
 from thinkform.engine.loop import EngineLoop
-from thinkform.engine.requests import LogprobOptions, PreparedRequest, RequestBuilder
+from thinkform.engine.requests import LogprobOptions, PreparedRequest, RequestBuilder, naming_item
 from thinkform.engine.sequence import Sequence
 from thinkform.engine.setup import EngineParts, build_engine_parts
 
@@ -155,7 +155,10 @@ class Engine:
         return {"model_path": args.model_path or self.parts.model_name,
                 "tokenizer_path": args.tokenizer_path or args.model_path or self.parts.model_name,
                 "served_model_name": self.served_model_name, "is_generation": True,
-                "context_length": self.context_length, "reasoning_parser": args.reasoning_parser}
+                "context_length": self.context_length, "reasoning_parser": args.reasoning_parser,
+                # SGLang's other keys: the weights are never swapped in place; the model's config
+                "weight_version": "default", "preferred_sampling_params": args.preferred_sampling_params,
+                "model_type": self.parts.model_type, "architectures": list(self.parts.architectures)}
 
     def server_info(self) -> dict[str, Any]:
         """The arguments (resolved where they were left to defaults), the loop's counters, and the keys SGLang
@@ -262,12 +265,14 @@ class Engine:
                                   logprobs, stream)
 
     def _compile_sync(self, req: PreparedRequest) -> None:
-        for c in req.constraints():
-            req.compiled[c.key] = self.parts.grammar_cache.get(c)
+        for item, c in req.constraints():
+            with naming_item(item):
+                req.compiled[c.key] = self.parts.grammar_cache.get(c)
 
     async def _compile_async(self, req: PreparedRequest) -> None:
-        for c in req.constraints():
-            req.compiled[c.key] = await asyncio.wrap_future(self.parts.grammar_cache.submit(c))
+        for item, c in req.constraints():
+            with naming_item(item):
+                req.compiled[c.key] = await asyncio.wrap_future(self.parts.grammar_cache.submit(c))
 
     def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None], limit_queue: bool = True) -> None:
         if not self.loop.alive:

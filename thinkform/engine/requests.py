@@ -1,12 +1,13 @@
 """Turns API arguments into validated, tokenized requests and their sequences (one per sample)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -142,12 +143,25 @@ class PreparedRequest:
     def num_seqs(self) -> int:
         return sum(p.n for p in self.params)
 
-    def constraints(self) -> list[Constraint]:
-        seen: dict[tuple[str, str], Constraint] = {}
-        for c in self.constraint:
+    def constraints(self) -> list[tuple[int | None, Constraint]]:
+        """Each distinct constraint with the index of its first prompt (None for a single prompt), which its
+        compile error names."""
+        seen: dict[tuple[str, str], tuple[int | None, Constraint]] = {}
+        for i, c in enumerate(self.constraint):
             if c is not None:
-                seen.setdefault(c.key, c)
+                seen.setdefault(c.key, (i if len(self.constraint) > 1 else None, c))
         return list(seen.values())
+
+
+@contextlib.contextmanager
+def naming_item(index: int | None) -> Iterator[None]:
+    """A bad prompt or sampling param of a batch fails the whole batch; its error says which one it was."""
+    try:
+        yield
+    except ValueError as e:
+        if index is not None and e.args and isinstance(e.args[0], str):
+            e.args = (f"{e.args[0]} (prompt {index} of the batch)", *e.args[1:])
+        raise
 
 
 class RequestBuilder:
@@ -167,9 +181,11 @@ class RequestBuilder:
         start = self._reasoning_start(require_reasoning, reasoning_start)
         rids = _prompt_rids(rid, len(prompts), batched)
         prompt_logprobs = logprobs.resolve(prompts, self.parts.vocab_size, parallel=any(p.n > 1 for p in params))
-        for ids, p in zip(prompts, params):
-            self._check_lengths(ids, p)
-        constraints = [self._constraint(p) for p in params]
+        constraints = []
+        for i, (ids, p) in enumerate(zip(prompts, params)):
+            with naming_item(i if len(prompts) > 1 else None):
+                self._check_lengths(ids, p)
+                constraints.append(self._constraint(p))
         single = not batched and params[0].n == 1
         return PreparedRequest(rids=rids, prompt_ids=prompts, params=params,
                                constraint=constraints, reasoning_start=start, single=single, stream=stream,
@@ -194,15 +210,20 @@ class RequestBuilder:
                 lists, batched = [list(x) for x in input_ids], True
             else:
                 raise ValueError("input_ids: must be a non-empty list of token ids or a list of such lists")
-            for ids in lists:
+            for i, ids in enumerate(lists):
                 if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.parts.vocab_size
                                   for t in ids):
-                    raise ValueError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size})")
+                    where = f" (prompt {i} of the batch)" if len(lists) > 1 else ""
+                    raise ValueError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size}){where}")
             return lists, batched
         if isinstance(prompt, str):
             return [self._encode(prompt)], False
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            return [self._encode(p) for p in prompt], True
+            lists = []
+            for i, text in enumerate(prompt):
+                with naming_item(i if len(prompt) > 1 else None):
+                    lists.append(self._encode(text))
+            return lists, True
         raise ValueError("text/prompt: must be a string or a non-empty list of strings")
 
     def _encode(self, text: str) -> list[int]:
@@ -215,7 +236,11 @@ class RequestBuilder:
         if isinstance(sampling_params, list):
             if len(sampling_params) != count:
                 raise ValueError(f"sampling_params: got {len(sampling_params)} for {count} prompts")
-            return [self._one_params(p) for p in sampling_params]
+            params = []
+            for i, p in enumerate(sampling_params):
+                with naming_item(i if count > 1 else None):
+                    params.append(self._one_params(p))
+            return params
         if sampling_params is not None and not isinstance(sampling_params, dict):
             raise ValueError("sampling_params: must be a mapping (or a list of them, one per prompt)")
         # one object per prompt: length checks clamp max_new_tokens to each prompt's room

@@ -60,6 +60,8 @@ class EngineParts:
     # what a request's unset sampling params default to: the model's generation_config.json (unless
     # --sampling-defaults openai), then --preferred-sampling-params
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    model_type: str = ""  # the HF config's, for /get_model_info
+    architectures: tuple[str, ...] = ()
 
 
 def _sampling_defaults(args: EngineArgs, model_defaults: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +133,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
         sampling_defaults=_sampling_defaults(args, loaded.generation_defaults),
+        model_type=cfg.model_type, architectures=(cfg.arch,),
         small_steps=small_steps)
 
 

@@ -150,6 +150,17 @@ class ChatMessage(Lenient):
     @classmethod
     def _lower_role(cls, role: Any) -> Any:
         return role.lower() if isinstance(role, str) else role  # "System" as SGLang reads it
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        """Images, audio and files would be dropped and the answer made up without them: refused by name."""
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type", "text")
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"a {kind!r} part is not supported: this server's models read text only "
+                                 "(parts of type 'text' with a 'text' string)")
+        return content
     content: Union[str, list[dict[str, Any]], None] = None
     name: Optional[str] = None
     tool_calls: Optional[list[ToolCallIn]] = None
