@@ -30,6 +30,7 @@ import torch
 
 from thinkform.structured.backends import BackendContext, create_backend
 from thinkform.structured.ending import EndingSearch
+from thinkform.structured.literals import grammar_literals
 from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.structured.vocab import TokenVocab
 from thinkform.testing.qwen_vocab import build_qwen_tokenizer
@@ -44,6 +45,10 @@ GRAMMARS: dict[str, tuple[str, str]] = {
     "email-domain": ("regex", r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}"),
     "email-dotted": ("regex", r"[a-z]+(\.[a-z]+)*@[a-z]+(\.[a-z]+)*\.[a-z]{2,4}"),
     "url": ("regex", r"https?://[a-z0-9.-]+\.[a-z]{2,6}(/[a-z0-9]*)*"),
+    # a fixed closing text whose letters the loop before it takes too: no byte tells it apart
+    "answer-tag": ("regex", r"<answer>.*</answer>"),
+    "key-values": ("regex", r"(\w+=\"[^\"]*\"; )+end"),
+    "two-sections": ("ebnf", 'root ::= "<a>" t* "</a>" "<b>" t* "</b>"\nt ::= [a-z<>/ ]'),
     "phone": ("regex", r"\(\d{3}\) \d{3}-\d{4}"),
     "iso-datetime": ("regex", r"\d{4}-[01]\d-[0-3]\dT[0-2]\d:[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-][0-2]\d:[0-5]\d)"),
     "sentence": ("regex", r"[A-Z][a-z]+( [a-z]+){3,20}\."),
@@ -88,6 +93,7 @@ def measure(backend_name: str, kind: str, source: str, vocab: TokenVocab, tok, a
     except Exception:  # noqa: BLE001 - outlines compiles no EBNF: no row
         return None
     compiled = backend.compile(constraint)
+    literals = grammar_literals(constraint)  # as the grammar cache gives them to the engine's search
     search = EndingSearch(vocab)
     scratch = torch.empty((1, (vocab.vocab_size + 31) // 32), dtype=torch.int32)
     rng = random.Random(args.seed)
@@ -96,7 +102,7 @@ def measure(backend_name: str, kind: str, source: str, vocab: TokenVocab, tok, a
         matcher = compiled.new_matcher()
         walked = random_walk(matcher, vocab, rng, rng.randint(1, args.max_walk), scratch)
         start = time.perf_counter()
-        ids = search.ending_tokens(matcher, empty_ok=walked > 0)
+        ids = search.ending_tokens(matcher, empty_ok=walked > 0, literals=literals)
         times.append((time.perf_counter() - start) * 1e3)
         if ids is not None:
             found += 1

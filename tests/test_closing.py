@@ -120,6 +120,12 @@ ENDING_CASES = [  # (constraint kind, source, a Python regex of the same languag
      "ab.c"),
     ("regex", r"https?://[a-z0-9.-]+\.[a-z]{2,6}(/[a-z0-9]*)*", r"https?://[a-z0-9.-]+\.[a-z]{2,6}(/[a-z0-9]*)*",
      "https://ab"),
+    # a fixed closing text whose letters the loop before it takes too: the grammar's literals, tried whole
+    ("regex", r"<answer>.*</answer>", r"<answer>.*</answer>", "<answer>ab"),
+    ("regex", r"(\w+=\"[^\"]*\"; )+end", r"(\w+=\"[^\"]*\"; )+end", "a"),
+    ("regex", r"(\w+ )+done", r"(\w+ )+done", "ab "),
+    ("regex", r"<a>.*</a><b>.*</b>", r"<a>.*</a><b>.*</b>", "<a>ab"),
+    ("ebnf", 'root ::= "<a>" t* "</a>" "<b>" t* "</b>"\nt ::= [a-z<>/ ]', r"<a>[a-z<>/ ]*</a><b>[a-z<>/ ]*</b>", "<a>ab"),
     ("ebnf", 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+', r"\([a-z]+(,[a-z]+)*\)", "(ab,cd"),
     ("ebnf", 'root ::= expr\nexpr ::= term ("+" term)*\nterm ::= "(" expr ")" | [0-9]+', None, "((1+(2+((3"),
     # keywords after a name: the way out is a space, where a comma (another column) also changes the state
@@ -146,6 +152,7 @@ def test_the_ending_search_completes_a_sentence_of_the_grammar(tiny_tokenizer, b
 
     from thinkform.structured.backends import BackendContext, create_backend
     from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.literals import grammar_literals
     from thinkform.structured.spec import GrammarOptions, constraint_from_fields
     from thinkform.structured.vocab import TokenVocab
 
@@ -155,7 +162,8 @@ def test_the_ending_search_completes_a_sentence_of_the_grammar(tiny_tokenizer, b
     matcher = compiled.new_matcher()
     for t in vocab.encode_text(prefix):
         assert matcher.accept_token(t)
-    ids = EndingSearch(vocab).ending_tokens(matcher, empty_ok=bool(prefix))
+    literals = grammar_literals(constraint_from_fields(**{kind: source}))  # as the grammar cache gives them
+    ids = EndingSearch(vocab).ending_tokens(matcher, empty_ok=bool(prefix), literals=literals)
     assert ids is not None and ids[-1] in vocab.eos_token_ids
     answer = prefix + vocab.bytes_of(ids[:-1]).decode()
     assert (re.fullmatch(language, answer) is not None) if language else _balanced_sum(answer), answer
@@ -343,6 +351,21 @@ def test_a_long_ending_is_appended_early_enough_to_fit(tiny_model_dirs) -> None:
             assert not meta["closed_by_budget"] or meta["completion_tokens"] >= p["max_new_tokens"] - 20, out
         else:
             assert re.fullmatch(stamp, out["text"]), out
+
+
+def test_answers_under_loop_heavy_regexes_end_valid_at_their_budget(engine64) -> None:
+    """Audit 14 and after: a random model under an email pattern whose domain class takes the dot, or a tag
+    whose content `.*` takes the letters of its closing tag, wrote on until "length" and matched nothing (the
+    search found no ending: 150-200 ms lost on the loop at each look). The look-ahead and the grammar's
+    literals (given by the grammar cache to the engine's gate) end them valid."""
+    import re
+
+    patterns = [r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,4}", r"<answer>.*</answer>", r"(\w+=\"[^\"]*\"; )+end"]
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 40, "regex": rx} for rx in patterns for i in range(3)]
+    outs = engine64.generate(["Answer."] * len(params), params)
+    for p, out in zip(params, outs):
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+        assert re.fullmatch(p["regex"], out["text"], re.DOTALL) is not None, out["text"]
 
 
 def test_an_ending_that_starts_inside_a_character_is_spelled_in_few_tokens(tiny_tokenizer) -> None:

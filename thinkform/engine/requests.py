@@ -390,7 +390,8 @@ class RequestBuilder:
             return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
                     "ending_growth": growth}
         if kind in ("regex", "ebnf"):
-            return {"ending": search, "ending_early": early, "ending_growth": growth}
+            return {"ending": search, "ending_early": early, "ending_growth": growth,
+                    "ending_literals": compiled.closing_literals if compiled is not None else ()}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         ends = tags or xml_bounds  # room kept for a tag's end string: sampled token by token, a byte each at worst
         reserve = closing_reserve(p.max_new_tokens) + (max(len(end.encode()) for _, end in ends) if ends else 0)

@@ -18,7 +18,9 @@ backend and every constraint kind:
   or two a step, and in our measurements it finds an ending as short as the breadth-first search's
   (bench/ending_search.py). Where no child changes the mask (inside `[a-z0-9.-]+\\.[a-z]{2,4}` a dot and a
   letter go on alike), it looks up to 4 bytes ahead with accepts alone for a way that may end or lets a
-  closer through (`.aa`);
+  closer through (`.aa`). A regex or EBNF grammar's own literal runs (literals.py) are tried whole at each
+  step where they end the answer (`</answer>` out of `.*`, whose letters no mask tells apart), and where
+  nothing else leads out, one that leads to a mask not seen lately;
 - where it fails, breadth-first over the same children; nodes of one level whose masks are equal count as
   one state and are expanded once (every reachable state has a way to an end, so dropping a twin never
   loses the last way);
@@ -47,6 +49,7 @@ import numpy as np
 import torch
 
 from thinkform.structured.bitmask import first_allowed, tokens_allowed
+from thinkform.structured.literals import closing_candidates
 from thinkform.structured.vocab import TokenVocab
 
 if TYPE_CHECKING:
@@ -97,6 +100,8 @@ class _Walk:
     limits: SearchLimits
     fills_left: int
     deadline: float
+    literals: list[list[int]]  # the grammar's literal runs as single-byte ids (literals.py)
+    closing: list[list[int]]  # what may end the answer at once: its remaining fixed text, each literal
 
     def mask(self) -> np.ndarray:
         if self.fills_left <= 0:
@@ -141,7 +146,8 @@ class EndingSearch:
         requests get it."""
         if compiled in self._shortest:
             return
-        ids = self.ending_tokens(compiled.new_matcher(), empty_ok=False, limits=self.measure_limits)
+        ids = self.ending_tokens(compiled.new_matcher(), empty_ok=False, limits=self.measure_limits,
+                                 literals=compiled.closing_literals)
         self._shortest[compiled] = None if ids is None else len(ids)
 
     def shortest_answer(self, compiled: CompiledGrammar) -> int | None:
@@ -158,12 +164,13 @@ class EndingSearch:
             time.sleep(0.01)
         return True
 
-    def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True,
-                      limits: SearchLimits | None = None) -> list[int] | None:
+    def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True, limits: SearchLimits | None = None,
+                      literals: tuple[bytes, ...] = ()) -> list[int] | None:
         """Token ids that end the answer from the matcher's state: a short way to where the grammar may end,
         spelled in as few tokens as the tokenizer finds, then EOS unless the grammar terminated by itself.
-        None when the search finds no way within its limits. The matcher is left as it was."""
-        path = self.find(matcher, empty_ok=empty_ok, limits=limits)
+        None when the search finds no way within its limits. The matcher is left as it was. `literals`: the
+        grammar's literal runs (CompiledGrammar.closing_literals), tried whole where bytes cannot tell."""
+        path = self.find(matcher, empty_ok=empty_ok, limits=limits, literals=literals)
         if path is None:
             return None
         ending = self._vocab.bytes_of(path)
@@ -173,15 +180,16 @@ class EndingSearch:
                 return ids if terminated else ids + [self._vocab.eos_token_ids[0]]
         return None
 
-    def find(self, matcher: GrammarMatcher, *, empty_ok: bool = True,
-             limits: SearchLimits | None = None) -> list[int] | None:
+    def find(self, matcher: GrammarMatcher, *, empty_ok: bool = True, limits: SearchLimits | None = None,
+             literals: tuple[bytes, ...] = ()) -> list[int] | None:
         """Token ids (single bytes where the grammar allows them) from the matcher's state to one where the
         grammar may end ([] when it may end now and `empty_ok`), or None. The matcher is left as it was."""
         if empty_ok and matcher.can_terminate():
             return []
         limits = limits or self.limits
         walk = _Walk(matcher, torch.empty((1, self._words), dtype=torch.int32), limits,
-                     limits.max_fills, time.perf_counter() + limits.max_seconds)
+                     limits.max_fills, time.perf_counter() + limits.max_seconds,
+                     self._byte_ids(literals), self._byte_ids(tuple(closing_candidates(literals))))
         try:
             found = self._greedy(walk)
             return found if found is not None else self._breadth_first(walk)
@@ -207,6 +215,9 @@ class EndingSearch:
                 last = self._last_child(walk, children)
                 if last is not None:
                     return path + [last]
+                closing = self._closing_literal(walk)
+                if closing is not None:
+                    return path + closing
                 hinted = self._hint(walk, words.tobytes())
                 if hinted is not None:
                     path += hinted[0]
@@ -219,7 +230,7 @@ class EndingSearch:
                 if step[1].tobytes() == here:
                     # every child keeps the mask (inside `[a-z0-9.-]+\.[a-z]{2,4}` a dot and letters go on
                     # alike): look a few bytes ahead for a way that ends or lets a closer through
-                    ahead = self._look_ahead(walk, children, words)
+                    ahead = self._look_ahead(walk, children, words) or self._literal_out(walk, here, seen)
                     if ahead is not None:
                         path += ahead
                         words = walk.mask()
@@ -309,6 +320,45 @@ class EndingSearch:
         # there, whitespace only where nothing else goes anywhere, a newline first: the templates' own
         # separator, and the first byte of ends like `\n</function>`
         return moved or spacing or first
+
+    def _byte_ids(self, texts: tuple[bytes, ...] | list[bytes]) -> list[list[int]]:
+        return [ids for ids in ([self._vocab.byte_ids.get(b) for b in text] for text in texts) if None not in ids]
+
+    @staticmethod
+    def _closing_literal(walk: _Walk) -> list[int] | None:
+        """The first of the grammar's closing candidates (literals.closing_candidates) after which it may end
+        (`</answer>` after `.*`); the matcher as it was. A few accepts: most fail at their first byte."""
+        for ids in walk.closing:
+            taken = 0
+            for t in ids:
+                if not walk.accept(t):
+                    break
+                taken += 1
+            ends = taken == len(ids) and walk.matcher.can_terminate()
+            if taken:
+                walk.matcher.rollback(taken)
+            if ends:
+                return ids
+        return None
+
+    @staticmethod
+    def _literal_out(walk: _Walk, here: bytes, seen: deque[bytes]) -> list[int] | None:
+        """Where no byte changes the mask and nothing a few bytes ahead leads out: the first of the grammar's
+        literals it takes whole that leads to a mask the way has not seen lately (`</a>` out of `.*` in
+        `<a>.*</a><b>.*</b>`); the matcher is left after it. None: none does (the matcher as it was)."""
+        for ids in walk.literals:
+            taken = 0
+            for t in ids:
+                if not walk.accept(t):
+                    break
+                taken += 1
+            if taken == len(ids):
+                mask = walk.mask().tobytes()
+                if mask != here and mask not in seen:
+                    return ids
+            if taken:
+                walk.matcher.rollback(taken)
+        return None
 
     def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> list[int] | None:
         """A way of 2 to `_LOOKAHEAD_DEPTH` bytes, shortest first, after which the grammar may end or takes a

@@ -104,6 +104,7 @@ class ReasoningGate:
         ending: EndingSearch | None = None,
         ending_early: bool = True,
         ending_growth: int = 0,
+        ending_literals: tuple[bytes, ...] = (),
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
     ) -> None:
@@ -133,6 +134,7 @@ class ReasoningGate:
         # shortest answer fits in the reserve), last at the reserve
         # what an ending may grow by in one step (a list item or an object begun): about a whole answer
         self._ending_growth = ending_growth
+        self._ending_literals = ending_literals  # the grammar's literal runs, for the search (literals.py)
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
         self.closed_by_budget = False  # this answer's end was written (or steered) because the budget ran out
@@ -338,7 +340,7 @@ class ReasoningGate:
             del self._ending_points[0]  # passed by a jump: only the nearest point counts
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
-        ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer))
+        ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer), literals=self._ending_literals)
         if ids is None or len(ids) > left:
             return []
         # the ending may grow before the next look (a list item or a nested object opened): it waits while

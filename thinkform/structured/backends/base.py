@@ -59,6 +59,8 @@ class CompiledGrammar(ABC):
     # checks a finished answer against what the grammar could not enforce (schema_support.AnswerCheck)
     answer_check: Callable[[bytes], bool] | None = None
     ending_hints: tuple[bytes, ...] = ()  # given to its matchers (GrammarMatcher.ending_hints)
+    # the literal runs of a regex / EBNF source (literals.py), for the ending search: set by the compile cache
+    closing_literals: tuple[bytes, ...] = ()
     # whether an answer's ending may grow by more than a token at once (spec.ending_may_grow): set once per
     # grammar by the compile cache; until then, as it may
     ending_grows: bool = True

@@ -1,0 +1,84 @@
+"""The fixed strings of a regex or EBNF grammar, for the ending search.
+
+Inside a loop whose class holds the letters of what ends it (`<answer>.*</answer>`, `(\\w+ )+done`), every
+byte leaves the mask as it was: no single byte tells the search that `</answer>` leads out, and spelling it
+byte by byte from the byte classes' representatives is hopeless. The grammar's own text says it: its
+literal runs are tried whole (ending.py), first where one ends the answer.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from thinkform.structured.spec import Constraint
+
+MAX_LITERALS = 16  # tried whole at each step of the search's greedy way: a few accepts each
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def grammar_literals(constraint: Constraint) -> tuple[bytes, ...]:
+    """The literal runs of two or more bytes in a regex or EBNF constraint's source, in source order (the
+    last MAX_LITERALS: a grammar's closing text comes late in it); () for other kinds."""
+    if constraint.kind == "regex":
+        runs = _regex_runs(constraint.source)
+    elif constraint.kind == "ebnf":
+        runs = [text for text in map(_unquoted, _QUOTED.findall(constraint.source)) if text]
+    else:
+        return ()
+    data = [text.encode("utf-8") for text in runs]
+    return tuple(d for d in data if len(d) >= 2)[-MAX_LITERALS:]
+
+
+def closing_candidates(literals: tuple[bytes, ...]) -> list[bytes]:
+    """What may end an answer at once, shortest first: the grammar's remaining fixed text (each suffix of its
+    literals in order: `</a><b></b>` out of the `.*` of `<a>.*</a><b>.*</b>`), then each literal alone."""
+    suffixes = [b"".join(literals[k:]) for k in reversed(range(len(literals)))]
+    out: list[bytes] = []
+    for text in sorted(suffixes, key=len) + sorted(literals, key=len):
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def _unquoted(body: str) -> str | None:
+    try:
+        return json.loads(f'"{body}"')
+    except json.JSONDecodeError:
+        return None
+
+
+def _regex_runs(pattern: str) -> list[str]:
+    """Runs of consecutive literal characters in the parsed pattern, in source order; [] where Python's
+    parser does not read the pattern (another dialect's syntax: the search goes on without them)."""
+    import re._parser as sre_parse  # the stdlib's regex parser: the tree `re` compiles from
+
+    try:
+        tree = sre_parse.parse(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return []
+    runs: list[str] = []
+    _walk(tree, runs, sre_parse)
+    return runs
+
+
+def _walk(items: Any, runs: list[str], sre: Any) -> None:
+    run: list[str] = []
+    for op, arg in items:
+        if op is sre.LITERAL:
+            run.append(chr(arg))
+            continue
+        if run:
+            runs.append("".join(run))
+            run = []
+        if op is sre.SUBPATTERN:
+            _walk(arg[-1], runs, sre)
+        elif op is sre.BRANCH:
+            for branch in arg[1]:
+                _walk(branch, runs, sre)
+        elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+            _walk(arg[2], runs, sre)
+        elif op in (sre.ASSERT, sre.ASSERT_NOT):
+            _walk(arg[1], runs, sre)
+    if run:
+        runs.append("".join(run))
