@@ -42,7 +42,7 @@ from collections import deque
 
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,7 +59,8 @@ _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
 _MAX_REPEATS = 32  # how far a closer that leaves the mask as it was is tried in a run (nesting depth)
 _LOOKAHEAD_DEPTH = 4  # bytes a way through a loop whose mask never changes is looked for (`a.aa`: a domain)
-_LOOKAHEAD_PROBES = 2048  # accepts one such look may spend (a few milliseconds; no fills)
+_LOOKAHEAD_PROBES = 1024  # accepts one such look may spend (a few milliseconds; no fills)
+_LOOKAHEAD_WIDTH = 8  # bytes tried at each step of it (the first classes: closers, separators, a digit, a letter)
 _RECENT_MASKS = 4  # steps back a mask counts as where the way has been
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
                            if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
@@ -102,6 +103,7 @@ class _Walk:
     deadline: float
     literals: list[list[int]]  # the grammar's literal runs as single-byte ids (literals.py)
     closing: list[list[int]]  # what may end the answer at once: its remaining fixed text, each literal
+    looked: set[bytes] = field(default_factory=set)  # masks the look-ahead started from (it is dear where it fails)
 
     def mask(self) -> np.ndarray:
         if self.fills_left <= 0:
@@ -109,6 +111,15 @@ class _Walk:
         self.fills_left -= 1
         self.matcher.fill_bitmask(self.scratch, 0)
         return self.scratch.numpy()[0].copy()
+
+    def take(self, ids: list[int]) -> int:
+        """Accept `ids` up to the first the grammar rejects; how many were taken (the matcher left after them)."""
+        taken = 0
+        for t in ids:
+            if not self.accept(t):
+                break
+            taken += 1
+        return taken
 
     def accept(self, token_id: int) -> bool:
         # an ambiguous grammar can make one accept cost milliseconds deep in a way (xgrammar under
@@ -134,6 +145,7 @@ class EndingSearch:
         self._spaces = frozenset(vocab.byte_ids[b] for b in b" \t\n\r" if b in vocab.byte_ids)
         self._openers = frozenset(vocab.byte_ids[b] for b in _OPENERS if b in vocab.byte_ids)
         self._newline = vocab.byte_ids.get(ord("\n"))
+        self._backslash = vocab.byte_ids.get(ord("\\"))
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
         self._eos = frozenset(vocab.eos_token_ids)
@@ -230,7 +242,10 @@ class EndingSearch:
                 if step[1].tobytes() == here:
                     # every child keeps the mask (inside `[a-z0-9.-]+\.[a-z]{2,4}` a dot and letters go on
                     # alike): look a few bytes ahead for a way that ends or lets a closer through
-                    ahead = self._look_ahead(walk, children, words) or self._literal_out(walk, here, seen)
+                    ahead = None
+                    if here not in walk.looked:  # a look that found nothing here would find nothing again
+                        walk.looked.add(here)
+                        ahead = self._look_ahead(walk, children, words) or self._literal_out(walk, here, seen)
                     if ahead is not None:
                         path += ahead
                         words = walk.mask()
@@ -266,11 +281,7 @@ class EndingSearch:
             ids = [self._vocab.byte_ids.get(b) for b in hint]
             if None in ids:
                 continue
-            taken = 0
-            for t in ids:
-                if not walk.accept(t):
-                    break
-                taken += 1
+            taken = walk.take(ids)
             if taken == len(ids):
                 after = walk.mask()
                 if after.tobytes() != here:
@@ -313,9 +324,10 @@ class EndingSearch:
                         spacing = (child, after)
                 elif mask not in seen and child not in self._openers:
                     return child, after
-                elif moved is None or (moved[0], here) in taken and (child, here) not in taken:
-                    # of the ways back, one not taken from here lately: `.` then `@` after a name's letters,
-                    # where both lead to the same mask and taking the first each time loops (`a.a.a.a`)
+                elif moved is None or ((moved[0], here) in taken and (child, here) not in taken
+                                       and mask == moved[1].tobytes()):
+                    # of twin ways back (to one mask), one not taken from here lately: `.` then `@` after a
+                    # name's letters, where taking the first each time loops (`a.a.a.a`)
                     moved = (child, after)
         # there, whitespace only where nothing else goes anywhere, a newline first: the templates' own
         # separator, and the first byte of ends like `\n</function>`
@@ -329,11 +341,7 @@ class EndingSearch:
         """The first of the grammar's closing candidates (literals.closing_candidates) after which it may end
         (`</answer>` after `.*`); the matcher as it was. A few accepts: most fail at their first byte."""
         for ids in walk.closing:
-            taken = 0
-            for t in ids:
-                if not walk.accept(t):
-                    break
-                taken += 1
+            taken = walk.take(ids)
             ends = taken == len(ids) and walk.matcher.can_terminate()
             if taken:
                 walk.matcher.rollback(taken)
@@ -347,11 +355,7 @@ class EndingSearch:
         literals it takes whole that leads to a mask the way has not seen lately (`</a>` out of `.*` in
         `<a>.*</a><b>.*</b>`); the matcher is left after it. None: none does (the matcher as it was)."""
         for ids in walk.literals:
-            taken = 0
-            for t in ids:
-                if not walk.accept(t):
-                    break
-                taken += 1
+            taken = walk.take(ids)
             if taken == len(ids):
                 mask = walk.mask().tobytes()
                 if mask != here and mask not in seen:
@@ -369,9 +373,11 @@ class EndingSearch:
         was)."""
         probes, classes = [], set()
         for child in children:
-            if child in self._ascii and self._class_of.get(child) not in classes:
+            # (not a backslash: the closer after it is an escape, not a way out)
+            if child in self._ascii and child != self._backslash and self._class_of.get(child) not in classes:
                 classes.add(self._class_of.get(child))
                 probes.append(child)
+        probes = probes[:_LOOKAHEAD_WIDTH]
         blocked = [c for c in self._closers_in_order if not tokens_allowed(words, np.array([c], dtype=np.int64))[0]]
         budget = [_LOOKAHEAD_PROBES]
 
