@@ -241,6 +241,45 @@ def test_the_look_ahead_costs_little_where_it_finds_nothing(tiny_tokenizer, back
     assert counting.accepts < 6000, counting.accepts  # ~3,300 without any look-ahead, ~4,300 with one
 
 
+def test_a_search_cut_short_leaves_the_matcher_as_it_was(tiny_tokenizer) -> None:
+    """Audit 17: the 0.2 s guard firing deep in a look-ahead left its bytes accepted: the request's own matcher
+    went on a few bytes ahead of the text, and a minLength string came out 1-2 characters short. Whatever
+    the search accepted is undone however it ends (slow accepts make the guard fire here)."""
+    import time
+
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch, SearchLimits
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    class Slow:
+        def __init__(self, matcher):
+            self.matcher, self.net = matcher, 0
+
+        def accept_token(self, token_id):
+            time.sleep(0.0005)
+            ok = self.matcher.accept_token(token_id)
+            self.net += ok
+            return ok
+
+        def rollback(self, num_tokens):
+            self.net -= num_tokens
+            self.matcher.rollback(num_tokens)
+
+        def __getattr__(self, name):
+            return getattr(self.matcher, name)
+
+    full = {"type": "object", "properties": {"a": {"type": "string", "minLength": 200}}, "required": ["a"]}
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
+    matcher = create_backend("xgrammar", ctx).compile(constraint_from_fields(json_schema=json.dumps(full))).new_matcher()
+    assert matcher.accept_string('{"a": "xy')
+    for seconds in (0.2, 0.3, 0.4):  # past the first steps: the guard fires inside the look-ahead
+        slow = Slow(matcher)
+        EndingSearch(vocab, SearchLimits(max_seconds=seconds)).ending_tokens(slow)
+        assert slow.net == 0, (seconds, slow.net)
+
+
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
 def test_a_number_the_ending_writes_is_a_plain_zero(tiny_tokenizer, backend) -> None:
     """Audit 13: preferring masks the way had not seen anywhere on it wrote `-0.0e+0` (the comma's mask had

@@ -142,3 +142,21 @@ def test_a_prompt_ending_inside_a_character_leaves_nothing_of_itself_in_the_text
         detok = IncrementalDetokenizer(tokenizer, prompt, frozenset())
         pieces = [detok.push([t]) for t in answer] + [detok.flush()]
         assert "".join(pieces) == '{"name": "Tokyo"}', (prompt, pieces)
+
+
+def test_a_stop_regex_search_that_runs_out_of_time_once_is_tried_again(monkeypatch):
+    """Audit 17: the time limit is wall-clock, and with other threads busy an ordinary pattern ran out of it:
+    a healthy request was ended. A search that runs out is tried once more with a second's time; only a
+    pattern that needs more than that ends its request."""
+    import regex
+
+    from thinkform.engine import detokenizer
+
+    monkeypatch.setattr(detokenizer, "STOP_REGEX_SECONDS", 0.0)  # the first try always runs out
+    text = "so the final answer: 42" + " and more" * 200
+    patterns = [regex.compile(r"(?i)final answer\s*:\s*\d+")]
+    assert detokenizer.find_stop_regex(text[:23], 5, patterns) == (7, 23, patterns[0].pattern)
+    assert detokenizer.partial_stop_regex_len("so the final ans", patterns) == len("final ans")
+    monkeypatch.setattr(detokenizer, "STOP_REGEX_RETRY_SECONDS", 0.01)
+    with pytest.raises(detokenizer.StopRegexTimeout, match="stop_regex"):
+        detokenizer.find_stop_regex("a" * 40, 1, [regex.compile("(a|aa)+b")])

@@ -165,7 +165,7 @@ def test_bad_params_raise_value_error_naming_key(engine64, params, key):
 
 
 def test_prompt_too_long_is_clear_error(engine64):
-    with pytest.raises(ValueError, match="too long|never fit"):
+    with pytest.raises(ValueError, match="longer than the model.s context length|never fit"):
         engine64.generate(input_ids=[5] * 5000, sampling_params=GREEDY)
 
 
@@ -378,6 +378,14 @@ def test_a_stop_regex_that_backtracks_without_end_ends_its_request_not_the_engin
     assert reason["type"] == "abort" and "stop_regex" in reason["message"], reason
     assert time.perf_counter() - started < 30
     assert engine64.generate("Hello", {"max_new_tokens": 3, "stop_regex": ["x+y"]})["meta_info"]["completion_tokens"] <= 3
+    # audit 17: where the request may not stop yet (min_new_tokens) only a stream's hold-back searched, and
+    # paid the limit at every token without ending anything
+    params = {"max_new_tokens": 120, "min_new_tokens": 120, "allowed_token_ids": a, "stop_regex": ["(a|aa)+b"],
+              "temperature": 0}
+    chunks = list(engine64.generate("Hello", params, stream=True))
+    reason = chunks[-1]["meta_info"]["finish_reason"]
+    assert reason["type"] == "abort" and "stop_regex" in reason["message"], reason
+    assert chunks[-1]["meta_info"]["completion_tokens"] < 100
 
 
 def test_a_bad_item_of_a_batch_is_named_by_its_index(engine64):
@@ -395,3 +403,15 @@ def test_a_bad_item_of_a_batch_is_named_by_its_index(engine64):
     with pytest.raises(ValueError) as e:  # a single prompt's error stays as it was
         engine64.generate("a", {"temperature": "hot"})
     assert "batch" not in str(e.value)
+
+
+def test_a_default_max_new_tokens_is_cut_to_what_the_context_leaves(engine64):
+    """Audit 17: a long prompt without max_new_tokens was refused (the default 128 did not fit); SGLang cuts a
+    default to what the context leaves and refuses only a number the request gave."""
+    room = 10
+    ids = [5] * (engine64.context_length - room)
+    out = engine64.generate(input_ids=ids, sampling_params={"ignore_eos": True})
+    assert out["meta_info"]["completion_tokens"] == room and out["meta_info"]["finish_reason"]["type"] == "length"
+    with pytest.raises(ValueError, match="exceeds the model's maximum context length") as e:
+        engine64.generate(input_ids=ids, sampling_params={"max_new_tokens": room + 1})
+    assert e.value.field == "max_new_tokens"

@@ -87,29 +87,38 @@ def find_stop(text: str, new_len: int, stops: list[str]) -> tuple[int, str] | No
 # how far before the newest text a stop regex's match may begin (a match only ever grows from the end)
 STOP_REGEX_LOOKBACK = 1024
 # what one token's stop regex searches may take: they run on the engine loop, where a pattern that
-# backtracks without end (`(a|aa)+b` over a run of a's) would stall every request
+# backtracks without end (`(a|aa)+b` over a run of a's) would stall every request. Wall-clock (the regex
+# module's timeout): a search that runs out is tried once more with STOP_REGEX_RETRY_SECONDS, so a busy
+# machine (other threads holding the GIL) does not end a healthy request; a pattern that needs more ends its
+# request, once
 STOP_REGEX_SECONDS = 0.05
+STOP_REGEX_RETRY_SECONDS = 1.0
 
 
 class StopRegexTimeout(TimeoutError):
     """A stop regex took longer than STOP_REGEX_SECONDS to search one token's text."""
 
     def __init__(self, pattern: str) -> None:
-        super().__init__(f"stop_regex: {pattern!r} took longer than {STOP_REGEX_SECONDS * 1000:g} ms to search "
+        super().__init__(f"stop_regex: {pattern!r} took longer than {STOP_REGEX_RETRY_SECONDS:g} s to search "
                          "the output (it backtracks too much); the request was ended")
 
 
 class _Clock:
-    """The time left to a token's searches, as each regex search's timeout."""
+    """The time left to a token's searches, as each regex search's timeout (one retry with more)."""
 
     def __init__(self) -> None:
         self.deadline = time.perf_counter() + STOP_REGEX_SECONDS
+        self.retried = False
 
     def search(self, rx: regex.Pattern, text: str, pos: int, partial: bool = False) -> regex.Match | None:
-        try:
-            return rx.search(text, pos, partial=partial, timeout=max(1e-4, self.deadline - time.perf_counter()))
-        except TimeoutError:
-            raise StopRegexTimeout(rx.pattern) from None
+        while True:
+            try:
+                return rx.search(text, pos, partial=partial, timeout=max(1e-4, self.deadline - time.perf_counter()))
+            except TimeoutError:
+                if self.retried:
+                    raise StopRegexTimeout(rx.pattern) from None
+                self.retried = True
+                self.deadline = time.perf_counter() + STOP_REGEX_RETRY_SECONDS
 
 
 def find_stop_regex(text: str, new_len: int, patterns: list[regex.Pattern]) -> tuple[int, int, str] | None:
@@ -129,20 +138,17 @@ def find_stop_regex(text: str, new_len: int, patterns: list[regex.Pattern]) -> t
 
 def partial_stop_regex_len(text: str, patterns: list[regex.Pattern]) -> int:
     """Length of the longest end of text where a stop regex's match has begun but not ended (a partial
-    match reaching the end): a stream holds it back, since the next tokens may complete the match. Past
-    STOP_REGEX_SECONDS, the whole window it searched is held back (the loop ends such a request)."""
+    match reaching the end): a stream holds it back, since the next tokens may complete the match. Raises
+    StopRegexTimeout as find_stop_regex does."""
     best = 0
     start = max(0, len(text) - STOP_REGEX_LOOKBACK)
     clock = _Clock()
-    try:
-        for rx in patterns:
-            m = clock.search(rx, text, start, partial=True)
-            while m is not None and not m.partial:  # a whole match already took its stop; look past it
-                m = clock.search(rx, text, max(m.end(), m.start() + 1), partial=True)
-            if m is not None:
-                best = max(best, len(text) - m.start())
-    except StopRegexTimeout:
-        return len(text) - start
+    for rx in patterns:
+        m = clock.search(rx, text, start, partial=True)
+        while m is not None and not m.partial:  # a whole match already took its stop; look past it
+            m = clock.search(rx, text, max(m.end(), m.start() + 1), partial=True)
+        if m is not None:
+            best = max(best, len(text) - m.start())
     return best
 
 

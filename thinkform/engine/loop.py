@@ -413,6 +413,8 @@ class EngineLoop:
                     gate.rollback(len(ids) - i)
                 return FinishReason("length", None, length=p.max_new_tokens)
             seq.output_ids.append(tid)
+            if seq.stop_regex_error is not None:  # found while a stream held text back (output.shown_text)
+                return FinishReason("abort", message=seq.stop_regex_error)
             if seq.return_logprob:
                 self._record_logprob(seq, tid, sampled)
                 sampled = None if sampled is not None and sampled[0] == tid else sampled  # its value once

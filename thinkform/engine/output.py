@@ -5,7 +5,7 @@ import bisect
 import time
 from typing import Any, Callable
 
-from thinkform.engine.detokenizer import partial_stop_len, partial_stop_regex_len
+from thinkform.engine.detokenizer import StopRegexTimeout, partial_stop_len, partial_stop_regex_len
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.reasoning import ReasoningMarkers, split_reasoning
 
@@ -17,8 +17,12 @@ def shown_text(seq: Sequence, finished: bool) -> str:
     p = seq.params
     if finished or not (p.stop or p.stop_patterns) or p.no_stop_trim:
         return text
-    held = max(partial_stop_len(text, p.stop) if p.stop else 0,
-               partial_stop_regex_len(text, p.stop_patterns) if p.stop_patterns else 0)
+    try:
+        held_regex = partial_stop_regex_len(text, p.stop_patterns) if p.stop_patterns else 0
+    except StopRegexTimeout as e:  # the loop ends the request at its next token; nothing more is shown
+        seq.stop_regex_error = seq.stop_regex_error or str(e)
+        held_regex = len(text)
+    held = max(partial_stop_len(text, p.stop) if p.stop else 0, held_regex)
     return text[: len(text) - held] if held else text
 
 

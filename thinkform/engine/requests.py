@@ -286,11 +286,13 @@ class RequestBuilder:
     def _check_lengths(self, ids: list[int], p: SamplingParams) -> None:
         ctx = self.parts.context_length
         if len(ids) >= ctx:
-            raise ContextLengthError(f"The input ({len(ids)} tokens) is too long for the model's context length "
+            raise ContextLengthError(f"The input ({len(ids)} tokens) is longer than the model's context length "
                                      f"({ctx} tokens).", field="prompt")
         capacity = self.parts.pool.num_pages * self.parts.pool.page_size
         if p.max_new_tokens is None:  # as SGLang: what the context, the KV cache and the server's limit leave
             p.max_new_tokens = max(0, min(self.limits.max_new_tokens, capacity - len(ids), ctx - len(ids)))
+        elif not p.max_new_tokens_given:  # a default: cut to what the context leaves (as SGLang)
+            p.max_new_tokens = min(p.max_new_tokens, ctx - len(ids))
         if len(ids) + p.max_new_tokens > ctx:  # a 400 as in SGLang and vLLM, not a silent cut
             raise ContextLengthError(
                 f"Requested token count exceeds the model's maximum context length of {ctx} tokens. You requested "

@@ -58,12 +58,16 @@ class SamplingParams:
     stop_patterns: list[regex.Pattern] = field(default_factory=list, init=False, repr=False, compare=False)
     # bad_words as token sequences (with and without a leading space), filled by the request builder
     bad_word_ids: list[list[int]] = field(default_factory=list, init=False, repr=False, compare=False)
+    # whether the request itself gave max_new_tokens: a default (128, or the server's) is cut to what the
+    # context leaves, as SGLang cuts it; a number the request gave that cannot fit is an error
+    max_new_tokens_given: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any] | None, defaults: dict[str, Any] | None = None) -> "SamplingParams":
         """`defaults` (the server's: the model's generation config, preferred params) fill what `params`
         leaves unset; a None given for a key that means nothing by it is unset too."""
         params = dict(params or {})
+        given_max = params.get("max_new_tokens") is not None
         if defaults:
             given = {k: v for k, v in params.items() if v is not None or k in _KEEP_NONE}
             params = {**defaults, **given}
@@ -74,6 +78,7 @@ class SamplingParams:
         clean = {k: v for k, v in params.items() if v is not None or k in _KEEP_NONE}
         sp = cls(**clean)
         sp.normalize()
+        sp.max_new_tokens_given = given_max
         return sp
 
     @property

@@ -86,6 +86,8 @@ class Sequence:
     # streamed with logprobs: (len(detok.text), len(output_ids)) each time the text grew, so an event gives
     # the logprobs of the tokens whose text it shows
     text_marks: list[tuple[int, int]] = field(default_factory=list)
+    # a stop regex that ran out of time on this output (detokenizer.StopRegexTimeout): the request ends
+    stop_regex_error: str | None = None
 
     @property
     def tokens(self) -> list[int]:

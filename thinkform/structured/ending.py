@@ -104,6 +104,7 @@ class _Walk:
     literals: list[list[int]]  # the grammar's literal runs as single-byte ids (literals.py)
     closing: list[list[int]]  # what may end the answer at once: its remaining fixed text, each literal
     looked: set[bytes] = field(default_factory=set)  # masks the look-ahead started from (it is dear where it fails)
+    depth: int = 0  # tokens accepted and not rolled back: what find() undoes, however the search ends
 
     def mask(self) -> np.ndarray:
         if self.fills_left <= 0:
@@ -126,7 +127,15 @@ class _Walk:
         # `(x+x+)+y`): the clock is checked at each one
         if time.perf_counter() > self.deadline:
             raise _Exhausted
-        return self.matcher.accept_token(token_id)
+        if not self.matcher.accept_token(token_id):
+            return False
+        self.depth += 1
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens:
+            self.matcher.rollback(num_tokens)
+            self.depth -= num_tokens
 
 
 class EndingSearch:
@@ -207,13 +216,14 @@ class EndingSearch:
             return found if found is not None else self._breadth_first(walk)
         except _Exhausted:
             return None
+        finally:
+            walk.rollback(walk.depth)  # what a search cut short (deep in a look-ahead, say) had accepted
 
     def _greedy(self, walk: _Walk) -> list[int] | None:
         """One way, taken step by step: a child that ends the grammar if there is one, else the first closer
         or ASCII child (in class order) whose mask differs from its parent's, else the first child.
         A fill or two a step; it finds the long endings (the remaining required fields of a JSON object)
         that the breadth-first search runs out of fills for."""
-        matcher = walk.matcher
         path: list[int] = []
         words = walk.mask()
         # the masks of the last few steps: going back to one is a loop (`.` and a letter in an email's name);
@@ -259,8 +269,7 @@ class EndingSearch:
                 path.append(child)
             return None
         finally:
-            if path:
-                matcher.rollback(len(path))
+            walk.rollback(walk.depth)
 
     @staticmethod
     def _last_child(walk: _Walk, children: list[int]) -> int | None:
@@ -268,7 +277,7 @@ class EndingSearch:
         for child in children:
             if walk.accept(child):
                 ends = walk.matcher.can_terminate()
-                walk.matcher.rollback(1)
+                walk.rollback(1)
                 if ends:
                     return child
         return None
@@ -287,7 +296,7 @@ class EndingSearch:
                 if after.tobytes() != here:
                     return ids, after
             if taken:
-                walk.matcher.rollback(taken)
+                walk.rollback(taken)
         return None
 
     def _step(self, walk: _Walk, children: list[int], here: bytes, seen: deque[bytes],
@@ -311,7 +320,7 @@ class EndingSearch:
             try:
                 after = walk.mask()
             finally:
-                walk.matcher.rollback(1)
+                walk.rollback(1)
             if first is None:
                 first = (child, after)
             mask = after.tobytes()
@@ -344,7 +353,7 @@ class EndingSearch:
             taken = walk.take(ids)
             ends = taken == len(ids) and walk.matcher.can_terminate()
             if taken:
-                walk.matcher.rollback(taken)
+                walk.rollback(taken)
             if ends:
                 return ids
         return None
@@ -361,7 +370,7 @@ class EndingSearch:
                 if mask != here and mask not in seen:
                     return ids
             if taken:
-                walk.matcher.rollback(taken)
+                walk.rollback(taken)
         return None
 
     def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> list[int] | None:
@@ -391,7 +400,7 @@ class EndingSearch:
                 found = self._way_out(walk, blocked, budget) if depth == 1 else below(depth - 1)
                 if found is not None:
                     return [probe, *found]
-                walk.matcher.rollback(1)
+                walk.rollback(1)
             return None
 
         for depth in range(2, _LOOKAHEAD_DEPTH + 1):
@@ -431,7 +440,7 @@ class EndingSearch:
                     closes = True
                     break
         finally:
-            walk.matcher.rollback(accepted)
+            walk.rollback(accepted)
         runs[(child, here)] = closes
         return closes
 
@@ -452,7 +461,6 @@ class EndingSearch:
         """Fill the mask after `path`; unless a twin of this level was expanded already, try each child: the
         way to an end if one is found, else the children go to `following`. A node's mask is filled only
         when it is expanded, so the level where the search ends costs no fills."""
-        matcher = walk.matcher
         taken = 0
         try:
             for t in path:
@@ -470,8 +478,7 @@ class EndingSearch:
                 return path + [last]
             following.extend(path + [child] for child in children)
         finally:
-            if taken:
-                matcher.rollback(taken)
+            walk.rollback(taken)
         return None
 
     def _children(self, words: np.ndarray) -> list[int]:
