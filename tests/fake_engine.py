@@ -27,6 +27,7 @@ class FakeEngine:
     reply: Callable[[dict[str, Any]], str] = default_reply
     finish_reason: dict[str, Any] = field(default_factory=lambda: {"type": "stop", "matched": None})
     chunk_delay_s: float = 0.0
+    chunk_chars: int = 3  # characters of text each streamed chunk adds
     overloaded: bool = False
     healthy: bool = True
     tool_call_parser: str | None = None
@@ -48,6 +49,7 @@ class FakeEngine:
     def reset(self) -> None:
         """Back to the scripted defaults between tests that share one server."""
         self.reply, self.overloaded, self.healthy, self.busy, self.chunk_delay_s = default_reply, False, True, False, 0.0
+        self.chunk_chars = 3
         self.calls.clear()
         self.aborted.clear()
 
@@ -160,7 +162,8 @@ class FakeEngine:
     async def _stream(self, outs: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         for out in outs:
             text = out["text"]
-            for end in range(3, len(text) + 3, 3):
+            step = self.chunk_chars
+            for end in range(step, len(text) + step, step):
                 if self.chunk_delay_s:
                     await asyncio.sleep(self.chunk_delay_s)
                 last = end >= len(text)

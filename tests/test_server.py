@@ -345,6 +345,32 @@ def test_stream_tool_calls_with_the_sdk(served):
     assert json.loads(calls[0]["arguments"]) == {"city": "Paris"} and pieces > 3  # streamed, not sent whole
 
 
+@pytest.mark.parametrize("chunk_chars", [1, 7, 1000])
+def test_streamed_tool_calls_read_right_by_naive_clients(served, chunk_chars):
+    """Each chunk carries one entry per call, and a call's header (id, name, empty arguments) comes alone, as
+    OpenAI streams it: audits 16 and 17 found clients that keep one entry per call a chunk, and clients that
+    set the arguments when the header comes, each losing a piece of the arguments of the other shape."""
+    engine, base = served
+    engine.reply = lambda call: "Hmm</think>" + HERMES_CALL + "\n" + HERMES_CALL.replace("Paris", "Rome")
+    engine.chunk_chars = chunk_chars
+    with httpx.stream("POST", f"{base}/v1/chat/completions",
+                      json={"messages": QUESTION, "tools": TOOLS, "stream": True}) as r:
+        entries = [e["choices"][0]["delta"].get("tool_calls") or [] for e in sse_events(r)[:-1]]
+    last_per_chunk: dict[int, dict] = {}
+    reset_at_header: dict[int, str] = {}
+    for chunk in entries:
+        assert len({c["index"] for c in chunk}) == len(chunk), chunk
+        for c in chunk:
+            last_per_chunk.setdefault(c["index"], {"arguments": ""})["arguments"] += c["function"].get("arguments", "")
+            if "id" in c:
+                assert c["function"]["arguments"] == "" and c["function"]["name"] == "get_weather"
+                reset_at_header[c["index"]] = ""
+            else:
+                reset_at_header[c["index"]] += c["function"]["arguments"]
+    for args in (last_per_chunk, {k: {"arguments": v} for k, v in reset_at_header.items()}):
+        assert [json.loads(args[k]["arguments"]) for k in sorted(args)] == [{"city": "Paris"}, {"city": "Rome"}]
+
+
 def test_stream_with_n_two(served):
     _, base = served
     with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": QUESTION, "stream": True, "n": 2}) as r:

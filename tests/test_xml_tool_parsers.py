@@ -56,7 +56,6 @@ def _stream(parser, text, step, cut=False):
     sent, deltas = "", []
     for i in range(0, len(text), step):
         normal, calls = stream.feed(text[i:i + step])
-        assert len({d["index"] for d in calls}) == len(calls)  # one entry per call a chunk (audit 16)
         sent, deltas = sent + normal, deltas + calls
     rest, calls, made = stream.finish(cut)
     return sent + rest, deltas + calls, made
@@ -113,7 +112,7 @@ def test_calls_stream_while_they_are_written(name):
     deltas = []
     for i in range(0, upto, 3):
         deltas += stream.feed(text[i:min(i + 3, upto)])[1]
-    assert deltas[0]["function"]["name"] == "get_weather"  # with what arguments were written by then
+    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
     assert all("id" not in d for d in deltas[1:])
     assert "".join(d["function"]["arguments"] for d in deltas) == '{"city": "Pari'
 

@@ -467,8 +467,7 @@ class _ChoiceStream:
         normal, calls, made = self.tools.finish(cut)
         if normal:
             deltas.append({"content": normal})
-        if calls:
-            deltas.append({"tool_calls": calls})
+        deltas += [{"tool_calls": part} for part in one_per_index(calls)]
         return deltas, made
 
     def _deltas(self, r: str, c: str) -> list[dict[str, Any]]:
@@ -487,9 +486,20 @@ class _ChoiceStream:
                 c, calls = self.tools.feed(c)
             if c:
                 out.append({"content": c})
-            if calls:
-                out.append({"tool_calls": calls})
+            out += [{"tool_calls": part} for part in one_per_index(calls)]
         return out
+
+
+def one_per_index(calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Tool-call deltas in runs where no call's index comes twice: a chunk each, so the header (id, name,
+    empty arguments) and the first arguments of a call go out in two chunks, as OpenAI sends them (clients
+    that take one entry per call a chunk, or that set the arguments at the header, read both right)."""
+    parts: list[list[dict[str, Any]]] = []
+    for call in calls:
+        if not parts or any(c["index"] == call["index"] for c in parts[-1]):
+            parts.append([])
+        parts[-1].append(call)
+    return parts
 
 
 def new_choice_stream(state: ServerState, plan: ChatPlan, hold_reasoning: bool) -> _ChoiceStream:

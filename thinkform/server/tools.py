@@ -498,12 +498,11 @@ class StreamingToolParser:
     def _call_deltas(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held)[: self.max_calls]):
-            if k == len(self._calls):  # its header and the arguments so far in one entry: one per index a chunk
-                call = ToolCall(name, args)
+            if k == len(self._calls):  # its header first, with empty arguments, as OpenAI streams a call
+                call = ToolCall(name, "")
                 call.id = self.parser.call_id(name, k) or call.id
-                self._calls.append((call, len(args)))
-                out.append({**call.to_openai(k), "function": {"name": name, "arguments": args}})
-                continue
+                self._calls.append((call, 0))
+                out.append({**call.to_openai(k), "function": {"name": name, "arguments": ""}})
             call, sent = self._calls[k]
             if len(args) > sent:
                 out.append({"index": k, "function": {"arguments": args[sent:]}})
