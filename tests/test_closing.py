@@ -125,6 +125,10 @@ ENDING_CASES = [  # (constraint kind, source, a Python regex of the same languag
     ("regex", r"(\w+=\"[^\"]*\"; )+end", r"(\w+=\"[^\"]*\"; )+end", "a"),
     ("regex", r"(\w+ )+done", r"(\w+ )+done", "ab "),
     ("regex", r"<a>.*</a><b>.*</b>", r"<a>.*</a><b>.*</b>", "<a>ab"),
+    # literal alternatives after a loop, and a URL's path and query after a host whose class takes the dot
+    ("regex", r"[a-z0-9.]+@[a-z0-9.-]+\.(com|org|net)", r"[a-z0-9.]+@[a-z0-9.-]+\.(com|org|net)", "ab@cd"),
+    ("regex", r"https?://[a-z0-9.-]+\.[a-z]{2,4}/[a-z/]*\?q=[a-z]+", r"https?://[a-z0-9.-]+\.[a-z]{2,4}/[a-z/]*\?q=[a-z]+",
+     "http://ab.cd"),
     ("ebnf", 'root ::= "<a>" t* "</a>" "<b>" t* "</b>"\nt ::= [a-z<>/ ]', r"<a>[a-z<>/ ]*</a><b>[a-z<>/ ]*</b>", "<a>ab"),
     ("ebnf", 'root ::= "(" item ("," item)* ")"\nitem ::= [a-z]+', r"\([a-z]+(,[a-z]+)*\)", "(ab,cd"),
     ("ebnf", 'root ::= expr\nexpr ::= term ("+" term)*\nterm ::= "(" expr ")" | [0-9]+', None, "((1+(2+((3"),

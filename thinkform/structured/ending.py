@@ -57,9 +57,11 @@ if TYPE_CHECKING:
 
 _CLOSERS = b"\"')]}>"
 _OPENERS = b"([{<"
+_SEPARATORS = b"/:;,=?&@#"
 _MAX_REPEATS = 32  # how far a closer that leaves the mask as it was is tried in a run (nesting depth)
 _LOOKAHEAD_DEPTH = 4  # bytes a way through a loop whose mask never changes is looked for (`a.aa`: a domain)
 _LOOKAHEAD_PROBES = 1024  # accepts one such look may spend (a few milliseconds; no fills)
+_LOOKAHEAD_TOTAL = 2048  # accepts all of one search's looks may spend
 _LOOKAHEAD_WIDTH = 8  # bytes tried at each step of it (the first classes: closers, separators, a digit, a letter)
 _RECENT_MASKS = 4  # steps back a mask counts as where the way has been
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
@@ -103,7 +105,9 @@ class _Walk:
     deadline: float
     literals: list[list[int]]  # the grammar's literal runs as single-byte ids (literals.py)
     closing: list[list[int]]  # what may end the answer at once: its remaining fixed text, each literal
-    looked: set[bytes] = field(default_factory=set)  # masks the look-ahead started from (it is dear where it fails)
+    looked: set[bytes] = field(default_factory=set)  # masks a whole look-ahead found nothing from
+    look_budget: int = _LOOKAHEAD_TOTAL  # accepts left to this walk's look-aheads (dear where they fail)
+    literals_tried: set[bytes] = field(default_factory=set)  # masks whose literal way out was looked for
     depth: int = 0  # tokens accepted and not rolled back: what find() undoes, however the search ends
 
     def mask(self) -> np.ndarray:
@@ -148,7 +152,9 @@ class EndingSearch:
         self._ids = np.array([t for t, _ in pairs], dtype=np.int64)
         self._classes = np.array([k for _, k in pairs], dtype=np.int64)
         self._closers = frozenset(vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids)
-        self._closers_in_order = [vocab.byte_ids[b] for b in _CLOSERS if b in vocab.byte_ids]
+        # bytes whose coming through, where they could not before, shows a look-ahead has left a loop: the
+        # closers, and the separators after which a URL, a path or a list goes on (`.aa/` out of a host)
+        self._way_out_ids = [vocab.byte_ids[b] for b in _CLOSERS + _SEPARATORS if b in vocab.byte_ids]
         self._class_of = dict(zip(self._ids.tolist(), self._classes.tolist()))
         self._ascii = frozenset(vocab.byte_ids[b] for b in range(0x80) if b in vocab.byte_ids)
         self._spaces = frozenset(vocab.byte_ids[b] for b in b" \t\n\r" if b in vocab.byte_ids)
@@ -253,9 +259,13 @@ class EndingSearch:
                     # every child keeps the mask (inside `[a-z0-9.-]+\.[a-z]{2,4}` a dot and letters go on
                     # alike): look a few bytes ahead for a way that ends or lets a closer through
                     ahead = None
-                    if here not in walk.looked:  # a look that found nothing here would find nothing again
-                        walk.looked.add(here)
-                        ahead = self._look_ahead(walk, children, words) or self._literal_out(walk, here, seen)
+                    if here not in walk.looked and walk.look_budget > 0:
+                        ahead, complete = self._look_ahead(walk, children, words)
+                        if complete:  # a look that tried every way from here would find nothing here again
+                            walk.looked.add(here)
+                    if ahead is None and here not in walk.literals_tried:
+                        walk.literals_tried.add(here)
+                        ahead = self._literal_out(walk, here, seen)
                     if ahead is not None:
                         path += ahead
                         words = walk.mask()
@@ -373,13 +383,14 @@ class EndingSearch:
                 walk.rollback(taken)
         return None
 
-    def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> list[int] | None:
-        """A way of 2 to `_LOOKAHEAD_DEPTH` bytes, shortest first, after which the grammar may end or takes a
-        closer it does not take here (`.aa` and then `"` for an email address in JSON); the matcher is left
-        after it. Where every child keeps the mask, the mask cannot tell one state from another, so this walks
-        with accepts alone (no fills): the ASCII children, one per class (one letter, one digit, each
-        punctuation mark), and `_LOOKAHEAD_PROBES` accepts at most. None: no such way (the matcher as it
-        was)."""
+    def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> tuple[list[int] | None, bool]:
+        """(a way, whether the look covered every way it tries). The way: 2 to `_LOOKAHEAD_DEPTH` bytes,
+        shortest first, after which the grammar may end or takes a closer or separator it does not take here
+        (`.aa` and then `"` for an email address in JSON, `/` after a URL's host); the matcher is left after
+        it (None: no such way, the matcher as it was). Where every child keeps the mask, the mask cannot tell
+        one state from another, so this walks with accepts alone (no fills): the ASCII children, one per class
+        (one letter, one digit, each punctuation mark), `_LOOKAHEAD_WIDTH` of them, and `_LOOKAHEAD_PROBES`
+        accepts at most, out of the walk's `_LOOKAHEAD_TOTAL`."""
         probes, classes = [], set()
         for child in children:
             # (not a backslash: the closer after it is an escape, not a way out)
@@ -387,8 +398,9 @@ class EndingSearch:
                 classes.add(self._class_of.get(child))
                 probes.append(child)
         probes = probes[:_LOOKAHEAD_WIDTH]
-        blocked = [c for c in self._closers_in_order if not tokens_allowed(words, np.array([c], dtype=np.int64))[0]]
-        budget = [_LOOKAHEAD_PROBES]
+        blocked = [c for c in self._way_out_ids if not tokens_allowed(words, np.array([c], dtype=np.int64))[0]]
+        granted = min(_LOOKAHEAD_PROBES, walk.look_budget)
+        budget = [granted]
 
         def below(depth: int) -> list[int] | None:
             for probe in probes:
@@ -403,15 +415,18 @@ class EndingSearch:
                 walk.rollback(1)
             return None
 
-        for depth in range(2, _LOOKAHEAD_DEPTH + 1):
-            found = below(depth)
-            if found is not None:
-                return found
-        return None
+        try:
+            for depth in range(2, _LOOKAHEAD_DEPTH + 1):
+                found = below(depth)
+                if found is not None:
+                    return found, True
+            return None, budget[0] > 0
+        finally:
+            walk.look_budget -= granted - max(0, budget[0])
 
     @staticmethod
     def _way_out(walk: _Walk, blocked: list[int], budget: list[int]) -> list[int] | None:
-        """[] where the grammar may end here, [closer] for the first of `blocked` it takes (accepted: the
+        """[] where the grammar may end here, [byte] for the first of `blocked` it takes (accepted: the
         matcher is left after it), else None."""
         if walk.matcher.can_terminate():
             return []

@@ -63,14 +63,19 @@ def _regex_runs(pattern: str) -> list[str]:
 
 
 def _walk(items: Any, runs: list[str], sre: Any) -> None:
-    run: list[str] = []
+    """Literal runs of `items` into `runs`; a group of literal alternatives continues the run before it in each
+    of its ways (`\\.(com|org)`: `.com` and `.org`, the text that leaves `[a-z.]+` behind)."""
+    current = [""]  # the run being read, in each way the alternatives so far allow
     for op, arg in items:
         if op is sre.LITERAL:
-            run.append(chr(arg))
+            current = [run + chr(arg) for run in current]
             continue
-        if run:
-            runs.append("".join(run))
-            run = []
+        ways = _alternatives(op, arg, sre)
+        if ways is not None and len(current) * len(ways) <= MAX_LITERALS:
+            current = [run + way for run in current for way in ways]
+            continue
+        runs.extend(run for run in current if run)
+        current = [""]
         if op is sre.SUBPATTERN:
             _walk(arg[-1], runs, sre)
         elif op is sre.BRANCH:
@@ -80,5 +85,26 @@ def _walk(items: Any, runs: list[str], sre: Any) -> None:
             _walk(arg[2], runs, sre)
         elif op in (sre.ASSERT, sre.ASSERT_NOT):
             _walk(arg[1], runs, sre)
-    if run:
-        runs.append("".join(run))
+    runs.extend(run for run in current if run)
+
+
+def _alternatives(op: Any, arg: Any, sre: Any) -> list[str] | None:
+    """The strings a group of literals, or of literal alternatives, stands for (`(com|org)`); None for any
+    other item."""
+    if op is sre.SUBPATTERN:
+        inner = list(arg[-1])
+        if len(inner) == 1 and inner[0][0] is sre.BRANCH:
+            op, arg = inner[0]
+        else:
+            text = _literal_text(inner, sre)
+            return None if text is None else [text]
+    if op is not sre.BRANCH:
+        return None
+    ways = [_literal_text(list(branch), sre) for branch in arg[1]]
+    return None if any(w is None for w in ways) else ways  # type: ignore[return-value]
+
+
+def _literal_text(items: list[Any], sre: Any) -> str | None:
+    if not all(op is sre.LITERAL for op, _ in items):
+        return None
+    return "".join(chr(arg) for _, arg in items)
