@@ -4,6 +4,7 @@ checks whose meaning needs a model run the real Engine on a tiny model (conftest
 reasoning_engine)."""
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -353,11 +354,21 @@ def test_a_json_schema_response_format_without_its_wrapper_is_taken_as_sglang_ta
     assert _json.loads(engine.calls[-1]["sampling_params"]["json_schema"]) == schema
 
 
+def test_a_bare_json_schema_may_be_json_text(served):
+    engine, base = served
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    r = _chat(base, response_format={"type": "json_schema", "schema": json.dumps(schema)})
+    assert r.status_code == 200, r.text
+    assert json.loads(engine.calls[-1]["sampling_params"]["json_schema"]) == schema
+
+
 def test_roles_in_another_case_are_read_as_sglang_reads_them(served):
     engine, base = served
     r = _chat(base, messages=[{"role": "System", "content": "Be brief."}, {"role": "User", "content": "Hi"}])
     assert r.status_code == 200, r.text
     assert "Be brief." in engine.tokenizer.decode(engine.calls[-1]["input_ids"])
+    r = httpx.post(f"{base}/v1/responses", json={"input": [{"role": "User", "content": "Hi"}], "max_output_tokens": 5})
+    assert r.status_code == 200, r.text
 
 
 def test_a_completions_rid_list_names_each_prompt(served):
@@ -369,6 +380,13 @@ def test_a_completions_rid_list_names_each_prompt(served):
            400, "rid", "one id per prompt")
     r = httpx.post(f"{base}/v1/completions", json={"prompt": "a", "max_tokens": 3, "rid": ["only"]})
     assert r.status_code == 200 and engine.calls[-1]["rid"] == "only"
+
+
+def test_a_rid_list_with_a_duplicate_or_empty_id_is_a_400_naming_rid(engine64):
+    with running_server(engine64) as base:
+        for rids in (["x", "x"], ["", "y"]):
+            r = httpx.post(f"{base}/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 2, "rid": rids})
+            _error(r, 400, "rid")
 
 
 def test_meta_info_carries_sglang_s_keys_and_a_native_param_error_its_full_name(engine64):

@@ -446,12 +446,12 @@ def _prompt_rids(rid: Any, count: int, batched: bool) -> list[str]:
         return [uuid.uuid4().hex for _ in range(count)]
     if isinstance(rid, list):
         if len(rid) != count or not all(isinstance(r, str) and r for r in rid):
-            raise ValueError(f"rid: a list needs one non-empty string per prompt ({count}), got {rid!r:.80}")
+            raise RequestFieldError(f"rid: a list needs one non-empty string per prompt ({count}), got {rid!r:.80}")
         if len(set(rid)) != count:
-            raise ValueError("rid: the ids of a batch's prompts must differ")
+            raise RequestFieldError("rid: the ids of a batch's prompts must differ")
         return list(rid)
     if not isinstance(rid, str):
-        raise ValueError("rid: must be a string or a list of strings")
+        raise RequestFieldError("rid: must be a string or a list of strings")
     return [f"{rid}_{i}" for i in range(count)] if batched else [rid]
 
 

@@ -2,6 +2,7 @@
 (extra="allow") so the handlers can log and ignore them instead of failing the request."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Literal, Optional, Union
 
@@ -67,6 +68,11 @@ class ResponseFormat(Lenient):
                 and "schema" in data:
             data = dict(data)
             schema = data.pop("schema")
+            if isinstance(schema, str):  # a schema sent as JSON text, as json_schema may be elsewhere
+                try:
+                    schema = json.loads(schema)
+                except json.JSONDecodeError:
+                    raise ValueError("schema: is not valid JSON") from None
             title = schema.get("title") if isinstance(schema, dict) else None
             data["json_schema"] = {"name": data.pop("name", None) or title or "response", "schema": schema,
                                    **({"strict": data.pop("strict")} if "strict" in data else {})}

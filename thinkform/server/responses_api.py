@@ -73,6 +73,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             role = item.get("role")
+            role = role.lower() if isinstance(role, str) else role  # "User" as chat reads it (SGLang's way)
             if role not in ("user", "assistant", "system", "developer"):
                 raise APIError(f"{where}.role: must be user, assistant, system or developer, got {role!r}",
                                param=f"{where}.role")
