@@ -240,6 +240,24 @@ def test_a_marker_of_many_tokens_still_leaves_the_answer_its_reserve(plain: Env)
     assert trace.out.count(env.ids("</think>")[0]) >= 1 and 40 - trace.out.index(env.ids("</think>")[0]) >= 3
 
 
+@pytest.mark.parametrize("env_name", ["special", "plain"])
+def test_a_budget_that_falls_inside_a_character_lets_it_finish(request, env_name: str) -> None:
+    """A thinking budget reached after the first byte of a character (CJK, emoji: several byte tokens) cut it,
+    and reasoning_content ended in U+FFFD. The end marker now waits for the character (a few tokens at most)."""
+    env = request.getfixturevalue(env_name)
+    think = env.ids("ab 东西南北 🙂 " * 8)
+    cuts = [k for k in range(1, len(think)) if env.vocab.bytes_of(think[:k]).decode("utf-8", "replace").endswith("\ufffd")]
+    assert cuts  # the reasoning has budgets that fall inside a character
+    end = env.ids("</think>")
+    for budget in cuts[:6]:
+        gate = env.gate(Phase.REASONING, max_reasoning_tokens=budget)
+        trace = run(env, gate, think, env.ids(ANSWER))
+        at = next(i for i in range(len(trace.out)) if trace.out[i:i + len(end)] == end)
+        assert budget < at <= budget + 3, (budget, at)
+        env.vocab.bytes_of(trace.out[:at]).decode("utf-8")  # whole characters only
+        assert json.loads(answer_of(env, trace.out, True)[1])["population"] == 2147000
+
+
 @pytest.mark.parametrize("constrained", [True, False])
 def test_a_reserve_of_zero_lets_reasoning_run_to_max_new_tokens(special: Env, constrained: bool) -> None:
     """Audit 16: `answer_reserve_tokens: 0` still replaced the last token with `</think>`; 0 keeps nothing,

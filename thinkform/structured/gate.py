@@ -74,6 +74,20 @@ def initial_phase(markers: ReasoningMarkers | None,
     return Phase.REASONING if markers.starts_in_reasoning(chat_template_kwargs) else Phase.OPEN
 
 
+_CHAR_GRACE = 3  # tokens a forced end of reasoning waits for the character the last one began
+
+
+def _ends_inside_char(data: bytes) -> bool:
+    """Whether `data` ends inside a UTF-8 character (a lead byte without all its continuation bytes)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: look further back for its lead
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return back < need
+    return False
+
+
 @dataclass(slots=True)
 class _Snapshot:
     """Gate state before one output token, so rollback can restore it."""
@@ -322,9 +336,15 @@ class ReasoningGate:
         # max_new_tokens left no answer at all)
         # a reserve of 0 keeps nothing: reasoning may run to max_new_tokens (SGLang's and vLLM's way)
         reserve = self.answer_reserve_tokens
-        if over_budget or (reserve > 0 and left is not None and left <= reserve + len(self._close_ids)):
-            return list(self._close_ids)
-        return []
+        short = None if left is None else reserve + len(self._close_ids) - left  # >= 0: the reserve is reached
+        if not over_budget and not (reserve > 0 and short is not None and short >= 0):
+            return []
+        # a character the last tokens began is finished first, up to _CHAR_GRACE tokens past the budget or into
+        # the reserve: reasoning cut inside one ends in U+FFFD
+        past = max(self.reasoning_tokens - self.max_reasoning_tokens if over_budget else 0, short or 0)
+        if _ends_inside_char(self._tail) and past < _CHAR_GRACE and (left is None or left > len(self._close_ids)):
+            return []
+        return list(self._close_ids)
 
     def _forced_ending(self, num_generated: int) -> list[int]:
         """A short ending of the grammar and EOS (EOS alone where the grammar may end already), looked for
