@@ -18,7 +18,8 @@ backend and every constraint kind:
   or two a step, and in our measurements it finds an ending as short as the breadth-first search's
   (bench/ending_search.py). Where no child changes the mask (inside `[a-z0-9.-]+\\.[a-z]{2,4}` a dot and a
   letter go on alike), it looks up to 4 bytes ahead with accepts alone for a way that may end or lets a
-  closer through (`.aa`). A regex or EBNF grammar's own literal runs (literals.py) are tried whole at each
+  closer or separator through (`.aa`, `.aa/`; 2,048 accepts a search at most, a look that tried every way
+  from a mask not repeated there). A regex or EBNF grammar's own literal runs (literals.py) are tried whole at each
   step where they end the answer (`</answer>` out of `.*`, whose letters no mask tells apart), and where
   nothing else leads out, one that leads to a mask not seen lately;
 - where it fails, breadth-first over the same children; nodes of one level whose masks are equal count as
