@@ -1,11 +1,14 @@
 """The seed page's notebook code ("Structured Outputs For Reasoning Models", SGLang docs), run against
 thinkform. Changed from the page: the imports (sglang -> thinkform) and the model path; nothing else.
 
-    SEED_MODEL_PATH=/path/to/hf-model-dir python examples/seed_notebook.py
+    python examples/seed_notebook.py                                        # the embedded model
+    SEED_MODEL_PATH=/path/to/hf-model-dir python examples/seed_notebook.py  # any other
 """
 import os
 
-MODEL_PATH = os.environ["SEED_MODEL_PATH"]
+from thinkform.models.loader import default_model_file
+
+MODEL_PATH = os.environ.get("SEED_MODEL_PATH") or str(default_model_file())
 
 import openai
 import os

@@ -169,6 +169,11 @@ def test_pythonic_calls_are_constrained_for_required_and_named():
     for args, ok in [("legs=[5, 1]", True), ("legs=[3]", True), ("legs=[]", False), ("legs=[1, 2, 3]", False),
                      ("legs=[7]", False), ("legs=[0]", False), ("nights=12", True), ("nights=-1", False)]:
         assert _grammar_accepts(required, f'[plan_trip(city="Rome", days=3, {args})]') == ok, args
+    # a number's exponent has two digits: 1e999 was Python's inf, and the arguments' JSON read `Infinity`
+    number = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}}}
+    any_number = parser.structural_tag([number], "required")
+    assert _grammar_accepts(any_number, "[f(x=-1.5e99)]") and not _grammar_accepts(any_number, "[f(x=1e999)]")
     named = parser.structural_tag([DATE], "named")
     assert _grammar_accepts(named, '[get_date(tz="CET")]')
     assert not _grammar_accepts(named, '[get_date(tz="CET"), get_date(tz="UTC")]')

@@ -24,7 +24,8 @@ from thinkform.structured.closing import TagScope, closing_reserve
 from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
-from thinkform.structured.spec import Constraint, constraint_from_fields, is_json_format, json_tag_bounds, xml_tags
+from thinkform.structured.spec import (Constraint, constraint_from_fields, is_json_format, json_tag_bounds,
+                                      tag_grammar, xml_tags)
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -349,6 +350,8 @@ class RequestBuilder:
         tag = c.data() if c is not None and c.kind == "structural_tag" else None  # parsed once for both
         if tag is not None and is_json_format(tag):  # a structural tag that is one JSON schema: a JSON answer
             kind, tag = "json_schema", None
+        elif tag is not None and tag_grammar(tag) is not None:  # one grammar or regex: closed as those are
+            kind, tag = tag_grammar(tag)[0], None
         json_answer = kind in ("json_schema", "json_object")
         tags = json_tag_bounds(tag) if tag is not None else []
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []

@@ -2,7 +2,8 @@
 of tools: keyword arguments in each tool's property order, values as Python literals that match its JSON
 schema, so `ast.literal_eval` reads every call the grammar allows.
 
-Numbers are bounded in the grammar itself (17 significant digits, a 3-digit exponent) and strings use JSON's
+Numbers are bounded in the grammar itself (17 digits before the point, 16 after, a 2-digit exponent: every
+one a finite double, never `inf`) and strings use JSON's
 escapes, which Python reads the same way. Enforced: types, enums, string lengths, properties / required,
 items with minItems / maxItems, anyOf / oneOf, and integer ranges of up to 256 values (written out) or with
 a lower bound of 0 or more only (no sign). Not enforced: patterns, other numeric ranges, $ref; such values
@@ -21,7 +22,7 @@ py_dict ::= "{" ( py_string ": " py_value ( ", " py_string ": " py_value )* )? "
 py_string ::= "\"" py_char* "\""
 py_char ::= [^"\\\x00-\x1f] | "\\" ["\\bfnrt] | "\\u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F]
 py_integer ::= "-"? ( "0" | [1-9] [0-9]{0,16} )
-py_number ::= py_integer ( "." [0-9]{1,16} )? ( [eE] [+-]? [0-9]{1,3} )?
+py_number ::= py_integer ( "." [0-9]{1,16} )? ( [eE] [+-]? [0-9]{1,2} )?
 '''
 
 

@@ -66,15 +66,16 @@ _LOOKAHEAD_TOTAL = 2048  # accepts all of one search's looks may spend
 _LOOKAHEAD_WIDTH = 8  # bytes tried at each step of it (the first classes: closers, separators, a digit, a letter)
 _RECENT_MASKS = 4  # steps back a mask counts as where the way has been
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
-                           if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
+                           if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS and c != ord("-"))
 # Class order decides which of several ways is taken, and which of two twins is kept. Closers
 # come first and openers last, so that `0)` (a way out) is kept over `(0` (a way in) where their masks
 # agree; separators come before letters and digits, so that `a b` (a second word) is kept over `aab` (a
-# longer first word) where a grammar counts words.
+# longer first word) where a grammar counts words; the minus sign after the digits, so that a number the
+# ending writes is `0`, not `-1`.
 _CLASSES: tuple[bytes, ...] = (
     *(bytes([c]) for c in _CLOSERS), b" ", b"\n", b"\t", b"\r", *(bytes([c]) for c in _OTHER_PUNCTUATION),
-    b"0123456789", b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", *(bytes([c]) for c in _OPENERS),
-    bytes(range(0x80, 0x100)),
+    b"0123456789", b"-", b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    *(bytes([c]) for c in _OPENERS), bytes(range(0x80, 0x100)),
 )
 
 

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from thinkform.structured.spec import Constraint
+from thinkform.structured.spec import Constraint, tag_grammar
 
 MAX_LITERALS = 16  # tried whole at each step of the search's greedy way: a few accepts each
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -20,10 +20,13 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 def grammar_literals(constraint: Constraint) -> tuple[bytes, ...]:
     """The literal runs of two or more bytes in a regex or EBNF constraint's source, in source order (the
     last MAX_LITERALS: a grammar's closing text comes late in it); () for other kinds."""
-    if constraint.kind == "regex":
-        runs = _regex_runs(constraint.source)
-    elif constraint.kind == "ebnf":
-        runs = [text for text in map(_unquoted, _QUOTED.findall(constraint.source)) if text]
+    kind, source = constraint.kind, constraint.source
+    if kind == "structural_tag":  # one whose whole format is a grammar or a regex (pythonic tool calls)
+        kind, source = tag_grammar(constraint.data()) or (kind, source)
+    if kind == "regex":
+        runs = _regex_runs(source)
+    elif kind == "ebnf":
+        runs = [text for text in map(_unquoted, _QUOTED.findall(source)) if text]
     else:
         return ()
     data = [text.encode("utf-8") for text in runs]

@@ -141,6 +141,19 @@ def is_json_format(tag: dict[str, Any]) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("style", "json") == "json"
 
 
+def tag_grammar(tag: dict[str, Any]) -> tuple[str, str] | None:
+    """("ebnf", grammar) or ("regex", pattern) of a structural tag whose whole format is one grammar or one
+    regex (pythonic tool calls under tool_choice required); None for any other tag."""
+    fmt = tag.get("format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "grammar" and isinstance(fmt.get("grammar"), str):
+        return "ebnf", fmt["grammar"]
+    if fmt.get("type") == "regex" and isinstance(fmt.get("pattern"), str):
+        return "regex", fmt["pattern"]
+    return None
+
+
 def xml_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
     """(begin, end, schema, style) of every tag of a structural tag whose `json_schema` content is written
     in one of xgrammar's XML styles ("qwen_xml", "glm_xml", ...: tool-call arguments as XML parameters)."""
