@@ -66,16 +66,15 @@ _LOOKAHEAD_TOTAL = 2048  # accepts all of one search's looks may spend
 _LOOKAHEAD_WIDTH = 8  # bytes tried at each step of it (the first classes: closers, separators, a digit, a letter)
 _RECENT_MASKS = 4  # steps back a mask counts as where the way has been
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
-                           if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS and c != ord("-"))
+                           if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
 # Class order decides which of several ways is taken, and which of two twins is kept. Closers
 # come first and openers last, so that `0)` (a way out) is kept over `(0` (a way in) where their masks
 # agree; separators come before letters and digits, so that `a b` (a second word) is kept over `aab` (a
-# longer first word) where a grammar counts words; the minus sign after the digits, so that a number the
-# ending writes is `0`, not `-1`.
+# longer first word) where a grammar counts words.
 _CLASSES: tuple[bytes, ...] = (
     *(bytes([c]) for c in _CLOSERS), b" ", b"\n", b"\t", b"\r", *(bytes([c]) for c in _OTHER_PUNCTUATION),
-    b"0123456789", b"-", b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-    *(bytes([c]) for c in _OPENERS), bytes(range(0x80, 0x100)),
+    b"0123456789", b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", *(bytes([c]) for c in _OPENERS),
+    bytes(range(0x80, 0x100)),
 )
 
 
@@ -163,6 +162,7 @@ class EndingSearch:
         self._openers = frozenset(vocab.byte_ids[b] for b in _OPENERS if b in vocab.byte_ids)
         self._newline = vocab.byte_ids.get(ord("\n"))
         self._backslash = vocab.byte_ids.get(ord("\\"))
+        self._minus = vocab.byte_ids.get(ord("-"))
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
         self._eos = frozenset(vocab.eos_token_ids)
@@ -343,7 +343,8 @@ class EndingSearch:
                 if late_spaces and child in self._spaces:
                     if spacing is None or child == self._newline:
                         spacing = (child, after)
-                elif mask not in seen and child not in self._openers:
+                elif mask not in seen and child not in self._openers and child != self._minus:
+                    # (a minus sign only where no digit goes on: a number the ending writes is `0`, not `-1`)
                     return child, after
                 elif moved is None or ((moved[0], here) in taken and (child, here) not in taken
                                        and mask == moved[1].tobytes()):
