@@ -163,6 +163,8 @@ class EndingSearch:
         self._newline = vocab.byte_ids.get(ord("\n"))
         self._backslash = vocab.byte_ids.get(ord("\\"))
         self._minus = vocab.byte_ids.get(ord("-"))
+        self._letters = np.array([vocab.byte_ids[b] for b in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  if b in vocab.byte_ids], dtype=np.int64)
         self._words = (vocab.vocab_size + 31) // 32
         self._vocab = vocab
         self._eos = frozenset(vocab.eos_token_ids)
@@ -343,8 +345,7 @@ class EndingSearch:
                 if late_spaces and child in self._spaces:
                     if spacing is None or child == self._newline:
                         spacing = (child, after)
-                elif mask not in seen and child not in self._openers and child != self._minus:
-                    # (a minus sign only where no digit goes on: a number the ending writes is `0`, not `-1`)
+                elif mask not in seen and child not in self._openers and not self._a_sign(child, after):
                     return child, after
                 elif moved is None or ((moved[0], here) in taken and (child, here) not in taken
                                        and mask == moved[1].tobytes()):
@@ -385,6 +386,11 @@ class EndingSearch:
             if taken:
                 walk.rollback(taken)
         return None
+
+    def _a_sign(self, child: int, after: np.ndarray) -> bool:
+        """Whether `child` is a number's minus sign (only digits may follow it): a later digit goes first, so a
+        number the ending writes is `0`, not `-1` (a `-` in a name, where letters may follow, keeps its place)."""
+        return child == self._minus and not tokens_allowed(after, self._letters).any()
 
     def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> tuple[list[int] | None, bool]:
         """(a way, whether the look covered every way it tries). The way: 2 to `_LOOKAHEAD_DEPTH` bytes,
