@@ -214,8 +214,8 @@ class RequestBuilder:
             for i, ids in enumerate(lists):
                 if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.parts.vocab_size
                                   for t in ids):
-                    where = f" (prompt {i} of the batch)" if len(lists) > 1 else ""
-                    raise ValueError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size}){where}")
+                    with naming_item(i if len(lists) > 1 else None):
+                        raise ValueError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size})")
             return lists, batched
         if isinstance(prompt, str):
             return [self._encode(prompt)], False
@@ -350,8 +350,8 @@ class RequestBuilder:
         tag = c.data() if c is not None and c.kind == "structural_tag" else None  # parsed once for both
         if tag is not None and is_json_format(tag):  # a structural tag that is one JSON schema: a JSON answer
             kind, tag = "json_schema", None
-        elif tag is not None and tag_grammar(tag) is not None:  # one grammar or regex: closed as those are
-            kind, tag = tag_grammar(tag)[0], None
+        elif tag is not None and (whole := tag_grammar(tag)) is not None:  # one grammar or regex: closed as those
+            kind, tag = whole[0], None
         json_answer = kind in ("json_schema", "json_object")
         tags = json_tag_bounds(tag) if tag is not None else []
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []

@@ -122,6 +122,9 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
     kv, pool = _build_kv(args, loaded.model, cfg, device, context)
     small_steps = _cuda_kernels(args, loaded.model, kv, device, context)
     chat_template = _chat_template(args.chat_template) or loaded.chat_template
+    # skip_special_tokens hides the special tokens but the family's markup (gpt-oss: a hidden `<|start|>` left
+    # "assistant" in the reasoning text)
+    markup = _markup_ids(tok, markers)
     return EngineParts(
         model=loaded.model, tokenizer=tok, chat_template=chat_template, markers=markers,
         model_name=loaded.served_name, model_dir=loaded.model_path, context_length=context, device=device,
@@ -129,7 +132,8 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
         closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=ending_search,
         combined_keeps=CombinedKeeps(),
-        hidden_ids=_hidden_ids(tok, markers), markup_ids=_json_banned_markup(tok, markers, loaded.eos_token_ids),
+        hidden_ids=frozenset(_special_ids(tok) - markup),
+        markup_ids=_json_banned_markup(tok, markers, markup, loaded.eos_token_ids),
         grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
         sampling_defaults=_sampling_defaults(args, loaded.generation_defaults),
@@ -210,17 +214,12 @@ def _markup_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
                      and any(text in spelled for spelled in markers.spellings))
 
 
-def _json_banned_markup(tok: Any, markers: ReasoningMarkers | None, eos_token_ids: Any) -> frozenset[int]:
-    """The markup tokens a JSON answer must be kept from by a guard: not EOS, and not a one-token start or
-    end marker, which the gate keeps out of every answer itself (deepseek-r1's `<think>`: no guard at all)."""
+def _json_banned_markup(tok: Any, markers: ReasoningMarkers | None, markup: frozenset[int],
+                        eos_token_ids: Any) -> frozenset[int]:
+    """Of the family's `markup` tokens, those a JSON answer must be kept from by a guard: not EOS, and not a
+    one-token start or end marker, which the gate keeps out of every answer itself (deepseek-r1's `<think>`:
+    no guard at all)."""
     if markers is None:
         return frozenset()
     own = {markers.start, markers.end}
-    return frozenset(t for t in _markup_ids(tok, markers) - set(eos_token_ids)
-                     if tok.convert_ids_to_tokens(t) not in own)
-
-
-def _hidden_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
-    """Special tokens skip_special_tokens hides — except the family's markup (gpt-oss: a hidden `<|start|>`
-    left "assistant" in the reasoning text)."""
-    return frozenset(_special_ids(tok) - _markup_ids(tok, markers))
+    return frozenset(t for t in markup - set(eos_token_ids) if tok.convert_ids_to_tokens(t) not in own)

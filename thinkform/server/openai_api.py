@@ -660,12 +660,11 @@ def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) ->
     text laid end to end where those add up to the prompt; else the tokenizer's offsets (a BOS, a character
     split over tokens), clamped into the text where it has none."""
     offsets_map = None
-    if isinstance(prompt, str):
-        try:
-            enc = tokenizer(prompt, return_offsets_mapping=True)
-            ids, offsets_map = list(enc["input_ids"]), [s for s, _ in enc["offset_mapping"]]
-        except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer has no offset
-            ids = tokenizer.encode(prompt)  # mapping: the token texts laid end to end below serve instead
+    if isinstance(prompt, str) and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(prompt, return_offsets_mapping=True)
+        ids, offsets_map = list(enc["input_ids"]), [s for s, _ in enc["offset_mapping"]]
+    elif isinstance(prompt, str):  # a slow tokenizer has no offset mapping: the token texts laid end to end
+        ids = tokenizer.encode(prompt)  # below serve instead
     else:
         ids = list(prompt)
     texts = [_token_text(tokenizer, t) for t in ids]

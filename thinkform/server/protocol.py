@@ -151,6 +151,16 @@ class ToolCallIn(Lenient):
 
 class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[ToolCallIn]] = None
+    tool_call_id: Optional[str] = None
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None  # vLLM's newer name for reasoning_content: templates see it as both
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.reasoning_content is None and self.reasoning is not None:
+            self.reasoning_content = self.reasoning
 
     @field_validator("role", mode="before")
     @classmethod
@@ -167,16 +177,6 @@ class ChatMessage(Lenient):
                 raise ValueError(f"a {kind!r} part is not supported: this server's models read text only "
                                  "(parts of type 'text' with a 'text' string)")
         return content
-    content: Union[str, list[dict[str, Any]], None] = None
-    name: Optional[str] = None
-    tool_calls: Optional[list[ToolCallIn]] = None
-    tool_call_id: Optional[str] = None
-    reasoning_content: Optional[str] = None
-    reasoning: Optional[str] = None  # vLLM's newer name for reasoning_content: templates see it as both
-
-    def model_post_init(self, _context: Any) -> None:
-        if self.reasoning_content is None and self.reasoning is not None:
-            self.reasoning_content = self.reasoning
 
 
 class FunctionDef(Lenient):

@@ -206,6 +206,11 @@ def _responses_param(name: str | None) -> str | None:
     return _responses_name(name.replace("[", ".").replace("]", "").split(".")) if name else name
 
 
+def _responses_params(names: dict[str, str]) -> dict[str, str]:
+    """Each of a chat plan's field names (ours -> the chat request's) as this request spells it."""
+    return {ours: _responses_param(theirs) or theirs for ours, theirs in names.items()}
+
+
 def _renamed(e: APIError) -> APIError:
     """A chat error under this request's names (its message starts with the name it gives)."""
     param = _responses_param(e.param)
@@ -347,10 +352,10 @@ def plan_response(state: ServerState, body: ResponsesRequest) -> tuple[ResponseP
         chat_plan = plan_chat(state, chat)
     except APIError as e:
         raise _renamed(e) from e
-    chat_plan.field_names = {ours: _CHAT_SPELLINGS.get(theirs, theirs) for ours, theirs in chat_plan.field_names.items()}
-    if chat_plan.constraints is not None:  # a grammar that fails to compile is named as this request named it
-        names = chat_plan.constraints.names
-        chat_plan.constraints.names = {ours: _responses_param(theirs) or theirs for ours, theirs in names.items()}
+    # the engine's errors (a grammar that fails to compile, a context overflow) named as this request names them
+    chat_plan.field_names = _responses_params(chat_plan.field_names)
+    if chat_plan.constraints is not None:
+        chat_plan.constraints.names = _responses_params(chat_plan.constraints.names)
     return plan, chat_plan
 
 
