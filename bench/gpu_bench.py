@@ -143,7 +143,8 @@ def run_thinkform(args: argparse.Namespace) -> None:
             emit(args.out, {"engine": "thinkform", "engine_args": args.engine_args,
                             "start_s": round(time.perf_counter() - t0, 1),
                             "kv_tokens": engine.parts.pool.num_pages * engine.parts.pool.page_size,
-                            "cuda_graphs": len(steps.graphs) if steps is not None else 0})
+                            "cuda_graphs": len(steps.graphs) if steps is not None else 0,
+                            "one_token_linear": _gemv_plans(engine), "graph_replay_ms": _replay_ms(steps)})
             for bs in args.batch_sizes:
                 batch = prompts[:bs]
                 if not jump:
@@ -168,6 +169,16 @@ def run_thinkform(args: argparse.Namespace) -> None:
                 if jump:  # count only sampled tokens: the forced ones cost no step of their own
                     row["sampled_tok_s"] = row["constrained_tok_s"] * row["passes_per_answer"] / row["tokens_per_answer"]
                 emit(args.out, {"engine": "thinkform", "kind": "json_jf" if jump else "json", **row})
+
+
+def _gemv_plans(engine: Any) -> dict[str, str]:
+    """What each one-token linear layer runs on (thinkform.kernels.gemv's choice, timed at start)."""
+    planner = getattr(engine.parts.model.ops, "gemv", None)
+    if planner is None:
+        return {}
+    return {"x".join(map(str, key[0])): {"chosen": str(t or "cuBLAS"), "us": {
+        str(c or "cuBLAS"): round(v, 2)
+        for c, v in planner.timings[key].items()}} for key, t in planner.plans.items()}
 
 
 def run_attention(args: argparse.Namespace) -> None:

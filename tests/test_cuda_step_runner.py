@@ -48,10 +48,11 @@ def _both_paths(engine, max_tokens: int):
     return seen, skipped
 
 
-@pytest.mark.parametrize("long_context", [None, 8])
+@pytest.mark.parametrize(("long_context", "overlap"), [(None, False), (8, False), (None, True)])
 def test_cuda_step_path_matches_torch_path_on_every_step(triton_interpreter, tiny_model_dirs, long_context,
-                                                         monkeypatch):
-    """long_context=8: every step past 8 keys takes the split (flash-decoding) attention."""
+                                                         overlap, monkeypatch):
+    """long_context=8: every step past 8 keys takes the split (flash-decoding) attention. overlap: decode
+    steps launched ahead, their ids written into the step's device buffers from the sampler's output."""
     from thinkform import Engine
     from thinkform.engine import graph_runner
 
@@ -72,6 +73,7 @@ def test_cuda_step_path_matches_torch_path_on_every_step(triton_interpreter, tin
     with Engine(model_path=str(tiny_model_dirs["qwen2"]), dtype="float32", max_total_tokens=2048, page_size=4,
                 chunked_prefill_size=32, disable_sparse_logits=True) as engine:
         seen, skipped = _both_paths(engine, max_tokens=24)
+        engine.loop.overlap = overlap
         prompts = ["hello there", "a much longer prompt that spans several pages of four tokens each " * 2,
                    "x", "json please"]
         free = engine.generate(prompts, {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True})

@@ -52,9 +52,12 @@ def test_overlap_launches_steps_ahead_and_drops_finished_rows(engine):
     ahead = []
     launch = engine.loop._launch_ahead
 
-    def spy(sampling, tokens):
-        launch(sampling, tokens)
+    fed = []
+
+    def spy(sampling, tokens, ids=None):
+        launch(sampling, tokens, ids)
         ahead.append(engine.loop._ahead is not None)
+        fed.append(ids is not None)
 
     engine.loop._launch_ahead = spy
     try:
@@ -64,3 +67,5 @@ def test_overlap_launches_steps_ahead_and_drops_finished_rows(engine):
         engine.loop.overlap = False
     assert all(len(o["output_ids"]) == 6 for o in outs)
     assert sum(ahead) >= 4  # every decode step after the first was launched ahead
+    # from the sampler's ids before the host read them: the device never waits for the host between steps
+    assert all(fed)

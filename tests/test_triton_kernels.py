@@ -249,3 +249,73 @@ def test_paged_decode_attention_replays_with_new_lengths(ops):
                                    block_n=32)
         assert_matches(out, ref_paged_attention(q, k_cache, v_cache, block_tables, context_lens, page, 0.125),
                        atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- one-token linear
+
+_FMA_TILINGS = [
+    (37, 300, 8, 64, 1),  # ragged rows and columns, one slice: the kernel adds the bias and rounds
+    (37, 300, 16, 64, 4),  # K in slices summed by the second kernel (the last one shorter)
+    (64, 512, 8, 128, 8),  # more slices asked than column blocks allow: no empty slice
+]
+# dot tilings (tensor cores, x padded to 16 rows) serve half weights; checked here in float16 only: Triton's
+# interpreter has no bfloat16 dot (it multiplies the raw bits). On a GPU the planner checks every tiling's
+# answer against cuBLAS before timing it.
+_DOT_TILINGS = [(37, 300, 32, 64, 1), (100, 300, 64, 32, 4)]
+_GEMV_CASES = [(dtype, *t, False) for dtype in HALF_DTYPES + (torch.float32,) for t in _FMA_TILINGS] + \
+    [(torch.float16, *t, True) for t in _DOT_TILINGS]
+
+
+@pytest.mark.parametrize(("dtype", "n", "k", "block_n", "block_k", "splits", "dot"), _GEMV_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_linear(ops, dtype, n, k, block_n, block_k, splits, dot, bias):
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")  # under the interpreter, like `ops`
+    x, w = _randn(1, k, dtype=dtype, seed=60), _randn(n, k, dtype=dtype, seed=61)
+    b = _randn(n, dtype=dtype, seed=62) if bias else None
+    got = gemv.gemv(x, w, b, gemv.GemvTiling(block_n, block_k, splits, dot, 3 if dot else 1))
+    # float32 accumulation, one rounding at the end: what cuBLAS does (the sum's order may differ)
+    expected = F.linear(x.double(), w.double(), None if b is None else b.double()).to(dtype)
+    assert_matches(got, expected, max_ulp=1)
+
+
+def test_gemv_tilings_fill_the_card(ops):
+    """A short N is cut along K until there are programs enough (within K's column blocks)."""
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")
+    for n, k in ((1536, 1536), (1536, 8960), (17920, 1536), (64, 256)):
+        tilings = gemv.candidate_tilings(n, k, 528)
+        assert len(set(tilings)) == len(tilings) == 10
+        for t in tilings:
+            programs = -(-n // t.block_n) * t.splits
+            chunks = -(-k // t.block_k)
+            assert programs >= 528 or t.splits * 2 > chunks, (n, k, t)  # enough programs, or K cut finely
+            assert t.splits <= chunks  # no empty slice
+    assert gemv.GemvTiling(8, 512, 2) in gemv.candidate_tilings(1536, 1536, 528)  # 192 row blocks x 3 chunks
+
+
+def test_gemv_planner_takes_a_tiling_only_when_clearly_faster(ops, monkeypatch):
+    """Per weight shape the planner keeps cuBLAS unless a tiling beats it by more than timing noise, and
+    keeps cuBLAS where timing fails; a chosen tiling then computes the layer (here through the interpreter)."""
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")
+    fast = gemv.GemvTiling(8, 64, 2)
+    layers = {n: torch.nn.Linear(96, n, bias=True).to(torch.bfloat16) for n in (24, 40, 56)}
+    timings = {24: {None: 10.0, fast: 9.9}, 40: {None: 10.0, fast: 8.0}}
+
+    def timed(self, x, layer):
+        if layer.weight.shape[0] not in timings:
+            raise RuntimeError("no CUDA graphs here")
+        return timings[layer.weight.shape[0]]
+
+    monkeypatch.setattr(gemv.GemvPlanner, "_time_candidates", timed)
+    planner = gemv.GemvPlanner()
+    x = _randn(1, 96, dtype=torch.bfloat16, seed=70)
+    for n, layer in layers.items():
+        assert_matches(planner.linear(x, layer), F.linear(x, layer.weight, layer.bias), max_ulp=1)
+    assert {key[0][0]: plan for key, plan in planner.plans.items()} == {24: None, 40: fast, 56: None}
+    assert planner.linear(torch.ones(2, 96, dtype=torch.bfloat16), layers[40]).shape == (2, 40)  # two rows: cuBLAS
+    assert len(planner.plans) == 3

@@ -113,6 +113,8 @@ class CudaStepRunner:
         if key not in self.graphs and (width, 1) in self.graphs:
             key = (width, 1)  # a wide step: one pass has programs enough
         self._load(step, width)
+        if batch.fed is not None:  # a decode-ahead's ids, sampled on the device: one token per sequence
+            self.ints[_IDS, : batch.fed.shape[0]].copy_(batch.fed)
         if key in self.graphs:
             self.graphs[key].replay()
             logits = self.outputs[key]

@@ -16,7 +16,7 @@ from thinkform.engine.errors import EngineDead
 from thinkform.engine.histogram import Histogram
 from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
-from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
+from thinkform.engine.sampler import Sampler, device_tensor, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.structured.bitmask import sparse_allowed_ids
@@ -223,14 +223,18 @@ class EngineLoop:
         sampling = [batch.seqs[i] for i in rows]
         failed: dict[int, BaseException] = {}
         masks = self._start_masks(sampling, failed, sparse=False)
-        logits = logits if len(rows) == len(batch.seqs) else logits[torch.tensor(rows, device=logits.device)]
+        logits = logits if len(rows) == len(batch.seqs) else logits[device_tensor(rows, logits.device)]
         self._sample_and_advance(logits, sampling, masks, failed)
 
     def _sample_and_advance(self, logits: torch.Tensor, sampling: list[Sequence], masks: Future | None,
                             failed: dict[int, BaseException]) -> None:
         step_masks = masks.result() if masks is not None else StepMasks(None, [])
-        out = self.sampler.sample(logits, sampling, step_masks.bitmask, step_masks.rows)
-        if self.overlap and not failed:
+        ahead = self.overlap and not failed
+        feed = (lambda ids: self._launch_ahead(sampling, None, ids)) if ahead else None
+        out = self.sampler.sample(logits, sampling, step_masks.bitmask, step_masks.rows, on_tokens=feed)
+        if out.fed and self._ahead is not None:
+            self._ahead[0].ahead_tokens = out.tokens  # the step launched from device ids: now the host has them
+        elif ahead and not out.fed:
             self._launch_ahead(sampling, out.tokens)
         for j, seq in enumerate(sampling):
             if j in failed:
@@ -242,13 +246,16 @@ class EngineLoop:
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
                 self._fail(seq, e)
 
-    def _launch_ahead(self, sampling: list[Sequence], tokens: list[int]) -> None:
+    def _launch_ahead(self, sampling: list[Sequence], tokens: list[int] | None,
+                      fed: torch.Tensor | None = None) -> None:
         """Overlap: the next decode step goes to the device now, fed the tokens just sampled, and the CPU
-        appends them (grammar, detokenizer, stop rules, streaming) while it runs."""
+        appends them (grammar, detokenizer, stop rules, streaming) while it runs. Fed from the device
+        (`fed`, the sampler's ids before the host has read them) it is queued behind this step's sampling:
+        the device goes from one step to the next without waiting for the host."""
         with self._lock:
             if self._inbox or self._aborts:
                 return  # new work or aborts first: the usual schedule takes them
-        batch = self.scheduler.schedule_ahead(sampling, tokens)
+        batch = self.scheduler.schedule_ahead(sampling, tokens, fed)
         if batch is not None:
             logits, _ = self.runner.forward(batch)
             self._count(batch)

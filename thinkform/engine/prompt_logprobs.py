@@ -15,7 +15,7 @@ CHUNK = 64
 
 def prompt_logprob_rows(batch: ScheduledBatch) -> list[tuple[Sequence, range, int]]:
     """(sequence, positions it scores in this step, the step's flat row of the first of them)."""
-    if batch.ahead_tokens is not None:
+    if batch.ahead:
         return []
     wanted, offset = [], 0
     for seq, n in zip(batch.seqs, batch.num_tokens):

@@ -44,7 +44,7 @@ class ModelRunner:
             positions.extend(range(start, start + n))
         layout = StepLayout.build([s.num_computed for s in batch.seqs], batch.num_tokens,
                                   [s.block_table for s in batch.seqs], self.kv.page_size, self.device)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        input_ids = batch.fed if batch.fed is not None else torch.tensor(ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(input_ids, pos, PagedAttention(self.kv, layout))
         if scored:

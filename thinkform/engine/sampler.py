@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -18,6 +19,7 @@ class SampleOutput:
     logprobs: list[float | None] = field(default_factory=list)
     top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
     id_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)  # token_ids_logprob's
+    fed: bool = False  # the device-side ids went to `on_tokens` before the host read them
 
 
 class Sampler:
@@ -28,8 +30,13 @@ class Sampler:
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None = None,
-               masked_rows: list[int] | None = None) -> SampleOutput:
-        """`logits` are this step's own (changed in place); `bitmask` rows (CPU) for `masked_rows`."""
+               masked_rows: list[int] | None = None,
+               on_tokens: Callable[[torch.Tensor], None] | None = None) -> SampleOutput:
+        """`logits` are this step's own (changed in place); `bitmask` rows (CPU) for `masked_rows`.
+
+        `on_tokens` gets the chosen ids while they are still on the device, before the host waits for them,
+        where nothing after that reads the logits (no logprobs, no host-side greedy fix-up): the overlap
+        schedule launches the next step from them, and the device never waits for this step's host work."""
         logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         raw = logits
         wants_logprobs = any(s.return_logprob for s in seqs)
@@ -49,11 +56,13 @@ class Sampler:
         sampled = [r for r in masked_rows if not (on_cpu and seqs[r].params.greedy)]
         if sampled:
             apply_bitmask(logits, bitmask, sampled)
-        tokens = self._choose(logits, seqs)
+        chosen = self._choose(logits, seqs)
         greedy = [r for r in masked_rows if on_cpu and seqs[r].params.greedy]
+        fed = on_tokens is not None and not greedy and not wants_logprobs
+        tokens = _fed_then_read(chosen, on_tokens) if fed else chosen.tolist()
         if greedy:
             best_allowed(logits, bitmask, greedy, tokens)
-        out = SampleOutput(tokens)
+        out = SampleOutput(tokens, fed=fed)
         if wants_logprobs:
             self._logprobs(raw, seqs, tokens, out)
         return out
@@ -69,17 +78,17 @@ class Sampler:
             if p.logit_bias:
                 kept = [t for t in p.logit_bias if t < logits.shape[1]]
                 if kept:
-                    ids = torch.tensor(kept, dtype=torch.long, device=logits.device)
-                    bias = torch.tensor([p.logit_bias[t] for t in kept], dtype=logits.dtype, device=logits.device)
+                    ids = device_tensor(kept, logits.device)
+                    bias = device_tensor([p.logit_bias[t] for t in kept], logits.device, logits.dtype)
                     logits[i].index_add_(0, ids, bias)
             if not (p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0):
                 continue
             if p.repetition_penalty != 1.0:
-                seen = torch.tensor(sorted(set(seq.tokens)), dtype=torch.long, device=logits.device)
+                seen = device_tensor(sorted(set(seq.tokens)), logits.device)
                 row = logits[i, seen]
                 logits[i, seen] = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
             if seq.output_ids and (p.frequency_penalty or p.presence_penalty):
-                out_ids = torch.tensor(seq.output_ids, device=logits.device)
+                out_ids = device_tensor(seq.output_ids, logits.device)
                 counts = torch.bincount(out_ids, minlength=logits.shape[1])[: logits.shape[1]]
                 counts = counts.to(logits.dtype)
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
@@ -92,17 +101,18 @@ class Sampler:
         rows = [i for i, s in enumerate(seqs) if not _grammar_active(s) and (
             s.params.ignore_eos or len(s.output_ids) < s.params.min_new_tokens)]
         if rows:
-            row_ids = torch.tensor(rows, device=logits.device)[:, None]
-            logits[row_ids, torch.tensor(self.eos_token_ids, device=logits.device)[None, :]] = float("-inf")
+            row_ids = device_tensor(rows, logits.device)[:, None]
+            logits[row_ids, device_tensor(self.eos_token_ids, logits.device)[None, :]] = _minus_inf(logits)
 
-    def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Each row's token id, where the logits live (nothing waits for the device here)."""
         tokens = argmax_rows(logits)
         rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if not rows:
             return tokens
-        idx = torch.tensor(rows, device=logits.device)
+        idx = device_tensor(rows, logits.device)
         sub = logits[idx]
-        temps = torch.tensor([seqs[i].params.temperature for i in rows], dtype=sub.dtype, device=sub.device)
+        temps = device_tensor([seqs[i].params.temperature for i in rows], sub.device, sub.dtype)
         sub = sub / temps[:, None]
         sub = _top_k(sub, [seqs[i].params.top_k for i in rows])
         probs = torch.softmax(sub, dim=-1)
@@ -113,8 +123,7 @@ class Sampler:
         noise = torch.empty_like(probs)
         for j, i in enumerate(rows):
             noise[j].exponential_(generator=seqs[i].generator)
-        for i, token in zip(rows, argmax_rows(probs / noise)):
-            tokens[i] = token
+        tokens[idx] = argmax_rows(probs / noise)
         return tokens
 
     def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:
@@ -135,8 +144,37 @@ class Sampler:
             out.id_logprobs.append(list(zip(logp[i, ids].tolist(), ids)) if ids else None)
 
 
+def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A small tensor of host values on `device`, without waiting for the device: on CUDA through pinned
+    memory, asynchronously (a plain torch.tensor(..., device=cuda) waits for all the stream's queued work,
+    and the next step could not be queued behind this one's sampling)."""
+    if device.type == "cpu":
+        return torch.tensor(values, dtype=dtype)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
+def _minus_inf(like: torch.Tensor) -> torch.Tensor:
+    """-inf as a 0-d tensor where `like` lives: an index assignment of a Python number copies it from the
+    host first, and on CUDA that copy waits for the stream's queued work."""
+    return like.new_full((), float("-inf"))
+
+
+def _fed_then_read(chosen: torch.Tensor, on_tokens: Callable[[torch.Tensor], None]) -> list[int]:
+    """Hand the device ids on, then read them. On CUDA the copy to the host is queued first: queued after
+    what `on_tokens` launches (the next forward), reading them would wait for that too."""
+    if chosen.device.type == "cpu":
+        on_tokens(chosen)
+        return chosen.tolist()
+    host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True).copy_(chosen, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    on_tokens(chosen)
+    copied.synchronize()
+    return host.tolist()
+
+
 def _keep_only(row: torch.Tensor, ids: list[int]) -> None:
-    allowed = torch.tensor([t for t in ids if t < row.shape[0]], dtype=torch.long, device=row.device)
+    allowed = device_tensor([t for t in ids if t < row.shape[0]], row.device)
     kept = row[allowed].clone()
     row.fill_(float("-inf"))
     row[allowed] = kept
@@ -153,9 +191,9 @@ def _ban_bad_words(row: torch.Tensor, words: list[list[int]], output_ids: list[i
     banned = _banned_now(words, output_ids)
     if not banned:
         return
-    ids = torch.tensor(banned, dtype=torch.long, device=row.device)
+    ids = device_tensor(banned, row.device)
     kept = row[ids].clone() if give_way else None
-    row[ids] = float("-inf")
+    row[ids] = _minus_inf(row)
     if kept is not None and not bool(torch.isfinite(row).any()):
         row[ids] = kept
 
@@ -192,7 +230,9 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
         return
     import xgrammar
 
-    xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)
+    # every row: no index list (xgrammar would copy it from pageable memory); else one copied without a wait
+    indices = None if rows == list(range(logits.shape[0])) else device_tensor(rows, logits.device, torch.int32)
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=indices)
 
 
 def warm_up_mask_kernel(device: torch.device, vocab_size: int) -> None:
@@ -217,7 +257,7 @@ def warm_up_mask_kernel(device: torch.device, vocab_size: int) -> None:
 def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
     if all(k <= 0 or k >= logits.shape[1] for k in ks):
         return logits
-    k_t = torch.tensor([k if 0 < k < logits.shape[1] else logits.shape[1] for k in ks], device=logits.device)
+    k_t = device_tensor([k if 0 < k < logits.shape[1] else logits.shape[1] for k in ks], logits.device)
     sorted_vals = logits.sort(dim=-1, descending=True).values
     kth = sorted_vals.gather(1, (k_t - 1)[:, None])
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -226,7 +266,7 @@ def _top_k(logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
 def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
     if all(p >= 1.0 for p in ps):
         return probs
-    p_t = torch.tensor(ps, dtype=probs.dtype, device=probs.device)[:, None]
+    p_t = device_tensor(ps, probs.device, probs.dtype)[:, None]
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     drop = sorted_probs.cumsum(dim=-1) - sorted_probs > p_t  # keep the token that crosses p
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
@@ -236,5 +276,5 @@ def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
 def _min_p(probs: torch.Tensor, ms: list[float]) -> torch.Tensor:
     if all(m <= 0.0 for m in ms):
         return probs
-    m_t = torch.tensor(ms, dtype=probs.dtype, device=probs.device)[:, None]
+    m_t = device_tensor(ms, probs.device, probs.dtype)[:, None]
     return probs.masked_fill(probs < m_t * probs.max(dim=-1, keepdim=True).values, 0.0)

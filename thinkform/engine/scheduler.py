@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from thinkform.engine.kv_cache import PagePool, page_hash
 from thinkform.engine.sequence import Sequence, Status
+
+if TYPE_CHECKING:
+    import torch
 
 SMALL_EXTEND = 16  # extends up to this many tokens (forced markers, jump-forward) ride along with decodes
 
@@ -17,17 +21,23 @@ class ScheduledBatch:
     # decode-ahead: one token per sequence that is not in it yet (just sampled; the loop appends it while
     # this step runs on the device)
     ahead_tokens: list[int] | None = None
+    # decode-ahead fed from the device: the sampled ids, not yet read by the host (ahead_tokens follow)
+    fed: torch.Tensor | None = None
+
+    @property
+    def ahead(self) -> bool:
+        return self.ahead_tokens is not None or self.fed is not None
 
     def needs_logits(self) -> list[bool]:
         """A sequence samples after this step when the step reaches the end of its tokens."""
-        if self.ahead_tokens is not None:
+        if self.ahead:
             return [True] * len(self.seqs)
         return [s.num_computed + n == s.num_tokens for s, n in zip(self.seqs, self.num_tokens)]
 
     def step_tokens(self, b: int) -> list[int]:
         """The token ids sequence b computes in this step."""
-        if self.ahead_tokens is not None:
-            return [self.ahead_tokens[b]]
+        if self.ahead:  # fed from the device: a stand-in the runner writes over there
+            return [self.ahead_tokens[b] if self.ahead_tokens is not None else 0]
         start = self.seqs[b].num_computed
         return self.seqs[b].token_slice(start, start + self.num_tokens[b])
 
@@ -139,16 +149,18 @@ class Scheduler:
         """Tokens seq could compute now: its own pages' free slots plus every page the pool has."""
         return (len(seq.block_table) + self.pool.num_available) * self.pool.page_size - seq.num_computed
 
-    def schedule_ahead(self, seqs: list[Sequence], tokens: list[int]) -> ScheduledBatch | None:
-        """The next decode step of `seqs` (each fed its just-sampled token), when they are all that runs,
-        nothing waits and the pool has their pages; else None (the loop then schedules as usual)."""
+    def schedule_ahead(self, seqs: list[Sequence], tokens: list[int] | None,
+                       fed: torch.Tensor | None = None) -> ScheduledBatch | None:
+        """The next decode step of `seqs` (each fed its just-sampled token: `tokens` read by the host, or
+        `fed` still on the device), when they are all that runs, nothing waits and the pool has their
+        pages; else None (the loop then schedules as usual)."""
         if self.waiting or len(seqs) != len(self.running) or any(s.num_pending for s in seqs):
             return None
         if sum(max(0, self._pages_short(s, 1)) for s in seqs) > self.pool.num_available:
             return None
         for seq in seqs:
             self._grow(seq, 1)
-        return ScheduledBatch(list(seqs), [1] * len(seqs), list(tokens))
+        return ScheduledBatch(list(seqs), [1] * len(seqs), None if tokens is None else list(tokens), fed)
 
     def commit_ahead(self, batch: ScheduledBatch) -> list[bool]:
         """After the loop appended what it sampled: a decode-ahead row counts where its sequence still runs

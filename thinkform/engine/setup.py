@@ -159,7 +159,7 @@ def _cuda_kernels(args: EngineArgs, model: torch.nn.Module, kv: KVCache, device:
     from thinkform.engine.graph_runner import CudaStepRunner
     from thinkform.kernels.ops import TritonOps
 
-    model.ops = TritonOps()
+    model.ops = TritonOps(gemv=not args.disable_gemv)
     return CudaStepRunner(model, kv, device, max_tokens=args.cuda_graph_max_bs,
                           max_pages=-(-context // args.page_size), max_seqs=args.max_running_requests,
                           use_graphs=not args.disable_cuda_graph)

@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from thinkform.kernels import triton_ops
+from thinkform.kernels.gemv import GemvPlanner
 from thinkform.models.ops import TorchOps
 
 
 class TritonOps(TorchOps):
     """Each piece one kernel launch. Anything the kernels do not cover (float64) falls back to torch."""
+
+    def __init__(self, gemv: bool = True) -> None:
+        self.gemv = GemvPlanner(enabled=gemv)
+
+    def linear(self, x: Tensor, layer: nn.Module) -> Tensor:
+        if type(layer) is not nn.Linear or not x.is_cuda:  # a quantized layer has its own kernel
+            return layer(x)
+        return self.gemv.linear(x, layer)
 
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         if not _fits(x):

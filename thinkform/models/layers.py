@@ -104,7 +104,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps) -> Tensor:
         n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = ops.linear(x, self.qkv_proj).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.num_kv_heads, self.head_dim)
         v = v.view(n, self.num_kv_heads, self.head_dim)
@@ -112,7 +112,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q, ops), self.k_norm(k, ops)
         q, k = ops.rotary(q, k, cos, sin)
         out = attn(self.layer_id, q, k, v)
-        return self.o_proj(out.reshape(n, self.q_size))
+        return ops.linear(out.reshape(n, self.q_size), self.o_proj)
 
 
 class GatedMLP(nn.Module):
@@ -127,11 +127,11 @@ class GatedMLP(nn.Module):
         self.silu = self.act is _silu
 
     def forward(self, x: Tensor, ops: TorchOps) -> Tensor:
-        gate_up = self.gate_up_proj(x)
+        gate_up = ops.linear(x, self.gate_up_proj)
         if self.silu:
-            return self.down_proj(ops.silu_and_mul(gate_up))
+            return ops.linear(ops.silu_and_mul(gate_up), self.down_proj)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return ops.linear(self.act(gate) * up, self.down_proj)
 
 
 class DecoderLayer(nn.Module):

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from thinkform.models.rope import apply_rotary
 
 
 class TorchOps:
+    def linear(self, x: Tensor, layer: nn.Module) -> Tensor:
+        return layer(x)
+
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         dtype = x.dtype
         h = x.to(norm_compute_dtype(dtype))

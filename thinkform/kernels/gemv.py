@@ -1,0 +1,208 @@
+"""One-token linear layers (a batch-1 decode step) as a Triton GEMV, where it beats cuBLAS on this card.
+
+At one token a linear layer reads its whole weight to make one row: it is bound by memory bandwidth, and
+cuBLAS's kernels for such shapes leave much of it unused (an H200 profile of Qwen2.5-1.5B at batch 1:
+the 1536x1536 o_proj took 6.4 µs for 4.7 MB, ~0.7 TB/s of the card's 4.8). `gemv` streams the weight in
+row blocks, each program over one slice of K (split-K, so a short N still fills the card), and a second
+small kernel sums the slices in a fixed order (deterministic, unlike atomics), adds the bias and rounds.
+
+`GemvPlanner` times the kernel's candidate tilings against cuBLAS once per weight shape, at the first
+one-token call (the CUDA graph runner's warm-up, before capture), and keeps the fastest: on a card or shape
+where cuBLAS wins, cuBLAS runs. Numerics: float32 accumulation, one rounding at the end, as cuBLAS; the
+sum order differs, so results may differ in the last bit.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from thinkform.kernels.triton_ops import _cast
+
+logger = logging.getLogger("thinkform")
+
+_MARGIN = 0.97  # a tiling replaces cuBLAS only when at least 3 % faster: not on timing noise
+
+
+@dataclass(frozen=True)
+class GemvTiling:
+    block_n: int  # weight rows a program makes
+    block_k: int  # columns a program reads per iteration
+    splits: int  # slices of K, each its own program; summed by the second kernel when > 1
+    dot: bool = False  # tensor-core dot with x padded to 16 rows: Triton then pipelines the weight's loads
+    num_stages: int = 1  # loads in flight per program (dot only)
+    num_warps: int = 4
+
+    def __str__(self) -> str:
+        return f"n{self.block_n}k{self.block_k}s{self.splits}" + (f"dot{self.num_stages}" if self.dot else "")
+
+
+@triton.jit
+def _fma_rows(x_ptr, w_ptr, rows, row_ok, K, w_row, start, k_per_split, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """sum over k in [start, start + k_per_split) of w[rows, k] * x[k], float32 multiply-adds."""
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k in range(start, start + k_per_split, BLOCK_K):
+        cols = k + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * w_row + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                    other=0.0, eviction_policy="evict_first").to(tl.float32)  # read once: keep x in cache
+        acc += w * x[None, :]
+    return tl.sum(acc, 1)
+
+
+@triton.jit
+def _dot_rows(x_ptr, w_ptr, rows, row_ok, K, w_row, start, k_per_split, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """The same sum through tl.dot: x in row 0 of a 16-row tile (the smallest a dot takes), zeros below."""
+    first = tl.arange(0, 16)[:, None] == 0
+    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    for k in range(start, start + k_per_split, BLOCK_K):
+        cols = k + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
+        x16 = tl.where(first, x[None, :], tl.zeros((16, BLOCK_K), dtype=x.dtype))
+        w = tl.load(w_ptr + rows[:, None] * w_row + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                    other=0.0, eviction_policy="evict_first")
+        acc = tl.dot(x16, tl.trans(w), acc)
+    return tl.sum(acc, 0)  # rows below the first are zero
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, w_row, k_per_split, HAS_BIAS: tl.constexpr,
+                 DIRECT: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[s, n] = sum over this split's k of w[n, k] * x[k] (float32), or the finished row when DIRECT."""
+    split = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    start = split * k_per_split
+    if DOT:
+        total = _dot_rows(x_ptr, w_ptr, rows, row_ok, K, w_row, start, k_per_split, BLOCK_N, BLOCK_K)
+    else:
+        total = _fma_rows(x_ptr, w_ptr, rows, row_ok, K, w_row, start, k_per_split, BLOCK_N, BLOCK_K)
+    if DIRECT:
+        if HAS_BIAS:
+            total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows, _cast(total, out_ptr.dtype.element_ty), mask=row_ok)
+    else:
+        tl.store(out_ptr + split * N + rows, total, mask=row_ok)
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, b_ptr, out_ptr, N, splits, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < N
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(splits):
+        total += tl.load(part_ptr + s * N + cols, mask=ok, other=0.0)
+    if HAS_BIAS:
+        total += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + cols, _cast(total, out_ptr.dtype.element_ty), mask=ok)
+
+
+def gemv(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling) -> Tensor:
+    """x [1, K] @ weight[N, K].T (+ bias) -> [1, N], in x's dtype."""
+    n, k = weight.shape
+    assert x.shape == (1, k) and x.stride(-1) == 1 and weight.stride(-1) == 1, (x.shape, weight.shape)
+    out = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    chunks = triton.cdiv(k, tiling.block_k)
+    per_split = triton.cdiv(chunks, tiling.splits) * tiling.block_k
+    splits = triton.cdiv(k, per_split)  # no empty slices
+    direct = splits == 1
+    part = out if direct else torch.empty(splits, n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, tiling.block_n), splits)
+    _gemv_kernel[grid](x, weight, bias if bias is not None else weight, part, n, k, weight.stride(0), per_split,
+                       HAS_BIAS=bias is not None, DIRECT=direct, DOT=tiling.dot, BLOCK_N=tiling.block_n,
+                       BLOCK_K=tiling.block_k, num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+    if not direct:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(n, block),)](part, bias if bias is not None else part, out, n,
+                                                     splits, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+    return out
+
+
+def candidate_tilings(n: int, k: int, programs_wanted: int) -> list[GemvTiling]:
+    """Tilings that give the card enough programs (many loads in flight hide the memory latency that a
+    one-token layer is all about): multiply-add tiles of 8 to 32 rows, dot tiles of 32 to 128 rows with
+    pipelined loads, and K cut in as many slices (powers of two, each at least one column block) as it
+    takes to reach `programs_wanted`."""
+    shapes = [(block_n, block_k, False, 1) for block_n in (8, 16, 32) for block_k in (256, 512)]
+    shapes += [(32, 128, True, 4), (64, 128, True, 4), (64, 256, True, 3), (128, 64, True, 4)]
+    out = []
+    for block_n, block_k, dot, stages in shapes:
+        chunks = triton.cdiv(k, block_k)
+        splits = 1
+        while triton.cdiv(n, block_n) * splits < programs_wanted and splits * 2 <= chunks:
+            splits *= 2
+        out.append(GemvTiling(block_n, block_k, splits, dot, stages))
+    return out
+
+
+class GemvPlanner:
+    """Per weight shape: the fastest of cuBLAS and the GEMV tilings, timed on first use (None = cuBLAS)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.plans: dict[tuple, GemvTiling | None] = {}
+        self.timings: dict[tuple, dict[GemvTiling | None, float]] = {}  # µs per call, what the plans chose from
+
+    def linear(self, x: Tensor, layer: torch.nn.Linear) -> Tensor:
+        weight, bias = layer.weight, layer.bias
+        if not self.enabled or x.shape[0] != 1 or x.stride(-1) != 1 or weight.stride(-1) != 1 \
+                or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+            return F.linear(x, weight, bias)
+        key = (tuple(weight.shape), x.dtype, bias is not None)
+        if key not in self.plans:
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                return F.linear(x, weight, bias)  # never timed outside a capture: cuBLAS, as before
+            self.timings[key], self.plans[key] = self._plan(x, layer)
+            logger.info("one-token linear %s: %s (µs: %s)", "x".join(map(str, weight.shape)),
+                        self.plans[key] or "cuBLAS", {str(t or "cuBLAS"): round(v, 2) for t, v in
+                                                      self.timings[key].items()})
+        tiling = self.plans[key]
+        return F.linear(x, weight, bias) if tiling is None else gemv(x, weight, bias, tiling)
+
+    def _plan(self, x: Tensor, layer: torch.nn.Linear) -> tuple[dict[GemvTiling | None, float], GemvTiling | None]:
+        """(the timings, the choice): a tiling only where it beats cuBLAS by more than timing noise."""
+        try:
+            times = self._time_candidates(x, layer)
+        except Exception as e:  # noqa: BLE001 - timing is an optimisation: cuBLAS stays correct
+            logger.warning("one-token linear %s not timed (%s: %s): cuBLAS", tuple(layer.weight.shape),
+                           type(e).__name__, e)
+            return {}, None
+        best = min((t for t in times if t is not None), key=times.__getitem__, default=None)
+        return times, best if best is not None and times[best] < _MARGIN * times[None] else None
+
+    def _time_candidates(self, x: Tensor, layer: torch.nn.Linear) -> dict[GemvTiling | None, float]:
+        """Each candidate timed in a CUDA graph (no launch cost, as in the engine's graphs) over copies of the
+        weight that together overflow L2: a decode step reads every layer's weight from memory once."""
+        from triton.testing import do_bench_cudagraph
+
+        weight, bias = layer.weight, layer.bias
+        n, k = weight.shape
+        props = torch.cuda.get_device_properties(x.device)
+        copies = [weight] + [weight.clone() for _ in range(_copies_past_l2(weight, props.L2_cache_size) - 1)]
+        reference = F.linear(x, weight, bias).float()
+
+        def timed(run) -> float:  # µs per call
+            return do_bench_cudagraph(lambda: [run(w) for w in copies], rep=10, return_mode="median") \
+                * 1e3 / len(copies)
+
+        times: dict[GemvTiling | None, float] = {None: timed(lambda w: F.linear(x, w, bias))}
+        for tiling in candidate_tilings(n, k, 4 * props.multi_processor_count):
+            try:
+                if torch.allclose(gemv(x, weight, bias, tiling).float(), reference, rtol=2e-2, atol=2e-2):
+                    times[tiling] = timed(lambda w, t=tiling: gemv(x, w, bias, t))
+            except Exception as e:  # noqa: BLE001 - a tiling that does not build here is simply not used
+                logger.debug("GEMV tiling %s for %dx%d failed: %s", tiling, n, k, e)
+        return times
+
+
+def _copies_past_l2(weight: Tensor, l2_bytes: int) -> int:
+    return max(2, -(-2 * l2_bytes // (weight.numel() * weight.element_size())))
