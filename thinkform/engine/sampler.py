@@ -148,8 +148,8 @@ def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch
     """A small tensor of host values on `device`, without waiting for the device: on CUDA through pinned
     memory, asynchronously (a plain torch.tensor(..., device=cuda) waits for all the stream's queued work,
     and the next step could not be queued behind this one's sampling)."""
-    if device.type == "cpu":
-        return torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
     return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
@@ -161,8 +161,9 @@ def _minus_inf(like: torch.Tensor) -> torch.Tensor:
 
 def _fed_then_read(chosen: torch.Tensor, on_tokens: Callable[[torch.Tensor], None]) -> list[int]:
     """Hand the device ids on, then read them. On CUDA the copy to the host is queued first: queued after
-    what `on_tokens` launches (the next forward), reading them would wait for that too."""
-    if chosen.device.type == "cpu":
+    what `on_tokens` launches (the next forward), reading them would wait for that too. (Other devices read
+    after the launch: correct, without the overlap.)"""
+    if chosen.device.type != "cuda":
         on_tokens(chosen)
         return chosen.tolist()
     host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True).copy_(chosen, non_blocking=True)
