@@ -201,6 +201,12 @@ def test_real_engine_answers_valid_json_after_reasoning(reasoning_engine):
             r = httpx.post(f"{base}/v1/responses", timeout=60, json={"input": "Hi", "text": {"format": bad},
                                                                       "stream": stream})
             error_response(r, 400, "text.format.schema", "^text.format.schema: ")
+        # a tool whose schema is not one is named as this request names it
+        broken = {"type": "function", "name": "broken", "parameters": {"type": "object", "properties": 5}}
+        r = httpx.post(f"{base}/v1/responses", timeout=60, json={"input": "Hi", "tools": [TOOLS[0], broken],
+                                                                  "tool_choice": "required"})
+        error_response(r, 400, "tools[1].parameters", "^tools\\[1\\].parameters: not a valid JSON schema for "
+                                                      "function 'broken': 5 is not of type 'object'")
 
 
 def test_a_stream_and_a_whole_response_have_the_same_items(served):

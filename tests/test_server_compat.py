@@ -322,6 +322,32 @@ def real64(engine64):
         yield engine64, base
 
 
+def _tool(name: str, prop: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": {"x": prop}, "required": ["x"]}}}
+
+
+@pytest.mark.parametrize(("prop", "reason"), [
+    ({"type": "strin"}, "'strin' is not valid.*at properties.x.type"),
+    ({"type": "string", "pattern": "([a-z"}, "'\\(\\[a-z' is not a 'regex'.*at properties.x.pattern"),
+    ({"type": "string", "minLength": -1}, "-1 is less than the minimum of 0.*at properties.x.minLength"),
+])
+def test_a_tool_whose_schema_is_not_one_is_named(real64, prop, reason):
+    """The tools' schemas make one structural tag; its compile error named `tools` and quoted the grammar
+    libraries on the combined tag. It names the tool (OpenAI's `tools[i].function.parameters`, in this
+    server's dotted spelling) and says what in its schema is wrong, in every tool_choice mode."""
+    _, base = real64
+    tools = [_tool("fine", {"type": "string"}), _tool("broken", prop)]
+    named = {"type": "function", "function": {"name": "broken"}}
+    for choice in ("auto", "required", named):
+        r = _chat(base, tools=tools, tool_choice=choice, max_tokens=4)
+        _error(r, 400, "tools.1.function.parameters",
+               f"^tools.1.function.parameters: not a valid JSON schema for function 'broken': {reason}")
+    # the same tool list without it is served; a pattern in ECMA's own syntax is not blamed
+    ok = _tool("dated", {"type": "string", "pattern": "^(?<year>[0-9]{4})$"})
+    assert _chat(base, tools=[tools[0], ok], tool_choice="required", max_tokens=4).status_code == 200
+
+
 def test_real_engine_flush_cache_and_tokenize_match_the_chat_prompt(real64):
     engine, base = real64
     r = httpx.get(f"{base}/flush_cache", timeout=30)

@@ -155,7 +155,8 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         tag = _tool_tag(tool_parser, tools, "auto", body.parallel_tool_calls)
         fields = {"structural_tag": tag} if tag else {}
     if mode != "none" and "structural_tag" in fields:  # the tools' schemas make it: errors name them
-        constraints.names.setdefault("structural_tag", "tools")
+        given = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        constraints.use_tools({i: t for i, t in enumerate(given) if t in tools})  # by their place in the request
     params.update(validate_constraints(fields, state.limits, constraints))
     reasoning = state.markers is not None and reasoning_start != "answer"
     return ChatPlan(rid=body.rid or body.request_id or new_id(""), input_ids=ids, reasoning_start=reasoning_start,

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from thinkform.engine.requests import RequestLimits
 from thinkform.server.errors import APIError
 from thinkform.server.protocol import ResponseFormat, SamplingFields
+from thinkform.server.tools import tool_name
+from thinkform.structured.schema_support import schema_problem
 from thinkform.structured.spec import ConstraintError, constraint_from_fields
 
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "seed", "stop_token_ids", "n", "presence_penalty",
@@ -164,9 +166,34 @@ class RequestConstraints:
 
     fields: dict[str, Any] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # our field -> the request's
+    # tools whose parameter schemas make the constraint, by their place in the request: a compile error
+    # names the one whose schema is not a JSON Schema (`tool_error`)
+    tools: dict[int, Mapping[str, Any]] = field(default_factory=dict)
 
     def spelled(self, name: str | None) -> str | None:
         return self.names.get(name, name) if name else name
+
+    def use_tools(self, tools: Mapping[int, Mapping[str, Any]]) -> None:
+        """The constraint is made of these tools' schemas (request index -> tool): errors name them."""
+        self.tools = dict(tools)
+        self.names.setdefault("structural_tag", "tools")
+        for i in tools:
+            self.names.setdefault(tool_parameters_field(i), tool_parameters_field(i))
+
+    def tool_error(self) -> APIError | None:
+        """The first tool whose parameters are not a JSON Schema, as a 400 naming it; None if none is."""
+        for i, tool in self.tools.items():
+            schema = tool.get("function", {}).get("parameters")
+            problem = schema_problem(schema) if schema is not None else None
+            if problem:
+                param = self.spelled(tool_parameters_field(i))
+                return APIError(f"{param}: not a valid JSON schema for function {tool_name(tool)!r}: {problem}",
+                                param=param)
+        return None
+
+
+def tool_parameters_field(index: int) -> str:
+    return f"tools.{index}.function.parameters"
 
 
 def _response_format_name(fmt: ResponseFormat | None) -> str:
@@ -238,6 +265,10 @@ def validate_constraints(fields: dict[str, Any], limits: RequestLimits | None = 
 def spelled_error(e: ConstraintError, names: RequestConstraints | None, default: str | None = None) -> APIError:
     """A constraint's error under the name the request gave its field (guided_json, response_format, ...)."""
     ours = e.field or default
+    if ours == "structural_tag" and names is not None and names.tools:
+        culprit = names.tool_error()
+        if culprit is not None:
+            return culprit
     param = names.spelled(ours) if names is not None else ours
     message = str(e)
     if param != ours and not message.startswith(f"{param}:"):

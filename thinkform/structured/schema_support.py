@@ -363,3 +363,26 @@ def _rebuild_definition(value: Any, fn: Any, depth: int = 0) -> Any:
     if not isinstance(value, dict) or not value or depth >= 3 or any(k in _KEYWORDS for k in value):
         return _rebuild(value, fn)
     return {name: _rebuild_definition(sub, fn, depth + 1) for name, sub in value.items()}
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why `schema` is not a JSON Schema (its draft's metaschema, patterns read by the `regex` module,
+    which takes ECMA's named groups and property classes), or None. For naming the part of a request that
+    a grammar library's compile error cannot point at."""
+    import jsonschema
+    import regex
+
+    def compiles(value: Any) -> bool:  # a regex.error says why it does not
+        if isinstance(value, str):
+            regex.compile(value)
+        return True
+
+    patterns = jsonschema.FormatChecker(formats=())
+    patterns.checks("regex", raises=regex.error)(compiles)
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
+            schema, format_checker=patterns)
+    except jsonschema.SchemaError as e:
+        where = ".".join(map(str, e.path))
+        return e.message + (f" (at {where})" if where else "")
+    return None
