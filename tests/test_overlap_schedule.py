@@ -69,3 +69,33 @@ def test_overlap_launches_steps_ahead_and_drops_finished_rows(engine):
     assert sum(ahead) >= 4  # every decode step after the first was launched ahead
     # from the sampler's ids before the host read them: the device never waits for the host between steps
     assert all(fed)
+
+
+def test_flush_cache_right_after_the_last_request_is_not_refused(engine64, monkeypatch):
+    """Audit 19: the last step of a run launches a decode-ahead step before its tokens end the requests; a
+    flush_cache (the server's /flush_cache) sent as generate() returned found it still held and was refused
+    ("requests are running") 22 times in 30, with nothing in flight. Here the loop waits for the flush at
+    that moment, so the race goes the losing way every time."""
+    import time
+
+    loop = engine64.loop
+    drain = loop._drain
+
+    def drain_once_the_flush_came():
+        if loop._ahead is not None and all(s.finished for s in loop._ahead[0].seqs):
+            deadline = time.monotonic() + 2.0
+            while not loop._flushes and time.monotonic() < deadline:
+                time.sleep(0.001)
+        drain()
+
+    monkeypatch.setattr(loop, "_drain", drain_once_the_flush_came)
+    loop.overlap = True
+    try:
+        accepted = []
+        for _ in range(3):
+            engine64.generate(PROMPTS, {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True})
+            accepted.append(engine64.flush_cache())
+    finally:
+        loop.overlap = False
+    assert accepted == [True] * 3
+    assert loop.stats()["kv_pages_used"] == 0

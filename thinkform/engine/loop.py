@@ -192,10 +192,16 @@ class EngineLoop:
                 if not s.finished:
                     self._finish(s, FinishReason("abort", message="aborted by request"))
         for done in flushes:
-            idle = not self.scheduler.has_work and self._ahead is None
+            idle = not self.scheduler.has_work and self._ahead_finished()
             if idle:
+                self._ahead = None  # nothing of it is kept (see _finish_ahead): its rows have all finished
                 self.parts.pool.reset_prefix_cache()
             done.set_result(idle)
+
+    def _ahead_finished(self) -> bool:
+        """No decode-ahead step, or one whose rows have all finished since it was launched (the last step of
+        a run launches one before its tokens end the requests)."""
+        return self._ahead is None or all(seq.finished for seq in self._ahead[0].seqs)
 
     def _step(self, batch: ScheduledBatch) -> None:
         sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
