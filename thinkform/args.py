@@ -31,7 +31,7 @@ class EngineArgs:
     attention_backend: str = field(default="auto", metadata={"help": "auto | triton | torch: triton = thinkform's Triton kernels (paged attention, fused norm/rotary/activation; CUDA only); torch = SDPA and plain torch ops; auto = triton on CUDA, torch elsewhere"})
     disable_cuda_graph: bool = field(default=False, metadata={"help": "run every CUDA step eagerly instead of replaying captured CUDA graphs"})
     cuda_graph_max_bs: int = field(default=256, metadata={"help": "largest step, in tokens (decodes plus the extends riding with them), run through a CUDA graph"})
-    disable_gemv: bool = field(default=False, metadata={"help": "GPU: one-token linear layers always on cuBLAS (by default each weight shape takes the faster of cuBLAS and a Triton GEMV, timed at start)"})
+    disable_gemv: bool = field(default=False, metadata={"help": "GPU: one-token linear layers always on cuBLAS (by default each weight shape takes the faster of cuBLAS and a Triton GEMV, timed at start; with CUDA graphs only)"})
     disable_overlap_schedule: bool = field(default=False, metadata={"help": "GPU: wait for the CPU to append each step's tokens before launching the next decode step (by default the next step runs while it does)"})
     disable_sparse_logits: bool = field(default=False, metadata={"help": "CPU: compute every constrained row's full logits, even where the grammar allows a few tokens (by default only those tokens' logits are computed)"})
     max_running_requests: int = field(default=64, metadata={"help": "max requests decoded together"})

@@ -158,6 +158,8 @@ class EngineLoop:
     # -- the thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        if self.parts.device.type == "cuda" and self.parts.device.index is not None:
+            torch.cuda.set_device(self.parts.device)  # as build_engine_parts does (parts built elsewhere)
         try:
             while not self._stopping:
                 self._drain()

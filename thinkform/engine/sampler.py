@@ -237,19 +237,21 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) 
 
 
 def warm_up_mask_kernel(device: torch.device, vocab_size: int) -> None:
-    """Compile xgrammar's Triton mask kernel for each row count it specializes on (1, multiples of 16, any
-    other) now, at start: each compile takes about a second, and paid lazily it fell into the first batch of
-    constrained requests (their JSON ÷ free ratio 0.62 on an H100, where the warm repeat gave 0.95)."""
+    """Compile xgrammar's Triton mask kernel now, at start, for each variant a step may take: every row
+    masked (no index list) or some (an index list), each for 1 row, a multiple of 16 and any other count
+    (the kernel specialises on both). Each compile takes about a second; paid lazily it fell into the first
+    batch of constrained requests (their JSON ÷ free ratio 0.62 on an H100, where the warm repeat gave 0.95)."""
     if device.type != "cuda":
         return
     import xgrammar
 
     rows = 16
     try:
-        logits = torch.zeros(rows, vocab_size, dtype=torch.float32, device=device)  # the sampler masks float32
-        bitmask = xgrammar.allocate_token_bitmask(rows, vocab_size)
+        logits = torch.zeros(rows + 1, vocab_size, dtype=torch.float32, device=device)  # the sampler masks float32
+        bitmask = xgrammar.allocate_token_bitmask(rows + 1, vocab_size)
         for n in (1, 3, rows):
-            apply_bitmask(logits, bitmask, list(range(n)))
+            apply_bitmask(logits[:n], bitmask[:n], list(range(n)))  # every row
+            apply_bitmask(logits[:n + 1], bitmask[:n + 1], list(range(n)))  # all but the last
         torch.cuda.synchronize(device)
     except Exception as e:  # noqa: BLE001 - a warm-up must not stop the engine: the first use compiles instead
         logger.warning("grammar mask kernel warm-up failed (%s: %s); it compiles on first use", type(e).__name__, e)

@@ -106,6 +106,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 def build_engine_parts(args: EngineArgs) -> EngineParts:
     device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        # this (the engine's) thread's current device: events, streams and graph captures that name none go
+        # there, and the step's reads wait on them (on cuda:1 they went to cuda:0's idle stream)
+        torch.cuda.set_device(device)
     loaded = load_model(args.model_path, resolve_dtype(args.dtype, device), str(device), args.quantization)
     tok = loaded.tokenizer
     if args.tokenizer_path:
@@ -159,7 +163,8 @@ def _cuda_kernels(args: EngineArgs, model: torch.nn.Module, kv: KVCache, device:
     from thinkform.engine.graph_runner import CudaStepRunner
     from thinkform.kernels.ops import TritonOps
 
-    model.ops = TritonOps(gemv=not args.disable_gemv)
+    # the GEMV's tilings are timed (and only pay off) as graph replays: eager steps keep cuBLAS
+    model.ops = TritonOps(gemv=not (args.disable_gemv or args.disable_cuda_graph))
     return CudaStepRunner(model, kv, device, max_tokens=args.cuda_graph_max_bs,
                           max_pages=-(-context // args.page_size), max_seqs=args.max_running_requests,
                           use_graphs=not args.disable_cuda_graph)
