@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from thinkform.engine.kv_cache import KVCache
+from thinkform.engine.transfer import device_array, device_tensor
 
 
 @dataclass
@@ -45,11 +46,11 @@ class StepLayout:
             for b, (start, n) in enumerate(zip(starts, lengths)):
                 positions[b, :n] = np.arange(start, start + n)
             keys = ctx[0] if single else num_pages * page_size
-            mask = torch.from_numpy(np.arange(keys)[None, None, None, :] <= positions[:, None, :, None]).to(device)
+            mask = device_array(np.arange(keys)[None, None, None, :] <= positions[:, None, :, None], device)
         pad = None
         if batch * width != sum(lengths):
-            pad = torch.tensor([b * width + i for b, n in enumerate(lengths) for i in range(n)], device=device)
-        return StepLayout(slot_mapping=torch.tensor(slots, device=device), pages=torch.from_numpy(pages).to(device),
+            pad = device_tensor([b * width + i for b, n in enumerate(lengths) for i in range(n)], device)
+        return StepLayout(slot_mapping=device_tensor(slots, device), pages=device_array(pages, device),
                           context=ctx[0] if single else num_pages * page_size, mask=mask, causal=causal,
                           pad_index=pad, batch=batch, width=width)
 

@@ -16,9 +16,10 @@ from thinkform.engine.errors import EngineDead
 from thinkform.engine.histogram import Histogram
 from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
-from thinkform.engine.sampler import Sampler, device_tensor, warm_up_mask_kernel
+from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence
+from thinkform.engine.transfer import device_tensor
 from thinkform.structured.bitmask import sparse_allowed_ids
 from thinkform.structured.gate import Phase
 

@@ -9,6 +9,7 @@ from thinkform.engine.graph_runner import CudaStepRunner
 from thinkform.engine.kv_cache import KVCache
 from thinkform.engine.prompt_logprobs import prompt_logprob_rows, record_prompt_logprobs
 from thinkform.engine.scheduler import ScheduledBatch
+from thinkform.engine.transfer import device_tensor
 from thinkform.models.layers import logits_dtype
 
 
@@ -44,16 +45,16 @@ class ModelRunner:
             positions.extend(range(start, start + n))
         layout = StepLayout.build([s.num_computed for s in batch.seqs], batch.num_tokens,
                                   [s.block_table for s in batch.seqs], self.kv.page_size, self.device)
-        input_ids = batch.fed if batch.fed is not None else torch.tensor(ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        input_ids = batch.fed if batch.fed is not None else device_tensor(ids, self.device)
+        pos = device_tensor(positions, self.device)
         hidden = self.model(input_ids, pos, PagedAttention(self.kv, layout))
         if scored:
             record_prompt_logprobs(hidden, scored, self.model.compute_logits)
         rows = [i for i, need in enumerate(batch.needs_logits()) if need]
         if not rows:
             return None, rows
-        ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0) - 1
-        last = hidden[ends[torch.tensor(rows, device=self.device)]]
+        ends = device_tensor(batch.num_tokens, self.device).cumsum(0) - 1
+        last = hidden[ends[device_tensor(rows, self.device)]]
         if not allowed:
             return self.model.compute_logits(last), rows
         return self._logits_at_allowed(last, allowed), rows

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from thinkform.engine.sequence import Sequence
+from thinkform.engine.transfer import device_tensor
 from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, argmax_rows, set_bits, token_allowed
 
 logger = logging.getLogger("thinkform")
@@ -142,15 +143,6 @@ class Sampler:
             out.top_logprobs.append(list(zip(top_vals[i][:n], top_ids[i][:n])) if n else None)
             ids = seq.token_ids_logprob if wanted else None
             out.id_logprobs.append(list(zip(logp[i, ids].tolist(), ids)) if ids else None)
-
-
-def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A small tensor of host values on `device`, without waiting for the device: on CUDA through pinned
-    memory, asynchronously (a plain torch.tensor(..., device=cuda) waits for all the stream's queued work,
-    and the next step could not be queued behind this one's sampling)."""
-    if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype, device=device)
-    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def _minus_inf(like: torch.Tensor) -> torch.Tensor:
