@@ -209,6 +209,32 @@ def test_real_engine_answers_valid_json_after_reasoning(reasoning_engine):
                                                       "function 'broken': 5 is not of type 'object'")
 
 
+def test_real_engine_logprobs_cover_the_answer_tokens(reasoning_engine):
+    """include message.output_text.logprobs (was a 400): one entry per answer token, the reasoning's (its
+    markers included) left out, each with top_logprobs alternatives; streamed with the text deltas, the
+    same entries as the whole response; none unless `include` asks (top_logprobs alone: how many)."""
+    body = {"input": "Capital?", "max_output_tokens": 40, "temperature": 0, "max_reasoning_tokens": 8,
+            "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    with running_server(reasoning_engine) as base:
+        whole = httpx.post(f"{base}/v1/responses", json=body, timeout=60).json()
+        part = next(o for o in whole["output"] if o["type"] == "message")["content"][0]
+        usage = whole["usage"]
+        assert usage["output_tokens_details"]["reasoning_tokens"] > 0
+        assert len(part["logprobs"]) == usage["output_tokens"] - usage["output_tokens_details"]["reasoning_tokens"]
+        assert "".join(e["token"] for e in part["logprobs"]) == part["text"]
+        assert all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in part["logprobs"])
+
+        events = sse_events(httpx.post(f"{base}/v1/responses", json={**body, "stream": True}, timeout=60))
+        streamed = [e for ev in events if ev["type"] == "response.output_text.delta" for e in ev["logprobs"]]
+        done = next(ev for ev in events if ev["type"] == "response.output_text.done")
+        final = next(o for o in events[-1]["response"]["output"] if o["type"] == "message")["content"][0]
+        assert streamed == done["logprobs"] == final["logprobs"] == part["logprobs"]  # greedy: the same answer
+
+        for extra in ({"include": []}, {"include": None, "top_logprobs": 3}):
+            plain = httpx.post(f"{base}/v1/responses", json={**body, **extra}, timeout=60).json()
+            assert next(o for o in plain["output"] if o["type"] == "message")["content"][0]["logprobs"] == []
+
+
 def test_a_stream_and_a_whole_response_have_the_same_items(served):
     """Audit 13: an answer cut inside its reasoning had an (empty) message whole but none streamed; an added
     item carried its content part, which content_part.added then sent again."""

@@ -318,7 +318,7 @@ def token_names(state: ServerState, body: SamplingFields) -> Any:
 LogprobPair = tuple[tuple[float, int, Any], list[tuple[float, int, Any]] | None]  # (token's entry, its top ones)
 
 
-def _logprob_pairs(meta: dict[str, Any], start: int = 0, k: int | None = None) -> list[LogprobPair] | None:
+def logprob_pairs(meta: dict[str, Any], start: int = 0, k: int | None = None) -> list[LogprobPair] | None:
     """The output tokens' (logprob entry, top entries, at most k of them) from `start` on; None when the
     engine sent none."""
     tokens = meta.get("output_token_logprobs")
@@ -328,7 +328,7 @@ def _logprob_pairs(meta: dict[str, Any], start: int = 0, k: int | None = None) -
     return [(t, top[:k] if top is not None and k is not None else top) for t, top in zip(tokens[start:], tops[start:])]
 
 
-def _chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict[str, Any]]:
+def chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict[str, Any]]:
     content = []
     for (lp, tid, _), top in pairs:
         text = _token_text(tokenizer, tid)
@@ -339,8 +339,8 @@ def _chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict
 
 
 def _chat_logprobs(tokenizer: Any, meta: dict[str, Any], k: int | None = None) -> dict[str, Any] | None:
-    pairs = _logprob_pairs(meta, k=k)
-    return None if pairs is None else {"content": _chat_logprob_entries(tokenizer, pairs)}
+    pairs = logprob_pairs(meta, k=k)
+    return None if pairs is None else {"content": chat_logprob_entries(tokenizer, pairs)}
 
 
 @dataclass
@@ -353,7 +353,7 @@ class _LogprobFeed:
     pending: list[LogprobPair] = field(default_factory=list)
 
     def feed(self, meta: dict[str, Any]) -> None:
-        pairs = _logprob_pairs(meta, self.sent, self.k)
+        pairs = logprob_pairs(meta, self.sent, self.k)
         if pairs:
             self.pending.extend(pairs)
             self.sent += len(pairs)
@@ -525,7 +525,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         pairs = feeds[index].take() if feeds is not None else None  # the tokens delivered since the last chunk
-        logprobs = {"content": _chat_logprob_entries(plan.token_names, pairs)} if pairs else None
+        logprobs = {"content": chat_logprob_entries(plan.token_names, pairs)} if pairs else None
         if "reasoning_content" in delta:  # under both names, as in the whole response
             delta = {**delta, "reasoning": delta["reasoning_content"]}
         event = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -625,7 +625,7 @@ def _completion_logprobs(tokenizer: Any, meta: dict[str, Any], echo: dict[str, A
                          start: int = 0, names: Any = None, k: int | None = None) -> dict[str, Any] | None:
     """The whole answer's logprobs; with echo, the prompt's entries (`_echo_logprobs`) first, and the
     answer's offsets from `start`, the length of the echoed prompt."""
-    pairs = _logprob_pairs(meta, k=k)
+    pairs = logprob_pairs(meta, k=k)
     if pairs is None:
         return None
     lists, _ = _completion_logprob_lists(tokenizer, pairs, start, names)

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from thinkform.server.errors import APIError, loc_fields, to_api_error
-from thinkform.server.openai_api import (chained, chat_choice, engine_outputs, finish_reason_of, new_choice_stream,
+from thinkform.server.openai_api import (chained, chat_choice, chat_logprob_entries, engine_outputs, finish_reason_of,
+                                         logprob_pairs, new_choice_stream,
                                          plan_chat, raise_if_failed, start_chat)
 from thinkform.server.protocol import ChatCompletionRequest, ResponsesRequest, warn_unknown
 from thinkform.server.response_store import StoredResponse
@@ -155,9 +156,19 @@ def _check_supported(body: ResponsesRequest) -> None:
         if (body.model_extra or {}).get(name) is not None:
             raise APIError(f"{name}: {what} are not supported by this server (use previous_response_id or "
                            "input)", param=name)
-    if body.top_logprobs or _LOGPROBS in (body.include or []):
-        raise APIError("top_logprobs: logprobs are not supported on /v1/responses; use /v1/chat/completions",
-                       param="top_logprobs" if body.top_logprobs else "include")
+
+
+def wants_logprobs(body: ResponsesRequest) -> bool:
+    """The answer's logprobs are shown where `include` asks for them (as OpenAI and vLLM: top_logprobs alone
+    only says how many alternatives)."""
+    return _LOGPROBS in (body.include or [])
+
+
+def answer_logprobs(choice: dict[str, Any], meta: dict[str, Any], start: int = 0) -> list[dict[str, Any]]:
+    """The logprob entries of the answer's tokens from output token `start` on: the chat choice's cover every
+    output token, the reasoning's (markers included) first."""
+    entries = (choice.get("logprobs") or {}).get("content") or []
+    return entries[max(start, meta.get("reasoning_tokens", 0)) - start:]
 
 
 def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
@@ -176,6 +187,8 @@ def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
         "response_format": _response_format(body.text), "reasoning": body.reasoning,
         "chat_template_kwargs": body.chat_template_kwargs, "request_id": response_id, "user": body.user,
         "truncate_prompt_tokens": -1 if body.truncation == "auto" else None}
+    if wants_logprobs(body):
+        data.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     if tools or body.tool_choice not in ("auto", "none"):  # chat refuses a tool_choice without tools
         data["tool_choice"] = _chat_tool_choice(body.tool_choice)
     try:
@@ -267,14 +280,17 @@ def _text(item: dict[str, Any]) -> str:
     return item["content"][0]["text"] if item["type"] in ("reasoning", "message") else item["arguments"]
 
 
-def whole_output(choice: dict[str, Any], max_calls: int | None) -> OutputItems:
-    """The output items of a finished chat choice."""
+def whole_output(choice: dict[str, Any], max_calls: int | None, logprobs: list[dict[str, Any]] | None = None) -> OutputItems:
+    """The output items of a finished chat choice; `logprobs`: the answer's tokens' entries, for its text
+    (where the answer is text alone: beside tool calls the text's tokens are not told apart from theirs)."""
     message, out = choice["message"], OutputItems()
     if message.get("reasoning_content"):
         out.add_reasoning()["content"][0]["text"] = message["reasoning_content"]
     calls = (message.get("tool_calls") or [])[:max_calls]
     if message.get("content") or not calls:
-        out.add_message()["content"][0]["text"] = message.get("content") or ""
+        part = out.add_message()["content"][0]
+        part["text"] = message.get("content") or ""
+        part["logprobs"] = list(logprobs or []) if not message.get("tool_calls") else []
     for call in calls:
         out.add_call(call["id"], call["function"]["name"])["arguments"] = call["function"]["arguments"]
     return out
@@ -376,8 +392,9 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=499)
     out = engine_outputs(result)[0]
-    choice = chat_choice(state, chat_plan, 0, out)
-    return JSONResponse(plan.finished(state, whole_output(choice, body.max_tool_calls), out.get("meta_info", {})))
+    choice, meta = chat_choice(state, chat_plan, 0, out), out.get("meta_info", {})
+    logprobs = answer_logprobs(choice, meta) if wants_logprobs(body) else None
+    return JSONResponse(plan.finished(state, whole_output(choice, body.max_tool_calls, logprobs), meta))
 
 
 def _stored(state: ServerState, response_id: str) -> StoredResponse:
@@ -425,6 +442,8 @@ class ResponseEvents:
         self.open: dict[str, Any] | None = None
         self.calls: dict[int, dict[str, Any]] = {}  # the chat stream's call index -> its function_call item
         self.seq = 0
+        self.logprobs = _AnswerLogprobs(chat_plan.token_names, chat_plan.top_logprobs_num) \
+            if wants_logprobs(plan.body) else None
 
     def event(self, kind: str, **fields: Any) -> str:
         self.seq += 1
@@ -436,6 +455,8 @@ class ResponseEvents:
         meta: dict[str, Any] = {}
         async for item in chained(first, rest):
             meta = item.get("meta_info", {})
+            if self.logprobs is not None:
+                self.logprobs.feed(meta)
             for delta in self.stream.feed(item.get("text", "")):
                 for event in self._on_delta(delta):
                     yield event
@@ -483,10 +504,18 @@ class ResponseEvents:
             return events
         item["content"][0]["text"] += text
         name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
-        extra = {} if kind == "reasoning" else {"logprobs": []}
+        extra = {} if kind == "reasoning" else {"logprobs": self._text_logprobs(item)}
         events.append(self.event(name, item_id=item["id"], output_index=self._index(item), content_index=0,
                                  delta=text, **extra))
         return events
+
+    def _text_logprobs(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """The answer tokens' entries come so far, for this text delta (and its item's whole list)."""
+        if self.logprobs is None or self.calls:  # beside tool calls the text's tokens are not told apart
+            return []
+        entries = self.logprobs.take()
+        item["content"][0]["logprobs"].extend(entries)
+        return entries
 
     def _call_delta(self, call: dict[str, Any]) -> list[str]:
         events: list[str] = []
@@ -523,8 +552,31 @@ class ResponseEvents:
                                  name=item["name"], arguments=text)]
         else:
             done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
-            extra = {"logprobs": []} if item["type"] == "message" else {}
+            if item["type"] == "message":
+                self._text_logprobs(item)  # tokens whose text came with no delta of their own (held back, trimmed)
+            extra = {"logprobs": item["content"][0]["logprobs"]} if item["type"] == "message" else {}
             events = [self.event(done, item_id=item["id"], output_index=at, content_index=0, text=text, **extra),
                       self.event("response.content_part.done", item_id=item["id"], output_index=at, content_index=0,
                                  part=dict(item["content"][0]))]
         return events + [self.event("response.output_item.done", output_index=at, item=dict(item))]
+
+
+@dataclass
+class _AnswerLogprobs:
+    """A stream's answer-token logprob entries: each engine event carries the entries of the output tokens
+    it shows (cumulative); those past the reasoning (its markers included) wait here for the next text delta."""
+
+    names: Any  # names logprob tokens (the tokenizer)
+    k: int  # top entries shown per token
+    seen: int = 0
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def feed(self, meta: dict[str, Any]) -> None:
+        pairs = logprob_pairs(meta, self.seen, self.k) or []
+        start = max(0, meta.get("reasoning_tokens", 0) - self.seen)
+        self.pending += chat_logprob_entries(self.names, pairs[start:])
+        self.seen += len(pairs)
+
+    def take(self) -> list[dict[str, Any]]:
+        entries, self.pending = self.pending, []
+        return entries
