@@ -450,3 +450,23 @@ def test_guards_that_disagree_apply_one_by_one(special: Env) -> None:
         set_bits(bitmask, 0, [end_marker], True)
         assert gate.finish_bitmask(bitmask, 0)
         assert allowed(bitmask, size) == expect
+
+
+def test_an_answer_end_the_grammar_begins_with_is_the_grammars(plain: Env) -> None:
+    """Kimi-K2-Thinking may begin its tool calls without `</think>`: the call section's opening tag ends the
+    reasoning and heads the answer. The tool calls' grammar begins with that tag too; it was not fed it, so
+    the grammar asked for it again (the scripted model's `[` was masked off, the answer spelled the tag
+    twice) and, under `auto`, the calls after it went unconstrained. Now the grammar takes it."""
+    kimi = get_markers("kimi_k2")
+    section = "<|tool_calls_section_begin|>"
+    compiled = plain.backend.compile(constraint_from_fields(ebnf=f'root ::= "{section}" "[" [a-z]+ "]"'))
+    gate = ReasoningGate(plain.vocab, kimi, Phase.REASONING, compiled.new_matcher())
+    trace = run(plain, gate, plain.ids("plan: call it" + section), plain.ids("[ab]"))
+    text = plain.text([t for t in trace.out if t != plain.eos])
+    assert text.endswith(f"it{section}[ab]") and text.count(section) == 1, text
+    assert gate.finished and gate.constraint_satisfied
+    # a grammar that begins after the tag (gpt-oss's calls begin after their header) still gets what follows
+    json_gate = ReasoningGate(plain.vocab, kimi, Phase.REASONING, plain.compiled.new_matcher())
+    trace = run(plain, json_gate, plain.ids("so" + section), plain.ids(ANSWER))
+    assert plain.text([t for t in trace.out if t != plain.eos]).endswith(section + ANSWER)
+    assert json_gate.constraint_satisfied

@@ -163,6 +163,7 @@ class ReasoningGate:
         if markers is not None:
             self._start = markers.start.encode()
             self._ends = {end.encode(): vocab.encode_text(end) for end in markers.ends}
+            self._answer_ends = frozenset(end.encode() for end in markers.answer_ends)
             self._longest_end = max(len(end) for end in self._ends)
             self._start_ids = vocab.encode_text(markers.start)
             self._end_ids = self._ends[markers.end.encode()]
@@ -464,20 +465,32 @@ class ReasoningGate:
             return True
         self.phase = Phase.ANSWER
         self._tail = b""
-        rest = buf[hit[0] + len(hit[1]):]  # an answer end's text is the answer's head, not the grammar's
+        rest = buf[hit[0] + len(hit[1]):]
+        # an answer end heads the answer: where the grammar's answer begins with it too (Kimi-K2's call
+        # section) the grammar takes it; else (gpt-oss: the grammar begins after a call's header) only what
+        # follows it
+        head = hit[1] + rest
+        if hit[1] in self._answer_ends and self.matcher is not None and self._grammar_takes(head, snapshot):
+            self._took_answer(head)
+            return True
         return self._answer_text(rest, snapshot) if rest else True
 
     def _answer_text(self, data: bytes, snapshot: _Snapshot) -> bool:
         """Text after the end marker inside the same token: the grammar takes it as a string."""
-        if self.matcher is not None:
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                return False
-            if not self.matcher.accept_string(text):
-                return False
-            snapshot.matcher_steps = 1
+        if self.matcher is not None and not self._grammar_takes(data, snapshot):
+            return False
         self._took_answer(data)
+        return True
+
+    def _grammar_takes(self, data: bytes, snapshot: _Snapshot) -> bool:
+        """The matcher accepts `data` as one step (left as it was when it does not)."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if not self.matcher.accept_string(text):
+            return False
+        snapshot.matcher_steps = 1
         return True
 
     def _answer_token(self, token_id: int, data: bytes, snapshot: _Snapshot) -> bool:
