@@ -10,6 +10,7 @@ import torch
 import xgrammar as xgr
 
 from thinkform.reasoning import get_markers, split_reasoning
+from thinkform.server.harmony_tools import GptOssParser
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar
 from thinkform.structured.backends.xgrammar import XGrammarBackend
 from thinkform.structured.bitmask import keep_mask, only_mask, set_bits
@@ -470,3 +471,18 @@ def test_an_answer_end_the_grammar_begins_with_is_the_grammars(plain: Env) -> No
     trace = run(plain, json_gate, plain.ids("so" + section), plain.ids(ANSWER))
     assert plain.text([t for t in trace.out if t != plain.eos]).endswith(section + ANSWER)
     assert json_gate.constraint_satisfied
+
+
+def test_a_call_header_that_ends_gpt_oss_reasoning_stays_outside_its_grammar(plain: Env) -> None:
+    """gpt-oss's calls' grammar begins after a call's header, and under `auto` reads other text as free
+    text that cannot hold `<|message|>`: fed the header, it would have taken it as free text and then
+    refused the call's own `<|message|>`. The header is the answer's head, the grammar gets the call."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tag = GptOssParser().structural_tag(tools, "auto")
+    compiled = plain.backend.compile(constraint_from_fields(structural_tag=json.dumps(tag)))
+    gate = ReasoningGate(plain.vocab, get_markers("gpt-oss"), Phase.REASONING, compiled.new_matcher())
+    call = 'get_weather <|constrain|>json<|message|>{"city": "Paris"}'
+    trace = run(plain, gate, plain.ids("I will look it up to=functions."), plain.ids(call))
+    assert plain.text([t for t in trace.out if t != plain.eos]).endswith(" to=functions." + call)
+    assert gate.constraint_satisfied

@@ -34,6 +34,9 @@ class ReasoningMarkers:
     # tool call's header, read by the tool-call parser); the grammar takes what follows them.
     alt_ends: tuple[str, ...] = ()
     answer_ends: tuple[str, ...] = ()
+    # the tool calls' grammar begins with the answer end (Kimi-K2's call section), not after it (gpt-oss's
+    # call headers, whose grammar under `auto` would read a header as free text)
+    grammar_reads_answer_ends: bool = False
 
     @property
     def close_text(self) -> str:
@@ -132,7 +135,7 @@ REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({
     # Kimi-K2-Thinking: `<think>`, thinking unless `thinking: false`; a tool-call section begun without
     # `</think>` ends the reasoning and is the answer's (as SGLang's and vLLM's kimi_k2 parsers read it)
     "kimi_k2": ReasoningMarkers("kimi_k2", *_THINK, thinking_switch="thinking", switch_default=True,
-                                answer_ends=("<|tool_calls_section_begin|>",)),
+                                answer_ends=("<|tool_calls_section_begin|>",), grammar_reads_answer_ends=True),
     "interns1": ReasoningMarkers("interns1", *_THINK, thinking_switch="enable_thinking", switch_default=True),
     # Mistral reasons only when asked (reasoning_effort); the model writes `[THINK]` when it does.
     "mistral": ReasoningMarkers("mistral", "[THINK]", "[/THINK]"),

@@ -163,7 +163,9 @@ class ReasoningGate:
         if markers is not None:
             self._start = markers.start.encode()
             self._ends = {end.encode(): vocab.encode_text(end) for end in markers.ends}
-            self._answer_ends = frozenset(end.encode() for end in markers.answer_ends)
+            # answer ends the grammar reads (its answer begins with them)
+            self._grammar_ends = frozenset(end.encode() for end in markers.answer_ends
+                                           if markers.grammar_reads_answer_ends)
             self._longest_end = max(len(end) for end in self._ends)
             self._start_ids = vocab.encode_text(markers.start)
             self._end_ids = self._ends[markers.end.encode()]
@@ -467,10 +469,10 @@ class ReasoningGate:
         self._tail = b""
         rest = buf[hit[0] + len(hit[1]):]
         # an answer end heads the answer: where the grammar's answer begins with it too (Kimi-K2's call
-        # section) the grammar takes it; else (gpt-oss: the grammar begins after a call's header) only what
-        # follows it
+        # section) the grammar takes it; else (gpt-oss: the grammar begins after a call's header; a JSON
+        # schema rejects it) only what follows it
         head = hit[1] + rest
-        if hit[1] in self._answer_ends and self.matcher is not None and self._grammar_takes(head, snapshot):
+        if hit[1] in self._grammar_ends and self.matcher is not None and self._grammar_takes(head, snapshot):
             self._took_answer(head)
             return True
         return self._answer_text(rest, snapshot) if rest else True
