@@ -11,6 +11,7 @@ import xgrammar as xgr
 
 from thinkform.reasoning import get_markers, split_reasoning
 from thinkform.server.harmony_tools import GptOssParser
+from thinkform.server.tools import KimiK2Parser
 from thinkform.structured.backends.base import BackendContext, CompiledGrammar
 from thinkform.structured.backends.xgrammar import XGrammarBackend
 from thinkform.structured.bitmask import keep_mask, only_mask, set_bits
@@ -27,6 +28,8 @@ SCHEMA = {
     "required": ["name", "population"],
 }
 ANSWER = '{"name": "Paris", "population": 2147000}'
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 
 @dataclass
@@ -466,7 +469,18 @@ def test_an_answer_end_the_grammar_begins_with_is_the_grammars(plain: Env) -> No
     text = plain.text([t for t in trace.out if t != plain.eos])
     assert text.endswith(f"it{section}[ab]") and text.count(section) == 1, text
     assert gate.finished and gate.constraint_satisfied
-    # a grammar that begins after the tag (gpt-oss's calls begin after their header) still gets what follows
+    # the same with Kimi-K2's own tool-call tags, required and auto
+    call = ('<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
+            '<|tool_call_end|><|tool_calls_section_end|>')
+    for mode in ("required", "auto"):
+        tag = KimiK2Parser().structural_tag(WEATHER_TOOLS, mode)
+        compiled = plain.backend.compile(constraint_from_fields(structural_tag=json.dumps(tag)))
+        gate = ReasoningGate(plain.vocab, kimi, Phase.REASONING, compiled.new_matcher())
+        trace = run(plain, gate, plain.ids("I will look" + section), plain.ids(call))
+        text = plain.text([t for t in trace.out if t != plain.eos])
+        assert text.endswith(section + call) and text.count(section) == 1, (mode, text)
+        assert gate.constraint_satisfied, mode
+    # a grammar that rejects the tag (a JSON schema: no tools) gets what follows it
     json_gate = ReasoningGate(plain.vocab, kimi, Phase.REASONING, plain.compiled.new_matcher())
     trace = run(plain, json_gate, plain.ids("so" + section), plain.ids(ANSWER))
     assert plain.text([t for t in trace.out if t != plain.eos]).endswith(section + ANSWER)
@@ -477,9 +491,7 @@ def test_a_call_header_that_ends_gpt_oss_reasoning_stays_outside_its_grammar(pla
     """gpt-oss's calls' grammar begins after a call's header, and under `auto` reads other text as free
     text that cannot hold `<|message|>`: fed the header, it would have taken it as free text and then
     refused the call's own `<|message|>`. The header is the answer's head, the grammar gets the call."""
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-    tag = GptOssParser().structural_tag(tools, "auto")
+    tag = GptOssParser().structural_tag(WEATHER_TOOLS, "auto")
     compiled = plain.backend.compile(constraint_from_fields(structural_tag=json.dumps(tag)))
     gate = ReasoningGate(plain.vocab, get_markers("gpt-oss"), Phase.REASONING, compiled.new_matcher())
     call = 'get_weather <|constrain|>json<|message|>{"city": "Paris"}'
