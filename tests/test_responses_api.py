@@ -230,6 +230,19 @@ def test_real_engine_logprobs_cover_the_answer_tokens(reasoning_engine):
         final = next(o for o in events[-1]["response"]["output"] if o["type"] == "message")["content"][0]
         assert streamed == done["logprobs"] == final["logprobs"] == part["logprobs"]  # greedy: the same answer
 
+        # an answer that ends on the model's end token (a schema's): that token, not text, has no entry
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+        closed = {**body, "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}},
+                  "max_output_tokens": 64}
+        whole = httpx.post(f"{base}/v1/responses", json=closed, timeout=60).json()
+        assert whole["status"] == "completed"
+        part = next(o for o in whole["output"] if o["type"] == "message")["content"][0]
+        assert "".join(e["token"] for e in part["logprobs"]) == part["text"]
+        events = sse_events(httpx.post(f"{base}/v1/responses", json={**closed, "stream": True}, timeout=60))
+        streamed = [e for ev in events if ev["type"] == "response.output_text.delta" for e in ev["logprobs"]]
+        done = next(ev for ev in events if ev["type"] == "response.output_text.done")
+        assert streamed == done["logprobs"] == part["logprobs"]
+
         for extra in ({"include": []}, {"include": None, "top_logprobs": 3}):
             plain = httpx.post(f"{base}/v1/responses", json={**body, **extra}, timeout=60).json()
             assert next(o for o in plain["output"] if o["type"] == "message")["content"][0]["logprobs"] == []

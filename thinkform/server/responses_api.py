@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from thinkform.server.errors import APIError, loc_fields, to_api_error
-from thinkform.server.openai_api import (chained, chat_choice, chat_logprob_entries, engine_outputs, finish_reason_of,
-                                         logprob_pairs, new_choice_stream,
+from thinkform.server.openai_api import (chained, chat_choice, chat_logprob_entries, engine_outputs, eos_ids,
+                                         finish_reason_of, logprob_pairs, new_choice_stream,
                                          plan_chat, raise_if_failed, start_chat)
 from thinkform.server.protocol import ChatCompletionRequest, ResponsesRequest, warn_unknown
 from thinkform.server.response_store import StoredResponse
@@ -164,11 +164,11 @@ def wants_logprobs(body: ResponsesRequest) -> bool:
     return _LOGPROBS in (body.include or [])
 
 
-def answer_logprobs(choice: dict[str, Any], meta: dict[str, Any], start: int = 0) -> list[dict[str, Any]]:
-    """The logprob entries of the answer's tokens from output token `start` on: the chat choice's cover every
-    output token, the reasoning's (markers included) first."""
-    entries = (choice.get("logprobs") or {}).get("content") or []
-    return entries[max(start, meta.get("reasoning_tokens", 0)) - start:]
+def answer_logprobs(state: ServerState, chat_plan: Any, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The logprob entries of the answer's tokens (the streamed ones, whole)."""
+    feed = _AnswerLogprobs(chat_plan.token_names, chat_plan.top_logprobs_num, frozenset(eos_ids(state)))
+    feed.feed(meta)
+    return feed.take()
 
 
 def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
@@ -280,7 +280,8 @@ def _text(item: dict[str, Any]) -> str:
     return item["content"][0]["text"] if item["type"] in ("reasoning", "message") else item["arguments"]
 
 
-def whole_output(choice: dict[str, Any], max_calls: int | None, logprobs: list[dict[str, Any]] | None = None) -> OutputItems:
+def whole_output(choice: dict[str, Any], max_calls: int | None,
+                 logprobs: list[dict[str, Any]] | None = None) -> OutputItems:
     """The output items of a finished chat choice; `logprobs`: the answer's tokens' entries, for its text
     (where the answer is text alone: beside tool calls the text's tokens are not told apart from theirs)."""
     message, out = choice["message"], OutputItems()
@@ -393,7 +394,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         return Response(status_code=499)
     out = engine_outputs(result)[0]
     choice, meta = chat_choice(state, chat_plan, 0, out), out.get("meta_info", {})
-    logprobs = answer_logprobs(choice, meta) if wants_logprobs(body) else None
+    logprobs = answer_logprobs(state, chat_plan, meta) if wants_logprobs(body) else None
     return JSONResponse(plan.finished(state, whole_output(choice, body.max_tool_calls, logprobs), meta))
 
 
@@ -442,8 +443,8 @@ class ResponseEvents:
         self.open: dict[str, Any] | None = None
         self.calls: dict[int, dict[str, Any]] = {}  # the chat stream's call index -> its function_call item
         self.seq = 0
-        self.logprobs = _AnswerLogprobs(chat_plan.token_names, chat_plan.top_logprobs_num) \
-            if wants_logprobs(plan.body) else None
+        self.logprobs = _AnswerLogprobs(chat_plan.token_names, chat_plan.top_logprobs_num,
+                                        frozenset(eos_ids(state))) if wants_logprobs(plan.body) else None
 
     def event(self, kind: str, **fields: Any) -> str:
         self.seq += 1
@@ -552,8 +553,6 @@ class ResponseEvents:
                                  name=item["name"], arguments=text)]
         else:
             done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
-            if item["type"] == "message":
-                self._text_logprobs(item)  # tokens whose text came with no delta of their own (held back, trimmed)
             extra = {"logprobs": item["content"][0]["logprobs"]} if item["type"] == "message" else {}
             events = [self.event(done, item_id=item["id"], output_index=at, content_index=0, text=text, **extra),
                       self.event("response.content_part.done", item_id=item["id"], output_index=at, content_index=0,
@@ -563,18 +562,20 @@ class ResponseEvents:
 
 @dataclass
 class _AnswerLogprobs:
-    """A stream's answer-token logprob entries: each engine event carries the entries of the output tokens
-    it shows (cumulative); those past the reasoning (its markers included) wait here for the next text delta."""
+    """The answer tokens' logprob entries: each engine event carries the entries of the output tokens it
+    shows (cumulative); those past the reasoning (its markers included) wait here for the next text delta.
+    The end token, not text, has none; entries no delta took (a token cut by a stop string) are dropped."""
 
     names: Any  # names logprob tokens (the tokenizer)
     k: int  # top entries shown per token
+    eos: frozenset[int]
     seen: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
 
     def feed(self, meta: dict[str, Any]) -> None:
         pairs = logprob_pairs(meta, self.seen, self.k) or []
         start = max(0, meta.get("reasoning_tokens", 0) - self.seen)
-        self.pending += chat_logprob_entries(self.names, pairs[start:])
+        self.pending += chat_logprob_entries(self.names, [p for p in pairs[start:] if p[0][1] not in self.eos])
         self.seen += len(pairs)
 
     def take(self) -> list[dict[str, Any]]:

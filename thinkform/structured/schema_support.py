@@ -366,23 +366,24 @@ def _rebuild_definition(value: Any, fn: Any, depth: int = 0) -> Any:
 
 
 def schema_problem(schema: Any) -> str | None:
-    """Why `schema` is not a JSON Schema (its draft's metaschema, patterns read by the `regex` module,
-    which takes ECMA's named groups and property classes), or None. For naming the part of a request that
-    a grammar library's compile error cannot point at."""
+    """Why `schema` is not a JSON Schema, or None: against its `$schema`'s metaschema, or without one
+    against every draft's (a draft-4 `exclusiveMaximum: true`, a draft-7 tuple `items` are JSON Schemas).
+    Patterns are not judged (ECMA's syntax is no Python library's). For naming the part of a request that a
+    grammar library's compile error cannot point at, so only what no reading of the schema allows."""
     import jsonschema
-    import regex
 
-    def compiles(value: Any) -> bool:  # a regex.error says why it does not
-        if isinstance(value, str):
-            regex.compile(value)
-        return True
-
-    patterns = jsonschema.FormatChecker(formats=())
-    patterns.checks("regex", raises=regex.error)(compiles)
-    try:
-        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(
-            schema, format_checker=patterns)
-    except jsonschema.SchemaError as e:
-        where = ".".join(map(str, e.path))
-        return e.message + (f" (at {where})" if where else "")
-    return None
+    drafts = [jsonschema.validators.validator_for(schema, default=None)] if isinstance(schema, dict) and \
+        "$schema" in schema else []
+    drafts = [d for d in drafts if d is not None] or [
+        jsonschema.Draft202012Validator, jsonschema.Draft201909Validator, jsonschema.Draft7Validator,
+        jsonschema.Draft6Validator, jsonschema.Draft4Validator]
+    first: jsonschema.SchemaError | None = None
+    for draft in drafts:
+        try:
+            draft.check_schema(schema, format_checker=None)
+            return None
+        except jsonschema.SchemaError as e:
+            first = first or e
+    assert first is not None
+    where = ".".join(map(str, first.path))
+    return first.message + (f" (at {where})" if where else "")
