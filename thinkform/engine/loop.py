@@ -100,11 +100,6 @@ class EngineLoop:
             raise box["error"]
         return box["loop"]
 
-    def start(self) -> None:
-        """Run the loop on a new thread (parts already built by the caller)."""
-        self._thread = threading.Thread(target=self._run, name="thinkform-engine", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
         self._wake.set()
@@ -159,8 +154,6 @@ class EngineLoop:
     # -- the thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        if self.parts.device.type == "cuda" and self.parts.device.index is not None:
-            torch.cuda.set_device(self.parts.device)  # as build_engine_parts does (parts built elsewhere)
         try:
             while not self._stopping:
                 self._drain()

@@ -35,25 +35,9 @@ class GemvTiling:
     block_n: int  # weight rows a program makes
     block_k: int  # columns a program reads per iteration
     splits: int  # slices of K, each its own program; summed by the second kernel when > 1
-    num_warps: int = 4
 
     def __str__(self) -> str:
         return f"n{self.block_n}k{self.block_k}s{self.splits}"
-
-
-@triton.jit
-def _fma_rows(x_ptr, w_ptr, rows, row_ok, K, w_row, start, k_per_split, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    """sum over k in [start, start + k_per_split) of w[rows, k] * x[k], float32 multiply-adds."""
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k in range(start, start + k_per_split, BLOCK_K):
-        cols = k + tl.arange(0, BLOCK_K)
-        col_ok = cols < K
-        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None] * w_row + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
-                    other=0.0, eviction_policy="evict_first").to(tl.float32)  # read once: keep x in cache
-        acc += w * x[None, :]
-    return tl.sum(acc, 1)
 
 
 @triton.jit
@@ -63,8 +47,16 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, w_row, k_per_split, HAS_BIA
     split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     start = split * k_per_split
-    total = _fma_rows(x_ptr, w_ptr, rows, row_ok, K, w_row, start, k_per_split, BLOCK_N, BLOCK_K)
+    for k in range(start, start + k_per_split, BLOCK_K):
+        cols = k + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * w_row + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                    other=0.0, eviction_policy="evict_first").to(tl.float32)  # read once: keep x in cache
+        acc += w * x[None, :]
+    total = tl.sum(acc, 1)
     if DIRECT:
         if HAS_BIAS:
             total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -98,7 +90,7 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling) -> 
     grid = (triton.cdiv(n, tiling.block_n), splits)
     _gemv_kernel[grid](x, weight, bias if bias is not None else weight, part, n, k, weight.stride(0), per_split,
                        HAS_BIAS=bias is not None, DIRECT=direct, BLOCK_N=tiling.block_n,
-                       BLOCK_K=tiling.block_k, num_warps=tiling.num_warps)
+                       BLOCK_K=tiling.block_k, num_warps=4)
     if not direct:
         block = 1024
         _sum_splits_kernel[(triton.cdiv(n, block),)](part, bias if bias is not None else part, out, n,

@@ -372,9 +372,8 @@ def schema_problem(schema: Any) -> str | None:
     grammar library's compile error cannot point at, so only what no reading of the schema allows."""
     import jsonschema
 
-    drafts = [jsonschema.validators.validator_for(schema, default=None)] if isinstance(schema, dict) and \
-        "$schema" in schema else []
-    drafts = [d for d in drafts if d is not None] or [
+    declared = jsonschema.validators.validator_for(schema, default=None)  # None: no (known) $schema
+    drafts = [declared] if declared is not None else [
         jsonschema.Draft202012Validator, jsonschema.Draft201909Validator, jsonschema.Draft7Validator,
         jsonschema.Draft6Validator, jsonschema.Draft4Validator]
     first: jsonschema.SchemaError | None = None
