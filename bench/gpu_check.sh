@@ -20,5 +20,7 @@ fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  # the host's CPUs as the libraries count them, and as this process may use them (thinkform.cpus)
+  "$PY" -c "import os, torch; from thinkform.cpus import cgroup_cpu_quota, usable_cpus; print('cpus: os.cpu_count', os.cpu_count(), 'affinity', len(os.sched_getaffinity(0)), 'cgroup quota', cgroup_cpu_quota(), 'usable', usable_cpus(), 'torch threads', torch.get_num_threads())"
 } | tee "$OUT/machine.txt"
 timeout 330 "$PY" bench/gpu_bench.py --out "$OUT" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$OUT/log.txt"

@@ -9,6 +9,7 @@ import llguidance.hf
 import torch
 from llguidance import LLMatcher, StructTag
 
+from thinkform.cpus import usable_cpus
 from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
@@ -101,7 +102,8 @@ class LLGuidanceBackend(GrammarBackend):
         super().__init__(ctx)
         self._tok = llguidance.hf.from_tokenizer(
             ctx.tokenizer, n_vocab=ctx.vocab_size, eos_token=list(ctx.eos_token_ids))
-        self._executor = llguidance.LLExecutor()  # its own threads (80 % of the cores, at most 32)
+        # its own threads: 80 % of the CPUs this process may use, at most 32 (llguidance's own rule)
+        self._executor = llguidance.LLExecutor(max(1, min(32, usable_cpus() * 4 // 5)))
 
     def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """llguidance's matchers in parallel on its executor (what llguidance.torch's

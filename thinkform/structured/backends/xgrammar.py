@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 import xgrammar as xgr
 
+from thinkform.cpus import usable_cpus
 from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
@@ -69,7 +70,8 @@ class XGrammarBackend(GrammarBackend):
 
     def __init__(self, ctx: BackendContext) -> None:
         super().__init__(ctx)
-        self._batch = xgr.BatchGrammarMatcher("auto")  # its own C++ threads: half the cores
+        # its own C++ threads, half the CPUs this process may use ("auto" counts the host's, see cpus.py)
+        self._batch = xgr.BatchGrammarMatcher(max(1, usable_cpus() // 2))
         info = xgr.TokenizerInfo.from_huggingface(
             ctx.tokenizer, vocab_size=ctx.vocab_size, stop_token_ids=list(ctx.eos_token_ids))
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
