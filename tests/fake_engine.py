@@ -56,6 +56,9 @@ class FakeEngine:
     def is_healthy(self) -> bool:
         return self.healthy
 
+    def set_tool_markup(self, spellings: Any) -> None:
+        self.tool_markup = tuple(spellings)  # the engine's: its tags' special tokens stay in the text
+
     def server_info(self) -> dict[str, Any]:
         return {"model_name": self.served_model_name, "num_running": 0, "running": 2 if self.busy else 0,
                 "waiting": 1 if self.busy else 0, "kv_pages_used": 3, "page_size": 16}

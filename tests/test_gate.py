@@ -480,6 +480,18 @@ def test_an_answer_end_the_grammar_begins_with_is_the_grammars(plain: Env) -> No
         text = plain.text([t for t in trace.out if t != plain.eos])
         assert text.endswith(section + call) and text.count(section) == 1, (mode, text)
         assert gate.constraint_satisfied, mode
+    # audit 22: a token that ends the tag and carries text no call begins with (`>oops`): under `auto` the
+    # text alone was taken as free text, the tag never fed, and the call after it went unconstrained (an
+    # integer city passed). The token becomes the tag's own; the call is the grammar's.
+    oops = plain.tok.convert_tokens_to_ids(">oops")
+    for mode, answer in (("required", call), ("auto", call), ("auto", call.replace('"Paris"', "5"))):
+        tag = KimiK2Parser().structural_tag(WEATHER_TOOLS, mode)
+        compiled = plain.backend.compile(constraint_from_fields(structural_tag=json.dumps(tag)))
+        gate = ReasoningGate(plain.vocab, kimi, Phase.REASONING, compiled.new_matcher())
+        trace = run(plain, gate, plain.ids("I will look" + section[:-1]) + [oops], plain.ids(answer))
+        text = plain.text([t for t in trace.out if t != plain.eos])
+        assert "oops" not in text and text.count(section) == 1 and '"city": 5' not in text, (mode, text)
+        assert gate.constraint_satisfied or answer != call, (mode, text)
     # a grammar that rejects the tag (a JSON schema: no tools) gets what follows it
     json_gate = ReasoningGate(plain.vocab, kimi, Phase.REASONING, plain.compiled.new_matcher())
     trace = run(plain, json_gate, plain.ids("so" + section), plain.ids(ANSWER))

@@ -8,14 +8,14 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
 from thinkform.engine.loop import EngineLoop
 from thinkform.engine.requests import LogprobOptions, PreparedRequest, RequestBuilder, naming_item
 from thinkform.engine.sequence import Sequence
-from thinkform.engine.setup import EngineParts, build_engine_parts
+from thinkform.engine.setup import EngineParts, build_engine_parts, markup_id_sets
 
 logger = logging.getLogger("thinkform")
 
@@ -107,6 +107,15 @@ class Engine:
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
         return cls(args=args)
+
+    def set_tool_markup(self, spellings: Iterable[str]) -> None:
+        """The strings of the tool-call format that reads this model's answers (the server's parser: tags such
+        as Kimi-K2's `<|tool_call_begin|>`). The special tokens that spell them are markup, as the reasoning
+        markers are: they stay in the text under skip_special_tokens, where the parser must find them, and
+        never enter a constrained JSON value or a call's arguments, where the next turn would read them as
+        markup. Applies to requests made after the call."""
+        sets = markup_id_sets(self.tokenizer, self.markers, self.eos_token_ids, tuple(spellings))
+        self.parts.hidden_ids, self.parts.markup_ids = sets["hidden_ids"], sets["markup_ids"]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def shutdown(self) -> None:

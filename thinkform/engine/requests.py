@@ -424,7 +424,7 @@ class RequestBuilder:
             guards.append(tagged)
             if markup:
                 guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all,
-                                           tagged.inside_tag))
+                                           tagged.inside_value))
         return guards
 
     def _unseeded(self) -> int:

@@ -126,9 +126,6 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
     kv, pool = _build_kv(args, loaded.model, cfg, device, context)
     small_steps = _cuda_kernels(args, loaded.model, kv, device, context)
     chat_template = _chat_template(args.chat_template) or loaded.chat_template
-    # skip_special_tokens hides the special tokens but the family's markup (gpt-oss: a hidden `<|start|>` left
-    # "assistant" in the reasoning text)
-    markup = _markup_ids(tok, markers)
     return EngineParts(
         model=loaded.model, tokenizer=tok, chat_template=chat_template, markers=markers,
         model_name=loaded.served_name, model_dir=loaded.model_path, context_length=context, device=device,
@@ -136,8 +133,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
         closing_rules=ClosingRules(vocab.token_bytes, vocab.eos_token_ids), ending_search=ending_search,
         combined_keeps=CombinedKeeps(),
-        hidden_ids=frozenset(_special_ids(tok) - markup),
-        markup_ids=_json_banned_markup(tok, markers, markup, loaded.eos_token_ids),
+        **markup_id_sets(tok, markers, loaded.eos_token_ids),
         grammar_options=options, grammar_backend=backend,
         grammar_cache=GrammarCache(backend, before_handout=ending_search.measure), kv=kv, pool=pool,
         sampling_defaults=_sampling_defaults(args, loaded.generation_defaults),
@@ -211,20 +207,27 @@ def _special_ids(tok: Any) -> set[int]:
     return special
 
 
-def _markup_ids(tok: Any, markers: ReasoningMarkers | None) -> frozenset[int]:
-    """Special tokens that spell part of a family's markup: a marker or its framing (gpt-oss's `<|channel|>`)."""
-    if markers is None:
-        return frozenset()
+def markup_id_sets(tok: Any, markers: ReasoningMarkers | None, eos_token_ids: Any,
+                   tool_markup: tuple[str, ...] = ()) -> dict[str, frozenset[int]]:
+    """EngineParts' `hidden_ids` and `markup_ids`. skip_special_tokens hides the special tokens but those of
+    the model's markup (gpt-oss: a hidden `<|start|>` left "assistant" in the reasoning text; Kimi-K2: a
+    hidden `<|tool_call_begin|>` left the tool-call parser a call it could not read): its reasoning markers'
+    and its tool-call format's (`tool_markup`, the strings the server's parser reads)."""
+    markup = _markup_ids(tok, (*(markers.spellings if markers is not None else ()), *tool_markup))
+    return {"hidden_ids": frozenset(_special_ids(tok) - markup),
+            "markup_ids": _json_banned_markup(tok, markers, markup, eos_token_ids)}
+
+
+def _markup_ids(tok: Any, spellings: tuple[str, ...]) -> frozenset[int]:
+    """Special tokens that spell part of the markup's strings (a marker, gpt-oss's `<|channel|>`)."""
     return frozenset(tid for tid in _special_ids(tok) if (text := tok.convert_ids_to_tokens(tid))
-                     and any(text in spelled for spelled in markers.spellings))
+                     and any(text in spelled for spelled in spellings))
 
 
 def _json_banned_markup(tok: Any, markers: ReasoningMarkers | None, markup: frozenset[int],
                         eos_token_ids: Any) -> frozenset[int]:
-    """Of the family's `markup` tokens, those a JSON answer must be kept from by a guard: not EOS, and not a
-    one-token start or end marker, which the gate keeps out of every answer itself (deepseek-r1's `<think>`:
-    no guard at all)."""
-    if markers is None:
-        return frozenset()
-    own = {markers.start, markers.end}
+    """Of the `markup` tokens, those a JSON answer must be kept from by a guard: not EOS, and not a one-token
+    start or end marker, which the gate keeps out of every answer itself (deepseek-r1's `<think>`: no guard
+    at all)."""
+    own = {markers.start, markers.end} if markers is not None else set()
     return frozenset(t for t in markup - set(eos_token_ids) if tok.convert_ids_to_tokens(t) not in own)

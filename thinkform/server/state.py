@@ -35,6 +35,7 @@ class ServerState:
                    ("bos_token", "eos_token", "unk_token", "pad_token")}
         parser_name = getattr(args, "tool_call_parser", None)
         parser = get_tool_call_parser(parser_name) if parser_name else guess_tool_call_parser(engine.chat_template)
+        engine.set_tool_markup(parser.markup)  # its tags stay in the text the parser reads
         return cls(engine=engine, renderer=ChatRenderer(engine.chat_template, special), tool_parser=parser,
                    markers=engine.markers, model_name=engine.served_model_name,
                    max_n=getattr(args, "max_n", None), api_key=api_key if api_key is not None

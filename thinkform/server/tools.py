@@ -68,6 +68,13 @@ class ToolCallParser(ABC):
     trigger: str = ""  # text that starts the tool-call section
     bare_json: bool = False  # a JSON object as the whole answer is a call too
 
+    @property
+    def markup(self) -> tuple[str, ...]:
+        """The format's own text (trigger, wrapper, what surrounds a call's name and arguments): a special token
+        that spells part of it is the model's markup (Engine.set_tool_markup)."""
+        pieces = (self.trigger, *(self.wrapper or ()), *self.call_begin.split("{name}"), self.call_end, self.separator)
+        return tuple(p for p in pieces if p.strip())
+
     # ---- parsing -------------------------------------------------------------------------
     def parse(self, text: str, with_cut_call: bool = False) -> tuple[str, list[ToolCall]]:
         """Split `text` into the normal text and the tool calls found after the trigger. `with_cut_call`

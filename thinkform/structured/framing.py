@@ -1,10 +1,11 @@
-"""FramingGuard: a reasoning family's markup never inside a constrained JSON value.
+"""FramingGuard: a model family's markup never inside a constrained JSON value.
 
 gpt-oss frames its messages with special tokens (`<|channel|>`, `<|message|>`, `<|start|>`, `<|end|>`,
-`<|constrain|>`). A grammar reads each as its text, which a JSON string may hold, so a model could write one
-inside a value; sent back in the next turn's history it would be encoded as the real token and break the
-conversation's framing. The guard keeps them out of a JSON answer, and out of a tool call's arguments (a
-structural tag's JSON) while the answer is inside them; the call's header, which needs them, is left alone.
+`<|constrain|>`), Kimi-K2 its tool calls (`<|tool_call_begin|>`, `<|tool_call_end|>`, …). A grammar reads
+each as its text, which a JSON string may hold, so a model could write one inside a value; sent back in the
+next turn's history it would be encoded as the real token and break the conversation's framing. The guard
+keeps them out of a JSON answer, and out of a tool call's arguments (a structural tag's JSON) while the
+answer is inside them; the call's header and end tag, which need them, are left alone.
 """
 from __future__ import annotations
 

@@ -472,9 +472,15 @@ class ReasoningGate:
         # section) the grammar takes it; else (gpt-oss: the grammar begins after a call's header; a JSON
         # schema rejects it) only what follows it
         head = hit[1] + rest
-        if hit[1] in self._grammar_ends and self.matcher is not None and self._grammar_takes(head, snapshot):
-            self._took_answer(head)
-            return True
+        if hit[1] in self._grammar_ends and self.matcher is not None:
+            if self._grammar_takes(head, snapshot):
+                self._took_answer(head)
+                return True
+            if rest and self._grammar_would_take(hit[1]):
+                # the tag, but not the text glued to it (`>oops` where a call must follow): the token becomes
+                # the tag's own (accept's marker completion); the text alone, taken under `auto` as free text
+                # before the calls, would have left the calls after it unconstrained
+                return False
         return self._answer_text(rest, snapshot) if rest else True
 
     def _answer_text(self, data: bytes, snapshot: _Snapshot) -> bool:
@@ -493,6 +499,13 @@ class ReasoningGate:
         if not self.matcher.accept_string(text):
             return False
         snapshot.matcher_steps = 1
+        return True
+
+    def _grammar_would_take(self, data: bytes) -> bool:
+        """Whether the matcher accepts `data` as one step; it is left as it was either way."""
+        if not self.matcher.accept_string(data.decode("utf-8", errors="replace")):
+            return False
+        self.matcher.rollback(1)
         return True
 
     def _answer_token(self, token_id: int, data: bytes, snapshot: _Snapshot) -> bool:

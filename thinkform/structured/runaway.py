@@ -274,6 +274,12 @@ class TaggedNumberGuard:
         """Whether the answer is inside a tag's JSON now (between its begin and its end string)."""
         return self._end is not None
 
+    def inside_value(self) -> bool:
+        """Whether the answer is inside a tag's JSON value now (its object open, or a string): not before it
+        or after it, where the tag's own begin and end strings are written (Kimi-K2's `<|tool_call_end|>`,
+        a special token that is also markup the value must not hold)."""
+        return self._end is not None and (self._depth > 0 or self._json.state.mode in (Mode.STRING, Mode.ESCAPE))
+
     def keep(self) -> np.ndarray:
         return self._json.keep() if self._end is not None else self.rules.keep_all
 

@@ -1,0 +1,104 @@
+"""Kimi-K2 (`--reasoning-parser kimi_k2 --tool-call-parser kimi_k2`) on a tiny random model whose tokenizer
+spells the call tags as special tokens, as Kimi's does: the tool-call format's tags are the model's markup."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import pytest
+from server_fixtures import running_server
+
+from thinkform.server.tools import get_tool_call_parser
+
+TAGS = ("<|tool_calls_section_begin|>", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>", "<|tool_call_end|>")
+TEMPLATE = ("{%- for message in messages -%}"
+            "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n<think>' }}{%- endif -%}")
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+           "required": ["city", "days"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_the_formats_markup_is_its_tags():
+    assert set(TAGS) <= {t for piece in get_tool_call_parser("kimi_k2").markup for t in TAGS if t in piece}
+    assert get_tool_call_parser("deepseekv31").markup[:3] == ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁begin｜>",
+                                                              "<｜tool▁calls▁end｜>")
+
+
+@pytest.fixture(scope="module")
+def kimi(tmp_path_factory):
+    from transformers import GenerationConfig
+
+    from thinkform import Engine
+    from thinkform.testing.models import make_tiny_model_dir
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(marker_is_special=True)
+    tok.add_special_tokens({"additional_special_tokens": list(TAGS)})
+    tok.chat_template = TEMPLATE
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("kimi") / "m", "qwen2", tok, vocab_size=len(tok) + 16, seed=3)
+    GenerationConfig(eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id).save_pretrained(path)
+    engine = Engine(model_path=str(path), reasoning_parser="kimi_k2", tool_call_parser="kimi_k2",
+                    max_total_tokens=8192)
+    try:
+        with running_server(engine) as base:
+            yield base, tok, engine
+    finally:
+        engine.shutdown()
+
+
+def _chat(base: str, **body) -> dict:
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "temperature": 1.0, **body}
+    r = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]
+
+
+def test_calls_come_back_as_tool_calls_with_special_tokens_skipped(kimi):
+    """Audit 22: skip_special_tokens (the default) hid `<|tool_call_begin|>` and the rest, so the parser found
+    no call and the user got the call's markup as content, finish_reason "stop"."""
+    base, tok, _ = kimi
+    end = tok.convert_tokens_to_ids("</think>")
+    for seed in range(3):
+        choice = _chat(base, tools=TOOLS, tool_choice=NAMED, max_tokens=120, seed=seed, logit_bias={str(end): 40})
+        assert choice["finish_reason"] == "tool_calls", choice
+        call = choice["message"]["tool_calls"][0]
+        assert call["function"]["name"] == "get_weather" and call["id"] == "functions.get_weather:0"
+        jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+        assert not choice["message"]["content"]
+
+
+def test_call_tags_never_enter_the_arguments(kimi):
+    """Audit 22: a model that favours `<|tool_call_end|>` (a logit bias) wrote it inside the call's string
+    value, where the grammar reads it as text; the next turn would read it as the call's end."""
+    base, tok, _ = kimi
+    end, call_end = (tok.convert_tokens_to_ids(t) for t in ("</think>", "<|tool_call_end|>"))
+    for extra in ({"tools": TOOLS, "tool_choice": NAMED},
+                  {"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}}):
+        choice = _chat(base, max_tokens=120, seed=0, skip_special_tokens=False,
+                       logit_bias={str(end): 40, str(call_end): 8}, **extra)
+        message = choice["message"]
+        answer = message["tool_calls"][0]["function"]["arguments"] if message.get("tool_calls") else message["content"]
+        assert "<|" not in answer, answer
+        jsonschema.validate(json.loads(answer), WEATHER)
+
+
+def test_a_calls_end_tag_is_written_as_its_token(kimi):
+    """The guard keeps the tags out of the call's JSON value, not out of the call: its end tag, due after the
+    value, is written as the one special token (as the model was trained), not spelled in pieces of text."""
+    _, tok, engine = kimi
+    end, call_end = (tok.convert_tokens_to_ids(t) for t in ("</think>", "<|tool_call_end|>"))
+    tag = get_tool_call_parser("kimi_k2").structural_tag(TOOLS, "required", parallel=False)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Weather in Paris?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    for seed in range(3):
+        out = engine.generate(prompt, {"structural_tag": json.dumps(tag), "max_new_tokens": 120, "temperature": 1.0,
+                                       "seed": seed, "logit_bias": {str(end): 40, str(call_end): 8},
+                                       "skip_special_tokens": False})
+        assert out["meta_info"]["constraint_satisfied"], out["text"]
+        ids = out["output_ids"]
+        assert ids.count(call_end) == 1, out["text"]  # the call's end, and nowhere inside its value
