@@ -36,14 +36,21 @@ longer than the reserve or not found (measured once per compiled grammar on its 
 grammar is handed out, so the first request of a grammar is shaped as every later one and a seed gives the
 same answer either way; p50 2 ms, p99 0.95 s over JSONSchemaBench), at 4× and 2× the reserve as well: a long ending is appended while it still fits. An answer that ends on its own before
 its budget costs no search.
+
+Past the matcher's own accepts and fills, the search's bookkeeping is kept small, since at batch 32 many
+rows search on one decode step while the batch waits: masks are compared as bytes, a mask's children are
+worked out once per vocabulary (they depend only on the few bytes of it that hold the single-byte tokens),
+and an ending's spelling is looked up once (bench/ending_search_cost.py: 1.1 ms a search down to 0.24 ms
+inside the seed's CapitalInfo JSON, the same ids found).
 """
 from __future__ import annotations
 
-from collections import deque
-
+import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,6 +72,8 @@ _LOOKAHEAD_PROBES = 1024  # accepts one such look may spend (a few milliseconds;
 _LOOKAHEAD_TOTAL = 2048  # accepts all of one search's looks may spend
 _LOOKAHEAD_WIDTH = 8  # bytes tried at each step of it (the first classes: closers, separators, a digit, a letter)
 _RECENT_MASKS = 4  # steps back a mask counts as where the way has been
+_CHILDREN_CACHED = 4096  # masks' byte-token regions whose children are kept (a few per grammar state)
+_SPELLED_CACHED = 1024  # endings whose spelling is kept (the rows of one schema mostly share a few)
 _OTHER_PUNCTUATION = bytes(c for c in range(0x21, 0x7F)
                            if not chr(c).isalnum() and c not in _CLOSERS and c not in _OPENERS)
 # Class order decides which of several ways is taken, and which of two twins is kept. Closers
@@ -95,12 +104,26 @@ class _Exhausted(Exception):
     """The search spent its fills or its time."""
 
 
+def _allows(mask: bytes, token_id: int) -> bool:
+    """Whether a packed mask's bytes allow `token_id`: bit j of int32 word i is bit j % 8 of byte 4i + j // 8
+    (numpy's native order, little-endian wherever torch runs), so token t is bit t % 8 of byte t // 8."""
+    return bool((mask[token_id >> 3] >> (token_id & 7)) & 1)
+
+
+def _as_words(mask: bytes) -> np.ndarray:
+    """A mask's bytes as its int32 words again (a read-only view, no copy)."""
+    return np.frombuffer(mask, dtype=np.int32)
+
+
 @dataclass(slots=True)
 class _Walk:
-    """One search: the matcher it drives and what it may still spend."""
+    """One search: the matcher it drives and what it may still spend. Masks are the bytes of the packed
+    int32 words: one copy out of the scratch row, and they compare and hash as they are (the search asks
+    of a mask mostly whether it is one seen before)."""
 
     matcher: GrammarMatcher
     scratch: torch.Tensor
+    row: np.ndarray  # scratch[0] as numpy: viewing the tensor anew costs more than a fill
     limits: SearchLimits
     fills_left: int
     deadline: float
@@ -111,12 +134,12 @@ class _Walk:
     literals_tried: set[bytes] = field(default_factory=set)  # masks whose literal way out was looked for
     depth: int = 0  # tokens accepted and not rolled back: what find() undoes, however the search ends
 
-    def mask(self) -> np.ndarray:
+    def mask(self) -> bytes:
         if self.fills_left <= 0:
             raise _Exhausted
         self.fills_left -= 1
         self.matcher.fill_bitmask(self.scratch, 0)
-        return self.scratch.numpy()[0].copy()
+        return self.row.tobytes()
 
     def take(self, ids: list[int]) -> int:
         """Accept `ids` up to the first the grammar rejects; how many were taken (the matcher left after them)."""
@@ -170,6 +193,18 @@ class EndingSearch:
         self._eos = frozenset(vocab.eos_token_ids)
         self.limits, self.measure_limits = limits, measure_limits
         self._shortest: weakref.WeakKeyDictionary[CompiledGrammar, int | None] = weakref.WeakKeyDictionary()
+        # the children of a mask depend only on the bits of the single-byte tokens, a few bytes of it (the
+        # first 32 for byte-level BPE): that slice keys them, shared by every walk of every thread (a dict's
+        # get and set are atomic; the tuples are never changed)
+        low, high = (int(self._ids.min()), int(self._ids.max())) if self._ids.size else (0, -8)
+        self._region = slice(low >> 3, (high >> 3) + 1)
+        self._byte_at = (self._ids >> 3) - (low >> 3)  # each id's byte in the region and bit in that byte
+        self._bit_at = (self._ids & 7).astype(np.uint8)
+        self._children_of: dict[bytes, tuple[int, ...]] = {}
+        # the tokenizer's encode costs ~30 µs a call, and the rows of one grammar mostly end alike
+        # (lru_cache is thread-safe: measure() spells on compile threads while the loop thread does)
+        self._spelled = lru_cache(maxsize=_SPELLED_CACHED)(partial(_spelled, vocab))
+        self._scratch = threading.local()  # each thread's fill row: a search runs on one thread at a time
 
     def measure(self, compiled: CompiledGrammar) -> None:
         """Remember the length in tokens of the grammar's shortest answer (None: not found), for
@@ -205,7 +240,7 @@ class EndingSearch:
         if path is None:
             return None
         ending = self._vocab.bytes_of(path)
-        for ids in (self._spelled(ending), path):
+        for ids in (list(self._spelled(ending)), path):
             terminated = self._accepted(matcher, ids)
             if terminated is not None:
                 return ids if terminated else ids + [self._vocab.eos_token_ids[0]]
@@ -218,7 +253,8 @@ class EndingSearch:
         if empty_ok and matcher.can_terminate():
             return []
         limits = limits or self.limits
-        walk = _Walk(matcher, torch.empty((1, self._words), dtype=torch.int32), limits,
+        scratch, row = self._scratch_row()
+        walk = _Walk(matcher, scratch, row, limits,
                      limits.max_fills, time.perf_counter() + limits.max_seconds,
                      self._byte_ids(literals), self._byte_ids(tuple(closing_candidates(literals))))
         try:
@@ -229,6 +265,14 @@ class EndingSearch:
         finally:
             walk.rollback(walk.depth)  # what a search cut short (deep in a look-ahead, say) had accepted
 
+    def _scratch_row(self) -> tuple[torch.Tensor, np.ndarray]:
+        """This thread's (1, words) int32 fill tensor and its row as numpy, made once per thread."""
+        held = getattr(self._scratch, "row", None)
+        if held is None:
+            scratch = torch.empty((1, self._words), dtype=torch.int32)
+            held = self._scratch.row = (scratch, scratch.numpy()[0])
+        return held
+
     def _greedy(self, walk: _Walk) -> list[int] | None:
         """One way, taken step by step: a child that ends the grammar if there is one, else the first closer
         or ASCII child (in class order) whose mask differs from its parent's, else the first child.
@@ -238,7 +282,7 @@ class EndingSearch:
         words = walk.mask()
         # the masks of the last few steps: going back to one is a loop (`.` and a letter in an email's name);
         # not the whole way, where masks repeat without loops (after each of several fields' values)
-        seen: deque[bytes] = deque([words.tobytes()], maxlen=_RECENT_MASKS)
+        seen: deque[bytes] = deque([words], maxlen=_RECENT_MASKS)
         runs: dict[tuple[int, bytes], bool] = {}  # (closer, mask): whether writing it again closes something
         taken: deque[tuple[int, bytes]] = deque(maxlen=2 * _RECENT_MASKS)  # the last steps, (child, mask before)
         try:
@@ -250,16 +294,16 @@ class EndingSearch:
                 closing = self._closing_literal(walk)
                 if closing is not None:
                     return path + closing
-                hinted = self._hint(walk, words.tobytes())
+                hinted = self._hint(walk, words)
                 if hinted is not None:
                     path += hinted[0]
                     words = hinted[1]
                     continue
-                here = words.tobytes()
+                here = words
                 step = self._step(walk, children, here, seen, runs, taken)
                 if step is None:
                     return None
-                if step[1].tobytes() == here:
+                if step[1] == here:
                     # every child keeps the mask (inside `[a-z0-9.-]+\.[a-z]{2,4}` a dot and letters go on
                     # alike): look a few bytes ahead for a way that ends or lets a closer through
                     ahead = None
@@ -273,10 +317,10 @@ class EndingSearch:
                     if ahead is not None:
                         path += ahead
                         words = walk.mask()
-                        seen.append(words.tobytes())
+                        seen.append(words)
                         continue
                 child, words = step
-                seen.append(words.tobytes())
+                seen.append(words)
                 taken.append((child, here))
                 if not walk.accept(child):
                     return None
@@ -286,7 +330,7 @@ class EndingSearch:
             walk.rollback(walk.depth)
 
     @staticmethod
-    def _last_child(walk: _Walk, children: list[int]) -> int | None:
+    def _last_child(walk: _Walk, children: tuple[int, ...]) -> int | None:
         """The first child after which the grammar may end, if any (no fills: an accept and a rollback each)."""
         for child in children:
             if walk.accept(child):
@@ -296,7 +340,7 @@ class EndingSearch:
                     return child
         return None
 
-    def _hint(self, walk: _Walk, here: bytes) -> tuple[list[int], np.ndarray] | None:
+    def _hint(self, walk: _Walk, here: bytes) -> tuple[list[int], bytes] | None:
         """(its bytes' ids, the mask after it): the first of the matcher's ending hints the grammar takes
         whole here and that leads elsewhere (an XML value's closing tag out of its raw text); the matcher is
         left after it. None: no hint applies (the matcher as it was)."""
@@ -307,14 +351,14 @@ class EndingSearch:
             taken = walk.take(ids)
             if taken == len(ids):
                 after = walk.mask()
-                if after.tobytes() != here:
+                if after != here:
                     return ids, after
             if taken:
                 walk.rollback(taken)
         return None
 
-    def _step(self, walk: _Walk, children: list[int], here: bytes, seen: deque[bytes],
-              runs: dict[tuple[int, bytes], bool], taken: deque[tuple[int, bytes]]) -> tuple[int, np.ndarray] | None:
+    def _step(self, walk: _Walk, children: tuple[int, ...], here: bytes, seen: deque[bytes],
+              runs: dict[tuple[int, bytes], bool], taken: deque[tuple[int, bytes]]) -> tuple[int, bytes] | None:
         """(child, its mask), the first in class order of: a closer that changes the mask, or that leaves it as
         it was but, written again, closes something (`)` deep in parentheses; not a `'` or `}` in an email
         address's name, which closes nothing however many are written); an ASCII child, not an opener, that
@@ -337,18 +381,17 @@ class EndingSearch:
                 walk.rollback(1)
             if first is None:
                 first = (child, after)
-            mask = after.tobytes()
             if child in self._closers:
-                if mask != here or self._closes_in_a_run(walk, child, here, runs):
+                if after != here or self._closes_in_a_run(walk, child, here, runs):
                     return child, after
-            elif child in self._ascii and mask != here:
+            elif child in self._ascii and after != here:
                 if late_spaces and child in self._spaces:
                     if spacing is None or child == self._newline:
                         spacing = (child, after)
-                elif mask not in seen and child not in self._openers and not self._a_sign(child, after):
+                elif after not in seen and child not in self._openers and not self._a_sign(child, after):
                     return child, after
                 elif moved is None or ((moved[0], here) in taken and (child, here) not in taken
-                                       and mask == moved[1].tobytes()):
+                                       and after == moved[1]):
                     # of twin ways back (to one mask), one not taken from here lately: `.` then `@` after a
                     # name's letters, where taking the first each time loops (`a.a.a.a`)
                     moved = (child, after)
@@ -380,19 +423,19 @@ class EndingSearch:
         for ids in walk.literals:
             taken = walk.take(ids)
             if taken == len(ids):
-                mask = walk.mask().tobytes()
+                mask = walk.mask()
                 if mask != here and mask not in seen:
                     return ids
             if taken:
                 walk.rollback(taken)
         return None
 
-    def _a_sign(self, child: int, after: np.ndarray) -> bool:
+    def _a_sign(self, child: int, after: bytes) -> bool:
         """Whether `child` is a number's minus sign (only digits may follow it): a later digit goes first, so a
         number the ending writes is `0`, not `-1` (a `-` in a name, where letters may follow, keeps its place)."""
-        return child == self._minus and not tokens_allowed(after, self._letters).any()
+        return child == self._minus and not tokens_allowed(_as_words(after), self._letters).any()
 
-    def _look_ahead(self, walk: _Walk, children: list[int], words: np.ndarray) -> tuple[list[int] | None, bool]:
+    def _look_ahead(self, walk: _Walk, children: tuple[int, ...], words: bytes) -> tuple[list[int] | None, bool]:
         """(a way, whether the look covered every way it tries). The way: 2 to `_LOOKAHEAD_DEPTH` bytes,
         shortest first, after which the grammar may end or takes a closer or separator it does not take here
         (`.aa` and then `"` for an email address in JSON, `/` after a URL's host); the matcher is left after
@@ -407,7 +450,7 @@ class EndingSearch:
                 classes.add(self._class_of.get(child))
                 probes.append(child)
         probes = probes[:_LOOKAHEAD_WIDTH]
-        blocked = [c for c in self._way_out_ids if not tokens_allowed(words, np.array([c], dtype=np.int64))[0]]
+        blocked = [c for c in self._way_out_ids if not _allows(words, c)]
         granted = min(_LOOKAHEAD_PROBES, walk.look_budget)
         budget = [granted]
 
@@ -460,7 +503,7 @@ class EndingSearch:
                     closes = accepted > 0
                     break
                 accepted += 1
-                if walk.mask().tobytes() != here:
+                if walk.mask() != here:
                     closes = True
                     break
         finally:
@@ -492,10 +535,9 @@ class EndingSearch:
                     raise RuntimeError("ending search: the grammar rejected a path it allowed before")
                 taken += 1
             words = walk.mask()
-            key = words.tobytes()
-            if key in twins:
+            if words in twins:
                 return None
-            twins.add(key)
+            twins.add(words)
             children = self._children(words)
             last = self._last_child(walk, children)
             if last is not None:
@@ -505,29 +547,31 @@ class EndingSearch:
             walk.rollback(taken)
         return None
 
-    def _children(self, words: np.ndarray) -> list[int]:
+    def _children(self, words: bytes) -> tuple[int, ...]:
         """The first and the last allowed single-byte token of each class, in class order (`(x+x+)+y` needs
         the `y` after its run of `x`); where the grammar allows no single byte (a backend that insists on
-        whole tokens for forced text), its first allowed token."""
-        allowed = tokens_allowed(words, self._ids)
-        if not allowed.any():
-            token = first_allowed(words, self._eos)
-            return [] if token is None else [token]
-        ids, classes = self._ids[allowed], self._classes[allowed]
-        ends = np.flatnonzero(np.diff(classes, prepend=-1, append=-1))  # where each class's run starts and ends
-        picks = np.unique(np.concatenate([ends[:-1], ends[1:] - 1]))
-        return ids[picks].tolist()
+        whole tokens for forced text), its first allowed token. A walk asks this at every step, of masks
+        whose byte-token bits repeat (each letter inside a string): they are worked out once, by that slice."""
+        region = words[self._region]
+        children = self._children_of.get(region)
+        if children is None:
+            children = self._byte_children(region)
+            if len(self._children_of) >= _CHILDREN_CACHED:
+                self._children_of.clear()  # a bound, not an LRU: a clear costs one recount per state
+            self._children_of[region] = children
+        if children:
+            return children
+        token = first_allowed(_as_words(words), self._eos)
+        return () if token is None else (token,)
 
-    def _spelled(self, ending: bytes) -> list[int]:
-        """The ending in few tokens. It may start inside a character the answer began (its last bytes), and
-        the tokenizer spells only whole text: those bytes go one by one, the rest as text."""
-        for head in range(min(4, len(ending)) + 1):
-            try:
-                ending[head:].decode("utf-8")
-                return [self._vocab.byte_ids[b] for b in ending[:head]] + self._vocab.encode_bytes(ending[head:])
-            except (UnicodeDecodeError, KeyError, ValueError):
-                continue
-        return []
+    def _byte_children(self, region: bytes) -> tuple[int, ...]:
+        """_children's single-byte tokens, from the mask's byte-token region."""
+        allowed = np.flatnonzero((np.frombuffer(region, dtype=np.uint8)[self._byte_at] >> self._bit_at) & 1)
+        classes = self._classes[allowed]
+        edge = classes[1:] != classes[:-1]  # between two allowed ids of different classes
+        # the first and the last allowed id of each class's run: the ids with an edge before or after them
+        picks = np.concatenate(([True], edge)) | np.concatenate((edge, [True]))
+        return tuple(self._ids[allowed[picks[:allowed.size]]].tolist())
 
     @staticmethod
     def _accepted(matcher: GrammarMatcher, ids: list[int]) -> bool | None:
@@ -544,3 +588,16 @@ class EndingSearch:
         finally:
             if taken:
                 matcher.rollback(taken)
+
+
+def _spelled(vocab: TokenVocab, ending: bytes) -> tuple[int, ...]:
+    """The ending in few tokens. It may start inside a character the answer began (its last bytes), and the
+    tokenizer spells only whole text: those bytes go one by one, the rest as text. (A function of the
+    vocabulary, kept by EndingSearch in an LRU cache.)"""
+    for head in range(min(4, len(ending)) + 1):
+        try:
+            ending[head:].decode("utf-8")
+            return tuple([vocab.byte_ids[b] for b in ending[:head]] + vocab.encode_bytes(ending[head:]))
+        except (UnicodeDecodeError, KeyError, ValueError):
+            continue
+    return ()
