@@ -102,3 +102,20 @@ def test_a_calls_end_tag_is_written_as_its_token(kimi):
         assert out["meta_info"]["constraint_satisfied"], out["text"]
         ids = out["output_ids"]
         assert ids.count(call_end) == 1, out["text"]  # the call's end, and nowhere inside its value
+
+
+def test_parallel_calls_near_the_budget_close_the_section(kimi):
+    """Audit 22: under `required` (up to 8 parallel calls) a budget that ran out after the first call ended
+    "length": the ending search took the bytes toward one more call (`<|tool_call_begin|>` and
+    `<|tool_calls_section_end|>` part at `_` and `s`), and between two calls the answer was outside any
+    call's tag, where closing did not look. The section's end is now tried whole, and looked for between
+    calls: the answer ends with its calls complete, finish_reason "tool_calls"."""
+    base, tok, _ = kimi
+    end = tok.convert_tokens_to_ids("</think>")
+    for max_tokens in (40, 50, 64, 90):
+        for seed in range(2):
+            choice = _chat(base, tools=TOOLS, tool_choice="required", max_tokens=max_tokens, seed=seed,
+                           logit_bias={str(end): 40}, answer_reserve_tokens=0)
+            assert choice["finish_reason"] == "tool_calls", (max_tokens, seed, choice)
+            for call in choice["message"]["tool_calls"]:
+                jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)

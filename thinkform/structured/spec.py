@@ -126,6 +126,31 @@ def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
     return [(begin, end) for begin, end, _ in json_tags(tag)]
 
 
+def wrapper_tags(tag: dict[str, Any]) -> list[tuple[str, str]]:
+    """(begin, end) of every tag of a structural tag whose content is other tags, not a schema: a tool-call
+    format's section around its calls (Kimi-K2's `<|tool_calls_section_begin|>` … `<|tool_calls_section_end|>`,
+    DeepSeek's `<｜tool▁calls▁begin｜>` … `<｜tool▁calls▁end｜>`). Between two calls the answer is inside one."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            content = node.get("content")
+            kind = node.get("type", "tag" if "begin" in node and "content" in node else None)
+            if kind == "tag" and isinstance(content, dict) and content.get("type") != "json_schema":
+                ends = node.get("end", "")
+                for end in [ends] if isinstance(ends, str) else ends if isinstance(ends, list) else []:
+                    if isinstance(node.get("begin"), str) and node["begin"] and isinstance(end, str) and end:
+                        found.append((node["begin"], end))
+            for value in node.values():
+                walk(value)
+
+    walk(tag.get("format"))
+    return found
+
+
 def json_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(begin, end, schema) of every tag of a structural tag whose content is JSON: the legacy form's
     structures, and the format form's `tag` nodes with `json_schema` content in the plain JSON style,
