@@ -135,6 +135,13 @@ ENDING_CASES = [  # (constraint kind, source, a Python regex of the same languag
     # keywords after a name: the way out is a space, where a comma (another column) also changes the state
     ("ebnf", 'root ::= "SELECT " cols " FROM " name ";"\ncols ::= "*" | name (", " name)*\nname ::= [a-z_]+',
      r"SELECT (\*|[a-z_]+(, [a-z_]+)*) FROM [a-z_]+;", "SELECT ab"),
+    # the same loops as a JSON string's pattern: its literal runs, tried where the string cannot close yet
+    # (the search wrote `\"` for ever under llguidance, and nothing under xgrammar)
+    *(("json_schema", json.dumps({"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}},
+                                  "required": ["x"]}), '\\{"x": "' + language + '"\\}', '{"x": "' + prefix)
+      for pattern, language, prefix in ((r"^.*END$", r".*END", "abc"), (r"^<answer>.*</answer>$", r"<answer>.*</answer>",
+                                                                         "<answer>ab"),
+                                        (r"^(\w+ )+done$", r"(\w+ )+done", "ab "))),
 ]
 
 

@@ -25,6 +25,8 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 def test_the_formats_markup_is_its_tags():
     assert set(TAGS) <= {t for piece in get_tool_call_parser("kimi_k2").markup for t in TAGS if t in piece}
+    # audit 23: GLM-4.5 writes its arguments between tags of their own (hidden, the calls came back `{}`)
+    assert {"<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"} <= set(get_tool_call_parser("glm45").markup)
     assert get_tool_call_parser("deepseekv31").markup[:3] == ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁begin｜>",
                                                               "<｜tool▁calls▁end｜>")
 
@@ -119,3 +121,21 @@ def test_parallel_calls_near_the_budget_close_the_section(kimi):
             assert choice["finish_reason"] == "tool_calls", (max_tokens, seed, choice)
             for call in choice["message"]["tool_calls"]:
                 jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+
+
+def test_call_tags_stay_hidden_where_no_call_may_come(kimi):
+    """Audit 23: the tags are shown to the parser in requests that may call tools, and hidden elsewhere
+    (skip_special_tokens, as vLLM and SGLang): a plain chat, tool_choice none, the native /generate."""
+    base, tok, _ = kimi
+    begin = tok.convert_tokens_to_ids("<|tool_call_begin|>")
+    bias = {str(tok.convert_tokens_to_ids("</think>")): 40, str(begin): 6}
+    for extra in ({}, {"tools": TOOLS, "tool_choice": "none"}):
+        message = _chat(base, max_tokens=40, seed=0, logit_bias=bias, **extra)["message"]
+        assert "<|tool_call" not in (message["content"] or "") + (message.get("reasoning_content") or ""), message
+    r = httpx.post(f"{base}/generate", json={"text": "Weather?", "sampling_params": {
+        "max_new_tokens": 30, "temperature": 1.0, "seed": 0, "logit_bias": {str(begin): 6}}}, timeout=60)
+    assert r.status_code == 200 and "<|tool_call" not in r.json()["text"], r.text
+    # and shown where a call may come: under `auto` the model's free text may hold one (as vLLM shows it)
+    message = _chat(base, max_tokens=40, seed=0, logit_bias=bias, tools=TOOLS, tool_choice="auto",
+                    skip_special_tokens=True)["message"]
+    assert "<|tool_call_begin|>" in (message["content"] or "") + (message.get("reasoning_content") or ""), message

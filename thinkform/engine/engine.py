@@ -110,12 +110,13 @@ class Engine:
 
     def set_tool_markup(self, spellings: Iterable[str]) -> None:
         """The strings of the tool-call format that reads this model's answers (the server's parser: tags such
-        as Kimi-K2's `<|tool_call_begin|>`). The special tokens that spell them are markup, as the reasoning
-        markers are: they stay in the text under skip_special_tokens, where the parser must find them, and
-        never enter a constrained JSON value or a call's arguments, where the next turn would read them as
-        markup. Applies to requests made after the call."""
+        as Kimi-K2's `<|tool_call_begin|>`). The special tokens that spell them are markup: in a request that
+        may call tools (a structural tag) they stay in the text under skip_special_tokens, where the parser
+        must find them (elsewhere they stay hidden, as vLLM and SGLang hide them), and no constrained JSON
+        value or call's arguments ever holds one, where the next turn would read it as markup. Applies to
+        requests made after the call."""
         sets = markup_id_sets(self.tokenizer, self.markers, self.eos_token_ids, tuple(spellings))
-        self.parts.hidden_ids, self.parts.markup_ids = sets["hidden_ids"], sets["markup_ids"]
+        self.parts.tool_markup_ids, self.parts.markup_ids = sets["tool_markup_ids"], sets["markup_ids"]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -314,8 +314,7 @@ class RequestBuilder:
                 gate = self._gate(req, p, c, markers)
                 seq = Sequence(
                     rid=rid, index=index, output_id=rid if p.n == 1 else f"{rid}-{k}", prompt_ids=ids, params=p,
-                    detok=IncrementalDetokenizer(self.parts.tokenizer, ids,
-                                                 self.parts.hidden_ids if p.skip_special_tokens else frozenset()),
+                    detok=IncrementalDetokenizer(self.parts.tokenizer, ids, self._hidden(p, c)),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
                     reasoning=markers is not None and req.reasoning_start != "answer",
                     reasoning_start=req.reasoning_start, return_logprob=lp.return_logprob,
@@ -330,6 +329,15 @@ class RequestBuilder:
                 seq.sink = _bind_sink(sink, markers)
                 seqs.append(seq)
         return seqs
+
+    def _hidden(self, p: SamplingParams, c: Constraint | None) -> frozenset[int]:
+        """The special tokens the text leaves out: none without skip_special_tokens; the tool-call format's
+        shown where the request may call tools (a structural tag), for the server's parser to read."""
+        if not p.skip_special_tokens:
+            return frozenset()
+        if c is not None and c.kind == "structural_tag":
+            return self.parts.hidden_ids - self.parts.tool_markup_ids
+        return self.parts.hidden_ids
 
     def markers_for(self, c: Constraint | None) -> ReasoningMarkers | None:
         """The family's markers as this constraint's request reads them (ReasoningMarkers.for_answer)."""
@@ -393,12 +401,13 @@ class RequestBuilder:
         grows = compiled is not None and compiled.ending_grows
         early = shortest is None or shortest > closing_reserve(p.max_new_tokens) or grows
         growth = min(shortest if shortest is not None else 16, 32) if grows else 0
+        grammar_literals = compiled.closing_literals if compiled is not None else ()
         if kind in ("json_schema", "json_object"):
             return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
-                    "ending_growth": growth}
+                    "ending_growth": growth, "ending_literals": grammar_literals}
         if kind in ("regex", "ebnf"):
             return {"ending": search, "ending_early": early, "ending_growth": growth,
-                    "ending_literals": compiled.closing_literals if compiled is not None else ()}
+                    "ending_literals": grammar_literals}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         # room kept for a tag's end string and the section's: sampled token by token, a byte each at worst
         ends = [len(end.encode()) for _, end in (tags or xml_bounds)]
@@ -408,7 +417,7 @@ class RequestBuilder:
         # the section's end, tried whole by the search at each step: between two calls it closes the answer,
         # where the bytes alone lead on to one more call (Kimi-K2: `<|tool_call_begin|>` and
         # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
-        literals = tuple(end.encode() for _, end in wrappers)
+        literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
         if tagged is not None:
             scope = (lambda answer: tagged.inside_tag() or section(answer)) if section else \
                 (lambda _answer: tagged.inside_tag())

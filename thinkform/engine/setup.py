@@ -50,7 +50,8 @@ class EngineParts:
     ending_search: EndingSearch  # finds a regex / EBNF answer's ending near the budget
     combined_keeps: CombinedKeeps  # the guards' keep masks ANDed per combination of states, for all requests
     hidden_ids: frozenset[int]  # special tokens hidden from text (reasoning markers are never hidden)
-    markup_ids: frozenset[int]  # special tokens of the reasoning family's markup: never inside JSON
+    markup_ids: frozenset[int]  # special tokens of the family's markup (reasoning, tool calls): never inside JSON
+    tool_markup_ids: frozenset[int]  # special tokens of the tool-call format: shown where a request may call tools
     grammar_options: GrammarOptions
     grammar_backend: GrammarBackend
     grammar_cache: GrammarCache
@@ -209,13 +210,15 @@ def _special_ids(tok: Any) -> set[int]:
 
 def markup_id_sets(tok: Any, markers: ReasoningMarkers | None, eos_token_ids: Any,
                    tool_markup: tuple[str, ...] = ()) -> dict[str, frozenset[int]]:
-    """EngineParts' `hidden_ids` and `markup_ids`. skip_special_tokens hides the special tokens but those of
-    the model's markup (gpt-oss: a hidden `<|start|>` left "assistant" in the reasoning text; Kimi-K2: a
-    hidden `<|tool_call_begin|>` left the tool-call parser a call it could not read): its reasoning markers'
-    and its tool-call format's (`tool_markup`, the strings the server's parser reads)."""
-    markup = _markup_ids(tok, (*(markers.spellings if markers is not None else ()), *tool_markup))
-    return {"hidden_ids": frozenset(_special_ids(tok) - markup),
-            "markup_ids": _json_banned_markup(tok, markers, markup, eos_token_ids)}
+    """EngineParts' `hidden_ids`, `tool_markup_ids` and `markup_ids`. skip_special_tokens hides the special
+    tokens but those of the model's markup: its reasoning markers' always (gpt-oss: a hidden `<|start|>` left
+    "assistant" in the reasoning text), its tool-call format's (`tool_markup`, the strings the server's parser
+    reads) where the request may call tools (Kimi-K2: a hidden `<|tool_call_begin|>` left the parser a call it
+    could not read). Both kinds stay out of JSON values."""
+    reasoning = _markup_ids(tok, markers.spellings if markers is not None else ())
+    tools = _markup_ids(tok, tool_markup) - reasoning
+    return {"hidden_ids": frozenset(_special_ids(tok) - reasoning), "tool_markup_ids": tools,
+            "markup_ids": _json_banned_markup(tok, markers, reasoning | tools, eos_token_ids)}
 
 
 def _markup_ids(tok: Any, spellings: tuple[str, ...]) -> frozenset[int]:

@@ -66,13 +66,15 @@ class ToolCallParser(ABC):
     wrapper: tuple[str, str] | None = None  # text around all the calls, if the format has it
     separator: str = ""
     trigger: str = ""  # text that starts the tool-call section
+    argument_markup: tuple[str, ...] = ()  # the fixed text around arguments not written as JSON (GLM's XML tags)
     bare_json: bool = False  # a JSON object as the whole answer is a call too
 
     @property
     def markup(self) -> tuple[str, ...]:
         """The format's own text (trigger, wrapper, what surrounds a call's name and arguments): a special token
         that spells part of it is the model's markup (Engine.set_tool_markup)."""
-        pieces = (self.trigger, *(self.wrapper or ()), *self.call_begin.split("{name}"), self.call_end, self.separator)
+        pieces = (self.trigger, *(self.wrapper or ()), *self.call_begin.split("{name}"), self.call_end, self.separator,
+                  *self.argument_markup)
         return tuple(p for p in pieces if p.strip())
 
     # ---- parsing -------------------------------------------------------------------------

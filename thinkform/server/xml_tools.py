@@ -80,6 +80,7 @@ class Qwen3CoderParser(XmlToolCallParser):
     call_end = "\n</function>\n</tool_call>"
     separator = "\n"
     trigger = "<tool_call>"
+    argument_markup = ("<parameter=", "</parameter>")
     _head = re.compile(r"<tool_call>\s*<function=(?P<name>[^>\s]+)>")
     _closing = ("</function>", "</tool_call>")
 
@@ -93,5 +94,6 @@ class Glm45Parser(XmlToolCallParser):
     call_end = "</tool_call>"
     separator = "\n"
     trigger = "<tool_call>"
+    argument_markup = ("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")
     _head = re.compile(r"<tool_call>\s*(?P<name>[^\s<]+)(?=\s|<)")
     _closing = ("</tool_call>",)

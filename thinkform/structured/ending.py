@@ -132,6 +132,7 @@ class _Walk:
     looked: set[bytes] = field(default_factory=set)  # masks a whole look-ahead found nothing from
     look_budget: int = _LOOKAHEAD_TOTAL  # accepts left to this walk's look-aheads (dear where they fail)
     literals_tried: set[bytes] = field(default_factory=set)  # masks whose literal way out was looked for
+    exits_tried: set[bytes] = field(default_factory=set)  # masks whose literal string exit was looked for
     depth: int = 0  # tokens accepted and not rolled back: what find() undoes, however the search ends
 
     def mask(self) -> bytes:
@@ -185,6 +186,7 @@ class EndingSearch:
         self._openers = frozenset(vocab.byte_ids[b] for b in _OPENERS if b in vocab.byte_ids)
         self._newline = vocab.byte_ids.get(ord("\n"))
         self._backslash = vocab.byte_ids.get(ord("\\"))
+        self._quote = vocab.byte_ids.get(ord('"'))
         self._minus = vocab.byte_ids.get(ord("-"))
         self._letters = np.array([vocab.byte_ids[b] for b in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                   if b in vocab.byte_ids], dtype=np.int64)
@@ -294,7 +296,7 @@ class EndingSearch:
                 closing = self._closing_literal(walk)
                 if closing is not None:
                     return path + closing
-                hinted = self._hint(walk, words)
+                hinted = self._hint(walk, words) or self._string_exit(walk, words)
                 if hinted is not None:
                     path += hinted[0]
                     words = hinted[1]
@@ -357,6 +359,24 @@ class EndingSearch:
                 walk.rollback(taken)
         return None
 
+    def _string_exit(self, walk: _Walk, here: bytes) -> tuple[list[int], bytes] | None:
+        """(its bytes' ids, the mask after it): the first of the grammar's literals that lets a JSON string
+        close where it could not (`END` out of a value whose pattern is `^.*END$`, `done` out of
+        `^(\\w+ )+done$`, where the masks of the loop's bytes alternate and no byte leads out); the matcher is
+        left after it. Looked for once per mask of a walk, and only where the string cannot close here."""
+        if self._quote is None or not walk.literals or here in walk.exits_tried or _allows(here, self._quote):
+            return None
+        walk.exits_tried.add(here)
+        for ids in walk.literals:
+            taken = walk.take(ids)
+            if taken == len(ids):
+                after = walk.mask()
+                if _allows(after, self._quote):
+                    return ids, after
+            if taken:
+                walk.rollback(taken)
+        return None
+
     def _step(self, walk: _Walk, children: tuple[int, ...], here: bytes, seen: deque[bytes],
               runs: dict[tuple[int, bytes], bool], taken: deque[tuple[int, bytes]]) -> tuple[int, bytes] | None:
         """(child, its mask), the first in class order of: a closer that changes the mask, or that leaves it as
@@ -381,6 +401,8 @@ class EndingSearch:
                 walk.rollback(1)
             if first is None:
                 first = (child, after)
+            if child == self._backslash:
+                continue  # an escape only lengthens the way (in a JSON string `\"` then `\` again, for ever)
             if child in self._closers:
                 if after != here or self._closes_in_a_run(walk, child, here, runs):
                     return child, after

@@ -1,9 +1,10 @@
-"""The fixed strings of a regex or EBNF grammar, for the ending search.
+"""The fixed strings of a regex or EBNF grammar, or of a JSON schema's string patterns, for the ending search.
 
 Inside a loop whose class holds the letters of what ends it (`<answer>.*</answer>`, `(\\w+ )+done`), every
 byte leaves the mask as it was: no single byte tells the search that `</answer>` leads out, and spelling it
 byte by byte from the byte classes' representatives is hopeless. The grammar's own text says it: its
-literal runs are tried whole (ending.py), first where one ends the answer.
+literal runs are tried whole (ending.py), first where one ends the answer. A JSON string whose `pattern` is
+such a loop (`^.*END$`) is the same inside the JSON: its runs are tried as the JSON text spells them.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from thinkform.structured.spec import Constraint, tag_grammar
+from thinkform.structured.spec import Constraint, json_tags, tag_grammar
 
 MAX_LITERALS = 16  # tried whole at each step of the search's greedy way: a few accepts each
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -27,6 +28,10 @@ def grammar_literals(constraint: Constraint) -> tuple[bytes, ...]:
         runs = _regex_runs(source)
     elif kind == "ebnf":
         runs = [text for text in map(_unquoted, _QUOTED.findall(source)) if text]
+    elif kind in ("json_schema", "structural_tag"):  # a string's pattern, written inside JSON text
+        schemas = [constraint.data()] if kind == "json_schema" else [s for _, _, s in json_tags(constraint.data())]
+        runs = [json.dumps(run, ensure_ascii=False)[1:-1] for schema in schemas for pattern in _patterns(schema)
+                for run in _regex_runs(pattern)]
     else:
         return ()
     data = [text.encode("utf-8") for text in runs]
@@ -42,6 +47,25 @@ def closing_candidates(literals: tuple[bytes, ...]) -> list[bytes]:
         if text not in out:
             out.append(text)
     return out
+
+
+def _patterns(schema: Any) -> list[str]:
+    """Every `pattern` of a JSON schema, nested ones included, in document order."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                found.append(node["pattern"])
+            for key, value in node.items():
+                if key not in ("pattern", "enum", "const", "default", "examples"):  # not schemas: data
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(schema)
+    return found
 
 
 def _unquoted(body: str) -> str | None:
