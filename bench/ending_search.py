@@ -64,6 +64,10 @@ GRAMMARS: dict[str, tuple[str, str]] = {
     "json-seed": ("json_schema", json.dumps(SEED_SCHEMA)),
     "json-email-pattern": ("json_schema", json.dumps({"type": "object", "properties": {"email": {
         "type": "string", "pattern": "^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,4}$"}}, "required": ["email"]})),
+    # the same loops as a JSON string's pattern: its literal runs, where the string cannot close yet
+    **{f"json-pattern-{name}": ("json_schema", json.dumps({"type": "object", "properties": {"x": {
+        "type": "string", "pattern": pattern}}, "required": ["x"]}))
+       for name, pattern in (("end", r"^.*END$"), ("answer-tag", r"^<answer>.*</answer>$"), ("words", r"^(\w+ )+done$"))},
     "json-8-strings": ("json_schema", json.dumps({"type": "object", "properties": {k: {"type": "string"} for k in "abcdefgh"},
                                                   "required": list("abcdefgh")})),
 }
