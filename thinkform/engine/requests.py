@@ -25,7 +25,7 @@ from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import (Constraint, constraint_from_fields, is_json_format, json_tag_bounds,
-                                      tag_grammar, wrapper_tags, xml_tags)
+                                      only_tags, tag_grammar, wrapper_tags, xml_tags)
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -364,12 +364,13 @@ class RequestBuilder:
         tags = json_tag_bounds(tag) if tag is not None else []
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []
         wrappers = wrapper_tags(tag) if tag is not None else []
+        calls_only = tag is not None and only_tags(tag)
         guards = self._guards(c, json_answer, tags)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
             combined_keeps=self.parts.combined_keeps, answer_check=compiled.answer_check if compiled else None,
-            **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers))
+            **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
@@ -387,12 +388,15 @@ class RequestBuilder:
 
     def _closing(self, p: SamplingParams, compiled: CompiledGrammar | None, kind: str | None,
                  guards: list[AnswerGuard], tags: list[tuple[str, str]], shortest: int | None,
-                 xml_bounds: list[tuple[str, str]], wrappers: list[tuple[str, str]]) -> dict[str, Any]:
+                 xml_bounds: list[tuple[str, str]], wrappers: list[tuple[str, str]],
+                 calls_only: bool = False) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only while the answer is inside a tag's JSON (a tool call's arguments) or inside a section
-        around the calls (between two of Kimi-K2's calls, where the grammar may close the section), with room
-        kept for the tag's and the section's end strings; free text beside the calls is never ended early."""
+        around the calls (between two of Kimi-K2's calls, where the grammar may close the section), or
+        anywhere in an answer that is calls only (required, named: between two calls the answer may end),
+        with room kept for the tag's and the section's end strings; free text beside the calls is never
+        ended early."""
         search = self.parts.ending_search
         # a grammar whose shortest answer fits in the closing reserve, and that cannot grow, is looked at only
         # there: no search at all for the usual answer that ends on its own well before its budget. One whose
@@ -419,13 +423,15 @@ class RequestBuilder:
         # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
         literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
         if tagged is not None:
-            scope = (lambda answer: tagged.inside_tag() or section(answer)) if section else \
+            scope = (lambda _answer: True) if calls_only else \
+                (lambda answer: tagged.inside_tag() or section(answer)) if section else \
                 (lambda _answer: tagged.inside_tag())
             return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": scope,
                     "closing_reserve_tokens": reserve, "ending_literals": literals}
         if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
-            return {"ending": search, "closing_scope": TagScope(xml_bounds + wrappers),
-                    "closing_reserve_tokens": reserve, "ending_literals": literals}
+            scope = (lambda _answer: True) if calls_only else TagScope(xml_bounds + wrappers)
+            return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
+                    "ending_literals": literals}
         return {}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:

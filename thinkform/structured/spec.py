@@ -126,6 +126,13 @@ def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
     return [(begin, end) for begin, end, _ in json_tags(tag)]
 
 
+def only_tags(tag: dict[str, Any]) -> bool:
+    """Whether a structural tag's answer is its tags and nothing else (tool_choice required or named: the
+    format is the calls, or a section of them), no free text beside them (a `triggered_tags` format)."""
+    fmt = tag.get("format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("tag", "tags_with_separator")
+
+
 def wrapper_tags(tag: dict[str, Any]) -> list[tuple[str, str]]:
     """(begin, end) of every tag of a structural tag whose content is other tags, not a schema: a tool-call
     format's section around its calls (Kimi-K2's `<|tool_calls_section_begin|>` … `<|tool_calls_section_end|>`,

@@ -1,0 +1,59 @@
+"""Budget closing of tool calls written without a section around them (Llama-3's `<|python_tag|>` calls): under
+tool_choice required the answer is calls only, and between two of them it may end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from thinkform.server.tools import get_tool_call_parser
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+           "required": ["city", "days"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+TEMPLATE = ("{%- for message in messages -%}"
+            "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n<think>' }}{%- endif -%}")
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    from transformers import GenerationConfig
+
+    from thinkform import Engine
+    from thinkform.testing.models import make_tiny_model_dir
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(marker_is_special=True)
+    tok.add_special_tokens({"additional_special_tokens": ["<|python_tag|>"]})
+    tok.chat_template = TEMPLATE
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("llama3") / "m", "qwen2", tok, vocab_size=len(tok) + 16, seed=3)
+    GenerationConfig(eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id).save_pretrained(path)
+    engine = Engine(model_path=str(path), reasoning_parser="qwen3", max_total_tokens=8192)
+    engine.set_tool_markup(get_tool_call_parser("llama3").markup)
+    yield engine, tok
+    engine.shutdown()
+
+
+def test_required_parallel_calls_end_between_calls_near_the_budget(llama3):
+    """Audit 23: a required call's answer that had room for one call ran on into a second, cut off by
+    max_new_tokens ("length", the constraint unsatisfied): closing looked only inside a call's arguments.
+    The answer is calls only, and the search's ending there is EOS after the last complete call."""
+    engine, tok = llama3
+    parser = get_tool_call_parser("llama3")
+    tag = parser.structural_tag(TOOLS, "required", parallel=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Weather?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    think_end, python_tag = tok.convert_tokens_to_ids("</think>"), tok.convert_tokens_to_ids("<|python_tag|>")
+    for seed in range(3):
+        for bias in (0, 8):  # 8: the model favours beginning one more call
+            for max_new_tokens in (60, 100):
+                out = engine.generate(prompt, {
+                    "structural_tag": json.dumps(tag), "max_new_tokens": max_new_tokens, "temperature": 1.0,
+                    "seed": seed, "logit_bias": {str(think_end): 40, str(python_tag): bias},
+                    "skip_special_tokens": False})
+                meta = out["meta_info"]
+                assert meta["constraint_satisfied"] and meta["finish_reason"]["type"] == "stop", (seed, bias, out)
+                _, calls = parser.parse(out["text"].split("</think>")[-1])
+                assert calls and all(json.loads(c.arguments).keys() == {"city", "days"} for c in calls), out["text"]
