@@ -49,6 +49,18 @@ def test_the_final_header_ends_reasoning_in_every_spelling(kind):
     assert _stream_split(text, 3) == ("Need the weather.", '{"a": 1}')
 
 
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_two_analysis_messages_are_two_lines_of_reasoning(step):
+    """harmony may write its analysis as several messages (`<|end|><|start|>assistant<|channel|>analysis…`):
+    their texts were glued (`thought.Second`); a newline now parts them, as vLLM joins them, whole and
+    streamed alike."""
+    second = "<|start|>assistant<|channel|>analysis<|message|>Then the city.<|end|>"
+    text = f"{ANALYSIS}{second}<|start|>assistant<|channel|>final<|message|>Paris."
+    expected = ("Need the weather.\nThen the city.", "Paris.")
+    assert split_reasoning(text, get_markers("gpt-oss"), in_reasoning=True) == expected
+    assert _stream_split(text, step) == expected
+
+
 @pytest.mark.parametrize("cut", ["<|channel|>commentary", "<|channel|>final <|constrain|>"])
 def test_a_header_the_budget_cut_off_leaves_no_markup_in_the_reasoning(cut):
     """Audit 14: the thinking budget's close text after a header begun (`<|channel|>commentary`) left the

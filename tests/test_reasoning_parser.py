@@ -96,7 +96,7 @@ def test_gpt_oss_harmony() -> None:
     assert split_reasoning(text, m, in_reasoning=True) == ("Need capital.", '{"name": "Paris"}')
     two = ("<|channel|>analysis<|message|>one<|end|><|start|>assistant<|channel|>analysis<|message|> two"
            "<|end|><|start|>assistant<|channel|>final<|message|>ok")
-    assert split_reasoning(two, m, in_reasoning=True) == ("one two", "ok")
+    assert split_reasoning(two, m, in_reasoning=True) == ("one\n two", "ok")  # a newline between messages
     assert split_reasoning("<|channel|>analysis<|message|>cut off", m, True) == ("cut off", "")
 
 

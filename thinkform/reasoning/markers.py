@@ -29,6 +29,9 @@ class ReasoningMarkers:
     # strings, and headers running from header[0] to the next header[1] (`<|channel|>…<|message|>`).
     framing: tuple[str, ...] = ()
     header: tuple[str, str] | None = None
+    # the framing that ends one reasoning message (gpt-oss's `<|end|>`): two messages' texts are joined by a
+    # newline where it was (as vLLM joins them), not glued together
+    message_end: str | None = None
     # Other strings that end reasoning as `end` does (gpt-oss: the final channel's header with a content
     # type). `answer_ends` end it too and stay at the head of the answer, which they describe (gpt-oss: a
     # tool call's header, read by the tool-call parser); the grammar takes what follows them.
@@ -109,6 +112,7 @@ _GPT_OSS = ReasoningMarkers(
     close="<|end|><|start|>assistant<|channel|>final<|message|>",
     framing=("<|end|>", "<|start|>assistant"),
     header=("<|channel|>", "<|message|>"),
+    message_end="<|end|>",
     # the final header as the model writes it under structured output (vLLM #23120: unmatched, the JSON
     # ran unconstrained), and a call's header in either place harmony allows its recipient
     alt_ends=tuple(f"<|channel|>final{kind}<|message|>" for kind in (" <|constrain|>json", "<|constrain|>json",

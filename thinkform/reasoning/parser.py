@@ -7,7 +7,8 @@ Rules (one definition, shared by both forms, so streamed deltas always add up to
 - Reasoning runs to the first end marker (a family may have several); without one, everything is reasoning
   and content is "". An answer end marker (gpt-oss: a tool call's header) stays at the head of the content.
 - Markers and the whitespace right around them are stripped (as SGLang does); harmony framing
-  (gpt-oss: `<|end|>`, `<|start|>assistant`, `<|channel|>…<|message|>`) is removed from reasoning.
+  (gpt-oss: `<|end|>`, `<|start|>assistant`, `<|channel|>…<|message|>`) is removed from reasoning, a newline
+  left where one reasoning message ended and another began.
 """
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ class _Framing:
             stop = "|".join([closer, *literals])
             parts.append(f"{opener}(?:(?!{stop}).)*(?=(?:{'|'.join(literals) or '$^'})|$)")
         self._pattern = re.compile("|".join(parts), re.DOTALL) if parts else None
+        self._message_end = markers.message_end
 
     def clean(self, text: str) -> str:
-        return self._pattern.sub("", text) if self._pattern is not None else text
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(lambda m: "\n" if m.group() == self._message_end else "", text)
 
     def safe_cut(self, text: str) -> int:
         """Length of the prefix of `text` that no later text can turn into a marker or framing."""
