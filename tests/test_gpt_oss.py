@@ -228,6 +228,16 @@ def test_markup_tokens_never_enter_json_values(harmony_server, harmony_tokenizer
         json.loads(answer)
 
 
+def test_markup_tokens_never_enter_a_regex_answer(harmony_server, harmony_tokenizer):
+    """The same for a regex answer whose class takes any text (it took `<|channel|>` as text before)."""
+    channel = harmony_tokenizer.convert_tokens_to_ids("<|channel|>")
+    for seed in range(3):
+        out = _chat(harmony_server, seed=seed, max_tokens=60, max_reasoning_tokens=8,
+                    logit_bias={str(channel): 30}, regex=r"[^\n]{1,30}\.")["message"]
+        assert "<|" not in out["content"], out["content"]
+        assert out["content"].endswith(".")
+
+
 def test_real_engine_json_answers_are_valid(harmony_server):
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     for seed in range(8):

@@ -365,7 +365,7 @@ class RequestBuilder:
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []
         wrappers = wrapper_tags(tag) if tag is not None else []
         calls_only = tag is not None and only_tags(tag)
-        guards = self._guards(c, json_answer, tags)
+        guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"))
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
@@ -434,14 +434,17 @@ class RequestBuilder:
                     "ending_literals": literals}
         return {}
 
-    def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]]) -> list[AnswerGuard]:
-        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, and the reasoning
-        family's markup tokens stay out, in a JSON answer and in the JSON of a structural tag's tags
-        (tool-call arguments)."""
+    def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]],
+                grammar_answer: bool = False) -> list[AnswerGuard]:
+        """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, and the family's
+        markup tokens stay out, of a JSON answer, of the JSON of a structural tag's tags (tool-call
+        arguments), and of a regex or EBNF answer (unless the grammar has nothing else to offer there)."""
         if c is None:
             return []
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
         markup = self.parts.markup_ids
+        if grammar_answer and markup:
+            guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all))
         if json_answer:
             guards.append(NumberGuard(self.parts.number_rules))
             if markup:
