@@ -78,6 +78,19 @@ def test_streaming_parse_matches_whole_and_never_leaks_the_call_text(name, step)
     assert [c["arguments"] for c in calls] == [c.arguments for c in whole]  # the same text either way
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("step", [1, 2, 5])
+def test_streamed_text_before_a_call_is_the_whole_parses(name, step):
+    """Audit 23: the whole response drops the whitespace before a call, streaming had sent it already
+    (`Sure.\n\n  ` against `Sure.`); trailing whitespace now waits for what follows it. Text without a call
+    keeps it, both ways."""
+    parser = get_tool_call_parser(name)
+    text = SAMPLES[name].replace("Sure.", "Sure. Fine.\n\n  ", 1)
+    assert _stream(name, text, step)[0] == parser.parse(text)[0] == "Sure. Fine."
+    plain = "Sure. Fine.\n\n  "
+    assert _stream(name, plain, step)[0] == parser.parse(plain)[0] == plain
+
+
 @pytest.mark.parametrize("name", sorted(set(SAMPLES) - {"pythonic"}))
 def test_calls_stream_while_they_are_written(name):
     """Name first, then the arguments piece by piece, as OpenAI streams them (pythonic calls come whole)."""

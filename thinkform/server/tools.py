@@ -481,8 +481,11 @@ class StreamingToolParser:
         if start >= 0:
             self._in_calls = True
             out, self._held = self._held[:start], self._held[start:]
-            return out, self._call_deltas()
+            return out.rstrip(), self._call_deltas()  # as the whole parse gives the text before a call
         out = self._held[: self.parser._maybe_start(self._held)]
+        # trailing whitespace waits for what follows it: dropped before a call (as the whole parse drops it),
+        # sent with the next text or at the end
+        out = out[: len(out.rstrip())]
         self._held = self._held[len(out):]
         self._sent_text = self._sent_text or bool(out.strip())
         return out, []
