@@ -139,3 +139,19 @@ def test_call_tags_stay_hidden_where_no_call_may_come(kimi):
     message = _chat(base, max_tokens=40, seed=0, logit_bias=bias, tools=TOOLS, tool_choice="auto",
                     skip_special_tokens=True)["message"]
     assert "<|tool_call_begin|>" in (message["content"] or "") + (message.get("reasoning_content") or ""), message
+
+
+def test_a_users_structural_tag_does_not_begin_with_the_call_section(kimi):
+    """Audit 22: under a user's structural tag (no tools) the call section's tag ended the reasoning and
+    headed the content, which was then `<|tool_calls_section_begin|>{...}`, not the tag's answer. A tag
+    that never spells the section's tag reads it as reasoning, as a JSON schema does."""
+    base, tok, _ = kimi
+    section = tok.convert_tokens_to_ids("<|tool_calls_section_begin|>")
+    tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<answer>", "end": "</answer>",
+                                                "content": {"type": "json_schema", "json_schema": WEATHER}}}
+    for bias in (40, 8):
+        message = _chat(base, max_tokens=60, seed=0, logit_bias={str(section): bias}, skip_special_tokens=False,
+                        max_reasoning_tokens=6, response_format=tag)["message"]
+        content = message["content"]
+        assert content.startswith("<answer>") and content.endswith("</answer>"), message
+        jsonschema.validate(json.loads(content[len("<answer>"):-len("</answer>")]), WEATHER)

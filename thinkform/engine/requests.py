@@ -342,7 +342,8 @@ class RequestBuilder:
     def markers_for(self, c: Constraint | None) -> ReasoningMarkers | None:
         """The family's markers as this constraint's request reads them (ReasoningMarkers.for_answer)."""
         markers = self.parts.markers
-        return markers.for_answer(c is not None and c.kind == "structural_tag") if markers is not None else None
+        tag = c is not None and c.kind == "structural_tag"
+        return markers.for_answer(tag, c.source if tag else None) if markers is not None else None
 
     def _gate(self, req: PreparedRequest, p: SamplingParams, c: Constraint | None,
               markers: ReasoningMarkers | None) -> ReasoningGate | None:

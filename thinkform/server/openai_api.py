@@ -1,6 +1,7 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models."""
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,9 +169,16 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
                     include_reasoning=body.include_reasoning, token_names=token_names(state, body),
                     prompt_logprobs=body.prompt_logprobs, constraints=constraints,
-                    markers=state.markers.for_answer("structural_tag" in fields) if state.markers else None,
+                    markers=state.markers.for_answer("structural_tag" in fields, _tag_text(fields))
+                    if state.markers else None,
                     field_names={"prompt": "messages", "max_new_tokens": "max_completion_tokens"
                                  if body.max_completion_tokens else "max_tokens"})
+
+
+def _tag_text(fields: dict[str, Any]) -> str | None:
+    """The structural tag's JSON text, where the request has one."""
+    tag = fields.get("structural_tag")
+    return None if tag is None else tag if isinstance(tag, str) else json.dumps(tag, ensure_ascii=False)
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,
