@@ -394,7 +394,8 @@ def test_sigterm_drains_in_flight_requests_then_exits(model_dir):
 
     process, port = launch_server_cmd(
         f"python -m thinkform.launch_server --model-path {model_dir} --log-level warning --context-length 32768 "
-        "--max-total-tokens 36000 --graceful-shutdown-timeout 10")  # room for the short one on a busy machine
+        "--max-total-tokens 36000 --graceful-shutdown-timeout 20")  # room for the short one on a busy machine
+    # (10 s was not: a CI run beside two other test runs on 2 cores cut the short one off too)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(base, timeout=120, process=process)
@@ -413,7 +414,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(model_dir):
             with pytest.raises(httpx.HTTPError):  # cut off after the drain time-out, not awaited to its end
                 endless.result().raise_for_status()
         assert process.returncode == 0
-        assert elapsed < 10 + 20
+        assert elapsed < 20 + 20
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/health", timeout=2)
     finally:
