@@ -137,25 +137,8 @@ def wrapper_tags(tag: dict[str, Any]) -> list[tuple[str, str]]:
     """(begin, end) of every tag of a structural tag whose content is other tags, not a schema: a tool-call
     format's section around its calls (Kimi-K2's `<|tool_calls_section_begin|>` … `<|tool_calls_section_end|>`,
     DeepSeek's `<｜tool▁calls▁begin｜>` … `<｜tool▁calls▁end｜>`). Between two calls the answer is inside one."""
-    found: list[tuple[str, str]] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            content = node.get("content")
-            kind = node.get("type", "tag" if "begin" in node and "content" in node else None)
-            if kind == "tag" and isinstance(content, dict) and content.get("type") != "json_schema":
-                ends = node.get("end", "")
-                for end in [ends] if isinstance(ends, str) else ends if isinstance(ends, list) else []:
-                    if isinstance(node.get("begin"), str) and node["begin"] and isinstance(end, str) and end:
-                        found.append((node["begin"], end))
-            for value in node.values():
-                walk(value)
-
-    walk(tag.get("format"))
-    return found
+    return [(begin, end) for begin, end, content in _tag_nodes(tag)
+            if content.get("type") != "json_schema" and isinstance(begin, str) and begin and isinstance(end, str) and end]
 
 
 def json_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -215,7 +198,16 @@ def has_xml_content(tag: dict[str, Any]) -> bool:
 
 
 def _schema_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
-    found: list[tuple[str, str, Any, str]] = []
+    found = [(begin, end, content.get("json_schema"), str(content.get("style", "json")))
+             for begin, end, content in _tag_nodes(tag) if content.get("type") == "json_schema"]
+    # an empty end: the tag ends with its content (gpt-oss: a call runs to the stop token)
+    return [(b, e, s, st) for b, e, s, st in found if isinstance(b, str) and isinstance(e, str) and b]
+
+
+def _tag_nodes(tag: dict[str, Any]) -> list[tuple[Any, Any, dict[str, Any]]]:
+    """(begin, end, content) of every tag node of a structural tag's format, at any depth, once per end
+    string (xgrammar's TagFormat: "type" may be left out in triggered_tags, `end` may list strings)."""
+    found: list[tuple[Any, Any, dict[str, Any]]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, list):
@@ -223,19 +215,16 @@ def _schema_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
                 walk(item)
         elif isinstance(node, dict):
             content = node.get("content")
-            # xgrammar's TagFormat: "type" may be left out (a tag in triggered_tags), `end` may list strings
             kind = node.get("type", "tag" if "begin" in node and "content" in node else None)
-            if kind == "tag" and isinstance(content, dict) and content.get("type") == "json_schema":
+            if kind == "tag" and isinstance(content, dict):
                 ends = node.get("end", "")
                 for end in [ends] if isinstance(ends, str) else ends if isinstance(ends, list) else []:
-                    found.append((node.get("begin", ""), end, content.get("json_schema"),
-                                  str(content.get("style", "json"))))
+                    found.append((node.get("begin", ""), end, content))
             for value in node.values():
                 walk(value)
 
     walk(tag.get("format"))
-    # an empty end: the tag ends with its content (gpt-oss: a call runs to the stop token)
-    return [(b, e, s, st) for b, e, s, st in found if isinstance(b, str) and isinstance(e, str) and b]
+    return found
 
 
 def _structures(structures: Any) -> list[dict[str, Any]]:
