@@ -83,6 +83,33 @@ def test_previous_response_id_continues_the_conversation(served):
     error_response(r, 404, "previous_response_id")
 
 
+def test_a_stored_responses_input_items_are_listed(served):
+    """GET /v1/responses/{id}/input_items (the SDK's responses.input_items.list): the request's own input,
+    last first by default, in pages; typed by the SDK as OpenAI's items."""
+    engine, base = served
+    client = _client(base)
+    r = client.responses.create(model="m", input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        {"role": "user", "content": [{"type": "input_text", "text": "And tomorrow?"}]}], tools=TOOLS)
+    items = client.responses.input_items.list(r.id)
+    assert [i.type for i in items.data] == ["message", "function_call_output", "function_call", "message"]
+    assert items.data[0].content[0].text == "And tomorrow?" and items.data[-1].content[0].type == "input_text"
+    assert items.data[1].output == "sunny" and items.data[2].name == "get_weather"
+    assert len({i.id for i in items.data}) == 4 and not items.has_more
+    first = client.responses.input_items.list(r.id, order="asc", limit=1)
+    assert first.data[0].content[0].text == "Weather in Paris?" and first.has_more
+    rest = client.responses.input_items.list(r.id, order="asc", limit=10, after=first.data[0].id)
+    assert [i.type for i in rest.data] == ["function_call", "function_call_output", "message"]
+    plain = client.responses.create(model="m", input="Capital?")
+    assert [(i.role, i.content[0].text) for i in client.responses.input_items.list(plain.id).data] == [
+        ("user", "Capital?")]
+    error_response(httpx.get(f"{base}/v1/responses/{r.id}/input_items", params={"limit": 0}), 400, "limit")
+    error_response(httpx.get(f"{base}/v1/responses/{r.id}/input_items", params={"order": "up"}), 400, "order")
+    error_response(httpx.get(f"{base}/v1/responses/resp_none/input_items"), 404, "response_id")
+
+
 def test_store_false_keeps_nothing(served):
     engine, base = served
     r = _client(base).responses.create(model="m", input="Capital?", store=False)

@@ -1,12 +1,12 @@
 """Stored responses of /v1/responses (`store: true`): what `previous_response_id` continues and
-GET / DELETE /v1/responses/{id} read. In memory, newest kept (by count and size): a server restart
+GET / DELETE /v1/responses/{id} and GET /v1/responses/{id}/input_items read. In memory, newest kept (by count and size): a server restart
 forgets them, as SGLang's."""
 from __future__ import annotations
 
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -14,6 +14,7 @@ from typing import Any
 class StoredResponse:
     response: dict[str, Any]  # the response object as the client got it
     conversation: list[dict[str, Any]]  # chat messages: the input (instructions left out) and the answer
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # the request's own input, as items with ids
 
 
 class ResponseStore:

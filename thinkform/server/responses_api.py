@@ -62,6 +62,25 @@ def _text_of(content: Any, where: str) -> str:
     return "".join(texts)
 
 
+def input_items(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The request's input as OpenAI lists it (GET /v1/responses/{id}/input_items): items with ids, a
+    message's text as `input_text` parts (an assistant's as `output_text`). Checked by input_messages first."""
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    listed = []
+    for item in items:
+        kind = item.get("type", "message" if "role" in item else None)
+        entry = {**item, "type": kind, "id": item.get("id") or new_id("msg_" if kind == "message" else "item_")}
+        if kind == "message":
+            role = str(item.get("role")).lower()
+            part = "output_text" if role == "assistant" else "input_text"
+            content = item.get("content")
+            parts = [{"type": part, "text": content}] if isinstance(content, str) else content or []
+            entry.update(role=role, content=parts, status=item.get("status") or "completed")
+        listed.append(entry)
+    return listed
+
+
 def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chat messages from Responses input items. A replayed `reasoning` item goes with the assistant turn
     after it; `function_call` items join the assistant message they follow (one turn, several calls)."""
@@ -348,7 +367,7 @@ class ResponsePlan:
             response["completed_at"] = now()
         if self.body.store:
             state.responses.put(self.response_id, StoredResponse(
-                response, self.conversation + [output.assistant_message()]))
+                response, self.conversation + [output.assistant_message()], input_items(self.body.input)))
         return response
 
 
@@ -408,6 +427,27 @@ def _stored(state: ServerState, response_id: str) -> StoredResponse:
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(response_id: str, request: Request) -> dict[str, Any]:
     return _stored(_state(request), response_id).response
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, request: Request, limit: int = 20, order: str = "desc",
+                           after: str | None = None) -> dict[str, Any]:
+    """The stored response's input items, OpenAI's list: `limit` (1-100) of them in `order` (desc: the last
+    item first), from the one after `after`."""
+    if not 1 <= limit <= 100:
+        raise APIError(f"limit: must be between 1 and 100, got {limit}", param="limit")
+    if order not in ("asc", "desc"):
+        raise APIError(f"order: must be 'asc' or 'desc', got {order!r}", param="order")
+    items = _stored(_state(request), response_id).input_items
+    items = items if order == "asc" else items[::-1]
+    if after is not None:
+        at = next((i for i, item in enumerate(items) if item["id"] == after), None)
+        if at is None:
+            raise APIError(f"after: no input item {after!r} in response {response_id!r}", param="after")
+        items = items[at + 1:]
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
 
 
 @router.delete("/v1/responses/{response_id}")
