@@ -13,8 +13,9 @@ line, appended to DIR/results.jsonl as each finishes, so a run cut short still r
   unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
   `json_jf`: jump-forward on (tok/s counts only sampled tokens).
 - `attention`: the engine's decode attention against a GQA-grouped candidate (bench/attention_variants.py).
-- `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt), and the
-  engine loop's wall time per step in its main calls, free and under the seed's schema.
+- `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt), the
+  engine loop's wall time per step in its main calls, free and under the seed's schema, and one batched
+  mask fill of 32 rows by its thread count (the engine's, thinkform.cpus, against xgrammar's "auto").
 - transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
   reduce-overhead: CUDA graphs), each `free` and `json` (xgrammar's HF logits processor).
 
@@ -208,6 +209,8 @@ def run_profile(args: argparse.Namespace) -> None:
     prompts = capital_prompts(max(args.batch_sizes))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", **args.engine_args) as engine:
+        # is the batched mask fill sized right for this host (thinkform.cpus), and what do its threads buy?
+        emit(args.out, {"mask_fill_ms_by_threads": _fill_threads(engine)})
         for bs in args.batch_sizes:
             params = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
             engine.generate(prompts[:bs], params)  # warm-up
@@ -226,6 +229,32 @@ def run_profile(args: argparse.Namespace) -> None:
             table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
             (args.out / f"profile_bs{bs}.txt").write_text(table)
             emit(args.out, {"profile": bs, "file": f"profile_bs{bs}.txt", "steps": 16})
+
+
+def _fill_threads(engine: Any, rows: int = 32, repeats: int = 50) -> dict[str, float]:
+    """ms of one batched xgrammar mask fill of `rows` CapitalInfo matchers inside the name string, by the fill's
+    thread count: 1, 2, 4, 8, the engine's (thinkform.cpus) and xgrammar's own "auto" (the host's CPUs)."""
+    import xgrammar
+
+    from thinkform.cpus import usable_cpus
+    from thinkform.structured.spec import constraint_from_fields
+
+    compiled = engine.parts.grammar_backend.compile(constraint_from_fields(json_schema=json.dumps(CAPITAL_INFO_SCHEMA)))
+    matchers = [compiled.new_matcher() for _ in range(rows)]
+    for m in matchers:
+        for t in engine.tokenizer.encode('{"name": "ab', add_special_tokens=False):
+            m.accept_token(t)
+    inner = [m._m for m in matchers]
+    bitmask = xgrammar.allocate_token_bitmask(rows, engine.parts.vocab_size)
+    out = {}
+    for threads in (1, 2, 4, 8, max(1, usable_cpus() // 2), "auto"):
+        batch = xgrammar.BatchGrammarMatcher(threads)
+        batch.batch_fill_next_token_bitmask(inner, bitmask)  # warm
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            batch.batch_fill_next_token_bitmask(inner, bitmask)
+        out[str(threads)] = round((time.perf_counter() - t0) / repeats * 1e3, 3)
+    return out
 
 
 def _host_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> dict[str, float]:

@@ -19,6 +19,7 @@ from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
 COMPACT_SEPARATORS = (", ", ": ")
+PARALLEL_FILL_ROWS = 128  # rows of one step's batched mask fill from which worker threads fill them
 ANY_JSON_SCHEMA = '{"type": ["object", "array"]}'  # what SGLang's "$$ANY$$" admits, written compactly
 
 
@@ -70,8 +71,12 @@ class XGrammarBackend(GrammarBackend):
 
     def __init__(self, ctx: BackendContext) -> None:
         super().__init__(ctx)
-        # its own C++ threads, half the CPUs this process may use ("auto" counts the host's, see cpus.py)
-        self._batch = xgr.BatchGrammarMatcher(max(1, usable_cpus() // 2))
+        # A row's fill mostly costs a few µs (xgrammar's cached masks): at batch 32, 0.03-0.6 ms in one
+        # thread, and more with worker threads, whose hand-offs cost more than the rows (bench/gpu_bench.py's
+        # profile part times both). Threads, half the CPUs this process may use ("auto" counts the host's,
+        # see cpus.py), serve only the large batches whose rows outweigh them (vLLM's threshold too).
+        self._batch = xgr.BatchGrammarMatcher(1)
+        self._parallel = xgr.BatchGrammarMatcher(max(1, usable_cpus() // 2))
         info = xgr.TokenizerInfo.from_huggingface(
             ctx.tokenizer, vocab_size=ctx.vocab_size, stop_token_ids=list(ctx.eos_token_ids))
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
@@ -80,7 +85,8 @@ class XGrammarBackend(GrammarBackend):
         """xgrammar's matchers in one batched call; any other matcher row by row."""
         ours, rest = split_pending(pending, XGrammarMatcher)
         if ours:
-            self._batch.batch_fill_next_token_bitmask([m._m for _, m in ours], bitmask, [row for row, _ in ours])
+            batch = self._parallel if len(ours) >= PARALLEL_FILL_ROWS else self._batch
+            batch.batch_fill_next_token_bitmask([m._m for _, m in ours], bitmask, [row for row, _ in ours])
         super().fill_bitmasks(bitmask, rest)
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
