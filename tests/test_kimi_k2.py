@@ -149,9 +149,37 @@ def test_a_users_structural_tag_does_not_begin_with_the_call_section(kimi):
     section = tok.convert_tokens_to_ids("<|tool_calls_section_begin|>")
     tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<answer>", "end": "</answer>",
                                                 "content": {"type": "json_schema", "json_schema": WEATHER}}}
-    for bias in (40, 8):
-        message = _chat(base, max_tokens=60, seed=0, logit_bias={str(section): bias}, skip_special_tokens=False,
-                        max_reasoning_tokens=6, response_format=tag)["message"]
-        content = message["content"]
-        assert content.startswith("<answer>") and content.endswith("</answer>"), message
-        jsonschema.validate(json.loads(content[len("<answer>"):-len("</answer>")]), WEATHER)
+    mentioned = json.loads(json.dumps(tag))  # audit 25: a schema that only mentions the section's tag
+    mentioned["format"]["content"]["json_schema"]["description"] = "never <|tool_calls_section_begin|> here"
+    for response_format in (tag, mentioned):
+        for bias in (40, 8):
+            message = _chat(base, max_tokens=60, seed=0, logit_bias={str(section): bias}, skip_special_tokens=False,
+                            max_reasoning_tokens=6, response_format=response_format)["message"]
+            content = message["content"]
+            assert content.startswith("<answer>") and content.endswith("</answer>"), message
+            jsonschema.validate(json.loads(content[len("<answer>"):-len("</answer>")]), WEATHER)
+
+
+@pytest.mark.parametrize("case", ["tools", "escaped", "format-and-triggers", "mention"])
+def test_the_engine_and_the_server_read_a_tag_alike(case):
+    """Audit 25: the server read the request's raw tag text, the engine its parsed constraint: a tag spelled
+    with `\\u003c` escapes, or a format beside a legacy `triggers` key (which xgrammar ignores), was read
+    as a call section by one and not the other, and the same request split two ways. Both read the tag's
+    own strings now (spec.tag_openings), from the same parse."""
+    from thinkform.reasoning import get_markers
+    from thinkform.server.openai_api import _tag_openings
+    from thinkform.structured.spec import constraint_from_fields, tag_openings
+
+    kimi = get_markers("kimi_k2")
+    tools_tag = get_tool_call_parser("kimi_k2").structural_tag(TOOLS, "auto")
+    answer = {"type": "tag", "begin": "<answer>", "end": "</answer>",
+              "content": {"type": "json_schema", "json_schema": {**WEATHER, "description": TAGS[0]}}}
+    raw, expect_call = {
+        "tools": (json.dumps(tools_tag), True),
+        "escaped": (json.dumps(tools_tag).replace("<", "\\u003c").replace(">", "\\u003e"), True),
+        "format-and-triggers": (json.dumps({"type": "structural_tag", "format": answer, "triggers": [TAGS[0]]}), False),
+        "mention": (json.dumps({"type": "structural_tag", "format": answer}), False),
+    }[case]
+    server = kimi.for_answer(True, _tag_openings({"structural_tag": raw}))
+    engine = kimi.for_answer(True, tag_openings(constraint_from_fields(structural_tag=raw).data()))
+    assert server.answer_ends == engine.answer_ends == ((TAGS[0],) if expect_call else ())

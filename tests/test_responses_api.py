@@ -105,6 +105,23 @@ def test_a_stored_responses_input_items_are_listed(served):
     plain = client.responses.create(model="m", input="Capital?")
     assert [(i.role, i.content[0].text) for i in client.responses.input_items.list(plain.id).data] == [
         ("user", "Capital?")]
+    # every kind of input item the request takes, as the SDK's types have them (audit 25: statuses, an
+    # assistant's annotations, a reasoning item's summary, chat's `text` parts were missing or passed through)
+    from openai.types.responses import ResponseItemList
+
+    rich = client.responses.create(model="m", input=[
+        {"role": "system", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+        {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "Look it up."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        {"role": "assistant", "content": "It is sunny."}, {"role": "user", "content": "Thanks."}], tools=TOOLS)
+    listed = httpx.get(f"{base}/v1/responses/{rich.id}/input_items", params={"order": "asc"}).json()
+    ResponseItemList.model_validate(listed, strict=False)  # raises on a missing or mistyped field
+    assert [i["content"][0]["type"] for i in listed["data"] if i["type"] == "message"] == [
+        "input_text", "input_text", "output_text", "input_text"]
+    assert all(i["status"] == "completed" for i in listed["data"])
+    error_response(httpx.get(f"{base}/v1/responses/{r.id}/input_items", params={"limit": "abc"}), 400, "limit")
     error_response(httpx.get(f"{base}/v1/responses/{r.id}/input_items", params={"limit": 0}), 400, "limit")
     error_response(httpx.get(f"{base}/v1/responses/{r.id}/input_items", params={"order": "up"}), 400, "order")
     error_response(httpx.get(f"{base}/v1/responses/resp_none/input_items"), 404, "response_id")

@@ -89,6 +89,9 @@ def test_streamed_text_before_a_call_is_the_whole_parses(name, step):
     assert _stream(name, text, step)[0] == parser.parse(text)[0] == "Sure. Fine."
     plain = "Sure. Fine.\n\n  "
     assert _stream(name, plain, step)[0] == parser.parse(plain)[0] == plain
+    # audit 25: a trigger that begins no call is text, its whitespace before it kept (the stream dropped it)
+    mention = f"Sure. Fine.\n\n  {parser.trigger}not a call"
+    assert _stream(name, mention, step)[0] == parser.parse(mention)[0] == mention
 
 
 @pytest.mark.parametrize("name", sorted(set(SAMPLES) - {"pythonic"}))

@@ -25,7 +25,7 @@ from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import (Constraint, constraint_from_fields, is_json_format, json_tag_bounds,
-                                      only_tags, tag_grammar, wrapper_tags, xml_tags)
+                                      only_tags, tag_grammar, tag_openings, wrapper_tags, xml_tags)
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -343,7 +343,7 @@ class RequestBuilder:
         """The family's markers as this constraint's request reads them (ReasoningMarkers.for_answer)."""
         markers = self.parts.markers
         tag = c is not None and c.kind == "structural_tag"
-        return markers.for_answer(tag, c.source if tag else None) if markers is not None else None
+        return markers.for_answer(tag, tag_openings(c.data()) if tag else None) if markers is not None else None
 
     def _gate(self, req: PreparedRequest, p: SamplingParams, c: Constraint | None,
               markers: ReasoningMarkers | None) -> ReasoningGate | None:

@@ -6,7 +6,6 @@ which `chat_template_kwargs` switch turns thinking on or off.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -61,18 +60,21 @@ class ReasoningMarkers:
         """The markers where the answer cannot be a tool call (no tools): a call's header is reasoning text."""
         return replace(self, answer_ends=())
 
-    def for_answer(self, may_call: bool, tag_text: str | None = None) -> "ReasoningMarkers":
+    def for_answer(self, may_call: bool, tag_openings: Iterable[str] | None = None) -> "ReasoningMarkers":
         """The markers as one request reads them: its answer ends (gpt-oss's call headers) only where the
         answer may be a tool call (a structural tag, as tools make); elsewhere such a header, or a mention of
         it, is reasoning. Where the family's grammar begins with its answer end (Kimi-K2's call section), only
-        a structural tag that spells it (`tag_text`, its JSON) may begin so: a user's tag for a JSON answer
-        left the section's tag at the head of its content. The engine and the server both read a request
-        this way."""
+        a structural tag whose own strings (`tag_openings`: begins, triggers, constants) open with it may
+        begin so: a user's tag for a JSON answer left the section's tag at the head of its content. The
+        engine and the server both read a request this way, from the same parsed tag."""
         if not self.answer_ends:
             return self
-        if not may_call or (self.grammar_reads_answer_ends and tag_text is not None and not any(
-                end in tag_text or json.dumps(end)[1:-1] in tag_text for end in self.answer_ends)):
+        if not may_call:
             return self.without_answer_ends
+        if self.grammar_reads_answer_ends and tag_openings is not None:
+            openings = list(tag_openings)
+            if not any(o.startswith(end) for o in openings for end in self.answer_ends):
+                return self.without_answer_ends
         return self
 
     def first_end(self, text: str, start: int = 0) -> tuple[int, str] | None:

@@ -63,7 +63,10 @@ def _is_field(part: Any) -> bool:
 
 
 def loc_fields(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of a pydantic error location (union members left out)."""
+    """The field names of a pydantic error location (union members left out; a query or path parameter named
+    as itself: `limit`, not `query.limit`)."""
+    if loc and loc[0] in ("query", "path", "header", "cookie"):
+        loc = loc[1:]
     return [str(p) for p in loc if _is_field(p)]
 
 

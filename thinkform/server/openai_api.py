@@ -23,7 +23,7 @@ from thinkform.server.state import ServerState, new_id, now
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
 from thinkform.server.tools import StreamingToolParser, ToolCall, ToolCallParser, tool_name
-from thinkform.structured.spec import ConstraintError
+from thinkform.structured.spec import ConstraintError, tag_openings
 
 logger = logging.getLogger(__name__)
 
@@ -169,16 +169,22 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     return_prompt_token_ids=body.return_prompt_token_ids or body.return_token_ids,
                     include_reasoning=body.include_reasoning, token_names=token_names(state, body),
                     prompt_logprobs=body.prompt_logprobs, constraints=constraints,
-                    markers=state.markers.for_answer("structural_tag" in fields, _tag_text(fields))
+                    markers=state.markers.for_answer("structural_tag" in fields, _tag_openings(fields))
                     if state.markers else None,
                     field_names={"prompt": "messages", "max_new_tokens": "max_completion_tokens"
                                  if body.max_completion_tokens else "max_tokens"})
 
 
-def _tag_text(fields: dict[str, Any]) -> str | None:
-    """The structural tag's JSON text, where the request has one."""
+def _tag_openings(fields: dict[str, Any]) -> list[str] | None:
+    """The structural tag's own strings (spec.tag_openings), where the request has one: read from the same
+    parsed tag as the engine reads them."""
     tag = fields.get("structural_tag")
-    return None if tag is None else tag if isinstance(tag, str) else json.dumps(tag, ensure_ascii=False)
+    if tag is None:
+        return None
+    try:
+        return tag_openings(json.loads(tag) if isinstance(tag, str) else tag)
+    except (ValueError, AttributeError):  # not an object: validation refused it already
+        return None
 
 
 def _tool_tag(parser: ToolCallParser, tools: list[dict[str, Any]], mode: str,

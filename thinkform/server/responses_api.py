@@ -70,14 +70,31 @@ def input_items(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     listed = []
     for item in items:
         kind = item.get("type", "message" if "role" in item else None)
-        entry = {**item, "type": kind, "id": item.get("id") or new_id("msg_" if kind == "message" else "item_")}
+        entry = {**item, "type": kind, "id": item.get("id") or new_id(_ITEM_ID_PREFIX.get(kind, "item_")),
+                 "status": item.get("status") or "completed"}
         if kind == "message":
-            role = str(item.get("role")).lower()
-            part = "output_text" if role == "assistant" else "input_text"
-            content = item.get("content")
-            parts = [{"type": part, "text": content}] if isinstance(content, str) else content or []
-            entry.update(role=role, content=parts, status=item.get("status") or "completed")
+            entry.update(role=str(item.get("role")).lower(), content=_listed_parts(item.get("content"), item.get("role")))
+        elif kind == "reasoning":
+            entry.setdefault("summary", [])
         listed.append(entry)
+    return listed
+
+
+_ITEM_ID_PREFIX = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_", "reasoning": "rs_"}
+
+
+def _listed_parts(content: Any, role: Any) -> list[dict[str, Any]]:
+    """A message's content as OpenAI lists it: `input_text` parts (an assistant's `output_text`, with its
+    annotations), whatever text part type the request spelled (chat's `text` too)."""
+    kind = "output_text" if str(role).lower() == "assistant" else "input_text"
+    parts = [{"type": kind, "text": content}] if isinstance(content, str) else list(content or [])
+    listed = []
+    for part in parts:
+        if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
+            part = {**part, "type": kind}
+            if kind == "output_text":
+                part.setdefault("annotations", [])
+        listed.append(part)
     return listed
 
 

@@ -468,6 +468,7 @@ class StreamingToolParser:
         self._held = ""
         self._in_calls = False
         self._sent_text = False  # normal text already sent (a bare JSON call must be the whole answer)
+        self._before_trigger = ""  # whitespace before the trigger, held: given back if no call comes of it
         self._calls: list[tuple[ToolCall, int]] = []  # streamed calls and how much of their arguments went
 
     def feed(self, delta: str) -> tuple[str, list[dict[str, Any]]]:
@@ -481,7 +482,9 @@ class StreamingToolParser:
         if start >= 0:
             self._in_calls = True
             out, self._held = self._held[:start], self._held[start:]
-            return out.rstrip(), self._call_deltas()  # as the whole parse gives the text before a call
+            kept = out.rstrip()  # as the whole parse gives the text before a call
+            self._before_trigger = out[len(kept):]
+            return kept, self._call_deltas()
         out = self._held[: self.parser._maybe_start(self._held)]
         # trailing whitespace waits for what follows it: dropped before a call (as the whole parse drops it),
         # sent with the next text or at the end
@@ -496,6 +499,9 @@ class StreamingToolParser:
         deltas = self._call_deltas() if self._in_calls else []
         normal, calls = self.parser.parse(self._held, with_cut_call=cut)
         self._held = ""
+        if not calls:  # the trigger began no call: its text is text, as the whole parse gives it
+            normal = self._before_trigger + normal
+        self._before_trigger = ""
         streamed = [(c.name, _normal_json(c.arguments)) for c, _ in self._calls]
         for call in calls:  # the whole parse has the last word: calls it found that were not streamed go whole
             key = (call.name, _normal_json(call.arguments))

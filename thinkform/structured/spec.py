@@ -126,6 +126,34 @@ def json_tag_bounds(tag: dict[str, Any]) -> list[tuple[str, str]]:
     return [(begin, end) for begin, end, _ in json_tags(tag)]
 
 
+def tag_openings(tag: dict[str, Any]) -> list[str]:
+    """The fixed strings a structural tag writes of its own: its tags' begin strings, its triggers and its
+    constant strings (not the text of its schemas). The format's where it has one (xgrammar reads only that),
+    else the legacy form's structures and triggers."""
+    fmt = tag.get("format")
+    if fmt is None:
+        return [s["begin"] for s in tag.get("structures") or [] if isinstance(s, dict) and isinstance(s.get("begin"), str)] \
+            + [t for t in tag.get("triggers") or [] if isinstance(t, str)]
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if node.get("type") == "json_schema":
+                return  # a schema's descriptions and patterns are not the tag's own text
+            for key in ("begin", "value"):
+                if isinstance(node.get(key), str):
+                    found.append(node[key])
+            found.extend(t for t in node.get("triggers") or [] if isinstance(t, str))
+            for value in node.values():
+                walk(value)
+
+    walk(fmt)
+    return found
+
+
 def only_tags(tag: dict[str, Any]) -> bool:
     """Whether a structural tag's answer is its tags and nothing else (tool_choice required or named: the
     format is the calls, or a section of them), no free text beside them (a `triggered_tags` format)."""
