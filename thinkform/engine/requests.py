@@ -424,15 +424,12 @@ class RequestBuilder:
         # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
         literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
         if tagged is not None:
-            scope = (lambda _answer: True) if calls_only else \
-                (lambda answer: tagged.inside_tag() or section(answer)) if section else \
-                (lambda _answer: tagged.inside_tag())
+            scope = _call_scope(lambda _answer: tagged.inside_tag(), section, calls_only)
             return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": scope,
                     "closing_reserve_tokens": reserve, "ending_literals": literals}
         if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
-            scope = (lambda _answer: True) if calls_only else TagScope(xml_bounds + wrappers)
-            return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
-                    "ending_literals": literals}
+            return {"ending": search, "closing_scope": _call_scope(TagScope(xml_bounds), section, calls_only),
+                    "closing_reserve_tokens": reserve, "ending_literals": literals}
         return {}
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]],
@@ -505,3 +502,14 @@ def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any) -> Ca
             logger.error("request %s-%d: its output could not be delivered: %s: %s", seq.rid, seq.index,
                          type(e).__name__, e)
     return deliver
+
+
+def _call_scope(inside_call: Callable[[bytes], bool], section: TagScope | None,
+                calls_only: bool) -> Callable[[bytes], bool]:
+    """Where budget closing may end a tool-call answer: anywhere in one that is calls only; else inside a
+    call, or inside the section around the calls (free text beside them is never ended early)."""
+    if calls_only:
+        return lambda _answer: True
+    if section is None:
+        return inside_call
+    return lambda answer: inside_call(answer) or section(answer)
