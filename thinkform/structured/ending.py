@@ -21,7 +21,9 @@ backend and every constraint kind:
   closer or separator through (`.aa`, `.aa/`; 2,048 accepts a search at most, a look that tried every way
   from a mask not repeated there). A regex or EBNF grammar's own literal runs (literals.py) are tried whole at each
   step where they end the answer (`</answer>` out of `.*`, whose letters no mask tells apart), and where
-  nothing else leads out, one that leads to a mask not seen lately;
+  nothing else leads out, one that leads to a mask not seen lately; a JSON string's pattern runs, where the
+  string cannot close yet, one after which it can (`END` out of `^.*END$`); a backslash is never a step (an
+  escape only lengthens the way);
 - where it fails, breadth-first over the same children; nodes of one level whose masks are equal count as
   one state and are expanded once (every reachable state has a way to an end, so dropping a twin never
   loses the last way);
