@@ -183,3 +183,27 @@ def test_the_engine_and_the_server_read_a_tag_alike(case):
     server = kimi.for_answer(True, _tag_openings({"structural_tag": raw}))
     engine = kimi.for_answer(True, tag_openings(constraint_from_fields(structural_tag=raw).data()))
     assert server.answer_ends == engine.answer_ends == ((TAGS[0],) if expect_call else ())
+
+
+def test_after_a_call_the_next_tag_is_one_token(kimi):
+    """Audit 24: after a call, Kimi-K2's next call and the section's end share the text `<|tool_call`, which
+    jump-forward wrote as text pieces: the model could no longer write either tag as its one token, and the
+    jump passed over the point where closing would have ended the calls. Jumps stop short of a special
+    token's text."""
+    from thinkform.engine.jump_forward import SpecialPrefixes
+
+    assert SpecialPrefixes([b"<|tool_call_begin|>", b"<|tool_calls_section_end|>"]).cut(b'"}<|tool_call') == b'"}'
+    assert SpecialPrefixes([b"<|tool_call_end|>"]).cut(b'"}<|tool_call_end|>') == b'"}<|tool_call_end|>'
+    _, tok, engine = kimi
+    end, call_end = (tok.convert_tokens_to_ids(t) for t in ("</think>", "<|tool_call_end|>"))
+    following = {tok.convert_tokens_to_ids(t) for t in ("<|tool_call_begin|>", "<|tool_calls_section_end|>")}
+    tag = get_tool_call_parser("kimi_k2").structural_tag(TOOLS, "required", parallel=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Weather in Paris?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    after = []
+    for seed in range(3):
+        out = engine.generate(prompt, {"structural_tag": json.dumps(tag), "max_new_tokens": 150, "temperature": 1.0,
+                                       "seed": seed, "logit_bias": {str(end): 40}, "skip_special_tokens": False})
+        ids = out["output_ids"]
+        after += [ids[i + 1] for i, t in enumerate(ids[:-1]) if t == call_end]
+    assert after and set(after) <= following, [tok.convert_ids_to_tokens(t) for t in after]

@@ -26,7 +26,7 @@ def llama3(tmp_path_factory):
     from thinkform.testing.tokenizers import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(marker_is_special=True)
-    tok.add_special_tokens({"additional_special_tokens": ["<|python_tag|>"]})
+    tok.add_special_tokens({"additional_special_tokens": ["<|python_tag|>", "<tool_call>", "</tool_call>"]})
     tok.chat_template = TEMPLATE
     path = make_tiny_model_dir(tmp_path_factory.mktemp("llama3") / "m", "qwen2", tok, vocab_size=len(tok) + 16, seed=3)
     GenerationConfig(eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id).save_pretrained(path)
@@ -57,3 +57,31 @@ def test_required_parallel_calls_end_between_calls_near_the_budget(llama3):
                 assert meta["constraint_satisfied"] and meta["finish_reason"]["type"] == "stop", (seed, bias, out)
                 _, calls = parser.parse(out["text"].split("</think>")[-1])
                 assert calls and all(json.loads(c.arguments).keys() == {"city", "days"} for c in calls), out["text"]
+
+
+def test_closing_never_writes_a_call_the_model_did_not_begin(llama3):
+    """Audit 24: near the budget the closing took a calls-only answer from its first token, and the search's
+    ending was the grammar's shortest call: `get` with empty arguments, where the model was writing
+    `get_weather` (6 of 6 at 40 tokens; before, "length" with the model's call). Closing now waits for the
+    model's call: inside its arguments, or after it."""
+    engine, tok = llama3
+    parser = get_tool_call_parser("hermes")
+    tools = [{"type": "function", "function": {"name": "get", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}}}}] + TOOLS
+    tag = parser.structural_tag(tools, "required", parallel=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Weather?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    bias = {str(tok.convert_tokens_to_ids("</think>")): 40, str(tok.convert_tokens_to_ids("_")): 6}
+
+    def first_call(seed: int, max_new_tokens: int) -> str | None:
+        out = engine.generate(prompt, {"structural_tag": json.dumps(tag), "max_new_tokens": max_new_tokens,
+                                       "temperature": 1.0, "seed": seed, "logit_bias": bias,
+                                       "skip_special_tokens": False})
+        _, calls = parser.parse(out["text"].split("</think>")[-1], with_cut_call=True)
+        return calls[0].name if calls else None
+
+    chosen = {seed: first_call(seed, 400) for seed in range(4)}  # room for the whole call: the model's pick
+    assert "get_weather" in chosen.values()
+    for max_new_tokens in (30, 36, 40, 48):
+        for seed, name in chosen.items():
+            assert first_call(seed, max_new_tokens) in (name, None), (max_new_tokens, seed, name)

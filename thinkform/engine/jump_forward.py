@@ -6,6 +6,7 @@ this is free). The appended tokens are computed in the next forward pass as one 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -14,11 +15,35 @@ from thinkform.structured.bitmask import set_bits
 from thinkform.structured.gate import GateError, Phase
 
 
-def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int) -> tuple[list[int], bool]:
+class SpecialPrefixes:
+    """The texts of the special tokens, by first byte: where forced text ends inside one's spelling, the jump
+    stops before it. Jumped, `<|tool_call` (the text Kimi-K2's `<|tool_call_begin|>` and
+    `<|tool_calls_section_end|>` share) went in as text pieces where the model writes either as one token,
+    and with it the place where budget closing would have ended the calls."""
+
+    def __init__(self, texts: Iterable[bytes]) -> None:
+        self._by_first: dict[int, list[bytes]] = {}
+        for text in texts:
+            if len(text) > 1:
+                self._by_first.setdefault(text[0], []).append(text)
+
+    def cut(self, forced: bytes) -> bytes:
+        """`forced` up to the first place from which the rest is the beginning of a special token's text."""
+        for i, byte in enumerate(forced):
+            rest = forced[i:]
+            if any(len(text) > len(rest) and text.startswith(rest) for text in self._by_first.get(byte, ())):
+                return forced[:i]
+        return forced
+
+
+def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int,
+                 specials: SpecialPrefixes | None = None) -> tuple[list[int], bool]:
     """Tokens to append after `sampled` (already accepted by the gate); (ids, replaced_sampled)."""
     if budget <= 0 or gate.phase is not Phase.ANSWER:
         return [], False
     forced = gate.jump_forward()
+    if forced and specials is not None:
+        forced = specials.cut(forced)
     if not forced:
         return [], False
     if sampled is not None:

@@ -14,7 +14,7 @@ from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import StopRegexTimeout, find_stop, find_stop_regex
 from thinkform.engine.errors import EngineDead
 from thinkform.engine.histogram import Histogram
-from thinkform.engine.jump_forward import eos_only_mask, forced_end, jump_forward
+from thinkform.engine.jump_forward import SpecialPrefixes, eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
@@ -63,6 +63,9 @@ class EngineLoop:
         self.latency = {name: Histogram() for name in LATENCY_HISTOGRAMS}
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
+        # every special token but EOS and the one-token markers (which no answer holds): jumps stop short of them
+        self._specials = SpecialPrefixes(parts.vocab.token_bytes[t] for t in parts.hidden_ids | parts.markup_ids
+                                         if t < len(parts.vocab.token_bytes))
         self._masks: torch.Tensor | None = None  # the step's bitmask rows (pinned for a GPU), reused
         # overlap schedule: on an accelerator the next decode step is launched before the CPU appends the
         # sampled tokens (on a CPU both would share the same cores: nothing to gain)
@@ -349,7 +352,7 @@ class EngineLoop:
         answering = gate is not None and gate.phase is Phase.ANSWER
         ids = gate.accept(token) if gate is not None else [token]
         if answering and len(ids) == 1 and self._jumps(seq):
-            jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1)
+            jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1, self._specials)
             ids = jumped if replaced else ids + jumped
             self.counters["jump_tokens"] += len(jumped) - replaced
         finish = self._append(seq, ids, (token, logprob) if logprob is not None else None)
@@ -397,7 +400,7 @@ class EngineLoop:
         """Append the text the grammar forces now (nothing was just sampled: no boundary to re-tokenize)."""
         if not self._jumps(seq):
             return None
-        jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq))
+        jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq), self._specials)
         self.counters["jump_tokens"] += len(jumped)
         return self._append(seq, jumped)
 

@@ -393,11 +393,9 @@ class RequestBuilder:
                  calls_only: bool = False) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
-        tag, both only while the answer is inside a tag's JSON (a tool call's arguments) or inside a section
-        around the calls (between two of Kimi-K2's calls, where the grammar may close the section), or
-        anywhere in an answer that is calls only (required, named: between two calls the answer may end),
-        with room kept for the tag's and the section's end strings; free text beside the calls is never
-        ended early."""
+        tag, both only inside a call's arguments, or after a complete call where the answer may end or its
+        section close (_call_scope), with room kept for the tag's and the section's end strings; free text
+        beside the calls is never ended early, and no call is written for the model."""
         search = self.parts.ending_search
         # a grammar whose shortest answer fits in the closing reserve, and that cannot grow, is looked at only
         # there: no search at all for the usual answer that ends on its own well before its budget. One whose
@@ -414,23 +412,32 @@ class RequestBuilder:
             return {"ending": search, "ending_early": early, "ending_growth": growth,
                     "ending_literals": grammar_literals}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
-        # room kept for a tag's end string and the section's: sampled token by token, a byte each at worst
-        ends = [len(end.encode()) for _, end in (tags or xml_bounds)]
-        reserve = closing_reserve(p.max_new_tokens) + (max(ends) if ends else 0) + \
-            max((len(end.encode()) for _, end in wrappers), default=0)
+        # room kept for a tag's end string and the section's: one token where a token spells it whole (Kimi-K2's
+        # `<|tool_call_end|>`: its 17 bytes, and the section end's 26, cut every call short and had the search
+        # write an ending before the model's own call was done), else a byte each at worst
+        reserve = closing_reserve(p.max_new_tokens) + max((self._end_room(end) for _, end in tags or xml_bounds),
+                                                          default=0) + max((self._end_room(end) for _, end in wrappers), default=0)
         section = TagScope(wrappers) if wrappers else None
         # the section's end, tried whole by the search at each step: between two calls it closes the answer,
         # where the bytes alone lead on to one more call (Kimi-K2: `<|tool_call_begin|>` and
         # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
         literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
         if tagged is not None:
-            scope = _call_scope(lambda _answer: tagged.inside_tag(), section, calls_only)
+            scope = _call_scope(lambda _answer: tagged.inside_tag(), lambda _answer: tagged.calls_ended > 0,
+                                section, calls_only)
             return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": scope,
                     "closing_reserve_tokens": reserve, "ending_literals": literals}
         if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
-            return {"ending": search, "closing_scope": _call_scope(TagScope(xml_bounds), section, calls_only),
-                    "closing_reserve_tokens": reserve, "ending_literals": literals}
+            ended = [end.encode() for _, end in xml_bounds]
+            scope = _call_scope(TagScope(xml_bounds), lambda answer: any(end in answer for end in ended),
+                                section, calls_only)
+            return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
+                    "ending_literals": literals}
         return {}
+
+    def _end_room(self, end: str) -> int:
+        """Tokens a tag's end string may take when sampled: 1 where one token spells it, else its bytes."""
+        return 1 if len(self.parts.vocab.encode_text(end)) == 1 else len(end.encode())
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]],
                 grammar_answer: bool = False) -> list[AnswerGuard]:
@@ -504,12 +511,15 @@ def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any) -> Ca
     return deliver
 
 
-def _call_scope(inside_call: Callable[[bytes], bool], section: TagScope | None,
-                calls_only: bool) -> Callable[[bytes], bool]:
-    """Where budget closing may end a tool-call answer: anywhere in one that is calls only; else inside a
-    call, or inside the section around the calls (free text beside them is never ended early)."""
-    if calls_only:
-        return lambda _answer: True
-    if section is None:
-        return inside_call
-    return lambda answer: inside_call(answer) or section(answer)
+def _call_scope(inside_call: Callable[[bytes], bool], after_a_call: Callable[[bytes], bool],
+                section: TagScope | None, calls_only: bool) -> Callable[[bytes], bool]:
+    """Where budget closing may end a tool-call answer: inside a call's arguments, and after a complete call
+    where the answer may end there (calls only: required, named) or its section close (Kimi-K2's). Never
+    before the first call, whose tool is the model's to pick (closed there, the grammar's shortest call, of
+    whichever tool, came out with empty arguments), nor in free text beside the calls."""
+    def scope(answer: bytes) -> bool:
+        if inside_call(answer):
+            return True
+        return after_a_call(answer) and (calls_only or (section is not None and section(answer)))
+
+    return scope

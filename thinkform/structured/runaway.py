@@ -225,6 +225,7 @@ class TaggedNumberGuard:
         self._end: tuple[bytes, ...] | None = None  # inside a tag: the end strings that close it
         self._depth = 0  # open objects and arrays of the tag's JSON
         self._opened = False  # the tag's JSON value has begun
+        self.calls_ended = 0  # tags begun and ended so far (complete tool calls)
         self._json.reset()
 
     def observe(self, data: bytes) -> None:
@@ -269,6 +270,7 @@ class TaggedNumberGuard:
         if self._depth <= 0 and self._json.state.mode is Mode.OUT and self._end is not None and any(
                 (end or self._opened) and self._recent.endswith(end) for end in self._end):
             self._end = None
+            self.calls_ended += 1
 
     def inside_tag(self) -> bool:
         """Whether the answer is inside a tag's JSON now (between its begin and its end string)."""
