@@ -154,6 +154,18 @@ def _balanced_sum(text: str) -> bool:
     return re.fullmatch(r"\d+(\+\d+)*", text) is not None
 
 
+def test_a_schemas_patterns_are_found_under_properties_of_any_name() -> None:
+    """Audit 24: the walk skipped the data keywords' values (`enum`, `pattern`, ...) and with them properties
+    named so, whose patterns' literals the search then lacked. A property map is walked by value."""
+    from thinkform.structured.literals import grammar_literals
+    from thinkform.structured.spec import constraint_from_fields
+
+    schema = {"type": "object", "properties": {"pattern": {"type": "string", "pattern": "^.*END$"},
+                                               "enum": {"type": "string", "pattern": "^.*STOP$"}},
+              "enum": [{"pattern": "^.*DATA$"}]}
+    assert grammar_literals(constraint_from_fields(json_schema=json.dumps(schema))) == (b"END", b"STOP")
+
+
 @pytest.mark.parametrize("backend,kind,source,language,prefix",
                          [(b, *case) for b in ("xgrammar", "llguidance", "outlines") for case in ENDING_CASES
                           if b != "outlines" or case[0] == "regex"])  # outlines compiles no EBNF

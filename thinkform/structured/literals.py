@@ -49,8 +49,13 @@ def closing_candidates(literals: tuple[bytes, ...]) -> list[bytes]:
     return out
 
 
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("pattern", "enum", "const", "default", "examples")  # not schemas: values, whose text is data
+
+
 def _patterns(schema: Any) -> list[str]:
-    """Every `pattern` of a JSON schema, nested ones included, in document order."""
+    """Every `pattern` of a JSON schema, nested ones included, in document order (a property may be named
+    `pattern` or `enum`: the maps of schemas are walked by value)."""
     found: list[str] = []
 
     def walk(node: Any) -> None:
@@ -58,7 +63,10 @@ def _patterns(schema: Any) -> list[str]:
             if isinstance(node.get("pattern"), str):
                 found.append(node["pattern"])
             for key, value in node.items():
-                if key not in ("pattern", "enum", "const", "default", "examples"):  # not schemas: data
+                if key in _SCHEMA_MAPS and isinstance(value, dict):
+                    for sub in value.values():
+                        walk(sub)
+                elif key not in _DATA:
                     walk(value)
         elif isinstance(node, list):
             for item in node:
