@@ -141,3 +141,20 @@ def test_json_schema_patterns_take_ecma_meaning():
     data = _json.loads(c.source)
     assert data["properties"]["pattern"]["pattern"] == "^[A-Za-z0-9_]+$"
     assert data["default"] == {"pattern": r"\w"}
+
+
+def test_a_json_answer_no_parser_reads_is_not_satisfied(tiny_tokenizer) -> None:
+    """Audit 24: xgrammar writes a string's `pattern` text raw, so `^café-.*-fin$` let a raw `"` into the
+    string: `{"x": "café-a"b-fin"}`, which no JSON parser reads, came with constraint_satisfied true (the
+    schema had no keyword left to check). Every finished JSON answer is parsed now."""
+    import json as _json
+
+    from thinkform.structured.backends.base import BackendContext
+    from thinkform.structured.backends.xgrammar import XGrammarBackend
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^caf.-.*-fin$"}}, "required": ["x"]}
+    ctx = BackendContext(tiny_tokenizer, len(tiny_tokenizer), (tiny_tokenizer.eos_token_id,), GrammarOptions())
+    check = XGrammarBackend(ctx).compile(constraint_from_fields(json_schema=_json.dumps(schema))).answer_check
+    assert check is not None
+    assert check('{"x": "café-ab-fin"}'.encode()) and not check('{"x": "café-a"b-fin"}'.encode())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from thinkform.structured.spec import Constraint, ConstraintError, is_json_format, json_tags, xml_tags
 from thinkform.structured.xml_args import XML_STYLES, read_arguments
@@ -246,16 +246,27 @@ def _load(schema: Any) -> Any:
     return json.loads(schema) if isinstance(schema, str) else schema
 
 
-def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck | None:
-    """What a grammar compiled from `constraint` leaves to be checked on the finished answer, if anything."""
+def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck | Callable[[bytes], bool] | None:
+    """What a grammar compiled from `constraint` leaves to be checked on the finished answer, if anything.
+    A JSON answer is at least parsed: xgrammar writes a string's `pattern` text raw, so a pattern whose `.`
+    takes a `"` let `{"x": "a"b"}` through (constraint_satisfied stayed true for an answer no parser reads)."""
     if constraint.kind == "json_schema":
-        return AnswerCheck.for_schema(constraint.data())
+        return AnswerCheck.for_schema(constraint.data()) or parses_as_json
     if constraint.kind == "structural_tag":
         data = constraint.data()
         if is_json_format(data):  # the whole answer is one JSON schema's
-            return AnswerCheck.for_schema(_load(data["format"].get("json_schema")))
+            return AnswerCheck.for_schema(_load(data["format"].get("json_schema"))) or parses_as_json
         return TagArgumentsCheck.for_tags(json_tags(data), xml_tags(data))
     return None
+
+
+def parses_as_json(answer: bytes) -> bool:
+    """Whether the finished answer is one JSON value."""
+    try:
+        json.loads(answer)
+    except ValueError:
+        return False
+    return True
 
 
 def _declared_types(node: dict[str, Any]) -> set[str] | None:
