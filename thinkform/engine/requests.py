@@ -415,8 +415,9 @@ class RequestBuilder:
         # room kept for a tag's end string and the section's: one token where a token spells it whole (Kimi-K2's
         # `<|tool_call_end|>`: its 17 bytes, and the section end's 26, cut every call short and had the search
         # write an ending before the model's own call was done), else a byte each at worst
-        reserve = closing_reserve(p.max_new_tokens) + max((self._end_room(end) for _, end in tags or xml_bounds),
-                                                          default=0) + max((self._end_room(end) for _, end in wrappers), default=0)
+        tag_end = max((self._end_room(end) for _, end in tags or xml_bounds), default=0)
+        section_end = max((self._end_room(end) for _, end in wrappers), default=0)
+        reserve = closing_reserve(p.max_new_tokens) + tag_end + section_end
         section = TagScope(wrappers) if wrappers else None
         # the section's end, tried whole by the search at each step: between two calls it closes the answer,
         # where the bytes alone lead on to one more call (Kimi-K2: `<|tool_call_begin|>` and
@@ -447,19 +448,16 @@ class RequestBuilder:
         if c is None:
             return []
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
-        markup = self.parts.markup_ids
-        if grammar_answer and markup:
-            guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all))
+        tagged = None
         if json_answer:
             guards.append(NumberGuard(self.parts.number_rules))
-            if markup:
-                guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all))
         elif tags:
             tagged = TaggedNumberGuard(self.parts.number_rules, tags)  # tool-call arguments
             guards.append(tagged)
-            if markup:
-                guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all,
-                                           tagged.inside_value))
+        markup = self.parts.markup_ids
+        if markup and (json_answer or grammar_answer or tagged is not None):  # tool calls: inside their JSON
+            guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all,
+                                       tagged.inside_value if tagged is not None else None))
         return guards
 
     def _unseeded(self) -> int:

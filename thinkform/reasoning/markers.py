@@ -71,10 +71,9 @@ class ReasoningMarkers:
             return self
         if not may_call:
             return self.without_answer_ends
-        if self.grammar_reads_answer_ends and tag_openings is not None:
-            openings = list(tag_openings)
-            if not any(o.startswith(end) for o in openings for end in self.answer_ends):
-                return self.without_answer_ends
+        if self.grammar_reads_answer_ends and tag_openings is not None and not any(
+                o.startswith(end) for o in tag_openings for end in self.answer_ends):
+            return self.without_answer_ends
         return self
 
     def first_end(self, text: str, start: int = 0) -> tuple[int, str] | None:

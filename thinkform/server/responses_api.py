@@ -202,7 +202,7 @@ def wants_logprobs(body: ResponsesRequest) -> bool:
 
 def answer_logprobs(state: ServerState, chat_plan: Any, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The logprob entries of the answer's tokens (the streamed ones, whole)."""
-    feed = _AnswerLogprobs(chat_plan.token_names, chat_plan.top_logprobs_num, frozenset(eos_ids(state)))
+    feed = _AnswerLogprobs.for_plan(state, chat_plan)
     feed.feed(meta)
     return feed.take()
 
@@ -500,8 +500,7 @@ class ResponseEvents:
         self.open: dict[str, Any] | None = None
         self.calls: dict[int, dict[str, Any]] = {}  # the chat stream's call index -> its function_call item
         self.seq = 0
-        self.logprobs = _AnswerLogprobs(chat_plan.token_names, chat_plan.top_logprobs_num,
-                                        frozenset(eos_ids(state))) if wants_logprobs(plan.body) else None
+        self.logprobs = _AnswerLogprobs.for_plan(state, chat_plan) if wants_logprobs(plan.body) else None
 
     def event(self, kind: str, **fields: Any) -> str:
         self.seq += 1
@@ -628,6 +627,10 @@ class _AnswerLogprobs:
     eos: frozenset[int]
     seen: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def for_plan(cls, state: ServerState, chat_plan: Any) -> "_AnswerLogprobs":
+        return cls(chat_plan.token_names, chat_plan.top_logprobs_num, frozenset(eos_ids(state)))
 
     def feed(self, meta: dict[str, Any]) -> None:
         pairs = logprob_pairs(meta, self.seen, self.k) or []
