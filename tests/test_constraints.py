@@ -136,6 +136,7 @@ def test_json_schema_patterns_take_ecma_meaning():
 
     assert ecma_pattern(r"^\w+$") == "^[A-Za-z0-9_]+$"
     assert ecma_pattern(r"[\w.-]+\d{2}\\w") == r"[A-Za-z0-9_.-]+[0-9]{2}\\w"
+    assert ecma_pattern(r"[\w-a]") == r"[A-Za-z0-9_\-a]"  # '-' beside a class escape is a character (audit 26)
     c = constraint_from_fields(json_schema={"type": "object", "properties": {
         "pattern": {"type": "string", "pattern": r"^\w+$"}}, "default": {"pattern": r"\w"}})
     data = _json.loads(c.source)

@@ -77,3 +77,9 @@ def test_the_lengths_hold_on_backends_that_would_drop_them(tiny_tokenizer, backe
         matcher = compiled.new_matcher()
         accepted = matcher.accept_string(text) and matcher.can_terminate()
         assert accepted == ok, (backend, text)
+
+
+def test_a_multi_character_escape_is_one_atom() -> None:
+    """Audit 26: `\\x41` was read as `\\x`, `4`, `1`, so `^\\x41+$` with minLength 5 became `^\\x41{3,}$`."""
+    assert bound_pattern_lengths({"pattern": r"^\x41+$", "minLength": 5})["pattern"] == r"^\x41{5,}$"
+    assert bound_pattern_lengths({"pattern": r"^\u00e9+$", "maxLength": 2})["pattern"] == r"^\u00e9{1,2}$"

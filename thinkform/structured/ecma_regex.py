@@ -2,7 +2,7 @@
 regex engine thinks. Rewriting them to explicit classes gives every backend the same, standard meaning."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 _CLASS_BODY = {"w": "A-Za-z0-9_", "d": "0-9"}
 _DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
@@ -18,7 +18,13 @@ def ecma_pattern(pattern: str) -> str:
         if ch == "\\" and i + 1 < len(pattern):
             nxt = pattern[i + 1]
             if in_class and nxt in _CLASS_BODY:
+                # a hyphen beside a class escape is a character ([\\w-a] is \\w, '-', 'a'), not a range
+                if out[-1] == "-":  # (escaping a hyphen in a class is always harmless)
+                    out[-1] = "\\-"
                 out.append(_CLASS_BODY[nxt])
+                if pattern.startswith("-", i + 2) and not pattern.startswith("-]", i + 2):
+                    out.append("\\-")
+                    i += 1
             elif not in_class and nxt in _STANDALONE:
                 out.append(_STANDALONE[nxt])
             else:
@@ -36,20 +42,25 @@ def ecma_pattern(pattern: str) -> str:
 
 def ecma_schema(schema: Any) -> Any:
     """A copy of the schema with every `pattern` (and patternProperties key) in ECMA meaning."""
+    return map_patterns(schema, ecma_pattern)
+
+
+def map_patterns(schema: Any, rewrite: Callable[[str], str]) -> Any:
+    """A copy of the schema with every `pattern` and patternProperties key rewritten."""
     if isinstance(schema, list):
-        return [ecma_schema(s) for s in schema]
+        return [map_patterns(s, rewrite) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = {}
     for key, value in schema.items():
         if key == "pattern" and isinstance(value, str):
-            out[key] = ecma_pattern(value)
+            out[key] = rewrite(value)
         elif key == "patternProperties" and isinstance(value, dict):
-            out[key] = {ecma_pattern(k): ecma_schema(v) for k, v in value.items()}
+            out[key] = {rewrite(k): map_patterns(v, rewrite) for k, v in value.items()}
         elif key in _DATA_KEYS:
             out[key] = value  # instance data, not schemas
         elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
-            out[key] = {k: ecma_schema(v) for k, v in value.items()}  # keys here are names, not schemas
+            out[key] = {k: map_patterns(v, rewrite) for k, v in value.items()}  # keys here are names
         else:
-            out[key] = ecma_schema(value)
+            out[key] = map_patterns(value, rewrite)
     return out

@@ -15,7 +15,8 @@ from typing import Any
 from thinkform.structured.spec import ConstraintError
 
 # one atom (a class without nested brackets, an escape, '.', or a plain character) and its quantifier
-_ATOM = r"(\[(?:\\.|[^\]\\])+\]|\\.|\.|[^\\\[\]()|?*+{}^$])"
+_ESCAPE = r"\\(?:x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|u\{[0-9A-Fa-f]+\}|c[A-Za-z]|[pP]\{[^}]*\}|.)"  # \x41 is one
+_ATOM = rf"(\[(?:\\.|[^\]\\])+\]|{_ESCAPE}|\.|[^\\\[\]()|?*+{{}}^$])"
 _ITEM = re.compile(rf"{_ATOM}(\*|\+|\?|\{{(\d+)(?:(,)(\d*))?\}})?")
 _DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
 

@@ -13,6 +13,8 @@ from thinkform.structured.backends.base import BackendContext, CompiledGrammar, 
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.bitmask import word_bit
+from thinkform.structured.ecma_regex import map_patterns
+from thinkform.structured.json_string_pattern import json_text_pattern
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
@@ -153,6 +155,8 @@ class OutlinesBackend(GrammarBackend):
             raise ConstraintError(
                 f"grammar backend 'outlines' cannot enforce json_schema keyword(s) {', '.join(ignored)}; "
                 "use --grammar-backend xgrammar, llguidance or auto", field="json_schema")
+        # outlines-core writes a pattern's text raw between the quotes: give it the JSON text's regex
+        schema = map_patterns(schema, json_text_pattern)
         return build_regex_from_schema(json.dumps(schema), whitespace_pattern(self.ctx.options))
 
 
@@ -160,8 +164,8 @@ _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multip
 
 
 def unenforced_keywords(schema: object) -> set[str]:
-    """Keywords outlines-core's regex builder ignores: numeric bounds, uniqueItems, and a pattern
-    next to minLength/maxLength (it keeps the length and drops the pattern)."""
+    """Keywords outlines-core's regex builder ignores: numeric bounds, uniqueItems, patternProperties,
+    propertyNames, and a pattern next to minLength/maxLength (it keeps the length and drops the pattern)."""
     found: set[str] = set()
     if isinstance(schema, list):
         for item in schema:
@@ -170,6 +174,7 @@ def unenforced_keywords(schema: object) -> set[str]:
         found |= {k for k in _BOUNDS if isinstance(schema.get(k), (int, float)) and not isinstance(schema[k], bool)}
         if schema.get("uniqueItems") is True:
             found.add("uniqueItems")
+        found |= {k for k in ("patternProperties", "propertyNames") if isinstance(schema.get(k), dict) and schema[k]}
         if isinstance(schema.get("pattern"), str) and ("minLength" in schema or "maxLength" in schema):
             found.add("pattern with minLength/maxLength")
         for value in schema.values():

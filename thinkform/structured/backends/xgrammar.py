@@ -12,6 +12,8 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
+from thinkform.structured.ecma_regex import map_patterns
+from thinkform.structured.json_string_pattern import json_text_pattern
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
                                                   map_schemas, OTHER_BACKENDS_HINT)
@@ -107,7 +109,7 @@ class XGrammarBackend(GrammarBackend):
         if constraint.kind == "json_schema":
             schema = complete_required(bound_pattern_lengths(json.loads(constraint.source)))
             check_xgrammar_enforces(schema, strict=opts.strict_mode)
-            return self._compiler.compile_json_schema(json.dumps(schema), **_json_kwargs(opts))
+            return self._compiler.compile_grammar(json_schema_grammar(schema, **_json_kwargs(opts)))
         if constraint.kind == "json_object":
             return self._compiler.compile_json_schema(
                 ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False})
@@ -122,6 +124,42 @@ def _json_kwargs(opts: GrammarOptions) -> dict[str, Any]:
     if opts.any_whitespace:
         return {"any_whitespace": True, "max_whitespace_cnt": opts.max_whitespace, "strict_mode": opts.strict_mode}
     return {"any_whitespace": False, "separators": COMPACT_SEPARATORS, "strict_mode": opts.strict_mode}
+
+
+def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
+    """The schema's grammar, with each `pattern` that holds a character JSON escapes matched over the
+    string's JSON text (json_string_pattern): xgrammar 0.2.8 writes such a pattern's text raw, and
+    `^café-.*-fin$` admitted `café-a"b-fin`. The patterns go in as plain markers xgrammar encodes itself,
+    and come out of its grammar as our regexes."""
+    marked, regexes = _json_text_patterns(schema)
+    grammar = xgr.Grammar.from_json_schema(json.dumps(marked), **kwargs)
+    if not regexes:
+        return grammar
+    text = str(grammar)
+    for marker, regex in regexes.items():
+        quoted = regex.replace("\\", "\\\\").replace('"', '\\"')
+        text = text.replace(f'Regex("{marker}", json_string=true)', f'Regex("{quoted}")')
+    if any(marker in text for marker in regexes):
+        raise RuntimeError("xgrammar wrote a pattern in a form thinkform does not know; "
+                           "use --grammar-backend llguidance for this schema")
+    return xgr.Grammar.from_ebnf(text)
+
+
+def _json_text_patterns(schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The schema with a marker for each pattern that JSON text changes, and each marker's regex."""
+    regexes: dict[str, str] = {}
+    written = json.dumps(schema)
+    prefix = next(f"tfpattern{k}n" for k in range(len(written) + 1) if f"tfpattern{k}n" not in written)
+
+    def mark(pattern: str) -> str:
+        regex = json_text_pattern(pattern)
+        if regex == pattern:
+            return pattern
+        marker = f"{prefix}{len(regexes)}"
+        regexes[marker] = regex
+        return marker
+
+    return map_patterns(schema, mark), regexes
 
 
 def structural_tag_format(tag: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
@@ -153,11 +191,12 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
         schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
         schema = complete_required(schema)
         check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")  # a tool call's arguments
+        kwargs = _json_kwargs(opts)
         if opts.any_whitespace:
-            return {**node, "json_schema": schema,
-                    "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
-        grammar = xgr.Grammar.from_json_schema(json.dumps(schema), **_json_kwargs(opts))
-        return {"type": "grammar", "grammar": str(grammar)}
+            kwargs["max_whitespace_cnt"] = node.get("max_whitespace_cnt") or opts.max_whitespace
+            if not _json_text_patterns(schema)[1]:
+                return {**node, "json_schema": schema, "max_whitespace_cnt": kwargs["max_whitespace_cnt"]}
+        return {"type": "grammar", "grammar": str(json_schema_grammar(schema, **kwargs))}
     if node.get("type") == "json_schema":
         return _xml_policy(node, opts)
     return {k: _json_policy(v, opts) for k, v in node.items()}

@@ -1,0 +1,166 @@
+"""A JSON string's `pattern` holds for its decoded value: no backend lets a raw quote, backslash or control
+character into the string's JSON text, and an escaped one counts as the character it stands for."""
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+import pytest
+import torch
+
+from thinkform.structured.backends import BackendContext, GrammarBackend, create_backend
+from thinkform.structured.json_string_pattern import json_text_pattern
+from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields
+from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+BACKENDS = ("xgrammar", "llguidance", "outlines")
+# (pattern, values whose JSON text must be admitted, JSON texts that must not be)
+CASES = [
+    ("^café-.*-fin$", ['café-a"b-fin', "café-a\\b-fin"], ['café-a"b-fin']),  # after a non-ASCII letter
+    ('^a"b$', ['a"b'], ['a"b']),
+    ("^a\\\\b$", ["a\\b"], ["a\\b"]),
+    ("^[ -~]+$", ['say "hi"', "C:\\dir"], ['say "hi"', "C:\\dir", "a\\qb"]),
+    ('^é[a-z"]*$', ['é"x"'], ['é"x']),
+    ("^[^,]+$", ['a"b', "x\\y"], ['a"b', "a\tb"]),
+    ("^a\\sb$", ["a b", "a\tb", "a\nb"], ["a\tb", "a\nb"]),
+    ("^[a\nb]+$", ["a\nb"], ["a\nb"]),  # a raw newline in a class: xgrammar's own lexer refused it
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def backends(tokenizer: Any) -> dict[str, GrammarBackend]:
+    ctx = BackendContext(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), GrammarOptions())
+    return {name: create_backend(name, ctx) for name in BACKENDS}
+
+
+def schema_for(pattern: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}, "required": ["x"]}
+
+
+def answer(backend: str, value_text: str) -> str:
+    gap = "" if backend == "outlines" else " "  # outlines writes compact JSON without spaces
+    return '{"x":' + gap + '"' + value_text + '"}'
+
+
+def admits(backends: dict[str, GrammarBackend], backend: str, pattern: str, value_text: str) -> bool:
+    matcher = backends[backend].compile(constraint_from_fields(json_schema=schema_for(pattern))).new_matcher()
+    return matcher.accept_string(answer(backend, value_text)) and matcher.can_terminate()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pattern,values,raw_texts", CASES)
+def test_escaped_characters_are_admitted_and_raw_ones_are_not(backends: dict[str, GrammarBackend], backend: str,
+                                                                pattern: str, values: list[str],
+                                                                raw_texts: list[str]) -> None:
+    for value in values:
+        text = json.dumps(value, ensure_ascii=False)[1:-1]
+        assert admits(backends, backend, pattern, text), (pattern, text)
+    for raw in raw_texts:
+        assert not admits(backends, backend, pattern, raw), (pattern, raw)
+
+
+def quote_heavy_sample(matcher: Any, tokenizer: Any, vocab_size: int, rng: random.Random) -> str | None:
+    """A random walk that takes a token holding `"` or `\\` whenever the mask allows one, half the time."""
+    risky = {i for i in range(len(tokenizer)) if any(c in tokenizer.decode([i]) for c in '"\\')}
+    out: list[int] = []
+    for _ in range(120):
+        mask = torch.zeros((1, (vocab_size + 31) // 32), dtype=torch.int32)
+        matcher.fill_bitmask(mask, 0)
+        bits = (mask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+        allowed = bits.flatten()[:vocab_size].nonzero().flatten().tolist()
+        may_end = tokenizer.eos_token_id in allowed
+        allowed = [t for t in allowed if t != tokenizer.eos_token_id]
+        if may_end and (not allowed or rng.random() < 0.3):
+            return tokenizer.decode(out)
+        preferred = [t for t in allowed if t in risky]
+        token = rng.choice(preferred if preferred and rng.random() < 0.5 else allowed)
+        assert matcher.accept_token(token)
+        out.append(token)
+    return None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pattern", ["^é.{0,10}$", "^[ -~]{1,12}$", '^(?:[a-z]|"){1,12}$', "^[^,]{1,12}$"])
+def test_every_sampled_answer_parses_and_keeps_its_pattern(backends: dict[str, GrammarBackend], tokenizer: Any,
+                                                           backend: str, pattern: str) -> None:
+    compiled = backends[backend].compile(constraint_from_fields(json_schema=schema_for(pattern)))
+    rng = random.Random(0)
+    ended = 0
+    for _ in range(12):
+        text = quote_heavy_sample(compiled.new_matcher(), tokenizer, len(tokenizer), rng)
+        if text is None:
+            continue
+        ended += 1
+        value = json.loads(text)["x"]  # strict: a raw control character fails too
+        assert re.search(pattern, value), (pattern, text)
+    assert ended >= 6
+
+
+@pytest.mark.parametrize("any_whitespace", [False, True])
+def test_a_tool_calls_argument_pattern_is_json_text_too(tokenizer: Any, any_whitespace: bool) -> None:
+    ctx = BackendContext(tokenizer, len(tokenizer), (tokenizer.eos_token_id,),
+                         GrammarOptions(any_whitespace=any_whitespace))
+    tag = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<f>"], "tags": [
+        {"type": "tag", "begin": "<f>", "end": "</f>",
+         "content": {"type": "json_schema", "json_schema": schema_for("^café-.*-fin$")}}]}}
+    compiled = create_backend("xgrammar", ctx).compile(constraint_from_fields(structural_tag=tag))
+    sep = ": " if not any_whitespace else ":"
+    assert compiled.new_matcher().accept_string('<f>{"x"' + sep + '"café-a\\"b-fin"}</f>')
+    assert not compiled.new_matcher().accept_string('<f>{"x"' + sep + '"café-a"b')
+
+
+def test_the_json_text_regex_keeps_the_patterns_meaning() -> None:
+    """Checked with Python's re on both sides, over values with quotes, backslashes and non-ASCII letters."""
+    alphabet = ['a', 'b', 'é', '"', '\\', ' ', ',', '-', '~']
+    rng = random.Random(1)
+    for pattern in ['^a.b$', '^[ -~]+$', r'^[^,"]*$', r'^\S{1,3}$', r'^(?:x|")+\\?$', r'^[\x22-\x5c]+$']:
+        regex = re.compile(json_text_pattern(pattern))
+        for _ in range(400):
+            value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 5)))
+            text = json.dumps(value, ensure_ascii=False)[1:-1]
+            assert bool(regex.fullmatch(text)) == bool(re.search(pattern, value)), (pattern, value, text)
+
+
+def test_patterns_without_such_characters_are_left_as_written() -> None:
+    for pattern in ["^[A-Za-z0-9_]+$", "^\\d{3}-[a-z]{2,}$", "^(?:ab|cd)*\\.x$", "^é+\\p{L}$"]:
+        assert json_text_pattern(pattern) == pattern
+
+
+def test_outlines_refuses_property_name_patterns_it_would_drop(backends: dict[str, GrammarBackend]) -> None:
+    for schema in ({"type": "object", "patternProperties": {"^k$": {"type": "integer"}}},
+                   {"type": "object", "propertyNames": {"pattern": "^k$"}}):
+        with pytest.raises(ConstraintError, match="'outlines' cannot enforce"):
+            backends["outlines"].compile(constraint_from_fields(json_schema=schema))
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "outlines"])
+@pytest.mark.parametrize("pattern", ["^[^\\p{L}]$", "^\\p{P}+$", "^\\P{L}+$", "^[\\p{L}\"]+$", "^a\\", "^[z-a\"]$",
+                                     "^\\ud800\"$"])
+def test_what_cannot_be_written_as_json_text_is_refused_clearly(backends: dict[str, GrammarBackend], backend: str,
+                                                               pattern: str) -> None:
+    """Audit 26: a Unicode property that may hold a quote was dropped from its class (`[^\\p{L}]` admitted
+    `a`) or written raw (outlines admitted `"` for `\\p{P}`); a refusal sends `auto` to llguidance."""
+    with pytest.raises(ConstraintError) as e:
+        backends[backend].compile(constraint_from_fields(json_schema=schema_for(pattern)))
+    assert e.value.field == "json_schema"
+    auto = create_backend("auto", backends["xgrammar"].ctx)
+    if pattern.startswith("^[^\\p") or pattern.startswith("^\\p") or pattern.startswith("^\\P"):
+        assert type(auto.compile(constraint_from_fields(json_schema=schema_for(pattern)))).__name__ == \
+            "LLGuidanceCompiled"
+
+
+def test_escapes_are_read_as_ecma_reads_them() -> None:
+    assert json_text_pattern("^\\cé$") == "^\\cé$"  # \c takes an ASCII letter only: no tab here
+    assert json_text_pattern("^\\cJ$") == "^(?:\\\\n)$"
+    assert json_text_pattern("^a{,3}\\/$") == "^a{,3}\\/$"  # literal braces and slash kept as written
+    assert json_text_pattern("^\\uD83D\\uDE00\"$") == "^\\uD83D\\uDE00(?:\\\\\")$"  # one astral character
+    assert re.fullmatch(json_text_pattern("^[\\s\\S]+$"), "a\\nb\\tc\\\"")  # "any character" names \s
+    assert not re.fullmatch(json_text_pattern("^[\\s\\S]+$"), "a\\u0001b")  # \S alone names no control
+    assert json_text_pattern("^[\\p{L}_]+$") == "^[\\p{L}_]+$"  # no escaped character: as written

@@ -1,0 +1,264 @@
+"""A JSON Schema `pattern` holds for a string's decoded value; a grammar writes the string's JSON text.
+
+Between the two lie the characters JSON must escape: `"`, `\\` and the controls U+0000-U+001F. xgrammar
+0.2.8 encodes a pattern for JSON only while it holds no quote, backslash or non-ASCII character; otherwise,
+and outlines-core always, the pattern's text goes into the grammar raw: `^café-.*-fin$` admitted
+`café-a"b-fin`, which ends the string early, and `^a"b$` admitted nothing valid at all.
+
+`json_text_pattern` rewrites a pattern into one over the JSON text. Only character sets that hold one of
+those characters change: a character or class that names one (`\\"`, `\\\\`, `[ -~]`, `\\s`) admits its JSON
+escape (`\\"`, `\\\\`, `\\t`, `\\u000b`), and a set given by what it leaves out (`.`, `[^,]`, `\\S`) admits `\\"`
+and `\\\\` but no control character (a pattern that wants a tab names it). Anchors, groups, alternation and
+quantifiers are kept as they are, so a quantifier still counts decoded characters.
+"""
+from __future__ import annotations
+
+import re
+
+Ranges = list[tuple[int, int]]
+
+_UNIVERSE: Ranges = [(0, 0xD7FF), (0xE000, 0x10FFFF)]  # surrogates are no text
+_ESCAPED: Ranges = [(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]  # what JSON writes only as an escape
+_QUOTE_AND_BACKSLASH: Ranges = [(0x22, 0x22), (0x5C, 0x5C)]
+_SHORT = {0x08: "b", 0x09: "t", 0x0A: "n", 0x0C: "f", 0x0D: "r", 0x22: '"', 0x5C: "\\"}
+_SPACE: Ranges = [(0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
+                  (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000), (0xFEFF, 0xFEFF)]
+_DIGIT: Ranges = [(0x30, 0x39)]
+_WORD: Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
+_LINE_ENDS: Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]  # what ECMA's `.` leaves out
+_CLASS_ESCAPES = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
+_CHAR_ESCAPES = {"t": 0x09, "n": 0x0A, "v": 0x0B, "f": 0x0C, "r": 0x0D, "0": 0x00}
+_QUANTIFIER = re.compile(r"\{\d+(?:,\d*)?\}")
+_GROUP_OPENING = re.compile(r"\(\?(?::|=|!|<=|<!|<[A-Za-z_][A-Za-z0-9_]*>)?")
+_NAMED_REFERENCE = re.compile(r"\\k<[^>]*>")
+_PROPERTY = re.compile(r"\\([pP])\{([^}]*)\}")
+_HEX_ESCAPE = re.compile(r"x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|u\{([0-9A-Fa-f]+)\}")
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# general categories without a quote, backslash or control character among their members
+_SAFE_PROPERTIES = frozenset({"L", "Lu", "Ll", "Lt", "Lm", "Lo", "LC", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No",
+                              "Z", "Zs", "Zl", "Zp", "Letter", "Separator", "Mark", "Number", "Lowercase_Letter",
+                              "Uppercase_Letter", "Decimal_Number", "Space_Separator"})
+_CLASS_SYNTAX = frozenset("\\]^-[")
+_SYNTAX = frozenset("\\^$.|?*+()[]{}/")
+
+
+class CharSet:
+    """One pattern atom as code-point ranges, and the escaped characters whose JSON escapes it admits: all
+    it names, but only `"` and `\\` where the pattern wrote what it leaves out (`.`, `[^,]`, `\\S`)."""
+
+    def __init__(self, ranges: Ranges, escapable: Ranges | None = None, opaque: bool = False) -> None:
+        self.ranges = _normalized(ranges)
+        self.escapable = _intersect(self.ranges, _ESCAPED) if escapable is None else _normalized(escapable)
+        self.opaque = opaque  # holds a Unicode property (`\\p{L}`) besides its ranges
+
+    @classmethod
+    def excluding(cls, ranges: Ranges) -> CharSet:
+        kept = _minus(_UNIVERSE, ranges)
+        return cls(kept, escapable=_intersect(kept, _QUOTE_AND_BACKSLASH))
+
+    @classmethod
+    def union(cls, items: list[CharSet]) -> CharSet:
+        return cls([r for item in items for r in item.ranges], [r for item in items for r in item.escapable],
+                   opaque=any(item.opaque for item in items))
+
+    def holds_escaped(self) -> bool:
+        return bool(_intersect(self.ranges, _ESCAPED))
+
+    def json_text(self) -> str:
+        """A regex over JSON text for one character of this set."""
+        if self.opaque:
+            raise ValueError("a character class that holds a Unicode property (\\p{...}) and a quote, backslash "
+                             "or control character cannot be written as JSON text")
+        plain = _minus(self.ranges, _ESCAPED)
+        escaped = [c for lo, hi in self.escapable for c in range(lo, hi + 1)]
+        options = (([_class_text(plain)] if plain else []) + [_escape_text(c) for c in escaped if c in _SHORT]
+                   + _unicode_escapes([c for c in escaped if c not in _SHORT]))
+        if not options:
+            raise ValueError("a character set of the pattern holds only control characters it does not name")
+        return options[0] if len(options) == 1 and plain else "(?:" + "|".join(options) + ")"
+
+
+def json_text_pattern(pattern: str) -> str:
+    """`pattern` (ECMA-262, on the decoded value) as a regex over the string's JSON text, quotes excluded.
+
+    Raises ValueError for what cannot be written so (a Unicode property that may hold a quote, a lone
+    surrogate, a reversed range, a trailing backslash)."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        atom, text, i = _next_atom(pattern, i)
+        out.append(atom.json_text() if atom is not None and atom.holds_escaped() else text)
+    return "".join(out)
+
+
+def _next_atom(pattern: str, i: int) -> tuple[CharSet | None, str, int]:
+    """The atom at `i`: its character set (None for syntax: anchors, groups, quantifiers), its text, and
+    where the next begins."""
+    ch = pattern[i]
+    if ch == "\\":
+        return _escape(pattern, i)
+    if ch == "[":
+        return _class(pattern, i)
+    if ch == ".":
+        return CharSet.excluding(_LINE_ENDS), ch, i + 1
+    if ch == "(":
+        opening = _GROUP_OPENING.match(pattern, i)
+        end = opening.end() if opening else i + 1
+        return None, pattern[i:end], end
+    if ch == "{" and (quantifier := _QUANTIFIER.match(pattern, i)):
+        return None, quantifier.group(), quantifier.end()
+    if ch in "^$|?*+)":
+        return None, ch, i + 1
+    return _char(ord(ch)), ch, i + 1
+
+
+def _escape(pattern: str, i: int, in_class: bool = False) -> tuple[CharSet | None, str, int]:
+    if i + 1 >= len(pattern):
+        raise ValueError(f"pattern {pattern!r} ends with a lone backslash")
+    letter = pattern[i + 1]
+    text = pattern[i:i + 2]
+    if letter.lower() in _CLASS_ESCAPES:
+        ranges = _CLASS_ESCAPES[letter.lower()]
+        return (CharSet.excluding(ranges) if letter.isupper() else CharSet(ranges)), text, i + 2
+    if letter == "b" and in_class:
+        return _char(0x08), text, i + 2
+    if letter in "pP":
+        return _property(pattern, i)
+    if letter in "bB123456789k":  # assertions and back-references: kept as written
+        named = _NAMED_REFERENCE.match(pattern, i)
+        return None, (named.group() if named else text), (named.end() if named else i + 2)
+    if letter in _CHAR_ESCAPES:
+        return _char(_CHAR_ESCAPES[letter]), text, i + 2
+    if hex_code := _HEX_ESCAPE.match(pattern, i + 1):
+        return _code_point(pattern, i, hex_code)
+    if letter == "c" and i + 2 < len(pattern) and pattern[i + 2] in _ASCII_LETTERS:
+        return _char(ord(pattern[i + 2]) % 32), pattern[i:i + 3], i + 3
+    return _char(ord(letter)), text, i + 2
+
+
+def _property(pattern: str, i: int) -> tuple[CharSet, str, int]:
+    """`\\p{L}`: kept as written where it can hold no quote, backslash or control character (letters, marks,
+    numbers, separators); anything else (`\\P{..}`, `\\p{P}`, a script, which may be Common) is refused."""
+    found = _PROPERTY.match(pattern, i)
+    if not found:
+        raise ValueError(f"malformed Unicode property at {i} in pattern {pattern!r}")
+    name = found.group(2).split("=")[-1]
+    if found.group(1) == "P" or name not in _SAFE_PROPERTIES:
+        raise ValueError(f"Unicode property {found.group()} in pattern {pattern!r} may hold a quote, backslash or "
+                         "control character and cannot be written as JSON text by this backend")
+    return CharSet([], opaque=True), found.group(), found.end()
+
+
+def _code_point(pattern: str, i: int, hex_code: re.Match[str]) -> tuple[CharSet, str, int]:
+    code = int(next(g for g in hex_code.groups() if g), 16)
+    end = hex_code.end()
+    low = _HEX_ESCAPE.match(pattern, end + 1) if pattern.startswith("\\u", end) else None
+    if 0xD800 <= code <= 0xDBFF and low and low.group(2) and 0xDC00 <= int(low.group(2), 16) <= 0xDFFF:
+        code = 0x10000 + ((code - 0xD800) << 10) + (int(low.group(2), 16) - 0xDC00)  # a surrogate pair
+        end = low.end()
+    if 0xD800 <= code <= 0xDFFF:
+        raise ValueError(f"lone surrogate {pattern[i:end]} in pattern {pattern!r}")
+    return _char(code), pattern[i:end], end
+
+
+def _class(pattern: str, i: int) -> tuple[CharSet, str, int]:
+    start = i
+    i += 1
+    negated = i < len(pattern) and pattern[i] == "^"
+    i += negated
+    items: list[CharSet] = []
+    while i < len(pattern) and pattern[i] != "]":
+        low, i = _class_item(pattern, i)
+        if i + 1 < len(pattern) and pattern[i] == "-" and pattern[i + 1] != "]" and _single(low):
+            high, after = _class_item(pattern, i + 1)
+            if _single(high):
+                lo, hi = low.ranges[0][0], high.ranges[0][0]
+                if lo > hi:
+                    raise ValueError(f"reversed range {pattern[start:after]!r} in pattern {pattern!r}")
+                items.append(CharSet([(lo, hi)]))
+                i = after
+                continue
+        items.append(low)
+    if i >= len(pattern):
+        raise ValueError(f"unterminated character class at {start} in pattern {pattern!r}")
+    found = CharSet.union(items)
+    if negated and found.opaque:
+        raise ValueError(f"a negated class with a Unicode property in pattern {pattern!r} cannot be written as "
+                         "JSON text by this backend")
+    return (CharSet.excluding(found.ranges) if negated else found), pattern[start:i + 1], i + 1
+
+
+def _class_item(pattern: str, i: int) -> tuple[CharSet, int]:
+    if pattern[i] == "\\":
+        item, _, after = _escape(pattern, i, in_class=True)
+        return (item if item is not None else CharSet([])), after
+    return _char(ord(pattern[i])), i + 1
+
+
+def _single(item: CharSet) -> bool:
+    return not item.opaque and len(item.ranges) == 1 and item.ranges[0][0] == item.ranges[0][1]
+
+
+def _char(code: int) -> CharSet:
+    return CharSet([(code, code)])
+
+
+def _class_text(ranges: Ranges) -> str:
+    """The shorter of `[...]` and `[^...]` for these ranges (a lone character bare)."""
+    if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+        ch = chr(ranges[0][0])
+        return "\\" + ch if ch in _SYNTAX else ch
+    left_out = _minus(_UNIVERSE, ranges)
+    if len(left_out) < len(ranges):
+        return "[^" + "".join(_range_text(r) for r in left_out) + "]"
+    return "[" + "".join(_range_text(r) for r in ranges) + "]"
+
+
+def _range_text(r: tuple[int, int]) -> str:
+    lo, hi = r
+    return _class_char(lo) if lo == hi else f"{_class_char(lo)}-{_class_char(hi)}"
+
+
+def _class_char(code: int) -> str:
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return f"\\x{code:02x}"
+    ch = chr(code)
+    return "\\" + ch if ch in _CLASS_SYNTAX else ch
+
+
+def _escape_text(code: int) -> str:
+    """The regex for the JSON text of a character with a short escape: `\\"` for a quote, `\\t` for a tab."""
+    letter = _SHORT[code]
+    return "\\\\" + ("\\\\" if letter == "\\" else letter)
+
+
+def _unicode_escapes(codes: list[int]) -> list[str]:
+    """The regexes for the `\\u00XX` escapes of these control characters, one per high digit."""
+    out = []
+    for high in (0, 1):
+        digits = "".join(f"{c & 15:x}" for c in codes if c >> 4 == high)
+        if digits:
+            out.append(f"\\\\u00{high}" + (digits if len(digits) == 1 else f"[{digits}]"))
+    return out
+
+
+def _normalized(ranges: Ranges) -> Ranges:
+    out: Ranges = []
+    for lo, hi in sorted(r for r in ranges if r[0] <= r[1]):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _intersect(a: Ranges, b: Ranges) -> Ranges:
+    return _normalized([(max(x[0], y[0]), min(x[1], y[1])) for x in a for y in b])
+
+
+def _minus(a: Ranges, b: Ranges) -> Ranges:
+    out = _normalized(a)
+    for lo, hi in _normalized(b):
+        out = [piece for x in out for piece in ((x[0], min(x[1], lo - 1)), (max(x[0], hi + 1), x[1]))
+               if piece[0] <= piece[1]]
+    return out
