@@ -3,13 +3,14 @@
     python bench/json_string_patterns.py --schemas-dir ../shared/data/jsonschemabench [--walks 12]
         [--backends xgrammar llguidance outlines] [--ids-out ids.json | --ids-in ids.json]
 
-Takes the JSONSchemaBench schemas with a `pattern` (or patternProperties key) whose character sets hold a
-character JSON must escape (`.`, `[^…]`, `\\S`, `[ -~]`, a literal `"` or `\\`: json_string_pattern), compiles
-each with each backend (Qwen vocabulary), and walks it at random: half the steps take a token holding `"` or
-`\\` where the mask allows one, as a model that wants a quote would. Every walk that ends (EOS) is parsed
-with json.loads (strict: no raw control characters) and validated with jsonschema against the schema (its
-patterns in ECMA meaning). --ids-out / --ids-in carry the selection to a run of an older tree (its
-thinkform first on PYTHONPATH), which may lack json_string_pattern.
+Takes the JSONSchemaBench schemas with a `pattern` (or patternProperties key) — with --only-escaped,
+only those whose character sets hold a character JSON must escape (`.`, `[^…]`, `\\S`, `[ -~]`, a literal
+`"` or `\\`: json_string_pattern) — compiles each with each backend (Qwen vocabulary), and walks it at
+random: half the steps take a token holding `"` or `\\` where the mask allows one, as a model that wants a
+quote would. Every walk that ends (EOS) is parsed with json.loads (strict: no raw control characters) and
+validated with jsonschema against the schema (its patterns in ECMA meaning); a violation of `pattern`,
+`patternProperties` or `propertyNames` counts. --ids-out / --ids-in carry the selection to a run of an
+older tree (its thinkform first on PYTHONPATH), which may lack json_string_pattern.
 """
 from __future__ import annotations
 
@@ -27,18 +28,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grammar_overhead import QWEN_LOGITS_WIDTH, load_schemas  # noqa: E402
 
 
-def selected(schemas: list[tuple[str, str]]) -> list[str]:
+def selected(schemas: list[tuple[str, str]], only_escaped: bool) -> list[str]:
+    """The schemas with a pattern; with only_escaped, one whose JSON text differs from the pattern."""
     from thinkform.structured.ecma_regex import ecma_schema, map_patterns
     from thinkform.structured.json_string_pattern import json_text_pattern
 
     out = []
     for schema_id, text in schemas:
-        try:
-            schema = ecma_schema(json.loads(text))
-            if map_patterns(schema, json_text_pattern) != schema:
-                out.append(schema_id)
-        except Exception:  # noqa: BLE001 - a pattern this parser cannot read is not measured
-            continue
+        found: list[bool] = []
+
+        def seen(pattern: str) -> str:
+            try:
+                found.append(not only_escaped or json_text_pattern(pattern) != pattern)
+            except ValueError:  # a pattern the rewriter refuses is not measured here
+                pass
+            return pattern
+
+        map_patterns(ecma_schema(json.loads(text)), seen)
+        if any(found):
+            out.append(schema_id)
     return out
 
 
@@ -133,16 +141,18 @@ def main() -> None:
     parser.add_argument("--walks", type=int, default=12)
     parser.add_argument("--walk-tokens", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only-escaped", action="store_true",
+                        help="only schemas with a pattern whose JSON text differs from it (quote, backslash, `.`)")
     parser.add_argument("--ids-out", type=Path)
     parser.add_argument("--ids-in", type=Path)
     args = parser.parse_args()
 
     schemas = load_schemas(args.schemas_dir, None)
     texts = dict(schemas)
-    ids = json.loads(args.ids_in.read_text()) if args.ids_in else selected(schemas)
+    ids = json.loads(args.ids_in.read_text()) if args.ids_in else selected(schemas, args.only_escaped)
     if args.ids_out:
         args.ids_out.write_text(json.dumps(ids))
-    print(f"{len(ids)} of {len(schemas)} schemas have a pattern whose JSON text differs; "
+    print(f"{len(ids)} of {len(schemas)} schemas{' with a pattern whose JSON text differs' if args.only_escaped else ' with a pattern'}; "
           f"{args.walks} walks each, at most {args.walk_tokens} tokens; {platform.node()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| backend | schemas | compiled | refused | walks ended | invalid JSON | pattern broken | walk errors | wall (s) |")
     print("|---|---|---|---|---|---|---|---|---|")

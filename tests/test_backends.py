@@ -427,6 +427,19 @@ def test_a_number_multiple_of_is_refused_for_xgrammar(backends: dict[str, Gramma
         assert (m.accept_string(text) and m.can_terminate()) is ok, text
 
 
+@pytest.mark.parametrize("beside", [{"format": "email"}, {"enum": ["zz@b.co", "ab@b.co"]}])
+def test_a_pattern_beside_a_format_or_enum_is_refused_for_xgrammar(backends: dict[str, GrammarBackend],
+                                                                  ctx: BackendContext, beside: dict) -> None:
+    """Audit 26: xgrammar kept the format (or the values) and dropped the pattern: "zz@b.co" for ^a."""
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a", **beside}}, "required": ["x"]}
+    with pytest.raises(ConstraintError, match=f"'pattern' beside '{next(iter(beside))}'"):
+        backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema))
+    for value, ok in (("ab@b.co", True), ("zz@b.co", False)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(f'{{"x": "{value}"}}') and m.can_terminate()) is ok, value
+
+
 def test_an_enum_against_its_type_is_refused_for_xgrammar(backends: dict[str, GrammarBackend]) -> None:
     with pytest.raises(ConstraintError, match="'type' beside 'enum'"):
         backends["xgrammar"].compile(constraint_from_fields(
@@ -557,7 +570,7 @@ def test_auto_backend_falls_back_to_llguidance_where_xgrammar_refuses():
     ctx = BackendContext(tok, len(tok) + 8, (tok.eos_token_id,), GrammarOptions())
     schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^\\p{L}+$"}}, "required": ["a"]}
     constraint = constraint_from_fields(json_schema=schema)
-    with pytest.raises(ConstraintError, match="Unicode character class"):
+    with pytest.raises(ConstraintError, match="Unicode property"):
         create_backend("xgrammar", ctx).compile(constraint)
     matcher = create_backend("auto", ctx).compile(constraint).new_matcher()
     for tid in tok.encode('{"a": "ab"}'):

@@ -104,16 +104,19 @@ def test_every_sampled_answer_parses_and_keeps_its_pattern(backends: dict[str, G
 
 
 @pytest.mark.parametrize("any_whitespace", [False, True])
-def test_a_tool_calls_argument_pattern_is_json_text_too(tokenizer: Any, any_whitespace: bool) -> None:
+def test_a_tool_calls_argument_strings_are_mended_too(tokenizer: Any, any_whitespace: bool) -> None:
     ctx = BackendContext(tokenizer, len(tokenizer), (tokenizer.eos_token_id,),
                          GrammarOptions(any_whitespace=any_whitespace))
     tag = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<f>"], "tags": [
         {"type": "tag", "begin": "<f>", "end": "</f>",
-         "content": {"type": "json_schema", "json_schema": schema_for("^café-.*-fin$")}}]}}
+         "content": {"type": "json_schema", "json_schema": {**schema_for("^café-.*-fin$"), "properties": {
+             "x": {"type": "string", "pattern": "^café-.*-fin$"}, "y": {"type": "string", "maxLength": 5}}}}}]}}
     compiled = create_backend("xgrammar", ctx).compile(constraint_from_fields(structural_tag=tag))
     sep = ": " if not any_whitespace else ":"
     assert compiled.new_matcher().accept_string('<f>{"x"' + sep + '"café-a\\"b-fin"}</f>')
     assert not compiled.new_matcher().accept_string('<f>{"x"' + sep + '"café-a"b')
+    assert compiled.new_matcher().accept_string('<f>{"x"' + sep + '"café--fin", "y"' + sep + '"a b"}</f>')
+    assert not compiled.new_matcher().accept_string('<f>{"x"' + sep + '"café--fin", "y"' + sep + '"a\tb')
 
 
 def test_the_json_text_regex_keeps_the_patterns_meaning() -> None:
@@ -164,3 +167,33 @@ def test_escapes_are_read_as_ecma_reads_them() -> None:
     assert re.fullmatch(json_text_pattern("^[\\s\\S]+$"), "a\\nb\\tc\\\"")  # "any character" names \s
     assert not re.fullmatch(json_text_pattern("^[\\s\\S]+$"), "a\\u0001b")  # \S alone names no control
     assert json_text_pattern("^[\\p{L}_]+$") == "^[\\p{L}_]+$"  # no escaped character: as written
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_optional_group_after_a_starred_atom_is_kept(backends: dict[str, GrammarBackend], backend: str) -> None:
+    """xgrammar's regex automaton read `(b*c)?` as `(b*c?)?`: the DNS-label pattern admitted `go-`, which ends
+    with a hyphen (JSONSchemaBench Github_hard/o75202 got `"type": "go_"`)."""
+    label = "^[a-z]([a-z0-9_-]*[a-z])?$"
+    assert admits(backends, backend, label, "g-o") and admits(backends, backend, label, "g")
+    assert not admits(backends, backend, label, "go-") and not admits(backends, backend, label, "go_")
+    assert not admits(backends, backend, "^a(b*c)??$", "ab") and admits(backends, backend, "^a(b*c)??$", "abc")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_length_bounded_string_holds_escapes_and_no_raw_control(backends: dict[str, GrammarBackend],
+                                                                  backend: str) -> None:
+    """xgrammar counted a min/maxLength string's characters with `[^"\\\\\\r\\n]`: a raw tab got in (invalid
+    JSON, JSONSchemaBench Github_hard/o84346)."""
+    schema = {"type": "object", "properties": {"x": {"type": "string", "minLength": 3, "maxLength": 4}},
+              "required": ["x"]}
+    compiled = backends[backend].compile(constraint_from_fields(json_schema=schema))
+
+    def ok(value_text: str) -> bool:
+        matcher = compiled.new_matcher()
+        return matcher.accept_string(answer(backend, value_text)) and matcher.can_terminate()
+
+    assert ok("abcd") and ok("é-é")
+    assert not ok("a\tb") and not ok("ab") and not ok("abcde") and not ok('a\\qb')
+    if backend != "xgrammar":  # xgrammar counts characters of one class: no escape there (as before)
+        assert ok('a\\tb') and ok('say\\"')
+

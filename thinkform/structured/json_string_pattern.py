@@ -14,6 +14,7 @@ quantifiers are kept as they are, so a quantifier still counts decoded character
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 Ranges = list[tuple[int, int]]
 
@@ -83,12 +84,17 @@ def json_text_pattern(pattern: str) -> str:
 
     Raises ValueError for what cannot be written so (a Unicode property that may hold a quote, a lone
     surrogate, a reversed range, a trailing backslash)."""
-    out: list[str] = []
+    return "".join(atom.json_text() if atom is not None and atom.holds_escaped() else text
+                   for atom, text in pattern_pieces(pattern))
+
+
+def pattern_pieces(pattern: str) -> Iterator[tuple[CharSet | None, str]]:
+    """The pattern's atoms in order, each with its text: a character set, or None for syntax (anchors,
+    group openings and closings, `|`, quantifiers, assertions)."""
     i = 0
     while i < len(pattern):
         atom, text, i = _next_atom(pattern, i)
-        out.append(atom.json_text() if atom is not None and atom.holds_escaped() else text)
-    return "".join(out)
+        yield atom, text
 
 
 def _next_atom(pattern: str, i: int) -> tuple[CharSet | None, str, int]:

@@ -2,7 +2,8 @@
 
 - xgrammar 0.2 drops every keyword that sits beside anyOf / oneOf / allOf (`{"type": "object", "required":
   ["name"], "oneOf": [...]}` accepts `{}` and `""`), accepts anything under an allOf of several schemas, and
-  takes an enum's values whatever `type` says: refused up front (`check_xgrammar_enforces`), so `auto`
+  takes an enum's values whatever `type` says, and keeps a string's `format`, `enum` or `const` but drops
+  the `pattern` beside it: refused up front (`check_xgrammar_enforces`), so `auto`
   takes llguidance, which enforces them.
 - A `required` property that `properties` does not list is impossible in strict mode (no other properties):
   xgrammar drops the requirement, llguidance calls the schema unsatisfiable. It is what the schema says, a
@@ -82,6 +83,9 @@ def _keyword_problem(node: dict[str, Any]) -> str | None:
     unlisted = _unlisted_required(node)  # (after complete_required: names the object can never hold)
     if unlisted:
         return f"'required' {unlisted[0]!r}, which the object cannot hold,"
+    beside = next((k for k in ("format", "enum", "const") if k in node), None)
+    if isinstance(node.get("pattern"), str) and beside:
+        return f"'pattern' beside '{beside}'"  # it keeps the format or the values and drops the pattern
     step = node.get("multipleOf")
     if step is not None and not (node.get("type") == "integer" and isinstance(step, int)):
         return "'multipleOf' of a number"  # it keeps multipleOf for integers only

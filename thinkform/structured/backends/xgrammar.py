@@ -12,8 +12,7 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
-from thinkform.structured.ecma_regex import map_patterns
-from thinkform.structured.json_string_pattern import json_text_pattern
+from thinkform.structured.backends.xgrammar_json import json_schema_grammar
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
                                                   map_schemas, OTHER_BACKENDS_HINT)
@@ -126,42 +125,6 @@ def _json_kwargs(opts: GrammarOptions) -> dict[str, Any]:
     return {"any_whitespace": False, "separators": COMPACT_SEPARATORS, "strict_mode": opts.strict_mode}
 
 
-def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
-    """The schema's grammar, with each `pattern` that holds a character JSON escapes matched over the
-    string's JSON text (json_string_pattern): xgrammar 0.2.8 writes such a pattern's text raw, and
-    `^café-.*-fin$` admitted `café-a"b-fin`. The patterns go in as plain markers xgrammar encodes itself,
-    and come out of its grammar as our regexes."""
-    marked, regexes = _json_text_patterns(schema)
-    grammar = xgr.Grammar.from_json_schema(json.dumps(marked), **kwargs)
-    if not regexes:
-        return grammar
-    text = str(grammar)
-    for marker, regex in regexes.items():
-        quoted = regex.replace("\\", "\\\\").replace('"', '\\"')
-        text = text.replace(f'Regex("{marker}", json_string=true)', f'Regex("{quoted}")')
-    if any(marker in text for marker in regexes):
-        raise RuntimeError("xgrammar wrote a pattern in a form thinkform does not know; "
-                           "use --grammar-backend llguidance for this schema")
-    return xgr.Grammar.from_ebnf(text)
-
-
-def _json_text_patterns(schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The schema with a marker for each pattern that JSON text changes, and each marker's regex."""
-    regexes: dict[str, str] = {}
-    written = json.dumps(schema)
-    prefix = next(f"tfpattern{k}n" for k in range(len(written) + 1) if f"tfpattern{k}n" not in written)
-
-    def mark(pattern: str) -> str:
-        regex = json_text_pattern(pattern)
-        if regex == pattern:
-            return pattern
-        marker = f"{prefix}{len(regexes)}"
-        regexes[marker] = regex
-        return marker
-
-    return map_patterns(schema, mark), regexes
-
-
 def structural_tag_format(tag: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
     """Either SGLang structural-tag form as xgrammar's `format` form, with our JSON whitespace policy."""
     if "format" in tag:
@@ -178,10 +141,9 @@ def structural_tag_format(tag: dict[str, Any], opts: GrammarOptions) -> dict[str
 
 
 def _json_policy(node: Any, opts: GrammarOptions) -> Any:
-    """Rewrite the plain-JSON schema formats of a structural tag so their whitespace is bounded.
-
-    xgrammar's json_schema format has no compact switch, so when compact we swap in the grammar of
-    the schema compiled compactly; when flexible we bound the whitespace run."""
+    """Rewrite the plain-JSON schema formats of a structural tag as the grammar of their schema, compiled
+    under our whitespace policy (xgrammar's json_schema format has no compact switch) with its strings
+    mended (xgrammar_json: patterns and length-bounded strings)."""
     if isinstance(node, list):
         return [_json_policy(n, opts) for n in node]
     if not isinstance(node, dict):
@@ -194,9 +156,7 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
         kwargs = _json_kwargs(opts)
         if opts.any_whitespace:
             kwargs["max_whitespace_cnt"] = node.get("max_whitespace_cnt") or opts.max_whitespace
-            if not _json_text_patterns(schema)[1]:
-                return {**node, "json_schema": schema, "max_whitespace_cnt": kwargs["max_whitespace_cnt"]}
-        return {"type": "grammar", "grammar": str(json_schema_grammar(schema, **kwargs))}
+        return {"type": "grammar", "grammar": str(json_schema_grammar(schema, **kwargs))}  # its strings mended
     if node.get("type") == "json_schema":
         return _xml_policy(node, opts)
     return {k: _json_policy(v, opts) for k, v in node.items()}

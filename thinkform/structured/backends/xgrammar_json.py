@@ -1,0 +1,73 @@
+"""A JSON schema's xgrammar grammar, with its string `pattern`s written the way xgrammar reads them right.
+
+xgrammar 0.2.8 gets a schema's strings wrong three ways. It writes the pattern's text raw where the pattern
+holds a quote, backslash or non-ASCII letter (`^café-.*-fin$` admitted `café-a"b-fin`, which no parser
+reads). And its regex automaton misreads an optional group: `^[a-z]([a-z0-9-]*[a-z])?$` (a DNS label)
+admitted `go-`, `^a(b*c)?$` admitted `ab` (36 of 300 random regexes over a, b, c with groups answered
+wrong; none once each `(A)?` was written `(A|)`, which means the same). So each pattern goes into xgrammar's
+schema converter as a plain marker, and its marker comes back out of the printed grammar as a regex over the
+pattern's JSON text (json_string_pattern) with no optional group. (xgrammar's regex-to-grammar converter
+is right on both, but its rules for `.{1,255}` took 150 ms a mask.) Third, a string with minLength or
+maxLength admitted raw control characters (a tab: invalid JSON); its character rule leaves them out.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import xgrammar as xgr
+
+from thinkform.structured.ecma_regex import map_patterns
+from thinkform.structured.json_string_pattern import json_text_pattern, pattern_pieces
+
+# A string with minLength / maxLength counts its characters with this rule, which lets raw tabs and other
+# control characters in (invalid JSON). Controls out; escapes stay out too: an alternation with them under
+# `{50, 32767}` took 800 ms a mask, a single class costs what the old one did.
+_RAW_CHARACTERS = r' ::= (([^\"\\\r\n]))'
+_JSON_CHARACTER = r' ::= (([^\0-\x1f\"\\]))'
+
+
+def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
+    """`xgr.Grammar.from_json_schema(schema, **kwargs)`, every pattern written as above."""
+    marked, regexes = _marked_patterns(schema)
+    grammar = xgr.Grammar.from_json_schema(json.dumps(marked), **kwargs)
+    text = str(grammar)
+    if not regexes and _RAW_CHARACTERS not in text:
+        return grammar
+    text = text.replace(_RAW_CHARACTERS, _JSON_CHARACTER)
+    for marker, regex in regexes.items():
+        quoted = regex.replace("\\", "\\\\").replace('"', '\\"')
+        text = text.replace(f'Regex("{marker}", json_string=true)', f'Regex("{quoted}")')
+    if any(f'"{marker}"' in text for marker in regexes):
+        raise RuntimeError("xgrammar wrote a pattern in a form thinkform does not know; "
+                           "use --grammar-backend llguidance for this schema")
+    return xgr.Grammar.from_ebnf(text)
+
+
+def without_optional_groups(pattern: str) -> str:
+    """The same pattern with each optional group `(A)?` (or lazy `(A)??`) written `(A|)`."""
+    out: list[str] = []
+    group_closed = made_optional = False
+    for atom, text in pattern_pieces(pattern):
+        if text == "?" and (group_closed or made_optional):
+            if group_closed:
+                out[-1] = "|)"
+            group_closed, made_optional = False, not made_optional  # a second `?` is laziness: dropped
+            continue
+        out.append(text)
+        group_closed, made_optional = atom is None and text == ")", False
+    return "".join(out)
+
+
+def _marked_patterns(schema: Any) -> tuple[Any, dict[str, str]]:
+    """The schema with a marker for each pattern, and each marker's regex over the JSON text."""
+    regexes: dict[str, str] = {}
+    written = json.dumps(schema)
+    prefix = next(f"tfpattern{k}n" for k in range(len(written) + 1) if f"tfpattern{k}n" not in written)
+
+    def mark(pattern: str) -> str:
+        marker = f"{prefix}{len(regexes)}"
+        regexes[marker] = json_text_pattern(without_optional_groups(pattern))
+        return marker
+
+    return map_patterns(schema, mark), regexes
