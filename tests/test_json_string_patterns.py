@@ -197,3 +197,13 @@ def test_a_length_bounded_string_holds_escapes_and_no_raw_control(backends: dict
     if backend != "xgrammar":  # xgrammar counts characters of one class: no escape there (as before)
         assert ok('a\\tb') and ok('say\\"')
 
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pattern_anchored_at_one_end_or_per_alternative_compiles_everywhere(backends: dict[str, GrammarBackend],
+                                                                             backend: str) -> None:
+    """outlines-core refused `^ab` ("vocabulary incompatible") and read `a|^b$` as `"a` or `b"`, so no string
+    could end; a whole match is admitted on every backend now."""
+    for pattern, values in (("^ab", ["ab"]), ("ab$", ["ab"]), ("a|^b$", ["a", "b"]), ('^a"', ['a\\"'])):
+        for value_text in values:
+            assert admits(backends, backend, pattern, value_text), (pattern, value_text)
