@@ -207,3 +207,14 @@ def test_a_pattern_anchored_at_one_end_or_per_alternative_compiles_everywhere(ba
     for pattern, values in (("^ab", ["ab"]), ("ab$", ["ab"]), ("a|^b$", ["a", "b"]), ('^a"', ['a\\"'])):
         for value_text in values:
             assert admits(backends, backend, pattern, value_text), (pattern, value_text)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pattern_anchored_at_one_end_is_a_prefix_or_suffix_test(backends: dict[str, GrammarBackend],
+                                                                  backend: str) -> None:
+    """ECMA-262 searches: `^https?://` holds for every URL, but xgrammar and outlines matched it whole, so the
+    only answers were `http://` and `https://` themselves (30 of JSONSchemaBench's patterns are one-sided)."""
+    assert admits(backends, backend, "^https?://", "https://example.com/a?b=1")
+    assert admits(backends, backend, "\\.png$", "cat.png") and admits(backends, backend, "^v?[0-9]+|^dev-", "dev-x")
+    assert not admits(backends, backend, "^https?://", "ftp://x") and not admits(backends, backend, "\\.png$", "a.jpg")
+    assert not admits(backends, backend, "^https?://", 'https://a"b')  # the run-on text is JSON text too

@@ -29,6 +29,8 @@ _WORD: Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
 _LINE_ENDS: Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]  # what ECMA's `.` leaves out
 _CLASS_ESCAPES = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
 _CHAR_ESCAPES = {"t": 0x09, "n": 0x0A, "v": 0x0B, "f": 0x0C, "r": 0x0D, "0": 0x00}
+# any run of JSON string text: a character JSON writes as it is, or a short escape
+_ANY_TEXT = r'(?:[^\x00-\x1f"\\]|\\["\\/bfnrt])*'
 _QUANTIFIER = re.compile(r"\{\d+(?:,\d*)?\}")
 _GROUP_OPENING = re.compile(r"\(\?(?::|=|!|<=|<!|<[A-Za-z_][A-Za-z0-9_]*>)?")
 _NAMED_REFERENCE = re.compile(r"\\k<[^>]*>")
@@ -86,6 +88,33 @@ def json_text_pattern(pattern: str) -> str:
     surrogate, a reversed range, a trailing backslash)."""
     return "".join(atom.json_text() if atom is not None and atom.holds_escaped() else text
                    for atom, text in pattern_pieces(pattern))
+
+
+def whole_text_regex(regex: str) -> str:
+    """A JSON-text regex (json_text_pattern's) as one anchored group matched against the string's whole
+    text, as the grammar backends match it: `a|^b$` as `^(?:a|b)$`. An alternative anchored at one end only
+    is a prefix or suffix test in ECMA-262 and stays one: `^https?://` may run on (`https://a.b/c`), where a
+    whole match would force the value to be `https://` itself. One anchored at neither end is matched whole
+    (`[0-9]+(\\.[0-9]+){3}` is a version number, not any text holding one)."""
+    alternatives: list[list[str]] = [[]]
+    depth = 0
+    for atom, text in pattern_pieces(regex):
+        if atom is None and depth == 0 and text == "|":
+            alternatives.append([])
+            continue
+        depth += (text.startswith("(") - (text == ")")) if atom is None else 0
+        alternatives[-1].append(text)
+    return "^(?:" + "|".join(_whole(pieces) for pieces in alternatives) + ")$"
+
+
+def _whole(pieces: list[str]) -> str:
+    starts, ends = bool(pieces) and pieces[0] == "^", bool(pieces) and pieces[-1] == "$"
+    body = "".join(pieces[starts:len(pieces) - ends])
+    if starts and not ends:
+        return body + _ANY_TEXT
+    if ends and not starts:
+        return _ANY_TEXT + body
+    return body
 
 
 def pattern_pieces(pattern: str) -> Iterator[tuple[CharSet | None, str]]:

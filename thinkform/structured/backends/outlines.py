@@ -14,7 +14,7 @@ from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.bitmask import word_bit
 from thinkform.structured.ecma_regex import map_patterns
-from thinkform.structured.json_string_pattern import json_text_pattern, pattern_pieces
+from thinkform.structured.json_string_pattern import json_text_pattern, whole_text_regex
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
@@ -155,26 +155,10 @@ class OutlinesBackend(GrammarBackend):
             raise ConstraintError(
                 f"grammar backend 'outlines' cannot enforce json_schema keyword(s) {', '.join(ignored)}; "
                 "use --grammar-backend xgrammar, llguidance or auto", field="json_schema")
-        # outlines-core writes a pattern's text raw between the quotes: give it the JSON text's regex
-        schema = map_patterns(schema, lambda pattern: full_match(json_text_pattern(pattern)))
+        # outlines-core writes a pattern's text raw between the quotes (and strips `^...$` only where it has
+        # both; `a|^b$` became `"a|b"`, which no string could end): give it the whole JSON text's regex
+        schema = map_patterns(schema, lambda pattern: whole_text_regex(json_text_pattern(pattern)))
         return build_regex_from_schema(json.dumps(schema), whitespace_pattern(self.ctx.options))
-
-
-def full_match(pattern: str) -> str:
-    """The pattern as one anchored group, its top-level anchors dropped: `a|^b$` as `^(?:a|b)$`.
-
-    outlines-core strips `^` and `$` only from a pattern that has both and pastes the rest between the
-    string's quotes, so `^abc` was refused ("vocabulary incompatible") and `a|^b$` became `"a|b"` (an
-    alternation of `"a` and `b"`: no string could end). Matched whole, as xgrammar matches a pattern."""
-    out: list[str] = []
-    depth = 0
-    for atom, text in pattern_pieces(pattern):
-        at_start = not out or (depth == 0 and out[-1] == "|")
-        if atom is None and depth == 0 and (text == "^" and at_start or text == "$"):
-            continue  # (a `$` anywhere at the top level ends its alternative: nothing may follow it)
-        depth += text.startswith("(") - (text == ")") if atom is None else 0
-        out.append(text)
-    return "^(?:" + "".join(out) + ")$"
 
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")

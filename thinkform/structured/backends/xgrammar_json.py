@@ -6,7 +6,8 @@ reads). And its regex automaton misreads an optional group: `^[a-z]([a-z0-9-]*[a
 admitted `go-`, `^a(b*c)?$` admitted `ab` (36 of 300 random regexes over a, b, c with groups answered
 wrong; none once each `(A)?` was written `(A|)`, which means the same). So each pattern goes into xgrammar's
 schema converter as a plain marker, and its marker comes back out of the printed grammar as a regex over the
-pattern's JSON text (json_string_pattern) with no optional group. (xgrammar's regex-to-grammar converter
+string's whole JSON text (json_string_pattern: a pattern anchored at one end only is a prefix or suffix
+test, as in ECMA-262) with no optional group. (xgrammar's regex-to-grammar converter
 is right on both, but its rules for `.{1,255}` took 150 ms a mask.) Third, a string with minLength or
 maxLength admitted raw control characters (a tab: invalid JSON); its character rule leaves them out.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import xgrammar as xgr
 
 from thinkform.structured.ecma_regex import map_patterns
-from thinkform.structured.json_string_pattern import json_text_pattern, pattern_pieces
+from thinkform.structured.json_string_pattern import json_text_pattern, pattern_pieces, whole_text_regex
 
 # A string with minLength / maxLength counts its characters with this rule, which lets raw tabs and other
 # control characters in (invalid JSON). Controls out; escapes stay out too: an alternation with them under
@@ -67,7 +68,7 @@ def _marked_patterns(schema: Any) -> tuple[Any, dict[str, str]]:
 
     def mark(pattern: str) -> str:
         marker = f"{prefix}{len(regexes)}"
-        regexes[marker] = json_text_pattern(without_optional_groups(pattern))
+        regexes[marker] = whole_text_regex(json_text_pattern(without_optional_groups(pattern)))
         return marker
 
     return map_patterns(schema, mark), regexes
