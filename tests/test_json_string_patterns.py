@@ -218,3 +218,18 @@ def test_a_pattern_anchored_at_one_end_is_a_prefix_or_suffix_test(backends: dict
     assert admits(backends, backend, "\\.png$", "cat.png") and admits(backends, backend, "^v?[0-9]+|^dev-", "dev-x")
     assert not admits(backends, backend, "^https?://", "ftp://x") and not admits(backends, backend, "\\.png$", "a.jpg")
     assert not admits(backends, backend, "^https?://", 'https://a"b')  # the run-on text is JSON text too
+
+
+def test_an_emails_quoted_pair_is_json_text_under_xgrammar(backends: dict[str, GrammarBackend]) -> None:
+    """xgrammar wrote the quoted pair of an email's quoted local part as a bare backslash and the character:
+    `"\\"a\\qb\\"@c.de"` (`\\q` is no JSON escape) was admitted."""
+    schema = {"type": "object", "properties": {"x": {"type": "string", "format": "email"}}, "required": ["x"]}
+    compiled = backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+
+    def ok(text: str) -> bool:
+        matcher = compiled.new_matcher()
+        return matcher.accept_string(text) and matcher.can_terminate()
+
+    for value in ('"a\\qb"@c.de', '"a\\"b"@c.de', "ab@c.de"):
+        assert ok(json.dumps({"x": value})), value
+    assert not ok('{"x": "\\"a\\qb\\"@c.de"}')
