@@ -9,7 +9,8 @@ and outlines-core always, the pattern's text goes into the grammar raw: `^café-
 those characters change: a character or class that names one (`\\"`, `\\\\`, `[ -~]`, `\\s`) admits its JSON
 escape (`\\"`, `\\\\`, `\\t`, `\\u000b`), and a set given by what it leaves out (`.`, `[^,]`, `\\S`) admits `\\"`
 and `\\\\` but no control character (a pattern that wants a tab names it). Anchors, groups, alternation and
-quantifiers are kept as they are, so a quantifier still counts decoded characters.
+quantifiers are kept as they are, so a quantifier still counts decoded characters. `whole_text_regex`
+then anchors the result as the backends match it against the string's whole text.
 """
 from __future__ import annotations
 
