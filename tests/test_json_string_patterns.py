@@ -233,3 +233,20 @@ def test_an_emails_quoted_pair_is_json_text_under_xgrammar(backends: dict[str, G
     for value in ('"a\\qb"@c.de', '"a\\"b"@c.de', "ab@c.de"):
         assert ok(json.dumps({"x": value})), value
     assert not ok('{"x": "\\"a\\qb\\"@c.de"}')
+
+
+@pytest.mark.parametrize("pattern", ["^https?://", "^a.*$", "^[^,]+$", "^\\S+$"])
+def test_xgrammar_admits_no_overlong_or_surrogate_bytes_in_a_pattern(backends: dict[str, GrammarBackend],
+                                                                    pattern: str) -> None:
+    """Audit 27: xgrammar's regex automaton built a negated class, or one whose ranges cross UTF-8's segments,
+    as bytes that took the overlong E0 80 80 (the tiny model's `https://…need` ended in three U+FFFD, and the
+    UTF-8 guard gives way where the grammar leaves nothing well-formed)."""
+    compiled = backends["xgrammar"].compile(constraint_from_fields(json_schema=schema_for(pattern)))
+    head = '{"x": "' + ("https://" if "http" in pattern else "a")
+
+    def takes(data: bytes) -> bool:
+        return compiled.new_matcher()._m.accept_string(head.encode() + data)  # the raw bytes, not text
+
+    assert takes("\u0800".encode()) and takes("\ud7ff".encode()) and takes("\U00010000".encode())
+    for bad in (b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf0\x80\x80\x80", b"\xc0\x80"):
+        assert not takes(bad), bad

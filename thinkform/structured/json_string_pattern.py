@@ -30,8 +30,11 @@ _WORD: Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
 _LINE_ENDS: Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]  # what ECMA's `.` leaves out
 _CLASS_ESCAPES = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
 _CHAR_ESCAPES = {"t": 0x09, "n": 0x0A, "v": 0x0B, "f": 0x0C, "r": 0x0D, "0": 0x00}
-# any run of JSON string text: a character JSON writes as it is, or a short escape
-_ANY_TEXT = r'(?:[^\x00-\x1f"\\]|\\["\\/bfnrt])*'
+# UTF-8's byte-structure segments (lead bytes with their own continuation ranges: E0, ED, F0, F4 apart).
+# xgrammar's regex automaton builds a class whose ranges cross them, or any negated class, as bytes that
+# admit overlong forms and surrogates (`[^a]` took E0 80 80); one class per segment it builds right.
+_UTF8_SEGMENTS: Ranges = [(0, 0x7F), (0x80, 0x7FF), (0x800, 0xFFF), (0x1000, 0xCFFF), (0xD000, 0xD7FF),
+                          (0xE000, 0xFFFF), (0x10000, 0x3FFFF), (0x40000, 0xFFFFF), (0x100000, 0x10FFFF)]
 _QUANTIFIER = re.compile(r"\{\d+(?:,\d*)?\}")
 _GROUP_OPENING = re.compile(r"\(\?(?::|=|!|<=|<!|<[A-Za-z_][A-Za-z0-9_]*>)?")
 _NAMED_REFERENCE = re.compile(r"\\k<[^>]*>")
@@ -65,8 +68,9 @@ class CharSet:
         return cls([r for item in items for r in item.ranges], [r for item in items for r in item.escapable],
                    opaque=any(item.opaque for item in items))
 
-    def holds_escaped(self) -> bool:
-        return bool(_intersect(self.ranges, _ESCAPED))
+    def needs_rewrite(self) -> bool:
+        """Holds a character JSON escapes, or spans several UTF-8 segments (see _UTF8_SEGMENTS)."""
+        return bool(_intersect(self.ranges, _ESCAPED)) or len(_segments(self.ranges)) > 1
 
     def json_text(self) -> str:
         """A regex over JSON text for one character of this set."""
@@ -75,11 +79,11 @@ class CharSet:
                              "or control character cannot be written as JSON text")
         plain = _minus(self.ranges, _ESCAPED)
         escaped = [c for lo, hi in self.escapable for c in range(lo, hi + 1)]
-        options = (([_class_text(plain)] if plain else []) + [_escape_text(c) for c in escaped if c in _SHORT]
+        options = (_class_texts(plain) + [_escape_text(c) for c in escaped if c in _SHORT]
                    + _unicode_escapes([c for c in escaped if c not in _SHORT]))
         if not options:
             raise ValueError("a character set of the pattern holds only control characters it does not name")
-        return options[0] if len(options) == 1 and plain else "(?:" + "|".join(options) + ")"
+        return options[0] if len(options) == 1 and escaped == [] else "(?:" + "|".join(options) + ")"
 
 
 def json_text_pattern(pattern: str) -> str:
@@ -87,7 +91,7 @@ def json_text_pattern(pattern: str) -> str:
 
     Raises ValueError for what cannot be written so (a Unicode property that may hold a quote, a lone
     surrogate, a reversed range, a trailing backslash)."""
-    return "".join(atom.json_text() if atom is not None and atom.holds_escaped() else text
+    return "".join(atom.json_text() if atom is not None and atom.needs_rewrite() else text
                    for atom, text in pattern_pieces(pattern))
 
 
@@ -239,14 +243,19 @@ def _char(code: int) -> CharSet:
     return CharSet([(code, code)])
 
 
+def _segments(ranges: Ranges) -> list[Ranges]:
+    return [part for segment in _UTF8_SEGMENTS if (part := _intersect(ranges, [segment]))]
+
+
+def _class_texts(ranges: Ranges) -> list[str]:
+    """One positive class per UTF-8 segment the ranges touch (a lone character bare)."""
+    return [_class_text(part) for part in _segments(ranges)]
+
+
 def _class_text(ranges: Ranges) -> str:
-    """The shorter of `[...]` and `[^...]` for these ranges (a lone character bare)."""
     if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
         ch = chr(ranges[0][0])
         return "\\" + ch if ch in _SYNTAX else ch
-    left_out = _minus(_UNIVERSE, ranges)
-    if len(left_out) < len(ranges):
-        return "[^" + "".join(_range_text(r) for r in left_out) + "]"
     return "[" + "".join(_range_text(r) for r in ranges) + "]"
 
 
@@ -298,3 +307,7 @@ def _minus(a: Ranges, b: Ranges) -> Ranges:
         out = [piece for x in out for piece in ((x[0], min(x[1], lo - 1)), (max(x[0], hi + 1), x[1]))
                if piece[0] <= piece[1]]
     return out
+
+
+# any run of JSON string text: a character JSON writes as it is, or a short escape
+_ANY_TEXT = "(?:" + "|".join(_class_texts(_minus(_UNIVERSE, _ESCAPED)) + [r'\\["\\/bfnrt]']) + ")*"
