@@ -106,9 +106,7 @@ class XGrammarBackend(GrammarBackend):
     def _compile(self, constraint: Constraint) -> xgr.CompiledGrammar:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            schema = complete_required(bound_pattern_lengths(json.loads(constraint.source)))
-            check_xgrammar_enforces(schema, strict=opts.strict_mode)
-            return self._compiler.compile_grammar(json_schema_grammar(schema, **_json_kwargs(opts)))
+            return self._compiler.compile_grammar(_json_grammar(constraint.source, opts, "json_schema"))
         if constraint.kind == "json_object":
             return self._compiler.compile_json_schema(
                 ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False})
@@ -117,6 +115,19 @@ class XGrammarBackend(GrammarBackend):
         if constraint.kind == "ebnf":
             return self._compiler.compile_grammar(constraint.source)
         return self._compiler.compile_structural_tag(json.dumps(structural_tag_format(constraint.data(), opts)))
+
+
+def _json_grammar(schema: str | dict[str, Any], opts: GrammarOptions, field: str,
+                  max_whitespace: int | None = None) -> xgr.Grammar:
+    """A JSON answer's schema, or a tool call's arguments', as its grammar: a pattern beside a length bounded,
+    each required property listed, what xgrammar would drop refused (naming `field`), its strings mended
+    (xgrammar_json), and whitespace after our policy (`max_whitespace` the format's own bound, if any)."""
+    schema = complete_required(bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema))
+    check_xgrammar_enforces(schema, strict=opts.strict_mode, field=field)
+    kwargs = _json_kwargs(opts)
+    if opts.any_whitespace and max_whitespace:
+        kwargs["max_whitespace_cnt"] = max_whitespace
+    return json_schema_grammar(schema, **kwargs)
 
 
 def _json_kwargs(opts: GrammarOptions) -> dict[str, Any]:
@@ -148,15 +159,9 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
         return [_json_policy(n, opts) for n in node]
     if not isinstance(node, dict):
         return node
-    if node.get("type") == "json_schema" and node.get("style", "json") == "json":
-        schema = node["json_schema"]
-        schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
-        schema = complete_required(schema)
-        check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")  # a tool call's arguments
-        kwargs = _json_kwargs(opts)
-        if opts.any_whitespace:
-            kwargs["max_whitespace_cnt"] = node.get("max_whitespace_cnt") or opts.max_whitespace
-        return {"type": "grammar", "grammar": str(json_schema_grammar(schema, **kwargs))}  # its strings mended
+    if node.get("type") == "json_schema" and node.get("style", "json") == "json":  # a tool call's arguments
+        grammar = _json_grammar(node["json_schema"], opts, "structural_tag", node.get("max_whitespace_cnt"))
+        return {"type": "grammar", "grammar": str(grammar)}
     if node.get("type") == "json_schema":
         return _xml_policy(node, opts)
     return {k: _json_policy(v, opts) for k, v in node.items()}
