@@ -15,7 +15,7 @@ from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.backends.xgrammar_json import json_schema_grammar
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
-                                                  map_schemas, OTHER_BACKENDS_HINT)
+                                                  map_schemas, name_every_type, OTHER_BACKENDS_HINT)
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
@@ -120,14 +120,21 @@ class XGrammarBackend(GrammarBackend):
 def _json_grammar(schema: str | dict[str, Any], opts: GrammarOptions, field: str,
                   max_whitespace: int | None = None) -> xgr.Grammar:
     """A JSON answer's schema, or a tool call's arguments', as its grammar: a pattern beside a length bounded,
-    each required property listed, what xgrammar would drop refused (naming `field`), its strings mended
-    (xgrammar_json), and whitespace after our policy (`max_whitespace` the format's own bound, if any)."""
-    schema = complete_required(bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema))
+    each required property listed, every type named where none is (schema_support), what xgrammar would drop
+    refused (naming `field`), its strings mended (xgrammar_json), and whitespace after our policy
+    (`max_whitespace` the format's own bound, if any)."""
+    schema = _prepared(schema)
     check_xgrammar_enforces(schema, strict=opts.strict_mode, field=field)
     kwargs = _json_kwargs(opts)
     if opts.any_whitespace and max_whitespace:
         kwargs["max_whitespace_cnt"] = max_whitespace
     return json_schema_grammar(schema, **kwargs)
+
+
+def _prepared(schema: str | dict[str, Any]) -> Any:
+    """The schema as xgrammar must be given it: see `_json_grammar`."""
+    schema = json.loads(schema) if isinstance(schema, str) else schema
+    return complete_required(name_every_type(bound_pattern_lengths(schema)), every_object=True)
 
 
 def _json_kwargs(opts: GrammarOptions) -> dict[str, Any]:
@@ -175,9 +182,7 @@ def _xml_policy(node: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
     guard cannot follow XML (its raw strings are not JSON), so an integer gets the range of
     `max_number_digits` digits and a number that range too (xgrammar then writes at most 6 decimals and no
     exponent), inside any bounds of its own."""
-    schema = node["json_schema"]
-    schema = bound_pattern_lengths(json.loads(schema) if isinstance(schema, str) else schema)
-    schema = map_schemas(complete_required(schema), lambda n: _bounded_number(n, opts))
+    schema = map_schemas(_prepared(node["json_schema"]), lambda n: _bounded_number(n, opts))
     try:
         check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")
     except ConstraintError as e:  # no other backend to suggest
