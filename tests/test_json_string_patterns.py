@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from thinkform.structured.backends import BackendContext, GrammarBackend, create_backend
-from thinkform.structured.json_string_pattern import json_text_pattern
+from thinkform.structured.json_string_pattern import has_assertions, json_text_pattern, without_assertions
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields
 from thinkform.testing.tokenizers import build_tiny_tokenizer
 
@@ -35,8 +35,12 @@ def tokenizer() -> Any:
 
 
 @pytest.fixture(scope="module")
-def backends(tokenizer: Any) -> dict[str, GrammarBackend]:
-    ctx = BackendContext(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), GrammarOptions())
+def ctx(tokenizer: Any) -> BackendContext:
+    return BackendContext(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), GrammarOptions())
+
+
+@pytest.fixture(scope="module")
+def backends(ctx: BackendContext) -> dict[str, GrammarBackend]:
     return {name: create_backend(name, ctx) for name in BACKENDS}
 
 
@@ -250,3 +254,29 @@ def test_xgrammar_admits_no_overlong_or_surrogate_bytes_in_a_pattern(backends: d
     assert takes("\u0800".encode()) and takes("\ud7ff".encode()) and takes("\U00010000".encode())
     for bad in (b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf0\x80\x80\x80", b"\xc0\x80"):
         assert not takes(bad), bad
+
+
+def test_assertions_are_dropped_from_a_pattern_and_nothing_else() -> None:
+    cases = {r"^(?!x)[a-z]+$": "^[a-z]+$", r"^[a-z]+(?<!z)$": "^[a-z]+$", r"^\bab\B": "^ab",
+             r"^(?=.*[A-Z])(?=(a|b)c)+.{8,}$": "^.{8,}$", r"a(?:b)?(?!c){2}?d": "a(?:b)?d"}
+    for pattern, loosened in cases.items():
+        assert without_assertions(pattern) == loosened and has_assertions(pattern)
+    for kept in (r"[\b(?=]a", r"(?<n>a)\k<n>", r"^(a)?b\d$", r"\P{L}"):
+        assert without_assertions(kept) == kept and not has_assertions(kept)
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "auto"])
+def test_a_pattern_with_a_lookaround_is_enforced_without_it_and_checked_on_the_answer(
+        backends: dict[str, GrammarBackend], ctx: BackendContext, backend: str) -> None:
+    """xgrammar ignored `(?!x)` (`"xb"` passed for `^(?!x)[a-z]+$` with constraint_satisfied true) and refused a
+    lookbehind; llguidance refused both. The grammar now enforces the rest and the answer check the whole."""
+    be = backends[backend] if backend in backends else create_backend(backend, ctx)
+    for pattern, good, bad in ((r"^(?!x)[a-z]+$", "ab", "xb"), (r"^[a-z]+(?<!z)$", "ab", "az"),
+                               (r"^(?=.*[0-9])[a-z0-9]{3}$", "a1b", "abc")):
+        compiled = be.compile(constraint_from_fields(json_schema={"type": "string", "pattern": pattern}))
+        for text, ok in ((good, True), (bad, False)):
+            m = compiled.new_matcher()
+            assert m.accept_string(json.dumps(text)) and m.can_terminate(), (backend, pattern, text)
+            assert compiled.answer_check(json.dumps(text).encode()) is ok, (backend, pattern, text)
+        regex = be.compile(constraint_from_fields(regex=pattern.strip("^$")))
+        assert regex.answer_check(good.encode()) and not regex.answer_check(bad.encode())

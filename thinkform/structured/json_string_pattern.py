@@ -131,6 +131,45 @@ def pattern_pieces(pattern: str) -> Iterator[tuple[CharSet | None, str]]:
         yield atom, text
 
 
+_LOOKAROUNDS = ("(?=", "(?!", "(?<=", "(?<!")
+_WORD_BOUNDARIES = ("\\b", "\\B")
+
+
+def without_assertions(pattern: str) -> str:
+    """The pattern without its lookarounds (`(?=…)`, `(?!…)`, `(?<=…)`, `(?<!…)`) and word boundaries (`\\b`,
+    `\\B`), which no grammar library here enforces (xgrammar ignored `(?!x)`, the others refuse them): a
+    pattern that admits more, whose answers are checked against the pattern itself. A pattern the pieces
+    cannot read is left as written (its backend says why)."""
+    try:
+        pieces = [text for _, text in pattern_pieces(pattern)]
+    except ValueError:
+        return pattern
+    out: list[str] = []
+    depth = 0  # the groups open inside a lookaround being dropped
+    dropped = False  # the last piece was an assertion: a quantifier on it goes too
+    for text in pieces:
+        if depth:
+            depth += text.startswith("(") - (text == ")")
+            dropped = depth == 0
+        elif text in _LOOKAROUNDS:
+            depth = 1
+        elif text in _WORD_BOUNDARIES or dropped and _is_quantifier(text):
+            dropped = True
+        else:
+            out.append(text)
+            dropped = False
+    return "".join(out)
+
+
+def has_assertions(pattern: str) -> bool:
+    """Whether the pattern holds a lookaround or word boundary (see without_assertions)."""
+    return without_assertions(pattern) != pattern
+
+
+def _is_quantifier(text: str) -> bool:
+    return text in ("?", "*", "+") or text.startswith("{")
+
+
 def _next_atom(pattern: str, i: int) -> tuple[CharSet | None, str, int]:
     """The atom at `i`: its character set (None for syntax: anchors, groups, quantifiers), its text, and
     where the next begins."""

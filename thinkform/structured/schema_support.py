@@ -26,6 +26,8 @@ import logging
 import re
 from typing import Any, Callable, Iterator
 
+from thinkform.structured.ecma_regex import map_patterns
+from thinkform.structured.json_string_pattern import has_assertions, without_assertions
 from thinkform.structured.spec import Constraint, ConstraintError, is_json_format, json_tags, xml_tags
 from thinkform.structured.xml_args import XML_STYLES, read_arguments
 
@@ -97,11 +99,26 @@ def _keyword_problem(node: dict[str, Any]) -> str | None:
 
 
 def unenforced_keywords(schema: Any) -> list[str]:
-    """The keywords of `schema` that the grammar does not enforce in full, each once: UNENFORCEABLE, and
-    `oneOf`, which both libraries read as `anyOf` where its branches may overlap."""
+    """The keywords of `schema` that the grammar does not enforce in full, each once: UNENFORCEABLE, `oneOf`,
+    which both libraries read as `anyOf` where its branches may overlap, and a `pattern` (or
+    `patternProperties`) with a lookaround or word boundary, which the grammar enforces without them."""
     found = {k for _, node in _nodes(schema, "#") for k in node if k in UNENFORCEABLE | {"oneOf"}
              and not (k == "uniqueItems" and node[k] is not True)}
+    if any(has_assertions(pattern) for pattern in _patterns(schema)):
+        found.add("pattern")
     return sorted(found)
+
+
+def _patterns(schema: Any) -> list[str]:
+    """Every `pattern` of `schema`, and every patternProperties key."""
+    found: list[str] = []
+
+    def keep(pattern: str) -> str:
+        found.append(pattern)
+        return pattern
+
+    map_patterns(schema, keep)
+    return found
 
 
 def complete_required(schema: Any, every_object: bool = False) -> Any:
@@ -143,9 +160,10 @@ def _name_every_type(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def without_unenforceable(schema: Any) -> Any:
-    """A copy of `schema` without the keywords no grammar enforces (llguidance refuses them; the answer
-    check covers them instead)."""
-    return _rebuild(schema, lambda node: {k: v for k, v in node.items() if k not in UNENFORCEABLE})
+    """A copy of `schema` without the keywords no grammar enforces, and its patterns without their assertions
+    (llguidance refuses them; the answer check covers them instead)."""
+    kept = _rebuild(schema, lambda node: {k: v for k, v in node.items() if k not in UNENFORCEABLE})
+    return map_patterns(kept, without_assertions)
 
 
 def _lists_properties(node: dict[str, Any]) -> bool:
@@ -284,11 +302,14 @@ def _load(schema: Any) -> Any:
 
 
 def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck | Callable[[bytes], bool] | None:
-    """What a grammar compiled from `constraint` leaves to be checked on the finished answer, if anything.
+    """What a grammar compiled from `constraint` leaves to be checked on the finished answer, if anything
+    (a regex with a lookaround: the whole answer against it, as Python's `re` reads it).
     A JSON answer is at least parsed: xgrammar writes a string's `pattern` text raw, so a pattern whose `.`
     takes a `"` let `{"x": "a"b"}` through (constraint_satisfied stayed true for an answer no parser reads)."""
     if constraint.kind == "json_schema":
         return AnswerCheck.for_schema(constraint.data()) or parses_as_json
+    if constraint.kind == "regex" and has_assertions(constraint.source):
+        return lambda answer: re.fullmatch(constraint.source, answer.decode("utf-8", "replace")) is not None
     if constraint.kind == "structural_tag":
         data = constraint.data()
         if is_json_format(data):  # the whole answer is one JSON schema's

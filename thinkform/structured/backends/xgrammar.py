@@ -13,6 +13,8 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.backends.xgrammar_json import json_schema_grammar
+from thinkform.structured.ecma_regex import map_patterns
+from thinkform.structured.json_string_pattern import without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
                                                   map_schemas, name_every_type, OTHER_BACKENDS_HINT)
@@ -111,7 +113,7 @@ class XGrammarBackend(GrammarBackend):
             return self._compiler.compile_json_schema(
                 ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False})
         if constraint.kind == "regex":
-            return self._compiler.compile_regex(constraint.source)
+            return self._compiler.compile_regex(without_assertions(constraint.source))
         if constraint.kind == "ebnf":
             return self._compiler.compile_grammar(constraint.source)
         return self._compiler.compile_structural_tag(json.dumps(structural_tag_format(constraint.data(), opts)))
@@ -134,6 +136,7 @@ def _json_grammar(schema: str | dict[str, Any], opts: GrammarOptions, field: str
 def _prepared(schema: str | dict[str, Any]) -> Any:
     """The schema as xgrammar must be given it: see `_json_grammar`."""
     schema = json.loads(schema) if isinstance(schema, str) else schema
+    schema = map_patterns(schema, without_assertions)  # (checked on the answer: xgrammar ignores or refuses them)
     return complete_required(name_every_type(bound_pattern_lengths(schema)), every_object=True)
 
 
