@@ -349,12 +349,12 @@ def test_a_tool_whose_schema_is_not_one_is_named(real64, prop, reason):
 
 def test_a_tool_is_blamed_only_where_no_draft_reads_its_schema(real64):
     """Audit 21: a draft-4 `exclusiveMaximum: true` (or a draft-7 tuple `items`) is a JSON Schema; when
-    another tool's pattern (a lookbehind the grammar libraries refuse) failed the compile, that tool was
+    another tool's pattern (a back-reference the grammar libraries refuse) failed the compile, that tool was
     blamed ("True is not of type 'number'"). The library's message stands, naming the tools."""
     _, base = real64
     old = _tool("old", {"type": "integer", "maximum": 5, "exclusiveMaximum": True})
     tuple_items = _tool("pair", {"type": "array", "items": [{"type": "string"}, {"type": "integer"}]})
-    look = _tool("look", {"type": "string", "pattern": "(?<=a)b"})
+    look = _tool("look", {"type": "string", "pattern": "(a)\\1"})
     for tools in ([old, look], [tuple_items, look]):
         _error(_chat(base, tools=tools, tool_choice="required", max_tokens=4), 400, "tools", "^tools: ")
 
