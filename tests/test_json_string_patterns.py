@@ -280,3 +280,18 @@ def test_a_pattern_with_a_lookaround_is_enforced_without_it_and_checked_on_the_a
             assert compiled.answer_check(json.dumps(text).encode()) is ok, (backend, pattern, text)
         regex = be.compile(constraint_from_fields(regex=pattern.strip("^$")))
         assert regex.answer_check(good.encode()) and not regex.answer_check(bad.encode())
+
+
+@pytest.mark.parametrize("fields", [{"json_schema": {"type": "string"}}, {"json_object": True},
+                                    {"json_schema": {"type": "object", "properties": {"s": {"type": "string"}}}}])
+def test_no_lone_surrogate_escape_in_a_string(backends: dict[str, GrammarBackend], fields: dict) -> None:
+    """xgrammar took any `\\uXXXX`: `"\\udfee"` decodes to no character (Python's json gives a string that
+    cannot be encoded to UTF-8; stricter parsers refuse it). A pair, and any other code point, stay."""
+    compiled = backends["xgrammar"].compile(constraint_from_fields(**fields))
+    wrap = {"json_object": "[{}]", "json_schema": "{}"}[next(iter(fields))]
+    if "properties" in fields.get("json_schema", {}):
+        wrap = '{{"s": {}}}'
+    for escaped, ok in (("\\u0041", True), ("\\ud83d\\ude00", True), ("\\uFFFD", True), ("\\ud83d", False),
+                        ("\\uDFEE", False), ("\\ude00\\ud83d", False), ("\\ud83dx", False)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(wrap.format(f'"{escaped}"')) and m.can_terminate()) is ok, escaped

@@ -23,7 +23,7 @@ from thinkform.structured.spec import Constraint, ConstraintError, GrammarOption
 
 COMPACT_SEPARATORS = (", ", ": ")
 PARALLEL_FILL_ROWS = 128  # rows of one step's batched mask fill from which worker threads fill them
-ANY_JSON_SCHEMA = '{"type": ["object", "array"]}'  # what SGLang's "$$ANY$$" admits, written compactly
+ANY_JSON_SCHEMA = {"type": ["object", "array"]}  # what SGLang's "$$ANY$$" admits, written compactly
 
 
 class XGrammarMatcher(GrammarMatcher):
@@ -110,8 +110,8 @@ class XGrammarBackend(GrammarBackend):
         if constraint.kind == "json_schema":
             return self._compiler.compile_grammar(_json_grammar(constraint.source, opts, "json_schema"))
         if constraint.kind == "json_object":
-            return self._compiler.compile_json_schema(
-                ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False})
+            return self._compiler.compile_grammar(json_schema_grammar(
+                ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False}))
         if constraint.kind == "regex":
             return self._compiler.compile_regex(without_assertions(constraint.source))
         if constraint.kind == "ebnf":

@@ -1,6 +1,6 @@
 """A JSON schema's xgrammar grammar, with its string `pattern`s written the way xgrammar reads them right.
 
-xgrammar 0.2.8 gets a schema's strings wrong three ways. It writes the pattern's text raw where the pattern
+xgrammar 0.2.8 gets a schema's strings wrong in several ways. It writes the pattern's text raw where the pattern
 holds a quote, backslash or non-ASCII letter (`^café-.*-fin$` admitted `café-a"b-fin`, which no parser
 reads). And its regex automaton misreads an optional group: `^[a-z]([a-z0-9-]*[a-z])?$` (a DNS label)
 admitted `go-`, `^a(b*c)?$` admitted `ab` (78 of 750 random regexes over a, b, c with groups answered
@@ -10,7 +10,8 @@ string's whole JSON text (json_string_pattern: a pattern anchored at one end onl
 test, as in ECMA-262) with no optional group. (xgrammar's regex-to-grammar converter
 is right on both, but its rules for `.{1,255}` took 150 ms a mask.) Third, a string with minLength or
 maxLength admitted raw control characters (a tab: invalid JSON), and an email's quoted local part invalid
-escapes (`\\q`); those rules are mended in the printed grammar.
+escapes (`\\q`), and any string a lone surrogate's escape (`\\udfee`, no character); those rules are
+mended in the printed grammar.
 """
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ import xgrammar as xgr
 from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import json_text_pattern, pattern_pieces, whole_text_regex
 
+_HEX = "[A-Fa-f0-9]"
+# A string's `\uXXXX`: xgrammar takes any four hex digits, a lone surrogate (`"\udfee"`) too, which decodes to
+# no character (Python's json gives a str that cannot be encoded; stricter parsers refuse it). Ours: a
+# code point outside D800-DFFF, or a high surrogate followed by the low one it pairs with.
+_ANY_ESCAPED_UNIT = f'("u" {_HEX} {_HEX} {_HEX} {_HEX})'
+_ESCAPED_CHARACTER = (f'("u" [0-9A-Ca-cEFef] {_HEX} {_HEX} {_HEX}) | ("u" [Dd] [0-7] {_HEX} {_HEX}) | '
+                      f'("u" [Dd] [89ABab] {_HEX} {_HEX} "\\\\" "u" [Dd] [C-Fc-f] {_HEX} {_HEX})')
 # Rule bodies of xgrammar's that write invalid JSON text, and ours. A string with minLength / maxLength counts
 # its characters with the first, which lets raw tabs and other control characters in: controls out (escapes
 # stay out too: an alternation with them under `{50, 32767}` took 800 ms a mask). An email's quoted local
@@ -30,6 +38,7 @@ from thinkform.structured.json_string_pattern import json_text_pattern, pattern_
 _MENDED_RULES = {
     r' ::= (([^\"\\\r\n]))': r' ::= (([^\0-\x1f\"\\]))',
     r'(("\\" [ -~]) | ([ !#-[\]-~]))': r'(("\\" "\\" (([ !#-[\]-~]) | ("\\" [\"\\]))) | ([ !#-[\]-~]))',
+    _ANY_ESCAPED_UNIT: _ESCAPED_CHARACTER,
 }
 
 
