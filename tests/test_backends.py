@@ -357,6 +357,26 @@ def test_a_required_property_the_object_can_never_hold_is_a_clear_error(
         be.compile(constraint_from_fields(json_schema=schema))
 
 
+OUTSIDE_TARGETS = [  # (a schema kept under a key no keyword names, reached by `$ref`; an answer it rejects)
+    ({"type": "number", "multipleOf": 0.5}, "0.3"),
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "[1, 1]"),
+    ({"type": "string", "not": {"const": "bad"}}, '"bad"'),
+    ({"type": "object", "required": ["a"], "anyOf": [{"properties": {"a": {}}}]}, "{}"),
+    ({"pattern": "^a+$"}, '"zz"'),
+]
+
+
+@pytest.mark.parametrize("target, invalid", OUTSIDE_TARGETS)
+def test_a_ref_target_under_any_key_is_checked_like_the_rest(ctx: BackendContext, target: dict, invalid: str) -> None:
+    """`{"$ref": "#/file"}` (5 JSONSchemaBench schemas keep definitions so): the checks walked only the
+    places keywords name, so xgrammar dropped the `multipleOf` there and the answer check never ran."""
+    schema = {"type": "object", "properties": {"v": {"$ref": "#/file"}}, "required": ["v"], "file": target}
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema))
+    m = compiled.new_matcher()
+    admitted = m.accept_string(f'{{"v": {invalid}}}') and m.can_terminate()
+    assert not admitted or compiled.answer_check(f'{{"v": {invalid}}}'.encode()) is False
+
+
 UNTYPED_SCHEMAS = [  # (a property's schema with no `type`, answers it admits, answers it does not)
     ({"pattern": "^a+$"}, ['"aa"', "7", "null", "[]"], ['"ab"', '""']),
     ({"minLength": 3}, ['"abc"', "true"], ['"ab"']),

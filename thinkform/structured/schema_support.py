@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import has_assertions, without_assertions
+from thinkform.structured.schema_walk import map_schemas, schema_nodes
 from thinkform.structured.spec import Constraint, ConstraintError, is_json_format, json_tags, xml_tags
 from thinkform.structured.xml_args import XML_STYLES, read_arguments
 
@@ -44,23 +45,13 @@ _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schem
                           "$defs", "definitions", "deprecated", "readOnly", "writeOnly", "$anchor", "nullable"})
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
                type(None): "null"}
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SCHEMAS = ("items", "additionalProperties", "contains", "not", "if", "then", "else", "propertyNames",
-            "unevaluatedProperties", "additionalItems")
-_DEFINITIONS = ("$defs", "definitions")
-# a dict with one of these is a schema, not a group of definitions
-_KEYWORDS = frozenset({"type", "properties", "items", "$ref", "anyOf", "oneOf", "allOf", "enum", "const", "required",
-                       "not", "if", "format", "pattern", "minimum", "maximum", "additionalProperties", "title",
-                       "description", "default", "minLength", "maxLength", "minItems", "maxItems", "$id", "id",
-                       "patternProperties", "prefixItems", "examples", "$schema", "$defs", "definitions"})
 
 
 def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json_schema") -> None:
     """Raise ConstraintError naming the first place of `schema` that xgrammar would not enforce. Dropping
     some siblings loses nothing: `type` where every branch is of that type already, and (in strict mode,
     where no branch admits other properties) `additionalProperties`."""
-    for path, node in _nodes(schema, "#"):
+    for path, node in schema_nodes(schema):
         problem = _combinator_problem(node, strict) or _keyword_problem(node)
         if problem:
             raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {problem} at {path} "
@@ -102,7 +93,7 @@ def unenforced_keywords(schema: Any) -> list[str]:
     """The keywords of `schema` that the grammar does not enforce in full, each once: UNENFORCEABLE, `oneOf`,
     which both libraries read as `anyOf` where its branches may overlap, and a `pattern` (or
     `patternProperties`) with a lookaround or word boundary, which the grammar enforces without them."""
-    found = {k for _, node in _nodes(schema, "#") for k in node if k in UNENFORCEABLE | {"oneOf"}
+    found = {k for _, node in schema_nodes(schema) for k in node if k in UNENFORCEABLE | {"oneOf"}
              and not (k == "uniqueItems" and node[k] is not True)}
     if any(has_assertions(pattern) for pattern in _patterns(schema)):
         found.add("pattern")
@@ -129,7 +120,7 @@ def complete_required(schema: Any, every_object: bool = False) -> Any:
     pattern, stays unlisted. A `required`-only schema, an anyOf branch say, is left open as it is, unless
     `every_object`: xgrammar closes an object that lists no properties to `{}` and drops its `required`, so
     there `{"type": "object", "required": ["a"]}` and a bare `{"required": ["a"]}` list `a` too.)"""
-    return _rebuild(schema, lambda node: _complete_node(node, every_object))
+    return map_schemas(schema, lambda node: _complete_node(node, every_object))
 
 
 def _complete_node(node: dict[str, Any], every_object: bool) -> dict[str, Any]:
@@ -150,7 +141,7 @@ def name_every_type(schema: Any) -> Any:
     """A copy of `schema` in which a schema with no `type` (nor enum, const, $ref or combinator) that holds a
     string or array keyword names every JSON type, as JSON Schema means it: the keyword binds strings (or
     arrays) and every other value passes."""
-    return _rebuild(schema, _name_every_type)
+    return map_schemas(schema, _name_every_type)
 
 
 def _name_every_type(node: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +153,7 @@ def _name_every_type(node: dict[str, Any]) -> dict[str, Any]:
 def without_unenforceable(schema: Any) -> Any:
     """A copy of `schema` without the keywords no grammar enforces, and its patterns without their assertions
     (llguidance refuses them; the answer check covers them instead)."""
-    kept = _rebuild(schema, lambda node: {k: v for k, v in node.items() if k not in UNENFORCEABLE})
+    kept = map_schemas(schema, lambda node: {k: v for k, v in node.items() if k not in UNENFORCEABLE})
     return map_patterns(kept, without_assertions)
 
 
@@ -362,76 +353,6 @@ def _types(schema: Any) -> set[str] | None:
 
 
 OTHER_BACKENDS_HINT = "; use --grammar-backend auto or llguidance"  # `auto` drops it from its own message
-
-
-def _nodes(schema: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema in `schema` with its JSON pointer: through the keywords that hold schemas, and through
-    definitions grouped in containers (`definitions/a/full`, which a `$ref` can point to)."""
-    if not isinstance(schema, dict):
-        return
-    yield path, schema
-    for key, sub in _child_schemas(schema, path):
-        yield from _nodes(sub, key)
-
-
-def _child_schemas(schema: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
-    for key in _SCHEMA_MAPS:
-        if isinstance(schema.get(key), dict):
-            for name, sub in schema[key].items():
-                yield from _definition(sub, f"{path}/{key}/{name}") if key in _DEFINITIONS else \
-                    [(f"{path}/{key}/{name}", sub)]
-    for key in _SCHEMA_LISTS:
-        if isinstance(schema.get(key), list):
-            for i, sub in enumerate(schema[key]):
-                yield f"{path}/{key}/{i}", sub
-    for key in _SCHEMAS:
-        sub = schema.get(key)
-        if isinstance(sub, list):  # draft-4 tuple items
-            for i, item in enumerate(sub):
-                yield f"{path}/{key}/{i}", item
-        elif sub is not None:
-            yield f"{path}/{key}", sub
-
-
-def _definition(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
-    """A definition is a schema, or (a few levels deep) a group of them."""
-    if not isinstance(value, dict) or not value or depth >= 3 or any(k in _KEYWORDS for k in value):
-        yield path, value
-        return
-    for name, sub in value.items():
-        yield from _definition(sub, f"{path}/{name}", depth + 1)
-
-
-def map_schemas(schema: Any, fn: Any) -> Any:
-    """A copy of `schema` with `fn` applied to every schema in it (each subschema, innermost first)."""
-    return _rebuild(schema, fn)
-
-
-def _rebuild(schema: Any, fn: Any) -> Any:
-    """A copy of `schema` with `fn` applied to every schema in it, innermost first (the places _nodes walks)."""
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    for key in _SCHEMA_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {name: (_rebuild_definition(sub, fn) if key in _DEFINITIONS else _rebuild(sub, fn))
-                        for name, sub in out[key].items()}
-    for key in _SCHEMA_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [_rebuild(sub, fn) for sub in out[key]]
-    for key in _SCHEMAS:
-        sub = out.get(key)
-        if isinstance(sub, list):
-            out[key] = [_rebuild(item, fn) for item in sub]
-        elif isinstance(sub, dict):
-            out[key] = _rebuild(sub, fn)
-    return fn(out)
-
-
-def _rebuild_definition(value: Any, fn: Any, depth: int = 0) -> Any:
-    if not isinstance(value, dict) or not value or depth >= 3 or any(k in _KEYWORDS for k in value):
-        return _rebuild(value, fn)
-    return {name: _rebuild_definition(sub, fn, depth + 1) for name, sub in value.items()}
 
 
 def schema_problem(schema: Any) -> str | None:

@@ -17,7 +17,8 @@ from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
-                                                  map_schemas, name_every_type, OTHER_BACKENDS_HINT)
+                                                  name_every_type, OTHER_BACKENDS_HINT)
+from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 
