@@ -377,6 +377,40 @@ def test_a_ref_target_under_any_key_is_checked_like_the_rest(ctx: BackendContext
     assert not admitted or compiled.answer_check(f'{{"v": {invalid}}}'.encode()) is False
 
 
+REF_SIBLINGS = [  # (a keyword beside $ref, an answer the pair rejects)
+    ({"maxLength": 3}, '"abcdef"'), ({"enum": ["a"]}, '"zz"'), ({"pattern": "^a"}, '"zz"'),
+]
+
+
+@pytest.mark.parametrize("sibling, invalid", REF_SIBLINGS)
+def test_a_keyword_beside_a_ref_is_enforced_from_draft_2019_09_on(backends: dict[str, GrammarBackend],
+                                                                   ctx: BackendContext, sibling: dict,
+                                                                   invalid: str) -> None:
+    """xgrammar keeps a `$ref`'s target and drops what stands beside it (`{"$ref": ..., "maxLength": 3}`
+    admitted "abcdef"); since draft 2019-09 (and so for a schema naming no draft) both apply. Draft 7 and
+    before ignore them, as xgrammar does."""
+    schema = {"type": "object", "properties": {"v": {"$ref": "#/$defs/s", **sibling}}, "required": ["v"],
+              "$defs": {"s": {"type": "string"}}}
+    with pytest.raises(ConstraintError, match="beside '\\$ref'"):
+        backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    m = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema)).new_matcher()
+    assert not (m.accept_string(f'{{"v": {invalid}}}') and m.can_terminate())
+    draft7 = {**schema, "$schema": "http://json-schema.org/draft-07/schema#"}
+    m = backends["xgrammar"].compile(constraint_from_fields(json_schema=draft7)).new_matcher()
+    assert m.accept_string(f'{{"v": {invalid}}}') and m.can_terminate()
+
+
+def test_keywords_no_draft_knows_stand_beside_a_ref_or_anyof(backends: dict[str, GrammarBackend]) -> None:
+    """`javaType`, `propertyOrder`, `deprecationMessage` describe the schema: nothing to drop (they had sent
+    such schemas away from xgrammar)."""
+    schema = {"type": "object", "properties": {
+        "a": {"$ref": "#/$defs/s", "javaType": "x.Y", "description": "d"},
+        "b": {"anyOf": [{"type": "string"}, {"type": "null"}], "deprecationMessage": "old"}},
+        "$defs": {"s": {"type": "string"}}}
+    m = backends["xgrammar"].compile(constraint_from_fields(json_schema=schema)).new_matcher()
+    assert m.accept_string('{"a": "x", "b": null}') and m.can_terminate()
+
+
 UNTYPED_SCHEMAS = [  # (a property's schema with no `type`, answers it admits, answers it does not)
     ({"pattern": "^a+$"}, ['"aa"', "7", "null", "[]"], ['"ab"', '""']),
     ({"minLength": 3}, ['"abc"', "true"], ['"ab"']),

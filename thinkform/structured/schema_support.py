@@ -4,7 +4,9 @@
   ["name"], "oneOf": [...]}` accepts `{}` and `""`), accepts anything under an allOf of several schemas, and
   takes an enum's values whatever `type` says, and keeps a string's `format`, `enum` or `const` but drops
   the `pattern` beside it: refused up front (`check_xgrammar_enforces`), so `auto`
-  takes llguidance, which enforces them.
+  takes llguidance, which enforces them. Likewise a keyword beside `$ref` (it keeps the target alone), from
+  draft 2019-09 on, where it applies (drafts 3 to 7 ignore it, as xgrammar does). Only keywords that
+  constrain instances count (`javaType` or `deprecationMessage` beside a combinator is no loss).
 - A schema with no `type` that constrains strings or arrays (`{"pattern": "^a+$"}`, `{"minLength": 3}`) is
   any JSON value to xgrammar, which then drops those keywords (`"zz"` admitted; 37 of JSONSchemaBench's
   1,000 schemas hold one): `name_every_type` names every JSON type there, and xgrammar keeps each keyword
@@ -28,7 +30,7 @@ from typing import Any, Callable
 
 from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import has_assertions, without_assertions
-from thinkform.structured.schema_walk import map_schemas, schema_nodes
+from thinkform.structured.schema_walk import map_schemas, resolve, schema_nodes
 from thinkform.structured.spec import Constraint, ConstraintError, is_json_format, json_tags, xml_tags
 from thinkform.structured.xml_args import XML_STYLES, read_arguments
 
@@ -40,9 +42,16 @@ UNENFORCEABLE = frozenset({"not", "uniqueItems", "if", "then", "else", "dependen
                            "unevaluatedItems"})
 
 _COMBINATORS = ("anyOf", "oneOf", "allOf")
-# keywords that describe a schema without constraining its instances
-_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "id", "$comment",
-                          "$defs", "definitions", "deprecated", "readOnly", "writeOnly", "$anchor", "nullable"})
+# keywords that constrain a schema's instances (every draft's); any other (title, $defs, javaType, x-order,
+# ...) describes the schema only, and every library is right to pass it by
+_ASSERTIONS = frozenset({
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+    "maxLength", "minLength", "pattern", "format", "maxItems", "minItems", "uniqueItems", "maxContains",
+    "minContains", "maxProperties", "minProperties", "required", "dependentRequired", "properties",
+    "patternProperties", "additionalProperties", "propertyNames", "items", "prefixItems", "additionalItems",
+    "contains", "unevaluatedItems", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not", "if", "then",
+    "else", "dependentSchemas", "dependencies", "$ref", "$dynamicRef", "$recursiveRef", "divisibleBy",
+    "disallow", "extends"})
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
                type(None): "null"}
 
@@ -51,8 +60,10 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
     """Raise ConstraintError naming the first place of `schema` that xgrammar would not enforce. Dropping
     some siblings loses nothing: `type` where every branch is of that type already, and (in strict mode,
     where no branch admits other properties) `additionalProperties`."""
+    siblings_of_ref = not _draft_ignores_ref_siblings(schema)
     for path, node in schema_nodes(schema):
-        problem = _combinator_problem(node, strict) or _keyword_problem(node)
+        problem = (_combinator_problem(node, strict) or _keyword_problem(node)
+                   or siblings_of_ref and _ref_problem(node, schema, strict))
         if problem:
             raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {problem} at {path} "
                                   "(it drops it)" + OTHER_BACKENDS_HINT, field=field)
@@ -63,7 +74,7 @@ def _combinator_problem(node: dict[str, Any], strict: bool) -> str | None:
     if not combos:
         return None
     # keywords no grammar enforces are checked on the answer wherever they stand
-    siblings = sorted(set(node) - _ANNOTATIONS - set(_COMBINATORS) - UNENFORCEABLE - _harmless(node, combos[0], strict))
+    siblings = sorted(set(node) & _ASSERTIONS - set(_COMBINATORS) - UNENFORCEABLE - _harmless(node, combos[0], strict))
     if siblings:
         return f"'{siblings[0]}' beside '{combos[0]}'"
     if len(combos) > 1:
@@ -71,6 +82,27 @@ def _combinator_problem(node: dict[str, Any], strict: bool) -> str | None:
     if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
         return f"'allOf' of {len(node['allOf'])} schemas"
     return None
+
+
+def _ref_problem(node: dict[str, Any], root: Any, strict: bool) -> str | None:
+    """A keyword beside `$ref` (since draft 2019-09 it applies with the target; xgrammar keeps the target
+    alone: `{"$ref": ..., "maxLength": 3}` admitted "abcdef")."""
+    ref = node.get("$ref")
+    if not isinstance(ref, str):
+        return None
+    harmless = {"additionalProperties"} if strict else set()
+    own, target = _types(node), _types(resolve(root, ref)) if ref.startswith("#/") or ref == "#" else None
+    if own is not None and target is not None and target <= own:
+        harmless.add("type")
+    siblings = sorted(set(node) & _ASSERTIONS - {"$ref"} - set(_COMBINATORS) - UNENFORCEABLE - harmless)
+    return f"'{siblings[0]}' beside '$ref'" if siblings else None
+
+
+def _draft_ignores_ref_siblings(schema: Any) -> bool:
+    """Drafts 3 to 7 ignore every keyword beside `$ref`; 2019-09 and 2020-12 (and a schema naming none, read
+    as 2020-12 here as by the answer check) apply them."""
+    declared = schema.get("$schema") if isinstance(schema, dict) else None
+    return isinstance(declared, str) and "draft-0" in declared
 
 
 def _keyword_problem(node: dict[str, Any]) -> str | None:

@@ -70,6 +70,8 @@ def _outside_targets(schema: Any) -> list[str]:
 
 
 def _pointer_keys(pointer: str) -> list[str]:
+    if pointer == "#":
+        return []
     return [unquote(part).replace("~1", "/").replace("~0", "~") for part in pointer[2:].split("/")]
 
 
