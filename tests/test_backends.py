@@ -411,6 +411,34 @@ def test_keywords_no_draft_knows_stand_beside_a_ref_or_anyof(backends: dict[str,
     assert m.accept_string('{"a": "x", "b": null}') and m.can_terminate()
 
 
+@pytest.mark.parametrize("extra", [True, {"type": "string"}])
+def test_a_listed_name_spelled_with_escapes_is_no_other_property(backends: dict[str, GrammarBackend],
+                                                                  extra: Any) -> None:
+    """xgrammar checks an open object's other names on the written text: `"\\u0069d"` is `id`, and passed
+    as another property with any value (`{"\\u0069d": "zz"}` for an integer `id`)."""
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "a/b": {"type": "integer"}},
+              "additionalProperties": extra}
+    compiled = backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    for text, ok in (('{"\\u0069d": "zz"}', False), ('{"i\\u0064": "zz"}', False), ('{"a\\/b": "zz"}', False),
+                     ('{"id": 1, "note": "s"}', True), ('{"say \\"hi\\"": "s"}', True)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, text
+
+
+@pytest.mark.parametrize("extra", [True, {"type": "string"}])
+def test_pattern_properties_in_an_open_object_go_to_llguidance(backends: dict[str, GrammarBackend],
+                                                                ctx: BackendContext, extra: Any) -> None:
+    """xgrammar took any name with the other properties' schema there, a listed one too: `{"id": "zz"}`."""
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}},
+              "patternProperties": {"^x": {"type": "integer"}}, "additionalProperties": extra}
+    with pytest.raises(ConstraintError, match="patternProperties"):
+        backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema))
+    for text, ok in (('{"id": "zz"}', False), ('{"x1": "zz"}', False), ('{"id": 1, "x1": 2, "b": "s"}', True)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, text
+
+
 UNTYPED_SCHEMAS = [  # (a property's schema with no `type`, answers it admits, answers it does not)
     ({"pattern": "^a+$"}, ['"aa"', "7", "null", "[]"], ['"ab"', '""']),
     ({"minLength": 3}, ['"abc"', "true"], ['"ab"']),

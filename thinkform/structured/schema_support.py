@@ -6,7 +6,8 @@
   the `pattern` beside it: refused up front (`check_xgrammar_enforces`), so `auto`
   takes llguidance, which enforces them. Likewise a keyword beside `$ref` (it keeps the target alone), from
   draft 2019-09 on, where it applies (drafts 3 to 7 ignore it, as xgrammar does). Only keywords that
-  constrain instances count (`javaType` or `deprecationMessage` beside a combinator is no loss).
+  constrain instances count (`javaType` or `deprecationMessage` beside a combinator is no loss). And
+  `patternProperties` in an object open to other properties, whose names xgrammar does not check at all.
 - A schema with no `type` that constrains strings or arrays (`{"pattern": "^a+$"}`, `{"minLength": 3}`) is
   any JSON value to xgrammar, which then drops those keywords (`"zz"` admitted; 37 of JSONSchemaBench's
   1,000 schemas hold one): `name_every_type` names every JSON type there, and xgrammar keeps each keyword
@@ -62,7 +63,7 @@ def check_xgrammar_enforces(schema: Any, strict: bool = True, field: str = "json
     where no branch admits other properties) `additionalProperties`."""
     siblings_of_ref = not _draft_ignores_ref_siblings(schema)
     for path, node in schema_nodes(schema):
-        problem = (_combinator_problem(node, strict) or _keyword_problem(node)
+        problem = (_combinator_problem(node, strict) or _keyword_problem(node) or _open_pattern_problem(node, strict)
                    or siblings_of_ref and _ref_problem(node, schema, strict))
         if problem:
             raise ConstraintError(f"{field}: grammar backend 'xgrammar' would not enforce {problem} at {path} "
@@ -96,6 +97,15 @@ def _ref_problem(node: dict[str, Any], root: Any, strict: bool) -> str | None:
         harmless.add("type")
     siblings = sorted(set(node) & _ASSERTIONS - {"$ref"} - set(_COMBINATORS) - UNENFORCEABLE - harmless)
     return f"'{siblings[0]}' beside '$ref'" if siblings else None
+
+
+def _open_pattern_problem(node: dict[str, Any], strict: bool) -> str | None:
+    """patternProperties in an object open to other properties: xgrammar takes any name there with the other
+    properties' schema, a listed one or a pattern's too (`{"id": "zz"}` for an integer `id`)."""
+    patterns = node.get("patternProperties")
+    if isinstance(patterns, dict) and patterns and node.get("additionalProperties", not strict) is not False:
+        return "'patternProperties' beside other properties ('additionalProperties')"
+    return None
 
 
 def _draft_ignores_ref_siblings(schema: Any) -> bool:

@@ -42,6 +42,15 @@ _MENDED_RULES = {
 }
 
 
+# An object's other property names are strings that are none of its listed names, which xgrammar checks on
+# the written text: `"\u0069d"` (or `"\/a"` for `/a`) spelled a listed name past it with any value (`{"\u0069d":
+# "zz"}` for an integer `id`). Those names take no `\u` or `\/` escape here (the others write no letter).
+_NAME_RULES = r"""
+tf_name_escape ::= [\"\\bfnrt]
+tf_name_string_sub ::= (("\"") | ([^\0-\x1f\"\\\r\n] tf_name_string_sub) | ("\\" tf_name_escape tf_name_string_sub)) (=([ \n\r\t]* [,}\]:]))
+"""
+
+
 def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
     """`xgr.Grammar.from_json_schema(schema, **kwargs)`, every pattern written as above."""
     marked, regexes = _marked_patterns(schema)
@@ -51,6 +60,7 @@ def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
         return grammar
     for raw, mended in _MENDED_RULES.items():
         text = text.replace(raw, mended)
+    text = _other_names_unescaped(text)
     for marker, regex in regexes.items():
         quoted = regex.replace("\\", "\\\\").replace('"', '\\"')
         text = text.replace(f'Regex("{marker}", json_string=true)', f'Regex("{quoted}")')
@@ -58,6 +68,17 @@ def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
         raise RuntimeError("xgrammar wrote a pattern in a form thinkform does not know; "
                            "use --grammar-backend llguidance for this schema")
     return xgr.Grammar.from_ebnf(text)
+
+
+def _other_names_unescaped(text: str) -> str:
+    """The grammar with the rules of an object's other property names (`*_addl_key*`) on _NAME_RULES."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if "_addl_key" in line.split(" ::= ", 1)[0]:
+            lines[i] = line.replace("basic_escape basic_string_sub", "tf_name_escape tf_name_string_sub").replace(
+                "basic_string_sub", "tf_name_string_sub")
+    mended = "\n".join(lines)
+    return mended + _NAME_RULES if mended != text else text
 
 
 def without_optional_groups(pattern: str) -> str:
