@@ -425,6 +425,17 @@ def test_a_listed_name_spelled_with_escapes_is_no_other_property(backends: dict[
         assert (m.accept_string(text) and m.can_terminate()) is ok, text
 
 
+def test_llguidance_names_written_with_escapes_are_checked_on_the_answer(backends: dict[str, GrammarBackend]) -> None:
+    """llguidance too matches an open object's names on their text; its grammar cannot be mended, so an
+    answer that spells a listed name so is found by the answer check (constraint_satisfied false)."""
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}}, "additionalProperties": True}
+    compiled = backends["llguidance"].compile(constraint_from_fields(json_schema=schema))
+    m = compiled.new_matcher()
+    assert m.accept_string('{"\\u0069d": "zz"}') and m.can_terminate()
+    assert compiled.answer_check(b'{"\\u0069d": "zz"}') is False
+    assert compiled.answer_check(b'{"id": 1, "note": "s"}') is True
+
+
 @pytest.mark.parametrize("extra", [True, {"type": "string"}])
 def test_pattern_properties_in_an_open_object_go_to_llguidance(backends: dict[str, GrammarBackend],
                                                                 ctx: BackendContext, extra: Any) -> None:

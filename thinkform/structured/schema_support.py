@@ -131,15 +131,25 @@ def _keyword_problem(node: dict[str, Any]) -> str | None:
     return None
 
 
-def unenforced_keywords(schema: Any) -> list[str]:
+def unenforced_keywords(schema: Any, names_as_written: bool = False) -> list[str]:
     """The keywords of `schema` that the grammar does not enforce in full, each once: UNENFORCEABLE, `oneOf`,
     which both libraries read as `anyOf` where its branches may overlap, and a `pattern` (or
-    `patternProperties`) with a lookaround or word boundary, which the grammar enforces without them."""
-    found = {k for _, node in schema_nodes(schema) for k in node if k in UNENFORCEABLE | {"oneOf"}
+    `patternProperties`) with a lookaround or word boundary, which the grammar enforces without them. With
+    `names_as_written` (llguidance matches a property name's written text: `"\\u0069d"` passes for another
+    name than `id`), `properties` of an object open to other properties."""
+    nodes = [node for _, node in schema_nodes(schema)]
+    found = {k for node in nodes for k in node if k in UNENFORCEABLE | {"oneOf"}
              and not (k == "uniqueItems" and node[k] is not True)}
     if any(has_assertions(pattern) for pattern in _patterns(schema)):
         found.add("pattern")
+    if names_as_written and any(_open_with_names(node) for node in nodes):
+        found.add("properties")
     return sorted(found)
+
+
+def _open_with_names(node: dict[str, Any]) -> bool:
+    names = [node.get(k) for k in ("properties", "patternProperties")]
+    return any(isinstance(n, dict) and n for n in names) and node.get("additionalProperties", False) is not False
 
 
 def _patterns(schema: Any) -> list[str]:
@@ -269,8 +279,8 @@ class AnswerCheck:
             return True
 
     @classmethod
-    def for_schema(cls, schema: Any) -> "AnswerCheck | None":
-        keywords = unenforced_keywords(schema)
+    def for_schema(cls, schema: Any, names_as_written: bool = False) -> "AnswerCheck | None":
+        keywords = unenforced_keywords(schema, names_as_written)
         if not keywords:
             return None
         logger.info("json_schema: %s not enforced by the grammar; each answer is checked against the schema",
@@ -313,9 +323,10 @@ class TagArgumentsCheck:
         return True
 
     @classmethod
-    def for_tags(cls, tags: list[tuple[str, str, Any]],
-                 xml: list[tuple[str, str, Any, str]] = ()) -> "TagArgumentsCheck | None":  # type: ignore[assignment]
-        checks = [(begin, end, check) for begin, end, schema in tags if (check := AnswerCheck.for_schema(_load(schema)))]
+    def for_tags(cls, tags: list[tuple[str, str, Any]], xml: list[tuple[str, str, Any, str]] = (),  # type: ignore[assignment]
+                 names_as_written: bool = False) -> "TagArgumentsCheck | None":
+        checks = [(begin, end, check) for begin, end, schema in tags
+                  if (check := AnswerCheck.for_schema(_load(schema), names_as_written))]
         xml_checks = [(begin, end, check, _load(schema), style) for begin, end, schema, style in xml
                       if style in XML_STYLES and (check := AnswerCheck.for_schema(_load(schema)))]
         return cls(checks, xml_checks) if checks or xml_checks else None
@@ -334,20 +345,22 @@ def _load(schema: Any) -> Any:
     return json.loads(schema) if isinstance(schema, str) else schema
 
 
-def answer_check_for(constraint: Constraint) -> AnswerCheck | TagArgumentsCheck | Callable[[bytes], bool] | None:
+def answer_check_for(constraint: Constraint, names_as_written: bool = False,
+                     ) -> AnswerCheck | TagArgumentsCheck | Callable[[bytes], bool] | None:
     """What a grammar compiled from `constraint` leaves to be checked on the finished answer, if anything
-    (a regex with a lookaround: the whole answer against it, as Python's `re` reads it).
+    (a regex with a lookaround: the whole answer against it, as Python's `re` reads it; `names_as_written`:
+    see unenforced_keywords).
     A JSON answer is at least parsed: xgrammar writes a string's `pattern` text raw, so a pattern whose `.`
     takes a `"` let `{"x": "a"b"}` through (constraint_satisfied stayed true for an answer no parser reads)."""
     if constraint.kind == "json_schema":
-        return AnswerCheck.for_schema(constraint.data()) or parses_as_json
+        return AnswerCheck.for_schema(constraint.data(), names_as_written) or parses_as_json
     if constraint.kind == "regex" and has_assertions(constraint.source):
         return lambda answer: re.fullmatch(constraint.source, answer.decode("utf-8", "replace")) is not None
     if constraint.kind == "structural_tag":
         data = constraint.data()
         if is_json_format(data):  # the whole answer is one JSON schema's
-            return AnswerCheck.for_schema(_load(data["format"].get("json_schema"))) or parses_as_json
-        return TagArgumentsCheck.for_tags(json_tags(data), xml_tags(data))
+            return AnswerCheck.for_schema(_load(data["format"].get("json_schema")), names_as_written) or parses_as_json
+        return TagArgumentsCheck.for_tags(json_tags(data), xml_tags(data), names_as_written)
     return None
 
 

@@ -130,7 +130,7 @@ class LLGuidanceBackend(GrammarBackend):
             raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
                                   field=constraint.field)
         compiled = LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids))
-        compiled.answer_check = answer_check_for(constraint)
+        compiled.answer_check = answer_check_for(constraint, names_as_written=True)  # (unenforced_keywords)
         return compiled
 
     def _grammar(self, constraint: Constraint) -> str:
