@@ -729,3 +729,16 @@ def test_a_steps_rows_filled_at_once_equal_rows_filled_one_by_one(ctx: BackendCo
         alone = xgr.allocate_token_bitmask(1, ctx.vocab_size)
         m.fill_bitmask(alone, 0)
         assert torch.equal(together[r], alone[0])
+
+
+def test_the_answer_check_reads_multiple_of_in_decimal() -> None:
+    """jsonschema divides floats: 274.9 / 0.01 is 27489.999999999996, and a valid answer was reported as
+    breaking its schema (constraint_satisfied false) wherever the answer check ran."""
+    from thinkform.structured.schema_support import AnswerCheck
+
+    check = AnswerCheck.for_schema({"type": "object", "properties": {"price": {"type": "number", "multipleOf": 0.01}},
+                                    "not": {"required": ["z"]}})
+    assert check is not None and check.keywords == ["not"]
+    for text, ok in (('{"price": 274.9}', True), ('{"price": 8503358.02}', True), ('{"price": 0.005}', False),
+                     ('{"price": 1e300}', True), ('{"z": 1}', False)):
+        assert check(text.encode()) is ok, text

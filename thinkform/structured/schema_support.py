@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Iterator
 
 from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import has_assertions, without_assertions
@@ -259,8 +260,9 @@ class AnswerCheck:
         default = jsonschema.Draft7Validator if "dependencies" in keywords else jsonschema.Draft202012Validator
         # an empty registry: a remote $ref is never fetched (no network from the engine; the check of a
         # schema that needs one cannot run, and the grammar's verdict stands)
-        self._validator = jsonschema.validators.validator_for(schema, default=default)(
-            schema, registry=referencing.Registry())
+        draft = jsonschema.validators.validator_for(schema, default=default)
+        exact = jsonschema.validators.extend(draft, {"multipleOf": _exact_multiple_of})
+        self._validator = exact(schema, registry=referencing.Registry())
         self._broken = False
 
     def __call__(self, answer: bytes) -> bool:
@@ -286,6 +288,21 @@ class AnswerCheck:
         logger.info("json_schema: %s not enforced by the grammar; each answer is checked against the schema",
                     ", ".join(keywords))
         return cls(schema, keywords)
+
+
+def _exact_multiple_of(validator: Any, step: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    """`multipleOf` in decimal, as the numbers are written: jsonschema divides floats, and 274.9 / 0.01 is
+    27489.999999999996 (a valid answer reported as breaking its schema)."""
+    import jsonschema
+
+    if not validator.is_type(instance, "number") or not isinstance(step, (int, float)) or step <= 0:
+        return
+    try:
+        remainder = Decimal(repr(instance)) % Decimal(repr(step))
+    except (InvalidOperation, ValueError):  # infinite or too many digits for the context: no verdict
+        return
+    if remainder != 0:
+        yield jsonschema.ValidationError(f"{instance!r} is not a multiple of {step!r}")
 
 
 class TagArgumentsCheck:
