@@ -328,6 +328,31 @@ def test_a_number_the_ending_writes_is_a_plain_zero(tiny_tokenizer, backend) -> 
     assert set(answer) == set(props) and answer["age"] == 0 and answer["score"] == 0 and "-" not in text, text
 
 
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_the_ending_takes_null_and_one_letter_over_another_propertys_text(tiny_tokenizer, backend) -> None:
+    """Audit 29: at `anyOf [^https?:// string, null]` the quote came first in class order, so the ending wrote
+    `"http://"` (7 tokens more than `null`), and a `^[a-z]+$` string was closed with the grammar literal
+    `http` rather than one letter: the ending (38 tokens where 28 would do) did not fit the budget when closing
+    began, and the answer was cut ("length") at max_new_tokens 33-42, where a valid one fitted."""
+    from thinkform.structured.backends import BackendContext, create_backend
+    from thinkform.structured.ending import EndingSearch
+    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
+    from thinkform.structured.vocab import TokenVocab
+
+    schema = {"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": "string", "pattern": "^[a-z]+$"},
+        "u": {"anyOf": [{"type": "string", "pattern": "^https?://"}, {"type": "null"}]}}, "required": ["a", "b", "u"]}
+    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
+    matcher = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=json.dumps(schema))).new_matcher()
+    prefix = '{"a": "x'
+    for t in vocab.encode_text(prefix):
+        assert matcher.accept_token(t)
+    ids = EndingSearch(vocab).ending_tokens(matcher)
+    answer = json.loads(prefix + vocab.bytes_of(ids[:-1]).decode())
+    assert answer["u"] is None and len(answer["b"]) == 1, answer
+
+
 def test_the_greedy_way_takes_the_space_before_a_keyword(tiny_tokenizer) -> None:
     """After a name, a comma (another column) and a space (the FROM) both lead somewhere: the greedy way must
     take the space, which comes first in class order, or it lists columns until the breadth-first search (far

@@ -369,6 +369,16 @@ class EndingSearch:
         if self._quote is None or not walk.literals or here in walk.exits_tried or _allows(here, self._quote):
             return None
         walk.exits_tried.add(here)
+        # one byte that lets the string close is shorter than any literal (`a` of `^[a-z]+$`, not another
+        # property's `http`): _step takes it
+        for child in self._children(here):
+            if child in self._ascii and child not in (self._backslash, self._quote) and walk.accept(child):
+                try:
+                    closes = _allows(walk.mask(), self._quote)
+                finally:
+                    walk.rollback(1)
+                if closes:
+                    return None
         for ids in walk.literals:
             taken = walk.take(ids)
             if taken == len(ids):
@@ -388,7 +398,7 @@ class EndingSearch:
         letter; "not been" counts the last few steps only); an ASCII child that goes anywhere else, one not
         taken from this mask lately first; else the first child (a counted run: `0` in `\\d{4}`, rather than
         Unicode digits)."""
-        first = spacing = moved = None
+        first = spacing = moved = opening = None
         # an XML call's grammar (it has ending hints) allows whitespace between its tags that only lengthens the
         # way; elsewhere whitespace keeps its place in class order (SQL's keywords need their spaces)
         late_spaces = bool(walk.matcher.ending_hints)
@@ -406,6 +416,11 @@ class EndingSearch:
             if child == self._backslash:
                 continue  # an escape only lengthens the way (in a JSON string `\"` then `\` again, for ever)
             if child in self._closers:
+                if child == self._quote and after != here and not any(_allows(after, c) for c in self._way_out_ids):
+                    # a quote after which neither a closer nor a separator may come opens a string that must
+                    # hold text first (`"` before `http://`): a way in, taken where nothing else goes (`null`)
+                    opening = opening or (child, after)
+                    continue
                 if after != here or self._closes_in_a_run(walk, child, here, runs):
                     return child, after
             elif child in self._ascii and after != here:
@@ -421,7 +436,7 @@ class EndingSearch:
                     moved = (child, after)
         # there, whitespace only where nothing else goes anywhere, a newline first: the templates' own
         # separator, and the first byte of ends like `\n</function>`
-        return moved or spacing or first
+        return opening or moved or spacing or first
 
     def _byte_ids(self, texts: tuple[bytes, ...] | list[bytes]) -> list[list[int]]:
         return [ids for ids in ([self._vocab.byte_ids.get(b) for b in text] for text in texts) if None not in ids]
