@@ -303,26 +303,30 @@ def test_a_search_cut_short_leaves_the_matcher_as_it_was(tiny_tokenizer) -> None
         assert slow.net == 0, (seconds, slow.net)
 
 
-@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
-def test_a_number_the_ending_writes_is_a_plain_zero(tiny_tokenizer, backend) -> None:
-    """Audit 13: preferring masks the way had not seen anywhere on it wrote `-0.0e+0` (the comma's mask had
-    been seen after an earlier field), 5 tokens more: the budget's ending no longer fit, and answers that
-    ended "stop" before ended "length". Only a loop of the last few steps counts now."""
+def json_answer_ended(tokenizer, backend: str, schema: dict, prefix: str) -> str:
+    """`prefix` and the ending the search finds for it under `schema` (EOS left off)."""
     from thinkform.structured.backends import BackendContext, create_backend
     from thinkform.structured.ending import EndingSearch
     from thinkform.structured.spec import GrammarOptions, constraint_from_fields
     from thinkform.structured.vocab import TokenVocab
 
-    props = {"name": "string", "age": "integer", "email": "string", "ok": "boolean", "score": "number", "city": "string"}
-    schema = {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}, "required": list(props)}
-    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
-    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
+    vocab = TokenVocab.from_tokenizer(tokenizer, len(tokenizer))
+    ctx = BackendContext(tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
     matcher = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=json.dumps(schema))).new_matcher()
-    prefix = '{"name": "ab'
     for t in vocab.encode_text(prefix):
         assert matcher.accept_token(t)
     ids = EndingSearch(vocab).ending_tokens(matcher)
-    text = prefix + vocab.bytes_of(ids[:-1]).decode()
+    return prefix + vocab.bytes_of(ids[:-1]).decode()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_a_number_the_ending_writes_is_a_plain_zero(tiny_tokenizer, backend) -> None:
+    """Audit 13: preferring masks the way had not seen anywhere on it wrote `-0.0e+0` (the comma's mask had
+    been seen after an earlier field), 5 tokens more: the budget's ending no longer fit, and answers that
+    ended "stop" before ended "length". Only a loop of the last few steps counts now."""
+    props = {"name": "string", "age": "integer", "email": "string", "ok": "boolean", "score": "number", "city": "string"}
+    schema = {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}, "required": list(props)}
+    text = json_answer_ended(tiny_tokenizer, backend, schema, '{"name": "ab')
     answer = json.loads(text)
     # audit 18: xgrammar's ending wrote `-1` for a required integer (the minus sign came first in class order)
     assert set(answer) == set(props) and answer["age"] == 0 and answer["score"] == 0 and "-" not in text, text
@@ -334,22 +338,10 @@ def test_the_ending_takes_null_and_one_letter_over_another_propertys_text(tiny_t
     `"http://"` (7 tokens more than `null`), and a `^[a-z]+$` string was closed with the grammar literal
     `http` rather than one letter: the ending (38 tokens where 28 would do) did not fit the budget when closing
     began, and the answer was cut ("length") at max_new_tokens 33-42, where a valid one fitted."""
-    from thinkform.structured.backends import BackendContext, create_backend
-    from thinkform.structured.ending import EndingSearch
-    from thinkform.structured.spec import GrammarOptions, constraint_from_fields
-    from thinkform.structured.vocab import TokenVocab
-
     schema = {"type": "object", "properties": {
         "a": {"type": "string"}, "b": {"type": "string", "pattern": "^[a-z]+$"},
         "u": {"anyOf": [{"type": "string", "pattern": "^https?://"}, {"type": "null"}]}}, "required": ["a", "b", "u"]}
-    vocab = TokenVocab.from_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
-    ctx = BackendContext(tiny_tokenizer, vocab.vocab_size, vocab.eos_token_ids, GrammarOptions())
-    matcher = create_backend(backend, ctx).compile(constraint_from_fields(json_schema=json.dumps(schema))).new_matcher()
-    prefix = '{"a": "x'
-    for t in vocab.encode_text(prefix):
-        assert matcher.accept_token(t)
-    ids = EndingSearch(vocab).ending_tokens(matcher)
-    answer = json.loads(prefix + vocab.bytes_of(ids[:-1]).decode())
+    answer = json.loads(json_answer_ended(tiny_tokenizer, backend, schema, '{"a": "x'))
     assert answer["u"] is None and len(answer["b"]) == 1, answer
 
 
