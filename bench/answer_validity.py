@@ -5,8 +5,8 @@
 
 Compiles each JSONSchemaBench schema with each backend (Qwen vocabulary) and walks it at random inside the
 mask (bench/json_string_patterns' Walker: half the steps favour a quote or backslash). Every walk that ends
-(EOS) is parsed (strict JSON) and validated with jsonschema under the schema's own draft (2020-12 where it
-names none; patterns in ECMA meaning; formats by jsonschema's FormatChecker, counted apart: `format` is an
+(EOS) is parsed (strict JSON, numbers as written) and validated with jsonschema under the schema's own draft (2020-12 where it
+names none; patterns in ECMA meaning; formats by that draft's checkers in jsonschema, counted apart: `format` is an
 annotation unless a schema opts in), then given to the compiled grammar's answer check, which sets
 `constraint_satisfied`. Counted: answers that are invalid JSON, answers the check found (constraint_satisfied
 false), and silent violations (invalid against the schema, check satisfied): the promise is none.
@@ -20,6 +20,7 @@ import platform
 import random
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def validator_for(schema: Any) -> Any:
     from thinkform.structured.ecma_regex import ecma_schema
 
     draft = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return draft(ecma_schema(schema), format_checker=jsonschema.FormatChecker(), registry=referencing.Registry())
+    return draft(ecma_schema(schema), format_checker=draft.FORMAT_CHECKER, registry=referencing.Registry())
 
 
 def first_error(validator: Any, value: Any) -> str | None:
@@ -75,8 +76,8 @@ def measure(backend_name: str, schemas: list[tuple[str, str]], args: argparse.Na
             row["refused"] += 1
             continue
         row["compiled"] += 1
-        try:
-            validator = validator_for(json.loads(text))
+        try:  # numbers as written (Decimal): jsonschema divides floats, and 274.9 broke multipleOf 0.01
+            validator = validator_for(json.loads(text, parse_float=Decimal))
         except Exception:  # noqa: BLE001 - jsonschema cannot read the schema: not this bench's question
             validator = None
         walker.rng = random.Random(f"{args.seed}:{schema_id}")  # the same walks whichever schemas run
@@ -87,7 +88,7 @@ def measure(backend_name: str, schemas: list[tuple[str, str]], args: argparse.Na
             row["ended"] += 1
             satisfied = compiled.answer_check is None or compiled.answer_check(answer.encode())
             try:
-                value = json.loads(answer)
+                value = json.loads(answer, parse_float=Decimal)
             except ValueError:
                 row["invalid_json"] += 1
                 continue
