@@ -92,6 +92,9 @@ def measure(backend_name: str, schemas: list[tuple[str, str]], args: argparse.Na
             except ValueError:
                 row["invalid_json"] += 1
                 continue
+            except ArithmeticError:  # an exponent past Decimal's (the engine's number guard bounds it): no verdict
+                row["unjudged"] += 1
+                continue
             if not satisfied:
                 row["checked_false"] += 1
                 continue
