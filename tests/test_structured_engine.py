@@ -374,3 +374,30 @@ def test_jump_forward_saves_forward_passes_without_changing_answers(tiny_model_d
     assert on["text"].startswith('{"name": "') and ', "population": ' in on["text"]
     assert jumped >= 6 and none == 0
     assert steps_on <= steps_off - 6
+
+
+SPECIAL_TOKEN_CASES = [  # (constraint fields, a check of the returned text)
+    ({"json_schema": json.dumps({"type": "object", "required": ["code"], "properties": {
+        "code": {"type": "string", "minLength": 13, "maxLength": 13}}})}, lambda v: len(json.loads(v)["code"]) == 13),
+    ({"json_schema": json.dumps({"type": "object", "required": ["tag"], "properties": {
+        "tag": {"type": "string", "pattern": "^<[a-z_|]+>$"}}})},
+     lambda v: re.fullmatch(r"<[a-z_|]+>", json.loads(v)["tag"]) is not None),
+    ({"regex": "[a-z<>|]{13}"}, lambda v: re.fullmatch("[a-z<>|]{13}", v) is not None),
+]
+
+
+@pytest.mark.parametrize("fields, holds", SPECIAL_TOKEN_CASES)
+@pytest.mark.parametrize("special", ["<|endoftext|>", "<|im_start|>"])
+def test_a_special_token_the_text_hides_is_never_part_of_an_answer(engine64, tiny_tokenizer, fields, holds,
+                                                                     special):
+    """Audit 30: xgrammar spells a special token as its text, so a model that wants `<|im_start|>` wrote it
+    into `{"tag": "` (the grammar counted `<|im_start|>`); skip_special_tokens then returned `{"tag": ""}`,
+    breaking the pattern with finish_reason stop and constraint_satisfied true. Special tokens stay out of
+    answers now, as markup tokens did."""
+    token = tiny_tokenizer.convert_tokens_to_ids(special)
+    out = engine64.generate("Hello", {"temperature": 0, "max_new_tokens": 24, **fields,
+                                      "logit_bias": {str(token): 100.0}})
+    meta = out["meta_info"]
+    assert token not in out["output_ids"]
+    assert meta["finish_reason"]["type"] == "stop" and meta["constraint_satisfied"], meta
+    assert holds(out["text"]), out["text"]

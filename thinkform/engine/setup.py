@@ -23,7 +23,7 @@ from thinkform.structured.ending import EndingSearch
 from thinkform.structured.runaway import NumberRules
 from thinkform.structured.utf8 import Utf8Rules
 from thinkform.structured.spec import GrammarOptions
-from thinkform.structured.vocab import TokenVocab
+from thinkform.structured.vocab import special_token_ids, TokenVocab
 
 logger = logging.getLogger("thinkform")
 
@@ -200,36 +200,32 @@ def _chat_template(value: str | None) -> str | None:
     return value
 
 
-def _special_ids(tok: Any) -> set[int]:
-    special = set(tok.all_special_ids)
-    for tid, added in getattr(tok, "added_tokens_decoder", {}).items():
-        if getattr(added, "special", False):
-            special.add(int(tid))
-    return special
-
-
 def markup_id_sets(tok: Any, markers: ReasoningMarkers | None, eos_token_ids: Any,
                    tool_markup: tuple[str, ...] = ()) -> dict[str, frozenset[int]]:
     """EngineParts' `hidden_ids`, `tool_markup_ids` and `markup_ids`. skip_special_tokens hides the special
     tokens but those of the model's markup: its reasoning markers' always (gpt-oss: a hidden `<|start|>` left
     "assistant" in the reasoning text), its tool-call format's (`tool_markup`, the strings the server's parser
     reads) where the request may call tools (Kimi-K2: a hidden `<|tool_call_begin|>` left the parser a call it
-    could not read). Both kinds stay out of JSON values."""
+    could not read). Every special token stays out of JSON values and grammar answers (`markup_ids`): the
+    markup's would frame them wrong, and a hidden one leaves the text short of what the grammar counted
+    (audit 30: xgrammar spells `<|im_start|>` as its text, so `{"tag": "<|im_start|>"}` for `^<[a-z_|]+>$`
+    came back as `{"tag": ""}` with constraint_satisfied true)."""
+    special = special_token_ids(tok)
     reasoning = _markup_ids(tok, markers.spellings if markers is not None else ())
     tools = _markup_ids(tok, tool_markup) - reasoning
-    return {"hidden_ids": frozenset(_special_ids(tok) - reasoning), "tool_markup_ids": tools,
-            "markup_ids": _json_banned_markup(tok, markers, reasoning | tools, eos_token_ids)}
+    return {"hidden_ids": frozenset(special - reasoning), "tool_markup_ids": tools,
+            "markup_ids": _json_banned_markup(tok, markers, frozenset(special), eos_token_ids)}
 
 
 def _markup_ids(tok: Any, spellings: tuple[str, ...]) -> frozenset[int]:
     """Special tokens that spell part of the markup's strings (a marker, gpt-oss's `<|channel|>`)."""
-    return frozenset(tid for tid in _special_ids(tok) if (text := tok.convert_ids_to_tokens(tid))
+    return frozenset(tid for tid in special_token_ids(tok) if (text := tok.convert_ids_to_tokens(tid))
                      and any(text in spelled for spelled in spellings))
 
 
 def _json_banned_markup(tok: Any, markers: ReasoningMarkers | None, markup: frozenset[int],
                         eos_token_ids: Any) -> frozenset[int]:
-    """Of the `markup` tokens, those a JSON answer must be kept from by a guard: not EOS, and not a one-token
+    """Of the `markup` tokens, those an answer must be kept from by a guard: not EOS, and not a one-token
     start or end marker, which the gate keeps out of every answer itself (deepseek-r1's `<think>`: no guard
     at all)."""
     own = {markers.start, markers.end} if markers is not None else set()

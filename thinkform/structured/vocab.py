@@ -19,6 +19,16 @@ from thinkform.structured.bitmask import keep_mask
 _SENTINEL = "\n"  # encoded before text whose plain encoding gains a sentencepiece prefix space
 
 
+def special_token_ids(tok: Any) -> set[int]:
+    """The tokenizer's special tokens: `all_special_ids`, and the added tokens marked special, which it
+    leaves out (Qwen's `<|im_start|>`, `<|vision_pad|>`, ...)."""
+    special = set(tok.all_special_ids)
+    for tid, added in getattr(tok, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            special.add(int(tid))
+    return special
+
+
 @dataclass(frozen=True)
 class TokenVocab:
     token_bytes: list[bytes]  # one entry per logits row (vocab_size), padding rows b""

@@ -17,6 +17,7 @@ from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import json_text_pattern, whole_text_regex
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+from thinkform.structured.vocab import special_token_ids
 
 MAX_ROLLBACK = 1024  # tokens the Guide remembers for rollback
 MAX_JUMP_BYTES = 64  # cap on one jump-forward walk
@@ -193,7 +194,7 @@ def text_token_bytes(ctx: BackendContext) -> dict[int, bytes]:
 
     xgrammar already knows how to decode every HF vocabulary type (byte-level, byte-fallback, raw)."""
     info = xgr.TokenizerInfo.from_huggingface(ctx.tokenizer, vocab_size=ctx.vocab_size)
-    special = set(ctx.tokenizer.all_special_ids) | set(ctx.eos_token_ids)
+    special = special_token_ids(ctx.tokenizer) | set(ctx.eos_token_ids)  # special added ones too
     size = min(len(ctx.tokenizer), ctx.vocab_size)
     return {i: data for i, data in enumerate(info.decoded_vocab[:size]) if data and i not in special}
 
