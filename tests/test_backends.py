@@ -742,3 +742,18 @@ def test_the_answer_check_reads_multiple_of_in_decimal() -> None:
     for text, ok in (('{"price": 274.9}', True), ('{"price": 8503358.02}', True), ('{"price": 0.005}', False),
                      ('{"price": 1e300}', True), ('{"z": 1}', False)):
         assert check(text.encode()) is ok, text
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_a_property_named_twice_is_found_by_the_answer_check(backends: dict[str, GrammarBackend],
+                                                             backend: str) -> None:
+    """Both libraries admit `{"b": 1, "b": 2}` in an object open to other properties; a parser keeps one
+    `b`, so `minProperties: 2` counted a property that is not there (audit 28). The grammar cannot count
+    names; the answer check reads them (constraint_satisfied false), for a schema and for json_object."""
+    schema = {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2}
+    for fields in ({"json_schema": schema}, {"json_object": True}):
+        compiled = backends[backend].compile(constraint_from_fields(**fields))
+        m = compiled.new_matcher()
+        assert m.accept_string('{"b": 1, "b": 2}') and m.can_terminate()
+        assert compiled.answer_check(b'{"b": 1, "b": 2}') is False
+        assert compiled.answer_check(b'{"a": 1, "b": 2}') is True

@@ -267,7 +267,7 @@ class AnswerCheck:
 
     def __call__(self, answer: bytes) -> bool:
         try:
-            instance = json.loads(answer)
+            instance = load_answer(answer)
         except ValueError:
             return False
         if self._broken:
@@ -371,6 +371,8 @@ def answer_check_for(constraint: Constraint, names_as_written: bool = False,
     takes a `"` let `{"x": "a"b"}` through (constraint_satisfied stayed true for an answer no parser reads)."""
     if constraint.kind == "json_schema":
         return AnswerCheck.for_schema(constraint.data(), names_as_written) or parses_as_json
+    if constraint.kind == "json_object":
+        return parses_as_json
     if constraint.kind == "regex" and has_assertions(constraint.source):
         return lambda answer: re.fullmatch(constraint.source, answer.decode("utf-8", "replace")) is not None
     if constraint.kind == "structural_tag":
@@ -382,12 +384,27 @@ def answer_check_for(constraint: Constraint, names_as_written: bool = False,
 
 
 def parses_as_json(answer: bytes) -> bool:
-    """Whether the finished answer is one JSON value."""
+    """Whether the finished answer is one JSON value, each object's names unique."""
     try:
-        json.loads(answer)
+        load_answer(answer)
     except ValueError:
         return False
     return True
+
+
+def load_answer(answer: bytes) -> Any:
+    """The answer's JSON value; ValueError where it is none, or where an object names a property twice
+    (`{"b": 1, "b": 2}`: both libraries admit it in an object open to other properties; a parser keeps one,
+    so `minProperties` counted two and data is lost)."""
+    return json.loads(answer, object_pairs_hook=_unique_names)
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        names = [name for name, _ in pairs]
+        raise ValueError(f"property {next(n for n in names if names.count(n) > 1)!r} named twice in one object")
+    return value
 
 
 def _declared_types(node: dict[str, Any]) -> set[str] | None:
