@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from thinkform.structured.json_string_pattern import pattern_pieces
 from thinkform.structured.spec import ConstraintError
 
-# one atom (a class without nested brackets, an escape, '.', or a plain character) and its quantifier
-_ESCAPE = r"\\(?:x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|u\{[0-9A-Fa-f]+\}|c[A-Za-z]|[pP]\{[^}]*\}|.)"  # \x41 is one
-_ATOM = rf"(\[(?:\\.|[^\]\\])+\]|{_ESCAPE}|\.|[^\\\[\]()|?*+{{}}^$])"
-_ITEM = re.compile(rf"{_ATOM}(\*|\+|\?|\{{(\d+)(?:(,)(\d*))?\}})?")
+_QUANTIFIER = re.compile(r"([*+?])|\{(\d+)(?:(,)(\d*))?\}")
 _DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
 
 
@@ -69,17 +67,29 @@ def _bounded(pattern: str, low: int, high: int | None, path: str) -> str:
 
 
 def _items(pattern: str) -> list[tuple[str, int, int | None]] | None:
-    """(atom, min, max) per item of an optionally anchored pattern of single-character atoms, else None."""
-    body = pattern[1:] if pattern.startswith("^") else pattern
-    body = body[:-1] if body.endswith("$") and not body.endswith("\\$") else body
-    items, pos = [], 0
-    while pos < len(body):
-        match = _ITEM.match(body, pos)
-        if match is None:
+    """(atom, min, max) per item of an optionally anchored pattern of single-character atoms, else None
+    (a group, an alternation, a lazy quantifier, an inner anchor, a pattern json_string_pattern cannot read)."""
+    try:
+        pieces = [(atom is not None, text) for atom, text in pattern_pieces(pattern)]
+    except ValueError:
+        return None
+    if pieces[:1] == [(False, "^")]:
+        pieces = pieces[1:]
+    if pieces[-1:] == [(False, "$")]:
+        pieces = pieces[:-1]
+    items: list[tuple[str, int, int | None]] = []
+    quantified = False
+    for is_atom, text in pieces:
+        if is_atom:
+            items.append((text, 1, 1))
+            quantified = False
+            continue
+        quantifier = _QUANTIFIER.fullmatch(text)
+        if quantifier is None or not items or quantified:
             return None
-        atom, quant, q_low, comma, q_high = match.groups()
-        items.append((atom, *_quantifier_range(quant, q_low, comma, q_high)))
-        pos = match.end()
+        symbol, low, comma, high = quantifier.groups()
+        items[-1] = (items[-1][0], *_quantifier_range(symbol or "{", low, comma, high))
+        quantified = True
     return items or None
 
 
