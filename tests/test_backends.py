@@ -757,3 +757,30 @@ def test_a_property_named_twice_is_found_by_the_answer_check(backends: dict[str,
         assert m.accept_string('{"b": 1, "b": 2}') and m.can_terminate()
         assert compiled.answer_check(b'{"b": 1, "b": 2}') is False
         assert compiled.answer_check(b'{"a": 1, "b": 2}') is True
+
+
+REGEX_MEANINGS = [  # (regex, answers ECMA-262 admits, answers it does not)
+    ("a.c", ["abc", "aéc"], ["a\nc", "a\rc", "a\u2028c"]),
+    (r"a\sb", ["a b", "a\u2003b", "a\u3000b", "a\tb"], ["a\x1cb", "axb"]),
+    (r"[\p{L}]+", ["é", "ab"], ["{", "1"]),
+]
+
+
+@pytest.mark.parametrize("regex, valid, invalid", REGEX_MEANINGS)
+def test_a_regex_means_what_ecma_says_under_auto(ctx: BackendContext, regex: str, valid: list[str],
+                                                 invalid: list[str]) -> None:
+    """Audit 31: xgrammar's `.` took a newline (`a.c` admitted `a\\nc`: 49 answers over JSONSchemaBench's
+    patterns as regexes), its `\\s` missed U+2000-U+200A and U+3000, and it read `[\\p{L}]` as the letters
+    `p{L}`. Character sets now reach it as positive classes in ECMA's meaning; a Unicode property goes to
+    llguidance."""
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(regex=regex))
+    for text, ok in [(v, True) for v in valid] + [(v, False) for v in invalid]:
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, (regex, text)
+
+
+def test_a_lookaround_regex_python_cannot_read_keeps_the_grammars_verdict(ctx: BackendContext) -> None:
+    """Audit 31: the answer check of `(?<y>[0-9]{4})\\b` (a named group Python's re cannot read) raised once
+    the answer was done, failing the request."""
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(regex=r"(?<y>[0-9]{4})\b"))
+    assert compiled.answer_check(b"2024") is True

@@ -95,6 +95,24 @@ def json_text_pattern(pattern: str) -> str:
                    for atom, text in pattern_pieces(pattern))
 
 
+def segmented_regex(regex: str) -> str:
+    """A top-level `regex` (not a JSON string's) for xgrammar's regex automaton: each character set that spans
+    several UTF-8 segments (`.`, `[^…]`, `\\s`, `\\S`) written as positive classes, one per segment, in ECMA's
+    meaning (audit 31: xgrammar's `.` took a newline, `a.c` admitted `a\\nc`; its `\\s` lacked U+2000-U+200A
+    and U+3000; its negated classes took surrogate bytes). Raises ValueError for a Unicode property, which
+    xgrammar reads inside a class as the letters `p{L}` (`[\\p{L}]+` admitted `{`)."""
+    out = []
+    for atom, text in pattern_pieces(regex):
+        if atom is not None and atom.opaque:
+            raise ValueError(f"the regex's Unicode property in {text!r} is read by xgrammar as its letters")
+        parts = _segments(atom.ranges) if atom is not None else []
+        if len(parts) > 1:
+            out.append("(?:" + "|".join("[" + "".join(map(_range_text, part)) + "]" for part in parts) + ")")
+        else:
+            out.append(text)
+    return "".join(out)
+
+
 def whole_text_regex(regex: str) -> str:
     """A JSON-text regex (json_text_pattern's) as one anchored group matched against the string's whole
     text, as the grammar backends match it: `a|^b$` as `^(?:a|b)$`. An alternative anchored at one end only

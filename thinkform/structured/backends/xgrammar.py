@@ -14,7 +14,7 @@ from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.backends.xgrammar_json import json_schema_grammar
 from thinkform.structured.ecma_regex import map_patterns
-from thinkform.structured.json_string_pattern import without_assertions
+from thinkform.structured.json_string_pattern import segmented_regex, without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
                                                   name_every_type, OTHER_BACKENDS_HINT)
@@ -114,7 +114,11 @@ class XGrammarBackend(GrammarBackend):
             return self._compiler.compile_grammar(json_schema_grammar(
                 ANY_JSON_SCHEMA, **{**_json_kwargs(opts), "strict_mode": False}))
         if constraint.kind == "regex":
-            return self._compiler.compile_regex(without_assertions(constraint.source))
+            try:
+                regex = segmented_regex(without_assertions(constraint.source))
+            except ValueError as e:
+                raise ConstraintError(f"regex: {e}{OTHER_BACKENDS_HINT}", field="regex") from e
+            return self._compiler.compile_regex(regex)
         if constraint.kind == "ebnf":
             return self._compiler.compile_grammar(constraint.source)
         return self._compiler.compile_structural_tag(json.dumps(structural_tag_format(constraint.data(), opts)))
