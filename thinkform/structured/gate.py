@@ -321,10 +321,33 @@ class ReasoningGate:
                 finally:
                     self._spelling_start = False
         snapshot = self._push()
-        if self._step(token_id, snapshot):
-            return [token_id]
+        try:
+            if self._step(token_id, snapshot):
+                return [token_id]
+        except GateError:
+            self._pop_and_restore()
+            taken = self._taken_part(token_id)
+            if taken is None:
+                raise
+            return self._advance(taken)
         self._pop_and_restore()  # the rejected answer text left the matcher unchanged
         return self._advance(self._marker_completion(token_id))
+
+    def _taken_part(self, token_id: int) -> list[int] | None:
+        """Ids of the longest whole-character start of a token the grammar took in its mask and then refused
+        (audit 31: xgrammar's mask allows `b' \\xe0'` under `a *[bc]`, its matcher refuses it, and the request
+        failed): the answer goes on with what of it the grammar takes (` `), else None."""
+        if self.phase is not Phase.ANSWER or token_id in self._eos:
+            return None
+        data = self.vocab.token_bytes[token_id]
+        for cut in range(len(data) - 1, 0, -1):
+            try:
+                data[:cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if self._grammar_would_take(data[:cut]):
+                return self.vocab.encode_bytes(data[:cut])
+        return None
 
     def forced_tokens(self, num_generated: int) -> list[int]:
         """Ids the engine must append instead of sampling (thinking budget, answer reserve, the ending of an
