@@ -784,3 +784,13 @@ def test_a_lookaround_regex_python_cannot_read_keeps_the_grammars_verdict(ctx: B
     the answer was done, failing the request."""
     compiled = create_backend("auto", ctx).compile(constraint_from_fields(regex=r"(?<y>[0-9]{4})\b"))
     assert compiled.answer_check(b"2024") is True
+
+
+@pytest.mark.parametrize("regex", ["a$b?", "a(^b)?c?"])
+def test_an_anchor_inside_a_regex_is_refused_for_xgrammar(backends: dict[str, GrammarBackend], regex: str) -> None:
+    """Audit 31: xgrammar ignores a `^` or `$` inside a regex (`a$b?` admitted `ab`, which ECMA's full match
+    refuses); ends of top-level alternatives stay fine (`a|^b$`)."""
+    with pytest.raises(ConstraintError, match="regex: xgrammar ignores"):
+        backends["xgrammar"].compile(constraint_from_fields(regex=regex))
+    m = backends["xgrammar"].compile(constraint_from_fields(regex="a|^b$")).new_matcher()
+    assert m.accept_string("b") and m.can_terminate()

@@ -113,12 +113,24 @@ def segmented_regex(regex: str) -> str:
     return "".join(out)
 
 
+def has_inner_anchor(regex: str) -> bool:
+    """Whether a `^` or `$` stands anywhere but at the start or end of a top-level alternative (`a$b?`,
+    `a(^b)?c`): xgrammar ignores those (audit 31: `a$b?` admitted `ab`)."""
+    return any(text in ("^", "$") and not (text == "^" and i == 0 or text == "$" and i == len(pieces) - 1)
+               for pieces in _alternatives(regex) for i, text in enumerate(pieces))
+
+
 def whole_text_regex(regex: str) -> str:
     """A JSON-text regex (json_text_pattern's) as one anchored group matched against the string's whole
     text, as the grammar backends match it: `a|^b$` as `^(?:a|b)$`. An alternative anchored at one end only
     is a prefix or suffix test in ECMA-262 and stays one: `^https?://` may run on (`https://a.b/c`), where a
     whole match would force the value to be `https://` itself. One anchored at neither end is matched whole
     (`[0-9]+(\\.[0-9]+){3}` is a version number, not any text holding one)."""
+    return "^(?:" + "|".join(_whole(pieces) for pieces in _alternatives(regex)) + ")$"
+
+
+def _alternatives(regex: str) -> list[list[str]]:
+    """The regex's top-level alternatives, each as its pieces' texts (an anchor's is `^` or `$`)."""
     alternatives: list[list[str]] = [[]]
     depth = 0
     for atom, text in pattern_pieces(regex):
@@ -127,7 +139,7 @@ def whole_text_regex(regex: str) -> str:
             continue
         depth += (text.startswith("(") - (text == ")")) if atom is None else 0
         alternatives[-1].append(text)
-    return "^(?:" + "|".join(_whole(pieces) for pieces in alternatives) + ")$"
+    return alternatives
 
 
 def _whole(pieces: list[str]) -> str:
