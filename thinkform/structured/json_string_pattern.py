@@ -113,6 +113,18 @@ def segmented_regex(regex: str) -> str:
     return "".join(out)
 
 
+def ecma_dots(regex: str) -> str:
+    """The regex with each `.` written as ECMA's `[^\\n\\r\\u2028\\u2029]`, for a library whose `.` leaves out `\\n`
+    alone (llguidance: `a.c` admitted `a\\rc`). A regex the pieces cannot read is left as written."""
+    try:
+        return "".join(_ECMA_DOT if atom is not None and text == "." else text for atom, text in pattern_pieces(regex))
+    except ValueError:
+        return regex
+
+
+_ECMA_DOT = "[^\\n\\r\\u2028\\u2029]"
+
+
 def has_inner_anchor(regex: str) -> bool:
     """Whether a `^` or `$` stands anywhere but at the start or end of a top-level alternative (`a$b?`,
     `a(^b)?c`): xgrammar ignores those (audit 31: `a$b?` admitted `ab`)."""

@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
 from thinkform.structured.ecma_regex import map_patterns
-from thinkform.structured.json_string_pattern import has_assertions, without_assertions
+from thinkform.structured.json_string_pattern import ecma_dots, has_assertions, without_assertions
 from thinkform.structured.schema_walk import map_schemas, resolve, schema_nodes
 from thinkform.structured.spec import Constraint, ConstraintError, is_json_format, json_tags, xml_tags
 from thinkform.structured.xml_args import XML_STYLES, read_arguments
@@ -205,9 +205,10 @@ def _name_every_type(node: dict[str, Any]) -> dict[str, Any]:
 
 def without_unenforceable(schema: Any) -> Any:
     """A copy of `schema` without the keywords no grammar enforces, and its patterns without their assertions
-    (llguidance refuses them; the answer check covers them instead)."""
+    (llguidance refuses them; the answer check covers them instead) and with ECMA's `.` (llguidance's took
+    `\\r`)."""
     kept = map_schemas(schema, lambda node: {k: v for k, v in node.items() if k not in UNENFORCEABLE})
-    return map_patterns(kept, without_assertions)
+    return map_patterns(kept, lambda pattern: ecma_dots(without_assertions(pattern)))
 
 
 def _lists_properties(node: dict[str, Any]) -> bool:

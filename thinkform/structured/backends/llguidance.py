@@ -14,7 +14,7 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
-from thinkform.structured.json_string_pattern import without_assertions
+from thinkform.structured.json_string_pattern import ecma_dots, without_assertions
 from thinkform.structured.schema_support import answer_check_for, complete_required, without_unenforceable
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, has_xml_content
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
@@ -142,7 +142,7 @@ class LLGuidanceBackend(GrammarBackend):
         if constraint.kind == "json_object":
             return LLMatcher.grammar_from_json_schema(ANY_JSON_SCHEMA, overrides=json_options(opts))
         if constraint.kind == "regex":
-            return LLMatcher.grammar_from_regex(without_assertions(constraint.source))
+            return LLMatcher.grammar_from_regex(ecma_dots(without_assertions(constraint.source)))
         if constraint.kind == "ebnf":
             # GBNF (`root ::= …`, SGLang's dialect) is converted to lark; lark passes through.
             return llguidance.grammar_from("ebnf", constraint.source)
