@@ -211,15 +211,15 @@ def markup_id_sets(tok: Any, markers: ReasoningMarkers | None, eos_token_ids: An
     (audit 30: xgrammar spells `<|im_start|>` as its text, so `{"tag": "<|im_start|>"}` for `^<[a-z_|]+>$`
     came back as `{"tag": ""}` with constraint_satisfied true)."""
     special = special_token_ids(tok)
-    reasoning = _markup_ids(tok, markers.spellings if markers is not None else ())
-    tools = _markup_ids(tok, tool_markup) - reasoning
+    reasoning = _markup_ids(tok, special, markers.spellings if markers is not None else ())
+    tools = _markup_ids(tok, special, tool_markup) - reasoning
     return {"hidden_ids": frozenset(special - reasoning), "tool_markup_ids": tools,
             "markup_ids": _json_banned_markup(tok, markers, frozenset(special), eos_token_ids)}
 
 
-def _markup_ids(tok: Any, spellings: tuple[str, ...]) -> frozenset[int]:
+def _markup_ids(tok: Any, special: set[int], spellings: tuple[str, ...]) -> frozenset[int]:
     """Special tokens that spell part of the markup's strings (a marker, gpt-oss's `<|channel|>`)."""
-    return frozenset(tid for tid in special_token_ids(tok) if (text := tok.convert_ids_to_tokens(tid))
+    return frozenset(tid for tid in special if (text := tok.convert_ids_to_tokens(tid))
                      and any(text in spelled for spelled in spellings))
 
 

@@ -418,7 +418,8 @@ class EndingSearch:
             if child in self._closers:
                 if child == self._quote and after != here and not any(_allows(after, c) for c in self._way_out_ids):
                     # a quote after which neither a closer nor a separator may come opens a string that must
-                    # hold text first (`"` before `http://`): a way in, taken where nothing else goes (`null`)
+                    # hold text first (`"` before `http://`): a way in, taken only where no closer and no ASCII
+                    # child to a new mask came first (`n` of `null` does), ahead of a way back
                     opening = opening or (child, after)
                     continue
                 if after != here or self._closes_in_a_run(walk, child, here, runs):

@@ -100,16 +100,16 @@ def segmented_regex(regex: str) -> str:
     several UTF-8 segments (`.`, `[^…]`, `\\s`, `\\S`) written as positive classes, one per segment, in ECMA's
     meaning (audit 31: xgrammar's `.` took a newline, `a.c` admitted `a\\nc`; its `\\s` lacked U+2000-U+200A
     and U+3000; its negated classes took surrogate bytes). Raises ValueError for a Unicode property, which
-    xgrammar reads inside a class as the letters `p{L}` (`[\\p{L}]+` admitted `{`)."""
+    xgrammar reads inside a class as the letters `p{L}` (`[\\p{L}]+` admitted `{`), and for a `^` or `$` it
+    would ignore (has_inner_anchor)."""
+    if has_inner_anchor(regex):
+        raise ValueError("xgrammar ignores a `^` or `$` inside the regex (`a$b?` admitted `ab`)")
     out = []
     for atom, text in pattern_pieces(regex):
         if atom is not None and atom.opaque:
             raise ValueError(f"the regex's Unicode property in {text!r} is read by xgrammar as its letters")
-        parts = _segments(atom.ranges) if atom is not None else []
-        if len(parts) > 1:
-            out.append("(?:" + "|".join("[" + "".join(map(_range_text, part)) + "]" for part in parts) + ")")
-        else:
-            out.append(text)
+        parts = _class_texts(atom.ranges) if atom is not None else []
+        out.append("(?:" + "|".join(parts) + ")" if len(parts) > 1 else text)
     return "".join(out)
 
 
@@ -335,7 +335,10 @@ def _class_texts(ranges: Ranges) -> list[str]:
 
 def _class_text(ranges: Ranges) -> str:
     if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
-        ch = chr(ranges[0][0])
+        code = ranges[0][0]
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            return _class_char(code)  # a control character as `\\x..`, never raw
+        ch = chr(code)
         return "\\" + ch if ch in _SYNTAX else ch
     return "[" + "".join(_range_text(r) for r in ranges) + "]"
 

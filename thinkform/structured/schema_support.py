@@ -75,8 +75,8 @@ def _combinator_problem(node: dict[str, Any], strict: bool) -> str | None:
     combos = [k for k in _COMBINATORS if k in node]
     if not combos:
         return None
-    # keywords no grammar enforces are checked on the answer wherever they stand
-    siblings = sorted(set(node) & _ASSERTIONS - set(_COMBINATORS) - UNENFORCEABLE - _harmless(node, combos[0], strict))
+    branches = node[combos[0]] if isinstance(node[combos[0]], list) else []
+    siblings = _dropped_siblings(node, {*_COMBINATORS}, branches, strict)
     if siblings:
         return f"'{siblings[0]}' beside '{combos[0]}'"
     if len(combos) > 1:
@@ -92,11 +92,8 @@ def _ref_problem(node: dict[str, Any], root: Any, strict: bool) -> str | None:
     ref = node.get("$ref")
     if not isinstance(ref, str):
         return None
-    harmless = {"additionalProperties"} if strict else set()
-    own, target = _types(node), _types(resolve(root, ref)) if ref.startswith("#/") or ref == "#" else None
-    if own is not None and target is not None and target <= own:
-        harmless.add("type")
-    siblings = sorted(set(node) & _ASSERTIONS - {"$ref"} - set(_COMBINATORS) - UNENFORCEABLE - harmless)
+    target = [resolve(root, ref)] if ref.startswith("#/") or ref == "#" else []
+    siblings = _dropped_siblings(node, {"$ref", *_COMBINATORS}, target, strict)
     return f"'{siblings[0]}' beside '$ref'" if siblings else None
 
 
@@ -441,13 +438,16 @@ def _value_types(node: dict[str, Any]) -> set[str] | None:
             for v in values}
 
 
-def _harmless(node: dict[str, Any], combo: str, strict: bool) -> set[str]:
-    out = {"additionalProperties"} if strict else set()
+def _dropped_siblings(node: dict[str, Any], keeping: set[str], branches: list[Any], strict: bool) -> list[str]:
+    """The keywords beside `keeping` (a combinator, `$ref`) that xgrammar drops, sorted: those that constrain
+    instances, but the ones no grammar enforces (checked on the answer wherever they stand) and those whose
+    loss changes nothing: `type` where every branch (the combinator's, the `$ref`'s target) is of that type
+    already, and (in strict mode, where no branch admits other properties) `additionalProperties`."""
+    harmless = {"additionalProperties"} if strict else set()
     own = _types(node)
-    branches = node.get(combo) if isinstance(node.get(combo), list) else []
     if own is not None and branches and all((t := _types(b)) is not None and t <= own for b in branches):
-        out.add("type")
-    return out
+        harmless.add("type")
+    return sorted(set(node) & _ASSERTIONS - keeping - UNENFORCEABLE - harmless)
 
 
 def _types(schema: Any) -> set[str] | None:

@@ -14,7 +14,7 @@ from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.backends.xgrammar_json import json_schema_grammar
 from thinkform.structured.ecma_regex import map_patterns
-from thinkform.structured.json_string_pattern import has_inner_anchor, segmented_regex, without_assertions
+from thinkform.structured.json_string_pattern import segmented_regex, without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
                                                   name_every_type, OTHER_BACKENDS_HINT)
@@ -116,8 +116,6 @@ class XGrammarBackend(GrammarBackend):
         if constraint.kind == "regex":
             try:
                 regex = segmented_regex(without_assertions(constraint.source))
-                if has_inner_anchor(regex):
-                    raise ValueError("xgrammar ignores a `^` or `$` inside the regex (`a$b?` admitted `ab`)")
             except ValueError as e:
                 raise ConstraintError(f"regex: {e}{OTHER_BACKENDS_HINT}", field="regex") from e
             return self._compiler.compile_regex(regex)

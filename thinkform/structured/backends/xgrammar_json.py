@@ -24,7 +24,7 @@ from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import json_text_pattern, pattern_pieces, whole_text_regex
 
 _HEX = "[A-Fa-f0-9]"
-# A string's `\uXXXX`: xgrammar takes any four hex digits, a lone surrogate (`"\udfee"`) too, which decodes to
+# A string's `\u` escape: xgrammar takes any four hex digits, a lone surrogate (`"\udfee"`) too, which decodes to
 # no character (Python's json gives a str that cannot be encoded; stricter parsers refuse it). Ours: a
 # code point outside D800-DFFF, or a high surrogate followed by the low one it pairs with.
 _ANY_ESCAPED_UNIT = f'("u" {_HEX} {_HEX} {_HEX} {_HEX})'
