@@ -157,6 +157,11 @@ def run_thinkform(args: argparse.Namespace) -> None:
                     dt = time.perf_counter() - t0
                     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
                     emit(args.out, {"engine": "thinkform", "kind": "free", "batch": bs, "tok_s": tokens / dt})
+                    # what a call costs besides its decode steps (prefill, hand-offs, the last step's ahead)
+                    one = _median_seconds(lambda: engine.generate(batch, {**free, "max_new_tokens": 1}))
+                    emit(args.out, {"engine": "thinkform", "kind": "call_overhead", "batch": bs,
+                                    "one_token_call_ms": round(one * 1e3, 3),
+                                    "decode_step_ms": round((dt - one) / (args.max_new_tokens - 1) * 1e3, 4)})
                     if engine.loop.overlap:  # what the overlap schedule is worth
                         engine.loop.overlap = False
                         t0 = time.perf_counter()
@@ -172,14 +177,30 @@ def run_thinkform(args: argparse.Namespace) -> None:
                 emit(args.out, {"engine": "thinkform", "kind": "json_jf" if jump else "json", **row})
 
 
+def _median_seconds(call: Any, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        call()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def _gemv_plans(engine: Any) -> dict[str, str]:
-    """What each one-token linear layer runs on (thinkform.kernels.gemv's choice, timed at start)."""
+    """What each one-token linear layer runs on (thinkform.kernels.gemv's choice, timed at start; "silu" the
+    MLP's projection fused with its activation, against cuBLAS + the activation kernel)."""
     planner = getattr(engine.parts.model.ops, "gemv", None)
     if planner is None:
         return {}
-    return {"x".join(map(str, key[0])): {"chosen": str(t or "cuBLAS"), "us": {
+    return {_plan_name(key): {"chosen": str(t or "cuBLAS"), "us": {
         str(c or "cuBLAS"): round(v, 2)
         for c, v in planner.timings[key].items()}} for key, t in planner.plans.items()}
+
+
+def _plan_name(key: tuple) -> str:
+    return "silu " + "x".join(map(str, key[1])) if key[0] == "silu" else "x".join(map(str, key[0]))
 
 
 def run_attention(args: argparse.Namespace) -> None:

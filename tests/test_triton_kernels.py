@@ -180,6 +180,29 @@ def test_store_kv_into_shuffled_slots(ops, dtype):
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
 
 
+@pytest.mark.parametrize("dim", [64, 80])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_store_kv_is_rotary_then_store(ops, dtype, dim):
+    """One launch for both: q rotated in place, the rotated k and v in their slots (a padding row stores
+    nothing), bit for bit what rotary_inplace then store_kv give."""
+    n, hq, hk, slots = 5, 12, 2, 40
+    _, q, k, v = _qkv_views(n, hq, hk, dim, dtype, seed=30)
+    angles = torch.rand(n, 1, dim // 2, generator=_gen(31)) * 20  # the model's [N, 1, D/2] layout
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    k_cache = _randn(slots, hk, dim, dtype=dtype, seed=32)
+    v_cache = _randn(slots, hk, dim, dtype=dtype, seed=33)
+    slot_mapping = torch.randperm(slots, generator=_gen(34))[:n]
+    slot_mapping[3] = -1
+    expected_q, expected_k, expected_v = ref_rotary(q, cos[:, 0], sin[:, 0]), k_cache.clone(), v_cache.clone()
+    keep = slot_mapping >= 0
+    expected_k[slot_mapping[keep]] = ref_rotary(k, cos[:, 0], sin[:, 0])[keep]
+    expected_v[slot_mapping[keep]] = v[keep]
+    ops.rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping)
+    assert_matches(q, expected_q, exact=True)
+    assert_matches(k_cache, expected_k, exact=True)
+    assert_matches(v_cache, expected_v, exact=True)
+
+
 def _paged_case(dtype, dim, table_dtype, lens, seed):
     """GQA 12/2 heads, page 16, a shuffled page pool; unused table entries hold garbage that must not be read."""
     batch, heads, kv_heads, page, num_pages, max_pages = len(lens), 12, 2, 16, 12, 4
@@ -273,6 +296,41 @@ def test_gemv_matches_linear(ops, dtype, n, k, block_n, block_k, splits, bias):
     # float32 accumulation, one rounding at the end: what cuBLAS does (the sum's order may differ)
     expected = F.linear(x.double(), w.double(), None if b is None else b.double()).to(dtype)
     assert_matches(got, expected, max_ulp=1)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize(("inter", "k", "block_n", "block_k"), [(37, 300, 8, 64), (64, 512, 16, 128)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_silu_is_projection_then_activation(ops, dtype, inter, k, block_n, block_k, bias):
+    """The MLP's [gate | up] projection and silu_and_mul in one launch: rounded where the two kernels round
+    (the projection's output, silu, the product), so at most the last bit apart where a sum's order flips it."""
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")
+    x, w = _randn(1, k, dtype=dtype, seed=63), _randn(2 * inter, k, dtype=dtype, seed=64)
+    b = _randn(2 * inter, dtype=dtype, seed=65) if bias else None
+    projected = F.linear(x.double(), w.double(), None if b is None else b.double()).to(dtype)
+    got = gemv.gemv_silu(x, w, b, gemv.GemvTiling(block_n, block_k, 1))
+    assert got.shape == (1, inter)
+    assert_matches(got, ref_silu_and_mul(projected), max_ulp=2)
+
+
+def test_gemv_planner_fuses_the_activation_only_when_clearly_faster(ops, monkeypatch):
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")
+    fused = gemv.GemvTiling(8, 64, 1)
+    layers = {n: torch.nn.Linear(96, n, bias=False).to(torch.bfloat16) for n in (24, 40)}
+    timings = {24: {None: 10.0, fused: 9.9}, 40: {None: 10.0, fused: 8.0}}
+    monkeypatch.setattr(gemv.GemvPlanner, "_time_silu_candidates", lambda self, x, layer: timings[layer.weight.shape[0]])
+    monkeypatch.setattr(gemv.GemvPlanner, "_time_candidates", lambda self, x, layer: {None: 1.0})
+    planner = gemv.GemvPlanner()
+    x = _randn(1, 96, dtype=torch.bfloat16, seed=71)
+    for n, layer in layers.items():
+        expected = ref_silu_and_mul(F.linear(x, layer.weight))
+        assert_matches(planner.linear_silu(x, layer), expected, max_ulp=2)
+    assert {key[1][0]: plan for key, plan in planner.plans.items() if key[0] == "silu"} == {24: None, 40: fused}
+    assert planner.linear_silu(torch.ones(2, 96, dtype=torch.bfloat16), layers[40]).shape == (2, 20)
 
 
 def test_gemv_tilings_fill_the_card(ops):

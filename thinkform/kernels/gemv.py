@@ -11,11 +11,15 @@ one-token call (the CUDA graph runner's warm-up, before capture), and keeps the 
 where cuBLAS wins, cuBLAS runs (on an H200 with Qwen2.5-1.5B: o_proj 5.8 µs against cuBLAS's 6.35, the
 other three shapes stay on cuBLAS; BENCHMARKS.md). Numerics: float32 accumulation, one rounding at the
 end, as cuBLAS; the sum order differs, so results may differ in the last bit.
+
+`gemv_silu` is the MLP's [gate | up] projection and its activation in one launch (no split-K: silu needs
+whole sums); the planner times it against cuBLAS followed by the activation kernel.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +27,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from thinkform.kernels.triton_ops import _cast
+from thinkform.kernels.triton_ops import _cast, _round, silu_and_mul
 
 logger = logging.getLogger("thinkform")
 
 _MARGIN = 0.97  # a tiling replaces cuBLAS only when at least 3 % faster: not on timing noise
+_ROW_BLOCKS = (8, 16, 32)
+_COL_BLOCKS = (256, 512)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,49 @@ def _sum_splits_kernel(part_ptr, b_ptr, out_ptr, N, splits, HAS_BIAS: tl.constex
     tl.store(out_ptr + cols, _cast(total, out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _gemv_silu_kernel(x_ptr, w_ptr, b_ptr, out_ptr, inter, K, w_row, HAS_BIAS: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[n] = silu(gate[n]) * up[n] of the fused [gate | up] projection, gate row n and up row inter + n read
+    by the same program: the MLP's projection and its activation in one launch."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < inter
+    acc_gate = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        cols = k + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        ok = row_ok[:, None] & col_ok[None, :]
+        at = rows[:, None] * w_row + cols[None, :]
+        acc_gate += tl.load(w_ptr + at, mask=ok, other=0.0, eviction_policy="evict_first").to(tl.float32) * x
+        acc_up += tl.load(w_ptr + inter * w_row + at, mask=ok, other=0.0,
+                          eviction_policy="evict_first").to(tl.float32) * x
+    gate = tl.sum(acc_gate, 1)
+    up = tl.sum(acc_up, 1)
+    if HAS_BIAS:
+        gate += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        up += tl.load(b_ptr + inter + rows, mask=row_ok, other=0.0).to(tl.float32)
+    dt = out_ptr.dtype.element_ty
+    # rounded where the two-kernel path rounds: the projection's outputs, then silu, then the product
+    gate, up = _round(gate, dt), _round(up, dt)
+    act = _round(tl.div_rn(gate, 1.0 + tl.exp(-gate)), dt)
+    tl.store(out_ptr + rows, _cast(act * up, dt), mask=row_ok)
+
+
+def gemv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling) -> Tensor:
+    """silu_and_mul(x [1, K] @ weight[2I, K].T (+ bias)) -> [1, I], in one launch (tiling.splits is ignored:
+    the activation needs whole sums)."""
+    n, k = weight.shape
+    assert x.shape == (1, k) and x.stride(-1) == 1 and weight.stride(-1) == 1 and n % 2 == 0, (x.shape, weight.shape)
+    inter = n // 2
+    out = torch.empty(1, inter, dtype=x.dtype, device=x.device)
+    _gemv_silu_kernel[(triton.cdiv(inter, tiling.block_n),)](
+        x, weight, bias if bias is not None else weight, out, inter, k, weight.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, num_warps=4)
+    return out
+
+
 def gemv(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling) -> Tensor:
     """x [1, K] @ weight[N, K].T (+ bias) -> [1, N], in x's dtype."""
     n, k = weight.shape
@@ -105,8 +154,8 @@ def candidate_tilings(n: int, k: int, programs_wanted: int) -> list[GemvTiling]:
     16 rows with pipelined loads, lost to these and to cuBLAS on every Qwen2.5-1.5B shape on an H200, and
     cost ~20 s of compiles at start: not among them.)"""
     out = []
-    for block_n in (8, 16, 32):
-        for block_k in (256, 512):
+    for block_n in _ROW_BLOCKS:
+        for block_k in _COL_BLOCKS:
             chunks = triton.cdiv(k, block_k)
             splits = 1
             while triton.cdiv(n, block_n) * splits < programs_wanted and splits * 2 <= chunks:
@@ -125,54 +174,84 @@ class GemvPlanner:
 
     def linear(self, x: Tensor, layer: torch.nn.Linear) -> Tensor:
         weight, bias = layer.weight, layer.bias
-        if not self.enabled or x.shape[0] != 1 or x.stride(-1) != 1 or weight.stride(-1) != 1 \
-                or x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+        if not self._one_token(x, weight):
             return F.linear(x, weight, bias)
         key = (tuple(weight.shape), x.dtype, bias is not None)
         if key not in self.plans:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
                 return F.linear(x, weight, bias)  # never timed outside a capture: cuBLAS, as before
-            self.timings[key], self.plans[key] = self._plan(x, layer)
-            logger.info("one-token linear %s: %s (µs: %s)", "x".join(map(str, weight.shape)),
-                        self.plans[key] or "cuBLAS", {str(t or "cuBLAS"): round(v, 2) for t, v in
-                                                      self.timings[key].items()})
+            self.timings[key], self.plans[key] = self._plan(lambda: self._time_candidates(x, layer), weight)
         tiling = self.plans[key]
         return F.linear(x, weight, bias) if tiling is None else gemv(x, weight, bias, tiling)
 
-    def _plan(self, x: Tensor, layer: torch.nn.Linear) -> tuple[dict[GemvTiling | None, float], GemvTiling | None]:
+    def linear_silu(self, x: Tensor, layer: torch.nn.Linear) -> Tensor:
+        """silu_and_mul(linear(x)) for the MLP's fused [gate | up] projection: one launch (gemv_silu) where
+        that beats the projection and the activation kernel timed together, else the two."""
+        weight, bias = layer.weight, layer.bias
+        key = ("silu", tuple(weight.shape), x.dtype, bias is not None)
+        if not self._one_token(x, weight) or weight.shape[0] % 2:
+            return silu_and_mul(self.linear(x, layer))
+        if key not in self.plans:
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                return silu_and_mul(self.linear(x, layer))
+            self.timings[key], self.plans[key] = self._plan(lambda: self._time_silu_candidates(x, layer), weight)
+        tiling = self.plans[key]
+        return silu_and_mul(self.linear(x, layer)) if tiling is None else gemv_silu(x, weight, bias, tiling)
+
+    def _one_token(self, x: Tensor, weight: Tensor) -> bool:
+        return self.enabled and x.shape[0] == 1 and x.stride(-1) == 1 and weight.stride(-1) == 1 \
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+
+    def _plan(self, time_candidates: Callable[[], dict[GemvTiling | None, float]],
+              weight: Tensor) -> tuple[dict[GemvTiling | None, float], GemvTiling | None]:
         """(the timings, the choice): a tiling only where it beats cuBLAS by more than timing noise."""
+        shape = "x".join(map(str, weight.shape))
         try:
-            times = self._time_candidates(x, layer)
+            times = time_candidates()
         except Exception as e:  # noqa: BLE001 - timing is an optimisation: cuBLAS stays correct
-            logger.warning("one-token linear %s not timed (%s: %s): cuBLAS", tuple(layer.weight.shape),
-                           type(e).__name__, e)
+            logger.warning("one-token linear %s not timed (%s: %s): cuBLAS", shape, type(e).__name__, e)
             return {}, None
         best = min((t for t in times if t is not None), key=times.__getitem__, default=None)
-        return times, best if best is not None and times[best] < _MARGIN * times[None] else None
+        choice = best if best is not None and times[best] < _MARGIN * times[None] else None
+        logger.info("one-token linear %s: %s (µs: %s)", shape, choice or "cuBLAS",
+                    {str(t or "cuBLAS"): round(v, 2) for t, v in times.items()})
+        return times, choice
 
     def _time_candidates(self, x: Tensor, layer: torch.nn.Linear) -> dict[GemvTiling | None, float]:
-        """Each candidate timed in a CUDA graph (no launch cost, as in the engine's graphs) over copies of the
-        weight that together overflow L2: a decode step reads every layer's weight from memory once."""
-        from triton.testing import do_bench_cudagraph
-
         weight, bias = layer.weight, layer.bias
-        n, k = weight.shape
-        props = torch.cuda.get_device_properties(x.device)
-        copies = [weight] + [weight.clone() for _ in range(_copies_past_l2(weight, props.L2_cache_size) - 1)]
-        reference = F.linear(x, weight, bias).float()
+        programs = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        return _time_tilings(weight, lambda w: F.linear(x, w, bias), lambda w, t: gemv(x, w, bias, t),
+                             candidate_tilings(*weight.shape, programs))
 
-        def timed(run) -> float:  # µs per call
-            return do_bench_cudagraph(lambda: [run(w) for w in copies], rep=10, return_mode="median") \
-                * 1e3 / len(copies)
+    def _time_silu_candidates(self, x: Tensor, layer: torch.nn.Linear) -> dict[GemvTiling | None, float]:
+        weight, bias = layer.weight, layer.bias
+        tilings = [GemvTiling(block_n, block_k, 1) for block_n in _ROW_BLOCKS for block_k in _COL_BLOCKS]
+        return _time_tilings(weight, lambda w: silu_and_mul(F.linear(x, w, bias)),
+                             lambda w, t: gemv_silu(x, w, bias, t), tilings)
 
-        times: dict[GemvTiling | None, float] = {None: timed(lambda w: F.linear(x, w, bias))}
-        for tiling in candidate_tilings(n, k, 4 * props.multi_processor_count):
-            try:
-                if torch.allclose(gemv(x, weight, bias, tiling).float(), reference, rtol=2e-2, atol=2e-2):
-                    times[tiling] = timed(lambda w, t=tiling: gemv(x, w, bias, t))
-            except Exception as e:  # noqa: BLE001 - a tiling that does not build here is simply not used
-                logger.debug("GEMV tiling %s for %dx%d failed: %s", tiling, n, k, e)
-        return times
+
+def _time_tilings(weight: Tensor, reference: Callable[[Tensor], Tensor], kernel: Callable[[Tensor, GemvTiling], Tensor],
+                  tilings: list[GemvTiling]) -> dict[GemvTiling | None, float]:
+    """µs per call of `reference` (None) and of `kernel` at each tiling that agrees with it, each timed in a
+    CUDA graph (no launch cost, as in the engine's graphs) over copies of the weight that together overflow
+    L2: a decode step reads every layer's weight from memory once."""
+    from triton.testing import do_bench_cudagraph
+
+    l2_bytes = torch.cuda.get_device_properties(weight.device).L2_cache_size
+    copies = [weight] + [weight.clone() for _ in range(_copies_past_l2(weight, l2_bytes) - 1)]
+    expected = reference(weight).float()
+
+    def timed(run: Callable[[Tensor], Tensor]) -> float:
+        return do_bench_cudagraph(lambda: [run(w) for w in copies], rep=10, return_mode="median") * 1e3 / len(copies)
+
+    times: dict[GemvTiling | None, float] = {None: timed(reference)}
+    for tiling in tilings:
+        try:
+            if torch.allclose(kernel(weight, tiling).float(), expected, rtol=2e-2, atol=2e-2):
+                times[tiling] = timed(lambda w, t=tiling: kernel(w, t))
+        except Exception as e:  # noqa: BLE001 - a tiling that does not build here is simply not used
+            logger.debug("GEMV tiling %s for %s failed: %s", tiling, tuple(weight.shape), e)
+    return times
 
 
 def _copies_past_l2(weight: Tensor, l2_bytes: int) -> int:

@@ -36,6 +36,11 @@ class TritonOps(TorchOps):
             return super().silu_and_mul(gate_up)
         return triton_ops.silu_and_mul(gate_up)
 
+    def linear_silu_and_mul(self, x: Tensor, layer: nn.Module) -> Tensor:
+        if type(layer) is not nn.Linear or not _fits(x):
+            return super().linear_silu_and_mul(x, layer)
+        return self.gemv.linear_silu(x, layer)
+
     def rotary(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         if not (q.is_cuda and q.dtype in _KERNEL_DTYPES):
             return super().rotary(q, k, cos, sin)

@@ -15,6 +15,8 @@ Performance (bf16, H100 + triton 3.6; memory bound, and at decode sizes launch l
 - rotary_inplace: grid (N, Hq), q and k in one launch (programs with h >= Hk skip k by mask); one head each.
   256 tokens x (32+8) heads x 128: ~10 us.
 - store_kv: grid (N, Hkv), k and v in one launch; a scattered row copy of D elements each. ~5-6 us (launch).
+- rotary_store_kv: rotary_inplace's grid, and programs h < Hk also write their rotated k head and v head to the
+  cache: the CUDA step's one kernel between the qkv projection and attention (one launch a layer less).
 - paged_decode_attention: grid (H, B), one program per (query head, sequence), heads fastest so the query heads
   of one kv head run together and share its K/V in L2; a single pass over the context in chunks of BLOCK_N
   positions (128 for D <= 128) with an online float32 softmax. The grid never depends on context lengths, so it
@@ -31,7 +33,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_inplace", "store_kv", "paged_decode_attention"]
+__all__ = ["rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_inplace", "store_kv", "rotary_store_kv",
+           "paged_decode_attention"]
 
 _SILU_BLOCK = 1024
 _ATTN_WARPS = 8
@@ -128,6 +131,39 @@ def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, k_row, k_head, v_ro
     v = tl.load(v_ptr + n * v_row + h * v_head + d, mask=mask)
     tl.store(kc_ptr + slot * kc_slot + h * kc_head + d, k.to(kc_ptr.dtype.element_ty), mask=mask)
     tl.store(vc_ptr + slot * vc_slot + h * vc_head + d, v.to(vc_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_store_kv_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, cos_ptr, sin_ptr, q_row, q_head,
+                            k_row, k_head, v_row, v_head, kc_slot, kc_head, vc_slot, vc_head, cs_row, num_k_heads,
+                            HALF: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
+    """Program (n, h): query head h rotated in place; for h < Hk also key head h rotated straight into its
+    cache slot and value head h copied there (what _rotary_kernel then _store_kv_kernel do, in one launch)."""
+    n = tl.program_id(0)
+    h = tl.program_id(1)
+    d = tl.arange(0, BLOCK)
+    cos = tl.load(cos_ptr + n * cs_row + d, mask=d < HALF, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + n * cs_row + d, mask=d < HALF, other=0.0).to(tl.float32)
+    _rotate_head(q_ptr + n * q_row + h * q_head, cos, sin, d, d < HALF, HALF)
+    slot = tl.load(slot_ptr + n).to(tl.int64)
+    # scalar conditions folded into the bound (the interpreter mangles `block_mask & scalar_mask`): a head past
+    # Hk or a padding row (negative slot) stores nothing
+    kv_limit = tl.where(h < num_k_heads, tl.where(slot >= 0, 1, 0), 0)
+    kmask = d < HALF * kv_limit
+    dt = k_ptr.dtype.element_ty
+    src = k_ptr + n * k_row + h * k_head
+    x1 = tl.load(src + d, mask=kmask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF + d, mask=kmask, other=0.0).to(tl.float32)
+    o1 = _round(x1 * cos, dt) - _round(x2 * sin, dt)
+    o2 = _round(x2 * cos, dt) + _round(x1 * sin, dt)
+    dst = kc_ptr + slot * kc_slot + h * kc_head
+    tl.store(dst + d, _cast(o1, dt).to(kc_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dst + HALF + d, _cast(o2, dt).to(kc_ptr.dtype.element_ty), mask=kmask)
+    dv = tl.arange(0, BLOCK_D)
+    vmask = dv < HEAD_DIM * kv_limit
+    v = tl.load(v_ptr + n * v_row + h * v_head + dv, mask=vmask)
+    tl.store(vc_ptr + slot * vc_slot + h * vc_head + dv, v.to(vc_ptr.dtype.element_ty), mask=vmask)
 
 
 @triton.jit
@@ -276,6 +312,28 @@ def store_kv(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mappin
     _store_kv_kernel[(n, heads)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0),
                                  v.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
                                  v_cache.stride(1), HEAD_DIM=dim, BLOCK=block, num_warps=_warps(block))
+
+
+def rotary_store_kv(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+                    slot_mapping: Tensor) -> None:
+    """rotary_inplace on q, then store_kv of the rotated k and of v, in one launch (k itself is left as it was:
+    attention reads keys from the cache). Same numbers as the two calls."""
+    _check_last_contiguous(q, k, v, cos, sin, k_cache, v_cache)
+    n, hq, dim = q.shape
+    cos, sin = cos.reshape(n, dim // 2), sin.reshape(n, dim // 2)
+    if not (k.shape[0] == v.shape[0] == n and k.shape[2] == dim and k.shape == v.shape and k.shape[1] <= hq
+            and cos.dtype == q.dtype == k.dtype):
+        raise ValueError("rotary_store_kv: need k, v [N, Hk<=Hq, D] and cos/sin in q's dtype")
+    if cos.stride() != sin.stride():
+        raise ValueError("cos and sin must share a layout")
+    if n == 0:
+        return
+    block, block_d = triton.next_power_of_2(dim // 2), triton.next_power_of_2(dim)
+    _rotary_store_kv_kernel[(n, hq)](
+        q, k, v, k_cache, v_cache, slot_mapping, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        cos.stride(0), k.shape[1], HALF=dim // 2, BLOCK=block, HEAD_DIM=dim, BLOCK_D=block_d,
+        num_warps=_warps(block_d), **_EXACT)
 
 
 def _attn_block_n(block_d: int) -> int:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thinkform.models.config import ModelConfig
-from thinkform.models.layers import AttentionBackend, CausalLM, DecoderLayer, RMSNorm, logits_dtype
+from thinkform.models.layers import (AttentionBackend, CausalLM, DecoderLayer, RMSNorm, RotaryAttentionBackend,
+                                     logits_dtype)
 from thinkform.models.ops import TorchOps
 from thinkform.models.rope import RotaryEmbedding
 
@@ -60,8 +61,9 @@ class DecoderLM(CausalLM):
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, h.dtype)
         residual = None
+        rotate_inside = isinstance(attn, RotaryAttentionBackend)
         for layer in self.model.layers:
-            h, residual = layer(h, residual, cos, sin, attn, self.ops)
+            h, residual = layer(h, residual, cos, sin, attn, self.ops, rotate_inside)
         if residual is None:
             return self.model.norm(h, self.ops)
         return self.model.norm.add_forward(h, residual, self.ops)[0]

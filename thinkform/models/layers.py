@@ -5,7 +5,7 @@ only the AttentionBackend knows which tokens belong to which sequence.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from abc import ABCMeta, abstractmethod
 
@@ -21,6 +21,15 @@ class AttentionBackend(Protocol):
     def __call__(self, layer_id: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q [N, num_heads, head_dim], k/v [N, num_kv_heads, head_dim] for this step's N tokens (rotary
         already applied); stores k/v and attends over each sequence's history; returns [N, num_heads, head_dim]."""
+        ...
+
+
+@runtime_checkable
+class RotaryAttentionBackend(Protocol):
+    """An AttentionBackend that also takes q/k before rotary and rotates them in the kernel that stores k/v
+    (the CUDA step's: one launch a layer less)."""
+
+    def rotate_and_attend(self, layer_id: int, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         ...
 
 
@@ -102,7 +111,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps,
+                rotate_inside: bool = False) -> Tensor:
+        """`rotate_inside`: attn is a RotaryAttentionBackend, which applies the rotary itself."""
         n = x.shape[0]
         q, k, v = ops.linear(x, self.qkv_proj).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
@@ -110,8 +121,11 @@ class Attention(nn.Module):
         v = v.view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q, ops), self.k_norm(k, ops)
-        q, k = ops.rotary(q, k, cos, sin)
-        out = attn(self.layer_id, q, k, v)
+        if rotate_inside:
+            out = attn.rotate_and_attend(self.layer_id, q, k, v, cos, sin)
+        else:
+            q, k = ops.rotary(q, k, cos, sin)
+            out = attn(self.layer_id, q, k, v)
         return ops.linear(out.reshape(n, self.q_size), self.o_proj)
 
 
@@ -127,9 +141,9 @@ class GatedMLP(nn.Module):
         self.silu = self.act is _silu
 
     def forward(self, x: Tensor, ops: TorchOps) -> Tensor:
-        gate_up = ops.linear(x, self.gate_up_proj)
         if self.silu:
-            return ops.linear(ops.silu_and_mul(gate_up), self.down_proj)
+            return ops.linear(ops.linear_silu_and_mul(x, self.gate_up_proj), self.down_proj)
+        gate_up = ops.linear(x, self.gate_up_proj)
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return ops.linear(self.act(gate) * up, self.down_proj)
 
@@ -143,13 +157,13 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(config)
 
     def forward(self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor, attn: AttentionBackend,
-                ops: TorchOps) -> tuple[Tensor, Tensor]:
+                ops: TorchOps, rotate_inside: bool = False) -> tuple[Tensor, Tensor]:
         """x: the previous layer's output, not yet added to `residual` (None at the first layer): each
         residual add is fused into the norm that follows it. Returns (output, residual)."""
         if residual is None:
             residual, h = x, self.input_layernorm(x, ops)
         else:
             h, residual = self.input_layernorm.add_forward(x, residual, ops)
-        h = self.self_attn(h, cos, sin, attn, ops)
+        h = self.self_attn(h, cos, sin, attn, ops, rotate_inside)
         h, residual = self.post_attention_layernorm.add_forward(h, residual, ops)
         return self.mlp(h, ops), residual

@@ -33,6 +33,10 @@ class TorchOps:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
 
+    def linear_silu_and_mul(self, x: Tensor, layer: nn.Module) -> Tensor:
+        """silu_and_mul of the fused [gate | up] projection of x."""
+        return self.silu_and_mul(self.linear(x, layer))
+
     def rotary(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """q [N, Hq, D], k [N, Hk, D]; cos/sin [N, 1, D/2]."""
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
