@@ -246,6 +246,10 @@ def run_profile(args: argparse.Namespace) -> None:
                            "json_schema": json.dumps(CAPITAL_INFO_SCHEMA)}
             engine.generate(prompts[:bs], json_params)  # warm-up: grammar compiled, mask kernel warm
             emit(args.out, {"host_ms_per_step_json": bs, **_host_times(engine, prompts[:bs], json_params)})
+            for label, run_params in (("free", {**params, "max_new_tokens": args.max_new_tokens}),
+                                      ("json", json_params)):
+                (args.out / f"cprofile_bs{bs}_{label}.txt").write_text(
+                    _loop_profile(engine, prompts[:bs], run_params))
             sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
             table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
             (args.out / f"profile_bs{bs}.txt").write_text(table)
@@ -276,6 +280,45 @@ def _fill_threads(engine: Any, rows: int = 32, repeats: int = 50) -> dict[str, f
             batch.batch_fill_next_token_bitmask(inner, bitmask)
         out[str(threads)] = round((time.perf_counter() - t0) / repeats * 1e3, 3)
     return out
+
+
+def _loop_profile(engine: Any, prompts: list[str], params: dict[str, Any]) -> str:
+    """cProfile of the engine loop's thread over one generate call (its step calls profiled where they run):
+    which Python calls a step's host time goes to, by own time and by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    loop = engine.loop
+    prof, mask_prof = cProfile.Profile(), cProfile.Profile()  # the loop's thread, the mask thread (a GPU's)
+
+    def profiled(inner: Any, profiler: cProfile.Profile) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            profiler.enable()
+            try:
+                return inner(*a, **k)
+            finally:
+                profiler.disable()
+        return call
+
+    loop._step, loop._finish_ahead = profiled(loop._step, prof), profiled(loop._finish_ahead, prof)
+    if sys.version_info < (3, 12):  # from 3.12 one profiler sees every thread (and a second may not start)
+        loop._fill_masks = profiled(loop._fill_masks, mask_prof if loop.parts.device.type != "cpu" else prof)
+    steps = loop.counters["steps"]
+    try:
+        engine.generate(prompts, params)
+    finally:
+        del loop._step, loop._finish_ahead
+        loop.__dict__.pop("_fill_masks", None)
+    text = io.StringIO()
+    text.write(f"steps: {loop.counters['steps'] - steps}\n")
+    for name, profiler in (("loop thread", prof), ("mask thread", mask_prof)):
+        if profiler.getstats():
+            text.write(f"===== {name}\n")
+            stats = pstats.Stats(profiler, stream=text)
+            stats.sort_stats("tottime").print_stats(45)
+            stats.sort_stats("cumulative").print_stats(45)
+    return text.getvalue()
 
 
 def _host_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> dict[str, float]:

@@ -25,6 +25,8 @@ def _both_paths(engine, max_tokens: int):
     steps = CudaStepRunner(parts.model, kv, parts.device, max_tokens=max_tokens,
                            max_pages=-(-parts.context_length // parts.kv.page_size),
                            max_seqs=engine.args.max_running_requests, use_graphs=False)
+    # as the CUDA engine runs: cos/sin gathered from a table (strided views of it reach the rotary kernel)
+    parts.model.rotary.cache_positions(parts.context_length, next(parts.model.parameters()).dtype, parts.device)
     cuda_side = ModelRunner(parts.model, kv, parts.device, small_steps=steps)
     torch_path = ModelRunner(parts.model, parts.kv, parts.device)
     seen: list[tuple[int, float]] = []

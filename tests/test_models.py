@@ -134,6 +134,23 @@ def test_bfloat16_logits_are_float32_and_near_float32_model(tmp_path, tokenizer)
     assert (low - high).abs().max() < 0.1 * high.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}])
+def test_cached_rotary_rows_are_the_computed_ones(dtype, scaling):
+    """The CUDA engine gathers cos/sin from a table made once (cache_positions): bit for bit what each step
+    computed before, the yarn scaling's cos/sin multiplier included."""
+    from thinkform.models.rope import RotaryEmbedding
+
+    rotary = RotaryEmbedding(64, 10000.0, scaling, 256)
+    positions = torch.tensor([0, 7, 63, 64, 200, 255, 3])
+    expected = rotary(positions, dtype)
+    rotary.cache_positions(256, dtype, torch.device("cpu"))
+    got = rotary(positions, dtype)
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert got[0].shape == expected[0].shape == (7, 1, 32)
+    assert all(torch.equal(g, e) for g, e in zip(rotary(positions, torch.float16), rotary._compute(positions, torch.float16)))
+
+
 def test_unsupported_rope_type_is_a_clear_error():
     config = ModelConfig(
         arch="LlamaForCausalLM", model_type="llama", vocab_size=10, hidden_size=8, intermediate_size=16,

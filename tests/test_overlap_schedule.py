@@ -71,6 +71,22 @@ def test_overlap_launches_steps_ahead_and_drops_finished_rows(engine):
     assert all(fed)
 
 
+def test_no_step_ahead_for_tokens_that_end_every_row_by_length(engine):
+    """The token that reaches max_new_tokens in every row launches no step ahead: it would be computed for
+    nobody (a whole forward pass a call, ~1 % of a 128-token call at batch 1)."""
+    params = {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}
+    loop = engine.loop
+    steps = loop.counters["steps"]
+    loop.overlap = True
+    try:
+        outs = engine.generate(PROMPTS, params)
+    finally:
+        loop.overlap = False
+    assert all(len(o["output_ids"]) == 6 for o in outs)
+    assert loop.counters["steps"] - steps == 6  # the prefill, then one step for each of tokens 2..6
+    assert loop._ahead is None
+
+
 def test_flush_cache_right_after_the_last_request_is_not_refused(engine64, monkeypatch):
     """Audit 19: the last step of a run launches a decode-ahead step before its tokens end the requests; a
     flush_cache (the server's /flush_cache) sent as generate() returned found it still held and was refused

@@ -333,6 +333,46 @@ def test_gemv_planner_fuses_the_activation_only_when_clearly_faster(ops, monkeyp
     assert planner.linear_silu(torch.ones(2, 96, dtype=torch.bfloat16), layers[40]).shape == (2, 20)
 
 
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_split_sums_summed_by_the_norm(ops, dtype, bias):
+    """A one-token projection cut along K, its slices summed (+ bias) inside the next fused_add_rms_norm:
+    bit for bit gemv (slices summed by its own second kernel) followed by the norm, the residual included."""
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")
+    hidden, k = 96, 512
+    x, w = _randn(1, k, dtype=dtype, seed=66), _randn(hidden, k, dtype=dtype, seed=67)
+    b = _randn(hidden, dtype=dtype, seed=68) if bias else None
+    residual = _randn(1, hidden, dtype=dtype, seed=69)
+    weight = (1 + 0.1 * _randn(hidden, dtype=torch.float32, seed=70)).to(dtype)
+    tiling = gemv.GemvTiling(16, 64, 4)
+    expected_residual = residual.clone()
+    expected, _ = ops.fused_add_rms_norm(gemv.gemv(x, w, b, tiling), expected_residual, weight, 1e-6)
+    parts = gemv.gemv_split_sums(x, w, None, tiling)
+    assert parts.shape == (4, hidden) and parts.dtype == torch.float32
+    out, new_residual = ops.split_sums_add_rms_norm(parts, b, residual, weight, 1e-6)
+    assert new_residual is residual
+    assert_matches(new_residual, expected_residual, exact=True)
+    assert_matches(out, expected, exact=True)
+
+
+def test_planner_hands_out_split_sums_only_for_a_cut_plan(ops, monkeypatch):
+    import importlib
+
+    gemv = importlib.import_module("thinkform.kernels.gemv")
+    plans = {24: gemv.GemvTiling(8, 32, 2), 40: gemv.GemvTiling(8, 32, 1), 56: None}
+    monkeypatch.setattr(gemv.GemvPlanner, "_time_candidates",
+                        lambda self, x, layer: {None: 1.0} | ({plans[layer.weight.shape[0]]: 0.5}
+                                                               if plans[layer.weight.shape[0]] else {}))
+    planner = gemv.GemvPlanner()
+    x = _randn(1, 96, dtype=torch.bfloat16, seed=72)
+    layers = {n: torch.nn.Linear(96, n, bias=False).to(torch.bfloat16) for n in plans}
+    assert planner.split_sums(x, layers[24]).shape == (2, 24)
+    assert planner.split_sums(x, layers[40]) is None and planner.split_sums(x, layers[56]) is None
+    assert planner.split_sums(torch.ones(2, 96, dtype=torch.bfloat16), layers[24]) is None  # two rows: cuBLAS
+
+
 def test_gemv_tilings_fill_the_card(ops):
     """A short N is cut along K until there are programs enough (within K's column blocks)."""
     import importlib

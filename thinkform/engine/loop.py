@@ -260,6 +260,8 @@ class EngineLoop:
         with self._lock:
             if self._inbox or self._aborts:
                 return  # new work or aborts first: the usual schedule takes them
+        if all(len(seq.output_ids) + 1 >= seq.params.max_new_tokens for seq in sampling):
+            return  # this token ends every row by length: a step ahead would be computed for nobody
         batch = self.scheduler.schedule_ahead(sampling, tokens, fed)
         if batch is not None:
             logits, _ = self.runner.forward(batch)

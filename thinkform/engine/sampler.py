@@ -28,6 +28,7 @@ class Sampler:
         self.tokenizer_size = tokenizer_size  # ids at or past this are embedding padding: never sampled
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
+        self._eos_on: dict[torch.device, torch.Tensor] = {}  # the EOS ids where logits live, copied up once
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None = None,
@@ -101,9 +102,14 @@ class Sampler:
             return
         rows = [i for i, s in enumerate(seqs) if not _grammar_active(s) and (
             s.params.ignore_eos or len(s.output_ids) < s.params.min_new_tokens)]
-        if rows:
-            row_ids = device_tensor(rows, logits.device)[:, None]
-            logits[row_ids, device_tensor(self.eos_token_ids, logits.device)[None, :]] = _minus_inf(logits)
+        if not rows:
+            return
+        eos = self._eos_on.get(logits.device)
+        if eos is None:
+            eos = self._eos_on[logits.device] = device_tensor(self.eos_token_ids, logits.device)
+        # every row (a benchmark's ignore_eos batch): a column write, no row list to copy up each step
+        row_ids = slice(None) if len(rows) == logits.shape[0] else device_tensor(rows, logits.device)[:, None]
+        logits[row_ids, eos] = _minus_inf(logits)
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Each row's token id, where the logits live (nothing waits for the device here)."""

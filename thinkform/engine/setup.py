@@ -162,6 +162,7 @@ def _cuda_kernels(args: EngineArgs, model: torch.nn.Module, kv: KVCache, device:
 
     # the GEMV's tilings are timed (and only pay off) as graph replays: eager steps keep cuBLAS
     model.ops = TritonOps(gemv=not (args.disable_gemv or args.disable_cuda_graph))
+    model.rotary.cache_positions(context, next(model.parameters()).dtype, device)
     return CudaStepRunner(model, kv, device, max_tokens=args.cuda_graph_max_bs,
                           max_pages=-(-context // args.page_size), max_seqs=args.max_running_requests,
                           use_graphs=not args.disable_cuda_graph)

@@ -128,23 +128,39 @@ def gemv_silu(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling
 
 def gemv(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling) -> Tensor:
     """x [1, K] @ weight[N, K].T (+ bias) -> [1, N], in x's dtype."""
+    n = weight.shape[0]
+    out = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    part = gemv_split_sums(x, weight, bias, tiling, out)
+    if part is not out:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(n, block),)](part, bias if bias is not None else part, out, n,
+                                                     part.shape[0], HAS_BIAS=bias is not None, BLOCK=block,
+                                                     num_warps=4)
+    return out
+
+
+def gemv_split_sums(x: Tensor, weight: Tensor, bias: Tensor | None, tiling: GemvTiling,
+                    out: Tensor | None = None) -> Tensor:
+    """gemv's first kernel: float32 sums [S, N] of the tiling's S slices of K, for the caller to add up (the
+    next norm does, split_sums_add_rms_norm); with one slice, the finished row written into `out`."""
     n, k = weight.shape
     assert x.shape == (1, k) and x.stride(-1) == 1 and weight.stride(-1) == 1, (x.shape, weight.shape)
-    out = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    chunks = triton.cdiv(k, tiling.block_k)
-    per_split = triton.cdiv(chunks, tiling.splits) * tiling.block_k
-    splits = triton.cdiv(k, per_split)  # no empty slices
+    per_split, splits = _slices(k, tiling)
     direct = splits == 1
+    if direct:
+        out = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
     part = out if direct else torch.empty(splits, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, tiling.block_n), splits)
     _gemv_kernel[grid](x, weight, bias if bias is not None else weight, part, n, k, weight.stride(0), per_split,
                        HAS_BIAS=bias is not None, DIRECT=direct, BLOCK_N=tiling.block_n,
                        BLOCK_K=tiling.block_k, num_warps=4)
-    if not direct:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(n, block),)](part, bias if bias is not None else part, out, n,
-                                                     splits, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
-    return out
+    return part
+
+
+def _slices(k: int, tiling: GemvTiling) -> tuple[int, int]:
+    """(columns a slice, slices): whole column blocks, no empty slice."""
+    per_split = triton.cdiv(triton.cdiv(k, tiling.block_k), tiling.splits) * tiling.block_k
+    return per_split, triton.cdiv(k, per_split)
 
 
 def candidate_tilings(n: int, k: int, programs_wanted: int) -> list[GemvTiling]:
@@ -174,15 +190,28 @@ class GemvPlanner:
 
     def linear(self, x: Tensor, layer: torch.nn.Linear) -> Tensor:
         weight, bias = layer.weight, layer.bias
+        tiling = self._tiling(x, layer)
+        return F.linear(x, weight, bias) if tiling is None else gemv(x, weight, bias, tiling)
+
+    def split_sums(self, x: Tensor, layer: torch.nn.Linear) -> Tensor | None:
+        """The layer's float32 split sums [S, N] where its plan cuts K (the caller adds them up: one launch
+        less), else None: compute it with `linear`."""
+        tiling = self._tiling(x, layer)
+        if tiling is None or _slices(layer.weight.shape[1], tiling)[1] == 1:
+            return None
+        return gemv_split_sums(x, layer.weight, None, tiling)
+
+    def _tiling(self, x: Tensor, layer: torch.nn.Linear) -> GemvTiling | None:
+        """This one-token layer's plan (timed on first use), or None: cuBLAS."""
+        weight = layer.weight
         if not self._one_token(x, weight):
-            return F.linear(x, weight, bias)
-        key = (tuple(weight.shape), x.dtype, bias is not None)
+            return None
+        key = (tuple(weight.shape), x.dtype, layer.bias is not None)
         if key not in self.plans:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
-                return F.linear(x, weight, bias)  # never timed outside a capture: cuBLAS, as before
+                return None  # never timed outside a capture: cuBLAS, as before
             self.timings[key], self.plans[key] = self._plan(lambda: self._time_candidates(x, layer), weight)
-        tiling = self.plans[key]
-        return F.linear(x, weight, bias) if tiling is None else gemv(x, weight, bias, tiling)
+        return self.plans[key]
 
     def linear_silu(self, x: Tensor, layer: torch.nn.Linear) -> Tensor:
         """silu_and_mul(linear(x)) for the MLP's fused [gate | up] projection: one launch (gemv_silu) where

@@ -31,6 +31,14 @@ class TritonOps(TorchOps):
         # the kernel writes the sum over `residual`: this layer's residual is ours alone to overwrite
         return triton_ops.fused_add_rms_norm(x, residual, weight, eps)
 
+    def linear_add_rms_norm(self, x: Tensor, layer: nn.Module, residual: Tensor, weight: Tensor,
+                            eps: float) -> tuple[Tensor, Tensor]:
+        # a one-token projection cut along K (gemv's plan): its slices are summed by the norm's kernel
+        parts = self.gemv.split_sums(x, layer) if type(layer) is nn.Linear and _fits(x) and _fits(residual) else None
+        if parts is None:
+            return super().linear_add_rms_norm(x, layer, residual, weight, eps)
+        return triton_ops.split_sums_add_rms_norm(parts, layer.bias, residual, weight, eps)
+
     def silu_and_mul(self, gate_up: Tensor) -> Tensor:
         if not _fits(gate_up):
             return super().silu_and_mul(gate_up)

@@ -67,12 +67,24 @@ def _cast(x, dtype: tl.constexpr):
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, x_row, res_row, out_row, H, eps,
-                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr, bias_ptr,
+                     HAS_BIAS: tl.constexpr):
+    """SPLITS > 0: x is a one-token linear layer's float32 partial sums [SPLITS, H] (gemv's split-K), summed
+    in order, biased and rounded here as gemv's second kernel would have (one launch a layer less)."""
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
-    dt = x_ptr.dtype.element_ty
-    x = tl.load(x_ptr + row * x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if SPLITS > 0:
+        dt = res_ptr.dtype.element_ty
+        x = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in range(SPLITS):
+            x += tl.load(x_ptr + s * H + cols, mask=mask, other=0.0)
+        if HAS_BIAS:
+            x += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = _round(x, dt)
+    else:
+        dt = x_ptr.dtype.element_ty
+        x = tl.load(x_ptr + row * x_row + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         x = _round(x + tl.load(res_ptr + row * res_row + cols, mask=mask, other=0.0).to(tl.float32), dt)
         tl.store(res_ptr + row * res_row + cols, x.to(dt), mask=mask)
@@ -255,7 +267,8 @@ def _norm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: float, out: T
     block = triton.next_power_of_2(hidden)
     res = x if residual is None else residual
     _rms_norm_kernel[(n,)](x, res, weight, out, x.stride(0), res.stride(0), out.stride(0), hidden, eps,
-                           HAS_RES=residual is not None, BLOCK=block, num_warps=_warps(block), **_EXACT)
+                           HAS_RES=residual is not None, BLOCK=block, SPLITS=0, bias_ptr=x, HAS_BIAS=False,
+                           num_warps=_warps(block), **_EXACT)
     return out
 
 
@@ -270,6 +283,22 @@ def fused_add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float,
     if residual.dtype != x.dtype or residual.shape != x.shape:
         raise ValueError("residual must match x in shape and dtype")
     return _norm(x, residual, weight, eps, out), residual
+
+
+def split_sums_add_rms_norm(parts: Tensor, bias: Tensor | None, residual: Tensor, weight: Tensor,
+                            eps: float) -> tuple[Tensor, Tensor]:
+    """fused_add_rms_norm(x, residual, ...) where x [1, H] is still a one-token linear layer's float32 split
+    sums `parts` [S, H] (+ bias): summed, rounded, added and normalised in one launch."""
+    _check_last_contiguous(parts, residual, weight)
+    splits, hidden = parts.shape
+    if residual.shape != (1, hidden) or not parts.is_contiguous():
+        raise ValueError("split sums need one contiguous [S, H] float32 block and a [1, H] residual")
+    out = torch.empty((1, hidden), dtype=torch.promote_types(residual.dtype, weight.dtype), device=residual.device)
+    block = triton.next_power_of_2(hidden)
+    _rms_norm_kernel[(1,)](parts, residual, weight, out, hidden, residual.stride(0), out.stride(0), hidden, eps,
+                           HAS_RES=True, BLOCK=block, SPLITS=splits, bias_ptr=bias if bias is not None else parts,
+                           HAS_BIAS=bias is not None, num_warps=_warps(block), **_EXACT)
+    return out, residual
 
 
 def silu_and_mul(gate_up: Tensor, out: Tensor | None = None) -> Tensor:

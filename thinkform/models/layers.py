@@ -113,7 +113,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps,
                 rotate_inside: bool = False) -> Tensor:
-        """`rotate_inside`: attn is a RotaryAttentionBackend, which applies the rotary itself."""
+        return ops.linear(self.attend(x, cos, sin, attn, ops, rotate_inside), self.o_proj)
+
+    def attend(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps,
+               rotate_inside: bool = False) -> Tensor:
+        """The heads' outputs [N, q_size], before o_proj. `rotate_inside`: attn is a RotaryAttentionBackend,
+        which applies the rotary itself."""
         n = x.shape[0]
         q, k, v = ops.linear(x, self.qkv_proj).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
@@ -126,7 +131,7 @@ class Attention(nn.Module):
         else:
             q, k = ops.rotary(q, k, cos, sin)
             out = attn(self.layer_id, q, k, v)
-        return ops.linear(out.reshape(n, self.q_size), self.o_proj)
+        return out.reshape(n, self.q_size)
 
 
 class GatedMLP(nn.Module):
@@ -164,6 +169,7 @@ class DecoderLayer(nn.Module):
             residual, h = x, self.input_layernorm(x, ops)
         else:
             h, residual = self.input_layernorm.add_forward(x, residual, ops)
-        h = self.self_attn(h, cos, sin, attn, ops, rotate_inside)
-        h, residual = self.post_attention_layernorm.add_forward(h, residual, ops)
+        h = self.self_attn.attend(h, cos, sin, attn, ops, rotate_inside)
+        norm = self.post_attention_layernorm
+        h, residual = ops.linear_add_rms_norm(h, self.self_attn.o_proj, residual, norm.weight, norm.eps)
         return self.mlp(h, ops), residual

@@ -29,6 +29,11 @@ class TorchOps:
         residual = residual + x
         return self.rms_norm(residual, weight, eps), residual
 
+    def linear_add_rms_norm(self, x: Tensor, layer: nn.Module, residual: Tensor, weight: Tensor,
+                            eps: float) -> tuple[Tensor, Tensor]:
+        """add_rms_norm(linear(x, layer), residual, ...): a projection and the norm after it."""
+        return self.add_rms_norm(self.linear(x, layer), residual, weight, eps)
+
     def silu_and_mul(self, gate_up: Tensor) -> Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up

@@ -30,17 +30,23 @@ ANY_JSON_SCHEMA = {"type": ["object", "array"]}  # what SGLang's "$$ANY$$" admit
 class XGrammarMatcher(GrammarMatcher):
     def __init__(self, compiled: xgr.CompiledGrammar) -> None:
         self._m = xgr.GrammarMatcher(compiled)
+        # can_terminate's answer for the current state: a decode step asks it three times a row (the mask's
+        # EOS, the stop rules, a forced end), and every change of state goes through the methods below
+        self._may_end: bool | None = None
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self._m.fill_next_token_bitmask(bitmask, row)
 
     def accept_token(self, token_id: int) -> bool:
+        self._may_end = None
         return self._m.accept_token(token_id)
 
     def accept_string(self, text: str) -> bool:
+        self._may_end = None
         return self._m.accept_string(text)
 
     def rollback(self, num_tokens: int) -> None:
+        self._may_end = None
         self._m.rollback(num_tokens)
 
     def is_terminated(self) -> bool:
@@ -48,7 +54,9 @@ class XGrammarMatcher(GrammarMatcher):
 
     def can_terminate(self) -> bool:
         # is_completed: the root rule is fully matched, which is exactly when the stop token is accepted.
-        return self._m.is_completed()
+        if self._may_end is None:
+            self._may_end = self._m.is_completed()
+        return self._may_end
 
     def find_jump_forward_bytes(self) -> bytes:
         try:
