@@ -3,8 +3,8 @@ captured CUDA graphs, one per token-count bucket.
 
 A graph replays a whole forward (embedding, every layer, the LM head of the rows that sample) as one
 launch, so a decode step costs its kernels' time and not their launches'. The inputs live in static
-device buffers, written each step from one pinned host staging area (one copy for the token columns,
-one for the page tables); padding tokens write their k/v to the cache's scratch page and attend to nothing.
+device buffers, written each step from one pinned host staging area (the token columns and the page tables
+in one block: one copy a step); padding tokens write their k/v to the cache's scratch page and attend to nothing.
 """
 from __future__ import annotations
 
@@ -87,11 +87,15 @@ class CudaStepRunner:
         self.max_seqs = max_seqs  # rows that sample in one step: the LM head runs on at most these
         size = self.max_tokens
         pinned = device.type == "cuda"  # (a CPU device runs this class only in tests, through Triton's interpreter)
-        self.staging = torch.zeros(6, size, dtype=torch.int64, pin_memory=pinned)
-        self.table_staging = torch.zeros(size, max_pages, dtype=torch.int32, pin_memory=pinned)
+        # the token columns (int64) then the page tables (int32) in one block, host and device: one copy a step
+        self._ints_bytes = 6 * size * 8
+        self._row_bytes = max_pages * 4
+        total = self._ints_bytes + size * self._row_bytes
+        self._host_block = torch.zeros(total, dtype=torch.uint8, pin_memory=pinned)
+        self._device_block = torch.zeros(total, dtype=torch.uint8, device=device)
+        self.staging, self.table_staging = self._views(self._host_block, size, max_pages)
+        self.ints, self.tables = self._views(self._device_block, size, max_pages)
         self._staged: list[tuple[list[int] | None, int]] = [(None, 0)] * size  # per table row: (table, pages)
-        self.ints = torch.zeros(6, size, dtype=torch.int64, device=device)
-        self.tables = torch.zeros(size, max_pages, dtype=torch.int32, device=device)
         # the staging area may be rewritten once its last copy is done
         self._copied = torch.cuda.Event() if pinned else None
         # keyed by (tokens, attention splits); long-context variants only up to max_seqs tokens: wider steps
@@ -124,9 +128,10 @@ class CudaStepRunner:
 
     # -- inputs -------------------------------------------------------------------------------------------
     def _load(self, step: StepTokens, width: int) -> None:
-        """Host arrays → pinned staging → the static device buffers, padding up to `width` tokens. Whole
-        rows are copied: a strided slice of pinned memory would be staged through pageable memory, and the
-        copy would no longer be asynchronous."""
+        """Host arrays → pinned staging → the static device buffers, padding up to `width` tokens. One
+        contiguous prefix of the block is copied (the token columns whole, the tables' rows in use): a
+        strided slice of pinned memory would be staged through pageable memory, and the copy would no
+        longer be asynchronous."""
         t = step.num_tokens
         if self._copied is not None:
             self._copied.synchronize()
@@ -134,11 +139,15 @@ class CudaStepRunner:
         host[:, :t] = step.ints
         host[:, t:width] = 0
         host[_SLOT, t:width] = self.kv.scratch_slot
-        rows = self._stage_tables(step.tables)
-        self.ints.copy_(self.staging, non_blocking=True)
-        self.tables[:rows].copy_(self.table_staging[:rows], non_blocking=True)
+        used = self._ints_bytes + self._stage_tables(step.tables) * self._row_bytes
+        self._device_block[:used].copy_(self._host_block[:used], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
+
+    def _views(self, block: torch.Tensor, size: int, max_pages: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ints [6, size] int64, tables [size, max_pages] int32) over one byte block."""
+        ints = block[: self._ints_bytes].view(torch.int64).view(6, size)
+        return ints, block[self._ints_bytes:].view(torch.int32).view(size, max_pages)
 
     def _stage_tables(self, tables: list[list[int]]) -> int:
         """Write each sequence's page table into its staging row, only the pages added since that row last

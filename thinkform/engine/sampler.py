@@ -47,7 +47,10 @@ class Sampler:
         masked_rows = masked_rows if bitmask is not None and masked_rows else []
         self._penalize(logits, seqs, frozenset(masked_rows))
         if self.tokenizer_size < logits.shape[1]:
-            logits[:, self.tokenizer_size:] = float("-inf")
+            if masked_rows or wants_logprobs or not all(s.params.greedy for s in seqs):
+                logits[:, self.tokenizer_size:] = float("-inf")
+            else:  # plain greedy rows: their argmax looks at the tokenizer's ids only (no write, no kernel)
+                logits = logits[:, : self.tokenizer_size]
         for r in masked_rows:
             if seqs[r].params.bad_word_ids:
                 _ban_bad_words_in_mask(bitmask, r, seqs[r].params.bad_word_ids, seqs[r].output_ids)
