@@ -201,31 +201,28 @@ class GemvPlanner:
             return None
         return gemv_split_sums(x, layer.weight, None, tiling)
 
-    def _tiling(self, x: Tensor, layer: torch.nn.Linear) -> GemvTiling | None:
-        """This one-token layer's plan (timed on first use), or None: cuBLAS."""
-        weight = layer.weight
-        if not self._one_token(x, weight):
-            return None
-        key = (tuple(weight.shape), x.dtype, layer.bias is not None)
-        if key not in self.plans:
-            if x.is_cuda and torch.cuda.is_current_stream_capturing():
-                return None  # never timed outside a capture: cuBLAS, as before
-            self.timings[key], self.plans[key] = self._plan(lambda: self._time_candidates(x, layer), weight)
-        return self.plans[key]
-
     def linear_silu(self, x: Tensor, layer: torch.nn.Linear) -> Tensor:
         """silu_and_mul(linear(x)) for the MLP's fused [gate | up] projection: one launch (gemv_silu) where
         that beats the projection and the activation kernel timed together, else the two."""
-        weight, bias = layer.weight, layer.bias
-        key = ("silu", tuple(weight.shape), x.dtype, bias is not None)
-        if not self._one_token(x, weight) or weight.shape[0] % 2:
+        tiling = self._tiling(x, layer, silu=True)
+        if tiling is None:
             return silu_and_mul(self.linear(x, layer))
+        return gemv_silu(x, layer.weight, layer.bias, tiling)
+
+    def _tiling(self, x: Tensor, layer: torch.nn.Linear, silu: bool = False) -> GemvTiling | None:
+        """This one-token layer's plan (timed on first use), or None: cuBLAS (`silu`: the plan of the layer
+        with the activation after it, keyed apart)."""
+        weight = layer.weight
+        if not self._one_token(x, weight) or (silu and weight.shape[0] % 2):
+            return None
+        key = (tuple(weight.shape), x.dtype, layer.bias is not None)
+        key = ("silu", *key) if silu else key
         if key not in self.plans:
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
-                return silu_and_mul(self.linear(x, layer))
-            self.timings[key], self.plans[key] = self._plan(lambda: self._time_silu_candidates(x, layer), weight)
-        tiling = self.plans[key]
-        return silu_and_mul(self.linear(x, layer)) if tiling is None else gemv_silu(x, weight, bias, tiling)
+                return None  # never timed outside a capture: cuBLAS, as before
+            time_candidates = self._time_silu_candidates if silu else self._time_candidates
+            self.timings[key], self.plans[key] = self._plan(lambda: time_candidates(x, layer), weight)
+        return self.plans[key]
 
     def _one_token(self, x: Tensor, weight: Tensor) -> bool:
         return self.enabled and x.shape[0] == 1 and x.stride(-1) == 1 and weight.stride(-1) == 1 \
