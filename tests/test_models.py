@@ -151,6 +151,15 @@ def test_cached_rotary_rows_are_the_computed_ones(dtype, scaling):
     assert all(torch.equal(g, e) for g, e in zip(rotary(positions, torch.float16), rotary._compute(positions, torch.float16)))
 
 
+def test_rotary_table_is_not_made_for_a_huge_context(monkeypatch):
+    from thinkform.models import rope
+
+    monkeypatch.setattr(rope, "MAX_CACHED_POSITIONS", 100)
+    rotary = rope.RotaryEmbedding(64, 10000.0, None, 256)
+    assert not rotary.cache_positions(256, torch.float32, torch.device("cpu"))
+    assert rotary._table is None and rotary(torch.tensor([200]), torch.float32)[0].shape == (1, 1, 32)
+
+
 def test_unsupported_rope_type_is_a_clear_error():
     config = ModelConfig(
         arch="LlamaForCausalLM", model_type="llama", vocab_size=10, hidden_size=8, intermediate_size=16,

@@ -98,6 +98,9 @@ def rope_inv_freq(
     return compute(theta, dim, scaling or {}, max_position_embeddings)
 
 
+MAX_CACHED_POSITIONS = 1 << 18
+
+
 class RotaryEmbedding(nn.Module):
     """positions [N] -> (cos, sin) [N, 1, head_dim/2], shared by every layer of one forward."""
 
@@ -119,11 +122,15 @@ class RotaryEmbedding(nn.Module):
             self.inv_freq = inv_freq.to(self.inv_freq.device)
         return self
 
-    def cache_positions(self, count: int, dtype: torch.dtype, device: torch.device) -> None:
+    def cache_positions(self, count: int, dtype: torch.dtype, device: torch.device) -> bool:
         """Compute cos/sin for positions 0..count-1 once: a step then gathers its rows (one kernel in a CUDA
-        graph instead of eight). The caller promises positions below `count`: the engine's context length."""
+        graph instead of eight). The caller promises positions below `count`: the engine's context length.
+        Past MAX_CACHED_POSITIONS (64 MB at head_dim 128 in bf16) nothing is cached: False."""
+        if count > MAX_CACHED_POSITIONS:
+            return False
         cos, sin = self._compute(torch.arange(count, device=device), dtype)
         self._table = torch.cat((cos, sin), dim=1)  # [count, 2, D/2]: one gather serves both
+        return True
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         table = self._table
