@@ -245,6 +245,23 @@ def test_extra_properties_are_refused_in_strict_mode(backends: dict[str, Grammar
 
 
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_a_fill_writes_every_word_of_its_rows(backends: dict[str, GrammarBackend], tokenizer: Any,
+                                               ctx: BackendContext, backend: str) -> None:
+    """The engine reuses one mask buffer uncleared: a row's fill must not leave any word of the last step."""
+    compiled = backends[backend].compile(constraint_from_fields(regex="(Paris|London) is big"))
+    matchers = [compiled.new_matcher() for _ in range(3)]
+    assert matchers[1].accept_string("Par")
+    words = (ctx.vocab_size + 31) // 32
+    fills = []
+    for before in (0, -1, 0x5A5A5A5A):
+        mask = torch.full((4, words), before, dtype=torch.int32)
+        backends[backend].fill_bitmasks(mask, [(row, m) for row, m in enumerate(matchers)])
+        assert torch.equal(mask[3], torch.full((words,), before, dtype=torch.int32))  # no row but its own
+        fills.append(mask[:3])
+    assert torch.equal(fills[0], fills[1]) and torch.equal(fills[0], fills[2])
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
 def test_matcher_protocol(backends: dict[str, GrammarBackend], tokenizer: Any, ctx: BackendContext,
                           backend: str) -> None:
     compiled = backends[backend].compile(constraint_from_fields(regex="(Paris|London) is big"))
