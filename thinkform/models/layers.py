@@ -111,14 +111,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps,
-                rotate_inside: bool = False) -> Tensor:
-        return ops.linear(self.attend(x, cos, sin, attn, ops, rotate_inside), self.o_proj)
-
     def attend(self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionBackend, ops: TorchOps,
                rotate_inside: bool = False) -> Tensor:
-        """The heads' outputs [N, q_size], before o_proj. `rotate_inside`: attn is a RotaryAttentionBackend,
-        which applies the rotary itself."""
+        """The heads' outputs [N, q_size], before o_proj (the layer applies it together with the norm after
+        it, ops.linear_add_rms_norm). `rotate_inside`: attn is a RotaryAttentionBackend, which applies the
+        rotary itself."""
         n = x.shape[0]
         q, k, v = ops.linear(x, self.qkv_proj).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
