@@ -4,12 +4,13 @@ At one token a linear layer reads its whole weight to make one row: it is bound 
 cuBLAS's kernels for such shapes leave much of it unused (an H200 profile of Qwen2.5-1.5B at batch 1:
 the 1536x1536 o_proj took 6.4 µs for 4.7 MB, ~0.7 TB/s of the card's 4.8). `gemv` streams the weight in
 row blocks, each program over one slice of K (split-K, so a short N still fills the card), and a second
-small kernel sums the slices in a fixed order (deterministic, unlike atomics), adds the bias and rounds.
+small kernel sums the slices in a fixed order (deterministic, unlike atomics), adds the bias and rounds;
+where the next op is the add + RMSNorm (o_proj), that norm's kernel sums them instead (`split_sums`).
 
 `GemvPlanner` times the kernel's candidate tilings against cuBLAS once per weight shape, at the first
 one-token call (the CUDA graph runner's warm-up, before capture), and keeps the fastest: on a card or shape
-where cuBLAS wins, cuBLAS runs (on an H200 with Qwen2.5-1.5B: o_proj 5.8 µs against cuBLAS's 6.35, the
-other three shapes stay on cuBLAS; BENCHMARKS.md). Numerics: float32 accumulation, one rounding at the
+where cuBLAS wins, cuBLAS runs (on an H200 with Qwen2.5-1.5B: o_proj 5.8 µs against cuBLAS's 6.1, the
+MLP's projection with its activation 17.1 against 18.3; qkv and down stay on cuBLAS; BENCHMARKS.md). Numerics: float32 accumulation, one rounding at the
 end, as cuBLAS; the sum order differs, so results may differ in the last bit.
 
 `gemv_silu` is the MLP's [gate | up] projection and its activation in one launch (no split-K: silu needs
