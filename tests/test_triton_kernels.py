@@ -188,7 +188,9 @@ def test_rotary_store_kv_is_rotary_then_store(ops, dtype, dim):
     n, hq, hk, slots = 5, 12, 2, 40
     _, q, k, v = _qkv_views(n, hq, hk, dim, dtype, seed=30)
     angles = torch.rand(n, 1, dim // 2, generator=_gen(31)) * 20  # the model's [N, 1, D/2] layout
-    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    # as the CUDA engine hands them: strided views of one gathered [N, 2, D/2] table (RotaryEmbedding's)
+    table = torch.cat((angles.cos(), angles.sin()), dim=1).to(dtype)
+    cos, sin = table[:, :1], table[:, 1:]
     k_cache = _randn(slots, hk, dim, dtype=dtype, seed=32)
     v_cache = _randn(slots, hk, dim, dtype=dtype, seed=33)
     slot_mapping = torch.randperm(slots, generator=_gen(34))[:n]
