@@ -10,8 +10,9 @@ where the next op is the add + RMSNorm (o_proj), that norm's kernel sums them in
 `GemvPlanner` times the kernel's candidate tilings against cuBLAS once per weight shape, at the first
 one-token call (the CUDA graph runner's warm-up, before capture), and keeps the fastest: on a card or shape
 where cuBLAS wins, cuBLAS runs (on an H200 with Qwen2.5-1.5B: o_proj 5.8 µs against cuBLAS's 6.1, the
-MLP's projection with its activation 17.1 against 18.3; qkv and down stay on cuBLAS; BENCHMARKS.md). Numerics: float32 accumulation, one rounding at the
-end, as cuBLAS; the sum order differs, so results may differ in the last bit.
+MLP's projection with its activation 17.1 against 18.3; qkv and down stay on cuBLAS; BENCHMARKS.md).
+Numerics: float32 accumulation, one rounding at the end, as cuBLAS; the sum order differs, so results may
+differ in the last bit.
 
 `gemv_silu` is the MLP's [gate | up] projection and its activation in one launch (no split-K: silu needs
 whole sums); the planner times it against cuBLAS followed by the activation kernel.

@@ -107,15 +107,23 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, x_row, out_row, inter, BLOCK: tl.conste
 
 
 @triton.jit
-def _rotate_head(ptr, cos, sin, d, mask, HALF: tl.constexpr):
-    """In-place rotate-half of one head: (x1*cos - x2*sin, x2*cos + x1*sin), each product rounded like torch."""
+def _rotated(ptr, cos, sin, d, mask, HALF: tl.constexpr):
+    """Rotate-half of the head at ptr: (x1*cos - x2*sin, x2*cos + x1*sin) in its dtype, each product rounded
+    like torch."""
     dt = ptr.dtype.element_ty
     x1 = tl.load(ptr + d, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(ptr + HALF + d, mask=mask, other=0.0).to(tl.float32)
     o1 = _round(x1 * cos, dt) - _round(x2 * sin, dt)
     o2 = _round(x2 * cos, dt) + _round(x1 * sin, dt)
-    tl.store(ptr + d, _cast(o1, dt), mask=mask)
-    tl.store(ptr + HALF + d, _cast(o2, dt), mask=mask)
+    return _cast(o1, dt), _cast(o2, dt)
+
+
+@triton.jit
+def _rotate_head(ptr, cos, sin, d, mask, HALF: tl.constexpr):
+    """In-place rotate-half of one head."""
+    o1, o2 = _rotated(ptr, cos, sin, d, mask, HALF)
+    tl.store(ptr + d, o1, mask=mask)
+    tl.store(ptr + HALF + d, o2, mask=mask)
 
 
 @triton.jit
@@ -163,15 +171,10 @@ def _rotary_store_kv_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, cos_p
     # Hk or a padding row (negative slot) stores nothing
     kv_limit = tl.where(h < num_k_heads, tl.where(slot >= 0, 1, 0), 0)
     kmask = d < HALF * kv_limit
-    dt = k_ptr.dtype.element_ty
-    src = k_ptr + n * k_row + h * k_head
-    x1 = tl.load(src + d, mask=kmask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF + d, mask=kmask, other=0.0).to(tl.float32)
-    o1 = _round(x1 * cos, dt) - _round(x2 * sin, dt)
-    o2 = _round(x2 * cos, dt) + _round(x1 * sin, dt)
+    o1, o2 = _rotated(k_ptr + n * k_row + h * k_head, cos, sin, d, kmask, HALF)
     dst = kc_ptr + slot * kc_slot + h * kc_head
-    tl.store(dst + d, _cast(o1, dt).to(kc_ptr.dtype.element_ty), mask=kmask)
-    tl.store(dst + HALF + d, _cast(o2, dt).to(kc_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dst + d, o1.to(kc_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dst + HALF + d, o2.to(kc_ptr.dtype.element_ty), mask=kmask)
     dv = tl.arange(0, BLOCK_D)
     vmask = dv < HEAD_DIM * kv_limit
     v = tl.load(v_ptr + n * v_row + h * v_head + dv, mask=vmask)
@@ -314,16 +317,23 @@ def silu_and_mul(gate_up: Tensor, out: Tensor | None = None) -> Tensor:
     return out
 
 
-def rotary_inplace(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
-    """Rotate-half (NeoX) rotary on q [N, Hq, D] and k [N, Hk, D] in place, one launch; cos/sin [N, D/2]
-    (or [N, 1, D/2]) in q's dtype. q and k may be strided views of a fused qkv tensor."""
+def _rotary_inputs(name: str, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Checks q [N, Hq, D], k [N, Hk<=Hq, D] and cos/sin; returns cos/sin as [N, D/2] (views)."""
     _check_last_contiguous(q, k, cos, sin)
     n, hq, dim = q.shape
     cos, sin = cos.reshape(n, dim // 2), sin.reshape(n, dim // 2)
     if not (k.shape[0] == n and k.shape[2] == dim and k.shape[1] <= hq and cos.dtype == q.dtype == k.dtype):
-        raise ValueError("rotary_inplace: need k [N, Hk<=Hq, D] and cos/sin in q's dtype")
+        raise ValueError(f"{name}: need k [N, Hk<=Hq, D] and cos/sin in q's dtype")
     if cos.stride() != sin.stride():
         raise ValueError("cos and sin must share a layout")
+    return cos, sin
+
+
+def rotary_inplace(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """Rotate-half (NeoX) rotary on q [N, Hq, D] and k [N, Hk, D] in place, one launch; cos/sin [N, D/2]
+    (or [N, 1, D/2]) in q's dtype. q and k may be strided views of a fused qkv tensor."""
+    cos, sin = _rotary_inputs("rotary_inplace", q, k, cos, sin)
+    n, hq, dim = q.shape
     if n == 0:
         return
     block = triton.next_power_of_2(dim // 2)
@@ -347,14 +357,11 @@ def rotary_store_kv(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k
                     slot_mapping: Tensor) -> None:
     """rotary_inplace on q, then store_kv of the rotated k and of v, in one launch (k itself is left as it was:
     attention reads keys from the cache). Same numbers as the two calls."""
-    _check_last_contiguous(q, k, v, cos, sin, k_cache, v_cache)
+    cos, sin = _rotary_inputs("rotary_store_kv", q, k, cos, sin)
+    _check_last_contiguous(v, k_cache, v_cache)
+    if v.shape != k.shape:
+        raise ValueError("rotary_store_kv: need v shaped as k")
     n, hq, dim = q.shape
-    cos, sin = cos.reshape(n, dim // 2), sin.reshape(n, dim // 2)
-    if not (k.shape[0] == v.shape[0] == n and k.shape[2] == dim and k.shape == v.shape and k.shape[1] <= hq
-            and cos.dtype == q.dtype == k.dtype):
-        raise ValueError("rotary_store_kv: need k, v [N, Hk<=Hq, D] and cos/sin in q's dtype")
-    if cos.stride() != sin.stride():
-        raise ValueError("cos and sin must share a layout")
     if n == 0:
         return
     block, block_d = triton.next_power_of_2(dim // 2), triton.next_power_of_2(dim)
