@@ -80,9 +80,9 @@ def test_combined_keeps_and_the_masks_once_per_combination() -> None:
     b = np.array([0b1101, 0b1], dtype=np.int32)
     combine = CombinedKeeps()
     first = combine((a, b))
-    assert first.tolist() == [0b0101, 0b1]
+    assert first.words.tolist() == [0b0101, 0b1]
     assert combine((a, b)) is first and len(combine) == 1  # the same arrays: the cached result
-    assert combine((b, a)).tolist() == [0b0101, 0b1] and len(combine) == 2
+    assert combine((b, a)).words.tolist() == [0b0101, 0b1] and len(combine) == 2
 
 
 def test_requests_share_the_engines_combined_keep_masks(engine64) -> None:
@@ -131,3 +131,26 @@ def test_tokens_allowed_and_first_allowed_read_the_packed_layout():
         assert first_allowed(words) == chosen[0]
         assert first_allowed(words, frozenset(chosen[:1])) == (chosen[1] if len(chosen) > 1 else None)
     assert first_allowed(np.zeros(8, dtype=np.int32)) is None
+
+
+def test_packed_keep_narrows_as_the_dense_pass_does() -> None:
+    """The sparse narrowing (only the words a keep bans anything in) gives the dense pass's row and
+    verdict: rows it trims, rows it would leave empty (unchanged), rows allowing nothing else."""
+    from thinkform.structured.bitmask import PackedKeep, narrow_unless_empty
+
+    rng = np.random.default_rng(7)
+    width = 64
+    for trial in range(300):
+        keep = np.full(width, -1, dtype=np.int32)
+        holes = rng.choice(width, int(rng.integers(0, 40)), replace=False)  # sparse and dense keeps alike
+        keep[holes] = rng.integers(-2**31, 2**31 - 1, holes.shape[0], dtype=np.int32)
+        row = np.zeros(width, dtype=np.int32)
+        live = rng.choice(width, int(rng.integers(0, 4)), replace=False)  # few words: empty results happen
+        row[live] = rng.integers(-2**31, 2**31 - 1, live.shape[0], dtype=np.int32) & ~(keep[live] if trial % 2 else 0)
+        dense, sparse = row.copy(), row.copy()
+        assert PackedKeep(keep).narrow(sparse) == narrow_unless_empty(dense, keep)
+        assert sparse.tolist() == dense.tolist()
+    short = np.array([~0b10], dtype=np.int32)  # a keep narrower than the row: its words only
+    row = np.array([0b11, 0b1], dtype=np.int32)
+    assert PackedKeep(short).narrow(row) and row.tolist() == [0b01, 0b1]
+

@@ -25,7 +25,7 @@ def _after(rules: ClosingRules, allowed: set[bytes], may_end: bool) -> set[bytes
     for i, t in enumerate(TOKENS):
         if t in allowed:
             mask[0, 0] |= 1 << i
-    rules.restrict(mask, 0, may_end)
+    rules.restrict(mask.numpy()[0], may_end)
     return _allowed(mask)
 
 

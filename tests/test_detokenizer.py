@@ -160,3 +160,34 @@ def test_a_stop_regex_search_that_runs_out_of_time_once_is_tried_again(monkeypat
     monkeypatch.setattr(detokenizer, "STOP_REGEX_RETRY_SECONDS", 0.01)
     with pytest.raises(detokenizer.StopRegexTimeout, match="stop_regex"):
         detokenizer.find_stop_regex("a" * 40, 1, [regex.compile("(a|aa)+b")])
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE", "sentencepiece-style", "Qwen"])
+def test_a_lazy_detokenizer_gives_the_text_pushes_as_they_came_give(kind, tiny_tokenizer):
+    """A request nobody streams (and without stop strings) decodes its pushes when the text is first read:
+    the same text, broken bytes included (a byte-fallback tokenizer's text depends on how ids were pushed)."""
+    if kind == "Qwen":
+        from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+
+        tokenizer = build_qwen_tokenizer()
+    else:
+        tokenizer = tiny_tokenizer if kind == "byte-level BPE" else _sentencepiece_style_tokenizer()
+    rng = random.Random(3)
+    prompt = tokenizer.encode("Hello, what is the capital of France?")
+    hidden = frozenset({tokenizer.eos_token_id})
+    for trial in range(60):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30))]
+        if trial % 3 == 0:
+            ids = tokenizer.encode(" Paris, café 🙂 北京 é", add_special_tokens=False) + ids
+        cuts = sorted(rng.sample(range(1, len(ids)), min(len(ids) - 1, rng.randrange(0, 8))))
+        pushes = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        eager = IncrementalDetokenizer(tokenizer, prompt, hidden)
+        lazy = IncrementalDetokenizer(tokenizer, prompt, hidden, lazy=True)
+        for i, push in enumerate(pushes):
+            eager.push(push)
+            assert lazy.push(push) == ""
+            if trial % 2 and i == len(pushes) // 2:  # read midway: what waited is decoded, later pushes wait
+                assert lazy.text == eager.text
+        eager.flush()
+        lazy.flush()
+        assert lazy.text == eager.text, (kind, ids)

@@ -245,3 +245,22 @@ def test_calls_back_to_back_in_one_token_each_start_fresh() -> None:
     assert _same_as_plain(guard, rules, b'{"b": 123')
     guard.observe(b"}</function>")
     assert guard.keep() is rules.keep_all
+
+
+def test_the_state_after_any_tokens_is_the_character_walks() -> None:
+    """The guard's shortcuts (digits inside a number, remembered transitions from outside numbers, shared
+    by every guard of the rules) end in the state a walk over the answer's characters ends in."""
+    from thinkform.structured.runaway import LexState, _step
+
+    pieces = [b'{"a": ', b"12", b"3", b".", b"45", b"e", b"-", b"7", b", ", b'"x\\"', b'y"', b"-0", b"]", b"00",
+              b' "', b"\\", b"n", b'"', b"1e+2", b": ", b"9"]
+    rules = NumberRules(pieces, max_number_digits=4, max_exponent_digits=2)
+    rng = random.Random(5)
+    for trial in range(200):
+        guard = NumberGuard(rules)
+        mode, mant, exp = Mode.OUT, 0, 0
+        for data in rng.choices(pieces, k=12):
+            guard.observe(data)
+            for ch in data.decode("latin-1"):
+                mode, mant, exp = _step(mode, mant, exp, ch)
+            assert guard.state == LexState(mode, mant, exp), (trial, data)

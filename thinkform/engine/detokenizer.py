@@ -16,9 +16,13 @@ class IncrementalDetokenizer:
     `prefix_offset` adds to decoding up to `read_offset`, held back while a UTF-8 character is unfinished.
     The `tokenizers` library's DecodeStream does that in Rust (a tenth of the cost of decoding the window
     twice in Python); where it refuses (a byte-fallback tokenizer whose stray bytes turn text it already
-    gave into replacement characters), this request goes on with the Python window."""
+    gave into replacement characters), this request goes on with the Python window.
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], hidden_ids: frozenset[int]) -> None:
+    `lazy`: nothing reads the text before the end (no stream, no stop strings), so pushes wait and are
+    decoded, push by push as they came (the same text), when the text is first read: in one warm burst
+    instead of a Rust call a token between the grammar's and the model's work, whose data each evicts."""
+
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], hidden_ids: frozenset[int], lazy: bool = False) -> None:
         self.tokenizer = tokenizer
         self.hidden_ids = hidden_ids
         context = [t for t in prompt_ids[-_CONTEXT_TOKENS:] if t not in hidden_ids]
@@ -29,11 +33,37 @@ class IncrementalDetokenizer:
         self.ids: list[int] = context
         self.prefix_offset = 0
         self.read_offset = len(context)
-        self.text = ""
+        self._text = ""
         self._stream: DecodeStream | None = DecodeStream(context, skip_special_tokens=False)
+        self._lazy = lazy
+        self._waiting: list[list[int]] = []  # lazy: the pushes not decoded yet
+
+    @property
+    def text(self) -> str:
+        if self._waiting:
+            self._catch_up()
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        if self._waiting:
+            self._catch_up()
+        self._text = value
 
     def push(self, token_ids: list[int]) -> str:
-        """Add generated ids; return the newly complete text (held back while a UTF-8 char is unfinished)."""
+        """Add generated ids; return the newly complete text (held back while a UTF-8 char is unfinished;
+        lazy: always "", see the class)."""
+        if self._lazy:
+            self._waiting.append(token_ids)
+            return ""
+        return self._push(token_ids)
+
+    def _catch_up(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for token_ids in waiting:
+            self._push(token_ids)
+
+    def _push(self, token_ids: list[int]) -> str:
         visible = [t for t in token_ids if t not in self.hidden_ids]
         if not visible:
             return ""
@@ -42,16 +72,18 @@ class IncrementalDetokenizer:
         if not new:
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        self.text += new
+        self._text += new
         return new
 
     def flush(self) -> str:
         """At the end: whatever is held back, replacement characters included."""
+        if self._waiting:
+            self._catch_up()
         prefix_text, full = self._window()
         new = full[len(prefix_text):] if len(full) > len(prefix_text) else ""
         self.prefix_offset = self.read_offset = len(self.ids)
         self._stream = None
-        self.text += new
+        self._text += new
         return new
 
     def _step(self, visible: list[int]) -> str | None:

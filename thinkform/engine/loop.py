@@ -21,7 +21,7 @@ from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.engine.transfer import device_tensor
 from thinkform.structured.bitmask import sparse_allowed_ids
-from thinkform.structured.gate import Phase
+from thinkform.structured.gate import Phase, ReasoningGate
 
 logger = logging.getLogger("thinkform")
 
@@ -205,7 +205,7 @@ class EngineLoop:
     def _step(self, batch: ScheduledBatch) -> None:
         sampling = [s for s, need in zip(batch.seqs, batch.needs_logits()) if need]
         failed: dict[int, BaseException] = {}
-        masks = self._start_masks(sampling, failed, self.sparse_logits)
+        masks = self._start_masks(sampling, failed, self.sparse_logits, beside_forward=True)
         allowed = masks.result().allowed if self.sparse_logits and masks is not None else None
         logits, rows = self.runner.forward(batch, allowed)
         self.counters["sparse_logit_rows"] += len(allowed or ())
@@ -272,14 +272,16 @@ class EngineLoop:
         self.counters["steps"] += 1
         self.counters["forward_tokens"] += batch.total_tokens
 
-    def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException],
-                     sparse: bool = False) -> Future | None:
-        """On an accelerator the CPU fills the masks while the device runs the forward pass; on a CPU
-        device both would compete for the same cores, so the masks are filled before the forward (and
-        `sparse` rows, see `StepMasks.allowed`, can spare it work)."""
+    def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException], sparse: bool = False,
+                     beside_forward: bool = False) -> Future | None:
+        """On an accelerator the CPU fills the masks on the mask thread while this one launches the forward
+        pass (`beside_forward`); on a CPU device both would compete for the same cores, so the masks are
+        filled before the forward (and `sparse` rows, see `StepMasks.allowed`, can spare it work). Where the
+        caller only waits for them (a decode-ahead step, launched already) they are filled here: a hand-off
+        to the thread and back costs two wake-ups a step and nothing runs beside it."""
         if not any(s.gate is not None and s.gate.constrained and not s.gate.in_reasoning for s in seqs):
             return None  # nothing to mask: no constraint, or all still thinking (no mask work at all)
-        if self.parts.device.type != "cpu":
+        if beside_forward and self.parts.device.type != "cpu":
             return self._mask_pool.submit(self._fill_masks, seqs, failed)
         done: Future = Future()
         done.set_result(self._fill_masks(seqs, failed, sparse))
@@ -307,9 +309,10 @@ class EngineLoop:
                 except Exception as e:  # noqa: BLE001
                     failed[i] = e
         rows = []
+        words = bitmask.numpy()
         for i, s in enumerate(seqs):
             try:
-                if i not in failed and s.gate is not None and s.gate.finish_bitmask(bitmask, i):
+                if i not in failed and s.gate is not None and s.gate.finish_bitmask(words, i):
                     rows.append(i)
             except Exception as e:  # noqa: BLE001
                 failed[i] = e
@@ -434,25 +437,26 @@ class EngineLoop:
                 sampled = None if sampled is not None and sampled[0] == tid else sampled  # its value once
             self.counters["generated_tokens"] += 1
             # the gate took all of ids at once; where it may end is known after the last of them only, and
-            # text the grammar forced (jump-forward, a budget's ending) passes no place it could end before
-            may_stop = (gate is None or gate.may_stop()) and i == last and len(seq.output_ids) >= p.min_new_tokens
+            # text the grammar forced (jump-forward, a budget's ending) passes no place it could end before.
+            # The gate is asked only where a stop rule matches (most tokens match none)
+            may_stop = i == last and len(seq.output_ids) >= p.min_new_tokens
             if gate is not None and gate.finished and i == last:  # the gate took all of ids (a forced ending)
                 matched = tid if tid in self.eos else None
                 if matched is None:
                     seq.detok.push([tid])
                 return FinishReason("stop", matched)
-            if tid in self.eos and not p.ignore_eos and may_stop:
+            if tid in self.eos and not p.ignore_eos and may_stop and _gate_may_stop(gate):
                 if p.no_stop_trim:  # its text stays (a special token's is hidden anyway)
                     seq.detok.push([tid])
                 return FinishReason("stop", tid)
-            if tid in p.stop_token_ids and may_stop:
+            if tid in p.stop_token_ids and may_stop and _gate_may_stop(gate):
                 if p.no_stop_trim or (gate is not None and gate.matcher is not None):  # under a grammar, the
                     seq.detok.push([tid])  # answer keeps the token it took
                 return FinishReason("stop", tid)
             new = seq.detok.push([tid])
             if new and seq.stream and seq.return_logprob:
                 seq.text_marks.append((len(seq.detok.text), len(seq.output_ids)))
-            if new and (p.stop or p.stop_patterns) and may_stop:
+            if new and (p.stop or p.stop_patterns) and may_stop and _gate_may_stop(gate):
                 try:
                     hit = _earliest_stop(seq.detok.text, len(new), p)
                 except StopRegexTimeout as e:  # this request's pattern, not the loop, pays for its backtracking
@@ -523,6 +527,11 @@ class EngineLoop:
         for seq in pending + list(self.scheduler.running) + list(self.scheduler.waiting):
             if not seq.finished:
                 self._finish(seq, FinishReason("abort", message=message))
+
+
+def _gate_may_stop(gate: ReasoningGate | None) -> bool:
+    """Whether the stop rules may end the request here as far as its gate is concerned."""
+    return gate is None or gate.may_stop()
 
 
 def _earliest_stop(text: str, new_len: int, p: Any) -> tuple[int, int, str] | None:

@@ -314,7 +314,8 @@ class RequestBuilder:
                 gate = self._gate(req, p, c, markers)
                 seq = Sequence(
                     rid=rid, index=index, output_id=rid if p.n == 1 else f"{rid}-{k}", prompt_ids=ids, params=p,
-                    detok=IncrementalDetokenizer(self.parts.tokenizer, ids, self._hidden(p, c)),
+                    detok=IncrementalDetokenizer(self.parts.tokenizer, ids, self._hidden(p, c),
+                                                 lazy=not req.stream and not p.stop and not p.stop_patterns),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
                     reasoning=markers is not None and req.reasoning_start != "answer",
                     reasoning_start=req.reasoning_start, return_logprob=lp.return_logprob,

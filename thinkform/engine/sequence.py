@@ -43,7 +43,7 @@ class FinishReason:
         return out
 
 
-@dataclass
+@dataclass(eq=False)  # one request's sequence is itself only: compared by identity (list.remove, `in`)
 class Sequence:
     rid: str  # its prompt's request id (abort by it)
     index: int  # which of the request's samples (prompts × n, flat)

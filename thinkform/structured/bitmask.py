@@ -16,6 +16,14 @@ def word_bit(j: int) -> int:
     return -(1 << 31) if j == 31 else 1 << j
 
 
+def set_word_bits(words: np.ndarray, token_ids: Iterable[int]) -> None:
+    """Set single token bits of one row's words; ids past the row are ignored."""
+    for token_id in token_ids:
+        word, bit = divmod(token_id, 32)
+        if word < words.shape[0]:
+            words[word] |= np.int32(word_bit(bit))
+
+
 def set_bits(bitmask: torch.Tensor, row: int, token_ids: Iterable[int], value: bool) -> None:
     """Set or clear single token bits of bitmask[row]; ids past the mask are ignored."""
     words = bitmask.numpy()[row]
@@ -73,20 +81,50 @@ def narrow_unless_empty(words: np.ndarray, keep: np.ndarray) -> bool:
     return True
 
 
+class PackedKeep:
+    """A packed keep mask that narrows rows where it bans anything only. The gates' keeps ban few tokens
+    (markers, digits past a number's bound, stray UTF-8 bytes: ~130 of Qwen's 4,748 words), so a row is
+    narrowed by gathering those words, not by a pass over the whole row (1.1 against 2.5 µs warm here,
+    and a row the forward pass left out of cache loads 130 lines, not 600)."""
+
+    __slots__ = ("words", "_holes", "_values")
+
+    def __init__(self, words: np.ndarray) -> None:
+        self.words = words
+        holes = np.flatnonzero(words != -1)
+        sparse = holes.shape[0] * 4 < words.shape[0]  # past a quarter of the row one dense pass is cheaper
+        self._holes = holes if sparse else None
+        self._values = words[holes] if sparse else None
+
+    def narrow(self, row: np.ndarray) -> bool:
+        """row &= words unless that leaves no token (narrow_unless_empty): whether it was narrowed."""
+        holes = self._holes
+        if holes is None or row.shape[0] != self.words.shape[0]:
+            return narrow_unless_empty(row, self.words)
+        kept = row[holes]
+        trimmed = kept & self._values
+        # outside the holes nothing changes: the row is left empty only if it holds nothing else either
+        if not np.count_nonzero(trimmed) and np.count_nonzero(row) == np.count_nonzero(kept):
+            return False
+        row[holes] = trimmed
+        return True
+
+
 class CombinedKeeps:
-    """ANDs of packed keep masks, cached by which arrays they are. The guards' rules hand out one array per
-    state, shared by every request, so an engine meets few combinations: one cache serves all its requests
-    (a cache per request recomputed each combination for every new answer)."""
+    """ANDs of packed keep masks (as PackedKeep), cached by which arrays they are. The guards' rules hand
+    out one array per state, shared by every request, so an engine meets few combinations: one cache
+    serves all its requests (a cache per request recomputed each combination for every new answer)."""
 
     def __init__(self) -> None:
         # the value keeps the combined arrays alive: their ids cannot be reused while they are a key
-        self._cache: dict[tuple[int, ...], tuple[np.ndarray, tuple[np.ndarray, ...]]] = {}
+        self._cache: dict[tuple[int, ...], tuple[PackedKeep, tuple[np.ndarray, ...]]] = {}
 
-    def __call__(self, keeps: tuple[np.ndarray, ...]) -> np.ndarray:
+    def __call__(self, keeps: tuple[np.ndarray, ...]) -> PackedKeep:
         key = tuple(map(id, keeps))
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = (np.bitwise_and.reduce(np.stack(keeps)), keeps)
+            words = keeps[0] if len(keeps) == 1 else np.bitwise_and.reduce(np.stack(keeps))
+            hit = self._cache[key] = (PackedKeep(words), keeps)
         return hit[0]
 
     def __len__(self) -> int:

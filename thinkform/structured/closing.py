@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
-from thinkform.structured.bitmask import keep_unless_empty, only_mask
+from thinkform.structured.bitmask import narrow_unless_empty, only_mask
 
 _WHITESPACE = b" \t\n\r"
 _CLOSERS = b'"}]'
@@ -48,10 +48,10 @@ class ClosingRules:
         self._tiers = [only_mask(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, chars)]).numpy()
                        for chars in (_CLOSERS, _SHORTEST)]
 
-    def restrict(self, bitmask: torch.Tensor, row: int, may_end: bool) -> None:
-        """Narrow bitmask[row] to the first tier it allows anything of; leave it as it is otherwise."""
+    def restrict(self, words: np.ndarray, may_end: bool) -> None:
+        """Narrow a row's packed words to the first tier it allows anything of; leave it as it is otherwise."""
         for keep in ([self._eos] if may_end else []) + self._tiers:
-            if keep_unless_empty(bitmask, row, keep):
+            if narrow_unless_empty(words, keep):
                 return
 
 

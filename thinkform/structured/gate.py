@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from thinkform.reasoning.markers import ReasoningMarkers, first_of
-from thinkform.structured.bitmask import CombinedKeeps, narrow_unless_empty, set_bits
+from thinkform.structured.bitmask import CombinedKeeps, narrow_unless_empty, set_word_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.ending import EndingSearch
 from thinkform.structured.vocab import TokenVocab
@@ -245,41 +245,39 @@ class ReasoningGate:
         """The matcher whose mask this row needs now (the engine fills a step's rows in one batch), or None."""
         return self.matcher if self.phase in (Phase.OPEN, Phase.ANSWER) else None
 
-    def finish_bitmask(self, bitmask: torch.Tensor, row: int) -> bool:
+    def finish_bitmask(self, bitmask: torch.Tensor | np.ndarray, row: int) -> bool:
         """After the matcher filled bitmask[row] (see matcher_to_fill): markers, EOS, padding and the
-        answer guards; False means: do not mask this row."""
+        answer guards; False means: do not mask this row. `bitmask` may be the buffer's numpy view (the
+        engine's, made once a step: a tensor's costs ~0.6 µs a row)."""
         if self.matcher is None or self.phase is Phase.REASONING:
             return False
+        words = (bitmask if isinstance(bitmask, np.ndarray) else bitmask.numpy())[row]
         if self.phase is Phase.FINISHED:
-            bitmask[row].zero_()
-            set_bits(bitmask, row, self._eos, True)
+            words[:] = 0
+            set_word_bits(words, self._eos)
             return True
-        words = bitmask.numpy()[row]
         if self.phase is Phase.OPEN:
             words &= self._open_keep
-            set_bits(bitmask, row, (self._start_ids[0],), True)
+            set_word_bits(words, (self._start_ids[0],))
             self._narrow(words, None)
             return True
         # ANSWER: no EOS before the grammar may end, no reasoning marker inside the answer
         may_end = self._grammar_may_end()
         if may_end:
-            set_bits(bitmask, row, self._eos, True)
+            set_word_bits(words, self._eos)
         self._narrow(words, self._ending_keep if may_end else self._answer_keep)
         if self.closing:
             self.closed_by_budget = True
-            self._closing.restrict(bitmask, row, may_end)
+            self._closing.restrict(words, may_end)
         return True
 
     def _narrow(self, words: np.ndarray, rule: np.ndarray | None) -> None:
         """words &= `rule` (the gate's own, always), then each guard keeps its tokens unless that leaves
-        none. All of them ANDed together (cached per combination of states) take one pass over the row;
-        only a result with no token left needs them one by one."""
+        none. All of them ANDed together (cached per combination of states) narrow the row at once; only a
+        result with no token left needs them one by one."""
         guards = tuple([guard.keep() for guard in self._guards])
         keeps = guards if rule is None else (rule, *guards)
-        if not keeps:
-            return
-        combined = keeps[0] if len(keeps) == 1 else self._combined_keeps(keeps)
-        if narrow_unless_empty(words, combined):
+        if not keeps or self._combined_keeps(keeps).narrow(words):
             return
         if rule is not None:
             words &= rule

@@ -141,6 +141,25 @@ class NumberRules:
         self._out = keep(later(tables["out"]))
         self._in_string = keep(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool))
         self.keep_all = keep(torch.zeros(self.vocab_size, dtype=torch.bool))  # outside any JSON: no rule
+        # (mode, token bytes) → state, from the modes without digit counts (see after); shared by every
+        # request of the engine (a dict's item writes are atomic: the mask thread and the loop may both write)
+        self._after: dict[tuple[Mode, bytes], LexState] = {}
+
+    def after(self, state: LexState, data: bytes) -> LexState:
+        """The state after `data`. From outside numbers (no digit counts) it depends on the bytes alone and
+        is remembered per token (a per-character walk costs microseconds a token)."""
+        countless = state.mode not in _COUNTING
+        if countless:
+            hit = self._after.get((state.mode, data))
+            if hit is not None:
+                return hit
+        mode, mant, exp = state.mode, state.mantissa_digits, state.exponent_digits
+        for ch in data.decode("latin-1"):
+            mode, mant, exp = _step(mode, mant, exp, ch)
+        result = LexState(mode, mant, exp)
+        if countless and len(self._after) < _AFTER_CACHE_SIZE:
+            self._after[(state.mode, data)] = result
+        return result
 
     @classmethod
     def from_options(cls, token_bytes: Sequence[bytes], options: GrammarOptions) -> NumberRules:
@@ -160,6 +179,8 @@ class NumberRules:
 
 
 _NUMBER_PUNCT = frozenset(b".eE+-")
+_COUNTING = frozenset({Mode.MANTISSA, Mode.EXP_START, Mode.EXPONENT})  # the modes whose state holds counts
+_AFTER_CACHE_SIZE = 1 << 16  # (mode, token) pairs remembered: a few MB at most
 
 
 def _control_in_string(token: bytes) -> bool:
@@ -190,12 +211,13 @@ class NumberGuard:
     def observe(self, data: bytes) -> None:
         """Advance the lexical state over the bytes the answer just gained (JSON's syntax is ASCII: the
         bytes of other characters only ever mean 'not a digit, quote or backslash')."""
-        mode, mant, exp = self.state.mode, self.state.mantissa_digits, self.state.exponent_digits
+        mode = self.state.mode
         if mode is Mode.STRING and b'"' not in data and b"\\" not in data:
             return  # the usual token inside a string: it stays there (a per-character walk costs 3 µs)
-        for ch in data.decode("latin-1"):
-            mode, mant, exp = _step(mode, mant, exp, ch)
-        self.state = LexState(mode, mant, exp)
+        if mode is Mode.MANTISSA and data.isdigit():  # a number's next digits
+            self.state = LexState(mode, self.state.mantissa_digits + len(data))
+            return
+        self.state = self.rules.after(self.state, data)
 
     def keep(self) -> np.ndarray:
         """Packed words of the tokens that do not overrun the current number."""

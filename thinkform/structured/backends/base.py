@@ -106,7 +106,11 @@ class GrammarBackend(ABC):
 
 
 def split_pending(pending: Pending, kind: type) -> tuple[list[tuple[int, Any]], list[tuple[int, GrammarMatcher]]]:
-    """(the rows whose matcher is a `kind`, the other rows)."""
-    ours = [(row, m) for row, m in pending if isinstance(m, kind)]
-    rest = [(row, m) for row, m in pending if not isinstance(m, kind)]
+    """(the rows whose matcher is a `kind`, the other rows). One pass, the exact type first: an isinstance
+    against an ABC's subclass goes through ABCMeta (~0.4 µs; a step asks twice a row)."""
+    ours: list[tuple[int, Any]] = []
+    rest: list[tuple[int, GrammarMatcher]] = []
+    for item in pending:
+        matcher = item[1]
+        (ours if type(matcher) is kind or isinstance(matcher, kind) else rest).append(item)
     return ours, rest
