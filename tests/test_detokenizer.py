@@ -176,10 +176,11 @@ def test_a_lazy_detokenizer_gives_the_text_pushes_as_they_came_give(kind, tiny_t
     prompt = tokenizer.encode("Hello, what is the capital of France?")
     hidden = frozenset({tokenizer.eos_token_id})
     for trial in range(60):
-        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30))]
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30 if trial % 4 else 200))]
         if trial % 3 == 0:
             ids = tokenizer.encode(" Paris, café 🙂 北京 é", add_special_tokens=False) + ids
-        cuts = sorted(rng.sample(range(1, len(ids)), min(len(ids) - 1, rng.randrange(0, 8))))
+        # a few ids a push, or one (past LAZY_PUSHES waiting pushes: decoded then, without a read)
+        cuts = sorted(rng.sample(range(1, len(ids)), min(len(ids) - 1, rng.randrange(0, 8) if trial % 4 else 999)))
         pushes = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
         eager = IncrementalDetokenizer(tokenizer, prompt, hidden)
         lazy = IncrementalDetokenizer(tokenizer, prompt, hidden, lazy=True)

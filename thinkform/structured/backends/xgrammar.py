@@ -33,24 +33,34 @@ class XGrammarMatcher(GrammarMatcher):
         # can_terminate's answer for the current state: a decode step asks it three times a row (the mask's
         # EOS, the stop rules, a forced end), and every change of state goes through the methods below
         self._may_end: bool | None = None
+        # is_terminated, asked after every token: the matcher terminates only by accepting a stop token
+        # (terminate_without_stop_token is off), so it is asked of xgrammar only then
+        self._stops = frozenset(self._m.stop_token_ids)
+        self._terminated = False
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self._m.fill_next_token_bitmask(bitmask, row)
 
     def accept_token(self, token_id: int) -> bool:
         self._may_end = None
-        return self._m.accept_token(token_id)
+        accepted = self._m.accept_token(token_id)
+        if accepted and token_id in self._stops:
+            self._terminated = self._m.is_terminated()
+        return accepted
 
     def accept_string(self, text: str) -> bool:
         self._may_end = None
-        return self._m.accept_string(text)
+        accepted = self._m.accept_string(text)
+        self._terminated = self._m.is_terminated()
+        return accepted
 
     def rollback(self, num_tokens: int) -> None:
         self._may_end = None
         self._m.rollback(num_tokens)
+        self._terminated = self._m.is_terminated()
 
     def is_terminated(self) -> bool:
-        return self._m.is_terminated()
+        return self._terminated
 
     def can_terminate(self) -> bool:
         # is_completed: the root rule is fully matched, which is exactly when the stop token is accepted.
