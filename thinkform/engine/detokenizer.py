@@ -83,8 +83,10 @@ class IncrementalDetokenizer:
         """At the end: whatever is held back, replacement characters included."""
         if self._waiting:
             self._catch_up()
-        prefix_text, full = self._window()
-        new = full[len(prefix_text):] if len(full) > len(prefix_text) else ""
+        new = ""
+        if self.read_offset < len(self.ids):  # else nothing is held back (and two decodes cost ~30 µs)
+            prefix_text, full = self._window()
+            new = full[len(prefix_text):] if len(full) > len(prefix_text) else ""
         self.prefix_offset = self.read_offset = len(self.ids)
         self._stream = None
         self._text += new

@@ -58,6 +58,8 @@ def _after_lead(b: int) -> Pending | None:
 
 def advance(state: Pending | None, data: bytes) -> Pending | None:
     """The decoder state after `data`; raises ValueError where the bytes are ill-formed."""
+    if state is None and data.isascii():  # most tokens: no byte walk
+        return None
     for b in data:
         if state is None:
             state = None if b < 0x80 else _after_lead(b)
