@@ -142,7 +142,7 @@ class NumberRules:
         self._in_string = keep(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool))
         self.keep_all = keep(torch.zeros(self.vocab_size, dtype=torch.bool))  # outside any JSON: no rule
         # (mode, token bytes) → state, from the modes without digit counts (see after); shared by every
-        # request of the engine (a dict's item writes are atomic: the mask thread and the loop may both write)
+        # request of the engine (answers are observed on the engine loop's thread only)
         self._after: dict[tuple[Mode, bytes], LexState] = {}
 
     def after(self, state: LexState, data: bytes) -> LexState:
