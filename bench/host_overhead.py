@@ -14,6 +14,9 @@ sampler, whose CPU masking a GPU does in one kernel instead), `advance` (appendi
 grammar accept, detokenizer, stop rules), and `host` = masks + advance, the part a GPU step waits for
 whatever the sampler costs. Medians over `--repeats` runs; free runs write the constrained runs' token counts.
 
+`--stream`: outputs streamed and read chunk by chunk (the caller's thread shares the GIL with the loop, as a
+server's event loop does); `wall` (µs per sampled token of the whole calls) then counts the reading too.
+
 `--stand-in-device`: the forward pass and the sampler are replaced by stand-ins that cost the host almost
 nothing (no logits, a token drawn at random among those the row's mask allows). On this CPU the real forward
 and sampler sweep megabytes of weights and logits through the caches before every piece of host work, which
@@ -122,34 +125,40 @@ class StandInDevice:
         del self._loop.runner.forward, self._loop.sampler.sample
 
 
-def run(engine: Any, timer: PartTimer, prompts: list[str], params: list[dict[str, Any]], batch: int
-        ) -> tuple[dict[str, float], list[int]]:
+def run(engine: Any, timer: PartTimer, prompts: list[str], params: list[dict[str, Any]], batch: int,
+        stream: bool = False) -> tuple[dict[str, float], list[int]]:
+    """One pass over the prompts in batches: µs per sampled token by part, plus `wall` (the whole calls,
+    the caller's reading of a stream included), and each answer's length."""
     engine.parts.pool.reset_prefix_cache()
     timer.reset()
     lengths = []
+    t0 = time.perf_counter()
     for i in range(0, len(prompts), batch):
-        outs = engine.generate(prompts[i:i + batch], params[i:i + batch])
+        outs = engine.generate(prompts[i:i + batch], params[i:i + batch], stream=stream)
+        if stream:  # cumulative chunks: each sequence's last one is its output
+            outs = list({chunk.get("index", 0): chunk for chunk in outs}.values())
         lengths += [o["meta_info"]["completion_tokens"] for o in outs]
-    return timer.per_row_us(), lengths
+    wall = time.perf_counter() - t0
+    return timer.per_row_us() | {"wall": wall / max(timer.rows, 1) * 1e6}, lengths
 
 
 def bench_batch(engine: Any, timer: PartTimer, batch: int, answers: int, max_new_tokens: int,
-                repeats: int) -> dict[str, Any]:
+                repeats: int, stream: bool = False) -> dict[str, Any]:
     prompts = tiny_prompts(answers)
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "json_schema": json.dumps(BOUNDED_CAPITAL_SCHEMA)}
     engine.generate(prompts[:1], [{**params, "max_new_tokens": 8}])  # compiles and caches the grammar
     con, free = defaultdict(list), defaultdict(list)
     for _ in range(repeats):
-        times, lengths = run(engine, timer, prompts, [params] * len(prompts), batch)
+        times, lengths = run(engine, timer, prompts, [params] * len(prompts), batch, stream)
         for k, v in times.items():
             con[k].append(v)
         free_params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
-        times, _ = run(engine, timer, prompts, free_params, batch)
+        times, _ = run(engine, timer, prompts, free_params, batch, stream)
         for k, v in times.items():
             free[k].append(v)
     row = {"batch": batch, "answers": answers, "tokens": sum(lengths)}
     for label, series in (("json", con), ("free", free)):
-        for part in PARTS:
+        for part in (*PARTS, "wall"):
             row[f"{label}_{part}"] = statistics.median(series[part])
         row[f"{label}_host"] = row[f"{label}_masks"] + row[f"{label}_advance"]
     return row
@@ -157,10 +166,11 @@ def bench_batch(engine: Any, timer: PartTimer, batch: int, answers: int, max_new
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     if rows and rows[0].get("stand_in"):  # no forward, no sampler: the host work only
-        return ["| batch | tokens | masks JSON | advance free / JSON | host (masks + advance) free / JSON |",
-                "|---|---|---|---|---|"] + [
+        return ["| batch | tokens | masks JSON | advance free / JSON | host (masks + advance) free / JSON "
+                "| wall free / JSON |", "|---|---|---|---|---|---|"] + [
             f"| {r['batch']} | {r['tokens']} | {r['json_masks']:.1f} | {r['free_advance']:.1f} / "
-            f"{r['json_advance']:.1f} | {r['free_host']:.1f} / **{r['json_host']:.1f}** |" for r in rows]
+            f"{r['json_advance']:.1f} | {r['free_host']:.1f} / **{r['json_host']:.1f}** "
+            f"| {r['free_wall']:.1f} / {r['json_wall']:.1f} |" for r in rows]
     out = ["| batch | tokens | forward free / JSON | masks JSON | sample free / JSON | advance free / JSON "
            "| host (masks + advance) free / JSON |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -178,6 +188,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--stream", action="store_true", help="stream the outputs (read chunk by chunk, as a server)")
     ap.add_argument("--stand-in-device", action="store_true",
                     help="forward and sampler replaced by host-cheap stand-ins (warm caches, as on a GPU host)")
     args = ap.parse_args()
@@ -196,7 +207,8 @@ def main() -> None:
             timer = PartTimer(engine.loop)
             for bs in args.batch_sizes:
                 rows.append(bench_batch(engine, timer, bs, args.bs1_answers if bs == 1 else bs,
-                                        args.max_new_tokens, args.repeats) | {"stand_in": stand_in is not None})
+                                        args.max_new_tokens, args.repeats, args.stream)
+                            | {"stand_in": stand_in is not None, "stream": args.stream})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         finally:
             engine.shutdown()

@@ -275,6 +275,38 @@ def test_async_generate_and_running_loop(engine64):
     assert out["output_ids"] == chunks[-1]["output_ids"] == inside["output_ids"] == expected
 
 
+def test_concurrent_streams_get_each_step_in_one_hand_over(engine64):
+    """Several streamed requests of one event loop: every step's outputs reach it in one call (a wake-up per
+    token and request cost the engine loop a GIL hand-off each), each stream's chunks are cumulative, one per
+    token, and end as the request alone would."""
+    expected = [_alone(engine64, p) for p in PROMPTS]
+    calls = []
+
+    async def main():
+        aloop = asyncio.get_running_loop()
+        call_soon = aloop.call_soon_threadsafe
+
+        def counted(callback, *args):
+            calls.append(len(args[0]) if args and isinstance(args[0], list) else 1)
+            return call_soon(callback, *args)
+
+        aloop.call_soon_threadsafe = counted
+        steps = engine64.loop.counters["steps"]
+
+        async def one(prompt):
+            return [c async for c in await engine64.async_generate(prompt, GREEDY, stream=True)]
+
+        chunks = await asyncio.gather(*(one(p) for p in PROMPTS))
+        return chunks, engine64.loop.counters["steps"] - steps
+
+    streams, steps = asyncio.run(main())
+    for chunks, ids in zip(streams, expected):
+        assert len(chunks) == len(ids) and chunks[-1]["output_ids"] == ids
+        assert all(len(b["output_ids"]) == len(a["output_ids"]) + 1 for a, b in zip(chunks, chunks[1:]))
+    assert sum(calls) == sum(len(ids) for ids in expected)  # every output, once
+    assert len(calls) <= steps + 1 and max(calls) > 1  # one call a step, holding the step's outputs
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_other_architectures_batch_equals_alone(tiny_model_dirs, arch):
     from thinkform import Engine

@@ -103,6 +103,11 @@ class Engine:
         self.eos_token_ids = tuple(self.parts.eos_token_ids)
         self.builder = RequestBuilder(self.parts, args)
         self._live_rids = _LiveRids()
+        # async callers' outputs of one engine step, per event loop: handed over in one call each (a wake-up
+        # per output cost the engine loop a GIL hand-off per token and request). The loop thread alone
+        # touches it: sinks and on_delivered both run there
+        self._async_outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, _Delivery]]] = {}
+        self.loop.on_delivered = self._hand_over_async
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
@@ -237,11 +242,7 @@ class Engine:
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
 
         def deliver(d: _Delivery) -> None:
-            try:
-                aloop.call_soon_threadsafe(inbox.put_nowait, d)
-            except RuntimeError:  # the caller's event loop is closed: nobody will read, end the request
-                if not d.finished:
-                    self.loop.abort_seq(d.seq)
+            self._async_outbox.setdefault(aloop, []).append((inbox, d))
 
         with self._claimed(req):
             await self._compile_async(req)
@@ -260,6 +261,17 @@ class Engine:
         return self._shape(req, finals)
 
     # -- internals ------------------------------------------------------------------------------------------
+    def _hand_over_async(self) -> None:
+        """Each event loop's outputs of this step in one call (on the engine loop's thread)."""
+        batches, self._async_outbox = self._async_outbox, {}
+        for aloop, items in batches.items():
+            try:
+                aloop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the callers' event loop is closed: nobody will read, end their requests
+                for _, d in items:
+                    if not d.finished:
+                        self.loop.abort_seq(d.seq)
+
     def _prepare(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
                  reasoning_start: str | None, rid: Any, stream: bool, logprobs: LogprobOptions,
                  sglang_only: dict[str, Any]) -> PreparedRequest:
@@ -347,6 +359,11 @@ class Engine:
         finally:
             if done < req.num_seqs:
                 self._abort_request(req)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, _Delivery]]) -> None:
+    for inbox, d in items:
+        inbox.put_nowait(d)
 
 
 def _chunk(req: PreparedRequest, d: _Delivery) -> dict[str, Any]:

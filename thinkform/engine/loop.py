@@ -73,6 +73,10 @@ class EngineLoop:
         # CPU: rows whose grammar allows few tokens get logits at those tokens only (StepMasks.allowed)
         self.sparse_logits = parts.device.type == "cpu" and not args.disable_sparse_logits
         self._ahead: tuple[ScheduledBatch, torch.Tensor] | None = None
+        # outputs of this step (streamed and final), handed to their requests together at its end: a consumer
+        # woken per token would take the GIL back at every grammar call that releases it (a hand-off each)
+        self._outbox: list[tuple[Sequence, bool]] = []
+        self.on_delivered: Callable[[], None] | None = None  # after each step's outputs (Engine: async batches)
 
     # -- control (any thread) -------------------------------------------------------------------------------
     @classmethod
@@ -162,18 +166,34 @@ class EngineLoop:
                 self._drain()
                 if self._ahead is not None:
                     self._finish_ahead()
-                    continue
-                batch = self.scheduler.schedule() if self.scheduler.has_work else None
-                if batch is None:
-                    self._wake.wait(0.05 if self.scheduler.has_work else 1.0)
-                    self._wake.clear()
-                    continue
-                self._step(batch)
+                else:
+                    batch = self.scheduler.schedule() if self.scheduler.has_work else None
+                    if batch is None:
+                        self._deliver()
+                        self._wake.wait(0.05 if self.scheduler.has_work else 1.0)
+                        self._wake.clear()
+                        continue
+                    self._step(batch)
+                self._deliver()
         except Exception as e:  # noqa: BLE001 - a crashed loop must fail every request, not hang them
             logger.exception("engine loop crashed")
             self.error = f"{type(e).__name__}: {e}"
         finally:
             self._fail_all(self.error or "the engine shut down")
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """This step's outputs to their requests, in order; a streamed event of a sequence that has finished
+        since is left out (its final output follows)."""
+        outbox, self._outbox = self._outbox, []
+        for seq, finished in outbox:
+            if finished or not seq.finished:
+                seq.sink(seq, finished)
+        if outbox and self.on_delivered is not None:
+            try:
+                self.on_delivered()
+            except Exception as e:  # noqa: BLE001 - the hand-over must not stop the loop
+                logger.error("outputs could not be handed over: %s: %s", type(e).__name__, e)
 
     def _drain(self) -> None:
         with self._lock:
@@ -376,7 +396,7 @@ class EngineLoop:
         if finish is not None:
             self._finish(seq, finish)
         elif seq.stream:
-            seq.sink(seq, False)
+            self._outbox.append((seq, False))
 
     def _force_at_start(self, seq: Sequence) -> None:
         """What the gate forces before anything is sampled goes in before the prefill: the end marker where
@@ -505,7 +525,7 @@ class EngineLoop:
             self.counters["aborted"] += 1
         logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
                     reason.type, len(seq.prompt_ids), len(seq.output_ids))
-        seq.sink(seq, True)
+        self._outbox.append((seq, True))
 
     def _observe_latency(self, seq: Sequence) -> None:
         now = time.perf_counter()
