@@ -103,11 +103,13 @@ class Engine:
         self.eos_token_ids = tuple(self.parts.eos_token_ids)
         self.builder = RequestBuilder(self.parts, args)
         self._live_rids = _LiveRids()
-        # async callers' outputs of one engine step, per event loop: handed over in one call each (a wake-up
-        # per output cost the engine loop a GIL hand-off per token and request). The loop thread alone
-        # touches it: sinks and on_delivered both run there
+        # one engine step's outputs, handed over once all are built: to each event loop in one call, to
+        # blocking callers' queues one by one (a consumer woken per output took the GIL back at the next
+        # grammar call that releases it: a hand-off per token and request). Only the loop thread touches
+        # them: the sinks and on_delivered both run there
         self._async_outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, _Delivery]]] = {}
-        self.loop.on_delivered = self._hand_over_async
+        self._sync_outbox: list[tuple[queue.Queue, _Delivery]] = []
+        self.loop.on_delivered = self._hand_over
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
@@ -211,7 +213,7 @@ class Engine:
         inbox: queue.Queue[_Delivery] = queue.Queue()
         with self._claimed(req):
             self._compile_sync(req)
-            self._submit(req, lambda d: inbox.put(d), limit_queue=False)
+            self._submit(req, lambda d: self._sync_outbox.append((inbox, d)), limit_queue=False)
         if stream:
             return self._stream_sync(req, inbox)
         finals = []
@@ -261,8 +263,11 @@ class Engine:
         return self._shape(req, finals)
 
     # -- internals ------------------------------------------------------------------------------------------
-    def _hand_over_async(self) -> None:
-        """Each event loop's outputs of this step in one call (on the engine loop's thread)."""
+    def _hand_over(self) -> None:
+        """This step's outputs to their callers (on the engine loop's thread): each event loop's in one call."""
+        ready, self._sync_outbox = self._sync_outbox, []
+        for inbox, d in ready:
+            inbox.put(d)
         batches, self._async_outbox = self._async_outbox, {}
         for aloop, items in batches.items():
             try:

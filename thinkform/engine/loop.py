@@ -76,7 +76,7 @@ class EngineLoop:
         # outputs of this step (streamed and final), handed to their requests together at its end: a consumer
         # woken per token would take the GIL back at every grammar call that releases it (a hand-off each)
         self._outbox: list[tuple[Sequence, bool]] = []
-        self.on_delivered: Callable[[], None] | None = None  # after each step's outputs (Engine: async batches)
+        self.on_delivered: Callable[[], None] | None = None  # after each step's outputs (Engine: hands them over)
 
     # -- control (any thread) -------------------------------------------------------------------------------
     @classmethod
