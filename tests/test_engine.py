@@ -275,6 +275,31 @@ def test_async_generate_and_running_loop(engine64):
     assert out["output_ids"] == chunks[-1]["output_ids"] == inside["output_ids"] == expected
 
 
+def test_stream_interval_sends_every_nth_token(engine64):
+    """SGLang's stream_interval: the first token's text at once, then every n tokens, and the end; the
+    chunks stay cumulative and end as the whole output."""
+    params = {**GREEDY, "max_new_tokens": 12}
+    whole = engine64.generate("Hello", params)
+    for interval, counts in ((1, list(range(1, 13))), (4, [1, 5, 9, 12]), (20, [1, 12])):
+        chunks = list(engine64.generate("Hello", {**params, "stream_interval": interval}, stream=True))
+        assert [len(c["output_ids"]) for c in chunks] == counts
+        assert chunks[-1]["text"] == whole["text"] and chunks[-1]["output_ids"] == whole["output_ids"]
+    with pytest.raises(ValueError, match="stream_interval"):
+        engine64.generate("Hello", {**params, "stream_interval": 0}, stream=True)
+
+
+def test_the_engines_stream_interval_is_the_default(tiny_model_dirs):
+    from thinkform import Engine
+
+    with pytest.raises(ValueError, match="stream_interval"):
+        Engine(model_path=str(tiny_model_dirs["qwen2"]), stream_interval=0)
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=2048, stream_interval=3) as eng:
+        chunks = list(eng.generate("Hello", {**GREEDY, "max_new_tokens": 8}, stream=True))
+        assert [len(c["output_ids"]) for c in chunks] == [1, 4, 7, 8]
+        chunks = list(eng.generate("Hello", {**GREEDY, "max_new_tokens": 8, "stream_interval": 1}, stream=True))
+        assert len(chunks) == 8
+
+
 def test_concurrent_streams_get_each_step_in_one_hand_over(engine64):
     """Several streamed requests of one event loop: every step's outputs reach it in one call (a wake-up per
     token and request cost the engine loop a GIL hand-off each), each stream's chunks are cumulative, one per

@@ -41,6 +41,7 @@ class EngineArgs:
     chunked_prefill_size: int = field(default=512, metadata={"help": "max prompt tokens prefilled in one step"})
     chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template file or string (default: the model's)"})
     max_queued_requests: int = field(default=1024, metadata={"help": "pending requests before the server answers 503"})
+    stream_interval: int = field(default=1, metadata={"help": "a stream sends its text every this many tokens (the first token's at once, and the end); a request's sampling_params.stream_interval overrides it"})
     max_n: int = field(default=16, metadata={"help": "largest n (parallel samples) per request"})
     max_new_tokens_limit: int = field(default=32768, metadata={"help": "largest max_new_tokens / max_tokens a request may ask for (larger: 400)"})
     max_request_body_bytes: int = field(default=8 * 2**20, metadata={"help": "largest HTTP request body in bytes (larger: 413)"})
@@ -61,6 +62,9 @@ class EngineArgs:
     def __post_init__(self) -> None:
         if self.sampling_defaults not in ("model", "openai"):
             raise ValueError(f"sampling_defaults: {self.sampling_defaults!r} is not one of model, openai")
+        if not isinstance(self.stream_interval, int) or isinstance(self.stream_interval, bool) \
+                or self.stream_interval < 1:
+            raise ValueError(f"stream_interval: must be an integer >= 1, got {self.stream_interval!r}")
         self.preferred_params()
 
     def preferred_params(self) -> dict[str, Any]:
@@ -138,7 +142,6 @@ SGLANG_ONLY = (
     SGLangOnlyArg("load_format", "auto", "safetensors directories and GGUF files are read as they are"),
     SGLangOnlyArg("tokenizer_mode", "auto", "the model's fast tokenizer is used"),
     SGLangOnlyArg("enable_strict_thinking", ANY, "thinking budgets (custom_params.thinking_budget) are always honoured", flag=True),
-    SGLangOnlyArg("stream_interval", ANY, "streams send every token's text as it comes"),
     SGLangOnlyArg("schedule_policy", ANY, "requests are scheduled first come, first served"),
     SGLangOnlyArg("max_prefill_tokens", ANY, "--chunked-prefill-size bounds a prefill step"),
     SGLangOnlyArg("enable_torch_compile", ANY, "CUDA graphs and Triton kernels serve a GPU instead", flag=True),

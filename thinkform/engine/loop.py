@@ -395,8 +395,15 @@ class EngineLoop:
             finish = FinishReason("length", None, length=seq.params.max_new_tokens)
         if finish is not None:
             self._finish(seq, finish)
-        elif seq.stream:
+        elif seq.stream and self._stream_due(seq):
+            seq.streamed_tokens = len(seq.output_ids)
             self._outbox.append((seq, False))
+
+    def _stream_due(self, seq: Sequence) -> bool:
+        """A streamed event now: the first token's at once, then every stream_interval tokens (the
+        request's, else the engine's); the final output always goes."""
+        interval = seq.params.stream_interval or self.args.stream_interval
+        return not seq.streamed_tokens or len(seq.output_ids) - seq.streamed_tokens >= interval
 
     def _force_at_start(self, seq: Sequence) -> None:
         """What the gate forces before anything is sampled goes in before the prefill: the end marker where

@@ -54,7 +54,7 @@ class SamplingParams:
     # as max_reasoning_tokens, the rest is ignored (no custom logit processors here)
     custom_params: dict[str, Any] | None = None
     sampling_seed: int | None = None  # SGLang's native spelling of seed
-    stream_interval: int | None = None  # accepted: streams here send every token's text as it comes
+    stream_interval: int | None = None  # a stream's text every this many tokens (default: --stream-interval)
     stop_patterns: list[regex.Pattern] = field(default_factory=list, init=False, repr=False, compare=False)
     # bad_words as token sequences (with and without a leading space), filled by the request builder
     bad_word_ids: list[list[int]] = field(default_factory=list, init=False, repr=False, compare=False)

@@ -82,6 +82,7 @@ class Sequence:
     token_ids_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
     arrival: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
+    streamed_tokens: int = 0  # output tokens when its last streamed event went out (stream_interval)
     num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)
     # streamed with logprobs: (len(detok.text), len(output_ids)) each time the text grew, so an event gives
     # the logprobs of the tokens whose text it shows
