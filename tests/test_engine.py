@@ -195,14 +195,14 @@ def test_an_output_that_cannot_be_built_still_answers_its_caller(engine64, monke
     request's error; the caller no longer waits forever, and the engine goes on."""
     import thinkform.engine.requests as requests_module
 
-    build = requests_module.sequence_output
+    build = requests_module.output_event
 
     def broken(seq, finished, markers):
         if finished:
             raise RuntimeError("injected output failure")
         return build(seq, finished, markers)
 
-    monkeypatch.setattr(requests_module, "sequence_output", broken)
+    monkeypatch.setattr(requests_module, "output_event", broken)
     out = engine64.generate("Hello", {"max_new_tokens": 3, "ignore_eos": True})
     reason = out["meta_info"]["finish_reason"]
     assert reason["type"] == "abort" and reason["status_code"] == 500 and "injected" in reason["message"]
@@ -273,6 +273,27 @@ def test_async_generate_and_running_loop(engine64):
 
     out, chunks, inside = asyncio.run(main())
     assert out["output_ids"] == chunks[-1]["output_ids"] == inside["output_ids"] == expected
+
+
+def test_outputs_are_built_on_the_reading_thread(engine64, monkeypatch):
+    """The loop takes each output's snapshot; copying the output ids and splitting the reasoning, which grow
+    with the output, happen on the thread that reads it (on the loop, per streamed token, a long stream cost
+    the square of its length). A chunk still shows the ids of its own text, not the sequence's later ones."""
+    from thinkform.engine.output import OutputEvent
+
+    threads = []
+    build = OutputEvent.build
+
+    def recorded(self):
+        threads.append(threading.current_thread().name)
+        return build(self)
+
+    monkeypatch.setattr(OutputEvent, "build", recorded)
+    chunks = list(engine64.generate("Hello", {**GREEDY, "max_new_tokens": 6}, stream=True))
+    whole = engine64.generate("Hello", {**GREEDY, "max_new_tokens": 6})
+    assert threads and "thinkform-engine" not in threads
+    assert [len(c["output_ids"]) for c in chunks] == list(range(1, 7))
+    assert all(c["output_ids"] == whole["output_ids"][:len(c["output_ids"])] for c in chunks)
 
 
 def test_stream_interval_sends_every_nth_token(engine64):

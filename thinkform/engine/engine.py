@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
 from thinkform.engine.loop import EngineLoop
+from thinkform.engine.output import OutputEvent
 from thinkform.engine.requests import LogprobOptions, PreparedRequest, RequestBuilder, naming_item
 from thinkform.engine.sequence import Sequence
 from thinkform.engine.setup import EngineParts, build_engine_parts, markup_id_sets
@@ -34,8 +35,13 @@ SGLANG_NEUTRAL_KEYWORDS: dict[str, Any] = {
 @dataclass
 class _Delivery:
     seq: Sequence
-    output: dict[str, Any]
+    event: OutputEvent
     finished: bool
+
+    @property
+    def output(self) -> dict[str, Any]:
+        """The output dict, built on the reading thread (see OutputEvent)."""
+        return self.event.build()
 
 
 class _LiveRids:
@@ -307,7 +313,7 @@ class Engine:
         if limit_queue and self.loop.num_pending + req.num_seqs > self.args.max_queued_requests:
             raise EngineOverloaded(f"too many pending requests (max_queued_requests={self.args.max_queued_requests})")
 
-        def sink(seq: Sequence, output: dict[str, Any], finished: bool) -> None:
+        def sink(seq: Sequence, output: OutputEvent, finished: bool) -> None:
             if finished:
                 self._live_rids.release(seq.rid)
             deliver(_Delivery(seq, output, finished))

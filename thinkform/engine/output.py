@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from thinkform.engine.detokenizer import StopRegexTimeout, partial_stop_len, partial_stop_regex_len
@@ -35,7 +36,32 @@ def _shown_tokens(seq: Sequence, finished: bool, shown: int) -> int:
     return marks[i - 1][1] if i else 0
 
 
-def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None) -> dict[str, Any]:
+@dataclass
+class OutputEvent:
+    """One output of a sequence as the loop saw it. What may change later is taken now (counts, the text: a
+    str, immutable); what costs in proportion to the output's length is left to `build`, on the caller's
+    thread: the output ids (kept as a length: the list only grows) and the reasoning split. Built on the loop
+    for every streamed token, they made a long stream cost the loop the square of its length."""
+
+    seq: Sequence
+    out: dict[str, Any]  # index, text, output_ids and meta_info, the deferred values None
+    num_ids: int | None = None  # the output ids the event shows (None: `out` is whole)
+    split: tuple[ReasoningMarkers, bool] | None = None  # (markers, starts in reasoning) for the split
+
+    def build(self) -> dict[str, Any]:
+        """The output dict (once: later calls return the same)."""
+        if self.num_ids is not None:
+            self.out["output_ids"] = self.seq.output_ids[: self.num_ids]
+            if self.split is not None:
+                markers, in_reasoning = self.split
+                meta = self.out["meta_info"]
+                meta["reasoning_content"], meta["content"] = split_reasoning(
+                    self.out["text"], markers, in_reasoning=in_reasoning)
+            self.num_ids = None
+        return self.out
+
+
+def output_event(seq: Sequence, finished: bool, markers: ReasoningMarkers | None) -> OutputEvent:
     text = shown_text(seq, finished)
     gate = seq.gate
     meta: dict[str, Any] = {
@@ -54,12 +80,18 @@ def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | N
     }
     if seq.first_token_time is not None:
         meta["ttft"] = seq.first_token_time - seq.arrival
+    split = None
     if seq.reasoning and markers is not None:
-        meta["reasoning_content"], meta["content"] = split_reasoning(
-            text, markers, in_reasoning=seq.reasoning_start == "reasoning")
+        meta["reasoning_content"] = meta["content"] = None  # by build(), in this place
+        split = (markers, seq.reasoning_start == "reasoning")
     if seq.return_logprob:
         meta.update(_logprobs(seq, _shown_tokens(seq, finished, len(text))))
-    return {"index": seq.index, "text": text, "output_ids": list(seq.output_ids), "meta_info": meta}
+    out = {"index": seq.index, "text": text, "output_ids": None, "meta_info": meta}
+    return OutputEvent(seq, out, len(seq.output_ids), split)
+
+
+def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None) -> dict[str, Any]:
+    return output_event(seq, finished, markers).build()
 
 
 def _logprobs(seq: Sequence, count: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import IncrementalDetokenizer
 from thinkform.engine.errors import ContextLengthError, RequestFieldError
 from thinkform.engine.limits import RequestLimits
-from thinkform.engine.output import failed_output, sequence_output
+from thinkform.engine.output import OutputEvent, failed_output, output_event
 from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.reasoning.markers import ReasoningMarkers
@@ -305,7 +305,7 @@ class RequestBuilder:
                              f"cache ({capacity} tokens; raise --max-total-tokens)")
 
     # -- sequences -------------------------------------------------------------------------------------------
-    def sequences(self, req: PreparedRequest, sink: Callable[[Sequence, dict, bool], None]) -> list[Sequence]:
+    def sequences(self, req: PreparedRequest, sink: Callable[[Sequence, OutputEvent, bool], None]) -> list[Sequence]:
         seqs: list[Sequence] = []
         for ids, p, c, lp, rid in zip(req.prompt_ids, req.params, req.constraint, req.prompt_logprobs, req.rids):
             markers = self.markers_for(c)
@@ -492,16 +492,16 @@ def _prompt_rids(rid: Any, count: int, batched: bool) -> list[str]:
     return [f"{rid}_{i}" for i in range(count)] if batched else [rid]
 
 
-def _bind_sink(sink: Callable[[Sequence, dict, bool], None], markers: Any) -> Callable:
+def _bind_sink(sink: Callable[[Sequence, OutputEvent, bool], None], markers: Any) -> Callable:
     def deliver(seq: Sequence, finished: bool) -> None:
         try:
-            output = sequence_output(seq, finished, markers)
+            output = output_event(seq, finished, markers)
         except Exception as e:  # noqa: BLE001 - a broken output must still answer its caller, once, at the end
             logger.error("request %s-%d: its output could not be built: %s: %s", seq.rid, seq.index,
                          type(e).__name__, e, exc_info=e)
             if not finished:
                 return
-            output = failed_output(seq, e)
+            output = OutputEvent(seq, failed_output(seq, e))
         try:
             sink(seq, output, finished)
         except Exception as e:  # noqa: BLE001 - a caller that cannot take its output must not stop the loop
