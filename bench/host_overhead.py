@@ -39,14 +39,15 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from structured_overhead import BOUNDED_CAPITAL_SCHEMA, make_qwen_tiny_model, report, tiny_prompts  # noqa: E402
 
-PARTS = ("forward", "masks", "sample", "advance")
+PARTS = ("forward", "masks", "sample", "advance", "deliver")
 
 
 def loop_calls(loop: Any) -> dict[str, tuple[Any, str]]:
     """The engine loop's main calls by part, as (owner, method name): where a step's time goes."""
     return {"forward": (loop.runner, "forward"), "masks": (loop, "_fill_masks"), "sample": (loop.sampler, "sample"),
             "advance": (loop, "_advance"), "launch_ahead": (loop, "_launch_ahead"),
-            "commit_ahead": (loop.scheduler, "commit_ahead")}
+            "commit_ahead": (loop.scheduler, "commit_ahead")} | (
+        {"deliver": (loop, "_deliver")} if hasattr(loop, "_deliver") else {})  # (trees before it: in advance)
 
 
 class PartTimer:
@@ -143,7 +144,7 @@ def run(engine: Any, timer: PartTimer, prompts: list[str], params: list[dict[str
 
 
 def bench_batch(engine: Any, timer: PartTimer, batch: int, answers: int, max_new_tokens: int,
-                repeats: int, stream: bool = False) -> dict[str, Any]:
+                repeats: int, stream: bool = False, free_tokens: int | None = None) -> dict[str, Any]:
     prompts = tiny_prompts(answers)
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "json_schema": json.dumps(BOUNDED_CAPITAL_SCHEMA)}
     engine.generate(prompts[:1], [{**params, "max_new_tokens": 8}])  # compiles and caches the grammar
@@ -152,7 +153,7 @@ def bench_batch(engine: Any, timer: PartTimer, batch: int, answers: int, max_new
         times, lengths = run(engine, timer, prompts, [params] * len(prompts), batch, stream)
         for k, v in times.items():
             con[k].append(v)
-        free_params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
+        free_params = [{"temperature": 0, "max_new_tokens": free_tokens or n, "ignore_eos": True} for n in lengths]
         times, _ = run(engine, timer, prompts, free_params, batch, stream)
         for k, v in times.items():
             free[k].append(v)
@@ -167,10 +168,11 @@ def bench_batch(engine: Any, timer: PartTimer, batch: int, answers: int, max_new
 def table(rows: list[dict[str, Any]]) -> list[str]:
     if rows and rows[0].get("stand_in"):  # no forward, no sampler: the host work only
         return ["| batch | tokens | masks JSON | advance free / JSON | host (masks + advance) free / JSON "
-                "| wall free / JSON |", "|---|---|---|---|---|---|"] + [
+                "| deliver free / JSON | wall free / JSON |", "|---|---|---|---|---|---|---|"] + [
             f"| {r['batch']} | {r['tokens']} | {r['json_masks']:.1f} | {r['free_advance']:.1f} / "
             f"{r['json_advance']:.1f} | {r['free_host']:.1f} / **{r['json_host']:.1f}** "
-            f"| {r['free_wall']:.1f} / {r['json_wall']:.1f} |" for r in rows]
+            f"| {r['free_deliver']:.1f} / {r['json_deliver']:.1f} | {r['free_wall']:.1f} / {r['json_wall']:.1f} |"
+            for r in rows]
     out = ["| batch | tokens | forward free / JSON | masks JSON | sample free / JSON | advance free / JSON "
            "| host (masks + advance) free / JSON |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -189,6 +191,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--stream", action="store_true", help="stream the outputs (read chunk by chunk, as a server)")
+    ap.add_argument("--free-tokens", type=int, default=None,
+                    help="free rows write this many tokens each (default: as many as the JSON answers)")
     ap.add_argument("--stand-in-device", action="store_true",
                     help="forward and sampler replaced by host-cheap stand-ins (warm caches, as on a GPU host)")
     args = ap.parse_args()
@@ -207,7 +211,7 @@ def main() -> None:
             timer = PartTimer(engine.loop)
             for bs in args.batch_sizes:
                 rows.append(bench_batch(engine, timer, bs, args.bs1_answers if bs == 1 else bs,
-                                        args.max_new_tokens, args.repeats, args.stream)
+                                        args.max_new_tokens, args.repeats, args.stream, args.free_tokens)
                             | {"stand_in": stand_in is not None, "stream": args.stream})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         finally:
