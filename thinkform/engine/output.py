@@ -41,7 +41,7 @@ class OutputEvent:
     """One output of a sequence as the loop saw it. What may change later is taken now (counts, the text: a
     str, immutable); what costs in proportion to the output's length is left to `build`, on the caller's
     thread: the output ids (kept as a length: the list only grows) and the reasoning split. Built on the loop
-    for every streamed token, they made a long stream cost the loop the square of its length."""
+    for every streamed token, they cost it in proportion to the output's length (bench/stream_cost.py)."""
 
     seq: Sequence
     out: dict[str, Any]  # index, text, output_ids and meta_info, the deferred values None
