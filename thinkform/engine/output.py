@@ -90,10 +90,6 @@ def output_event(seq: Sequence, finished: bool, markers: ReasoningMarkers | None
     return OutputEvent(seq, out, len(seq.output_ids), split)
 
 
-def sequence_output(seq: Sequence, finished: bool, markers: ReasoningMarkers | None) -> dict[str, Any]:
-    return output_event(seq, finished, markers).build()
-
-
 def _logprobs(seq: Sequence, count: int) -> dict[str, Any]:
     """SGLang's four lists of (logprob, token id, text) entries: the prompt's from logprob_start_len (the
     first one's logprob None), the output's first `count` tokens; the text only with return_text_in_logprobs."""
