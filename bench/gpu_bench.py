@@ -323,7 +323,8 @@ def _loop_profile(engine: Any, prompts: list[str], params: dict[str, Any]) -> st
 
 def _host_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> dict[str, float]:
     """Wall time per step inside the engine loop's main calls (the sampler's includes waiting for the device;
-    on a GPU the masks fill on their own thread, during the forward)."""
+    a decode-ahead step's masks fill on the loop thread, a scheduled step's on the mask thread during its
+    forward; `deliver` hands the step's outputs over)."""
     from host_overhead import PartTimer, loop_calls
 
     loop = engine.loop

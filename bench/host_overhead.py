@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from structured_overhead import BOUNDED_CAPITAL_SCHEMA, make_qwen_tiny_model, report, tiny_prompts  # noqa: E402
+from structured_overhead import BOUNDED_CAPITAL_SCHEMA, report, tiny_prompts, tiny_qwen_engine  # noqa: E402
 
 PARTS = ("forward", "masks", "sample", "advance", "deliver")
 
@@ -196,26 +194,16 @@ def main() -> None:
     ap.add_argument("--stand-in-device", action="store_true",
                     help="forward and sampler replaced by host-cheap stand-ins (warm caches, as on a GPU host)")
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import thinkform
-
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_qwen_tiny_model(Path(tmp) / "tiny-qwen")
-        engine = thinkform.Engine(model_path=str(model_dir), disable_jump_forward=True,
-                                  disable_sparse_logits=True, max_total_tokens=65536)
-        try:
-            stand_in = StandInDevice(engine.loop, engine.loop.sampler.tokenizer_size) if args.stand_in_device else None
-            timer = PartTimer(engine.loop)
-            for bs in args.batch_sizes:
-                rows.append(bench_batch(engine, timer, bs, args.bs1_answers if bs == 1 else bs,
-                                        args.max_new_tokens, args.repeats, args.stream, args.free_tokens)
-                            | {"stand_in": stand_in is not None, "stream": args.stream})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        finally:
-            engine.shutdown()
+    with tiny_qwen_engine(disable_jump_forward=True, disable_sparse_logits=True, max_total_tokens=65536) as engine:
+        stand_in = StandInDevice(engine.loop, engine.loop.sampler.tokenizer_size) if args.stand_in_device else None
+        timer = PartTimer(engine.loop)
+        for bs in args.batch_sizes:
+            rows.append(bench_batch(engine, timer, bs, args.bs1_answers if bs == 1 else bs,
+                                    args.max_new_tokens, args.repeats, args.stream, args.free_tokens)
+                        | {"stand_in": stand_in is not None, "stream": args.stream})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report(started, table(rows), rows, args.json_out, " µs per sampled token.")
 
 

@@ -13,17 +13,15 @@ after a warm-up call.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_overhead import StandInDevice  # noqa: E402
-from structured_overhead import make_qwen_tiny_model, report, tiny_prompts  # noqa: E402
+from structured_overhead import report, tiny_prompts, tiny_qwen_engine  # noqa: E402
 
 
 def one_run(engine: Any, prompts: list[str], length: int) -> tuple[float, float]:
@@ -66,27 +64,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import thinkform
-
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = thinkform.Engine(model_path=str(make_qwen_tiny_model(Path(tmp) / "tiny-qwen")),
-                                  reasoning_parser="deepseek-r1", max_total_tokens=2 * args.batch * max(args.lengths) + 4096)
-        try:
-            StandInDevice(engine.loop, engine.loop.sampler.tokenizer_size)
-            prompts = tiny_prompts(args.batch)
-            one_run(engine, prompts, 16)  # warm-up
-            for length in args.lengths:
-                runs = [one_run(engine, prompts, length) for _ in range(args.repeats)]
-                rows.append({"length": length, "batch": args.batch,
-                             "loop_us": statistics.median(r[0] for r in runs),
-                             "wall_us": statistics.median(r[1] for r in runs)})
-                print(rows[-1], file=sys.stderr, flush=True)
-        finally:
-            engine.shutdown()
+    with tiny_qwen_engine(reasoning_parser="deepseek-r1",
+                          max_total_tokens=2 * args.batch * max(args.lengths) + 4096) as engine:
+        StandInDevice(engine.loop, engine.loop.sampler.tokenizer_size)
+        prompts = tiny_prompts(args.batch)
+        one_run(engine, prompts, 16)  # warm-up
+        for length in args.lengths:
+            runs = [one_run(engine, prompts, length) for _ in range(args.repeats)]
+            rows.append({"length": length, "batch": args.batch, "loop_us": statistics.median(r[0] for r in runs),
+                         "wall_us": statistics.median(r[1] for r in runs)})
+            print(rows[-1], file=sys.stderr, flush=True)
     table = ["| tokens a stream | batch | loop µs / token | wall µs / token |", "|---|---|---|---|"]
     table += [f"| {r['length']} | {r['batch']} | {r['loop_us']:.1f} | {r['wall_us']:.1f} |" for r in rows]
     report(started, table, rows, args.json_out, " µs per streamed token.")

@@ -26,6 +26,7 @@ unchanged and the seed's prompt wording in its chat template.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_cases import CAPITAL_INFO_SCHEMA, capital_prompts, json_valid  # noqa: E402
@@ -57,6 +58,21 @@ def make_qwen_tiny_model(path: Path, hidden_size: int = 64, num_layers: int = 2)
 
     return make_tiny_model_dir(path, "qwen2", build_qwen_tokenizer(reasoning=False), hidden_size=hidden_size,
                                num_layers=num_layers, vocab_size=QWEN_LOGITS_WIDTH)
+
+
+@contextlib.contextmanager
+def tiny_qwen_engine(**engine_kwargs: Any) -> Iterator[Any]:
+    """An Engine on the tiny random model with Qwen's vocabulary, made in a temporary directory (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import thinkform
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = thinkform.Engine(model_path=str(make_qwen_tiny_model(Path(tmp) / "tiny-qwen")), **engine_kwargs)
+        try:
+            yield engine
+        finally:
+            engine.shutdown()
 
 
 def tiny_prompts(n: int) -> list[str]:
