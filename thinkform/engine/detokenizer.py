@@ -76,8 +76,15 @@ class IncrementalDetokenizer:
         if not new:
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        self._text += new
+        self._extend(new)
         return new
+
+    def _extend(self, new: str) -> None:
+        # the attribute let go first: where nothing else holds the text (no event snapshot), `+=` on its only
+        # reference grows it in place; `self._text += new` copied a long output's whole text every token
+        text, self._text = self._text, ""
+        text += new
+        self._text = text
 
     def flush(self) -> str:
         """At the end: whatever is held back, replacement characters included."""
@@ -89,7 +96,7 @@ class IncrementalDetokenizer:
             new = full[len(prefix_text):] if len(full) > len(prefix_text) else ""
         self.prefix_offset = self.read_offset = len(self.ids)
         self._stream = None
-        self._text += new
+        self._extend(new)
         return new
 
     def _step(self, visible: list[int]) -> str | None:
