@@ -6,7 +6,7 @@ import pytest
 import torch
 import xgrammar as xgr
 
-from thinkform.structured.bitmask import apply_bitmask_cpu, keep_mask, keep_unless_empty, set_bits
+from thinkform.structured.bitmask import apply_bitmask_cpu, keep_mask, narrow_unless_empty, set_bits
 
 
 def _random_mask(rows: int, vocab: int, density: float, rng: np.random.Generator) -> torch.Tensor:
@@ -46,11 +46,11 @@ def test_keep_mask_bans_the_named_ids_and_everything_past_the_vocabulary() -> No
     assert allowed == set(range(40)) - {3, 39}
 
 
-def test_keep_unless_empty_leaves_the_grammar_the_last_word() -> None:
+def test_narrow_unless_empty_leaves_the_grammar_the_last_word() -> None:
     mask = torch.tensor([[0b0110]], dtype=torch.int32)
-    keep_unless_empty(mask, 0, np.array([~0b0100], dtype=np.int32))
+    narrow_unless_empty(mask.numpy()[0], np.array([~0b0100], dtype=np.int32))
     assert int(mask[0, 0]) == 0b0010
-    keep_unless_empty(mask, 0, np.array([~0b0010], dtype=np.int32))
+    narrow_unless_empty(mask.numpy()[0], np.array([~0b0010], dtype=np.int32))
     assert int(mask[0, 0]) == 0b0010
 
 
@@ -136,7 +136,7 @@ def test_tokens_allowed_and_first_allowed_read_the_packed_layout():
 def test_packed_keep_narrows_as_the_dense_pass_does() -> None:
     """The sparse narrowing (only the words a keep bans anything in) gives the dense pass's row and
     verdict: rows it trims, rows it would leave empty (unchanged), rows allowing nothing else."""
-    from thinkform.structured.bitmask import PackedKeep, narrow_unless_empty
+    from thinkform.structured.bitmask import PackedKeep
 
     rng = np.random.default_rng(7)
     width = 64

@@ -11,7 +11,7 @@ import torch
 import xgrammar as xgr
 
 from thinkform.structured.backends import BackendContext, create_backend
-from thinkform.structured.bitmask import keep_unless_empty
+from thinkform.structured.bitmask import narrow_unless_empty
 from thinkform.structured.runaway import Mode, NumberGuard, NumberRules, TaggedNumberGuard
 from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.testing.tokenizers import build_tiny_tokenizer
@@ -27,7 +27,7 @@ def allowed_after(guard: NumberGuard, allowed: set[int]) -> set[int]:
     mask = torch.zeros((2, 1), dtype=torch.int32)
     for t in allowed:
         mask[1, 0] |= (1 << t) if t < 31 else -(1 << 31)
-    keep_unless_empty(mask, 1, guard.keep())
+    narrow_unless_empty(mask.numpy()[1], guard.keep())
     assert mask[0, 0] == 0
     return {t for t in range(len(TOKENS)) if (int(mask[1, 0]) >> t) & 1}
 
@@ -129,7 +129,7 @@ def test_digit_loving_sampler_always_finishes_numbers_within_budget(
         text = ""
         for _ in range(400):
             matcher.fill_bitmask(mask, 0)
-            keep_unless_empty(mask, 0, guard.keep())
+            narrow_unless_empty(mask.numpy()[0], guard.keep())
             bits = ((mask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten()[:vocab_size]
             allowed = bits.nonzero().flatten().tolist()
             preferred = [t for t in allowed if t in digity]  # adversarial: digits whenever possible
@@ -166,7 +166,7 @@ def test_control_characters_kept_out_of_strings():
     guard = NumberGuard(NumberRules(tokens))
     guard.observe(b'{"name": "a')
     mask = torch.full((1, 1), -1, dtype=torch.int32)
-    keep_unless_empty(mask, 0, guard.keep())
+    narrow_unless_empty(mask.numpy()[0], guard.keep())
     allowed = [i for i in range(len(tokens)) if (int(mask[0, 0]) >> i) & 1]
     assert allowed == [0, 1, 4, 5]  # no raw \x1e or \t inside the string; a quote then a newline is fine
 

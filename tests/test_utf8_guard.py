@@ -15,7 +15,7 @@ import xgrammar as xgr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thinkform.structured.bitmask import keep_unless_empty
+from thinkform.structured.bitmask import narrow_unless_empty
 from thinkform.structured.utf8 import BOUNDARY, Utf8Guard, Utf8Rules, advance
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}, "required": ["name"]}
@@ -66,7 +66,7 @@ def test_after_a_lead_byte_only_its_legal_continuations_remain() -> None:
         guard.reset()
         guard.observe(prefix)
         mask = everything.clone()
-        keep_unless_empty(mask, 0, guard.keep())
+        narrow_unless_empty(mask.numpy()[0], guard.keep())
         return {tokens[i] for i in _allowed(mask, len(tokens))}
 
     assert after(b"x") == {b"a", b"\xed", b"\xe4\xb8", b'"', "é".encode()}  # no stray continuation
@@ -80,7 +80,7 @@ def test_after_a_lead_byte_only_its_legal_continuations_remain() -> None:
 def test_the_grammar_wins_when_nothing_well_formed_is_left() -> None:
     guard = Utf8Guard(Utf8Rules([b"\xb4", b"\xb5"]))
     mask = torch.tensor([[0b01]], dtype=torch.int32)
-    keep_unless_empty(mask, 0, guard.keep())
+    narrow_unless_empty(mask.numpy()[0], guard.keep())
     assert int(mask[0, 0]) == 0b01
 
 

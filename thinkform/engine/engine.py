@@ -313,10 +313,10 @@ class Engine:
         if limit_queue and self.loop.num_pending + req.num_seqs > self.args.max_queued_requests:
             raise EngineOverloaded(f"too many pending requests (max_queued_requests={self.args.max_queued_requests})")
 
-        def sink(seq: Sequence, output: OutputEvent, finished: bool) -> None:
+        def sink(seq: Sequence, event: OutputEvent, finished: bool) -> None:
             if finished:
                 self._live_rids.release(seq.rid)
-            deliver(_Delivery(seq, output, finished))
+            deliver(_Delivery(seq, event, finished))
 
         seqs = self.builder.sequences(req, sink)
         req.seqs = seqs

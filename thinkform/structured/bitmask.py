@@ -16,17 +16,8 @@ def word_bit(j: int) -> int:
     return -(1 << 31) if j == 31 else 1 << j
 
 
-def set_word_bits(words: np.ndarray, token_ids: Iterable[int]) -> None:
-    """Set single token bits of one row's words; ids past the row are ignored."""
-    for token_id in token_ids:
-        word, bit = divmod(token_id, 32)
-        if word < words.shape[0]:
-            words[word] |= np.int32(word_bit(bit))
-
-
-def set_bits(bitmask: torch.Tensor, row: int, token_ids: Iterable[int], value: bool) -> None:
-    """Set or clear single token bits of bitmask[row]; ids past the mask are ignored."""
-    words = bitmask.numpy()[row]
+def set_word_bits(words: np.ndarray, token_ids: Iterable[int], value: bool = True) -> None:
+    """Set (or clear) single token bits of one row's words; ids past the row are ignored."""
     for token_id in token_ids:
         word, bit = divmod(int(token_id), 32)
         if word >= words.shape[0]:
@@ -35,6 +26,11 @@ def set_bits(bitmask: torch.Tensor, row: int, token_ids: Iterable[int], value: b
             words[word] |= np.int32(word_bit(bit))
         else:
             words[word] &= ~np.int32(word_bit(bit))
+
+
+def set_bits(bitmask: torch.Tensor, row: int, token_ids: Iterable[int], value: bool) -> None:
+    """set_word_bits on bitmask[row]."""
+    set_word_bits(bitmask.numpy()[row], token_ids, value)
 
 
 def pack_bits(flags: torch.Tensor | np.ndarray, words: int) -> torch.Tensor:
@@ -60,14 +56,9 @@ def keep_mask(vocab_size: int, words: int, banned: Iterable[int]) -> torch.Tenso
     return pack_bits(flags, words)
 
 
-def keep_unless_empty(bitmask: torch.Tensor, row: int, keep: np.ndarray) -> bool:
-    """bitmask[row] &= keep (packed int32 words), unless that would leave no token: the grammar wins.
-    Returns whether the row was narrowed (False: it would have been left empty, and is unchanged)."""
-    return narrow_unless_empty(bitmask.numpy()[row], keep)
-
-
 def narrow_unless_empty(words: np.ndarray, keep: np.ndarray) -> bool:
-    """keep_unless_empty on one row's words."""
+    """words &= keep (one row's packed int32 words), unless that would leave no token: the grammar wins.
+    Returns whether the row was narrowed (False: it would have been left empty, and is unchanged)."""
     if keep.shape[0] != words.shape[0]:  # rare: the usual same-width case skips the slicing (~1 µs a row)
         width = min(words.shape[0], keep.shape[0])
         words, rest, keep = words[:width], words[width:], keep[:width]
