@@ -98,6 +98,9 @@ class CudaStepRunner:
         self._staged: list[tuple[list[int] | None, int]] = [(None, 0)] * size  # per table row: (table, pages)
         # the staging area may be rewritten once its last copy is done
         self._copied = torch.cuda.Event() if pinned else None
+        # looked up once: torch.cuda.current_stream() is a dozen Python calls, and an event's record() with no
+        # stream makes them every step (a thread's current stream is the default one unless it sets another)
+        self._stream = torch.cuda.current_stream(device) if pinned else None
         # keyed by (tokens, attention splits); long-context variants only up to max_seqs tokens: wider steps
         # have programs enough in one pass
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -142,7 +145,7 @@ class CudaStepRunner:
         used = self._ints_bytes + self._stage_tables(step.tables) * self._row_bytes
         self._device_block[:used].copy_(self._host_block[:used], non_blocking=True)
         if self._copied is not None:
-            self._copied.record()
+            self._copied.record(self._stream)
 
     def _views(self, block: torch.Tensor, size: int, max_pages: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ints [6, size] int64, tables [size, max_pages] int32) over one byte block."""
