@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from thinkform.args import EngineArgs
 from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
+from thinkform.engine.heap import freeze_startup_heap
 from thinkform.engine.loop import EngineLoop
 from thinkform.engine.output import OutputEvent
 from thinkform.engine.requests import LogprobOptions, PreparedRequest, RequestBuilder, naming_item
@@ -116,6 +117,7 @@ class Engine:
         self._async_outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, _Delivery]]] = {}
         self._sync_outbox: list[tuple[queue.Queue, _Delivery]] = []
         self.loop.on_delivered = self._hand_over
+        self._heap = None if args.disable_gc_freeze else freeze_startup_heap(self)
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
@@ -135,6 +137,8 @@ class Engine:
     def shutdown(self) -> None:
         self.loop.stop()
         self.parts.grammar_cache.close()
+        if self._heap is not None:
+            self._heap()  # unfreeze (once): the engine's startup objects may be collected again
 
     def __enter__(self) -> "Engine":
         return self
