@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -151,30 +152,46 @@ def run_thinkform(args: argparse.Namespace) -> None:
                 if not jump:
                     free = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "ignore_eos": True}
                     engine.generate(batch, free)  # warm-up
-                    _sync()
-                    t0 = time.perf_counter()
-                    outs = engine.generate(batch, free)
-                    dt = time.perf_counter() - t0
-                    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-                    emit(args.out, {"engine": "thinkform", "kind": "free", "batch": bs, "tok_s": tokens / dt})
+                    rates = _free_rates(engine, batch, free, args.repeats)
+                    emit(args.out, {"engine": "thinkform", "kind": "free", "batch": bs,
+                                    "tok_s": statistics.median(rates["engine"]), "runs": rates["engine"]})
                     # what a call costs besides its decode steps (prefill, hand-offs, the last step's ahead)
                     one = _median_seconds(lambda: engine.generate(batch, {**free, "max_new_tokens": 1}))
+                    step = len(batch) / statistics.median(rates["engine"])
                     emit(args.out, {"engine": "thinkform", "kind": "call_overhead", "batch": bs,
                                     "one_token_call_ms": round(one * 1e3, 3),
-                                    "decode_step_ms": round((dt - one) / (args.max_new_tokens - 1) * 1e3, 4)})
-                    if engine.loop.overlap:  # what the overlap schedule is worth
-                        engine.loop.overlap = False
-                        t0 = time.perf_counter()
-                        engine.generate(batch, free)
-                        dt = time.perf_counter() - t0
-                        engine.loop.overlap = True
+                                    "decode_step_ms": round((step * args.max_new_tokens - one)
+                                                            / (args.max_new_tokens - 1) * 1e3, 4)})
+                    if rates["no_overlap"]:  # what the overlap schedule is worth, runs alternated with the above
                         emit(args.out, {"engine": "thinkform", "kind": "free_no_overlap", "batch": bs,
-                                        "tok_s": tokens / dt})
+                                        "tok_s": statistics.median(rates["no_overlap"]), "runs": rates["no_overlap"]})
                 params = {"temperature": 0, "max_new_tokens": args.max_new_tokens, "json_schema": schema}
+                engine.generate(batch, params)  # warm-up at this batch, as the free runs had (the gates' caches)
                 row = decode_pair(engine, batch, params, repeats=args.repeats, batch=bs, schema=CAPITAL_INFO_SCHEMA)
                 if jump:  # count only sampled tokens: the forced ones cost no step of their own
                     row["sampled_tok_s"] = row["constrained_tok_s"] * row["passes_per_answer"] / row["tokens_per_answer"]
                 emit(args.out, {"engine": "thinkform", "kind": "json_jf" if jump else "json", **row})
+
+
+def _free_rates(engine: Any, batch: list[str], free: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """tok/s of `repeats` free runs at the engine's schedule ("engine") and, where that is the overlap
+    schedule, as many with it off ("no_overlap"), alternated: single runs differed by more than the schedule's
+    worth (run 9: 10,051 vs 12,348 tok/s at batch 32, one run each)."""
+    initial = engine.loop.overlap
+    rates: dict[str, list[float]] = {"engine": [], "no_overlap": []}
+    try:
+        for _ in range(repeats):
+            for label in ("engine", "no_overlap") if initial else ("engine",):
+                engine.loop.overlap = initial and label == "engine"
+                _sync()
+                t0 = time.perf_counter()
+                outs = engine.generate(batch, free)
+                _sync()
+                tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+                rates[label].append(round(tokens / (time.perf_counter() - t0), 1))
+    finally:
+        engine.loop.overlap = initial
+    return rates
 
 
 def _median_seconds(call: Any, repeats: int = 5) -> float:
@@ -232,6 +249,8 @@ def run_profile(args: argparse.Namespace) -> None:
     with thinkform.Engine(model_path=str(args.model), dtype="bfloat16", **args.engine_args) as engine:
         # is the batched mask fill sized right for this host (thinkform.cpus), and what do its threads buy?
         emit(args.out, {"mask_fill_ms_by_threads": _fill_threads(engine)})
+        if torch.cuda.is_available():
+            emit(args.out, {"launch_host_us": _launch_costs(engine)})
         for bs in args.batch_sizes:
             params = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
             engine.generate(prompts[:bs], params)  # warm-up
@@ -279,6 +298,36 @@ def _fill_threads(engine: Any, rows: int = 32, repeats: int = 50) -> dict[str, f
         for _ in range(repeats):
             batch.batch_fill_next_token_bitmask(inner, bitmask)
         out[str(threads)] = round((time.perf_counter() - t0) / repeats * 1e3, 3)
+    return out
+
+
+def _launch_costs(engine: Any, calls: int = 20) -> dict[str, Any]:
+    """Host µs a call of what each decode step launches, on this card's host: the batch-1 graph's replay
+    through torch's Python wrapper and through its C++ method, an event's record() with and without its
+    stream given (run 10: replay 7.6 vs 8.1, the wrapper is `super().replay()`; record 15.6 vs 2.0). The graph replays over padding (the state it was captured in: every k/v write
+    to the scratch page), so nothing of the cache changes."""
+    import inspect
+
+    import torch
+
+    runner = engine.parts.small_steps
+    graph = runner.graphs[min(runner.graphs)]
+    runner.load_padding()
+    stream = torch.cuda.current_stream()
+    event = torch.cuda.Event()
+    ways = {"replay_python": lambda: torch.cuda.CUDAGraph.replay(graph),
+            "replay_cpp": lambda: torch._C._CUDAGraph.replay(graph),
+            "event_record": event.record, "event_record_stream": lambda: event.record(stream)}
+    out: dict[str, Any] = {}
+    for _ in range(2):  # the second round is the one kept (warm)
+        for name, call in ways.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                call()
+            out[name] = round((time.perf_counter() - t0) / calls * 1e6, 1)
+    torch.cuda.synchronize()
+    out["torch_replay_source"] = inspect.getsource(torch.cuda.CUDAGraph.replay)[:600]
     return out
 
 
@@ -390,7 +439,8 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/thinkform-gpu-bench-model"))
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="thinkform's free runs and JSON ÷ free pairs per batch size (medians; the first runs lowest)")
     ap.add_argument("--parts", nargs="+", default=["check", "thinkform", "attention", "profile", "transformers"],
                     choices=["check", "thinkform", "attention", "profile", "transformers"])
     ap.add_argument("--no-compile", action="store_true", help="transformers static cache without torch.compile")

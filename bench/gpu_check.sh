@@ -2,8 +2,8 @@
 # Issue 6's device check, one call: install the carried wheels, then bench/gpu_bench.py, results to $OUT.
 #   Here, once: bash bench/gpu_wheels.sh        (Python 3.12 wheels the GPU image lacks, into .whl/)
 #   Device:     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=360)   (~5 min with every part)
-#   Of record:  GPU_CHECK_ARGS='--parts thinkform transformers --transformers-modes static' (~230 s on an H200:
-#               model 20 s, thinkform 55 s, transformers 110-140 s; add `check` 38 s, `profile` 20 s)
+#   Of record:  GPU_CHECK_ARGS='--parts thinkform transformers --transformers-modes static' (~280 s
+#               on an H200: model 20 s, thinkform 60 s, transformers 110-170 s; add `check` 40 s, `profile` 25 s)
 #   CPU try:    OUT=/tmp/gpu-out GPU_CHECK_ARGS="--config tiny --batch-sizes 1 4 --max-new-tokens 16 --no-compile" \
 #               GPU_CHECK_PYTHON=.venv/bin/python bash bench/gpu_check.sh
 set -uo pipefail

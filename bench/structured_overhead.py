@@ -128,7 +128,8 @@ def decode_pair(engine: Any, prompts: list[str], params: dict[str, Any], repeats
             first = _first_run_stats(outs, before, after, schema)
     return {"batch": batch, "answers": len(prompts), "constrained_tok_s": statistics.median(con_rates),
             "unconstrained_tok_s": statistics.median(free_rates), "ratio": statistics.median(ratios),
-            "ratios": [round(r, 3) for r in ratios], **first}
+            "ratios": [round(r, 3) for r in ratios], "constrained_runs": [round(r, 1) for r in con_rates],
+            "unconstrained_runs": [round(r, 1) for r in free_rates], **first}
 
 
 def _first_run_stats(outs: list[dict], before: dict[str, int], after: dict[str, int],
