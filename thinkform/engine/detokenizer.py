@@ -22,9 +22,14 @@ class IncrementalDetokenizer:
     `lazy`: nothing reads the text before the end (no stream, no stop strings), so pushes wait and are
     decoded, push by push as they came (the same text), when the text is first read or LAZY_PUSHES have
     waited: in warm bursts instead of a Rust call a token between the grammar's and the model's work, whose
-    data each evicts (the bound keeps a long answer's end from stalling the loop for its whole text)."""
+    data each evicts (the bound keeps a long answer's end from stalling the loop for its whole text).
+    `lazy_phase` shortens the first burst by that many pushes (modulo LAZY_PUSHES): a batch's requests, started
+    together, get consecutive phases and catch up on different steps, not all on one (32 rows' bursts on one
+    step took 5-7 ms of host work here, against a median step of 0.1 ms: on a GPU the device waits through
+    what passes the forward's length; bench/step_times.py)."""
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], hidden_ids: frozenset[int], lazy: bool = False) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], hidden_ids: frozenset[int], lazy: bool = False,
+                 lazy_phase: int = 0) -> None:
         self.tokenizer = tokenizer
         self.hidden_ids = hidden_ids
         context = [t for t in prompt_ids[-_CONTEXT_TOKENS:] if t not in hidden_ids]
@@ -39,6 +44,7 @@ class IncrementalDetokenizer:
         self._stream: DecodeStream | None = DecodeStream(context, skip_special_tokens=False)
         self._lazy = lazy
         self._waiting: list[list[int]] = []  # lazy: the pushes not decoded yet
+        self._burst = LAZY_PUSHES - lazy_phase % LAZY_PUSHES  # pushes that wait before the next catch-up
 
     @property
     def text(self) -> str:
@@ -57,13 +63,14 @@ class IncrementalDetokenizer:
         lazy: always "", see the class)."""
         if self._lazy:
             self._waiting.append(token_ids)
-            if len(self._waiting) >= LAZY_PUSHES:
+            if len(self._waiting) >= self._burst:
                 self._catch_up()
             return ""
         return self._push(token_ids)
 
     def _catch_up(self) -> None:
         waiting, self._waiting = self._waiting, []
+        self._burst = LAZY_PUSHES
         for token_ids in waiting:
             self._push(token_ids)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
 import threading
@@ -174,6 +175,8 @@ class RequestBuilder:
         # way), else fresh ones
         self._seeds = random.Random(args.random_seed) if args.random_seed is not None else None
         self._seeds_lock = threading.Lock()
+        # each new sequence's lazy detokenizer gets the next phase (see IncrementalDetokenizer's lazy_phase)
+        self._lazy_phases = itertools.count()
 
     def build(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
               reasoning_start: str | None, rid: Any, logprobs: LogprobOptions, stream: bool) -> PreparedRequest:
@@ -315,7 +318,8 @@ class RequestBuilder:
                 seq = Sequence(
                     rid=rid, index=index, output_id=rid if p.n == 1 else f"{rid}-{k}", prompt_ids=ids, params=p,
                     detok=IncrementalDetokenizer(self.parts.tokenizer, ids, self._hidden(p, c),
-                                                 lazy=not req.stream and not p.stop and not p.stop_patterns),
+                                                 lazy=not req.stream and not p.stop and not p.stop_patterns,
+                                                 lazy_phase=next(self._lazy_phases)),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
                     reasoning=markers is not None and req.reasoning_start != "answer",
                     reasoning_start=req.reasoning_start, return_logprob=lp.return_logprob,
