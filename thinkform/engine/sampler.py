@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from thinkform.engine.sequence import Sequence
-from thinkform.engine.transfer import device_tensor
+from thinkform.engine.transfer import HostReadback, device_tensor
 from thinkform.structured.bitmask import apply_bitmask_cpu, argmax_allowed_cpu, argmax_rows, set_bits, token_allowed
 
 logger = logging.getLogger("thinkform")
@@ -161,37 +161,6 @@ def _minus_inf(like: torch.Tensor) -> torch.Tensor:
     """-inf as a 0-d tensor where `like` lives: an index assignment of a Python number copies it from the
     host first, and on CUDA that copy waits for the stream's queued work."""
     return like.new_full((), float("-inf"))
-
-
-class HostReadback:
-    """A step's sampled ids, handed on while still on the device, then read by the host through one pinned
-    buffer and one event kept for the loop's whole life, the event recorded on the stream looked up once (an
-    H200's host: record() 15.6 µs without its stream, 2.0 with it). The buffer is free again once its ids are
-    read, before the next step's are copied."""
-
-    def __init__(self) -> None:
-        self._host: torch.Tensor | None = None
-        self._copied: torch.cuda.Event | None = None
-        self._stream: torch.cuda.Stream | None = None  # the loop thread's stream, looked up once
-
-    def fed_then_read(self, chosen: torch.Tensor, on_tokens: Callable[[torch.Tensor], None]) -> list[int]:
-        """On CUDA the copy to the host is queued first: queued after what `on_tokens` launches (the next
-        forward), reading them would wait for that too. (Other devices read after the launch: correct,
-        without the overlap.)"""
-        if chosen.device.type != "cuda":
-            on_tokens(chosen)
-            return chosen.tolist()
-        n = chosen.shape[0]
-        if self._host is None or self._host.shape[0] < n or self._host.dtype != chosen.dtype:
-            self._host = torch.empty(max(n, 256), dtype=chosen.dtype, pin_memory=True)
-            self._copied = torch.cuda.Event()
-            self._stream = torch.cuda.current_stream(chosen.device)
-        host = self._host[:n]
-        host.copy_(chosen, non_blocking=True)
-        self._copied.record(self._stream)
-        on_tokens(chosen)
-        self._copied.synchronize()
-        return host.tolist()
 
 
 def _keep_only(row: torch.Tensor, ids: list[int]) -> None:
