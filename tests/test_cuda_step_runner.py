@@ -8,9 +8,34 @@ import sys
 
 import pytest
 
-from thinkform.engine.graph_runner import CudaStepRunner
+from thinkform.engine.graph_runner import CudaStepRunner, _flatten_rows, flatten_step
 from thinkform.engine.kv_cache import KVCache
 from thinkform.engine.runner import ModelRunner
+
+
+def test_a_decode_ahead_step_flattens_as_the_row_by_row_walk_does():
+    """Decode-ahead steps take a by-columns path: the same token columns, tables, rows and longest context
+    as the general walk, for ids read by the host and for ids fed from the device."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from thinkform.engine.scheduler import ScheduledBatch
+
+    rng = random.Random(0)
+    for trial in range(50):
+        page = rng.choice([1, 4, 16])
+        seqs = []
+        for _ in range(rng.randrange(1, 40)):
+            computed = rng.randrange(0, 300)
+            seqs.append(SimpleNamespace(num_computed=computed,
+                                        block_table=rng.sample(range(10_000), computed // page + 1)))
+        tokens = [rng.randrange(150_000) for _ in seqs] if trial % 2 else None
+        batch = ScheduledBatch(seqs, [1] * len(seqs), tokens, None if tokens else object())
+        fast, walk = flatten_step(batch, page), _flatten_rows(batch, page)
+        assert np.array_equal(fast.ints, walk.ints)
+        assert (fast.tables, fast.rows, fast.longest) == (walk.tables, walk.rows, walk.longest)
 
 
 def _both_paths(engine, max_tokens: int):

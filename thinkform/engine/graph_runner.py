@@ -47,6 +47,27 @@ class StepTokens:
 def flatten_step(batch: ScheduledBatch, page_size: int) -> StepTokens:
     """Plain Python lists, one numpy conversion: a decode row costs a few list appends (~1 µs), where
     numpy calls per row would cost ~10."""
+    if batch.ahead:
+        return _flatten_ahead(batch, page_size)
+    return _flatten_rows(batch, page_size)
+
+
+def _flatten_ahead(batch: ScheduledBatch, page_size: int) -> StepTokens:
+    """A decode-ahead step (every row one token, and every row samples), by columns: 12 µs for 32 rows
+    here, where the row by row walk took 37 (on a GPU host, on the way to each step's launch)."""
+    seqs = batch.seqs
+    pos = [s.num_computed for s in seqs]
+    slots = [s.block_table[p // page_size] * page_size + p % page_size for s, p in zip(seqs, pos)]
+    ints = np.empty((6, len(seqs)), dtype=np.int64)
+    ints[_IDS] = batch.ahead_tokens if batch.ahead_tokens is not None else 0  # fed: written on the device
+    ints[_POS], ints[_SLOT] = pos, slots
+    ints[_SEQ] = np.arange(len(seqs))
+    ints[_LEN] = ints[_POS] + 1
+    ints[_LOGIT] = ints[_SEQ]
+    return StepTokens(ints, [s.block_table for s in seqs], list(range(len(seqs))), max(pos) + 1)
+
+
+def _flatten_rows(batch: ScheduledBatch, page_size: int) -> StepTokens:
     ids: list[int] = []
     slots: list[int] = []
     pos: list[int] = []
