@@ -134,8 +134,9 @@ def test_tokens_allowed_and_first_allowed_read_the_packed_layout():
 
 
 def test_packed_keep_narrows_as_the_dense_pass_does() -> None:
-    """The sparse narrowing (only the words a keep bans anything in) gives the dense pass's row and
-    verdict: rows it trims, rows it would leave empty (unchanged), rows allowing nothing else."""
+    """The sparse narrowing (only the words a keep bans anything in), and a dense keep's in-place pass where
+    a word it leaves whole holds a token, give the checked pass's row and verdict: rows it trims, rows it
+    would leave empty (unchanged), rows allowing nothing else."""
     from thinkform.structured.bitmask import PackedKeep
 
     rng = np.random.default_rng(7)
@@ -145,7 +146,8 @@ def test_packed_keep_narrows_as_the_dense_pass_does() -> None:
         holes = rng.choice(width, int(rng.integers(0, 40)), replace=False)  # sparse and dense keeps alike
         keep[holes] = rng.integers(-2**31, 2**31 - 1, holes.shape[0], dtype=np.int32)
         row = np.zeros(width, dtype=np.int32)
-        live = rng.choice(width, int(rng.integers(0, 4)), replace=False)  # few words: empty results happen
+        # few words: empty results happen; many (a third of the trials): a dense keep narrows in place
+        live = rng.choice(width, int(rng.integers(0, 4) if trial % 3 else rng.integers(0, width)), replace=False)
         row[live] = rng.integers(-2**31, 2**31 - 1, live.shape[0], dtype=np.int32) & ~(keep[live] if trial % 2 else 0)
         dense, sparse = row.copy(), row.copy()
         assert PackedKeep(keep).narrow(sparse) == narrow_unless_empty(dense, keep)
