@@ -87,8 +87,8 @@ class PackedKeep:
         self._holes = holes if sparse else None
         self._values = words[holes] if sparse else None
         # dense: 16 words the keep leaves whole, spread over the row. A row with a token in one of them keeps
-        # it, so it cannot be left empty and is narrowed in place, in one pass (a grammar's mask inside a
-        # string allows most words: 1.7 µs a row inside a CapitalInfo name, Qwen vocabulary, where the checked pass took 2.8)
+        # it, so it cannot be left empty and is narrowed in place, in one pass (inside a CapitalInfo name,
+        # Qwen's vocabulary: 1.7 µs a row where the checked pass took 2.8)
         whole = np.flatnonzero(words == -1)
         self._probe = None if sparse or not whole.shape[0] else whole[:: max(1, whole.shape[0] // 16)][:16]
 
