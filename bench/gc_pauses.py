@@ -99,8 +99,8 @@ def main() -> None:
         for line in lines:
             rows.append({"variant": label, **line})
             print(rows[-1], file=sys.stderr, flush=True)
-    table = ["| variant | tracked objects at start (frozen) | call | seconds | full collections (ms) | young collections ms |",
-             "|---|---|---|---|---|---|"]
+    table = ["| variant | tracked objects at start (frozen) | call | seconds | full collections (ms) "
+             "| young collections ms |", "|---|---|---|---|---|---|"]
     heap = {r["variant"]: r for r in rows if "tracked_objects" in r}
     for r in rows:
         if "round" in r:
