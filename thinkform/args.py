@@ -33,7 +33,7 @@ class EngineArgs:
     cuda_graph_max_bs: int = field(default=256, metadata={"help": "largest step, in tokens (decodes plus the extends riding with them), run through a CUDA graph"})
     disable_gemv: bool = field(default=False, metadata={"help": "GPU: one-token linear layers always on cuBLAS (by default each weight shape takes the faster of cuBLAS and a Triton GEMV, timed at start; with CUDA graphs only)"})
     disable_overlap_schedule: bool = field(default=False, metadata={"help": "GPU: wait for the CPU to append each step's tokens before launching the next decode step (by default the next step runs while it does)"})
-    disable_gc_freeze: bool = field(default=False, metadata={"help": "leave the objects alive at the engine's start in the garbage collector's full walks (by default they are frozen once it has started: a walk of them paused every thread for ~0.1 s and reclaimed nothing)"})
+    disable_gc_freeze: bool = field(default=False, metadata={"help": "leave the objects alive at the engine's start in the garbage collector's full walks (by default they are frozen once it has started: a walk of them paused every thread for 0.14-0.19 s and reclaimed nothing)"})
     disable_sparse_logits: bool = field(default=False, metadata={"help": "CPU: compute every constrained row's full logits, even where the grammar allows a few tokens (by default only those tokens' logits are computed)"})
     max_running_requests: int = field(default=64, metadata={"help": "max requests decoded together"})
     max_total_tokens: int | None = field(default=None, metadata={"help": "KV cache capacity in tokens (default: from memory)"})

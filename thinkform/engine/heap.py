@@ -2,9 +2,11 @@
 
 A full (generation-2) collection stops every thread and walks every tracked object. An engine's process holds
 hundreds of thousands of them from its start that live as long as it does (the tokenizer's vocabulary, the
-model's modules, compiled grammars): one such walk took 161 ms in the first batch after a start on a CPU
+model's modules, compiled grammars): one such walk took 140-190 ms in the first batch after a start on a CPU
 (bench/gc_pauses.py) and reclaimed nothing, while the device waited. vLLM and SGLang freeze that heap after
-their warm-up; so does the engine. Objects made later are collected as before."""
+their warm-up; so does the engine. Objects made later are collected as before. The freeze is the process's:
+where several engines run in one, the first shut down unfreezes the others' heap too (their collections are
+slower again, nothing else changes)."""
 from __future__ import annotations
 
 import gc
