@@ -264,7 +264,11 @@ def run_profile(args: argparse.Namespace) -> None:
             json_params = {"temperature": 0, "max_new_tokens": args.max_new_tokens,
                            "json_schema": json.dumps(CAPITAL_INFO_SCHEMA)}
             engine.generate(prompts[:bs], json_params)  # warm-up: grammar compiled, mask kernel warm
-            emit(args.out, {"host_ms_per_step_json": bs, **_host_times(engine, prompts[:bs], json_params)})
+            # three in a row: the first call after a warm-up ran 15-25 % slower on the card (runs 10-11, free and
+            # JSON alike); which part of a step holds the difference (the sampler's wait: the device)?
+            for run in range(3):
+                emit(args.out, {"host_ms_per_step_json": bs, "run": run,
+                                **_host_times(engine, prompts[:bs], json_params)})
             for label, run_params in (("free", {**params, "max_new_tokens": args.max_new_tokens}),
                                       ("json", json_params)):
                 (args.out / f"cprofile_bs{bs}_{label}.txt").write_text(
