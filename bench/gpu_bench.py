@@ -1,7 +1,7 @@
 """Issue 6's GPU benchmark, engine level: thinkform against transformers.generate, same card, same call.
 
     python bench/gpu_bench.py --out DIR [--config qwen2.5-1.5b|tiny] [--batch-sizes 1 32]
-        [--max-new-tokens 128] [--parts thinkform transformers] [--no-compile]
+        [--max-new-tokens 128] [--parts thinkform transformers] [--no-compile] [--repeats 5]
 
 Model: random bfloat16 weights at the given config with the real Qwen vocabulary (151,669 tokens, logits
 151,936). Greedy, `max-new-tokens` per request, the seed's CapitalInfo schema. Rows (one JSON object per
@@ -9,13 +9,16 @@ line, appended to DIR/results.jsonl as each finishes, so a run cut short still r
 
 - `check`: the CUDA path (Triton kernels, with and without CUDA graphs) against the torch path: greedy
   agreement and JSON validity.
-- thinkform `free`: `ignore_eos`, all of max-new-tokens; `json`: constrained with jump-forward off, and an
-  unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s);
-  `json_jf`: jump-forward on (tok/s counts only sampled tokens).
+- thinkform `free`: `ignore_eos`, all of max-new-tokens, median of `repeats` runs alternated with as many
+  with the overlap schedule off (`free_no_overlap`); `json`: constrained with jump-forward off, and an
+  unconstrained run that writes exactly the same token counts (`ratio` = constrained / unconstrained tok/s,
+  median of `repeats` pairs, each pair's rates kept); `json_jf`: jump-forward on (`sampled_tok_s` counts only
+  sampled tokens).
 - `attention`: the engine's decode attention against a GQA-grouped candidate (bench/attention_variants.py).
 - `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt), the
-  engine loop's wall time per step in its main calls, free and under the seed's schema, and one batched
-  mask fill of 32 rows by its thread count (the engine's, thinkform.cpus, against xgrammar's "auto").
+  engine loop's wall time per step in its main calls, free and under the seed's schema (three calls in a
+  row), one batched mask fill of 32 rows by its thread count (the engine's, thinkform.cpus, against
+  xgrammar's "auto"), and the host µs of a graph replay and an event record (`launch_host_us`).
 - transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
   reduce-overhead: CUDA graphs), each `free` and `json` (xgrammar's HF logits processor).
 
