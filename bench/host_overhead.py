@@ -48,6 +48,21 @@ def loop_calls(loop: Any) -> dict[str, tuple[Any, str]]:
         {"deliver": (loop, "_deliver")} if hasattr(loop, "_deliver") else {})  # (trees before it: in advance)
 
 
+def time_calls(owner: Any, method: str, record: Callable[[float, tuple], None]) -> None:
+    """Wrap `owner.method` on the instance: each call's wall seconds and positional arguments go to
+    `record`. `delattr(owner, method)` puts the method back (the instance attribute shadows it)."""
+    inner: Callable[..., Any] = getattr(owner, method)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - t0, args)
+
+    setattr(owner, method, timed)
+
+
 class PartTimer:
     """Wraps the loop's main calls on their instances and sums their wall time by part, and the rows the
     sampler saw; `remove()` puts the methods back."""
@@ -57,21 +72,12 @@ class PartTimer:
         self.rows = 0
         self._calls = loop_calls(loop)
         for part, (owner, method) in self._calls.items():
-            self._wrap(owner, method, part)
+            time_calls(owner, method, lambda seconds, args, part=part: self._add(part, seconds, args))
 
-    def _wrap(self, owner: Any, method: str, part: str) -> None:
-        inner: Callable[..., Any] = getattr(owner, method)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds[part] += time.perf_counter() - t0
-                if part == "sample":
-                    self.rows += len(args[1])
-
-        setattr(owner, method, timed)
+    def _add(self, part: str, seconds: float, args: tuple) -> None:
+        self.seconds[part] += seconds
+        if part == "sample":
+            self.rows += len(args[1])
 
     def remove(self) -> None:
         for owner, method in self._calls.values():

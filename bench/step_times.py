@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_overhead import StandInDevice  # noqa: E402
+from host_overhead import StandInDevice, time_calls  # noqa: E402
 from seed_cases import CAPITAL_INFO_SCHEMA  # noqa: E402
 from structured_overhead import report, tiny_prompts, tiny_qwen_engine  # noqa: E402
 
@@ -28,16 +28,8 @@ from structured_overhead import report, tiny_prompts, tiny_qwen_engine  # noqa: 
 def step_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> list[float]:
     """ms of each `_step` of one generate call."""
     loop = engine.loop
-    inner, times = loop._step, []
-
-    def timed(*a: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return inner(*a)
-        finally:
-            times.append((time.perf_counter() - t0) * 1e3)
-
-    loop._step = timed
+    times: list[float] = []
+    time_calls(loop, "_step", lambda seconds, _: times.append(seconds * 1e3))
     try:
         engine.parts.pool.reset_prefix_cache()
         engine.generate(prompts, params)

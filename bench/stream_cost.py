@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_overhead import StandInDevice  # noqa: E402
+from host_overhead import StandInDevice, time_calls  # noqa: E402
 from structured_overhead import report, tiny_prompts, tiny_qwen_engine  # noqa: E402
 
 
@@ -29,20 +29,10 @@ def one_run(engine: Any, prompts: list[str], length: int) -> tuple[float, float]
     handing over the outputs (`_advance`, and `_deliver` where the tree has it: before, outputs were built
     and handed over inside `_advance`)."""
     loop = engine.loop
-    spent = [0.0]
+    spent: list[float] = []
     wrapped = [name for name in ("_advance", "_deliver") if hasattr(loop, name)]
-
-    def timing(inner: Any) -> Any:
-        def timed(*a: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*a)
-            finally:
-                spent[0] += time.perf_counter() - t0
-        return timed
-
     for name in wrapped:
-        setattr(loop, name, timing(getattr(loop, name)))
+        time_calls(loop, name, lambda seconds, _: spent.append(seconds))
     try:
         engine.parts.pool.reset_prefix_cache()
         t0 = time.perf_counter()
@@ -54,7 +44,7 @@ def one_run(engine: Any, prompts: list[str], length: int) -> tuple[float, float]
         for name in wrapped:
             delattr(loop, name)
     tokens = len(prompts) * length
-    return spent[0] / tokens * 1e6, wall / tokens * 1e6
+    return sum(spent) / tokens * 1e6, wall / tokens * 1e6
 
 
 def main() -> None:
