@@ -17,7 +17,7 @@ line, appended to DIR/results.jsonl as each finishes, so a run cut short still r
 - `attention`: the engine's decode attention against a GQA-grouped candidate (bench/attention_variants.py).
 - `profile`: torch.profiler tables of 16 decode steps per batch size (DIR/profile_bs{N}.txt), the
   engine loop's wall time per step in its main calls, free and under the seed's schema (three calls in a
-  row), one batched mask fill of 32 rows by its thread count (the engine's, thinkform.cpus, against
+  row after a warm-up, the prefix cache as the thinkform part leaves it; `peaks`: each call's slowest one), one batched mask fill of 32 rows by its thread count (the engine's, thinkform.cpus, against
   xgrammar's "auto"), and the host µs of a graph replay and an event record (`launch_host_us`).
 - transformers `eager` (default dynamic cache) and `static` (static cache, `torch.compile`
   reduce-overhead: CUDA graphs), each `free` and `json` (xgrammar's HF logits processor).
@@ -267,13 +267,21 @@ def run_profile(args: argparse.Namespace) -> None:
             json_params = {"temperature": 0, "max_new_tokens": args.max_new_tokens,
                            "json_schema": json.dumps(CAPITAL_INFO_SCHEMA)}
             engine.generate(prompts[:bs], json_params)  # warm-up: grammar compiled, mask kernel warm
-            # three in a row: the first call after a warm-up ran 15-25 % slower on the card (runs 10-11, free and
-            # JSON alike); which part of a step holds the difference (the sampler's wait: the device)?
-            for run in range(3):
-                emit(args.out, {"host_ms_per_step_json": bs, "run": run,
-                                **_host_times(engine, prompts[:bs], json_params)})
-            for label, run_params in (("free", {**params, "max_new_tokens": args.max_new_tokens}),
-                                      ("json", json_params)):
+            # three in a row, as the thinkform part runs them: the first timed call after a warm-up ran 15-25 %
+            # slower on the card (runs 10-11, batch 32, free and JSON alike). Its warm-up's prompts met a prefix
+            # cache in another state than the timed calls' (a prefill of another shape): which part of which
+            # step holds the difference (`peaks`), and does it come back with the cache in the warm-up's state?
+            free_long = {**params, "max_new_tokens": args.max_new_tokens}
+            for label, run_params, reset in (("json", json_params, True), ("free", free_long, False)):
+                if not reset:  # the thinkform part's free runs: warmed on an empty cache, timed on a full one
+                    engine.parts.pool.reset_prefix_cache()
+                    engine.generate(prompts[:bs], run_params)
+                for run in range(3):
+                    if reset:  # decode_pair's: each run on an empty cache
+                        engine.parts.pool.reset_prefix_cache()
+                    emit(args.out, {f"host_ms_per_step_{label}": bs, "run": run,
+                                    **_host_times(engine, prompts[:bs], run_params)})
+            for label, run_params in (("free", free_long), ("json", json_params)):
                 (args.out / f"cprofile_bs{bs}_{label}.txt").write_text(
                     _loop_profile(engine, prompts[:bs], run_params))
             sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
@@ -393,7 +401,10 @@ def _host_times(engine: Any, prompts: list[str], params: dict[str, Any]) -> dict
         timer.remove()
     n = max(1, loop.counters["steps"] - steps)
     return {"total": round((time.perf_counter() - t0) / n * 1e3, 3),
-            **{k: round(timer.seconds[k] / n * 1e3, 3) for k in loop_calls(loop)}}
+            **{k: round(timer.seconds[k] / n * 1e3, 3) for k in loop_calls(loop)},
+            # each part's slowest call (its index among the part's calls, ms): one stall (a kernel compiled or
+            # loaded for a new shape, an allocation) or a cost spread over every step?
+            "peaks": {k: [i, round(s * 1e3, 3)] for k, (i, s) in timer.peaks.items()}}
 
 
 def run_transformers(args: argparse.Namespace) -> None:

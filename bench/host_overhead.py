@@ -69,6 +69,8 @@ class PartTimer:
 
     def __init__(self, loop: Any) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.peaks: dict[str, tuple[int, float]] = {}  # part → (its slowest call's index, seconds)
         self.rows = 0
         self._calls = loop_calls(loop)
         for part, (owner, method) in self._calls.items():
@@ -76,6 +78,9 @@ class PartTimer:
 
     def _add(self, part: str, seconds: float, args: tuple) -> None:
         self.seconds[part] += seconds
+        if seconds > self.peaks.get(part, (0, 0.0))[1]:
+            self.peaks[part] = (self.calls[part], seconds)
+        self.calls[part] += 1
         if part == "sample":
             self.rows += len(args[1])
 
@@ -85,6 +90,8 @@ class PartTimer:
 
     def reset(self) -> None:
         self.seconds.clear()
+        self.calls.clear()
+        self.peaks.clear()
         self.rows = 0
 
     def per_row_us(self) -> dict[str, float]:
