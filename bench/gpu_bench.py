@@ -366,8 +366,10 @@ def _loop_profile(engine: Any, prompts: list[str], params: dict[str, Any]) -> st
         return call
 
     loop._step, loop._finish_ahead = profiled(loop._step, prof), profiled(loop._finish_ahead, prof)
-    if sys.version_info < (3, 12):  # from 3.12 one profiler sees every thread (and a second may not start)
-        loop._fill_masks = profiled(loop._fill_masks, mask_prof if loop.parts.device.type != "cpu" else prof)
+    # the mask thread's own profiler (from 3.12 one profiler sees every thread, and a second may not start); on
+    # a CPU the masks fill inside the profiled calls (a nested wrap with the same profiler would stop it early)
+    if sys.version_info < (3, 12) and loop.parts.device.type != "cpu":
+        loop._fill_masks = profiled(loop._fill_masks, mask_prof)
     steps = loop.counters["steps"]
     try:
         engine.generate(prompts, params)
