@@ -128,6 +128,60 @@ def test_get_model_info_comes_from_the_engine_plus_the_tool_parser(served):
     assert info["reasoning_parser"] == "deepseek-r1" and "tool_call_parser" in info
 
 
+def test_sglangs_newer_info_routes_and_keys(served):
+    """Audit 29: /model_info, /server_info and /get_weight_version were 404; SGLang's docs read the first two,
+    its benchmarks index server_info["internal_states"][0]."""
+    _, base = served
+    assert httpx.get(f"{base}/model_info").json() == httpx.get(f"{base}/get_model_info").json()
+    assert httpx.get(f"{base}/server_info").json()["model_name"] == "fake-model"
+    assert httpx.get(f"{base}/get_weight_version").json() == {"weight_version": "default"}
+
+
+def test_generate_refuses_sglang_fields_it_would_have_ignored(served):
+    """Audit 29: lora_path, image_data and custom_logit_processor were logged and dropped: the answer came
+    from the base model without the adapter or the image. The values that ask for nothing still pass."""
+    engine, base = served
+    for field, value in (("lora_path", "my-adapter"), ("image_data", "https://x/cat.png"),
+                         ("custom_logit_processor", "{}"), ("input_embeds", [[0.1, 0.2]]),
+                         ("lora_path", [None, "a"])):
+        _error(httpx.post(f"{base}/generate", json={"text": ["a", "b"], field: value}), 400, field, field)
+    calls = len(engine.calls)
+    r = httpx.post(f"{base}/generate", json={"text": "a", "lora_path": None, "image_data": None, "session_params": None})
+    assert r.status_code == 200 and len(engine.calls) == calls + 1
+
+
+def test_separate_reasoning_splits_as_sglang_names_it(served):
+    _, base = served
+    r = httpx.post(f"{base}/separate_reasoning", json={"text": "<think>2+2=4</think>The answer is 4.",
+                                                      "reasoning_parser": "deepseek-r1"})
+    assert r.json() == {"reasoning_text": "2+2=4", "text": "The answer is 4."}
+    # deepseek-r1's prompt opens the thinking: text without the start marker is reasoning up to the end marker
+    r = httpx.post(f"{base}/separate_reasoning", json={"text": "hmm</think>Paris"})  # the server's parser
+    assert r.json() == {"reasoning_text": "hmm", "text": "Paris"}
+    r = httpx.post(f"{base}/separate_reasoning", json={"text": "Paris", "reasoning_parser": "qwen3"})
+    assert r.json() == {"reasoning_text": "", "text": "Paris"}  # qwen3 thinks only where it opens <think>
+    _error(httpx.post(f"{base}/separate_reasoning", json={"text": "x", "reasoning_parser": "nope"}), 400,
+           "reasoning_parser", "unknown parser")
+    _error(httpx.post(f"{base}/separate_reasoning", json={}), 400, "text")
+
+
+def test_parse_function_call_reads_calls_as_sglang_returns_them(served):
+    _, base = served
+    tools = [{"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    text = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' \
+           '\n<tool_call>\n{"name": "undeclared", "arguments": {}}\n</tool_call>'
+    r = httpx.post(f"{base}/parse_function_call", json={"text": text, "tools": tools, "tool_call_parser": "qwen25"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["normal_text"] == "Let me look."
+    assert body["calls"] == [{"tool_index": 1, "name": "get_weather", "parameters": '{"city": "Paris"}'}]
+    r = httpx.post(f"{base}/parse_function_call", json={"text": "no call here", "tools": tools})
+    assert r.json() == {"normal_text": "no call here", "calls": []}
+    _error(httpx.post(f"{base}/parse_function_call", json={"text": text, "tools": tools, "tool_call_parser": "x"}),
+           400, "tool_call_parser", "unknown tool-call parser")
+
+
 # ---------------------------------------------------------------- usage
 
 def test_usage_has_reasoning_tokens_at_the_top_and_in_the_details(served):

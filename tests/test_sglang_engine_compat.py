@@ -71,6 +71,14 @@ def test_sglang_engine_arguments_are_accepted_at_their_neutral_values(tiny_model
             EngineArgs.from_kwargs(**bad)
     with pytest.raises(ValueError, match="unknown engine argument"):
         EngineArgs.from_kwargs(no_such_thing=1)
+    # what RL launchers and SGLang's docs pass (audit 29: refused as unknown), at values that ask for nothing
+    neutral = {"enable_lora": False, "lora_paths": None, "base_gpu_id": 0, "enable_memory_saver": False,
+               "cpu_offload_gb": 0, "speculative_algorithm": None, "allow_auto_truncate": False,
+               "json_model_override_args": "{}", "weight_version": "default", "schedule_conservativeness": 1.3}
+    EngineArgs.from_kwargs(**neutral)
+    for bad in ({"enable_lora": True}, {"base_gpu_id": 1}, {"speculative_algorithm": "EAGLE"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EngineArgs.from_kwargs(**bad)
     ns = make_parser().parse_args(["--trust-remote-code", "--tp", "1", "--enable-metrics", "--skip-server-warmup",
                                    "--sampling-defaults", "openai"])
     assert EngineArgs.from_cli_args(ns).sampling_defaults == "openai"
@@ -91,6 +99,29 @@ def test_generate_takes_sglangs_keywords_at_the_values_that_ask_for_nothing(engi
         engine64.generate("Hi", {"max_new_tokens": 2}, return_hidden_states=True)
     with pytest.raises(TypeError, match="no_such_keyword"):
         engine64.generate("Hi", no_such_keyword=1)
+    out = engine64.generate("Hi", {"max_new_tokens": 2}, input_embeds=None, routed_dp_rank=None, cache_salt=None)
+    assert out["meta_info"]["completion_tokens"] == 2
+    with pytest.raises(ValueError, match="input_embeds"):
+        engine64.generate("Hi", {"max_new_tokens": 2}, input_embeds=[[0.5]])
+
+
+def test_top_logprobs_num_goes_past_openais_twenty(engine64):
+    """Audit 29: SGLang takes any count up to the vocabulary (distillation asks for more than 20)."""
+    out = engine64.generate("Hi", {**GREEDY, "max_new_tokens": 2}, return_logprob=True, top_logprobs_num=50)
+    tops = out["meta_info"]["output_top_logprobs"]
+    assert [len(t) for t in tops] == [50, 50]
+    assert all(a[0] >= b[0] for t in tops for a, b in zip(t, t[1:]))  # best first
+    with pytest.raises(ValueError, match="top_logprobs_num"):
+        engine64.generate("Hi", {"max_new_tokens": 1}, return_logprob=True, top_logprobs_num=10**6)
+
+
+def test_server_info_carries_sglangs_internal_states(engine64):
+    engine64.generate(["Hello"] * 2, {**GREEDY, "max_new_tokens": 48})  # past a 40-step window
+    state = engine64.get_server_info()["internal_states"][0]
+    assert state["last_gen_throughput"] > 0
+    assert state["memory_usage"]["token_capacity"] == engine64.get_server_info()["max_total_num_tokens"]
+    info = engine64.get_model_info()
+    assert info["has_image_understanding"] is False and info["has_audio_understanding"] is False
 
 
 def test_a_batchs_rids_are_per_prompt_and_abort_one_prompt_only(engine64):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from thinkform.args import EngineArgs
-from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded
+from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded, RequestFieldError
 from thinkform.engine.heap import freeze_startup_heap
 from thinkform.engine.loop import EngineLoop
 from thinkform.engine.output import OutputEvent
@@ -29,8 +29,20 @@ SGLANG_NEUTRAL_KEYWORDS: dict[str, Any] = {
     "image_data": None, "audio_data": None, "video_data": None, "lora_path": None,
     "custom_logit_processor": None, "return_hidden_states": False, "return_routed_experts": False,
     "session_params": None, "priority": None, "data_parallel_rank": None, "external_trace_header": None,
-    "bootstrap_host": None, "bootstrap_port": None, "bootstrap_room": None,
+    "bootstrap_host": None, "bootstrap_port": None, "bootstrap_room": None, "input_embeds": None,
+    "routed_dp_rank": None, "cache_salt": None,
 }
+
+
+def refuse_sglang_only(given: dict[str, Any]) -> None:
+    """SGLang's generate keywords (SGLANG_NEUTRAL_KEYWORDS) pass at the value that asks for nothing, or a list
+    of it (SGLang takes them per prompt too); any other value is a RequestFieldError naming the keyword: a
+    request must not be answered silently without what it asked for."""
+    for name, value in given.items():
+        neutral = SGLANG_NEUTRAL_KEYWORDS[name]
+        if value != neutral and not (isinstance(value, list) and all(v == neutral for v in value)):
+            raise RequestFieldError(f"{name}: not supported by thinkform (leave it out or pass {neutral!r}, "
+                                    "or a list of it per prompt)", field=name)
 
 
 @dataclass
@@ -185,16 +197,22 @@ class Engine:
                 "context_length": self.context_length, "reasoning_parser": args.reasoning_parser,
                 # SGLang's other keys: the weights are never swapped in place; the model's config
                 "weight_version": "default", "preferred_sampling_params": args.preferred_sampling_params,
-                "model_type": self.parts.model_type, "architectures": list(self.parts.architectures)}
+                "model_type": self.parts.model_type, "architectures": list(self.parts.architectures),
+                "has_image_understanding": False, "has_audio_understanding": False}
 
     def server_info(self) -> dict[str, Any]:
         """The arguments (resolved where they were left to defaults), the loop's counters, and the keys SGLang
-        clients read from /get_server_info (version, max_total_num_tokens, max_req_input_len)."""
+        clients read from /get_server_info (version, max_total_num_tokens, max_req_input_len, and
+        internal_states: one entry per scheduler, whose last_gen_throughput SGLang's benchmarks print)."""
         from thinkform import __version__
 
         pool = self.parts.pool
         model = self.get_model_info()
-        return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **self.loop.stats(),
+        stats = self.loop.stats()
+        internal = {"last_gen_throughput": stats["last_gen_throughput"],
+                    "memory_usage": {"token_capacity": pool.num_pages * pool.page_size,
+                                     "tokens_used": stats["kv_pages_used"] * pool.page_size}}
+        return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **stats, "internal_states": [internal],
                 "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
                 "model_path": model["model_path"], "tokenizer_path": model["tokenizer_path"],
                 "served_model_name": self.served_model_name, "model_name": self.served_model_name,
@@ -290,14 +308,10 @@ class Engine:
     def _prepare(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
                  reasoning_start: str | None, rid: Any, stream: bool, logprobs: LogprobOptions,
                  sglang_only: dict[str, Any]) -> PreparedRequest:
-        for name, value in sglang_only.items():
-            if name not in SGLANG_NEUTRAL_KEYWORDS:
-                raise TypeError(f"generate() got an unexpected keyword argument {name!r}")
-            neutral = SGLANG_NEUTRAL_KEYWORDS[name]
-            # SGLang takes them per prompt too: a list asks for nothing where each of its items does not
-            if value != neutral and not (isinstance(value, list) and all(v == neutral for v in value)):
-                raise ValueError(f"{name}: not supported by thinkform (leave it out or pass {neutral!r}, "
-                                 "or a list of it per prompt)")
+        unexpected = next((name for name in sglang_only if name not in SGLANG_NEUTRAL_KEYWORDS), None)
+        if unexpected is not None:
+            raise TypeError(f"generate() got an unexpected keyword argument {unexpected!r}")
+        refuse_sglang_only(sglang_only)
         return self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid,
                                   logprobs, stream)
 

@@ -18,6 +18,7 @@ from thinkform.engine.jump_forward import SpecialPrefixes, eos_only_mask, forced
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
+from thinkform.engine.throughput import ThroughputWindow
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.engine.transfer import device_tensor
 from thinkform.structured.bitmask import sparse_allowed_ids
@@ -61,6 +62,7 @@ class EngineLoop:
                          "reasoning_tokens": 0, "finished_stop": 0, "finished_length": 0, "finished_abort": 0,
                          "cached_tokens": 0, "constrained_finished": 0}
         self.latency = {name: Histogram() for name in LATENCY_HISTOGRAMS}
+        self.throughput = ThroughputWindow()
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
         # every special token but EOS and the one-token markers (which no answer holds): jumps stop short of them
@@ -155,6 +157,7 @@ class EngineLoop:
     def stats(self) -> dict[str, Any]:
         pool = self.parts.pool
         return {**self.counters, "latency": {name: h.snapshot() for name, h in self.latency.items()},
+                "last_gen_throughput": round(self.throughput.last, 3),
                 "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
                 "kv_pages_total": pool.num_pages, "kv_pages_used": pool.num_used, "page_size": pool.page_size}
 
@@ -291,6 +294,7 @@ class EngineLoop:
     def _count(self, batch: ScheduledBatch) -> None:
         self.counters["steps"] += 1
         self.counters["forward_tokens"] += batch.total_tokens
+        self.throughput.step(self.counters["steps"], self.counters["generated_tokens"])
 
     def _start_masks(self, seqs: list[Sequence], failed: dict[int, BaseException], sparse: bool = False,
                      beside_forward: bool = False) -> Future | None:

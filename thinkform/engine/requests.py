@@ -64,7 +64,7 @@ class LogprobOptions:
         tops = _per_prompt("top_logprobs_num", self.top_logprobs_num, count, parallel)
         starts = _per_prompt("logprob_start_len", self.logprob_start_len, count, parallel)
         ids = _token_ids_per_prompt(self.token_ids_logprob, count, vocab_size, parallel)
-        return [PromptLogprobs(want, _top_k(k), _scored_from(start, len(prompt)), each)
+        return [PromptLogprobs(want, _top_k(k, vocab_size), _scored_from(start, len(prompt)), each)
                 for want, k, start, prompt, each in zip(wants, tops, starts, prompts, ids)]
 
 
@@ -87,10 +87,12 @@ def _flags(value: Any, count: int, parallel: bool) -> list[bool]:
     return [bool(v) for v in _per_prompt("return_logprob", value, count, parallel)]
 
 
-def _top_k(k: Any) -> int:
+def _top_k(k: Any, vocab_size: int) -> int:
+    """SGLang's range: 0 up to the vocabulary (distillation and RL ask for more than OpenAI's 20)."""
     k = 0 if k is None else k
-    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 20:
-        raise RequestFieldError("top_logprobs_num: must be an integer in [0, 20] (or a list of one per prompt)")
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= vocab_size:
+        raise RequestFieldError(f"top_logprobs_num: must be an integer in [0, {vocab_size}] (the vocabulary) "
+                                "(or a list of one per prompt)")
     return k
 
 

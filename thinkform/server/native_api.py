@@ -1,5 +1,6 @@
-"""Native (SGLang) routes: /generate, /health, /ping, /get_model_info, /get_server_info, /get_load,
-/abort_request, /flush_cache."""
+"""Native (SGLang) routes: /generate, /health, /ping, /get_model_info, /get_server_info (and their newer
+names /model_info, /server_info), /get_weight_version, /get_load, /abort_request, /flush_cache,
+/separate_reasoning, /parse_function_call."""
 from __future__ import annotations
 
 import time
@@ -9,12 +10,16 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from thinkform.engine.engine import SGLANG_NEUTRAL_KEYWORDS, refuse_sglang_only
 from thinkform.engine.errors import ContextLengthError, RequestFieldError
 from thinkform.engine.sampling_params import SamplingParamError
 from thinkform.server.errors import APIError, error_body
 from thinkform.engine.requests import RequestLimits
 from thinkform.server.params import check_max_tokens, refuse_hidden_states, take_thinking_budget, validate_constraints
-from thinkform.server.protocol import AbortRequest, GenerateRequest, warn_unknown
+from thinkform.reasoning import get_markers, split_reasoning
+from thinkform.server.protocol import (AbortRequest, GenerateRequest, ParseFunctionCallRequest,
+                                       SeparateReasoningRequest, warn_unknown)
+from thinkform.server.tools import get_tool_call_parser, tool_name
 from thinkform.server.state import ServerState, new_id
 from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
@@ -79,6 +84,8 @@ def _check_generate(body: GenerateRequest, state: ServerState) -> None:
     if isinstance(body.text, list) and not body.text or isinstance(body.input_ids, list) and not body.input_ids:
         raise APIError("the prompt list must not be empty", param="text" if body.text is not None else "input_ids")
     refuse_hidden_states(body.return_hidden_states)
+    # SGLang's fields for what thinkform does not do (lora_path, image_data, ...): a 400 unless they ask for nothing
+    refuse_sglang_only({k: v for k, v in (body.model_extra or {}).items() if k in SGLANG_NEUTRAL_KEYWORDS})
     params = body.sampling_params or {}
     for p in params if isinstance(params, list) else [params]:
         _check_sampling_params(p, state.max_n, state.limits)
@@ -157,14 +164,54 @@ async def ping() -> Response:
 
 
 @router.get("/get_model_info")
+@router.get("/model_info", operation_id="model_info")  # SGLang's newer name
 async def get_model_info(request: Request) -> dict[str, Any]:
     state = _state(request)
     return {**state.engine.get_model_info(), "tool_call_parser": state.tool_parser.name}
 
 
 @router.get("/get_server_info")
+@router.get("/server_info", operation_id="server_info")  # SGLang's newer name
 async def get_server_info(request: Request) -> dict[str, Any]:
     return _state(request).engine.get_server_info()
+
+
+@router.get("/get_weight_version")
+async def get_weight_version(request: Request) -> dict[str, Any]:
+    return {"weight_version": _state(request).engine.get_model_info().get("weight_version", "default")}
+
+
+@router.post("/separate_reasoning")
+async def separate_reasoning(body: SeparateReasoningRequest, request: Request) -> dict[str, str]:
+    """SGLang's: {text, reasoning_parser} → {reasoning_text, text}, split as a request's output is (a family
+    whose prompt opens the reasoning reads text with no start marker as reasoning up to the end marker)."""
+    markers = _state(request).markers
+    if body.reasoning_parser is not None:
+        try:
+            markers = get_markers(body.reasoning_parser)
+        except ValueError as e:
+            raise APIError(str(e), param="reasoning_parser") from None
+    if markers is None:
+        raise APIError("reasoning_parser: name one (this server was started without --reasoning-parser)",
+                       param="reasoning_parser")
+    reasoning, text = split_reasoning(body.text, markers, markers.starts_in_reasoning())
+    return {"reasoning_text": reasoning or "", "text": text}
+
+
+@router.post("/parse_function_call")
+async def parse_function_call(body: ParseFunctionCallRequest, request: Request) -> dict[str, Any]:
+    """SGLang's: {text, tools, tool_call_parser} → {normal_text, calls: [{tool_index, name, parameters}]}, the
+    parameters as JSON text; as SGLang, a call of a function `tools` does not declare is left out."""
+    parser = _state(request).tool_parser
+    if body.tool_call_parser is not None:
+        try:
+            parser = get_tool_call_parser(body.tool_call_parser)
+        except ValueError as e:
+            raise APIError(str(e), param="tool_call_parser") from None
+    index = {tool_name(tool): i for i, tool in reversed(list(enumerate(body.tools)))}
+    normal, calls = parser.for_tools(body.tools).parse(body.text)
+    return {"normal_text": normal, "calls": [{"tool_index": index[c.name], "name": c.name, "parameters": c.arguments}
+                                             for c in calls if c.name in index]}
 
 
 @router.get("/get_load")

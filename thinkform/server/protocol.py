@@ -285,13 +285,28 @@ class GenerateRequest(Lenient):
     # one value for every prompt, or (SGLang's GenerateReqInput) one per prompt of a batch: the engine checks
     # a list against the batch and n
     return_logprob: Union[bool, list[bool], None] = False
-    top_logprobs_num: Union[conint(ge=0, le=20), list[conint(ge=0, le=20)], None] = 0
+    top_logprobs_num: Union[conint(ge=0), list[conint(ge=0)], None] = 0  # SGLang: up to the vocabulary
     logprob_start_len: Union[conint(ge=-1), list[conint(ge=-1)], None] = -1
     return_text_in_logprobs: bool = False
     token_ids_logprob: Union[list[int], list[list[int]], None] = None  # these tokens' logprobs at every position
     rid: Union[str, list[str], None] = None
     max_thinking_tokens: Optional[conint(ge=0)] = None  # SGLang: the thinking budget of every prompt
     return_hidden_states: Any = None  # refused when set: not supported
+
+
+class SeparateReasoningRequest(Lenient):
+    """SGLang's /separate_reasoning: a model's whole output split by a reasoning parser's markers."""
+
+    text: str
+    reasoning_parser: Optional[str] = None  # SGLang requires it; here the server's parser is the default
+
+
+class ParseFunctionCallRequest(Lenient):
+    """SGLang's /parse_function_call: a model's whole output read by a tool-call parser."""
+
+    text: str
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_call_parser: Optional[str] = None  # the server's parser when left out
 
 
 class AbortRequest(Lenient):
