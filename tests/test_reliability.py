@@ -371,6 +371,7 @@ def test_a_crashed_engine_loop_fails_health_and_requests_instead_of_hanging(mode
             thread = threading.Thread(target=stream)
             thread.start()
             assert _wait_for(lambda: engine.loop.counters["generated_tokens"] > 5)
+            assert httpx.get(f"{base}/health_generate", timeout=30).status_code == 200  # served beside the stream
 
             def explode(batch, allowed=None):
                 raise RuntimeError("injected loop fault")
@@ -382,6 +383,7 @@ def test_a_crashed_engine_loop_fails_health_and_requests_instead_of_hanging(mode
             assert events[-1] == "[DONE]"
             assert [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]][-1] == "abort"
             assert httpx.get(f"{base}/health").status_code == 503
+            assert httpx.get(f"{base}/health_generate", timeout=30).status_code == 503
             _error(_chat(base, timeout=10), 503, None, "injected loop fault")
             _error(httpx.post(f"{base}/generate", json={"text": "x", "stream": True}, timeout=10), 503)
             assert "thinkform_engine_healthy 0" in httpx.get(f"{base}/metrics").text

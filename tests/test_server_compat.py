@@ -137,6 +137,25 @@ def test_sglangs_newer_info_routes_and_keys(served):
     assert httpx.get(f"{base}/get_weight_version").json() == {"weight_version": "default"}
 
 
+def test_health_generate_serves_a_token_and_fails_a_loop_that_makes_no_progress():
+    """Audit 29: /health_generate only asked whether the loop thread lived; SGLang's generates a token, so a
+    probe on it catches an engine that is alive but stuck."""
+    engine = FakeEngine()
+    engine.args.health_generate_timeout = 0.3
+    with running_server(engine) as base:
+        assert httpx.get(f"{base}/health_generate").status_code == 200
+        probe = engine.calls[-1]
+        assert probe["input_ids"] == [0] and probe["sampling_params"]["max_new_tokens"] == 1
+        engine.chunk_delay_s = 1.0  # its answer takes 20 s: stuck, as far as a 0.3 s probe can tell
+        r = httpx.get(f"{base}/health_generate", timeout=10)
+        assert r.status_code == 503 and "no token" in r.json()["error"]["message"]
+        assert engine.aborted[-1].startswith("HEALTH_CHECK_")  # the probe's request does not linger
+        engine.chunk_delay_s, engine.overloaded = 0.0, True  # a full queue, and no step seen: not healthy
+        assert httpx.get(f"{base}/health_generate", timeout=10).status_code == 503
+        engine.overloaded, engine.healthy = False, False
+        assert httpx.get(f"{base}/health_generate", timeout=10).status_code == 503
+
+
 def test_generate_refuses_sglang_fields_it_would_have_ignored(served):
     """Audit 29: lora_path, image_data and custom_logit_processor were logged and dropped: the answer came
     from the base model without the adapter or the image. The values that ask for nothing still pass."""

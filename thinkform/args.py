@@ -56,6 +56,7 @@ class EngineArgs:
     disable_jump_forward: bool = field(default=False, metadata={"help": "turn off jump-forward decoding of grammar-forced text"})
     disable_radix_cache: bool = field(default=False, metadata={"help": "turn off prefix caching"})
     graceful_shutdown_timeout: float = field(default=30.0, metadata={"help": "seconds in-flight requests may take to finish on SIGTERM / Ctrl-C before they are aborted"})
+    health_generate_timeout: float = field(default=20.0, metadata={"help": "seconds /health_generate waits for its one-token request (or for the engine to take a step, when busy) before it answers 503 (SGLang's default)"})
     random_seed: int | None = field(default=None, metadata={"help": "seeds the seeds of requests without one, in the order they come (default: fresh random seeds)"})
     sampling_defaults: str = field(default="model", metadata={"help": "model | openai: where a request's unset temperature, top_p, top_k, min_p and repetition_penalty come from: the model's generation_config.json (as SGLang and vLLM), or the OpenAI defaults"})
     preferred_sampling_params: str | None = field(default=None, metadata={"help": "JSON object of sampling params that every request gets unless it sets them (over the model's defaults)"})

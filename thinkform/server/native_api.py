@@ -3,6 +3,7 @@ names /model_info, /server_info), /get_weight_version, /get_load, /abort_request
 /separate_reasoning, /parse_function_call."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator
 
@@ -11,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from thinkform.engine.engine import SGLANG_NEUTRAL_KEYWORDS, refuse_sglang_only
-from thinkform.engine.errors import ContextLengthError, RequestFieldError
+from thinkform.engine.errors import ContextLengthError, EngineOverloaded, RequestFieldError
 from thinkform.engine.sampling_params import SamplingParamError
 from thinkform.server.errors import APIError, error_body
 from thinkform.engine.requests import RequestLimits
@@ -141,12 +142,41 @@ async def _events(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, An
 async def health(request: Request) -> Response:
     if _state(request).engine.is_healthy():
         return Response(status_code=200)
-    return JSONResponse(error_body("engine is not healthy", "service_unavailable", code=503), status_code=503)
+    return _unhealthy("engine is not healthy")
 
 
 @router.get("/health_generate")
 async def health_generate(request: Request) -> Response:
-    return await health(request)
+    """SGLang's deep check: a one-token request is served within the time-out. A loop busy with other work
+    passes too where it is seen taking steps meanwhile (a long queue delays the probe's token, it does not
+    make the server unhealthy); a loop that is alive but makes no progress fails."""
+    state = _state(request)
+    engine = state.engine
+    if not engine.is_healthy():
+        return _unhealthy("engine is not healthy")
+    steps = _steps(engine)
+    rid = new_id("HEALTH_CHECK_")
+    try:
+        await asyncio.wait_for(engine.async_generate(input_ids=[0], rid=rid, sampling_params={
+            "max_new_tokens": 1, "temperature": 0}), state.health_generate_timeout_s)
+        return Response(status_code=200)
+    except EngineOverloaded:  # a full queue: is the loop working through it?
+        await asyncio.sleep(min(1.0, state.health_generate_timeout_s))
+    except asyncio.TimeoutError:
+        engine.abort(rid)
+    except Exception as e:  # noqa: BLE001 - whatever failed the probe's request is the answer
+        return _unhealthy(f"a one-token request failed: {type(e).__name__}: {e}")
+    if engine.is_healthy() and _steps(engine) > steps:
+        return Response(status_code=200)
+    return _unhealthy(f"no token and no engine step in {state.health_generate_timeout_s:g} s")
+
+
+def _steps(engine: Any) -> int:
+    return int(engine.get_server_info().get("steps", 0))
+
+
+def _unhealthy(message: str) -> Response:
+    return JSONResponse(error_body(message, "service_unavailable", code=503), status_code=503)
 
 
 @router.get("/version")

@@ -26,6 +26,7 @@ class ServerState:
     limits: RequestLimits = field(default_factory=RequestLimits)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     responses: ResponseStore = field(default_factory=ResponseStore)  # /v1/responses with store: true
+    health_generate_timeout_s: float = 20.0  # SGLang's: /health_generate's token must come within this
 
     @classmethod
     def from_engine(cls, engine: Any, api_key: str | None = None) -> "ServerState":
@@ -40,7 +41,8 @@ class ServerState:
                    markers=engine.markers, model_name=engine.served_model_name,
                    max_n=getattr(args, "max_n", None), api_key=api_key if api_key is not None
                    else getattr(args, "api_key", None),
-                   limits=RequestLimits.from_args(args) if args is not None else RequestLimits())
+                   limits=RequestLimits.from_args(args) if args is not None else RequestLimits(),
+                   health_generate_timeout_s=getattr(args, "health_generate_timeout", 20.0))
 
 
 def new_id(prefix: str) -> str:
