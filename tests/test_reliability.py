@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from fake_engine import FakeEngine
+from thinkform.args import EngineArgs
 from server_fixtures import error_response as _error, running_server, sse_events
 
 QUESTION = [{"role": "user", "content": "Give me the capital of France in the JSON format."}]
@@ -444,6 +445,33 @@ def test_api_key_guards_every_route_but_health_metrics_included():
         ok = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer sekret"})
         assert ok.status_code == 200 and "thinkform_http_responses_total" in ok.text
         assert re.search(r'route="/metrics",status="401"', ok.text)
+
+
+def test_browsers_may_call_from_the_allowed_origins_only():
+    """Audit 29: no CORS at all, so a web UI on another origin could not call the server (SGLang and vLLM allow
+    every origin by default). The preflight carries no API key: it is answered before the key check."""
+    origin = {"Origin": "http://localhost:3000"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    engine = FakeEngine(api_key="sekret")
+    with running_server(engine) as base:
+        r = httpx.options(f"{base}/v1/chat/completions", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+        assert "authorization" in r.headers["access-control-allow-headers"]
+        r = httpx.get(f"{base}/v1/models", headers={**origin, "Authorization": "Bearer sekret"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+        assert httpx.get(f"{base}/v1/models", headers=origin).status_code == 401  # the key is still asked
+    engine = FakeEngine()
+    engine.args.allowed_origins = '["https://ui.example.com"]'
+    with running_server(engine) as base:
+        assert httpx.options(f"{base}/v1/chat/completions", headers=preflight).status_code == 400
+        r = httpx.get(f"{base}/v1/models", headers={"Origin": "https://ui.example.com"})
+        assert r.headers["access-control-allow-origin"] == "https://ui.example.com"
+    engine.args.allowed_origins = "[]"
+    with running_server(engine) as base:
+        assert "access-control-allow-origin" not in httpx.get(f"{base}/v1/models", headers=origin).headers
+    with pytest.raises(ValueError, match="allowed_origins"):
+        EngineArgs(allowed_origins="*")
 
 
 HOSTILE_TEMPLATES = [

@@ -128,6 +128,22 @@ def test_get_model_info_comes_from_the_engine_plus_the_tool_parser(served):
     assert info["reasoning_parser"] == "deepseek-r1" and "tool_call_parser" in info
 
 
+def test_null_means_the_default(served):
+    """Audit 29: clients that send unset options as null got 400s (`n: Input should be a valid integer`); the
+    OpenAI API documents them nullable and vLLM takes them. A required field is still required."""
+    engine, base = served
+    for field in ("n", "logprobs", "stream", "parallel_tool_calls", "tool_choice", "stream_options", "top_logprobs"):
+        r = _chat(base, **{field: None})
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion", (field, r.text)
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "echo": None, "n": None, "logprobs": None})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 1
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={
+            "messages": QUESTION, "stream": True, "stream_options": {"include_usage": None}}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]" and not any(e.get("usage") for e in events[:-1])  # null: no usage chunk
+    _error(httpx.post(f"{base}/v1/chat/completions", json={"messages": None}), 400, "messages")
+
+
 def test_sglangs_newer_info_routes_and_keys(served):
     """Audit 29: /model_info, /server_info and /get_weight_version were 404; SGLang's docs read the first two,
     its benchmarks index server_info["internal_states"][0]."""
@@ -524,3 +540,14 @@ def test_model_info_carries_sglang_s_keys(engine64):
     info = engine64.get_model_info()
     assert info["weight_version"] == "default" and info["model_type"] == "qwen2"
     assert info["architectures"] == ["Qwen2ForCausalLM"] and "preferred_sampling_params" in info
+
+
+def test_errors_name_the_field_as_the_request_spelled_it(real64):
+    """Audit 29: `min_tokens` past `max_tokens` named `min_new_tokens`, and a bad or empty /v1/completions
+    prompt named nothing (param null): a client could not map the error to its input."""
+    _, base = real64
+    _error(_chat(base, max_tokens=2, min_tokens=5), 400, "min_tokens", "min_new_tokens")
+    for prompt in ([999999999], ""):
+        _error(httpx.post(f"{base}/v1/completions", json={"prompt": prompt, "max_tokens": 2}), 400, "prompt")
+    _error(httpx.post(f"{base}/generate", json={"input_ids": [10**9]}), 400, "input_ids")
+    _error(httpx.post(f"{base}/generate", json={"text": ""}), 400, "text")

@@ -45,6 +45,7 @@ class EngineArgs:
     stream_interval: int = field(default=1, metadata={"help": "a stream sends its text every this many tokens (the first token's at once, and the end); a request's sampling_params.stream_interval overrides it"})
     max_n: int = field(default=16, metadata={"help": "largest n (parallel samples) per request"})
     max_new_tokens_limit: int = field(default=32768, metadata={"help": "largest max_new_tokens / max_tokens a request may ask for (larger: 400)"})
+    allowed_origins: str = field(default='["*"]', metadata={"help": "JSON list of the web origins a browser may call this server from (CORS), as vLLM's; \"[]\": none (default: any, as SGLang and vLLM)"})
     max_request_body_bytes: int = field(default=8 * 2**20, metadata={"help": "largest HTTP request body in bytes (larger: 413)"})
     max_constraint_bytes: int = field(default=512 * 2**10, metadata={"help": "largest json_schema / regex / ebnf / structural_tag, in UTF-8 bytes (larger: 400)"})
     max_constraint_depth: int = field(default=64, metadata={"help": "deepest nesting of a constraint: JSON levels of a schema or tag, brackets of a regex or grammar (deeper: 400)"})
@@ -68,6 +69,17 @@ class EngineArgs:
                 or self.stream_interval < 1:
             raise ValueError(f"stream_interval: must be an integer >= 1, got {self.stream_interval!r}")
         self.preferred_params()
+        self.origins()
+
+    def origins(self) -> list[str]:
+        """--allowed-origins as a list (checked: a JSON list of strings)."""
+        try:
+            value = json.loads(self.allowed_origins)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"allowed_origins: not JSON ({e})") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError('allowed_origins: must be a JSON list of origins, e.g. ["https://ui.example.com"]')
+        return value
 
     def preferred_params(self) -> dict[str, Any]:
         """--preferred-sampling-params as a dict (checked: a JSON object)."""

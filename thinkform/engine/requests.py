@@ -215,12 +215,14 @@ class RequestBuilder:
             elif input_ids and all(isinstance(x, list) for x in input_ids):
                 lists, batched = [list(x) for x in input_ids], True
             else:
-                raise ValueError("input_ids: must be a non-empty list of token ids or a list of such lists")
+                raise RequestFieldError("input_ids: must be a non-empty list of token ids or a list of such lists",
+                                        field="prompt")
             for i, ids in enumerate(lists):
                 if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.parts.vocab_size
                                   for t in ids):
                     with naming_item(i if len(lists) > 1 else None):
-                        raise ValueError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size})")
+                        raise RequestFieldError(f"input_ids: token ids must be integers in [0, {self.parts.vocab_size})",
+                                                field="prompt")
             return lists, batched
         if isinstance(prompt, str):
             return [self._encode(prompt)], False
@@ -230,12 +232,12 @@ class RequestBuilder:
                 with naming_item(i if len(prompt) > 1 else None):
                     lists.append(self._encode(text))
             return lists, True
-        raise ValueError("text/prompt: must be a string or a non-empty list of strings")
+        raise RequestFieldError("text/prompt: must be a string or a non-empty list of strings", field="prompt")
 
     def _encode(self, text: str) -> list[int]:
         ids = self.parts.tokenizer.encode(text)
         if not ids:
-            raise ValueError("text/prompt: the prompt is empty (no tokens)")
+            raise RequestFieldError("text/prompt: the prompt is empty (no tokens)", field="prompt")
         return ids
 
     def _params(self, sampling_params: Any, count: int) -> list[SamplingParams]:

@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from thinkform.args import EngineArgs
 from thinkform.engine.errors import EngineDead, EngineOverloaded
 from thinkform.server import metrics, native_api, openai_api, responses_api, tokenize_api
 from thinkform.server.errors import APIError, api_error_handler, error_body, http_error_handler, validation_handler
@@ -85,4 +87,8 @@ def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     if state.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
     app.add_middleware(ResponseCounter, metrics=state.metrics, routes=_route_paths(app, routers))
+    # outermost: a browser's preflight (OPTIONS, no API key) is answered here, and every response is tagged
+    origins = args.origins() if isinstance(args, EngineArgs) else ["*"]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     return app

@@ -172,7 +172,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     markers=state.markers.for_answer("structural_tag" in fields, _tag_openings(fields))
                     if state.markers else None,
                     field_names={"prompt": "messages", "max_new_tokens": "max_completion_tokens"
-                                 if body.max_completion_tokens else "max_tokens"})
+                                 if body.max_completion_tokens else "max_tokens", "min_new_tokens": "min_tokens"})
 
 
 def _tag_openings(fields: dict[str, Any]) -> list[str] | None:
@@ -727,7 +727,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     call = spelled_errors(state.engine.async_generate(**inputs, sampling_params=params, stream=body.stream, rid=rid,
                                                       **engine_logprob_args(body.logprobs, body.prompt_logprobs,
                                                                             bool(echoes))), constraints,
-                          {"max_new_tokens": "max_tokens"})
+                          {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"})
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
         first, rest = await open_stream(call)

@@ -16,6 +16,17 @@ Stop = Union[str, list[str], None]
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """JSON null for a field with a default means that default (OpenAI documents most fields nullable,
+        vLLM takes `"n": null`, `"logprobs": null`, ...; clients send unset options as null)."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items()
+                if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None}
+
 
 def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
     """Dotted names of every field the models do not know, nested models included."""
