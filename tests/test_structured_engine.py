@@ -401,3 +401,37 @@ def test_a_special_token_the_text_hides_is_never_part_of_an_answer(engine64, tin
     assert token not in out["output_ids"]
     assert meta["finish_reason"]["type"] == "stop" and meta["constraint_satisfied"], meta
     assert holds(out["text"]), out["text"]
+
+
+@pytest.mark.parametrize("fields", [{"regex": ".+"}, {"ebnf": "root ::= [^x]+"}, {"regex": "[^x]{1,40}"}])
+def test_a_lone_end_marker_never_opens_an_answer(reasoning_engine, tiny_tokenizer, fields):
+    """Audit 29: where the model chooses whether to think (reasoning_start "open": qwen3 and the hybrid
+    families), its first token may open the reasoning or the answer. A grammar that takes any text took the
+    one-token `</think>` as the answer's first token: content "</think>", finish stop, constraint satisfied,
+    and `text.split("</think>")` wrong. The end marker is kept out there as in the answer."""
+    end = tiny_tokenizer.convert_tokens_to_ids("</think>")
+    out = reasoning_engine.generate("Hello", {"temperature": 0, "max_new_tokens": 8, **fields,
+                                              "logit_bias": {str(end): 100.0}}, reasoning_start="open")
+    assert end not in out["output_ids"] and "</think>" not in out["text"], out
+    assert out["meta_info"]["reasoning_content"] is None and out["meta_info"]["content"] == out["text"]
+    start = tiny_tokenizer.convert_tokens_to_ids("<think>")  # the start marker still opens the reasoning
+    out = reasoning_engine.generate("Hello", {"temperature": 0, "max_new_tokens": 8, **fields,
+                                              "logit_bias": {str(start): 100.0}}, reasoning_start="open")
+    assert out["output_ids"][0] == start and out["meta_info"]["reasoning_content"] is not None
+
+
+@pytest.mark.parametrize("special", ["<|endoftext|>", "<|im_start|>"])
+def test_a_structural_tags_free_text_holds_no_hidden_special_token(engine64, tiny_tokenizer, special):
+    """Audit 29: beside its tags a triggered structural tag admits any text, and xgrammar spells a special
+    token as its text: a hidden `<|im_start|>` as the whole free text left an empty answer ("" after
+    skip_special_tokens) that EOS then ended with finish stop. Special tokens no tag string spells stay out
+    of the free text as they stay out of the tags' JSON."""
+    token = tiny_tokenizer.convert_tokens_to_ids(special)
+    eos = tiny_tokenizer.eos_token_id
+    tag = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<f="], "tags": [
+        {"type": "tag", "begin": "<f=plan>", "end": "</f>", "content": {"type": "json_schema", "json_schema": {
+            "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}]}}
+    out = engine64.generate("Hello", {"temperature": 0, "max_new_tokens": 8, "structural_tag": json.dumps(tag),
+                                      "logit_bias": {str(token): 100.0, str(eos): 50.0}})
+    assert token not in out["output_ids"], out
+    assert out["text"].strip(), out  # EOS comes only after some text

@@ -26,7 +26,8 @@ from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import (Constraint, constraint_from_fields, is_json_format, json_tag_bounds,
-                                      only_tags, tag_grammar, tag_openings, wrapper_tags, xml_tags)
+                                      only_tags, tag_grammar, tag_openings, tag_strings, wrapper_tags,
+                                      xml_tags)
 from thinkform.structured.utf8 import Utf8Guard
 
 logger = logging.getLogger("thinkform")
@@ -375,7 +376,7 @@ class RequestBuilder:
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []
         wrappers = wrapper_tags(tag) if tag is not None else []
         calls_only = tag is not None and only_tags(tag)
-        guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"))
+        guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"), tag)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
@@ -450,10 +451,12 @@ class RequestBuilder:
         return 1 if len(self.parts.vocab.encode_text(end)) == 1 else len(end.encode())
 
     def _guards(self, c: Constraint | None, json_answer: bool, tags: list[tuple[str, str]],
-                grammar_answer: bool = False) -> list[AnswerGuard]:
+                grammar_answer: bool = False, tag: dict[str, Any] | None = None) -> list[AnswerGuard]:
         """Every constrained answer stays well-formed UTF-8; JSON numbers stay bounded, and the family's
         markup tokens stay out, of a JSON answer, of the JSON of a structural tag's tags (tool-call
-        arguments), and of a regex or EBNF answer (unless the grammar has nothing else to offer there)."""
+        arguments), and of a regex or EBNF answer (unless the grammar has nothing else to offer there); a
+        structural tag's free text and own strings keep out the special tokens none of its strings spells
+        (audit 29: a hidden `<|im_start|>` as the free text left an empty answer that EOS then ended)."""
         if c is None:
             return []
         guards: list[AnswerGuard] = [Utf8Guard(self.parts.utf8_rules)]
@@ -464,10 +467,21 @@ class RequestBuilder:
             tagged = TaggedNumberGuard(self.parts.number_rules, tags)  # tool-call arguments
             guards.append(tagged)
         markup = self.parts.markup_ids
-        if markup and (json_answer or grammar_answer or tagged is not None):  # tool calls: inside their JSON
-            guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), self.parts.number_rules.keep_all,
-                                       tagged.inside_value if tagged is not None else None))
+        if markup and (json_answer or grammar_answer or tag is not None):  # tool calls: inside their JSON
+            outside = self.parts.number_rules.keep_all
+            if tag is not None:
+                spelled = self._spelled_by(tag_strings(tag)) | self.parts.tool_markup_ids
+                outside = self.parts.vocab.keep_mask(markup - spelled)
+            guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), outside,
+                                       tagged.inside_value if tagged is not None else None if tag is None
+                                       else (lambda: False)))
         return guards
+
+    def _spelled_by(self, strings: list[str]) -> frozenset[int]:
+        """The markup tokens whose text is part of one of `strings` (a tag's begin, end or trigger)."""
+        vocab = self.parts.vocab
+        return frozenset(t for t in self.parts.markup_ids
+                         if (text := vocab.token_bytes[t].decode("utf-8", "replace")) and any(text in s for s in strings))
 
     def _unseeded(self) -> int:
         if self._seeds is None:

@@ -16,12 +16,13 @@ import numpy as np
 
 class FramingGuard:
     """An AnswerGuard (see gate.py): `keep` is the vocabulary without the markup tokens while `inside()`
-    (always, without one), every token otherwise."""
+    (always, without one), `keep_outside` otherwise (a structural tag's free text and its tags' own strings:
+    every token but the special ones no tag string spells, which a text hides or would frame wrong)."""
 
-    def __init__(self, keep_without: np.ndarray, keep_all: np.ndarray,
+    def __init__(self, keep_without: np.ndarray, keep_outside: np.ndarray,
                  inside: Callable[[], bool] | None = None) -> None:
         self._without = keep_without
-        self._all = keep_all
+        self._all = keep_outside
         self._inside = inside
 
     def reset(self) -> None:

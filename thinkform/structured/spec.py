@@ -130,9 +130,19 @@ def tag_openings(tag: dict[str, Any]) -> list[str]:
     """The fixed strings a structural tag writes of its own: its tags' begin strings, its triggers and its
     constant strings (not the text of its schemas). The format's where it has one (xgrammar reads only that),
     else the legacy form's structures and triggers."""
+    return _tag_texts(tag, ("begin", "value"))
+
+
+def tag_strings(tag: dict[str, Any]) -> list[str]:
+    """tag_openings and the tags' end strings: every fixed string the structural tag may write."""
+    return _tag_texts(tag, ("begin", "value", "end"))
+
+
+def _tag_texts(tag: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     fmt = tag.get("format")
     if fmt is None:
-        return [s["begin"] for s in tag.get("structures") or [] if isinstance(s, dict) and isinstance(s.get("begin"), str)] \
+        return [s[key] for s in tag.get("structures") or [] for key in keys
+                if isinstance(s, dict) and isinstance(s.get(key), str)] \
             + [t for t in tag.get("triggers") or [] if isinstance(t, str)]
     found: list[str] = []
 
@@ -143,7 +153,7 @@ def tag_openings(tag: dict[str, Any]) -> list[str]:
         elif isinstance(node, dict):
             if node.get("type") == "json_schema":
                 return  # a schema's descriptions and patterns are not the tag's own text
-            for key in ("begin", "value"):
+            for key in keys:
                 if isinstance(node.get(key), str):
                     found.append(node[key])
             found.extend(t for t in node.get("triggers") or [] if isinstance(t, str))
