@@ -174,6 +174,48 @@ def test_invalid_constraint_is_clean_error_and_engine_goes_on(engines, backend, 
     assert ok["text"] in ("Paris", "London")
 
 
+SELF_REQUIRING = {"$defs": {"n": {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}, "required": ["c"],
+                                  "additionalProperties": False}}, "$ref": "#/$defs/n"}
+
+
+@pytest.mark.parametrize("params", [
+    {"ebnf": 'root ::= "a" root'},
+    {"ebnf": 'root ::= "b" | "a" x\nx ::= "a" x'},  # an answer ("b") exists; after "a" none does
+    {"json_schema": json.dumps(SELF_REQUIRING)},
+    {"structural_tag": json.dumps({"type": "structural_tag", "format": {
+        "type": "triggered_tags", "triggers": ["<f="], "tags": [{"type": "tag", "begin": "<f=x>", "end": "</f>",
+                                                                "content": {"type": "json_schema",
+                                                                            "json_schema": SELF_REQUIRING}}]}})},
+])
+def test_a_grammar_with_no_finite_answer_is_refused_up_front(engines, params):
+    """Audit 29: `root ::= "a" root` and an object that requires itself compiled; xgrammar's jump-forward then
+    followed the forced `aaaa…` / `{"c": {"c": …` until the process ran out of memory (22 GB, killed), and
+    without jump-forward the answer could only run to the token limit. A 400 naming the field now."""
+    field = next(iter(params))
+    with pytest.raises(ValueError, match=f"{field}: the constraint has no finite answer"):
+        engines["xgrammar"].generate("Hi", {"max_new_tokens": 8, **params})
+    ok = engines["xgrammar"].generate("Hi", {"max_new_tokens": 8, "ebnf": 'root ::= "b" | "a" x\nx ::= "a" x?'})
+    assert re.fullmatch("b|a+", ok["text"]), ok["text"]
+
+
+def test_unending_rules_reads_xgrammars_printed_grammars():
+    import xgrammar as xgr
+
+    from thinkform.structured.unending import unending_rules
+
+    def rules(ebnf: str) -> list[str]:
+        return unending_rules(str(xgr.Grammar.from_ebnf(ebnf)))
+
+    assert rules('root ::= "a" root') == ["root"]
+    assert rules('root ::= x+\nx ::= "a" x') == ["root", "root_1", "x"]  # x+ is x, then x*: xgrammar's rules
+    for fine in ('root ::= [a-z]+ ("," [0-9]*)? "x"{2,3}', 'root ::= x\nx ::= "(" x ")" | ""',
+                 'root ::= ("a" | "b")* "c"', 'root ::= "a" root | "b"'):
+        assert rules(fine) == [], fine
+    optional = {**SELF_REQUIRING, "$defs": {"n": {**SELF_REQUIRING["$defs"]["n"], "required": []}}}
+    assert unending_rules(str(xgr.Grammar.from_json_schema(json.dumps(optional)))) == []
+    assert unending_rules("root ::= @@@ what") == []  # unreadable: no verdict, never a refusal
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_answers_that_part_inside_a_character_arrive(engines, backend):
     """Sampled bytes that stop inside 東 leave the rest of it forced: jump-forward goes on from there (under

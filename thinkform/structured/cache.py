@@ -227,6 +227,15 @@ def _check_has_answers(compiled: CompiledGrammar, constraint: Constraint, vocab_
         what = "only the empty answer" if matcher.can_terminate() else "no text at all"
         raise ConstraintError(f"{constraint.field}: the constraint has no valid answer (it allows {what})",
                               field=constraint.field)
+    # a rule that can never end (`root ::= "a" root`, an object that requires itself) has no finite answer
+    # through it: xgrammar's jump-forward would follow its forced text until memory ran out (audit 29)
+    unending = compiled.unending_rules()
+    if unending:
+        raise ConstraintError(
+            f"{constraint.field}: the constraint has no finite answer through its grammar's rule(s) "
+            f"{', '.join(map(repr, unending[:3]))}: every expansion needs one of them again (a rule or schema "
+            "that requires itself?)",
+            field=constraint.field)
 
 
 def _extra(work: Callable[[CompiledGrammar], None] | None, result: CompiledGrammar) -> None:

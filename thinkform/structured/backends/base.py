@@ -68,6 +68,11 @@ class CompiledGrammar(ABC):
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...
 
+    def unending_rules(self) -> list[str]:
+        """The grammar's rules, reachable from its root, that can never end (unending.py); [] where every
+        one can, or where the backend cannot tell."""
+        return []
+
 
 @dataclass
 class BackendContext:

@@ -21,6 +21,7 @@ from thinkform.structured.schema_support import (answer_check_for, check_xgramma
 from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+from thinkform.structured.unending import unending_rules
 
 COMPACT_SEPARATORS = (", ", ": ")
 PARALLEL_FILL_ROWS = 128  # rows of one step's batched mask fill from which worker threads fill them
@@ -83,6 +84,9 @@ class XGrammarCompiled(CompiledGrammar):
         matcher = XGrammarMatcher(self.compiled)
         matcher.ending_hints = self.ending_hints
         return matcher
+
+    def unending_rules(self) -> list[str]:
+        return unending_rules(str(self.compiled.grammar))
 
 
 @register_backend
