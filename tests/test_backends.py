@@ -558,16 +558,32 @@ def test_keywords_in_grouped_definitions_are_seen(backends: dict[str, GrammarBac
         backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
 
 
-def test_a_number_multiple_of_is_refused_for_xgrammar(backends: dict[str, GrammarBackend],
-                                                       ctx: BackendContext) -> None:
-    """xgrammar keeps multipleOf for integers only; auto takes llguidance, which enforces it."""
-    schema = {"type": "number", "multipleOf": 0.5}
-    with pytest.raises(ConstraintError, match="'multipleOf' of a number"):
+@pytest.mark.parametrize("schema, ok, bad", [
+    ({"type": "number", "multipleOf": 0.5}, "1.5", "1.25"),  # xgrammar drops it for a number
+    ({"type": "integer", "multipleOf": 7, "maximum": 100}, "98", "97"),  # and beside a range
+    ({"type": "integer", "multipleOf": 7}, "21", "22"),  # and leaves it no bound on the digits (audit 29)
+])
+def test_multiple_of_is_refused_for_xgrammar(backends: dict[str, GrammarBackend], ctx: BackendContext,
+                                             schema: dict, ok: str, bad: str) -> None:
+    """auto takes llguidance, which enforces it."""
+    with pytest.raises(ConstraintError, match="'multipleOf'"):
         backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
     compiled = create_backend("auto", ctx).compile(constraint_from_fields(json_schema=schema))
-    for text, ok in (("1.5", True), ("1.25", False)):
+    for text, holds in ((ok, True), (bad, False)):
         m = compiled.new_matcher()
-        assert (m.accept_string(text) and m.can_terminate()) is ok, text
+        assert (m.accept_string(text) and m.can_terminate()) is holds, text
+
+
+def test_a_multiple_of_integer_ends_within_the_number_digits(ctx: BackendContext) -> None:
+    """Audit 29: at the 17th digit a number that is no multiple yet must go on; the digit guard then leaves
+    no token and the grammar wins (`{"type": "integer", "multipleOf": 7}` ran to 38 digits, satisfied).
+    llguidance gets the integer's range from the digits, and ends it within them."""
+    compiled = create_backend("auto", ctx).compile(constraint_from_fields(
+        json_schema={"type": "integer", "multipleOf": 7}))
+    m = compiled.new_matcher()
+    assert m.accept_string("9" * 16)
+    assert not m.accept_string("9")  # 99999999999999999 is no multiple of 7, and an 18th digit is past the range
+    assert m.accept_string("5") and m.can_terminate()  # 99999999999999995 = 7 * 14285714285714285
 
 
 @pytest.mark.parametrize("beside", [{"format": "email"}, {"enum": ["zz@b.co", "ab@b.co"]}])

@@ -123,10 +123,33 @@ def _keyword_problem(node: dict[str, Any]) -> str | None:
     beside = next((k for k in ("format", "enum", "const") if k in node), None)
     if isinstance(node.get("pattern"), str) and beside:
         return f"'pattern' beside '{beside}'"  # it keeps the format or the values and drops the pattern
-    step = node.get("multipleOf")
-    if step is not None and not (node.get("type") == "integer" and isinstance(step, int)):
-        return "'multipleOf' of a number"  # it keeps multipleOf for integers only
+    if node.get("multipleOf") is not None:  # (llguidance writes it inside the number's bounds: bounded_multiple)
+        return "'multipleOf'"  # of a number: dropped; of an integer: unbounded digits, and dropped beside a range
     return None
+
+
+def bounded_number(node: dict[str, Any], max_digits: int) -> dict[str, Any]:
+    """An integer or number schema held inside the range of `max_digits` digits (and its own bounds): where
+    the grammar must end a number itself, as the digit guard cannot end it for it."""
+    kind = node.get("type")
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    if not kinds & {"integer", "number"} or "enum" in node or "const" in node:
+        return node
+    top = 10 ** max_digits - 1
+    low, high = node.get("minimum"), node.get("maximum")
+    out = dict(node)
+    if "exclusiveMinimum" not in node or not isinstance(node["exclusiveMinimum"], (int, float)):
+        out["minimum"] = max(low, -top) if isinstance(low, (int, float)) else -top
+    if "exclusiveMaximum" not in node or not isinstance(node["exclusiveMaximum"], (int, float)):
+        out["maximum"] = min(high, top) if isinstance(high, (int, float)) else top
+    return out
+
+
+def bounded_multiple(node: dict[str, Any], max_digits: int) -> dict[str, Any]:
+    """A `multipleOf` integer held inside `max_digits` digits by its schema (bounded_number). The digit guard
+    cannot bound it: at the last digit a number that is no multiple yet must go on, and the grammar wins
+    where the guard would leave nothing (audit 29: `{"type": "integer", "multipleOf": 7}` ran to 38 digits)."""
+    return bounded_number(node, max_digits) if isinstance(node.get("multipleOf"), int) else node
 
 
 def unenforced_keywords(schema: Any, names_as_written: bool = False) -> list[str]:

@@ -15,7 +15,9 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
 from thinkform.structured.json_string_pattern import ecma_dots, without_assertions
-from thinkform.structured.schema_support import answer_check_for, complete_required, without_unenforceable
+from thinkform.structured.schema_support import (answer_check_for, bounded_multiple, complete_required,
+                                                  without_unenforceable)
+from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, has_xml_content
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
 
@@ -136,7 +138,7 @@ class LLGuidanceBackend(GrammarBackend):
     def _grammar(self, constraint: Constraint) -> str:
         opts = self.ctx.options
         if constraint.kind == "json_schema":
-            schema = complete_required(without_unenforceable(constraint.data()))
+            schema = _bounded_multiples(complete_required(without_unenforceable(constraint.data())), opts)
             return LLMatcher.grammar_from_json_schema(
                 strict_schema(schema) if opts.strict_mode else schema, overrides=json_options(opts))
         if constraint.kind == "json_object":
@@ -147,6 +149,10 @@ class LLGuidanceBackend(GrammarBackend):
             # GBNF (`root ::= …`, SGLang's dialect) is converted to lark; lark passes through.
             return llguidance.grammar_from("ebnf", constraint.source)
         return _structural_tag_grammar(constraint.data(), opts)
+
+
+def _bounded_multiples(schema: Any, opts: GrammarOptions) -> Any:
+    return map_schemas(schema, lambda node: bounded_multiple(node, opts.max_number_digits))
 
 
 def json_options(opts: GrammarOptions) -> dict[str, Any]:
@@ -268,7 +274,7 @@ def _structural_tag_grammar(tag: dict[str, Any], opts: GrammarOptions) -> str:
         if trigger is None:
             raise ConstraintError(f"structural_tag begin {begin!r} does not start with any trigger",
                                   field="structural_tag")
-        schema = complete_required(without_unenforceable(schema))
+        schema = _bounded_multiples(complete_required(without_unenforceable(schema)), opts)
         schema = strict_schema(schema) if opts.strict_mode else schema
         schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **json_options(opts)}}
         # Triggers are matched as text (assume_special=False): markers need not be special tokens.

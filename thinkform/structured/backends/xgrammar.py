@@ -16,7 +16,8 @@ from thinkform.structured.backends.xgrammar_json import json_schema_grammar
 from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import segmented_regex, without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
-from thinkform.structured.schema_support import (answer_check_for, check_xgrammar_enforces, complete_required,
+from thinkform.structured.schema_support import (answer_check_for, bounded_number, check_xgrammar_enforces,
+                                                  complete_required,
                                                   name_every_type, OTHER_BACKENDS_HINT)
 from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
@@ -212,27 +213,12 @@ def _xml_policy(node: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
     guard cannot follow XML (its raw strings are not JSON), so an integer gets the range of
     `max_number_digits` digits and a number that range too (xgrammar then writes at most 6 decimals and no
     exponent), inside any bounds of its own."""
-    schema = map_schemas(_prepared(node["json_schema"]), lambda n: _bounded_number(n, opts))
+    schema = map_schemas(_prepared(node["json_schema"]), lambda n: bounded_number(n, opts.max_number_digits))
     try:
         check_xgrammar_enforces(schema, strict=opts.strict_mode, field="structural_tag")
     except ConstraintError as e:  # no other backend to suggest
         raise ConstraintError(str(e).replace(OTHER_BACKENDS_HINT, "") + XML_ONLY_XGRAMMAR, field=e.field) from e
     return {**node, "json_schema": schema, "max_whitespace_cnt": node.get("max_whitespace_cnt") or opts.max_whitespace}
-
-
-def _bounded_number(node: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
-    kind = node.get("type")
-    kinds = set(kind) if isinstance(kind, list) else {kind}
-    if not kinds & {"integer", "number"} or "enum" in node or "const" in node:
-        return node
-    top = 10 ** opts.max_number_digits - 1
-    low, high = node.get("minimum"), node.get("maximum")
-    out = dict(node)
-    if "exclusiveMinimum" not in node or not isinstance(node["exclusiveMinimum"], (int, float)):
-        out["minimum"] = max(low, -top) if isinstance(low, (int, float)) else -top
-    if "exclusiveMaximum" not in node or not isinstance(node["exclusiveMaximum"], (int, float)):
-        out["maximum"] = min(high, top) if isinstance(high, (int, float)) else top
-    return out
 
 
 def _message(e: Exception) -> str:
