@@ -194,6 +194,9 @@ def test_a_grammar_with_no_finite_answer_is_refused_up_front(engines, params):
     field = next(iter(params))
     with pytest.raises(ValueError, match=f"{field}: the constraint has no finite answer"):
         engines["xgrammar"].generate("Hi", {"max_new_tokens": 8, **params})
+    if field != "structural_tag":  # llguidance's requests failed at the dead end ("token 0 is not allowed")
+        with pytest.raises(ValueError, match=f"{field}: the constraint has no finite answer"):
+            engines["llguidance"].generate("Hi", {"max_new_tokens": 8, **params})
     ok = engines["xgrammar"].generate("Hi", {"max_new_tokens": 8, "ebnf": 'root ::= "b" | "a" x\nx ::= "a" x?'})
     assert re.fullmatch("b|a+", ok["text"]), ok["text"]
 

@@ -18,6 +18,7 @@ from thinkform.structured.json_string_pattern import ecma_dots, without_assertio
 from thinkform.structured.schema_support import (answer_check_for, bounded_multiple, complete_required,
                                                   without_unenforceable)
 from thinkform.structured.schema_walk import map_schemas
+from thinkform.structured.unending import unending_rules
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, has_xml_content
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
 
@@ -85,14 +86,31 @@ class LLGuidanceMatcher(GrammarMatcher):
 
 
 class LLGuidanceCompiled(CompiledGrammar):
-    def __init__(self, prototype: LLMatcher, tokenizer: llguidance.LLTokenizer, eos_token_ids: frozenset[int]) -> None:
+    def __init__(self, prototype: LLMatcher, tokenizer: llguidance.LLTokenizer, eos_token_ids: frozenset[int],
+                 constraint: Constraint | None = None) -> None:
         self._prototype = prototype
         self._tok = tokenizer
         self._eos = eos_token_ids
+        self._constraint = constraint
 
     def new_matcher(self) -> GrammarMatcher:
         # Copying a built matcher skips re-parsing the grammar for each request.
         return LLGuidanceMatcher(self._prototype.deep_copy(), self._tok, self._eos)
+
+    def unending_rules(self) -> list[str]:
+        """llguidance cannot tell (its matcher meets the dead end later: a request failing with "token 0 is
+        not allowed"); xgrammar's reading of the same source can: an EBNF, or a JSON schema that refers to
+        itself ($ref: no recursion without one). [] where xgrammar cannot read it."""
+        c = self._constraint
+        if c is None or not (c.kind == "ebnf" or c.kind == "json_schema" and "$ref" in c.source):
+            return []
+        import xgrammar as xgr
+
+        try:
+            grammar = xgr.Grammar.from_ebnf(c.source) if c.kind == "ebnf" else xgr.Grammar.from_json_schema(c.source)
+        except Exception:  # noqa: BLE001 - a dialect or keyword only llguidance reads: no verdict
+            return []
+        return unending_rules(str(grammar))
 
 
 @register_backend
@@ -131,7 +149,7 @@ class LLGuidanceBackend(GrammarBackend):
         if matcher.is_error():
             raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
                                   field=constraint.field)
-        compiled = LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids))
+        compiled = LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids), constraint)
         compiled.answer_check = answer_check_for(constraint, names_as_written=True)  # (unenforced_keywords)
         return compiled
 
