@@ -62,13 +62,14 @@ def unending_rules(ebnf: str, root: str = "root") -> list[str]:
 
 def _tokens(text: str) -> list[tuple[str, str]]:
     out, pos = [], 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
+    for m in _TOKEN.finditer(text):  # (one scan in C; a gap between two matches is text it cannot read)
+        if m.start() != pos:
             raise _Unreadable(text[pos:pos + 20])
+        pos = m.end()
         if m.lastgroup != "space":
             out.append((m.lastgroup, m.group()))
-        pos = m.end()
+    if pos != len(text):
+        raise _Unreadable(text[pos:pos + 20])
     return out
 
 
