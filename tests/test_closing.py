@@ -38,6 +38,19 @@ def test_the_first_allowed_tier_wins() -> None:
     assert _after(rules, {b"abc", b"1"}, may_end=False) == {b"abc", b"1"}  # nothing to close with: unchanged
 
 
+def test_inside_a_string_closing_begins_with_its_quote() -> None:
+    """Audit 29: inside a string its `}` and `]` are text, so the closers' tier let the steered answer write
+    them into it (`"b": "]`) instead of closing it; there the tokens that begin with `"` come first."""
+    rules = ClosingRules(TOKENS, [EOS])
+    mask = torch.zeros((1, 1), dtype=torch.int32)
+    for i, t in enumerate(TOKENS):
+        if t != b"<eos>":
+            mask[0, 0] |= 1 << i
+    rules.restrict(mask.numpy()[0], False, in_string=True)
+    assert _allowed(mask) == {b'"', b'"}'}
+    assert _after(rules, {b"abc", b"}"}, may_end=False) == {b"}"}  # no quote to begin with: the closers' tier
+
+
 def test_the_reserve_is_a_quarter_of_the_budget_up_to_32() -> None:
     assert [closing_reserve(n) for n in (8, 64, 128, 2048)] == [2, 16, 32, 32]
 
@@ -70,7 +83,7 @@ def test_a_gate_near_its_budget_lets_only_closing_tokens_through(tiny_tokenizer)
     assert b"a" in far  # 17 tokens left: the string may go on
     near = allowed(48)
     assert near and all(t.strip(b'"}], :0') == b"" for t in near), near
-    assert any(b'"' in t for t in near)
+    assert all(t.lstrip().startswith(b'"') for t in near), near  # inside the string: its quote first
 
 
 @pytest.mark.parametrize("jump_forward", [True, False])
@@ -90,6 +103,24 @@ def test_random_models_answer_in_valid_json_within_a_small_budget(tiny_model_dir
         if not out["meta_info"]["closed_by_budget"]:  # ended on its own, before the closing reserve
             assert out["meta_info"]["completion_tokens"] <= 64 - closing_reserve(64)
     assert sum(o["meta_info"]["closed_by_budget"] for o in outs) >= len(outs) // 2  # random models rarely end
+
+
+def test_the_fallback_closes_an_open_string_with_its_quote(tiny_model_dirs, monkeypatch) -> None:
+    """Audit 29: where the ending search finds nothing (its time guard ran out under load), the fallback let
+    a random model write `}` and `]` into the open string (`"b": "]`). Free strings, no search: each value
+    the model left open is closed by its quote, never filled with brackets."""
+    from thinkform import Engine
+    from thinkform.structured.ending import EndingSearch
+
+    monkeypatch.setattr(EndingSearch, "ending_tokens", lambda self, *a, **k: None)
+    two = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}, "required": ["a", "b"]}
+    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 40, "json_schema": json.dumps(two)} for i in range(8)]
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096) as engine:
+        outs = engine.generate(["Two words?"] * len(params), params)
+    ended = [json.loads(o["text"]) for o in outs if o["meta_info"]["finish_reason"]["type"] == "stop"]
+    assert len(ended) >= 6, [o["text"] for o in outs]
+    for value in ended:
+        assert not any(v and not v.strip("}] ") for v in value.values()), value
 
 
 def test_an_answer_that_ends_on_its_own_is_not_marked_closed(tiny_model_dirs) -> None:
@@ -280,7 +311,9 @@ def test_a_search_cut_short_leaves_the_matcher_as_it_was(tiny_tokenizer) -> None
             self.matcher, self.net = matcher, 0
 
         def accept_token(self, token_id):
-            time.sleep(0.0005)
+            busy = time.thread_time() + 0.0005  # CPU time: the guard counts the search's own work
+            while time.thread_time() < busy:
+                pass
             ok = self.matcher.accept_token(token_id)
             self.net += ok
             return ok

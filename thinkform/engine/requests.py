@@ -416,8 +416,10 @@ class RequestBuilder:
         growth = min(shortest if shortest is not None else 16, 32) if grows else 0
         grammar_literals = compiled.closing_literals if compiled is not None else ()
         if kind in ("json_schema", "json_object"):
+            number = next((g for g in guards if isinstance(g, NumberGuard)), None)
             return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
-                    "ending_growth": growth, "ending_literals": grammar_literals}
+                    "ending_growth": growth, "ending_literals": grammar_literals,
+                    "closing_in_string": number.in_string if number is not None else None}
         if kind in ("regex", "ebnf"):
             return {"ending": search, "ending_early": early, "ending_growth": growth,
                     "ending_literals": grammar_literals}
@@ -437,7 +439,8 @@ class RequestBuilder:
             scope = _call_scope(lambda _answer: tagged.inside_tag(), lambda _answer: tagged.calls_ended > 0,
                                 section, calls_only)
             return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": scope,
-                    "closing_reserve_tokens": reserve, "ending_literals": literals}
+                    "closing_reserve_tokens": reserve, "ending_literals": literals,
+                    "closing_in_string": tagged.in_string}
         if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
             ended = [end.encode() for _, end in xml_bounds]
             scope = _call_scope(TagScope(xml_bounds), lambda answer: any(end in answer for end in ended),

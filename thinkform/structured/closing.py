@@ -7,8 +7,10 @@ finds none within its limits, and once the tokens left fall to the closing reser
 step's mask (never beyond what the grammar allows) to the first non-empty tier of:
 
 1. EOS, where the grammar may end;
-2. tokens made only of `"`, `}`, `]` (and whitespace): closing strings, objects, arrays;
-3. tokens made only of those, `,`, `:` and `0`: the shortest way through a required key's colon or a
+2. inside a string, tokens made only of `"`, `}`, `]` (and whitespace) that begin with its closing quote
+   (the string's own `}` and `]` are text: they would be written into it, audit 29's `"b": "]`);
+3. tokens made only of `"`, `}`, `]` (and whitespace): closing strings, objects, arrays;
+4. tokens made only of those, `,`, `:` and `0`: the shortest way through a required key's colon or a
    required number.
 
 Where no tier is allowed (the middle of a required key's name, say) the grammar's mask stands, and jump-
@@ -45,12 +47,15 @@ class ClosingRules:
         vocab = len(token_bytes)
         words = (vocab + 31) // 32
         self._eos = only_mask(vocab, words, eos_token_ids).numpy()
+        self._quote_first = only_mask(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, _CLOSERS)
+                                                     and t.lstrip(_WHITESPACE).startswith(b'"')]).numpy()
         self._tiers = [only_mask(vocab, words, [i for i, t in enumerate(token_bytes) if _made_of(t, chars)]).numpy()
                        for chars in (_CLOSERS, _SHORTEST)]
 
-    def restrict(self, words: np.ndarray, may_end: bool) -> None:
-        """Narrow a row's packed words to the first tier it allows anything of; leave it as it is otherwise."""
-        for keep in ([self._eos] if may_end else []) + self._tiers:
+    def restrict(self, words: np.ndarray, may_end: bool, in_string: bool = False) -> None:
+        """Narrow a row's packed words to the first tier it allows anything of; leave it as it is otherwise.
+        `in_string`: the answer is inside a JSON string (not just after a backslash)."""
+        for keep in ([self._eos] if may_end else []) + ([self._quote_first] if in_string else []) + self._tiers:
             if narrow_unless_empty(words, keep):
                 return
 

@@ -94,7 +94,7 @@ class SearchLimits:
     max_width: int = 16  # nodes a level of the breadth-first search
     max_fills: int = 2048  # mask fills in all
     max_length: int = 1024  # tokens in a way (single bytes mostly: twelve empty JSON fields take ~170)
-    max_seconds: float = 0.2  # a guard against matchers that slow down as a way grows
+    max_seconds: float = 0.2  # of the search's CPU time: a guard against matchers that slow down as a way grows
 
 
 # Measuring a grammar's shortest answer runs on its compile thread before the grammar is handed out, with
@@ -155,8 +155,10 @@ class _Walk:
 
     def accept(self, token_id: int) -> bool:
         # an ambiguous grammar can make one accept cost milliseconds deep in a way (xgrammar under
-        # `(x+x+)+y`): the clock is checked at each one
-        if time.perf_counter() > self.deadline:
+        # `(x+x+)+y`): the clock is checked at each one. The search's own CPU time, not the wall clock: a busy
+        # machine must not change what it finds (audit 29: the same request ended "tool_calls" or "length"
+        # as the load went)
+        if time.thread_time() > self.deadline:
             raise _Exhausted
         if not self.matcher.accept_token(token_id):
             return False
@@ -259,7 +261,7 @@ class EndingSearch:
         limits = limits or self.limits
         scratch, row = self._scratch_row()
         walk = _Walk(matcher, scratch, row, limits,
-                     limits.max_fills, time.perf_counter() + limits.max_seconds,
+                     limits.max_fills, time.thread_time() + limits.max_seconds,
                      self._byte_ids(literals), self._byte_ids(tuple(closing_candidates(literals))))
         try:
             found = self._greedy(walk)

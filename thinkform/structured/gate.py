@@ -121,6 +121,7 @@ class ReasoningGate:
         ending_literals: tuple[bytes, ...] = (),
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
+        closing_in_string: Callable[[], bool] | None = None,
     ) -> None:
         phase = Phase(phase)
         if markers is None and phase in (Phase.OPEN, Phase.REASONING):
@@ -141,6 +142,7 @@ class ReasoningGate:
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out (no ending found)
         # where closing applies, judged from the answer so far (inside a tool call's arguments); None: everywhere
         self._closing_scope = closing_scope
+        self._closing_in_string = closing_in_string  # the answer is inside a JSON string (its JSON guard says)
         self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
                                  closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
         self._ending = ending  # finds an ending to append whole when the token budget runs out
@@ -270,7 +272,7 @@ class ReasoningGate:
         self._narrow(words, self._ending_keep if may_end else self._answer_keep)
         if self.closing:
             self.closed_by_budget = True
-            self._closing.restrict(words, may_end)
+            self._closing.restrict(words, may_end, self._closing_in_string is not None and self._closing_in_string())
         return True
 
     def _narrow(self, words: np.ndarray, rule: np.ndarray | None) -> None:

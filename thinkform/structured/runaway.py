@@ -223,6 +223,10 @@ class NumberGuard:
         """Packed words of the tokens that do not overrun the current number."""
         return self.rules.keep_mask(self.state)
 
+    def in_string(self) -> bool:
+        """Inside a JSON string (not just after a backslash): where budget closing ends it with its quote."""
+        return self.state.mode is Mode.STRING
+
 
 class TaggedNumberGuard:
     """NumberGuard for the JSON inside a structural tag's tags (tool-call arguments): it follows the
@@ -297,6 +301,10 @@ class TaggedNumberGuard:
     def inside_tag(self) -> bool:
         """Whether the answer is inside a tag's JSON now (between its begin and its end string)."""
         return self._end is not None
+
+    def in_string(self) -> bool:
+        """Inside a JSON string of a tag's arguments (NumberGuard.in_string)."""
+        return self._end is not None and self._json.state.mode is Mode.STRING
 
     def inside_value(self) -> bool:
         """Whether the answer is inside a tag's JSON value now (its object open, or a string): not before it
