@@ -54,14 +54,14 @@ def _accumulate(deltas):
     return [calls[k] for k in sorted(calls)]
 
 
-def _stream(name, text, step):
+def _stream(name, text, step, cut=False):
     stream = get_tool_call_parser(name).streaming()
     sent, deltas, during = "", [], 0
     for i in range(0, len(text), step):
         normal, calls = stream.feed(text[i:i + step])
         sent, deltas = sent + normal, deltas + calls
         during += len(calls)
-    rest, calls, made = stream.finish()
+    rest, calls, made = stream.finish(cut=cut)
     return sent + rest, deltas + calls, during, made
 
 
@@ -244,3 +244,27 @@ def test_a_malformed_call_never_streams_past_its_closing_marker():
     args = "".join(d["function"].get("arguments") or "" for d in deltas)
     assert "</tool_call>" not in args and "Done" not in args and not made
     assert normal == text
+
+
+CUT_AFTER_ARGUMENTS = {  # a call cut by max_tokens after its arguments, before its end tag
+    "hermes": '<tool_call>\n{"name": "noargs", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "f", '
+              '"arguments": {"a": 1}',
+    "deepseekv3": '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{"a": 1}\n```<｜tool▁call▁end',
+    "mistral": '[TOOL_CALLS][{"name": "f", "arguments": {"a": 1}',
+    "llama3": '<|python_tag|>{"name": "f", "parameters": {"a": 1}',
+    "kimi_k2": '<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{"a": 1}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUT_AFTER_ARGUMENTS))
+def test_a_call_cut_after_its_arguments_is_the_same_whole_and_streamed(name):
+    """Audit 29: cut before its end tag, such a call was streamed, while the whole parse (no end tag: no call)
+    dropped it and returned its markup as content; the stream then sent the call and the markup too."""
+    text = CUT_AFTER_ARGUMENTS[name]
+    normal, calls = get_tool_call_parser(name).parse(text, with_cut_call=True)
+    streamed_text, deltas, _, made = _stream(name, text, 3, cut=True)
+    streamed = _accumulate(deltas)
+    assert [(c.name, json.loads(c.arguments)) for c in calls][-1] == ("f", {"a": 1})
+    assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == [(c.name, json.loads(c.arguments))
+                                                                           for c in calls]
+    assert normal == streamed_text == "" and made

@@ -86,9 +86,9 @@ class ToolCallParser(ABC):
         if start < 0:
             return text, []
         calls = self._parse_calls(text[start:])
-        if with_cut_call:
-            calls = calls + [ToolCall(name, args) for name, args, complete in self.partial_calls(text[start:])
-                             if not complete][:1]
+        if with_cut_call:  # the call being written when the tokens ran out, its arguments done or not (its end
+            # tag missing, the format's parse does not see it: streaming had sent it, audit 29)
+            calls = calls + [ToolCall(name, args) for name, args, _ in self.partial_calls(text[start:])[len(calls):]][:1]
         if not calls:
             return text, []
         for k, call in enumerate(calls):
