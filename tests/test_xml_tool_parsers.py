@@ -471,3 +471,21 @@ def test_the_ending_search_leaves_an_xml_value_by_its_closing_tag_and_adds_no_pa
     _, calls = _parser(name).parse(prefix + ending)
     assert len(calls) == 1 and json.loads(calls[0].arguments)["city"].startswith("Lyo")
     jsonschema.validate(json.loads(calls[0].arguments), WEATHER_PARAMS)
+
+
+BOUNDED = {"type": "function", "function": {"name": "s", "parameters": {"type": "object", "properties": {
+    "q": {"type": "string", "maxLength": 20}, "n": {"type": "integer"}}, "required": ["q", "n"]}}}
+
+
+@pytest.mark.parametrize("value", ["</parameter>", "a</parameter>b", "</parameter>z"])
+def test_a_bounded_string_holding_its_closing_tag_is_read_as_the_grammar_read_it(value):
+    """Audit 29: under xgrammar's XML styles a bounded string (maxLength, pattern) may hold its own closing
+    tag. The parser stopped at the first one: `q` came back cut and the required `n` dropped (finish
+    "tool_calls" with arguments that broke the schema). It reads on to the closing tag the grammar ended the
+    value at: the one the next parameter or the call's end follows."""
+    parser = get_tool_call_parser("qwen3_coder")
+    text = f"<tool_call>\n<function=s>\n<parameter=q>{value}</parameter><parameter=n>1</parameter>\n</function>\n</tool_call>"
+    assert _accepts(_grammar(parser.structural_tag([BOUNDED], "required")), text)
+    assert _calls(parser.for_tools([BOUNDED]).parse(text)[1]) == [("s", {"q": value, "n": 1})]
+    normal, deltas, made = _stream(parser.for_tools([BOUNDED]), text, 5)
+    assert made and json.loads("".join(d["function"].get("arguments") or "" for d in deltas)) == {"q": value, "n": 1}

@@ -92,13 +92,31 @@ def read_params(text: str, pos: int, style: str) -> tuple[list[XmlParam], int, b
                     return params, pos, False
                 return params, pos, True  # malformed: not a parameter
             value_at = v + len(st.value_open)
-        close = text.find(st.value_close, value_at)
-        if close < 0:
-            so_far = text[value_at:]
+        close, decided = _value_end(text, value_at, st)
+        if close < 0 or not decided:  # still being written (or its closing tag's meaning not yet told)
+            so_far = text[value_at:close] if close >= 0 else text[value_at:]
             params.append(XmlParam(key, so_far[: len(so_far) - partial_suffix(so_far, st.value_close)], False))
             return params, len(text), False
         params.append(XmlParam(key, text[value_at:close], True))
         pos = close + len(st.value_close)
+
+
+def _value_end(text: str, start: int, st: Any) -> tuple[int, bool]:
+    """(where the value from `start` ends, whether that is told yet): at the first of its closing tags that
+    the next key or another closing tag (the call's end) follows, past whitespace. A bounded string
+    (maxLength, pattern) may hold its own closing tag under xgrammar's XML styles, and the grammar reads on
+    past it: so does this (audit 29: `<parameter=q></parameter></parameter>` was read as q "" and the next
+    parameter dropped). Where the text stops before what follows a closing tag tells, the value ends there
+    untold (streaming holds it back); -1 where no closing tag ends it (yet)."""
+    close = text.find(st.value_close, start)
+    while close >= 0:
+        rest = text[_WS.match(text, close + len(st.value_close)).end():]
+        if not rest or st.key_open.startswith(rest) or st.value_close.startswith(rest):
+            return close, False
+        if rest.startswith(st.key_open) or rest.startswith("</") and not rest.startswith(st.value_close):
+            return close, True
+        close = text.find(st.value_close, close + 1)
+    return -1, False
 
 
 def property_schema(schema: Any, key: str) -> Any:
