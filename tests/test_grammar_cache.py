@@ -19,6 +19,9 @@ class FakeCompiled(CompiledGrammar):
     def new_matcher(self) -> GrammarMatcher:
         return AnyTextMatcher()  # type: ignore[return-value]
 
+    def memory_bytes(self) -> int:
+        return 100 * len(self.source)  # "aaa": 300 bytes
+
 
 class AnyTextMatcher:
     """All the cache asks of a fresh matcher (that the grammar has some answer): every token allowed."""
@@ -116,6 +119,36 @@ def test_least_recently_used_entry_is_evicted() -> None:
     cache.get(regex("b"))
     assert backend.calls == ["a", "b", "c", "b"]
     assert cache.stats().entries == 2
+
+
+def test_what_the_grammars_hold_is_bounded_too() -> None:
+    """Audit 29: a server taking new schemas grew by ~2.4 MB a grammar for good (xgrammar's own cache was
+    unbounded, and 256 of the engine's held 600 MB): the least recently used grammars go past max_bytes,
+    the newest always stays, and clear() forgets what they held."""
+    cache, backend = make_cache(max_bytes=1000)
+    for source in ("aaa", "bbb", "ccc"):
+        cache.get(regex(source))
+    assert cache.stats().entries == 3 and cache.stats().bytes == 900
+    cache.get(regex("dddd"))  # 1,300 bytes: the oldest goes
+    assert cache.stats().entries == 3 and cache.stats().bytes == 1000
+    cache.get(regex("bbb"))
+    assert backend.calls == ["aaa", "bbb", "ccc", "dddd"]  # bbb still held
+    cache.get(regex("x" * 20))  # 2,000 bytes alone: it stays, the rest goes
+    assert cache.stats().entries == 1 and cache.stats().bytes == 2000
+    cache.clear()
+    assert cache.stats().entries == 0 and cache.stats().bytes == 0
+
+
+def test_xgrammar_keeps_no_cache_of_its_own() -> None:
+    from thinkform.structured.backends.xgrammar import XGrammarBackend
+    from thinkform.testing.tokenizers import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    backend = XGrammarBackend(BackendContext(tok, len(tok), (tok.eos_token_id,), GrammarOptions()))
+    for i in range(3):
+        compiled = backend.compile(constraint_from_fields(json_schema={"type": "object", "properties": {f"p{i}": {}}}))
+        assert compiled.memory_bytes() > 0
+    assert backend._compiler.get_cache_size_bytes() == 0
 
 
 def test_a_runaway_compile_times_out_alone_and_its_late_result_is_kept() -> None:

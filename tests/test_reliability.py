@@ -581,6 +581,7 @@ def test_metrics_in_prometheus_format_track_requests(real):
     assert grew('thinkform_requests_finished_total{reason="stop"}', 2)
     assert grew("thinkform_grammar_cache_hits_total") and grew("thinkform_grammar_compile_failures_total")
     assert after["thinkform_grammar_compile_seconds_total"] > 0
+    assert after["thinkform_grammar_cache_bytes"] > 0  # the "(Paris|Rome)" grammar's token masks
     assert after["thinkform_kv_pages_total"] == engine.parts.pool.num_pages
     assert after["thinkform_kv_pages_used"] == 0 and after["thinkform_kv_usage_ratio"] == 0
     assert after["thinkform_num_requests_waiting"] == 0 and after["thinkform_num_requests_running"] == 0

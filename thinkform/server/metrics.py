@@ -127,6 +127,7 @@ _GRAMMAR_SCALARS = (
     ("thinkform_grammar_compile_failures_total", "counter", "Grammar compiles that failed.", "failures"),
     ("thinkform_grammar_compile_timeouts_total", "counter", "Grammar compiles past the time-out.", "timeouts"),
     ("thinkform_grammar_cache_entries", "gauge", "Compiled grammars held.", "entries"),
+    ("thinkform_grammar_cache_bytes", "gauge", "Bytes the held grammars take (their token masks).", "bytes"),
 )
 
 

@@ -41,6 +41,7 @@ class CacheStats:
     entries: int
     in_flight: int
     abandoned: int  # timed-out compiles still running
+    bytes: int = 0  # what the cached grammars hold (as their backends tell: xgrammar's token masks)
 
 
 @dataclass(eq=False)
@@ -55,14 +56,19 @@ class _Job:
 
 class GrammarCache:
     def __init__(self, backend: GrammarBackend, max_entries: int = 256, max_abandoned: int = 2,
-                 before_handout: Callable[[CompiledGrammar], None] | None = None) -> None:
+                 before_handout: Callable[[CompiledGrammar], None] | None = None,
+                 max_bytes: int = 256 * 2**20) -> None:
         """before_handout: extra work on each newly compiled grammar, on its compile thread, before its
-        requests get it (its errors are ignored: what it computes is an extra)."""
+        requests get it (its errors are ignored: what it computes is an extra). The least recently used
+        grammars go past `max_entries` or `max_bytes` (the newest always stays): with Qwen's vocabulary a
+        JSON schema's grammar holds ~2.4 MB of token masks, so 256 of them held 600 MB."""
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
         self.backend = backend
         self.before_handout = before_handout
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._bytes: dict[CacheKey, int] = {}
         self.max_abandoned = max_abandoned
         self.timeout_s = backend.ctx.options.compile_timeout_s
         self._cond = threading.Condition()
@@ -115,12 +121,14 @@ class GrammarCache:
     def stats(self) -> CacheStats:
         with self._cond:
             return CacheStats(self._hits, self._misses, self._failures, self._timeouts,
-                              self._compile_seconds, len(self._done), len(self._pending), self._abandoned)
+                              self._compile_seconds, len(self._done), len(self._pending), self._abandoned,
+                              sum(self._bytes.values()))
 
     def clear(self) -> None:
         """Forget every finished compile (compiles in flight still land); the next request compiles anew."""
         with self._cond:
             self._done.clear()
+            self._bytes.clear()
 
     def close(self) -> None:
         """Stop the watchdog; compiles still running finish on their daemon threads unobserved."""
@@ -147,25 +155,27 @@ class GrammarCache:
             if job.timed_out:  # its request already failed; keep the late outcome for the next asker
                 self._abandoned -= 1
                 if error is None or isinstance(error, ConstraintError):
-                    self._store(job.key, _finished(result, error))
+                    self._store(job.key, _finished(result, error), _held_bytes(result))
                 return
             job.finished = True
             del self._pending[job.key]
             if error is not None:
                 self._failures += 1
             if error is None or isinstance(error, ConstraintError):  # other errors may be transient
-                self._store(job.key, job.future)
+                self._store(job.key, job.future, _held_bytes(result))
         # Resolved outside the lock: done-callbacks may call back into the cache.
         if error is None:
             job.future.set_result(result)  # type: ignore[arg-type]
         else:
             job.future.set_exception(error)
 
-    def _store(self, key: CacheKey, future: Future[CompiledGrammar]) -> None:
+    def _store(self, key: CacheKey, future: Future[CompiledGrammar], nbytes: int = 0) -> None:
         self._done[key] = future
         self._done.move_to_end(key)
-        while len(self._done) > self.max_entries:
-            self._done.popitem(last=False)
+        self._bytes[key] = nbytes
+        while len(self._done) > self.max_entries or (len(self._done) > 1 and sum(self._bytes.values()) > self.max_bytes):
+            old, _ = self._done.popitem(last=False)
+            self._bytes.pop(old, None)
 
     # ---- watchdog ---------------------------------------------------------------------------------
 
@@ -212,6 +222,10 @@ class GrammarCache:
         self._failures += 1
         self._store(job.key, job.future)  # the same constraint fails fast until the compile ends
         return job
+
+
+def _held_bytes(result: CompiledGrammar | None) -> int:
+    return result.memory_bytes() if result is not None else 0
 
 
 def _check_has_answers(compiled: CompiledGrammar, constraint: Constraint, vocab_size: int,

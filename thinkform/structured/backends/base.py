@@ -68,6 +68,10 @@ class CompiledGrammar(ABC):
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...
 
+    def memory_bytes(self) -> int:
+        """What the compiled grammar holds in memory, where the backend tells (0: it does not)."""
+        return 0
+
     def unending_rules(self) -> list[str]:
         """The grammar's rules, reachable from its root, that can never end (unending.py); [] where every
         one can, or where the backend cannot tell."""

@@ -86,6 +86,9 @@ class XGrammarCompiled(CompiledGrammar):
         matcher.ending_hints = self.ending_hints
         return matcher
 
+    def memory_bytes(self) -> int:
+        return int(self.compiled.memory_size_bytes)
+
     def unending_rules(self) -> list[str]:
         return unending_rules(str(self.compiled.grammar))
 
@@ -106,7 +109,9 @@ class XGrammarBackend(GrammarBackend):
         self._parallel = xgr.BatchGrammarMatcher(max(1, usable_cpus() // 2))
         info = xgr.TokenizerInfo.from_huggingface(
             ctx.tokenizer, vocab_size=ctx.vocab_size, stop_token_ids=list(ctx.eos_token_ids))
-        self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+        # no cache of its own: the engine's (cache.py) bounds what compiled grammars hold; xgrammar's, unbounded
+        # by default, kept every grammar ever compiled (audit 29: 0.7 GB more per 1,000 new schemas, for good)
+        self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)
 
     def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """xgrammar's matchers in one batched call; any other matcher row by row."""
