@@ -215,12 +215,7 @@ async def get_weight_version(request: Request) -> dict[str, Any]:
 async def separate_reasoning(body: SeparateReasoningRequest, request: Request) -> dict[str, str]:
     """SGLang's: {text, reasoning_parser} → {reasoning_text, text}, split as a request's output is (a family
     whose prompt opens the reasoning reads text with no start marker as reasoning up to the end marker)."""
-    markers = _state(request).markers
-    if body.reasoning_parser is not None:
-        try:
-            markers = get_markers(body.reasoning_parser)
-        except ValueError as e:
-            raise APIError(str(e), param="reasoning_parser") from None
+    markers = _chosen(_state(request).markers, get_markers, body.reasoning_parser, "reasoning_parser")
     if markers is None:
         raise APIError("reasoning_parser: name one (this server was started without --reasoning-parser)",
                        param="reasoning_parser")
@@ -232,16 +227,21 @@ async def separate_reasoning(body: SeparateReasoningRequest, request: Request) -
 async def parse_function_call(body: ParseFunctionCallRequest, request: Request) -> dict[str, Any]:
     """SGLang's: {text, tools, tool_call_parser} → {normal_text, calls: [{tool_index, name, parameters}]}, the
     parameters as JSON text; as SGLang, a call of a function `tools` does not declare is left out."""
-    parser = _state(request).tool_parser
-    if body.tool_call_parser is not None:
-        try:
-            parser = get_tool_call_parser(body.tool_call_parser)
-        except ValueError as e:
-            raise APIError(str(e), param="tool_call_parser") from None
+    parser = _chosen(_state(request).tool_parser, get_tool_call_parser, body.tool_call_parser, "tool_call_parser")
     index = {tool_name(tool): i for i, tool in reversed(list(enumerate(body.tools)))}
     normal, calls = parser.for_tools(body.tools).parse(body.text)
     return {"normal_text": normal, "calls": [{"tool_index": index[c.name], "name": c.name, "parameters": c.arguments}
                                              for c in calls if c.name in index]}
+
+
+def _chosen(default: Any, lookup: Any, name: str | None, field: str) -> Any:
+    """The server's own parser, or the one the request names (an unknown name: a 400 naming `field`)."""
+    if name is None:
+        return default
+    try:
+        return lookup(name)
+    except ValueError as e:
+        raise APIError(str(e), param=field) from None
 
 
 @router.get("/get_load")
