@@ -469,15 +469,17 @@ class RequestBuilder:
         elif tags:
             tagged = TaggedNumberGuard(self.parts.number_rules, tags)  # tool-call arguments
             guards.append(tagged)
-        markup = self.parts.markup_ids
-        if markup and (json_answer or grammar_answer or tag is not None):  # tool calls: inside their JSON
-            outside = self.parts.number_rules.keep_all
-            if tag is not None:
-                spelled = self._spelled_by(tag_strings(tag)) | self.parts.tool_markup_ids
-                outside = self.parts.vocab.keep_mask(markup - spelled)
-            guards.append(FramingGuard(self.parts.vocab.keep_mask(markup), outside,
-                                       tagged.inside_value if tagged is not None else None if tag is None
-                                       else (lambda: False)))
+        markup, vocab = self.parts.markup_ids, self.parts.vocab
+        if not markup or not (json_answer or grammar_answer or tag is not None):
+            return guards
+        if tag is None:  # a JSON, regex or EBNF answer: no markup token anywhere
+            guards.append(FramingGuard(vocab.keep_mask(markup), self.parts.number_rules.keep_all))
+            return guards
+        # a structural tag: none inside its JSON values (tool-call arguments); elsewhere (free text, the tags' own
+        # strings) none but the special tokens a tag string spells and the tool-call format's own
+        spelled = self._spelled_by(tag_strings(tag)) | self.parts.tool_markup_ids
+        inside = tagged.inside_value if tagged is not None else (lambda: False)
+        guards.append(FramingGuard(vocab.keep_mask(markup), vocab.keep_mask(markup - spelled), inside))
         return guards
 
     def _spelled_by(self, strings: list[str]) -> frozenset[int]:
