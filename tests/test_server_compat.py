@@ -137,6 +137,9 @@ def test_null_means_the_default(served):
         assert r.status_code == 200 and r.json()["object"] == "chat.completion", (field, r.text)
     r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "echo": None, "n": None, "logprobs": None})
     assert r.status_code == 200 and len(r.json()["choices"]) == 1
+    assert engine.calls[-1]["sampling_params"]["max_new_tokens"] == 16  # completions' default when left out
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": None})
+    assert r.status_code == 200 and "max_new_tokens" not in engine.calls[-1]["sampling_params"]  # null: no limit
     with httpx.stream("POST", f"{base}/v1/chat/completions", json={
             "messages": QUESTION, "stream": True, "stream_options": {"include_usage": None}}) as r:
         events = sse_events(r)

@@ -489,3 +489,18 @@ def test_a_bounded_string_holding_its_closing_tag_is_read_as_the_grammar_read_it
     assert _calls(parser.for_tools([BOUNDED]).parse(text)[1]) == [("s", {"q": value, "n": 1})]
     normal, deltas, made = _stream(parser.for_tools([BOUNDED]), text, 5)
     assert made and json.loads("".join(d["function"].get("arguments") or "" for d in deltas)) == {"q": value, "n": 1}
+
+
+@pytest.mark.parametrize("name", XML)
+def test_a_call_cut_right_after_a_parameter_keeps_it(name):
+    """A closing tag at the very end of the text is held back while a stream grows (what follows tells
+    whether it ends the value), but a cut answer is final: its last parameter counts, whole and streamed."""
+    parser = _parser(name)
+    text = {"qwen3_coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+                           "<parameter=days>\n3\n</parameter>\n",
+            "glm45": "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+                     "<arg_key>days</arg_key>\n<arg_value>3</arg_value>"}[name]
+    _, calls = parser.parse(text, with_cut_call=True)
+    assert calls[0].arguments.startswith('{"city": "Paris", "days": 3')
+    _, deltas, made = _stream(parser, text, 4, cut=True)
+    assert made and "".join(d["function"].get("arguments") or "" for d in deltas) == calls[0].arguments

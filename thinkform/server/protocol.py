@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, conint, confloat, field_validator, model_validator
 
@@ -15,6 +15,8 @@ Stop = Union[str, list[str], None]
 
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
+    # fields whose null means something of its own, not their default (completions' max_tokens: no limit)
+    null_kept: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -24,8 +26,8 @@ class Lenient(BaseModel):
         if not isinstance(data, dict):
             return data
         fields = cls.model_fields
-        return {k: v for k, v in data.items()
-                if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None}
+        return {k: v for k, v in data.items() if v is not None or k not in fields or k in cls.null_kept
+                or fields[k].is_required() or fields[k].default is None}
 
 
 def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
@@ -236,6 +238,7 @@ class ChatCompletionRequest(SamplingFields):
 # ---------- OpenAI: completions ----------
 
 class CompletionRequest(SamplingFields):
+    null_kept: ClassVar[frozenset[str]] = frozenset({"max_tokens"})  # null: no limit but the context's
     model: str = "default"
     prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: Optional[conint(ge=0)] = 16  # 0 with echo and logprobs: score the prompt only

@@ -115,9 +115,11 @@ class ToolCallParser(ABC):
                 call.arguments = args
         return calls
 
-    def partial_calls(self, section: str) -> list[tuple[str, str, bool]]:
+    def partial_calls(self, section: str, final: bool = True) -> list[tuple[str, str, bool]]:
         """(name, arguments text so far, complete) of each call written in the format's template
-        (`call_begin`, then a JSON object), as far as `section` goes: what streaming sends as it grows."""
+        (`call_begin`, then a JSON object), as far as `section` goes: what streaming sends as it grows.
+        `final`: no more text will come (a stream's growing text is not: XML values hold back a closing tag
+        until what follows tells whether it ends them)."""
         if self._begin is None:
             return []
         out, pos = [], 0
@@ -496,7 +498,7 @@ class StreamingToolParser:
     def finish(self, cut: bool = False) -> tuple[str, list[dict[str, Any]], bool]:
         """The text still held back that is not a call, the last tool-call deltas, and whether the answer
         made any call (`cut`: the answer ran out of tokens, a call being written counts, as streamed)."""
-        deltas = self._call_deltas() if self._in_calls else []
+        deltas = self._call_deltas(final=True) if self._in_calls else []
         normal, calls = self.parser.parse(self._held, with_cut_call=cut)
         self._held = ""
         if not calls:  # the trigger began no call: its text is text, as the whole parse gives it
@@ -513,9 +515,9 @@ class StreamingToolParser:
                 self._calls.append((call, len(call.arguments)))
         return normal, deltas, bool(calls)
 
-    def _call_deltas(self) -> list[dict[str, Any]]:
+    def _call_deltas(self, final: bool = False) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held)[: self.max_calls]):
+        for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held, final)[: self.max_calls]):
             if k == len(self._calls):  # its header first, with empty arguments, as OpenAI streams a call
                 call = ToolCall(name, "")
                 call.id = self.parser.call_id(name, k) or call.id

@@ -38,12 +38,12 @@ class XmlToolCallParser(ToolCallParser):
         tag = super()._tag(tool)
         return {**tag, "content": {**tag["content"], "style": self.style}}
 
-    def partial_calls(self, section: str) -> list[tuple[str, str, bool]]:
+    def partial_calls(self, section: str, final: bool = True) -> list[tuple[str, str, bool]]:
         out, pos = [], 0
         while (m := self._head.search(section, pos)) is not None:
             name = m.group("name")
             schema = self.schemas.get(name)
-            params, end, over = read_params(section, m.end(), self.style)
+            params, end, over = read_params(section, m.end(), self.style, final)
             closed = self._closed(section, end) if over else None
             if closed is False:  # not a parameter, not the call's end (an unconstrained model): up to its end
                 at = section.find(self._closing[-1], end)

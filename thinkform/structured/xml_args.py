@@ -66,10 +66,11 @@ class XmlParam:
     complete: bool
 
 
-def read_params(text: str, pos: int, style: str) -> tuple[list[XmlParam], int, bool]:
+def read_params(text: str, pos: int, style: str, final: bool = True) -> tuple[list[XmlParam], int, bool]:
     """The parameters written from `pos` on, as far as `text` goes: (params, where reading stopped, whether
     it stopped at something that is not a parameter, i.e. the parameters are over). The last param may be
-    incomplete (cut text); reading stops before the whitespace that follows the last complete one."""
+    incomplete (cut text); reading stops before the whitespace that follows the last complete one. `final`:
+    no more text will come (a whole or cut answer, not a stream still growing)."""
     st = STYLES[style]
     params: list[XmlParam] = []
     while True:
@@ -92,7 +93,7 @@ def read_params(text: str, pos: int, style: str) -> tuple[list[XmlParam], int, b
                     return params, pos, False
                 return params, pos, True  # malformed: not a parameter
             value_at = v + len(st.value_open)
-        close, decided = _value_end(text, value_at, st)
+        close, decided = _value_end(text, value_at, st, final)
         if close < 0 or not decided:  # still being written (or its closing tag's meaning not yet told)
             so_far = text[value_at:close] if close >= 0 else text[value_at:]
             params.append(XmlParam(key, so_far[: len(so_far) - partial_suffix(so_far, st.value_close)], False))
@@ -101,18 +102,18 @@ def read_params(text: str, pos: int, style: str) -> tuple[list[XmlParam], int, b
         pos = close + len(st.value_close)
 
 
-def _value_end(text: str, start: int, st: Any) -> tuple[int, bool]:
+def _value_end(text: str, start: int, st: Any, final: bool) -> tuple[int, bool]:
     """(where the value from `start` ends, whether that is told yet): at the first of its closing tags that
     the next key or another closing tag (the call's end) follows, past whitespace. A bounded string
     (maxLength, pattern) may hold its own closing tag under xgrammar's XML styles, and the grammar reads on
     past it: so does this (audit 29: `<parameter=q></parameter></parameter>` was read as q "" and the next
-    parameter dropped). Where the text stops before what follows a closing tag tells, the value ends there
-    untold (streaming holds it back); -1 where no closing tag ends it (yet)."""
+    parameter dropped). Where the text stops before what follows a closing tag tells, the value ends there,
+    told only where the text is `final` (a stream holds it back); -1 where no closing tag ends it (yet)."""
     close = text.find(st.value_close, start)
     while close >= 0:
         rest = text[_WS.match(text, close + len(st.value_close)).end():]
         if not rest or st.key_open.startswith(rest) or st.value_close.startswith(rest):
-            return close, False
+            return close, final
         if rest.startswith(st.key_open) or rest.startswith("</") and not rest.startswith(st.value_close):
             return close, True
         close = text.find(st.value_close, close + 1)
