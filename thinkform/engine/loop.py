@@ -18,8 +18,8 @@ from thinkform.engine.jump_forward import SpecialPrefixes, eos_only_mask, forced
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
-from thinkform.engine.throughput import ThroughputWindow
 from thinkform.engine.sequence import FinishReason, Sequence
+from thinkform.engine.throughput import ThroughputWindow
 from thinkform.engine.transfer import device_tensor
 from thinkform.structured.bitmask import sparse_allowed_ids
 from thinkform.structured.gate import Phase, ReasoningGate

@@ -173,7 +173,8 @@ class GrammarCache:
         self._done[key] = future
         self._done.move_to_end(key)
         self._bytes[key] = nbytes
-        while len(self._done) > self.max_entries or (len(self._done) > 1 and sum(self._bytes.values()) > self.max_bytes):
+        while len(self._done) > self.max_entries or (
+                len(self._done) > 1 and sum(self._bytes.values()) > self.max_bytes):
             old, _ = self._done.popitem(last=False)
             self._bytes.pop(old, None)
 

@@ -22,7 +22,7 @@ class FramingGuard:
     def __init__(self, keep_without: np.ndarray, keep_outside: np.ndarray,
                  inside: Callable[[], bool] | None = None) -> None:
         self._without = keep_without
-        self._all = keep_outside
+        self._outside = keep_outside
         self._inside = inside
 
     def reset(self) -> None:
@@ -32,4 +32,4 @@ class FramingGuard:
         pass
 
     def keep(self) -> np.ndarray:
-        return self._without if self._inside is None or self._inside() else self._all
+        return self._without if self._inside is None or self._inside() else self._outside

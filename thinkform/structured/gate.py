@@ -177,9 +177,9 @@ class ReasoningGate:
             self._marker_tokens = tuple(ids[0] for ids in (self._start_ids, self._end_ids) if len(ids) == 1)
         else:
             self._marker_tokens = ()
-        # padding rows never, EOS only where the grammar ends; a one-token marker neither (the start marker's
-        # first token is set apart: it opens the reasoning; audit 29: a lone `</think>` became the answer)
-        self._open_keep = vocab.keep_mask(self._eos | frozenset(self._marker_tokens))
+        # padding rows never, EOS only where the grammar ends, a one-token marker never: in the answer and where
+        # it may begin (OPEN, whose start marker's first token is set apart: it opens the reasoning; audit 29: a
+        # lone `</think>` became the answer)
         self._answer_keep = vocab.keep_mask(self._eos | frozenset(self._marker_tokens))
         self._ending_keep = vocab.keep_mask(frozenset(self._marker_tokens))  # the same and EOS: the grammar may end
 
@@ -261,7 +261,7 @@ class ReasoningGate:
             set_word_bits(words, self._eos)
             return True
         if self.phase is Phase.OPEN:
-            words &= self._open_keep
+            words &= self._answer_keep
             set_word_bits(words, (self._start_ids[0],))
             self._narrow(words, None)
             return True

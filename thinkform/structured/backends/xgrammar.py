@@ -17,8 +17,7 @@ from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import segmented_regex, without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.schema_support import (answer_check_for, bounded_number, check_xgrammar_enforces,
-                                                  complete_required,
-                                                  name_every_type, OTHER_BACKENDS_HINT)
+                                                  complete_required, name_every_type, OTHER_BACKENDS_HINT)
 from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
