@@ -85,3 +85,31 @@ def test_closing_never_writes_a_call_the_model_did_not_begin(llama3):
     for max_new_tokens in (30, 36, 40, 48):
         for seed, name in chosen.items():
             assert first_call(seed, max_new_tokens) in (name, None), (max_new_tokens, seed, name)
+
+
+def test_required_parallel_calls_leave_room_for_the_longest_tool(llama3):
+    """Audit 30: between two calls the answer went on while the shortest tool's call still fitted, and the
+    model opened the long one (eight required strings) without room for it: cut by max_new_tokens
+    ("length", the constraint unsatisfied). Each tool's shortest call is measured, and between calls the
+    answer ends unless the longest of them still fits."""
+    engine, tok = llama3
+    parser = get_tool_call_parser("hermes")
+    big = {"type": "object", "properties": {k: {"type": "string"} for k in "abcdefgh"}, "required": list("abcdefgh")}
+    tools = [{"type": "function", "function": {"name": "g", "parameters": {
+        "type": "object", "properties": {"q": {"type": "integer"}}, "required": ["q"]}}},
+        {"type": "function", "function": {"name": "big_tool", "parameters": big}}]
+    tag = parser.structural_tag(tools, "required", parallel=True)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    bias = {str(tok.convert_tokens_to_ids("</think>")): 40, str(tok.convert_tokens_to_ids("<tool_call>")): 8,
+            str(tok.convert_tokens_to_ids("g")): 3}  # short calls first, then one more call is likely
+    names = []
+    for seed in (3, 6, 7):
+        for max_new_tokens in (110, 130):
+            out = engine.generate(prompt, {"structural_tag": json.dumps(tag), "max_new_tokens": max_new_tokens,
+                                           "temperature": 1.0, "seed": seed, "logit_bias": bias,
+                                           "skip_special_tokens": False})
+            meta = out["meta_info"]
+            assert meta["constraint_satisfied"] and meta["finish_reason"]["type"] == "stop", (seed, out["text"])
+            _, calls = parser.parse(out["text"].split("</think>")[-1])
+            names.append([c.name for c in calls])
+    assert any(len(n) > 1 and "big_tool" in n for n in names), names  # the case this is about came up

@@ -364,6 +364,8 @@ class RequestBuilder:
         matcher = compiled.new_matcher() if compiled is not None else None
         # the grammar's measured shortest answer (None: unknown) sizes the answer reserve and the closing
         shortest = self.parts.ending_search.shortest_answer(compiled) if compiled is not None else None
+        # a tool call's answer must have room for the call of whichever tool the model picks
+        call = self.parts.ending_search.longest_call(compiled) if compiled is not None else None
         kind = c.kind if c is not None else None
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         tag = c.data() if c is not None and c.kind == "structural_tag" else None  # parsed once for both
@@ -379,9 +381,10 @@ class RequestBuilder:
         guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"), tag)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, shortest), guards=guards,
-            combined_keeps=self.parts.combined_keeps, answer_check=compiled.answer_check if compiled else None,
-            **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only))
+            max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, max(shortest or 0, call or 0) or None),
+            guards=guards, combined_keeps=self.parts.combined_keeps,
+            answer_check=compiled.answer_check if compiled else None,
+            **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only, call or 0))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
@@ -400,7 +403,7 @@ class RequestBuilder:
     def _closing(self, p: SamplingParams, compiled: CompiledGrammar | None, kind: str | None,
                  guards: list[AnswerGuard], tags: list[tuple[str, str]], shortest: int | None,
                  xml_bounds: list[tuple[str, str]], wrappers: list[tuple[str, str]],
-                 calls_only: bool = False) -> dict[str, Any]:
+                 calls_only: bool = False, call: int = 0) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only inside a call's arguments, or after a complete call where the answer may end or its
@@ -435,19 +438,22 @@ class RequestBuilder:
         # where the bytes alone lead on to one more call (Kimi-K2: `<|tool_call_begin|>` and
         # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
         literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
+        # between two calls the answer ends unless a whole call (of its longest tool) still fits, looked at from
+        # that far out: one more call begun without room for it ran into max_new_tokens
         if tagged is not None:
-            scope = _call_scope(lambda _answer: tagged.inside_tag(), lambda _answer: tagged.calls_ended > 0,
-                                section, calls_only)
-            return {"closing": self.parts.closing_rules, "ending": search, "closing_scope": scope,
-                    "closing_reserve_tokens": reserve, "ending_literals": literals,
-                    "closing_in_string": tagged.in_string}
-        if xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
+            inside: Callable[[bytes], bool] = lambda _answer: tagged.inside_tag()
+            scope = _call_scope(inside, lambda _answer: tagged.calls_ended > 0, section, calls_only)
+            steer = {"closing": self.parts.closing_rules, "closing_in_string": tagged.in_string}
+        elif xml_bounds:  # tool calls with XML arguments: their grammar's ending only (no JSON to steer)
             ended = [end.encode() for _, end in xml_bounds]
-            scope = _call_scope(TagScope(xml_bounds), lambda answer: any(end in answer for end in ended),
-                                section, calls_only)
-            return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
-                    "ending_literals": literals}
-        return {}
+            inside = TagScope(xml_bounds)
+            scope = _call_scope(inside, lambda answer: any(end in answer for end in ended), section, calls_only)
+            steer = {}
+        else:
+            return {}
+        return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
+                "ending_literals": literals, "ending_growth": lambda answer: 0 if inside(answer) else call,
+                "ending_from": reserve + call, **steer}
 
     def _end_room(self, end: str) -> int:
         """Tokens a tag's end string may take when sampled: 1 where one token spells it, else its bytes."""

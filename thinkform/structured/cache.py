@@ -26,7 +26,7 @@ import torch
 from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
 from thinkform.structured.bitmask import set_bits
 from thinkform.structured.literals import grammar_literals
-from thinkform.structured.spec import Constraint, ConstraintError, ending_may_grow
+from thinkform.structured.spec import Constraint, ConstraintError, call_openings, ending_may_grow
 
 CacheKey = tuple[str, str, str]  # (backend name, constraint kind, canonical source)
 
@@ -146,6 +146,8 @@ class GrammarCache:
             result = self.backend.compile(job.constraint)
             result.ending_grows = ending_may_grow(job.constraint)  # once per grammar, off the request path
             result.closing_literals = grammar_literals(job.constraint)
+            if job.constraint.kind == "structural_tag":
+                result.call_openings = tuple(call_openings(job.constraint.data()))
             _check_has_answers(result, job.constraint, self.backend.ctx.vocab_size, self.backend.ctx.eos_token_ids)
             _extra(self.before_handout, result)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed

@@ -199,6 +199,7 @@ class EndingSearch:
         self._eos = frozenset(vocab.eos_token_ids)
         self.limits, self.measure_limits = limits, measure_limits
         self._shortest: weakref.WeakKeyDictionary[CompiledGrammar, int | None] = weakref.WeakKeyDictionary()
+        self._longest_call: weakref.WeakKeyDictionary[CompiledGrammar, int | None] = weakref.WeakKeyDictionary()
         # the children of a mask depend only on the bits of the single-byte tokens, a few bytes of it (the
         # first 32 for byte-level BPE): that slice keys them, shared by every walk of every thread (a dict's
         # get and set are atomic; the tuples are never changed)
@@ -218,14 +219,35 @@ class EndingSearch:
         requests get it."""
         if compiled in self._shortest:
             return
+        # the calls first: wait_measured looks for the shortest answer
+        self._longest_call[compiled] = self._longest_call_of(compiled)
         ids = self.ending_tokens(compiled.new_matcher(), empty_ok=False, limits=self.measure_limits,
                                  literals=compiled.closing_literals)
         self._shortest[compiled] = None if ids is None else len(ids)
+
+    def _longest_call_of(self, compiled: CompiledGrammar) -> int | None:
+        """Of the tool calls a structural tag may open first, the longest shortest one in tokens (its opening,
+        its shortest arguments and end, EOS included): what an answer must have room for whichever tool the
+        model picks. None where the grammar opens no call or none was measured."""
+        lengths = []
+        for opening in compiled.call_openings:
+            matcher = compiled.new_matcher()
+            if not matcher.accept_string(opening):
+                continue  # not a first call (a second call's begin, a section's begin that must come first)
+            rest = self.ending_tokens(matcher, empty_ok=False, limits=self.measure_limits,
+                                      literals=compiled.closing_literals)
+            if rest is not None:
+                lengths.append(len(self._vocab.encode_text(opening)) + len(rest))
+        return max(lengths, default=None)
 
     def shortest_answer(self, compiled: CompiledGrammar) -> int | None:
         """The measured length of the grammar's shortest answer in tokens, EOS included; None if unknown
         (not found within the measure's limits, or not measured)."""
         return self._shortest.get(compiled)
+
+    def longest_call(self, compiled: CompiledGrammar) -> int | None:
+        """_longest_call_of as measured (None: no call measured, or not measured yet)."""
+        return self._longest_call.get(compiled)
 
     def wait_measured(self, compiled: CompiledGrammar, timeout: float = 10.0) -> bool:
         """Whether the grammar was measured within `timeout` seconds (for tests and benchmarks)."""

@@ -117,7 +117,8 @@ class ReasoningGate:
         closing_reserve_tokens: int | None = None,
         ending: EndingSearch | None = None,
         ending_early: bool = True,
-        ending_growth: int = 0,
+        ending_growth: int | Callable[[bytes], int] = 0,
+        ending_from: int = 0,
         ending_literals: tuple[bytes, ...] = (),
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
@@ -149,10 +150,14 @@ class ReasoningGate:
         # tokens left at which the ending is looked for: early enough for a long one (unless the grammar's
         # shortest answer fits in the reserve), last at the reserve
         # what an ending may grow by in one step (a list item or an object begun): about a whole answer
-        self._ending_growth = ending_growth
+        # (a callable reads it from the answer so far: between tool calls a whole new call, inside one its
+        # arguments' growth)
+        self._ending_growth = ending_growth if callable(ending_growth) else (lambda _answer: ending_growth)
         self._ending_literals = ending_literals  # the grammar's literal runs, for the search (literals.py)
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
+        if self._ending_points and ending_from > self._ending_points[0]:
+            self._ending_points.insert(0, ending_from)  # first looked for further out (room for a long call)
         self.closed_by_budget = False  # this answer's end was written (or steered) because the budget ran out
         self._answer_check = answer_check  # schema keywords the grammar could not enforce, checked at the end
         self._checked: tuple[int, bool] | None = None  # (answer length, verdict) of the last check
@@ -394,7 +399,7 @@ class ReasoningGate:
         # the ending may grow before the next look (a list item or a nested object opened): it waits while
         # it would still fit with half its length, or the grammar's shortest answer (up to 32), to spare, and
         # is looked for again halfway there, so growth is seen while there is room for it
-        need = len(ids) + max(4, len(ids) // 2, self._ending_growth)
+        need = len(ids) + max(4, len(ids) // 2, self._ending_growth(bytes(self._answer)))
         if self._ending_points and need < left:
             again = max(need, (left + need) // 2)
             if again > later:

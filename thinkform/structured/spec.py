@@ -171,6 +171,15 @@ def only_tags(tag: dict[str, Any]) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") in ("tag", "tags_with_separator")
 
 
+def call_openings(tag: dict[str, Any]) -> list[str]:
+    """The text that opens each tool call's arguments from an answer's start: a call tag's begin string, and
+    each section's begin before it (Kimi-K2's `<|tool_calls_section_begin|>`). Some of them the grammar does
+    not take first (a second call's begin, free text required before); the ending search skips those."""
+    begins = [s["begin"] for s in tag["structures"]] if "structures" in tag else [b for b, _, _, _ in _schema_tags(tag)]
+    sections = [""] + [begin for begin, _ in wrapper_tags(tag)]
+    return list(dict.fromkeys(section + begin for begin in begins for section in sections))
+
+
 def wrapper_tags(tag: dict[str, Any]) -> list[tuple[str, str]]:
     """(begin, end) of every tag of a structural tag whose content is other tags, not a schema: a tool-call
     format's section around its calls (Kimi-K2's `<|tool_calls_section_begin|>` … `<|tool_calls_section_end|>`,
