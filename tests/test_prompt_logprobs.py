@@ -13,12 +13,13 @@ PROMPT = " ".join(f"word{i} and then" for i in range(30))  # > 64 tokens: more t
 
 
 def _reference(model_dir, ids: list[int]) -> list[float]:
-    """log p(ids[i] | ids[:i]) for i >= 1, from transformers' own forward of the same weights."""
-    from transformers import AutoModelForCausalLM
+    """log p(ids[i] | ids[:i]) for i >= 1, from transformers' own forward of the same weights, over the
+    tokenizer's ids (the embedding's padding rows are never sampled)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64)
     with torch.no_grad():
-        logp = hf(torch.tensor([ids])).logits[0].log_softmax(-1)
+        logp = hf(torch.tensor([ids])).logits[0, :, :len(AutoTokenizer.from_pretrained(str(model_dir)))].log_softmax(-1)
     return [logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
 
 

@@ -36,8 +36,28 @@ def test_sampled_and_greedy_rows_together_never_get_a_padding_id():
     assert Sampler(TOKENIZER_SIZE, VOCAB, (EOS,)).sample(_logits(2), rows).tokens == [EOS, EOS]
 
 
-def test_eos_banned_for_every_row_or_some():
+def test_eos_and_stop_ids_banned_below_min_new_tokens_only():
+    """Below min_new_tokens EOS and the request's stop_token_ids are off (audit 31: a stop id came first
+    and was written into the output); ignore_eos does not ban EOS, it only keeps it from ending the request
+    (the model's distribution is left as SGLang and vLLM leave it)."""
     sampler = Sampler(TOKENIZER_SIZE, VOCAB, (EOS,))
-    assert sampler.sample(_logits(2), [_row(temperature=0, ignore_eos=True)] * 2).tokens == [3, 3]
+    assert sampler.sample(_logits(2), [_row(temperature=0, min_new_tokens=2)] * 2).tokens == [3, 3]
     rows = [_row(temperature=0, ignore_eos=True), _row(temperature=0), _row(temperature=0, min_new_tokens=2)]
-    assert sampler.sample(_logits(3), rows).tokens == [3, EOS, 3]
+    assert sampler.sample(_logits(3), rows).tokens == [EOS, EOS, 3]
+    stop_first = _logits(2)
+    stop_first[:, 5] = 45.0
+    rows = [_row(temperature=0, min_new_tokens=2, stop_token_ids=[5]), _row(temperature=0, stop_token_ids=[5])]
+    assert sampler.sample(stop_first, rows).tokens == [3, 5]
+
+
+def test_logprobs_are_over_the_tokenizer_ids():
+    """Audit 31: the padding rows took a share of the softmax, and a padding id headed the top logprobs above
+    the greedy token it can never be."""
+    row = _row(temperature=0)
+    row.return_logprob, row.top_logprobs_num, row.token_ids_logprob = True, 2, [3, 12]
+    out = Sampler(TOKENIZER_SIZE, VOCAB, (EOS,)).sample(_logits(1), [row])
+    assert out.tokens == [EOS] and out.top_logprobs[0][0][1] == EOS
+    assert abs(out.logprobs[0] - torch.log_softmax(_logits(1)[0, :TOKENIZER_SIZE], 0)[EOS].item()) < 1e-4
+    assert out.top_logprobs[0][0][0] == out.logprobs[0]
+    padding = dict((t, v) for v, t in out.id_logprobs[0])[12]
+    assert padding < -1e30 and padding > float("-inf")

@@ -43,7 +43,7 @@ class EngineLoop:
         self.parts = parts
         self.args = args
         self.scheduler = Scheduler(parts.pool, args.max_running_requests, args.chunked_prefill_size)
-        self.runner = ModelRunner(parts.model, parts.kv, parts.device, parts.small_steps)
+        self.runner = ModelRunner(parts.model, parts.kv, parts.device, parts.small_steps, len(parts.tokenizer))
         self.sampler = Sampler(len(parts.tokenizer), parts.vocab_size, parts.eos_token_ids)
         warm_up_mask_kernel(parts.device, parts.vocab_size)
         self.eos = frozenset(parts.eos_token_ids)

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from thinkform.engine.sampler import log_probs
 from thinkform.engine.scheduler import ScheduledBatch
 from thinkform.engine.sequence import Sequence
 
@@ -27,15 +28,15 @@ def prompt_logprob_rows(batch: ScheduledBatch) -> list[tuple[Sequence, range, in
 
 
 def record_prompt_logprobs(hidden: torch.Tensor, wanted: list[tuple[Sequence, range, int]],
-                           compute_logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                           compute_logits: Callable[[torch.Tensor], torch.Tensor], tokenizer_size: int | None) -> None:
     """Append each scored prompt token's logprob (and its top alternatives) to its sequence: the logits at
-    position p score token p + 1, the log-softmax over the whole row as for output tokens."""
+    position p score token p + 1, the log-softmax over the tokenizer's ids as for output tokens."""
     for seq, span, row in wanted:
         targets = seq.prompt_ids[span.start + 1:span.stop + 1]
         k = seq.top_logprobs_num
         for at in range(0, len(span), CHUNK):
             rows = hidden[row + at:row + min(at + CHUNK, len(span))]
-            logp = torch.log_softmax(compute_logits(rows).float(), dim=-1)
+            logp = log_probs(compute_logits(rows), tokenizer_size)
             ids = targets[at:at + rows.shape[0]]
             chosen = logp.gather(1, torch.tensor(ids, device=logp.device)[:, None])
             ranks = ((logp > chosen).sum(dim=-1) + 1).tolist()  # vLLM's rank: 1 where the token was the likeliest

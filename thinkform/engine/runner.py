@@ -15,8 +15,9 @@ from thinkform.models.layers import logits_dtype
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, kv: KVCache, device: torch.device,
-                 small_steps: CudaStepRunner | None = None) -> None:
+                 small_steps: CudaStepRunner | None = None, tokenizer_size: int | None = None) -> None:
         self.model = model
+        self.tokenizer_size = tokenizer_size  # prompt logprobs are over the tokenizer's ids (None: every row)
         self.kv = kv
         self.device = device
         self.small_steps = small_steps  # CUDA: steps it fits run on Triton kernels through CUDA graphs
@@ -49,7 +50,7 @@ class ModelRunner:
         pos = device_tensor(positions, self.device)
         hidden = self.model(input_ids, pos, PagedAttention(self.kv, layout))
         if scored:
-            record_prompt_logprobs(hidden, scored, self.model.compute_logits)
+            record_prompt_logprobs(hidden, scored, self.model.compute_logits, self.tokenizer_size)
         rows = [i for i, need in enumerate(batch.needs_logits()) if need]
         if not rows:
             return None, rows

@@ -75,7 +75,7 @@ class Sampler:
         return out
 
     def _penalize(self, logits: torch.Tensor, seqs: list[Sequence], masked: frozenset[int] = frozenset()) -> None:
-        self._ban_eos(logits, seqs)
+        self._ban_stops(logits, seqs)
         for i, seq in enumerate(seqs):
             p = seq.params
             if p.allowed_token_ids is not None:
@@ -100,14 +100,17 @@ class Sampler:
                 counts = counts.to(logits.dtype)
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
-    def _ban_eos(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        """EOS off for rows that ignore it or have not reached min_new_tokens (unless a grammar decides
-        the end): one indexed write for all rows, not one per row (each a kernel launch on a GPU)."""
-        if not self.eos_token_ids:
-            return
-        rows = [i for i, s in enumerate(seqs) if not _grammar_active(s) and (
-            s.params.ignore_eos or len(s.output_ids) < s.params.min_new_tokens)]
-        if not rows:
+    def _ban_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """EOS and the request's stop_token_ids off for rows that have not reached min_new_tokens (unless a
+        grammar decides the end), as SGLang's and vLLM's min-tokens processors: EOS with one indexed write
+        for all rows, not one per row (each a kernel launch on a GPU). `ignore_eos` only keeps EOS from
+        ending a request (the loop): the model may still sample it, as in SGLang and vLLM."""
+        rows = [i for i, s in enumerate(seqs)
+                if not _grammar_active(s) and len(s.output_ids) < s.params.min_new_tokens]
+        for i in rows:
+            if seqs[i].params.stop_token_ids:
+                logits[i, device_tensor(sorted(seqs[i].params.stop_token_ids), logits.device)] = float("-inf")
+        if not rows or not self.eos_token_ids:
             return
         key = (logits.device, logits.dtype)
         if key not in self._eos_on:
@@ -141,7 +144,7 @@ class Sampler:
 
     def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:
         """One gather and one top-k for the whole batch, read back once (a GPU would sync per call)."""
-        logp = torch.log_softmax(raw.float(), dim=-1)
+        logp = log_probs(raw, self.tokenizer_size)
         chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
         k = max((s.top_logprobs_num for s in seqs if s.return_logprob), default=0)
         top_vals, top_ids = [], []
@@ -155,6 +158,16 @@ class Sampler:
             out.top_logprobs.append(list(zip(top_vals[i][:n], top_ids[i][:n])) if n else None)
             ids = seq.token_ids_logprob if wanted else None
             out.id_logprobs.append(list(zip(logp[i, ids].tolist(), ids)) if ids else None)
+
+
+def log_probs(logits: torch.Tensor, tokenizer_size: int | None) -> torch.Tensor:
+    """Log-softmax over the ids the tokenizer has (changes `logits`): the embedding's padding rows are never
+    sampled and take no share (a padding id headed a random model's top logprobs). Clamped, as SGLang does,
+    so a padding id that token_ids_logprob asks for is a finite number in JSON."""
+    logits = logits.float()
+    if tokenizer_size is not None and tokenizer_size < logits.shape[1]:
+        logits[:, tokenizer_size:] = float("-inf")
+    return torch.log_softmax(logits, dim=-1).clamp_(min=torch.finfo(torch.float32).min)
 
 
 def _minus_inf(like: torch.Tensor) -> torch.Tensor:
