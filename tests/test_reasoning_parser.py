@@ -24,8 +24,20 @@ def stream(text: str, family: str, in_reasoning: bool, cuts: list[int]) -> tuple
 
 def test_registry_has_sglang_parser_names() -> None:
     for name in ("deepseek-r1", "deepseek-v3", "qwen3", "qwen3-thinking", "qwq", "glm45", "kimi",
-                 "kimi_k2", "interns1", "mistral", "gpt-oss", "minimax", "step3"):
+                 "kimi_k2", "interns1", "mistral", "gpt-oss", "minimax", "step3", "step3p5", "mimo", "nemotron_3",
+                 "nano_v3", "olmo3"):
         assert get_markers(name).name == name
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3-thinking", "glm45", "interns1"])
+def test_a_tool_call_begun_inside_the_reasoning_ends_it(family: str) -> None:
+    """Qwen3 and GLM-4.5 may open `<tool_call>` without `</think>` (SGLang's detectors split there): the call is
+    the answer's, where the tool-call parser reads it."""
+    m = get_markers(family)
+    call = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    assert split_reasoning(f"<think>Need f.\n{call}", m, in_reasoning=False) == ("Need f.", call)
+    assert split_reasoning(f"Need f.\n{call}", m, in_reasoning=True) == ("Need f.", call)
+    assert split_reasoning(f"Need f.\n{call}", m.for_answer(False), in_reasoning=True) == (f"Need f.\n{call}", "")
 
 
 def test_kimi_k2_reasoning_ends_at_a_tool_call_section_too() -> None:

@@ -51,6 +51,23 @@ def test_chat_splits_reasoning_and_reports_usage(served):
     assert call["sampling_params"]["max_new_tokens"] == 32 and call["sampling_params"]["temperature"] == 0
 
 
+@pytest.mark.parametrize("final, start", [
+    ({"content": "<think>\nEasy.\n</think>\n\nThe answer is"}, "answer"),
+    ({"content": "The answer is", "reasoning_content": "Easy."}, "answer"),
+    ({"content": "<think>\nLet me see"}, "reasoning"),
+    ({"content": "The answer is"}, "reasoning"),  # deepseek-r1 always thinks: nothing closed it yet
+])
+def test_continuing_a_message_whose_reasoning_closed_continues_its_answer(served, final, start):
+    """Audit 32: continue_final_message after `</think>` started in reasoning (deepseek-r1 always thinks): the
+    grammar waited for a second end marker, and the answer's rest came back as reasoning_content."""
+    engine, base = served
+    messages = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", **final}]
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": messages, "continue_final_message": True,
+                                                       "add_generation_prompt": False})
+    assert r.status_code == 200, r.text
+    assert engine.calls[-1]["reasoning_start"] == start
+
+
 def test_separate_reasoning_false_keeps_everything_in_content(served):
     _, base = served
     r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "separate_reasoning": False})

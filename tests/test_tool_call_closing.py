@@ -113,3 +113,23 @@ def test_required_parallel_calls_leave_room_for_the_longest_tool(llama3):
             _, calls = parser.parse(out["text"].split("</think>")[-1])
             names.append([c.name for c in calls])
     assert any(len(n) > 1 and "big_tool" in n for n in names), names  # the case this is about came up
+
+
+def test_a_call_begun_inside_the_reasoning_ends_it(llama3):
+    """Audit 32: Qwen3 may open `<tool_call>` without `</think>` (SGLang's Qwen3 and GLM-4.5 detectors end the
+    reasoning there); the call stayed in the reasoning, unconstrained, and no tool call came back."""
+    engine, tok = llama3
+    parser = get_tool_call_parser("hermes")
+    tag = parser.structural_tag(TOOLS, "required", parallel=False)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Weather?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    bias = {str(tok.convert_tokens_to_ids("</think>")): -100, str(tok.convert_tokens_to_ids("<tool_call>")): 12}
+    for seed in range(3):
+        out = engine.generate(prompt, {"structural_tag": json.dumps(tag), "max_new_tokens": 120, "temperature": 1.0,
+                                       "seed": seed, "logit_bias": bias, "skip_special_tokens": False},
+                              require_reasoning=True)
+        assert out["meta_info"]["reasoning_tokens"] > 0, out["text"]
+        assert "</think>" not in out["text"] and "<tool_call>" in out["text"], out["text"]
+        assert out["meta_info"]["constraint_satisfied"], out
+        _, calls = parser.parse(out["text"][out["text"].index("<tool_call>"):])
+        assert [c.name for c in calls] == ["get_weather"] and json.loads(calls[0].arguments).keys() == {"city", "days"}

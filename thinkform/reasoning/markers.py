@@ -108,6 +108,9 @@ def first_of(text: AnyStr, needles: Iterable[AnyStr], start: int = 0) -> tuple[i
 
 
 _THINK = ("<think>", "</think>")
+# a tool call begun inside the reasoning ends it, and the calls' grammar reads it (only where the request's
+# tool-call format opens with it: ReasoningMarkers.for_answer)
+_TOOL_CALL_ENDS: dict[str, Any] = {"answer_ends": ("<tool_call>",), "grammar_reads_answer_ends": True}
 
 # gpt-oss (harmony): `<|channel|>analysis<|message|>…<|end|><|start|>assistant<|channel|>final<|message|>…`.
 # The answer begins after the final-channel header; everything before it is reasoning.
@@ -141,21 +144,33 @@ REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({
     "deepseek-v3": ReasoningMarkers("deepseek-v3", *_THINK, template_writes_start=True,
                                     thinking_switch="thinking", switch_default=False),
     # Qwen3 (hybrid): the model writes `<think>` itself; enable_thinking=False makes the template write an
-    # empty `<think></think>` block, so the output is all answer.
-    "qwen3": ReasoningMarkers("qwen3", *_THINK, thinking_switch="enable_thinking", switch_default=True),
-    "qwen3-thinking": ReasoningMarkers("qwen3-thinking", *_THINK, always_thinks=True, template_writes_start=True),
-    "glm45": ReasoningMarkers("glm45", *_THINK, thinking_switch="enable_thinking", switch_default=True),
+    # empty `<think></think>` block, so the output is all answer. Qwen3 and GLM-4.5 may open `<tool_call>`
+    # without `</think>`: it ends the reasoning and is the answer's (SGLang's Qwen3 and GLM-4.5 detectors)
+    "qwen3": ReasoningMarkers("qwen3", *_THINK, thinking_switch="enable_thinking", switch_default=True,
+                              **_TOOL_CALL_ENDS),
+    "qwen3-thinking": ReasoningMarkers("qwen3-thinking", *_THINK, always_thinks=True, template_writes_start=True,
+                                       **_TOOL_CALL_ENDS),
+    "glm45": ReasoningMarkers("glm45", *_THINK, thinking_switch="enable_thinking", switch_default=True,
+                              **_TOOL_CALL_ENDS),
+    "mimo": ReasoningMarkers("mimo", *_THINK, thinking_switch="enable_thinking", switch_default=True,
+                             **_TOOL_CALL_ENDS),
     "kimi": ReasoningMarkers("kimi", "◁think▷", "◁/think▷"),
     # Kimi-K2-Thinking: `<think>`, thinking unless `thinking: false`; a tool-call section begun without
     # `</think>` ends the reasoning and is the answer's (as SGLang's and vLLM's kimi_k2 parsers read it)
     "kimi_k2": ReasoningMarkers("kimi_k2", *_THINK, thinking_switch="thinking", switch_default=True,
                                 answer_ends=("<|tool_calls_section_begin|>",), grammar_reads_answer_ends=True),
-    "interns1": ReasoningMarkers("interns1", *_THINK, thinking_switch="enable_thinking", switch_default=True),
+    "interns1": ReasoningMarkers("interns1", *_THINK, thinking_switch="enable_thinking", switch_default=True,
+                                 **_TOOL_CALL_ENDS),
+    # Nemotron-3 / Nano-V3 and OLMo-3: `<think>` where the template or the model opens it
+    "nemotron_3": ReasoningMarkers("nemotron_3", *_THINK),
+    "nano_v3": ReasoningMarkers("nano_v3", *_THINK),
+    "olmo3": ReasoningMarkers("olmo3", *_THINK),
     # Mistral reasons only when asked (reasoning_effort); the model writes `[THINK]` when it does.
     "mistral": ReasoningMarkers("mistral", "[THINK]", "[/THINK]"),
     "gpt-oss": _GPT_OSS,
     "minimax": ReasoningMarkers("minimax", *_THINK, always_thinks=True, template_writes_start=True),
     "step3": ReasoningMarkers("step3", *_THINK, always_thinks=True, template_writes_start=True),
+    "step3p5": ReasoningMarkers("step3p5", *_THINK, always_thinks=True, template_writes_start=True),
 })
 
 

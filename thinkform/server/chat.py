@@ -143,16 +143,35 @@ def thinking_enabled(markers: ReasoningMarkers, chat_template_kwargs: Mapping[st
 
 
 def decide_reasoning_start(prompt: str, markers: ReasoningMarkers | None,
-                           chat_template_kwargs: Mapping[str, Any] | None = None) -> ReasoningStart:
+                           chat_template_kwargs: Mapping[str, Any] | None = None,
+                           continues_answer: bool = False) -> ReasoningStart:
     """Where generation starts: "reasoning" when the prompt ends inside an opened reasoning section
-    or the family always thinks; "open" when the model may choose to think; else "answer"."""
+    or the family always thinks; "open" when the model may choose to think; else "answer".
+    `continues_answer`: the request continues a final assistant message whose reasoning is closed
+    (continued_reasoning_closed): the output is its answer's rest, however the template wrote it."""
     if markers is None:
         return "answer"
     if ends_inside_reasoning(prompt, markers):
         return "reasoning"
+    if continues_answer:
+        return "answer"
     if not thinking_enabled(markers, chat_template_kwargs) or ends_after_reasoning(prompt, markers):
         return "answer"
     return "reasoning" if markers.always_thinks else "open"
+
+
+def continued_reasoning_closed(message: Mapping[str, Any], markers: ReasoningMarkers | None) -> bool:
+    """Whether a final assistant message that a request continues (continue_final_message) has closed its
+    reasoning: it carries `reasoning_content`, or its text has an end marker after its last start (as SGLang's
+    reasoning parsers read `previous_content`)."""
+    if markers is None:
+        return False
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: their text
+        content = "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    text = content if isinstance(content, str) else ""
+    closed = markers.first_end(text) is not None and not ends_inside_reasoning(text, markers)
+    return closed or bool(message.get("reasoning_content"))
 
 
 def ends_inside_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:

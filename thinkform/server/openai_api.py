@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from thinkform.engine.errors import RequestFieldError
 from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
 from thinkform.reasoning.markers import ReasoningMarkers
-from thinkform.server.chat import ChatTemplateError, ReasoningStart, decide_reasoning_start, tools_system_prompt
+from thinkform.server.chat import (ChatTemplateError, ReasoningStart, continued_reasoning_closed, decide_reasoning_start,
+                                   tools_system_prompt)
 from thinkform.server.errors import APIError
 from thinkform.server.params import (RequestConstraints, chat_template_kwargs, check_max_tokens, constraint_fields,
                                     sampling_params, spelled_error, validate_constraints)
@@ -137,7 +138,9 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     _check_token_id_options(body)
     prompt, ids, kwargs = chat_prompt(state, body, tools)
     ids = truncated(ids, body.truncate_prompt_tokens, state.engine.context_length)
-    reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs)
+    continues = body.continue_final_message and bool(body.messages) and body.messages[-1].role == "assistant" and \
+        continued_reasoning_closed(body.messages[-1].model_dump(), state.markers)
+    reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs, continues)
     if body.top_logprobs and not body.logprobs:
         raise APIError("top_logprobs: needs logprobs set to true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens
