@@ -89,3 +89,26 @@ def test_an_interrupted_generate_aborts_its_request(engine64):
         time.sleep(0.05)
     assert engine64.loop.stats()["running"] == 0
     assert engine64.generate("Hello", {"max_new_tokens": 2}, rid="interrupted")["meta_info"]["completion_tokens"] == 2
+
+
+def test_requests_the_cache_cannot_hold_are_refused_or_cut_never_left_waiting(tiny_model_dirs):
+    """Audit 33: a prompt as long as the KV cache with max_new_tokens 0 passed the length check and was never
+    admitted (it needs room for one token after it), and every request behind it waited too; the default
+    max_new_tokens was cut to the context but not to the cache (a prompt that fits was refused)."""
+    with Engine(model_path=str(tiny_model_dirs["llama"]), dtype="float32", max_total_tokens=64, page_size=8,
+                chunked_prefill_size=-1) as engine:
+        assert engine.get_server_info()["max_req_input_len"] == 63
+        with pytest.raises(ValueError, match="can never fit in the KV cache"):
+            engine.generate(input_ids=[5] * 64, sampling_params={"max_new_tokens": 0})
+        out = engine.generate(input_ids=[5] * 20, sampling_params={"ignore_eos": True})  # default 128, cut
+        assert out["meta_info"]["completion_tokens"] == 44
+        assert engine.generate("Hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize("field, value", [("chunked_prefill_size", 0), ("chunked_prefill_size", -2),
+                                          ("max_running_requests", 0)])
+def test_settings_that_would_never_run_a_request_are_refused(field, value):
+    from thinkform.args import EngineArgs
+
+    with pytest.raises(ValueError, match=field):
+        EngineArgs(model_path="unused", **{field: value})

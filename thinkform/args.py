@@ -39,7 +39,7 @@ class EngineArgs:
     max_total_tokens: int | None = field(default=None, metadata={"help": "KV cache capacity in tokens (default: from memory)"})
     mem_fraction_static: float = field(default=0.85, metadata={"help": "GPU: fraction of memory for weights + KV cache"})
     page_size: int = field(default=16, metadata={"help": "tokens per KV cache page"})
-    chunked_prefill_size: int = field(default=512, metadata={"help": "max prompt tokens prefilled in one step"})
+    chunked_prefill_size: int = field(default=512, metadata={"help": "max prompt tokens prefilled in one step (-1: no chunking, a whole prompt at once, as SGLang's -1)"})
     chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template file or string (default: the model's)"})
     max_queued_requests: int = field(default=1024, metadata={"help": "pending requests before the server answers 503"})
     stream_interval: int = field(default=1, metadata={"help": "a stream sends its text every this many tokens (the first token's at once, and the end); a request's sampling_params.stream_interval overrides it"})
@@ -68,6 +68,10 @@ class EngineArgs:
         if not isinstance(self.stream_interval, int) or isinstance(self.stream_interval, bool) \
                 or self.stream_interval < 1:
             raise ValueError(f"stream_interval: must be an integer >= 1, got {self.stream_interval!r}")
+        if self.max_running_requests < 1:
+            raise ValueError(f"max_running_requests: must be >= 1, got {self.max_running_requests}")
+        if self.chunked_prefill_size < 1 and self.chunked_prefill_size != -1:
+            raise ValueError(f"chunked_prefill_size: must be >= 1, or -1 for no chunking, got {self.chunked_prefill_size}")
         self.preferred_params()
         self.origins()
 

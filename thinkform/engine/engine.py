@@ -217,7 +217,7 @@ class Engine:
                 "model_path": model["model_path"], "tokenizer_path": model["tokenizer_path"],
                 "served_model_name": self.served_model_name, "model_name": self.served_model_name,
                 "context_length": self.context_length, "version": __version__,
-                "max_total_num_tokens": pool.num_pages * pool.page_size, "max_req_input_len": self.context_length - 1}
+                "max_total_num_tokens": pool.num_pages * pool.page_size, "max_req_input_len": min(self.context_length, pool.num_pages * pool.page_size) - 1}
 
     # -- offline API ----------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,

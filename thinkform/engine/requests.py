@@ -300,15 +300,16 @@ class RequestBuilder:
         capacity = self.parts.pool.num_pages * self.parts.pool.page_size
         if p.max_new_tokens is None:  # as SGLang: what the context, the KV cache and the server's limit leave
             p.max_new_tokens = max(0, min(self.limits.max_new_tokens, capacity - len(ids), ctx - len(ids)))
-        elif not p.max_new_tokens_given:  # a default: cut to what the context leaves (as SGLang)
-            p.max_new_tokens = min(p.max_new_tokens, ctx - len(ids))
+        elif not p.max_new_tokens_given:  # a default: cut to what the context and the KV cache leave (as SGLang)
+            p.max_new_tokens = max(0, min(p.max_new_tokens, ctx - len(ids), capacity - len(ids)))
         if len(ids) + p.max_new_tokens > ctx:  # a 400 as in SGLang and vLLM, not a silent cut
             raise ContextLengthError(
                 f"Requested token count exceeds the model's maximum context length of {ctx} tokens. You requested "
                 f"a total of {len(ids) + p.max_new_tokens} tokens: {len(ids)} tokens from the input messages and "
                 f"{p.max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
                 f"messages or the completion to fit within the limit.", field="max_new_tokens")
-        if len(ids) + p.max_new_tokens > capacity:
+        # a prompt is admitted with room for one token after it, even one that only scores its prompt
+        if len(ids) + max(p.max_new_tokens, 1) > capacity:
             raise ValueError(f"prompt + max_new_tokens ({len(ids)} + {p.max_new_tokens}) can never fit in the KV "
                              f"cache ({capacity} tokens; raise --max-total-tokens)")
 
