@@ -268,3 +268,15 @@ def test_a_call_cut_after_its_arguments_is_the_same_whole_and_streamed(name):
     assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == [(c.name, json.loads(c.arguments))
                                                                            for c in calls]
     assert normal == streamed_text == "" and made
+
+
+@pytest.mark.parametrize("step", [1, 7])
+def test_a_hermes_call_whose_argument_spells_its_end_tag_is_read_whole_and_streamed(step):
+    """Audit 34: the whole parse cut the call at the first `</tool_call>`, inside the argument's string, and
+    lost it (its markup returned as content) while the stream sent it."""
+    text = '<tool_call>\n{"name": "write", "arguments": {"text": "end with </tool_call> tag"}}\n</tool_call>'
+    content, calls = get_tool_call_parser("hermes").parse(text)
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("write", {"text": "end with </tool_call> tag"})]
+    normal, deltas, _, made = _stream("hermes", text, step)
+    assert normal == "" and made and [c["arguments"] for c in _accumulate(deltas)] == [calls[0].arguments]

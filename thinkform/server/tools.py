@@ -231,12 +231,24 @@ class HermesParser(ToolCallParser):
     call_end = "}\n</tool_call>"
     separator = "\n"
     trigger = "<tool_call>"
-    _block = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
+    _close = "</tool_call>"
 
     def _parse_calls(self, section: str) -> list[ToolCall]:
-        values = []
-        for body in self._block.findall(section):
-            values.extend(_json_objects(body)[:1])
+        """Each `<tool_call>`'s JSON object, read as JSON: a `</tool_call>` inside one of its strings is text
+        (cut at the first end tag, a call whose argument spelled it was lost while a stream sent it)."""
+        values, at, decoder = [], 0, json.JSONDecoder()
+        while (begin := section.find(self.trigger, at)) >= 0:
+            body = begin + len(self.trigger)
+            start = len(section) - len(section[body:].lstrip())
+            try:
+                value, end = decoder.raw_decode(section, start)
+            except json.JSONDecodeError:  # not JSON right there: the first object before the end tag, if any
+                stop = section.find(self._close, body)
+                end = len(section) if stop < 0 else stop
+                values.extend(_json_objects(section[body:end])[:1])
+            else:
+                values.append(value)
+            at = max(end, body)
         return _calls_from_dicts(values, ("arguments", "parameters"))
 
 
