@@ -47,7 +47,7 @@ def test_greedy_equals_transformers_on_the_gguf(default_engine):
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     ref = hf.generate(ids, max_new_tokens=24, do_sample=False, min_new_tokens=24)[0, ids.shape[1]:].tolist()
     ours = default_engine.generate(input_ids=ids[0].tolist(),
-                                   sampling_params={"temperature": 0, "max_new_tokens": 24, "ignore_eos": True})
+                                   sampling_params={"temperature": 0, "max_new_tokens": 24, "min_new_tokens": 24})
     assert ours["output_ids"] == ref
     assert "Paris" in ours["text"]
 
