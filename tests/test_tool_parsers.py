@@ -280,3 +280,25 @@ def test_a_hermes_call_whose_argument_spells_its_end_tag_is_read_whole_and_strea
         ("write", {"text": "end with </tool_call> tag"})]
     normal, deltas, _, made = _stream("hermes", text, step)
     assert normal == "" and made and [c["arguments"] for c in _accumulate(deltas)] == [calls[0].arguments]
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3", "mistral", "deepseekv3"])
+def test_arguments_that_are_not_json_never_stream_as_arguments(name):
+    """Audit 34: a call whose arguments are not JSON (a request's own regex replaced the tools' grammar)
+    streamed its raw text as arguments (`{"tz": UTC}}\\n`, closing markup included); as SGLang, only the
+    part that is the start of a JSON object streams."""
+    parser = get_tool_call_parser(name)
+    text = parser.call_begin.replace("{name}", "get_time") + '{"tz": UTC}' + parser.call_end
+    _, deltas, _, _ = _stream(name, text, 3)
+    assert [c["arguments"] for c in _accumulate(deltas)] in ([], ['{"tz": '])
+
+
+def test_json_prefix_length_is_the_start_some_json_value_begins_with():
+    from thinkform.server.json_prefix import json_prefix_length
+
+    value = {"a": [1, -2.5e-3, True, None, {}], "b\u00e9": "x\"\\\n</tool_call>", "c": {"d": []}}
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False), json.dumps(value, indent=1)):
+        assert all(json_prefix_length(text[:cut]) == cut for cut in range(len(text) + 1))
+    for text, valid in (('{"tz": UTC}', 7), ('{"a": 01', 7), ('{"a" 1', 5), ('{"a": "\x01"', 7), ('[1, 2]]', 6),
+                        ('{"a": "\\q"}', 7), ("x", 0)):
+        assert json_prefix_length(text) == valid, text

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
 from thinkform.reasoning import partial_suffix
+from thinkform.server.json_prefix import json_prefix_length
 from thinkform.server.pythonic import pythonic_calls_grammar
 
 ToolMode = Literal["auto", "required", "named"]
@@ -143,7 +144,9 @@ class ToolCallParser(ABC):
         return re.compile(head + r"(?P<name>[\w.\-]+)" + tail + r"(?=\{)")
 
     def _unfinished_arguments(self, text: str) -> str:
-        """Arguments still being written (or not JSON at all): never past the call's closing marker."""
+        """Arguments still being written: as far as they are the start of a JSON object (never text that is
+        not JSON, as SGLang streams them), and never past the call's closing marker."""
+        text = text[:json_prefix_length(text)]
         closing = self.call_end.strip("}\n ")
         if not closing:
             return text
