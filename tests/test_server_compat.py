@@ -554,3 +554,19 @@ def test_errors_name_the_field_as_the_request_spelled_it(real64):
         _error(httpx.post(f"{base}/v1/completions", json={"prompt": prompt, "max_tokens": 2}), 400, "prompt")
     _error(httpx.post(f"{base}/generate", json={"input_ids": [10**9]}), 400, "input_ids")
     _error(httpx.post(f"{base}/generate", json={"text": ""}), 400, "text")
+
+
+def test_minimax_append_think_keeps_the_reasoning_in_content_after_the_templates_think():
+    """SGLang's minimax-append-think: no reasoning_content; the content is the whole output with the `<think>`
+    the template wrote before it, streamed and whole alike (the grammar still begins after `</think>`)."""
+    engine = FakeEngine(reasoning_parser="minimax-append-think")
+    with running_server(engine) as base:
+        whole = _chat(base).json()["choices"][0]["message"]
+        assert whole["reasoning_content"] is None and whole["content"] == "<think>Let me think.</think>\n\nParis"
+        assert engine.calls[-1]["reasoning_start"] == "reasoning"
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": QUESTION, "stream": True}) as r:
+            deltas = [e["choices"][0]["delta"] for e in sse_events(r)[:-1] if e["choices"]]
+        assert "".join(d.get("content") or "" for d in deltas) == whole["content"]
+        assert not any(d.get("reasoning_content") for d in deltas)
+        r = httpx.post(f"{base}/separate_reasoning", json={"text": "Hm.</think>Paris"})
+        assert r.json() == {"reasoning_text": "", "text": "<think>Hm.</think>Paris"}

@@ -40,6 +40,9 @@ class ReasoningMarkers:
     # the tool calls' grammar begins with the answer end (Kimi-K2's call section), not after it (gpt-oss's
     # call headers, whose grammar under `auto` would read a header as free text)
     grammar_reads_answer_ends: bool = False
+    # the reasoning is not separated: the whole output is content, with the start marker the template wrote
+    # before it (SGLang's minimax-append-think); the grammar still begins after the end marker
+    reasoning_in_content: bool = False
 
     @property
     def close_text(self) -> str:
@@ -171,6 +174,8 @@ REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({
     "minimax": ReasoningMarkers("minimax", *_THINK, always_thinks=True, template_writes_start=True),
     "step3": ReasoningMarkers("step3", *_THINK, always_thinks=True, template_writes_start=True),
     "step3p5": ReasoningMarkers("step3p5", *_THINK, always_thinks=True, template_writes_start=True),
+    "minimax-append-think": ReasoningMarkers("minimax-append-think", *_THINK, always_thinks=True,
+                                             template_writes_start=True, reasoning_in_content=True),
 })
 
 

@@ -219,6 +219,8 @@ async def separate_reasoning(body: SeparateReasoningRequest, request: Request) -
     if markers is None:
         raise APIError("reasoning_parser: name one (this server was started without --reasoning-parser)",
                        param="reasoning_parser")
+    if markers.reasoning_in_content:  # minimax-append-think: nothing is separated, the template's start restored
+        return {"reasoning_text": "", "text": markers.start + body.text}
     reasoning, text = split_reasoning(body.text, markers, markers.starts_in_reasoning())
     return {"reasoning_text": reasoning or "", "text": text}
 

@@ -49,6 +49,7 @@ class ChatPlan:
     max_calls: int | None  # parallel_tool_calls false: one call at most
     return_logprob: bool
     top_logprobs_num: int
+    content_prefix: str = ""  # written before the content (minimax-append-think: the `<think>` the template wrote)
     return_token_ids: bool = False  # choices carry the output's token ids
     return_prompt_token_ids: bool = False  # and the prompt's (SGLang: also with return_token_ids)
     include_reasoning: bool = True  # vLLM's include_reasoning false: the reasoning is left out
@@ -163,8 +164,10 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         constraints.use_tools({i: t for i, t in enumerate(given) if t in tools})  # by their place in the request
     params.update(validate_constraints(fields, state.limits, constraints))
     reasoning = state.markers is not None and reasoning_start != "answer"
+    unsplit = reasoning and state.markers.reasoning_in_content
     return ChatPlan(rid=body.rid or body.request_id or new_id(""), input_ids=ids, reasoning_start=reasoning_start,
-                    params=params, reasoning=reasoning, split=body.separate_reasoning and reasoning,
+                    params=params, reasoning=reasoning, split=body.separate_reasoning and reasoning and not unsplit,
+                    content_prefix=state.markers.start if unsplit and reasoning_start == "reasoning" else "",
                     tool_parser=tool_parser if mode != "none" else None,
                     max_calls=None if body.parallel_tool_calls else 1,
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0,
@@ -383,6 +386,7 @@ class _LogprobFeed:
 def chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, Any]) -> dict[str, Any]:
     meta = out.get("meta_info", {})
     reasoning, content = _split(state, plan, out.get("text", ""), meta)
+    content = plan.content_prefix + content
     reason, matched = finish_reason_of(meta)
     calls: list[ToolCall] = []
     if plan.tool_parser is not None:
@@ -456,6 +460,7 @@ class _ChoiceStream:
     tools: StreamingToolParser | None
     hold_reasoning: bool  # stream_reasoning=false: send the reasoning in one piece when it ends
     raw: RawAnswerSplitter | None = None  # separate_reasoning false with tools: calls come from the answer only
+    prefix: str = ""  # content sent before the first text (ChatPlan.content_prefix)
     seen: int = 0
     held: list[str] = field(default_factory=list)
     done: bool = False
@@ -464,16 +469,18 @@ class _ChoiceStream:
         delta, self.seen = text[self.seen:], max(self.seen, len(text))
         if not delta:
             return []
+        prefix, self.prefix = ([{"content": self.prefix}] if self.prefix else []), ""
         if self.raw is not None:  # the reasoning goes out as content, unparsed
             before, answer = self.raw.feed(delta)
-            return ([{"content": before}] if before else []) + self._deltas("", answer)
+            return prefix + ([{"content": before}] if before else []) + self._deltas("", answer)
         r, c = self.reasoning.feed(delta) if self.reasoning else ("", delta)
-        return self._deltas(r, c)
+        return prefix + self._deltas(r, c)
 
     def finish(self, cut: bool = False) -> tuple[list[dict[str, Any]], bool]:
         """The last deltas, and whether the answer made tool calls (`cut`: it ran out of tokens)."""
         r, c = self.reasoning.flush() if self.reasoning else ("", "")
-        deltas = self._deltas(r, c)
+        deltas = ([{"content": self.prefix}] if self.prefix else []) + self._deltas(r, c)  # no text came
+        self.prefix = ""
         if self.raw is not None:
             before, answer = self.raw.flush()
             deltas += ([{"content": before}] if before else []) + self._deltas("", answer)
@@ -525,7 +532,7 @@ def new_choice_stream(state: ServerState, plan: ChatPlan, hold_reasoning: bool) 
     return _ChoiceStream(
         reasoning=StreamingReasoningParser(plan.markers, plan.reasoning_start == "reasoning") if plan.split else None,
         tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
-        hold_reasoning=hold_reasoning,
+        hold_reasoning=hold_reasoning, prefix=plan.content_prefix,
         raw=RawAnswerSplitter(plan.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
         if plan.tool_parser and plan.reasoning and not plan.split else None)
 
