@@ -61,3 +61,20 @@ def test_logprobs_are_over_the_tokenizer_ids():
     assert out.top_logprobs[0][0][0] == out.logprobs[0]
     padding = dict((t, v) for v, t in out.id_logprobs[0])[12]
     assert padding < -1e30 and padding > float("-inf")
+
+
+def test_temperature_is_finite_and_any_finite_one_samples():
+    """Audit 35: `Infinity` was taken, and 1e308 became inf in float32 (-inf / inf: NaN), so every row drew
+    token 0 and a constrained one failed its request."""
+    import pytest
+
+    from thinkform.engine.sampling_params import SamplingParamError
+
+    with pytest.raises(SamplingParamError, match="temperature: must be a finite number"):
+        SamplingParams.from_dict({"temperature": float("inf")})
+    sampler, drawn = Sampler(TOKENIZER_SIZE, VOCAB, (EOS,)), set()
+    for seed in range(40):
+        row = _row(temperature=1e308)
+        row.generator = torch.Generator().manual_seed(seed)
+        drawn.add(sampler.sample(_logits(1), [row]).tokens[0])
+    assert len(drawn) > 3 and all(t < TOKENIZER_SIZE for t in drawn)  # as flat as it gets, no padding id

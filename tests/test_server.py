@@ -798,3 +798,53 @@ def test_a_vllm_choice_compiles_to_exactly_its_strings(tiny_tokenizer, backend):
         matcher = compiled.new_matcher()
         whole = matcher.accept_string(text) and matcher.can_terminate()
         assert whole == (text in choices), (text, fields)
+
+
+# ---------------------------------------------------------------- hostile input (audit 35)
+
+def _responses_counted(base: str, status: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("thinkform_http_responses_total{") and f'status="{status}"' in line)
+
+
+def test_an_unexpected_error_is_a_counted_500_and_the_connection_stays_open(served):
+    """An exception no handler took was answered outermost: uncounted, and the keep-alive connection closed."""
+    engine, base = served
+
+    def broken(_call):
+        raise RuntimeError("boom")
+
+    engine.reply = broken
+    before = _responses_counted(base, "500")
+    with httpx.Client() as http:
+        r = http.post(f"{base}/v1/chat/completions", json={"messages": QUESTION})
+        assert r.status_code == 500 and "RuntimeError: boom" in r.json()["error"]["message"]
+        engine.reply = lambda _call: "Paris"
+        assert http.post(f"{base}/v1/chat/completions", json={"messages": QUESTION}).status_code == 200
+    assert _responses_counted(base, "500") == before + 1
+
+
+@pytest.mark.parametrize("route, body, param", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages.0.content"),
+    ("/v1/chat/completions", {"messages": QUESTION, "model": "m\ud800", "stream": True}, "model"),
+    ("/generate", {"text": "hi", "rid": "r\udc00", "stream": True}, "rid"),
+    ("/v1/completions", {"prompt": "x", "stop": ["\ud800"]}, "stop.0"),
+])
+def test_a_lone_surrogate_is_a_400_naming_its_field(served, route, body, param):
+    """A lone UTF-16 surrogate is no Unicode text: the tokenizer failed with a message naming nothing, and a
+    stream's first chunk cut the connection after its 200."""
+    _, base = served
+    raw = json.dumps(body)  # keeps the escape: `\ud800` alone
+    r = httpx.post(f"{base}{route}", content=raw, headers={"content-type": "application/json"})
+    _error(r, 400, param=param, match="unpaired UTF-16 surrogate")
+
+
+def test_a_tool_schema_nested_past_the_depth_limit_is_a_400_at_any_depth(served):
+    _, base = served
+    schema: dict = {"type": "object"}
+    for _ in range(400):  # past the limit (64) and past what jsonschema's metaschema check can recurse through
+        schema = {"type": "object", "properties": {"a": schema}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": QUESTION, "tools": tools, "tool_choice": "required"})
+    _error(r, 400, param="tools", match="depth")

@@ -302,3 +302,14 @@ def test_json_prefix_length_is_the_start_some_json_value_begins_with():
     for text, valid in (('{"tz": UTC}', 7), ('{"a": 01', 7), ('{"a" 1', 5), ('{"a": "\x01"', 7), ('[1, 2]]', 6),
                         ('{"a": "\\q"}', 7), ("x", 0)):
         assert json_prefix_length(text) == valid, text
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3", "deepseekv3"])
+def test_arguments_nested_past_pythons_stack_are_no_call_not_a_crash(name):
+    """Audit 35: /parse_function_call (and a model's answer) with arguments 1,000 levels deep raised
+    RecursionError: a 500."""
+    parser = get_tool_call_parser(name)
+    text = parser.call_begin.replace("{name}", "f") + '{"a": ' + "[" * 5000 + "]" * 5000 + "}" + parser.call_end
+    content, calls = parser.parse(text)
+    assert calls == [] and content
+    _stream(name, text, 997)

@@ -264,10 +264,13 @@ class Engine:
                              reasoning_start: str | None = None, logprob_start_len: int | list[int] | None = -1,
                              return_text_in_logprobs: bool = False,
                              token_ids_logprob: list[int] | list[list[int]] | None = None, **sglang_only: Any) -> Any:
-        """As generate; with stream=True returns an async iterator of cumulative chunks."""
-        req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
-                            LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
-                                           return_text_in_logprobs, token_ids_logprob), sglang_only)
+        """As generate; with stream=True returns an async iterator of cumulative chunks. The request is prepared
+        (tokenized, its stop patterns compiled, its constraint checked) on a worker thread: a large one must not
+        hold up the event loop's other requests."""
+        req = await asyncio.to_thread(
+            self._prepare, prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
+            LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len, return_text_in_logprobs,
+                           token_ids_logprob), sglang_only)
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
 

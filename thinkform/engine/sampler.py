@@ -128,7 +128,10 @@ class Sampler:
             return tokens
         idx = device_tensor(rows, logits.device)
         sub = logits[idx]
-        temps = device_tensor([seqs[i].params.temperature for i in rows], sub.device, sub.dtype)
+        # a temperature past the logits' dtype (1e308 in float32) would be inf, and -inf / inf NaN: the largest
+        # finite one is as flat a distribution
+        top = torch.finfo(sub.dtype).max
+        temps = device_tensor([min(seqs[i].params.temperature, top) for i in rows], sub.device, sub.dtype)
         sub = sub / temps[:, None]
         sub = _top_k(sub, [seqs[i].params.top_k for i in rows])
         probs = torch.softmax(sub, dim=-1)

@@ -168,6 +168,8 @@ def _check_num(sp: SamplingParams, name: str, low: float, high: float | None, lo
     value = getattr(sp, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise SamplingParamError(f"sampling_params.{name}: must be a number, got {value!r}")
+    if value in (float("inf"), float("-inf")):
+        raise SamplingParamError(f"sampling_params.{name}: must be a finite number, got {value}")
     if value < low or (low_open and value == low) or (high is not None and value > high):
         bound = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
         raise SamplingParamError(f"sampling_params.{name}: must be in {bound}, got {value}")

@@ -51,6 +51,34 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class UnexpectedErrorMiddleware:
+    """An exception no handler took becomes its 500 error body here, inside the response counter and the
+    connection: a handler for Exception runs outermost in Starlette, where the response went uncounted and
+    the keep-alive connection was closed after it. A response already begun is left to the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - every error a client can cause answers as one
+            if started:
+                raise
+            response = await api_error_handler(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 def _is_constraint_error(exc: BaseException) -> bool:
     return isinstance(exc, ConstraintError) or isinstance(exc.__cause__, ConstraintError)
 
@@ -76,13 +104,15 @@ def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
-    for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead, Exception):
+    for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead):
         app.add_exception_handler(exc, _counting_error_handler)
     routers = (openai_api.router, responses_api.router, native_api.router, tokenize_api.router, metrics.router)
     for router in routers:
         app.include_router(router)
-    # Middleware added last runs first: count every response, then check the key, then the body size.
+    # Middleware added last runs first: count every response, then check the key, then the body size, then
+    # answer any error no handler took.
     args = getattr(engine, "args", None)
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: inside the counter
     app.add_middleware(BodyLimitMiddleware, max_bytes=getattr(args, "max_request_body_bytes", 8 * 2**20))
     if state.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)

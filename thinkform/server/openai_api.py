@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thinkform.engine.errors import RequestFieldError
@@ -428,7 +429,7 @@ def raise_if_failed(meta: dict[str, Any]) -> None:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = _state(request)
     warn_unknown(body, "/v1/chat/completions")
-    plan = plan_chat(state, body)
+    plan = await run_in_threadpool(plan_chat, state, body)  # templates and tokenizers: off the event loop
     chat_id = f"chatcmpl-{plan.rid}"
     if body.stream:
         first, rest = await open_stream(start_chat(state, plan, stream=True))

@@ -8,6 +8,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, conint, confloat, field_validator, model_validator
 
+from thinkform.server.errors import APIError
+
 logger = logging.getLogger(__name__)
 
 Stop = Union[str, list[str], None]
@@ -20,6 +22,17 @@ class Lenient(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        """A lone surrogate anywhere in the body is a 400 naming its field, before anything reads it (the
+        tokenizer failed unnamed, a stream's first chunk broke the connection after its 200)."""
+        where = lone_surrogate_at(data) if isinstance(data, dict) else None
+        if where is not None:
+            raise APIError(f"{where}: holds an unpaired UTF-16 surrogate (\\ud800-\\udfff alone is not Unicode text)",
+                           param=where)
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _null_is_default(cls, data: Any) -> Any:
         """JSON null for a field with a default means that default (OpenAI documents most fields nullable,
         vLLM takes `"n": null`, `"logprobs": null`, ...; clients send unset options as null)."""
@@ -28,6 +41,28 @@ class Lenient(BaseModel):
         fields = cls.model_fields
         return {k: v for k, v in data.items() if v is not None or k not in fields or k in cls.null_kept
                 or fields[k].is_required() or fields[k].default is None}
+
+
+def lone_surrogate_at(data: Any) -> str | None:
+    """The dotted name of the first string (or key) in a request body holding an unpaired UTF-16 surrogate
+    (JSON's `"\\ud800"`: no Unicode text, so no tokenizer or response can carry it), else None. Iterative: a
+    body may nest deeper than Python's stack."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{path}.{key}" if path else str(key)
+                stack.append((name, key))
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), item) for i, item in enumerate(value))
+    return None
 
 
 def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -417,7 +418,7 @@ def plan_response(state: ServerState, body: ResponsesRequest) -> tuple[ResponseP
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = _state(request)
-    plan, chat_plan = plan_response(state, body)
+    plan, chat_plan = await run_in_threadpool(plan_response, state, body)  # templates, tokenizers: off the loop
     if body.stream:
         first, rest = await open_stream(start_chat(state, chat_plan, stream=True))
         events = ResponseEvents(plan, state, chat_plan).run(first, rest)

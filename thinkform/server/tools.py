@@ -127,7 +127,7 @@ class ToolCallParser(ABC):
         while (m := self._begin.search(section, pos)) is not None:
             try:
                 _, end = _DECODER.raw_decode(section, m.end())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 out.append((m.group("name"), self._unfinished_arguments(section[m.end():]), False))
                 break
             out.append((m.group("name"), section[m.end():end], True))
@@ -206,7 +206,7 @@ def _json_objects(text: str) -> list[Any]:
             break
         try:
             value, end = decoder.raw_decode(text, j)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nested past Python's stack: not a call we can read
             i = j + 1
             continue
         out.append(value)
@@ -245,7 +245,7 @@ class HermesParser(ToolCallParser):
             start = len(section) - len(section[body:].lstrip())
             try:
                 value, end = decoder.raw_decode(section, start)
-            except json.JSONDecodeError:  # not JSON right there: the first object before the end tag, if any
+            except (json.JSONDecodeError, RecursionError):  # not JSON right there: the first object before the end tag, if any
                 stop = section.find(self._close, body)
                 end = len(section) if stop < 0 else stop
                 values.extend(_json_objects(section[body:end])[:1])
@@ -549,6 +549,6 @@ class StreamingToolParser:
 def _normal_json(text: str) -> str | None:
     try:
         return json.dumps(json.loads(text), sort_keys=True)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
 

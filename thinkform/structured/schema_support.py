@@ -502,6 +502,8 @@ def schema_problem(schema: Any) -> str | None:
             return None
         except jsonschema.SchemaError as e:
             first = first or e
+        except RecursionError:  # nested past Python's stack: not judged here (its own error stands)
+            return None
     assert first is not None
     where = ".".join(map(str, first.path))
     return first.message + (f" (at {where})" if where else "")
