@@ -186,3 +186,16 @@ def test_raw_answer_splitter_keeps_every_character_and_finds_split_reasonings_an
     reasoning, content = split_reasoning(text, get_markers(family), in_reasoning)
     assert before + answer == text
     assert answer.strip() == content.strip() or (reasoning is not None and not content and not answer)
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_constrained_answer_keeps_its_leading_whitespace(step: int) -> None:
+    """Audit 36: `guided_choice: [" yes", " no"]` came back as `"yes"`, which is no choice: the split strips the
+    content's leading whitespace (as SGLang's), and a grammar's answer is its text to the byte."""
+    m = get_markers("deepseek-r1")
+    text = "Hm.</think> yes"
+    assert split_reasoning(text, m, in_reasoning=True) == ("Hm.", "yes")
+    assert split_reasoning(text, m, in_reasoning=True, exact_answer=True) == ("Hm.", " yes")
+    parser = StreamingReasoningParser(m, True, exact_answer=True)
+    parts = [parser.feed(text[i:i + step]) for i in range(0, len(text), step)] + [parser.flush()]
+    assert "".join(c for _, c in parts) == " yes"

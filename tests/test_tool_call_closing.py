@@ -133,3 +133,14 @@ def test_a_call_begun_inside_the_reasoning_ends_it(llama3):
         assert out["meta_info"]["constraint_satisfied"], out
         _, calls = parser.parse(out["text"][out["text"].index("<tool_call>"):])
         assert [c.name for c in calls] == ["get_weather"] and json.loads(calls[0].arguments).keys() == {"city", "days"}
+
+
+def test_a_constrained_answers_leading_whitespace_stays_in_its_content(llama3):
+    """Audit 36: the reasoning split stripped a regex answer's leading newline from `content` (the grammar's
+    `\\n(ok|ko)\\n` came back as `ok\\n`)."""
+    engine, tok = llama3
+    prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    out = engine.generate(prompt, {"regex": "\n(ok|ko)\n", "max_new_tokens": 40, "temperature": 0,
+                                   "logit_bias": {str(tok.convert_tokens_to_ids("</think>")): 40}},
+                          require_reasoning=True)
+    assert out["meta_info"]["content"] in ("\nok\n", "\nko\n"), out

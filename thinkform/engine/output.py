@@ -46,17 +46,17 @@ class OutputEvent:
     seq: Sequence
     out: dict[str, Any]  # index, text, output_ids and meta_info, the deferred values None
     num_ids: int | None = None  # the output ids the event shows (None: `out` is whole)
-    split: tuple[ReasoningMarkers, bool] | None = None  # (markers, starts in reasoning) for the split
+    split: tuple[ReasoningMarkers, bool, bool] | None = None  # (markers, starts in reasoning, exact answer)
 
     def build(self) -> dict[str, Any]:
         """The output dict (once: later calls return the same)."""
         if self.num_ids is not None:
             self.out["output_ids"] = self.seq.output_ids[: self.num_ids]
             if self.split is not None:
-                markers, in_reasoning = self.split
+                markers, in_reasoning, exact = self.split
                 meta = self.out["meta_info"]
                 meta["reasoning_content"], meta["content"] = split_reasoning(
-                    self.out["text"], markers, in_reasoning=in_reasoning)
+                    self.out["text"], markers, in_reasoning=in_reasoning, exact_answer=exact)
             self.num_ids = None
         return self.out
 
@@ -83,7 +83,7 @@ def output_event(seq: Sequence, finished: bool, markers: ReasoningMarkers | None
     split = None
     if seq.reasoning and markers is not None:
         meta["reasoning_content"] = meta["content"] = None  # by build(), in this place
-        split = (markers, seq.reasoning_start == "reasoning")
+        split = (markers, seq.reasoning_start == "reasoning", seq.exact_answer)
     if seq.return_logprob:
         meta.update(_logprobs(seq, _shown_tokens(seq, finished, len(text))))
     out = {"index": seq.index, "text": text, "output_ids": None, "meta_info": meta}

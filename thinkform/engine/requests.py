@@ -328,7 +328,8 @@ class RequestBuilder:
                                                  lazy_phase=next(self._lazy_phases)),
                     generator=self._generator(p, k), sink=lambda s, fin: None, stream=req.stream, gate=gate,
                     reasoning=markers is not None and req.reasoning_start != "answer",
-                    reasoning_start=req.reasoning_start, return_logprob=lp.return_logprob,
+                    reasoning_start=req.reasoning_start, exact_answer=c is not None and c.kind != "structural_tag",
+                    return_logprob=lp.return_logprob,
                     top_logprobs_num=lp.top_logprobs_num,
                     return_text_in_logprobs=bool(req.logprobs.return_text_in_logprobs),
                     token_ids_logprob=lp.token_ids if lp.return_logprob else None, logprob_start=lp.scored_from)

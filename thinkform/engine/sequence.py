@@ -57,6 +57,9 @@ class Sequence:
     gate: Any = None  # ReasoningGate or None
     reasoning: bool = False  # reasoning parser active for this request (split text in meta_info)
     reasoning_start: str = "answer"
+    # the answer is a grammar's text to the byte (a JSON, regex or EBNF constraint): its content keeps its
+    # leading whitespace where the reasoning split strips it
+    exact_answer: bool = False
     return_logprob: bool = False
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False

@@ -64,8 +64,11 @@ def partial_suffix(text: str, literal: str) -> int:
     return 0
 
 
-def split_reasoning(text: str, markers: ReasoningMarkers, in_reasoning: bool) -> tuple[str | None, str]:
-    """Whole output → (reasoning_content, content); reasoning is None when there was no reasoning section."""
+def split_reasoning(text: str, markers: ReasoningMarkers, in_reasoning: bool,
+                    exact_answer: bool = False) -> tuple[str | None, str]:
+    """Whole output → (reasoning_content, content); reasoning is None when there was no reasoning section.
+    The content's leading whitespace goes (as SGLang strips it), unless `exact_answer`: a constrained answer is
+    the grammar's text to the byte (`" yes"` of a choice, a regex's `\n`)."""
     stripped = text.lstrip()
     if stripped.startswith(markers.start):
         raw = stripped[len(markers.start):]
@@ -78,7 +81,8 @@ def split_reasoning(text: str, markers: ReasoningMarkers, in_reasoning: bool) ->
     if hit is None:
         return framing.clean(raw).lstrip(), ""
     idx, end = hit
-    return framing.clean(raw[:idx]).strip(), raw[idx + markers.answer_starts(end):].lstrip()
+    answer = raw[idx + markers.answer_starts(end):]
+    return framing.clean(raw[:idx]).strip(), answer if exact_answer else answer.lstrip()
 
 
 _LEAD, _REASON, _CONTENT_LEAD, _CONTENT = range(4)
@@ -91,9 +95,10 @@ class StreamingReasoningParser:
     `split_reasoning` of the concatenated text (with None reasoning read as "").
     """
 
-    def __init__(self, markers: ReasoningMarkers, in_reasoning: bool) -> None:
+    def __init__(self, markers: ReasoningMarkers, in_reasoning: bool, exact_answer: bool = False) -> None:
         self._markers = markers
         self._in_reasoning = in_reasoning
+        self._exact_answer = exact_answer  # as split_reasoning's
         self._framing = _Framing(markers)
         self._state = _LEAD
         self._buf = ""  # raw text not yet decided
@@ -152,7 +157,7 @@ class StreamingReasoningParser:
             self._buf = self._buf[cut:]
             return False
         if self._state == _CONTENT_LEAD:
-            self._buf = self._buf.lstrip()
+            self._buf = self._buf if self._exact_answer else self._buf.lstrip()
             if not self._buf:
                 return False
             self._state = _CONTENT

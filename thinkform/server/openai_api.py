@@ -51,6 +51,7 @@ class ChatPlan:
     return_logprob: bool
     top_logprobs_num: int
     content_prefix: str = ""  # written before the content (minimax-append-think: the `<think>` the template wrote)
+    exact_answer: bool = False  # a JSON / regex / EBNF constraint: the content keeps its leading whitespace
     return_token_ids: bool = False  # choices carry the output's token ids
     return_prompt_token_ids: bool = False  # and the prompt's (SGLang: also with return_token_ids)
     include_reasoning: bool = True  # vLLM's include_reasoning false: the reasoning is left out
@@ -169,6 +170,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     return ChatPlan(rid=body.rid or body.request_id or new_id(""), input_ids=ids, reasoning_start=reasoning_start,
                     params=params, reasoning=reasoning, split=body.separate_reasoning and reasoning and not unsplit,
                     content_prefix=state.markers.start if unsplit and reasoning_start == "reasoning" else "",
+                    exact_answer=bool(fields) and "structural_tag" not in fields,
                     tool_parser=tool_parser if mode != "none" else None,
                     max_calls=None if body.parallel_tool_calls else 1,
                     return_logprob=body.logprobs, top_logprobs_num=body.top_logprobs or 0,
@@ -277,7 +279,8 @@ def _split(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
         return None, text
     if "content" in meta:
         return meta.get("reasoning_content"), meta["content"]
-    return split_reasoning(text, plan.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
+    return split_reasoning(text, plan.markers, plan.reasoning_start == "reasoning",  # type: ignore[arg-type]
+                           plan.exact_answer)
 
 
 def _answer_calls(state: ServerState, plan: ChatPlan, text: str, meta: dict[str, Any],
@@ -531,7 +534,8 @@ def one_per_index(calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def new_choice_stream(state: ServerState, plan: ChatPlan, hold_reasoning: bool) -> _ChoiceStream:
     """The streaming state of one choice of this plan."""
     return _ChoiceStream(
-        reasoning=StreamingReasoningParser(plan.markers, plan.reasoning_start == "reasoning") if plan.split else None,
+        reasoning=StreamingReasoningParser(plan.markers, plan.reasoning_start == "reasoning", plan.exact_answer)
+        if plan.split else None,
         tools=plan.tool_parser.streaming(plan.max_calls) if plan.tool_parser else None,
         hold_reasoning=hold_reasoning, prefix=plan.content_prefix,
         raw=RawAnswerSplitter(plan.markers, plan.reasoning_start == "reasoning")  # type: ignore[arg-type]
