@@ -264,3 +264,27 @@ def test_deepseekv31_calls_with_whitespace_after_the_separator():
             "<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
     normal, calls = get_tool_call_parser("deepseekv31").parse(text)
     assert normal == "" and [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Tokyo"}')]
+
+
+def test_lark_grammars_work_as_in_vllm(served):
+    """Audit 36: vLLM reads a grammar with no `::=` rule as Lark (its documented SQL example); ours failed
+    with an EBNF lexer error. It is converted by xgrammar's own Lark reader; one it cannot read is a 400 saying so."""
+    engine, base = served
+    sql = ('?start: select_statement\n?select_statement: "SELECT " column_list " FROM " table_name\n'
+           '?column_list: column_name ("," column_name)*\n?table_name: identifier\n?column_name: identifier\n'
+           '?identifier: /[a-zA-Z_][a-zA-Z0-9_]*/\n')
+    for body in ({"guided_grammar": sql}, {"structured_outputs": {"grammar": sql}}):
+        assert _chat(base, **body).status_code == 200
+        ebnf = engine.calls[-1]["sampling_params"]["ebnf"]
+        assert ebnf.startswith("root ::=") and '"SELECT "' in ebnf
+    r = _chat(base, guided_grammar='start: NAME\n%import common.NAME')
+    _error(r, 400, param="guided_grammar", match="Lark")
+    assert _chat(base, guided_grammar='root ::= "a" | "b"').status_code == 200  # EBNF stays EBNF
+    assert engine.calls[-1]["sampling_params"]["ebnf"] == 'root ::= "a" | "b"'
+
+
+def test_a_false_schema_is_refused(served):
+    """Audit 36: `"schema": false` (no value satisfies it) was served as any JSON."""
+    _, base = served
+    r = _chat(base, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": False}})
+    _error(r, 400, param="response_format.json_schema.schema", match="admits no value")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -143,6 +144,9 @@ def response_format_fields(fmt: ResponseFormat | None) -> dict[str, Any]:
             raise APIError("response_format.json_schema.schema is required for type json_schema",
                            param="response_format.json_schema.schema")
         schema = fmt.json_schema.schema_
+        if schema is False:  # the schema no value satisfies: no answer could ever be given
+            raise APIError("response_format.json_schema.schema: false admits no value, so no answer can match it",
+                           param="response_format.json_schema.schema")
         return {"json_schema": schema if isinstance(schema, dict) else {}}
     if fmt.format is not None:
         return {"structural_tag": {"type": "structural_tag", "format": fmt.format}}
@@ -235,11 +239,32 @@ def _vllm_value(name: str, ours: str, value: Any) -> tuple[str, Any]:
     """A choice is an EBNF of its alternatives (the answer is one of them, verbatim); json_object any object."""
     if ours == "json_object":
         return "json_schema", {"type": "object"}
+    if ours == "ebnf" and _likely_lark(value):
+        return "ebnf", _lark_as_ebnf(name, value)
     if ours != "choice":
         return ours, value
     if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
         raise APIError(f"{name}: a non-empty list of non-empty strings is required", param=name)
     return "ebnf", "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in value)
+
+
+def _likely_lark(grammar: Any) -> bool:
+    """vLLM's reading of a grammar field: Lark unless some line (comments aside) defines a rule with `::=`."""
+    if not isinstance(grammar, str) or not grammar.strip():
+        return False
+    lines = (re.sub(r"(#|//).*$", "", line).strip() for line in grammar.splitlines())
+    return not any("::=" in line for line in lines)
+
+
+def _lark_as_ebnf(name: str, grammar: str) -> str:
+    """A Lark grammar (vLLM's `guided_grammar` takes them) as xgrammar's EBNF, converted by xgrammar."""
+    import xgrammar
+
+    try:
+        return str(xgrammar.Grammar.from_lark(grammar))
+    except (RuntimeError, ValueError) as e:
+        raise APIError(f"{name}: read as a Lark grammar (no rule is defined with '::='), and it is not one "
+                       f"xgrammar reads: {str(e).splitlines()[0]}", param=name) from e
 
 
 def check_max_tokens(value: int | None, limits: RequestLimits, param: str) -> None:
