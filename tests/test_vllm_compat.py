@@ -288,3 +288,23 @@ def test_a_false_schema_is_refused(served):
     _, base = served
     r = _chat(base, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": False}})
     _error(r, 400, param="response_format.json_schema.schema", match="admits no value")
+
+
+def test_openai_choices_say_whether_the_constraint_held(engine64):
+    """Audit 36: what no grammar enforces (a lookahead) is checked on the finished answer, but only native
+    meta_info said so; an OpenAI client got "stop" for `ab` under `(?!ab)[ab]{2}`. Each constrained choice
+    now carries constraint_satisfied, whole and streamed."""
+    import re
+
+    with running_server(engine64) as base:
+        for path, body in (("/v1/chat/completions", {"messages": QUESTION}), ("/v1/completions", {"prompt": "hi"})):
+            for seed in range(3):
+                req = {**body, "max_tokens": 8, "temperature": 1.0, "seed": seed, "regex": "(?!ab)[ab]{2}"}
+                choice = httpx.post(f"{base}{path}", timeout=60, json=req).json()["choices"][0]
+                text = choice["message"]["content"] if "message" in choice else choice["text"]
+                assert choice["constraint_satisfied"] == bool(re.fullmatch("(?!ab)[ab]{2}", text)), (text, choice)
+                with httpx.stream("POST", f"{base}{path}", timeout=60, json={**req, "stream": True}) as r:
+                    last = [e for e in sse_events(r)[:-1] if e["choices"]][-1]["choices"][0]
+                assert last["constraint_satisfied"] == choice["constraint_satisfied"]
+            plain = httpx.post(f"{base}{path}", timeout=60, json={**body, "max_tokens": 2}).json()["choices"][0]
+            assert "constraint_satisfied" not in plain

@@ -298,6 +298,13 @@ def _answer_calls(state: ServerState, plan: ChatPlan, text: str, meta: dict[str,
     return (content[:at] if at > 0 else "") + normal, calls[: plan.max_calls]
 
 
+def satisfied(meta: dict[str, Any]) -> dict[str, bool]:
+    """A finished constrained choice's `constraint_satisfied` (as the native meta_info's): whether its answer
+    holds to the whole constraint, also what no grammar enforced (a pattern's lookaround, `uniqueItems`)."""
+    value = meta.get("constraint_satisfied")
+    return {"constraint_satisfied": value} if isinstance(value, bool) else {}
+
+
 def _usage(metas: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """The usage of whole outputs, grouped by prompt (n each)."""
     return _usage_of(metas[::n], metas)  # each prompt counted once
@@ -402,7 +409,7 @@ def chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, A
     if calls:
         message["tool_calls"] = [c.to_openai() for c in calls]
         reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
-    choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched,
+    choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched, **satisfied(meta),
               "stop_reason": vllm_stop_reason(eos_ids(state), matched),
               "logprobs": _chat_logprobs(plan.token_names, meta, plan.top_logprobs_num) if plan.return_logprob else None}
     if plan.return_token_ids:  # as SGLang's choice: present only when asked for
@@ -587,7 +594,8 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
             yield chunk(index, delta)
         if made_calls and reason == "stop":  # a call cut by max_tokens stays a "length"
             reason = "tool_calls"
-        yield chunk(index, {}, reason, matched_stop=matched, stop_reason=vllm_stop_reason(eos_ids(state), matched))
+        yield chunk(index, {}, reason, matched_stop=matched, stop_reason=vllm_stop_reason(eos_ids(state), matched),
+                    **satisfied(meta))
     if include_usage:
         metas = [finals[i] for i in sorted(finals)]
         yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -763,7 +771,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                                          names, body.logprobs) if want_logprobs else None)
         choices.append({"index": i, "text": echoed + out.get("text", ""), "finish_reason": reason,
                         "matched_stop": matched, "stop_reason": vllm_stop_reason(eos_ids(state), matched),
-                        "logprobs": logprobs})
+                        "logprobs": logprobs, **satisfied(meta)})
         if body.prompt_logprobs is not None:
             choices[-1]["prompt_logprobs"] = vllm_prompt_logprobs(names, meta, body.prompt_logprobs)
         if body.return_token_ids:
@@ -854,7 +862,8 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
             event = {"id": cmpl_id, "object": "text_completion", "created": created, "model": model,
                      "choices": [{"index": index, "text": delta, "finish_reason": reason,
                                   "matched_stop": matched, "stop_reason": vllm_stop_reason(eos, matched),
-                                  "logprobs": lp.take() if lp is not None else None}]}
+                                  "logprobs": lp.take() if lp is not None else None,
+                                  **(satisfied(meta) if reason is not None else {})}]}
             if body.prompt_logprobs is not None and index not in prompt_sent:  # once, in a choice's first chunk
                 prompt_sent.add(index)
                 event["choices"][0]["prompt_logprobs"] = vllm_prompt_logprobs(names or tokenizer, meta,
