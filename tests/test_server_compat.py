@@ -362,12 +362,14 @@ def test_return_hidden_states_is_refused_not_ignored(served, path, body):
     assert httpx.post(f"{base}{path}", json={**body, "return_hidden_states": False}).status_code == 200
 
 
-def test_include_stop_str_in_output_is_no_stop_trim(served):
+def test_include_stop_str_in_output_reaches_the_engine_as_itself(served):
+    """vLLM's keeps the stop string (not the rest of its token): not SGLang's no_stop_trim, which trims nothing."""
     engine, base = served
     assert _chat(base, stop=["x"], include_stop_str_in_output=True).status_code == 200
-    assert engine.calls[-1]["sampling_params"]["no_stop_trim"] is True
-    assert _chat(base, stop=["x"], include_stop_str_in_output=False).status_code == 200
+    assert engine.calls[-1]["sampling_params"]["include_stop_str_in_output"] is True
     assert "no_stop_trim" not in engine.calls[-1]["sampling_params"]
+    assert _chat(base, stop=["x"], include_stop_str_in_output=False).status_code == 200
+    assert "include_stop_str_in_output" not in engine.calls[-1]["sampling_params"]
 
 
 def test_stop_regex_reaches_the_engine_from_both_openai_routes(served):

@@ -169,8 +169,14 @@ def test_stop_regex_ends_the_output_where_it_matches(engine64):
     out = engine64.generate("Hello", {**GREEDY, "stop_regex": pattern})
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": pattern}
     assert whole.startswith(out["text"]) and out["text"] == whole[:whole.index(whole[cut:cut + 2])]
-    kept = engine64.generate("Hello", {**GREEDY, "stop_regex": [pattern], "no_stop_trim": True})["text"]
-    assert kept == whole[:whole.index(whole[cut:cut + 2]) + 2]
+    # vLLM's include_stop_str_in_output keeps the match; SGLang's no_stop_trim trims nothing (audit 31: it cut
+    # the last token's text after the match, which SGLang's detokenizer keeps)
+    through = whole[:whole.index(whole[cut:cut + 2]) + 2]
+    vllm = engine64.generate("Hello", {**GREEDY, "stop_regex": [pattern], "include_stop_str_in_output": True})
+    assert vllm["text"] == through
+    kept = engine64.generate("Hello", {**GREEDY, "stop_regex": [pattern], "no_stop_trim": True})
+    assert kept["output_ids"] == vllm["output_ids"] and kept["text"].startswith(through)
+    assert kept["text"] == engine64.tokenizer.decode(kept["output_ids"], skip_special_tokens=True)
     for bad in ("(", "x*"):
         with pytest.raises(ValueError, match="stop_regex"):
             engine64.generate("Hello", {"stop_regex": bad})

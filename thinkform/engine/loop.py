@@ -479,12 +479,13 @@ class EngineLoop:
                     seq.detok.push([tid])
                 return FinishReason("stop", matched)
             if tid in self.eos and not p.ignore_eos and may_stop and _gate_may_stop(gate):
-                if p.no_stop_trim:  # its text stays (a special token's is hidden anyway)
+                if p.no_stop_trim or p.include_stop_str_in_output:  # its text stays (a special token's is hidden)
                     seq.detok.push([tid])
                 return FinishReason("stop", tid)
             if tid in p.stop_token_ids and may_stop and _gate_may_stop(gate):
-                if p.no_stop_trim or (gate is not None and gate.matcher is not None):  # under a grammar, the
-                    seq.detok.push([tid])  # answer keeps the token it took
+                # its text stays where asked, and under a grammar: the answer keeps the token it took
+                if p.no_stop_trim or p.include_stop_str_in_output or (gate is not None and gate.matcher is not None):
+                    seq.detok.push([tid])
                 return FinishReason("stop", tid)
             new = seq.detok.push([tid])
             if new and seq.stream and seq.return_logprob:
@@ -500,7 +501,9 @@ class EngineLoop:
                     # under a constraint the answer is complete here, with the stop string and the rest of
                     # its token: cutting either could leave an answer the grammar does not accept
                     if gate is None or gate.matcher is None:
-                        seq.detok.text = seq.detok.text[: end if p.no_stop_trim else start]
+                        # SGLang's no_stop_trim keeps it all; vLLM's include_stop_str_in_output the stop string
+                        if not p.no_stop_trim:
+                            seq.detok.text = seq.detok.text[: end if p.include_stop_str_in_output else start]
                     return FinishReason("stop", stop)
         return None
 

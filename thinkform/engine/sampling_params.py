@@ -43,7 +43,9 @@ class SamplingParams:
     bad_words: list[str] = field(default_factory=list)  # vLLM's: words that may not be written
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    no_stop_trim: bool = False
+    no_stop_trim: bool = False  # SGLang's: the text is not trimmed at a stop at all (its whole last token stays)
+    # vLLM's: the matched stop string stays, what its token wrote after it goes
+    include_stop_str_in_output: bool = False
     json_schema: Any = None
     regex: str | None = None
     ebnf: str | None = None
@@ -123,7 +125,8 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 _check_int(self, name, 0)
         self._take_thinking_budget()
-        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
+        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim",
+                     "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise SamplingParamError(f"sampling_params.{name}: must be a boolean, got {getattr(self, name)!r}")
 

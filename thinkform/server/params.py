@@ -29,8 +29,8 @@ def sampling_params(req: SamplingFields, max_new_tokens: int | None, max_n: int 
         params["max_new_tokens"] = max_new_tokens
     if req.min_tokens is not None:
         params["min_new_tokens"] = req.min_tokens
-    if req.include_stop_str_in_output:  # vLLM's name for keeping the matched stop string
-        params["no_stop_trim"] = True
+    if req.include_stop_str_in_output:  # vLLM's: the matched stop string stays (not the rest of its token)
+        params["include_stop_str_in_output"] = True
     for name in _BUDGET_ALIASES:
         budget = getattr(req, name)
         take_thinking_budget(params, None if budget == -1 else budget, name)  # vLLM's -1: no budget
