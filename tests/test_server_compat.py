@@ -551,7 +551,7 @@ def test_errors_name_the_field_as_the_request_spelled_it(real64):
     """Audit 29: `min_tokens` past `max_tokens` named `min_new_tokens`, and a bad or empty /v1/completions
     prompt named nothing (param null): a client could not map the error to its input."""
     _, base = real64
-    _error(_chat(base, max_tokens=2, min_tokens=5), 400, "min_tokens", "min_new_tokens")
+    _error(_chat(base, max_tokens=2, min_tokens=5), 400, "min_tokens", "min_tokens: must be")
     for prompt in ([999999999], ""):
         _error(httpx.post(f"{base}/v1/completions", json={"prompt": prompt, "max_tokens": 2}), 400, "prompt")
     _error(httpx.post(f"{base}/generate", json={"input_ids": [10**9]}), 400, "input_ids")

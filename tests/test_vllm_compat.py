@@ -308,3 +308,12 @@ def test_openai_choices_say_whether_the_constraint_held(engine64):
                 assert last["constraint_satisfied"] == choice["constraint_satisfied"]
             plain = httpx.post(f"{base}{path}", timeout=60, json={**body, "max_tokens": 2}).json()["choices"][0]
             assert "constraint_satisfied" not in plain
+
+
+def test_a_bad_token_id_error_names_one_field_in_param_and_message(engine64):
+    """Audit 35: the param said messages (or prompt) and the message input_ids."""
+    with running_server(engine64) as base:
+        for path, body, param in (("/v1/chat/completions", {"messages": QUESTION, "input_ids": [10**9]}, "input_ids"),
+                                  ("/v1/completions", {"prompt": [[]]}, "prompt")):
+            err = httpx.post(f"{base}{path}", timeout=60, json={**body, "max_tokens": 2}).json()["error"]
+            assert err["param"] == param and err["message"].startswith(f"{param}:"), err

@@ -180,7 +180,8 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                     prompt_logprobs=body.prompt_logprobs, constraints=constraints,
                     markers=state.markers.for_answer("structural_tag" in fields, _tag_openings(fields))
                     if state.markers else None,
-                    field_names={"prompt": "messages", "max_new_tokens": "max_completion_tokens"
+                    field_names={"prompt": "input_ids" if body.input_ids is not None else "messages",
+                                 "max_new_tokens": "max_completion_tokens"
                                  if body.max_completion_tokens else "max_tokens", "min_new_tokens": "min_tokens"})
 
 
@@ -222,6 +223,9 @@ async def spelled_errors(call: Any, names: RequestConstraints | None, fields: Ma
     except RequestFieldError as e:
         if fields and e.field in fields:
             e.field = fields[e.field]
+        head, colon, rest = str(e).partition(":")
+        if colon and " " not in head and head != e.field:  # the message names the field as the param does
+            e.args = (f"{e.field}:{rest}",)
         raise
 
 
