@@ -104,7 +104,7 @@ def test_required_parallel_calls_leave_room_for_the_longest_tool(llama3):
             str(tok.convert_tokens_to_ids("g")): 3}  # short calls first, then one more call is likely
     names = []
     for seed in (3, 6, 7):
-        for max_new_tokens in (110, 130):
+        for max_new_tokens in (110, 130, 190, 230):
             out = engine.generate(prompt, {"structural_tag": json.dumps(tag), "max_new_tokens": max_new_tokens,
                                            "temperature": 1.0, "seed": seed, "logit_bias": bias,
                                            "skip_special_tokens": False})

@@ -420,14 +420,17 @@ class RequestBuilder:
         early = shortest is None or shortest > closing_reserve(p.max_new_tokens) or grows
         growth = min(shortest if shortest is not None else 16, 32) if grows else 0
         grammar_literals = compiled.closing_literals if compiled is not None else ()
+        # a long shortest answer (a pythonic call of a tool with eleven required arguments: 159 tokens) is first
+        # looked for where it still fits with the reserve to spare: at 4× the reserve it no longer did
+        first = shortest + closing_reserve(p.max_new_tokens) if shortest is not None else 0
         if kind in ("json_schema", "json_object"):
             number = next((g for g in guards if isinstance(g, NumberGuard)), None)
             return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
-                    "ending_growth": growth, "ending_literals": grammar_literals,
+                    "ending_growth": growth, "ending_literals": grammar_literals, "ending_first": first,
                     "closing_in_string": number.in_string if number is not None else None}
         if kind in ("regex", "ebnf"):
             return {"ending": search, "ending_early": early, "ending_growth": growth,
-                    "ending_literals": grammar_literals}
+                    "ending_literals": grammar_literals, "ending_first": first}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         # room kept for a tag's end string and the section's: one token where a token spells it whole (Kimi-K2's
         # `<|tool_call_end|>`: its 17 bytes, and the section end's 26, cut every call short and had the search
@@ -440,8 +443,8 @@ class RequestBuilder:
         # where the bytes alone lead on to one more call (Kimi-K2: `<|tool_call_begin|>` and
         # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
         literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
-        # between two calls the answer ends unless a whole call (of its longest tool) still fits, looked at from
-        # that far out: one more call begun without room for it ran into max_new_tokens
+        # between two calls the answer ends unless a whole call (of its longest tool) still fits: one more call
+        # begun without room for it ran into max_new_tokens
         if tagged is not None:
             inside: Callable[[bytes], bool] = lambda _answer: tagged.inside_tag()
             scope = _call_scope(inside, lambda _answer: tagged.calls_ended > 0, section, calls_only)
@@ -454,8 +457,8 @@ class RequestBuilder:
         else:
             return {}
         return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
-                "ending_literals": literals, "ending_growth": lambda answer: 0 if inside(answer) else call,
-                "ending_from": reserve + call, **steer}
+                "ending_literals": literals, "call_room": call, "between_calls": lambda answer: not inside(answer),
+                "ending_first": reserve + call, **steer}
 
     def _end_room(self, end: str) -> int:
         """Tokens a tag's end string may take when sampled: 1 where one token spells it, else its bytes."""
@@ -486,8 +489,16 @@ class RequestBuilder:
         # a structural tag: none inside its JSON values (tool-call arguments); elsewhere (free text, the tags' own
         # strings) none but the special tokens a tag string spells and the tool-call format's own
         spelled = self._spelled_by(tag_strings(tag)) | self.parts.tool_markup_ids
+        outside = vocab.keep_mask(markup - spelled)
+        xml = [(begin, end) for begin, end, _, _ in xml_tags(tag)]
+        if tagged is None and xml:
+            # inside an XML call's arguments (raw text the grammar takes whole) none of what only opens a call
+            # (audit 37: qwen3_coder's `<tool_call>` written into a parameter's value, the call well-formed)
+            opens = self._spelled_by([b for b, _ in xml]) - self._spelled_by([e for _, e in xml])
+            guards.append(FramingGuard(vocab.keep_mask((markup - spelled) | opens), outside, scope=TagScope(xml)))
+            return guards
         inside = tagged.inside_value if tagged is not None else (lambda: False)
-        guards.append(FramingGuard(vocab.keep_mask(markup), vocab.keep_mask(markup - spelled), inside))
+        guards.append(FramingGuard(vocab.keep_mask(markup), outside, inside))
         return guards
 
     def _spelled_by(self, strings: list[str]) -> frozenset[int]:

@@ -26,7 +26,7 @@ import torch
 from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
 from thinkform.structured.bitmask import set_bits
 from thinkform.structured.literals import grammar_literals
-from thinkform.structured.spec import Constraint, ConstraintError, call_openings, ending_may_grow
+from thinkform.structured.spec import Constraint, ConstraintError, call_openings, ending_may_grow, wrapper_tags
 
 CacheKey = tuple[str, str, str]  # (backend name, constraint kind, canonical source)
 
@@ -147,7 +147,11 @@ class GrammarCache:
             result.ending_grows = ending_may_grow(job.constraint)  # once per grammar, off the request path
             result.closing_literals = grammar_literals(job.constraint)
             if job.constraint.kind == "structural_tag":
-                result.call_openings = tuple(call_openings(job.constraint.data()))
+                tag = job.constraint.data()
+                result.call_openings = tuple(call_openings(tag))
+                # a section's end, tried whole (Kimi-K2's `<|tool_calls_section_end|>` and the next call's begin
+                # part late: byte by byte the measure ran on through every call the section allows)
+                result.closing_literals += tuple(end.encode() for _, end in wrapper_tags(tag))
             _check_has_answers(result, job.constraint, self.backend.ctx.vocab_size, self.backend.ctx.eos_token_ids)
             _extra(self.before_handout, result)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting request, never swallowed

@@ -20,16 +20,22 @@ class FramingGuard:
     every token but the special ones no tag string spells, which a text hides or would frame wrong)."""
 
     def __init__(self, keep_without: np.ndarray, keep_outside: np.ndarray,
-                 inside: Callable[[], bool] | None = None) -> None:
+                 inside: Callable[[], bool] | None = None, scope: Callable[[bytes], bool] | None = None) -> None:
         self._without = keep_without
         self._outside = keep_outside
         self._inside = inside
+        # or, read from the answer's bytes (a tool call's XML arguments: inside a call's tags)
+        self._scope = scope
+        self._answer = bytearray()
 
     def reset(self) -> None:
-        pass  # no state of its own: `inside` follows the answer
+        self._answer.clear()
 
     def observe(self, data: bytes) -> None:
-        pass
+        if self._scope is not None:
+            self._answer += data
 
     def keep(self) -> np.ndarray:
+        if self._scope is not None:
+            return self._without if self._scope(bytes(self._answer)) else self._outside
         return self._without if self._inside is None or self._inside() else self._outside

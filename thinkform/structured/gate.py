@@ -117,8 +117,10 @@ class ReasoningGate:
         closing_reserve_tokens: int | None = None,
         ending: EndingSearch | None = None,
         ending_early: bool = True,
-        ending_growth: int | Callable[[bytes], int] = 0,
-        ending_from: int = 0,
+        ending_growth: int = 0,
+        ending_first: int = 0,
+        call_room: int = 0,
+        between_calls: Callable[[bytes], bool] | None = None,
         ending_literals: tuple[bytes, ...] = (),
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
@@ -150,14 +152,17 @@ class ReasoningGate:
         # tokens left at which the ending is looked for: early enough for a long one (unless the grammar's
         # shortest answer fits in the reserve), last at the reserve
         # what an ending may grow by in one step (a list item or an object begun): about a whole answer
-        # (a callable reads it from the answer so far: between tool calls a whole new call, inside one its
-        # arguments' growth)
-        self._ending_growth = ending_growth if callable(ending_growth) else (lambda _answer: ending_growth)
+        self._ending_growth = ending_growth
+        # tool calls: the tokens a call of the longest tool needs, and whether the answer stands between two
+        # calls (where it may end): there it ends unless one more such call still fits
+        self._call_room = call_room
+        self._between_calls = between_calls
         self._ending_literals = ending_literals  # the grammar's literal runs, for the search (literals.py)
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
-        if self._ending_points and ending_from > self._ending_points[0]:
-            self._ending_points.insert(0, ending_from)  # first looked for further out (room for a long call)
+        if self._ending_points and ending_first > self._ending_points[0]:
+            # a grammar whose shortest answer is longer than that is first looked at where it still fits
+            self._ending_points.insert(0, ending_first)
         self.closed_by_budget = False  # this answer's end was written (or steered) because the budget ran out
         self._answer_check = answer_check  # schema keywords the grammar could not enforce, checked at the end
         self._checked: tuple[int, bool] | None = None  # (answer length, verdict) of the last check
@@ -387,6 +392,10 @@ class ReasoningGate:
         if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
             return []
         left = self.max_new_tokens - num_generated
+        if self._call_room and left <= self._closing_reserve + self._call_room:
+            ending = self._between_calls_ending(left)
+            if ending is not None:
+                return ending
         if left > self._ending_points[0] or not self._in_closing_scope():
             return []
         while len(self._ending_points) > 1 and left <= self._ending_points[1]:
@@ -399,12 +408,25 @@ class ReasoningGate:
         # the ending may grow before the next look (a list item or a nested object opened): it waits while
         # it would still fit with half its length, or the grammar's shortest answer (up to 32), to spare, and
         # is looked for again halfway there, so growth is seen while there is room for it
-        need = len(ids) + max(4, len(ids) // 2, self._ending_growth(bytes(self._answer)))
+        need = len(ids) + max(4, len(ids) // 2, self._ending_growth)
         if self._ending_points and need < left:
             again = max(need, (left + need) // 2)
             if again > later:
                 self._ending_points.insert(0, again)
             return []
+        self.closed_by_budget = True
+        return ids
+
+    def _between_calls_ending(self, left: int) -> list[int] | None:
+        """Between two tool calls, where the answer may end, with too few tokens left for one more call of the
+        longest tool and its closing: the answer's ending (EOS, or the section's end) now, looked at each token
+        there (a call begun without room ran into max_new_tokens). None elsewhere."""
+        answer = bytes(self._answer)
+        if self._between_calls is None or not self._between_calls(answer) or not self._in_closing_scope():
+            return None
+        ids = self._ending.ending_tokens(self.matcher, empty_ok=True, literals=self._ending_literals)
+        if ids is None or len(ids) > left:
+            return None
         self.closed_by_budget = True
         return ids
 
