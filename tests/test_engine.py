@@ -494,3 +494,20 @@ def test_a_default_max_new_tokens_is_cut_to_what_the_context_leaves(engine64):
     with pytest.raises(ValueError, match="exceeds the model's maximum context length") as e:
         engine64.generate(input_ids=ids, sampling_params={"max_new_tokens": room + 1})
     assert e.value.field == "max_new_tokens"
+
+
+def test_an_abort_while_the_request_is_prepared_is_kept(engine64):
+    """Review: requests are prepared on a worker thread; an abort_request(rid) in that window found no request
+    in flight and was lost (the request ran to max_new_tokens). It is kept for the id's claim."""
+    async def main():
+        results = []
+        for i in range(3):
+            task = asyncio.ensure_future(engine64.async_generate("Hello " * 50, {"max_new_tokens": 200,
+                                                                                 "ignore_eos": True}, rid=f"early-{i}"))
+            await asyncio.sleep(0)  # the task has begun preparing its request
+            engine64.abort_request(f"early-{i}")
+            out = await task
+            results.append(out["meta_info"]["finish_reason"]["type"])
+        return results
+
+    assert asyncio.run(main()) == ["abort"] * 3

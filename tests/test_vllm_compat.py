@@ -317,3 +317,13 @@ def test_a_bad_token_id_error_names_one_field_in_param_and_message(engine64):
                                   ("/v1/completions", {"prompt": [[]]}, "prompt")):
             err = httpx.post(f"{base}{path}", timeout=60, json={**body, "max_tokens": 2}).json()["error"]
             assert err["param"] == param and err["message"].startswith(f"{param}:"), err
+
+
+def test_sglangs_ebnf_field_is_never_read_as_lark(served):
+    """Review: the Lark reading is vLLM's, for its grammar fields; SGLang's `ebnf` stays EBNF (its errors EBNF's)."""
+    engine, base = served
+    r = _chat(base, ebnf='start: "a"')
+    if r.status_code == 200:
+        assert engine.calls[-1]["sampling_params"]["ebnf"] == 'start: "a"'
+    else:
+        assert r.status_code == 400 and "Lark" not in r.text, r.text

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
@@ -61,18 +62,30 @@ class _LiveRids:
     """Request ids in flight. A second request may not take one while it is (SGLang refuses duplicates
     too): an abort by rid would end both, and their outputs could not be told apart."""
 
+    # an abort of an id no request holds yet is kept this long: its request may still be prepared on a worker
+    # thread (tokenized, its chat rendered), and claims its id when that is done
+    EARLY_ABORT_S = 10.0
+    EARLY_ABORTS_KEPT = 4096
+
     def __init__(self) -> None:
         self._unfinished: dict[str, int] = {}
         self._aborted: set[str] = set()  # asked to abort, maybe before the loop had its sequences
+        self._early: dict[str, float] = {}  # aborts of ids not (yet) in flight: when they came
         self._lock = threading.Lock()
 
     def claim(self, counts: dict[str, int]) -> None:
-        """Take each rid for its number of samples: all of them, or none."""
+        """Take each rid for its number of samples: all of them, or none. An id aborted moments before (while
+        its request was being prepared) is in flight aborted."""
         with self._lock:
             taken = next((rid for rid in counts if rid in self._unfinished), None)
             if taken is not None:
                 raise DuplicateRequestId(f"rid: {taken!r} is already the id of a request in flight")
             self._unfinished.update(counts)
+            now = time.monotonic()
+            for rid in counts:
+                at = self._early.pop(rid, None)
+                if at is not None and now - at < self.EARLY_ABORT_S:
+                    self._aborted.add(rid)
 
     def __contains__(self, rid: str) -> bool:
         with self._lock:
@@ -84,6 +97,9 @@ class _LiveRids:
             if rid in self._unfinished:
                 self._aborted.add(rid)
                 return True
+            if len(self._early) >= self.EARLY_ABORTS_KEPT:
+                self._early.pop(next(iter(self._early)))  # the oldest
+            self._early[rid] = time.monotonic()
             return False
 
     def aborted(self, rid: str) -> bool:

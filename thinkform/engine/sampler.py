@@ -108,8 +108,10 @@ class Sampler:
         rows = [i for i, s in enumerate(seqs)
                 if not _grammar_active(s) and len(s.output_ids) < s.params.min_new_tokens]
         for i in rows:
-            if seqs[i].params.stop_token_ids:
-                logits[i, device_tensor(sorted(seqs[i].params.stop_token_ids), logits.device)] = float("-inf")
+            # ids past the logits are never sampled anyway (a request may name them: no error, as before)
+            stops = sorted(t for t in seqs[i].params.stop_token_ids if t < logits.shape[1])
+            if stops:
+                logits[i, device_tensor(stops, logits.device)] = float("-inf")
         if not rows or not self.eos_token_ids:
             return
         key = (logits.device, logits.dtype)

@@ -239,7 +239,7 @@ def _vllm_value(name: str, ours: str, value: Any) -> tuple[str, Any]:
     """A choice is an EBNF of its alternatives (the answer is one of them, verbatim); json_object any object."""
     if ours == "json_object":
         return "json_schema", {"type": "object"}
-    if ours == "ebnf" and _likely_lark(value):
+    if ours == "ebnf" and name != "ebnf" and _likely_lark(value):  # vLLM's grammar fields; SGLang's ebnf is EBNF
         return "ebnf", _lark_as_ebnf(name, value)
     if ours != "choice":
         return ours, value

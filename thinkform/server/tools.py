@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
 from thinkform.reasoning import partial_suffix
-from thinkform.server.json_prefix import json_prefix_length
+from thinkform.server.json_prefix import JsonPrefixScan
 from thinkform.server.pythonic import pythonic_calls_grammar
 
 ToolMode = Literal["auto", "required", "named"]
@@ -116,11 +116,13 @@ class ToolCallParser(ABC):
                 call.arguments = args
         return calls
 
-    def partial_calls(self, section: str, final: bool = True) -> list[tuple[str, str, bool]]:
+    def partial_calls(self, section: str, final: bool = True,
+                      scans: dict[int, JsonPrefixScan] | None = None) -> list[tuple[str, str, bool]]:
         """(name, arguments text so far, complete) of each call written in the format's template
         (`call_begin`, then a JSON object), as far as `section` goes: what streaming sends as it grows.
         `final`: no more text will come (a stream's growing text is not: XML values hold back a closing tag
-        until what follows tells whether it ends them)."""
+        until what follows tells whether it ends them). `scans`: a stream's scans of unfinished arguments, by
+        where they begin, so each goes on where it stopped."""
         if self._begin is None:
             return []
         out, pos = [], 0
@@ -128,7 +130,8 @@ class ToolCallParser(ABC):
             try:
                 _, end = _DECODER.raw_decode(section, m.end())
             except (json.JSONDecodeError, RecursionError):
-                out.append((m.group("name"), self._unfinished_arguments(section[m.end():]), False))
+                scan = scans.setdefault(m.end(), JsonPrefixScan()) if scans is not None else JsonPrefixScan()
+                out.append((m.group("name"), self._unfinished_arguments(section[m.end():], scan), False))
                 break
             out.append((m.group("name"), section[m.end():end], True))
             pos = end
@@ -143,10 +146,10 @@ class ToolCallParser(ABC):
         head, tail = (re.escape(part) for part in begin.split("{name}"))
         return re.compile(head + r"(?P<name>[\w.\-]+)" + tail + r"(?=\{)")
 
-    def _unfinished_arguments(self, text: str) -> str:
+    def _unfinished_arguments(self, text: str, scan: JsonPrefixScan) -> str:
         """Arguments still being written: as far as they are the start of a JSON object (never text that is
         not JSON, as SGLang streams them), and never past the call's closing marker."""
-        text = text[:json_prefix_length(text)]
+        text = text[:scan.length(text)]
         closing = self.call_end.strip("}\n ")
         if not closing:
             return text
@@ -487,6 +490,7 @@ class StreamingToolParser:
         self._sent_text = False  # normal text already sent (a bare JSON call must be the whole answer)
         self._before_trigger = ""  # whitespace before the trigger, held: given back if no call comes of it
         self._calls: list[tuple[ToolCall, int]] = []  # streamed calls and how much of their arguments went
+        self._scans: dict[int, JsonPrefixScan] = {}  # unfinished arguments' JSON scans, by where they begin
 
     def feed(self, delta: str) -> tuple[str, list[dict[str, Any]]]:
         """Returns the normal text that is safe to send now, and the tool-call deltas."""
@@ -532,7 +536,8 @@ class StreamingToolParser:
 
     def _call_deltas(self, final: bool = False) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for k, (name, args, _) in enumerate(self.parser.partial_calls(self._held, final)[: self.max_calls]):
+        calls = self.parser.partial_calls(self._held, final, self._scans)
+        for k, (name, args, _) in enumerate(calls[: self.max_calls]):
             if k == len(self._calls):  # its header first, with empty arguments, as OpenAI streams a call
                 call = ToolCall(name, "")
                 call.id = self.parser.call_id(name, k) or call.id

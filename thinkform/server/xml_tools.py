@@ -38,7 +38,7 @@ class XmlToolCallParser(ToolCallParser):
         tag = super()._tag(tool)
         return {**tag, "content": {**tag["content"], "style": self.style}}
 
-    def partial_calls(self, section: str, final: bool = True) -> list[tuple[str, str, bool]]:
+    def partial_calls(self, section: str, final: bool = True, scans: Any = None) -> list[tuple[str, str, bool]]:
         out, pos = [], 0
         while (m := self._head.search(section, pos)) is not None:
             name = m.group("name")
