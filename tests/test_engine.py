@@ -511,3 +511,28 @@ def test_an_abort_while_the_request_is_prepared_is_kept(engine64):
         return results
 
     assert asyncio.run(main()) == ["abort"] * 3
+
+
+def test_abort_all_reaches_a_request_being_prepared_and_a_finished_id_stays_free(engine64, monkeypatch):
+    """Review: abort_all aborted only the ids in flight, missing a request still being prepared on its worker
+    thread; and an abort of a finished id must not poison that id for a later request (SGLang: a no-op)."""
+    engine64.generate("Hello", {"max_new_tokens": 2}, rid="reuse-1")
+    assert engine64.abort_request("reuse-1") is False
+    again = engine64.generate("Hello", {"max_new_tokens": 3, "ignore_eos": True}, rid="reuse-1")
+    assert again["meta_info"]["finish_reason"]["type"] == "length"
+
+    prepare = engine64._prepare
+
+    def slow_prepare(*args, **kwargs):
+        time.sleep(0.3)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(engine64, "_prepare", slow_prepare)
+
+    async def main():
+        task = asyncio.ensure_future(engine64.async_generate("Hello", {"max_new_tokens": 64, "ignore_eos": True}))
+        await asyncio.sleep(0.05)
+        engine64.abort_request(abort_all=True)
+        return (await task)["meta_info"]["finish_reason"]["type"]
+
+    assert asyncio.run(main()) == "abort"

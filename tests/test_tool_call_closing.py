@@ -144,3 +144,43 @@ def test_a_constrained_answers_leading_whitespace_stays_in_its_content(llama3):
                                    "logit_bias": {str(tok.convert_tokens_to_ids("</think>")): 40}},
                           require_reasoning=True)
     assert out["meta_info"]["content"] in ("\nok\n", "\nko\n"), out
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3"])
+def test_a_call_the_model_began_is_never_ended_for_it(llama3, name):
+    """Review: between two calls the answer ends unless the longest tool's call still fits; a budget that fell
+    to that mark while the model was writing its next call's begin string (`<tool_call>\\n{"name": "get_w`)
+    had the rest of the call written for it, with the grammar's empty arguments. The answer ends only at a
+    call's end: a call begun is the model's."""
+    from thinkform.engine.requests import LogprobOptions
+
+    engine, tok = llama3
+    parser = get_tool_call_parser(name)
+    inc = {"type": "function", "function": {"name": "inc", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
+    tag = json.dumps(parser.structural_tag(TOOLS + [inc], "required", parallel=True))
+
+    def call(city: str) -> str:
+        return parser.call_begin.replace("{name}", "get_weather") + '{"city": "%s", "days": 3}' % city + parser.call_end
+
+    text = call("Paris") + parser.separator + call("Lyon")
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    second = len(tok.encode(call("Paris") + parser.separator, add_special_tokens=False))  # where call 2 begins
+    written, ended_between = 0, 0
+    for max_new_tokens in range(len(ids) - 10, len(ids) + 90, 3):
+        req = engine._prepare("hi", {"structural_tag": tag, "max_new_tokens": max_new_tokens}, None, False, None, None,
+                              False, LogprobOptions(False, 0, -1, False, None), {})
+        engine._compile_sync(req)
+        assert all(engine.parts.ending_search.wait_measured(c, 60) for c in req.compiled.values())
+        gate = engine.builder.sequences(req, lambda *_: None)[0].gate
+        for n, token in enumerate(ids):
+            forced = gate.forced_tokens(n)
+            if forced:
+                out = tok.decode(ids[:n] + forced)
+                ended_between += n < second and "Lyon" not in out
+                # the separator or call 2's begin written, with room for all of it: the model's call is its own
+                written += n >= second and max_new_tokens > len(ids) and "Lyon" not in out
+                break
+            gate.accept(token)
+    assert written == 0 and ended_between  # the budgets reach both cases

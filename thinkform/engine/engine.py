@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
@@ -60,47 +59,67 @@ class _Delivery:
 
 class _LiveRids:
     """Request ids in flight. A second request may not take one while it is (SGLang refuses duplicates
-    too): an abort by rid would end both, and their outputs could not be told apart."""
-
-    # an abort of an id no request holds yet is kept this long: its request may still be prepared on a worker
-    # thread (tokenized, its chat rendered), and claims its id when that is done
-    EARLY_ABORT_S = 10.0
-    EARLY_ABORTS_KEPT = 4096
+    too): an abort by rid would end both, and their outputs could not be told apart. Requests are prepared
+    (tokenized, rendered) on a worker thread before they claim their ids: an abort that comes meanwhile, by
+    the id the request gave or for all, is kept for the claim."""
 
     def __init__(self) -> None:
         self._unfinished: dict[str, int] = {}
         self._aborted: set[str] = set()  # asked to abort, maybe before the loop had its sequences
-        self._early: dict[str, float] = {}  # aborts of ids not (yet) in flight: when they came
+        self._preparing: dict[str, int] = {}  # ids given by requests still being prepared (how many)
+        self._early: set[str] = set()  # of those, aborted before their claim
+        self._epoch = 0  # abort_all calls so far: a request prepared across one is aborted at its claim
         self._lock = threading.Lock()
 
-    def claim(self, counts: dict[str, int]) -> None:
-        """Take each rid for its number of samples: all of them, or none. An id aborted moments before (while
-        its request was being prepared) is in flight aborted."""
+    def preparing(self, rids: list[str]) -> int:
+        """A request giving these ids is being prepared; returns the abort_all epoch it began in."""
+        with self._lock:
+            for rid in rids:
+                self._preparing[rid] = self._preparing.get(rid, 0) + 1
+            return self._epoch
+
+    def prepared(self, rids: list[str]) -> None:
+        """The request that gave these ids claimed them, or failed before it could."""
+        with self._lock:
+            for rid in rids:
+                left = self._preparing.get(rid, 0) - 1
+                if left > 0:
+                    self._preparing[rid] = left
+                else:
+                    self._preparing.pop(rid, None)
+                    self._early.discard(rid)
+
+    def claim(self, counts: dict[str, int], epoch: int | None = None) -> None:
+        """Take each rid for its number of samples: all of them, or none. Ids aborted while their request was
+        prepared (by id, or all since `epoch`) are in flight aborted."""
         with self._lock:
             taken = next((rid for rid in counts if rid in self._unfinished), None)
             if taken is not None:
                 raise DuplicateRequestId(f"rid: {taken!r} is already the id of a request in flight")
             self._unfinished.update(counts)
-            now = time.monotonic()
-            for rid in counts:
-                at = self._early.pop(rid, None)
-                if at is not None and now - at < self.EARLY_ABORT_S:
-                    self._aborted.add(rid)
+            everything = epoch is not None and epoch != self._epoch
+            self._aborted.update(rid for rid in counts if everything or rid in self._early)
 
     def __contains__(self, rid: str) -> bool:
         with self._lock:
             return rid in self._unfinished
 
     def mark_aborted(self, rid: str) -> bool:
-        """Remember an abort of `rid` for its whole flight; False where no request of that id is in flight."""
+        """Remember an abort of `rid` for its whole flight; False where no request of that id is in flight or
+        being prepared."""
         with self._lock:
             if rid in self._unfinished:
                 self._aborted.add(rid)
                 return True
-            if len(self._early) >= self.EARLY_ABORTS_KEPT:
-                self._early.pop(next(iter(self._early)))  # the oldest
-            self._early[rid] = time.monotonic()
+            if rid in self._preparing:
+                self._early.add(rid)
+                return True
             return False
+
+    def abort_all(self) -> None:
+        """Requests being prepared now are aborted at their claim (those in flight are aborted by id)."""
+        with self._lock:
+            self._epoch += 1
 
     def aborted(self, rid: str) -> bool:
         with self._lock:
@@ -187,6 +206,7 @@ class Engine:
         """SGLang's spelling: one request by rid, or with abort_all every request in flight."""
         if not abort_all:
             return self.abort(rid)
+        self._live_rids.abort_all()
         rids = self._live_rids.snapshot()
         for live in rids:
             self.abort(live)
@@ -283,10 +303,17 @@ class Engine:
         """As generate; with stream=True returns an async iterator of cumulative chunks. The request is prepared
         (tokenized, its stop patterns compiled, its constraint checked) on a worker thread: a large one must not
         hold up the event loop's other requests."""
-        req = await asyncio.to_thread(
-            self._prepare, prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
-            LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len, return_text_in_logprobs,
-                           token_ids_logprob), sglang_only)
+        given = [rid] if isinstance(rid, str) else [r for r in rid if isinstance(r, str)] if isinstance(rid, list) else []
+        epoch = self._live_rids.preparing(given)  # an abort meanwhile is kept for the claim (_claimed)
+        try:
+            req = await asyncio.to_thread(
+                self._prepare, prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
+                LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len, return_text_in_logprobs,
+                               token_ids_logprob), sglang_only)
+        except BaseException:
+            self._live_rids.prepared(given)
+            raise
+        req.given_rids, req.abort_epoch = given, epoch
         aloop = asyncio.get_running_loop()
         inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
 
@@ -367,7 +394,10 @@ class Engine:
         """The request's ids are in flight from before its grammars compile (an abort must find them), and
         free again if it never reaches the loop; once there, each finished sequence frees its own."""
         claims = {rid: p.n for rid, p in zip(req.rids, req.params)}
-        self._live_rids.claim(claims)
+        try:
+            self._live_rids.claim(claims, req.abort_epoch)
+        finally:
+            self._live_rids.prepared(req.given_rids)
         try:
             yield
         except BaseException:

@@ -21,7 +21,7 @@ from thinkform.engine.sampling_params import SamplingParamError, SamplingParams
 from thinkform.engine.sequence import Sequence
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.structured.backends.base import CompiledGrammar
-from thinkform.structured.closing import TagScope, closing_reserve
+from thinkform.structured.closing import TagScope, TagTracker, closing_reserve
 from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
@@ -143,6 +143,9 @@ class PreparedRequest:
     prompt_logprobs: list[PromptLogprobs]  # each prompt's logprob asks, resolved
     compiled: dict[tuple[str, str], Any] = field(default_factory=dict)
     seqs: list[Sequence] = field(default_factory=list)
+    # async_generate's: the ids the caller gave, and the abort_all epoch its preparation began in (engine.py)
+    given_rids: list[str] = field(default_factory=list)
+    abort_epoch: int | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -456,9 +459,10 @@ class RequestBuilder:
             steer = {}
         else:
             return {}
+        boundary = _call_boundary([end for _, end in tags or xml_bounds])
         return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
-                "ending_literals": literals, "call_room": call, "between_calls": lambda answer: not inside(answer),
-                "ending_first": reserve + call, **steer}
+                "ending_literals": literals, "call_room": call, "ending_first": reserve + call,
+                "between_calls": lambda answer: boundary(answer) and not inside(answer), **steer}
 
     def _end_room(self, end: str) -> int:
         """Tokens a tag's end string may take when sampled: 1 where one token spells it, else its bytes."""
@@ -495,7 +499,7 @@ class RequestBuilder:
             # inside an XML call's arguments (raw text the grammar takes whole) none of what only opens a call
             # (audit 37: qwen3_coder's `<tool_call>` written into a parameter's value, the call well-formed)
             opens = self._spelled_by([b for b, _ in xml]) - self._spelled_by([e for _, e in xml])
-            guards.append(FramingGuard(vocab.keep_mask((markup - spelled) | opens), outside, scope=TagScope(xml)))
+            guards.append(FramingGuard(vocab.keep_mask((markup - spelled) | opens), outside, tags=TagTracker(xml)))
             return guards
         inside = tagged.inside_value if tagged is not None else (lambda: False)
         guards.append(FramingGuard(vocab.keep_mask(markup), outside, inside))
@@ -554,6 +558,14 @@ def _bind_sink(sink: Callable[[Sequence, OutputEvent, bool], None], markers: Any
             logger.error("request %s-%d: its output could not be delivered: %s: %s", seq.rid, seq.index,
                          type(e).__name__, e)
     return deliver
+
+
+def _call_boundary(ends: list[str]) -> Callable[[bytes], bool]:
+    """Whether an answer stands right at a call's end: where it may end rather than begin one more call. Past
+    it the model has chosen (a format's separator commits to one more call, as does its next begin string),
+    and a call it chose is never written for it."""
+    ends_b = tuple(end.encode() for end in ends if end)
+    return lambda answer: answer.endswith(ends_b)
 
 
 def _call_scope(inside_call: Callable[[bytes], bool], after_a_call: Callable[[bytes], bool],

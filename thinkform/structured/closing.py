@@ -74,3 +74,37 @@ class TagScope:
             if at >= 0 and answer.find(end, at + len(begin)) < 0:
                 return True
         return False
+
+
+class TagTracker:
+    """TagScope followed as an answer grows (fed its bytes token by token): whether it is inside a tag now, at
+    a cost per token of the token's bytes, not of the answer's length (a guard asks at every token)."""
+
+    def __init__(self, tags: Sequence[tuple[str, str]]) -> None:
+        self._tags = [(begin.encode(), end.encode()) for begin, end in tags if begin]
+        self._longest = max((max(len(b), len(e)) for b, e in self._tags), default=1)
+        self.reset()
+
+    def reset(self) -> None:
+        self._open: bytes | None = None  # the end string the open tag waits for
+        self._tail = b""  # the last bytes, where a begin or end string may be under way
+
+    @property
+    def inside(self) -> bool:
+        return self._open is not None
+
+    def feed(self, data: bytes) -> None:
+        text, pos = self._tail + data, 0
+        while True:
+            if self._open is not None:
+                at = text.find(self._open, pos)
+                if at < 0:
+                    break
+                pos, self._open = at + len(self._open), None
+                continue
+            hits = [(at, -len(b), e) for b, e in self._tags if (at := text.find(b, pos)) >= 0]
+            if not hits:
+                break
+            at, neg_len, end = min(hits)
+            pos, self._open = at - neg_len, end
+        self._tail = text[max(pos, len(text) - self._longest + 1):]

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from thinkform.structured.closing import TagTracker
+
 
 class FramingGuard:
     """An AnswerGuard (see gate.py): `keep` is the vocabulary without the markup tokens while `inside()`
@@ -20,22 +22,21 @@ class FramingGuard:
     every token but the special ones no tag string spells, which a text hides or would frame wrong)."""
 
     def __init__(self, keep_without: np.ndarray, keep_outside: np.ndarray,
-                 inside: Callable[[], bool] | None = None, scope: Callable[[bytes], bool] | None = None) -> None:
+                 inside: Callable[[], bool] | None = None, tags: TagTracker | None = None) -> None:
         self._without = keep_without
         self._outside = keep_outside
         self._inside = inside
-        # or, read from the answer's bytes (a tool call's XML arguments: inside a call's tags)
-        self._scope = scope
-        self._answer = bytearray()
+        self._tags = tags  # or, followed from the answer's bytes (a tool call's XML arguments: inside its tags)
 
     def reset(self) -> None:
-        self._answer.clear()
+        if self._tags is not None:
+            self._tags.reset()
 
     def observe(self, data: bytes) -> None:
-        if self._scope is not None:
-            self._answer += data
+        if self._tags is not None:
+            self._tags.feed(data)
 
     def keep(self) -> np.ndarray:
-        if self._scope is not None:
-            return self._without if self._scope(bytes(self._answer)) else self._outside
+        if self._tags is not None:
+            return self._without if self._tags.inside else self._outside
         return self._without if self._inside is None or self._inside() else self._outside
