@@ -148,7 +148,7 @@ class GrammarCache:
             result.closing_literals = grammar_literals(job.constraint)
             if job.constraint.kind == "structural_tag":
                 tag = job.constraint.data()
-                result.call_openings = tuple(call_openings(tag))
+                result.call_openings = tuple(tuple(group) for group in call_openings(tag))
                 # a section's end, tried whole (Kimi-K2's `<|tool_calls_section_end|>` and the next call's begin
                 # part late: byte by byte the measure ran on through every call the section allows)
                 result.closing_literals += tuple(end.encode() for _, end in wrapper_tags(tag))

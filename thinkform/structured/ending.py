@@ -230,14 +230,16 @@ class EndingSearch:
         its shortest arguments and end, EOS included): what an answer must have room for whichever tool the
         model picks. None where the grammar opens no call or none was measured."""
         lengths = []
-        for opening in compiled.call_openings:
-            matcher = compiled.new_matcher()
-            if not matcher.accept_string(opening):
-                continue  # not a first call (a second call's begin, a section's begin that must come first)
-            rest = self.ending_tokens(matcher, empty_ok=False, limits=self.measure_limits,
-                                      literals=compiled.closing_literals)
-            if rest is not None:
-                lengths.append(len(self._vocab.encode_text(opening)) + len(rest))
+        for group in compiled.call_openings:  # one call's openings, the longest first: one is measured
+            for opening in group:
+                matcher = compiled.new_matcher()
+                if not matcher.accept_string(opening):
+                    continue  # not a first call (a second call's begin, a section's begin that must come first)
+                rest = self.ending_tokens(matcher, empty_ok=False, limits=self.measure_limits,
+                                          literals=compiled.closing_literals)
+                if rest is not None:
+                    lengths.append(len(self._vocab.encode_text(opening)) + len(rest))
+                break
         return max(lengths, default=None)
 
     def shortest_answer(self, compiled: CompiledGrammar) -> int | None:

@@ -171,13 +171,21 @@ def only_tags(tag: dict[str, Any]) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") in ("tag", "tags_with_separator")
 
 
-def call_openings(tag: dict[str, Any]) -> list[str]:
-    """The text that opens each tool call's arguments from an answer's start: a call tag's begin string, and
-    each section's begin before it (Kimi-K2's `<|tool_calls_section_begin|>`). Some of them the grammar does
-    not take first (a second call's begin, free text required before); the ending search skips those."""
-    begins = [s["begin"] for s in tag["structures"]] if "structures" in tag else [b for b, _, _, _ in _schema_tags(tag)]
+def call_openings(tag: dict[str, Any]) -> list[list[str]]:
+    """The text that opens a tool call's arguments from an answer's start, grouped by what follows it (the
+    call's schema and end: calls of one length), the longest first: a call tag's begin string, and each
+    section's begin before it (Kimi-K2's `<|tool_calls_section_begin|>`). Some the grammar does not take first
+    (a second call's begin, gpt-oss's other header spellings); the ending search measures, of each group, the
+    first it takes."""
+    if "structures" in tag:
+        calls = [(s["begin"], json.dumps([s.get("schema"), s.get("end")], sort_keys=True)) for s in tag["structures"]]
+    else:
+        calls = [(b, json.dumps([schema, end, style], sort_keys=True)) for b, end, schema, style in _schema_tags(tag)]
     sections = [""] + [begin for begin, _ in wrapper_tags(tag)]
-    return list(dict.fromkeys(section + begin for begin in begins for section in sections))
+    groups: dict[str, list[str]] = {}
+    for begin, follows in calls:
+        groups.setdefault(follows, []).extend(section + begin for section in sections)
+    return [sorted(dict.fromkeys(group), key=len, reverse=True) for group in groups.values()]
 
 
 def wrapper_tags(tag: dict[str, Any]) -> list[tuple[str, str]]:

@@ -64,9 +64,9 @@ class CompiledGrammar(ABC):
     # whether an answer's ending may grow by more than a token at once (spec.ending_may_grow): set once per
     # grammar by the compile cache; until then, as it may
     ending_grows: bool = True
-    # a structural tag's text opening each tool call (spec.call_openings), set by the compile cache: the ending
-    # search measures each call's shortest length from there
-    call_openings: tuple[str, ...] = ()
+    # a structural tag's texts opening a tool call, by call (spec.call_openings), set by the compile cache: the
+    # ending search measures each call's shortest length from one of them
+    call_openings: tuple[tuple[str, ...], ...] = ()
 
     @abstractmethod
     def new_matcher(self) -> GrammarMatcher: ...
