@@ -246,14 +246,15 @@ class Engine:
         model = self.get_model_info()
         stats = self.loop.stats()
         internal = {"last_gen_throughput": stats["last_gen_throughput"],
-                    "memory_usage": {"token_capacity": pool.num_pages * pool.page_size,
+                    "memory_usage": {"token_capacity": pool.token_capacity,
                                      "tokens_used": stats["kv_pages_used"] * pool.page_size}}
         return {**{k: v for k, v in vars(self.args).items() if k != "api_key"}, **stats, "internal_states": [internal],
                 "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
                 "model_path": model["model_path"], "tokenizer_path": model["tokenizer_path"],
                 "served_model_name": self.served_model_name, "model_name": self.served_model_name,
                 "context_length": self.context_length, "version": __version__,
-                "max_total_num_tokens": pool.num_pages * pool.page_size, "max_req_input_len": min(self.context_length, pool.num_pages * pool.page_size) - 1}
+                "max_total_num_tokens": pool.token_capacity,
+                "max_req_input_len": min(self.context_length, pool.token_capacity) - 1}
 
     # -- offline API ----------------------------------------------------------------------------------------
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list[dict] | None = None,
@@ -303,7 +304,8 @@ class Engine:
         """As generate; with stream=True returns an async iterator of cumulative chunks. The request is prepared
         (tokenized, its stop patterns compiled, its constraint checked) on a worker thread: a large one must not
         hold up the event loop's other requests."""
-        given = [rid] if isinstance(rid, str) else [r for r in rid if isinstance(r, str)] if isinstance(rid, list) else []
+        given = [rid] if isinstance(rid, str) else [r for r in rid if isinstance(r, str)] if isinstance(rid, list) \
+            else []
         epoch = self._live_rids.preparing(given)  # an abort meanwhile is kept for the claim (_claimed)
         try:
             req = await asyncio.to_thread(

@@ -59,6 +59,11 @@ class PagePool:
         self.evictable: OrderedDict[int, None] = OrderedDict()  # refcount 0 but cached, LRU first
 
     @property
+    def token_capacity(self) -> int:
+        """Tokens the pool holds when every page is in use."""
+        return self.num_pages * self.page_size
+
+    @property
     def num_available(self) -> int:
         return len(self.free) + len(self.evictable)
 

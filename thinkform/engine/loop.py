@@ -43,7 +43,7 @@ class EngineLoop:
         self.parts = parts
         self.args = args
         # -1: no chunking (SGLang's): a step may prefill as many tokens as the KV cache holds
-        chunk = args.chunked_prefill_size if args.chunked_prefill_size > 0 else parts.pool.num_pages * parts.pool.page_size
+        chunk = args.chunked_prefill_size if args.chunked_prefill_size > 0 else parts.pool.token_capacity
         self.scheduler = Scheduler(parts.pool, args.max_running_requests, chunk)
         self.runner = ModelRunner(parts.model, parts.kv, parts.device, parts.small_steps, len(parts.tokenizer))
         self.sampler = Sampler(len(parts.tokenizer), parts.vocab_size, parts.eos_token_ids)

@@ -300,7 +300,7 @@ class RequestBuilder:
         if len(ids) >= ctx:
             raise ContextLengthError(f"The input ({len(ids)} tokens) is longer than the model's context length "
                                      f"({ctx} tokens).", field="prompt")
-        capacity = self.parts.pool.num_pages * self.parts.pool.page_size
+        capacity = self.parts.pool.token_capacity
         if p.max_new_tokens is None:  # as SGLang: what the context, the KV cache and the server's limit leave
             p.max_new_tokens = max(0, min(self.limits.max_new_tokens, capacity - len(ids), ctx - len(ids)))
         elif not p.max_new_tokens_given:  # a default: cut to what the context and the KV cache leave (as SGLang)
@@ -386,8 +386,8 @@ class RequestBuilder:
         guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"), tag)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, answer_reserve_tokens=self._answer_reserve(p, max(shortest or 0, call or 0) or None),
-            guards=guards, combined_keeps=self.parts.combined_keeps,
+            max_reasoning_tokens=budget, guards=guards,
+            answer_reserve_tokens=self._answer_reserve(p, max(shortest or 0, call or 0) or None), combined_keeps=self.parts.combined_keeps,
             answer_check=compiled.answer_check if compiled else None,
             **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only, call or 0))
 
@@ -442,10 +442,6 @@ class RequestBuilder:
         section_end = max((self._end_room(end) for _, end in wrappers), default=0)
         reserve = closing_reserve(p.max_new_tokens) + tag_end + section_end
         section = TagScope(wrappers) if wrappers else None
-        # the section's end, tried whole by the search at each step: between two calls it closes the answer,
-        # where the bytes alone lead on to one more call (Kimi-K2: `<|tool_call_begin|>` and
-        # `<|tool_calls_section_end|>` part at `_` and `s`, and punctuation comes first)
-        literals = tuple(end.encode() for _, end in wrappers) + grammar_literals
         # between two calls the answer ends unless a whole call (of its longest tool) still fits: one more call
         # begun without room for it ran into max_new_tokens
         if tagged is not None:
@@ -461,7 +457,7 @@ class RequestBuilder:
             return {}
         boundary = _call_boundary([end for _, end in tags or xml_bounds])
         return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
-                "ending_literals": literals, "call_room": call, "ending_first": reserve + call,
+                "ending_literals": grammar_literals, "call_room": call, "ending_first": reserve + call,
                 "between_calls": lambda answer: boundary(answer) and not inside(answer), **steer}
 
     def _end_room(self, end: str) -> int:

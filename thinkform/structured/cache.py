@@ -149,8 +149,10 @@ class GrammarCache:
             if job.constraint.kind == "structural_tag":
                 tag = job.constraint.data()
                 result.call_openings = tuple(tuple(group) for group in call_openings(tag))
-                # a section's end, tried whole (Kimi-K2's `<|tool_calls_section_end|>` and the next call's begin
-                # part late: byte by byte the measure ran on through every call the section allows)
+                # a section's end, tried whole by the search (the measure's and each request's): between two
+                # calls it closes the answer, where the bytes alone lead on to one more call (Kimi-K2's
+                # `<|tool_call_begin|>` and `<|tool_calls_section_end|>` part late; byte by byte the measure ran
+                # on through every call the section allows)
                 result.closing_literals += tuple(end.encode() for _, end in wrapper_tags(tag))
             _check_has_answers(result, job.constraint, self.backend.ctx.vocab_size, self.backend.ctx.eos_token_ids)
             _extra(self.before_handout, result)

@@ -421,8 +421,7 @@ class ReasoningGate:
         """Between two tool calls, where the answer may end, with too few tokens left for one more call of the
         longest tool and its closing: the answer's ending (EOS, or the section's end) now, looked at each token
         there (a call begun without room ran into max_new_tokens). None elsewhere."""
-        answer = bytes(self._answer)
-        if self._between_calls is None or not self._between_calls(answer) or not self._in_closing_scope():
+        if self._between_calls is None or not self._between_calls(bytes(self._answer)) or not self._in_closing_scope():
             return None
         ids = self._ending.ending_tokens(self.matcher, empty_ok=True, literals=self._ending_literals)
         if ids is None or len(ids) > left:
