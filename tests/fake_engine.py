@@ -42,6 +42,7 @@ class FakeEngine:
                                api_key=self.api_key, max_n=8)
         self.tokenizer = build_tiny_tokenizer()
         self.chat_template = self.tokenizer.chat_template
+        self.tool_chat_template = None
         self.markers = get_markers(self.reasoning_parser) if self.reasoning_parser else None
         self.served_model_name = "fake-model"
         self.context_length = 512
@@ -61,15 +62,15 @@ class FakeEngine:
 
     def server_info(self) -> dict[str, Any]:
         return {"model_name": self.served_model_name, "num_running": 0, "running": 2 if self.busy else 0,
-                "waiting": 1 if self.busy else 0, "kv_pages_used": 3, "page_size": 16}
+                "waiting": 1 if self.busy else 0, "kv_pages_used": 3, "page_size": 16,
+                "served_model_name": self.served_model_name, "context_length": self.context_length,
+                "reasoning_parser": self.reasoning_parser}
 
     def get_server_info(self) -> dict[str, Any]:
         return self.server_info()
 
     def get_model_info(self) -> dict[str, Any]:
-        return {"model_path": "fake/model-path", "tokenizer_path": "fake/model-path",
-                "served_model_name": self.served_model_name, "is_generation": True,
-                "context_length": self.context_length, "reasoning_parser": self.reasoning_parser}
+        return {"model_path": "fake/model-path", "tokenizer_path": "fake/model-path", "is_generation": True}
 
     def abort(self, rid: str) -> bool:
         self.aborted.append(rid)

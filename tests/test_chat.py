@@ -128,3 +128,124 @@ def test_a_prompt_that_closed_its_reasoning_starts_the_answer_even_for_a_family_
     earlier = closed + "Hello<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"
     expected = "answer" if kwargs and parser == "qwen3" else ("reasoning" if parser != "qwen3" else "open")
     assert decide_reasoning_start(earlier, get_markers(parser), kwargs) == expected
+
+
+# ---- audit 32: conversations as agent loops send them --------------------------------------------------
+
+def test_chat_template_flag_refuses_what_is_neither_a_file_nor_a_template(tmp_path):
+    """A mistyped path, or one of SGLang's built-in names (`chatml`), became every prompt's whole text."""
+    from thinkform.engine.setup import _chat_template
+    for value in ("chatml", str(tmp_path / "qwen3_typo.jinja")):
+        with pytest.raises(ValueError, match="chat_template: .* neither a file nor a Jinja template"):
+            _chat_template(value)
+    sglang_json = tmp_path / "conv.json"
+    sglang_json.write_text('{"name": "my_model", "system": "<|im_start|>system"}')
+    with pytest.raises(ValueError, match="chat_template: .*JSON"):
+        _chat_template(str(sglang_json))
+    jinja = tmp_path / "t.jinja"
+    jinja.write_text("{{ messages[0].content }}")
+    assert _chat_template(str(jinja)) == "{{ messages[0].content }}"
+    assert _chat_template("{{ messages[0].content }}!") == "{{ messages[0].content }}!"
+
+
+def test_named_templates_render_tool_requests_with_tool_use():
+    """Hermes-2-Pro / Command-R tokenizers ship `default` and `tool_use`: the server failed to start
+    (a dict is no template); transformers renders a request with tools by `tool_use`."""
+    from types import SimpleNamespace
+
+    from thinkform.models.loader import chat_templates
+    tok = SimpleNamespace(chat_template={"default": "plain:{{ messages[0].content }}",
+                                         "tool_use": "tools:{{ tools|length }}:{{ messages[0].content }}"})
+    default, tool_use = chat_templates(tok)
+    renderer = ChatRenderer(default, tool_template=tool_use)
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert renderer.render(msgs) == "plain:Hi"
+    assert renderer.render(msgs, tools=[{"type": "function", "function": {"name": "f"}}]) == "tools:1:Hi"
+    assert renderer.uses_tools
+    assert chat_templates(SimpleNamespace(chat_template="x")) == ("x", None)
+
+
+def test_developer_messages_reach_templates_without_that_role():
+    """Qwen's and DeepSeek's templates render system, user, assistant and tool only: a developer message
+    (Codex-style agents, the Responses API) vanished from the prompt."""
+    msgs = [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "Hi"}]
+    assert "Answer in French." in ChatRenderer(None).render(msgs)
+    assert "<|im_start|>system\nAnswer in French." in ChatRenderer(None).render(msgs)
+    harmony_like = ChatRenderer("{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}{# developer #}")
+    assert harmony_like.render(msgs) == "developer:Answer in French.;user:Hi;"
+
+
+def test_an_empty_tool_call_list_keeps_the_message_on_the_text_path():
+    """DeepSeek-R1's template tests for the key: `tool_calls: []` took the calls' branch and dropped "Paris."."""
+    renderer = ChatRenderer("{% for m in messages %}{% if 'tool_calls' in m %}CALLS{% else %}{{ m.content }}"
+                            "{% endif %};{% endfor %}")
+    msgs = [{"role": "user", "content": "Capital?"}, {"role": "assistant", "content": "Paris.", "tool_calls": []}]
+    assert renderer.render(msgs) == "Capital?;Paris.;"
+
+
+@pytest.mark.parametrize("arguments", ["", "  ", "null", None])
+def test_missing_tool_call_arguments_render_as_an_empty_object(arguments):
+    """Qwen3's template wrote `"arguments": }` for an empty arguments string."""
+    renderer = ChatRenderer("{% for m in messages %}{% for c in m.tool_calls or [] %}"
+                            "{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}")
+    call = {"type": "function", "function": {"name": "now", "arguments": arguments}}
+    assert renderer.render([{"role": "assistant", "content": None, "tool_calls": [call]}]) == "{}"
+
+
+@pytest.mark.parametrize("final", ["The answer is ", "Answer:\n", "  Lead", "Plain"])
+def test_continue_final_message_keeps_the_whitespace_the_template_kept(tiny_renderer, final):
+    """transformers keeps a prefill's trailing space or newline where the template does; it was stripped,
+    so the model wrote the space again (`is  Paris`)."""
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": final}]
+    assert tiny_renderer.render(msgs, continue_final_message=True).endswith("<|im_start|>assistant\n" + final)
+    stripping = ChatRenderer("{% for m in messages %}[{{ m.content | trim }}]{% endfor %}")
+    assert stripping.render(msgs, continue_final_message=True).endswith("[" + final.strip())
+
+
+QWEN3_LIKE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("where", ["user", "tool"])
+def test_a_think_tag_written_in_the_history_opens_no_reasoning(where):
+    """A question about the `<think>` tag (or a tool result holding one) put the output in reasoning: the
+    prompt was searched whole for an opened marker. Only what follows the history counts."""
+    renderer = ChatRenderer(QWEN3_LIKE)
+    markers = get_markers("qwen3")
+    msgs = [{"role": "user", "content": "What does the <think> tag mean?"}]
+    if where == "tool":
+        msgs = [{"role": "user", "content": "Search"}, {"role": "tool", "content": "found: <think> is a tag"}]
+    prompt = renderer.render(msgs)
+    tail = renderer.generation_prompt(prompt, msgs)
+    assert tail == "<|im_start|>assistant\n"
+    assert decide_reasoning_start(tail, markers) == "open"
+    r1 = ChatRenderer(R1_TEMPLATE)
+    prompt = r1.render(msgs)
+    assert decide_reasoning_start(r1.generation_prompt(prompt, msgs), get_markers("qwen3")) == "reasoning"
+    continued = [*msgs, {"role": "assistant", "content": "<think>\nHmm"}]
+    prompt = renderer.render(continued, continue_final_message=True)
+    assert decide_reasoning_start(renderer.generation_prompt(prompt, continued, continue_final_message=True),
+                                  markers) == "reasoning"
+
+
+def test_a_template_that_cannot_render_calls_gets_them_as_text_and_the_tools_in_its_system_message():
+    """ChatML without tools (SmolLM2's, the fallback): the assistant turn that called a tool rendered empty,
+    so the model never saw what it had called, and the tool list came as a second system turn."""
+    from fake_engine import FakeEngine
+
+    from thinkform.server.openai_api import render_chat
+    from thinkform.server.protocol import ChatCompletionRequest
+    from thinkform.server.state import ServerState
+
+    state = ServerState.from_engine(FakeEngine(reasoning_parser=None))
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    body = ChatCompletionRequest(tools=tools, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}])
+    prompt, _ = render_chat(state, body, tools, None)
+    assert prompt.count("<|im_start|>system") == 1
+    assert "You may call these tools" in prompt and "Be brief." in prompt
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' \
+        in prompt

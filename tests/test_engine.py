@@ -21,7 +21,7 @@ def test_single_prompt_returns_dict_with_sglang_fields(engine64):
     assert isinstance(out, dict)
     assert set(out) == {"text", "output_ids", "meta_info"}
     meta = out["meta_info"]
-    assert meta["finish_reason"] == {"type": "length", "matched": None, "length": 5}
+    assert meta["finish_reason"] == {"type": "length", "length": 5}  # SGLang's shape: no `matched`
     assert meta["completion_tokens"] == len(out["output_ids"]) == 5
     assert meta["prompt_tokens"] == len(engine64.tokenizer.encode("The answer is"))
     assert meta["e2e_latency"] > 0 and "cached_tokens" in meta and "id" in meta

@@ -109,6 +109,45 @@ def test_failures_are_cached_and_fail_fast() -> None:
     assert cache.stats().failures == 1
 
 
+def test_a_cached_failure_keeps_no_request_alive() -> None:
+    """Audit 32: the cached failure was the exception raised into each request that asked, and each raise's
+    traceback kept that request's frames (prompt, params) alive for as long as the failure stayed cached."""
+    import gc
+    import weakref
+
+    class Request:  # what a request's frames hold
+        pass
+
+    def ask(cache: GrammarCache, request: Request) -> None:
+        try:
+            cache.get(regex("bad("))
+        except ConstraintError:
+            pass
+
+    cache, _ = make_cache()
+    for _ in range(2):  # the compile's waiter, then a hit
+        request = Request()
+        alive = weakref.ref(request)
+        ask(cache, request)
+        del request
+        gc.collect()
+        assert alive() is None
+    with pytest.raises(ConstraintError, match="cannot parse") as e:
+        cache.get(regex("bad("))
+    assert e.value.field == "regex"
+
+
+def test_evictions_give_the_freed_memory_back() -> None:
+    """Audit 32: RSS grew wave after wave of new schemas past the cache's bound (freed masks stayed in
+    glibc's per-thread arenas); an eviction now trims them, at most once per interval."""
+    cache, _ = make_cache(max_entries=1)
+    cache._trim.interval_s = 0.0
+    before = cache._trim.count
+    cache.get(regex("a"))
+    cache.get(regex("b"))  # evicts a; the trim follows on the compile thread
+    wait_until(lambda: cache._trim.count == before + (cache._trim._trim is not None))  # glibc's only
+
+
 def test_least_recently_used_entry_is_evicted() -> None:
     cache, backend = make_cache(max_entries=2)
     cache.get(regex("a"))

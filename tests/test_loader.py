@@ -223,3 +223,55 @@ def test_qwen_reasoning_template_opens_think(qwen):
     assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
     plain = build_qwen_tokenizer(reasoning=False)
     assert plain.apply_chat_template(messages, add_generation_prompt=True, tokenize=False).endswith("assistant\n")
+
+
+def _gguf_with(path, metadata: dict, rope_freqs=None):
+    import gguf
+    import numpy as np
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in metadata.items():
+        writer.add_key_value(key, value[0], value[1])
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return gguf.GGUFReader(str(path))
+
+
+@pytest.mark.parametrize("theta, head_dim, scaling", [
+    (500000.0, 128, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192}),   # Llama 3.1, DeepSeek-R1-Distill-Llama
+    (500000.0, 64, {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192}),    # Llama 3.2 1B/3B
+    (500000.0, 16, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 32}),      # no frequency between the plateaus
+])
+def test_a_gguf_keeps_llama3_rope_scaling(tmp_path, theta, head_dim, scaling):
+    """Audit 32: llama.cpp keeps Llama 3's rope scaling as a rope_freqs.weight tensor, which transformers'
+    GGUF reader drops: Llama-3.1/3.2 GGUFs ran with plain RoPE (logits off by 4.3 at 40 tokens). The scaling
+    read back must give the frequencies the file holds."""
+    from thinkform.models.gguf_rope import gguf_rope_scaling, llama3_divisors
+    from thinkform.models.rope import rope_inv_freq
+    plain, _ = rope_inv_freq(theta, head_dim, None, 131072)
+    divisors = llama3_divisors({"rope_type": "llama3", **scaling}, plain.double().numpy())
+    read = gguf_rope_scaling(_gguf_with(tmp_path / "m.gguf", {}, divisors), theta, head_dim)
+    assert read["rope_type"] == "llama3"
+    scaled, _ = rope_inv_freq(theta, head_dim, read, 131072)
+    torch.testing.assert_close(scaled.double(), plain.double() / torch.from_numpy(divisors), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="rope_freqs.weight does not follow Llama 3"):
+        gguf_rope_scaling(_gguf_with(tmp_path / "bad.gguf", {}, divisors[::-1].copy()), theta, head_dim)
+
+
+def test_a_gguf_keeps_linear_and_yarn_rope_scaling(tmp_path):
+    import gguf
+    from thinkform.models.gguf_rope import gguf_rope_scaling
+    T = gguf.GGUFValueType
+    linear = {"llama.rope.scaling.type": ("linear", T.STRING), "llama.rope.scaling.factor": (4.0, T.FLOAT32)}
+    assert gguf_rope_scaling(_gguf_with(tmp_path / "l.gguf", linear), 1e4, 64) == {"rope_type": "linear", "factor": 4.0}
+    yarn = {"llama.rope.scaling.type": ("yarn", T.STRING), "llama.rope.scaling.factor": (4.0, T.FLOAT32),
+            "llama.rope.scaling.original_context_length": (32768, T.UINT32)}
+    assert gguf_rope_scaling(_gguf_with(tmp_path / "y.gguf", yarn), 1e6, 128) == {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert gguf_rope_scaling(_gguf_with(tmp_path / "p.gguf", {}), 1e4, 64) is None

@@ -230,3 +230,30 @@ def test_fallback_refuses_non_causal_models(tmp_path, tokenizer):
     assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
     with pytest.raises(ValueError, match="BertForMaskedLM.*not a causal language model"):
         load_model(str(model_dir), torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("raw, window", [
+    ({"model_type": "qwen3", "sliding_window": 8, "use_sliding_window": True, "max_window_layers": 0}, 8),
+    ({"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True, "max_window_layers": 2}, None),
+    ({"model_type": "qwen2", "sliding_window": 131072, "use_sliding_window": False}, None),  # Qwen2.5's configs
+    ({"model_type": "mistral", "sliding_window": 4096}, 4096),  # Mistral-7B-v0.1
+    ({"model_type": "mistral", "sliding_window": None}, None),
+    ({"model_type": "gemma3_text", "sliding_window": 512,
+      "layer_types": ["sliding_attention", "full_attention"]}, 512),
+    ({"model_type": "x", "sliding_window": 512, "layer_types": ["full_attention"] * 2}, None),
+])
+def test_a_sliding_window_caps_the_served_context(raw, window):
+    """Audit 32: a sliding attention window (Qwen3 with use_sliding_window, Mistral-v0.1, Gemma-3) was run as
+    full attention over any length: past the window the output differed from the model's (Qwen3's first
+    token on a 40-token prompt, window 8) with a warning at most. The context is served up to the window,
+    and a longer --context-length is refused."""
+    from thinkform.engine.setup import served_context
+    cfg = ModelConfig(arch="X", model_type=raw["model_type"], vocab_size=8, hidden_size=8, intermediate_size=8,
+                      num_layers=2, num_heads=1, num_kv_heads=1, head_dim=8, max_position_embeddings=32768,
+                      extra=raw)
+    assert cfg.sliding_window == window
+    assert served_context(None, cfg) == (window or 32768)
+    assert served_context(4, cfg) == 4
+    if window is not None:
+        with pytest.raises(ValueError, match=f"context_length: .*sliding attention window \\({window} tokens\\)"):
+            served_context(window + 1, cfg)

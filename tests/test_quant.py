@@ -123,3 +123,21 @@ def test_an_int4_engine_generates_greedily_and_reproducibly(tiny_model_dirs) -> 
         again = engine.generate("Hello", params)
     assert [len(o["output_ids"]) for o in first] == [8, 8]
     assert again["output_ids"] == first[0]["output_ids"]
+
+
+@pytest.mark.parametrize("top, exact", [(15, True), (14, False)])
+def test_int4_is_chosen_only_where_every_q4_1_block_spans_its_range(top, exact) -> None:
+    """Audit 32: llama.cpp's importance-matrix quantizer need not put a block's max at q = 15; such blocks,
+    re-quantized to int4 groups by their own min and max, moved by up to 0.74 of a step (a second, lossy
+    quantization, chosen by default). Blocks of the plain quantizer span 0..15 and stay exact."""
+    import numpy as np
+
+    from thinkform.models.loader import _q4_1_blocks_span
+    rng = np.random.default_rng(0)
+    rows, blocks = 8, 4
+    q = rng.integers(0, top + 1, (rows, blocks, 32), dtype=np.uint8)
+    q[..., 0], q[..., 1] = 0, top
+    scale = np.full((rows, blocks, 2), 0.01, dtype=np.float16).view(np.uint8)[..., :2]
+    packed = np.concatenate([np.zeros((rows, blocks, 4), np.uint8), q[..., :16] | (q[..., 16:] << 4)], axis=-1)
+    packed[..., :2] = scale
+    assert _q4_1_blocks_span(packed.reshape(rows, blocks * 20)) is exact

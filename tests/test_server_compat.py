@@ -120,12 +120,13 @@ def test_abort_all_needs_no_rid(served):
     _error(httpx.post(f"{base}/abort_request", json={"abort_all": False}), 400, "rid")
 
 
-def test_get_model_info_comes_from_the_engine_plus_the_tool_parser(served):
+def test_get_model_info_comes_from_the_engine_and_server_info_adds_the_tool_parser(served):
     _, base = served
     info = httpx.get(f"{base}/get_model_info").json()
-    assert info["model_path"] == "fake/model-path" and info["served_model_name"] == "fake-model"
-    assert info["is_generation"] is True and info["context_length"] == 512
-    assert info["reasoning_parser"] == "deepseek-r1" and "tool_call_parser" in info
+    assert info == {"model_path": "fake/model-path", "tokenizer_path": "fake/model-path", "is_generation": True}
+    server = httpx.get(f"{base}/get_server_info").json()
+    assert server["served_model_name"] == "fake-model" and server["context_length"] == 512
+    assert server["reasoning_parser"] == "deepseek-r1" and server["tool_call_parser"] == "hermes"
 
 
 def test_null_means_the_default(served):
@@ -461,7 +462,7 @@ def test_real_engine_flush_cache_and_tokenize_match_the_chat_prompt(real64):
     usage = _chat(base, max_tokens=2, temperature=0).json()["usage"]
     assert counted["count"] == usage["prompt_tokens"] and counted["max_model_len"] == engine.context_length
     info = httpx.get(f"{base}/get_model_info").json()
-    assert info["model_path"] == engine.args.model_path and "tool_call_parser" in info
+    assert info["model_path"] == engine.args.model_path and "tool_call_parser" in httpx.get(f"{base}/server_info").json()
 
 
 def test_real_engine_max_thinking_tokens_caps_the_thinking(reasoning_engine):
@@ -541,10 +542,17 @@ def test_an_image_part_is_refused_by_name_not_dropped(served):
     assert err["param"].startswith("messages")
 
 
-def test_model_info_carries_sglang_s_keys(engine64):
+def test_model_info_carries_sglang_s_keys_and_no_others(engine64):
+    """Audit 32: SGLang's native-API docs check the key set; served_model_name, context_length and the
+    parsers made it fail (they are in get_server_info)."""
     info = engine64.get_model_info()
     assert info["weight_version"] == "default" and info["model_type"] == "qwen2"
     assert info["architectures"] == ["Qwen2ForCausalLM"] and "preferred_sampling_params" in info
+    assert set(info) == {"model_path", "tokenizer_path", "is_generation", "preferred_sampling_params",
+                         "weight_version", "has_image_understanding", "has_audio_understanding", "model_type",
+                         "architectures"}
+    server = engine64.get_server_info()
+    assert server["tp_size"] == 1 and server["context_length"] == engine64.context_length
 
 
 def test_errors_name_the_field_as_the_request_spelled_it(real64):

@@ -233,3 +233,76 @@ def test_token_ids_logprob_gives_those_tokens_logprobs_everywhere(engine64):
                                                                                  abs=1e-6)
     with pytest.raises(ValueError, match="token_ids_logprob"):
         engine64.generate("Hi", GREEDY, return_logprob=True, token_ids_logprob=[10**9])
+
+
+# ---- audit 32: what SGLang scripts do that broke here ---------------------------------------------------
+
+def test_a_script_ending_without_shutdown_exits_cleanly(tiny_model_dirs, tmp_path):
+    """SGLang's engine shuts down at exit by itself: a script that broke out of a stream and ended without
+    shutdown() was killed inside torch (`terminate called without an active exception`, exit 134)."""
+    import subprocess
+    import sys
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from thinkform import Engine\n"
+        f"llm = Engine(model_path={str(tiny_model_dirs['qwen2'])!r})\n"
+        "for chunk in llm.generate('Hello', {'max_new_tokens': 200, 'ignore_eos': True}, stream=True):\n"
+        "    break\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_sglang_attributes_and_doc_helpers(engine64):
+    """SGLang scripts read `engine.tokenizer_manager.tokenizer` and `engine.server_args`; its offline-engine
+    docs import stream_and_merge / async_stream_and_merge (from sglang.utils: thinkform.utils here)."""
+    import asyncio
+
+    from thinkform.utils import async_stream_and_merge, stream_and_merge, trim_overlap
+    assert engine64.tokenizer_manager.tokenizer is engine64.tokenizer
+    assert engine64.server_args is engine64.args and engine64.tokenizer_manager.server_args is engine64.args
+    whole = engine64.generate("Hello", GREEDY)["text"]
+    assert stream_and_merge(engine64, "Hello", GREEDY) == whole
+
+    async def pieces() -> list[str]:
+        return [piece async for piece in async_stream_and_merge(engine64, "Hello", GREEDY)]
+    assert "".join(asyncio.run(pieces())) == whole
+    assert trim_overlap("Hello wor", "Hello world") == "ld" and trim_overlap("abc", "def") == "def"
+
+
+def test_sglang_generate_keywords_at_values_that_ask_nothing(engine64):
+    """sgl-model-gateway's dp-aware mode sends data_parallel_rank on every request; priority is ignored with
+    priority scheduling off (SGLang's default); newer keywords at their defaults. Other values are refused
+    by name, and a keyword SGLang has not is a TypeError naming the method."""
+    from thinkform.engine.errors import RequestFieldError
+    out = engine64.generate("Hello", GREEDY, data_parallel_rank=0, routed_dp_rank=0, priority=5, session_id=None,
+                            mm_hashes=None, kv_router_hint=None, return_entropy=False)
+    assert out["meta_info"]["finish_reason"] == {"type": "length", "length": GREEDY["max_new_tokens"]}
+    for name, value in (("data_parallel_rank", 1), ("return_entropy", True), ("return_prompt_token_ids", True)):
+        with pytest.raises(RequestFieldError, match=f"{name}: not supported") as e:
+            engine64.generate("Hello", GREEDY, **{name: value})
+        assert e.value.field == name
+    import asyncio
+    with pytest.raises(TypeError, match=r"async_generate\(\) got an unexpected keyword argument 'frobnicate'"):
+        asyncio.run(engine64.async_generate("Hello", GREEDY, frobnicate=1))
+    assert engine64.generate("Hello", {**GREEDY, "stop_token_ids": {0, 1}})["text"] is not None  # SGLang's Set[int]
+
+
+def test_sglang_constructor_values_start_the_engine():
+    """Launchers forward SGLang's ServerArgs, whose unset fields are None; SGLang's kernel names and dtype
+    spellings pick a kernel or spell a dtype thinkform has."""
+    import torch
+
+    from thinkform.engine.setup import attention_backend, resolve_dtype
+    args = EngineArgs.from_kwargs(max_running_requests=None, chunked_prefill_size=None, page_size=None,
+                                  quantization=None, max_queued_requests=None, mem_fraction_static=None,
+                                  cuda_graph_max_bs=None, enable_lora=None, stream_output=False, model_impl="auto")
+    defaults = EngineArgs()
+    assert (args.max_running_requests, args.chunked_prefill_size, args.page_size, args.quantization) == (
+        defaults.max_running_requests, defaults.chunked_prefill_size, defaults.page_size, defaults.quantization)
+    assert args.context_length is None  # None stays None where it is the default
+    cpu = torch.device("cpu")
+    assert attention_backend("flashinfer", cpu) == "torch" and attention_backend("torch_native", cpu) == "torch"
+    assert resolve_dtype("half", cpu) is torch.float16 and resolve_dtype("float", cpu) is torch.float32
+    with pytest.raises(ValueError, match="stream_output"):
+        EngineArgs.from_kwargs(stream_output=True)

@@ -123,13 +123,15 @@ class EngineArgs:
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
-        names = {f.name for f in dataclasses.fields(cls)}
+        """SGLang's keyword arguments. `None` is SGLang's "choose for me" (launchers forward a ServerArgs
+        whose unset fields are None): an argument given as None takes thinkform's default."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         sglang_only = {f.name for f in SGLANG_ONLY}
-        unknown = sorted(set(kwargs) - names - sglang_only)
+        unknown = sorted(set(kwargs) - set(fields) - sglang_only)
         if unknown:
             raise ValueError(f"unknown engine argument(s): {', '.join(unknown)}")
         accept_sglang_only({k: kwargs.pop(k) for k in list(kwargs) if k in sglang_only})
-        return cls(**kwargs)
+        return cls(**{k: v for k, v in kwargs.items() if v is not None or fields[k].default is None})
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,21 @@ SGLANG_ONLY = (
     SGLangOnlyArg("disable_cuda_graph_padding", ANY, "steps are padded to the next captured size", flag=True),
     SGLangOnlyArg("log_level_http", ANY, "--log-level covers the HTTP server too"),
     SGLangOnlyArg("weight_version", "default", "the weights are never swapped in place"),
+    SGLangOnlyArg("stream_output", False, "a stream's chunks carry the whole output so far, as SGLang's default"),
+    SGLangOnlyArg("model_impl", ANY, "llama, qwen2 and qwen3 are built in; other architectures run through "
+                  "transformers"),
+    SGLangOnlyArg("decode_log_interval", ANY, "throughput is in /metrics and get_server_info"),
+    SGLangOnlyArg("num_continuous_decode_steps", ANY, "one decode step per scheduling round"),
+    SGLangOnlyArg("dist_init_addr", None, "one device per engine: no distributed setup"),
+    SGLangOnlyArg("node_rank", 0, "one device per engine"),
+    SGLangOnlyArg("tokenizer_worker_num", 1, "one tokenizer, on worker threads"),
+    SGLangOnlyArg("mm_attention_backend", None, "text models only"),
+    SGLangOnlyArg("disable_chunked_prefix_cache", ANY, "the prefix cache serves chunked prefills as any other",
+                  flag=True),
+    SGLangOnlyArg("constrained_json_disable_any_whitespace", ANY, "JSON is compact unless --json-any-whitespace",
+                  flag=True),
+    SGLangOnlyArg("lora_backend", ANY, "no LoRA adapters are served"),
+    SGLangOnlyArg("max_lora_rank", ANY, "no LoRA adapters are served"),
 )
 
 
@@ -207,7 +224,7 @@ def accept_sglang_only(given: dict[str, Any]) -> None:
     by_name = {f.name: f for f in SGLANG_ONLY}
     for name, value in given.items():
         arg = by_name[name]
-        if arg.neutral is not ANY and not _same(value, arg.neutral):
+        if arg.neutral is not ANY and value is not None and not _same(value, arg.neutral):
             raise ValueError(f"{name}: {value!r} is not supported by thinkform ({arg.note}); "
                              f"leave it out or pass {arg.neutral!r}")
         logger.info("%s=%r accepted for SGLang compatibility; it changes nothing here: %s", name, value, arg.note)

@@ -1,4 +1,5 @@
-"""Notebook helpers, as SGLang's docs use them: start a server on a free port, wait for it, stop it."""
+"""Notebook helpers, as SGLang's docs use them: start a server on a free port, wait for it, stop it; merge an
+offline engine's stream into its text."""
 from __future__ import annotations
 
 import atexit
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any, AsyncIterator
 
 import requests
 
@@ -73,3 +75,29 @@ def print_highlight(text: object) -> None:
     except ImportError:
         pass
     print(f"\033[1;34m{text}\033[0m", flush=True)
+
+
+def trim_overlap(existing: str, chunk: str) -> str:
+    """What `chunk` adds to `existing`: without the longest start of it that `existing` already ends with
+    (a cumulative chunk repeats the whole text so far, an incremental one nothing)."""
+    for size in range(min(len(existing), len(chunk)), 0, -1):
+        if existing.endswith(chunk[:size]):
+            return chunk[size:]
+    return chunk
+
+
+def stream_and_merge(llm: Any, prompt: str, sampling_params: dict[str, Any]) -> str:
+    """The text of an offline engine's stream for `prompt`, its chunks merged (SGLang's docs' helper)."""
+    text = ""
+    for chunk in llm.generate(prompt, sampling_params, stream=True):
+        text += trim_overlap(text, chunk["text"])
+    return text
+
+
+async def async_stream_and_merge(llm: Any, prompt: str, sampling_params: dict[str, Any]) -> AsyncIterator[str]:
+    """Each new piece of an offline engine's async stream for `prompt` (SGLang's docs' helper)."""
+    text = ""
+    async for chunk in await llm.async_generate(prompt, sampling_params, stream=True):
+        piece = trim_overlap(text, chunk["text"])
+        text += piece
+        yield piece

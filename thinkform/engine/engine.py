@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import logging
 import queue
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
@@ -25,24 +27,55 @@ logger = logging.getLogger("thinkform")
 # SGLang's Engine.generate keywords for what thinkform does not do (images, LoRA, custom logit processors,
 # hidden states, disaggregation), each with the value that asks for none of it: code that passes them
 # explicitly at that value runs unchanged
-SGLANG_NEUTRAL_KEYWORDS: dict[str, Any] = {
-    "image_data": None, "audio_data": None, "video_data": None, "lora_path": None,
-    "custom_logit_processor": None, "return_hidden_states": False, "return_routed_experts": False,
-    "session_params": None, "priority": None, "data_parallel_rank": None, "external_trace_header": None,
-    "bootstrap_host": None, "bootstrap_port": None, "bootstrap_room": None, "input_embeds": None,
-    "routed_dp_rank": None, "cache_salt": None,
+# SGLang's generate keywords for what thinkform does not do, each with the values that ask for nothing
+SGLANG_NEUTRAL_KEYWORDS: dict[str, tuple[Any, ...]] = {
+    "image_data": (None,), "audio_data": (None,), "video_data": (None,), "lora_path": (None,),
+    "custom_logit_processor": (None,), "return_hidden_states": (False,), "return_routed_experts": (False,),
+    "session_params": (None,), "external_trace_header": (None,), "bootstrap_host": (None,),
+    "bootstrap_port": (None,), "bootstrap_room": (None,), "input_embeds": (None,), "cache_salt": (None,),
+    # one engine, one data-parallel rank: rank 0 is this one (sgl-model-gateway's dp-aware mode sends it on
+    # every request)
+    "data_parallel_rank": (None, 0), "routed_dp_rank": (None, 0), "disagg_prefill_dp_rank": (None, 0),
+    "session_id": (None,), "mm_hashes": (None,), "mm_content_hashes": (None,), "routed_experts_start_len": (None,),
+    "kv_router_hint": (None,), "return_entropy": (False, None), "return_prompt_token_ids": (False, None),
 }
+# taken and ignored, as SGLang ignores them with its defaults (priority scheduling off)
+SGLANG_IGNORED_KEYWORDS = frozenset({"priority"})
+
+
+def check_sglang_keywords(method: str, given: dict[str, Any]) -> None:
+    """A keyword SGLang's `method` does not take is a TypeError, as Python's own."""
+    unexpected = next((name for name in given if name not in SGLANG_NEUTRAL_KEYWORDS
+                       and name not in SGLANG_IGNORED_KEYWORDS), None)
+    if unexpected is not None:
+        raise TypeError(f"{method}() got an unexpected keyword argument {unexpected!r}")
 
 
 def refuse_sglang_only(given: dict[str, Any]) -> None:
-    """SGLang's generate keywords (SGLANG_NEUTRAL_KEYWORDS) pass at the value that asks for nothing, or a list
-    of it (SGLang takes them per prompt too); any other value is a RequestFieldError naming the keyword: a
+    """SGLang's generate keywords (SGLANG_NEUTRAL_KEYWORDS) pass at a value that asks for nothing, or a list
+    of such (SGLang takes them per prompt too); any other value is a RequestFieldError naming the keyword: a
     request must not be answered silently without what it asked for."""
     for name, value in given.items():
+        if name in SGLANG_IGNORED_KEYWORDS:
+            continue
         neutral = SGLANG_NEUTRAL_KEYWORDS[name]
-        if value != neutral and not (isinstance(value, list) and all(v == neutral for v in value)):
-            raise RequestFieldError(f"{name}: not supported by thinkform (leave it out or pass {neutral!r}, "
-                                    "or a list of it per prompt)", field=name)
+        if value not in neutral and not (isinstance(value, list) and all(v in neutral for v in value)):
+            raise RequestFieldError(f"{name}: not supported by thinkform (leave it out or pass "
+                                    f"{' or '.join(map(repr, neutral))}, or a list of it per prompt)", field=name)
+
+
+@dataclass(frozen=True)
+class TokenizerManagerView:
+    tokenizer: Any
+    server_args: EngineArgs
+
+
+def _shutdown_at_exit(engine: "weakref.ref[Engine]") -> Callable[[], None]:
+    def shutdown() -> None:
+        live = engine()
+        if live is not None:
+            live.shutdown()
+    return shutdown
 
 
 @dataclass
@@ -152,6 +185,7 @@ class Engine:
         self.tokenizer = self.parts.tokenizer
         self.markers = self.parts.markers
         self.chat_template = self.parts.chat_template
+        self.tool_chat_template = self.parts.tool_chat_template
         self.served_model_name = args.served_model_name or self.parts.model_name
         self.context_length = self.parts.context_length
         self.eos_token_ids = tuple(self.parts.eos_token_ids)
@@ -165,6 +199,21 @@ class Engine:
         self._sync_outbox: list[tuple[queue.Queue, _Delivery]] = []
         self.loop.on_delivered = self._hand_over
         self._heap = None if args.disable_gc_freeze else freeze_startup_heap(self)
+        # as SGLang's engine: a script that ends without shutdown() stops the loop first (its daemon thread,
+        # killed inside torch at interpreter exit, aborted the process: "terminate called without an active
+        # exception", exit 134)
+        self._at_exit = _shutdown_at_exit(weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    @property
+    def server_args(self) -> EngineArgs:
+        """SGLang's name for the engine's arguments."""
+        return self.args
+
+    @property
+    def tokenizer_manager(self) -> "TokenizerManagerView":
+        """What SGLang scripts read through `engine.tokenizer_manager`: its tokenizer and server_args."""
+        return TokenizerManagerView(self.tokenizer, self.args)
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "Engine":
@@ -182,6 +231,7 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def shutdown(self) -> None:
+        atexit.unregister(self._at_exit)
         self.loop.stop()
         self.parts.grammar_cache.close()
         if self._heap is not None:
@@ -199,7 +249,8 @@ class Engine:
     def abort(self, rid: str) -> bool:
         """Abort the request `rid`; False when no request of that id is in flight."""
         live = self._live_rids.mark_aborted(rid)  # one still compiling its grammar ends when it is submitted
-        self.loop.abort(rid)
+        if live:  # an id no request holds now is no abort: sent on, it ended the next request to take that id
+            self.loop.abort(rid)
         return live
 
     def abort_request(self, rid: str = "", abort_all: bool = False) -> bool:
@@ -227,11 +278,11 @@ class Engine:
 
     def get_model_info(self) -> dict[str, Any]:
         args = self.args
+        # SGLang's keys, no others (its docs' example checks the set): the rest is in get_server_info
         return {"model_path": args.model_path or self.parts.model_name,
                 "tokenizer_path": args.tokenizer_path or args.model_path or self.parts.model_name,
-                "served_model_name": self.served_model_name, "is_generation": True,
-                "context_length": self.context_length, "reasoning_parser": args.reasoning_parser,
-                # SGLang's other keys: the weights are never swapped in place; the model's config
+                "is_generation": True,
+                # the weights are never swapped in place; the model's config
                 "weight_version": "default", "preferred_sampling_params": args.preferred_sampling_params,
                 "model_type": self.parts.model_type, "architectures": list(self.parts.architectures),
                 "has_image_understanding": False, "has_audio_understanding": False}
@@ -252,7 +303,7 @@ class Engine:
                 "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
                 "model_path": model["model_path"], "tokenizer_path": model["tokenizer_path"],
                 "served_model_name": self.served_model_name, "model_name": self.served_model_name,
-                "context_length": self.context_length, "version": __version__,
+                "context_length": self.context_length, "version": __version__, "tp_size": 1, "dp_size": 1,
                 "max_total_num_tokens": pool.token_capacity,
                 "max_req_input_len": min(self.context_length, pool.token_capacity) - 1}
 
@@ -272,6 +323,7 @@ class Engine:
         An offline batch of any size is taken whole; `max_queued_requests` is backpressure for concurrent
         callers of async_generate (the servers). SGLang's other keywords (image_data, lora_path, ...) are
         accepted at the value that asks for nothing (None / False)."""
+        check_sglang_keywords("generate", sglang_only)
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                             LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
@@ -304,6 +356,7 @@ class Engine:
         """As generate; with stream=True returns an async iterator of cumulative chunks. The request is prepared
         (tokenized, its stop patterns compiled, its constraint checked) on a worker thread: a large one must not
         hold up the event loop's other requests."""
+        check_sglang_keywords("async_generate", sglang_only)
         given = [rid] if isinstance(rid, str) else [r for r in rid if isinstance(r, str)] if isinstance(rid, list) \
             else []
         epoch = self._live_rids.preparing(given)  # an abort meanwhile is kept for the claim (_claimed)
@@ -356,9 +409,6 @@ class Engine:
     def _prepare(self, prompt: Any, sampling_params: Any, input_ids: Any, require_reasoning: bool,
                  reasoning_start: str | None, rid: Any, stream: bool, logprobs: LogprobOptions,
                  sglang_only: dict[str, Any]) -> PreparedRequest:
-        unexpected = next((name for name in sglang_only if name not in SGLANG_NEUTRAL_KEYWORDS), None)
-        if unexpected is not None:
-            raise TypeError(f"generate() got an unexpected keyword argument {unexpected!r}")
         refuse_sglang_only(sglang_only)
         return self.builder.build(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid,
                                   logprobs, stream)

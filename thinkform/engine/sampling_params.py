@@ -207,6 +207,8 @@ def _int_list(value: Any, name: str) -> list[int]:
         return []
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
+    if isinstance(value, (set, frozenset)):  # SGLang's type for stop_token_ids
+        value = list(value)
     if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
         raise SamplingParamError(f"sampling_params.{name}: must be a list of token ids")
     return list(value)

@@ -33,7 +33,10 @@ class FinishReason:
         return cls("abort", message=f"internal error: {type(error).__name__}: {error}", status_code=500)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, "matched": self.matched}
+        # SGLang's shapes: `matched` on a stop only ({"type": "length", "length": 5}, no `matched: null`)
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "stop":
+            out["matched"] = self.matched
         if self.message is not None:
             out["message"] = self.message
         if self.length is not None:

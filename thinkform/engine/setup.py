@@ -11,6 +11,7 @@ import torch
 from thinkform.args import EngineArgs
 from thinkform.engine.kv_cache import KVCache, PagePool
 from thinkform.engine.sampling_params import SamplingParams
+from thinkform.models.config import ModelConfig
 from thinkform.models.decoder import DecoderLM
 from thinkform.models.loader import load_model
 from thinkform.reasoning import ReasoningMarkers, get_markers
@@ -27,7 +28,12 @@ from thinkform.structured.vocab import special_token_ids, TokenVocab
 
 logger = logging.getLogger("thinkform")
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "half": torch.float16, "float": torch.float32}  # the last two: SGLang's and vLLM's spellings
+# SGLang's attention kernels: each is a faster way to the same attention, so its scripts start here with ours
+_SGLANG_ATTENTION_BACKENDS = {"torch_native": "torch", "flex_attention": "torch", **{name: "auto" for name in (
+    "flashinfer", "fa3", "fa4", "flashmla", "cutlass_mla", "trtllm_mha", "trtllm_mla", "aiter", "wave",
+    "dual_chunk_flash_attn", "intel_amx", "ascend", "nsa")}}
 _CPU_DEFAULT_KV_TOKENS = 16384  # tokens; --max-total-tokens raises it
 
 
@@ -63,6 +69,7 @@ class EngineParts:
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
     model_type: str = ""  # the HF config's, for /get_model_info
     architectures: tuple[str, ...] = ()
+    tool_chat_template: str | None = None  # the tokenizer's "tool_use" template, where it names templates
 
 
 def _sampling_defaults(args: EngineArgs, model_defaults: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +125,7 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
         tok = AutoTokenizer.from_pretrained(args.tokenizer_path)
     cfg = loaded.config
     markers = get_markers(args.reasoning_parser) if args.reasoning_parser else None
-    context = args.context_length or cfg.max_position_embeddings
+    context = served_context(args.context_length, cfg)
     options = GrammarOptions(any_whitespace=args.json_any_whitespace, max_number_digits=args.max_number_digits,
                              compile_timeout_s=args.grammar_compile_timeout)
     vocab = TokenVocab.from_tokenizer(tok, cfg.vocab_size, loaded.eos_token_ids)
@@ -126,9 +133,10 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
     ending_search = EndingSearch(vocab)
     kv, pool = _build_kv(args, loaded.model, cfg, device, context)
     small_steps = _cuda_kernels(args, loaded.model, kv, device, context)
-    chat_template = _chat_template(args.chat_template) or loaded.chat_template
+    given_template = _chat_template(args.chat_template)
     return EngineParts(
-        model=loaded.model, tokenizer=tok, chat_template=chat_template, markers=markers,
+        model=loaded.model, tokenizer=tok, chat_template=given_template or loaded.chat_template,
+        tool_chat_template=None if given_template else loaded.tool_chat_template, markers=markers,
         model_name=loaded.served_name, model_dir=loaded.model_path, context_length=context, device=device,
         eos_token_ids=tuple(loaded.eos_token_ids), vocab_size=cfg.vocab_size, vocab=vocab,
         number_rules=NumberRules.from_options(vocab.token_bytes, options), utf8_rules=Utf8Rules(vocab.token_bytes),
@@ -143,6 +151,10 @@ def build_engine_parts(args: EngineArgs) -> EngineParts:
 
 
 def attention_backend(name: str, device: torch.device) -> str:
+    if name in _SGLANG_ATTENTION_BACKENDS:
+        logger.info("attention_backend %r is SGLang's kernel; thinkform's %s serves it", name,
+                    _SGLANG_ATTENTION_BACKENDS[name])
+        name = _SGLANG_ATTENTION_BACKENDS[name]
     if name not in ("auto", "triton", "torch"):
         raise ValueError(f"attention_backend: unknown backend {name!r} (choose from auto, triton, torch)")
     if name == "triton" and device.type != "cuda":
@@ -192,12 +204,36 @@ def _auto_kv_tokens(args: EngineArgs, device: torch.device, per_token: int, cont
     return max(min(context, 8192), min(_CPU_DEFAULT_KV_TOKENS, int(ram * 0.1 // per_token)))
 
 
+def served_context(given: int | None, cfg: ModelConfig) -> int:
+    """The context length served: --context-length, else the model's; no longer than a sliding attention
+    window, over which thinkform attends in full (exact only up to the window: past it the output would
+    differ from the model's)."""
+    window = cfg.sliding_window
+    if window is None or (given or cfg.max_position_embeddings) <= window:
+        return given or cfg.max_position_embeddings
+    if given:
+        raise ValueError(f"context_length: {given} is longer than the model's sliding attention window ({window} "
+                         "tokens); thinkform attends over the full context, which matches the model only up to the "
+                         f"window: give at most {window}")
+    logger.warning("%s: sliding attention window of %d tokens: the context is served up to it (thinkform attends "
+                   "in full, exact only within the window)", cfg.arch, window)
+    return window
+
+
 def _chat_template(value: str | None) -> str | None:
+    """--chat-template: a Jinja file, or the template's text (vLLM's rule: text has a brace or a line break;
+    anything else is a path that does not exist, which became every prompt's whole text)."""
     if not value:
         return None
     if os.path.isfile(value):
+        if value.endswith(".json"):
+            raise ValueError(f"chat_template: {value!r} is a JSON file (SGLang's conversation-template format, "
+                             "not supported); give a Jinja chat template file")
         with open(value, encoding="utf-8") as f:
             return f.read()
+    if not any(c in value for c in "{}\n"):
+        raise ValueError(f"chat_template: {value!r} is neither a file nor a Jinja template (built-in template "
+                         "names such as SGLang's are not supported; give a Jinja chat template file)")
     return value
 
 

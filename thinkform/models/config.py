@@ -39,6 +39,22 @@ class ModelConfig:
     def rope_type(self) -> str:
         return "default" if not self.rope_scaling else str(self.rope_scaling.get("rope_type", "default"))
 
+    @property
+    def sliding_window(self) -> int | None:
+        """The attention window of the model's sliding layers, or None where every layer attends in full.
+        thinkform attends over the full context, which is exact only up to the window (setup caps the
+        context there)."""
+        raw = self.extra
+        window = raw.get("sliding_window")
+        if not isinstance(window, int) or window <= 0 or raw.get("use_sliding_window") is False:
+            return None
+        layer_types = raw.get("layer_types")
+        if isinstance(layer_types, list):
+            return window if "sliding_attention" in layer_types else None
+        if "max_window_layers" in raw:  # Qwen2's older spelling: layers from max_window_layers on slide
+            return window if int(raw["max_window_layers"]) < self.num_layers else None
+        return window
+
 
 def _as_id_tuple(value: Any) -> tuple[int, ...]:
     if value is None:
@@ -48,7 +64,7 @@ def _as_id_tuple(value: Any) -> tuple[int, ...]:
     return (int(value),)
 
 
-def _rope_fields(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def rope_fields(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, rope_scaling) from either config spelling; rope_scaling is None for plain RoPE."""
     params = raw.get("rope_parameters")
     scaling = raw.get("rope_scaling")
@@ -82,7 +98,7 @@ def config_from_hf_dict(raw: dict[str, Any], dtype: torch.dtype) -> ModelConfig:
     heads = int(_required(raw, "num_attention_heads"))
     kv_heads = int(raw.get("num_key_value_heads") or heads)
     head_dim = int(raw.get("head_dim") or hidden // heads)
-    theta, scaling = _rope_fields(raw)
+    theta, scaling = rope_fields(raw)
     return ModelConfig(
         arch=str(archs[0]) if archs else "",
         model_type=str(raw.get("model_type", "")),

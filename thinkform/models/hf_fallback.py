@@ -11,7 +11,6 @@ on top of a cached prefix must equal the full forward (no token mixing outside a
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,8 +179,9 @@ def load_hf_fallback(model_dir: str | Path, raw: dict[str, Any], dtype: torch.dt
         raise ValueError(f"architecture {arch!r}: transformers could not load it with thinkform attention: {exc}") from exc
     hf.eval()
     vocab = int(hf.get_output_embeddings().weight.shape[0])
-    if getattr(hf.config, "sliding_window", None) and getattr(hf.config, "use_sliding_window", True):
-        warnings.warn(f"{arch}: sliding-window attention runs as full attention (exact up to the window)", stacklevel=2)
+    # transformers' reading of which layers slide (Gemma-3 spells it by a pattern), for ModelConfig.sliding_window
+    layer_types = getattr(hf.config, "layer_types", None)
+    raw = {**raw, "layer_types": list(layer_types)} if layer_types else raw
     placeholder = ModelConfig(arch=arch, model_type=str(raw.get("model_type", "")), vocab_size=vocab,
                               hidden_size=0, intermediate_size=0, num_layers=0, num_heads=0, num_kv_heads=0,
                               head_dim=0, dtype=dtype, extra=dict(raw))

@@ -20,7 +20,8 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from thinkform.models.config import ModelConfig, config_from_hf_dict
+from thinkform.models.config import ModelConfig, rope_fields, config_from_hf_dict
+from thinkform.models.gguf_rope import gguf_rope_scaling
 from thinkform.models.decoder import DecoderLM
 from thinkform.models.hf_fallback import load_hf_fallback
 from thinkform.models.layers import CausalLM
@@ -43,6 +44,7 @@ class LoadedModel:
     chat_template: str | None
     eos_token_ids: tuple[int, ...]
     served_name: str
+    tool_chat_template: str | None = None  # a tokenizer's named "tool_use" template, for requests with tools
     # the model author's sampling defaults (generation_config.json): temperature, top_p, top_k, min_p,
     # repetition_penalty, where given
     generation_defaults: dict[str, Any] = field(default_factory=dict)
@@ -132,9 +134,12 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, Tensor]]:
 # ---- GGUF conversion -------------------------------------------------------------------------------------
 
 
+_CONVERSION_VERSION = 2  # 2: the GGUF's rope scaling kept (copies made before ran with plain RoPE)
+
+
 def _gguf_cache_key(gguf_file: Path) -> str:
     stat = gguf_file.stat()
-    return f"{gguf_file.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    return f"{gguf_file.stem}-{stat.st_size}-{stat.st_mtime_ns}-v{_CONVERSION_VERSION}"
 
 
 def _write_converted(gguf_file: Path, out: Path) -> None:
@@ -153,12 +158,27 @@ def _write_converted(gguf_file: Path, out: Path) -> None:
         config.pop(key, None)
     config["architectures"] = [type(hf).__name__]
     config["dtype"] = "float32"
+    _keep_rope_scaling(gguf_file, config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     generation = hf.generation_config.to_dict() if hf.generation_config is not None else {}
     GenerationConfig(**{k: generation.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}).save_pretrained(out)
     tokenizer.save_pretrained(str(out))
     marker = {"source": str(gguf_file), "size": gguf_file.stat().st_size}
     (out / _COMPLETE_MARKER).write_text(json.dumps(marker))
+
+
+def _keep_rope_scaling(gguf_file: Path, config: dict[str, Any]) -> None:
+    """The GGUF's rope scaling into the converted config (transformers' reader drops it: gguf_rope)."""
+    from gguf import GGUFReader
+
+    theta, _ = rope_fields(config)
+    heads = int(config.get("num_attention_heads") or 1)
+    head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 0) // heads)
+    scaling = gguf_rope_scaling(GGUFReader(str(gguf_file)), theta, head_dim)
+    if scaling is None:
+        return
+    config.pop("rope_scaling", None)
+    config["rope_parameters"] = {**(config.get("rope_parameters") or {}), "rope_theta": theta, **scaling}
 
 
 def gguf_to_hf_dir(gguf_file: Path) -> Path:
@@ -263,14 +283,27 @@ def _wants_int4(quantization: str, gguf: Path | None, device: str, dtype: torch.
 
 
 def gguf_weights_are_q4_1(gguf_file: Path) -> bool:
-    """Whether most of the GGUF's layer weights are Q4_1: per 32 weights w = d * q + m with the group's min
-    at q = 0 and its max at q = 15, so int4 groups of 32 recover them exactly. (Q4_0 and Q4_K need not use
-    both ends of the 0..15 range: re-quantizing them would be a second, lossy quantization; pass
-    `quantization="int4"` to choose that.)"""
+    """Whether most of the GGUF's layer weights are Q4_1 with every block spanning its whole 0..15 range: per
+    32 weights w = d * q + m with the group's min at q = 0 and its max at q = 15, so int4 groups of 32 recover
+    them exactly. llama.cpp's plain quantizer writes such blocks; its importance-matrix one need not reach
+    q = 15 (re-quantized, those blocks moved by up to 0.74 of a step). Q4_0 and Q4_K need not use both ends
+    either: re-quantizing would be a second, lossy quantization; pass `quantization="int4"` to choose that."""
     from gguf import GGMLQuantizationType, GGUFReader
 
     layers = [t for t in GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
-    return bool(layers) and sum(t.tensor_type == GGMLQuantizationType.Q4_1 for t in layers) * 2 > len(layers)
+    q4_1 = [t for t in layers if t.tensor_type == GGMLQuantizationType.Q4_1]
+    return bool(layers) and len(q4_1) * 2 > len(layers) and all(_q4_1_blocks_span(t.data) for t in q4_1)
+
+
+def _q4_1_blocks_span(data: Any) -> bool:
+    """Every Q4_1 block (f16 scale, f16 min, 16 bytes of nibbles) has a nibble 0 and a nibble 15."""
+    import numpy as np
+
+    nibbles = np.asarray(data).view(np.uint8).reshape(-1, 20)[:, 4:]
+    low, high = nibbles & 15, nibbles >> 4
+    has_min = ((low == 0) | (high == 0)).any(axis=1)
+    has_max = ((low == 15) | (high == 15)).any(axis=1)
+    return bool((has_min & has_max).all())
 
 
 def load_model(model_path: str | None, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -304,13 +337,25 @@ def load_model(model_path: str | None, dtype: torch.dtype | None = None, device:
             raise ValueError(f"quantization: int4 needs one of thinkform's own architectures, not {raw.get('architectures')}")
         model = load_hf_fallback(model_dir, raw, dtype, device)
         model.config.eos_token_ids = eos
+    default_template, tool_template = chat_templates(tokenizer)
     return LoadedModel(
         model=model,
         config=model.config,
         tokenizer=tokenizer,
         model_path=str(model_dir),
-        chat_template=getattr(tokenizer, "chat_template", None),
+        chat_template=default_template,
+        tool_chat_template=tool_template,
         eos_token_ids=eos,
         served_name=served_name,
         generation_defaults=generation_defaults(model_dir),
     )
+
+
+def chat_templates(tokenizer: Any) -> tuple[str | None, str | None]:
+    """(the chat template, the "tool_use" one): a tokenizer may ship several by name (Hermes-2-Pro, Command-R:
+    `default` and `tool_use`), which transformers picks between by whether a request has tools."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, dict):
+        return template, None
+    tool_use = template.get("tool_use")
+    return template.get("default") or tool_use or next(iter(template.values()), None), tool_use

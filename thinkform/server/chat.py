@@ -56,22 +56,35 @@ def make_environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+def _compile(source: str) -> jinja2.Template:
+    try:
+        return make_environment().from_string(source)
+    except jinja2.TemplateError as e:
+        raise ValueError(f"chat template does not compile: {e}") from e
+
+
 @dataclass
 class ChatRenderer:
-    """Compiles one chat template once; renders conversations into prompt text."""
+    """Compiles one chat template once; renders conversations into prompt text. `tool_template`: a
+    tokenizer's named "tool_use" template (Hermes-2-Pro, Command-R), which renders requests with tools, as
+    transformers picks it."""
 
     template_source: str | None
     special_tokens: Mapping[str, str] = field(default_factory=dict)  # bos_token, eos_token, …
+    tool_template: str | None = None
 
     def __post_init__(self) -> None:
         source = self.template_source or DEFAULT_CHAT_TEMPLATE
         if not self.template_source:
             logger.warning("the model has no chat template; using ChatML")
-        try:
-            self._template = make_environment().from_string(source)
-        except jinja2.TemplateError as e:
-            raise ValueError(f"chat template does not compile: {e}") from e
-        self.uses_tools = "tools" in source
+        self._template = _compile(source)
+        self._tool_template = _compile(self.tool_template) if self.tool_template else self._template
+        tool_source = self.tool_template or source
+        self.uses_tools = "tools" in tool_source
+        self.renders_calls = "tool_calls" in tool_source
+        # a template that never names the developer role drops its messages (Qwen, DeepSeek): they go in as
+        # system instructions, as vLLM's Responses path and llama.cpp map them
+        self._developer_role = "developer" in source
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = True, continue_final_message: bool = False,
@@ -80,32 +93,64 @@ class ChatRenderer:
         `continue_final_message`, which ends the prompt right after that message's text."""
         if continue_final_message and (not messages or messages[-1].get("role") != "assistant"):
             raise ChatTemplateError("continue_final_message needs a final assistant message")
-        messages = [normalize_message(m) for m in messages]
-        context = {**self.special_tokens, **dict(chat_template_kwargs or {}),
-                   "messages": messages, "tools": tools or None,
-                   "add_generation_prompt": add_generation_prompt and not continue_final_message}
-        try:
-            text = self._template.render(**context)
-        except ChatTemplateError:
-            raise
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
-            raise ChatTemplateError(f"chat template failed to render these messages: {e}") from e
+        messages = [normalize_message(m, self._developer_role) for m in messages]
+        text = self._render(messages, tools, add_generation_prompt and not continue_final_message,
+                            chat_template_kwargs)
         if continue_final_message:
             text = _cut_after_final(text, messages[-1].get("content") or "")
         return text
 
+    def generation_prompt(self, prompt: str, messages: list[dict[str, Any]],
+                          tools: list[dict[str, Any]] | None = None, continue_final_message: bool = False,
+                          chat_template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """What `prompt` (this conversation's rendering) holds after its history: the generation prompt, or
+        the continued final message. Where the output starts is read there only: a `<think>` a user or a
+        tool result wrote is no reasoning opened. The whole prompt where the template renders the history
+        differently without it."""
+        history = messages[:-1] if continue_final_message else messages
+        try:
+            head = self._render([normalize_message(m, self._developer_role) for m in history], tools, False,
+                                chat_template_kwargs)
+        except ChatTemplateError:
+            return prompt
+        return prompt[len(head):] if prompt.startswith(head) else prompt
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                add_generation_prompt: bool, chat_template_kwargs: Mapping[str, Any] | None) -> str:
+        context = {**self.special_tokens, **dict(chat_template_kwargs or {}),
+                   "messages": messages, "tools": tools or None, "add_generation_prompt": add_generation_prompt}
+        template = self._tool_template if tools else self._template
+        try:
+            return template.render(**context)
+        except ChatTemplateError:
+            raise
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
+            raise ChatTemplateError(f"chat template failed to render these messages: {e}") from e
+
 
 def _cut_after_final(text: str, final: str) -> str:
-    final = final.strip() if isinstance(final, str) else ""
-    at = text.rfind(final) if final else -1
+    """The prompt up to the end of the final message's text, its trailing whitespace kept where the
+    template kept it (transformers' continue_final_message: `"The answer is "` ends the prompt with the space)."""
+    final = final if isinstance(final, str) else ""
+    stripped = final.strip()
+    at = text.rfind(stripped) if stripped else -1
     if at < 0:
         raise ChatTemplateError("continue_final_message: the template does not echo the final message")
-    return text[: at + len(final)]
+    kept = final.lstrip()
+    if text[at:at + len(kept)] == kept:
+        return text[:at + len(kept)]
+    return text[:at + len(stripped)]
 
 
-def normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI message -> what templates expect: text parts joined, tool-call arguments as dicts."""
+def normalize_message(message: Mapping[str, Any], developer_role: bool = True) -> dict[str, Any]:
+    """OpenAI message -> what templates expect: text parts joined, tool-call arguments as dicts, a developer
+    message a system one where the template has no developer role, no empty tool-call list (templates that
+    test for the key took the calls' branch and dropped the message's text)."""
     out = {k: v for k, v in message.items() if v is not None}
+    if out.get("role") == "developer" and not developer_role:
+        out["role"] = "system"
+    if out.get("tool_calls") == []:
+        del out["tool_calls"]
     content = out.get("content")
     if isinstance(content, list):
         # one space between parts, as SGLang joins them for string templates ("Hello" + "world" is no word)
@@ -125,11 +170,15 @@ def normalize_message(message: Mapping[str, Any]) -> dict[str, Any]:
 def _normalize_call(call: Mapping[str, Any]) -> dict[str, Any]:
     call = dict(call)
     fn = dict(call.get("function") or {})
-    if isinstance(fn.get("arguments"), str):
+    arguments = fn.get("arguments")
+    if isinstance(arguments, str):
         try:
-            fn["arguments"] = json.loads(fn["arguments"])
+            arguments = json.loads(arguments) if arguments.strip() else None
         except json.JSONDecodeError:
-            pass  # the template gets the text as it is
+            pass  # the template gets the text as it is (SGLang's reading)
+    # no arguments (empty, missing, `null`) are an empty object, as vLLM renders them: Qwen3's template
+    # wrote `"arguments": }`
+    fn["arguments"] = {} if arguments is None else arguments
     call["function"] = fn
     return call
 
@@ -185,6 +234,15 @@ def ends_after_reasoning(prompt: str, markers: ReasoningMarkers) -> bool:
     always thinks."""
     tail = prompt.rstrip()
     return any(tail.endswith(end) for end in (markers.end, *markers.alt_ends, markers.close_text))
+
+
+def with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`text` at the head of the conversation's system message (one is made where there is none: a second
+    system turn ahead of the user's own was two system turns)."""
+    if messages and messages[0].get("role") == "system":
+        first = normalize_message(messages[0])
+        return [{**first, "content": f"{text}\n\n{first['content']}" if first["content"] else text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def tools_system_prompt(tools: list[dict[str, Any]], example: str) -> str:

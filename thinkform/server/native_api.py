@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from thinkform.engine.engine import SGLANG_NEUTRAL_KEYWORDS, refuse_sglang_only
+from thinkform.engine.engine import SGLANG_IGNORED_KEYWORDS, SGLANG_NEUTRAL_KEYWORDS, refuse_sglang_only
 from thinkform.engine.errors import ContextLengthError, EngineOverloaded, RequestFieldError
 from thinkform.engine.sampling_params import SamplingParamError
 from thinkform.server.errors import APIError, error_body
@@ -26,6 +26,7 @@ from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconn
                                         stream_with_abort)
 
 router = APIRouter()
+_SGLANG_KEYWORDS = frozenset(SGLANG_NEUTRAL_KEYWORDS) | SGLANG_IGNORED_KEYWORDS
 
 _CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")
 
@@ -86,7 +87,7 @@ def _check_generate(body: GenerateRequest, state: ServerState) -> None:
         raise APIError("the prompt list must not be empty", param="text" if body.text is not None else "input_ids")
     refuse_hidden_states(body.return_hidden_states)
     # SGLang's fields for what thinkform does not do (lora_path, image_data, ...): a 400 unless they ask for nothing
-    refuse_sglang_only({k: v for k, v in (body.model_extra or {}).items() if k in SGLANG_NEUTRAL_KEYWORDS})
+    refuse_sglang_only({k: v for k, v in (body.model_extra or {}).items() if k in _SGLANG_KEYWORDS})
     params = body.sampling_params or {}
     for p in params if isinstance(params, list) else [params]:
         _check_sampling_params(p, state.max_n, state.limits)
@@ -96,7 +97,7 @@ def _check_generate(body: GenerateRequest, state: ServerState) -> None:
 @router.put("/generate", operation_id="generate_put")  # SGLang takes both
 async def generate(body: GenerateRequest, request: Request) -> Response:
     state = _state(request)
-    warn_unknown(body, "/generate")
+    warn_unknown(body, "/generate", _SGLANG_KEYWORDS)
     _check_generate(body, state)
     rid, rids = _rids(body)
     call = _spelled(body, state.engine.async_generate(
@@ -196,14 +197,15 @@ async def ping() -> Response:
 @router.get("/get_model_info")
 @router.get("/model_info", operation_id="model_info")  # SGLang's newer name
 async def get_model_info(request: Request) -> dict[str, Any]:
-    state = _state(request)
-    return {**state.engine.get_model_info(), "tool_call_parser": state.tool_parser.name}
+    return _state(request).engine.get_model_info()
 
 
 @router.get("/get_server_info")
 @router.get("/server_info", operation_id="server_info")  # SGLang's newer name
 async def get_server_info(request: Request) -> dict[str, Any]:
-    return _state(request).engine.get_server_info()
+    state = _state(request)
+    # the tool-call format in use, guessed from the chat template where no flag named it
+    return {**state.engine.get_server_info(), "tool_call_parser": state.tool_parser.name}
 
 
 @router.get("/get_weight_version")

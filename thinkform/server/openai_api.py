@@ -15,7 +15,7 @@ from thinkform.engine.errors import RequestFieldError
 from thinkform.reasoning import RawAnswerSplitter, StreamingReasoningParser, split_reasoning
 from thinkform.reasoning.markers import ReasoningMarkers
 from thinkform.server.chat import (ChatTemplateError, ReasoningStart, continued_reasoning_closed, decide_reasoning_start,
-                                   tools_system_prompt)
+                                   normalize_message, tools_system_prompt, with_system_text)
 from thinkform.server.errors import APIError
 from thinkform.server.params import (RequestConstraints, chat_template_kwargs, check_max_tokens, constraint_fields,
                                     sampling_params, spelled_error, validate_constraints)
@@ -86,29 +86,47 @@ def tool_mode(body: ChatCompletionRequest) -> tuple[str, list[dict[str, Any]]]:
 
 
 def render_chat(state: ServerState, body: ChatCompletionRequest, tools: list[dict[str, Any]],
-                kwargs: dict[str, Any] | None) -> str:
-    """The prompt text of the conversation (tools listed in a system message where the template cannot)."""
+                kwargs: dict[str, Any] | None) -> tuple[str, str]:
+    """(the prompt text of the conversation, the part of it after the history, which decides where the output
+    starts: see ChatRenderer.generation_prompt). A template that cannot list tools gets them in the system
+    message, one that cannot render calls gets each earlier call as text in the tool-call format."""
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    if tools and not state.renderer.uses_tools:
+    renderer = state.renderer
+    if tools and not renderer.uses_tools:
         example = state.tool_parser.call_begin.replace("{name}", "NAME") + "{ARGUMENTS}" + state.tool_parser.call_end
-        messages.insert(0, {"role": "system", "content": tools_system_prompt(tools, example)})
+        messages = with_system_text(messages, tools_system_prompt(tools, example))
+    if not renderer.renders_calls:
+        messages = [calls_as_text(m, state.tool_parser) for m in messages]
     try:
-        return state.renderer.render(messages, tools=tools or None, add_generation_prompt=body.add_generation_prompt,
-                                     continue_final_message=body.continue_final_message,
-                                     chat_template_kwargs=kwargs)
+        prompt = renderer.render(messages, tools=tools or None, add_generation_prompt=body.add_generation_prompt,
+                                 continue_final_message=body.continue_final_message, chat_template_kwargs=kwargs)
     except ChatTemplateError as e:
         raise APIError(str(e), param="messages") from e
+    if state.markers is None:
+        return prompt, prompt
+    return prompt, renderer.generation_prompt(prompt, messages, tools or None, body.continue_final_message, kwargs)
+
+
+def calls_as_text(message: dict[str, Any], parser: ToolCallParser) -> dict[str, Any]:
+    """An assistant message's calls appended to its text in the server's tool-call format."""
+    if message.get("role") != "assistant" or not message.get("tool_calls"):
+        return message
+    message = normalize_message(message)
+    calls = parser.written(message.pop("tool_calls"))
+    return {**message, "content": f"{message['content']}\n{calls}" if message["content"] else calls}
 
 
 def chat_prompt(state: ServerState, body: ChatCompletionRequest,
-                tools: list[dict[str, Any]]) -> tuple[str, list[int], dict[str, Any] | None]:
-    """(prompt text, its ids, the template kwargs with the thinking switches folded in): the rendered
-    messages, or SGLang's input_ids where given (the messages then only shape the request)."""
+                tools: list[dict[str, Any]]) -> tuple[str, str, list[int], dict[str, Any] | None]:
+    """(prompt text, its part after the history, its ids, the template kwargs with the thinking switches
+    folded in): the rendered messages, or SGLang's input_ids where given (the messages then only shape the
+    request)."""
     kwargs = chat_template_kwargs(body.chat_template_kwargs, body.reasoning_effort, body.reasoning)
     if body.input_ids is not None:
-        return _given_ids(state, body.input_ids), list(body.input_ids), kwargs
-    prompt = render_chat(state, body, tools, kwargs)
-    return prompt, state.engine.tokenizer.encode(prompt, add_special_tokens=False), kwargs
+        text = _given_ids(state, body.input_ids)
+        return text, text, list(body.input_ids), kwargs
+    prompt, tail = render_chat(state, body, tools, kwargs)
+    return prompt, tail, state.engine.tokenizer.encode(prompt, add_special_tokens=False), kwargs
 
 
 def _given_ids(state: ServerState, ids: list[int]) -> str:
@@ -139,11 +157,11 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                        "--chat-template", param="chat_template")
     mode, tools = tool_mode(body)
     _check_token_id_options(body)
-    prompt, ids, kwargs = chat_prompt(state, body, tools)
+    prompt, tail, ids, kwargs = chat_prompt(state, body, tools)
     ids = truncated(ids, body.truncate_prompt_tokens, state.engine.context_length)
     continues = body.continue_final_message and bool(body.messages) and body.messages[-1].role == "assistant" and \
         continued_reasoning_closed(body.messages[-1].model_dump(), state.markers)
-    reasoning_start = decide_reasoning_start(prompt, state.markers, kwargs, continues)
+    reasoning_start = decide_reasoning_start(tail, state.markers, kwargs, continues)
     if body.top_logprobs and not body.logprobs:
         raise APIError("top_logprobs: needs logprobs set to true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens

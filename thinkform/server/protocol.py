@@ -78,8 +78,9 @@ def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
     return names
 
 
-def warn_unknown(model: BaseModel, where: str) -> None:
-    names = unknown_fields(model)
+def warn_unknown(model: BaseModel, where: str, known: frozenset[str] = frozenset()) -> None:
+    """Log the fields no model knows; `known`: fields taken elsewhere (SGLang's keywords at /generate)."""
+    names = [name for name in unknown_fields(model) if name not in known]
     if names:
         logger.warning("%s: ignoring unknown field(s) %s", where, ", ".join(names))
 

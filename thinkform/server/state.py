@@ -35,9 +35,12 @@ class ServerState:
         special = {name: getattr(tokenizer, name, None) or "" for name in
                    ("bos_token", "eos_token", "unk_token", "pad_token")}
         parser_name = getattr(args, "tool_call_parser", None)
-        parser = get_tool_call_parser(parser_name) if parser_name else guess_tool_call_parser(engine.chat_template)
+        tool_template = engine.tool_chat_template
+        parser = get_tool_call_parser(parser_name) if parser_name else \
+            guess_tool_call_parser(tool_template or engine.chat_template)
         engine.set_tool_markup(parser.markup)  # its tags stay in the text the parser reads
-        return cls(engine=engine, renderer=ChatRenderer(engine.chat_template, special), tool_parser=parser,
+        renderer = ChatRenderer(engine.chat_template, special, tool_template=tool_template)
+        return cls(engine=engine, renderer=renderer, tool_parser=parser,
                    markers=engine.markers, model_name=engine.served_model_name,
                    max_n=getattr(args, "max_n", None), api_key=api_key if api_key is not None
                    else getattr(args, "api_key", None),

@@ -29,7 +29,7 @@ def _chat_ids(state: ServerState, body: TokenizeRequest) -> list[int]:
         name = ".".join(str(p) for p in first.get("loc", ())) or "messages"
         raise APIError(f"{name}: {first.get('msg', 'invalid value')}", param=name) from e
     _, tools = tool_mode(chat)
-    return chat_prompt(state, chat, tools)[1]
+    return chat_prompt(state, chat, tools)[2]
 
 
 @router.post("/tokenize")

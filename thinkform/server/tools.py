@@ -167,6 +167,14 @@ class ToolCallParser(ABC):
     def _parse_calls(self, section: str) -> list[ToolCall]:
         """The calls written in a tool-call section of the answer."""
 
+    def written(self, calls: list[Mapping[str, Any]]) -> str:
+        """Earlier calls (OpenAI's `tool_calls`) as the model writes them in this format: for chat templates
+        that cannot render calls, which left the model no trace of what it had called."""
+        texts = [self.call_begin.replace("{name}", str(fn.get("name", ""))) + _json_args(fn.get("arguments") or {})
+                 + self.call_end for fn in (c.get("function") or {} for c in calls)]
+        text = self.separator.join(texts)
+        return f"{self.wrapper[0]}{text}{self.wrapper[1]}" if self.wrapper else text
+
     def streaming(self, max_calls: int | None = None) -> "StreamingToolParser":
         return StreamingToolParser(self, max_calls)
 

@@ -11,6 +11,7 @@ they finish (cached grammars keep being served).
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import threading
@@ -26,6 +27,7 @@ import torch
 from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
 from thinkform.structured.bitmask import set_bits
 from thinkform.structured.literals import grammar_literals
+from thinkform.structured.memory_trim import MemoryTrim
 from thinkform.structured.spec import Constraint, ConstraintError, call_openings, ending_may_grow, wrapper_tags
 
 CacheKey = tuple[str, str, str]  # (backend name, constraint kind, canonical source)
@@ -48,7 +50,7 @@ class CacheStats:
 class _Job:
     key: CacheKey
     constraint: Constraint
-    future: Future[CompiledGrammar]
+    future: Future[CompiledGrammar] | None  # let go once resolved (the deadline heap may hold a job a while)
     deadline: float
     finished: bool = False
     timed_out: bool = False
@@ -69,6 +71,7 @@ class GrammarCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._bytes: dict[CacheKey, int] = {}
+        self._trim = MemoryTrim()
         self.max_abandoned = max_abandoned
         self.timeout_s = backend.ctx.options.compile_timeout_s
         self._cond = threading.Condition()
@@ -92,23 +95,24 @@ class GrammarCache:
             if key in self._done:
                 self._done.move_to_end(key)
                 self._hits += 1
-                return self._done[key]
+                return _handed_out(self._done[key])
             if key in self._pending:
                 self._hits += 1
-                return self._pending[key].future
+                return self._pending[key].future  # type: ignore[return-value]  # pending: not resolved yet
             self._misses += 1
             if self._abandoned >= self.max_abandoned:
                 return _failed(ConstraintError(
                     f"grammar compiler is busy: {self._abandoned} earlier compiles ran past the "
                     f"{self.timeout_s:g}s time-out and are still running; try again later",
                     field=constraint.field))
-            job = _Job(key, constraint, _running_future(), time.monotonic() + self.timeout_s)
+            future = _running_future()
+            job = _Job(key, constraint, future, time.monotonic() + self.timeout_s)
             self._pending[key] = job
             heapq.heappush(self._deadlines, (job.deadline, next(self._seq), job))
             self._start_watchdog()
             self._cond.notify_all()
         threading.Thread(target=self._compile, args=(job,), name="grammar-compile", daemon=True).start()
-        return job.future
+        return future
 
     def get(self, constraint: Constraint, timeout: float | None = None) -> CompiledGrammar:
         """Compile (or fetch) synchronously; `timeout` bounds this wait only (default: the compile time-out)."""
@@ -129,6 +133,7 @@ class GrammarCache:
         with self._cond:
             self._done.clear()
             self._bytes.clear()
+            self._trim.due()
 
     def close(self) -> None:
         """Stop the watchdog; compiles still running finish on their daemon threads unobserved."""
@@ -170,12 +175,17 @@ class GrammarCache:
             if error is not None:
                 self._failures += 1
             if error is None or isinstance(error, ConstraintError):  # other errors may be transient
-                self._store(job.key, job.future, _held_bytes(result))
+                self._store(job.key, _finished(result, error), _held_bytes(result))
+            # its waiters hold the future; the job (in the deadline heap until the watchdog pops it) lets go:
+            # the error each waiter raises carries that waiter's frames
+            future, job.future = job.future, None
         # Resolved outside the lock: done-callbacks may call back into the cache.
+        assert future is not None
         if error is None:
-            job.future.set_result(result)  # type: ignore[arg-type]
+            future.set_result(result)  # type: ignore[arg-type]
         else:
-            job.future.set_exception(error)
+            future.set_exception(error)
+        self._trim.run()  # what evictions freed, given back off the engine loop
 
     def _store(self, key: CacheKey, future: Future[CompiledGrammar], nbytes: int = 0) -> None:
         self._done[key] = future
@@ -185,6 +195,7 @@ class GrammarCache:
                 len(self._done) > 1 and sum(self._bytes.values()) > self.max_bytes):
             old, _ = self._done.popitem(last=False)
             self._bytes.pop(old, None)
+            self._trim.due()
 
     # ---- watchdog ---------------------------------------------------------------------------------
 
@@ -199,11 +210,10 @@ class GrammarCache:
                 expired = self._wait_for_expired()
             if expired is None:
                 return
-            for job in expired:
-                job.future.set_exception(ConstraintError(
-                    f"grammar compile timed out after {self.timeout_s:g}s", field=job.constraint.field))
+            for future, error in expired:
+                future.set_exception(error)
 
-    def _wait_for_expired(self) -> list[_Job] | None:
+    def _wait_for_expired(self) -> list[tuple[Future[CompiledGrammar], ConstraintError]] | None:
         """Under the lock: block until some compile passes its deadline; None once closed."""
         while not self._closed:
             while self._deadlines and self._deadlines[0][2].finished:
@@ -223,14 +233,17 @@ class GrammarCache:
             return expired
         return None
 
-    def _expire(self, job: _Job) -> _Job:
+    def _expire(self, job: _Job) -> tuple[Future[CompiledGrammar], ConstraintError]:
         job.timed_out = True
         del self._pending[job.key]
         self._abandoned += 1
         self._timeouts += 1
         self._failures += 1
-        self._store(job.key, job.future)  # the same constraint fails fast until the compile ends
-        return job
+        error = ConstraintError(f"grammar compile timed out after {self.timeout_s:g}s", field=job.constraint.field)
+        self._store(job.key, _failed(error))  # the same constraint fails fast until the compile ends
+        future, job.future = job.future, None
+        assert future is not None
+        return future, error
 
 
 def _held_bytes(result: CompiledGrammar | None) -> int:
@@ -276,9 +289,19 @@ def _running_future() -> Future[CompiledGrammar]:
 
 
 def _failed(error: BaseException) -> Future[CompiledGrammar]:
+    """A failed future of a copy of `error` without its traceback: a cached failure is raised into each
+    request that asks, and the traceback each raise adds kept that request's frames (its prompt, its
+    params) alive for as long as the failure stayed cached."""
     fut = _running_future()
-    fut.set_exception(error)
+    fresh = copy.copy(error)
+    fresh.__traceback__ = None
+    fut.set_exception(fresh)
     return fut
+
+
+def _handed_out(cached: Future[CompiledGrammar]) -> Future[CompiledGrammar]:
+    error = cached.exception()
+    return cached if error is None else _failed(error)
 
 
 def _finished(result: CompiledGrammar | None, error: BaseException | None) -> Future[CompiledGrammar]:
