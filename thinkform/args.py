@@ -113,7 +113,8 @@ class EngineArgs:
                 parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
                 continue
             kind = _arg_type(f)
-            suffix = "" if "default" in help_text else f" (default: {f.default})"
+            # a help that says its default in its own words keeps them ("SGLang's default" is no such text)
+            suffix = "" if "(default" in help_text or f.default is None else f" (default: {f.default})"
             parser.add_argument(flag, type=kind, default=f.default, help=help_text + suffix)
 
     @classmethod
