@@ -133,7 +133,7 @@ class GrammarCache:
         with self._cond:
             self._done.clear()
             self._bytes.clear()
-            self._trim.due()
+            self._trim.request()
 
     def close(self) -> None:
         """Stop the watchdog; compiles still running finish on their daemon threads unobserved."""
@@ -185,7 +185,6 @@ class GrammarCache:
             future.set_result(result)  # type: ignore[arg-type]
         else:
             future.set_exception(error)
-        self._trim.run()  # what evictions freed, given back off the engine loop
 
     def _store(self, key: CacheKey, future: Future[CompiledGrammar], nbytes: int = 0) -> None:
         self._done[key] = future
@@ -195,7 +194,7 @@ class GrammarCache:
                 len(self._done) > 1 and sum(self._bytes.values()) > self.max_bytes):
             old, _ = self._done.popitem(last=False)
             self._bytes.pop(old, None)
-            self._trim.due()
+            self._trim.request()
 
     # ---- watchdog ---------------------------------------------------------------------------------
 

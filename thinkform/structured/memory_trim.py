@@ -4,8 +4,8 @@ Each grammar compiles on its own thread, and its masks and tables are native all
 llguidance, numpy) that glibc serves from per-thread arenas. Freed, they stay in those arenas: a server
 taking new schemas for hours grew its RSS wave after wave past the grammar cache's bound (1.9 GB where the
 cache held 256 MiB; `malloc_trim(0)` gave back 524 MiB of it). glibc's `malloc_trim` returns the free pages of
-every arena; it runs at most once per `interval_s`, on the compile thread that evicted, never on the engine
-loop. Elsewhere than glibc it does nothing."""
+every arena; it runs on a timer thread of its own, at most once per `interval_s` (a burst of evictions is
+one trim, after it), never on the engine loop. Elsewhere than glibc it does nothing."""
 from __future__ import annotations
 
 import ctypes
@@ -26,26 +26,33 @@ def _glibc_malloc_trim() -> Callable[[int], int] | None:
 
 
 class MemoryTrim:
-    """`due()` after freeing; `run()` trims where one is due and `interval_s` has passed since the last."""
+    """`request()` after freeing: one trim follows, `interval_s` after the last at the earliest."""
 
     def __init__(self, interval_s: float = 5.0) -> None:
         self.interval_s = interval_s
         self._trim = _glibc_malloc_trim()
-        self._due = False
+        self.available = self._trim is not None
         self._last = float("-inf")
+        self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self.count = 0
 
-    def due(self) -> None:
-        self._due = True
-
-    def run(self) -> None:
-        if self._trim is None or not self._due:
+    def request(self) -> None:
+        if self._trim is None:
             return
         with self._lock:
-            now = time.monotonic()
-            if not self._due or now - self._last < self.interval_s:
+            if self._timer is not None:  # one is coming: it frees this too
                 return
-            self._due, self._last = False, now
+            wait = max(0.0, self._last + self.interval_s - time.monotonic())
+            self._timer = threading.Timer(wait, self._run)
+            self._timer.daemon = True
+            self._timer.name = "malloc-trim"
+            self._timer.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        assert self._trim is not None
         self._trim(0)
         self.count += 1
