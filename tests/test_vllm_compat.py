@@ -210,6 +210,59 @@ def test_vllm_metric_names(engine64):
         assert f"\n{name}{{" in text, name
 
 
+def test_metrics_dashboards_read_count_what_was_sent(engine64):
+    """Audit 32: series SGLang's and vLLM's Grafana dashboards and alerts query were missing (finish reasons,
+    token-count histograms, phase times, preemptions, throughput); the inter-token histogram took one mean per
+    request (3 requests of 20 tokens: 3 observations, where SGLang and vLLM count 57 gaps)."""
+    from test_reliability import parse_metrics
+
+    def scrape(base: str) -> dict[str, float]:
+        return parse_metrics(httpx.get(f"{base}/metrics").text)
+
+    with running_server(engine64) as base:
+        before = scrape(base)
+        for _ in range(3):
+            httpx.post(f"{base}/generate", timeout=60, json={"text": "Hi", "sampling_params": {
+                "max_new_tokens": 20, "ignore_eos": True, "temperature": 0}})
+        after = scrape(base)
+    model = f'model_name="{engine64.served_model_name}"'
+
+    def grew(key: str) -> float:
+        return after[key] - before.get(key, 0)
+
+    assert grew(f"vllm:inter_token_latency_seconds_count{{{model}}}") == 3 * 19
+    assert grew(f"sglang:inter_token_latency_seconds_count{{{model}}}") == 3 * 19
+    assert grew(f"vllm:request_time_per_output_token_seconds_count{{{model}}}") == 3
+    assert grew(f'vllm:request_success_total{{{model},finished_reason="length"}}') == 3
+    assert grew(f"vllm:request_generation_tokens_sum{{{model}}}") == 60
+    assert grew(f'vllm:request_generation_tokens_bucket{{le="20.0",{model}}}') == 3
+    assert grew(f"vllm:request_max_num_generation_tokens_sum{{{model}}}") == 60
+    for phase in ("queue", "prefill", "decode", "inference"):
+        assert grew(f"vllm:request_{phase}_time_seconds_count{{{model}}}") == 3
+    assert f"vllm:num_preemptions_total{{{model}}}" in after and f"vllm:gpu_cache_usage_perc{{{model}}}" in after
+    assert grew(f"vllm:prefix_cache_queries_total{{{model}}}") == grew(f"vllm:prompt_tokens_total{{{model}}}")
+    assert after[f"sglang:gen_throughput{{{model}}}"] > 0
+    assert after[f"sglang:max_total_num_tokens{{{model}}}"] == engine64.parts.pool.token_capacity
+    assert f'sglang:e2e_request_latency_seconds_bucket{{le="2400.0",{model}}}' in after  # long reasoning fits
+
+
+def test_time_to_first_token_counts_the_grammar_compile(engine64, monkeypatch):
+    """Audit 32: TTFT and end-to-end latency began after the request's grammar compiled: a 0.7 s compile was
+    missing from every dashboard of an engine whose requests are mostly constrained (vLLM and SGLang count
+    from the request's arrival)."""
+    import time
+
+    from thinkform.structured.cache import GrammarCache
+    original = GrammarCache._compile
+
+    def slow(cache, job):
+        time.sleep(0.5)
+        original(cache, job)
+    monkeypatch.setattr(GrammarCache, "_compile", slow)
+    out = engine64.generate("Hi", {"max_new_tokens": 2, "regex": "(yes|no) audit 32"})
+    assert out["meta_info"]["e2e_latency"] >= 0.5 and out["meta_info"]["ttft"] >= 0.5
+
+
 def test_prompt_logprobs_as_vllm_gives_them(engine64):
     """vLLM's prompt_logprobs: per prompt token (the first None) the token's own logprob and rank and the
     row's top k, on completions (per choice, streamed in a choice's first chunk) and chat (at the top)."""

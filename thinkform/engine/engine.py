@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
@@ -324,9 +325,11 @@ class Engine:
         callers of async_generate (the servers). SGLang's other keywords (image_data, lora_path, ...) are
         accepted at the value that asks for nothing (None / False)."""
         check_sglang_keywords("generate", sglang_only)
+        arrival = time.perf_counter()  # time to first token counts tokenizing and compiling the grammar too
         req = self._prepare(prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                             LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
+        req.arrival = arrival
         inbox: queue.Queue[_Delivery] = queue.Queue()
         with self._claimed(req):
             self._compile_sync(req)
@@ -357,6 +360,7 @@ class Engine:
         (tokenized, its stop patterns compiled, its constraint checked) on a worker thread: a large one must not
         hold up the event loop's other requests."""
         check_sglang_keywords("async_generate", sglang_only)
+        arrival = time.perf_counter()
         given = [rid] if isinstance(rid, str) else [r for r in rid if isinstance(r, str)] if isinstance(rid, list) \
             else []
         epoch = self._live_rids.preparing(given)  # an abort meanwhile is kept for the claim (_claimed)
@@ -365,6 +369,7 @@ class Engine:
                 self._prepare, prompt, sampling_params, input_ids, require_reasoning, reasoning_start, rid, stream,
                 LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len, return_text_in_logprobs,
                                token_ids_logprob), sglang_only)
+            req.arrival = arrival
         except BaseException:
             self._live_rids.prepared(given)
             raise

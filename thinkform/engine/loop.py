@@ -13,7 +13,7 @@ import torch
 from thinkform.args import EngineArgs
 from thinkform.engine.detokenizer import StopRegexTimeout, find_stop, find_stop_regex
 from thinkform.engine.errors import EngineDead
-from thinkform.engine.histogram import Histogram
+from thinkform.engine.histogram import SHARED_HISTOGRAMS, VLLM_HISTOGRAMS, RequestHistograms
 from thinkform.engine.jump_forward import SpecialPrefixes, eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
 from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
@@ -25,9 +25,6 @@ from thinkform.structured.bitmask import sparse_allowed_ids
 from thinkform.structured.gate import Phase, ReasoningGate
 
 logger = logging.getLogger("thinkform")
-
-LATENCY_HISTOGRAMS = ("time_to_first_token_seconds", "e2e_request_latency_seconds", "inter_token_latency_seconds")
-
 
 @dataclass
 class StepMasks:
@@ -63,7 +60,7 @@ class EngineLoop:
                          "forced_tokens": 0, "jump_tokens": 0, "sparse_logit_rows": 0, "prompt_tokens": 0,
                          "reasoning_tokens": 0, "finished_stop": 0, "finished_length": 0, "finished_abort": 0,
                          "cached_tokens": 0, "constrained_finished": 0}
-        self.latency = {name: Histogram() for name in LATENCY_HISTOGRAMS}
+        self.histograms = RequestHistograms()
         self.throughput = ThroughputWindow()
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
@@ -158,7 +155,9 @@ class EngineLoop:
 
     def stats(self) -> dict[str, Any]:
         pool = self.parts.pool
-        return {**self.counters, "latency": {name: h.snapshot() for name, h in self.latency.items()},
+        return {**self.counters, "latency": self.histograms.snapshot(SHARED_HISTOGRAMS),
+                "request_histograms": self.histograms.snapshot(VLLM_HISTOGRAMS),
+                "preemptions": self.scheduler.preemptions,
                 "last_gen_throughput": round(self.throughput.last, 3),
                 "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
                 "kv_pages_total": pool.num_pages, "kv_pages_used": pool.num_used, "page_size": pool.page_size}
@@ -376,8 +375,9 @@ class EngineLoop:
     def _advance(self, seq: Sequence, token: int, logprob: tuple | None) -> None:
         if seq.finished:
             return
+        now = time.perf_counter()
         if seq.first_token_time is None:
-            seq.first_token_time = time.perf_counter()
+            seq.first_token_time = now
         seq.num_sampled += 1
         gate = seq.gate
         answering = gate is not None and gate.phase is Phase.ANSWER
@@ -386,6 +386,9 @@ class EngineLoop:
             jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1, self._specials)
             ids = jumped if replaced else ids + jumped
             self.counters["jump_tokens"] += len(jumped) - replaced
+        if seq.last_token_time is not None:
+            self.histograms.tokens_appended(now - seq.last_token_time, len(ids))
+        seq.last_token_time = now
         finish = self._append(seq, ids, (token, logprob) if logprob is not None else None)
         if finish is None and gate is not None:
             forced = gate.forced_tokens(len(seq.output_ids))
@@ -536,21 +539,12 @@ class EngineLoop:
         self.counters["reasoning_tokens"] += seq.gate.reasoning_tokens if seq.gate is not None else 0
         self.counters["cached_tokens"] += seq.num_cached
         self.counters["constrained_finished"] += seq.gate is not None and seq.gate.matcher is not None
-        self._observe_latency(seq)
+        self.histograms.finished(seq, time.perf_counter())
         if reason.type == "abort":
             self.counters["aborted"] += 1
         logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
                     reason.type, len(seq.prompt_ids), len(seq.output_ids))
         self._outbox.append((seq, True))
-
-    def _observe_latency(self, seq: Sequence) -> None:
-        now = time.perf_counter()
-        self.latency["e2e_request_latency_seconds"].observe(now - seq.arrival)
-        if seq.first_token_time is not None:
-            self.latency["time_to_first_token_seconds"].observe(seq.first_token_time - seq.arrival)
-            if len(seq.output_ids) > 1:
-                self.latency["inter_token_latency_seconds"].observe(
-                    (now - seq.first_token_time) / (len(seq.output_ids) - 1))
 
     def _fail_all(self, message: str) -> None:
         with self._lock:

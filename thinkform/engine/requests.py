@@ -6,6 +6,7 @@ import itertools
 import logging
 import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -146,6 +147,7 @@ class PreparedRequest:
     # async_generate's: the ids the caller gave, and the abort_all epoch its preparation began in (engine.py)
     given_rids: list[str] = field(default_factory=list)
     abort_epoch: int | None = None
+    arrival: float = field(default_factory=time.perf_counter)  # the engine sets when generate was called
 
     @property
     def num_seqs(self) -> int:
@@ -335,7 +337,8 @@ class RequestBuilder:
                     return_logprob=lp.return_logprob,
                     top_logprobs_num=lp.top_logprobs_num,
                     return_text_in_logprobs=bool(req.logprobs.return_text_in_logprobs),
-                    token_ids_logprob=lp.token_ids if lp.return_logprob else None, logprob_start=lp.scored_from)
+                    token_ids_logprob=lp.token_ids if lp.return_logprob else None, logprob_start=lp.scored_from,
+                    arrival=req.arrival)
                 if seq.return_logprob:
                     seq.input_token_logprobs.append((None, ids[lp.scored_from], None))
                     seq.input_top_logprobs.append(None)

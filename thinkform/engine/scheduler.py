@@ -1,6 +1,7 @@
 """Continuous batching: waiting → running → finished; chunked prefill; preemption by recompute; abort."""
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ class Scheduler:
         self.chunk_size = chunk_size
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.preemptions = 0  # sequences sent back to waiting for room (vllm:num_preemptions_total)
 
     @property
     def has_work(self) -> bool:
@@ -111,6 +113,7 @@ class Scheduler:
         seq.num_computed = match.num_pages * self.pool.page_size
         if seq.admissions == 0:  # prompt tokens the cache served; a re-admission's hits are its own pages
             seq.num_cached = min(seq.num_computed, len(seq.prompt_ids))
+            seq.scheduled_time = time.perf_counter()
         seq.admissions += 1
         seq.status = Status.RUNNING
         return True
@@ -197,6 +200,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's pages and requeue it at the front; it is recomputed (prefix cache helps)."""
         self._free(seq)
+        self.preemptions += 1
         seq.status = Status.WAITING
         self.running.remove(seq)
         self.waiting.appendleft(seq)

@@ -86,8 +86,10 @@ class Sequence:
     # with token_ids_logprob: per position, (logprob, id, None) of each of those ids (None where not scored)
     input_token_ids_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
     token_ids_logprobs: list[list[tuple[float, int, None]] | None] = field(default_factory=list)
-    arrival: float = field(default_factory=time.perf_counter)
+    arrival: float = field(default_factory=time.perf_counter)  # when generate was called (its request's)
+    scheduled_time: float | None = None  # first admitted to the running batch
     first_token_time: float | None = None
+    last_token_time: float | None = None  # of the last step that appended to it (token gaps for /metrics)
     streamed_tokens: int = 0  # output tokens when its last streamed event went out (stream_interval)
     num_sampled: int = 0  # tokens that came out of a sampling step (the rest were forced / jumped)
     # streamed with logprobs: (len(detok.text), len(output_ids)) each time the text grew, so an event gives

@@ -59,6 +59,16 @@ def _number(value: float) -> str:
     return repr(int(value)) if value == int(value) and abs(value) < 2**53 else repr(value)
 
 
+def _bound(value: float) -> str:
+    """A bucket's `le` as Prometheus' own clients write it (`1.0`, `1.0e+06`): exact-match selectors copied
+    from SGLang and vLLM setups match it on Prometheus 2."""
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:
+        return f"{text[0]}.{text[1:dot]}".rstrip("0").rstrip(".") + f"e+0{dot - 1}"
+    return text
+
+
 def render(metrics: Iterable[Metric]) -> str:
     lines = []
     for m in metrics:
@@ -137,15 +147,30 @@ def sglang_side(info: dict[str, Any], model_name: str) -> list[Metric]:
     extra = [("num_used_tokens", "gauge", "KV cache tokens in use.",
               info.get("kv_pages_used", 0) * info.get("page_size", 1) if info.get("kv_pages_total") else None),
              ("cache_hit_rate", "gauge", "The cache hit rate (prompt tokens served from the prefix cache).",
-              info.get("cached_tokens", 0) / info["prompt_tokens"] if info.get("prompt_tokens") else None)]
+              info.get("cached_tokens", 0) / info["prompt_tokens"] if info.get("prompt_tokens") else None),
+             ("gen_throughput", "gauge", "The generation throughput (token/s).", info.get("last_gen_throughput")),
+             ("max_total_num_tokens", "gauge", "Maximum total number of tokens in the KV cache.",
+              info.get("max_total_num_tokens"))]
     return _named("sglang", _SGLANG_SCALARS, ("token_usage", "The token usage (fraction of the KV cache in use)."),
                   info, label, extra)
 
 
 def vllm_side(info: dict[str, Any], model_name: str) -> list[Metric]:
-    """The main numbers under vLLM's names, for its dashboards, autoscalers and routers."""
-    return _named("vllm", _VLLM_SCALARS, ("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
-                  info, {"model_name": model_name}, [])
+    """The main numbers under vLLM's names, for its dashboards, autoscalers and routers (its older
+    gpu_cache_usage_perc too, which older dashboards query)."""
+    label = {"model_name": model_name}
+    usage = info.get("kv_pages_used", 0) / info["kv_pages_total"] if info.get("kv_pages_total") else None
+    extra = [("gpu_cache_usage_perc", "gauge", "GPU KV-cache usage. 1 means 100 percent usage.", usage)]
+    out = _named("vllm", _VLLM_SCALARS, ("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+                 info, label, extra)
+    reasons = tuple(({**label, "finished_reason": r}, float(info[f"finished_{r}"])) for r in ("stop", "length", "abort")
+                    if f"finished_{r}" in info)
+    if reasons:
+        out.append(Metric("vllm:request_success_total", "counter", "Count of successfully processed requests.",
+                          reasons))
+    for name, snapshot in (info.get("request_histograms") or {}).items():
+        out.append(_histogram(f"vllm:{name}", _VLLM_HISTOGRAM_HELP.get(name, name), snapshot, label))
+    return out
 
 
 def _named(prefix: str, scalars: tuple[tuple[str, str, str, str], ...], usage: tuple[str, str],
@@ -164,7 +189,7 @@ def _named(prefix: str, scalars: tuple[tuple[str, str, str, str], ...], usage: t
 
 
 def _histogram(name: str, help: str, snap: dict[str, Any], label: dict[str, str]) -> Metric:
-    bounds = [*(_number(b) for b in snap["bounds"]), "+Inf"]
+    bounds = [*(_bound(b) for b in snap["bounds"]), "+Inf"]
     samples = [({"le": le, **label}, float(n)) for le, n in zip(bounds, snap["cumulative"])]
     samples += [(label, float(snap["sum"])), (label, float(snap["count"]))]
     return Metric(name, "histogram", help, tuple(samples), ("_bucket",) * len(bounds) + ("_sum", "_count"))
@@ -186,7 +211,22 @@ _VLLM_SCALARS = (
     ("num_requests_waiting", "gauge", "Number of requests waiting to be processed.", "waiting"),
     ("prompt_tokens_total", "counter", "Number of prefill tokens processed.", "prompt_tokens"),
     ("generation_tokens_total", "counter", "Number of generation tokens processed.", "generated_tokens"),
+    ("num_preemptions_total", "counter", "Cumulative number of preemption from the engine.", "preemptions"),
+    ("prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of number of queried tokens.",
+     "prompt_tokens"),
+    ("prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.",
+     "cached_tokens"),
 )
+_VLLM_HISTOGRAM_HELP = {
+    "request_time_per_output_token_seconds": "Histogram of time_per_output_token_seconds per request.",
+    "request_queue_time_seconds": "Histogram of time spent in WAITING phase for request.",
+    "request_prefill_time_seconds": "Histogram of time spent in PREFILL phase for request.",
+    "request_decode_time_seconds": "Histogram of time spent in DECODE phase for request.",
+    "request_inference_time_seconds": "Histogram of time spent in RUNNING phase for request.",
+    "request_prompt_tokens": "Number of prefill tokens processed.",
+    "request_generation_tokens": "Number of generation tokens processed.",
+    "request_max_num_generation_tokens": "Histogram of maximum number of requested generation tokens.",
+}
 _LATENCY_HELP = {
     "time_to_first_token_seconds": "Histogram of time to first token in seconds.",
     "e2e_request_latency_seconds": "Histogram of end-to-end request latency in seconds.",
