@@ -26,6 +26,7 @@ from thinkform.structured.gate import Phase, ReasoningGate
 
 logger = logging.getLogger("thinkform")
 
+
 @dataclass
 class StepMasks:
     """A step's grammar masks: `bitmask` rows for the sampler to apply at `rows`; `allowed` rows (CPU
