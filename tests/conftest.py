@@ -59,6 +59,18 @@ def engine64(tiny_model_dirs):
 
 
 @pytest.fixture(scope="session")
+def qwen_vocab_model(tmp_path_factory):
+    """A tiny qwen2 model with Qwen's real vocabulary (151,643 tokens, its special tokens): (model dir, tokenizer)."""
+    from thinkform.testing.models import make_tiny_model_dir
+    from thinkform.testing.qwen_vocab import build_qwen_tokenizer
+
+    tok = build_qwen_tokenizer()
+    model = make_tiny_model_dir(tmp_path_factory.mktemp("qwen_vocab") / "qwen2", "qwen2", tok,
+                                vocab_size=len(tok) + 64, seed=1)
+    return model, tok
+
+
+@pytest.fixture(scope="session")
 def reasoning_engine(tiny_model_dirs):
     from thinkform import Engine
 

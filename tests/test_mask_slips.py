@@ -5,17 +5,12 @@ import re
 
 import pytest
 
-from thinkform.testing.qwen_vocab import build_qwen_tokenizer
-
 
 @pytest.fixture(scope="module")
-def qwen_engine(tmp_path_factory):
+def qwen_engine(qwen_vocab_model):
     from thinkform import Engine
-    from thinkform.testing.models import make_tiny_model_dir
 
-    tok = build_qwen_tokenizer()
-    model = make_tiny_model_dir(tmp_path_factory.mktemp("qwen_vocab") / "qwen2", "qwen2", tok,
-                                vocab_size=len(tok) + 64, seed=1)
+    model, tok = qwen_vocab_model
     eng = Engine(model_path=str(model), grammar_backend="xgrammar", max_total_tokens=2048)
     yield eng, tok
     eng.shutdown()

@@ -16,10 +16,11 @@ from thinkform.structured.gate import GateError, Phase
 
 
 class SpecialPrefixes:
-    """The texts of the special tokens, by first byte: where forced text ends inside one's spelling, the jump
+    """The texts of the added tokens, by first byte: where forced text ends inside one's spelling, the jump
     stops before it. Jumped, `<|tool_call` (the text Kimi-K2's `<|tool_call_begin|>` and
     `<|tool_calls_section_end|>` share) went in as text pieces where the model writes either as one token,
-    and with it the place where budget closing would have ended the calls."""
+    and with it the place where budget closing would have ended the calls. (A whole spelling inside forced
+    text is encoded as the token itself: _accept_prefix decides whether the answer may hold it.)"""
 
     def __init__(self, texts: Iterable[bytes]) -> None:
         self._by_first: dict[int, list[bytes]] = {}
@@ -28,7 +29,7 @@ class SpecialPrefixes:
                 self._by_first.setdefault(text[0], []).append(text)
 
     def cut(self, forced: bytes) -> bytes:
-        """`forced` up to the first place from which the rest is the beginning of a special token's text."""
+        """`forced` up to the first place from which the rest is the beginning of an added token's text."""
         for i, byte in enumerate(forced):
             rest = forced[i:]
             if any(len(text) > len(rest) and text.startswith(rest) for text in self._by_first.get(byte, ())):
@@ -42,6 +43,9 @@ def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int,
     if budget <= 0 or gate.phase is not Phase.ANSWER:
         return [], False
     forced = gate.jump_forward()
+    # the added tokens this answer may not hold (a JSON value's `<|im_start|>`, the reasoning marker): the
+    # tokenizer encodes their spelling as them, and the text then hides them or reads a marker
+    banned = vocab.added_ids - gate.forced_added if gate.forced_added is not None else frozenset()
     if forced and specials is not None:
         forced = specials.cut(forced)
     if not forced:
@@ -50,13 +54,13 @@ def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int,
         retokenized = _encode(vocab, vocab.token_bytes[sampled] + forced)
         if retokenized and retokenized[0] != sampled:
             gate.rollback(1)
-            ids = _accept_prefix(gate, retokenized[: budget + 1])
+            ids = _accept_prefix(gate, retokenized[: budget + 1], banned)
             if ids:
                 return ids, True
             gate.accept_forced([sampled])  # it was valid a moment ago
             return [], False
     ids = _encode(vocab, forced)
-    return _accept_prefix(gate, ids[:budget]), False
+    return _accept_prefix(gate, ids[:budget], banned), False
 
 
 def _encode(vocab: Any, data: bytes) -> list[int]:
@@ -66,10 +70,13 @@ def _encode(vocab: Any, data: bytes) -> list[int]:
         return []
 
 
-def _accept_prefix(gate: Any, ids: list[int]) -> list[int]:
-    """Feed ids to the gate one by one; keep the longest accepted prefix."""
+def _accept_prefix(gate: Any, ids: list[int], banned: frozenset[int]) -> list[int]:
+    """Feed ids to the gate one by one; keep the longest accepted prefix, up to the first banned token (also
+    where the sampled `<` and the forced `|im_start|>` re-tokenize together into the special token)."""
     accepted: list[int] = []
     for tid in ids:
+        if tid in banned:
+            break
         try:
             gate.accept_forced([tid])
         except GateError:

@@ -23,6 +23,7 @@ from thinkform.engine.throughput import ThroughputWindow
 from thinkform.engine.transfer import device_tensor
 from thinkform.structured.bitmask import sparse_allowed_ids
 from thinkform.structured.gate import Phase, ReasoningGate
+from thinkform.structured.vocab import added_token_ids
 
 logger = logging.getLogger("thinkform")
 
@@ -65,8 +66,9 @@ class EngineLoop:
         self.throughput = ThroughputWindow()
         self.jump_enabled = not args.disable_jump_forward
         self._eos_only = eos_only_mask(parts.vocab_size, parts.eos_token_ids)
-        # every special token but EOS and the one-token markers (which no answer holds): jumps stop short of them
-        self._specials = SpecialPrefixes(parts.vocab.token_bytes[t] for t in parts.hidden_ids | parts.markup_ids
+        # every added token (special tokens, EOS and one-token markers included): a jump stops short of its
+        # spelling, which the tokenizer would encode as that token (jumped, `x<|im_start|>y` came back `xy`)
+        self._specials = SpecialPrefixes(parts.vocab.token_bytes[t] for t in added_token_ids(parts.tokenizer)
                                          if t < len(parts.vocab.token_bytes))
         self._masks: torch.Tensor | None = None  # the step's bitmask rows (pinned for a GPU), reused
         # overlap schedule: on an accelerator the next decode step is launched before the CPU appends the

@@ -433,10 +433,11 @@ class RequestBuilder:
             number = next((g for g in guards if isinstance(g, NumberGuard)), None)
             return {"closing": self.parts.closing_rules, "ending": search, "ending_early": early,
                     "ending_growth": growth, "ending_literals": grammar_literals, "ending_first": first,
-                    "closing_in_string": number.in_string if number is not None else None}
+                    "closing_in_string": number.in_string if number is not None else None,
+                    "ending_added": frozenset()}
         if kind in ("regex", "ebnf"):
             return {"ending": search, "ending_early": early, "ending_growth": growth,
-                    "ending_literals": grammar_literals, "ending_first": first}
+                    "ending_literals": grammar_literals, "ending_first": first, "ending_added": frozenset()}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         # room kept for a tag's end string and the section's: one token where a token spells it whole (Kimi-K2's
         # `<|tool_call_end|>`: its 17 bytes, and the section end's 26, cut every call short and had the search
@@ -459,7 +460,10 @@ class RequestBuilder:
         else:
             return {}
         boundary = _call_boundary([end for _, end in tags or xml_bounds])
-        return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve,
+        # the ending may write the special tokens of the call format and of the tags' strings, as the model does
+        keep = self._spelled_by([s for pair in [*(tags or xml_bounds), *wrappers] for s in pair]) | \
+            self.parts.tool_markup_ids
+        return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve, "ending_added": keep,
                 "ending_literals": grammar_literals, "call_room": call, "ending_first": reserve + call,
                 "between_calls": lambda answer: boundary(answer) and not inside(answer), **steer}
 

@@ -122,6 +122,7 @@ class ReasoningGate:
         call_room: int = 0,
         between_calls: Callable[[bytes], bool] | None = None,
         ending_literals: tuple[bytes, ...] = (),
+        ending_added: frozenset[int] | None = None,
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
         closing_in_string: Callable[[], bool] | None = None,
@@ -158,6 +159,7 @@ class ReasoningGate:
         self._call_room = call_room
         self._between_calls = between_calls
         self._ending_literals = ending_literals  # the grammar's literal runs, for the search (literals.py)
+        self._ending_added = ending_added  # the added tokens an ending may be spelled with (None: any)
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
         if self._ending_points and ending_first > self._ending_points[0]:
@@ -293,10 +295,16 @@ class ReasoningGate:
         keeps = guards if rule is None else (rule, *guards)
         if not keeps or self._combined_keeps(keeps).narrow(words):
             return
-        if rule is not None:
-            words &= rule
-        for keep in guards:
+        # the gate's rule too, unless it leaves nothing: a grammar that spells a marker's text only as the marker
+        # (llguidance writes `</think>` in a JSON value as that token) gets it; no token at all failed the request
+        for keep in keeps:
             narrow_unless_empty(words, keep)
+
+    @property
+    def forced_added(self) -> frozenset[int] | None:
+        """The added tokens text written for the model (jump-forward, an ending) may hold: a tool call's
+        markup; none in a JSON, regex or EBNF answer; None: not restricted."""
+        return self._ending_added
 
     @property
     def closing(self) -> bool:
@@ -402,7 +410,8 @@ class ReasoningGate:
             del self._ending_points[0]  # passed by a jump: only the nearest point counts
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
-        ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer), literals=self._ending_literals)
+        ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer), literals=self._ending_literals,
+                                         keep=self._ending_added)
         if ids is None or len(ids) > left:
             return []
         # the ending may grow before the next look (a list item or a nested object opened): it waits while
@@ -423,7 +432,8 @@ class ReasoningGate:
         there (a call begun without room ran into max_new_tokens). None elsewhere."""
         if self._between_calls is None or not self._between_calls(bytes(self._answer)) or not self._in_closing_scope():
             return None
-        ids = self._ending.ending_tokens(self.matcher, empty_ok=True, literals=self._ending_literals)
+        ids = self._ending.ending_tokens(self.matcher, empty_ok=True, literals=self._ending_literals,
+                                         keep=self._ending_added)
         if ids is None or len(ids) > left:
             return None
         self.closed_by_budget = True

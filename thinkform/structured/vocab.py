@@ -29,6 +29,11 @@ def special_token_ids(tok: Any) -> set[int]:
     return special
 
 
+def added_token_ids(tok: Any) -> set[int]:
+    """Every token the tokenizer splits out of text by its spelling: added tokens, special or not."""
+    return special_token_ids(tok) | {int(tid) for tid in getattr(tok, "added_tokens_decoder", {})}
+
+
 @dataclass(frozen=True)
 class TokenVocab:
     token_bytes: list[bytes]  # one entry per logits row (vocab_size), padding rows b""
@@ -36,6 +41,9 @@ class TokenVocab:
     eos_token_ids: tuple[int, ...]
     tokenizer: Any  # the transformers tokenizer it was built from
     byte_ids: dict[int, int]  # byte value -> id of a token that is exactly that one byte (when one exists)
+    # tokens the tokenizer splits out of text by their spelling (added_token_ids): forced answer text spelled
+    # through it may come back holding one
+    added_ids: frozenset[int] = frozenset()
     _keep_masks: dict[frozenset[int], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -68,7 +76,7 @@ class TokenVocab:
                 byte_ids.setdefault(data[0], token_id)
         return cls(token_bytes=decoded, num_tokens=num_tokens,
                    eos_token_ids=tuple(dict.fromkeys(int(i) for i in eos_token_ids)), tokenizer=tokenizer,
-                   byte_ids=byte_ids)
+                   byte_ids=byte_ids, added_ids=frozenset(added_token_ids(tokenizer)))
 
     def keep_mask(self, banned: frozenset[int]) -> np.ndarray:
         """Packed int32 words allowing every tokenizer id but `banned` (padding rows never), built once

@@ -12,7 +12,7 @@ from thinkform.structured.backends.base import (BackendContext, CompiledGrammar,
                                                 Pending, split_pending)
 from thinkform.structured.backends.registry import register_backend
 from thinkform.structured.backends.text import without_cut_end
-from thinkform.structured.backends.xgrammar_json import json_schema_grammar
+from thinkform.structured.backends.xgrammar_json import json_schema_grammar, unambiguous_hex_escapes
 from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import segmented_regex, without_assertions
 from thinkform.structured.pattern_length import bound_pattern_lengths
@@ -148,14 +148,14 @@ class XGrammarBackend(GrammarBackend):
                 regex = segmented_regex(without_assertions(constraint.source))
             except ValueError as e:
                 raise ConstraintError(f"regex: {e}{OTHER_BACKENDS_HINT}", field="regex") from e
-            return self._compiler.compile_regex(regex)
+            return self._compiler.compile_regex(unambiguous_hex_escapes(regex))
         if constraint.kind == "ebnf":
-            return self._compiler.compile_grammar(constraint.source)
+            return self._compiler.compile_grammar(unambiguous_hex_escapes(constraint.source))
         return self._compiler.compile_structural_tag(json.dumps(structural_tag_format(constraint.data(), opts)))
 
 
 def _json_grammar(schema: str | dict[str, Any], opts: GrammarOptions, field: str,
-                  max_whitespace: int | None = None) -> xgr.Grammar:
+                  max_whitespace: int | None = None) -> str:
     """A JSON answer's schema, or a tool call's arguments', as its grammar: a pattern beside a length bounded,
     each required property listed, every type named where none is (schema_support), what xgrammar would drop
     refused (naming `field`), its strings mended (xgrammar_json), and whitespace after our policy
@@ -206,7 +206,7 @@ def _json_policy(node: Any, opts: GrammarOptions) -> Any:
         return node
     if node.get("type") == "json_schema" and node.get("style", "json") == "json":  # a tool call's arguments
         grammar = _json_grammar(node["json_schema"], opts, "structural_tag", node.get("max_whitespace_cnt"))
-        return {"type": "grammar", "grammar": str(grammar)}
+        return {"type": "grammar", "grammar": grammar}
     if node.get("type") == "json_schema":
         return _xml_policy(node, opts)
     return {k: _json_policy(v, opts) for k, v in node.items()}

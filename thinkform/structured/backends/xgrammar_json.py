@@ -16,6 +16,7 @@ mended in the printed grammar.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import xgrammar as xgr
@@ -51,13 +52,26 @@ tf_name_string_sub ::= (("\"") | ([^\0-\x1f\"\\\r\n] tf_name_string_sub) | ("\\"
 """
 
 
-def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
-    """`xgr.Grammar.from_json_schema(schema, **kwargs)`, every pattern written as above."""
+# a `\xHH` escape (not an escaped backslash before `x`)
+_HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([0-9a-fA-F]{2})")
+
+
+def unambiguous_hex_escapes(text: str) -> str:
+    r"""`\xHH` escapes written `\u00HH`: xgrammar reads every hex digit after `\x` (`\x41b` as U+041B, and
+    prints `ü` as `\xfc`, so `Zurück` read back as `Zur\u0fcck`), where ECMA-262 and EBNF writers mean two."""
+    return _HEX_ESCAPE.sub(r"\1\\u00\2", text)
+
+
+def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> str:
+    r"""`xgr.Grammar.from_json_schema(schema, **kwargs)` as EBNF text, every pattern written as above and its
+    `\xHH` escapes unambiguous. Text, not the Grammar: xgrammar compiles a Grammar object through its own
+    printing, which spells `ü` as `\xfc` and reads `Zurück` back as `Zur\u0fcck` (an enum's value changed,
+    constraint_satisfied true)."""
     marked, regexes = _marked_patterns(schema)
     grammar = xgr.Grammar.from_json_schema(json.dumps(marked), **kwargs)
     text = str(grammar)
     if not regexes and not any(raw in text for raw in _MENDED_RULES):
-        return grammar
+        return unambiguous_hex_escapes(text)
     for raw, mended in _MENDED_RULES.items():
         text = text.replace(raw, mended)
     text = _other_names_unescaped(text)
@@ -67,7 +81,7 @@ def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> xgr.Grammar:
     if any(f'"{marker}"' in text for marker in regexes):
         raise RuntimeError("xgrammar wrote a pattern in a form thinkform does not know; "
                            "use --grammar-backend llguidance for this schema")
-    return xgr.Grammar.from_ebnf(text)
+    return unambiguous_hex_escapes(text)
 
 
 def _other_names_unescaped(text: str) -> str:
