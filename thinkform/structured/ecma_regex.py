@@ -1,12 +1,16 @@
-"""JSON Schema `pattern`s are ECMA-262 regexes: `\\w` and `\\d` mean ASCII only, whatever a backend's
-regex engine thinks. Rewriting them to explicit classes gives every backend the same, standard meaning."""
+"""JSON Schema `pattern`s are ECMA-262 regexes: `\\w` and `\\d` mean ASCII only, and `\\s` ECMA's white space
+and line terminators (not U+0085, which llguidance's Unicode `\\s` takes), whatever a backend's regex engine
+thinks. Rewriting them to explicit classes gives every backend the same, standard meaning."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-_CLASS_BODY = {"w": "A-Za-z0-9_", "d": "0-9"}
+# ECMA-262 WhiteSpace and LineTerminator
+_SPACE = "\\x09-\\x0d \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_CLASS_BODY = {"w": "A-Za-z0-9_", "d": "0-9", "s": _SPACE}
 _DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
-_STANDALONE = {"w": "[A-Za-z0-9_]", "d": "[0-9]", "W": "[^A-Za-z0-9_]", "D": "[^0-9]"}
+_STANDALONE = {"w": "[A-Za-z0-9_]", "d": "[0-9]", "W": "[^A-Za-z0-9_]", "D": "[^0-9]", "s": f"[{_SPACE}]",
+               "S": f"[^{_SPACE}]"}
 
 
 def ecma_pattern(pattern: str) -> str:
