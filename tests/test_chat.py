@@ -163,6 +163,8 @@ def test_named_templates_render_tool_requests_with_tool_use():
     assert renderer.render(msgs, tools=[{"type": "function", "function": {"name": "f"}}]) == "tools:1:Hi"
     assert renderer.uses_tools
     assert chat_templates(SimpleNamespace(chat_template="x")) == ("x", None)
+    # a request without tools renders with `default`: whether that one writes earlier calls is what counts
+    assert not renderer.renders_calls(False)
 
 
 def test_developer_messages_reach_templates_without_that_role():

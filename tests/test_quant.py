@@ -141,3 +141,5 @@ def test_int4_is_chosen_only_where_every_q4_1_block_spans_its_range(top, exact) 
     packed = np.concatenate([np.zeros((rows, blocks, 4), np.uint8), q[..., :16] | (q[..., 16:] << 4)], axis=-1)
     packed[..., :2] = scale
     assert _q4_1_blocks_span(packed.reshape(rows, blocks * 20)) is exact
+    constant = np.zeros((1, 20), np.uint8)  # scale 0: 32 equal weights, exact in int4 too
+    assert _q4_1_blocks_span(np.concatenate([packed.reshape(-1, 20), constant]).reshape(-1)) is exact

@@ -43,13 +43,13 @@ def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int,
     if budget <= 0 or gate.phase is not Phase.ANSWER:
         return [], False
     forced = gate.jump_forward()
-    # the added tokens this answer may not hold (a JSON value's `<|im_start|>`, the reasoning marker): the
-    # tokenizer encodes their spelling as them, and the text then hides them or reads a marker
-    banned = vocab.added_ids - gate.forced_added if gate.forced_added is not None else frozenset()
     if forced and specials is not None:
         forced = specials.cut(forced)
     if not forced:
         return [], False
+    # the added tokens this answer may not hold (a JSON value's `<|im_start|>`, the reasoning marker): the
+    # tokenizer encodes their spelling as them, and the text then hides them or reads a marker
+    banned = vocab.added_ids - gate.forced_added if gate.forced_added is not None else frozenset()
     if sampled is not None:
         retokenized = _encode(vocab, vocab.token_bytes[sampled] + forced)
         if retokenized and retokenized[0] != sampled:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from thinkform.engine.attention import PagedAttention, StepLayout
+from thinkform.engine.attention import PagedAttention, step_groups
 from thinkform.engine.graph_runner import CudaStepRunner
 from thinkform.engine.kv_cache import KVCache
 from thinkform.engine.prompt_logprobs import prompt_logprob_rows, record_prompt_logprobs
@@ -44,11 +44,11 @@ class ModelRunner:
             start = seq.num_computed
             ids.extend(batch.step_tokens(b))
             positions.extend(range(start, start + n))
-        layout = StepLayout.build([s.num_computed for s in batch.seqs], batch.num_tokens,
-                                  [s.block_table for s in batch.seqs], self.kv.page_size, self.device)
+        groups = step_groups([s.num_computed for s in batch.seqs], batch.num_tokens,
+                             [s.block_table for s in batch.seqs], self.kv.page_size, self.device)
         input_ids = batch.fed if batch.fed is not None else device_tensor(ids, self.device)
         pos = device_tensor(positions, self.device)
-        hidden = self.model(input_ids, pos, PagedAttention(self.kv, layout))
+        hidden = self.model(input_ids, pos, PagedAttention(self.kv, groups))
         if scored:
             record_prompt_logprobs(hidden, scored, self.model.compute_logits, self.tokenizer_size)
         rows = [i for i, need in enumerate(batch.needs_logits()) if need]

@@ -46,7 +46,9 @@ class ModelConfig:
         context there)."""
         raw = self.extra
         window = raw.get("sliding_window")
-        if not isinstance(window, int) or window <= 0 or raw.get("use_sliding_window") is False:
+        # Qwen's configs slide only where use_sliding_window says so (transformers' default: False)
+        slides = raw.get("use_sliding_window", not self.model_type.startswith("qwen"))
+        if not isinstance(window, int) or window <= 0 or slides is False:
             return None
         layer_types = raw.get("layer_types")
         if isinstance(layer_types, list):

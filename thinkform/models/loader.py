@@ -296,14 +296,17 @@ def gguf_weights_are_q4_1(gguf_file: Path) -> bool:
 
 
 def _q4_1_blocks_span(data: Any) -> bool:
-    """Every Q4_1 block (f16 scale, f16 min, 16 bytes of nibbles) has a nibble 0 and a nibble 15."""
+    """Every Q4_1 block (f16 scale, f16 min, 16 bytes of nibbles) has a nibble 0 and a nibble 15, or a zero
+    scale (32 equal weights: exact in int4 too)."""
     import numpy as np
 
-    nibbles = np.asarray(data).view(np.uint8).reshape(-1, 20)[:, 4:]
+    blocks = np.asarray(data).view(np.uint8).reshape(-1, 20)
+    nibbles = blocks[:, 4:]
     low, high = nibbles & 15, nibbles >> 4
     has_min = ((low == 0) | (high == 0)).any(axis=1)
     has_max = ((low == 15) | (high == 15)).any(axis=1)
-    return bool((has_min & has_max).all())
+    constant = blocks[:, :2].copy().view(np.float16)[:, 0] == 0
+    return bool((has_min & has_max | constant).all())
 
 
 def load_model(model_path: str | None, dtype: torch.dtype | None = None, device: str = "cpu",

@@ -77,14 +77,20 @@ class ChatRenderer:
         source = self.template_source or DEFAULT_CHAT_TEMPLATE
         if not self.template_source:
             logger.warning("the model has no chat template; using ChatML")
-        self._template = _compile(source)
-        self._tool_template = _compile(self.tool_template) if self.tool_template else self._template
-        tool_source = self.tool_template or source
-        self.uses_tools = "tools" in tool_source
-        self.renders_calls = "tool_calls" in tool_source
+        self._sources = {False: source, True: self.tool_template or source}  # by whether a request has tools
+        self._templates = {False: _compile(source)}
+        self._templates[True] = _compile(self.tool_template) if self.tool_template else self._templates[False]
+        self.uses_tools = "tools" in self._sources[True]
+
+    def renders_calls(self, tools: bool) -> bool:
+        """Whether the template a request renders with (by whether it has tools) writes earlier tool calls."""
+        return "tool_calls" in self._sources[tools]
+
+    def _normalized(self, messages: list[dict[str, Any]], tools: bool) -> list[dict[str, Any]]:
         # a template that never names the developer role drops its messages (Qwen, DeepSeek): they go in as
         # system instructions, as vLLM's Responses path and llama.cpp map them
-        self._developer_role = "developer" in source
+        developer = "developer" in self._sources[tools]
+        return [normalize_message(m, developer) for m in messages]
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = True, continue_final_message: bool = False,
@@ -93,7 +99,7 @@ class ChatRenderer:
         `continue_final_message`, which ends the prompt right after that message's text."""
         if continue_final_message and (not messages or messages[-1].get("role") != "assistant"):
             raise ChatTemplateError("continue_final_message needs a final assistant message")
-        messages = [normalize_message(m, self._developer_role) for m in messages]
+        messages = self._normalized(messages, bool(tools))
         text = self._render(messages, tools, add_generation_prompt and not continue_final_message,
                             chat_template_kwargs)
         if continue_final_message:
@@ -109,7 +115,7 @@ class ChatRenderer:
         differently without it."""
         history = messages[:-1] if continue_final_message else messages
         try:
-            head = self._render([normalize_message(m, self._developer_role) for m in history], tools, False,
+            head = self._render(self._normalized(history, bool(tools)), tools, False,
                                 chat_template_kwargs)
         except ChatTemplateError:
             return prompt
@@ -119,7 +125,7 @@ class ChatRenderer:
                 add_generation_prompt: bool, chat_template_kwargs: Mapping[str, Any] | None) -> str:
         context = {**self.special_tokens, **dict(chat_template_kwargs or {}),
                    "messages": messages, "tools": tools or None, "add_generation_prompt": add_generation_prompt}
-        template = self._tool_template if tools else self._template
+        template = self._templates[bool(tools)]
         try:
             return template.render(**context)
         except ChatTemplateError:

@@ -95,7 +95,7 @@ def render_chat(state: ServerState, body: ChatCompletionRequest, tools: list[dic
     if tools and not renderer.uses_tools:
         example = state.tool_parser.call_begin.replace("{name}", "NAME") + "{ARGUMENTS}" + state.tool_parser.call_end
         messages = with_system_text(messages, tools_system_prompt(tools, example))
-    if not renderer.renders_calls:
+    if not renderer.renders_calls(bool(tools)):
         messages = [calls_as_text(m, state.tool_parser) for m in messages]
     try:
         prompt = renderer.render(messages, tools=tools or None, add_generation_prompt=body.add_generation_prompt,
