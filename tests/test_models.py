@@ -274,3 +274,14 @@ def test_a_step_attends_each_group_of_like_contexts_apart_and_the_same(engine64)
     alone = [engine64.generate(p, params)["output_ids"] for p in (short, long)]
     engine64.flush_cache()
     assert [o["output_ids"] for o in engine64.generate([short, long], params)] == alone
+
+
+def test_the_cpu_kv_cache_holds_a_whole_context_where_memory_allows():
+    """Audit 32: on a CPU the cache was capped at 16,384 tokens whatever the context and the memory: a 40k
+    model refused a 20k-token prompt plus thinking by default, with the full context advertised."""
+    from thinkform.args import EngineArgs
+    from thinkform.engine.setup import _auto_kv_tokens
+    cpu, args = torch.device("cpu"), EngineArgs()
+    assert _auto_kv_tokens(args, cpu, 1024, 40960) == 40960
+    assert _auto_kv_tokens(args, cpu, 1024, 4096) == 16384
+    assert _auto_kv_tokens(args, cpu, 2**40, 40960) == 8192  # memory for less: at least the first 8k

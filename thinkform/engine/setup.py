@@ -34,7 +34,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _SGLANG_ATTENTION_BACKENDS = {"torch_native": "torch", "flex_attention": "torch", **{name: "auto" for name in (
     "flashinfer", "fa3", "fa4", "flashmla", "cutlass_mla", "trtllm_mha", "trtllm_mla", "aiter", "wave",
     "dual_chunk_flash_attn", "intel_amx", "ascend", "nsa")}}
-_CPU_DEFAULT_KV_TOKENS = 16384  # tokens; --max-total-tokens raises it
+_CPU_DEFAULT_KV_TOKENS = 16384  # tokens at least, where memory allows; a longer context gets its own length
 
 
 @dataclass
@@ -188,6 +188,9 @@ def _build_kv(args: EngineArgs, model: torch.nn.Module, cfg: Any, device: torch.
     pages = max(1, tokens // args.page_size)
     logger.info("KV cache: %d pages x %d tokens (%.1f MiB)", pages, args.page_size,
                 pages * args.page_size * per_token / 2**20)
+    if pages * args.page_size < context:
+        logger.warning("the KV cache holds %d tokens, fewer than the context length %d: longer requests are "
+                       "refused (raise --max-total-tokens)", pages * args.page_size, context)
     kv = KVCache(cfg.num_layers, pages, args.page_size, cfg.num_kv_heads, cfg.head_dim, dtype, device)
     return kv, PagePool(pages, args.page_size, prefix_caching=not args.disable_radix_cache)
 
@@ -201,7 +204,8 @@ def _auto_kv_tokens(args: EngineArgs, device: torch.device, per_token: int, cont
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         ram = 8 * 2**30
-    return max(min(context, 8192), min(_CPU_DEFAULT_KV_TOKENS, int(ram * 0.1 // per_token)))
+    # one whole context (a 32k reasoning model's prompt and thinking) where a tenth of the memory holds it
+    return max(min(context, 8192), min(max(context, _CPU_DEFAULT_KV_TOKENS), int(ram * 0.1 // per_token)))
 
 
 def served_context(given: int | None, cfg: ModelConfig) -> int:
