@@ -401,7 +401,8 @@ class EngineLoop:
             if forced_end(gate, self._eos_only):
                 eos = self.parts.eos_token_ids[0]
                 gate.accept_forced([eos])
-                self.counters["jump_tokens"] += 1
+                # counted where it is kept: at max_new_tokens the length limit takes it back
+                self.counters["jump_tokens"] += len(seq.output_ids) < seq.params.max_new_tokens
                 finish = self._append(seq, [eos])
         if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:
             finish = FinishReason("length", None, length=seq.params.max_new_tokens)
