@@ -134,7 +134,9 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, Tensor]]:
 # ---- GGUF conversion -------------------------------------------------------------------------------------
 
 
-_CONVERSION_VERSION = 2  # 2: the GGUF's rope scaling kept (copies made before ran with plain RoPE)
+# 2: the GGUF's rope scaling kept (copies made before ran with plain RoPE); 3: whether int4 holds its Q4_1
+# weights exactly, read once here (each start read the whole file again for it: 2.1 s for the embedded model)
+_CONVERSION_VERSION = 3
 
 
 def _gguf_cache_key(gguf_file: Path) -> str:
@@ -143,6 +145,7 @@ def _gguf_cache_key(gguf_file: Path) -> str:
 
 
 def _write_converted(gguf_file: Path, out: Path) -> None:
+    from gguf import GGUFReader
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -158,23 +161,23 @@ def _write_converted(gguf_file: Path, out: Path) -> None:
         config.pop(key, None)
     config["architectures"] = [type(hf).__name__]
     config["dtype"] = "float32"
-    _keep_rope_scaling(gguf_file, config)
+    reader = GGUFReader(str(gguf_file))
+    _keep_rope_scaling(reader, config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     generation = hf.generation_config.to_dict() if hf.generation_config is not None else {}
     GenerationConfig(**{k: generation.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}).save_pretrained(out)
     tokenizer.save_pretrained(str(out))
-    marker = {"source": str(gguf_file), "size": gguf_file.stat().st_size}
+    marker = {"source": str(gguf_file), "size": gguf_file.stat().st_size,
+              "q4_1_exact": gguf_weights_are_q4_1(reader)}
     (out / _COMPLETE_MARKER).write_text(json.dumps(marker))
 
 
-def _keep_rope_scaling(gguf_file: Path, config: dict[str, Any]) -> None:
+def _keep_rope_scaling(reader: Any, config: dict[str, Any]) -> None:
     """The GGUF's rope scaling into the converted config (transformers' reader drops it: gguf_rope)."""
-    from gguf import GGUFReader
-
     theta, _ = rope_fields(config)
     heads = int(config.get("num_attention_heads") or 1)
     head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 0) // heads)
-    scaling = gguf_rope_scaling(GGUFReader(str(gguf_file)), theta, head_dim)
+    scaling = gguf_rope_scaling(reader, theta, head_dim)
     if scaling is None:
         return
     config.pop("rope_scaling", None)
@@ -271,7 +274,8 @@ def _load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-def _wants_int4(quantization: str, gguf: Path | None, device: str, dtype: torch.dtype) -> bool:
+def _wants_int4(quantization: str, converted: Path | None, device: str, dtype: torch.dtype) -> bool:
+    """`converted`: a GGUF's converted copy (None for a safetensors model)."""
     if quantization == "none":
         return False
     supported = int4_supported(device, dtype)
@@ -279,18 +283,21 @@ def _wants_int4(quantization: str, gguf: Path | None, device: str, dtype: torch.
         if not supported:
             raise ValueError(f"quantization: int4 runs on a CPU with dtype bfloat16 (got {device}, {dtype})")
         return True
-    return supported and gguf is not None and gguf_weights_are_q4_1(gguf)
+    # decided once, when the copy was made (gguf_weights_are_q4_1)
+    return supported and converted is not None and \
+        json.loads((converted / _COMPLETE_MARKER).read_text()).get("q4_1_exact", False)
 
 
-def gguf_weights_are_q4_1(gguf_file: Path) -> bool:
-    """Whether most of the GGUF's layer weights are Q4_1 with every block spanning its whole 0..15 range: per
-    32 weights w = d * q + m with the group's min at q = 0 and its max at q = 15, so int4 groups of 32 recover
-    them exactly. llama.cpp's plain quantizer writes such blocks; its importance-matrix one need not reach
-    q = 15 (re-quantized, those blocks moved by up to 0.74 of a step). Q4_0 and Q4_K need not use both ends
-    either: re-quantizing would be a second, lossy quantization; pass `quantization="int4"` to choose that."""
-    from gguf import GGMLQuantizationType, GGUFReader
+def gguf_weights_are_q4_1(reader: Any) -> bool:
+    """Whether most of the layer weights of the GGUF `reader` reads are Q4_1 with every block spanning its whole
+    0..15 range: per 32 weights w = d * q + m with the group's min at q = 0 and its max at q = 15, so int4
+    groups of 32 recover them exactly. llama.cpp's plain quantizer writes such blocks; its importance-matrix
+    one need not reach q = 15 (re-quantized, those blocks moved by up to 0.74 of a step). Q4_0 and Q4_K need
+    not use both ends either: re-quantizing would be a second, lossy quantization; pass `quantization="int4"`
+    to choose that."""
+    from gguf import GGMLQuantizationType
 
-    layers = [t for t in GGUFReader(str(gguf_file)).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    layers = [t for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2]
     q4_1 = [t for t in layers if t.tensor_type == GGMLQuantizationType.Q4_1]
     return bool(layers) and len(q4_1) * 2 > len(layers) and all(_q4_1_blocks_span(t.data) for t in q4_1)
 
@@ -332,7 +339,7 @@ def load_model(model_path: str | None, dtype: torch.dtype | None = None, device:
         config = config_from_hf_dict(_with_defaults(model_dir, raw), dtype)
         config.eos_token_ids = eos
         model: CausalLM = build_native_model(factory, config, model_dir, device)
-        if _wants_int4(quantization, gguf, device, dtype):
+        if _wants_int4(quantization, model_dir if gguf is not None else None, device, dtype):
             swapped = quantize_model_int4(model)
             logger.info("int4 weight-only: %d projections packed (groups of %d)", swapped, GROUP_SIZE)
     else:
