@@ -49,7 +49,7 @@ def jump_forward(gate: Any, vocab: Any, sampled: int | None, budget: int,
         return [], False
     # the added tokens this answer may not hold (a JSON value's `<|im_start|>`, the reasoning marker): the
     # tokenizer encodes their spelling as them, and the text then hides them or reads a marker
-    banned = vocab.added_ids - gate.forced_added if gate.forced_added is not None else frozenset()
+    banned = gate.forced_banned
     if sampled is not None:
         retokenized = _encode(vocab, vocab.token_bytes[sampled] + forced)
         if retokenized and retokenized[0] != sampled:

@@ -261,19 +261,19 @@ class EndingSearch:
         return True
 
     def ending_tokens(self, matcher: GrammarMatcher, *, empty_ok: bool = True, limits: SearchLimits | None = None,
-                      literals: tuple[bytes, ...] = (), keep: frozenset[int] | None = None) -> list[int] | None:
+                      literals: tuple[bytes, ...] = (), banned: frozenset[int] = frozenset()) -> list[int] | None:
         """Token ids that end the answer from the matcher's state: a short way to where the grammar may end,
         spelled in as few tokens as the tokenizer finds, then EOS unless the grammar terminated by itself.
         None when the search finds no way within its limits. The matcher is left as it was. `literals`: the
         grammar's literal runs (CompiledGrammar.closing_literals), tried whole where bytes cannot tell.
-        `keep`: the added tokens the spelling may use (None: any); with others (a JSON const's `<|im_start|>`
-        spelled as the special token, which the text then hides) the ending goes as the search's own bytes."""
+        `banned`: tokens the spelling may not use (a JSON const's `<|im_start|>` spelled as the special token,
+        which the text then hides): with one the ending goes as the search's own bytes."""
         path = self.find(matcher, empty_ok=empty_ok, limits=limits, literals=literals)
         if path is None:
             return None
         ending = self._vocab.bytes_of(path)
         spelled = list(self._spelled(ending))
-        if keep is not None and any(t in self._vocab.added_ids and t not in keep for t in spelled):
+        if any(t in banned for t in spelled):
             spelled = path
         for ids in (spelled, path):
             terminated = self._accepted(matcher, ids)

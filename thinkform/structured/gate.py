@@ -159,7 +159,9 @@ class ReasoningGate:
         self._call_room = call_room
         self._between_calls = between_calls
         self._ending_literals = ending_literals  # the grammar's literal runs, for the search (literals.py)
-        self._ending_added = ending_added  # the added tokens an ending may be spelled with (None: any)
+        # the added tokens text written for the model (jump-forward, an ending) may not hold: all but a tool
+        # call's markup (ending_added); none where ending_added is None (not restricted)
+        self.forced_banned = vocab.added_ids - ending_added if ending_added is not None else frozenset()
         self._ending_points = [self._closing_reserve * k for k in ((4, 2, 1) if ending_early else (1,))
                                if self._closing_reserve > 0]
         if self._ending_points and ending_first > self._ending_points[0]:
@@ -301,12 +303,6 @@ class ReasoningGate:
             narrow_unless_empty(words, keep)
 
     @property
-    def forced_added(self) -> frozenset[int] | None:
-        """The added tokens text written for the model (jump-forward, an ending) may hold: a tool call's
-        markup; none in a JSON, regex or EBNF answer; None: not restricted."""
-        return self._ending_added
-
-    @property
     def closing(self) -> bool:
         """The answer is being steered to its end: the tokens left are within the closing reserve."""
         if self._closing is None or self.phase is not Phase.ANSWER or self.max_new_tokens is None:
@@ -411,7 +407,7 @@ class ReasoningGate:
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
         ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer), literals=self._ending_literals,
-                                         keep=self._ending_added)
+                                         banned=self.forced_banned)
         if ids is None or len(ids) > left:
             return []
         # the ending may grow before the next look (a list item or a nested object opened): it waits while
@@ -433,7 +429,7 @@ class ReasoningGate:
         if self._between_calls is None or not self._between_calls(bytes(self._answer)) or not self._in_closing_scope():
             return None
         ids = self._ending.ending_tokens(self.matcher, empty_ok=True, literals=self._ending_literals,
-                                         keep=self._ending_added)
+                                         banned=self.forced_banned)
         if ids is None or len(ids) > left:
             return None
         self.closed_by_budget = True
