@@ -27,8 +27,7 @@ logger = logging.getLogger("thinkform")
 
 # SGLang's Engine.generate keywords for what thinkform does not do (images, LoRA, custom logit processors,
 # hidden states, disaggregation), each with the value that asks for none of it: code that passes them
-# explicitly at that value runs unchanged
-# SGLang's generate keywords for what thinkform does not do, each with the values that ask for nothing
+# explicitly at such a value runs unchanged
 SGLANG_NEUTRAL_KEYWORDS: dict[str, tuple[Any, ...]] = {
     "image_data": (None,), "audio_data": (None,), "video_data": (None,), "lora_path": (None,),
     "custom_logit_processor": (None,), "return_hidden_states": (False,), "return_routed_experts": (False,),

@@ -60,7 +60,8 @@ class RequestHistograms:
     a slow compile is time to the first token), admission, first token and end."""
 
     def __init__(self) -> None:
-        self.histograms = {name: Histogram(bounds) for name, bounds in {**SHARED_HISTOGRAMS, **VLLM_HISTOGRAMS}.items()}
+        every = {**SHARED_HISTOGRAMS, **VLLM_HISTOGRAMS}
+        self.histograms = {name: Histogram(bounds) for name, bounds in every.items()}
         self._gap = self.histograms["inter_token_latency_seconds"]
 
     def tokens_appended(self, interval: float, count: int) -> None:
@@ -82,7 +83,8 @@ class RequestHistograms:
         if seq.scheduled_time is not None:
             h["request_prefill_time_seconds"].observe(seq.first_token_time - seq.scheduled_time)
         if len(seq.output_ids) > 1:
-            h["request_time_per_output_token_seconds"].observe((now - seq.first_token_time) / (len(seq.output_ids) - 1))
+            per_token = (now - seq.first_token_time) / (len(seq.output_ids) - 1)
+            h["request_time_per_output_token_seconds"].observe(per_token)
 
     def snapshot(self, names: dict[str, Any]) -> dict[str, dict[str, object]]:
         return {name: self.histograms[name].snapshot() for name in names}

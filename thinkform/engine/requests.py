@@ -389,8 +389,8 @@ class RequestBuilder:
         guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"), tag)
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
-            max_reasoning_tokens=budget, guards=guards,
-            answer_reserve_tokens=self._answer_reserve(p, max(shortest or 0, call or 0) or None), combined_keeps=self.parts.combined_keeps,
+            max_reasoning_tokens=budget, guards=guards, combined_keeps=self.parts.combined_keeps,
+            answer_reserve_tokens=self._answer_reserve(p, max(shortest or 0, call or 0) or None),
             answer_check=compiled.answer_check if compiled else None,
             **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only, call or 0))
 

@@ -186,11 +186,11 @@ def _build_kv(args: EngineArgs, model: torch.nn.Module, cfg: Any, device: torch.
     per_token = KVCache.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
     tokens = args.max_total_tokens or _auto_kv_tokens(args, device, per_token, context)
     pages = max(1, tokens // args.page_size)
-    logger.info("KV cache: %d pages x %d tokens (%.1f MiB)", pages, args.page_size,
-                pages * args.page_size * per_token / 2**20)
-    if pages * args.page_size < context:
+    held = pages * args.page_size
+    logger.info("KV cache: %d pages x %d tokens (%.1f MiB)", pages, args.page_size, held * per_token / 2**20)
+    if held < context:
         logger.warning("the KV cache holds %d tokens, fewer than the context length %d: longer requests are "
-                       "refused (raise --max-total-tokens)", pages * args.page_size, context)
+                       "refused (raise --max-total-tokens)", held, context)
     kv = KVCache(cfg.num_layers, pages, args.page_size, cfg.num_kv_heads, cfg.head_dim, dtype, device)
     return kv, PagePool(pages, args.page_size, prefix_caching=not args.disable_radix_cache)
 
@@ -212,9 +212,9 @@ def served_context(given: int | None, cfg: ModelConfig) -> int:
     """The context length served: --context-length, else the model's; no longer than a sliding attention
     window, over which thinkform attends in full (exact only up to the window: past it the output would
     differ from the model's)."""
-    window = cfg.sliding_window
-    if window is None or (given or cfg.max_position_embeddings) <= window:
-        return given or cfg.max_position_embeddings
+    window, wanted = cfg.sliding_window, given or cfg.max_position_embeddings
+    if window is None or wanted <= window:
+        return wanted
     if given:
         raise ValueError(f"context_length: {given} is longer than the model's sliding attention window ({window} "
                          "tokens); thinkform attends over the full context, which matches the model only up to the "

@@ -100,10 +100,13 @@ def engine_side(info: dict[str, Any]) -> list[Metric]:
                   "Finished samples by finish reason (abort: client gone, aborted, or failed).", reasons)] \
         if reasons else []
     out += [m for name, kind, help, key in _ENGINE_SCALARS for m in _one(name, kind, help, info.get(key))]
-    if info.get("kv_pages_total"):
-        out += _one("thinkform_kv_usage_ratio", "gauge", "Fraction of KV cache pages in use.",
-                    info.get("kv_pages_used", 0) / info["kv_pages_total"])
+    out += _one("thinkform_kv_usage_ratio", "gauge", "Fraction of KV cache pages in use.", _kv_usage(info))
     return out + _grammar(info.get("grammar_cache") or {})
+
+
+def _kv_usage(info: dict[str, Any]) -> float | None:
+    """The fraction of the KV cache's pages in use (None where the engine reports no pool)."""
+    return info.get("kv_pages_used", 0) / info["kv_pages_total"] if info.get("kv_pages_total") else None
 
 
 def _grammar(stats: dict[str, Any]) -> list[Metric]:
@@ -159,8 +162,7 @@ def vllm_side(info: dict[str, Any], model_name: str) -> list[Metric]:
     """The main numbers under vLLM's names, for its dashboards, autoscalers and routers (its older
     gpu_cache_usage_perc too, which older dashboards query)."""
     label = {"model_name": model_name}
-    usage = info.get("kv_pages_used", 0) / info["kv_pages_total"] if info.get("kv_pages_total") else None
-    extra = [("gpu_cache_usage_perc", "gauge", "GPU KV-cache usage. 1 means 100 percent usage.", usage)]
+    extra = [("gpu_cache_usage_perc", "gauge", "GPU KV-cache usage. 1 means 100 percent usage.", _kv_usage(info))]
     out = _named("vllm", _VLLM_SCALARS, ("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
                  info, label, extra)
     reasons = tuple(({**label, "finished_reason": r}, float(info[f"finished_{r}"])) for r in ("stop", "length", "abort")
@@ -179,8 +181,7 @@ def _named(prefix: str, scalars: tuple[tuple[str, str, str, str], ...], usage: t
     """One serving engine's spelling of the engine's numbers: `scalars` read from server_info, the KV cache's
     usage as a fraction, `extra` values, and the latency histograms (the names SGLang and vLLM share)."""
     values = [(name, kind, help, info.get(key)) for name, kind, help, key in scalars]
-    if info.get("kv_pages_total"):
-        values.append((*usage[:1], "gauge", usage[1], info.get("kv_pages_used", 0) / info["kv_pages_total"]))
+    values.append((usage[0], "gauge", usage[1], _kv_usage(info)))
     out = [Metric(f"{prefix}:{name}", kind, help, ((label, float(value)),))
            for name, kind, help, value in values + extra if value is not None]
     for name, snapshot in (info.get("latency") or {}).items():

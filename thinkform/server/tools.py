@@ -256,7 +256,8 @@ class HermesParser(ToolCallParser):
             start = len(section) - len(section[body:].lstrip())
             try:
                 value, end = decoder.raw_decode(section, start)
-            except (json.JSONDecodeError, RecursionError):  # not JSON right there: the first object before the end tag, if any
+            except (json.JSONDecodeError, RecursionError):
+                # not JSON right there: the first object before the end tag, if any
                 stop = section.find(self._close, body)
                 end = len(section) if stop < 0 else stop
                 values.extend(_json_objects(section[body:end])[:1])
