@@ -6,6 +6,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -16,7 +17,7 @@ from thinkform.engine.errors import EngineDead
 from thinkform.engine.histogram import SHARED_HISTOGRAMS, VLLM_HISTOGRAMS, RequestHistograms
 from thinkform.engine.jump_forward import SpecialPrefixes, eos_only_mask, forced_end, jump_forward
 from thinkform.engine.runner import ModelRunner
-from thinkform.engine.sampler import Sampler, warm_up_mask_kernel
+from thinkform.engine.sampler import SampleOutput, Sampler, warm_up_mask_kernel
 from thinkform.engine.scheduler import ScheduledBatch, Scheduler
 from thinkform.engine.sequence import FinishReason, Sequence
 from thinkform.engine.throughput import ThroughputWindow
@@ -264,6 +265,7 @@ class EngineLoop:
         ahead = self.overlap and not failed
         feed = (lambda ids: self._launch_ahead(sampling, None, ids)) if ahead else None
         out = self.sampler.sample(logits, sampling, step_masks.bitmask, step_masks.rows, on_tokens=feed)
+        self._take_queued(sampling, out)
         if out.fed and self._ahead is not None:
             self._ahead[0].ahead_tokens = out.tokens  # the step launched from device ids: now the host has them
         elif ahead and not out.fed:
@@ -274,7 +276,7 @@ class EngineLoop:
                 continue
             lp = (out.logprobs[j], out.top_logprobs[j], out.id_logprobs[j]) if seq.return_logprob else None
             try:
-                self._advance(seq, out.tokens[j], lp)
+                self._advance(seq, out.tokens[j], lp, partial(out.logprob_of, j) if lp is not None else None)
             except Exception as e:  # noqa: BLE001 - one request's failure must not stop the batch
                 self._fail(seq, e)
 
@@ -326,7 +328,8 @@ class EngineLoop:
         matchers of all rows in one batched fill, then each gate's own rules. A row whose matcher raises
         goes into `failed`: that request fails after sampling, the batch goes on."""
         bitmask = self._new_bitmask(len(seqs))
-        pending = [(i, s.gate.matcher_to_fill()) for i, s in enumerate(seqs) if s.gate is not None]
+        # a row whose next id the gate took already (forced_queue) takes it whatever it samples: no mask
+        pending = [(i, s.gate.matcher_to_fill()) for i, s in enumerate(seqs) if s.gate is not None and not s.forced_queue]
         pending = [(i, m) for i, m in pending if m is not None]
         try:
             self.parts.grammar_backend.fill_bitmasks(bitmask, pending)
@@ -340,7 +343,7 @@ class EngineLoop:
         words = bitmask.numpy()
         for i, s in enumerate(seqs):
             try:
-                if i not in failed and s.gate is not None and s.gate.finish_bitmask(words, i):
+                if i not in failed and s.gate is not None and not s.forced_queue and s.gate.finish_bitmask(words, i):
                     rows.append(i)
             except Exception as e:  # noqa: BLE001
                 failed[i] = e
@@ -375,35 +378,22 @@ class EngineLoop:
         return self._masks[:rows]
 
     # -- one sampled token ----------------------------------------------------------------------------------
-    def _advance(self, seq: Sequence, token: int, logprob: tuple | None) -> None:
+    def _advance(self, seq: Sequence, token: int, logprob: tuple | None,
+                 rescore: Callable[[int], float] | None = None) -> None:
+        """Append a step's token (and what the gate forces after it). `rescore(id)`: the logprob another id
+        has in the row `token` came from (the gate may append a different id at its place)."""
         if seq.finished:
             return
         now = time.perf_counter()
         if seq.first_token_time is None:
             seq.first_token_time = now
-        seq.num_sampled += 1
-        gate = seq.gate
-        answering = gate is not None and gate.phase is Phase.ANSWER
-        ids = gate.accept(token) if gate is not None else [token]
-        if answering and len(ids) == 1 and self._jumps(seq):
-            jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1, self._specials)
-            ids = jumped if replaced else ids + jumped
-            self.counters["jump_tokens"] += len(jumped) - replaced
+        if seq.forced_queue:  # a forced id's own step (see _take_queued): the gate took it already
+            finish, appended = self._append_queued(seq, logprob), 1
+        else:
+            finish, appended = self._advance_sampled(seq, token, logprob, rescore)
         if seq.last_token_time is not None:
-            self.histograms.tokens_appended(now - seq.last_token_time, len(ids))
+            self.histograms.tokens_appended(now - seq.last_token_time, appended)
         seq.last_token_time = now
-        finish = self._append(seq, ids, (token, logprob) if logprob is not None else None)
-        if finish is None and gate is not None:
-            forced = gate.forced_tokens(len(seq.output_ids))
-            if forced:
-                finish = self._append_forced(seq, forced) or self._append_jump(seq)
-        if finish is None and answering and self._jumps(seq):
-            if forced_end(gate, self._eos_only):
-                eos = self.parts.eos_token_ids[0]
-                gate.accept_forced([eos])
-                # counted where it is kept: at max_new_tokens the length limit takes it back
-                self.counters["jump_tokens"] += len(seq.output_ids) < seq.params.max_new_tokens
-                finish = self._append(seq, [eos])
         if finish is None and len(seq.output_ids) >= seq.params.max_new_tokens:
             finish = FinishReason("length", None, length=seq.params.max_new_tokens)
         if finish is not None:
@@ -411,6 +401,35 @@ class EngineLoop:
         elif seq.stream and self._stream_due(seq):
             seq.streamed_tokens = len(seq.output_ids)
             self._outbox.append((seq, False))
+
+    def _advance_sampled(self, seq: Sequence, token: int, logprob: tuple | None,
+                         rescore: Callable[[int], float] | None) -> tuple[FinishReason | None, int]:
+        """The gate takes a sampled token; jump-forward, a forced marker or ending follow. (finish, ids
+        appended)."""
+        seq.num_sampled += 1
+        gate = seq.gate
+        answering = gate is not None and gate.phase is Phase.ANSWER
+        ids = gate.accept(token) if gate is not None else [token]
+        if answering and len(ids) == 1 and self.jump_enabled:
+            jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1, self._specials)
+            ids = jumped if replaced else ids + jumped
+            self.counters["jump_tokens"] += len(jumped) - replaced
+        if logprob is not None and ids and ids[0] != token and rescore is not None:
+            logprob = (rescore(ids[0]), *logprob[1:])  # the id at the sampled place is scored by the same row
+        before = len(seq.output_ids)
+        finish = self._emit(seq, ids, (ids[0], logprob) if logprob is not None and ids else None)
+        if finish is None and gate is not None:
+            forced = gate.forced_tokens(self._generated(seq))
+            if forced:
+                finish = self._append_forced(seq, forced) or self._append_jump(seq)
+        if finish is None and answering and self.jump_enabled:
+            if forced_end(gate, self._eos_only):
+                eos = self.parts.eos_token_ids[0]
+                gate.accept_forced([eos])
+                # counted where it is kept: at max_new_tokens the length limit takes it back
+                self.counters["jump_tokens"] += self._room(seq) > 0
+                finish = self._emit(seq, [eos])
+        return finish, len(seq.output_ids) - before
 
     def _stream_due(self, seq: Sequence) -> bool:
         """A streamed event now: the first token's at once, then every stream_interval tokens (the
@@ -439,31 +458,64 @@ class EngineLoop:
         """Append what the gate forces instead of sampling (a marker, a budget's ending)."""
         seq.gate.accept_forced(forced)
         self.counters["forced_tokens"] += len(forced)
-        return self._append(seq, forced)
+        return self._emit(seq, forced)
 
     def _append_jump(self, seq: Sequence) -> FinishReason | None:
         """Append the text the grammar forces now (nothing was just sampled: no boundary to re-tokenize)."""
-        if not self._jumps(seq):
+        if not self.jump_enabled:
             return None
         jumped, _ = jump_forward(seq.gate, self.parts.vocab, None, self._room(seq), self._specials)
         self.counters["jump_tokens"] += len(jumped)
-        return self._append(seq, jumped)
+        return self._emit(seq, jumped)
 
-    def _jumps(self, seq: Sequence) -> bool:
-        """Jump-forward for this sequence: not where it asks for logprobs, which every token then gets from
-        the model (as SGLang and vLLM give them), not 0.0 for text the grammar forced."""
-        return self.jump_enabled and not seq.return_logprob
+    def _emit(self, seq: Sequence, ids: list[int], sampled: tuple[int, tuple] | None = None) -> FinishReason | None:
+        """Append ids the gate took. A request that returns logprobs appends only the sampled one now: the
+        rest wait in `forced_queue` for a step each, so every token gets the model's own logprob (the same
+        ids as without logprobs: asking for them does not change the answer)."""
+        if not seq.return_logprob or not ids:
+            return self._append(seq, ids, sampled)
+        room = self._room(seq)
+        if len(ids) > room:  # as _append: the gate must not describe tokens the output has no room for
+            if seq.gate is not None:
+                seq.gate.rollback(len(ids) - room)
+            ids = ids[:room]
+            if not ids:
+                return FinishReason("length", None, length=seq.params.max_new_tokens)
+        if sampled is None or seq.forced_queue:
+            seq.forced_queue.extend(ids)
+            return None
+        seq.forced_queue.extend(ids[1:])
+        return self._append(seq, ids[:1], sampled, more=bool(seq.forced_queue))
+
+    def _append_queued(self, seq: Sequence, logprob: tuple | None) -> FinishReason | None:
+        tid = seq.forced_queue.pop(0)
+        return self._append(seq, [tid], (tid, logprob) if logprob is not None else None, more=bool(seq.forced_queue))
 
     @staticmethod
-    def _room(seq: Sequence) -> int:
-        return seq.params.max_new_tokens - len(seq.output_ids)
+    def _take_queued(sampling: list[Sequence], out: SampleOutput) -> None:
+        """Rows with a forced id waiting take it instead of the token they sampled, with its logprob from
+        the same row (before a step ahead is launched from these tokens)."""
+        for j, seq in enumerate(sampling):
+            if seq.forced_queue and not seq.finished:
+                out.tokens[j] = seq.forced_queue[0]
+                out.logprobs[j] = out.logprob_of(j, out.tokens[j])
 
-    def _append(self, seq: Sequence, ids: list[int], sampled: tuple[int, tuple] | None = None) -> FinishReason | None:
+    @staticmethod
+    def _generated(seq: Sequence) -> int:
+        """Output tokens as the gate counts them: the appended ones and those waiting for their step."""
+        return len(seq.output_ids) + len(seq.forced_queue)
+
+    def _room(self, seq: Sequence) -> int:
+        return seq.params.max_new_tokens - self._generated(seq)
+
+    def _append(self, seq: Sequence, ids: list[int], sampled: tuple[int, tuple] | None = None,
+                more: bool = False) -> FinishReason | None:
         """Append ids one by one, checking every stop rule; returns the finish reason, if any. `sampled`:
-        (the sampled token, its logprobs) when the request returns logprobs."""
+        (the sampled token, its logprobs) when the request returns logprobs. `more`: forced ids the gate took
+        with these follow in later steps (no place to end before the last of them)."""
         p = seq.params
         gate = seq.gate
-        last = len(ids) - 1
+        last = -1 if more else len(ids) - 1
         for i, tid in enumerate(ids):
             if len(seq.output_ids) >= p.max_new_tokens:
                 if gate is not None:  # it took all of ids: it must not describe tokens the output has no room for
@@ -516,9 +568,8 @@ class EngineLoop:
 
     @staticmethod
     def _record_logprob(seq: Sequence, tid: int, sampled: tuple[int, tuple] | None) -> None:
-        """One entry per output token: the sampled token's own logprob, 0.0 (and no alternatives) for the
-        tokens the engine appended itself (forced markers, a budget's ending; no jump-forward text, which a
-        request that asks for logprobs samples token by token)."""
+        """One entry per output token, the model's logprob of it in the row it was appended from (forced
+        ids each get a step of their own: `_emit`)."""
         value, top, by_id = sampled[1] if sampled is not None and sampled[0] == tid else (0.0, None, None)
         seq.token_logprobs.append((value, tid, None))
         if seq.top_logprobs_num:
@@ -530,6 +581,10 @@ class EngineLoop:
         if seq.finished:
             return
         seq.finish = reason
+        if seq.forced_queue:  # ended before its forced ids' steps (a stop string, an abort): the gate forgets them
+            if seq.gate is not None and not reason.status_code:
+                seq.gate.rollback(len(seq.forced_queue))
+            seq.forced_queue.clear()
         if reason.type != "stop" or not isinstance(reason.matched, str):
             try:
                 seq.detok.flush()

@@ -21,6 +21,11 @@ class SampleOutput:
     top_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)
     id_logprobs: list[list[tuple[float, int]] | None] = field(default_factory=list)  # token_ids_logprob's
     fed: bool = False  # the device-side ids went to `on_tokens` before the host read them
+    logp: torch.Tensor | None = None  # the rows' log-softmax where logprobs were asked for
+
+    def logprob_of(self, row: int, token_id: int) -> float:
+        """Another id's logprob in a row (the loop may append a different id than the one sampled)."""
+        return float(self.logp[row, token_id])
 
 
 class Sampler:
@@ -150,6 +155,7 @@ class Sampler:
     def _logprobs(self, raw: torch.Tensor, seqs: list[Sequence], tokens: list[int], out: SampleOutput) -> None:
         """One gather and one top-k for the whole batch, read back once (a GPU would sync per call)."""
         logp = log_probs(raw, self.tokenizer_size)
+        out.logp = logp
         chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
         k = max((s.top_logprobs_num for s in seqs if s.return_logprob), default=0)
         top_vals, top_ids = [], []

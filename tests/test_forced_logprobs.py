@@ -1,0 +1,74 @@
+"""Logprobs of the tokens the engine appends itself (the end marker a thinking budget forces, EOS while thinking
+turned into the marker, a budget's ending of the answer, jump-forward text): the model's own, as for sampled
+tokens, and asking for logprobs does not change the answer."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string"}, "population": {"type": "integer"}},
+                     "required": ["name", "population"]})
+
+
+@pytest.fixture(scope="module")
+def qwen_engine(qwen_vocab_model):
+    from thinkform import Engine
+
+    eng = Engine(model_path=str(qwen_vocab_model[0]), dtype="float32", max_total_tokens=4096,
+                 reasoning_parser="deepseek-r1")
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(qwen_vocab_model):
+    """log p(output token | everything before it), from transformers' forward of the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir, tok = qwen_vocab_model
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+
+    def score(prompt_ids: list[int], output_ids: list[int]) -> list[float]:
+        ids = prompt_ids + output_ids
+        with torch.no_grad():
+            logp = hf(torch.tensor([ids])).logits[0, :, :len(tok)].log_softmax(-1)
+        return [logp[len(prompt_ids) + i - 1, t].item() for i, t in enumerate(output_ids)]
+
+    return score
+
+
+def _prompt(qwen_vocab_model) -> str:
+    tok = qwen_vocab_model[1]
+    return tok.apply_chat_template([{"role": "user", "content": "Capital of France as JSON"}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("params", [
+    {"max_reasoning_tokens": 3, "max_new_tokens": 24},  # the marker forced, then the budget's ending of the JSON
+    {"max_new_tokens": 40, "logit_bias": {"151645": 40.0}},  # EOS while thinking becomes the marker
+], ids=["budget-and-ending", "eos-becomes-marker"])
+def test_every_output_token_has_the_models_logprob(qwen_engine, qwen_vocab_model, reference, params):
+    out = qwen_engine.generate(_prompt(qwen_vocab_model), {"temperature": 0, "json_schema": SCHEMA, **params},
+                               require_reasoning=True, return_logprob=True, top_logprobs_num=3, logprob_start_len=0)
+    meta = out["meta_info"]
+    assert meta["constraint_satisfied"] and "</think>" in out["text"]
+    entries = meta["output_token_logprobs"]
+    assert [t for _, t, _ in entries] == out["output_ids"]
+    prompt_ids = [t for _, t, _ in meta["input_token_logprobs"]]
+    assert [v for v, _, _ in entries] == pytest.approx(reference(prompt_ids, out["output_ids"]), abs=1e-3)
+    assert all(len(top) == 3 and top[0][0] >= value for (value, _, _), top in zip(entries, meta["output_top_logprobs"]))
+
+
+def test_asking_for_logprobs_does_not_change_a_jump_forward_answer(qwen_engine, qwen_vocab_model, reference):
+    prompts = [_prompt(qwen_vocab_model), "Name a city:", "JSON please"]
+    params = {"temperature": 0, "max_new_tokens": 40, "json_schema": SCHEMA}
+    plain = qwen_engine.generate(prompts, params)
+    scored = qwen_engine.generate(prompts, params, return_logprob=True, logprob_start_len=0)
+    assert [o["output_ids"] for o in scored] == [o["output_ids"] for o in plain]
+    for out in scored:  # the jumped `", "population": ` text too
+        meta = out["meta_info"]
+        prompt_ids = [t for _, t, _ in meta["input_token_logprobs"]]
+        values = [v for v, _, _ in meta["output_token_logprobs"]]
+        assert values == pytest.approx(reference(prompt_ids, out["output_ids"]), abs=1e-3)
