@@ -602,6 +602,20 @@ def test_client_disconnect_aborts_streaming_and_plain_requests(served):
     assert _wait_for(lambda: "gone-plain" in engine.aborted)
 
 
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": QUESTION}), ("/v1/completions", {"prompt": "x"}),
+    ("/generate", {"text": "x"}), ("/v1/responses", {"input": "x"})])
+def test_a_stream_whose_client_leaves_before_its_first_chunk_is_aborted_at_once(served, path, body):
+    """Queued (or compiling its grammar) when the client gives up: aborted then, not once it is scheduled."""
+    engine, base = served
+    engine.chunk_delay_s = 5.0  # the first chunk comes after 5 s; the client leaves after 1
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(base + path, json={**body, "stream": True, "rid": f"early{len(path)}"}, timeout=1.0)
+    started = time.monotonic()
+    assert _wait_for(lambda: any(rid.startswith("early") for rid in engine.aborted), timeout=2.0)
+    assert time.monotonic() - started < 2.0
+
+
 def test_forty_concurrent_mixed_requests(served):
     engine, base = served
     engine.chunk_delay_s = 0.002

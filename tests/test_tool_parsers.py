@@ -237,13 +237,14 @@ def test_every_pythonic_call_the_grammar_allows_parses_and_fits_its_schema():
 
 
 def test_a_malformed_call_never_streams_past_its_closing_marker():
-    """Arguments that are not JSON (an unconstrained model) stream no further than the call's end marker;
-    the text then comes back as content, as without streaming."""
+    """Arguments that are not JSON (an unconstrained model) stream no further than the call's end marker.
+    Audit 7: the stream then sent the call's markup again as content (after its header as a call); the
+    begun call's text is no content now, streamed or whole, and no call is made."""
     text = 'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": Paris}}\n</tool_call> Done.'
     normal, deltas, _, made = _stream("hermes", text, 2)
     args = "".join(d["function"].get("arguments") or "" for d in deltas)
     assert "</tool_call>" not in args and "Done" not in args and not made
-    assert normal == text
+    assert normal == "Sure." and get_tool_call_parser("hermes").parse(text) == ("Sure.", [])
 
 
 CUT_AFTER_ARGUMENTS = {  # a call cut by max_tokens after its arguments, before its end tag
@@ -327,5 +328,5 @@ def test_arguments_nested_past_pythons_stack_are_no_call_not_a_crash(name):
     parser = get_tool_call_parser(name)
     text = parser.call_begin.replace("{name}", "f") + '{"a": ' + "[" * 5000 + "]" * 5000 + "}" + parser.call_end
     content, calls = parser.parse(text)
-    assert calls == [] and content
-    _stream(name, text, 997)
+    # a stream sends such a call's header (the arguments' start is JSON): its text is no content either way
+    assert calls == [] and content == _stream(name, text, 997)[0]

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
+import threading
 from types import FrameType
-from typing import Iterator
+from typing import Any, Iterator
 
 import uvicorn
 
@@ -30,23 +33,58 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(args: EngineArgs) -> None:
-    """Build the engine, serve until a signal, then shut everything down."""
-    from thinkform import Engine
+# after the drain's deadline aborts what still runs, the time its clients' last events have to go out
+_ABORTED_EVENTS_S = 2.0
+
+
+def serve(args: EngineArgs, engine: Any) -> None:
+    """Serve `engine` until a signal, then shut everything down."""
     from thinkform.server import create_app
 
-    engine = Engine.from_args(args)
     try:
         app = create_app(engine)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                                timeout_graceful_shutdown=args.graceful_shutdown_timeout, access_log=False)
-        server = uvicorn.Server(config)  # its SIGINT/SIGTERM handlers stop gracefully
+                                timeout_graceful_shutdown=args.graceful_shutdown_timeout + _ABORTED_EVENTS_S,
+                                access_log=False)
+        server = _DrainingServer(config, engine, args.graceful_shutdown_timeout)
         logger.info("thinkform serving %s on http://%s:%d", engine.served_model_name, args.host, args.port)
         with _signals_ignored_after_serving():
             server.run()
     finally:
         engine.shutdown()
     logger.info("thinkform stopped")
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server (its SIGINT/SIGTERM handlers stop gracefully) whose stop signal also starts the
+    drain's deadline: there the engine aborts what still runs, so each client gets its answer's end
+    (finish_reason "abort") before uvicorn cancels the handlers (a cut stream or a bare 500, a traceback each)."""
+
+    def __init__(self, config: uvicorn.Config, engine: Any, grace_s: float) -> None:
+        super().__init__(config)
+        self._deadline = threading.Timer(grace_s, engine.abort_request, kwargs={"abort_all": True})
+        self._deadline.daemon = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self._deadline.is_alive() and not self.should_exit:
+            self._deadline.start()
+        super().handle_exit(sig, frame)
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind the address once before the model loads (minutes for a large one), as vLLM does: a port in use
+    or a host this machine cannot serve fails now, naming the flag (ValueError)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port: {port} is not a port number (0-65535)")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ValueError(f"--host: cannot resolve {host!r} ({e.strerror})") from None
+    try:
+        socket.create_server(address, family=family).close()
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise ValueError(f"--host/--port: cannot listen on {host}:{port} ({reason})") from None
 
 
 @contextlib.contextmanager
@@ -85,10 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = EngineArgs.from_cli_args(ns)
         check_names(args)
+        check_address(args.host, args.port)
     except ValueError as e:  # a typo in a flag: argparse's one-line usage error (exit 2), not a traceback
         parser.error(str(e))
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    serve(args)
+    from thinkform import Engine
+
+    try:
+        engine = Engine.from_args(args)
+    except (FileNotFoundError, ValueError) as e:  # no model there, no config.json, ...: one line, not a traceback
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    serve(args, engine)
     return 0
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,6 +18,7 @@ from thinkform.server.errors import APIError, api_error_handler, error_body, htt
 from thinkform.server.limits import BodyLimitMiddleware
 from thinkform.server.metrics import ResponseCounter
 from thinkform.server.state import ServerState
+from thinkform.server.streaming import ClientGone
 from thinkform.structured.spec import ConstraintError
 
 OPEN_PATHS = frozenset({"/health"})
@@ -89,6 +90,11 @@ async def _counting_error_handler(request: Request, exc: Exception) -> JSONRespo
     return await api_error_handler(request, exc)
 
 
+async def _client_gone(request: Request, exc: ClientGone) -> Response:
+    """A stream's client left before its first chunk (its requests are aborted): nginx's 499, read by nobody."""
+    return Response(status_code=499)
+
+
 def _route_paths(app: FastAPI, routers: tuple[APIRouter, ...]) -> frozenset[str]:
     """Every path the app serves (included routers are not listed flat in app.routes)."""
     paths = {getattr(r, "path", None) for r in app.routes}
@@ -106,6 +112,7 @@ def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
     for exc in (APIError, ValueError, TypeError, EngineOverloaded, EngineDead):
         app.add_exception_handler(exc, _counting_error_handler)
+    app.add_exception_handler(ClientGone, _client_gone)  # type: ignore[arg-type]
     routers = (openai_api.router, responses_api.router, native_api.router, tokenize_api.router, metrics.router)
     for router in routers:
         app.include_router(router)

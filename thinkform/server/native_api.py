@@ -108,7 +108,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         logprob_start_len=body.logprob_start_len, return_text_in_logprobs=body.return_text_in_logprobs,
         token_ids_logprob=body.token_ids_logprob))
     if body.stream:
-        first, rest = await open_stream(call)
+        first, rest = await open_stream(request, state.engine, call, rids)
         return StreamingResponse(stream_with_abort(state.engine, rids, _events(first, rest)),
                                  media_type="text/event-stream")
     try:

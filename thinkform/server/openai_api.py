@@ -313,9 +313,12 @@ def _answer_calls(state: ServerState, plan: ChatPlan, text: str, meta: dict[str,
     assert plan.tool_parser is not None
     _, answer = _split(state, plan, text, meta, always=True)
     cut = (meta.get("finish_reason") or {}).get("type") == "length"
-    normal, calls = plan.tool_parser.parse(answer, with_cut_call=cut)
-    if not calls:
+    # no call section: the content as it is; a section whose calls the request does not declare, or whose call
+    # never finished, is left out of it, as streaming leaves it out (and /parse_function_call)
+    read = plan.tool_parser.read(answer, with_cut_call=cut)
+    if read is None:
         return content, []
+    normal, calls = read
     at = content.rfind(answer) if answer else -1  # content: the answer, or the reasoning and then the answer
     return (content[:at] if at > 0 else "") + normal, calls[: plan.max_calls]
 
@@ -464,7 +467,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     plan = await run_in_threadpool(plan_chat, state, body)  # templates and tokenizers: off the event loop
     chat_id = f"chatcmpl-{plan.rid}"
     if body.stream:
-        first, rest = await open_stream(start_chat(state, plan, stream=True))
+        first, rest = await open_stream(request, state.engine, start_chat(state, plan, stream=True), [plan.rid])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _chat_events(state, plan, body, chat_id, first, rest, include_usage)
         return StreamingResponse(stream_with_abort(state.engine, [plan.rid], events),
@@ -775,7 +778,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                           {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"})
     cmpl_id, created, model = f"cmpl-{base}", now(), body.model or state.model_name
     if body.stream:
-        first, rest = await open_stream(call)
+        first, rest = await open_stream(request, state.engine, call, rids)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts,
                                     tokenizer if want_logprobs else None, echoes, names, eos_ids(state))

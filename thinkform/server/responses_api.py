@@ -420,7 +420,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     state = _state(request)
     plan, chat_plan = await run_in_threadpool(plan_response, state, body)  # templates, tokenizers: off the loop
     if body.stream:
-        first, rest = await open_stream(start_chat(state, chat_plan, stream=True))
+        first, rest = await open_stream(request, state.engine, start_chat(state, chat_plan, stream=True),
+                                        [chat_plan.rid])
         events = ResponseEvents(plan, state, chat_plan).run(first, rest)
         return StreamingResponse(stream_with_abort(state.engine, [chat_plan.rid], events, _error_event),
                                  media_type="text/event-stream")

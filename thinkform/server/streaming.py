@@ -48,16 +48,22 @@ async def call_until_disconnect(request: Request, engine: Any, call: Awaitable[A
         raise
 
 
-async def open_stream(call: Any) -> tuple[Any, AsyncIterator[dict[str, Any]]]:
+async def open_stream(request: Request, engine: Any, call: Any,
+                      rids: list[str]) -> tuple[Any, AsyncIterator[dict[str, Any]]]:
     """Start a streaming engine call and take its first chunk, so errors raised before anything is
-    generated surface here (as a 4xx) rather than inside the SSE body. Returns (first, rest)."""
-    stream = await call if inspect.isawaitable(call) else call
-    iterator = stream.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        first = None
-    return first, iterator
+    generated surface here (as a 4xx) rather than inside the SSE body. Returns (first, rest). A client
+    that leaves before it (queued, or its grammar compiling) aborts its requests at once (ClientGone),
+    not when they are scheduled and prefilled."""
+    async def first_chunk() -> tuple[Any, AsyncIterator[dict[str, Any]]]:
+        stream = await call if inspect.isawaitable(call) else call
+        iterator = stream.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            first = None
+        return first, iterator
+
+    return await call_until_disconnect(request, engine, first_chunk(), rids)
 
 
 def sse(data: Any) -> str:

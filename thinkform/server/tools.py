@@ -18,8 +18,10 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
+import regex
+
 from thinkform.reasoning import partial_suffix
-from thinkform.server.json_prefix import JsonPrefixScan
+from thinkform.server.json_prefix import JsonPrefixScan, json_prefix_length
 from thinkform.server.pythonic import pythonic_calls_grammar
 
 ToolMode = Literal["auto", "required", "named"]
@@ -69,6 +71,7 @@ class ToolCallParser(ABC):
     trigger: str = ""  # text that starts the tool-call section
     argument_markup: tuple[str, ...] = ()  # the fixed text around arguments not written as JSON (GLM's XML tags)
     bare_json: bool = False  # a JSON object as the whole answer is a call too
+    declared: frozenset[str] | None = None  # the request's tools (for_tools); None: any name is a call
 
     @property
     def markup(self) -> tuple[str, ...]:
@@ -83,36 +86,58 @@ class ToolCallParser(ABC):
         """Split `text` into the normal text and the tool calls found after the trigger. `with_cut_call`
         (the answer ran out of tokens): a last call still being written comes too, its arguments as far as
         they go (what streaming sent of it)."""
+        read = self.read(text, with_cut_call)
+        return read if read is not None else (text, [])
+
+    def read(self, text: str, with_cut_call: bool = False) -> tuple[str, list[ToolCall]] | None:
+        """`parse`, or None where no call section is read at all (the text is all content).
+
+        A call begun in the format's template that never completes (arguments that are not JSON, an answer
+        that stops inside it) is no call, and its text is not content either: a stream has sent its header,
+        which it cannot take back, and must not send the same markup again as content; the whole response
+        gives what the stream gives (audit 7). A call of a function the request does not declare is dropped,
+        its text too, as SGLang's detectors and /parse_function_call drop it."""
         start = self._section_start(text)
         if start < 0:
-            return text, []
-        calls = self._parse_calls(text[start:])
+            return None
+        section = text[start:]
+        calls, after = self._parse_section(section)
+        begun = self.partial_calls(section)
         if with_cut_call:  # the call being written when the tokens ran out, its arguments done or not (its end
             # tag missing, the format's parse does not see it: streaming had sent it, audit 29)
-            calls = calls + [ToolCall(name, args) for name, args, _ in self.partial_calls(text[start:])[len(calls):]][:1]
-        if not calls:
-            return text, []
+            calls = calls + [ToolCall(name, args) for name, args, _ in begun[len(calls):]][:1]
+        if not calls and not any(self.declares(name) for name, _, _ in begun):
+            return None
+        if any(not complete for _, _, complete in begun):  # the text after the calls holds a begun one: no content
+            after = ""
+        calls = [call for call in self._raw_arguments(calls, begun) if self.declares(call.name)]
         for k, call in enumerate(calls):
             call.id = self.call_id(call.name, k) or call.id
-        return text[:start].rstrip(), self._raw_arguments(text[start:], calls)
+        return text[:start].rstrip() + (after if after.strip() else ""), calls
+
+    def declares(self, name: str) -> bool:
+        """Whether a call of `name` is one (the request declares that function, or declared none)."""
+        return self.declared is None or name in self.declared
 
     def for_tools(self, tools: list[Mapping[str, Any]], earlier_calls: int = 0) -> "ToolCallParser":
         """The parser for one request's tools and conversation (`earlier_calls`: the calls its assistant
-        messages made): formats whose arguments are not JSON (XML parameters) read them by the tools'
-        schemas, formats that number calls across the conversation go on from the earlier ones; the others
-        need nothing and are shared."""
-        return self
+        messages made): calls of other functions are dropped; formats whose arguments are not JSON (XML
+        parameters) read them by the tools' schemas, formats that number calls across the conversation go on
+        from the earlier ones."""
+        bound = copy.copy(self)
+        bound.declared = frozenset(tool_name(t) for t in tools) or None
+        return bound
 
     def call_id(self, name: str, index: int) -> str | None:
         """The id of the request's `index`-th call (None: a random `call_...` id)."""
         return None
 
-    def _raw_arguments(self, section: str, calls: list[ToolCall]) -> list[ToolCall]:
-        """Calls written in the format's own template keep their arguments as the model wrote them (what
-        streaming sends); re-serialised JSON stays for the others."""
-        raw = self.partial_calls(section)
+    @staticmethod
+    def _raw_arguments(calls: list[ToolCall], raw: list[tuple[str, str, bool]]) -> list[ToolCall]:
+        """Calls written in the format's own template (`raw`: partial_calls) keep their arguments as the model
+        wrote them (what streaming sends); re-serialised JSON stays for the others."""
         for call, (name, args, complete) in zip(calls, raw):
-            if complete and name == call.name and json.loads(args) == json.loads(call.arguments):
+            if complete and name == call.name and _normal_json(args) == _normal_json(call.arguments):
                 call.arguments = args
         return calls
 
@@ -167,6 +192,11 @@ class ToolCallParser(ABC):
     def _parse_calls(self, section: str) -> list[ToolCall]:
         """The calls written in a tool-call section of the answer."""
 
+    def _parse_section(self, section: str) -> tuple[list[ToolCall], str]:
+        """The calls of a tool-call section, and its text that is content (where the format ends its calls and
+        text may follow them: pythonic, a bare JSON call)."""
+        return self._parse_calls(section), ""
+
     def written(self, calls: list[Mapping[str, Any]]) -> str:
         """Earlier calls (OpenAI's `tool_calls`) as the model writes them in this format: for chat templates
         that cannot render calls, which left the model no trace of what it had called."""
@@ -209,18 +239,22 @@ class ToolCallParser(ABC):
 
 def _json_objects(text: str) -> list[Any]:
     """Every top-level JSON value found in `text`, in order (skipping what is not JSON)."""
-    decoder = json.JSONDecoder()
+    return [value for value, _ in _json_spans(text)]
+
+
+def _json_spans(text: str) -> list[tuple[Any, int]]:
+    """(value, where it ends) of every top-level JSON object or array in `text`, in order."""
     out, i = [], 0
     while i < len(text):
         j = min((k for k in (text.find("{", i), text.find("[", i)) if k >= 0), default=-1)
         if j < 0:
             break
         try:
-            value, end = decoder.raw_decode(text, j)
+            value, end = _DECODER.raw_decode(text, j)
         except (json.JSONDecodeError, RecursionError):  # nested past Python's stack: not a call we can read
             i = j + 1
             continue
-        out.append(value)
+        out.append((value, end))
         i = end
     return out
 
@@ -246,6 +280,12 @@ class HermesParser(ToolCallParser):
     separator = "\n"
     trigger = "<tool_call>"
     _close = "</tool_call>"
+
+    @cached_property
+    def _begin(self) -> re.Pattern[str]:
+        # every call opens its own tag: a `{"name": ...}` elsewhere (an example after the calls) is no call, as
+        # the whole parse reads only the tags' JSON (audit 5: a stream sent such an example as a call)
+        return re.compile(r'<tool_call>\s*\{"name": "(?P<name>[\w.\-]+)", "arguments": (?=\{)')
 
     def _parse_calls(self, section: str) -> list[ToolCall]:
         """Each `<tool_call>`'s JSON object, read as JSON: a `</tool_call>` inside one of its strings is text
@@ -277,18 +317,53 @@ class Llama3Parser(ToolCallParser):
     trigger = "<|python_tag|>"
     bare_json = True
 
+    _args_keys = ("parameters", "arguments")
+
     def _section_start(self, text: str) -> int:
-        at = text.find(self.trigger)
-        if at >= 0:
-            return at
-        stripped = text.lstrip()  # a bare JSON call must be the whole answer
-        if stripped.startswith("{") and _calls_from_dicts(_json_objects(stripped), ("parameters", "arguments")):
-            return len(text) - len(stripped)
+        tag = self._tag_outside_json(text)
+        lead = len(text) - len(text.lstrip())
+        head = text[lead:tag] if tag >= 0 else text[lead:]
+        # a bare JSON call: the answer starts with it, before any tag (its arguments may spell the tag)
+        if head.startswith("{") and _calls_from_dicts(_json_objects(head), self._args_keys):
+            return lead
+        return tag
+
+    def _tag_outside_json(self, text: str) -> int:
+        """Where the first tag outside JSON values is: one inside a string of a (bare) call's arguments is
+        text, also in a value still being written to the end of `text` (a stream's)."""
+        pos = 0
+        while (tag := text.find(self.trigger, pos)) >= 0:
+            brace = text.find("{", pos, tag)
+            if brace < 0:
+                return tag
+            pos = _json_end(text, brace)
         return -1
 
     def _parse_calls(self, section: str) -> list[ToolCall]:
-        body = section.replace(self.trigger, " ")
-        return _calls_from_dicts(_json_objects(body), ("parameters", "arguments"))
+        return self._parse_section(section)[0]
+
+    def _parse_section(self, section: str) -> tuple[list[ToolCall], str]:
+        """The JSON calls (the tags and `;` between them are not JSON: skipped, never replaced, so a tag an
+        argument spells stays in it), and the text after the last one, content (SGLang's trailing text)."""
+        calls: list[ToolCall] = []
+        end = 0
+        for value, stop in _json_spans(section):
+            found = _calls_from_dicts([value], self._args_keys)
+            if found:
+                calls, end = calls + found, stop
+        if not calls:
+            return [], ""
+        after = section[end:]
+        return calls, after.lstrip()[1:] if after.lstrip().startswith(";") else after
+
+
+def _json_end(text: str, at: int) -> int:
+    """Where the JSON value at `at` ends: len(text) for one still being written to the end of `text`, at + 1
+    where no JSON value begins there."""
+    try:
+        return _DECODER.raw_decode(text, at)[1]
+    except (json.JSONDecodeError, RecursionError):
+        return len(text) if at + json_prefix_length(text[at:]) == len(text) else at + 1
 
 
 class DeepSeekV3Parser(ToolCallParser):
@@ -349,7 +424,8 @@ class KimiK2Parser(ToolCallParser):
     earlier_calls = 0  # the conversation's calls before this answer: its first call's index
 
     def for_tools(self, tools: list[Mapping[str, Any]], earlier_calls: int = 0) -> "KimiK2Parser":
-        bound = copy.copy(self)
+        bound = super().for_tools(tools, earlier_calls)
+        assert isinstance(bound, KimiK2Parser)
         bound.earlier_calls = earlier_calls
         return bound
 
@@ -390,7 +466,9 @@ def _template_calls(parser: ToolCallParser, section: str) -> list[ToolCall]:
 
 
 class MistralParser(ToolCallParser):
-    """Mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`."""
+    """Mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`, or from tokenizer v11 on (Mistral-Small-3.2,
+    Magistral, Devstral) the compact `[TOOL_CALLS]NAME[ARGS]{...}`, one such per call. Constrained calls take the
+    array spelling (the structural tag's trigger is `[TOOL_CALLS][`); both are read, whole and streamed."""
 
     name = "mistral"
     call_begin = '{"name": "{name}", "arguments": '
@@ -398,20 +476,32 @@ class MistralParser(ToolCallParser):
     wrapper = ("[TOOL_CALLS][", "]")
     separator = ", "
     trigger = "[TOOL_CALLS]"
+    _compact = re.compile(r"\[TOOL_CALLS\]\s*(?P<name>[\w.\-]+)\s*\[ARGS\]\s*(?=\{)")
+
+    @cached_property
+    def _begin(self) -> regex.Pattern[str]:  # type: ignore[override]
+        # an array's call, or a compact one (the same group name in both: `regex` allows it)
+        return regex.compile(r'\{"name": "(?P<name>[\w.\-]+)", "arguments": (?=\{)|' + self._compact.pattern)
 
     def _parse_calls(self, section: str) -> list[ToolCall]:
+        if self._compact.match(section):
+            return _template_calls(self, section)
         return _calls_from_dicts(_json_objects(section[len(self.trigger):]), ("arguments", "parameters"))
 
 
 class PythonicParser(ToolCallParser):
-    """Pythonic: `[get_weather(city="Paris"), get_time()]`. Constrained for tool_choice required / named
-    (a grammar of the calls, see pythonic.py); with auto the text stays free (a `[` opens plain lists too)
-    and the calls are parsed from it."""
+    """Pythonic: `[get_weather(city="Paris"), get_time()]`, Llama-4 may wrap the list in `<|python_start|>` /
+    `<|python_end|>` (its markup, never content). Constrained for tool_choice required / named (a grammar of
+    the calls, see pythonic.py); with auto the text stays free (a `[` opens plain lists too) and the calls are
+    parsed from it: each list of calls ends at its own closing bracket, and the text around the lists is
+    content (SGLang's TestPythonicDetector: `[f(a=1)] and [g(b=2)]` is two calls and ` and `)."""
 
     name = "pythonic"
     trigger = "["
-    _start = re.compile(r"\[\s*[A-Za-z_][\w.]*\s*\(")
-    _partial = re.compile(r"\[\s*(?:[A-Za-z_][\w.]*\s*)?$")
+    argument_markup = ("<|python_start|>", "<|python_end|>")  # Llama-4's, around the list
+    _start = re.compile(r"(?:<\|python_start\|>\s*)?\[\s*[A-Za-z_][\w.]*\s*\(")
+    _partial = re.compile(r"(?:<\|python_start\|>\s*)?(?:\[\s*(?:[A-Za-z_][\w.]*\s*)?)?$")
+    _list_end = re.compile(r"\s*<\|python_end\|>")
 
     def structural_tag(self, tools: list[Mapping[str, Any]], mode: ToolMode = "auto",
                        parallel: bool = True) -> dict[str, Any] | None:
@@ -422,31 +512,64 @@ class PythonicParser(ToolCallParser):
         return {"type": "structural_tag", "format": {"type": "grammar", "grammar": grammar}}
 
     def _maybe_start(self, text: str) -> int:
+        """A list's opening (or Llama-4's `<|python_start|>` before it) still being written is held back."""
         m = self._partial.search(text)
-        return m.start() if m else len(text)
+        held = m.start() if m and m.end() > m.start() else len(text)
+        return min(held, len(text) - partial_suffix(text, self.argument_markup[0]))
 
     def _section_start(self, text: str) -> int:
         m = self._start.search(text)
         return m.start() if m else -1
 
     def _parse_calls(self, section: str) -> list[ToolCall]:
-        end = section.rfind("]")
+        return self._parse_section(section)[0]
+
+    def _parse_section(self, section: str) -> tuple[list[ToolCall], str]:
+        """The lists of calls in order, each up to its own `]` (a `]` of the text after it is text), and the
+        text around them; a list that is not calls ends the reading, it and what follows are text."""
+        calls: list[ToolCall] = []
+        content, pos = "", 0
+        while (m := self._start.search(section, pos)) is not None:
+            listed = _call_list(section, section.index("[", m.start()))
+            if listed is None:
+                break
+            content += section[pos:m.start()]
+            calls += listed[0]
+            end = self._list_end.match(section, listed[1])
+            pos = end.end() if end else listed[1]
+        return calls, content + section[pos:]
+
+
+def _call_list(text: str, at: int) -> tuple[list[ToolCall], int] | None:
+    """The calls of the Python list opening at `at` and where it ends, None where it is not a list of calls
+    with literal keyword arguments. Its end is the first `]` up to which the text parses: a closed list."""
+    close = text.find("]", at)
+    while close >= 0:
         try:
-            tree = ast.parse(section[: end + 1].strip(), mode="eval")
-        except SyntaxError:
-            return []
-        if not isinstance(tree.body, ast.List):
-            return []
-        calls = []
-        for node in tree.body.elts:
-            if not isinstance(node, ast.Call) or node.args:
-                return []
-            try:
-                args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
-            except ValueError:
-                return []
-            calls.append(ToolCall(ast.unparse(node.func), json.dumps(args, ensure_ascii=False)))
-        return calls
+            tree = ast.parse(text[at:close + 1], mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            close = text.find("]", close + 1)
+            continue
+        calls = _literal_calls(tree.body)
+        return (calls, close + 1) if calls is not None else None
+    return None
+
+
+def _literal_calls(node: ast.expr) -> list[ToolCall] | None:
+    """`[f(a=1), g()]` as calls; None for anything else."""
+    if not isinstance(node, ast.List) or not node.elts:
+        return None
+    calls = []
+    for call in node.elts:
+        if not isinstance(call, ast.Call) or call.args:
+            return None
+        try:  # a literal JSON has no spelling for (a set, bytes) is no argument
+            args = json.dumps({kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg},
+                              ensure_ascii=False)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+        calls.append(ToolCall(ast.unparse(call.func), args))
+    return calls
 
 
 from thinkform.server.harmony_tools import GptOssParser  # noqa: E402  (they build on the classes above)
@@ -457,6 +580,9 @@ _PARSERS: Mapping[str, Callable[[], ToolCallParser]] = MappingProxyType({
     "llama3": Llama3Parser, "deepseekv3": DeepSeekV3Parser, "mistral": MistralParser,
     "pythonic": PythonicParser, "deepseekv31": DeepSeekV31Parser, "kimi_k2": KimiK2Parser,
     "qwen3_coder": Qwen3CoderParser, "glm45": Glm45Parser, "gpt-oss": GptOssParser,
+    # SGLang's other names of the same formats (its ToolCallParserEnum: glm -> Glm4MoeDetector, step3p5 ->
+    # Qwen3CoderDetector)
+    "glm": Glm45Parser, "step3p5": Qwen3CoderParser,
 })
 
 
@@ -527,25 +653,55 @@ class StreamingToolParser:
         """The text still held back that is not a call, the last tool-call deltas, and whether the answer
         made any call (`cut`: the answer ran out of tokens, a call being written counts, as streamed)."""
         deltas = self._call_deltas(final=True) if self._in_calls else []
-        normal, calls = self.parser.parse(self._held, with_cut_call=cut)
-        self._held = ""
-        if not calls:  # the trigger began no call: its text is text, as the whole parse gives it
-            normal = self._before_trigger + normal
-        self._before_trigger = ""
-        streamed = [(c.name, _normal_json(c.arguments)) for c, _ in self._calls]
-        for call in calls:  # the whole parse has the last word: calls it found that were not streamed go whole
+        read = self.parser.read(self._held, with_cut_call=cut)
+        # the trigger began no call: its text is text, as the whole parse gives it
+        normal, calls = read if read is not None else (self._before_trigger + self._held, [])
+        self._held = self._before_trigger = ""
+        return normal, deltas + self._settle(calls), bool(calls)
+
+    def _settle(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        """The deltas that make the streamed calls the whole parse's `calls` (it has the last word): each
+        streamed call is one of them once; one streamed as far as its arguments went gets the rest of them
+        where the whole parse's are longer (SGLang's test_invalid_then_valid_json: `{` then `}`), and calls
+        it found that were not streamed go whole. A call is never sent twice: a streamed one whose arguments
+        differ from the whole parse's keeps what it sent (it cannot be taken back)."""
+        unmatched = list(range(len(self._calls)))
+        rest = []
+        for call in calls:  # first the calls streamed exactly, wherever they are
             key = (call.name, _normal_json(call.arguments))
-            if key in streamed:
-                streamed.remove(key)
+            k = next((k for k in unmatched if self._key(k) == key), None)
+            if k is None:
+                rest.append(call)
+            else:
+                unmatched.remove(k)
+        deltas: list[dict[str, Any]] = []
+        for call in rest:  # then a streamed call of the same function, or a new one
+            k = next((k for k in unmatched if self._calls[k][0].name == call.name), None)
+            if k is not None:
+                unmatched.remove(k)
+                deltas += self._extend(k, call.arguments)
             elif self.max_calls is None or len(self._calls) < self.max_calls:
                 call.id = self.parser.call_id(call.name, len(self._calls)) or call.id
                 deltas.append(call.to_openai(len(self._calls)))
                 self._calls.append((call, len(call.arguments)))
-        return normal, deltas, bool(calls)
+        return deltas
+
+    def _key(self, k: int) -> tuple[str, str | None]:
+        call = self._calls[k][0]
+        return call.name, _normal_json(call.arguments)
+
+    def _extend(self, k: int, arguments: str) -> list[dict[str, Any]]:
+        """Streamed call `k`'s arguments grown to `arguments` where what it sent begins them."""
+        call, sent = self._calls[k]
+        if len(arguments) <= sent or not arguments.startswith(call.arguments):
+            return []
+        call.arguments = arguments
+        self._calls[k] = (call, len(arguments))
+        return [{"index": k, "function": {"arguments": arguments[sent:]}}]
 
     def _call_deltas(self, final: bool = False) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        calls = self.parser.partial_calls(self._held, final, self._scans)
+        calls = [c for c in self.parser.partial_calls(self._held, final, self._scans) if self.parser.declares(c[0])]
         for k, (name, args, _) in enumerate(calls[: self.max_calls]):
             if k == len(self._calls):  # its header first, with empty arguments, as OpenAI streams a call
                 call = ToolCall(name, "")

@@ -10,14 +10,11 @@ arguments as JSON too: each parameter once complete, a plain string value while 
 """
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any, Mapping
 
 from thinkform.server.tools import ToolCall, ToolCallParser, tool_name, tool_schema
-from thinkform.structured.xml_args import arguments_so_far, read_params
-
-_WS = re.compile(r"\s*")
+from thinkform.structured.xml_args import STYLES, arguments_so_far, read_params
 
 
 class XmlToolCallParser(ToolCallParser):
@@ -30,7 +27,8 @@ class XmlToolCallParser(ToolCallParser):
     schemas: Mapping[str, Any] = {}
 
     def for_tools(self, tools: list[Mapping[str, Any]], earlier_calls: int = 0) -> "XmlToolCallParser":
-        bound = copy.copy(self)
+        bound = super().for_tools(tools, earlier_calls)
+        assert isinstance(bound, XmlToolCallParser)
         bound.schemas = {tool_name(t): tool_schema(t) for t in tools}
         return bound
 
@@ -44,7 +42,7 @@ class XmlToolCallParser(ToolCallParser):
             name = m.group("name")
             schema = self.schemas.get(name)
             params, end, over = read_params(section, m.end(), self.style, final)
-            closed = self._closed(section, end) if over else None
+            closed = self._closed(section, end, final) if over else None
             if closed is False:  # not a parameter, not the call's end (an unconstrained model): up to its end
                 at = section.find(self._closing[-1], end)
                 closed = at + len(self._closing[-1]) if at >= 0 else None
@@ -55,14 +53,17 @@ class XmlToolCallParser(ToolCallParser):
             pos = closed
         return out
 
-    def _closed(self, text: str, pos: int) -> int | None | bool:
-        """Where the call's closing markers end (None: the text ends inside them, False: something else)."""
-        for marker in self._closing:
-            pos = _WS.match(text, pos).end()
+    def _closed(self, text: str, pos: int, final: bool) -> int | None | bool:
+        """Where the call's closing markers end (None: the text ends inside them, False: something else). A
+        `final` text that ends after the first of them closes the call there: Qwen3-Coder's answer may stop
+        after `</function>` without `</tool_call>`, and SGLang reads that call."""
+        gap = STYLES[self.style].gap
+        for k, marker in enumerate(self._closing):
+            pos = gap.match(text, pos).end()
             if text.startswith(marker, pos):
                 pos += len(marker)
             elif marker.startswith(text[pos:]):
-                return None
+                return pos if final and k > 0 and pos == len(text) else None
             else:
                 return False
         return pos
@@ -95,5 +96,6 @@ class Glm45Parser(XmlToolCallParser):
     separator = "\n"
     trigger = "<tool_call>"
     argument_markup = ("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")
-    _head = re.compile(r"<tool_call>\s*(?P<name>[^\s<]+)(?=\s|<)")
+    # GLM-4.6 may write the newlines between the markup as the two characters `\n`: not the name's (SGLang)
+    _head = re.compile(r"<tool_call>\s*(?P<name>[^\s<\\]+)(?=\s|<|\\n)")
     _closing = ("</tool_call>",)

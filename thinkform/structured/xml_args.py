@@ -44,11 +44,15 @@ class _Style:
     value_open: str  # after key_close and whitespace ("" where the key's tag holds the value)
     value_close: str
     trim_newline: bool  # drop one newline after the value's opening and before its closing tag
+    gap: re.Pattern[str] = _WS  # what may stand between the tags
+    null_any_type: bool = False  # `null` is None whatever the property's type (Qwen3-Coder's, SGLang and vLLM)
 
 
 STYLES: Mapping[str, _Style] = {
-    "qwen_xml": _Style("<parameter=", ">", "", "</parameter>", True),
-    "glm_xml": _Style("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", False),
+    "qwen_xml": _Style("<parameter=", ">", "", "</parameter>", True, null_any_type=True),
+    # GLM-4.6 may write a newline between tags as the two characters `\n` (SGLang's detector skips them too)
+    "glm_xml": _Style("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", False,
+                      gap=re.compile(r"(?:[ \t\r\n]|\\n)*")),
 }
 
 
@@ -74,7 +78,7 @@ def read_params(text: str, pos: int, style: str, final: bool = True) -> tuple[li
     st = STYLES[style]
     params: list[XmlParam] = []
     while True:
-        at = _WS.match(text, pos).end()
+        at = st.gap.match(text, pos).end()
         rest = text[at:]
         if not rest.startswith(st.key_open):
             # the parameters are over unless the text ends inside whitespace or a key's opening tag
@@ -87,7 +91,7 @@ def read_params(text: str, pos: int, style: str, final: bool = True) -> tuple[li
         key = text[key_at:key_end]
         value_at = key_end + len(st.key_close)
         if st.value_open:
-            v = _WS.match(text, value_at).end()
+            v = st.gap.match(text, value_at).end()
             if not text.startswith(st.value_open, v):
                 if st.value_open.startswith(text[v:]):  # cut before the value: nothing of it to tell yet
                     return params, pos, False
@@ -111,7 +115,7 @@ def _value_end(text: str, start: int, st: Any, final: bool) -> tuple[int, bool]:
     told only where the text is `final` (a stream holds it back); -1 where no closing tag ends it (yet)."""
     close = text.find(st.value_close, start)
     while close >= 0:
-        rest = text[_WS.match(text, close + len(st.value_close)).end():]
+        rest = text[st.gap.match(text, close + len(st.value_close)).end():]
         if not rest or st.key_open.startswith(rest) or st.value_close.startswith(rest):
             return close, final
         if rest.startswith(st.key_open) or rest.startswith("</") and not rest.startswith(st.value_close):
@@ -184,14 +188,13 @@ def raw_string(raw: str, style: str) -> str:
 
 def xml_value(raw: str, schema: Any, style: str) -> Any:
     """The JSON value of a complete parameter value `raw` under its property `schema` (None: unknown)."""
+    if STYLES[style].null_any_type and raw_string(raw, style).lower() == "null":
+        return None
     if streams_raw(schema):
         return raw_string(raw, style)
     types = schema_types(schema)
     text = raw.strip()
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = _NOT_JSON
+    value = _json_value(text, escaped=types is not None and "string" not in types)
     # a JSON string is not read as one: the grammar writes strings raw, so its quotes are part of the text
     if value is not _NOT_JSON and not isinstance(value, str) and (types is None or _json_type(value) in types):
         return value
@@ -212,6 +215,21 @@ def xml_value(raw: str, schema: Any, style: str) -> Any:
 
 
 _NOT_JSON = object()
+
+
+def _json_value(text: str, escaped: bool) -> Any:
+    """`text` read as JSON (_NOT_JSON where it is not). `escaped`: where the schema admits no string, also JSON
+    written with its quotes escaped, as inside a JSON string (GLM-4.6's `[{\\"id\\": \\"1\\"}]`: SGLang's
+    glm4_moe detector unescapes and parses it)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        if not escaped:
+            return _NOT_JSON
+    try:
+        return json.loads(json.loads(f'"{text}"'))
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 def _json_type(value: Any) -> str:
@@ -236,9 +254,11 @@ def arguments_so_far(params: list[XmlParam], schema: Any, style: str, closed: bo
     if closed:
         return text + "}"
     last = params[-1] if params else None
-    if last is not None and not last.complete and streams_raw(property_schema(schema, last.key)):
+    value = raw_string(last.raw, style) if last is not None else ""
+    # a value that may still be `null` (Qwen3-Coder: None for any type) is held back until it is told
+    maybe_null = STYLES[style].null_any_type and "null".startswith(value.lower())
+    if last is not None and not last.complete and streams_raw(property_schema(schema, last.key)) and not maybe_null:
         # a trailing newline may be the one Qwen's closing drops: held back until the value is complete
-        value = raw_string(last.raw, style)
         text += (", " if members else "") + json.dumps(last.key, ensure_ascii=False) + ": " \
             + json.dumps(value, ensure_ascii=False)[:-1]
     return text
