@@ -57,6 +57,9 @@ class FakeEngine:
     def is_healthy(self) -> bool:
         return self.healthy
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.tokenizer.decode([token_id]).encode()
+
     def set_tool_markup(self, spellings: Any) -> None:
         self.tool_markup = tuple(spellings)  # the engine's: its tags' special tokens stay in the text
 

@@ -459,7 +459,9 @@ def test_completions_echo_puts_the_prompt_tokens_first_in_the_logprobs(served, p
     assert lp["tokens"][:n] == [tokenizer.decode([t]) for t in prompt_ids]
     # the prompt's logprobs as the engine scored them; the first token has none (nothing before it)
     assert lp["token_logprobs"][:n] == [None] + [-2.0 - k / 64 for k in range(n - 1)]
-    assert lp["top_logprobs"][:n] == [None] + [{tokenizer.decode([7]): -1.0}] * (n - 1)
+    # each with the prompt token itself too (OpenAI: "up to logprobs+1 elements")
+    assert lp["top_logprobs"][:n] == [None] + [{tokenizer.decode([7]): -1.0, token: value} for token, value
+                                               in zip(lp["tokens"][1:n], lp["token_logprobs"][1:n])]
     assert len(lp["tokens"]) == n + len(tokenizer.encode("Paris"))
     assert all(v is not None for v in lp["token_logprobs"][n:])
     assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][n] == len(prompt_text)

@@ -219,6 +219,11 @@ class Engine:
     def from_args(cls, args: EngineArgs) -> "Engine":
         return cls(args=args)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's own bytes (a character split over tokens: each token's part of it, where decoding the
+        token alone gives U+FFFD): OpenAI's logprob `bytes`."""
+        return self.parts.vocab.token_bytes[token_id]
+
     def set_tool_markup(self, spellings: Iterable[str]) -> None:
         """The strings of the tool-call format that reads this model's answers (the server's parser: tags such
         as Kimi-K2's `<|tool_call_begin|>`). The special tokens that spell them are markup: in a request that

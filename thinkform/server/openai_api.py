@@ -5,7 +5,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -384,19 +384,23 @@ def logprob_pairs(meta: dict[str, Any], start: int = 0, k: int | None = None) ->
     return [(t, top[:k] if top is not None and k is not None else top) for t, top in zip(tokens[start:], tops[start:])]
 
 
-def chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair]) -> list[dict[str, Any]]:
-    content = []
-    for (lp, tid, _), top in pairs:
+def chat_logprob_entries(tokenizer: Any, pairs: list[LogprobPair],
+                         token_bytes: Callable[[int], bytes] | None = None) -> list[dict[str, Any]]:
+    """OpenAI's chat logprobs. `token_bytes`: each token's own bytes (the engine's), which join to the text
+    where a character is split over tokens (its text alone is U+FFFD); else the token's text's."""
+    def entry(tid: int, logprob: float) -> dict[str, Any]:
         text = _token_text(tokenizer, tid)
-        content.append({"token": text, "logprob": lp, "bytes": list(text.encode()),
-                        "top_logprobs": [{"token": (t := _token_text(tokenizer, i)), "logprob": p,
-                                          "bytes": list(t.encode())} for p, i, _ in (top or [])]})
-    return content
+        return {"token": text, "logprob": logprob,
+                "bytes": list(token_bytes(tid) if token_bytes is not None else text.encode())}
+
+    return [{**entry(tid, lp), "top_logprobs": [entry(i, p) for p, i, _ in (top or [])]}
+            for (lp, tid, _), top in pairs]
 
 
-def _chat_logprobs(tokenizer: Any, meta: dict[str, Any], k: int | None = None) -> dict[str, Any] | None:
+def _chat_logprobs(tokenizer: Any, meta: dict[str, Any], k: int | None = None,
+                   token_bytes: Callable[[int], bytes] | None = None) -> dict[str, Any] | None:
     pairs = logprob_pairs(meta, k=k)
-    return None if pairs is None else {"content": chat_logprob_entries(tokenizer, pairs)}
+    return None if pairs is None else {"content": chat_logprob_entries(tokenizer, pairs, token_bytes)}
 
 
 @dataclass
@@ -436,7 +440,8 @@ def chat_choice(state: ServerState, plan: ChatPlan, index: int, out: dict[str, A
         reason = "tool_calls" if reason == "stop" else reason  # a call cut by max_tokens stays a "length"
     choice = {"index": index, "message": message, "finish_reason": reason, "matched_stop": matched, **satisfied(meta),
               "stop_reason": vllm_stop_reason(eos_ids(state), matched),
-              "logprobs": _chat_logprobs(plan.token_names, meta, plan.top_logprobs_num) if plan.return_logprob else None}
+              "logprobs": _chat_logprobs(plan.token_names, meta, plan.top_logprobs_num, state.engine.token_bytes)
+              if plan.return_logprob else None}
     if plan.return_token_ids:  # as SGLang's choice: present only when asked for
         choice["token_ids"] = list(out.get("output_ids", []))
     if plan.return_prompt_token_ids:
@@ -586,7 +591,7 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         pairs = feeds[index].take() if feeds is not None else None  # the tokens delivered since the last chunk
-        logprobs = {"content": chat_logprob_entries(plan.token_names, pairs)} if pairs else None
+        logprobs = {"content": chat_logprob_entries(plan.token_names, pairs, state.engine.token_bytes)} if pairs else None
         if "reasoning_content" in delta:  # under both names, as in the whole response
             delta = {**delta, "reasoning": delta["reasoning_content"]}
         event = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -680,7 +685,18 @@ def _completion_logprob_lists(tokenizer: Any, pairs: list[LogprobPair], start: i
         pos += len(t)
     tokens = texts if names is tokenizer else [_token_text(names, tid) for (_, tid, _), _ in pairs]
     return {"tokens": tokens, "token_logprobs": [lp for (lp, _, _), _ in pairs], "text_offset": offsets,
-            "top_logprobs": [{_token_text(names, i): p for p, i, _ in (top or [])} for _, top in pairs]}, pos
+            "top_logprobs": [_top_with_chosen(names, top, name, lp)
+                             for name, ((lp, _, _), top) in zip(tokens, pairs)]}, pos
+
+
+def _top_with_chosen(names: Any, top: list[tuple[float, int, Any]] | None, chosen: str,
+                     logprob: float | None) -> dict[str, float | None]:
+    """A legacy top_logprobs entry: the top tokens and the chosen one ("the API will always return the
+    logprob of the sampled token, so there may be up to logprobs+1 elements", as vLLM does; `logprobs: 0`
+    gives it alone)."""
+    entry = {_token_text(names, i): p for p, i, _ in (top or [])}
+    entry.setdefault(chosen, logprob)
+    return entry
 
 
 def _completion_logprobs(tokenizer: Any, meta: dict[str, Any], echo: dict[str, Any] | None = None,
@@ -712,10 +728,10 @@ def _scored_echo(tokenizer: Any, echo: dict[str, Any], meta: dict[str, Any], k: 
     scored = meta.get("input_token_logprobs") or []
     if len(scored) != len(echo["tokens"]):
         return echo
-    tops = meta.get("input_top_logprobs") or [None] + [[]] * (len(scored) - 1)  # logprobs 0: {} as for output
+    tops = meta.get("input_top_logprobs") or [None] + [[]] * (len(scored) - 1)  # logprobs 0: the token alone
     return {**echo, "token_logprobs": [lp for lp, _, _ in scored],
-            "top_logprobs": [{_token_text(tokenizer, i): p for p, i, _ in top[:k]} if top is not None else None
-                             for top in tops]}
+            "top_logprobs": [_top_with_chosen(tokenizer, top[:k], name, lp) if top is not None else None
+                             for top, name, (lp, _, _) in zip(tops, echo["tokens"], scored)]}
 
 
 def _prompt_token_offsets(tokenizer: Any, prompt: str | list[int], text: str) -> tuple[list[int], list[int]]:

@@ -72,3 +72,30 @@ def test_asking_for_logprobs_does_not_change_a_jump_forward_answer(qwen_engine, 
         prompt_ids = [t for _, t, _ in meta["input_token_logprobs"]]
         values = [v for v, _, _ in meta["output_token_logprobs"]]
         assert values == pytest.approx(reference(prompt_ids, out["output_ids"]), abs=1e-3)
+
+
+# ---------------------------------------------------------------- OpenAI's shapes of them
+
+def test_openai_logprob_shapes(qwen_engine):
+    import httpx
+
+    from server_fixtures import running_server
+
+    with running_server(qwen_engine) as base:
+        # a character split over tokens: each token's own bytes, which join to it (its text alone is U+FFFD)
+        chat = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "melt"}], "regex": "🫠🫠", "logprobs": True, "top_logprobs": 2,
+            "temperature": 0, "max_tokens": 16}).json()["choices"][0]
+        entries = chat["logprobs"]["content"]
+        assert chat["message"]["content"] == "🫠🫠" and len(entries) > 2
+        answer = entries[[e["token"] for e in entries].index("</think>") + 1:]  # the reasoning's come first
+        assert bytes(b for e in answer for b in e["bytes"]).decode().removesuffix("<|im_end|>") == "🫠🫠"
+        # legacy completions: the sampled token is always among top_logprobs (OpenAI: "up to logprobs+1
+        # elements"), alone with logprobs 0
+        for k in (0, 1):
+            choice = httpx.post(f"{base}/v1/completions", timeout=120, json={
+                "prompt": "Once upon", "max_tokens": 8, "temperature": 1.0, "seed": 3, "logprobs": k,
+                "ignore_eos": True}).json()["choices"][0]
+            lists = choice["logprobs"]
+            for token, value, top in zip(lists["tokens"], lists["token_logprobs"], lists["top_logprobs"]):
+                assert top[token] == value and k <= len(top) <= k + 1
