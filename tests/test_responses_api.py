@@ -203,6 +203,12 @@ def test_tool_choice_names_a_function(served):
     ({"input": []}, "input", "at least one"),
     ({"input": "x", "top_k": "many"}, "top_k", ""),
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x", "schema": 5}}}, "text.format.schema", ""),
+    # audit (Responses) F3 / F5: OpenAI's bounds the request model lets through
+    ({"input": "x", "stream": True, "stream_options": 5}, "stream_options", "must be an object"),
+    ({"input": "x", "stream_options": {"include_obfuscation": False}}, "stream_options", "stream is true"),
+    ({"input": "x", "include": ["message.output_text.logprobs", "not.a.value"]}, "include[1]", "not.a.value"),
+    ({"input": "x", "temperature": 7}, "temperature", "between 0 and 2"),
+    ({"input": "x", "metadata": {"k": 5}}, "metadata.k", "string"),
 ])
 def test_bad_requests_name_their_field(served, body, param, match):
     engine, base = served
@@ -315,10 +321,131 @@ def test_a_stream_and_a_whole_response_have_the_same_items(served):
 def test_the_store_keeps_the_newest_within_its_count_and_size():
     from thinkform.server.response_store import ResponseStore, StoredResponse
 
-    store = ResponseStore(capacity=3, max_bytes=2000)
+    store = ResponseStore(capacity=3, max_bytes=6000)
     for i in range(5):
         store.put(f"r{i}", StoredResponse({"id": f"r{i}"}, [{"role": "user", "content": "x" * 100}]))
     assert [store.get(f"r{i}") is not None for i in range(5)] == [False, False, True, True, True]
-    store.put("big", StoredResponse({"id": "big"}, [{"role": "user", "content": "y" * 1900}]))
+    store.put("big", StoredResponse({"id": "big"}, [{"role": "user", "content": "y" * 4000}]))
     assert store.get("big") is not None and len(store) == 1  # the older ones made room
-    assert store.delete("big") and not store.delete("big") and len(store) == 0
+    assert store.delete("big") and not store.delete("big") and len(store) == 0 and store.bytes == 0
+
+
+def test_the_store_holds_about_its_bound_in_memory():
+    """Audit (Responses) F2: the bound counted the JSON of the response and conversation only (not the input
+    items), ~10x less than the dicts and strings kept: a store "within 256 MiB" held 2.6 GB. Now the memory
+    it really holds (traced) is near its bound."""
+    import gc
+    import tracemalloc
+
+    from thinkform.server.response_store import ResponseStore, StoredResponse
+    from thinkform.server.responses_api import input_items, input_messages
+
+    bound = 2 * 2**20
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        store = ResponseStore(max_bytes=bound)
+        for n in range(300):  # every request resends its history (the SDK's `input += r.output`)
+            items = [item for t in range(20) for item in (
+                {"role": "user", "content": f"question {t} of {n}"},
+                {"type": "function_call", "call_id": f"c{t}", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": f"c{t}", "output": "x" * 20})]
+            answer = {"role": "assistant", "content": "x" * 20}
+            store.put(f"r{n}", StoredResponse({"id": f"r{n}", "output": []}, input_messages(items) + [answer],
+                                              input_items(items)))
+            del items, answer
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(store) < 300  # the bound dropped the oldest
+    assert 0.8 * bound < held < 1.2 * bound, (held, store.bytes)
+
+
+# ---------------------------------------------------------------- audit (Responses): truncation, aborts, ...
+
+def _history(turns: int) -> list[dict]:
+    """A long agent conversation: each turn a question, a call, its output and an answer."""
+    items = []
+    for i in range(turns):
+        items += [{"role": "user", "content": f"Old question {i}: " + "words " * 12},
+                  {"type": "function_call", "call_id": f"call_{i}", "name": "get_weather",
+                   "arguments": json.dumps({"city": f"City{i}"})},
+                  {"type": "function_call_output", "call_id": f"call_{i}", "output": f"sunny {i}."},
+                  {"role": "assistant", "content": f"Old answer {i}."}]
+    return items + [{"role": "user", "content": "Latest question: weather in Paris?"}]
+
+
+def test_truncation_auto_drops_the_oldest_items_whole(served):
+    """Audit (Responses) F1: truncation "auto" kept the last context-1 tokens of the templated prompt: the
+    instructions and tools were cut off the front, a message cut in half, no room left for the answer. Now
+    the oldest items go whole (a call with its output), the system turn stays, max_output_tokens fits (by
+    default min(4096, context/4)), and a last item too long on its own is a 400 naming input."""
+    engine, base = served
+    history = _history(40)
+    for room, extra in ((64, {"max_output_tokens": 64}), (min(4096, engine.context_length // 4), {})):
+        r = httpx.post(f"{base}/v1/responses", timeout=60, json={
+            "input": history, "instructions": "You are WeatherBot.", "tools": TOOLS, "truncation": "auto", **extra})
+        assert r.status_code == 200, r.text
+        ids, prompt = engine.calls[-1]["input_ids"], _prompt(engine)
+        system = prompt[:prompt.index("<|im_start|>user")]  # the system turn, whole: instructions and tools
+        assert system.startswith("<|im_start|>system\n") and "You are WeatherBot." in system
+        assert '"name": "get_weather", "description": "Weather of a city"' in system
+        assert len(ids) + room <= engine.context_length
+        assert "Latest question: weather in Paris?" in prompt
+        kept = [i for i in range(40) if f'City{i}"' in prompt or f"sunny {i}." in prompt or f"Old answer {i}." in prompt
+                or f"Old question {i}:" in prompt]
+        assert kept and kept == list(range(kept[0], 40)) and kept[0] > 0  # the newest turns, the oldest gone
+        for i in kept[1:]:  # whole messages, and each call with its output
+            assert f"Old question {i}: " + "words " * 12 in prompt and f'City{i}"' in prompt and f"sunny {i}." in prompt
+        assert (f'City{kept[0]}"' in prompt) == (f"sunny {kept[0]}." in prompt)
+    # the whole conversation is still stored: the next turn truncates afresh
+    assert len(list(_client(base).responses.input_items.list(r.json()["id"], limit=100))) == len(history)
+    too_long = [{"role": "user", "content": "Old question: " + "words " * 600}]
+    r = httpx.post(f"{base}/v1/responses", json={"input": history[:4] + too_long, "truncation": "auto"})
+    error_response(r, 400, "input", "truncation")
+
+
+def test_stream_options_are_taken_when_streaming(served):
+    """Audit (Responses) F3: OpenAI's stream_options ({"include_obfuscation": false}) was a 400."""
+    engine, base = served
+    stream = _client(base).responses.create(model="m", input="hi", stream=True,
+                                            stream_options={"include_obfuscation": False})
+    assert [e.type for e in stream][-1] == "response.completed"
+
+
+def test_an_aborted_response_is_cancelled_with_its_reason(served):
+    """Audit (Responses) F4: an abort's message item said "cancelled" (the SDK's type allows in_progress,
+    completed or incomplete), the abort's reason was lost, and a failure mid-stream sent an `error` event
+    numbered 0."""
+    from openai.types.responses import ResponseOutputMessage
+
+    engine, base = served
+    engine.finish_reason = {"type": "abort", "matched": None, "message": "stop_regex timed out after 1 s"}
+    try:
+        whole = httpx.post(f"{base}/v1/responses", json={"input": "hi"}).json()
+        events = sse_events(httpx.post(f"{base}/v1/responses", json={"input": "hi", "stream": True}))
+        engine.finish_reason = {"type": "abort", "status_code": 500, "message": "engine failed mid-way"}
+        failed = sse_events(httpx.post(f"{base}/v1/responses", json={"input": "hi", "stream": True}))
+    finally:
+        engine.finish_reason = {"type": "stop", "matched": None}
+    for response in (whole, events[-1]["response"]):
+        assert response["status"] == "cancelled" and response["error"]["message"] == "stop_regex timed out after 1 s"
+        assert [(o["type"], o["status"]) for o in response["output"]] == [("reasoning", "completed"),
+                                                                         ("message", "incomplete")]
+        ResponseOutputMessage.model_validate(response["output"][1])  # raises on a status its type does not allow
+    assert events[-1]["type"] == "response.failed"
+    assert [e["sequence_number"] for e in failed] == list(range(len(failed)))
+    assert failed[-1]["type"] == "error" and failed[-1]["message"] == "engine failed mid-way"
+
+
+def test_cancel_says_background_responses_are_not_supported(served):
+    """Audit (Responses) F5: responses.cancel(id) was FastAPI's bare 404 "Not Found"."""
+    engine, base = served
+    client = _client(base)
+    r = client.responses.create(model="m", input="hi", top_logprobs=3)
+    with pytest.raises(openai.BadRequestError, match="only background responses can be cancelled"):
+        client.responses.cancel(r.id)
+    error_response(httpx.post(f"{base}/v1/responses/resp_none/cancel"), 404, "response_id")
+    assert r.top_logprobs == 3  # echoed, as the request's other settings

@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from thinkform.server.errors import APIError, loc_fields, to_api_error
-from thinkform.server.openai_api import (chained, chat_choice, chat_logprob_entries, engine_outputs, eos_ids,
-                                         finish_reason_of, logprob_pairs, new_choice_stream,
-                                         plan_chat, raise_if_failed, start_chat)
+from thinkform.server.openai_api import (chained, chat_choice, chat_logprob_entries, chat_prompt, engine_outputs,
+                                         eos_ids, finish_reason_of, logprob_pairs, new_choice_stream,
+                                         plan_chat, raise_if_failed, start_chat, tool_mode)
 from thinkform.server.protocol import ChatCompletionRequest, ResponsesRequest, warn_unknown
 from thinkform.server.response_store import StoredResponse
 from thinkform.server.state import ServerState, new_id, now
@@ -32,8 +32,20 @@ router = APIRouter()
 # client that sent chat's spelling learns the right one instead of getting it silently ignored.
 _CHAT_SPELLINGS = {"messages": "input", "max_tokens": "max_output_tokens",
                    "max_completion_tokens": "max_output_tokens", "response_format": "text.format",
-                   "logprobs": None, "n": None, "stream_options": None, "echo": None}
+                   "logprobs": None, "n": None, "echo": None}
 _LOGPROBS = "message.output_text.logprobs"
+# what `include` may name (OpenAI's ResponseIncludable): only the answer's logprobs mean anything here (the
+# others name tools, images and encrypted reasoning this server has none of, so there is nothing to add);
+# a name outside the list is a 400, as OpenAI's, so a misspelt include is not silently ignored
+_INCLUDABLE = frozenset({_LOGPROBS, "file_search_call.results", "web_search_call.results",
+                         "web_search_call.action.sources", "message.input_image.image_url",
+                         "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+                         "reasoning.encrypted_content"})
+# Responses' own fields that chat must not read from the extras (chat's stream_options is another object)
+_RESPONSES_ONLY = frozenset({"stream_options"})
+# truncation "auto" without max_output_tokens keeps this much of the context for the answer (a quarter of the
+# context at most): enough for a reasoning model to think and answer after a long conversation
+DEFAULT_ANSWER_ROOM = 4096
 
 
 def _state(request: Request) -> ServerState:
@@ -183,6 +195,7 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 
 
 def _check_supported(body: ResponsesRequest) -> None:
+    _check_values(body)
     for name, instead in _CHAT_SPELLINGS.items():
         if name in (body.model_extra or {}):
             hint = f"; use {instead}" if instead else ""
@@ -193,6 +206,36 @@ def _check_supported(body: ResponsesRequest) -> None:
         if (body.model_extra or {}).get(name) is not None:
             raise APIError(f"{name}: {what} are not supported by this server (use previous_response_id or "
                            "input)", param=name)
+
+
+def _check_values(body: ResponsesRequest) -> None:
+    """What OpenAI refuses and the request model lets through (its bounds are chat's, or none)."""
+    if body.temperature is not None and body.temperature > 2:
+        raise APIError(f"temperature: must be between 0 and 2, got {body.temperature}", param="temperature")
+    for i, name in enumerate(body.include or []):
+        if name not in _INCLUDABLE:
+            raise APIError(f"include[{i}]: {name!r} is not a value include takes (one of "
+                           f"{', '.join(sorted(_INCLUDABLE))})", param=f"include[{i}]")
+    options = (body.model_extra or {}).get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise APIError("stream_options: must be an object (e.g. {\"include_obfuscation\": false})",
+                       param="stream_options")
+    if options is not None and not body.stream:
+        raise APIError("stream_options: only allowed when stream is true", param="stream_options")
+    _check_metadata(body.metadata)
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> None:
+    """OpenAI's bounds: 16 pairs at most, string keys of up to 64 characters, string values of up to 512."""
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise APIError(f"metadata: at most 16 pairs, got {len(metadata)}", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise APIError(f"metadata: key {key[:16]!r}... is longer than 64 characters", param="metadata")
+        if not isinstance(value, str) or len(value) > 512:
+            raise APIError(f"metadata.{key}: must be a string of at most 512 characters", param=f"metadata.{key}")
 
 
 def wants_logprobs(body: ResponsesRequest) -> bool:
@@ -217,13 +260,13 @@ def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
         raise APIError("input: must hold at least one message or item", param="input")
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation
     tools = [_chat_tool(t, i) for i, t in enumerate(body.tools)]
+    extras = {k: v for k, v in (body.model_extra or {}).items() if k not in _RESPONSES_ONLY}
     data: dict[str, Any] = {
-        **(body.model_extra or {}), "model": body.model, "messages": messages, "stream": body.stream,
+        **extras, "model": body.model, "messages": messages, "stream": body.stream,
         "max_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p,
         "tools": tools or None, "parallel_tool_calls": body.parallel_tool_calls and body.max_tool_calls != 1,
         "response_format": _response_format(body.text), "reasoning": body.reasoning,
-        "chat_template_kwargs": body.chat_template_kwargs, "request_id": response_id, "user": body.user,
-        "truncate_prompt_tokens": -1 if body.truncation == "auto" else None}
+        "chat_template_kwargs": body.chat_template_kwargs, "request_id": response_id, "user": body.user}
     if wants_logprobs(body):
         data.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     if tools or body.tool_choice not in ("auto", "none"):  # chat refuses a tool_choice without tools
@@ -234,6 +277,61 @@ def chat_request(state: ServerState, body: ResponsesRequest, response_id: str,
         first = e.errors()[0]
         where = _responses_name(loc_fields(first["loc"]))
         raise APIError(f"{where}: {first['msg']}", param=where) from e
+
+
+# ---------------------------------------------------------------- truncation "auto"
+
+def answer_room(body: ResponsesRequest, context_length: int) -> int:
+    """The tokens truncation "auto" leaves for the answer: max_output_tokens, else DEFAULT_ANSWER_ROOM (a
+    quarter of the context at most)."""
+    return body.max_output_tokens or min(DEFAULT_ANSWER_ROOM, context_length // 4)
+
+
+def _droppable_turns(messages: list[Any]) -> list[list[int]]:
+    """The indices of the conversation's messages truncation may drop, oldest turn first: each message but a
+    system one (instructions stay), with the tool results that follow it (a call goes with its outputs)."""
+    turns: list[list[int]] = []
+    for i, message in enumerate(messages):
+        if message.role in ("system", "developer"):
+            continue
+        if message.role == "tool" and turns:
+            turns[-1].append(i)
+        else:
+            turns.append([i])
+    return turns
+
+
+def fitted(state: ServerState, chat: ChatCompletionRequest, room: int) -> ChatCompletionRequest:
+    """truncation "auto", OpenAI's way: the fewest of the oldest turns dropped, whole, so that the templated
+    prompt (instructions and tools kept) leaves `room` tokens of the context for the answer. Never a cut inside
+    a message (vLLM's truncate_prompt_tokens would cut the system turn off the front); a 400 where even the
+    last turn does not fit."""
+    if chat.input_ids is not None:  # SGLang's prompt ids: the messages do not make the prompt
+        return chat
+    _, tools = tool_mode(chat)
+    context, turns = state.engine.context_length, _droppable_turns(chat.messages)
+
+    def without(k: int) -> ChatCompletionRequest:
+        dropped = {i for turn in turns[:k] for i in turn}
+        return chat.model_copy(update={"messages": [m for i, m in enumerate(chat.messages) if i not in dropped]})
+
+    def fits(k: int) -> bool:
+        return len(chat_prompt(state, without(k), tools)[2]) + room <= context
+
+    if fits(0):
+        return chat
+    last = max(len(turns) - 1, 0)
+    if not fits(last):
+        tokens = len(chat_prompt(state, without(last), tools)[2])
+        raise APIError(f"input: truncation \"auto\" dropped every earlier item, but the instructions, tools and "
+                       f"last input item take {tokens} tokens, which with the {room} kept for the answer "
+                       f"(max_output_tokens; by default {DEFAULT_ANSWER_ROOM} or a quarter of the context) is more "
+                       f"than the model's context length of {context} tokens", param="input")
+    low, high = 1, last  # the fewest turns to drop: fits(high), not fits(low - 1); a prompt shrinks as k grows
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid + 1, high)
+    return without(high)
 
 
 def _responses_name(loc: list[str]) -> str:
@@ -296,7 +394,7 @@ class OutputItems:
 
     def finish(self, status: str) -> None:
         for item in self.items:
-            item["status"] = status if item["type"] == "message" else "completed"
+            item["status"] = _item_status(item, status)
 
     def assistant_message(self) -> dict[str, Any]:
         """The answer as a chat message, for the stored conversation."""
@@ -334,12 +432,25 @@ def whole_output(choice: dict[str, Any], max_calls: int | None,
     return out
 
 
-def _status(reason: str | None) -> tuple[str, dict[str, Any] | None]:
-    if reason == "length":
-        return "incomplete", {"reason": "max_output_tokens"}
-    if reason == "abort":
-        return "cancelled", None
-    return "completed", None
+def _outcome(meta: dict[str, Any]) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+    """(status, incomplete_details, error) of a finished answer. An abort (abort_request, a stop_regex
+    timeout, a shutdown) is "cancelled", as vLLM's, with its reason in `error` (OpenAI's incomplete_details
+    has no reason for it); "server_error" is the only code of OpenAI's list that fits."""
+    reason = meta.get("finish_reason") or {}
+    if reason.get("type") == "length":
+        return "incomplete", {"reason": "max_output_tokens"}, None
+    if reason.get("type") == "abort":
+        return "cancelled", None, {"code": "server_error",
+                                   "message": reason.get("message") or "the request was aborted"}
+    return "completed", None, None
+
+
+def _item_status(item: dict[str, Any], status: str) -> str:
+    """An output item's status once the response has `status`: a message the answer did not finish is
+    "incomplete" (its type allows in_progress, completed or incomplete, not "cancelled"); other items are whole."""
+    if item["type"] != "message" or status == "completed":
+        return "completed"
+    return "incomplete"
 
 
 def _usage(meta: dict[str, Any]) -> dict[str, Any]:
@@ -371,15 +482,16 @@ class ResponsePlan:
                 "reasoning": {"effort": (body.reasoning or {}).get("effort"),
                               "summary": (body.reasoning or {}).get("summary")},
                 "store": body.store, "temperature": body.temperature, "top_p": body.top_p,
+                "top_logprobs": body.top_logprobs,
                 "text": {"format": (body.text.format if body.text and body.text.format else {"type": "text"})},
                 "tool_choice": body.tool_choice, "tools": body.tools, "truncation": body.truncation,
                 "usage": None, "user": body.user, "metadata": body.metadata or {}}
 
     def finished(self, state: ServerState, output: OutputItems, meta: dict[str, Any]) -> dict[str, Any]:
         """The final response object; stored when the request asks."""
-        status, incomplete = _status((meta.get("finish_reason") or {}).get("type"))
+        status, incomplete, error = _outcome(meta)
         output.finish(status)
-        response = {**self.skeleton(), "status": status, "incomplete_details": incomplete,
+        response = {**self.skeleton(), "status": status, "incomplete_details": incomplete, "error": error,
                     "output": output.items, "usage": _usage(meta)}
         if status == "completed":
             response["completed_at"] = now()
@@ -398,14 +510,16 @@ def plan_response(state: ServerState, body: ResponsesRequest) -> tuple[ResponseP
             raise APIError(f"previous_response_id: no stored response {body.previous_response_id!r}", 404,
                            param="previous_response_id")
         earlier = [dict(m) for m in stored.conversation]
-    response_id = body.request_id or new_id("resp_")
+    response_id, created = body.request_id or new_id("resp_"), now()
     chat, conversation = chat_request(state, body, response_id, earlier)
     warn_unknown(chat, "/v1/responses")
-    plan = ResponsePlan(response_id, body, chat, conversation, now(), body.model)
     try:
+        if body.truncation == "auto":  # the stored conversation stays whole: each turn truncates afresh
+            chat = fitted(state, chat, answer_room(body, state.engine.context_length))
         chat_plan = plan_chat(state, chat)
     except APIError as e:
         raise _renamed(e) from e
+    plan = ResponsePlan(response_id, body, chat, conversation, created, body.model)
     # the engine's errors (a grammar that fails to compile, a context overflow) named as this request names them
     chat_plan.field_names = _responses_params(chat_plan.field_names)
     if chat_plan.constraints is not None:
@@ -422,8 +536,9 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     if body.stream:
         first, rest = await open_stream(request, state.engine, start_chat(state, chat_plan, stream=True),
                                         [chat_plan.rid])
-        events = ResponseEvents(plan, state, chat_plan).run(first, rest)
-        return StreamingResponse(stream_with_abort(state.engine, [chat_plan.rid], events, _error_event),
+        events = ResponseEvents(plan, state, chat_plan)
+        return StreamingResponse(stream_with_abort(state.engine, [chat_plan.rid], events.run(first, rest),
+                                                   events.error_events),
                                  media_type="text/event-stream")
     try:
         result = await call_until_disconnect(request, state.engine, start_chat(state, chat_plan, stream=False),
@@ -477,18 +592,19 @@ async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
     return {"id": response_id, "object": "response.deleted", "deleted": True}
 
 
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request) -> dict[str, Any]:
+    """OpenAI's cancel is for background responses, which this server does not run: every stored response has
+    already finished (vLLM's answer for one that is not queued or in progress: a 400). Unknown: a 404."""
+    _stored(_state(request), response_id)
+    raise APIError(f"response_id: cannot cancel response {response_id!r}: it has finished, and only background "
+                   "responses can be cancelled, which this server does not support", param="response_id")
+
+
 # ---------------------------------------------------------------- streaming
 
 def _event(kind: str, seq: int, **fields: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **fields}, ensure_ascii=False)}\n\n"
-
-
-def _error_event(exc: BaseException) -> list[str]:
-    """A failure after the stream began: Responses' `error` event (it also carries the `error` object, so
-    OpenAI's SDK raises it as it does chat's)."""
-    err = to_api_error(exc)
-    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code or err.status}
-    return [_event("error", 0, message=err.message, code=err.code or err.status, param=err.param, error=body)]
 
 
 class ResponseEvents:
@@ -507,6 +623,14 @@ class ResponseEvents:
     def event(self, kind: str, **fields: Any) -> str:
         self.seq += 1
         return _event(kind, self.seq - 1, **fields)
+
+    def error_events(self, exc: BaseException) -> list[str]:
+        """A failure after the stream began: Responses' `error` event, numbered on from the events before it
+        (it also carries the `error` object, so OpenAI's SDK raises it as it does chat's)."""
+        err = to_api_error(exc)
+        body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code or err.status}
+        return [self.event("error", message=err.message, code=err.code or err.status, param=err.param,
+                           error=body)]
 
     async def run(self, first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
         yield self.event("response.created", response=self.plan.skeleton())
@@ -530,7 +654,7 @@ class ResponseEvents:
         if not any(item["type"] != "reasoning" for item in self.output.items):  # as whole: an answer, if empty
             for event in self._append("message", ""):
                 yield event
-        for event in self._close(_status(finish_reason_of(meta)[0])[0]):
+        for event in self._close(_outcome(meta)[0]):
             yield event
         response = self.plan.finished(self.state, self.output, meta)
         kind = {"incomplete": "response.incomplete", "cancelled": "response.failed"}.get(response["status"],
@@ -605,7 +729,7 @@ class ResponseEvents:
         if item is None:
             return []
         at, text = self._index(item), _text(item)
-        item["status"] = status if item["type"] == "message" else "completed"
+        item["status"] = _item_status(item, status)
         if item["type"] == "function_call":
             events = [self.event("response.function_call_arguments.done", item_id=item["id"], output_index=at,
                                  name=item["name"], arguments=text)]
