@@ -275,3 +275,20 @@ def test_a_gguf_keeps_linear_and_yarn_rope_scaling(tmp_path):
     assert gguf_rope_scaling(_gguf_with(tmp_path / "y.gguf", yarn), 1e6, 128) == {
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
     assert gguf_rope_scaling(_gguf_with(tmp_path / "p.gguf", {}), 1e4, 64) is None
+
+
+def test_a_cpu_engine_start_loads_no_compiler_stack(tiny_model_dirs):
+    """Models are built on the meta device; a random init or rope's arithmetic there goes through
+    torch._refs, which imports torch._dynamo and triton (0.9 CPU-s, a third of a tiny model's start)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, thinkform\n"
+              f"engine = thinkform.Engine(model_path={str(tiny_model_dirs['qwen2'])!r})\n"
+              "print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))\n"
+              "engine.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

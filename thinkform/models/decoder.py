@@ -44,7 +44,10 @@ class DecoderLM(CausalLM):
         super().__init__()
         self.config = config
         self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # an uninitialised weight (it is loaded): a random init on the meta device goes through torch._refs,
+        # which imports torch._dynamo and triton, 0.9 CPU-s of a CPU start
+        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                               _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.model.layers = nn.ModuleList(
             DecoderLayer(config, i, qkv_bias=options.qkv_bias, o_bias=options.o_bias, qk_norm=options.qk_norm)
             for i in range(config.num_layers)

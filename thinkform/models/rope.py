@@ -110,7 +110,8 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
         self.scaling = scaling
         self.max_position_embeddings = max_position_embeddings
-        inv_freq, self.attention_scaling = rope_inv_freq(theta, head_dim, scaling, max_position_embeddings)
+        with torch.device("cpu"):  # not on the meta device models are built on: its ops import torch._dynamo
+            inv_freq, self.attention_scaling = rope_inv_freq(theta, head_dim, scaling, max_position_embeddings)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._table: Tensor | None = None  # cache_positions' cos/sin rows (a plain attribute: not in state_dict)
 
