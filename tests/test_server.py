@@ -535,6 +535,10 @@ def test_malformed_json_and_unknown_route(served):
     _error(httpx.post(f"{base}/v1/chat/completions", content=b"[1, 2]",
                       headers={"content-type": "application/json"}), 400)
     _error(httpx.get(f"{base}/v2/nothing"), 404)
+    # curl -d sends a form: the 400 says what to send
+    _error(httpx.post(f"{base}/v1/chat/completions", content=b'{"messages": []}',
+                      headers={"content-type": "application/x-www-form-urlencoded"}), 400, "body",
+           "Content-Type: application/json")
 
 
 def test_native_errors(served):

@@ -84,6 +84,10 @@ async def validation_handler(request: Request, exc: RequestValidationError) -> J
         param = None
     elif kind == "missing" and param == "body":
         message = "request body is missing"
+    elif param == "body" and "json" not in request.headers.get("content-type", ""):
+        # a form or text body (curl -d sends application/x-www-form-urlencoded) is read as no object at all
+        message = (f"body: send a JSON object with the header Content-Type: application/json (the request's "
+                   f"content type is {request.headers.get('content-type') or 'missing'})")
     else:
         message = f"{param}: {first.get('msg', 'invalid value')}"
     more = len(errors) - 1
