@@ -74,6 +74,23 @@ def test_asking_for_logprobs_does_not_change_a_jump_forward_answer(qwen_engine, 
         assert values == pytest.approx(reference(prompt_ids, out["output_ids"]), abs=1e-3)
 
 
+FORCED = "[ab] hello world, this text is forced by the grammar"  # one sampled token, then forced text
+
+
+@pytest.mark.parametrize("params", [
+    *({"regex": FORCED, "max_new_tokens": n} for n in (4, 11, 12)),  # 11: the jump fills the output exactly
+    {"regex": FORCED, "max_new_tokens": 20, "stop": ["grammar"]},  # a stop string the jump completes
+    {"json_schema": SCHEMA, "max_new_tokens": 40, "temperature": 1.0, "seed": 7},  # forced steps draw no noise
+], ids=["len4", "len11", "len12", "stop-in-jump", "seeded"])
+def test_logprobs_leave_the_answer_and_its_finish_as_they_are(qwen_engine, params):
+    params = {"temperature": 0, **params}
+    plain = qwen_engine.generate("Say it:", params)
+    scored = qwen_engine.generate("Say it:", params, return_logprob=True)
+    assert scored["output_ids"] == plain["output_ids"] and scored["text"] == plain["text"]
+    assert scored["meta_info"]["finish_reason"] == plain["meta_info"]["finish_reason"]
+    assert len(scored["meta_info"]["output_token_logprobs"]) == len(plain["output_ids"])
+
+
 # ---------------------------------------------------------------- OpenAI's shapes of them
 
 def test_openai_logprob_shapes(qwen_engine):

@@ -479,17 +479,17 @@ class EngineLoop:
             if seq.gate is not None:
                 seq.gate.rollback(len(ids) - room)
             ids = ids[:room]
-            if not ids:
-                return FinishReason("length", None, length=seq.params.max_new_tokens)
+            if not ids:  # the queued ids fill the output: the last of them ends it by length
+                return None if seq.forced_queue else FinishReason("length", None, length=seq.params.max_new_tokens)
         if sampled is None or seq.forced_queue:
-            seq.forced_queue.extend(ids)
+            seq.forced_queue.extend(_run(ids))
             return None
-        seq.forced_queue.extend(ids[1:])
-        return self._append(seq, ids[:1], sampled, more=bool(seq.forced_queue))
+        seq.forced_queue.extend(_run(ids[1:]))
+        return self._append(seq, ids[:1], sampled, more=len(ids) > 1)
 
     def _append_queued(self, seq: Sequence, logprob: tuple | None) -> FinishReason | None:
-        tid = seq.forced_queue.pop(0)
-        return self._append(seq, [tid], (tid, logprob) if logprob is not None else None, more=bool(seq.forced_queue))
+        tid, ends_run = seq.forced_queue.pop(0)
+        return self._append(seq, [tid], (tid, logprob) if logprob is not None else None, more=not ends_run)
 
     @staticmethod
     def _take_queued(sampling: list[Sequence], out: SampleOutput) -> None:
@@ -497,7 +497,7 @@ class EngineLoop:
         the same row (before a step ahead is launched from these tokens)."""
         for j, seq in enumerate(sampling):
             if seq.forced_queue and not seq.finished:
-                out.tokens[j] = seq.forced_queue[0]
+                out.tokens[j] = seq.forced_queue[0][0]
                 out.logprobs[j] = out.logprob_of(j, out.tokens[j])
 
     @staticmethod
@@ -532,7 +532,8 @@ class EngineLoop:
             # text the grammar forced (jump-forward, a budget's ending) passes no place it could end before.
             # The gate is asked only where a stop rule matches (most tokens match none)
             may_stop = i == last and len(seq.output_ids) >= p.min_new_tokens
-            if gate is not None and gate.finished and i == last:  # the gate took all of ids (a forced ending)
+            # the gate took all of ids (a forced ending), and none wait in the queue (it is past them too)
+            if gate is not None and gate.finished and i == last and not seq.forced_queue:
                 matched = tid if tid in self.eos else None
                 if matched is None:
                     seq.detok.push([tid])
@@ -616,6 +617,12 @@ class EngineLoop:
         for seq in pending + list(self.scheduler.running) + list(self.scheduler.waiting):
             if not seq.finished:
                 self._finish(seq, FinishReason("abort", message=message))
+
+
+def _run(ids: list[int]) -> list[tuple[int, bool]]:
+    """forced_queue entries of ids appended together: the stop rules look at the last of them only, as where
+    they are appended at once."""
+    return [(tid, i == len(ids) - 1) for i, tid in enumerate(ids)]
 
 
 def _gate_may_stop(gate: ReasoningGate | None) -> bool:

@@ -130,7 +130,9 @@ class Sampler:
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Each row's token id, where the logits live (nothing waits for the device here)."""
         tokens = argmax_rows(logits)
-        rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        # a row taking a forced id (forced_queue) draws no noise: its seed's stream stays the one it has without
+        # logprobs
+        rows = [i for i, s in enumerate(seqs) if not s.params.greedy and not s.forced_queue]
         if not rows:
             return tokens
         idx = device_tensor(rows, logits.device)

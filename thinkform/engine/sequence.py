@@ -70,8 +70,8 @@ class Sequence:
     logprob_start: int = 0  # the first prompt token with an entry in input_token_logprobs (its own is None)
     output_ids: list[int] = field(default_factory=list)
     # with return_logprob: forced ids the gate took that wait for a step each (the loop's _emit), so each is
-    # scored by the model; the gate counts them as generated
-    forced_queue: list[int] = field(default_factory=list)
+    # scored by the model; the gate counts them as generated. (id, whether it ends the ids appended together)
+    forced_queue: list[tuple[int, bool]] = field(default_factory=list)
     status: Status = Status.WAITING
     num_computed: int = 0
     num_cached: int = 0  # prompt tokens the prefix cache served at admission
