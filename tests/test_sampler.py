@@ -14,7 +14,7 @@ TOKENIZER_SIZE, VOCAB, EOS = 10, 16, 9  # ids 10..15: the embedding's padding ro
 def _row(**params) -> SimpleNamespace:
     """What the sampler reads of a sequence."""
     return SimpleNamespace(params=SamplingParams.from_dict({"max_new_tokens": 8, **params}), gate=None,
-                           output_ids=[], tokens=[1, 2], return_logprob=False, top_logprobs_num=0,
+                           output_ids=[], tokens=[1, 2], forced_queue=[], return_logprob=False, top_logprobs_num=0,
                            token_ids_logprob=None, generator=torch.Generator().manual_seed(0))
 
 
