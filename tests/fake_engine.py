@@ -51,6 +51,7 @@ class FakeEngine:
         """Back to the scripted defaults between tests that share one server."""
         self.reply, self.overloaded, self.healthy, self.busy, self.chunk_delay_s = default_reply, False, True, False, 0.0
         self.chunk_chars = 3
+        self.context_length = 512
         self.calls.clear()
         self.aborted.clear()
 

@@ -384,6 +384,7 @@ def test_truncation_auto_drops_the_oldest_items_whole(served):
     default min(4096, context/4)), and a last item too long on its own is a 400 naming input."""
     engine, base = served
     history = _history(40)
+    engine.context_length = 1024  # room for two of the (whole) turns beside a quarter of it kept for the answer
     for room, extra in ((64, {"max_output_tokens": 64}), (min(4096, engine.context_length // 4), {})):
         r = httpx.post(f"{base}/v1/responses", timeout=60, json={
             "input": history, "instructions": "You are WeatherBot.", "tools": TOOLS, "truncation": "auto", **extra})
@@ -402,9 +403,32 @@ def test_truncation_auto_drops_the_oldest_items_whole(served):
         assert (f'City{kept[0]}"' in prompt) == (f"sunny {kept[0]}." in prompt)
     # the whole conversation is still stored: the next turn truncates afresh
     assert len(list(_client(base).responses.input_items.list(r.json()["id"], limit=100))) == len(history)
-    too_long = [{"role": "user", "content": "Old question: " + "words " * 600}]
+    too_long = [{"role": "user", "content": "Old question: " + "words " * 1200}]
     r = httpx.post(f"{base}/v1/responses", json={"input": history[:4] + too_long, "truncation": "auto"})
     error_response(r, 400, "input", "truncation")
+
+
+ALTERNATING = ("{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}{{ '<start_of_turn>' + message['role'] + '\\n' + message['content'] + '<end_of_turn>\\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+
+
+def test_truncation_auto_keeps_a_conversation_that_alternates():
+    """Review: a user message could go while its answer stayed; Gemma's and Mistral's templates refuse a
+    conversation that starts with the assistant, and that 400 ended the search."""
+    from fake_engine import FakeEngine
+
+    engine = FakeEngine(reasoning_parser=None)
+    engine.chat_template = ALTERNATING
+    history = [m for i in range(30) for m in ({"role": "user", "content": f"Question {i}: " + "words " * 10},
+                                              {"role": "assistant", "content": f"Answer {i}."})]
+    with running_server(engine) as base:
+        r = httpx.post(f"{base}/v1/responses", timeout=60, json={
+            "input": history + [{"role": "user", "content": "Latest?"}], "truncation": "auto", "max_output_tokens": 64})
+        assert r.status_code == 200, r.text
+        prompt = engine.tokenizer.decode(engine.calls[-1]["input_ids"])
+        assert prompt.startswith("<start_of_turn>user") and "Latest?" in prompt and "Question 0:" not in prompt
 
 
 def test_stream_options_are_taken_when_streaming(served):

@@ -75,6 +75,9 @@ def _same_streamed(name, text, tools=TOOLS):
      "<|python_end|> In this way we will get the weather in Mars.",
      "User wants to get the weather in Mars. In this way we will get the weather in Mars.",
      [("get_weather", {"location": "Mars", "unit": "celsius"})]),
+    # brackets inside strings and nested lists are the arguments' own (the list is read in one pass)
+    ("[get_weather(location='a ] b [', data=[[0, 1], [2, 3]])] done", " done",
+     [("get_weather", {"location": "a ] b [", "data": [[0, 1], [2, 3]]})]),
     ("Here's a call: <|python_start|>[get_weather(location='Tokyo', data=[1, 2, 3])]<|python_end|>",
      "Here's a call:", [("get_weather", {"location": "Tokyo", "data": [1, 2, 3]})]),
 ])

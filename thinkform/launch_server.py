@@ -77,7 +77,9 @@ def check_address(host: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise ValueError(f"--port: {port} is not a port number (0-65535)")
     try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # "" is every interface to uvicorn (asyncio), as None with AI_PASSIVE is to getaddrinfo
+        family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as e:
         raise ValueError(f"--host: cannot resolve {host!r} ({e.strerror})") from None
     try:

@@ -288,16 +288,18 @@ def answer_room(body: ResponsesRequest, context_length: int) -> int:
 
 
 def _droppable_turns(messages: list[Any]) -> list[list[int]]:
-    """The indices of the conversation's messages truncation may drop, oldest turn first: each message but a
-    system one (instructions stay), with the tool results that follow it (a call goes with its outputs)."""
+    """The indices of the conversation's messages truncation may drop, oldest turn first: a turn is a user
+    message and what answers it (assistant replies, tool calls and their results), so what is kept still
+    starts at a user message and alternates (Gemma's and Mistral's templates refuse anything else); system
+    messages stay (the instructions)."""
     turns: list[list[int]] = []
     for i, message in enumerate(messages):
         if message.role in ("system", "developer"):
             continue
-        if message.role == "tool" and turns:
-            turns[-1].append(i)
-        else:
+        if message.role == "user" or not turns:
             turns.append([i])
+        else:
+            turns[-1].append(i)
     return turns
 
 
@@ -316,7 +318,12 @@ def fitted(state: ServerState, chat: ChatCompletionRequest, room: int) -> ChatCo
         return chat.model_copy(update={"messages": [m for i, m in enumerate(chat.messages) if i not in dropped]})
 
     def fits(k: int) -> bool:
-        return len(chat_prompt(state, without(k), tools)[2]) + room <= context
+        try:
+            return len(chat_prompt(state, without(k), tools)[2]) + room <= context
+        except APIError:  # a template that refuses what is left (the whole conversation's error is the user's)
+            if k == 0:
+                raise
+            return False
 
     if fits(0):
         return chat
