@@ -18,7 +18,7 @@ from thinkform.structured.bitmask import keep_mask, only_mask, set_bits
 from thinkform.structured.gate import GateError, Phase, ReasoningGate, default_answer_reserve, initial_phase
 from thinkform.structured.spec import GrammarOptions, constraint_from_fields
 from thinkform.structured.vocab import TokenVocab
-from thinkform.testing.tokenizers import build_tiny_tokenizer
+from thinkform.testing.tokenizers import build_harmony_tokenizer, build_tiny_tokenizer
 
 PADDING = 13  # logits rows past the tokenizer
 QWEN3 = get_markers("qwen3")
@@ -510,3 +510,91 @@ def test_a_call_header_that_ends_gpt_oss_reasoning_stays_outside_its_grammar(pla
     trace = run(plain, gate, plain.ids("I will look it up to=functions."), plain.ids(call))
     assert plain.text([t for t in trace.out if t != plain.eos]).endswith(" to=functions." + call)
     assert gate.constraint_satisfied
+
+
+@pytest.fixture(scope="module")
+def harmony() -> Env:
+    """gpt-oss's own framing tokens (`<|start|>`, `<|message|>`, … one token each)."""
+    tok = build_harmony_tokenizer()
+    vocab_size = len(tok) + PADDING
+    vocab = TokenVocab.from_tokenizer(tok, vocab_size)
+    ctx = BackendContext(tok, vocab_size, tuple(vocab.eos_token_ids), GrammarOptions())
+    return Env(tok, vocab, XGrammarBackend(ctx))
+
+
+def _gpt_oss_gate(env: Env, mode: str = "auto") -> ReasoningGate:
+    tag = GptOssParser().structural_tag(WEATHER_TOOLS, mode)
+    compiled = env.backend.compile(constraint_from_fields(structural_tag=json.dumps(tag)))
+    return ReasoningGate(env.vocab, get_markers("gpt-oss"), Phase.REASONING, compiled.new_matcher())
+
+
+GPT_OSS_MENTION = "<|channel|>analysis<|message|>I could send it to=functions.get_weather but no.<|end|><|start|>assistant"
+
+
+@pytest.mark.parametrize("env_name", ["plain", "harmony"])
+@pytest.mark.parametrize("mode", ["auto", "required"])
+def test_a_recipient_mentioned_in_gpt_oss_analysis_does_not_start_the_call_grammar(request, env_name: str,
+                                                                                  mode: str) -> None:
+    """Audit: `to=functions.NAME` written in the analysis message's text ended the reasoning there, and the
+    calls' grammar took over mid-sentence. Only a header's recipient is a call (SGLang's and vLLM's harmony
+    parsers): the mention is reasoning, unmasked, and the real call header after it starts the grammar."""
+    env: Env = request.getfixturevalue(env_name)
+    gate = _gpt_oss_gate(env, mode)
+    header = "<|channel|>commentary to=functions."
+    call = 'get_weather <|constrain|>json<|message|>{"city": "Paris"}'
+    think = env.ids(GPT_OSS_MENTION + header)
+    trace = run(env, gate, think, env.ids(call))
+    assert env.text([t for t in trace.out if t != env.eos]) == GPT_OSS_MENTION + header + call
+    assert trace.masked[:len(think)] == [False] * len(think)  # the whole analysis ran free
+    assert gate.constraint_satisfied
+
+
+@pytest.mark.parametrize("env_name", ["plain", "harmony"])
+def test_a_mention_then_the_final_channel_answers_in_text(request, env_name: str) -> None:
+    env: Env = request.getfixturevalue(env_name)
+    gate = _gpt_oss_gate(env)
+    think = env.ids(GPT_OSS_MENTION + "<|channel|>final<|message|>")
+    trace = run(env, gate, think, env.ids("Sunny."))
+    assert env.text([t for t in trace.out if t != env.eos]) == GPT_OSS_MENTION + "<|channel|>final<|message|>Sunny."
+    assert gate.constraint_satisfied
+
+
+@pytest.mark.parametrize("env_name", ["plain", "harmony"])
+def test_a_recipient_in_a_later_gpt_oss_header_still_starts_the_call(request, env_name: str) -> None:
+    """The bare ` to=functions.` counts in any header, not only the output's first: after `<|start|>`, before
+    the header's `<|message|>`."""
+    env: Env = request.getfixturevalue(env_name)
+    gate = _gpt_oss_gate(env, "required")
+    # (`<|start|>assistant to=functions.` and `<|channel|>commentary to=functions.` are ends of their own)
+    think = env.ids("<|channel|>analysis<|message|>Look it up.<|end|><|start|>assistant<|channel|>commentary json"
+                    " to=functions.")
+    trace = run(env, gate, think, env.ids('get_weather <|constrain|>json<|message|>{"city": "Paris"}'))
+    assert env.text([t for t in trace.out if t != env.eos]).endswith(' json to=functions.get_weather <|constrain|>'
+                                                                    'json<|message|>{"city": "Paris"}')
+    assert gate.constraint_satisfied
+
+
+@pytest.mark.parametrize("env_name", ["plain", "harmony"])
+def test_rollback_restores_whether_gpt_oss_is_inside_a_header(request, env_name: str) -> None:
+    """The header state follows rollback: undoing a `<|message|>` puts the output back in its header (a
+    recipient there is a call), undoing a `<|start|>` puts it back in a message's text (a mention)."""
+    env: Env = request.getfixturevalue(env_name)
+    recipient = env.ids(" to=functions.")
+    gate = _gpt_oss_gate(env)
+    opened = env.ids("<|channel|>analysis<|message|>")
+    for t in opened:
+        gate.accept(t)
+    gate.rollback(len(opened))
+    for t in recipient:
+        gate.accept(t)
+    assert gate.phase is Phase.ANSWER  # the output's first header: a call
+    gate = _gpt_oss_gate(env)
+    for t in env.ids("<|channel|>analysis<|message|>Hm.<|end|>"):
+        gate.accept(t)
+    start = env.ids("<|start|>")
+    for t in start:
+        gate.accept(t)
+    gate.rollback(len(start))
+    for t in recipient:
+        gate.accept(t)
+    assert gate.phase is Phase.REASONING  # back in the analysis text: a mention

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from thinkform.reasoning import get_markers, split_reasoning
-from thinkform.reasoning.parser import StreamingReasoningParser
+from thinkform.reasoning.parser import RawAnswerSplitter, StreamingReasoningParser
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser
 from thinkform.structured.spec import constraint_from_fields, json_tag_bounds
 from thinkform.testing.tokenizers import HARMONY_TEMPLATE, build_harmony_tokenizer
@@ -94,6 +94,78 @@ def test_calls_are_answers_not_reasoning(form, step):
     assert made and sent + rest == ""
     args = "".join(d["function"]["arguments"] for d in deltas + more)
     assert [d["function"]["name"] for d in deltas + more if "id" in d] == ["get_weather"] and json.loads(args) == json.loads(ARGS)
+
+
+MENTION = "<|channel|>analysis<|message|>I could send it to=functions.get_weather but no.<|end|>"
+FINAL = "<|start|>assistant<|channel|>final<|message|>Sunny."
+CALL_AFTER = f"<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{ARGS}"
+MENTIONS = {  # a recipient written in the analysis message's text is a mention: reasoning, not a call
+    "then final": (MENTION + FINAL, ("I could send it to=functions.get_weather but no.", "Sunny.")),
+    "then call": (MENTION + CALL_AFTER, ("I could send it to=functions.get_weather but no.", CALL_AFTER[len("<|start|>assistant"):])),
+    "unfinished": (MENTION[:-7] + " still", ("I could send it to=functions.get_weather but no. still", "")),
+    # a second analysis message's text, and the output's first header (the template's), whose recipient is a call
+    "second message": ("<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>analysis<|message|>"
+                       " to=functions.x is no call<|end|>" + FINAL, ("Hm.\n to=functions.x is no call", "Sunny.")),
+    "first header": (CALLS["first"], ("", CALLS["first"].lstrip())),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MENTIONS))
+def test_a_recipient_mentioned_in_the_analysis_text_is_reasoning(case):
+    """Audit: `to=functions.NAME` inside the analysis message's text ended the reasoning there (reasoning `I could
+    send it`, the rest content). SGLang's and vLLM's harmony parsers read a recipient only in a message's header
+    (from `<|start|>`, or the output's start, to `<|message|>`): whole, streamed in pieces of every size, and
+    cut where the answer begins (separate_reasoning false)."""
+    text, expected = MENTIONS[case]
+    markers = get_markers("gpt-oss")
+    assert split_reasoning(text, markers, in_reasoning=True) == expected
+    for step in (1, 3, 7, len(text)):
+        assert _stream_split(text, step) == expected, step
+        splitter = RawAnswerSplitter(markers, in_reasoning=True)
+        pieces = [splitter.feed(text[i:i + step]) for i in range(0, len(text), step)] + [splitter.flush()]
+        before, answer = "".join(b for b, _ in pieces), "".join(a for _, a in pieces)
+        assert before + answer == text and answer.strip() == expected[1], step
+
+
+@pytest.mark.parametrize("case", sorted(MENTIONS))
+def test_a_recipient_mentioned_in_the_analysis_streams_token_by_token(case, harmony_tokenizer):
+    """The same, fed as the engine detokenizes: one harmony token at a time (the framing's special tokens whole)."""
+    text, expected = MENTIONS[case]
+    ids = harmony_tokenizer.encode(text, add_special_tokens=False)
+    shown = [harmony_tokenizer.decode(ids[:k]) for k in range(len(ids) + 1)]
+    assert shown[-1] == text
+    parser = StreamingReasoningParser(get_markers("gpt-oss"), in_reasoning=True)
+    pieces = [parser.feed(new[len(old):]) for old, new in zip(shown, shown[1:])] + [parser.flush()]
+    assert ("".join(r for r, _ in pieces), "".join(c for _, c in pieces)) == expected
+
+
+def test_the_chat_route_keeps_a_mentioned_recipient_in_the_reasoning():
+    """The audit's repro through the server, whole and streamed (3-, 1- and 7-character pieces): the mention
+    stays reasoning, the final answer is content, and a real call after the mention is still the call."""
+    from fake_engine import FakeEngine
+    from server_fixtures import running_server, sse_events
+
+    engine = FakeEngine(reasoning_parser="gpt-oss", tool_call_parser="gpt-oss")
+    request = {"model": "m", "messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS}
+    reasoning = "I could send it to=functions.get_weather but no."
+    with running_server(engine) as base:
+        for reply, content, calls in ((MENTION + FINAL, "Sunny.", []), (MENTION + CALL_AFTER, None, [ARGS])):
+            engine.reply = lambda call, reply=reply: reply
+            whole = httpx.post(f"{base}/v1/chat/completions", json=request, timeout=60).json()["choices"][0]
+            message = whole["message"]
+            assert (message["reasoning_content"], message["content"]) == (reasoning, content)
+            assert [json.loads(c["function"]["arguments"]) for c in message.get("tool_calls") or []] == \
+                [json.loads(a) for a in calls]
+            assert whole["finish_reason"] == ("tool_calls" if calls else "stop")
+            for chunk in (3, 1, 7):
+                engine.chunk_chars = chunk
+                with httpx.stream("POST", f"{base}/v1/chat/completions", json={**request, "stream": True},
+                                  timeout=60) as r:
+                    deltas = [e["choices"][0]["delta"] for e in sse_events(r) if e != "[DONE]" and e.get("choices")]
+                assert "".join(d.get("reasoning_content") or "" for d in deltas) == reasoning, chunk
+                assert "".join(d.get("content") or "" for d in deltas) == (content or ""), chunk
+                args = "".join(c["function"].get("arguments") or "" for d in deltas for c in d.get("tool_calls") or [])
+                assert (json.loads(args) if args else None) == (json.loads(ARGS) if calls else None), chunk
 
 
 def test_a_call_header_ends_reasoning_only_where_the_answer_may_be_a_call():

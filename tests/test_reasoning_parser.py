@@ -112,6 +112,48 @@ def test_gpt_oss_harmony() -> None:
     assert split_reasoning("<|channel|>analysis<|message|>cut off", m, True) == ("cut off", "")
 
 
+_HEADER_CASES = {  # gpt-oss, the output starting where the template wrote `<|start|>assistant`
+    # the output's first header: its recipient is a call
+    " to=functions.f<|channel|>commentary json<|message|>{}": ("", "to=functions.f<|channel|>commentary json<|message|>{}"),
+    # in an analysis message's text: a mention, reasoning
+    "<|channel|>analysis<|message|>ask to=functions.f?<|end|><|start|>assistant<|channel|>final<|message|>No.":
+        ("ask to=functions.f?", "No."),
+    "<|channel|>analysis<|message|>ask to=functions.f?": ("ask to=functions.f?", ""),
+    # a message's text after a header that the model wrote without the start marker
+    "<|channel|>commentary<|message|>x to=functions.f": ("x to=functions.f", ""),
+    # a later header (after `<|start|>`, before its `<|message|>`): a call again
+    "<|channel|>analysis<|message|>a to=functions.f<|end|><|start|>assistant<|channel|>commentary json to=functions.f"
+    "<|message|>{}": ("a to=functions.f", "to=functions.f<|message|>{}"),
+}
+
+
+@pytest.mark.parametrize("text", sorted(_HEADER_CASES))
+def test_a_gpt_oss_recipient_ends_reasoning_only_in_a_header(text: str) -> None:
+    """Audit: gpt-oss's bare ` to=functions.` (the recipient of the output's first header, which the template
+    opened) ended the reasoning wherever it stood, in an analysis message's text too. It counts only in a
+    message's header, as SGLang's and vLLM's harmony parsers read a recipient: whole, and streamed cut at every
+    place (a header's `<|message|>` or `<|start|>` split over two pieces too)."""
+    m = get_markers("gpt-oss")
+    expected = _HEADER_CASES[text]
+    assert split_reasoning(text, m, in_reasoning=True) == expected
+    for cut in range(len(text) + 1):
+        assert stream(text, "gpt-oss", True, [cut]) == expected, cut
+        assert stream(text, "gpt-oss", True, [cut, cut + 3, cut + 7]) == expected, cut
+    assert stream(text, "gpt-oss", True, list(range(len(text)))) == expected
+    # the same mention without the template's header: the start marker the model wrote closes it
+    assert split_reasoning("<|channel|>analysis<|message|> to=functions.f", m, in_reasoning=False) == (
+        "to=functions.f", "")
+    # the search over a rolling buffer: text already searched, and the state after it, are the caller's
+    assert m.find_end("xx to=functions.f", in_header=True, seen=3) == ((2, " to=functions."), True)
+    assert m.find_end("|>x to=functions.f", in_header=False, seen=2) == (None, False)
+    assert m.find_end("<|message|> to=functions.f", in_header=True, seen=5) == (None, False)  # a closer across `seen`
+    assert m.find_end("<|mess", in_header=True, seen=0) == (None, True)
+    assert m.find_end("<|message|>a<|start|>assistant", in_header=True, seen=6) == (None, True)
+    assert m.first_end(" to=functions.f") is None and m.first_end(" to=functions.f", in_header=True) == (
+        0, " to=functions.")
+    assert m.without_answer_ends.first_end(" to=functions.f", in_header=True) is None
+
+
 # --- streaming ------------------------------------------------------------------------------
 
 def test_stream_holds_back_split_end_marker() -> None:
@@ -138,7 +180,9 @@ def test_stream_flush_keeps_partial_marker_as_reasoning() -> None:
 
 _PIECES = {
     family: [m.start, m.end, *m.framing, *(m.header or ()), m.start[:3], m.end[:4], m.end[2:], " ", "\n",
-             "a", "b c", "{\"k\": 1}", "final", "<", "|"]
+             "a", "b c", "{\"k\": 1}", "final", "<", "|", *m.answer_ends,
+             # a header end and its delimiters, whole and in parts (gpt-oss: ` to=functions.` counts in a header)
+             *(("<|start|>", "<|st", " to=", "functions.", "to=functions.x") if family == "gpt-oss" else ())]
     for family, m in REASONING_PARSERS.items()
 }
 

@@ -6,7 +6,7 @@ which `chat_template_kwargs` switch turns thinking on or off.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from types import MappingProxyType
@@ -37,12 +37,24 @@ class ReasoningMarkers:
     # tool call's header, read by the tool-call parser); the grammar takes what follows them.
     alt_ends: tuple[str, ...] = ()
     answer_ends: tuple[str, ...] = ()
+    # answer ends that count only inside a message's header, from `message_start` (or the output's start where
+    # the template opened the message) to the header's closer (`header[1]`): gpt-oss's bare ` to=functions.`,
+    # the recipient of the output's first header, whose `<|start|>assistant` the template wrote. In a message's
+    # text it is a mention, reasoning (SGLang's and vLLM's harmony parsers read a recipient only in a header).
+    # They never contain `message_start` or the closer, nor share text with them.
+    header_ends: tuple[str, ...] = ()
+    message_start: str | None = None
     # the tool calls' grammar begins with the answer end (Kimi-K2's call section), not after it (gpt-oss's
     # call headers, whose grammar under `auto` would read a header as free text)
     grammar_reads_answer_ends: bool = False
     # the reasoning is not separated: the whole output is content, with the start marker the template wrote
     # before it (SGLang's minimax-append-think); the grammar still begins after the end marker
     reasoning_in_content: bool = False
+
+    def __post_init__(self) -> None:
+        if self.header_ends and (not set(self.header_ends) <= set(self.answer_ends) or self.message_start is None
+                                 or self.header is None):
+            raise ValueError(f"{self.name}: header_ends must be answer ends, with message_start and header")
 
     @property
     def close_text(self) -> str:
@@ -59,9 +71,22 @@ class ReasoningMarkers:
         return (self.start, *self.ends, self.close_text, *self.framing, *(self.header or ()))
 
     @cached_property
+    def anywhere_ends(self) -> tuple[str, ...]:
+        """The end markers that count wherever they appear (all but the header ends)."""
+        return tuple(end for end in self.ends if end not in self.header_ends)
+
+    @property
+    def header_delimiters(self) -> tuple[str, str] | None:
+        """(opener, closer) of the message headers that header ends count in; None without header ends."""
+        if not self.header_ends:
+            return None
+        assert self.message_start is not None and self.header is not None
+        return self.message_start, self.header[1]
+
+    @cached_property
     def without_answer_ends(self) -> "ReasoningMarkers":
         """The markers where the answer cannot be a tool call (no tools): a call's header is reasoning text."""
-        return replace(self, answer_ends=())
+        return replace(self, answer_ends=(), header_ends=())
 
     def for_answer(self, may_call: bool, tag_openings: Iterable[str] | None = None) -> "ReasoningMarkers":
         """The markers as one request reads them: its answer ends (gpt-oss's call headers) only where the
@@ -79,9 +104,22 @@ class ReasoningMarkers:
             return self.without_answer_ends
         return self
 
-    def first_end(self, text: str, start: int = 0) -> tuple[int, str] | None:
-        """(where, which) of the first end marker in `text` from `start` (at one place, the longest)."""
-        return first_of(text, self.ends, start)
+    def first_end(self, text: str, start: int = 0, in_header: bool = False) -> tuple[int, str] | None:
+        """(where, which) of the first end marker in `text` from `start` (at one place, the longest); a header
+        end only inside a message header (`in_header`: `start` is inside one, where the template opened it)."""
+        if not self.header_ends:
+            return first_of(text, self.ends, start)
+        hit, _ = self.find_end(text[start:], in_header)
+        return None if hit is None else (hit[0] + start, hit[1])
+
+    def find_end(self, text: str, in_header: bool, seen: int = 0) -> tuple[tuple[int, str] | None, bool]:
+        """`first_end_in_headers` over this family's markers: (first end marker, inside a header after `text`),
+        for a search over a rolling buffer whose `text[:seen]` was searched before, `in_header` the state after
+        it. Without header ends: (first_end, False)."""
+        delimiters = self.header_delimiters
+        if delimiters is None:
+            return first_of(text, self.ends), False
+        return first_end_in_headers(text, self.anywhere_ends, self.header_ends, *delimiters, in_header, seen)
 
     def answer_starts(self, end: str) -> int:
         """How much of an end marker the answer starts with: all of an answer end, none of the others."""
@@ -110,6 +148,35 @@ def first_of(text: AnyStr, needles: Iterable[AnyStr], start: int = 0) -> tuple[i
     return best
 
 
+def first_end_in_headers(text: AnyStr, ends: Sequence[AnyStr], header_ends: Sequence[AnyStr], opener: AnyStr,
+                         closer: AnyStr, in_header: bool, seen: int = 0) -> tuple[tuple[int, AnyStr] | None, bool]:
+    """(first end, whether `text` ends inside a header): one of `ends` anywhere, one of `header_ends` only inside
+    a message header, from an `opener` (or the text's start, where `in_header`) to the next `closer`. The text
+    may be a rolling buffer: `text[:seen]` was searched before and `in_header` is the state after it, so only
+    the header ends and delimiters that reach past it are new (the caller keeps a partial delimiter or end at
+    its buffer's tail). Where an end is found, the state returned is the one where the search stopped. The
+    parsers' search on text and the gate's on bytes."""
+    best = first_of(text, ends)
+    segment = 0  # the stretch between two delimiters searched now begins here
+    while True:
+        opens = text.find(opener, max(segment, seen - len(opener) + 1))
+        closes = text.find(closer, max(segment, seen - len(closer) + 1))
+        # the next delimiter: (where, its length, the state after it), or None
+        if opens >= 0 and (closes < 0 or opens < closes):
+            delimiter: tuple[int, int, bool] | None = (opens, len(opener), True)
+        else:
+            delimiter = (closes, len(closer), False) if closes >= 0 else None
+        stop = len(text) if delimiter is None else delimiter[0]
+        if in_header:
+            for needle in header_ends:
+                at = text.find(needle, max(segment, seen - len(needle) + 1), stop)
+                if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(needle) > len(best[1]))):
+                    best = (at, needle)
+        if delimiter is None or (best is not None and best[0] < stop):
+            return best, in_header
+        segment, in_header = delimiter[0] + delimiter[1], delimiter[2]
+
+
 _THINK = ("<think>", "</think>")
 # a tool call begun inside the reasoning ends it, and the calls' grammar reads it (only where the request's
 # tool-call format opens with it: ReasoningMarkers.for_answer)
@@ -133,9 +200,12 @@ _GPT_OSS = ReasoningMarkers(
     # ran unconstrained), and a call's header in either place harmony allows its recipient
     alt_ends=tuple(f"<|channel|>final{kind}<|message|>" for kind in (" <|constrain|>json", "<|constrain|>json",
                                                                     " json")),
-    # (the bare ` to=functions.`: the output's first header, whose `<|start|>assistant` the template wrote)
+    # (the bare ` to=functions.`: the output's first header, whose `<|start|>assistant` the template wrote;
+    # only in a header: written in an analysis message's text it is a mention, not a call)
     answer_ends=("<|channel|>commentary to=functions.", "<|start|>assistant to=functions.",
                  "<|channel|>analysis to=functions.", " to=functions."),
+    header_ends=(" to=functions.",),
+    message_start="<|start|>",
 )
 
 REASONING_PARSERS: Mapping[str, ReasoningMarkers] = MappingProxyType({

@@ -5,7 +5,10 @@ Rules (one definition, shared by both forms, so streamed deltas always add up to
   (older DeepSeek-R1) is dropped. Otherwise reasoning exists only when the text starts, after optional
   whitespace, with the start marker; if not, the whole text is content and reasoning is None.
 - Reasoning runs to the first end marker (a family may have several); without one, everything is reasoning
-  and content is "". An answer end marker (gpt-oss: a tool call's header) stays at the head of the content.
+  and content is "". An answer end marker (gpt-oss: a tool call's header) stays at the head of the content. A
+  header end (gpt-oss: the bare ` to=functions.`) ends it only inside a message header: from `<|start|>`, or
+  the output's start where the template opened the message (the start marker was not written), to the
+  header's `<|message|>`; in a message's text it is reasoning.
 - Markers and the whitespace right around them are stripped (as SGLang does); harmony framing
   (gpt-oss: `<|end|>`, `<|start|>assistant`, `<|channel|>…<|message|>`) is removed from reasoning, a newline
   left where one reasoning message ended and another began.
@@ -21,7 +24,8 @@ class _Framing:
     """Removes a family's framing from reasoning text and says how much of a tail must wait for more."""
 
     def __init__(self, markers: ReasoningMarkers) -> None:
-        self._ends = markers.ends
+        # a header end's delimiters are held back too: a header opened or closed across two pieces is seen whole
+        self._ends = (*markers.ends, *(markers.header_delimiters or ()))
         self._literals = markers.framing
         self._header = markers.header
         literals = [re.escape(lit) for lit in self._literals]
@@ -71,13 +75,13 @@ def split_reasoning(text: str, markers: ReasoningMarkers, in_reasoning: bool,
     the grammar's text to the byte (`" yes"` of a choice, a regex's `\n`)."""
     stripped = text.lstrip()
     if stripped.startswith(markers.start):
-        raw = stripped[len(markers.start):]
+        raw, in_header = stripped[len(markers.start):], False
     elif in_reasoning:
-        raw = text
+        raw, in_header = text, True  # without the start marker, the output began in the header the template opened
     else:
         return None, text
     framing = _Framing(markers)
-    hit = markers.first_end(raw)
+    hit = markers.first_end(raw, in_header=in_header)
     if hit is None:
         return framing.clean(raw).lstrip(), ""
     idx, end = hit
@@ -104,6 +108,8 @@ class StreamingReasoningParser:
         self._buf = ""  # raw text not yet decided
         self._ws = ""  # cleaned trailing reasoning whitespace: dropped if the end marker follows
         self._reasoning_started = False  # leading whitespace of reasoning already stripped
+        self._in_header = False  # after `_buf` (and all before it): inside a message header (header ends count)
+        self._seen = 0  # `_buf[:_seen]` was searched for end markers
 
     @property
     def in_reasoning(self) -> bool:
@@ -143,9 +149,11 @@ class StreamingReasoningParser:
                 return False  # empty, or a partial start marker: cannot decide yet
             else:
                 self._state = _REASON if self._in_reasoning else _CONTENT
+                self._in_header = True  # the template opened the message: its header comes first
+            self._seen = 0
             return True
         if self._state == _REASON:
-            hit = self._markers.first_end(self._buf)
+            hit, in_header = self._markers.find_end(self._buf, self._in_header, self._seen)
             if hit is not None:
                 idx, end = hit
                 reasoning.append(self._emit_reasoning(self._buf[:idx], final=True))
@@ -155,6 +163,7 @@ class StreamingReasoningParser:
             cut = self._framing.safe_cut(self._buf)
             reasoning.append(self._emit_reasoning(self._buf[:cut], final=False))
             self._buf = self._buf[cut:]
+            self._in_header, self._seen = in_header, len(self._buf)
             return False
         if self._state == _CONTENT_LEAD:
             self._buf = self._buf if self._exact_answer else self._buf.lstrip()
@@ -187,6 +196,11 @@ class RawAnswerSplitter:
         self._reasoning: bool | None = True if in_reasoning else None  # None: not known yet
         self._buf = ""
         self._answering = False
+        # after `_buf`: inside a message header (the output begins in the one the template opened, or in the
+        # start marker, which closes its own); `_buf[:_seen]` was searched
+        self._in_header = True
+        self._seen = 0
+        self._holds = (*markers.ends, *(markers.header_delimiters or ()))
 
     def feed(self, delta: str) -> tuple[str, str]:
         """(text before the answer, answer text) of this delta, as far as it can be told now."""
@@ -204,11 +218,12 @@ class RawAnswerSplitter:
                 return "", ""  # could still become the start marker
         if not self._reasoning:
             return self._answer_from(0)
-        hit = self._markers.first_end(self._buf)
+        hit, in_header = self._markers.find_end(self._buf, self._in_header, self._seen)
         if hit is not None:
             return self._answer_from(hit[0] + self._markers.answer_starts(hit[1]))
-        keep = max(partial_suffix(self._buf, end) for end in self._markers.ends)
+        keep = max(partial_suffix(self._buf, end) for end in self._holds)
         before, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+        self._in_header, self._seen = in_header, len(self._buf)
         return before, ""
 
     def flush(self) -> tuple[str, str]:

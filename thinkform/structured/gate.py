@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from thinkform.reasoning.markers import ReasoningMarkers, first_of
+from thinkform.reasoning.markers import ReasoningMarkers, first_end_in_headers, first_of
 from thinkform.structured.bitmask import CombinedKeeps, narrow_unless_empty, set_word_bits
 from thinkform.structured.closing import ClosingRules, closing_reserve
 from thinkform.structured.ending import EndingSearch
@@ -176,6 +176,11 @@ class ReasoningGate:
         self._answer = bytearray()  # answer bytes so far (the grammar's input)
         self._spelling_start = False  # appending the start marker's tokens for the model
         self._history: list[_Snapshot] = []
+        # a family with header ends (gpt-oss's bare ` to=functions.`, an end only in a message's header): whether
+        # the bytes so far end inside a header, and (token index, the state before it) where a token changed it
+        self._header_search: tuple[Any, ...] | None = None
+        self._in_header = phase is Phase.REASONING  # the template opened the message: its header comes first
+        self._header_flips: list[tuple[int, bool]] = []
         if markers is not None:
             self._start = markers.start.encode()
             self._ends = {end.encode(): vocab.encode_text(end) for end in markers.ends}
@@ -189,6 +194,12 @@ class ReasoningGate:
             # a marker spelled by one token never appears inside the answer: `text.split("</think>")`
             # must find the real end of the reasoning
             self._marker_tokens = tuple(ids[0] for ids in (self._start_ids, self._end_ids) if len(ids) == 1)
+            if markers.header_delimiters is not None:
+                self._header_search = (tuple(end.encode() for end in markers.anywhere_ends),
+                                       tuple(end.encode() for end in markers.header_ends),
+                                       *(d.encode() for d in markers.header_delimiters))
+                # only such a family pays for following its headers
+                self._reasoning_bytes = self._reasoning_bytes_in_headers  # type: ignore[method-assign]
         else:
             self._marker_tokens = ()
         # padding rows never, EOS only where the grammar ends, a one-token marker never: in the answer and where
@@ -483,6 +494,9 @@ class ReasoningGate:
         self.reasoning_tokens = snapshot.reasoning_tokens
         self._open_tokens = snapshot.open_tokens
         del self._answer[snapshot.answer_len:]
+        # the header state before the token restored (the snapshot's index is the history's length now)
+        while self._header_flips and self._header_flips[-1][0] >= len(self._history):
+            self._in_header = self._header_flips.pop()[1]
 
     def _step(self, token_id: int, snapshot: _Snapshot) -> bool:
         """Advance by one output token; False when the grammar rejects the text after the end marker."""
@@ -522,6 +536,29 @@ class ReasoningGate:
             keep = self._longest_end - 1
             self._tail = buf[-keep:] if keep else b""
             return True
+        return self._reasoning_ended(buf, hit, snapshot)
+
+    def _reasoning_bytes_in_headers(self, data: bytes, snapshot: _Snapshot) -> bool:
+        """`_reasoning_bytes` for a family with header ends: those end the reasoning only inside a header."""
+        buf = self._tail + data
+        hit, in_header = first_end_in_headers(buf, *self._header_search, self._in_header, len(self._tail))
+        if hit is None:
+            if in_header is not self._in_header:
+                self._header_flips.append((len(self._history) - 1, self._in_header))  # this token's snapshot is last
+                self._in_header = in_header
+            keep = self._longest_end - 1
+            self._tail = buf[-keep:] if keep else b""
+            return True
+        return self._reasoning_ended(buf, hit, snapshot)
+
+    def _first_end(self, buf: bytes) -> tuple[int, bytes] | None:
+        """The first end marker in `buf` (the tail and a token's bytes), as `_reasoning_bytes` finds it."""
+        if self._header_search is None:
+            return first_of(buf, self._ends)
+        return first_end_in_headers(buf, *self._header_search, self._in_header, len(self._tail))[0]
+
+    def _reasoning_ended(self, buf: bytes, hit: tuple[int, bytes], snapshot: _Snapshot) -> bool:
+        """An end marker at `hit` in `buf`: the answer begins, with what of `buf` follows it."""
         self.phase = Phase.ANSWER
         self._tail = b""
         rest = buf[hit[0] + len(hit[1]):]
@@ -595,7 +632,7 @@ class ReasoningGate:
         if self.phase is Phase.OPEN:  # start and end marker in one token: an empty reasoning block
             return self._start_ids + self._end_ids
         buf = self._tail + self.vocab.token_bytes[token_id]
-        idx, end = first_of(buf, self._ends) or (-1, b"")
+        idx, end = self._first_end(buf) or (-1, b"")
         if idx >= len(self._tail):  # the whole marker is in this token: keep the reasoning before it
             before = buf[len(self._tail):idx]
             return (self.vocab.encode_bytes(before) if before else []) + list(self._ends[end])
