@@ -224,6 +224,92 @@ def test_abort_frees_cache(engine64):
     assert all(c == 0 for c in pool.refcount)
 
 
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.time() + timeout
+    while not predicate() and time.time() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_a_stream_dropped_unread_ends_its_request(engine64):
+    """A generator never started runs no `finally`: an unread stream ran on to max_new_tokens."""
+    import gc
+
+    aborted = engine64.loop.counters["aborted"]
+    stream = engine64.generate(PROMPTS[0], {**GREEDY, "max_new_tokens": 3000}, stream=True)
+    del stream
+    gc.collect()
+    assert _wait(lambda: engine64.loop.counters["aborted"] == aborted + 1)
+    assert _wait(lambda: engine64.parts.pool.num_used == 0)
+
+
+def test_a_stream_read_late_keeps_a_bounded_backlog(engine64):
+    """Each chunk holds the text so far: a stream read only after it finished queued every snapshot (1 GB
+    for 16,000 tokens). It keeps the newest chunks and ends as the whole answer."""
+    from thinkform.engine.engine import _Mailbox
+
+    params = {**GREEDY, "max_new_tokens": 3 * _Mailbox.BACKLOG}
+    finished = engine64.loop.counters["finished"]
+    stream = engine64.generate(PROMPTS[1], params, stream=True)
+    assert _wait(lambda: engine64.loop.counters["finished"] == finished + 1)
+    chunks = list(stream)
+    assert len(chunks) <= _Mailbox.BACKLOG + 1
+    assert chunks[-1]["text"] == engine64.generate(PROMPTS[1], params)["text"]
+
+
+def test_an_interrupt_of_the_waiting_thread_ends_the_request(engine64):
+    """`_thread.interrupt_main` (an IDE's stop button) only sets a flag: a wait without a timeout never saw
+    it, and the request ran to its end before the KeyboardInterrupt came."""
+    import _thread
+
+    aborted = engine64.loop.counters["aborted"]
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        engine64.generate(PROMPTS[2], {**GREEDY, "max_new_tokens": 3000})
+    timer.join()
+    assert _wait(lambda: engine64.loop.counters["aborted"] == aborted + 1)
+
+
+def test_an_interrupted_start_leaves_no_engine_running(tiny_model_dirs, monkeypatch):
+    """Ctrl-C while the model loads (minutes for a large one, in a notebook): the half-built engine ran its
+    loop on, holding the model, with no handle to shut it down."""
+    import _thread
+
+    from thinkform import Engine
+    from thinkform.engine import engine as engine_module
+
+    build = engine_module.build_engine_parts
+
+    def slow_build(*args, **kwargs):  # a load that outlasts the interrupt
+        time.sleep(1.5)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "build_engine_parts", slow_build)
+    others = {t for t in threading.enumerate() if t.name == "thinkform-engine"}  # other tests' engines
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        Engine(model_path=str(tiny_model_dirs["llama"]), max_total_tokens=2048)
+    timer.join()
+    assert _wait(lambda: not any(t.name == "thinkform-engine" and t not in others for t in threading.enumerate()),
+                 timeout=30)
+
+
+def test_after_shutdown_every_call_says_the_engine_is_not_running(tiny_model_dirs):
+    from thinkform import Engine
+    from thinkform.engine.errors import EngineDead
+
+    eng = Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=2048)
+    eng.shutdown()
+    with pytest.raises(EngineDead, match="not running"):  # before the grammar compiles (its cache is closed)
+        eng.generate("x", {"max_new_tokens": 4, "regex": "[ab]+"})
+    with pytest.raises(EngineDead, match="not running"):
+        asyncio.run(eng.async_generate("x", {"max_new_tokens": 4, "json_schema": '{"type": "object"}'}))
+    started = time.monotonic()
+    assert eng.flush_cache() is False and time.monotonic() - started < 5  # it waited 10 s for a stopped loop
+
+
 def test_stream_text_is_cumulative(engine64):
     chunks = list(engine64.generate("Hello", {**GREEDY, "max_new_tokens": 8}, stream=True))
     texts = [c["text"] for c in chunks]

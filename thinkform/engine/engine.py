@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import dataclasses
 import logging
-import queue
 import threading
 import time
 import weakref
@@ -196,7 +195,7 @@ class Engine:
         # grammar call that releases it: a hand-off per token and request). Only the loop thread touches
         # them: the sinks and on_delivered both run there
         self._async_outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, _Delivery]]] = {}
-        self._sync_outbox: list[tuple[queue.Queue, _Delivery]] = []
+        self._sync_outbox: list[tuple[_Mailbox, _Delivery]] = []
         self.loop.on_delivered = self._hand_over
         self._heap = None if args.disable_gc_freeze else freeze_startup_heap(self)
         # as SGLang's engine: a script that ends without shutdown() stops the loop first (its daemon thread,
@@ -334,12 +333,13 @@ class Engine:
                             LogprobOptions(return_logprob, top_logprobs_num, logprob_start_len,
                                            return_text_in_logprobs, token_ids_logprob), sglang_only)
         req.arrival = arrival
-        inbox: queue.Queue[_Delivery] = queue.Queue()
+        inbox = _Mailbox()
+        self._check_alive()  # before the grammar compiles (its cache is closed too)
         with self._claimed(req):
             self._compile_sync(req)
             self._submit(req, lambda d: self._sync_outbox.append((inbox, d)), limit_queue=False)
         if stream:
-            return self._stream_sync(req, inbox)
+            return _SyncStream(self, req, inbox)
         finals = []
         try:
             while len(finals) < req.num_seqs:
@@ -384,6 +384,7 @@ class Engine:
         def deliver(d: _Delivery) -> None:
             self._async_outbox.setdefault(aloop, []).append((inbox, d))
 
+        self._check_alive()
         with self._claimed(req):
             await self._compile_async(req)
             self._submit(req, deliver)
@@ -432,9 +433,12 @@ class Engine:
             with naming_item(item):
                 req.compiled[c.key] = await asyncio.wrap_future(self.parts.grammar_cache.submit(c))
 
-    def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None], limit_queue: bool = True) -> None:
+    def _check_alive(self) -> None:
         if not self.loop.alive:
             raise EngineDead(f"the engine is not running: {self.loop.error or 'shut down'}")
+
+    def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None], limit_queue: bool = True) -> None:
+        self._check_alive()
         if limit_queue and self.loop.num_pending + req.num_seqs > self.args.max_queued_requests:
             raise EngineOverloaded(f"too many pending requests (max_queued_requests={self.args.max_queued_requests})")
 
@@ -477,17 +481,6 @@ class Engine:
             out.pop("index", None)
         return outputs[0] if req.single else outputs
 
-    def _stream_sync(self, req: PreparedRequest, inbox: "queue.Queue[_Delivery]") -> Iterator[dict[str, Any]]:
-        done = 0
-        try:
-            while done < req.num_seqs:
-                d = inbox.get()
-                done += d.finished
-                yield _chunk(req, d)
-        finally:
-            if done < req.num_seqs:
-                self._abort_request(req)
-
     async def _stream_async(self, req: PreparedRequest, inbox: "asyncio.Queue[_Delivery]") -> AsyncIterator[dict]:
         done = 0
         try:
@@ -498,6 +491,65 @@ class Engine:
         finally:
             if done < req.num_seqs:
                 self._abort_request(req)
+
+
+class _Mailbox:
+    """A sync caller's deliveries. A reader that keeps up gets every chunk; one that falls behind by more than
+    BACKLOG chunks of a sequence (a stream read late, or the second of two read one after the other) loses
+    the oldest of them: chunks are cumulative, and each holds the text so far (one unread 16,000-token
+    stream queued 1 GB of snapshots; SGLang's reader keeps only the newest). Finals always stay. The wait
+    wakes every 0.1 s, so an interrupt (`_thread.interrupt_main`, an IDE's stop) gets through."""
+
+    BACKLOG = 64
+
+    def __init__(self) -> None:
+        self._items: list[_Delivery] = []
+        self._cond = threading.Condition()
+
+    def put(self, d: _Delivery) -> None:
+        with self._cond:
+            if not d.finished:
+                waiting = [i for i, old in enumerate(self._items) if old.seq is d.seq and not old.finished]
+                if len(waiting) >= self.BACKLOG:
+                    del self._items[waiting[0]]
+            self._items.append(d)
+            self._cond.notify()
+
+    def get(self) -> _Delivery:
+        with self._cond:
+            while not self._items:
+                self._cond.wait(0.1)
+            return self._items.pop(0)
+
+
+class _SyncStream:
+    """generate(stream=True)'s iterator of cumulative chunks. Dropped before its end, read half-way or never
+    (a generator never started runs no `finally`), it ends its request: an unread stream ran to max_new_tokens."""
+
+    def __init__(self, engine: Engine, req: PreparedRequest, inbox: _Mailbox) -> None:
+        self._engine, self._req, self._inbox, self._done = engine, req, inbox, 0
+
+    def __iter__(self) -> _SyncStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._done >= self._req.num_seqs:
+            raise StopIteration
+        try:
+            d = self._inbox.get()
+        except BaseException:
+            self.close()
+            raise
+        self._done += d.finished
+        return _chunk(self._req, d)
+
+    def close(self) -> None:
+        if self._done < self._req.num_seqs:
+            self._done = self._req.num_seqs
+            self._engine._abort_request(self._req)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _put_all(items: list[tuple[asyncio.Queue, _Delivery]]) -> None:

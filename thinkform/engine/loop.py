@@ -91,7 +91,7 @@ class EngineLoop:
         All of the model's torch work then happens on one thread: a second thread with an OpenMP team
         (loading in the caller, decoding here) makes libgomp throttle its spin-waits once it manages more
         threads than there are cores, and every matmul pays a wake-up (20 % of a decode step on 2 cores)."""
-        ready = threading.Event()
+        ready, abandoned = threading.Event(), threading.Event()
         box: dict[str, Any] = {}
 
         def main() -> None:
@@ -104,10 +104,18 @@ class EngineLoop:
             loop._thread = threading.current_thread()
             box["loop"] = loop
             ready.set()
-            loop._run()
+            if not abandoned.is_set():
+                loop._run()
 
         threading.Thread(target=main, name="thinkform-engine", daemon=True).start()
-        ready.wait()
+        try:
+            while not ready.wait(0.1):  # woken now and then: an interrupt_main (an IDE's stop) gets through
+                pass
+        except BaseException:  # Ctrl-C while it loads: nobody will hold this engine, it must not run on unseen
+            abandoned.set()
+            if "loop" in box:
+                box["loop"].stop(timeout=0)
+            raise
         if "error" in box:
             raise box["error"]
         return box["loop"]
@@ -150,6 +158,8 @@ class EngineLoop:
         False when something does, or the loop did not get to it in time."""
         done: Future = Future()
         with self._lock:
+            if self._closed:
+                return False
             self._flushes.append(done)
         self._wake.set()
         try:
