@@ -25,6 +25,7 @@ class AutoBackend(GrammarBackend):
         super().__init__(ctx)
         self.primary = XGrammarBackend(ctx)
         self._fallback: LLGuidanceBackend | None = None  # built on first need: its tokenizer costs a second
+        self._fallback_error: ValueError | None = None  # why it could not be built
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         try:
@@ -35,11 +36,14 @@ class AutoBackend(GrammarBackend):
             if constraint.kind == "structural_tag" and has_xml_content(constraint.data()):
                 # XML-style tool-call arguments (qwen_xml, glm_xml): xgrammar only, its message stands
                 raise ConstraintError(str(first).replace(OTHER_BACKENDS_HINT, ""), field=first.field) from first
+            reason = str(first).replace(OTHER_BACKENDS_HINT, "")
             try:
                 return self._llguidance().compile(constraint)
             except ConstraintError as second:  # neither library: the hint to try the other one is moot here
-                reason = str(first).replace(OTHER_BACKENDS_HINT, "")
                 raise ConstraintError(f"{reason} (llguidance: {second})", field=first.field) from second
+            except ValueError as second:  # llguidance cannot read this tokenizer (llguidance.lltokenizer)
+                raise ConstraintError(f"{reason} (llguidance cannot serve this model: {second})",
+                                      field=first.field) from second
 
     def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """Each library's rows through its own batched fill."""
@@ -50,5 +54,11 @@ class AutoBackend(GrammarBackend):
 
     def _llguidance(self) -> LLGuidanceBackend:
         if self._fallback is None:
-            self._fallback = LLGuidanceBackend(self.ctx)
+            if self._fallback_error is not None:  # built once: a tokenizer it cannot read is not retried
+                raise ValueError(str(self._fallback_error))
+            try:
+                self._fallback = LLGuidanceBackend(self.ctx)
+            except ValueError as e:
+                self._fallback_error = e
+                raise
         return self._fallback

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import llguidance
 import llguidance.hf
 import torch
-from llguidance import LLMatcher, StructTag
+from llguidance import LLMatcher, StructTag, TokenizerWrapper
 
 from thinkform.cpus import usable_cpus
 from thinkform.structured.backends.base import (BackendContext, CompiledGrammar, GrammarBackend, GrammarMatcher,
@@ -19,6 +19,8 @@ from thinkform.structured.schema_support import (answer_check_for, bounded_multi
                                                   without_unenforceable)
 from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.unending import unending_rules
+from thinkform.structured.vocab import (CheckedBytes, added_token_ids, checked_token_bytes, misread_token, spell_text,
+                                        token_text, tokenizer_name)
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, has_xml_content
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
 
@@ -113,6 +115,51 @@ class LLGuidanceCompiled(CompiledGrammar):
         return unending_rules(str(grammar))
 
 
+def lltokenizer(ctx: BackendContext) -> llguidance.LLTokenizer:
+    """llguidance's tokenizer: its own reading of the tokenizer.json where that agrees with the bytes the
+    other backends read (vocab.checked_token_bytes, on the ids checked there: ~5 ms on Qwen's vocabulary);
+    where it reads a token otherwise (a `Sequence[ByteFallback, Metaspace]` decoder: '▁the' as
+    b'\xe2\x96\x81the') or cannot read the tokenizer at all (a Metaspace or WordPiece decoder: "can't
+    determine decoder type"), built from those checked bytes and the tokenizer's own encoding. A ValueError
+    naming a token where it still reads one otherwise."""
+    tokenizer, eos = ctx.tokenizer, list(ctx.eos_token_ids)
+    checked = checked_token_bytes(tokenizer, ctx.vocab_size)
+    try:
+        own = llguidance.hf.from_tokenizer(tokenizer, n_vocab=ctx.vocab_size, eos_token=eos)
+    except ValueError:
+        own = None
+    if own is not None and misread_token(checked, lambda i: own.decode_bytes([i])) is None:
+        return own
+    built = llguidance.LLTokenizer(TokenizerWrapper(_CheckedTokenizer(tokenizer, checked, eos)),
+                                   n_vocab=ctx.vocab_size, eos_token=eos)
+    wrong = misread_token(checked, lambda i: built.decode_bytes([i]))
+    if wrong is not None:
+        token_id, got = wrong
+        raise ValueError(
+            f"tokenizer {tokenizer_name(tokenizer)}: llguidance would read token {token_id} "
+            f"{token_text(tokenizer, token_id)!r} as {got!r} but the tokenizer decodes it as "
+            f"{checked.token_bytes[token_id]!r}; use --grammar-backend xgrammar")
+    return built
+
+
+class _CheckedTokenizer:
+    """What llguidance's TokenizerWrapper reads: the checked bytes of every id, the added and special tokens
+    (and padding rows) as its special ones, and the tokenizer's encoding of text (sentencepiece's prefix
+    space dropped: vocab.spell_text)."""
+
+    def __init__(self, tokenizer: Any, checked: CheckedBytes, eos: list[int]) -> None:
+        self.eos_token_id = eos[0] if eos else tokenizer.eos_token_id
+        self.bos_token_id = tokenizer.bos_token_id
+        self.tokens = list(checked.token_bytes)
+        self.special_token_ids = sorted(added_token_ids(tokenizer) | set(range(checked.num_tokens, len(self.tokens))))
+        self._tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        if not isinstance(text, str):  # TokenizerWrapper asks with bytes once: refused, it hands text instead
+            raise TypeError("text only")
+        return spell_text(self._tokenizer, self.tokens, text)[0]
+
+
 @register_backend
 class LLGuidanceBackend(GrammarBackend):
     name: ClassVar[str] = "llguidance"
@@ -121,8 +168,7 @@ class LLGuidanceBackend(GrammarBackend):
 
     def __init__(self, ctx: BackendContext) -> None:
         super().__init__(ctx)
-        self._tok = llguidance.hf.from_tokenizer(
-            ctx.tokenizer, n_vocab=ctx.vocab_size, eos_token=list(ctx.eos_token_ids))
+        self._tok = lltokenizer(ctx)
         # its own threads: 80 % of the CPUs this process may use, at most 32 (llguidance's own rule)
         self._executor = llguidance.LLExecutor(max(1, min(32, usable_cpus() * 4 // 5)))
 

@@ -5,7 +5,6 @@ import json
 from typing import ClassVar
 
 import torch
-import xgrammar as xgr
 from outlines_core import Guide, Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
@@ -17,7 +16,7 @@ from thinkform.structured.ecma_regex import map_patterns
 from thinkform.structured.json_string_pattern import json_text_pattern, whole_text_regex
 from thinkform.structured.pattern_length import bound_pattern_lengths
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
-from thinkform.structured.vocab import special_token_ids
+from thinkform.structured.vocab import checked_token_bytes, special_token_ids, spell_text
 
 MAX_ROLLBACK = 1024  # tokens the Guide remembers for rollback
 MAX_JUMP_BYTES = 64  # cap on one jump-forward walk
@@ -131,7 +130,9 @@ class OutlinesBackend(GrammarBackend):
         self._vocab = Vocabulary(ctx.eos_token_ids[0], by_bytes)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.ctx.tokenizer.encode(text, add_special_tokens=False))
+        """The tokenizer's ids for `text` (a sentencepiece tokenizer's prefix space left out: vocab.spell_text)."""
+        return spell_text(self.ctx.tokenizer, checked_token_bytes(self.ctx.tokenizer, self.ctx.vocab_size).token_bytes,
+                          text)[0]
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)
@@ -192,9 +193,10 @@ def whitespace_pattern(opts: GrammarOptions) -> str:
 def text_token_bytes(ctx: BackendContext) -> dict[int, bytes]:
     """Each ordinary token's bytes (special and EOS tokens left out), decoded offline.
 
-    xgrammar already knows how to decode every HF vocabulary type (byte-level, byte-fallback, raw)."""
-    info = xgr.TokenizerInfo.from_huggingface(ctx.tokenizer, vocab_size=ctx.vocab_size)
+    xgrammar already knows how to decode every HF vocabulary type (byte-level, byte-fallback, raw); its
+    reading is checked against the tokenizer's own decoding (vocab.checked_token_bytes)."""
+    token_bytes = checked_token_bytes(ctx.tokenizer, ctx.vocab_size).token_bytes
     special = special_token_ids(ctx.tokenizer) | set(ctx.eos_token_ids)  # special added ones too
     size = min(len(ctx.tokenizer), ctx.vocab_size)
-    return {i: data for i, data in enumerate(info.decoded_vocab[:size]) if data and i not in special}
+    return {i: data for i, data in enumerate(token_bytes[:size]) if data and i not in special}
 

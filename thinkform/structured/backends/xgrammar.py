@@ -22,6 +22,7 @@ from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
 from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
 from thinkform.structured.unending import unending_rules
+from thinkform.structured.vocab import xgrammar_tokenizer_info
 
 COMPACT_SEPARATORS = (", ", ": ")
 XGRAMMAR_CACHE_BYTES = 64 * 2**20
@@ -107,8 +108,9 @@ class XGrammarBackend(GrammarBackend):
         # see cpus.py), serve only the large batches whose rows outweigh them (vLLM's threshold too).
         self._batch = xgr.BatchGrammarMatcher(1)
         self._parallel = xgr.BatchGrammarMatcher(max(1, usable_cpus() // 2))
-        info = xgr.TokenizerInfo.from_huggingface(
-            ctx.tokenizer, vocab_size=ctx.vocab_size, stop_token_ids=list(ctx.eos_token_ids))
+        # xgrammar's reading of the vocabulary, checked against the tokenizer's decoding (corrected, or the
+        # tokenizer refused, where they disagree: vocab.checked_token_bytes)
+        info = xgrammar_tokenizer_info(ctx.tokenizer, ctx.vocab_size, list(ctx.eos_token_ids))
         # its cache bounded: unbounded (xgrammar's default) it kept every grammar ever compiled (audit 29: 0.7 GB
         # more per 1,000 new schemas, for good); off, a new schema's compile took 81 ms instead of 5-7 (the
         # parts schemas share are cached there). 64 MiB keeps them (8 MiB did not: 61 ms); the engine's own
