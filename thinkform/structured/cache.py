@@ -6,7 +6,7 @@ schemas occupy every worker and starve everyone else; a worker process would hav
 tokenizer tables and ship compiled grammars back, which not every library can serialise. So each
 compile gets its own thread and starts at once; the watchdog fails a request whose compile runs past
 `compile_timeout_s` and abandons that thread. Abandoned threads still burn CPU, so at most
-`max_abandoned` of them may exist; beyond that, new compiles are refused with a clear error until
+`max_abandoned` of them may exist; beyond that, new compiles are refused (EngineOverloaded: a 503 with Retry-After) until
 they finish (cached grammars keep being served).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thinkform.engine.errors import EngineOverloaded
 from thinkform.structured.backends.base import CompiledGrammar, GrammarBackend
 from thinkform.structured.bitmask import set_bits
 from thinkform.structured.literals import grammar_literals
@@ -99,12 +100,12 @@ class GrammarCache:
             if key in self._pending:
                 self._hits += 1
                 return self._pending[key].future  # type: ignore[return-value]  # pending: not resolved yet
-            self._misses += 1
-            if self._abandoned >= self.max_abandoned:
-                return _failed(ConstraintError(
+            if self._abandoned >= self.max_abandoned:  # the server's state, not the request's fault: a 503
+                return _failed(EngineOverloaded(
                     f"grammar compiler is busy: {self._abandoned} earlier compiles ran past the "
                     f"{self.timeout_s:g}s time-out and are still running; try again later",
-                    field=constraint.field))
+                    retry_after_s=max(1, round(self.timeout_s))))
+            self._misses += 1
             future = _running_future()
             job = _Job(key, constraint, future, time.monotonic() + self.timeout_s)
             self._pending[key] = job

@@ -115,7 +115,10 @@ class XGrammarBackend(GrammarBackend):
         # more per 1,000 new schemas, for good); off, a new schema's compile took 81 ms instead of 5-7 (the
         # parts schemas share are cached there). 64 MiB keeps them (8 MiB did not: 61 ms); the engine's own
         # cache (cache.py) bounds the compiled grammars it hands out
-        self._compiler = xgr.GrammarCompiler(info, cache_enabled=True, cache_limit_bytes=XGRAMMAR_CACHE_BYTES)
+        # half the CPUs, as xgrammar's docs advise (vLLM's pool too): its default 8 threads a compile on 2 cores
+        # slowed every running request's decode 13x for the minute a large schema compiled
+        self._compiler = xgr.GrammarCompiler(info, max_threads=max(1, usable_cpus() // 2), cache_enabled=True,
+                                             cache_limit_bytes=XGRAMMAR_CACHE_BYTES)
 
     def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
         """xgrammar's matchers in one batched call; any other matcher row by row."""
