@@ -127,6 +127,34 @@ def test_concurrent_gguf_conversions_leave_one_complete_copy(tmp_path, monkeypat
     assert [p.name for p in results[0].parent.iterdir()] == [results[0].name]  # no staging dirs left
 
 
+def test_a_copy_is_named_by_content_and_replaces_the_stale_ones(tmp_path, monkeypatch):
+    """Copies were named by the file's mtime: each fresh install of the same model (each CI run) converted
+    it again and kept every copy (71 of the embedded model's, 36 GB)."""
+    import os
+
+    monkeypatch.setenv("THINKFORM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(loader, "_write_converted",
+                        lambda source, out: (out / loader._COMPLETE_MARKER).write_text("{}"))
+    gguf = tmp_path / "a" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF fake")
+    first = gguf_to_hf_dir(gguf)
+    again = tmp_path / "b" / "model.gguf"  # the same file installed elsewhere, at another time
+    again.parent.mkdir()
+    again.write_bytes(b"GGUF fake")
+    os.utime(again, (1, 1))
+    assert gguf_to_hf_dir(again) == first
+    gguf.write_bytes(b"GGUF new!")  # changed in place: a new copy, and the old one goes once it is stale
+    os.utime(first, (1, 1))
+    unrelated = first.parent / "model-2-9-0123abcd-v3"  # another model's stem: kept
+    old_layout = first.parent / "model-9-1795771187483877308-v2"  # mtime-named, an older version: gone
+    for keep_or_not in (unrelated, old_layout):
+        keep_or_not.mkdir()
+        os.utime(keep_or_not, (1, 1))
+    second = gguf_to_hf_dir(gguf)
+    assert second != first and sorted(p.name for p in second.parent.iterdir()) == sorted([second.name, unrelated.name])
+
+
 # ---- the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF) -----------------------------------------
 
 

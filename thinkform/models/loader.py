@@ -6,12 +6,15 @@ keyed by the file's name, size and mtime; later loads read that copy.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -139,9 +142,32 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, Tensor]]:
 _CONVERSION_VERSION = 3
 
 
+# how much of each end of a GGUF file names its copy (its header, tensor table and last tensor's data)
+_FINGERPRINT_BYTES = 1 << 20
+
+
 def _gguf_cache_key(gguf_file: Path) -> str:
-    stat = gguf_file.stat()
-    return f"{gguf_file.stem}-{stat.st_size}-{stat.st_mtime_ns}-v{_CONVERSION_VERSION}"
+    """The copy's name: the file's stem, size and a digest of its two ends, not its mtime (every fresh install
+    of the same model, each CI run, wrote another 517 MB copy of the embedded model: 71 of them, 36 GB)."""
+    size = gguf_file.stat().st_size
+    digest = hashlib.blake2b(digest_size=8)
+    with gguf_file.open("rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        f.seek(max(0, size - _FINGERPRINT_BYTES))
+        digest.update(f.read(_FINGERPRINT_BYTES))
+    return f"{gguf_file.stem}-{size}-{digest.hexdigest()}-v{_CONVERSION_VERSION}"
+
+
+def _prune_stale_copies(target: Path, stem: str, min_age_s: float = 3600.0) -> None:
+    """Other copies of a file of this stem (earlier conversion versions, the former mtime-named copies, an
+    earlier version of the file), once a new copy is in place; only those older than `min_age_s`, so a copy
+    another process is converting or loading right now stays."""
+    name = re.compile(rf"{re.escape(stem)}-\d+-[0-9a-f]+(?:-v\d+)?")
+    cutoff = time.time() - min_age_s
+    for other in target.parent.iterdir():
+        if other != target and name.fullmatch(other.name) and other.is_dir() and other.stat().st_mtime < cutoff:
+            logger.info("removing the stale converted copy %s", other)
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _write_converted(gguf_file: Path, out: Path) -> None:
@@ -205,6 +231,7 @@ def gguf_to_hf_dir(gguf_file: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _prune_stale_copies(target, gguf_file.stem)
     return target
 
 
