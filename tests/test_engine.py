@@ -296,6 +296,22 @@ def test_an_interrupted_start_leaves_no_engine_running(tiny_model_dirs, monkeypa
                  timeout=30)
 
 
+def test_an_interrupt_after_the_loop_started_stops_it_too(tiny_model_dirs, monkeypatch):
+    """Ctrl-C in the rest of the constructor (the heap freeze's collection): the loop ran on, unreferenced."""
+    from thinkform import Engine
+    from thinkform.engine import engine as engine_module
+
+    def interrupted(engine):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_module, "freeze_startup_heap", interrupted)
+    others = {t for t in threading.enumerate() if t.name == "thinkform-engine"}
+    with pytest.raises(KeyboardInterrupt):
+        Engine(model_path=str(tiny_model_dirs["llama"]), max_total_tokens=2048)
+    assert _wait(lambda: not any(t.name == "thinkform-engine" and t not in others for t in threading.enumerate()),
+                 timeout=30)
+
+
 def test_after_shutdown_every_call_says_the_engine_is_not_running(tiny_model_dirs):
     from thinkform import Engine
     from thinkform.engine.errors import EngineDead

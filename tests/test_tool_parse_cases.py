@@ -85,6 +85,17 @@ def test_pythonic_calls_end_at_their_own_bracket_and_the_text_around_them_is_con
     assert _same_streamed("pythonic", text) == (content, calls)
 
 
+def test_a_pythonic_list_ends_where_python_reads_its_bracket():
+    """Found in one pass over Python's tokens; a lone CR or a NUL after it (Python 3.12's tokenizer glues the one
+    to the bracket and refuses a line holding the other) changes nothing."""
+    from thinkform.server.tools import _list_end
+
+    assert _list_end("[f(a=']')]", 0) == 10
+    assert _list_end("x [f(a=1)\r] y", 2) == 11
+    assert _list_end("[f(a=1)]\x00 tail", 0) == 8
+    assert _list_end("[f(a=[1, 2]", 0) is None
+
+
 def test_a_pythonic_list_that_is_not_calls_stays_text():
     text = "[get_weather(location='Rome')] and [search('positional')] then"
     assert _same_streamed("pythonic", text) == (" and [search('positional')] then", [("get_weather", {"location": "Rome"})])

@@ -49,7 +49,9 @@ class EngineLoop:
         self.sampler = Sampler(len(parts.tokenizer), parts.vocab_size, parts.eos_token_ids)
         warm_up_mask_kernel(parts.device, parts.vocab_size)
         self.eos = frozenset(parts.eos_token_ids)
-        self._lock = threading.Lock()
+        # re-entrant: a stream dropped unread ends its request from __del__, which the garbage collector may run
+        # on a thread that holds this lock already
+        self._lock = threading.RLock()
         self._inbox: list[Sequence] = []
         self._aborts: list[tuple[str | None, Sequence | None]] = []
         self._flushes: list[Future] = []  # flush_prefix_cache callers waiting for the loop

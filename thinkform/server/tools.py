@@ -559,7 +559,9 @@ def _call_list(text: str, at: int) -> tuple[list[ToolCall], int] | None:
 def _list_end(text: str, at: int) -> int | None:
     """Where the bracket opening at `at` closes, in one pass over Python's tokens (a `]` in a string is text;
     parsing at every `]` until one parsed cost 20 s for one 54 KB call), None where it does not close."""
-    source = io.StringIO(text[at:])
+    # a lone CR or a NUL: Python 3.12's tokenizer glues the one to the next operator and refuses a line with
+    # the other; spaces of the same length keep every offset
+    source = io.StringIO(text[at:].replace("\r", " ").replace("\0", " "))
     starts: list[int] = []  # where each line read so far begins, from `at`
     read = 0
 
