@@ -312,6 +312,33 @@ def test_an_interrupt_after_the_loop_started_stops_it_too(tiny_model_dirs, monke
                  timeout=30)
 
 
+def test_a_forked_copy_or_a_pickle_of_an_engine_says_what_to_do(engine64):
+    """A worker pool forked after the engine exists got 'shut down'; pickling one an AttributeError."""
+    import multiprocessing
+    import pickle
+
+    from thinkform.engine.errors import EngineDead
+
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(engine64)
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+
+    def in_child() -> None:  # forked: the engine is the parent's copy, not pickled
+        try:
+            engine64.generate("x", {"max_new_tokens": 2})
+            child.send("no error")
+        except Exception as e:  # noqa: BLE001 - reported to the parent
+            child.send(f"{type(e).__name__}: {e}")
+
+    process = context.Process(target=in_child)
+    process.start()
+    assert parent.poll(60)
+    message = parent.recv()
+    process.join(30)
+    assert "a fork of it" in message and EngineDead.__name__ in message
+
+
 def test_after_shutdown_every_call_says_the_engine_is_not_running(tiny_model_dirs):
     from thinkform import Engine
     from thinkform.engine.errors import EngineDead

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 import weakref
@@ -180,6 +181,7 @@ class Engine:
         args = kwargs.pop("args", None) or EngineArgs.from_kwargs(
             model_path=model_path, reasoning_parser=reasoning_parser, grammar_backend=grammar_backend, **kwargs)
         self.args = args
+        self._pid = os.getpid()
         self.loop = EngineLoop.start_with(lambda: build_engine_parts(args), args)
         try:
             self._set_up(args)
@@ -443,8 +445,15 @@ class Engine:
                 req.compiled[c.key] = await asyncio.wrap_future(self.parts.grammar_cache.submit(c))
 
     def _check_alive(self) -> None:
+        if os.getpid() != self._pid:  # a fork's copy has no loop thread (a data pipeline's worker pool)
+            raise EngineDead(f"this engine belongs to process {self._pid}, and this is a fork of it: create the "
+                             "Engine in the process that uses it")
         if not self.loop.alive:
             raise EngineDead(f"the engine is not running: {self.loop.error or 'shut down'}")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an Engine cannot be pickled (it holds a model, a thread and their state): create one in "
+                        "the process that uses it")
 
     def _submit(self, req: PreparedRequest, deliver: Callable[[_Delivery], None], limit_queue: bool = True) -> None:
         self._check_alive()
