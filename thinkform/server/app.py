@@ -91,7 +91,8 @@ async def _counting_error_handler(request: Request, exc: Exception) -> JSONRespo
 
 
 async def _client_gone(request: Request, exc: ClientGone) -> Response:
-    """A stream's client left before its first chunk (its requests are aborted): nginx's 499, read by nobody."""
+    """The client left before its answer or a stream's first chunk (its requests are aborted; see
+    streaming.call_until_disconnect): nginx's 499, read by nobody."""
     return Response(status_code=499)
 
 

@@ -22,7 +22,7 @@ from thinkform.server.protocol import (AbortRequest, GenerateRequest, ParseFunct
                                        SeparateReasoningRequest, warn_unknown)
 from thinkform.server.tools import get_tool_call_parser, tool_name
 from thinkform.server.state import ServerState, new_id
-from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
+from thinkform.server.streaming import (SSE_DONE, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
 
 router = APIRouter()
@@ -111,10 +111,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         first, rest = await open_stream(request, state.engine, call, rids)
         return StreamingResponse(stream_with_abort(state.engine, rids, _events(first, rest)),
                                  media_type="text/event-stream")
-    try:
-        result = await call_until_disconnect(request, state.engine, call, rids)
-    except ClientGone:
-        return Response(status_code=499)
+    result = await call_until_disconnect(request, state.engine, call, rids)  # a client gone: the app's 499
     return JSONResponse(result)
 
 

@@ -22,7 +22,7 @@ from thinkform.server.params import (RequestConstraints, chat_template_kwargs, c
 from thinkform.server.protocol import (ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields,
                                        warn_unknown)
 from thinkform.server.state import ServerState, new_id, now
-from thinkform.server.streaming import (SSE_DONE, ClientGone, call_until_disconnect, open_stream, sse,
+from thinkform.server.streaming import (SSE_DONE, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
 from thinkform.server.tools import StreamingToolParser, ToolCall, ToolCallParser, tool_name
 from thinkform.structured.spec import ConstraintError, tag_openings
@@ -477,10 +477,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         events = _chat_events(state, plan, body, chat_id, first, rest, include_usage)
         return StreamingResponse(stream_with_abort(state.engine, [plan.rid], events),
                                  media_type="text/event-stream")
-    try:
-        result = await call_until_disconnect(request, state.engine, start_chat(state, plan, False), [plan.rid])
-    except ClientGone:
-        return Response(status_code=499)
+    result = await call_until_disconnect(request, state.engine, start_chat(state, plan, False), [plan.rid])
     outs = engine_outputs(result)
     response = {
         "id": chat_id, "object": "chat.completion", "created": now(), "model": body.model or state.model_name,
@@ -799,10 +796,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         events = _completion_events(body, cmpl_id, created, model, first, rest, include_usage, prompts,
                                     tokenizer if want_logprobs else None, echoes, names, eos_ids(state))
         return StreamingResponse(stream_with_abort(state.engine, rids, events), media_type="text/event-stream")
-    try:
-        outs = engine_outputs(await call_until_disconnect(request, state.engine, call, rids))
-    except ClientGone:
-        return Response(status_code=499)
+    outs = engine_outputs(await call_until_disconnect(request, state.engine, call, rids))
     choices = []
     for i, out in enumerate(outs):
         meta = out.get("meta_info", {})

@@ -24,7 +24,7 @@ from thinkform.server.openai_api import (chained, chat_choice, chat_logprob_entr
 from thinkform.server.protocol import ChatCompletionRequest, ResponsesRequest, warn_unknown
 from thinkform.server.response_store import StoredResponse
 from thinkform.server.state import ServerState, new_id, now
-from thinkform.server.streaming import ClientGone, call_until_disconnect, open_stream, stream_with_abort
+from thinkform.server.streaming import call_until_disconnect, open_stream, stream_with_abort
 
 router = APIRouter()
 
@@ -547,11 +547,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         return StreamingResponse(stream_with_abort(state.engine, [chat_plan.rid], events.run(first, rest),
                                                    events.error_events),
                                  media_type="text/event-stream")
-    try:
-        result = await call_until_disconnect(request, state.engine, start_chat(state, chat_plan, stream=False),
-                                             [chat_plan.rid])
-    except ClientGone:
-        return Response(status_code=499)
+    result = await call_until_disconnect(request, state.engine, start_chat(state, chat_plan, stream=False),
+                                         [chat_plan.rid])
     out = engine_outputs(result)[0]
     choice, meta = chat_choice(state, chat_plan, 0, out), out.get("meta_info", {})
     logprobs = answer_logprobs(state, chat_plan, meta) if wants_logprobs(body) else None

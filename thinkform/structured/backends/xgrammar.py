@@ -106,8 +106,9 @@ class XGrammarBackend(GrammarBackend):
         # thread, and more with worker threads, whose hand-offs cost more than the rows (bench/gpu_bench.py's
         # profile part times both). Threads, half the CPUs this process may use ("auto" counts the host's,
         # see cpus.py), serve only the large batches whose rows outweigh them (vLLM's threshold too).
+        half_the_cpus = max(1, usable_cpus() // 2)
         self._batch = xgr.BatchGrammarMatcher(1)
-        self._parallel = xgr.BatchGrammarMatcher(max(1, usable_cpus() // 2))
+        self._parallel = xgr.BatchGrammarMatcher(half_the_cpus)
         # xgrammar's reading of the vocabulary, checked against the tokenizer's decoding (corrected, or the
         # tokenizer refused, where they disagree: vocab.checked_token_bytes)
         info = xgrammar_tokenizer_info(ctx.tokenizer, ctx.vocab_size, list(ctx.eos_token_ids))
@@ -115,9 +116,9 @@ class XGrammarBackend(GrammarBackend):
         # more per 1,000 new schemas, for good); off, a new schema's compile took 81 ms instead of 5-7 (the
         # parts schemas share are cached there). 64 MiB keeps them (8 MiB did not: 61 ms); the engine's own
         # cache (cache.py) bounds the compiled grammars it hands out
-        # half the CPUs, as xgrammar's docs advise (vLLM's pool too): its default 8 threads a compile on 2 cores
-        # slowed every running request's decode 13x for the minute a large schema compiled
-        self._compiler = xgr.GrammarCompiler(info, max_threads=max(1, usable_cpus() // 2), cache_enabled=True,
+        # compiles on half the CPUs too, as xgrammar's docs advise (vLLM's pool too): its default 8 threads a
+        # compile on 2 cores slowed every running request's decode 13x for the minute a large schema compiled
+        self._compiler = xgr.GrammarCompiler(info, max_threads=half_the_cpus, cache_enabled=True,
                                              cache_limit_bytes=XGRAMMAR_CACHE_BYTES)
 
     def fill_bitmasks(self, bitmask: torch.Tensor, pending: Pending) -> None:
