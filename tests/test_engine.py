@@ -271,6 +271,10 @@ def test_an_interrupt_of_the_waiting_thread_ends_the_request(engine64):
     assert _wait(lambda: engine64.loop.counters["aborted"] == aborted + 1)
 
 
+def _engine_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "thinkform-engine"}
+
+
 def test_an_interrupted_start_leaves_no_engine_running(tiny_model_dirs, monkeypatch):
     """Ctrl-C while the model loads (minutes for a large one, in a notebook): the half-built engine ran its
     loop on, holding the model, with no handle to shut it down."""
@@ -286,14 +290,13 @@ def test_an_interrupted_start_leaves_no_engine_running(tiny_model_dirs, monkeypa
         return build(*args, **kwargs)
 
     monkeypatch.setattr(engine_module, "build_engine_parts", slow_build)
-    others = {t for t in threading.enumerate() if t.name == "thinkform-engine"}  # other tests' engines
+    others = _engine_threads()  # other tests' engines
     timer = threading.Timer(0.5, _thread.interrupt_main)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         Engine(model_path=str(tiny_model_dirs["llama"]), max_total_tokens=2048)
     timer.join()
-    assert _wait(lambda: not any(t.name == "thinkform-engine" and t not in others for t in threading.enumerate()),
-                 timeout=30)
+    assert _wait(lambda: not _engine_threads() - others, timeout=30)
 
 
 def test_an_interrupt_after_the_loop_started_stops_it_too(tiny_model_dirs, monkeypatch):
@@ -305,11 +308,10 @@ def test_an_interrupt_after_the_loop_started_stops_it_too(tiny_model_dirs, monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine_module, "freeze_startup_heap", interrupted)
-    others = {t for t in threading.enumerate() if t.name == "thinkform-engine"}
+    others = _engine_threads()
     with pytest.raises(KeyboardInterrupt):
         Engine(model_path=str(tiny_model_dirs["llama"]), max_total_tokens=2048)
-    assert _wait(lambda: not any(t.name == "thinkform-engine" and t not in others for t in threading.enumerate()),
-                 timeout=30)
+    assert _wait(lambda: not _engine_threads() - others, timeout=30)
 
 
 def test_a_forked_copy_or_a_pickle_of_an_engine_says_what_to_do(engine64):

@@ -579,22 +579,21 @@ def test_rollback_restores_whether_gpt_oss_is_inside_a_header(request, env_name:
     """The header state follows rollback: undoing a `<|message|>` puts the output back in its header (a
     recipient there is a call), undoing a `<|start|>` puts it back in a message's text (a mention)."""
     env: Env = request.getfixturevalue(env_name)
-    recipient = env.ids(" to=functions.")
+    # the output's first header: a call
+    assert _recipient_after_undoing(env, "", "<|channel|>analysis<|message|>") is Phase.ANSWER
+    # back in the analysis text: a mention
+    assert _recipient_after_undoing(env, "<|channel|>analysis<|message|>Hm.<|end|>", "<|start|>") is Phase.REASONING
+
+
+def _recipient_after_undoing(env: Env, before: str, undone: str) -> Phase:
+    """The gate's phase after `before`, then `undone` written and rolled back, then a bare recipient."""
     gate = _gpt_oss_gate(env)
-    opened = env.ids("<|channel|>analysis<|message|>")
-    for t in opened:
+    for t in env.ids(before):
         gate.accept(t)
-    gate.rollback(len(opened))
-    for t in recipient:
+    written = env.ids(undone)
+    for t in written:
         gate.accept(t)
-    assert gate.phase is Phase.ANSWER  # the output's first header: a call
-    gate = _gpt_oss_gate(env)
-    for t in env.ids("<|channel|>analysis<|message|>Hm.<|end|>"):
+    gate.rollback(len(written))
+    for t in env.ids(" to=functions."):
         gate.accept(t)
-    start = env.ids("<|start|>")
-    for t in start:
-        gate.accept(t)
-    gate.rollback(len(start))
-    for t in recipient:
-        gate.accept(t)
-    assert gate.phase is Phase.REASONING  # back in the analysis text: a mention
+    return gate.phase
