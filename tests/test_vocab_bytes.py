@@ -184,6 +184,20 @@ def test_the_suites_tokenizers_are_read_as_they_were(name, build) -> None:
 
     own = llguidance.hf.from_tokenizer(tok, n_vocab=ctx.vocab_size, eos_token=[tok.eos_token_id])
     assert tokvocab.misread_token(checked, lambda i: own.decode_bytes([i])) is None
+    _same_as_xgrammars_reading(tok, ctx.vocab_size)
+
+
+def _same_as_xgrammars_reading(tok: Any, vocab_size: int) -> None:
+    """The TokenizerInfo the xgrammar backend builds from the checked bytes reads the vocabulary as xgrammar's
+    own from_huggingface does: the same bytes, special ids, stop ids and prefix space."""
+    import xgrammar as xgr
+
+    stops = [tok.eos_token_id]
+    built = tokvocab.xgrammar_tokenizer_info(tok, vocab_size, stops)
+    own = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab_size, stop_token_ids=stops)
+    assert [bytes(b) for b in built.decoded_vocab][:len(own.decoded_vocab)] == [bytes(b) for b in own.decoded_vocab]
+    assert (built.special_token_ids, built.stop_token_ids, built.add_prefix_space) == (
+        own.special_token_ids, own.stop_token_ids, own.add_prefix_space)
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +218,4 @@ def test_qwen_and_the_embedded_model_are_read_as_they_were(qwen) -> None:
     for tok in tokenizers:
         checked = tokvocab.checked_token_bytes(tok, len(tok))
         assert checked.corrected == 0 and len(checked.sample) >= 4000
+        _same_as_xgrammars_reading(tok, len(tok))
