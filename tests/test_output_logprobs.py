@@ -91,6 +91,21 @@ def test_logprobs_leave_the_answer_and_its_finish_as_they_are(qwen_engine, param
     assert len(scored["meta_info"]["output_token_logprobs"]) == len(plain["output_ids"])
 
 
+def test_a_streams_reasoning_count_is_of_the_tokens_it_has_sent(qwen_engine, qwen_vocab_model):
+    """A forced end marker waiting for its scored step is not counted yet: each chunk's reasoning_tokens is
+    that of its completion_tokens, as without logprobs (it was one more than completion_tokens once)."""
+    params = {"temperature": 0, "max_new_tokens": 12, "max_reasoning_tokens": 2}
+
+    def counts(return_logprob: bool) -> dict[int, int]:
+        chunks = qwen_engine.generate(_prompt(qwen_vocab_model), params, require_reasoning=True, stream=True,
+                                      return_logprob=return_logprob)
+        return {c["meta_info"]["completion_tokens"]: c["meta_info"]["reasoning_tokens"] for c in chunks}
+
+    plain, scored = counts(False), counts(True)
+    assert all(scored[n] == plain[n] for n in scored.keys() & plain.keys()) and max(plain.values()) == 3
+    assert all(reasoning <= n for n, reasoning in scored.items())
+
+
 # ---------------------------------------------------------------- OpenAI's shapes of them
 
 def test_openai_logprob_shapes(qwen_engine):

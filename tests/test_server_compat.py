@@ -231,7 +231,7 @@ def test_usage_has_reasoning_tokens_at_the_top_and_in_the_details(served):
     assert resp.usage.completion_tokens_details.reasoning_tokens == 3
 
 
-def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(served):
+def test_continuous_usage_stats_put_each_choices_usage_so_far_on_its_chunks(served):
     engine, base = served
     engine.reply = lambda call: "Let me think about it.</think>\n\nParis, of course"
     with httpx.stream("POST", f"{base}/v1/chat/completions", json={
@@ -244,10 +244,14 @@ def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(served):
     assert all(e["usage"]["prompt_tokens"] == 7 for e in events[1:])
     assert events[-2]["usage"] == events[-1]["usage"]  # the last chunk's usage is the final one
     with httpx.stream("POST", f"{base}/v1/completions", json={
-            "prompt": ["a", "b"], "stream": True, "stream_options": {"continuous_usage_stats": True}}) as r:
-        events = sse_events(r)[:-1]
-    assert all("usage" in e for e in events)
-    assert events[-1]["usage"]["prompt_tokens"] == 14  # two prompts, counted once each
+            "prompt": ["a", "b"], "n": 2, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}) as r:
+        *events, total = sse_events(r)[:-1]
+    # each chunk's usage is its own choice's (SGLang, vLLM): its own prompt, the tokens it has written
+    assert all(e["usage"]["prompt_tokens"] == 7 for e in events)
+    last = {e["choices"][0]["index"]: e["usage"]["completion_tokens"] for e in events}
+    assert sorted(last) == [0, 1, 2, 3] and sum(last.values()) == total["usage"]["completion_tokens"]
+    assert total["usage"]["prompt_tokens"] == 14  # the whole request: two prompts, counted once each
 
 
 def test_plain_streams_carry_no_usage_on_their_chunks(served):

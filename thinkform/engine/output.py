@@ -73,7 +73,7 @@ def output_event(seq: Sequence, finished: bool, markers: ReasoningMarkers | None
         "completion_tokens": len(seq.output_ids),
         "cached_tokens": seq.num_cached,
         "cached_tokens_details": None,
-        "reasoning_tokens": gate.reasoning_tokens if gate is not None else 0,
+        "reasoning_tokens": gate.reasoning_tokens_of(len(seq.output_ids)) if gate is not None else 0,
         "constraint_satisfied": gate.constraint_satisfied if gate is not None else None,
         "closed_by_budget": gate.closed_by_budget if gate is not None else False,
         "e2e_latency": time.perf_counter() - seq.arrival,

@@ -335,13 +335,12 @@ def _usage(metas: list[dict[str, Any]], n: int) -> dict[str, Any]:
     return _usage_of(metas[::n], metas)  # each prompt counted once
 
 
-def _running_usage(latest: dict[int, dict[str, Any]], n: int) -> dict[str, Any]:
-    """The usage so far of a stream (continuous_usage_stats): the latest event of each choice seen, which
-    carries its cumulative counts; each prompt counted once, from the first of its choices seen."""
-    firsts: dict[int, dict[str, Any]] = {}
-    for index in sorted(latest):
-        firsts.setdefault(index // n, latest[index])
-    return _usage_of(list(firsts.values()), list(latest.values()))
+def _choice_usage(latest: dict[int, dict[str, Any]], index: int, prompt_tokens: int) -> dict[str, Any]:
+    """The usage so far of one choice of a stream, on each of its chunks (continuous_usage_stats): its own
+    prompt and the tokens it has written, as SGLang and vLLM report it (not a total over the choices);
+    `prompt_tokens` before its first output."""
+    meta = latest.get(index)
+    return _usage_of([meta], [meta]) if meta is not None else _usage_of([{"prompt_tokens": prompt_tokens}], [])
 
 
 def _usage_of(prompts: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -594,9 +593,8 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         event = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs,
                               **extra}]}
-        if continuous:  # before any output only the prompt counts
-            event["usage"] = (_running_usage(latest, body.n) if latest
-                              else _usage_of([{"prompt_tokens": len(plan.input_ids)}], []))
+        if continuous:
+            event["usage"] = _choice_usage(latest, index, len(plan.input_ids))
         return sse(event)
 
     for i in range(body.n):
@@ -904,7 +902,7 @@ async def _completion_events(body: CompletionRequest, cmpl_id: str, created: int
                 event["choices"][0]["prompt_logprobs"] = vllm_prompt_logprobs(names or tokenizer, meta,
                                                                               body.prompt_logprobs)
             if continuous:
-                event["usage"] = _running_usage(latest, body.n)
+                event["usage"] = _choice_usage(latest, index, 0)
             yield sse(event)
     if include_usage:
         metas = [finals[i] for i in sorted(finals)]

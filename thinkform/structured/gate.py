@@ -450,6 +450,11 @@ class ReasoningGate:
         """The engine appended `token_ids` (from forced_tokens) to the output."""
         self._advance(list(token_ids))
 
+    def reasoning_tokens_of(self, count: int) -> int:
+        """Reasoning tokens among the first `count` tokens taken (those the output holds: a logprob
+        request's forced ids wait for their steps after the gate took them)."""
+        return self._history[count].reasoning_tokens if count < len(self._history) else self.reasoning_tokens
+
     def rollback(self, num_tokens: int) -> None:
         """Undo the last num_tokens output tokens, across the end marker if need be."""
         if num_tokens < 0 or num_tokens > len(self._history):
