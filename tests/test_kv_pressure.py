@@ -52,6 +52,36 @@ def test_cached_tokens_count_the_prompt_only_across_preemptions(tiny_model_dirs)
         assert all(o["meta_info"]["cached_tokens"] <= o["meta_info"]["prompt_tokens"] for o in outs)
 
 
+def test_a_request_aborted_while_it_waits_after_a_preemption_counts_it(tiny_model_dirs):
+    """total_retractions counts each preemption when it happens (SGLang's count): a request aborted before it
+    was admitted again said 0, and the requests' counts fell short of the engine's."""
+    with Engine(model_path=str(tiny_model_dirs["llama"]), dtype="float32", max_total_tokens=128, page_size=4,
+                chunked_prefill_size=16) as engine:
+        scheduler, aborted = engine.loop.scheduler, []
+
+        def abort_the_first_preempted() -> None:
+            deadline = time.monotonic() + 60
+            while not aborted and time.monotonic() < deadline:
+                for seq in list(scheduler.waiting):
+                    if seq.admissions > 0:  # was running: preempted, waiting to be admitted again
+                        aborted.append(seq.rid)
+                        engine.abort(seq.rid)
+                        return
+                time.sleep(0.0005)
+
+        threading.Thread(target=abort_the_first_preempted, daemon=True).start()
+
+        async def run() -> list[dict]:
+            return await asyncio.gather(*[engine.async_generate(
+                "word " * 20 + str(k), {"max_new_tokens": 60, "ignore_eos": True, "temperature": 0}, rid=f"r{k}")
+                for k in range(4)])
+
+        outs = {o["meta_info"]["id"]: o["meta_info"] for o in _in_time(lambda: asyncio.run(run()), 120)}
+        assert aborted and outs[aborted[0]]["finish_reason"]["type"] == "abort"
+        assert outs[aborted[0]]["total_retractions"] >= 1
+        assert sum(m["total_retractions"] for m in outs.values()) == engine.loop.stats()["preemptions"]
+
+
 def test_a_callers_closed_event_loop_leaves_the_engine_serving(engine64):
     """asyncio.run(wait_for(async_generate(...), t)) gives up and closes its loop while the request runs:
     the request ends, the engine does not."""

@@ -69,7 +69,7 @@ def output_event(seq: Sequence, finished: bool, markers: ReasoningMarkers | None
         "finish_reason": seq.finish.to_dict() if finished and seq.finish else None,
         "prompt_tokens": len(seq.prompt_ids),
         "weight_version": "default",  # SGLang's: the weights are never updated in place here
-        "total_retractions": max(0, seq.admissions - 1),  # preempted and recomputed (SGLang's name)
+        "total_retractions": seq.retractions,  # preempted, recomputed or not yet (SGLang's name)
         "completion_tokens": len(seq.output_ids),
         "cached_tokens": seq.num_cached,
         "cached_tokens_details": None,

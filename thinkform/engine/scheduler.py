@@ -201,6 +201,7 @@ class Scheduler:
         """Free a sequence's pages and requeue it at the front; it is recomputed (prefix cache helps)."""
         self._free(seq)
         self.preemptions += 1
+        seq.retractions += 1
         seq.status = Status.WAITING
         self.running.remove(seq)
         self.waiting.appendleft(seq)

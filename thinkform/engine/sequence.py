@@ -76,6 +76,7 @@ class Sequence:
     num_computed: int = 0
     num_cached: int = 0  # prompt tokens the prefix cache served at admission
     admissions: int = 0  # 1 + the times it was preempted and admitted again (recomputed)
+    retractions: int = 0  # the times it was preempted (SGLang's total_retractions; counted when it happens)
     block_table: list[int] = field(default_factory=list)
     page_hashes: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
