@@ -708,3 +708,46 @@ def test_an_ending_that_may_grow_is_appended_while_there_is_room_for_growth(tiny
         outs = engine.generate(["Dates:"] * len(params), params)
     assert all(re.fullmatch(rx, o["text"]) and o["meta_info"]["finish_reason"]["type"] == "stop" for o in outs), \
         [o["text"] for o in outs if not re.fullmatch(rx, o["text"])]
+
+
+def test_a_step_whose_forced_text_leaves_the_ending_no_room_gives_way_to_it(tiny_model_dirs) -> None:
+    """Audit (JSONSchemaBench under tight budgets): after `{` with a few tokens left the model wrote `"`, and
+    jump-forward wrote the only key the schema has after it, up to where its ending (`]}`) no longer fit:
+    the answer was cut off invalid. Such a step is undone and the ending from before it written instead."""
+    from thinkform import Engine
+
+    key = "a_property_name_long_enough_to_fill_the_budget"
+    schema = {"type": "object", "properties": {key: {"type": "array", "items": {"type": "integer"}}},
+              "additionalProperties": False}
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=8192) as engine:
+        quote = engine.tokenizer.encode('"', add_special_tokens=False)
+        assert len(quote) == 1
+        outs = engine.generate(["Fill it in."] * 10, [  # the key is 35 tokens
+            {"temperature": 0, "max_new_tokens": budget, "json_schema": json.dumps(schema),
+             "logit_bias": {str(quote[0]): 100.0}} for budget in range(30, 60, 3)])
+    for out in outs:
+        assert out["meta_info"]["constraint_satisfied"], out
+        jsonschema.validate(json.loads(out["text"]), schema)
+    assert any(key in out["text"] for out in outs)  # where the key and its ending fit, the model's step stands
+
+
+def test_a_step_that_grows_a_waiting_ending_past_the_budget_gives_way_to_it(tiny_model_dirs) -> None:
+    """Audit (JSONSchemaBench under tight budgets): a found ending waits while the model writes on, with a
+    margin for growth; one key (`"spec"`, an object of eight required strings) grew it past that margin in a
+    step, and 13 of 14 answers were cut off. Once an ending that fits is found, every step is checked, and one
+    that leaves no room for the ending gives way to the ending from before it (with room for its EOS)."""
+    from thinkform import Engine
+
+    inner = {"type": "object", "properties": {k: {"type": "string"} for k in "bcdefghi"}, "required": list("bcdefghi"),
+             "additionalProperties": False}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "spec": inner}, "additionalProperties": False}
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=8192) as engine:
+        bias = {str(engine.tokenizer.encode(text, add_special_tokens=False)[0]): value
+                for text, value in (("s", 100.0), ('"', 50.0))}  # toward `{"spec": {"b": "sss...`
+        outs = engine.generate(["Fill it in."] * 14, [
+            {"temperature": 0, "max_new_tokens": budget, "json_schema": json.dumps(schema), "logit_bias": bias}
+            for budget in range(20, 62, 3)])
+    for out in outs:
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+        jsonschema.validate(json.loads(out["text"]), schema)
+    assert any('"spec"' in out["text"] for out in outs)

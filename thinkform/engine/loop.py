@@ -426,6 +426,9 @@ class EngineLoop:
             jumped, replaced = jump_forward(gate, self.parts.vocab, token, self._room(seq) - 1, self._specials)
             ids = jumped if replaced else ids + jumped
             self.counters["jump_tokens"] += len(jumped) - replaced
+        if answering and (ending := gate.ending_instead(ids, self._generated(seq))) is not None:
+            ids = ending  # the step would have left its answer's ending no room: the ending instead
+            self.counters["forced_tokens"] += len(ending)
         if logprob is not None and ids and ids[0] != token and rescore is not None:
             logprob = (rescore(ids[0]), *logprob[1:])  # the id at the sampled place is scored by the same row
         before = len(seq.output_ids)

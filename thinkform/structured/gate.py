@@ -74,6 +74,7 @@ def initial_phase(markers: ReasoningMarkers | None,
     return Phase.REASONING if markers.starts_in_reasoning(chat_template_kwargs) else Phase.OPEN
 
 
+_NOT_LOOKED = object()  # no ending looked for there
 _CHAR_GRACE = 3  # tokens a forced end of reasoning waits for the character the last one began
 
 
@@ -176,6 +177,7 @@ class ReasoningGate:
         self._answer = bytearray()  # answer bytes so far (the grammar's input)
         self._spelling_start = False  # appending the start marker's tokens for the model
         self._history: list[_Snapshot] = []
+        self._endings: dict[int, list[int] | None] = {}  # the endings found, by the tokens taken before them
         # a family with header ends (gpt-oss's bare ` to=functions.`, an end only in a message's header): whether
         # the bytes so far end inside a header, and (token index, the state before it) where a token changed it
         self._header_search: tuple[Any, ...] | None = None
@@ -417,14 +419,13 @@ class ReasoningGate:
             del self._ending_points[0]  # passed by a jump: only the nearest point counts
         del self._ending_points[0]
         later = self._ending_points[0] if self._ending_points else 0
-        ids = self._ending.ending_tokens(self.matcher, empty_ok=bool(self._answer), literals=self._ending_literals,
-                                         banned=self.forced_banned)
-        if ids is None or len(ids) > left:
+        ids = self._fitted(self._ending_now(), left)
+        if ids is None:
             return []
         # the ending may grow before the next look (a list item or a nested object opened): it waits while
         # it would still fit with half its length, or the grammar's shortest answer (up to 32), to spare, and
         # is looked for again halfway there, so growth is seen while there is room for it
-        need = len(ids) + max(4, len(ids) // 2, self._ending_growth)
+        need = self._need(ids)
         if self._ending_points and need < left:
             again = max(need, (left + need) // 2)
             if again > later:
@@ -432,6 +433,65 @@ class ReasoningGate:
             return []
         self.closed_by_budget = True
         return ids
+
+    def ending_instead(self, taken: Sequence[int], num_generated: int) -> list[int] | None:
+        """The ids of one step (a sampled token and the text the grammar forces after it, taken already):
+        where the answer's ending no longer fits the tokens left after them, the step is undone and the
+        ending from before it is taken instead, and returned; None: the step stands. Checked on each step
+        once an ending that fits was found (a look), and on a step that reaches the next look: one step's
+        forced text took a JSON answer from `{` with 7 tokens left to `{"ftueTracking": [` with 1, one key
+        grew an ending from 18 tokens to 41, and the answers were cut off. `num_generated`: the output's
+        tokens before the step."""
+        if self._ending is None or self.matcher is None or self.max_new_tokens is None \
+                or self.phase is not Phase.ANSWER or not taken:
+            return None
+        left = self.max_new_tokens - num_generated - len(taken)
+        known = self._endings.get(len(self._history) - len(taken), _NOT_LOOKED)
+        watched = known is not _NOT_LOOKED and self._fitted(known, left + len(taken), False) is not None
+        # a one-token step grows the ending by little (the looks keep a margin for that) until it nears the
+        # end of that margin; forced text (a key and what it requires) may grow it by a whole object
+        if watched and len(taken) == 1 and left > self._need(known):  # type: ignore[arg-type]
+            return None
+        if not watched and (not self._ending_points or left > self._ending_points[0]):
+            return None
+        if not self._in_closing_scope():
+            return None
+        after = self._ending_now()
+        # none found from there: undone only where the ending must be written now (the reserve); further out
+        # the model writes on, as a look there lets it
+        if self._fitted(after, left, False) is not None or (after is None and left > self._closing_reserve):
+            return None
+        self.rollback(len(taken))
+        before = self._fitted(self._ending_now(), left + len(taken)) if self._in_closing_scope() else None
+        self._advance(list(before if before is not None else taken))
+        if before is None:
+            return None
+        self.closed_by_budget = True
+        return before
+
+    def _need(self, ending: list[int]) -> int:
+        """The tokens a found ending waits for: its length and a margin for growth (half of it, or the
+        grammar's shortest answer for one that repeats)."""
+        return len(ending) + max(4, len(ending) // 2, self._ending_growth)
+
+    def _ending_now(self) -> list[int] | None:
+        """The ending from the answer as it stands, searched once there (a step's check and a look share it;
+        the last two kept: a step's check falls back to the one before it)."""
+        at = len(self._history)
+        if at not in self._endings:
+            self._endings[at] = self._ending.ending_tokens(  # type: ignore[union-attr]
+                self.matcher, empty_ok=bool(self._answer), literals=self._ending_literals, banned=self.forced_banned)
+            while len(self._endings) > 2:
+                del self._endings[next(iter(self._endings))]
+        return self._endings[at]
+
+    def _fitted(self, ids: list[int] | None, left: int, eos_may_go: bool = True) -> list[int] | None:
+        """The ending as far as `left` tokens hold it (`eos_may_go`: its EOS may go, the answer is complete at
+        max_new_tokens all the same, though its finish reads "length"), else None."""
+        slack = 1 if eos_may_go and ids and ids[-1] in self._eos else 0
+        if ids is None or len(ids) > left + slack:
+            return None
+        return list(ids[:left]) or None if ids else []
 
     def _between_calls_ending(self, left: int) -> list[int] | None:
         """Between two tool calls, where the answer may end, with too few tokens left for one more call of the
@@ -465,6 +525,7 @@ class ReasoningGate:
         answer_len = len(self._answer)
         snapshot = self._history[-num_tokens]
         del self._history[-num_tokens:]
+        self._endings = {at: ids for at, ids in self._endings.items() if at <= len(self._history)}
         self._restore(snapshot)
         if steps and self.matcher is not None:
             self.matcher.rollback(steps)
