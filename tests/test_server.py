@@ -325,11 +325,11 @@ def test_stream_sends_reasoning_content_and_usage_then_done(served):
         events = sse_events(r)
     assert events[-1] == "[DONE]"
     deltas = [e["choices"][0]["delta"] for e in events[:-2]]
-    assert deltas[0] == {"role": "assistant", "content": ""}
-    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
-    content = "".join(d.get("content", "") for d in deltas)
+    assert deltas[0] == {"role": "assistant", "content": "", "reasoning_content": None}
+    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    content = "".join(d.get("content") or "" for d in deltas)
     assert reasoning == "Think" and content == "Paris is nice"
-    assert not any("<" in d.get("content", "") + d.get("reasoning_content", "") for d in deltas)  # no marker leaks
+    assert not any("<" in (d.get("content") or "") + (d.get("reasoning_content") or "") for d in deltas)  # no marker leaks
     assert events[-3]["choices"][0]["finish_reason"] == "stop"
     assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] > 0
 
@@ -340,7 +340,7 @@ def test_stream_reasoning_false_sends_reasoning_in_one_piece(served):
     with httpx.stream("POST", f"{base}/v1/chat/completions",
                       json={"messages": QUESTION, "stream": True, "stream_reasoning": False}) as r:
         deltas = [e["choices"][0]["delta"] for e in sse_events(r)[:-1]]
-    assert [d["reasoning_content"] for d in deltas if "reasoning_content" in d] == ["A long thought"]
+    assert [d["reasoning_content"] for d in deltas if d.get("reasoning_content")] == ["A long thought"]
 
 
 def test_stream_tool_calls_with_the_sdk(served):

@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "SamplingParams", "__version__"]
+__all__ = ["Engine", "FunctionCallParser", "ReasoningParser", "SamplingParams", "__version__"]
 
 if TYPE_CHECKING:
     from thinkform.engine.engine import Engine
     from thinkform.engine.sampling_params import SamplingParams
+    from thinkform.parsers import FunctionCallParser, ReasoningParser
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,7 @@ def __getattr__(name: str) -> Any:
     if name == "SamplingParams":
         from thinkform.engine.sampling_params import SamplingParams
         return SamplingParams
+    if name in ("ReasoningParser", "FunctionCallParser"):  # SGLang's offline parsers (thinkform/parsers.py)
+        from thinkform import parsers
+        return getattr(parsers, name)
     raise AttributeError(f"module 'thinkform' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """Native (SGLang) routes: /generate, /health, /ping, /get_model_info, /get_server_info (and their newer
 names /model_info, /server_info), /get_weight_version, /get_load, /abort_request, /flush_cache,
-/separate_reasoning, /parse_function_call."""
+/separate_reasoning, /parse_function_call; SGLang's weight-update and memory-release routes answer that they are
+not supported."""
 from __future__ import annotations
 
 import asyncio
@@ -208,6 +209,41 @@ async def get_server_info(request: Request) -> dict[str, Any]:
 @router.get("/get_weight_version")
 async def get_weight_version(request: Request) -> dict[str, Any]:
     return {"weight_version": _state(request).engine.get_model_info().get("weight_version", "default")}
+
+
+# SGLang's routes that change the weights or free the GPU memory in place (RL training loops): thinkform serves
+# the weights it loaded at start and holds its memory, so each is answered as SGLang answers one that failed
+# (400, {"success": false, "message": ...}), the message naming the endpoint, with the usual error object beside
+# it; never the bare 404 of a route that does not exist, never a pretended success.
+_NOT_SUPPORTED = {
+    "update_weights_from_disk": ("POST",),
+    "update_weights_from_tensor": ("POST",),
+    "update_weights_from_distributed": ("POST",),
+    "init_weights_update_group": ("POST",),
+    "release_memory_occupation": ("GET", "POST"),
+    "resume_memory_occupation": ("GET", "POST"),
+}
+_WHY = {"weights": "it serves the weights it loaded at start (restart it with the new --model-path to change them)",
+        "memory": "it keeps its model and KV cache in memory while it runs"}
+
+
+def _not_supported(name: str) -> Any:
+    why = _WHY["memory" if name.endswith("memory_occupation") else "weights"]
+    message = f"/{name} is not supported by thinkform: {why}"
+
+    async def endpoint() -> JSONResponse:
+        body: dict[str, Any] = {"success": False, "message": message}
+        if name.startswith("update_weights"):
+            body["num_paused_requests"] = 0  # SGLang's update answer carries it; nothing was paused
+        return JSONResponse({**body, **error_body(message, code=400)}, status_code=400)
+
+    endpoint.__name__ = f"{name}_not_supported"
+    return endpoint
+
+
+for _name, _methods in _NOT_SUPPORTED.items():
+    router.add_api_route(f"/{_name}", _not_supported(_name), methods=list(_methods), include_in_schema=False,
+                         operation_id=f"{_name}_not_supported")
 
 
 @router.post("/separate_reasoning")

@@ -20,7 +20,7 @@ from thinkform.server.errors import APIError
 from thinkform.server.params import (RequestConstraints, chat_template_kwargs, check_max_tokens, constraint_fields,
                                     sampling_params, spelled_error, validate_constraints)
 from thinkform.server.protocol import (ChatCompletionRequest, CompletionRequest, NamedToolChoice, SamplingFields,
-                                       warn_unknown)
+                                       refuse_sglang_only_fields, warn_unknown)
 from thinkform.server.state import ServerState, new_id, now
 from thinkform.server.streaming import (SSE_DONE, call_until_disconnect, open_stream, sse,
                                         stream_with_abort)
@@ -152,6 +152,7 @@ def _check_token_id_options(body: ChatCompletionRequest | CompletionRequest) -> 
 
 
 def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
+    refuse_sglang_only_fields(body)
     if body.chat_template is not None:
         raise APIError("chat_template: a per-request template is not supported; start the server with "
                        "--chat-template", param="chat_template")
@@ -590,6 +591,8 @@ async def _chat_events(state: ServerState, plan: ChatPlan, body: ChatCompletionR
         logprobs = {"content": chat_logprob_entries(plan.token_names, pairs, state.engine.token_bytes)} if pairs else None
         if "reasoning_content" in delta:  # under both names, as in the whole response
             delta = {**delta, "reasoning": delta["reasoning_content"]}
+        else:  # SGLang writes it in every delta (null where none): `delta.reasoning_content` must not raise
+            delta = {**delta, "reasoning_content": None}
         event = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs,
                               **extra}]}
@@ -766,6 +769,7 @@ def _completion_rids(body: CompletionRequest, batch: int | None) -> tuple[str, s
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
     warn_unknown(body, "/v1/completions")
+    refuse_sglang_only_fields(body)
     inputs = _completion_inputs(body, state.engine.tokenizer, state.engine.context_length)
     _check_token_id_options(body)
     check_max_tokens(body.max_tokens, state.limits, "max_tokens")

@@ -11,7 +11,7 @@ from thinkform.server.errors import APIError
 from thinkform.server.protocol import ResponseFormat, SamplingFields
 from thinkform.server.tools import tool_name
 from thinkform.structured.schema_support import schema_problem
-from thinkform.structured.spec import ConstraintError, constraint_from_fields
+from thinkform.structured.spec import ConstraintError, constraint_from_fields, lark_text
 
 _PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "seed", "stop_token_ids", "n", "presence_penalty",
                 "frequency_penalty", "repetition_penalty", "skip_special_tokens", "ignore_eos",
@@ -239,8 +239,9 @@ def _vllm_value(name: str, ours: str, value: Any) -> tuple[str, Any]:
     """A choice is an EBNF of its alternatives (the answer is one of them, verbatim); json_object any object."""
     if ours == "json_object":
         return "json_schema", {"type": "object"}
-    if ours == "ebnf" and name != "ebnf" and _likely_lark(value):  # vLLM's grammar fields; SGLang's ebnf is EBNF
-        return "ebnf", _lark_as_ebnf(name, value)
+    if ours == "ebnf" and name != "ebnf" and isinstance(value, str) and lark_text(value):  # vLLM's grammar fields
+        _check_lark(name, value)
+        return "ebnf", value  # the Lark as written: each backend reads it its own way (Constraint.dialect)
     if ours != "choice":
         return ours, value
     if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
@@ -248,23 +249,17 @@ def _vllm_value(name: str, ours: str, value: Any) -> tuple[str, Any]:
     return "ebnf", "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in value)
 
 
-def _likely_lark(grammar: Any) -> bool:
-    """vLLM's reading of a grammar field: Lark unless some line (comments aside) defines a rule with `::=`."""
-    if not isinstance(grammar, str) or not grammar.strip():
-        return False
-    lines = (re.sub(r"(#|//).*$", "", line).strip() for line in grammar.splitlines())
-    return not any("::=" in line for line in lines)
-
-
-def _lark_as_ebnf(name: str, grammar: str) -> str:
-    """A Lark grammar (vLLM's `guided_grammar` takes them) as xgrammar's EBNF, converted by xgrammar."""
+def _check_lark(name: str, grammar: str) -> None:
+    """A Lark grammar (vLLM's `guided_grammar` takes them) checked up front by xgrammar's Lark reader."""
     import xgrammar
 
+    from thinkform.structured.backends.xgrammar import xgrammar_reason
+
     try:
-        return str(xgrammar.Grammar.from_lark(grammar))
+        xgrammar.Grammar.from_lark(grammar)
     except (RuntimeError, ValueError) as e:
         raise APIError(f"{name}: read as a Lark grammar (no rule is defined with '::='), and it is not one "
-                       f"xgrammar reads: {str(e).splitlines()[0]}", param=name) from e
+                       f"xgrammar reads: {xgrammar_reason(str(e)).splitlines()[0]}", param=name) from e
 
 
 def check_max_tokens(value: int | None, limits: RequestLimits, param: str) -> None:

@@ -85,6 +85,19 @@ def warn_unknown(model: BaseModel, where: str, known: frozenset[str] = frozenset
         logger.warning("%s: ignoring unknown field(s) %s", where, ", ".join(names))
 
 
+def refuse_sglang_only_fields(body: "SamplingFields") -> None:
+    """SGLang's OpenAI request fields for what thinkform does not do are a 400 naming the field, never dropped
+    silently (the answer would come from the base model, unprocessed): `lora_path` and `custom_logit_processor`
+    unless they ask for nothing (null, or a list of nulls per prompt, as /generate takes them). (A `model`
+    spelled `base:adapter` is not read as a LoRA request: any model name is taken, and Ollama-style names
+    such as `qwen3:8b` are common.)"""
+    for name in ("lora_path", "custom_logit_processor"):
+        value = getattr(body, name, None)
+        if value is not None and not (isinstance(value, list) and all(v is None for v in value)):
+            what = "LoRA adapters are" if name == "lora_path" else "custom logit processors are"
+            raise APIError(f"{name}: {what} not supported by thinkform (leave it out or pass null)", param=name)
+
+
 # ---------- OpenAI: shared ----------
 
 class StreamOptions(Lenient):
@@ -175,6 +188,10 @@ class SamplingFields(Lenient):
     include_stop_str_in_output: Optional[bool] = None  # vLLM's no_stop_trim
     # SGLang's (bool or "last"); not supported here, so refused (params.refuse_hidden_states), not ignored
     return_hidden_states: Any = None
+    # SGLang's LoRA adapter (a name, or one per prompt) and custom logit processor (a serialized callable, with
+    # custom_params as its arguments): not supported here, so refused unless null (refuse_sglang_only_fields)
+    lora_path: Any = None
+    custom_logit_processor: Any = None
     # vLLM's
     allowed_token_ids: Optional[list[int]] = None
     bad_words: Optional[list[str]] = None

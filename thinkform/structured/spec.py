@@ -7,7 +7,9 @@ xgrammar 0.2's `format` form), plus `json_object` for OpenAI's response_format j
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from thinkform.structured.ecma_regex import ecma_pattern, ecma_schema
@@ -48,6 +50,12 @@ class Constraint:
         return (self.kind, self.source)
 
     @property
+    def dialect(self) -> str | None:
+        """An ebnf's dialect: "lark" where no rule is defined with `::=` (lark_text), which each backend reads
+        its own way (xgrammar through its Lark reader, llguidance as Lark); None: GBNF (or not a grammar)."""
+        return "lark" if self.kind == "ebnf" and lark_text(self.source) else None
+
+    @property
     def field(self) -> str:
         """The request field this constraint came from (json_object comes from json_schema "$$ANY$$")."""
         return "json_schema" if self.kind == "json_object" else self.kind
@@ -85,6 +93,26 @@ def constraint_from_fields(
     if field == "regex":  # `\d` and `\w` mean ASCII (as xgrammar reads them) whichever library compiles it
         value = ecma_pattern(value)
     return Constraint(field, value)  # type: ignore[arg-type]
+
+
+def lark_text(grammar: str) -> bool:
+    """Whether a grammar is Lark: no line (comments aside) defines a rule with `::=` (vLLM's reading of its
+    grammar fields; GBNF defines every rule so, and xgrammar reads SGLang's `ebnf` field as GBNF only). Lark
+    in SGLang's `ebnf` field is read as Lark too, as llguidance reads it there."""
+    if not grammar.strip():
+        return False
+    lines = (re.sub(r"(#|//).*$", "", line).strip() for line in grammar.splitlines())
+    return not any("::=" in line for line in lines)
+
+
+def is_lark(constraint: Constraint) -> bool:
+    return constraint.dialect == "lark"
+
+
+def rules_as_written(rules: list[str], lark: bool) -> list[str]:
+    """Rule names of xgrammar's reading of a grammar as the user wrote them: its Lark reader (`lark`) renames
+    `start`, Lark's start rule, to `root`."""
+    return [("start" if rule == "root" and lark else rule) for rule in rules]
 
 
 def _json_schema(value: Any) -> Constraint:
@@ -213,7 +241,8 @@ def is_json_format(tag: dict[str, Any]) -> bool:
 
 def tag_grammar(tag: dict[str, Any]) -> tuple[str, str] | None:
     """("ebnf", grammar) or ("regex", pattern) of a structural tag whose whole format is one grammar or one
-    regex (pythonic tool calls under tool_choice required); None for any other tag."""
+    regex (pythonic tool calls under tool_choice required), or is text only, with no JSON schema anywhere
+    (`<a>` + any_text + `</a>`: xgrammar's EBNF of it), closed as that grammar; None for any other tag."""
     fmt = tag.get("format")
     if not isinstance(fmt, dict):
         return None
@@ -221,7 +250,31 @@ def tag_grammar(tag: dict[str, Any]) -> tuple[str, str] | None:
         return "ebnf", fmt["grammar"]
     if fmt.get("type") == "regex" and isinstance(fmt.get("pattern"), str):
         return "regex", fmt["pattern"]
+    if not _holds_schema(fmt):  # all text (tags of any_text, const strings, ...): no tool call, one grammar
+        ebnf = _text_format_ebnf(json.dumps(fmt, ensure_ascii=False))
+        return ("ebnf", ebnf) if ebnf is not None else None
     return None
+
+
+def _holds_schema(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_holds_schema(item) for item in node)
+    if isinstance(node, dict):
+        return node.get("type") == "json_schema" or any(_holds_schema(value) for value in node.values())
+    return False
+
+
+@lru_cache(maxsize=256)
+def _text_format_ebnf(fmt: str) -> str | None:
+    """xgrammar's EBNF of a structural tag format made of text only: its fixed strings (a tag's `end`, each
+    `const_string`) are the grammar's literals, which the budget's ending search tries whole (literals.py: no
+    byte of `any_text` leads out of it, only the whole `</a>`). None where xgrammar does not read it."""
+    import xgrammar as xgr
+
+    try:
+        return str(xgr.Grammar.from_structural_tag(json.dumps({"type": "structural_tag", "format": json.loads(fmt)})))
+    except Exception:  # noqa: BLE001 - the compile reports a bad format; no grammar to close it by here
+        return None
 
 
 def xml_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar
 
 import llguidance
@@ -21,7 +22,8 @@ from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.unending import unending_rules
 from thinkform.structured.vocab import (CheckedBytes, added_token_ids, checked_token_bytes, misread_token, spell_text,
                                         token_text, tokenizer_name)
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, has_xml_content
+from thinkform.structured.spec import (Constraint, ConstraintError, GrammarOptions, has_xml_content, is_lark,
+                                       rules_as_written)
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR
 
 ANY_JSON_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
@@ -101,18 +103,23 @@ class LLGuidanceCompiled(CompiledGrammar):
 
     def unending_rules(self) -> list[str]:
         """llguidance cannot tell (its matcher meets the dead end later: a request failing with "token 0 is
-        not allowed"); xgrammar's reading of the same source can: an EBNF, or a JSON schema that refers to
-        itself ($ref: no recursion without one). [] where xgrammar cannot read it."""
+        not allowed"); xgrammar's reading of the same source can: a GBNF or Lark grammar (read as llguidance
+        read it: spec.is_lark), or a JSON schema that refers to itself ($ref: no recursion without one). Rules
+        named as the user wrote them (Lark's `start`); [] where xgrammar cannot read it."""
         c = self._constraint
         if c is None or not (c.kind == "ebnf" or c.kind == "json_schema" and "$ref" in c.source):
             return []
         import xgrammar as xgr
 
+        lark = is_lark(c)
         try:
-            grammar = xgr.Grammar.from_ebnf(c.source) if c.kind == "ebnf" else xgr.Grammar.from_json_schema(c.source)
+            if c.kind == "json_schema":
+                grammar = xgr.Grammar.from_json_schema(c.source)
+            else:
+                grammar = xgr.Grammar.from_lark(c.source) if lark else xgr.Grammar.from_ebnf(c.source)
         except Exception:  # noqa: BLE001 - a dialect or keyword only llguidance reads: no verdict
             return []
-        return unending_rules(str(grammar))
+        return rules_as_written(unending_rules(str(grammar)), lark)
 
 
 def lltokenizer(ctx: BackendContext) -> llguidance.LLTokenizer:
@@ -185,16 +192,23 @@ class LLGuidanceBackend(GrammarBackend):
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)
+        gbnf_lark = None  # llguidance's Lark translation of a GBNF grammar: its errors quote that text
         try:
-            grammar = self._grammar(constraint)
+            if constraint.kind == "ebnf" and not is_lark(constraint):
+                gbnf_lark = gbnf_as_lark(constraint.source)
+                grammar = LLMatcher.grammar_from_lark(gbnf_lark)
+            else:
+                grammar = self._grammar(constraint)
         except ConstraintError:
             raise
         except Exception as e:  # grammar_from_* raise ValueError on malformed input
             raise ConstraintError(f"invalid {constraint.field}: {e}", field=constraint.field) from e
         matcher = LLMatcher(self._tok, grammar, log_level=0)
         if matcher.is_error():
-            raise ConstraintError(f"invalid {constraint.field}: {matcher.get_error().strip()}",
-                                  field=constraint.field)
+            error = matcher.get_error().strip()
+            if gbnf_lark is not None:
+                error = gbnf_error(error, gbnf_lark, constraint.source)
+            raise ConstraintError(f"invalid {constraint.field}: {error}", field=constraint.field)
         compiled = LLGuidanceCompiled(matcher, self._tok, frozenset(self.ctx.eos_token_ids), constraint)
         compiled.answer_check = answer_check_for(constraint, names_as_written=True)  # (unenforced_keywords)
         return compiled
@@ -209,10 +223,91 @@ class LLGuidanceBackend(GrammarBackend):
             return LLMatcher.grammar_from_json_schema(ANY_JSON_SCHEMA, overrides=json_options(opts))
         if constraint.kind == "regex":
             return LLMatcher.grammar_from_regex(ecma_dots(without_assertions(constraint.source)))
-        if constraint.kind == "ebnf":
-            # GBNF (`root ::= …`, SGLang's dialect) is converted to lark; lark passes through.
-            return llguidance.grammar_from("ebnf", constraint.source)
+        if constraint.kind == "ebnf":  # Lark, as written (a GBNF is converted in compile: gbnf_as_lark)
+            return llguidance.grammar_from("lark", constraint.source)
         return _structural_tag_grammar(constraint.data(), opts)
+
+
+def gbnf_as_lark(gbnf: str) -> str:
+    """A GBNF grammar as llguidance's Lark, by llguidance's converter, its `\\uXXXX` / `\\UXXXXXXXX` escapes
+    first written so that the converter keeps them (it drops their leading zeros: `\\u00e9` became `\\ue9`, a
+    lexer error, `\\U0010FFFF` `\\U10FFFF`, an invalid regex; llama.cpp's json.gbnf failed so). A ValueError
+    quoting the user's text where the converter cannot read it."""
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    try:
+        return gbnf_to_lark(_plain_unicode_escapes(gbnf))
+    except Exception as e:  # noqa: BLE001 - the converter raises its own error class or Exception
+        try:
+            gbnf_to_lark(gbnf)  # the same failure as the user's text shows it, where the rewrite kept it
+        except Exception as original:  # noqa: BLE001
+            e = original
+        raise ValueError(f"Failed to convert the grammar from GBNF to Lark: {e}") from None
+
+
+# a GBNF comment, string literal or character class: escapes are rewritten only inside the latter two
+_GBNF_PIECE = re.compile(r'#[^\r\n]*|"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]', re.DOTALL)
+_GBNF_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|.)", re.DOTALL)
+
+
+def _plain_unicode_escapes(gbnf: str) -> str:
+    """`\\uXXXX` and `\\UXXXXXXXX` inside a GBNF string or character class as what llguidance's converter
+    keeps: `\\xHH` below U+0100 (which stays an escape: a quote, backslash, bracket, `-` or `^` keeps no
+    special meaning), the character itself above (none of those is special). A surrogate or a code point past
+    U+10FFFF stays as written (llguidance refuses it)."""
+    def char(m: re.Match[str]) -> str:
+        digits = m.group(1) or m.group(2)
+        if digits is None:
+            return m.group(0)  # another escape, kept whole (`\\\\u0041` is a backslash, then `u0041`)
+        code = int(digits, 16)
+        if code < 0x100:
+            return f"\\x{code:02x}"
+        return m.group(0) if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF else chr(code)
+
+    def piece(m: re.Match[str]) -> str:
+        text = m.group(0)
+        return text if text.startswith("#") else _GBNF_ESCAPE.sub(char, text)
+
+    return _GBNF_PIECE.sub(piece, gbnf)
+
+
+_ERROR_AT = re.compile(r"^(?:at )?(\d+)\((\d+)\): ")  # "3(13): lexer error", "at 3(8): invalid regex ..."
+_EXCERPT = re.compile(r"^\s*\d+ \| ")  # "   3 | start: ..." (the quoted grammar, llguidance's Lark)
+_LARK_RULE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:")
+_GBNF_RULE = re.compile(r"(?m)^[ \t]*([A-Za-z0-9_-]+)[ \t]*::=")
+
+
+def gbnf_error(error: str, lark: str, gbnf: str) -> str:
+    """llguidance's error on its Lark translation of a GBNF grammar, said of the user's grammar: the reason,
+    and the rule it is in under the user's name (`root`, `foo-bar`), not the translation's excerpt (`start`,
+    `FOO_BAR`, escapes it rewrote). The error as it is where its form is not the one known."""
+    lines = error.splitlines()
+    at = _ERROR_AT.match(lines[0]) if lines else None
+    if at is None:
+        return error
+    body = []
+    for line in lines[1:]:
+        if _EXCERPT.match(line):
+            break
+        body.append(line)
+    reason = re.sub(r" \(at .*\)$", "", lines[0][at.end():])  # the lexer's position in the translation
+    reason = reason.removesuffix(" (in regex): regex parse error:")
+    detail = next((line.removeprefix("error: ") for line in body if line.startswith("error: ")), None)
+    if detail:
+        reason = f"{reason}: {detail}"
+    rule = None
+    translated = lark.splitlines()
+    for number in range(min(int(at.group(1)), len(translated)), 0, -1):
+        if (m := _LARK_RULE.match(translated[number - 1])) is not None:
+            rule = m.group(1)
+            break
+    if rule is None:
+        return reason
+    names = {}
+    for name in _GBNF_RULE.findall(gbnf):
+        lark_name = "start" if name == "root" else re.sub(r"([a-z])([A-Z])", r"\1_\2", name.replace("-", "_"))
+        names.setdefault(lark_name.lower(), name)
+    return f"rule {names.get(rule.lower(), rule)!r}: {reason}"
 
 
 def _bounded_multiples(schema: Any, opts: GrammarOptions) -> Any:
@@ -350,22 +445,35 @@ def _legacy_items(tag: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
     return [(s["begin"], s["schema"], s["end"]) for s in tag["structures"]]
 
 
-def _format_items(fmt: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
-    unsupported = ConstraintError(
+def _unsupported_format(fmt: dict[str, Any]) -> ConstraintError:
+    """A format llguidance does not compile: where xgrammar, which compiles the others, refuses it too (a
+    format type it does not know, a tag with no content), its reason, with no advice to use it; else that advice."""
+    import xgrammar as xgr
+
+    from thinkform.structured.backends.xgrammar import xgrammar_reason
+
+    try:
+        xgr.Grammar.from_structural_tag(json.dumps({"type": "structural_tag", "format": fmt}))
+    except Exception as e:  # noqa: BLE001 - InvalidStructuralTagError, RuntimeError, ...
+        return ConstraintError(f"invalid structural_tag: {xgrammar_reason(str(e))}", field="structural_tag")
+    return ConstraintError(
         "grammar backend 'llguidance' supports structural_tag only as triggered tags with JSON-schema "
         "content (the legacy 'structures' form or format type 'triggered_tags'); use --grammar-backend "
-        "xgrammar for other structural tag formats", field="structural_tag")
+        "xgrammar or auto for other structural tag formats", field="structural_tag")
+
+
+def _format_items(fmt: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
     if fmt.get("type") != "triggered_tags" or fmt.get("at_least_one") or fmt.get("stop_after_first"):
-        raise unsupported
+        raise _unsupported_format(fmt)
     items = []
     for t in fmt.get("tags", []):
         content = t.get("content", {})
         if (t.get("type", "tag") != "tag" or content.get("type") != "json_schema"
                 or not isinstance(t.get("begin"), str) or not isinstance(t.get("end"), str)
                 or content.get("style", "json") != "json"):
-            raise unsupported
+            raise _unsupported_format(fmt)
         schema = content["json_schema"]
         items.append((t["begin"], json.loads(schema) if isinstance(schema, str) else schema, t["end"]))
     if not items:
-        raise unsupported
+        raise _unsupported_format(fmt)
     return items

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +21,7 @@ from thinkform.structured.schema_support import (answer_check_for, bounded_numbe
                                                   complete_required, name_every_type, OTHER_BACKENDS_HINT)
 from thinkform.structured.schema_walk import map_schemas
 from thinkform.structured.xml_args import XML_ONLY_XGRAMMAR, xml_value_closers
-from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions
+from thinkform.structured.spec import Constraint, ConstraintError, GrammarOptions, rules_as_written
 from thinkform.structured.unending import unending_rules
 from thinkform.structured.vocab import xgrammar_tokenizer_info
 
@@ -79,8 +80,9 @@ class XGrammarMatcher(GrammarMatcher):
 
 
 class XGrammarCompiled(CompiledGrammar):
-    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
+    def __init__(self, compiled: xgr.CompiledGrammar, lark: bool = False) -> None:
         self.compiled = compiled
+        self._lark = lark  # read from Lark: its rules are named as the user wrote them, `start` as `start`
 
     def new_matcher(self) -> GrammarMatcher:
         matcher = XGrammarMatcher(self.compiled)
@@ -91,7 +93,7 @@ class XGrammarCompiled(CompiledGrammar):
         return int(self.compiled.memory_size_bytes)
 
     def unending_rules(self) -> list[str]:
-        return unending_rules(str(self.compiled.grammar))
+        return rules_as_written(unending_rules(str(self.compiled.grammar)), self._lark)
 
 
 @register_backend
@@ -132,7 +134,7 @@ class XGrammarBackend(GrammarBackend):
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         self.check_kind(constraint)
         try:
-            compiled = XGrammarCompiled(self._compile(constraint))
+            compiled = XGrammarCompiled(self._compile(constraint), lark=constraint.dialect == "lark")
         except ConstraintError:
             raise
         except Exception as e:  # xgrammar raises RuntimeError / ValueError / pydantic errors alike
@@ -156,7 +158,10 @@ class XGrammarBackend(GrammarBackend):
                 raise ConstraintError(f"regex: {e}{OTHER_BACKENDS_HINT}", field="regex") from e
             return self._compiler.compile_regex(unambiguous_hex_escapes(regex))
         if constraint.kind == "ebnf":
-            return self._compiler.compile_grammar(unambiguous_hex_escapes(constraint.source))
+            source = constraint.source
+            if constraint.dialect == "lark":  # vLLM's grammar fields' Lark, through xgrammar's Lark reader
+                source = str(xgr.Grammar.from_lark(source))
+            return self._compiler.compile_grammar(unambiguous_hex_escapes(source))
         return self._compiler.compile_structural_tag(json.dumps(structural_tag_format(constraint.data(), opts)))
 
 
@@ -235,9 +240,18 @@ def _xml_policy(node: dict[str, Any], opts: GrammarOptions) -> dict[str, Any]:
 
 
 def _message(e: Exception) -> str:
-    # xgrammar's C++ errors carry a "[time] file.cc:line: " prefix; the reason is what follows.
-    text = str(e).strip()
-    head, sep, tail = text.partition("] ")
-    if sep and head.startswith("[") and ".cc:" in tail.split(" ", 1)[0]:
-        text = tail.split(": ", 1)[-1]
-    return text
+    return xgrammar_reason(str(e))
+
+
+# xgrammar's C++ errors carry a "[hh:mm:ss] /path/file.cc:line: " log prefix, at the start or inside another
+# message (a Lark regex terminal's: "failed to compile regular expression: [06:10:45] /project/cpp/...cc:83: ...")
+_LOG_PREFIX = re.compile(r"\[\d{1,2}:\d{2}:\d{2}\] \S+\.(?:cc|h|cpp):\d+: ")
+# ... and a failed assertion its condition, C++ the user never wrote: "Check failed: (cond) is false: reason"
+_CHECK_FAILED = re.compile(r"Check failed: .*? is false:\s*")
+
+
+def xgrammar_reason(text: str) -> str:
+    """The reason in an xgrammar error's text, without its log prefix, assertion text, or (a structural tag's)
+    "Invalid structural tag error: " preamble."""
+    reason = _CHECK_FAILED.sub("", _LOG_PREFIX.sub("", text.strip())).removeprefix("Invalid structural tag error: ")
+    return reason or text.strip()
