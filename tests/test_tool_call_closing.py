@@ -184,3 +184,24 @@ def test_a_call_the_model_began_is_never_ended_for_it(llama3, name):
                 break
             gate.accept(token)
     assert written == 0 and ended_between  # the budgets reach both cases
+
+
+def test_a_call_begun_too_late_to_fit_gives_way_to_the_end_of_the_text(qwen_vocab_model) -> None:
+    """Audit (grammar dialects): a trigger written in the last few tokens began a call that could not fit
+    (`...themselves<tool>{"n": ` at max_new_tokens, constraint_satisfied false); the step that begins it is
+    undone and the answer ends in its text instead."""
+    from thinkform import Engine
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    tag = {"type": "structural_tag", "structures": [{"begin": "<tool>", "schema": schema, "end": "</tool>"}],
+           "triggers": ["<"]}
+    model, tok = qwen_vocab_model
+    less_than = tok.encode("<", add_special_tokens=False)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Go:"}], tokenize=False, add_generation_prompt=True)
+    with Engine(model_path=str(model), max_total_tokens=8192) as engine:
+        outs = engine.generate([prompt] * 40, [{"structural_tag": json.dumps(tag), "logit_bias": {str(less_than[0]): 12},
+                                                "max_new_tokens": 48, "temperature": 1.0, "seed": seed}
+                                               for seed in range(40)])
+    assert all(o["meta_info"]["constraint_satisfied"] for o in outs), \
+        [o["text"][-40:] for o in outs if not o["meta_info"]["constraint_satisfied"]]
+    assert sum("<tool>" in o["text"] for o in outs) >= 10  # calls that fit are written

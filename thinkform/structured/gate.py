@@ -454,7 +454,7 @@ class ReasoningGate:
             return None
         if not watched and (not self._ending_points or left > self._ending_points[0]):
             return None
-        if not self._in_closing_scope():
+        if not self._in_closing_scope() and self._grammar_may_end():  # text where the answer may end: nothing begun
             return None
         after = self._ending_now()
         # none found from there: undone only where the ending must be written now (the reserve); further out
@@ -462,7 +462,12 @@ class ReasoningGate:
         if self._fitted(after, left, False) is not None or (after is None and left > self._closing_reserve):
             return None
         self.rollback(len(taken))
-        before = self._fitted(self._ending_now(), left + len(taken)) if self._in_closing_scope() else None
+        # from text where the answer may end, outside closing's scope (a tool call's, a structural tag's), the
+        # step began a call (or its trigger) that cannot fit: the answer ends in that text instead (a half call
+        # is no answer). Where closing does not reach (a call's name the model is writing) the step stands: no
+        # call is written that the model did not begin
+        usable = self._in_closing_scope() or self._grammar_may_end()
+        before = self._fitted(self._ending_now(), left + len(taken)) if usable else None
         self._advance(list(before if before is not None else taken))
         if before is None:
             return None
