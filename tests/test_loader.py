@@ -133,8 +133,8 @@ def test_a_copy_is_named_by_content_and_replaces_the_stale_ones(tmp_path, monkey
     import os
 
     monkeypatch.setenv("THINKFORM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(loader, "_write_converted",
-                        lambda source, out: (out / loader._COMPLETE_MARKER).write_text("{}"))
+    monkeypatch.setattr(loader, "_write_converted", lambda source, out: (out / loader._COMPLETE_MARKER).write_text(
+        json.dumps({"source": str(source.resolve())})))
     gguf = tmp_path / "a" / "model.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF fake")
@@ -166,7 +166,8 @@ def smollm():
 
 def test_default_model_matches_transformers(smollm):
     assert smollm.config.arch == "LlamaForCausalLM" and smollm.config.tie_word_embeddings
-    assert smollm.eos_token_ids == (smollm.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+    # its eos, then the vocabulary's other end-of-generation token (llama.cpp stops on both)
+    assert smollm.eos_token_ids == tuple(smollm.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
     assert smollm.chat_template is not None and "<|im_start|>" in smollm.chat_template
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     ids = smollm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
@@ -202,7 +203,7 @@ def test_second_load_reads_the_cached_copy_quickly(smollm):
 
 def test_gguf_file_or_directory_holding_one(smollm, tmp_path):
     gguf = loader.default_model_file()
-    (tmp_path / gguf.name).symlink_to(gguf)  # same name, size and mtime: the same cached copy
+    (tmp_path / gguf.name).symlink_to(gguf)  # the same file (its resolved path): the same cached copy
     from_dir = load_model(str(tmp_path), torch.float32, "cpu")
     from_file = load_model(str(tmp_path / gguf.name), torch.float32, "cpu")
     assert from_dir.model_path == from_file.model_path == smollm.model_path

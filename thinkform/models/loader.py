@@ -2,7 +2,9 @@
 
 Weights are read only from safetensors (never pickle). A GGUF file is converted once by transformers'
 GGUF support (which undoes llama.cpp's q/k permutation) into a safetensors directory in the user cache,
-keyed by the file's name, size and mtime; later loads read that copy.
+named by the file's stem, size and a digest of its whole content; later loads read that copy. The digest is
+remembered in a small index (gguf-index.json) under the file's resolved path, size and mtime, so a start with an
+unchanged file costs a stat, and a file with a new mtime (a fresh install of the same model) one full read.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import Tensor
 
 from thinkform.models.config import ModelConfig, rope_fields, config_from_hf_dict
 from thinkform.models.gguf_rope import gguf_rope_scaling
+from thinkform.models.gguf_vocab import fix_converted_tokenizer, read_gguf_vocab
 from thinkform.models.decoder import DecoderLM
 from thinkform.models.hf_fallback import load_hf_fallback
 from thinkform.models.layers import CausalLM
@@ -139,33 +142,88 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, Tensor]]:
 
 # 2: the GGUF's rope scaling kept (copies made before ran with plain RoPE); 3: whether int4 holds its Q4_1
 # weights exactly, read once here (each start read the whole file again for it: 2.1 s for the embedded model)
-_CONVERSION_VERSION = 3
+# 4: a byte-level GGUF's CONTROL / USER_DEFINED tokens keep their ids and text (DeepSeek's `<｜User｜>`), and
+# the stop set holds every end-of-generation token of the vocabulary (gguf_vocab)
+_CONVERSION_VERSION = 4
 
 
-# how much of each end of a GGUF file names its copy (its header, tensor table and last tensor's data)
-_FINGERPRINT_BYTES = 1 << 20
+_INDEX_FILE = "gguf-index.json"  # beside the gguf/ folder of copies
+
+
+def _gguf_digest(gguf_file: Path) -> str:
+    """A digest of the file's whole content (streamed: ~1 GB/s)."""
+    with gguf_file.open("rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _read_index(index_file: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def _content_digest(gguf_file: Path, index_file: Path) -> str:
+    """The file's content digest, from the index when its resolved path, size and mtime are the ones recorded
+    (a stat), else read whole once and recorded (one entry per path; a lost race between writers costs a read)."""
+    source = str(gguf_file.resolve())
+    stat = gguf_file.stat()
+    entry = _read_index(index_file).get(source)
+    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns \
+            and isinstance(entry.get("digest"), str):
+        return entry["digest"]
+    digest = _gguf_digest(gguf_file)
+    index = _read_index(index_file)  # again: another process may have added its entries meanwhile
+    index = {path: e for path, e in index.items() if path == source or Path(path).exists()}
+    index[source] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": digest}
+    staging = None
+    try:
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(prefix=f".{_INDEX_FILE}.", dir=index_file.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f, indent=1, sort_keys=True)
+        os.replace(staging, index_file)
+    except OSError:  # a read-only cache: the next start reads the file again
+        logger.warning("cannot write the GGUF digest index %s", index_file)
+        if staging is not None:
+            Path(staging).unlink(missing_ok=True)
+    return digest
 
 
 def _gguf_cache_key(gguf_file: Path) -> str:
-    """The copy's name: the file's stem, size and a digest of its two ends, not its mtime (every fresh install
-    of the same model, each CI run, wrote another 517 MB copy of the embedded model: 71 of them, 36 GB)."""
+    """The copy's name: the file's stem, size and a digest of its whole content, not its mtime (every fresh
+    install of the same model, each CI run, wrote another 517 MB copy of the embedded model: 71 of them, 36 GB),
+    nor only its ends (a file changed in the middle kept its stale copy)."""
     size = gguf_file.stat().st_size
-    digest = hashlib.blake2b(digest_size=8)
-    with gguf_file.open("rb") as f:
-        digest.update(f.read(_FINGERPRINT_BYTES))
-        f.seek(max(0, size - _FINGERPRINT_BYTES))
-        digest.update(f.read(_FINGERPRINT_BYTES))
-    return f"{gguf_file.stem}-{size}-{digest.hexdigest()}-v{_CONVERSION_VERSION}"
+    return f"{gguf_file.stem}-{size}-{_content_digest(gguf_file, cache_dir() / _INDEX_FILE)}-v{_CONVERSION_VERSION}"
 
 
-def _prune_stale_copies(target: Path, stem: str, min_age_s: float = 3600.0) -> None:
-    """Other copies of a file of this stem (earlier conversion versions, the former mtime-named copies, an
-    earlier version of the file), once a new copy is in place; only those older than `min_age_s`, so a copy
-    another process is converting or loading right now stays."""
-    name = re.compile(rf"{re.escape(stem)}-\d+-[0-9a-f]+(?:-v\d+)?")
+def _copy_source(copy: Path) -> str | None:
+    """The resolved path of the GGUF file a complete copy was made from (None: no marker, or none recorded)."""
+    try:
+        marker = json.loads((copy / _COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    source = marker.get("source") if isinstance(marker, dict) else None
+    return str(Path(source).resolve()) if isinstance(source, str) and Path(source).is_absolute() else None
+
+
+def _prune_stale_copies(target: Path, gguf_file: Path, min_age_s: float = 3600.0) -> None:
+    """Earlier copies of this same file (by its resolved path: earlier conversion versions, an earlier content of
+    the file), unfinished copies of a file of this stem and those whose file no longer exists (an earlier
+    install's), once a new copy is in place; only those older than `min_age_s`, so a copy another process is
+    converting or loading right now stays. A copy of another file of the same name that exists is kept."""
+    name = re.compile(rf"{re.escape(gguf_file.stem)}-\d+-[0-9a-f]+(?:-v\d+)?")
+    source = str(gguf_file.resolve())
     cutoff = time.time() - min_age_s
     for other in target.parent.iterdir():
-        if other != target and name.fullmatch(other.name) and other.is_dir() and other.stat().st_mtime < cutoff:
+        if other == target or not name.fullmatch(other.name) or not other.is_dir() or other.stat().st_mtime >= cutoff:
+            continue
+        complete = (other / _COMPLETE_MARKER).is_file()
+        made_from = _copy_source(other) if complete else None
+        # an unfinished copy is never read, and one whose file is gone (an earlier install's) is stale too
+        if not complete or made_from == source or made_from is None or not Path(made_from).exists():
             logger.info("removing the stale converted copy %s", other)
             shutil.rmtree(other, ignore_errors=True)
 
@@ -191,9 +249,17 @@ def _write_converted(gguf_file: Path, out: Path) -> None:
     _keep_rope_scaling(reader, config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     generation = hf.generation_config.to_dict() if hf.generation_config is not None else {}
-    GenerationConfig(**{k: generation.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}).save_pretrained(out)
+    generation = {k: generation.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    vocab = read_gguf_vocab(reader)
+    if vocab is not None:
+        stops = vocab.end_of_generation_ids()
+        if len(stops) > 1:  # Qwen3 stops on <|im_end|> and <|endoftext|>, as llama.cpp does
+            generation["eos_token_id"] = stops
+    GenerationConfig(**generation).save_pretrained(out)
     tokenizer.save_pretrained(str(out))
-    marker = {"source": str(gguf_file), "size": gguf_file.stat().st_size,
+    if vocab is not None and fix_converted_tokenizer(out, vocab):
+        logger.info("%s: the tokenizer's special tokens set to the file's ids and text", gguf_file.name)
+    marker = {"source": str(gguf_file.resolve()), "size": gguf_file.stat().st_size,
               "q4_1_exact": gguf_weights_are_q4_1(reader)}
     (out / _COMPLETE_MARKER).write_text(json.dumps(marker))
 
@@ -231,7 +297,7 @@ def gguf_to_hf_dir(gguf_file: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _prune_stale_copies(target, gguf_file.stem)
+    _prune_stale_copies(target, gguf_file)
     return target
 
 

@@ -1,0 +1,199 @@
+"""GGUF copies: the tokenizer a byte-level GGUF converts to (DeepSeek-R1-Distill's `<｜User｜>`), its stop set, and the
+copy cache (named by the whole content, pruned by source path). Tiny GGUFs with a ~300-token vocabulary."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from thinkform.models import loader
+from thinkform.models.loader import gguf_to_hf_dir, load_model
+
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+
+R1_SPECIALS = [  # DeepSeek-R1-Distill-Qwen's, as llama.cpp's converter types them
+    ("<｜end▁of▁sentence｜>", CONTROL), ("<｜User｜>", CONTROL), ("<｜Assistant｜>", CONTROL),
+    ("<｜begin▁of▁sentence｜>", CONTROL), ("<|EOT|>", CONTROL), ("<think>", USER_DEFINED), ("</think>", USER_DEFINED),
+]
+QWEN3_SPECIALS = [
+    ("<|endoftext|>", CONTROL), ("<|im_start|>", CONTROL), ("<|im_end|>", CONTROL),
+    ("<think>", USER_DEFINED), ("</think>", USER_DEFINED),
+]
+MERGES = ["h i", "Ġ t", "Ġt h", "o k"]
+
+
+def _write_gguf(path: Path, specials: list[tuple[str, int]], bos: str, eos: str, pad: str, padded: int = 300,
+                seed: int = 0) -> dict[str, int]:
+    """A one-layer qwen2 GGUF (float32 weights) with a byte-level vocabulary: the 256 bytes, a few merges, the
+    special tokens, then UNUSED padding up to `padded` ids. Returns each token's id."""
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = list(bytes_to_unicode().values())
+    tokens += ["".join(m.split(" ")) for m in MERGES]
+    types = [NORMAL] * len(tokens)
+    for text, kind in specials:
+        tokens.append(text)
+        types.append(kind)
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), padded)]
+    types += [UNUSED] * (padded - len(types))
+    ids = {t: i for i, t in enumerate(tokens)}
+    hidden, heads, kv_heads, inter = 64, 4, 2, 128
+    head_dim = hidden // heads
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_context_length(512)
+    w.add_embedding_length(hidden)
+    w.add_block_count(1)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(MERGES)
+    w.add_bos_token_id(ids[bos])
+    w.add_eos_token_id(ids[eos])
+    w.add_pad_token_id(ids[pad])
+    w.add_add_bos_token(False)
+
+    def tensor(name: str, *shape: int) -> None:
+        data = 1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("norm.weight") else 0.1 * rng.standard_normal(shape)
+        w.add_tensor(name, data.astype(np.float32))
+
+    tensor("token_embd.weight", padded, hidden)
+    tensor("blk.0.attn_norm.weight", hidden)
+    for n, d in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
+        tensor(f"blk.0.attn_{n}.weight", d * head_dim, hidden)
+        tensor(f"blk.0.attn_{n}.bias", d * head_dim)
+    tensor("blk.0.attn_output.weight", hidden, hidden)
+    tensor("blk.0.ffn_norm.weight", hidden)
+    tensor("blk.0.ffn_gate.weight", inter, hidden)
+    tensor("blk.0.ffn_up.weight", inter, hidden)
+    tensor("blk.0.ffn_down.weight", hidden, inter)
+    tensor("output_norm.weight", hidden)
+    tensor("output.weight", padded, hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return ids
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("THINKFORM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "gguf"
+
+
+# ---- the tokenizer ---------------------------------------------------------------------------------------
+
+
+def test_a_deepseek_gguf_keeps_its_special_tokens_ids_and_text(tmp_path, cache):
+    """transformers respells `<｜User｜>` & co. in the byte alphabet, skips them as added tokens (so the text was
+    cut into byte pieces) and appended bos / eos as new ids past the model's vocabulary: the engine refused the
+    model (logits narrower than the tokenizer). llama.cpp matches them whole, under the file's ids."""
+    path = tmp_path / "R1-Distill-tiny.gguf"
+    ids = _write_gguf(path, R1_SPECIALS, bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>",
+                      pad="<｜end▁of▁sentence｜>")
+    loaded = load_model(str(path), torch.float32, "cpu", quantization="none")
+    tok = loaded.tokenizer
+    assert len(tok) == loaded.config.vocab_size == 300
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (
+        ids["<｜begin▁of▁sentence｜>"], ids["<｜end▁of▁sentence｜>"], ids["<｜end▁of▁sentence｜>"])
+    text = "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\nok</think>ok<｜end▁of▁sentence｜>"
+    expected = [ids["<｜begin▁of▁sentence｜>"], ids["<｜User｜>"], ids["hi"], ids["<｜Assistant｜>"], ids["<think>"],
+                ids["Ċ"], ids["ok"], ids["</think>"], ids["ok"], ids["<｜end▁of▁sentence｜>"]]
+    assert tok.encode(text, add_special_tokens=False) == expected
+    assert tok.decode(expected) == text
+    assert tok.decode(expected, skip_special_tokens=True) == "hi<think>\nok</think>ok"  # USER_DEFINED: not special
+    assert loaded.eos_token_ids == (ids["<｜end▁of▁sentence｜>"],)
+    generation = json.loads((Path(loaded.model_path) / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["pad_token_id"]) == (tok.bos_token_id, tok.pad_token_id)
+    added = json.loads((Path(loaded.model_path) / "tokenizer.json").read_text())["added_tokens"]
+    assert max(a["id"] for a in added) < 300
+
+
+def test_an_in_alphabet_gguf_tokenizer_converts_as_transformers_builds_it(tmp_path, cache):
+    """Qwen3-style and SmolLM2 vocabularies (every special token in the byte alphabet) keep transformers' tokenizer
+    byte for byte; their stop set gains `<|endoftext|>` beside `<|im_end|>` (Qwen3's generation_config, llama.cpp)."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "Qwen3-tiny.gguf"
+    ids = _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
+    copy = gguf_to_hf_dir(path)
+    plain = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    plain.save_pretrained(str(tmp_path / "plain"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (copy / name).read_text() == (tmp_path / "plain" / name).read_text()
+    loaded = load_model(str(path), torch.float32, "cpu", quantization="none")
+    assert loaded.eos_token_ids == (ids["<|im_end|>"], ids["<|endoftext|>"])
+    assert loaded.tokenizer.encode("<|im_start|>hi<think>ok<|im_end|>", add_special_tokens=False) == [
+        ids["<|im_start|>"], ids["hi"], ids["<think>"], ids["ok"], ids["<|im_end|>"]]
+
+
+# ---- the copy cache --------------------------------------------------------------------------------------
+
+
+def _fake_convert(source: Path, out: Path) -> None:
+    (out / "model.safetensors").write_bytes(source.read_bytes()[:64])
+    (out / loader._COMPLETE_MARKER).write_text(json.dumps({"source": str(source.resolve())}))
+
+
+def test_a_gguf_changed_in_the_middle_gets_a_new_copy(tmp_path, cache, monkeypatch):
+    """The copy's name hashed only the file's first and last MiB: a file changed between them (same size) was
+    served its stale copy."""
+    monkeypatch.setattr(loader, "_write_converted", _fake_convert)
+    gguf = tmp_path / "model.gguf"
+    content = bytearray(b"GGUF" + bytes(3 << 20))
+    gguf.write_bytes(content)
+    first = gguf_to_hf_dir(gguf)
+    content[len(content) // 2] = 1
+    gguf.write_bytes(content)
+    second = gguf_to_hf_dir(gguf)
+    assert second != first and (second / loader._COMPLETE_MARKER).is_file()
+
+
+def test_the_content_digest_is_read_once_per_file_version(tmp_path, cache, monkeypatch):
+    """A warm start with an unchanged file costs a stat; a new mtime (a fresh install of the same file) one full
+    read, which finds the existing copy by its content."""
+    monkeypatch.setattr(loader, "_write_converted", _fake_convert)
+    reads: list[Path] = []
+    digest = loader._gguf_digest
+    monkeypatch.setattr(loader, "_gguf_digest", lambda path: reads.append(path) or digest(path))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(1000))
+    first = gguf_to_hf_dir(gguf)
+    assert gguf_to_hf_dir(gguf) == first and len(reads) == 1
+    link = tmp_path / "link.gguf"
+    link.symlink_to(gguf)
+    assert gguf_to_hf_dir(link).name.split("-", 1)[1] == first.name.split("-", 1)[1] and len(reads) == 1
+    os.utime(gguf, ns=(10**18, 10**18))
+    assert gguf_to_hf_dir(gguf) == first and len(reads) == 2
+    assert gguf_to_hf_dir(gguf) == first and len(reads) == 2
+
+
+def test_a_same_named_gguf_elsewhere_keeps_its_copy(tmp_path, cache, monkeypatch):
+    """Copies were pruned by the file's stem: two different files of the same name deleted each other's copies at
+    each start (a 30-minute reconversion of a 7B model, each time)."""
+    monkeypatch.setattr(loader, "_write_converted", _fake_convert)
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path, payload in ((a, b"GGUF aaaa"), (b, b"GGUF bbbb")):
+        path.parent.mkdir()
+        path.write_bytes(payload)
+    copy_a = gguf_to_hf_dir(a)
+    os.utime(copy_a, (1, 1))  # old enough to prune
+    copy_b = gguf_to_hf_dir(b)
+    assert copy_a != copy_b and (copy_a / loader._COMPLETE_MARKER).is_file()
+    os.utime(copy_b, (1, 1))
+    b.write_bytes(b"GGUF BBBB")  # b changes: b's earlier copy goes, a's stays
+    copy_b2 = gguf_to_hf_dir(b)
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted([copy_a.name, copy_b2.name])
