@@ -751,3 +751,22 @@ def test_a_step_that_grows_a_waiting_ending_past_the_budget_gives_way_to_it(tiny
         assert out["meta_info"]["finish_reason"]["type"] == "stop", out
         jsonschema.validate(json.loads(out["text"]), schema)
     assert any('"spec"' in out["text"] for out in outs)
+
+
+def test_a_forced_step_some_steps_after_a_look_is_checked_too(qwen_vocab_model) -> None:
+    """Review: the step check watched only the step right after a look; a forced step two steps later
+    (`, "spec": {"b": "`: eight required strings) grew the ending past the tokens left, and answers were cut."""
+    from thinkform import Engine
+
+    inner = {"type": "object", "properties": {k: {"type": "string"} for k in "bcdefghi"}, "required": list("bcdefghi"),
+             "additionalProperties": False}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "spec": inner}, "additionalProperties": False}
+    budgets = list(range(14, 30))
+    with Engine(model_path=str(qwen_vocab_model[0]), max_total_tokens=65536, reasoning_parser="deepseek-r1") as engine:
+        bias = {str(engine.tokenizer.encode(text, add_special_tokens=False)[0]): value
+                for text, value in (("a", 60.0), ("1", 50.0), (",", 40.0))}
+        outs = engine.generate(["Fill it in."] * len(budgets), [
+            {"temperature": 0, "max_new_tokens": 80, "max_reasoning_tokens": r, "json_schema": json.dumps(schema),
+             "logit_bias": bias} for r in budgets], require_reasoning=True)
+    for out in outs:
+        jsonschema.validate(json.loads(out["meta_info"]["content"]), schema)

@@ -189,3 +189,33 @@ def test_error_texts_say_what_is_wrong_in_the_users_terms(engines):
             message = _error(_chat(base, ebnf=grammar), "ebnf")
             assert f"rule {rule!r}" in message and reason in message, message
             assert "%llguidance" not in message and "FOO_BAR" not in message and "start:" not in message, message
+
+
+def test_free_text_beside_text_only_tags_is_never_cut_short(tiny_model_dirs):
+    """Review: a text-only structural tag was closed as one grammar even where free text stands beside its tags
+    (triggered_tags): the free text ended with EOS at the closing reserve (31 of 40 tokens, finish stop)."""
+    from thinkform import Engine
+
+    fmt = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<a>"],
+           "tags": [{"begin": "<a>", "content": {"type": "any_text"}, "end": "</a>"}]}}
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096) as engine:
+        for budget in (40, 64):
+            meta = engine.generate("Hello", {"temperature": 0, "max_new_tokens": budget,
+                                             "structural_tag": json.dumps(fmt)})["meta_info"]
+            assert meta["completion_tokens"] == budget and not meta["closed_by_budget"], meta
+
+
+def test_a_text_only_tag_writes_its_own_added_tokens(qwen_vocab_model):
+    """Review: closed as a grammar, a text-only tag whose strings are added tokens (Qwen's `<tool_call>`) had
+    them spelled out in plain characters, text the model never sees; they are written as the model writes them."""
+    from thinkform import Engine
+
+    model, tok = qwen_vocab_model
+    fmt = {"type": "structural_tag", "format": {"type": "tag", "begin": "<tool_call>", "content": {"type": "any_text"},
+                                                "end": "</tool_call>"}}
+    with Engine(model_path=str(model), max_total_tokens=8192) as engine:
+        out = engine.generate("Call:", {"temperature": 0, "max_new_tokens": 40, "structural_tag": json.dumps(fmt),
+                                        "skip_special_tokens": False})
+    ids = [tok.convert_tokens_to_ids(t) for t in ("<tool_call>", "</tool_call>")]
+    assert out["output_ids"][0] == ids[0] and ids[1] in out["output_ids"], out
+    assert out["meta_info"]["constraint_satisfied"] and out["meta_info"]["finish_reason"]["type"] == "stop"

@@ -248,3 +248,13 @@ def test_weight_update_and_memory_routes_say_not_supported(served, path, method)
     if path.startswith("/update_weights"):
         assert body["num_paused_requests"] == 0
     assert not engine.calls
+
+
+def test_held_reasoning_comes_with_the_chunk_that_ends_it():
+    """Review: with stream_reasoning false the reasoning waited for the first answer text; SGLang gives it in
+    the chunk that holds the end marker."""
+    from thinkform import ReasoningParser
+
+    parser = ReasoningParser("qwen3", stream_reasoning=False)
+    got = [parser.parse_stream_chunk(c) for c in ("<think>abc", " def", "</think>", "\n\n", "answer")]
+    assert got == [("", ""), ("", ""), ("abc def", ""), ("", ""), ("", "answer")]

@@ -86,7 +86,7 @@ class ReasoningParser:
             return reasoning, text
         if reasoning:
             self._held.append(reasoning)
-        if text and self._held:  # the reasoning ended: all of it, with the first text
+        if self._held and (text or not self._stream.in_reasoning):  # the reasoning ended: all of it at once
             reasoning, self._held = "".join(self._held), []
             return reasoning, text
         return "", text

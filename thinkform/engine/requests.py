@@ -27,7 +27,7 @@ from thinkform.structured.framing import FramingGuard
 from thinkform.structured.gate import AnswerGuard, Phase, ReasoningGate
 from thinkform.structured.runaway import NumberGuard, TaggedNumberGuard
 from thinkform.structured.spec import (Constraint, constraint_from_fields, is_json_format, json_tag_bounds,
-                                      only_tags, tag_grammar, tag_openings, tag_strings, wrapper_tags,
+                                      only_tags, tag_grammar, tag_openings, tag_strings, text_tag, wrapper_tags,
                                       xml_tags)
 from thinkform.structured.utf8 import Utf8Guard
 
@@ -377,22 +377,25 @@ class RequestBuilder:
         kind = c.kind if c is not None else None
         budget = p.max_reasoning_tokens if p.max_reasoning_tokens is not None else self.args.max_reasoning_tokens
         tag = c.data() if c is not None and c.kind == "structural_tag" else None  # parsed once for both
+        text = None  # a structural tag of text in tags only: closed as its grammar, its own strings' tokens kept
         if tag is not None and is_json_format(tag):  # a structural tag that is one JSON schema: a JSON answer
             kind, tag = "json_schema", None
         elif tag is not None and (whole := tag_grammar(tag)) is not None:  # one grammar or regex: closed as those
-            kind, tag = whole[0], None
+            kind, text, tag = whole[0], tag if text_tag(tag) else None, None
         json_answer = kind in ("json_schema", "json_object")
         tags = json_tag_bounds(tag) if tag is not None else []
         xml = [(b, e) for b, e, _, _ in xml_tags(tag)] if tag is not None else []
         wrappers = wrapper_tags(tag) if tag is not None else []
         calls_only = tag is not None and only_tags(tag)
-        guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf"), tag)
+        guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf") and text is None, tag or text)
+        # the added tokens its strings spell (Qwen's `<tool_call>`, an added token but no markup), as the model writes
+        added = self._spelled_by(tag_strings(text), self.parts.vocab.added_ids) if text is not None else frozenset()
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, guards=guards, combined_keeps=self.parts.combined_keeps,
             answer_reserve_tokens=self._answer_reserve(p, max(shortest or 0, call or 0) or None),
             answer_check=compiled.answer_check if compiled else None,
-            **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only, call or 0))
+            **self._closing(p, compiled, kind, guards, tags, shortest, xml, wrappers, calls_only, call or 0, added))
 
     def _answer_reserve(self, p: SamplingParams, shortest: int | None) -> int:
         """Tokens kept for the answer: the request's or the server's answer_reserve_tokens; by default
@@ -411,7 +414,7 @@ class RequestBuilder:
     def _closing(self, p: SamplingParams, compiled: CompiledGrammar | None, kind: str | None,
                  guards: list[AnswerGuard], tags: list[tuple[str, str]], shortest: int | None,
                  xml_bounds: list[tuple[str, str]], wrappers: list[tuple[str, str]],
-                 calls_only: bool = False, call: int = 0) -> dict[str, Any]:
+                 calls_only: bool = False, call: int = 0, grammar_added: frozenset[int] = frozenset()) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only inside a call's arguments, or after a complete call where the answer may end or its
@@ -435,9 +438,9 @@ class RequestBuilder:
                     "ending_growth": growth, "ending_literals": grammar_literals, "ending_first": first,
                     "closing_in_string": number.in_string if number is not None else None,
                     "ending_added": frozenset()}
-        if kind in ("regex", "ebnf"):
+        if kind in ("regex", "ebnf"):  # grammar_added: a text-only structural tag's own strings' special tokens
             return {"ending": search, "ending_early": early, "ending_growth": growth,
-                    "ending_literals": grammar_literals, "ending_first": first, "ending_added": frozenset()}
+                    "ending_literals": grammar_literals, "ending_first": first, "ending_added": grammar_added}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         # room kept for a tag's end string and the section's: one token where a token spells it whole (Kimi-K2's
         # `<|tool_call_end|>`: its 17 bytes, and the section end's 26, cut every call short and had the search
@@ -508,10 +511,11 @@ class RequestBuilder:
         guards.append(FramingGuard(vocab.keep_mask(markup), outside, inside))
         return guards
 
-    def _spelled_by(self, strings: list[str]) -> frozenset[int]:
-        """The markup tokens whose text is part of one of `strings` (a tag's begin, end or trigger)."""
+    def _spelled_by(self, strings: list[str], among: frozenset[int] | None = None) -> frozenset[int]:
+        """The markup tokens (or those `among`) whose text is part of one of `strings` (a tag's begin, end or
+        trigger)."""
         vocab = self.parts.vocab
-        return frozenset(t for t in self.parts.markup_ids
+        return frozenset(t for t in (self.parts.markup_ids if among is None else among)
                          if (text := vocab.token_bytes[t].decode("utf-8", "replace")) and any(text in s for s in strings))
 
     def _unseeded(self) -> int:

@@ -74,7 +74,6 @@ def initial_phase(markers: ReasoningMarkers | None,
     return Phase.REASONING if markers.starts_in_reasoning(chat_template_kwargs) else Phase.OPEN
 
 
-_NOT_LOOKED = object()  # no ending looked for there
 _CHAR_GRACE = 3  # tokens a forced end of reasoning waits for the character the last one began
 
 
@@ -178,6 +177,7 @@ class ReasoningGate:
         self._spelling_start = False  # appending the start marker's tokens for the model
         self._history: list[_Snapshot] = []
         self._endings: dict[int, list[int] | None] = {}  # the endings found, by the tokens taken before them
+        self._watched: int | None = None  # the length of the last ending found that fitted: steps are checked
         # a family with header ends (gpt-oss's bare ` to=functions.`, an end only in a message's header): whether
         # the bytes so far end inside a header, and (token index, the state before it) where a token changed it
         self._header_search: tuple[Any, ...] | None = None
@@ -425,7 +425,8 @@ class ReasoningGate:
         # the ending may grow before the next look (a list item or a nested object opened): it waits while
         # it would still fit with half its length, or the grammar's shortest answer (up to 32), to spare, and
         # is looked for again halfway there, so growth is seen while there is room for it
-        need = self._need(ids)
+        self._watched = len(ids)  # from here on the steps are checked (ending_instead)
+        need = self._need(len(ids))
         if self._ending_points and need < left:
             again = max(need, (left + need) // 2)
             if again > later:
@@ -437,8 +438,9 @@ class ReasoningGate:
     def ending_instead(self, taken: Sequence[int], num_generated: int) -> list[int] | None:
         """The ids of one step (a sampled token and the text the grammar forces after it, taken already):
         where the answer's ending no longer fits the tokens left after them, the step is undone and the
-        ending from before it is taken instead, and returned; None: the step stands. Checked on each step
-        once an ending that fits was found (a look), and on a step that reaches the next look: one step's
+        ending from before it is taken instead, and returned; None: the step stands. Checked, once a look
+        found an ending that fits, on each step of forced text and each near that ending's margin, and
+        before that on a step that reaches the next look: one step's
         forced text took a JSON answer from `{` with 7 tokens left to `{"ftueTracking": [` with 1, one key
         grew an ending from 18 tokens to 41, and the answers were cut off. `num_generated`: the output's
         tokens before the step."""
@@ -446,11 +448,10 @@ class ReasoningGate:
                 or self.phase is not Phase.ANSWER or not taken:
             return None
         left = self.max_new_tokens - num_generated - len(taken)
-        known = self._endings.get(len(self._history) - len(taken), _NOT_LOOKED)
-        watched = known is not _NOT_LOOKED and self._fitted(known, left + len(taken), False) is not None
+        watched = self._watched is not None
         # a one-token step grows the ending by little (the looks keep a margin for that) until it nears the
         # end of that margin; forced text (a key and what it requires) may grow it by a whole object
-        if watched and len(taken) == 1 and left > self._need(known):  # type: ignore[arg-type]
+        if watched and len(taken) == 1 and left > self._need(self._watched):  # type: ignore[arg-type]
             return None
         if not watched and (not self._ending_points or left > self._ending_points[0]):
             return None
@@ -459,7 +460,10 @@ class ReasoningGate:
         after = self._ending_now()
         # none found from there: undone only where the ending must be written now (the reserve); further out
         # the model writes on, as a look there lets it
-        if self._fitted(after, left, False) is not None or (after is None and left > self._closing_reserve):
+        if self._fitted(after, left, False) is not None:
+            self._watched = len(after)  # type: ignore[arg-type]
+            return None
+        if after is None and left > self._closing_reserve:
             return None
         self.rollback(len(taken))
         # from text where the answer may end, outside closing's scope (a tool call's, a structural tag's), the
@@ -474,10 +478,10 @@ class ReasoningGate:
         self.closed_by_budget = True
         return before
 
-    def _need(self, ending: list[int]) -> int:
-        """The tokens a found ending waits for: its length and a margin for growth (half of it, or the
-        grammar's shortest answer for one that repeats)."""
-        return len(ending) + max(4, len(ending) // 2, self._ending_growth)
+    def _need(self, length: int) -> int:
+        """The tokens a found ending of `length` waits for: its length and a margin for growth (half of it, or
+        the grammar's shortest answer for one that repeats)."""
+        return length + max(4, length // 2, self._ending_growth)
 
     def _ending_now(self) -> list[int] | None:
         """The ending from the answer as it stands, searched once there (a step's check and a look share it;

@@ -241,8 +241,8 @@ def is_json_format(tag: dict[str, Any]) -> bool:
 
 def tag_grammar(tag: dict[str, Any]) -> tuple[str, str] | None:
     """("ebnf", grammar) or ("regex", pattern) of a structural tag whose whole format is one grammar or one
-    regex (pythonic tool calls under tool_choice required), or is text only, with no JSON schema anywhere
-    (`<a>` + any_text + `</a>`: xgrammar's EBNF of it), closed as that grammar; None for any other tag."""
+    regex (pythonic tool calls under tool_choice required), or is text in tags only (text_tag: `<a>` + any_text +
+    `</a>`, xgrammar's EBNF of it), closed as that grammar; None for any other tag."""
     fmt = tag.get("format")
     if not isinstance(fmt, dict):
         return None
@@ -250,10 +250,18 @@ def tag_grammar(tag: dict[str, Any]) -> tuple[str, str] | None:
         return "ebnf", fmt["grammar"]
     if fmt.get("type") == "regex" and isinstance(fmt.get("pattern"), str):
         return "regex", fmt["pattern"]
-    if not _holds_schema(fmt):  # all text (tags of any_text, const strings, ...): no tool call, one grammar
+    if text_tag(tag):
         ebnf = _text_format_ebnf(json.dumps(fmt, ensure_ascii=False))
         return ("ebnf", ebnf) if ebnf is not None else None
     return None
+
+
+def text_tag(tag: dict[str, Any]) -> bool:
+    """A structural tag of text only that must close: no JSON schema (no tool call) and no free text where the
+    answer may end (triggered tags, an `any_text` nothing fixed follows), so it may be closed as one grammar;
+    free text beside tags is never cut short."""
+    fmt = tag.get("format")
+    return isinstance(fmt, dict) and not _holds_schema(fmt) and not _has_triggers(fmt) and not _ends_free(fmt)
 
 
 def _holds_schema(node: Any) -> bool:
@@ -261,6 +269,28 @@ def _holds_schema(node: Any) -> bool:
         return any(_holds_schema(item) for item in node)
     if isinstance(node, dict):
         return node.get("type") == "json_schema" or any(_holds_schema(value) for value in node.values())
+    return False
+
+
+def _has_triggers(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_has_triggers(item) for item in node)
+    return isinstance(node, dict) and (node.get("type") == "triggered_tags" or
+                                       any(_has_triggers(value) for value in node.values()))
+
+
+def _ends_free(node: Any) -> bool:
+    """Whether a format may end in free text (an `any_text` with nothing fixed after it)."""
+    if not isinstance(node, dict):
+        return False
+    kind = node.get("type")
+    if kind == "any_text":
+        return True
+    if kind == "sequence":
+        elements = node.get("elements") or []
+        return bool(elements) and _ends_free(elements[-1])
+    if kind == "or":
+        return any(_ends_free(e) for e in node.get("elements") or [])
     return False
 
 
