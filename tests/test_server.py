@@ -569,10 +569,15 @@ def test_engine_value_errors_become_400_and_overload_503(served):
 
 # ---------------------------------------------------------------- api key, disconnects, load
 
-def test_api_key_on_every_route_but_health():
+def test_api_key_on_every_route_but_those_sglang_leaves_open():
+    """SGLang leaves health and readiness probes, Prometheus' scrape and CORS preflights open (an audit: a
+    deployment's /health_generate probe and its scrape got 401 here)."""
     engine = FakeEngine(api_key="sekret")
     with running_server(engine) as base:
-        assert httpx.get(f"{base}/health").status_code == 200
+        for path in ("/health", "/health_generate", "/metrics"):
+            assert httpx.get(f"{base}{path}").status_code != 401, path
+        assert httpx.options(f"{base}/v1/chat/completions").status_code != 401
+        assert httpx.post(f"{base}/generate", json={"text": "x"}, headers={"x-api-key": "sekret"}).status_code == 200
         for method, path in (("GET", "/v1/models"), ("POST", "/generate"), ("GET", "/get_model_info"),
                              ("POST", "/v1/chat/completions"), ("GET", "/nope")):
             _error(httpx.request(method, f"{base}{path}"), 401)

@@ -306,3 +306,35 @@ def test_sglang_constructor_values_start_the_engine():
     assert resolve_dtype("half", cpu) is torch.float16 and resolve_dtype("float", cpu) is torch.float32
     with pytest.raises(ValueError, match="stream_output"):
         EngineArgs.from_kwargs(stream_output=True)
+
+
+def test_sglangs_launch_spellings_and_config_file(tmp_path, monkeypatch):
+    """Audit (SGLang's server flags): `--model`, the long parallelism spellings and `--config FILE` (SGLang's first
+    launch example) were refused; `--stream-output` wanted a value; bad values ended in tracebacks."""
+    from thinkform.launch_server import config_file_args
+
+    parse = lambda argv: EngineArgs.from_cli_args(make_parser().parse_args(config_file_args(argv)))  # noqa: E731
+    args = parse(["--model", "m", "--tensor-parallel-size", "1", "--data-parallel-size", "1"])
+    assert args.model_path == "m"
+    config = tmp_path / "config.yaml"
+    config.write_text("model-path: from-file\nport: 31000\nreasoning_parser: qwen3\ntrust-remote-code: true\n")
+    args = parse(["--config", str(config), "--port", "32000"])
+    assert (args.model_path, args.port, args.reasoning_parser) == ("from-file", 32000, "qwen3")  # the line wins
+    with pytest.raises(ValueError, match="stream_output"):
+        parse(["--stream-output"])
+    for argv, field in ((["--log-level", "verbose"], "log_level"), (["--page-size", "0"], "page_size"),
+                        (["--context-length", "-5"], "context_length")):
+        with pytest.raises(ValueError, match=field):
+            parse(argv)
+
+
+def test_a_context_past_the_models_positions_is_refused_unless_asked_for(monkeypatch):
+    from thinkform.engine.setup import served_context
+    from thinkform.models.config import ModelConfig
+
+    cfg = ModelConfig(arch="X", model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=2,
+                      num_heads=1, num_kv_heads=1, head_dim=8, max_position_embeddings=4096, extra={})
+    with pytest.raises(ValueError, match=r"context_length: 100000 is longer than the model's 4096 positions"):
+        served_context(100000, cfg)
+    monkeypatch.setenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
+    assert served_context(100000, cfg) == 100000

@@ -10,6 +10,10 @@ from typing import Any
 
 logger = logging.getLogger("thinkform")
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# SGLang's other spellings of our flags
+FLAG_ALIASES = {"model_path": ("--model",)}
+
 
 @dataclass
 class EngineArgs:
@@ -70,6 +74,12 @@ class EngineArgs:
             raise ValueError(f"stream_interval: must be an integer >= 1, got {self.stream_interval!r}")
         if self.max_running_requests < 1:
             raise ValueError(f"max_running_requests: must be >= 1, got {self.max_running_requests}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.page_size < 1:
+            raise ValueError(f"page_size: must be >= 1, got {self.page_size}")
+        if self.context_length is not None and self.context_length < 1:
+            raise ValueError(f"context_length: must be >= 1 (or left out for the model's), got {self.context_length}")
         if self.chunked_prefill_size < 1 and self.chunked_prefill_size != -1:
             raise ValueError(f"chunked_prefill_size: must be >= 1, or -1 for no chunking, got {self.chunked_prefill_size}")
         self.preferred_params()
@@ -107,15 +117,15 @@ class EngineArgs:
             else:
                 parser.add_argument(flag, *extra, dest=f.name, default=None, help=argparse.SUPPRESS)
         for f in dataclasses.fields(EngineArgs):
-            flag = "--" + f.name.replace("_", "-")
+            flags = ["--" + f.name.replace("_", "-"), *FLAG_ALIASES.get(f.name, ())]
             help_text = f.metadata.get("help", "")
             if f.type in ("bool",) or isinstance(f.default, bool):
-                parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+                parser.add_argument(*flags, action="store_true", default=f.default, help=help_text)
                 continue
             kind = _arg_type(f)
             # a help that says its default in its own words keeps them ("SGLang's default" is no such text)
             suffix = "" if "(default" in help_text or f.default is None else f" (default: {f.default})"
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text + suffix)
+            parser.add_argument(*flags, type=kind, default=f.default, help=help_text + suffix)
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineArgs":
@@ -150,9 +160,9 @@ ANY = object()
 
 SGLANG_ONLY = (
     SGLangOnlyArg("trust_remote_code", ANY, "no model code is downloaded or run: architectures are built in", flag=True),
-    SGLangOnlyArg("tp_size", 1, "one device per engine", ("tp",)),
-    SGLangOnlyArg("dp_size", 1, "one device per engine", ("dp",)),
-    SGLangOnlyArg("pp_size", 1, "one device per engine"),
+    SGLangOnlyArg("tp_size", 1, "one device per engine", ("tp", "tensor-parallel-size")),
+    SGLangOnlyArg("dp_size", 1, "one device per engine", ("dp", "data-parallel-size")),
+    SGLangOnlyArg("pp_size", 1, "one device per engine", ("pipeline-parallel-size",)),
     SGLangOnlyArg("nnodes", 1, "one device per engine"),
     SGLangOnlyArg("enable_metrics", ANY, "/metrics is always served", flag=True),
     SGLangOnlyArg("enable_cache_report", ANY, "cached_tokens is always reported", flag=True),
@@ -167,13 +177,16 @@ SGLANG_ONLY = (
     SGLangOnlyArg("max_prefill_tokens", ANY, "--chunked-prefill-size bounds a prefill step"),
     SGLangOnlyArg("enable_torch_compile", ANY, "CUDA graphs and Triton kernels serve a GPU instead", flag=True),
     SGLangOnlyArg("watchdog_timeout", ANY, "no watchdog: a failed step fails its requests"),
-    SGLangOnlyArg("log_requests", ANY, "requests are logged at --log-level info", flag=True),
+    SGLangOnlyArg("log_requests", ANY, "each request's end (id, finish reason, token counts) is logged at "
+                  "--log-level info; its inputs and outputs are not", flag=True),
+    SGLangOnlyArg("log_requests_level", ANY, "each request's end (id, finish reason, token counts) is logged at "
+                  "--log-level info; its inputs and outputs are not"),
     SGLangOnlyArg("show_time_cost", ANY, "timings are in each output's meta_info", flag=True),
     SGLangOnlyArg("download_dir", ANY, "nothing is downloaded: model paths are local"),
     SGLangOnlyArg("revision", ANY, "nothing is downloaded: model paths are local"),
     SGLangOnlyArg("base_gpu_id", 0, "one device per engine: --device names it"),
     SGLangOnlyArg("gpu_id_step", 1, "one device per engine"),
-    SGLangOnlyArg("ep_size", 1, "one device per engine"),
+    SGLangOnlyArg("ep_size", 1, "one device per engine", ("ep", "expert-parallel-size")),
     SGLangOnlyArg("enable_dp_attention", False, "one device per engine", flag=True),
     SGLangOnlyArg("nccl_port", ANY, "one device per engine: no collective communication"),
     SGLangOnlyArg("disable_custom_all_reduce", ANY, "one device per engine: no all-reduce", flag=True),
@@ -202,7 +215,17 @@ SGLANG_ONLY = (
     SGLangOnlyArg("disable_cuda_graph_padding", ANY, "steps are padded to the next captured size", flag=True),
     SGLangOnlyArg("log_level_http", ANY, "--log-level covers the HTTP server too"),
     SGLangOnlyArg("weight_version", "default", "the weights are never swapped in place"),
-    SGLangOnlyArg("stream_output", False, "a stream's chunks carry the whole output so far, as SGLang's default"),
+    SGLangOnlyArg("stream_output", False, "a stream's chunks carry the whole output so far, as SGLang's default",
+                  flag=True),
+    SGLangOnlyArg("incremental_streaming_output", False, "a /generate stream's chunks carry the whole output so "
+                  "far, as SGLang's default", flag=True),
+    SGLangOnlyArg("torch_compile_max_bs", ANY, "CUDA graphs and Triton kernels serve a GPU instead"),
+    SGLangOnlyArg("sleep_on_idle", ANY, "the engine loop waits on its queue when idle", flag=True),
+    SGLangOnlyArg("file_storage_path", ANY, "no files are stored (no file or batch APIs)"),
+    SGLangOnlyArg("prefill_max_requests", ANY, "--chunked-prefill-size bounds a prefill step"),
+    SGLangOnlyArg("enable_request_time_stats_logging", ANY, "timings are in each output's meta_info and /metrics",
+                  flag=True),
+    SGLangOnlyArg("crash_dump_folder", ANY, "no crash dumps: a failed step fails its requests, with its error"),
     SGLangOnlyArg("model_impl", ANY, "llama, qwen2 and qwen3 are built in; other architectures run through "
                   "transformers"),
     SGLangOnlyArg("decode_log_interval", ANY, "throughput is in /metrics and get_server_info"),

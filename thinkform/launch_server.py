@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 
 import uvicorn
 
-from thinkform.args import EngineArgs
+from thinkform.args import LOG_LEVELS, EngineArgs
 
 logger = logging.getLogger("thinkform")
 
@@ -30,6 +31,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="thinkform server: OpenAI-compatible (/v1/chat/completions, /v1/completions, /v1/models) "
                     "and native (/generate, /health, /get_model_info, /get_server_info, /abort_request) APIs.")
     EngineArgs.add_cli_args(parser)
+    parser.add_argument("--config", help="YAML file of flags (long names as keys), as SGLang's; the command line "
+                                         "overrides it")
     return parser
 
 
@@ -104,6 +107,48 @@ def _signals_ignored_after_serving() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def config_file_args(argv: list[str]) -> list[str]:
+    """SGLang's `--config FILE`: a YAML mapping of long flag names (dashes or underscores) to values, read as
+    flags before the command line's, which override it. `true` gives a switch, `false` leaves it off, a list
+    its values."""
+    found = argparse.ArgumentParser(add_help=False)
+    found.add_argument("--config")
+    ns, rest = found.parse_known_args(argv)
+    if ns.config is None:
+        return argv
+    import yaml
+
+    try:
+        with open(ns.config, encoding="utf-8") as f:
+            mapping = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"config: cannot read {ns.config!r}: {e}") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"config: {ns.config!r} must hold a mapping of flag names to values")
+    flags: list[str] = []
+    for name, value in mapping.items():
+        flag = "--" + str(name).replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        elif value is not False and value is not None:
+            flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+    return flags + rest
+
+
+def check_device(args: EngineArgs) -> None:
+    """The device and the paths beside the model's, checked before anything loads (a ValueError naming them)."""
+    if args.tokenizer_path and not os.path.exists(args.tokenizer_path):
+        raise ValueError(f"tokenizer_path: {args.tokenizer_path!r} does not exist (a local tokenizer directory)")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {args.device!r} asked for, but this torch has no CUDA device "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+
+
 def check_names(args: EngineArgs) -> None:
     """The names flags choose among, checked before anything loads (ValueError listing the known ones)."""
     from thinkform.reasoning import get_markers
@@ -121,19 +166,26 @@ def check_names(args: EngineArgs) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    ns = parser.parse_args(argv)
+    # the notes for SGLang-only flags are logged while the flags are read: logging is set up first (at the
+    # level asked for, where it is one; the flags' own check refuses another)
+    level = argparse.ArgumentParser(add_help=False)
+    level.add_argument("--log-level", default="info")
+    wanted = level.parse_known_args(argv if argv is not None else sys.argv[1:])[0].log_level.upper()
+    logging.basicConfig(level=wanted if wanted.lower() in LOG_LEVELS else "INFO",
+                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
+        ns = parser.parse_args(config_file_args(list(argv if argv is not None else sys.argv[1:])))
         args = EngineArgs.from_cli_args(ns)
         check_names(args)
+        check_device(args)
         check_address(args.host, args.port)
     except ValueError as e:  # a typo in a flag: argparse's one-line usage error (exit 2), not a traceback
         parser.error(str(e))
-    logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     from thinkform import Engine
 
     try:
         engine = Engine.from_args(args)
-    except (FileNotFoundError, ValueError) as e:  # no model there, no config.json, ...: one line, not a traceback
+    except (OSError, ValueError) as e:  # no model or tokenizer there, no config.json, ...: one line, no traceback
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     serve(args, engine)
     return 0

@@ -208,11 +208,18 @@ def _auto_kv_tokens(args: EngineArgs, device: torch.device, per_token: int, cont
     return max(min(context, 8192), min(max(context, _CPU_DEFAULT_KV_TOKENS), int(ram * 0.1 // per_token)))
 
 
+LONGER_CONTEXT_ENV = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"  # SGLang's: serve past the model's positions
+
+
 def served_context(given: int | None, cfg: ModelConfig) -> int:
     """The context length served: --context-length, else the model's; no longer than a sliding attention
     window, over which thinkform attends in full (exact only up to the window: past it the output would
     differ from the model's)."""
     window, wanted = cfg.sliding_window, given or cfg.max_position_embeddings
+    if given and given > cfg.max_position_embeddings and os.environ.get(LONGER_CONTEXT_ENV) != "1":
+        raise ValueError(f"context_length: {given} is longer than the model's {cfg.max_position_embeddings} positions "
+                         f"(max_position_embeddings): its outputs past them would be wrong; give at most "
+                         f"{cfg.max_position_embeddings}, or set {LONGER_CONTEXT_ENV}=1 as in SGLang")
     if window is None or wanted <= window:
         return wanted
     if given:

@@ -21,7 +21,8 @@ from thinkform.server.state import ServerState
 from thinkform.server.streaming import ClientGone
 from thinkform.structured.spec import ConstraintError
 
-OPEN_PATHS = frozenset({"/health"})
+# open without the key, as SGLang leaves them: health and readiness probes, Prometheus' scrape, CORS preflights
+OPEN_PREFIXES = ("/health", "/ready", "/metrics")
 
 
 def key_matches(given: str, expected: str) -> bool:
@@ -29,10 +30,14 @@ def key_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+def _given_key(request: Request) -> str:
+    """The key a request sends: `Authorization: Bearer KEY` (OpenAI's clients), else `x-api-key: KEY`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "").strip()
+
+
+def _open(scope: Scope) -> bool:
+    return scope.get("method") == "OPTIONS" or str(scope.get("path", "")).startswith(OPEN_PREFIXES)
 
 
 class ApiKeyMiddleware:
@@ -43,8 +48,8 @@ class ApiKeyMiddleware:
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
-            if not key_matches(_bearer(Request(scope)), self.api_key):
+        if scope["type"] == "http" and not _open(scope):
+            if not key_matches(_given_key(Request(scope)), self.api_key):
                 response = JSONResponse(error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
                                                    "authentication_error", code="invalid_api_key"), status_code=401)
                 await response(scope, receive, send)
