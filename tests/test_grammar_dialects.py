@@ -219,3 +219,17 @@ def test_a_text_only_tag_writes_its_own_added_tokens(qwen_vocab_model):
     ids = [tok.convert_tokens_to_ids(t) for t in ("<tool_call>", "</tool_call>")]
     assert out["output_ids"][0] == ids[0] and ids[1] in out["output_ids"], out
     assert out["meta_info"]["constraint_satisfied"] and out["meta_info"]["finish_reason"]["type"] == "stop"
+
+
+def test_a_text_tag_followed_by_free_text_is_still_closed_inside_its_tag(tiny_model_dirs):
+    """Review: a text-only format that may end in free text (`<a>` + any_text + `</a>`, then any_text) was no
+    longer closed at all: answers ran into max_new_tokens inside `<a>`. Closing reaches inside the tag only."""
+    from thinkform import Engine
+
+    fmt = {"type": "sequence", "elements": [
+        {"type": "tag", "begin": "<a>", "content": {"type": "any_text"}, "end": "</a>"}, {"type": "any_text"}]}
+    tag = json.dumps({"type": "structural_tag", "format": fmt})
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), max_total_tokens=4096) as engine:
+        outs = engine.generate(["Write:"] * 6, [{"structural_tag": tag, "max_new_tokens": 40, "temperature": 1.0,
+                                                  "seed": seed} for seed in range(6)])
+    assert all(o["meta_info"]["constraint_satisfied"] and "</a>" in o["text"] for o in outs), [o["text"] for o in outs]

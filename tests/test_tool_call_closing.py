@@ -205,3 +205,40 @@ def test_a_call_begun_too_late_to_fit_gives_way_to_the_end_of_the_text(qwen_voca
     assert all(o["meta_info"]["constraint_satisfied"] for o in outs), \
         [o["text"][-40:] for o in outs if not o["meta_info"]["constraint_satisfied"]]
     assert sum("<tool>" in o["text"] for o in outs) >= 10  # calls that fit are written
+
+
+@pytest.mark.parametrize("name, call", [
+    ("hermes", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}\n</tool_call>'),
+    ("qwen3_coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
+                    "</parameter>\n</function>\n</tool_call>"),
+    ("glm45", "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n"
+              "<arg_value>3</arg_value>\n</tool_call>"),
+])
+def test_the_step_check_never_undoes_a_call_that_fits(qwen_vocab_model, name, call):
+    """Review: Qwen's `<tool_call>` is an added token but no markup, so the ending search spelled a call's end in
+    characters (~3x the model's tokens), and the step check took calls that fitted for ones that did not: the
+    model's call was undone and the answer ended before it, with 60 tokens to spare."""
+    from thinkform import Engine
+    from thinkform.engine.requests import LogprobOptions
+
+    model, tok = qwen_vocab_model
+    weather = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+               "required": ["city", "days"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
+    parser = get_tool_call_parser(name)
+    tag = json.dumps(parser.structural_tag(tools, "auto", parallel=True))
+    ids = tok.encode("Sure." + call, add_special_tokens=False)
+    with Engine(model_path=str(model), max_total_tokens=8192) as engine:
+        engine.set_tool_markup(parser.markup)
+        for spare in (10, 30, 60):
+            req = engine._prepare("hi", {"structural_tag": tag, "max_new_tokens": len(ids) + spare}, None, False, None,
+                                  None, False, LogprobOptions(False, 0, -1, False, None), {})
+            engine._compile_sync(req)
+            gate = engine.builder.sequences(req, lambda *_: None)[0].gate
+            out: list[int] = []
+            for token in ids:  # the model writes its call, token by token, as the engine drives the gate
+                if gate.forced_tokens(len(out)):
+                    break  # the budget's closing inside the call (it keeps the call)
+                step = gate.accept(token)
+                assert gate.ending_instead(step, len(out)) is None, (spare, tok.decode(out))
+                out += step

@@ -389,7 +389,7 @@ class RequestBuilder:
         calls_only = tag is not None and only_tags(tag)
         guards = self._guards(c, json_answer, tags, kind in ("regex", "ebnf") and text is None, tag or text)
         # the added tokens its strings spell (Qwen's `<tool_call>`, an added token but no markup), as the model writes
-        added = self._spelled_by(tag_strings(text), self.parts.vocab.added_ids) if text is not None else frozenset()
+        added = self._spelled_by(tag_strings(text), self.parts.vocab.added_ids) if text is not None else None
         return ReasoningGate(
             self.parts.vocab, markers, Phase(req.reasoning_start), matcher, max_new_tokens=p.max_new_tokens,
             max_reasoning_tokens=budget, guards=guards, combined_keeps=self.parts.combined_keeps,
@@ -414,7 +414,8 @@ class RequestBuilder:
     def _closing(self, p: SamplingParams, compiled: CompiledGrammar | None, kind: str | None,
                  guards: list[AnswerGuard], tags: list[tuple[str, str]], shortest: int | None,
                  xml_bounds: list[tuple[str, str]], wrappers: list[tuple[str, str]],
-                 calls_only: bool = False, call: int = 0, grammar_added: frozenset[int] = frozenset()) -> dict[str, Any]:
+                 calls_only: bool = False, call: int = 0,
+                 grammar_added: frozenset[int] | None = None) -> dict[str, Any]:
         """Budget closing near max_new_tokens: the answer gets a short ending of its grammar (ending.py); a
         JSON answer whose ending is not found in time is steered to its end (closing.py). For a structural
         tag, both only inside a call's arguments, or after a complete call where the answer may end or its
@@ -438,9 +439,12 @@ class RequestBuilder:
                     "ending_growth": growth, "ending_literals": grammar_literals, "ending_first": first,
                     "closing_in_string": number.in_string if number is not None else None,
                     "ending_added": frozenset()}
-        if kind in ("regex", "ebnf"):  # grammar_added: a text-only structural tag's own strings' special tokens
+        if kind in ("regex", "ebnf"):  # grammar_added: a text-only structural tag's own strings' added tokens
+            # such a tag is closed only where its text is unfinished (inside a tag), never in free text beside
             return {"ending": search, "ending_early": early, "ending_growth": growth,
-                    "ending_literals": grammar_literals, "ending_first": first, "ending_added": grammar_added}
+                    "ending_literals": grammar_literals, "ending_first": first,
+                    "ending_added": grammar_added if grammar_added is not None else frozenset(),
+                    "closing_unfinished_only": grammar_added is not None}
         tagged = next((g for g in guards if isinstance(g, TaggedNumberGuard)), None)
         # room kept for a tag's end string and the section's: one token where a token spells it whole (Kimi-K2's
         # `<|tool_call_end|>`: its 17 bytes, and the section end's 26, cut every call short and had the search
@@ -464,8 +468,10 @@ class RequestBuilder:
             return {}
         boundary = _call_boundary([end for _, end in tags or xml_bounds])
         # the ending may write the special tokens of the call format and of the tags' strings, as the model does
-        keep = self._spelled_by([s for pair in [*(tags or xml_bounds), *wrappers] for s in pair]) | \
-            self.parts.tool_markup_ids
+        # (Qwen's `<tool_call>` is an added token but no markup: spelled out in characters, an ending was ~3x as
+        # long as the model's own, and the step check took calls that fitted for ones that did not)
+        keep = self._spelled_by([s for pair in [*(tags or xml_bounds), *wrappers] for s in pair],
+                                self.parts.vocab.added_ids) | self.parts.tool_markup_ids
         return {"ending": search, "closing_scope": scope, "closing_reserve_tokens": reserve, "ending_added": keep,
                 "ending_literals": grammar_literals, "call_room": call, "ending_first": reserve + call,
                 "between_calls": lambda answer: boundary(answer) and not inside(answer), **steer}

@@ -152,8 +152,11 @@ _INDEX_FILE = "gguf-index.json"  # beside the gguf/ folder of copies
 
 def _gguf_digest(gguf_file: Path) -> str:
     """A digest of the file's whole content (streamed: ~1 GB/s)."""
+    digest = hashlib.blake2b(digest_size=16)
     with gguf_file.open("rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        while chunk := f.read(1 << 20):  # (hashlib.file_digest is Python 3.11's; 3.10 is supported)
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_index(index_file: Path) -> dict[str, Any]:

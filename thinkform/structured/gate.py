@@ -126,6 +126,7 @@ class ReasoningGate:
         combined_keeps: CombinedKeeps | None = None,
         answer_check: Callable[[bytes], bool] | None = None,
         closing_in_string: Callable[[], bool] | None = None,
+        closing_unfinished_only: bool = False,
     ) -> None:
         phase = Phase(phase)
         if markers is None and phase in (Phase.OPEN, Phase.REASONING):
@@ -146,6 +147,9 @@ class ReasoningGate:
         self._closing = closing  # JSON answers: steer to the end when the token budget runs out (no ending found)
         # where closing applies, judged from the answer so far (inside a tool call's arguments); None: everywhere
         self._closing_scope = closing_scope
+        # closing applies only where the grammar may not end (a text-only structural tag: inside its tags, never in
+        # the free text beside them)
+        self._closing_unfinished_only = closing_unfinished_only
         self._closing_in_string = closing_in_string  # the answer is inside a JSON string (its JSON guard says)
         self._closing_reserve = (closing_reserve_tokens if closing_reserve_tokens is not None else
                                  closing_reserve(max_new_tokens) if max_new_tokens is not None else 0)
@@ -325,6 +329,8 @@ class ReasoningGate:
         return self._in_closing_scope()
 
     def _in_closing_scope(self) -> bool:
+        if self._closing_unfinished_only and self._grammar_may_end():
+            return False
         return self._closing_scope is None or self._closing_scope(bytes(self._answer))
 
     # --- tokens ---------------------------------------------------------------------------------

@@ -257,11 +257,10 @@ def tag_grammar(tag: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def text_tag(tag: dict[str, Any]) -> bool:
-    """A structural tag of text only that must close: no JSON schema (no tool call) and no free text where the
-    answer may end (triggered tags, an `any_text` nothing fixed follows), so it may be closed as one grammar;
-    free text beside tags is never cut short."""
+    """A structural tag of text only (no JSON schema: no tool call), closed as one grammar where its text is
+    unfinished (inside a tag); free text beside its tags, where the answer may end, is never cut short."""
     fmt = tag.get("format")
-    return isinstance(fmt, dict) and not _holds_schema(fmt) and not _has_triggers(fmt) and not _ends_free(fmt)
+    return isinstance(fmt, dict) and fmt.get("type") not in ("grammar", "regex") and not _holds_schema(fmt)
 
 
 def _holds_schema(node: Any) -> bool:
@@ -269,28 +268,6 @@ def _holds_schema(node: Any) -> bool:
         return any(_holds_schema(item) for item in node)
     if isinstance(node, dict):
         return node.get("type") == "json_schema" or any(_holds_schema(value) for value in node.values())
-    return False
-
-
-def _has_triggers(node: Any) -> bool:
-    if isinstance(node, list):
-        return any(_has_triggers(item) for item in node)
-    return isinstance(node, dict) and (node.get("type") == "triggered_tags" or
-                                       any(_has_triggers(value) for value in node.values()))
-
-
-def _ends_free(node: Any) -> bool:
-    """Whether a format may end in free text (an `any_text` with nothing fixed after it)."""
-    if not isinstance(node, dict):
-        return False
-    kind = node.get("type")
-    if kind == "any_text":
-        return True
-    if kind == "sequence":
-        elements = node.get("elements") or []
-        return bool(elements) and _ends_free(elements[-1])
-    if kind == "or":
-        return any(_ends_free(e) for e in node.get("elements") or [])
     return False
 
 
