@@ -338,3 +338,18 @@ def test_a_context_past_the_models_positions_is_refused_unless_asked_for(monkeyp
         served_context(100000, cfg)
     monkeypatch.setenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
     assert served_context(100000, cfg) == 100000
+
+
+def test_log_requests_logs_what_its_level_asks_for(tiny_model_dirs, caplog):
+    """Audit (SGLang's flags): --log-requests was accepted and changed nothing; SGLang logs each request's
+    sampling params and (level 2, its default) its prompt and output, cut to 2048 characters."""
+    import logging
+
+    from thinkform import Engine
+
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), log_requests=True) as engine, \
+            caplog.at_level(logging.INFO, logger="thinkform"):
+        engine.generate("Hello there", {"max_new_tokens": 3, "temperature": 0})
+    details = [r.getMessage() for r in caplog.records if "sampling_params=" in r.getMessage()]
+    assert len(details) == 1 and "'max_new_tokens': 3" in details[0] and "prompt='Hello there'" in details[0]
+    assert "output=" in details[0]

@@ -28,6 +28,8 @@ class EngineArgs:
     max_reasoning_tokens: int | None = field(default=None, metadata={"help": "default thinking budget per request (tokens); the end marker is forced when reached"})
     api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on every route but /health"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
+    log_requests: bool = field(default=False, metadata={"help": "log each finished request's details at info, as SGLang's (see --log-requests-level)"})
+    log_requests_level: int = field(default=2, metadata={"help": "with --log-requests: 0 = id, finish reason, token counts; 1 = and the sampling params; 2 = and the prompt and output, up to 2048 characters each; 3 = all of them"})
     context_length: int | None = field(default=None, metadata={"help": "max prompt + output tokens (default: the model's)"})
     dtype: str = field(default="auto", metadata={"help": "auto | float32 | float16 | bfloat16 | float64"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -76,6 +78,8 @@ class EngineArgs:
             raise ValueError(f"max_running_requests: must be >= 1, got {self.max_running_requests}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.log_requests_level not in (0, 1, 2, 3):
+            raise ValueError(f"log_requests_level: must be 0, 1, 2 or 3, got {self.log_requests_level!r}")
         if self.page_size < 1:
             raise ValueError(f"page_size: must be >= 1, got {self.page_size}")
         if self.context_length is not None and self.context_length < 1:
@@ -177,10 +181,6 @@ SGLANG_ONLY = (
     SGLangOnlyArg("max_prefill_tokens", ANY, "--chunked-prefill-size bounds a prefill step"),
     SGLangOnlyArg("enable_torch_compile", ANY, "CUDA graphs and Triton kernels serve a GPU instead", flag=True),
     SGLangOnlyArg("watchdog_timeout", ANY, "no watchdog: a failed step fails its requests"),
-    SGLangOnlyArg("log_requests", ANY, "each request's end (id, finish reason, token counts) is logged at "
-                  "--log-level info; its inputs and outputs are not", flag=True),
-    SGLangOnlyArg("log_requests_level", ANY, "each request's end (id, finish reason, token counts) is logged at "
-                  "--log-level info; its inputs and outputs are not"),
     SGLangOnlyArg("show_time_cost", ANY, "timings are in each output's meta_info", flag=True),
     SGLangOnlyArg("download_dir", ANY, "nothing is downloaded: model paths are local"),
     SGLangOnlyArg("revision", ANY, "nothing is downloaded: model paths are local"),

@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -619,7 +619,22 @@ class EngineLoop:
             self.counters["aborted"] += 1
         logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
                     reason.type, len(seq.prompt_ids), len(seq.output_ids))
+        if self.args.log_requests and self.args.log_requests_level > 0:
+            logger.info("request %s-%d %s", seq.rid, seq.index, self._request_details(seq))
         self._outbox.append((seq, True))
+
+    def _request_details(self, seq: Sequence) -> str:
+        """--log-requests (SGLang's): the sampling params, and at level 2 the prompt and output (up to 2048
+        characters each), at 3 all of them."""
+        level = self.args.log_requests_level
+        params = {k: v for k, v in asdict(seq.params).items() if v is not None}
+        details = f"sampling_params={params!r}"
+        if level >= 2:
+            tokenizer = self.parts.tokenizer
+            for name, ids in (("prompt", seq.prompt_ids), ("output", seq.output_ids)):
+                text = tokenizer.decode(ids, skip_special_tokens=False)
+                details += f" {name}={(text if level == 3 else _cut(text, 2048))!r}"
+        return details
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -655,3 +670,7 @@ def _earliest_stop(text: str, new_len: int, p: Any) -> tuple[int, int, str] | No
     if pattern is not None:
         hits.append(pattern)
     return min(hits, key=lambda h: h[0]) if hits else None
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
