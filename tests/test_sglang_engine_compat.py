@@ -329,6 +329,7 @@ def test_sglangs_launch_spellings_and_config_file(tmp_path, monkeypatch):
 
 
 def test_a_context_past_the_models_positions_is_refused_unless_asked_for(monkeypatch):
+    """As SGLang: a linear rope scaling's factor counts; SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN (1 or true)."""
     from thinkform.engine.setup import served_context
     from thinkform.models.config import ModelConfig
 
@@ -336,7 +337,11 @@ def test_a_context_past_the_models_positions_is_refused_unless_asked_for(monkeyp
                       num_heads=1, num_kv_heads=1, head_dim=8, max_position_embeddings=4096, extra={})
     with pytest.raises(ValueError, match=r"context_length: 100000 is longer than the model's 4096 positions"):
         served_context(100000, cfg)
-    monkeypatch.setenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
+    scaled = ModelConfig(arch="X", model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=2,
+                         num_heads=1, num_kv_heads=1, head_dim=8, max_position_embeddings=4096,
+                         rope_scaling={"rope_type": "linear", "factor": 4.0}, extra={})
+    assert served_context(16384, scaled) == 16384
+    monkeypatch.setenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "True")
     assert served_context(100000, cfg) == 100000
 
 
@@ -351,5 +356,36 @@ def test_log_requests_logs_what_its_level_asks_for(tiny_model_dirs, caplog):
             caplog.at_level(logging.INFO, logger="thinkform"):
         engine.generate("Hello there", {"max_new_tokens": 3, "temperature": 0})
     details = [r.getMessage() for r in caplog.records if "sampling_params=" in r.getMessage()]
-    assert len(details) == 1 and "'max_new_tokens': 3" in details[0] and "prompt='Hello there'" in details[0]
-    assert "output=" in details[0]
+    assert len(details) == 1 and "max_new_tokens=3" in details[0] and "prompt='Hello there'" in details[0]
+    assert "output=" in details[0] and "stop=[]" not in details[0]  # what the request set, not every default
+
+
+def test_a_request_whose_details_cannot_be_logged_still_finishes(tiny_model_dirs, monkeypatch):
+    """Review: a decode error while logging a request's details left it unanswered forever."""
+    import threading
+
+    from thinkform import Engine
+
+    with Engine(model_path=str(tiny_model_dirs["qwen2"]), log_requests=True) as engine:
+        monkeypatch.setattr(type(engine.loop), "_request_details", lambda self, seq: 1 / 0)
+        box: dict = {}
+        waiter = threading.Thread(target=lambda: box.setdefault("out", engine.generate(
+            "Hello", {"max_new_tokens": 2, "temperature": 0})), daemon=True)
+        waiter.start()
+        waiter.join(60)
+        assert "out" in box, "the request was never answered"
+    assert box["out"]["meta_info"]["finish_reason"]["type"] == "length"
+
+
+def test_a_config_files_log_level_is_the_one_set_up(tmp_path):
+    """Review: the YAML file's log_level reached the engine's arguments but not the logging set up before them."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model_path: /nonexistent/model\nlog_level: warning\n")
+    code = ("import logging, sys; from thinkform.launch_server import main\n"
+            "try:\n    main(['--config', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "print('root level', logging.getLogger().level)")
+    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=120)
+    assert "root level 30" in out.stdout, out.stdout + out.stderr

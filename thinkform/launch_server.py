@@ -132,8 +132,8 @@ def config_file_args(argv: list[str]) -> list[str]:
             flags.append(flag)
         elif isinstance(value, list):
             flags += [flag, *map(str, value)]
-        elif value is not False and value is not None:
-            flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+        elif value is not False and value is not None:  # `--flag=value`: a value may begin with '-'
+            flags.append(f"{flag}={json.dumps(value) if isinstance(value, dict) else value}")
     return flags + rest
 
 
@@ -168,13 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     # the notes for SGLang-only flags are logged while the flags are read: logging is set up first (at the
     # level asked for, where it is one; the flags' own check refuses another)
+    try:
+        argv = config_file_args(list(argv if argv is not None else sys.argv[1:]))
+    except ValueError as e:
+        parser.error(str(e))
     level = argparse.ArgumentParser(add_help=False)
     level.add_argument("--log-level", default="info")
-    wanted = level.parse_known_args(argv if argv is not None else sys.argv[1:])[0].log_level.upper()
+    wanted = level.parse_known_args(argv)[0].log_level.upper()
     logging.basicConfig(level=wanted if wanted.lower() in LOG_LEVELS else "INFO",
                         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
-        ns = parser.parse_args(config_file_args(list(argv if argv is not None else sys.argv[1:])))
+        ns = parser.parse_args(argv)
         args = EngineArgs.from_cli_args(ns)
         check_names(args)
         check_device(args)

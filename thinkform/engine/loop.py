@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any, Callable
 
@@ -619,21 +619,27 @@ class EngineLoop:
             self.counters["aborted"] += 1
         logger.info("request %s-%d finished: %s, prompt %d, completion %d tokens", seq.rid, seq.index,
                     reason.type, len(seq.prompt_ids), len(seq.output_ids))
-        if self.args.log_requests and self.args.log_requests_level > 0:
-            logger.info("request %s-%d %s", seq.rid, seq.index, self._request_details(seq))
         self._outbox.append((seq, True))
+        if self.args.log_requests and self.args.log_requests_level > 0:
+            try:  # a log line never changes a request's outcome
+                logger.info("request %s-%d %s", seq.rid, seq.index, self._request_details(seq))
+            except Exception as e:  # noqa: BLE001
+                logger.warning("request %s-%d: its details could not be logged: %s", seq.rid, seq.index, e)
 
     def _request_details(self, seq: Sequence) -> str:
-        """--log-requests (SGLang's): the sampling params, and at level 2 the prompt and output (up to 2048
-        characters each), at 3 all of them."""
-        level = self.args.log_requests_level
-        params = {k: v for k, v in asdict(seq.params).items() if v is not None}
-        details = f"sampling_params={params!r}"
-        if level >= 2:
+        """--log-requests (SGLang's): the sampling params the request set, and at level 2 its prompt and output,
+        each value cut to 2048 characters below level 3 (as SGLang's); at 3 all of them."""
+        whole = self.args.log_requests_level == 3
+        shown = (lambda text: text) if whole else (lambda text: _cut(text, _LOGGED_CHARS))
+        params = [f"{f.name}={shown(repr(value))}" for f in fields(seq.params) if f.init
+                  and (value := getattr(seq.params, f.name)) not in (None, [], {}) and value != f.default]
+        details = f"sampling_params=({', '.join(params)})"
+        if self.args.log_requests_level >= 2:
             tokenizer = self.parts.tokenizer
             for name, ids in (("prompt", seq.prompt_ids), ("output", seq.output_ids)):
-                text = tokenizer.decode(ids, skip_special_tokens=False)
-                details += f" {name}={(text if level == 3 else _cut(text, 2048))!r}"
+                # no more tokens decoded than the characters shown could need
+                text = tokenizer.decode(ids if whole else ids[:_LOGGED_CHARS], skip_special_tokens=False)
+                details += f" {name}={shown(text)!r}"
         return details
 
     def _fail_all(self, message: str) -> None:
@@ -670,6 +676,9 @@ def _earliest_stop(text: str, new_len: int, p: Any) -> tuple[int, int, str] | No
     if pattern is not None:
         hits.append(pattern)
     return min(hits, key=lambda h: h[0]) if hits else None
+
+
+_LOGGED_CHARS = 2048  # --log-requests below level 3: each value cut to this, as SGLang's
 
 
 def _cut(text: str, limit: int) -> str:

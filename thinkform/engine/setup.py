@@ -211,15 +211,27 @@ def _auto_kv_tokens(args: EngineArgs, device: torch.device, per_token: int, cont
 LONGER_CONTEXT_ENV = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"  # SGLang's: serve past the model's positions
 
 
+def model_positions(cfg: ModelConfig) -> int:
+    """The positions the model serves, as SGLang counts them: max_position_embeddings, times a rope scaling's
+    factor where the scaling does not name its original length (linear, dynamic; not Llama 3's)."""
+    scaling = cfg.rope_scaling or {}
+    factor = scaling.get("factor")
+    if isinstance(factor, (int, float)) and factor > 1 and "original_max_position_embeddings" not in scaling \
+            and cfg.rope_type != "llama3":
+        return int(cfg.max_position_embeddings * factor)
+    return cfg.max_position_embeddings
+
+
 def served_context(given: int | None, cfg: ModelConfig) -> int:
     """The context length served: --context-length, else the model's; no longer than a sliding attention
     window, over which thinkform attends in full (exact only up to the window: past it the output would
     differ from the model's)."""
     window, wanted = cfg.sliding_window, given or cfg.max_position_embeddings
-    if given and given > cfg.max_position_embeddings and os.environ.get(LONGER_CONTEXT_ENV) != "1":
-        raise ValueError(f"context_length: {given} is longer than the model's {cfg.max_position_embeddings} positions "
-                         f"(max_position_embeddings): its outputs past them would be wrong; give at most "
-                         f"{cfg.max_position_embeddings}, or set {LONGER_CONTEXT_ENV}=1 as in SGLang")
+    positions = model_positions(cfg)
+    if given and given > positions and os.environ.get(LONGER_CONTEXT_ENV, "").lower() not in ("1", "true"):
+        raise ValueError(f"context_length: {given} is longer than the model's {positions} positions "
+                         f"(max_position_embeddings and its rope scaling): its outputs past them would be wrong; "
+                         f"give at most {positions}, or set {LONGER_CONTEXT_ENV}=1 as in SGLang")
     if window is None or wanted <= window:
         return wanted
     if given:
