@@ -446,10 +446,9 @@ class ReasoningGate:
         where the answer's ending no longer fits the tokens left after them, the step is undone and the
         ending from before it is taken instead, and returned; None: the step stands. Checked, once a look
         found an ending that fits, on each step of forced text and each near that ending's margin, and
-        before that on a step that reaches the next look: one step's
-        forced text took a JSON answer from `{` with 7 tokens left to `{"ftueTracking": [` with 1, one key
-        grew an ending from 18 tokens to 41, and the answers were cut off. `num_generated`: the output's
-        tokens before the step."""
+        before that on a step that reaches the next look: one step's forced text took a JSON answer from `{`
+        with 7 tokens left to `{"ftueTracking": [` with 1, one key grew an ending from 18 tokens to 41, and
+        the answers were cut off. `num_generated`: the output's tokens before the step."""
         if self._ending is None or self.matcher is None or self.max_new_tokens is None \
                 or self.phase is not Phase.ANSWER or not taken:
             return None
@@ -503,10 +502,14 @@ class ReasoningGate:
     def _fitted(self, ids: list[int] | None, left: int, eos_may_go: bool = True) -> list[int] | None:
         """The ending as far as `left` tokens hold it (`eos_may_go`: its EOS may go, the answer is complete at
         max_new_tokens all the same, though its finish reads "length"), else None."""
-        slack = 1 if eos_may_go and ids and ids[-1] in self._eos else 0
-        if ids is None or len(ids) > left + slack:
+        if ids is None:
             return None
-        return list(ids[:left]) or None if ids else []
+        if not ids:
+            return []
+        slack = 1 if eos_may_go and ids[-1] in self._eos else 0
+        if len(ids) > left + slack:
+            return None
+        return list(ids[:left]) or None  # (nothing: no room for any of it)
 
     def _between_calls_ending(self, left: int) -> list[int] | None:
         """Between two tool calls, where the answer may end, with too few tokens left for one more call of the
