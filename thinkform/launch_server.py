@@ -137,7 +137,7 @@ def config_file_args(argv: list[str]) -> list[str]:
     return flags + rest
 
 
-def check_device(args: EngineArgs) -> None:
+def check_device_and_paths(args: EngineArgs) -> None:
     """The device and the paths beside the model's, checked before anything loads (a ValueError naming them)."""
     if args.tokenizer_path and not os.path.exists(args.tokenizer_path):
         raise ValueError(f"tokenizer_path: {args.tokenizer_path!r} does not exist (a local tokenizer directory)")
@@ -166,22 +166,20 @@ def check_names(args: EngineArgs) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    # the notes for SGLang-only flags are logged while the flags are read: logging is set up first (at the
-    # level asked for, where it is one; the flags' own check refuses another)
     try:
         argv = config_file_args(list(argv if argv is not None else sys.argv[1:]))
     except ValueError as e:
         parser.error(str(e))
-    level = argparse.ArgumentParser(add_help=False)
-    level.add_argument("--log-level", default="info")
-    wanted = level.parse_known_args(argv)[0].log_level.upper()
-    logging.basicConfig(level=wanted if wanted.lower() in LOG_LEVELS else "INFO",
+    ns = parser.parse_args(argv)
+    # the notes for SGLang-only flags are logged while the arguments are built: logging is set up first (at the
+    # level asked for, where it is one; the arguments' own check refuses another)
+    wanted = ns.log_level.lower()
+    logging.basicConfig(level=(wanted if wanted in LOG_LEVELS else "info").upper(),
                         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
-        ns = parser.parse_args(argv)
         args = EngineArgs.from_cli_args(ns)
         check_names(args)
-        check_device(args)
+        check_device_and_paths(args)
         check_address(args.host, args.port)
     except ValueError as e:  # a typo in a flag: argparse's one-line usage error (exit 2), not a traceback
         parser.error(str(e))

@@ -260,15 +260,7 @@ def text_tag(tag: dict[str, Any]) -> bool:
     """A structural tag of text only (no JSON schema: no tool call), closed as one grammar where its text is
     unfinished (inside a tag); free text beside its tags, where the answer may end, is never cut short."""
     fmt = tag.get("format")
-    return isinstance(fmt, dict) and fmt.get("type") not in ("grammar", "regex") and not _holds_schema(fmt)
-
-
-def _holds_schema(node: Any) -> bool:
-    if isinstance(node, list):
-        return any(_holds_schema(item) for item in node)
-    if isinstance(node, dict):
-        return node.get("type") == "json_schema" or any(_holds_schema(value) for value in node.values())
-    return False
+    return isinstance(fmt, dict) and fmt.get("type") not in ("grammar", "regex") and not _schema_nodes(fmt)
 
 
 @lru_cache(maxsize=256)
@@ -295,21 +287,17 @@ def xml_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:
 def has_xml_content(tag: dict[str, Any]) -> bool:
     """Whether some `json_schema` content of a structural tag (at any depth, in a tag or not) is written in an
     XML style, which only xgrammar compiles."""
-    found = False
+    return any(node.get("style", "json") != "json" for node in _schema_nodes(tag.get("format")))
 
-    def walk(node: Any) -> None:
-        nonlocal found
-        if isinstance(node, list):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            if node.get("type") == "json_schema" and node.get("style", "json") != "json":
-                found = True
-            for value in node.values():
-                walk(value)
 
-    walk(tag.get("format"))
-    return found
+def _schema_nodes(node: Any) -> list[dict[str, Any]]:
+    """Every `json_schema` node of a structural tag's format, at any depth."""
+    if isinstance(node, list):
+        return [found for item in node for found in _schema_nodes(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [node] if node.get("type") == "json_schema" else []
+    return own + [found for value in node.values() for found in _schema_nodes(value)]
 
 
 def _schema_tags(tag: dict[str, Any]) -> list[tuple[str, str, Any, str]]:

@@ -229,8 +229,8 @@ class LLGuidanceBackend(GrammarBackend):
 
 
 def gbnf_as_lark(gbnf: str) -> str:
-    """A GBNF grammar as llguidance's Lark, by llguidance's converter, its `\\uXXXX` / `\\UXXXXXXXX` escapes
-    first written so that the converter keeps them (it drops their leading zeros: `\\u00e9` became `\\ue9`, a
+    """A GBNF grammar as llguidance's Lark, by llguidance's converter, its four- and eight-digit `\\u` / `\\U`
+    escapes first written so that the converter keeps them (it drops their leading zeros: `\\u00e9` became `\\ue9`, a
     lexer error, `\\U0010FFFF` `\\U10FFFF`, an invalid regex; llama.cpp's json.gbnf failed so). A ValueError
     quoting the user's text where the converter cannot read it."""
     from llguidance.gbnf_to_lark import gbnf_to_lark
@@ -251,8 +251,8 @@ _GBNF_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|.)", re.DOT
 
 
 def _plain_unicode_escapes(gbnf: str) -> str:
-    """`\\uXXXX` and `\\UXXXXXXXX` inside a GBNF string or character class as what llguidance's converter
-    keeps: `\\xHH` below U+0100 (which stays an escape: a quote, backslash, bracket, `-` or `^` keeps no
+    """Four- and eight-digit `\\u` / `\\U` escapes inside a GBNF string or character class as what llguidance's
+    converter keeps: `\\xHH` below U+0100 (which stays an escape: a quote, backslash, bracket, `-` or `^` keeps no
     special meaning), the character itself above (none of those is special). A surrogate or a code point past
     U+10FFFF stays as written (llguidance refuses it)."""
     def char(m: re.Match[str]) -> str:
