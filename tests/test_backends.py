@@ -735,8 +735,9 @@ def test_auto_backend_falls_back_to_llguidance_where_xgrammar_refuses():
     for tid in tok.encode('{"a": "ab"}'):
         assert matcher.accept_token(tid)
     assert matcher.can_terminate()
-    with pytest.raises(ConstraintError, match="regex"):  # both refuse: both messages, naming the field
+    with pytest.raises(ConstraintError, match="regex") as refused:  # both refuse: both messages, naming the field
         create_backend("auto", ctx).compile(constraint_from_fields(regex="(unclosed"))
+    assert str(refused.value).startswith("invalid regex: ") and "(llguidance: invalid regex: " not in str(refused.value)
 
 
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines", "auto"])

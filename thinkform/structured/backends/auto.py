@@ -40,7 +40,7 @@ class AutoBackend(GrammarBackend):
             try:
                 return self._llguidance().compile(constraint)
             except ConstraintError as second:  # neither library: the hint to try the other one is moot here
-                raise ConstraintError(f"{reason} (llguidance: {second})", field=first.field) from second
+                raise ConstraintError(f"{reason} (llguidance: {_own_words(second)})", field=first.field) from second
             except ValueError as second:  # llguidance cannot read this tokenizer (llguidance.lltokenizer)
                 raise ConstraintError(f"{reason} (llguidance cannot serve this model: {second})",
                                       field=first.field) from second
@@ -62,3 +62,10 @@ class AutoBackend(GrammarBackend):
                 self._fallback_error = e
                 raise
         return self._fallback
+
+
+def _own_words(error: ConstraintError) -> str:
+    """llguidance's message without the "invalid <field>: " that xgrammar's reason already begins with."""
+    text = str(error)
+    prefix = f"invalid {error.field}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
