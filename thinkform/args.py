@@ -24,7 +24,7 @@ class EngineArgs:
     port: int = field(default=30000, metadata={"help": "port to bind"})
     reasoning_parser: str | None = field(default=None, metadata={"help": "reasoning family: deepseek-r1, qwen3, qwen3-thinking, qwq, deepseek-v3, glm45, kimi, kimi_k2, interns1, mistral, gpt-oss, minimax, step3, step3p5, mimo, nemotron_3, nano_v3, olmo3, minimax-append-think"})
     grammar_backend: str = field(default="auto", metadata={"help": "auto (xgrammar, falling back to llguidance where xgrammar would not enforce a constraint) | xgrammar | llguidance | outlines | none"})
-    tool_call_parser: str | None = field(default=None, metadata={"help": "qwen25 | hermes | llama3 | deepseekv3 | deepseekv31 | kimi_k2 | qwen3_coder | glm45 | gpt-oss | mistral | pythonic (default: guessed from the chat template)"})
+    tool_call_parser: str | None = field(default=None, metadata={"help": "qwen25 | qwen | hermes | llama3 | deepseekv3 | deepseekv31 | deepseekv32 | deepseekv4 | kimi_k2 | qwen3_coder | step3p5 | mimo | glm45 | glm | glm47 | minimax-m2 | interns1 | gpt-oss | mistral | pythonic (default: guessed from the chat template)"})
     max_reasoning_tokens: int | None = field(default=None, metadata={"help": "default thinking budget per request (tokens); the end marker is forced when reached"})
     api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on every route but /health"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})

@@ -2,8 +2,8 @@
 
 Each format is a small data description (the text around one call, the optional wrapper around all
 calls, the separator) plus a parser; the structural tags use xgrammar's `format` spelling. The formats whose
-arguments are XML parameters (qwen3_coder, glm45) live in xml_tools.py and read them by the request's tool
-schemas (`for_tools`).
+arguments are XML parameters (qwen3_coder, mimo, glm45, glm47, minimax-m2, deepseekv32, deepseekv4) live in
+xml_tools.py and read them by the request's tool schemas (`for_tools`).
 """
 from __future__ import annotations
 
@@ -491,6 +491,33 @@ class MistralParser(ToolCallParser):
         return _calls_from_dicts(_json_objects(section[len(self.trigger):]), ("arguments", "parameters"))
 
 
+class InternLMParser(ToolCallParser):
+    """InternLM2 / Intern-S1 (SGLang's interns1): `<|action_start|><|plugin|>\\n{"name": ..., "parameters": {...}}
+    <|action_end|>`, one such per call (SGLang's detector spells a space between the two tags, as a decode with
+    spaces between special tokens writes them: both are read)."""
+
+    name = "interns1"
+    call_begin = '<|action_start|><|plugin|>\n{"name": "{name}", "parameters": '
+    call_end = "}<|action_end|>"
+    separator = ""
+    trigger = "<|action_start|>"
+    _plugin = re.compile(r"<\|action_start\|>\s*<\|plugin\|>\s*")
+
+    @cached_property
+    def _begin(self) -> re.Pattern[str]:
+        return re.compile(self._plugin.pattern + r'\{"name": "(?P<name>[\w.\-]+)", "(?:parameters|arguments)": (?=\{)')
+
+    def _parse_calls(self, section: str) -> list[ToolCall]:
+        """The JSON object after each `<|action_start|><|plugin|>` (its keys in any order)."""
+        values: list[Any] = []
+        for m in self._plugin.finditer(section):
+            try:
+                values.append(_DECODER.raw_decode(section, m.end())[0])
+            except (json.JSONDecodeError, RecursionError):
+                continue
+        return _calls_from_dicts(values, ("parameters", "arguments"))
+
+
 class PythonicParser(ToolCallParser):
     """Pythonic: `[get_weather(city="Paris"), get_time()]`, Llama-4 may wrap the list in `<|python_start|>` /
     `<|python_end|>` (its markup, never content). Constrained for tool_choice required / named (a grammar of
@@ -604,13 +631,16 @@ def _literal_calls(node: ast.expr) -> list[ToolCall] | None:
 
 
 from thinkform.server.harmony_tools import GptOssParser  # noqa: E402  (they build on the classes above)
-from thinkform.server.xml_tools import Glm45Parser, Qwen3CoderParser  # noqa: E402
+from thinkform.server.xml_tools import (  # noqa: E402
+    DeepSeekV32Parser, DeepSeekV4Parser, Glm45Parser, Glm47Parser, MiMoParser, MiniMaxM2Parser, Qwen3CoderParser)
 
 _PARSERS: Mapping[str, Callable[[], ToolCallParser]] = MappingProxyType({
     "qwen25": HermesParser, "qwen": HermesParser, "hermes": HermesParser,
     "llama3": Llama3Parser, "deepseekv3": DeepSeekV3Parser, "mistral": MistralParser,
     "pythonic": PythonicParser, "deepseekv31": DeepSeekV31Parser, "kimi_k2": KimiK2Parser,
     "qwen3_coder": Qwen3CoderParser, "glm45": Glm45Parser, "gpt-oss": GptOssParser,
+    "glm47": Glm47Parser, "deepseekv32": DeepSeekV32Parser, "deepseekv4": DeepSeekV4Parser,
+    "minimax-m2": MiniMaxM2Parser, "mimo": MiMoParser, "interns1": InternLMParser,
     # SGLang's other names of the same formats (its ToolCallParserEnum: glm -> Glm4MoeDetector, step3p5 ->
     # Qwen3CoderDetector)
     "glm": Glm45Parser, "step3p5": Qwen3CoderParser,
@@ -631,12 +661,17 @@ def get_tool_call_parser(name: str) -> ToolCallParser:
 def guess_tool_call_parser(chat_template: str | None) -> ToolCallParser:
     """The format a chat template teaches its model (hermes when nothing tells)."""
     text = chat_template or ""
+    if "｜DSML｜" in text:  # DeepSeek's DSML calls: V4 in a `tool_calls` section, V3.2 in `function_calls`
+        return get_tool_call_parser("deepseekv4" if "｜DSML｜tool_calls" in text else "deepseekv32")
     if "<｜tool▁calls▁begin｜>" in text:  # V3 writes `function<｜tool▁sep｜>NAME` and a ```json fence, V3.1 neither
         return get_tool_call_parser("deepseekv3" if "```json" in text else "deepseekv31")
     if "to=functions." in text and "<|channel|>" in text:  # harmony: gpt-oss
         return get_tool_call_parser("gpt-oss")
+    # GLM-4.7 writes `</arg_key><arg_value>` back to back (4.5 a newline between); MiMo `<tool_call><function=`
     for needle, name in (("<|tool_calls_section_begin|>", "kimi_k2"), ("[TOOL_CALLS]", "mistral"),
-                         ("<|python_tag|>", "llama3"), ("<arg_key>", "glm45"), ("<function=", "qwen3_coder"),
+                         ("<|python_tag|>", "llama3"), ("<minimax:tool_call>", "minimax-m2"),
+                         ("<|action_start|>", "interns1"), ("</arg_key><arg_value>", "glm47"), ("<arg_key>", "glm45"),
+                         ("<tool_call><function=", "mimo"), ("<function=", "qwen3_coder"),
                          ("<parameter=", "qwen3_coder"), ("<tool_call>", "hermes")):
         if needle in text:
             return get_tool_call_parser(name)

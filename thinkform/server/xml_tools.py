@@ -1,9 +1,16 @@
-"""Tool-call formats whose arguments are XML parameters, not JSON (SGLang's qwen3_coder and glm45 parsers):
+"""Tool-call formats whose arguments are XML parameters, not JSON (SGLang's qwen3_coder, mimo, glm45, glm47,
+minimax-m2, deepseekv32 and deepseekv4 parsers):
 
 - qwen3_coder (Qwen3-Coder): `<tool_call>\\n<function=NAME>\\n<parameter=KEY>\\nVALUE\\n</parameter>\\n...</function>\\n</tool_call>`
+- mimo (MiMo): the same without the newlines: `<tool_call><function=NAME><parameter=KEY>VALUE</parameter></function></tool_call>`
 - glm45 (GLM-4.5 / 4.6): `<tool_call>NAME\\n<arg_key>KEY</arg_key>\\n<arg_value>VALUE</arg_value>\\n...</tool_call>`
+- glm47 (GLM-4.7 / GLM-5): the same without the newlines: `<tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value></tool_call>`
+- minimax-m2 (MiniMax-M2): `<minimax:tool_call>\\n<invoke name="NAME">\\n<parameter name="KEY">VALUE</parameter>\\n</invoke>\\n</minimax:tool_call>`
+- deepseekv32 (DeepSeek-V3.2, DSML): `<｜DSML｜function_calls>\\n<｜DSML｜invoke name="NAME">\\n<｜DSML｜parameter name="KEY"
+  string="true">VALUE</｜DSML｜parameter>\\n</｜DSML｜invoke>\\n</｜DSML｜function_calls>` (`string="false"`: a JSON value);
+  deepseekv4 the same in `<｜DSML｜tool_calls>`
 
-Constrained with xgrammar's structural-tag `json_schema` content in the "qwen_xml" / "glm_xml" style; values
+Constrained with xgrammar's structural-tag `json_schema` content in the format's XML style; values
 are read into JSON arguments by the tool's schema (thinkform.structured.xml_args), so a parser bound to a
 request's tools (`for_tools`) gives each call's arguments as JSON of the schema's types. Streaming sends the
 arguments as JSON too: each parameter once complete, a plain string value while it is written.
@@ -37,7 +44,20 @@ class XmlToolCallParser(ToolCallParser):
         return {**tag, "content": {**tag["content"], "style": self.style}}
 
     def partial_calls(self, section: str, final: bool = True, scans: Any = None) -> list[tuple[str, str, bool]]:
-        out, pos = [], 0
+        return self._read_calls(section, final)[0]
+
+    def _parse_section(self, section: str) -> tuple[list[ToolCall], str]:
+        """The calls, and where the format wraps them in a section (MiniMax-M2, DSML), the text after its end:
+        content, as SGLang's detectors give it."""
+        calls, end = self._read_calls(section, True)
+        after = section[end:] if end is not None else ""
+        return [ToolCall(name, args) for name, args, complete in calls if complete], after
+
+    def _read_calls(self, section: str, final: bool) -> tuple[list[tuple[str, str, bool]], int | None]:
+        """(name, arguments so far, complete) of each call, and where the section's wrapper closes (None: no
+        wrapper, or not closed): a call is read only inside the section."""
+        out: list[tuple[str, str, bool]] = []
+        pos = 0
         while (m := self._head.search(section, pos)) is not None:
             name = m.group("name")
             schema = self.schemas.get(name)
@@ -51,7 +71,11 @@ class XmlToolCallParser(ToolCallParser):
                 break
             out.append((name, arguments_so_far(params, schema, self.style, closed=True), True))
             pos = closed
-        return out
+            if self.wrapper is not None:
+                at = STYLES[self.style].gap.match(section, pos).end()
+                if section.startswith(self.wrapper[1], at):
+                    return out, at + len(self.wrapper[1])
+        return out, None
 
     def _closed(self, text: str, pos: int, final: bool) -> int | None | bool:
         """Where the call's closing markers end (None: the text ends inside them, False: something else). A
@@ -69,7 +93,7 @@ class XmlToolCallParser(ToolCallParser):
         return pos
 
     def _parse_calls(self, section: str) -> list[ToolCall]:
-        return [ToolCall(name, args) for name, args, complete in self.partial_calls(section) if complete]
+        return self._parse_section(section)[0]
 
 
 class Qwen3CoderParser(XmlToolCallParser):
@@ -99,3 +123,63 @@ class Glm45Parser(XmlToolCallParser):
     # GLM-4.6 may write the newlines between the markup as the two characters `\n`: not the name's (SGLang)
     _head = re.compile(r"<tool_call>\s*(?P<name>[^\s<\\]+)(?=\s|<|\\n)")
     _closing = ("</tool_call>",)
+
+
+class MiMoParser(Qwen3CoderParser):
+    """MiMo: Qwen3-Coder's parameters without its newlines between the tags (its chat template's spelling, and
+    xgrammar's "mimo" structural tag): `<tool_call><function=NAME><parameter=KEY>VALUE</parameter></function></tool_call>`."""
+
+    name = "mimo"
+    call_begin = "<tool_call><function={name}>"
+    call_end = "</function></tool_call>"
+    separator = ""
+
+
+class Glm47Parser(Glm45Parser):
+    """GLM-4.7 / GLM-5: GLM-4.5's tags without the newlines (its chat template writes
+    `<tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value></tool_call>`, calls back to back)."""
+
+    name = "glm47"
+    call_begin = "<tool_call>{name}"
+    separator = ""
+
+
+class MiniMaxM2Parser(XmlToolCallParser):
+    """MiniMax-M2: `<minimax:tool_call>\\n<invoke name="NAME">\\n<parameter name="KEY">VALUE</parameter>\\n</invoke>\\n
+    </minimax:tool_call>`, the calls of one answer in one section."""
+
+    name = "minimax-m2"
+    style = "minimax_xml"
+    call_begin = '<invoke name="{name}">\n'
+    call_end = "</invoke>\n"
+    wrapper = ("<minimax:tool_call>\n", "</minimax:tool_call>")
+    separator = ""
+    trigger = "<minimax:tool_call>"
+    argument_markup = ('<parameter name="', "</parameter>")
+    _head = re.compile(r'<invoke\s+name="(?P<name>[^"<>]+)"\s*>')
+    _closing = ("</invoke>",)
+
+
+class DeepSeekV32Parser(XmlToolCallParser):
+    """DeepSeek-V3.2 (DSML): `<｜DSML｜function_calls>\\n<｜DSML｜invoke name="NAME">\\n<｜DSML｜parameter name="KEY"
+    string="true">VALUE</｜DSML｜parameter>\\n</｜DSML｜invoke>\\n</｜DSML｜function_calls>`; each value says whether it
+    is raw text (`string="true"`) or JSON (`string="false"`)."""
+
+    name = "deepseekv32"
+    style = "deepseek_xml"
+    call_begin = '<｜DSML｜invoke name="{name}">\n'
+    call_end = "</｜DSML｜invoke>\n"
+    wrapper = ("<｜DSML｜function_calls>\n", "</｜DSML｜function_calls>")
+    separator = ""
+    trigger = "<｜DSML｜function_calls>"
+    argument_markup = ('<｜DSML｜parameter name="', 'string="true">', 'string="false">', "</｜DSML｜parameter>")
+    _head = re.compile(r'<｜DSML｜invoke\s+name="(?P<name>[^"<>]+)"\s*>')
+    _closing = ("</｜DSML｜invoke>",)
+
+
+class DeepSeekV4Parser(DeepSeekV32Parser):
+    """DeepSeek-V4: V3.2's DSML calls in a `<｜DSML｜tool_calls>` section."""
+
+    name = "deepseekv4"
+    wrapper = ("<｜DSML｜tool_calls>\n", "</｜DSML｜tool_calls>")
+    trigger = "<｜DSML｜tool_calls>"

@@ -1,8 +1,11 @@
-"""Tool-call arguments written as XML (xgrammar's structural-tag `json_schema` styles "qwen_xml" and "glm_xml")
-read back as JSON, by the schema's types, as SGLang's qwen3_coder and glm45 detectors do.
+"""Tool-call arguments written as XML (xgrammar's structural-tag `json_schema` styles) read back as JSON, by the
+schema's types, as SGLang's qwen3_coder, glm45 / glm47, minimax-m2 and deepseekv32 detectors do.
 
-- qwen_xml (Qwen3-Coder): `<parameter=city>\\nParis\\n</parameter>\\n<parameter=days>\\n3\\n</parameter>`
-- glm_xml (GLM-4.5/4.6): `<arg_key>city</arg_key>\\n<arg_value>Paris</arg_value>\\n<arg_key>days</arg_key>...`
+- qwen_xml (Qwen3-Coder, MiMo): `<parameter=city>\\nParis\\n</parameter>\\n<parameter=days>\\n3\\n</parameter>`
+- glm_xml (GLM-4.5/4.6/4.7): `<arg_key>city</arg_key>\\n<arg_value>Paris</arg_value>\\n<arg_key>days</arg_key>...`
+- minimax_xml (MiniMax-M2): `<parameter name="city">Paris</parameter>\\n<parameter name="days">3</parameter>`
+- deepseek_xml (DeepSeek-V3.2 DSML): `<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>`; its
+  `string` attribute says how the value is written (raw text, or JSON), so it is read by that, not the schema
 
 The grammar (xgrammar) writes a top-level string raw (no quotes, anything but the value's closing tag) and
 every other value as JSON with whitespace around it, so a value is read as:
@@ -29,9 +32,9 @@ from typing import Any, Mapping
 from thinkform.reasoning import partial_suffix
 from thinkform.structured.spec import xml_tags
 
-XML_STYLES = frozenset({"qwen_xml", "glm_xml"})
-XML_ONLY_XGRAMMAR = (" (tool-call arguments written as XML, json_schema style 'qwen_xml' / 'glm_xml', as the "
-                     "qwen3_coder and glm45 tool-call parsers ask: only xgrammar compiles them)")
+XML_ONLY_XGRAMMAR = (" (tool-call arguments written as XML, a json_schema style such as 'qwen_xml' / 'glm_xml', as the "
+                     "qwen3_coder, glm45, glm47, minimax-m2 and deepseekv32 tool-call parsers ask: only xgrammar "
+                     "compiles them)")
 _WS = re.compile(r"[ \t\r\n]*")
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
                type(None): "null"}
@@ -46,6 +49,9 @@ class _Style:
     trim_newline: bool  # drop one newline after the value's opening and before its closing tag
     gap: re.Pattern[str] = _WS  # what may stand between the tags
     null_any_type: bool = False  # `null` is None whatever the property's type (Qwen3-Coder's, SGLang and vLLM)
+    # (raw-text opening, JSON opening) after the key where the value's own attribute says how it is written
+    # (DeepSeek-V3.2's ` string="true">` / ` string="false">`); None: the schema tells
+    string_flags: tuple[str, str] | None = None
 
 
 STYLES: Mapping[str, _Style] = {
@@ -53,7 +59,12 @@ STYLES: Mapping[str, _Style] = {
     # GLM-4.6 may write a newline between tags as the two characters `\n` (SGLang's detector skips them too)
     "glm_xml": _Style("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", False,
                       gap=re.compile(r"(?:[ \t\r\n]|\\n)*")),
+    # MiniMax-M2: SGLang drops the newlines around a value and reads `null` as None for any type
+    "minimax_xml": _Style('<parameter name="', '">', "", "</parameter>", True, null_any_type=True),
+    "deepseek_xml": _Style('<｜DSML｜parameter name="', '"', "", "</｜DSML｜parameter>", False,
+                           string_flags=('string="true">', 'string="false">')),
 }
+XML_STYLES = frozenset(STYLES)
 
 
 def xml_value_closers(tag: dict[str, Any]) -> tuple[bytes, ...]:
@@ -68,6 +79,7 @@ class XmlParam:
     key: str
     raw: str  # the value's text so far (complete: up to its closing tag)
     complete: bool
+    is_string: bool | None = None  # the value's own attribute: raw text (True) or JSON (False); None: not said
 
 
 def read_params(text: str, pos: int, style: str, final: bool = True) -> tuple[list[XmlParam], int, bool]:
@@ -90,20 +102,34 @@ def read_params(text: str, pos: int, style: str, final: bool = True) -> tuple[li
             return params, pos, False  # the key is still being written
         key = text[key_at:key_end]
         value_at = key_end + len(st.key_close)
-        if st.value_open:
+        is_string = None
+        for k, opening in enumerate(_value_openings(st)):
             v = st.gap.match(text, value_at).end()
-            if not text.startswith(st.value_open, v):
-                if st.value_open.startswith(text[v:]):  # cut before the value: nothing of it to tell yet
+            if text.startswith(opening, v):
+                value_at, is_string = v + len(opening), k == 0 if st.string_flags else None
+                break
+        else:
+            if st.value_open or st.string_flags:
+                v = st.gap.match(text, value_at).end()
+                if any(o.startswith(text[v:]) for o in _value_openings(st)):  # cut before the value: nothing to tell
                     return params, pos, False
                 return params, pos, True  # malformed: not a parameter
-            value_at = v + len(st.value_open)
         close, decided = _value_end(text, value_at, st, final)
         if close < 0 or not decided:  # still being written (or its closing tag's meaning not yet told)
             so_far = text[value_at:close] if close >= 0 else text[value_at:]
-            params.append(XmlParam(key, so_far[: len(so_far) - partial_suffix(so_far, st.value_close)], False))
+            params.append(XmlParam(key, so_far[: len(so_far) - partial_suffix(so_far, st.value_close)], False,
+                                   is_string))
             return params, len(text), False
-        params.append(XmlParam(key, text[value_at:close], True))
+        params.append(XmlParam(key, text[value_at:close], True, is_string))
         pos = close + len(st.value_close)
+
+
+def _value_openings(st: _Style) -> tuple[str, ...]:
+    """What may open a value after its key (and whitespace): the string flags' openings, the value's tag, or
+    nothing (the key's tag holds the value)."""
+    if st.string_flags:
+        return st.string_flags
+    return (st.value_open,) if st.value_open else ()
 
 
 def _value_end(text: str, start: int, st: Any, final: bool) -> tuple[int, bool]:
@@ -186,8 +212,11 @@ def raw_string(raw: str, style: str) -> str:
     return raw
 
 
-def xml_value(raw: str, schema: Any, style: str) -> Any:
-    """The JSON value of a complete parameter value `raw` under its property `schema` (None: unknown)."""
+def xml_value(raw: str, schema: Any, style: str, is_string: bool | None = None) -> Any:
+    """The JSON value of a complete parameter value `raw` under its property `schema` (None: unknown);
+    `is_string`: the value's own attribute says it is raw text (True) or JSON (False)."""
+    if is_string is not None:
+        return _flagged_value(raw, is_string)
     if STYLES[style].null_any_type and raw_string(raw, style).lower() == "null":
         return None
     if streams_raw(schema):
@@ -215,6 +244,15 @@ def xml_value(raw: str, schema: Any, style: str) -> Any:
 
 
 _NOT_JSON = object()
+
+
+def _flagged_value(raw: str, is_string: bool) -> Any:
+    """A value whose attribute tells how it is written (DeepSeek-V3.2's `string="true"`): raw text as it
+    stands (the grammar writes it right between the tags), or JSON, else its text (SGLang's fallback)."""
+    if is_string:
+        return raw
+    value = _json_value(raw.strip(), escaped=False)
+    return raw.strip() if value is _NOT_JSON else value
 
 
 def _json_value(text: str, escaped: bool) -> Any:
@@ -249,11 +287,17 @@ def _member(key: str, value: Any) -> str:
 def arguments_so_far(params: list[XmlParam], schema: Any, style: str, closed: bool) -> str:
     """The arguments' JSON text as far as `params` go: complete parameters, then a raw string still being
     written (as far as it is final), then `}` once `closed`. Each text is a prefix of the next one's."""
-    members = [_member(p.key, xml_value(p.raw, property_schema(schema, p.key), style)) for p in params if p.complete]
+    members = [_member(p.key, xml_value(p.raw, property_schema(schema, p.key), style, p.is_string))
+               for p in params if p.complete]
     text = "{" + ", ".join(members)
     if closed:
         return text + "}"
     last = params[-1] if params else None
+    if last is not None and last.is_string is not None:  # the value's attribute tells: raw text streams as is
+        if last.is_string and not last.complete:
+            text += (", " if members else "") + json.dumps(last.key, ensure_ascii=False) + ": " \
+                + json.dumps(last.raw, ensure_ascii=False)[:-1]
+        return text
     value = raw_string(last.raw, style) if last is not None else ""
     # a value that may still be `null` (Qwen3-Coder: None for any type) is held back until it is told
     maybe_null = STYLES[style].null_any_type and "null".startswith(value.lower())
@@ -269,4 +313,4 @@ def read_arguments(text: str, pos: int, style: str, schema: Any) -> tuple[dict[s
     params, end, over = read_params(text, pos, style)
     if not over:
         return None
-    return {p.key: xml_value(p.raw, property_schema(schema, p.key), style) for p in params}, end
+    return {p.key: xml_value(p.raw, property_schema(schema, p.key), style, p.is_string) for p in params}, end
