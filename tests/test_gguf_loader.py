@@ -27,9 +27,10 @@ MERGES = ["h i", "Ġ t", "Ġt h", "o k"]
 
 
 def _write_gguf(path: Path, specials: list[tuple[str, int]], bos: str, eos: str, pad: str, padded: int = 300,
-                seed: int = 0) -> dict[str, int]:
-    """A one-layer qwen2 GGUF (float32 weights) with a byte-level vocabulary: the 256 bytes, a few merges, the
-    special tokens, then UNUSED padding up to `padded` ids. Returns each token's id."""
+                seed: int = 0, weights: str = "F32") -> dict[str, int]:
+    """A one-layer qwen2 GGUF with a byte-level vocabulary: the 256 bytes, a few merges, the special tokens, then
+    UNUSED padding up to `padded` ids. Its matrices are of GGUF type `weights` (F32, F16, Q8_0, Q4_1; norms and
+    biases F32, as llama.cpp writes them). Returns each token's id."""
     import gguf
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -65,9 +66,17 @@ def _write_gguf(path: Path, specials: list[tuple[str, int]], bos: str, eos: str,
     w.add_pad_token_id(ids[pad])
     w.add_add_bos_token(False)
 
+    kind = gguf.GGMLQuantizationType[weights]
+
     def tensor(name: str, *shape: int) -> None:
         data = 1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("norm.weight") else 0.1 * rng.standard_normal(shape)
-        w.add_tensor(name, data.astype(np.float32))
+        data = data.astype(np.float32)
+        if len(shape) == 1 or kind == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, data)
+        elif kind == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, data.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
     tensor("token_embd.weight", padded, hidden)
     tensor("blk.0.attn_norm.weight", hidden)
@@ -197,3 +206,108 @@ def test_a_same_named_gguf_elsewhere_keeps_its_copy(tmp_path, cache, monkeypatch
     b.write_bytes(b"GGUF BBBB")  # b changes: b's earlier copy goes, a's stays
     copy_b2 = gguf_to_hf_dir(b)
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted([copy_a.name, copy_b2.name])
+
+
+# ---- what the first start costs ----------------------------------------------------------------------------
+
+
+def _stored(copy: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(copy / "model.safetensors"))
+
+
+def _gguf_values(path: Path, name: str) -> torch.Tensor:
+    """A tensor's values as llama.cpp reads them (float32), in torch order."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    tensor = next(t for t in GGUFReader(str(path)).tensors if t.name == name)
+    return torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy()).reshape(
+        tuple(reversed([int(d) for d in tensor.shape])))
+
+
+def test_a_quantized_gguf_copy_for_a_bfloat16_load_is_half_the_float32_one(tmp_path, cache):
+    """The copy was float32 whatever the file's type and the load's dtype: 5.3x a Q4 file on disk (a 7B Q4_K_M
+    needed ~30 GB on its first start), though a bfloat16 load rounds every weight to bfloat16 anyway. Stored
+    rounded, the model in memory is the same to the bit, and so are its greedy tokens; a float32 load still gets
+    the file's exact values."""
+    path = tmp_path / "Qwen3-q4.gguf"
+    _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", weights="Q4_1")
+    wide = load_model(str(path), torch.float32, "cpu", quantization="none")
+    narrow = load_model(str(path), torch.bfloat16, "cpu", quantization="none")
+    wide_size = (Path(wide.model_path) / "model.safetensors").stat().st_size
+    narrow_size = (Path(narrow.model_path) / "model.safetensors").stat().st_size
+    assert narrow.model_path != wide.model_path and narrow_size < 0.52 * wide_size
+    stored = _stored(Path(narrow.model_path))
+    assert stored["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert stored["model.norm.weight"].dtype == torch.float32  # an F32 tensor keeps its type
+    exact = _stored(Path(wide.model_path))["model.embed_tokens.weight"]
+    assert torch.equal(exact, _gguf_values(path, "token_embd.weight"))
+    as_before = {k: v.to(torch.bfloat16) for k, v in wide.model.state_dict().items()}
+    assert all(torch.equal(v, as_before[k]) for k, v in narrow.model.state_dict().items())
+    prompt = narrow.tokenizer.encode("<|im_start|>hi<think>ok", add_special_tokens=False)
+    reference = load_model(str(path), torch.float32, "cpu", quantization="none").model.to(torch.bfloat16)
+    assert _greedy(narrow.model, prompt, 32) == _greedy(reference, prompt, 32)
+
+
+def test_an_f16_gguf_copy_keeps_float16(tmp_path, cache):
+    """An F16 file's weights were written widened to float32 (2x the file for nothing): float16 holds them exactly."""
+    path = tmp_path / "Qwen3-f16.gguf"
+    _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", weights="F16")
+    copy = gguf_to_hf_dir(path)
+    stored = _stored(copy)
+    assert stored["model.layers.0.mlp.up_proj.weight"].dtype == torch.float16
+    assert torch.equal(stored["model.layers.0.mlp.up_proj.weight"].float(), _gguf_values(path, "blk.0.ffn_up.weight"))
+    assert (copy / "model.safetensors").stat().st_size < 1.1 * path.stat().st_size
+
+
+def test_a_first_start_parses_the_vocabulary_once(tmp_path, cache, monkeypatch):
+    """AutoTokenizer, AutoConfig, AutoModel and the loader each built a gguf.GGUFReader, which parses every
+    token and merge: four parses, ~45 of the ~60 s a first start with Qwen's 152k-token vocabulary took."""
+    import gguf
+
+    readers: list[str] = []
+    init = gguf.GGUFReader.__init__
+
+    def counted(self, path, *args, **kwargs):
+        readers.append(str(path))
+        init(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", counted)
+    path = tmp_path / "Qwen3-tiny.gguf"
+    ids = _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
+    loaded = load_model(str(path), torch.float32, "cpu", quantization="none")
+    assert readers == [str(path)]
+    assert loaded.eos_token_ids == (ids["<|im_end|>"], ids["<|endoftext|>"])
+    load_model(str(path), torch.float32, "cpu", quantization="none")  # a warm start parses nothing
+    assert readers == [str(path)]
+
+
+def test_copies_of_two_widths_live_side_by_side_and_old_versions_go(tmp_path, cache):
+    """A float32 load and a bfloat16 one each keep their copy (pruning one for the other would convert again at
+    every switch); a copy from an earlier conversion version of the same file is converted again once, then gone."""
+    path = tmp_path / "Qwen3-q8.gguf"
+    _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", weights="Q8_0")
+    wide = gguf_to_hf_dir(path)
+    stale = wide.with_name(wide.name.replace(f"-v{loader._CONVERSION_VERSION}", "-v4"))
+    stale.mkdir()
+    (stale / loader._COMPLETE_MARKER).write_text(json.dumps({"source": str(path.resolve())}))
+    for copy in (wide, stale):
+        os.utime(copy, (1, 1))  # old enough to prune
+    narrow = gguf_to_hf_dir(path, torch.bfloat16)
+    assert narrow != wide and sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted([wide.name, narrow.name])
+    assert gguf_to_hf_dir(path, torch.float32) == wide and gguf_to_hf_dir(path, torch.bfloat16) == narrow
+
+
+@torch.no_grad()
+def _greedy(model, ids: list[int], steps: int) -> list[int]:
+    from thinkform.models.dense_attention import DenseAttention
+
+    attn, out = DenseAttention(), []
+    current, positions = torch.tensor(ids), torch.arange(len(ids))
+    for _ in range(steps):
+        token = int(model.compute_logits(model(current, positions, attn)[-1:]).argmax(-1))
+        out.append(token)
+        current, positions = torch.tensor([token]), positions[-1:] + 1
+    return out

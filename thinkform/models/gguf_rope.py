@@ -18,13 +18,22 @@ _LLAMA3_LOW_FREQ_FACTOR = 1.0  # one of the equivalent spellings; Llama 3.1/3.2 
 
 def gguf_rope_scaling(reader: Any, theta: float, head_dim: int) -> dict[str, Any] | None:
     """HF `rope_scaling` fields for the GGUF file `reader` reads (a gguf.GGUFReader), None for plain RoPE."""
-    arch = _field(reader, "general.architecture") or "llama"
-    kind = _field(reader, f"{arch}.rope.scaling.type")
-    factor = _field(reader, f"{arch}.rope.scaling.factor")
-    original = _field(reader, f"{arch}.rope.scaling.original_context_length")
-    divisors = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    metadata = {key: field.contents() for key, field in reader.fields.items()
+                if key == "general.architecture" or ".rope.scaling." in key}
+    divisors = next((t.data for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    return rope_scaling_from_metadata(metadata, divisors, theta, head_dim)
+
+
+def rope_scaling_from_metadata(metadata: dict[str, Any], divisors: Any, theta: float,
+                               head_dim: int) -> dict[str, Any] | None:
+    """HF `rope_scaling` fields from a GGUF's metadata (key -> value) and its `rope_freqs.weight` values (float32,
+    None where the file has none); None for plain RoPE."""
+    arch = metadata.get("general.architecture") or "llama"
+    kind = metadata.get(f"{arch}.rope.scaling.type")
+    factor = metadata.get(f"{arch}.rope.scaling.factor")
+    original = metadata.get(f"{arch}.rope.scaling.original_context_length")
     if divisors is not None:
-        return llama3_scaling(np.asarray(divisors.data, dtype=np.float64).reshape(-1), theta, head_dim, original)
+        return llama3_scaling(np.asarray(divisors, dtype=np.float64).reshape(-1), theta, head_dim, original)
     if kind in (None, "none") or factor in (None, 0.0, 1.0):
         return None
     if kind == "linear":
@@ -34,7 +43,7 @@ def gguf_rope_scaling(reader: Any, theta: float, head_dim: int) -> dict[str, Any
         if original:
             scaling["original_max_position_embeddings"] = int(original)
         for key, name in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
-            value = _field(reader, f"{arch}.rope.scaling.{key}")
+            value = metadata.get(f"{arch}.rope.scaling.{key}")
             if value:
                 scaling[name] = float(value)
         return scaling
@@ -85,8 +94,3 @@ def llama3_divisors(scaling: dict[str, Any], inv_freq: np.ndarray) -> np.ndarray
 
 def _refuse() -> dict[str, Any]:
     raise ValueError("GGUF rope_freqs.weight does not follow Llama 3's rope scaling (thinkform reads no other)")
-
-
-def _field(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()

@@ -69,6 +69,22 @@ def read_gguf_vocab(reader: Any) -> GGUFVocab | None:
     return GGUFVocab(_scalar(reader, "tokenizer.ggml.model"), tokens, types, special_ids)
 
 
+def vocab_from_tokenizer_fields(fields: dict[str, Any]) -> GGUFVocab | None:
+    """The vocabulary from the tokenizer fields transformers' `load_gguf_checkpoint` returns (its "tokenizer":
+    tokens, token_type, tokenizer_type, bos/eos/pad/unk_token_id), so the file's vocabulary is parsed once."""
+    tokens = fields.get("tokens")
+    if not isinstance(tokens, list):
+        return None
+    special_ids = {}
+    for name in _SPECIAL_ID_KEYS:
+        value = fields.get(f"{name}_id")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(tokens):
+            special_ids[name] = value
+    model = fields.get("tokenizer_type")
+    types = [int(t) for t in fields.get("token_type") or []]
+    return GGUFVocab(model if isinstance(model, str) else None, tokens, types, special_ids)
+
+
 def fix_converted_tokenizer(out: Path, vocab: GGUFVocab) -> bool:
     """Rewrite the tokenizer transformers saved in `out` from a byte-level GGUF so that every CONTROL (special) and
     USER_DEFINED token is an added token with its own id and raw text, nothing lies past the file's vocabulary,

@@ -5,6 +5,8 @@ GGUF support (which undoes llama.cpp's q/k permutation) into a safetensors direc
 named by the file's stem, size and a digest of its whole content; later loads read that copy. The digest is
 remembered in a small index (gguf-index.json) under the file's resolved path, size and mtime, so a start with an
 unchanged file costs a stat, and a file with a new mtime (a fresh install of the same model) one full read.
+The copy keeps each F32 / F16 / BF16 tensor in its own type, and a quantized one in the dtype the load computes
+in where that is 16-bit (what the runtime would round it to anyway), else float32: one copy per such width.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from safetensors import safe_open
 from torch import Tensor
 
 from thinkform.models.config import ModelConfig, rope_fields, config_from_hf_dict
-from thinkform.models.gguf_rope import gguf_rope_scaling
-from thinkform.models.gguf_vocab import fix_converted_tokenizer, read_gguf_vocab
+from thinkform.models.gguf_rope import rope_scaling_from_metadata
+from thinkform.models.gguf_vocab import fix_converted_tokenizer, vocab_from_tokenizer_fields
 from thinkform.models.decoder import DecoderLM
 from thinkform.models.hf_fallback import load_hf_fallback
 from thinkform.models.layers import CausalLM
@@ -144,7 +146,9 @@ def iter_safetensors(model_dir: Path) -> Iterator[tuple[str, Tensor]]:
 # weights exactly, read once here (each start read the whole file again for it: 2.1 s for the embedded model)
 # 4: a byte-level GGUF's CONTROL / USER_DEFINED tokens keep their ids and text (DeepSeek's `<｜User｜>`), and
 # the stop set holds every end-of-generation token of the vocabulary (gguf_vocab)
-_CONVERSION_VERSION = 4
+# 5: the file's metadata parsed once (the vocabulary was parsed four times: 60 s for Qwen's), the weights written
+# from it without building the float32 model, each tensor no wider than its GGUF type or the load's dtype
+_CONVERSION_VERSION = 5
 
 
 _INDEX_FILE = "gguf-index.json"  # beside the gguf/ folder of copies
@@ -194,12 +198,25 @@ def _content_digest(gguf_file: Path, index_file: Path) -> str:
     return digest
 
 
-def _gguf_cache_key(gguf_file: Path) -> str:
+# the width a quantized tensor is stored in -> the copy name's suffix
+_QUANTIZED_STORAGE = {torch.float32: "", torch.bfloat16: "-bf16", torch.float16: "-f16"}
+
+
+def quantized_storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a copy stores quantized tensors in for a load in `dtype`: that dtype where it is 16-bit (the load
+    rounds the float32 values to it anyway, so storing them rounded changes no weight), else float32 (a Q4 block's
+    scale x quant + min does not fit in 16 bits: a float32 load gets the file's values exactly)."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _gguf_cache_key(gguf_file: Path, quantized_dtype: torch.dtype = torch.float32) -> str:
     """The copy's name: the file's stem, size and a digest of its whole content, not its mtime (every fresh
     install of the same model, each CI run, wrote another 517 MB copy of the embedded model: 71 of them, 36 GB),
-    nor only its ends (a file changed in the middle kept its stale copy)."""
+    nor only its ends (a file changed in the middle kept its stale copy); then the conversion version and the
+    width its quantized tensors are stored in (none: float32)."""
     size = gguf_file.stat().st_size
-    return f"{gguf_file.stem}-{size}-{_content_digest(gguf_file, cache_dir() / _INDEX_FILE)}-v{_CONVERSION_VERSION}"
+    digest = _content_digest(gguf_file, cache_dir() / _INDEX_FILE)
+    return f"{gguf_file.stem}-{size}-{digest}-v{_CONVERSION_VERSION}{_QUANTIZED_STORAGE[quantized_dtype]}"
 
 
 def _copy_source(copy: Path) -> str | None:
@@ -216,12 +233,16 @@ def _prune_stale_copies(target: Path, gguf_file: Path, min_age_s: float = 3600.0
     """Earlier copies of this same file (by its resolved path: earlier conversion versions, an earlier content of
     the file), unfinished copies of a file of this stem and those whose file no longer exists (an earlier
     install's), once a new copy is in place; only those older than `min_age_s`, so a copy another process is
-    converting or loading right now stays. A copy of another file of the same name that exists is kept."""
-    name = re.compile(rf"{re.escape(gguf_file.stem)}-\d+-[0-9a-f]+(?:-v\d+)?")
+    converting or loading right now stays. A copy of another file of the same name that exists is kept, and so is
+    one of this same content and version stored at another width (a float32 load's beside a bfloat16 one's)."""
+    name = re.compile(rf"{re.escape(gguf_file.stem)}-\d+-[0-9a-f]+(?:-v\d+)?(?:-b?f16)?")
+    same_content = re.sub(r"-b?f16$", "", target.name)
     source = str(gguf_file.resolve())
     cutoff = time.time() - min_age_s
     for other in target.parent.iterdir():
         if other == target or not name.fullmatch(other.name) or not other.is_dir() or other.stat().st_mtime >= cutoff:
+            continue
+        if re.sub(r"-b?f16$", "", other.name) == same_content and (other / _COMPLETE_MARKER).is_file():
             continue
         complete = (other / _COMPLETE_MARKER).is_file()
         made_from = _copy_source(other) if complete else None
@@ -231,64 +252,167 @@ def _prune_stale_copies(target: Path, gguf_file: Path, min_age_s: float = 3600.0
             shutil.rmtree(other, ignore_errors=True)
 
 
-def _write_converted(gguf_file: Path, out: Path) -> None:
-    from gguf import GGUFReader
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+def _write_converted(gguf_file: Path, out: Path, quantized_dtype: torch.dtype = torch.float32) -> None:
+    """The copy of `gguf_file` in `out`: config, tokenizer, generation config and weights, from one parse of the
+    file's metadata (transformers' `load_gguf_checkpoint`, which reads the vocabulary: 8-20 s for Qwen's 152k
+    tokens; AutoTokenizer and AutoModel each parsed it again) and its tensor table."""
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     source_dir, name = str(gguf_file.parent), gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=name)
-    hf = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=name, dtype=torch.float32)
-    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
-    # float32 keeps the dequantised values exact (block scale x quant does not fit in 16 bits)
-    state = {k: v.detach().contiguous() for k, v in hf.state_dict().items() if not (tied and k == "lm_head.weight")}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config = hf.config.to_dict()
+    parsed = load_gguf_checkpoint(str(gguf_file), return_tensors=False)
+    hf_config = AutoConfig.for_model(**parsed["config"])
+    tokenizer = _gguf_tokenizer(hf_config, source_dir, name)
+    architecture, tensors = _write_gguf_weights(gguf_file, hf_config, parsed, out, quantized_dtype)
+    config = hf_config.to_dict()
     for key in ("quantization_config", "_name_or_path", "dtype", "torch_dtype"):
         config.pop(key, None)
-    config["architectures"] = [type(hf).__name__]
-    config["dtype"] = "float32"
-    reader = GGUFReader(str(gguf_file))
-    _keep_rope_scaling(reader, config)
+    config["architectures"] = [architecture]
+    config["dtype"] = str(quantized_dtype).removeprefix("torch.")
+    _keep_rope_scaling(gguf_file, tensors, config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    generation = hf.generation_config.to_dict() if hf.generation_config is not None else {}
+    _write_generation_config(hf_config, parsed, out)
+    tokenizer.save_pretrained(str(out))
+    vocab = vocab_from_tokenizer_fields(parsed.get("tokenizer") or {})
+    if vocab is not None and fix_converted_tokenizer(out, vocab):
+        logger.info("%s: the tokenizer's special tokens set to the file's ids and text", gguf_file.name)
+    marker = {"source": str(gguf_file.resolve()), "size": gguf_file.stat().st_size,
+              "q4_1_exact": gguf_weights_are_q4_1(tensors)}
+    (out / _COMPLETE_MARKER).write_text(json.dumps(marker))
+
+
+def _gguf_tokenizer(hf_config: Any, source_dir: str, name: str) -> Any:
+    """The tokenizer AutoTokenizer builds from a GGUF (the class its config's model type maps to), without
+    AutoTokenizer's own parse of the file's metadata for that config."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    tokenizer_class = TOKENIZER_MAPPING.get(type(hf_config), TokenizersBackend) or TokenizersBackend
+    if getattr(tokenizer_class, "__name__", "") == "MistralCommonBackend":  # needs Mistral's own files
+        tokenizer_class = TokenizersBackend
+    return tokenizer_class.from_pretrained(source_dir, gguf_file=name)
+
+
+def _write_generation_config(hf_config: Any, parsed: dict[str, Any], out: Path) -> None:
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig.from_model_config(hf_config).to_dict()
     generation = {k: generation.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    vocab = read_gguf_vocab(reader)
+    vocab = vocab_from_tokenizer_fields(parsed.get("tokenizer") or {})
     if vocab is not None:
         stops = vocab.end_of_generation_ids()
         if len(stops) > 1:  # Qwen3 stops on <|im_end|> and <|endoftext|>, as llama.cpp does
             generation["eos_token_id"] = stops
     GenerationConfig(**generation).save_pretrained(out)
-    tokenizer.save_pretrained(str(out))
-    if vocab is not None and fix_converted_tokenizer(out, vocab):
-        logger.info("%s: the tokenizer's special tokens set to the file's ids and text", gguf_file.name)
-    marker = {"source": str(gguf_file.resolve()), "size": gguf_file.stat().st_size,
-              "q4_1_exact": gguf_weights_are_q4_1(reader)}
-    (out / _COMPLETE_MARKER).write_text(json.dumps(marker))
 
 
-def _keep_rope_scaling(reader: Any, config: dict[str, Any]) -> None:
+@dataclass
+class GGUFTensor:
+    """One tensor of the file as stored: its GGUF name, shape (torch order), ggml type and raw bytes (a
+    read-only memory map of the file)."""
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    data: Any
+
+
+def _gguf_tensors(gguf_file: Path) -> tuple[str, list[GGUFTensor]]:
+    """The file's architecture and tensor table (transformers' header reader, which skips the vocabulary's
+    strings: 0.1 s for Qwen's)."""
+    from transformers.integrations.gguf.reader import GgufHeader, load_gguf_state_dict
+
+    header = GgufHeader.from_file(str(gguf_file))
+    lazy = load_gguf_state_dict(header)
+    tensors = [GGUFTensor(info.name, info.shape, info.ggml_type, lazy[info.name].data) for info in header.tensors]
+    return header.architecture, tensors
+
+
+def _stored_dtype(ggml_type: int, quantized_dtype: torch.dtype) -> torch.dtype:
+    """F32 / F16 / BF16 tensors keep their own type (exact); quantized ones get `quantized_dtype`."""
+    from gguf import GGMLQuantizationType as T
+
+    return {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}.get(ggml_type, quantized_dtype)
+
+
+def _dequantized(tensor: GGUFTensor) -> Any:
+    """float32 values of a tensor (numpy), in its torch-order shape."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize
+
+    raw = np.asarray(tensor.data)
+    if tensor.ggml_type == T.BF16:  # numpy has no bfloat16: widen the bits
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(tensor.shape)
+    rows = raw.reshape(*tensor.shape[:-1], -1) if len(tensor.shape) > 1 else raw
+    return dequantize(rows, T(tensor.ggml_type)).reshape(tensor.shape)
+
+
+def _write_gguf_weights(gguf_file: Path, hf_config: Any, parsed: dict[str, Any], out: Path,
+                        quantized_dtype: torch.dtype) -> tuple[str, list[GGUFTensor]]:
+    """model.safetensors from the file's tensors, renamed and un-permuted by transformers' GGUF tensor processors
+    (the loop of its `load_gguf_checkpoint`), each cast to its stored dtype as it is read: the float32 model is
+    never built (a 7B Q4_K_M took ~30 GB of RAM). Returns the HF architecture and the file's tensors."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    architecture, tensors = _gguf_tensors(gguf_file)
+    with torch.device("meta"):  # for the parameter names only
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    parsed["tensors"] = {}  # where MoE processors put the experts they split or join
+    state: dict[str, Tensor] = {}
+    widths: dict[str, torch.dtype] = {}
+    for tensor in tensors:
+        width = _stored_dtype(tensor.ggml_type, quantized_dtype)
+        before = set(parsed["tensors"])
+        result = processor.process(weights=_dequantized(tensor), name=tensor.name, tensor_key_mapping=names,
+                                   parsed_parameters=parsed)
+        widths.update({key: width for key in set(parsed["tensors"]) - before})
+        if result.name in names:
+            state[names[result.name]] = torch.from_numpy(result.weights.copy()).to(width)
+    state.update({key: value.to(widths[key]) for key, value in parsed.pop("tensors").items()})
+    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+    expected = {key for key, _ in skeleton.named_parameters() if not (tied and key == "lm_head.weight")}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ValueError(f"the file has no tensor for {len(missing)} parameter(s) of {type(skeleton).__name__}: "
+                         f"{', '.join(missing[:8])}")
+    if tied:
+        state.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return type(skeleton).__name__, tensors
+
+
+def _keep_rope_scaling(gguf_file: Path, tensors: list[GGUFTensor], config: dict[str, Any]) -> None:
     """The GGUF's rope scaling into the converted config (transformers' reader drops it: gguf_rope)."""
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
     theta, _ = rope_fields(config)
     heads = int(config.get("num_attention_heads") or 1)
     head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 0) // heads)
-    scaling = gguf_rope_scaling(reader, theta, head_dim)
+    metadata, _ = read_gguf_metadata(str(gguf_file))  # its scalars (the vocabulary's strings are skipped)
+    divisors = next((_dequantized(t) for t in tensors if t.name == "rope_freqs.weight"), None)
+    scaling = rope_scaling_from_metadata(metadata, divisors, theta, head_dim)
     if scaling is None:
         return
     config.pop("rope_scaling", None)
     config["rope_parameters"] = {**(config.get("rope_parameters") or {}), "rope_theta": theta, **scaling}
 
 
-def gguf_to_hf_dir(gguf_file: Path) -> Path:
-    """The cached safetensors copy of a GGUF file, converting it on first use (atomically)."""
-    target = cache_dir() / "gguf" / _gguf_cache_key(gguf_file)
+def gguf_to_hf_dir(gguf_file: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The cached safetensors copy of a GGUF file for a load in `dtype`, converting it on first use (atomically)."""
+    quantized_dtype = quantized_storage_dtype(dtype)
+    target = cache_dir() / "gguf" / _gguf_cache_key(gguf_file, quantized_dtype)
     if (target / _COMPLETE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         try:
-            _write_converted(gguf_file, staging)
+            # (the width is passed only where it is not the default: a stand-in converter may take two arguments)
+            _write_converted(gguf_file, staging, *([quantized_dtype] if quantized_dtype != torch.float32 else []))
         except Exception as exc:
             raise ValueError(f"cannot convert GGUF file {str(gguf_file)!r} with transformers: {exc}") from exc
         if target.exists() and not (target / _COMPLETE_MARKER).is_file():
@@ -384,8 +508,8 @@ def _wants_int4(quantization: str, converted: Path | None, device: str, dtype: t
         json.loads((converted / _COMPLETE_MARKER).read_text()).get("q4_1_exact", False)
 
 
-def gguf_weights_are_q4_1(reader: Any) -> bool:
-    """Whether most of the layer weights of the GGUF `reader` reads are Q4_1 with every block spanning its whole
+def gguf_weights_are_q4_1(tensors: list[GGUFTensor]) -> bool:
+    """Whether most of the layer weights of a GGUF file (its `tensors`) are Q4_1 with every block spanning its whole
     0..15 range: per 32 weights w = d * q + m with the group's min at q = 0 and its max at q = 15, so int4
     groups of 32 recover them exactly. llama.cpp's plain quantizer writes such blocks; its importance-matrix
     one need not reach q = 15 (re-quantized, those blocks moved by up to 0.74 of a step). Q4_0 and Q4_K need
@@ -393,8 +517,8 @@ def gguf_weights_are_q4_1(reader: Any) -> bool:
     to choose that."""
     from gguf import GGMLQuantizationType
 
-    layers = [t for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2]
-    q4_1 = [t for t in layers if t.tensor_type == GGMLQuantizationType.Q4_1]
+    layers = [t for t in tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    q4_1 = [t for t in layers if t.ggml_type == GGMLQuantizationType.Q4_1]
     return bool(layers) and len(q4_1) * 2 > len(layers) and all(_q4_1_blocks_span(t.data) for t in q4_1)
 
 
@@ -426,7 +550,7 @@ def load_model(model_path: str | None, dtype: torch.dtype | None = None, device:
     gguf = _gguf_in(source)
     if source.is_file() and gguf is None:
         raise ValueError(f"model_path {str(source)!r} is a file but not a .gguf; pass a directory or a .gguf file")
-    model_dir = gguf_to_hf_dir(gguf) if gguf is not None else source
+    model_dir = gguf_to_hf_dir(gguf, dtype) if gguf is not None else source
     raw = _raw_config(model_dir)
     tokenizer = _load_tokenizer(model_dir)
     eos = _eos_ids(model_dir, raw, tokenizer)
