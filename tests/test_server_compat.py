@@ -584,3 +584,14 @@ def test_minimax_append_think_keeps_the_reasoning_in_content_after_the_templates
         assert not any(d.get("reasoning_content") for d in deltas)
         r = httpx.post(f"{base}/separate_reasoning", json={"text": "Hm.</think>Paris"})
         assert r.json() == {"reasoning_text": "", "text": "<think>Hm.</think>Paris"}
+
+
+def test_an_assistant_refusal_part_is_read_as_its_text(served):
+    """Audit (client libraries): the OpenAI SDK's assistant messages may carry a `refusal` content part; a
+    conversation replayed with one was a 400."""
+    engine, base = served
+    history = [{"role": "user", "content": "Say something rude."},
+               {"role": "assistant", "content": [{"type": "refusal", "refusal": "I will not do that."}]},
+               {"role": "user", "content": "Then say hello."}]
+    assert _chat(base, messages=history).status_code == 200
+    assert "I will not do that." in engine.tokenizer.decode(engine.calls[-1]["input_ids"])

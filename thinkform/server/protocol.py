@@ -236,13 +236,18 @@ class ChatMessage(Lenient):
     @field_validator("content")
     @classmethod
     def _text_parts_only(cls, content: Any) -> Any:
-        """Images, audio and files would be dropped and the answer made up without them: refused by name."""
-        for part in content if isinstance(content, list) else []:
+        """Images, audio and files would be dropped and the answer made up without them: refused by name. A
+        `refusal` part (the OpenAI SDK's assistant messages may carry one) is its text."""
+        if not isinstance(content, list):
+            return content
+        parts = [{"type": "text", "text": part["refusal"]} if part.get("type") == "refusal"
+                 and isinstance(part.get("refusal"), str) else part for part in content]
+        for part in parts:
             kind = part.get("type", "text")
             if kind != "text" or not isinstance(part.get("text"), str):
                 raise ValueError(f"a {kind!r} part is not supported: this server's models read text only "
-                                 "(parts of type 'text' with a 'text' string)")
-        return content
+                                 "(parts of type 'text' with a 'text' string, or 'refusal')")
+        return parts
 
 
 class FunctionDef(Lenient):
