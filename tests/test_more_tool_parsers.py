@@ -357,6 +357,173 @@ def test_the_answer_check_reads_the_new_xml_styles(name):
     assert check(ok.encode()) and not check(dup.encode())
 
 
+# ---------------------------------------------------------------- what a template-less prompt teaches
+
+# formats whose arguments are XML parameters, and some whose arguments are JSON (the same gap had them all)
+WRITTEN = [*XML, "qwen3_coder", "glm45", "hermes", "interns1", "deepseekv31", "kimi_k2", "mistral", "pythonic"]
+RICH_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}, "days": {"type": "integer"}, "temp": {"type": "number"}, "flag": {"type": "boolean"},
+    "opt": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": "string"}},
+    "obj": {"type": "object"}, "unit": {"enum": ["celsius", "fahrenheit"]}}}}}
+RICH_ARGS = [{"city": "Paris", "days": 3, "unit": "celsius"},
+             {"city": "a < b && c > d\nline 2", "temp": 21.5, "flag": True, "opt": None},
+             {"city": "Zürich 東京 \"q\"", "tags": ["x", "y"], "obj": {"a": 1, "b": "q"}, "days": -2},
+             {"city": "02134"}, {"city": "true"}, {}]
+
+
+@pytest.mark.parametrize("name", WRITTEN)
+def test_earlier_calls_are_written_as_the_format_reads_them(name):
+    """A chat template that cannot render calls gets each earlier call written in the format: the XML formats
+    wrote JSON inside their call tags (no parameters), which their own parser read back as `{}` or nothing,
+    teaching the model a spelling no parser reads."""
+    parser = get_tool_call_parser(name)
+    for args in RICH_ARGS:
+        calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": json.dumps(args)}},
+                 {"id": "c2", "type": "function", "function": {"name": "get_date", "arguments": '{"tz": "CET"}'}}]
+        text = parser.written(calls)
+        assert text.startswith(parser.wrapper[0] if parser.wrapper else parser.trigger), text
+        normal, back = parser.for_tools([RICH_TOOL, DATE]).parse(text)
+        assert normal == "" and _calls(back) == [("f", args), ("get_date", {"tz": "CET"})], text
+
+
+def test_earlier_calls_are_spelled_as_the_models_templates_write_them():
+    """The spelling of each model's chat template (encoding_dsv32.py for DeepSeek-V3.2): strings raw, other
+    values as JSON, in the format's parameter tags and section."""
+    calls = [{"function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 3}'}},
+             {"function": {"name": "get_date", "arguments": {"tz": "CET"}}}]
+    assert get_tool_call_parser("deepseekv32").written(calls) == (
+        '<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n'
+        '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n'
+        '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n</｜DSML｜invoke>\n'
+        '<｜DSML｜invoke name="get_date">\n<｜DSML｜parameter name="tz" string="true">CET</｜DSML｜parameter>\n'
+        '</｜DSML｜invoke>\n</｜DSML｜function_calls>')
+    assert get_tool_call_parser("minimax-m2").written(calls[:1]) == (
+        '<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+        '<parameter name="days">3</parameter>\n</invoke>\n</minimax:tool_call>')
+    assert get_tool_call_parser("glm47").written(calls) == (
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value><arg_key>days</arg_key>"
+        "<arg_value>3</arg_value></tool_call><tool_call>get_date<arg_key>tz</arg_key><arg_value>CET</arg_value>"
+        "</tool_call>")
+    assert get_tool_call_parser("qwen3_coder").written(calls[:1]) == (
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
+        "</parameter>\n</function>\n</tool_call>")
+
+
+@pytest.mark.parametrize("name", [*XML, "qwen3_coder", "glm45"])
+def test_a_template_less_prompt_shows_the_formats_own_spelling(name):
+    """The system text's example call and the earlier call, as the server renders a conversation with a
+    template that lists no tools (DeepSeek-V3.2 ships none): both in the format's wrapper and parameter tags,
+    read back by the server's own parser (the example had no section and asked for `{ARGUMENTS}` as JSON)."""
+    from fake_engine import FakeEngine
+
+    from thinkform.server.openai_api import render_chat
+    from thinkform.server.protocol import ChatCompletionRequest
+    from thinkform.server.state import ServerState
+
+    state = ServerState.from_engine(FakeEngine(reasoning_parser=None, tool_call_parser=name))
+    body = ChatCompletionRequest(tools=TOOLS, messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris", "days": 3, "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}])
+    prompt, _ = render_chat(state, body, TOOLS, None)
+    system, _, history = prompt.partition("Weather in Paris?")
+    example = system[system.index("answer exactly in this format: ") + len("answer exactly in this format: "):]
+    parser = get_tool_call_parser(name)
+    assert "{ARGUMENTS}" not in example and (parser.wrapper is None or parser.wrapper[0] in example)
+    _, calls = parser.parse(example)
+    assert [c.name for c in calls] == ["NAME"] and json.loads(calls[0].arguments)["KEY"] == "VALUE", example
+    _, calls = parser.for_tools(TOOLS).parse(history)
+    assert _calls(calls) == EXPECTED[:1], history
+
+
+# ---------------------------------------------------------------- a DSML call whose body is JSON
+
+@pytest.mark.parametrize("name", ["deepseekv32", "deepseekv4"])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_dsml_call_whose_body_is_a_json_object_is_read(name, seed):
+    """SGLang's DeepSeekV32Detector reads an invoke whose body is one JSON object ("Format 2 - Direct JSON"):
+    it came back with arguments `{}`, whole and streamed."""
+    wrap = "function_calls" if name == "deepseekv32" else "tool_calls"
+    text = (f'Let me look.\n\n<｜DSML｜{wrap}>\n<｜DSML｜invoke name="get_weather">\n'
+            '{"city": "San Francisco", "days": 3, "unit": "celsius"}\n</｜DSML｜invoke>\n'
+            + _call(name, "get_date", [("tz", "CET")]) + f"</｜DSML｜{wrap}>")
+    expected = [("get_weather", {"city": "San Francisco", "days": 3, "unit": "celsius"}), ("get_date", {"tz": "CET"})]
+    normal, calls = _parser(name).parse(text)
+    assert normal == "Let me look." and _calls(calls) == expected
+    rng = random.Random(seed)
+    streamed_normal, deltas, made = _stream(_parser(name), text, [rng.randint(1, 9) for _ in range(40)])
+    assert streamed_normal == normal and made
+    assert [(c["name"], c["arguments"]) for c in _accumulate(deltas)] == [(c.name, c.arguments) for c in calls]
+
+
+@pytest.mark.parametrize("name, body", [
+    ("deepseekv32", "hello"), ("deepseekv32", "[1, 2]"), ("deepseekv32", '{"city": "SF"} and more'),
+    ("minimax-m2", '{"city": "SF"}'), ("qwen3_coder", "some text"), ("mimo", '{"city": "SF"}'),
+    ("glm47", ' {"city": "SF"}'), ("glm45", "\nplain words\n")])
+def test_a_call_body_that_is_not_parameters_is_never_read_as_empty_arguments(name, body):
+    """A body that is neither the format's parameters nor (DSML) one JSON object is a malformed call: no call,
+    as a JSON format's call whose arguments are not JSON, never a call with arguments `{}`."""
+    heads = {"deepseekv32": ('<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_date">\n',
+                             "\n</｜DSML｜invoke>\n</｜DSML｜function_calls>"),
+             "minimax-m2": ('<minimax:tool_call>\n<invoke name="get_date">\n', "\n</invoke>\n</minimax:tool_call>"),
+             "qwen3_coder": ("<tool_call>\n<function=get_date>\n", "\n</function>\n</tool_call>"),
+             "mimo": ("<tool_call><function=get_date>", "</function></tool_call>"),
+             "glm47": ("<tool_call>get_date", "</tool_call>"), "glm45": ("<tool_call>get_date", "</tool_call>")}
+    head, tail = heads[name]
+    text = "Checking." + head + body + tail
+    normal, calls = _parser(name).parse(text)
+    assert calls == [] and normal == "Checking.", (normal, calls)
+    streamed, deltas, _ = _stream(_parser(name), text, [3])
+    assert streamed == "Checking." and all(d["function"].get("arguments") != "{}" for d in deltas)
+    assert "".join(d["function"].get("arguments") or "" for d in deltas) in ("", "{")
+
+
+# ---------------------------------------------------------------- the whitespace before a section
+
+@pytest.mark.parametrize("name, lead", [("deepseekv32", "\n\n"), ("deepseekv4", "\n\n"), ("minimax-m2", "\n\n\n")])
+def test_required_and_named_calls_admit_the_templates_newlines_before_the_section(name, lead):
+    """DeepSeek-V3.2's encoding writes `\n\n` before its DSML section, MiniMax-M2's template `</think>\n\n` then
+    `\n` (xgrammar's own deepseek_v3_2 / minimax tags put them in the required grammar): required and named
+    grammars took the section only at the answer's first character, so a constrained model could not write
+    what it was trained to write. Up to that many newlines, no more and nothing else."""
+    parser = get_tool_call_parser(name)
+    one = _section(name, [_call(name, "get_date", [("tz", "UTC")])])
+    for mode, tools in (("required", TOOLS), ("named", [DATE])):
+        grammar = _grammar(parser.structural_tag(tools, mode))
+        for k in range(len(lead) + 1):
+            assert _accepts(grammar, "\n" * k + one), (mode, k)
+        assert not _accepts(grammar, lead + "\n" + one) and not _accepts(grammar, " " + one)
+        assert not _accepts(grammar, lead)
+    single = _grammar(parser.structural_tag(TOOLS, "required", parallel=False))
+    two = _section(name, [_call(name, "get_weather", WEATHER_ARGS), _call(name, "get_date", [("tz", "UTC")])])
+    assert _accepts(single, lead + one) and not _accepts(single, lead + two)
+    normal, calls = parser.for_tools(TOOLS).parse(lead + one)
+    assert normal == "" and _calls(calls) == [("get_date", {"tz": "UTC"})]
+
+
+UNLED_CALLS = {  # one get_date call in formats whose templates write nothing before their calls
+    "hermes": '<tool_call>\n{"name": "get_date", "arguments": {"tz": "UTC"}}\n</tool_call>',
+    "qwen3_coder": "<tool_call>\n<function=get_date>\n<parameter=tz>\nUTC\n</parameter>\n</function>\n</tool_call>",
+    "glm45": "<tool_call>get_date\n<arg_key>tz</arg_key>\n<arg_value>UTC</arg_value>\n</tool_call>",
+    "glm47": "<tool_call>get_date<arg_key>tz</arg_key><arg_value>UTC</arg_value></tool_call>",
+    "mimo": "<tool_call><function=get_date><parameter=tz>UTC</parameter></function></tool_call>",
+    "kimi_k2": '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_date:0<|tool_call_argument_begin|>'
+               '{"tz": "UTC"}<|tool_call_end|><|tool_calls_section_end|>',
+    "deepseekv31": '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_date<｜tool▁sep｜>{"tz": "UTC"}<｜tool▁call▁end｜>'
+                   '<｜tool▁calls▁end｜>'}
+
+
+@pytest.mark.parametrize("name", sorted(UNLED_CALLS))
+def test_formats_without_a_lead_keep_their_calls_at_the_answers_start(name):
+    """Only the formats whose templates write newlines before the section admit them: the others' required
+    grammars are as before (the calls, or their section, first)."""
+    tag = get_tool_call_parser(name).structural_tag([DATE], "required")
+    assert tag["format"]["type"] in ("tag", "tags_with_separator")
+    grammar = _grammar(tag)
+    assert _accepts(grammar, UNLED_CALLS[name]) and not _accepts(grammar, "\n" + UNLED_CALLS[name])
+
+
 # ---------------------------------------------------------------- a random model, end to end
 
 BOUNDED_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {

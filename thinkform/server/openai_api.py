@@ -93,8 +93,7 @@ def render_chat(state: ServerState, body: ChatCompletionRequest, tools: list[dic
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     renderer = state.renderer
     if tools and not renderer.uses_tools:
-        example = state.tool_parser.call_begin.replace("{name}", "NAME") + "{ARGUMENTS}" + state.tool_parser.call_end
-        messages = with_system_text(messages, tools_system_prompt(tools, example))
+        messages = with_system_text(messages, tools_system_prompt(tools, state.tool_parser.example()))
     if not renderer.renders_calls(bool(tools)):
         messages = [calls_as_text(m, state.tool_parser) for m in messages]
     try:

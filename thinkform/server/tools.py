@@ -62,6 +62,16 @@ def _json_args(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def arguments_object(arguments: Any) -> dict[str, Any] | None:
+    """A call's arguments (OpenAI's JSON text, or an object) as an object; None where they are not one."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (json.JSONDecodeError, RecursionError):
+            return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 class ToolCallParser(ABC):
     """Base: one format. Subclasses set the class attributes and `_parse_calls`."""
 
@@ -73,6 +83,9 @@ class ToolCallParser(ABC):
     trigger: str = ""  # text that starts the tool-call section
     argument_markup: tuple[str, ...] = ()  # the fixed text around arguments not written as JSON (GLM's XML tags)
     bare_json: bool = False  # a JSON object as the whole answer is a call too
+    # the whitespace the chat template writes before the call section (DeepSeek-V3.2's `\n\n`): a required or
+    # named call's grammar admits up to that many newlines before the section's wrapper
+    section_lead: str = ""
     declared: frozenset[str] | None = None  # the request's tools (for_tools); None: any name is a call
 
     @property
@@ -200,12 +213,24 @@ class ToolCallParser(ABC):
         return self._parse_calls(section), ""
 
     def written(self, calls: list[Mapping[str, Any]]) -> str:
-        """Earlier calls (OpenAI's `tool_calls`) as the model writes them in this format: for chat templates
-        that cannot render calls, which left the model no trace of what it had called."""
-        texts = [self.call_begin.replace("{name}", str(fn.get("name", ""))) + _json_args(fn.get("arguments") or {})
-                 + self.call_end for fn in (c.get("function") or {} for c in calls)]
-        text = self.separator.join(texts)
-        return f"{self.wrapper[0]}{text}{self.wrapper[1]}" if self.wrapper else text
+        """Earlier calls (OpenAI's `tool_calls`) as the model writes them in this format, in its wrapper: for
+        chat templates that cannot render calls, which left the model no trace of what it had called. The
+        format's own parse reads them back as these calls."""
+        texts = [self._written_call(str(fn.get("name", "")), fn.get("arguments") or {})
+                 for fn in (c.get("function") or {} for c in calls)]
+        return self._wrapped(self.separator.join(texts))
+
+    def _written_call(self, name: str, arguments: Any) -> str:
+        """One earlier call: its JSON arguments in the call's template."""
+        return self.call_begin.replace("{name}", name) + _json_args(arguments) + self.call_end
+
+    def example(self) -> str:
+        """A call as the system text shows the format to a model whose chat template cannot list tools, in the
+        format's wrapper: `NAME`, and `{ARGUMENTS}` where its JSON arguments go."""
+        return self._wrapped(self.call_begin.replace("{name}", "NAME") + "{ARGUMENTS}" + self.call_end)
+
+    def _wrapped(self, calls: str) -> str:
+        return f"{self.wrapper[0]}{calls}{self.wrapper[1]}" if self.wrapper else calls
 
     def streaming(self, max_calls: int | None = None) -> "StreamingToolParser":
         return StreamingToolParser(self, max_calls)
@@ -236,6 +261,9 @@ class ToolCallParser(ABC):
             fmt = calls
         else:
             fmt = {"type": "tag", "begin": self.wrapper[0], "content": calls, "end": self.wrapper[1]}
+            if self.section_lead:  # what the model was trained to write before the section (bounded)
+                lead = {"type": "regex", "pattern": f"\\n{{0,{len(self.section_lead)}}}"}
+                fmt = {"type": "sequence", "elements": [lead, fmt]}
         return {"type": "structural_tag", "format": fmt}
 
 
@@ -539,6 +567,20 @@ class PythonicParser(ToolCallParser):
         grammar = pythonic_calls_grammar([(tool_name(t), tool_schema(t)) for t in tools],
                                          at_most_one=mode == "named" or not parallel)
         return {"type": "structural_tag", "format": {"type": "grammar", "grammar": grammar}}
+
+    def written(self, calls: list[Mapping[str, Any]]) -> str:
+        """Earlier calls as one list of Python calls, their arguments keywords of Python literals; a call whose
+        arguments cannot be keywords (not an object, a key no identifier) as its JSON, as before."""
+        texts = []
+        for fn in (c.get("function") or {} for c in calls):
+            name, args = str(fn.get("name", "")), arguments_object(fn.get("arguments") or {})
+            if args is None or not all(isinstance(k, str) and k.isidentifier() for k in args):
+                return super().written(calls)
+            texts.append(f"{name}({', '.join(f'{key}={value!r}' for key, value in args.items())})")
+        return f"[{', '.join(texts)}]"
+
+    def example(self) -> str:
+        return "[NAME(KEY=VALUE, ...)]"
 
     def _maybe_start(self, text: str) -> int:
         """A list's opening (or Llama-4's `<|python_start|>` before it) still being written is held back."""
