@@ -330,3 +330,20 @@ def test_arguments_nested_past_pythons_stack_are_no_call_not_a_crash(name):
     content, calls = parser.parse(text)
     # a stream sends such a call's header (the arguments' start is JSON): its text is no content either way
     assert calls == [] and content == _stream(name, text, 997)[0]
+
+
+@pytest.mark.parametrize("name", ["hermes", "llama3", "mistral"])
+def test_a_tool_without_parameters_takes_no_arguments(name):
+    """Audit (client libraries): OpenAI says omitting `parameters` defines a function of no parameters; any object
+    was allowed, so a random model called `now` with made-up keys and `now(**args)` raised TypeError."""
+    parser = get_tool_call_parser(name)
+    now = {"type": "function", "function": {"name": "now", "description": "the time"}}
+
+    def call(arguments: str) -> str:
+        one = parser.call_begin.replace("{name}", "now") + arguments + parser.call_end
+        return parser.wrapper[0] + one + parser.wrapper[1] if parser.wrapper else one
+
+    for tools in ([now], [{**now, "function": {**now["function"], "parameters": {}}}]):
+        required = parser.structural_tag(tools, "required")
+        assert _grammar_accepts(required, call("{}"))
+        assert not _grammar_accepts(required, call('{"tz": "UTC"}'))

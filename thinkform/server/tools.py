@@ -43,10 +43,15 @@ class ToolCall:
         return out
 
 
+# OpenAI: "omitting parameters defines a function with an empty parameter list" (any object was allowed: a random
+# model's call to `now()` came with made-up keys, and `now(**args)` raised TypeError)
+NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
 def tool_schema(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON schema of a tool's arguments (OpenAI `function.parameters`, default: any object)."""
+    """The JSON schema of a tool's arguments (OpenAI `function.parameters`; none or `{}`: no arguments)."""
     params = tool.get("function", tool).get("parameters")
-    return params if isinstance(params, dict) and params else {"type": "object"}
+    return params if isinstance(params, dict) and params else dict(NO_PARAMETERS)
 
 
 def tool_name(tool: Mapping[str, Any]) -> str:
