@@ -15,6 +15,7 @@ import xgrammar as xgr
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
 from thinkform.structured.backends.xgrammar import structural_tag_format
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields, json_tag_bounds
+from tool_streams import accumulate, stream_in_chunks
 
 FORMATS = ["glm47", "deepseekv32", "deepseekv4", "minimax-m2", "mimo", "interns1"]
 XML = ["glm47", "deepseekv32", "deepseekv4", "minimax-m2", "mimo"]
@@ -76,30 +77,6 @@ def _calls(calls):
     return [(c.name, json.loads(c.arguments)) for c in calls]
 
 
-def _stream(parser, text, sizes, cut=False):
-    """Feed `text` in chunks of the given sizes (cycled); (normal text, deltas, made a call)."""
-    stream = parser.streaming()
-    sent, deltas, i, k = "", [], 0, 0
-    while i < len(text):
-        step = sizes[k % len(sizes)]
-        normal, calls = stream.feed(text[i:i + step])
-        sent, deltas, i, k = sent + normal, deltas + calls, i + step, k + 1
-    rest, calls, made = stream.finish(cut)
-    return sent + rest, deltas + calls, made
-
-
-def _accumulate(deltas):
-    calls = {}
-    for d in deltas:
-        call = calls.setdefault(d["index"], {"id": None, "name": None, "arguments": ""})
-        if "id" in d:
-            assert call["id"] is None and d["type"] == "function"
-            call["id"] = d["id"]
-        call["name"] = d.get("function", {}).get("name") or call["name"]
-        call["arguments"] += d.get("function", {}).get("arguments") or ""
-    return [calls[k] for k in sorted(calls)]
-
-
 # ---------------------------------------------------------------- names, help, guessing
 
 def test_the_names_are_known_and_in_the_help():
@@ -146,10 +123,10 @@ def test_streaming_in_random_chunks_equals_the_whole_parse(name, seed):
     rng = random.Random(seed)
     text = _sample(name)
     sizes = [rng.randint(1, 9) for _ in range(50)]
-    normal, deltas, made = _stream(_parser(name), text, sizes)
+    normal, deltas, made = stream_in_chunks(_parser(name), text, sizes)
     whole_normal, whole = _parser(name).parse(text)
     assert normal.strip() == whole_normal and made
-    streamed = _accumulate(deltas)
+    streamed = accumulate(deltas)
     assert [(c["name"], c["arguments"]) for c in streamed] == [(c.name, c.arguments) for c in whole]
 
 
@@ -157,7 +134,7 @@ def test_streaming_in_random_chunks_equals_the_whole_parse(name, seed):
 def test_plain_text_is_not_a_call(name):
     text = 'The weather in Paris is [mild] today {or so} <b> <invoke name="x"> <parameter=y>.'
     assert _parser(name).parse(text) == (text, [])
-    normal, deltas, made = _stream(_parser(name), text, [3])
+    normal, deltas, made = stream_in_chunks(_parser(name), text, [3])
     assert normal == text and deltas == [] and not made
 
 
@@ -181,8 +158,8 @@ def test_a_cut_call_comes_as_far_as_it_goes(name):
     assert normal == "Sure." and _calls(calls) == EXPECTED[:1]
     normal, calls = _parser(name).parse(cut, with_cut_call=True)
     assert [c.name for c in calls] == ["get_weather", "get_date"]
-    _, deltas, made = _stream(_parser(name), cut, [4], cut=True)
-    assert made and [c["arguments"] for c in _accumulate(deltas)] == [c.arguments for c in calls]
+    _, deltas, made = stream_in_chunks(_parser(name), cut, [4], cut=True)
+    assert made and [c["arguments"] for c in accumulate(deltas)] == [c.arguments for c in calls]
 
 
 # SGLang's own detector cases (test_glm47_moe_detector, test_minimax_m2_detector, test_deepseekv32_detector,
@@ -222,7 +199,7 @@ def test_glm47_sglang_cases():
         text, more = stream.feed(chunk)
         normal, deltas = normal + text, deltas + more
     rest, more, made = stream.finish()
-    calls = _accumulate(deltas + more)
+    calls = accumulate(deltas + more)
     assert normal + rest == "I'll create a task." and made
     assert [(c["name"], json.loads(c["arguments"])) for c in calls] == \
         [("create_task", {"title": "Go to Beijing", "location": "San Francisco"})]
@@ -244,8 +221,8 @@ def test_minimax_sglang_cases():
     text = "Here is some text." + body.format("true") + "</minimax:tool_call>More text after."
     normal, calls = _parser("minimax-m2", info).parse(text)
     assert normal == "Here is some text.More text after." and _calls(calls) == [("context_info", {"metadata_only": True})]
-    streamed, deltas, _ = _stream(_parser("minimax-m2", info), text, [1])
-    assert streamed == normal and len(_accumulate(deltas)) == 1
+    streamed, deltas, _ = stream_in_chunks(_parser("minimax-m2", info), text, [1])
+    assert streamed == normal and len(accumulate(deltas)) == 1
     content = [{"function": {"name": "f", "parameters": {"type": "object", "properties": {
         "content": {"type": "string"}, "items": {"type": "array"}, "data": {"anyOf": [
             {"type": "object", "properties": {"key": {"type": "string"}}}, {"type": "null"}]}}}}}]
@@ -266,8 +243,8 @@ def test_deepseekv32_sglang_cases():
                 f'string="false">{value}</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>')
         normal, calls = _parser("deepseekv32", note).parse(text)
         assert normal == "" and _calls(calls) == [("write_note", {"payload": expected})]
-        streamed, deltas, _ = _stream(_parser("deepseekv32", note), text, [5, 2, 11])
-        assert "｜DSML｜" not in streamed and json.loads(_accumulate(deltas)[0]["arguments"]) == {"payload": expected}
+        streamed, deltas, _ = stream_in_chunks(_parser("deepseekv32", note), text, [5, 2, 11])
+        assert "｜DSML｜" not in streamed and json.loads(accumulate(deltas)[0]["arguments"]) == {"payload": expected}
     # the attribute, not the schema, says how a value is written: a string of digits stays a string
     zip_tool = [{"function": {"name": "f", "parameters": {"type": "object", "properties": {"zip": {"type": "string"}}}}}]
     text = ('<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="zip" string="true">02134'
@@ -283,9 +260,9 @@ def test_interns1_sglang_cases():
             ' "name": "get_date"}<|action_end|>')
     normal, calls = _parser("interns1").parse(text)
     assert normal == "What is the weather?" and _calls(calls) == EXPECTED
-    streamed, deltas, _ = _stream(_parser("interns1"), text, [3, 7])
+    streamed, deltas, _ = stream_in_chunks(_parser("interns1"), text, [3, 7])
     assert streamed == normal
-    assert [(c["name"], json.loads(c["arguments"])) for c in _accumulate(deltas)] == EXPECTED
+    assert [(c["name"], json.loads(c["arguments"])) for c in accumulate(deltas)] == EXPECTED
     assert _parser("interns1").parse(text.replace("get_date", "unknown"))[1][1:] == []
 
 
@@ -452,9 +429,9 @@ def test_a_dsml_call_whose_body_is_a_json_object_is_read(name, seed):
     normal, calls = _parser(name).parse(text)
     assert normal == "Let me look." and _calls(calls) == expected
     rng = random.Random(seed)
-    streamed_normal, deltas, made = _stream(_parser(name), text, [rng.randint(1, 9) for _ in range(40)])
+    streamed_normal, deltas, made = stream_in_chunks(_parser(name), text, [rng.randint(1, 9) for _ in range(40)])
     assert streamed_normal == normal and made
-    assert [(c["name"], c["arguments"]) for c in _accumulate(deltas)] == [(c.name, c.arguments) for c in calls]
+    assert [(c["name"], c["arguments"]) for c in accumulate(deltas)] == [(c.name, c.arguments) for c in calls]
 
 
 @pytest.mark.parametrize("name, body", [
@@ -474,7 +451,7 @@ def test_a_call_body_that_is_not_parameters_is_never_read_as_empty_arguments(nam
     text = "Checking." + head + body + tail
     normal, calls = _parser(name).parse(text)
     assert calls == [] and normal == "Checking.", (normal, calls)
-    streamed, deltas, _ = _stream(_parser(name), text, [3])
+    streamed, deltas, _ = stream_in_chunks(_parser(name), text, [3])
     assert streamed == "Checking." and all(d["function"].get("arguments") != "{}" for d in deltas)
     assert "".join(d["function"].get("arguments") or "" for d in deltas) in ("", "{")
 
@@ -559,7 +536,7 @@ def test_a_random_model_under_required_makes_calls_that_parse_and_validate(tool_
         assert normal == "" and calls, out["text"]
         for call in calls:
             jsonschema.validate(json.loads(call.arguments), schemas[call.name])
-        streamed = _accumulate(_stream(parser.for_tools(BOUNDED_TOOLS), out["text"], [7, 2, 5])[1])
+        streamed = accumulate(stream_in_chunks(parser.for_tools(BOUNDED_TOOLS), out["text"], [7, 2, 5])[1])
         assert [c["arguments"] for c in streamed] == [c.arguments for c in calls]
 
 

@@ -14,6 +14,7 @@ import xgrammar as xgr
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
 from thinkform.structured.backends.xgrammar import structural_tag_format
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields, json_tag_bounds
+from tool_streams import accumulate, stream_in_chunks
 
 FORMATS = ["deepseekv31", "kimi_k2", "qwen3_coder", "glm45"]
 XML = ["qwen3_coder", "glm45"]
@@ -51,28 +52,6 @@ def _calls(calls):
     return [(c.name, json.loads(c.arguments)) for c in calls]
 
 
-def _stream(parser, text, step, cut=False):
-    stream = parser.streaming()
-    sent, deltas = "", []
-    for i in range(0, len(text), step):
-        normal, calls = stream.feed(text[i:i + step])
-        sent, deltas = sent + normal, deltas + calls
-    rest, calls, made = stream.finish(cut)
-    return sent + rest, deltas + calls, made
-
-
-def _accumulate(deltas):
-    calls = {}
-    for d in deltas:
-        call = calls.setdefault(d["index"], {"id": None, "name": None, "arguments": ""})
-        if "id" in d:
-            assert call["id"] is None and d["type"] == "function"
-            call["id"] = d["id"]
-        call["name"] = d.get("function", {}).get("name") or call["name"]
-        call["arguments"] += d.get("function", {}).get("arguments") or ""
-    return [calls[k] for k in sorted(calls)]
-
-
 # ---------------------------------------------------------------- parsing
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -88,16 +67,16 @@ def test_parse_whole_text(name):
 def test_kimi_ids_count_the_calls():
     calls = _parser("kimi_k2").parse(SAMPLES["kimi_k2"])[1]
     assert [c.id for c in calls] == ["functions.get_weather:0", "functions.get_date:1"]
-    streamed = _accumulate(_stream(_parser("kimi_k2"), SAMPLES["kimi_k2"], 3)[1])
+    streamed = accumulate(stream_in_chunks(_parser("kimi_k2"), SAMPLES["kimi_k2"], 3)[1])
     assert [c["id"] for c in streamed] == ["functions.get_weather:0", "functions.get_date:1"]
 
 
 @pytest.mark.parametrize("name", FORMATS)
 @pytest.mark.parametrize("step", [1, 2, 5])
 def test_streaming_deltas_equal_the_whole_parse(name, step):
-    normal, deltas, made = _stream(_parser(name), SAMPLES[name], step)
+    normal, deltas, made = stream_in_chunks(_parser(name), SAMPLES[name], step)
     assert normal.strip() == "Sure." and made
-    calls = _accumulate(deltas)
+    calls = accumulate(deltas)
     whole = _parser(name).parse(SAMPLES[name])[1]
     assert [(c["name"], c["arguments"]) for c in calls] == [(c.name, c.arguments) for c in whole]
     assert [(c["name"], json.loads(c["arguments"])) for c in calls] == EXPECTED
@@ -126,15 +105,15 @@ def test_a_cut_call_comes_as_far_as_it_goes(name):
     normal, calls = _parser(name).parse(cut, with_cut_call=True)
     assert normal == "Sure." and [c.name for c in calls] == ["get_weather", "get_date"]
     assert calls[1].arguments == '{"tz": "CE'  # as streaming sent it
-    _, deltas, made = _stream(_parser(name), cut, 4, cut=True)
-    assert made and [c["arguments"] for c in _accumulate(deltas)] == [c.arguments for c in calls]
+    _, deltas, made = stream_in_chunks(_parser(name), cut, 4, cut=True)
+    assert made and [c["arguments"] for c in accumulate(deltas)] == [c.arguments for c in calls]
 
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_plain_text_is_not_a_call(name):
     text = "The weather in Paris is [mild] today {or so} <b>."
     assert _parser(name).parse(text) == (text, [])
-    normal, deltas, made = _stream(_parser(name), text, 3)
+    normal, deltas, made = stream_in_chunks(_parser(name), text, 3)
     assert normal == text and deltas == [] and not made
 
 
@@ -284,7 +263,7 @@ def test_kimi_indices_go_on_from_the_conversations_earlier_calls():
     assert not _accepts(required, _wrap("kimi_k2", [call(0)]))
     later = SAMPLES["kimi_k2"].replace("get_weather:0", "get_weather:2").replace("get_date:1", "get_date:3")
     assert [c.id for c in parser.parse(later)[1]] == ["functions.get_weather:2", "functions.get_date:3"]
-    streamed = _accumulate(_stream(parser, later, 4)[1])
+    streamed = accumulate(stream_in_chunks(parser, later, 4)[1])
     assert [c["id"] for c in streamed] == ["functions.get_weather:2", "functions.get_date:3"]
 
 
@@ -391,7 +370,7 @@ def test_a_random_model_under_required_makes_calls_that_parse_and_validate(tool_
         assert normal == "" and calls, out["text"]
         for call in calls:
             jsonschema.validate(json.loads(call.arguments), schemas[call.name])
-        streamed = _accumulate(_stream(parser.for_tools(BOUNDED_TOOLS), out["text"], 7)[1])
+        streamed = accumulate(stream_in_chunks(parser.for_tools(BOUNDED_TOOLS), out["text"], 7)[1])
         assert [c["arguments"] for c in streamed] == [c.arguments for c in calls]
 
 
@@ -419,7 +398,7 @@ def test_the_server_binds_the_request_tools_to_an_xml_parser(tool_engine):
                               if t["function"]["name"] == call["function"]["name"])
                 jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
             deltas = [d for e in events for d in e["choices"][0]["delta"].get("tool_calls") or []]
-            assert [c["arguments"] for c in _accumulate(deltas)] == [c["function"]["arguments"] for c in calls]
+            assert [c["arguments"] for c in accumulate(deltas)] == [c["function"]["arguments"] for c in calls]
         assert seen >= 2
 
 
@@ -487,7 +466,7 @@ def test_a_bounded_string_holding_its_closing_tag_is_read_as_the_grammar_read_it
     text = f"<tool_call>\n<function=s>\n<parameter=q>{value}</parameter><parameter=n>1</parameter>\n</function>\n</tool_call>"
     assert _accepts(_grammar(parser.structural_tag([BOUNDED], "required")), text)
     assert _calls(parser.for_tools([BOUNDED]).parse(text)[1]) == [("s", {"q": value, "n": 1})]
-    normal, deltas, made = _stream(parser.for_tools([BOUNDED]), text, 5)
+    normal, deltas, made = stream_in_chunks(parser.for_tools([BOUNDED]), text, 5)
     assert made and json.loads("".join(d["function"].get("arguments") or "" for d in deltas)) == {"q": value, "n": 1}
 
 
@@ -502,5 +481,5 @@ def test_a_call_cut_right_after_a_parameter_keeps_it(name):
                      "<arg_key>days</arg_key>\n<arg_value>3</arg_value>"}[name]
     _, calls = parser.parse(text, with_cut_call=True)
     assert calls[0].arguments.startswith('{"city": "Paris", "days": 3')
-    _, deltas, made = _stream(parser, text, 4, cut=True)
+    _, deltas, made = stream_in_chunks(parser, text, 4, cut=True)
     assert made and "".join(d["function"].get("arguments") or "" for d in deltas) == calls[0].arguments
