@@ -25,15 +25,10 @@ from pathlib import Path
 
 # ---- a tiny GGUF with the real Qwen vocabulary ---------------------------------------------------------
 
-NORMAL, CONTROL, USER_DEFINED = 1, 3, 4
-
-
 def write_qwen_gguf(out: Path, weights: str = "q4_1", hidden: int = 64, seed: int = 0) -> None:
     """A one-layer qwen2 GGUF whose vocabulary, merges and token types are Qwen's, written as llama.cpp's converter
     writes them (byte-alphabet spellings; special added tokens CONTROL, the others USER_DEFINED)."""
-    import gguf
-    import numpy as np
-
+    from thinkform.testing.gguf_files import CONTROL, NORMAL, USER_DEFINED, write_qwen2_gguf
     from thinkform.testing.qwen_vocab import ADDED_TOKENS, PLAIN_CHAT_TEMPLATE, _cached_tokenizer_json
 
     data = json.loads(_cached_tokenizer_json().read_text(encoding="utf-8"))
@@ -47,59 +42,9 @@ def write_qwen_gguf(out: Path, weights: str = "q4_1", hidden: int = 64, seed: in
         types.append(CONTROL if special else USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
     ids = {t: i for i, t in enumerate(tokens)}
-    heads, kv_heads, inter = 4, 2, 2 * hidden
-    head_dim = hidden // heads
-    kind = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-            "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_1": gguf.GGMLQuantizationType.Q4_1}[weights]
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(out), "qwen2")
-    w.add_name("qwen-vocab-tiny")
-    w.add_context_length(4096)
-    w.add_embedding_length(hidden)
-    w.add_block_count(1)
-    w.add_feed_forward_length(inter)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(1_000_000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(ids["<|endoftext|>"])
-    w.add_eos_token_id(ids["<|im_end|>"])
-    w.add_pad_token_id(ids["<|endoftext|>"])
-    w.add_add_bos_token(False)
-    w.add_chat_template(PLAIN_CHAT_TEMPLATE)
-
-    def tensor(name: str, *shape: int) -> None:
-        norm = name.endswith("norm.weight") or name.endswith(".bias")
-        values = (1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("norm.weight")
-                  else 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        if norm or kind == gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, values)
-        elif kind == gguf.GGMLQuantizationType.F16:
-            w.add_tensor(name, values.astype(np.float16))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
-
-    tensor("token_embd.weight", len(tokens), hidden)
-    tensor("blk.0.attn_norm.weight", hidden)
-    for n, d in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
-        tensor(f"blk.0.attn_{n}.weight", d * head_dim, hidden)
-        tensor(f"blk.0.attn_{n}.bias", d * head_dim)
-    tensor("blk.0.attn_output.weight", hidden, hidden)
-    tensor("blk.0.ffn_norm.weight", hidden)
-    tensor("blk.0.ffn_gate.weight", inter, hidden)
-    tensor("blk.0.ffn_up.weight", inter, hidden)
-    tensor("blk.0.ffn_down.weight", hidden, inter)
-    tensor("output_norm.weight", hidden)
-    tensor("output.weight", len(tokens), hidden)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_qwen2_gguf(out, tokens, types, merges, bos=ids["<|endoftext|>"], eos=ids["<|im_end|>"],
+                     pad=ids["<|endoftext|>"], weights=weights, hidden=hidden, context_length=4096, seed=seed,
+                     chat_template=PLAIN_CHAT_TEMPLATE)
 
 
 # ---- one start, in a child process ----------------------------------------------------------------------

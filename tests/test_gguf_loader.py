@@ -6,14 +6,13 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from thinkform.models import loader
 from thinkform.models.loader import gguf_to_hf_dir, load_model
+from thinkform.testing.gguf_files import CONTROL, NORMAL, UNUSED, USER_DEFINED, write_qwen2_gguf
 
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 R1_SPECIALS = [  # DeepSeek-R1-Distill-Qwen's, as llama.cpp's converter types them
     ("<｜end▁of▁sentence｜>", CONTROL), ("<｜User｜>", CONTROL), ("<｜Assistant｜>", CONTROL),
@@ -31,7 +30,6 @@ def _write_gguf(path: Path, specials: list[tuple[str, int]], bos: str, eos: str,
     """A one-layer qwen2 GGUF with a byte-level vocabulary: the 256 bytes, a few merges, the special tokens, then
     UNUSED padding up to `padded` ids. Its matrices are of GGUF type `weights` (F32, F16, Q8_0, Q4_1; norms and
     biases F32, as llama.cpp writes them). Returns each token's id."""
-    import gguf
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     tokens = list(bytes_to_unicode().values())
@@ -43,57 +41,7 @@ def _write_gguf(path: Path, specials: list[tuple[str, int]], bos: str, eos: str,
     tokens += [f"[PAD{i}]" for i in range(len(tokens), padded)]
     types += [UNUSED] * (padded - len(types))
     ids = {t: i for i, t in enumerate(tokens)}
-    hidden, heads, kv_heads, inter = 64, 4, 2, 128
-    head_dim = hidden // heads
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_context_length(512)
-    w.add_embedding_length(hidden)
-    w.add_block_count(1)
-    w.add_feed_forward_length(inter)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(1_000_000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(MERGES)
-    w.add_bos_token_id(ids[bos])
-    w.add_eos_token_id(ids[eos])
-    w.add_pad_token_id(ids[pad])
-    w.add_add_bos_token(False)
-
-    kind = gguf.GGMLQuantizationType[weights]
-
-    def tensor(name: str, *shape: int) -> None:
-        data = 1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("norm.weight") else 0.1 * rng.standard_normal(shape)
-        data = data.astype(np.float32)
-        if len(shape) == 1 or kind == gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, data)
-        elif kind == gguf.GGMLQuantizationType.F16:
-            w.add_tensor(name, data.astype(np.float16))
-        else:
-            w.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
-
-    tensor("token_embd.weight", padded, hidden)
-    tensor("blk.0.attn_norm.weight", hidden)
-    for n, d in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
-        tensor(f"blk.0.attn_{n}.weight", d * head_dim, hidden)
-        tensor(f"blk.0.attn_{n}.bias", d * head_dim)
-    tensor("blk.0.attn_output.weight", hidden, hidden)
-    tensor("blk.0.ffn_norm.weight", hidden)
-    tensor("blk.0.ffn_gate.weight", inter, hidden)
-    tensor("blk.0.ffn_up.weight", inter, hidden)
-    tensor("blk.0.ffn_down.weight", hidden, inter)
-    tensor("output_norm.weight", hidden)
-    tensor("output.weight", padded, hidden)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_qwen2_gguf(path, tokens, types, MERGES, bos=ids[bos], eos=ids[eos], pad=ids[pad], weights=weights, seed=seed)
     return ids
 
 
