@@ -829,3 +829,44 @@ def test_an_anchor_inside_a_regex_is_refused_for_xgrammar(backends: dict[str, Gr
         backends["xgrammar"].compile(constraint_from_fields(regex=regex))
     m = backends["xgrammar"].compile(constraint_from_fields(regex="a|^b$")).new_matcher()
     assert m.accept_string("b") and m.can_terminate()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "auto"])
+def test_a_length_bounded_string_takes_escapes_each_counted_as_one_character(backends: dict[str, GrammarBackend],
+                                                                              ctx: BackendContext,
+                                                                              backend: str) -> None:
+    r"""A string with maxLength (pydantic's Field(max_length=...)) took no escape at all under xgrammar: no quote,
+    backslash or newline (`"He said ` was all a model could write of `He said "hi"`). Each escape counts as the
+    one character it decodes to, as JSON Schema counts the decoded string."""
+    def accepts(sub: dict[str, Any], value: str) -> bool:
+        schema = {"type": "object", "properties": {"s": sub}, "required": ["s"]}
+        compiled = (backends[backend] if backend in backends else create_backend(backend, ctx)).compile(
+            constraint_from_fields(json_schema=schema))
+        m = compiled.new_matcher()
+        return m.accept_string('{"s": ' + value + "}") and m.can_terminate()
+
+    quote = {"type": "string", "maxLength": 80}
+    assert accepts(quote, r'"He said \"hi\"\nthen left \\ \/ \u00e9"')
+    assert accepts({"type": "string", "maxLength": 20}, r'"Z\u00fcrich"')
+    assert accepts({"type": "string", "maxLength": 1}, r'"\ud83d\ude00"')  # a surrogate pair: one character
+    assert not accepts({"type": "string", "maxLength": 3}, r'"a\nbc"')  # four characters
+    assert accepts({"type": "string", "maxLength": 3}, r'"a\nb"')
+    assert accepts({"type": "string", "minLength": 2}, r'"\n\t"')
+    assert not accepts({"type": "string", "minLength": 2}, r'"\n"')
+    assert not accepts({"type": "string", "minLength": 2, "maxLength": 4}, r'"\n\n\n\n\n"')
+    for invalid in ('"a\tb"', r'"\q"', r'"\udfee"'):  # a raw tab, no escape, a lone surrogate
+        assert not accepts(quote, invalid), invalid
+
+
+def test_other_property_names_take_escapes_once_they_differ_from_every_listed_name(
+        backends: dict[str, GrammarBackend]) -> None:
+    r"""`{"id": 1, "caf\u00e9": 2}` was refused at `\u` (extra names took no `\u` or `\/` escape anywhere); once a
+    name has a character no listed name has there, any escape follows. Where it may still spell a listed name,
+    `\u` stays refused (`"\u0069d"` is `id`)."""
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
+              "additionalProperties": {"type": "integer"}}
+    compiled = backends["xgrammar"].compile(constraint_from_fields(json_schema=schema))
+    for text, ok in ((r'{"id": 1, "caf\u00e9": 2}', True), (r'{"id": 1, "a\/b": 2}', True),
+                     (r'{"id": 1, "i\u0064x": 2}', False), (r'{"id": 1, "\u0069d": 2}', False)):
+        m = compiled.new_matcher()
+        assert (m.accept_string(text) and m.can_terminate()) is ok, text

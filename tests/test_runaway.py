@@ -147,7 +147,10 @@ def test_digit_loving_sampler_always_finishes_numbers_within_budget(
         assert isinstance(value["population"], int) and -(2**63) <= value["population"] < 2**63
         for m in NUMBER.finditer(re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)):
             whole, frac, exp = m.group(1), m.group(2) or "", m.group(3) or ""
-            assert len(whole) + len(frac) <= max_digits, m.group(0)
+            digits = whole + frac
+            significant = digits.lstrip("0")
+            assert len(significant) <= max_digits, m.group(0)
+            assert len(digits) - len(significant) <= max_digits, m.group(0)  # leading zeros: bounded apart
             assert len(exp) <= max_exp, m.group(0)
 
 
@@ -258,9 +261,36 @@ def test_the_state_after_any_tokens_is_the_character_walks() -> None:
     rng = random.Random(5)
     for trial in range(200):
         guard = NumberGuard(rules)
-        mode, mant, exp = Mode.OUT, 0, 0
+        walked = LexState()
         for data in rng.choices(pieces, k=12):
             guard.observe(data)
             for ch in data.decode("latin-1"):
-                mode, mant, exp = _step(mode, mant, exp, ch)
-            assert guard.state == LexState(mode, mant, exp), (trial, data)
+                walked = _step(walked, ch)
+            assert guard.state == walked, (trial, data)
+
+
+def test_leading_zeros_are_no_significant_digits() -> None:
+    """`0.30000000000000004` (Python's repr of 0.1 + 0.2) has 17 significant digits: its last `4` was refused
+    (the `0` before the point counted); zeros before the first non-zero digit are bounded on their own."""
+    pieces = [b"0", b".", b"3", b"4", b"0000", b"1", b",", b"00001"]
+    rules = NumberRules(pieces, max_number_digits=17, max_exponent_digits=2)
+    guard = NumberGuard(rules)
+    guard.observe(b'{"p": 0.3000000000000000')
+    assert guard.state.mantissa_digits == 16
+    keep = rules_keep_ids(guard, len(pieces))
+    assert pieces.index(b"4") in keep and pieces.index(b"0000") not in keep
+    guard.observe(b"4")
+    keep = rules_keep_ids(guard, len(pieces))
+    assert pieces.index(b",") in keep and pieces.index(b"4") not in keep  # 18 significant digits: refused
+    small = NumberGuard(rules)
+    small.observe(b"[0.0000000000000001")  # 16 zeros, then the first significant digit
+    assert small.state.mantissa_digits == 1 and pieces.index(b"4") in rules_keep_ids(small, len(pieces))
+    runaway = NumberGuard(rules)
+    runaway.observe(b"[0.0000000000000000")  # 17 leading zeros: no more of them
+    keep = rules_keep_ids(runaway, len(pieces))
+    assert pieces.index(b"0") not in keep and pieces.index(b"00001") not in keep and pieces.index(b"1") in keep
+
+
+def rules_keep_ids(guard: NumberGuard, n: int) -> set[int]:
+    words = guard.keep()
+    return {t for t in range(n) if (int(words[t // 32]) >> (t % 32)) & 1}

@@ -2,8 +2,9 @@
 
 A grammar says `[1-9][0-9]*` and a model that loves digits writes `"population": 3160000000000…`
 until max_tokens. The guard follows the JSON text of the answer and, while a number is being written,
-clears the mask bits of tokens that would give it more than `max_number_digits` mantissa digits
-(every digit before the exponent counts, leading zeros too, so `0.000…` is bounded as well) or more than
+clears the mask bits of tokens that would give it more than `max_number_digits` significant digits
+(every mantissa digit from the first non-zero one on: `0.30000000000000004`, Python's repr of 0.1 + 0.2, has
+17), more than as many zeros before its first non-zero digit (`0.000…` ends too), or more than
 `max_exponent_digits` exponent digits. With 17 mantissa digits every integer fits int64, and with two
 exponent digits every number fits a double (three let `1289E343` through: infinity to `json.loads`).
 
@@ -13,8 +14,9 @@ xgrammar 0.2.8 lets them into strings with a maxLength, and `json.loads` then re
 The grammar has the last word: if the guard would leave no token allowed, it leaves the mask alone.
 
 Per vocabulary (`NumberRules`, built once, shared by all requests) each token is scanned for how many
-mantissa / exponent digits it would add to a number in progress, or to a number it starts itself;
-a token that ends right after `.`, `-`, `e` or an exponent sign counts the one digit it obliges.
+leading zeros / significant / exponent digits it would add to a number in progress, or to a number it starts
+itself; a token that ends right after `.`, `-`, `e` or an exponent sign counts the one digit it obliges (a
+significant one in the mantissa: it may be non-zero).
 """
 from __future__ import annotations
 
@@ -45,41 +47,46 @@ class Mode(enum.Enum):
 @dataclass(frozen=True)
 class LexState:
     mode: Mode = Mode.OUT
-    mantissa_digits: int = 0  # digits written so far (a pending "." or "-" adds none)
+    mantissa_digits: int = 0  # significant digits written so far (a pending "." or "-" adds none)
     exponent_digits: int = 0
+    leading_zeros: int = 0  # zeros before the first non-zero digit (while mantissa_digits is 0)
 
 
-def _number(data: bytes, i: int, mode: str, need: bool = False) -> tuple[int, int, int]:
-    """Scan a number from data[i] in `mode`: (mantissa digits, exponent digits, index where it ended).
+def _number(data: bytes, i: int, mode: str, need: bool = False,
+            leading: bool = False) -> tuple[int, int, int, int]:
+    """Scan a number from data[i] in `mode` (`leading`: no non-zero mantissa digit yet): (leading zeros,
+    significant digits, exponent digits, index where it ended).
 
     A number still open at the token's end counts the one digit a trailing ".", "-", "e" or sign owes."""
-    mant = exp = 0
+    zeros = mant = exp = 0
     while i < len(data):
         b = data[i]
         if mode == "mantissa":
-            if b in _DIGITS:
-                mant, need = mant + 1, False
+            if b == ord("0") and leading:
+                zeros, need = zeros + 1, False
+            elif b in _DIGITS:
+                mant, need, leading = mant + 1, False, False
             elif b == ord("."):
                 need = True
             elif b in b"eE":
                 mode, need = "exp_start", True
             else:
-                return mant, exp, i
+                return zeros, mant, exp, i
         elif b in _DIGITS:
             mode, exp, need = "exponent", exp + 1, False
         elif mode == "exp_start" and b in b"+-":
             need = True
         else:
-            return mant, exp, i
+            return zeros, mant, exp, i
         i += 1
     if need:
         mant, exp = (mant + 1, exp) if mode == "mantissa" else (mant, exp + 1)
-    return mant, exp, i
+    return zeros, mant, exp, i
 
 
-def _fresh(data: bytes, i: int) -> tuple[int, int]:
-    """Largest (mantissa, exponent) digit counts of the numbers that start in data[i:]."""
-    best_mant = best_exp = 0
+def _fresh(data: bytes, i: int) -> tuple[int, int, int]:
+    """Largest (leading zeros, significant, exponent) digit counts of the numbers that start in data[i:]."""
+    best = (0, 0, 0)
     while i < len(data):
         b = data[i]
         starts = (b in _DIGITS or b == ord("-")) and (i == 0 or not (chr(data[i - 1]).isalnum()
@@ -88,20 +95,21 @@ def _fresh(data: bytes, i: int) -> tuple[int, int]:
             i += 1
             continue
         minus = b == ord("-")
-        mant, exp, end = _number(data, i + minus, "mantissa", need=minus)
-        best_mant, best_exp = max(best_mant, mant), max(best_exp, exp)
+        zeros, mant, exp, end = _number(data, i + minus, "mantissa", need=minus, leading=True)
+        best = (max(best[0], zeros), max(best[1], mant), max(best[2], exp))
         i = max(end, i + 1)
-    return best_mant, best_exp
+    return best
 
 
-def _scan(data: bytes, start: str) -> tuple[int, int, int, int]:
-    """(mantissa, exponent) digits a token adds to the number in progress (start: "mantissa" |
-    "exp_start" | "exponent"), then the largest counts of any number the token starts afterwards.
-    With start "out" there is no number in progress."""
+def _scan(data: bytes, start: str) -> tuple[int, ...]:
+    """(leading zeros, significant, exponent) digits a token adds to the number in progress (start:
+    "leading" | "mantissa" | "exp_start" | "exponent"), then the largest counts of any number the token
+    starts afterwards. With start "out" there is no number in progress."""
     if start == "out":
-        return (0, 0, *_fresh(data, 0))
-    mant, exp, end = _number(data, 0, start)
-    return (mant, exp, *_fresh(data, end))
+        return (0, 0, 0, *_fresh(data, 0))
+    leading = start == "leading"
+    zeros, mant, exp, end = _number(data, 0, "mantissa" if leading else start, leading=leading)
+    return (zeros, mant, exp, *_fresh(data, end))
 
 
 class NumberRules:
@@ -113,31 +121,36 @@ class NumberRules:
             raise ValueError("max_number_digits and max_exponent_digits must be at least 1")
         self.max_number_digits = max_number_digits
         self.max_exponent_digits = max_exponent_digits
+        # zeros before a number's first non-zero digit are no significant digits, bounded on their own (as many)
+        self.max_leading_zeros = max_number_digits
         self.vocab_size = len(token_bytes)
         words = (self.vocab_size + 31) // 32
         relevant = [i for i, t in enumerate(token_bytes) if _may_matter(t)]
         index = torch.tensor(relevant, dtype=torch.long)
         tables: dict[str, torch.Tensor] = {}
-        for start in ("mantissa", "exp_start", "exponent", "out"):
-            table = torch.zeros((self.vocab_size, 4), dtype=torch.int32)
+        for start in ("leading", "mantissa", "exp_start", "exponent", "out"):
+            table = torch.zeros((self.vocab_size, 6), dtype=torch.int32)
             if relevant:
                 table[index] = torch.tensor([_scan(token_bytes[i], start) for i in relevant], dtype=torch.int32)
             tables[start] = table
-        m, x = max_number_digits, max_exponent_digits
+        m, x, z = max_number_digits, max_exponent_digits, self.max_leading_zeros
 
         def later(table: torch.Tensor) -> torch.Tensor:  # a number the token starts after this one
-            return (table[:, 2] > m) | (table[:, 3] > x)
+            return (table[:, 3] > z) | (table[:, 4] > m) | (table[:, 5] > x)
 
-        mant, exp0, exp = tables["mantissa"], tables["exp_start"], tables["exponent"]
-        # One packed mask per reachable state: M + X + 3 small tensors.
-        mant_always = (mant[:, 1] > x) | later(mant)
+        lead, mant, exp0, exp = tables["leading"], tables["mantissa"], tables["exp_start"], tables["exponent"]
+        # One packed mask per reachable state: Z + M + X + 3 small tensors.
+        mant_always = (mant[:, 2] > x) | later(mant)
+        lead_always = (lead[:, 1] > m) | (lead[:, 2] > x) | later(lead)
+
         def keep(ban: torch.Tensor) -> np.ndarray:
             return ~pack_bits(ban, words).numpy()
 
-        self._mantissa = [keep((used + mant[:, 0] > m) | mant_always) for used in range(m + 1)]
-        self._exp_start = keep((exp0[:, 1] > x) | later(exp0))
+        self._leading = [keep((zeros + lead[:, 0] > z) | lead_always) for zeros in range(z + 1)]
+        self._mantissa = [keep((used + mant[:, 1] > m) | mant_always) for used in range(m + 1)]
+        self._exp_start = keep((exp0[:, 2] > x) | later(exp0))
         exp_always = later(exp)
-        self._exponent = [keep((used + exp[:, 1] > x) | exp_always) for used in range(x + 1)]
+        self._exponent = [keep((used + exp[:, 2] > x) | exp_always) for used in range(x + 1)]
         self._out = keep(later(tables["out"]))
         self._in_string = keep(torch.tensor([_control_in_string(t) for t in token_bytes], dtype=torch.bool))
         self.keep_all = keep(torch.zeros(self.vocab_size, dtype=torch.bool))  # outside any JSON: no rule
@@ -153,10 +166,9 @@ class NumberRules:
             hit = self._after.get((state.mode, data))
             if hit is not None:
                 return hit
-        mode, mant, exp = state.mode, state.mantissa_digits, state.exponent_digits
+        result = state
         for ch in data.decode("latin-1"):
-            mode, mant, exp = _step(mode, mant, exp, ch)
-        result = LexState(mode, mant, exp)
+            result = _step(result, ch)
         if countless and len(self._after) < _AFTER_CACHE_SIZE:
             self._after[(state.mode, data)] = result
         return result
@@ -167,6 +179,8 @@ class NumberRules:
 
     def keep_mask(self, state: LexState) -> np.ndarray:
         """Packed int32 words of the tokens allowed in `state`."""
+        if state.mode == Mode.MANTISSA and state.mantissa_digits == 0:  # no non-zero digit yet
+            return self._leading[min(state.leading_zeros, self.max_leading_zeros)]
         if state.mode == Mode.MANTISSA:
             return self._mantissa[min(state.mantissa_digits, self.max_number_digits)]
         if state.mode == Mode.EXP_START:
@@ -214,7 +228,7 @@ class NumberGuard:
         mode = self.state.mode
         if mode is Mode.STRING and b'"' not in data and b"\\" not in data:
             return  # the usual token inside a string: it stays there (a per-character walk costs 3 µs)
-        if mode is Mode.MANTISSA and data.isdigit():  # a number's next digits
+        if mode is Mode.MANTISSA and self.state.mantissa_digits and data.isdigit():  # a number's next digits
             self.state = LexState(mode, self.state.mantissa_digits + len(data))
             return
         self.state = self.rules.after(self.state, data)
@@ -316,29 +330,37 @@ class TaggedNumberGuard:
         return self._json.keep() if self._end is not None else self.rules.keep_all
 
 
-def _step(mode: Mode, mant: int, exp: int, ch: str) -> tuple[Mode, int, int]:
+def _step(state: LexState, ch: str) -> LexState:
+    mode, mant, exp, zeros = state.mode, state.mantissa_digits, state.exponent_digits, state.leading_zeros
     digit = "0" <= ch <= "9"
     if mode == Mode.STRING:
-        return (Mode.OUT if ch == '"' else Mode.ESCAPE if ch == "\\" else Mode.STRING), 0, 0
+        return _STATES[Mode.OUT if ch == '"' else Mode.ESCAPE if ch == "\\" else Mode.STRING]
     if mode == Mode.ESCAPE:
-        return Mode.STRING, 0, 0
+        return _STATES[Mode.STRING]
     if mode == Mode.MANTISSA:
+        if ch == "0" and not mant:  # a leading zero: no significant digit
+            return LexState(Mode.MANTISSA, 0, 0, zeros + 1)
         if digit:
-            return Mode.MANTISSA, mant + 1, 0
+            return LexState(Mode.MANTISSA, mant + 1)
         if ch == ".":
-            return Mode.MANTISSA, mant, 0
+            return state
         if ch in "eE":
-            return Mode.EXP_START, mant, 0
+            return LexState(Mode.EXP_START, mant)
     elif mode == Mode.EXP_START:
         if ch in "+-":
-            return Mode.EXP_START, mant, 0
+            return state
         if digit:
-            return Mode.EXPONENT, mant, 1
+            return LexState(Mode.EXPONENT, mant, 1)
     elif mode == Mode.EXPONENT and digit:
-        return Mode.EXPONENT, mant, exp + 1
+        return LexState(Mode.EXPONENT, mant, exp + 1)
     # OUT, or the number just ended on this character
     if ch == '"':
-        return Mode.STRING, 0, 0
+        return _STATES[Mode.STRING]
+    if ch == "0":
+        return LexState(Mode.MANTISSA, 0, 0, 1)
     if ch == "-" or digit:
-        return Mode.MANTISSA, int(digit), 0
-    return Mode.OUT, 0, 0
+        return LexState(Mode.MANTISSA, int(digit))
+    return _STATES[Mode.OUT]
+
+
+_STATES = {mode: LexState(mode) for mode in Mode}  # the states without counts

@@ -32,26 +32,50 @@ _ANY_ESCAPED_UNIT = f'("u" {_HEX} {_HEX} {_HEX} {_HEX})'
 _ESCAPED_CHARACTER = (f'("u" [0-9A-Ca-cEFef] {_HEX} {_HEX} {_HEX}) | ("u" [Dd] [0-7] {_HEX} {_HEX}) | '
                       f'("u" [Dd] [89ABab] {_HEX} {_HEX} "\\\\" "u" [Dd] [C-Fc-f] {_HEX} {_HEX})')
 # Rule bodies of xgrammar's that write invalid JSON text, and ours. A string with minLength / maxLength counts
-# its characters with the first, which lets raw tabs and other control characters in: controls out (escapes
-# stay out too: an alternation with them under `{50, 32767}` took 800 ms a mask). An email's quoted local
-# part writes its quoted pair as `\` and the character (`"\q"@x.y`: `\q` is no JSON escape): the
-# backslash now as `\\`, a quote or backslash after it escaped as well.
+# its characters with the first, which lets raw tabs and other control characters in: controls out (escapes:
+# see _bounded_strings). An email's quoted local part writes its quoted pair as `\` and the character
+# (`"\q"@x.y`: `\q` is no JSON escape): the backslash now as `\\`, a quote or backslash after it escaped as well.
+_RAW_COUNTED_CHARACTER = r' ::= (([^\"\\\r\n]))'
 _MENDED_RULES = {
-    r' ::= (([^\"\\\r\n]))': r' ::= (([^\0-\x1f\"\\]))',
+    _RAW_COUNTED_CHARACTER: r' ::= (([^\0-\x1f\"\\]))',
     r'(("\\" [ -~]) | ([ !#-[\]-~]))': r'(("\\" "\\" (([ !#-[\]-~]) | ("\\" [\"\\]))) | ([ !#-[\]-~]))',
     _ANY_ESCAPED_UNIT: _ESCAPED_CHARACTER,
 }
 
+# A length-bounded string's characters, a JSON escape counting as the one character it decodes to (JSON Schema
+# counts the decoded string's code points; a surrogate pair's escape is one). xgrammar 0.2.8 counts
+# `characters{lo, hi}` fast only where `characters` is one character class: it writes the count as a chain of
+# rules (`r_k ::= "" | [c] r_k+1`) whose cached masks see a token through to the chain's end. Given an
+# alternation with the escapes it refers to that rule at each step, and a token crossing it is checked at fill
+# time: 75-125 ms a mask for maxLength 80, 400-870 ms for 1000. So the chain is written here with the escapes
+# inline in each link (maxLength 80 on the Qwen vocabulary: 0.41 ms a mask, compile 4.8 s, as the escape-free
+# chain's 0.42 ms and 5.0 s). Above _CHAINED_LENGTH xgrammar counts with a repetition instead, which no
+# formulation with escapes kept fast (a hand-written one 70-500 ms, blocks of 64 linked chains up to 82 ms near
+# each block's end), and a chain's compile grows ~60 ms a link: those strings keep xgrammar's escape-free count
+# (llguidance admits escapes there).
+_CHAINED_LENGTH = 128
+_COUNTED_PLAIN = r'[^\0-\x1f\"\\]'
+_COUNTED_ESCAPES = (r'"\\" [\"\\/bfnrt]', f'"\\\\" "u" [0-9A-Ca-cEFef] {_HEX} {_HEX} {_HEX}',
+                    f'"\\\\" "u" [Dd] [0-7] {_HEX} {_HEX}',
+                    f'"\\\\" "u" [Dd] [89ABab] {_HEX} {_HEX} "\\\\" "u" [Dd] [C-Fc-f] {_HEX} {_HEX}')
+_COUNTED_REF = re.compile(r"\b(\w+)\{(\d+), (-?\d+)\}")
+# the forms xgrammar writes a string of at most one character in, without the count: (low, high) of each
+_ONE_CHARACTER_FORMS = {r' ::= ("" | ([^\"\\\r\n]))': (0, 1), r'"\"" [^\"\\\r\n] "\""': (1, 1)}
+_UNCOUNTED_REST = "tf_string_rest"  # the characters after a minLength's, as many as come
+_UNCOUNTED_REST_RULE = (f"{_UNCOUNTED_REST} ::= (\"\" | ({_COUNTED_PLAIN} {_UNCOUNTED_REST}) | "
+                        + " | ".join(f"({e} {_UNCOUNTED_REST})" for e in _COUNTED_ESCAPES) + ")")
+
 
 # An object's other property names are strings that are none of its listed names, which xgrammar checks on
-# the written text: `"\u0069d"` (or `"\/a"` for `/a`) spelled a listed name past it with any value (`{"\u0069d":
-# "zz"}` for an integer `id`). Those names take no `\u` or `\/` escape here (the others write no letter).
+# the written text, one character of a listed name at a time: an escape there (`"\u0069d"`, or `"\/a"` for `/a`)
+# spelled a listed name past it with any value (`{"\u0069d": "zz"}` for an integer `id`). An escape where the
+# name may still be a listed one takes no `\u` or `\/` here (the others write no letter); once a character no
+# listed name has there is written, the name is none of them whatever follows, and any escape is taken
+# (`"caf\u00e9"` beside `id`).
+_NODE_ESCAPE = r'("\\" basic_escape basic_string_sub)'  # an escape at a trie node, then any string
 _NAME_RULES = r"""
 tf_name_escape ::= [\"\\bfnrt]
-tf_name_string_sub ::= (("\"") | ([^\0-\x1f\"\\\r\n] tf_name_string_sub) | ("\\" tf_name_escape tf_name_string_sub)) (=([ \n\r\t]* [,}\]:]))
 """
-
-
 # a `\xHH` escape (not an escaped backslash before `x`)
 _HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([0-9a-fA-F]{2})")
 
@@ -70,8 +94,9 @@ def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> str:
     marked, regexes = _marked_patterns(schema)
     grammar = xgr.Grammar.from_json_schema(json.dumps(marked), **kwargs)
     text = str(grammar)
-    if not regexes and not any(raw in text for raw in _MENDED_RULES):
+    if not regexes and not any(raw in text for raw in (*_MENDED_RULES, *_ONE_CHARACTER_FORMS)):
         return unambiguous_hex_escapes(text)
+    text = _bounded_strings(text)
     for raw, mended in _MENDED_RULES.items():
         text = text.replace(raw, mended)
     text = _other_names_unescaped(text)
@@ -84,13 +109,60 @@ def json_schema_grammar(schema: dict[str, Any], **kwargs: Any) -> str:
     return unambiguous_hex_escapes(text)
 
 
+def _bounded_strings(text: str) -> str:
+    """The grammar with each length-bounded string's `characters{lo, hi}` (hi -1: unbounded) written as a chain
+    of rules that take JSON escapes (see _CHAINED_LENGTH), where its bounds are at most _CHAINED_LENGTH."""
+    counted = {line.split(" ::= ", 1)[0] for line in text.split("\n") if line.endswith(_RAW_COUNTED_CHARACTER)}
+    chains: dict[tuple[int, int], str] = {}
+
+    def chained(m: re.Match[str]) -> str:
+        name, low, high = m.group(1), int(m.group(2)), int(m.group(3))
+        if name not in counted or max(low, high) > _CHAINED_LENGTH or (high != -1 and high < low):
+            return m.group(0)
+        if (low, high) not in chains:
+            chains[(low, high)] = f"tf_counted_{low}_{'n' if high == -1 else high}"
+        return f"{chains[(low, high)]}_0"
+
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if "{" in line:
+            lines[i] = _COUNTED_REF.sub(chained, line)
+        for form, (low, high) in _ONE_CHARACTER_FORMS.items():
+            if form in lines[i]:
+                chains[(low, high)] = name = f"tf_counted_{low}_{high}"
+                chained_form = f" ::= (({name}_0))" if form.startswith(" ::= ") else f'"\\"" {name}_0 "\\""'
+                lines[i] = lines[i].replace(form, chained_form)
+    if not chains:
+        return text
+    rules = [rule for (low, high), prefix in chains.items() for rule in _chain_rules(prefix, low, high)]
+    if any(high == -1 for _, high in chains):
+        rules.append(_UNCOUNTED_REST_RULE)
+    return "\n".join(lines).rstrip("\n") + "\n" + "\n".join(rules) + "\n"
+
+
+def _chain_rules(prefix: str, low: int, high: int) -> list[str]:
+    """Rules `prefix_k` (k characters written) for `low` to `high` characters (high -1: no upper bound), each
+    character plain or one JSON escape."""
+    links = low if high == -1 else high
+    rules = []
+    for k in range(links):
+        rest = f" {prefix}_{k + 1}" if k + 1 < links else (f" {_UNCOUNTED_REST}" if high == -1 else "")
+        alternatives = [f"({_COUNTED_PLAIN}{rest})"] + [f"({e}{rest})" for e in _COUNTED_ESCAPES]
+        if k >= low:
+            alternatives.insert(0, '""')
+        rules.append(f"{prefix}_{k} ::= ({' | '.join(alternatives)})")
+    if links == 0:
+        rules.append(f'{prefix}_0 ::= ("")' if high != -1 else f"{prefix}_0 ::= ({_UNCOUNTED_REST})")
+    return rules
+
+
 def _other_names_unescaped(text: str) -> str:
-    """The grammar with the rules of an object's other property names (`*_addl_key*`) on _NAME_RULES."""
+    """The grammar with the escapes an object's other property names (`*_addl_key*`) write where they may still
+    spell a listed name on _NAME_RULES (the rest of such a name, once it differs, is any string)."""
     lines = text.split("\n")
     for i, line in enumerate(lines):
         if "_addl_key" in line.split(" ::= ", 1)[0]:
-            lines[i] = line.replace("basic_escape basic_string_sub", "tf_name_escape tf_name_string_sub").replace(
-                "basic_string_sub", "tf_name_string_sub")
+            lines[i] = line.replace(_NODE_ESCAPE, _NODE_ESCAPE.replace("basic_escape", "tf_name_escape"))
     mended = "\n".join(lines)
     return mended + _NAME_RULES if mended != text else text
 
