@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,27 @@ def _greedy(model, ids: list[int], steps: int) -> list[int]:
         out.append(token)
         current, positions = torch.tensor([token]), positions[-1:] + 1
     return out
+
+
+@pytest.mark.parametrize("weights", ["Q5_0", "Q5_1"])
+def test_a_gguf_with_q5_tensors_converts_exactly(tmp_path, cache, weights):
+    """Review: transformers' header reader knows no Q5_0 / Q5_1 (llama.cpp's K-quant files use them for every
+    matrix whose rows are not a multiple of 256: most of Qwen2.5-0.5B's in a Q4_K_M file), and such files were
+    refused at their first start; gguf's own reader sizes them."""
+    path = tmp_path / f"Qwen3-{weights.lower()}.gguf"
+    _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", weights=weights)
+    stored = _stored(gguf_to_hf_dir(path))
+    assert torch.equal(stored["model.layers.0.mlp.up_proj.weight"], _gguf_values(path, "blk.0.ffn_up.weight"))
+
+
+def test_the_staging_folder_of_a_killed_conversion_is_pruned(tmp_path, cache):
+    """Review: a conversion killed mid-way left its staging folder (a half-written copy, ~2x the file) forever."""
+    path = tmp_path / "Qwen3-q8.gguf"
+    _write_gguf(path, QWEN3_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", weights="Q8_0")
+    copy = gguf_to_hf_dir(path)
+    killed = cache / f".{copy.name}.k1ll3d"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    os.utime(killed, (1, 1))  # old enough: no conversion is writing it now
+    shutil.rmtree(copy)
+    assert gguf_to_hf_dir(path) == copy and not killed.exists()

@@ -231,11 +231,12 @@ def _copy_source(copy: Path) -> str | None:
 
 def _prune_stale_copies(target: Path, gguf_file: Path, min_age_s: float = 3600.0) -> None:
     """Earlier copies of this same file (by its resolved path: earlier conversion versions, an earlier content of
-    the file), unfinished copies of a file of this stem and those whose file no longer exists (an earlier
-    install's), once a new copy is in place; only those older than `min_age_s`, so a copy another process is
+    the file), unfinished copies of a file of this stem (a killed conversion's staging folder too) and those
+    whose file no longer exists (an earlier install's), once a new copy is in place; only those older than `min_age_s`, so a copy another process is
     converting or loading right now stays. A copy of another file of the same name that exists is kept, and so is
     one of this same content and version stored at another width (a float32 load's beside a bfloat16 one's)."""
-    name = re.compile(rf"{re.escape(gguf_file.stem)}-\d+-[0-9a-f]+(?:-v\d+)?(?:-b?f16)?")
+    # (a leading dot and a random suffix: the staging folder of a conversion that was killed)
+    name = re.compile(rf"(?:\.)?{re.escape(gguf_file.stem)}-\d+-[0-9a-f]+(?:-v\d+)?(?:-b?f16)?(?:\.\w+)?")
     same_content = re.sub(r"-b?f16$", "", target.name)
     source = str(gguf_file.resolve())
     cutoff = time.time() - min_age_s
@@ -318,13 +319,26 @@ class GGUFTensor:
 
 def _gguf_tensors(gguf_file: Path) -> tuple[str, list[GGUFTensor]]:
     """The file's architecture and tensor table (transformers' header reader, which skips the vocabulary's
-    strings: 0.1 s for Qwen's)."""
+    strings: 0.1 s for Qwen's; gguf's own reader where transformers' table lacks a type)."""
     from transformers.integrations.gguf.reader import GgufHeader, load_gguf_state_dict
 
-    header = GgufHeader.from_file(str(gguf_file))
+    try:
+        header = GgufHeader.from_file(str(gguf_file))
+    except ValueError:  # Q5_0 / Q5_1 (llama.cpp's K-quant files use them for rows not a multiple of 256), MXFP4...
+        return _gguf_reader_tensors(gguf_file)
     lazy = load_gguf_state_dict(header)
     tensors = [GGUFTensor(info.name, info.shape, info.ggml_type, lazy[info.name].data) for info in header.tensors]
     return header.architecture, tensors
+
+
+def _gguf_reader_tensors(gguf_file: Path) -> tuple[str, list[GGUFTensor]]:
+    """The tensor table as gguf's GGUFReader reads it (every type it knows; it parses the vocabulary again)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_file))
+    architecture = str(reader.fields["general.architecture"].contents())
+    return architecture, [GGUFTensor(t.name, tuple(int(d) for d in reversed(t.shape)), int(t.tensor_type), t.data)
+                          for t in reader.tensors]
 
 
 def _stored_dtype(ggml_type: int, quantized_dtype: torch.dtype) -> torch.dtype:
