@@ -13,8 +13,7 @@ reserve fits `max_new_tokens` count; the others are listed apart.
 
 Each configuration runs twice in one engine (compiled grammars shared): with the step check (gate.py's
 `ending_instead`: a step that leaves the answer's ending no room is undone and the ending written instead)
-and without it (the check switched off: since the ending is no longer appended at a look but only by the
-check, "off" now shows answers with no ending at all; before that change it showed the looks alone). `searches` and `search ms` are the ending
+and without it (the check switched off, as before it existed). `searches` and `search ms` are the ending
 searches each answer cost the engine loop (EndingSearch.ending_tokens, timed around each call).
 """
 from __future__ import annotations

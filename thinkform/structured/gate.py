@@ -182,8 +182,6 @@ class ReasoningGate:
         self._history: list[_Snapshot] = []
         self._endings: dict[int, list[int] | None] = {}  # the endings found, by the tokens taken before them
         self._watched: int | None = None  # the length of the last ending found that fitted: steps are checked
-        # past the last look, an ending that fits is known and the model writes on (each step checked): no steering
-        self._ending_waits = False
         # a family with header ends (gpt-oss's bare ` to=functions.`, an end only in a message's header): whether
         # the bytes so far end inside a header, and (token index, the state before it) where a token changed it
         self._header_search: tuple[Any, ...] | None = None
@@ -326,7 +324,7 @@ class ReasoningGate:
         """The answer is being steered to its end: the tokens left are within the closing reserve."""
         if self._closing is None or self.phase is not Phase.ANSWER or self.max_new_tokens is None:
             return False
-        if self.max_new_tokens - len(self._history) > self._closing_reserve or self._ending_waits:
+        if self.max_new_tokens - len(self._history) > self._closing_reserve:
             return False
         return self._in_closing_scope()
 
@@ -410,14 +408,10 @@ class ReasoningGate:
         return list(self._close_ids)
 
     def _forced_ending(self, num_generated: int) -> list[int]:
-        """Between tool calls, an ending where one more call cannot fit (_between_calls_ending); else [] and
-        the looks: when the tokens left fall to 4×, 2× and 1× the closing reserve, a short ending of the
-        grammar (and EOS) is looked for. One that fits is not appended: the model writes on, and from there
-        ending_instead checks its steps near the ending's margin (its length and half of it for growth),
-        undoing a step that leaves the ending no room and writing the ending from before it instead. A look
-        also comes again halfway to that margin, so growth is seen while there is room for it. (Appended at a
-        look, the ending cut a number the model was writing, or replaced a value it chose, with tokens to
-        spare: `"score": 987654, "ok": true` came back `"score": 0, "ok": false` with 24 tokens unused.)"""
+        """A short ending of the grammar and EOS (EOS alone where the grammar may end already), looked for
+        when the tokens left fall to 4×, 2× and 1× the closing reserve. One found early is not appended at
+        once: the model writes on, the ending is looked for again halfway to where it would stop fitting (its
+        length and half of it for growth), and appended there; at the last point, whenever it fits."""
         if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
             return []
         left = self.max_new_tokens - num_generated
@@ -430,16 +424,22 @@ class ReasoningGate:
         while len(self._ending_points) > 1 and left <= self._ending_points[1]:
             del self._ending_points[0]  # passed by a jump: only the nearest point counts
         del self._ending_points[0]
+        later = self._ending_points[0] if self._ending_points else 0
         ids = self._fitted(self._ending_now(), left)
-        self._ending_waits = ids is not None  # none found: in the reserve the steering takes over (closing.py)
         if ids is None:
             return []
+        # the ending may grow before the next look (a list item or a nested object opened): it waits while
+        # it would still fit with half its length, or the grammar's shortest answer (up to 32), to spare, and
+        # is looked for again halfway there, so growth is seen while there is room for it
         self._watched = len(ids)  # from here on the steps are checked (ending_instead)
         need = self._need(len(ids))
-        later = self._ending_points[0] if self._ending_points else 0
-        if need < left and (again := max(need, (left + need) // 2)) > later:
-            self._ending_points.insert(0, again)
-        return []
+        if self._ending_points and need < left:
+            again = max(need, (left + need) // 2)
+            if again > later:
+                self._ending_points.insert(0, again)
+            return []
+        self.closed_by_budget = True
+        return ids
 
     def ending_instead(self, taken: Sequence[int], num_generated: int) -> list[int] | None:
         """The ids of one step (a sampled token and the text the grammar forces after it, taken already):
@@ -468,7 +468,6 @@ class ReasoningGate:
         if self._fitted(after, left, False) is not None:
             self._watched = len(after)  # type: ignore[arg-type]
             return None
-        self._ending_waits = False  # none known that fits from here: steering takes over (closing.py)
         if after is None and left > self._closing_reserve:
             return None
         self.rollback(len(taken))
