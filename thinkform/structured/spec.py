@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from thinkform.structured.ecma_regex import ecma_pattern, ecma_schema
+from thinkform.structured.formats import format_patterns, tag_format_patterns
 
 ConstraintKind = Literal["json_schema", "json_object", "regex", "ebnf", "structural_tag"]
 CONSTRAINT_FIELDS: tuple[str, ...] = ("json_schema", "regex", "ebnf", "structural_tag")
@@ -124,7 +125,7 @@ def _json_schema(value: Any) -> Constraint:
     if not isinstance(schema, dict):
         raise ConstraintError(
             f"json_schema must be a JSON object, got {type(schema).__name__}", field="json_schema")
-    return Constraint("json_schema", _dump(ecma_schema(schema), "json_schema"))
+    return Constraint("json_schema", _dump(ecma_schema(format_patterns(schema)), "json_schema"))
 
 
 def _structural_tag(value: Any) -> str:
@@ -139,7 +140,7 @@ def _structural_tag(value: Any) -> str:
     if "format" in tag:
         if not isinstance(tag["format"], dict) or "type" not in tag["format"]:
             raise ConstraintError("structural_tag format must be an object with a 'type'", field=field)
-        return _dump({"type": "structural_tag", "format": tag["format"]}, field)
+        return _dump({"type": "structural_tag", "format": tag_format_patterns(tag["format"])}, field)
     if "structures" not in tag:
         raise ConstraintError("structural_tag needs 'format' or 'structures' + 'triggers'", field=field)
     return _dump({"type": "structural_tag", "structures": _structures(tag["structures"]),
@@ -346,7 +347,7 @@ def _structures(structures: Any) -> list[dict[str, Any]]:
         schema = _parse_json(item["schema"], f"structural_tag structures[{i}].schema", field)
         if not isinstance(schema, dict):
             raise ConstraintError(f"structural_tag structures[{i}].schema must be a JSON object", field=field)
-        out.append({"begin": item["begin"], "schema": ecma_schema(schema), "end": item["end"]})
+        out.append({"begin": item["begin"], "schema": ecma_schema(format_patterns(schema)), "end": item["end"]})
     return out
 
 
