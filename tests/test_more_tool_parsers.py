@@ -15,7 +15,7 @@ import xgrammar as xgr
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
 from thinkform.structured.backends.xgrammar import structural_tag_format
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields, json_tag_bounds
-from tool_streams import accumulate, stream_in_chunks
+from tool_streams import accumulate, assert_open_calls_are_closed_valid, stream_in_chunks
 
 FORMATS = ["glm47", "deepseekv32", "deepseekv4", "minimax-m2", "mimo", "interns1"]
 XML = ["glm47", "deepseekv32", "deepseekv4", "minimax-m2", "mimo"]
@@ -544,19 +544,7 @@ def test_a_random_model_under_required_makes_calls_that_parse_and_validate(tool_
 def test_an_xml_call_still_open_near_max_new_tokens_is_closed_valid(tool_engine, name):
     """Free strings: a random model never closes one, so the call is open when the budget runs out; the budget
     ending closes it (value, call and section end tags) and the call parses and validates."""
-    parser = get_tool_call_parser(name)
-    tools = [WEATHER]
-    tag = json.dumps(parser.structural_tag(tools, "required"))
-    outs = tool_engine.generate(["Weather?"] * 4, [{"temperature": 1.0, "seed": i, "max_new_tokens": BUDGET.get(name, 200),
-                                                    "structural_tag": tag} for i in range(4)])
-    for out in outs:
-        meta = out["meta_info"]
-        assert meta["finish_reason"]["type"] == "stop" and meta["constraint_satisfied"], out["text"]
-        normal, calls = parser.for_tools(tools).parse(out["text"])
-        assert normal == "" and len(calls) >= 1, out["text"]
-        for call in calls:
-            jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
-    assert any(o["meta_info"]["closed_by_budget"] for o in outs)
+    assert_open_calls_are_closed_valid(tool_engine, name, [WEATHER], WEATHER_PARAMS, BUDGET.get(name, 200))
 
 
 INC = {"type": "function", "function": {"name": "inc", "parameters": {

@@ -14,7 +14,7 @@ import xgrammar as xgr
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
 from thinkform.structured.backends.xgrammar import structural_tag_format
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields, json_tag_bounds
-from tool_streams import accumulate, stream_in_chunks
+from tool_streams import accumulate, assert_open_calls_are_closed_valid, stream_in_chunks
 
 FORMATS = ["deepseekv31", "kimi_k2", "qwen3_coder", "glm45"]
 XML = ["qwen3_coder", "glm45"]
@@ -407,19 +407,8 @@ def test_an_xml_call_still_open_near_max_new_tokens_is_closed_valid(tool_engine,
     """Free strings (no maxLength): a random model never closes one, so the call is open when the budget
     runs out; budget closing appends the grammar's ending inside the call (its end tag included), and the
     call parses and validates instead of finishing "length" cut."""
-    parser = get_tool_call_parser(name)
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMS}}]
-    tag = json.dumps(parser.structural_tag(tools, "required"))
-    outs = tool_engine.generate(["Weather?"] * 4, [{"temperature": 1.0, "seed": i, "max_new_tokens": 200,
-                                                    "structural_tag": tag} for i in range(4)])
-    for out in outs:
-        meta = out["meta_info"]
-        assert meta["finish_reason"]["type"] == "stop" and meta["constraint_satisfied"], out["text"]
-        normal, calls = parser.for_tools(tools).parse(out["text"])
-        assert normal == "" and len(calls) >= 1, out["text"]
-        for call in calls:
-            jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMS)
-    assert any(o["meta_info"]["closed_by_budget"] for o in outs)
+    assert_open_calls_are_closed_valid(tool_engine, name, tools, WEATHER_PARAMS, 200)
 
 
 @pytest.mark.parametrize("name, prefix, closer", [

@@ -29,3 +29,27 @@ def accumulate(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
         call["name"] = d.get("function", {}).get("name") or call["name"]
         call["arguments"] += d.get("function", {}).get("arguments") or ""
     return [calls[k] for k in sorted(calls)]
+
+
+def assert_open_calls_are_closed_valid(engine: Any, name: str, tools: list[dict[str, Any]], schema: dict[str, Any],
+                                       budget: int) -> None:
+    """A random model never closes a free string, so its required call is open when `budget` runs out: the
+    budget ending closes it (value, call and section end), and every call parses and validates against `schema`."""
+    import json
+
+    import jsonschema
+
+    from thinkform.server.tools import get_tool_call_parser
+
+    parser = get_tool_call_parser(name)
+    tag = json.dumps(parser.structural_tag(tools, "required"))
+    outs = engine.generate(["Weather?"] * 4, [{"temperature": 1.0, "seed": i, "max_new_tokens": budget,
+                                               "structural_tag": tag} for i in range(4)])
+    for out in outs:
+        meta = out["meta_info"]
+        assert meta["finish_reason"]["type"] == "stop" and meta["constraint_satisfied"], out["text"]
+        normal, calls = parser.for_tools(tools).parse(out["text"])
+        assert normal == "" and len(calls) >= 1, out["text"]
+        for call in calls:
+            jsonschema.validate(json.loads(call.arguments), schema)
+    assert any(o["meta_info"]["closed_by_budget"] for o in outs)
