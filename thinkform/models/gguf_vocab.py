@@ -43,32 +43,6 @@ class GGUFVocab:
         return ids + [i for i, text in enumerate(self.tokens) if text in wanted and i not in ids]
 
 
-def _scalar(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    if field is None or not field.data:
-        return None
-    value = field.parts[field.data[0]]
-    if field.types and field.types[0].name == "STRING":
-        return bytes(value).decode("utf-8", errors="replace")
-    return value[0].item() if hasattr(value[0], "item") else value[0]
-
-
-def read_gguf_vocab(reader: Any) -> GGUFVocab | None:
-    """The vocabulary of a gguf.GGUFReader's file (None when it has none)."""
-    tokens_field = reader.fields.get("tokenizer.ggml.tokens")
-    if tokens_field is None:
-        return None
-    tokens = [bytes(tokens_field.parts[i]).decode("utf-8", errors="replace") for i in tokens_field.data]
-    types_field = reader.fields.get("tokenizer.ggml.token_type")
-    types = [int(types_field.parts[i][0]) for i in types_field.data] if types_field is not None else []
-    special_ids = {}
-    for name, key in _SPECIAL_ID_KEYS.items():
-        value = _scalar(reader, f"tokenizer.ggml.{key}")
-        if isinstance(value, int) and 0 <= value < len(tokens):
-            special_ids[name] = int(value)
-    return GGUFVocab(_scalar(reader, "tokenizer.ggml.model"), tokens, types, special_ids)
-
-
 def vocab_from_tokenizer_fields(fields: dict[str, Any]) -> GGUFVocab | None:
     """The vocabulary from the tokenizer fields transformers' `load_gguf_checkpoint` returns (its "tokenizer":
     tokens, token_type, tokenizer_type, bos/eos/pad/unk_token_id), so the file's vocabulary is parsed once."""
