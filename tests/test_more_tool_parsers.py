@@ -15,19 +15,12 @@ import xgrammar as xgr
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
 from thinkform.structured.backends.xgrammar import structural_tag_format
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields, json_tag_bounds
-from tool_streams import accumulate, assert_open_calls_are_closed_valid, stream_in_chunks
+from tool_cases import (DATE, EXPECTED, TOOLS, WEATHER, WEATHER_PARAMS, accumulate, assert_open_calls_are_closed_valid,
+                        special_tag_engines, stream_in_chunks)
 
 FORMATS = ["glm47", "deepseekv32", "deepseekv4", "minimax-m2", "mimo", "interns1"]
 XML = ["glm47", "deepseekv32", "deepseekv4", "minimax-m2", "mimo"]
 
-WEATHER_PARAMS = {"type": "object", "properties": {
-    "city": {"type": "string"}, "days": {"type": "integer"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "days", "unit"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMS}}
-DATE = {"type": "function", "function": {"name": "get_date", "parameters": {
-    "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
-TOOLS = [WEATHER, DATE]
-EXPECTED = [("get_weather", {"city": "Paris", "days": 3, "unit": "celsius"}), ("get_date", {"tz": "CET"})]
 
 
 def _call(name: str, tool: str, pairs: list[tuple[str, str]]) -> str:
@@ -564,29 +557,8 @@ SPECIALS = {"glm47": ["<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", 
 @pytest.fixture(scope="module")
 def special_engines(tmp_path_factory):
     """One tiny engine per format whose tags are special tokens, built when a test first asks for it."""
-    from transformers import GenerationConfig
-
-    from thinkform import Engine
-    from thinkform.testing.models import make_tiny_model_dir
-    from thinkform.testing.tokenizers import build_tiny_tokenizer
-
-    built: dict = {}
-
-    def get(name: str):
-        if name not in built:
-            tok = build_tiny_tokenizer(marker_is_special=True)
-            tok.add_special_tokens({"additional_special_tokens": SPECIALS[name]})
-            path = make_tiny_model_dir(tmp_path_factory.mktemp(name) / "m", "qwen2", tok, vocab_size=len(tok) + 16,
-                                       seed=3)
-            GenerationConfig(eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id).save_pretrained(path)
-            engine = Engine(model_path=str(path), reasoning_parser="qwen3", max_total_tokens=16384)
-            engine.set_tool_markup(get_tool_call_parser(name).markup)
-            built[name] = (engine, tok)
-        return built[name]
-
-    yield get
-    for engine, _ in built.values():
-        engine.shutdown()
+    with special_tag_engines(tmp_path_factory, SPECIALS) as get:
+        yield get
 
 
 @pytest.mark.parametrize("name", sorted(SPECIALS))

@@ -9,6 +9,7 @@ import pytest
 
 from thinkform.server.tools import get_tool_call_parser
 from thinkform.structured.spec import constraint_from_fields
+from tool_cases import special_tag_engines
 
 INC = {"type": "function", "function": {"name": "inc", "parameters": {
     "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
@@ -37,32 +38,10 @@ PROMPT = "<|im_start|>user\nPlan it.<|im_end|>\n<|im_start|>assistant\n"
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    """One tiny engine per format, built when a test first asks for it."""
-    from transformers import GenerationConfig
-
-    from thinkform import Engine
-    from thinkform.testing.models import make_tiny_model_dir
-    from thinkform.testing.tokenizers import build_tiny_tokenizer
-
-    built: dict = {}
-
-    def get(name: str):
-        if name not in built:
-            tok = build_tiny_tokenizer(marker_is_special=True)
-            if SPECIALS[name]:
-                tok.add_special_tokens({"additional_special_tokens": SPECIALS[name]})
-            path = make_tiny_model_dir(tmp_path_factory.mktemp(name) / "m", "qwen2", tok, vocab_size=len(tok) + 16,
-                                       seed=3)
-            GenerationConfig(eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id).save_pretrained(path)
-            engine = Engine(model_path=str(path), reasoning_parser="kimi_k2" if name == "kimi_k2" else "qwen3",
-                            max_total_tokens=16384)
-            engine.set_tool_markup(get_tool_call_parser(name).markup)
-            built[name] = (name, engine, tok)
-        return built[name]
-
-    yield get
-    for _, engine, _ in built.values():
-        engine.shutdown()
+    """One tiny engine per format, built when a test first asks for it: (name, engine, tokenizer)."""
+    with special_tag_engines(tmp_path_factory, SPECIALS,
+                             lambda name: "kimi_k2" if name == "kimi_k2" else "qwen3") as get:
+        yield lambda name: (name, *get(name))
 
 
 def _tag(name: str, tools: list, mode: str, parallel: bool) -> str:

@@ -14,19 +14,12 @@ import xgrammar as xgr
 from thinkform.server.tools import get_tool_call_parser, guess_tool_call_parser, tool_call_parser_names
 from thinkform.structured.backends.xgrammar import structural_tag_format
 from thinkform.structured.spec import ConstraintError, GrammarOptions, constraint_from_fields, json_tag_bounds
-from tool_streams import accumulate, assert_open_calls_are_closed_valid, stream_in_chunks
+from tool_cases import (DATE, EXPECTED, TOOLS, WEATHER, WEATHER_PARAMS, accumulate, assert_open_calls_are_closed_valid,
+                        stream_in_chunks)
 
 FORMATS = ["deepseekv31", "kimi_k2", "qwen3_coder", "glm45"]
 XML = ["qwen3_coder", "glm45"]
 
-WEATHER_PARAMS = {"type": "object", "properties": {
-    "city": {"type": "string"}, "days": {"type": "integer"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "days", "unit"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMS}}
-DATE = {"type": "function", "function": {"name": "get_date", "parameters": {
-    "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
-TOOLS = [WEATHER, DATE]
-EXPECTED = [("get_weather", {"city": "Paris", "days": 3, "unit": "celsius"}), ("get_date", {"tz": "CET"})]
 
 _DS = ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>")
 SAMPLES = {
