@@ -5,12 +5,29 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger("thinkform")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The values a choice flag takes, checked when the arguments are built (the command line's, through argparse's
+# `choices` as SGLang's; Engine(...)'s keywords in __post_init__): a typo fails the start, naming the flag, instead
+# of failing the model's load minutes later or being ignored. They mirror what the engine reads
+# (engine/setup.py's dtypes and attention backends, models/quant.py's QUANTIZATIONS; a test keeps them equal).
+DTYPES = ("auto", "float32", "float16", "bfloat16", "float64", "half", "float")  # half, float: SGLang's spellings
+# ours, then SGLang's kernels, each served by ours (engine/setup.py maps them)
+ATTENTION_BACKENDS = ("auto", "triton", "torch", "torch_native", "flex_attention", "flashinfer", "fa3", "fa4",
+                      "flashmla", "cutlass_mla", "trtllm_mha", "trtllm_mla", "aiter", "wave", "dual_chunk_flash_attn",
+                      "intel_amx", "ascend", "nsa")
+QUANTIZATIONS = ("auto", "none", "int4")
+SAMPLING_DEFAULTS = ("model", "openai")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# SGLang's own choices for flags that change nothing here (its server_args.py, every value of its versions)
+SCHEDULE_POLICIES = ("lpm", "random", "fcfs", "dfs-weight", "lof", "priority", "routing-key")
+SAMPLING_BACKENDS = ("flashinfer", "pytorch", "ascend")
 # SGLang's other spellings of our flags
 FLAG_ALIASES = {"model_path": ("--model",)}
 
@@ -26,15 +43,16 @@ class EngineArgs:
     grammar_backend: str = field(default="auto", metadata={"help": "auto (xgrammar, falling back to llguidance where xgrammar would not enforce a constraint) | xgrammar | llguidance | outlines | none"})
     tool_call_parser: str | None = field(default=None, metadata={"help": "qwen25 | qwen | hermes | llama3 | deepseekv3 | deepseekv31 | deepseekv32 | deepseekv4 | kimi_k2 | qwen3_coder | step3p5 | mimo | glm45 | glm | glm47 | minimax-m2 | interns1 | gpt-oss | mistral | pythonic (default: guessed from the chat template)"})
     max_reasoning_tokens: int | None = field(default=None, metadata={"help": "default thinking budget per request (tokens); the end marker is forced when reached"})
-    api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on every route but /health"})
+    api_key: str | None = field(default=None, metadata={"help": "require 'Authorization: Bearer KEY' on every route but /health (the admin routes take --admin-api-key instead, where it is set)"})
+    admin_api_key: str | None = field(default=None, metadata={"help": "as SGLang's: the admin routes (/flush_cache, /abort_request, SGLang's weight-update and memory routes) require this key instead of --api-key; the other routes keep --api-key's rule"})
     log_level: str = field(default="info", metadata={"help": "debug | info | warning | error"})
     log_requests: bool = field(default=False, metadata={"help": "log each finished request's details at info, as SGLang's (see --log-requests-level)"})
     log_requests_level: int = field(default=2, metadata={"help": "with --log-requests: 0 = id, finish reason, token counts; 1 = and the sampling params; 2 = and the prompt and output, up to 2048 characters each; 3 = all of them"})
     context_length: int | None = field(default=None, metadata={"help": "max prompt + output tokens (default: the model's)"})
-    dtype: str = field(default="auto", metadata={"help": "auto | float32 | float16 | bfloat16 | float64"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    quantization: str = field(default="auto", metadata={"help": "auto | none | int4: weight-only int4 (groups of 32) on a CPU in bfloat16; auto = int4 where the GGUF's layer weights are Q4_1 (int4 holds them exactly) and the CPU runs bfloat16, else none"})
-    attention_backend: str = field(default="auto", metadata={"help": "auto | triton | torch: triton = thinkform's Triton kernels (paged attention, fused norm/rotary/activation; CUDA only); torch = SDPA and plain torch ops; auto = triton on CUDA, torch elsewhere"})
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | float16 | bfloat16 | float64 (half, float: SGLang's names of float16, float32)", "choices": DTYPES, "what": "dtype"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    quantization: str = field(default="auto", metadata={"help": "auto | none | int4: weight-only int4 (groups of 32) on a CPU in bfloat16; auto = int4 where the GGUF's layer weights are Q4_1 (int4 holds them exactly) and the CPU runs bfloat16, else none", "choices": QUANTIZATIONS, "what": "value"})
+    attention_backend: str = field(default="auto", metadata={"help": "auto | triton | torch: triton = thinkform's Triton kernels (paged attention, fused norm/rotary/activation; CUDA only); torch = SDPA and plain torch ops; auto = triton on CUDA, torch elsewhere", "choices": ATTENTION_BACKENDS, "what": "backend"})
     disable_cuda_graph: bool = field(default=False, metadata={"help": "run every CUDA step eagerly instead of replaying captured CUDA graphs"})
     cuda_graph_max_bs: int = field(default=256, metadata={"help": "largest step, in tokens (decodes plus the extends riding with them), run through a CUDA graph"})
     disable_gemv: bool = field(default=False, metadata={"help": "GPU: one-token linear layers always on cuBLAS (by default each weight shape takes the faster of cuBLAS and a Triton GEMV, timed at start; with CUDA graphs only)"})
@@ -65,12 +83,14 @@ class EngineArgs:
     graceful_shutdown_timeout: float = field(default=30.0, metadata={"help": "seconds in-flight requests may take to finish on SIGTERM / Ctrl-C before they are aborted"})
     health_generate_timeout: float = field(default=20.0, metadata={"help": "seconds /health_generate waits for its one-token request (or for the engine to take a step, when busy) before it answers 503 (SGLang's default)"})
     random_seed: int | None = field(default=None, metadata={"help": "seeds the seeds of requests without one, in the order they come (default: fresh random seeds)"})
-    sampling_defaults: str = field(default="model", metadata={"help": "model | openai: where a request's unset temperature, top_p, top_k, min_p and repetition_penalty come from: the model's generation_config.json (as SGLang and vLLM), or the OpenAI defaults"})
+    sampling_defaults: str = field(default="model", metadata={"help": "model | openai: where a request's unset temperature, top_p, top_k, min_p and repetition_penalty come from: the model's generation_config.json (as SGLang and vLLM), or the OpenAI defaults", "choices": SAMPLING_DEFAULTS, "what": "value"})
     preferred_sampling_params: str | None = field(default=None, metadata={"help": "JSON object of sampling params that every request gets unless it sets them (over the model's defaults)"})
 
     def __post_init__(self) -> None:
-        if self.sampling_defaults not in ("model", "openai"):
-            raise ValueError(f"sampling_defaults: {self.sampling_defaults!r} is not one of model, openai")
+        for f in dataclasses.fields(self):
+            _check_choice(f.name, getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("what", "value"))
+        if not _DEVICE.fullmatch(str(self.device)):  # a torch.device reads as its name
+            raise ValueError(f"device: unknown device {self.device!r} (choose from {', '.join(DEVICES)})")
         if not isinstance(self.stream_interval, int) or isinstance(self.stream_interval, bool) \
                 or self.stream_interval < 1:
             raise ValueError(f"stream_interval: must be an integer >= 1, got {self.stream_interval!r}")
@@ -119,7 +139,8 @@ class EngineArgs:
             if f.flag:
                 parser.add_argument(flag, *extra, dest=f.name, action="store_true", default=None, help=argparse.SUPPRESS)
             else:
-                parser.add_argument(flag, *extra, dest=f.name, default=None, help=argparse.SUPPRESS)
+                parser.add_argument(flag, *extra, dest=f.name, default=None, help=argparse.SUPPRESS,
+                                    **_argparse_choices(f.name, f.choices))
         for f in dataclasses.fields(EngineArgs):
             flags = ["--" + f.name.replace("_", "-"), *FLAG_ALIASES.get(f.name, ())]
             help_text = f.metadata.get("help", "")
@@ -129,7 +150,8 @@ class EngineArgs:
             kind = _arg_type(f)
             # a help that says its default in its own words keeps them ("SGLang's default" is no such text)
             suffix = "" if "(default" in help_text or f.default is None else f" (default: {f.default})"
-            parser.add_argument(*flags, type=kind, default=f.default, help=help_text + suffix)
+            parser.add_argument(*flags, type=kind, default=f.default, help=help_text + suffix,
+                                **_argparse_choices(f.name, f.metadata.get("choices")))
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> "EngineArgs":
@@ -158,6 +180,7 @@ class SGLangOnlyArg:
     note: str
     aliases: tuple[str, ...] = ()
     flag: bool = False  # given without a value on SGLang's command line
+    choices: tuple[str, ...] | None = None  # SGLang's own values: any other is a typo, refused as SGLang refuses it
 
 
 ANY = object()
@@ -177,7 +200,8 @@ SGLANG_ONLY = (
     SGLangOnlyArg("load_format", "auto", "safetensors directories and GGUF files are read as they are"),
     SGLangOnlyArg("tokenizer_mode", "auto", "the model's fast tokenizer is used"),
     SGLangOnlyArg("enable_strict_thinking", ANY, "thinking budgets (custom_params.thinking_budget) are always honoured", flag=True),
-    SGLangOnlyArg("schedule_policy", ANY, "requests are scheduled first come, first served"),
+    SGLangOnlyArg("schedule_policy", ANY, "requests are scheduled first come, first served",
+                  choices=SCHEDULE_POLICIES),
     SGLangOnlyArg("max_prefill_tokens", ANY, "--chunked-prefill-size bounds a prefill step"),
     SGLangOnlyArg("enable_torch_compile", ANY, "CUDA graphs and Triton kernels serve a GPU instead", flag=True),
     SGLangOnlyArg("watchdog_timeout", ANY, "no watchdog: a failed step fails its requests"),
@@ -206,7 +230,8 @@ SGLANG_ONLY = (
                   "greedy decoding is deterministic for a given batch, not across batch compositions", flag=True),
     SGLangOnlyArg("constrained_json_whitespace_pattern", None, "JSON is compact; --json-any-whitespace loosens it"),
     SGLangOnlyArg("json_model_override_args", "{}", "the model's config is read as it is"),
-    SGLangOnlyArg("sampling_backend", ANY, "the engine's own sampler (greedy, temperature, top-k/p, min-p)"),
+    SGLangOnlyArg("sampling_backend", ANY, "the engine's own sampler (greedy, temperature, top-k/p, min-p)",
+                  choices=SAMPLING_BACKENDS),
     SGLangOnlyArg("enable_mixed_chunk", ANY, "prefill chunks and decodes are batched as the scheduler sees fit",
                   flag=True),
     SGLangOnlyArg("schedule_conservativeness", ANY, "requests are admitted while their pages fit"),
@@ -248,10 +273,23 @@ def accept_sglang_only(given: dict[str, Any]) -> None:
     by_name = {f.name: f for f in SGLANG_ONLY}
     for name, value in given.items():
         arg = by_name[name]
+        _check_choice(name, value, arg.choices)
         if arg.neutral is not ANY and value is not None and not _same(value, arg.neutral):
             raise ValueError(f"{name}: {value!r} is not supported by thinkform ({arg.note}); "
                              f"leave it out or pass {arg.neutral!r}")
         logger.info("%s=%r accepted for SGLang compatibility; it changes nothing here: %s", name, value, arg.note)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...] | None, what: str = "value") -> None:
+    """A ValueError naming the argument and its values where `value` is not one of `choices` (None: unset)."""
+    if choices is not None and value is not None and value not in choices:
+        raise ValueError(f"{name}: unknown {what} {value!r} (choose from {', '.join(choices)})")
+
+
+def _argparse_choices(name: str, choices: tuple[str, ...] | None) -> dict[str, Any]:
+    """argparse's `choices` (its error names the flag and lists them, as SGLang's), with a short metavar: the
+    help text lists the values in its own words."""
+    return {} if choices is None else {"choices": choices, "metavar": name.upper()}
 
 
 def _same(value: Any, neutral: Any) -> bool:

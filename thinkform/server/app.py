@@ -41,17 +41,29 @@ def _open(scope: Scope) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Plain ASGI (not BaseHTTPMiddleware, which would get in the way of streaming and disconnects)."""
+    """Plain ASGI (not BaseHTTPMiddleware, which would get in the way of streaming and disconnects).
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    SGLang's rule for its two keys: an admin route (`admin_paths`) takes the admin key where one is set (the API
+    key then does not open it), else the API key; every other route takes the API key where one is set (the
+    admin key does not open it). A route whose key is unset is open."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, admin_api_key: str | None = None,
+                 admin_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
+        self.admin_paths = admin_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _open(scope):
-            if not key_matches(_given_key(Request(scope)), self.api_key):
-                response = JSONResponse(error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                                   "authentication_error", code="invalid_api_key"), status_code=401)
+            admin = bool(self.admin_api_key) and scope.get("path") in self.admin_paths
+            expected = self.admin_api_key if admin else self.api_key
+            if expected and not key_matches(_given_key(Request(scope)), expected):
+                message = ("invalid or missing admin API key (this route takes --admin-api-key's key: send "
+                           "'Authorization: Bearer ADMIN_KEY')" if admin else
+                           "invalid or missing API key (send 'Authorization: Bearer KEY')")
+                response = JSONResponse(error_body(message, "authentication_error", code="invalid_api_key"),
+                                        status_code=401)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -108,9 +120,10 @@ def _route_paths(app: FastAPI, routers: tuple[APIRouter, ...]) -> frozenset[str]
     return frozenset(p for p in paths if isinstance(p, str))
 
 
-def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
-    """The HTTP server around one engine. `api_key` defaults to the engine's `--api-key`."""
-    state = ServerState.from_engine(engine, api_key)
+def create_app(engine: Any, api_key: str | None = None, admin_api_key: str | None = None) -> FastAPI:
+    """The HTTP server around one engine. `api_key` and `admin_api_key` default to the engine's `--api-key` and
+    `--admin-api-key`."""
+    state = ServerState.from_engine(engine, api_key, admin_api_key)
     app = FastAPI(title="thinkform", version="0.1.0")
     app.state.thinkform = state
 
@@ -127,8 +140,9 @@ def create_app(engine: Any, api_key: str | None = None) -> FastAPI:
     args = getattr(engine, "args", None)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: inside the counter
     app.add_middleware(BodyLimitMiddleware, max_bytes=getattr(args, "max_request_body_bytes", 8 * 2**20))
-    if state.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    if state.api_key or state.admin_api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=state.api_key, admin_api_key=state.admin_api_key,
+                           admin_paths=native_api.ADMIN_PATHS)
     app.add_middleware(ResponseCounter, metrics=state.metrics, routes=_route_paths(app, routers))
     # outermost: a browser's preflight (OPTIONS, no API key) is answered here, and every response is tagged
     origins = args.origins() if isinstance(args, EngineArgs) else ["*"]

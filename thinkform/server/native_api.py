@@ -198,12 +198,18 @@ async def get_model_info(request: Request) -> dict[str, Any]:
     return _state(request).engine.get_model_info()
 
 
+_SECRET_ARGS = ("api_key", "admin_api_key")  # never shown, whatever the engine's info holds
+
+
 @router.get("/get_server_info")
 @router.get("/server_info", operation_id="server_info")  # SGLang's newer name
 async def get_server_info(request: Request) -> dict[str, Any]:
     state = _state(request)
-    # the tool-call format in use, guessed from the chat template where no flag named it
-    return {**state.engine.get_server_info(), "tool_call_parser": state.tool_parser.name}
+    info = {k: v for k, v in state.engine.get_server_info().items() if k not in _SECRET_ARGS}
+    # the --tool-call-parser name as given (qwen25, as SGLang reports it, though it reads hermes' format), else
+    # the format guessed from the chat template
+    given = getattr(getattr(state.engine, "args", None), "tool_call_parser", None)
+    return {**info, "tool_call_parser": given or state.tool_parser.name}
 
 
 @router.get("/get_weight_version")
@@ -244,6 +250,9 @@ def _not_supported(name: str) -> Any:
 for _name, _methods in _NOT_SUPPORTED.items():
     router.add_api_route(f"/{_name}", _not_supported(_name), methods=list(_methods), include_in_schema=False,
                          operation_id=f"{_name}_not_supported")
+
+# SGLang's admin routes (its AuthLevel.ADMIN_OPTIONAL) that this server has: --admin-api-key guards them (app.py)
+ADMIN_PATHS = frozenset({"/flush_cache", "/abort_request", *(f"/{name}" for name in _NOT_SUPPORTED)})
 
 
 @router.post("/separate_reasoning")

@@ -150,6 +150,13 @@ def _check_token_id_options(body: ChatCompletionRequest | CompletionRequest) -> 
             raise APIError(f"{name}: not supported with streaming (set stream to false)", param=name)
 
 
+def _check_stream_options(body: ChatCompletionRequest | CompletionRequest) -> None:
+    """As OpenAI and vLLM (and /v1/responses here): stream_options only with stream true, where its
+    include_usage would otherwise be dropped without a word."""
+    if body.stream_options is not None and not body.stream:
+        raise APIError("stream_options: only allowed when stream is true", param="stream_options")
+
+
 def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     refuse_sglang_only_fields(body)
     if body.chat_template is not None:
@@ -157,6 +164,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                        "--chat-template", param="chat_template")
     mode, tools = tool_mode(body)
     _check_token_id_options(body)
+    _check_stream_options(body)
     prompt, tail, ids, kwargs = chat_prompt(state, body, tools)
     ids = truncated(ids, body.truncate_prompt_tokens, state.engine.context_length)
     continues = body.continue_final_message and bool(body.messages) and body.messages[-1].role == "assistant" and \
@@ -771,6 +779,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     refuse_sglang_only_fields(body)
     inputs = _completion_inputs(body, state.engine.tokenizer, state.engine.context_length)
     _check_token_id_options(body)
+    _check_stream_options(body)
     check_max_tokens(body.max_tokens, state.limits, "max_tokens")
     params = sampling_params(body, body.max_tokens, state.max_n)
     constraints = constraint_fields(body, body.response_format)

@@ -23,13 +23,15 @@ class ServerState:
     model_name: str
     max_n: int | None
     api_key: str | None = None
+    admin_api_key: str | None = None  # SGLang's: the admin routes take it instead of api_key (app.py)
     limits: RequestLimits = field(default_factory=RequestLimits)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     responses: ResponseStore = field(default_factory=ResponseStore)  # /v1/responses with store: true
     health_generate_timeout_s: float = 20.0  # SGLang's: /health_generate's token must come within this
 
     @classmethod
-    def from_engine(cls, engine: Any, api_key: str | None = None) -> "ServerState":
+    def from_engine(cls, engine: Any, api_key: str | None = None,
+                    admin_api_key: str | None = None) -> "ServerState":
         args = getattr(engine, "args", None)
         tokenizer = engine.tokenizer
         special = {name: getattr(tokenizer, name, None) or "" for name in
@@ -44,6 +46,8 @@ class ServerState:
                    markers=engine.markers, model_name=engine.served_model_name,
                    max_n=getattr(args, "max_n", None), api_key=api_key if api_key is not None
                    else getattr(args, "api_key", None),
+                   admin_api_key=admin_api_key if admin_api_key is not None
+                   else getattr(args, "admin_api_key", None),
                    limits=RequestLimits.from_args(args) if args is not None else RequestLimits(),
                    health_generate_timeout_s=getattr(args, "health_generate_timeout", 20.0))
 

@@ -702,7 +702,8 @@ def get_tool_call_parser(name: str) -> ToolCallParser:
     try:
         return _PARSERS[name]()
     except KeyError:
-        raise ValueError(f"unknown tool-call parser {name!r}; choose one of {', '.join(tool_call_parser_names())}") from None
+        raise ValueError(f"tool_call_parser: unknown tool-call parser {name!r}; choose one of "
+                         f"{', '.join(tool_call_parser_names())}") from None
 
 
 def guess_tool_call_parser(chat_template: str | None) -> ToolCallParser:
