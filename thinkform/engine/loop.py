@@ -558,8 +558,8 @@ class EngineLoop:
                     seq.detok.push([tid])
                 return FinishReason("stop", tid)
             if tid in p.stop_token_ids and may_stop and _gate_may_stop(gate):
-                # its text stays where asked, and under a grammar: the answer keeps the token it took
-                if p.no_stop_trim or p.include_stop_str_in_output or (gate is not None and gate.matcher is not None):
+                # its text stays where asked, and under a grammar where the answer without it is not complete
+                if p.no_stop_trim or p.include_stop_str_in_output or not _complete_without(seq, 1, b""):
                     seq.detok.push([tid])
                 return FinishReason("stop", tid)
             new = seq.detok.push([tid])
@@ -573,12 +573,12 @@ class EngineLoop:
                     return FinishReason("abort", message=str(e))
                 if hit is not None:
                     start, end, stop = hit
-                    # under a constraint the answer is complete here, with the stop string and the rest of
-                    # its token: cutting either could leave an answer the grammar does not accept
-                    if gate is None or gate.matcher is None:
-                        # SGLang's no_stop_trim keeps it all; vLLM's include_stop_str_in_output the stop string
-                        if not p.no_stop_trim:
-                            seq.detok.text = seq.detok.text[: end if p.include_stop_str_in_output else start]
+                    # SGLang's no_stop_trim keeps it all; vLLM's include_stop_str_in_output the stop string. Under
+                    # a constraint the answer is complete here, with the stop string and the rest of its token:
+                    # it is cut only where what is left is complete too (_cut_keeps_answer)
+                    cut = end if p.include_stop_str_in_output else start
+                    if not p.no_stop_trim and _cut_keeps_answer(seq, cut):
+                        seq.detok.text = seq.detok.text[:cut]
                     return FinishReason("stop", stop)
         return None
 
@@ -664,6 +664,64 @@ def _run(ids: list[int]) -> list[tuple[int, bool]]:
 def _gate_may_stop(gate: ReasoningGate | None) -> bool:
     """Whether the stop rules may end the request here as far as its gate is concerned."""
     return gate is None or gate.may_stop()
+
+
+def _cut_keeps_answer(seq: Sequence, cut: int) -> bool:
+    """Whether the output's text may be cut at `cut` (a stop string's): always without a constraint; never for a
+    JSON, regex or EBNF answer (it keeps the stop string: a stop can never cut it short); for a structural tag's
+    (tool calls, free text beside them), where the answer that is left is complete (free text, or after a call:
+    cut as without tools; never inside a call)."""
+    gate = seq.gate
+    text = seq.detok.text
+    if gate is None or gate.matcher is None or cut >= len(text):
+        return True
+    if seq.exact_answer:
+        return False
+    # the last tokens that hold the text after the cut: the answer's bytes from them up to the cut are kept
+    after = text[cut:].encode("utf-8")
+    hidden = seq.detok.hidden_ids
+    taken, count = 0, 0
+    for tid in reversed(seq.output_ids):
+        if tid in hidden:  # its bytes are the grammar's but not the text's: the two cannot be matched up
+            return False
+        taken += 1
+        count += len(gate.vocab.token_bytes[tid])
+        if count >= len(after):
+            break
+    tail = b"".join(gate.vocab.token_bytes[tid] for tid in seq.output_ids[len(seq.output_ids) - taken:])
+    if not tail.endswith(after):  # the text is not those tokens' bytes (a tokenizer's clean-up): kept whole
+        return False
+    return _complete_without(seq, taken, tail[: len(tail) - len(after)])
+
+
+def _complete_without(seq: Sequence, count: int, kept: bytes) -> bool:
+    """Whether the answer with its last `count` output tokens replaced by `kept` (their bytes up to a stop) is a
+    complete answer of its grammar: True without a grammar, False for a JSON, regex or EBNF answer (see
+    _cut_keeps_answer). The gate takes back those tokens (and any forced ones queued after them), its matcher
+    is asked, and the tokens are taken again: the gate ends as it was."""
+    gate = seq.gate
+    if gate is None or gate.matcher is None:
+        return True
+    if seq.exact_answer or count > len(seq.output_ids):
+        return False
+    again = seq.output_ids[len(seq.output_ids) - count:] + [tid for tid, _ in seq.forced_queue]
+    gate.rollback(len(again))
+    try:
+        if gate.phase not in (Phase.OPEN, Phase.ANSWER):  # they hold the end marker: the cut may be reasoning
+            return False
+        if not kept:
+            return gate.matcher.can_terminate()
+        try:
+            text = kept.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if not gate.matcher.accept_string(text):
+            return False
+        complete = gate.matcher.can_terminate()
+        gate.matcher.rollback(1)
+        return complete
+    finally:
+        gate.accept_forced(again)  # the same tokens from the same state: the same gate
 
 
 def _earliest_stop(text: str, new_len: int, p: Any) -> tuple[int, int, str] | None:
