@@ -52,12 +52,7 @@ class GptOssParser(ToolCallParser):
         if found is not None:
             return found.start()
         head = len(text) - len(text.lstrip())  # a call right after the final header: at the answer's start
-        if self._begin.match(text, head):
-            return head
-        # one cut in its header (by max_tokens): a declared tool's name and harmony's markup after it
-        cut = self._header_partial.match(text, head, partial=True)
-        name = cut.group("name") if cut is not None and cut.partial else None
-        return head if name and self.declares(name) and "<|" in text[cut.end("name"):] else -1
+        return head if self._begin.match(text, head) else -1
 
     def _maybe_start(self, text: str) -> int:
         """Hold back a call's header being written, and an answer whose start may still become a call."""

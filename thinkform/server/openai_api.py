@@ -179,8 +179,7 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         params["max_new_tokens"] = None
     constraints = constraint_fields(body, body.response_format)
     fields = constraints.fields
-    earlier_calls = sum(len(m.tool_calls or []) for m in body.messages)
-    tool_parser = state.tool_parser.for_tools(tools, earlier_calls).for_mode(mode)  # required / named: calls only
+    tool_parser = state.tool_parser.for_tools(tools, sum(len(m.tool_calls or []) for m in body.messages))
     if mode in ("required", "named"):
         if fields:
             raise APIError(f"tool_choice {mode!r} cannot be combined with another constraint", param="tool_choice")

@@ -92,12 +92,6 @@ class ToolCallParser(ABC):
     # named call's grammar admits up to that many newlines before the section's wrapper
     section_lead: str = ""
     declared: frozenset[str] | None = None  # the request's tools (for_tools); None: any name is a call
-    # tool_choice required / named (for_mode): the answer is calls only, so none of its text is content (the
-    # start of a call cut by max_tokens before a format could tell it, pythonic's `[get_wea`, is markup too)
-    calls_only: bool = False
-    # where the text ends inside a call's header: the text after the calls that _parse_section gives is content
-    # still (pythonic's text between its lists leaves the cut list out); else it goes, as after a cut call
-    _cut_keeps_after: bool = False
 
     @property
     def markup(self) -> tuple[str, ...]:
@@ -119,64 +113,27 @@ class ToolCallParser(ABC):
         """`parse`, or None where no call section is read at all (the text is all content).
 
         A call begun in the format's template that never completes (arguments that are not JSON, an answer
-        that stops inside it, or inside its header before the arguments begin) is no call, and its text is not
-        content either: a stream has sent its header, which it cannot take back, and must not send the same
-        markup again as content; the whole response gives what the stream gives (audit 7). Cut by max_tokens
-        (`with_cut_call`) inside its header after its name, it comes as a call of no arguments yet (what a
-        stream sends first of a call). A call of a function the request does not declare is dropped, its text
-        too, as SGLang's detectors and /parse_function_call drop it."""
+        that stops inside it) is no call, and its text is not content either: a stream has sent its header,
+        which it cannot take back, and must not send the same markup again as content; the whole response
+        gives what the stream gives (audit 7). A call of a function the request does not declare is dropped,
+        its text too, as SGLang's detectors and /parse_function_call drop it."""
         start = self._section_start(text)
         if start < 0:
-            return ("", []) if self.calls_only and text else None
+            return None
         section = text[start:]
         calls, after = self._parse_section(section)
         begun = self.partial_calls(section)
-        # a text that ends inside a call's header (before its arguments) has begun that call too
-        header = self._cut_header(section) if not begun or begun[-1][2] else None
         if with_cut_call:  # the call being written when the tokens ran out, its arguments done or not (its end
             # tag missing, the format's parse does not see it: streaming had sent it, audit 29)
-            cut = [ToolCall(name, args) for name, args, _ in begun[len(calls):]]
-            if header:  # its name written whole: the call, its arguments not begun
-                cut.append(ToolCall(header, ""))
-            calls = calls + cut[:1]
-        if not calls and not begun and header is None:
-            return ("", []) if self.calls_only else None
-        if any(not complete for _, _, complete in begun) or (header is not None and not self._cut_keeps_after):
-            after = ""  # the text after the calls holds a begun one: no content
+            calls = calls + [ToolCall(name, args) for name, args, _ in begun[len(calls):]][:1]
+        if not calls and not any(self.declares(name) for name, _, _ in begun):
+            return None
+        if any(not complete for _, _, complete in begun):  # the text after the calls holds a begun one: no content
+            after = ""
         calls = [call for call in self._raw_arguments(calls, begun) if self.declares(call.name)]
         for k, call in enumerate(calls):
             call.id = self.call_id(call.name, k) or call.id
         return text[:start].rstrip() + (after if after.strip() else ""), calls
-
-    def _cut_header(self, section: str) -> str | None:
-        """Where `section` (a call section, its complete calls read) ends inside the header of one more call,
-        before its arguments: that call's name, "" where the name is not written whole yet (or the section
-        holds only its opening); None where it does not."""
-        lead = self.wrapper[0] if self.wrapper else self.trigger
-        if lead.strip() and lead.strip().startswith(section.strip()):  # the section's opening, nothing more
-            return ""
-        if self._header_partial is None:
-            return None
-        last = None
-        for last in self._header_partial.finditer(section, partial=True):
-            pass
-        if last is None or not last.partial or last.start() == len(section):
-            return None
-        name = last.group("name")
-        # the name is whole once what follows it in the header has begun (`get_weather"`, not `get_weather`)
-        return name if name and last.end("name") < last.end() else ""
-
-    @cached_property
-    def _header_partial(self) -> regex.Pattern[str] | None:
-        """The pattern of a call's header up to its arguments (`_begin`), for partial matches at the text's end."""
-        return regex.compile(self._begin.pattern) if self._begin is not None else None
-
-    def for_mode(self, mode: str) -> "ToolCallParser":
-        """The parser for an answer under `mode` (a tool_choice: auto, none, required, named): required and
-        named answers are calls only."""
-        bound = copy.copy(self)
-        bound.calls_only = mode in ("required", "named")
-        return bound
 
     def declares(self, name: str) -> bool:
         """Whether a call of `name` is one (the request declares that function, or declared none)."""
@@ -640,40 +597,23 @@ class PythonicParser(ToolCallParser):
         m = self._start.search(text)
         return m.start() if m else -1
 
-    _cut_keeps_after = True  # the text between lists stays content when the last list is cut
-
     def _parse_calls(self, section: str) -> list[ToolCall]:
         return self._parse_section(section)[0]
 
     def _parse_section(self, section: str) -> tuple[list[ToolCall], str]:
-        return self._read_lists(section)[:2]
-
-    def _cut_header(self, section: str) -> str | None:
-        """The call being written where the text ends inside a list of calls, its arguments begun or not (they
-        are Python, sent whole at the end: none of them come): its name, "" where it is not whole yet or no
-        call is being written (the list cut after a comma)."""
-        return self._read_lists(section)[2]
-
-    def _read_lists(self, section: str) -> tuple[list[ToolCall], str, str | None]:
-        """The lists of calls in order, each up to its own `]` (a `]` of the text after it is text), the text
-        around them, and the call being written where the text ends inside the last list (_cut_header; None:
-        it does not); a list that is not calls ends the reading, it and what follows are text. A list the text
-        ends inside is no text: its complete calls come, as a JSON format's before its cut call."""
+        """The lists of calls in order, each up to its own `]` (a `]` of the text after it is text), and the
+        text around them; a list that is not calls ends the reading, it and what follows are text."""
         calls: list[ToolCall] = []
         content, pos = "", 0
         while (m := self._start.search(section, pos)) is not None:
-            at = section.index("[", m.start())
-            listed = _call_list(section, at)
+            listed = _call_list(section, section.index("[", m.start()))
             if listed is None:
-                cut = _cut_call_list(section, at)
-                if cut is None:
-                    break
-                return calls + cut[0], content + section[pos:m.start()], cut[1]
+                break
             content += section[pos:m.start()]
             calls += listed[0]
             end = self._list_end.match(section, listed[1])
             pos = end.end() if end else listed[1]
-        return calls, content + section[pos:], None
+        return calls, content + section[pos:]
 
 
 def _call_list(text: str, at: int) -> tuple[list[ToolCall], int] | None:
@@ -688,50 +628,6 @@ def _call_list(text: str, at: int) -> tuple[list[ToolCall], int] | None:
         return None
     calls = _literal_calls(tree.body)
     return (calls, end) if calls is not None else None
-
-
-_CALL_BEING_WRITTEN = re.compile(r"\s*(?P<name>[A-Za-z_][\w.]*)\s*(?P<open>\()?")
-
-
-def _cut_call_list(text: str, at: int) -> tuple[list[ToolCall], str] | None:
-    """For a list of calls opening at `at` that `text` ends inside (cut by max_tokens, say): its complete calls
-    and the name of the one being written ("" where its name is not whole yet, or none is); None where the list
-    closes, or is no list of calls as far as it goes."""
-    source = io.StringIO(text[at:].replace("\r", " ").replace("\0", " "))
-    starts: list[int] = []
-    read = 0
-
-    def readline() -> str:
-        nonlocal read
-        line = source.readline()
-        starts.append(read)
-        read += len(line)
-        return line
-
-    depth, commas = 0, []  # where the list's own commas are (between its calls)
-    try:
-        for token in tokenize.generate_tokens(readline):
-            if token.type == tokenize.OP and token.string in "()[]{}":
-                depth += 1 if token.string in "([{" else -1
-                if depth == 0:
-                    return None  # it closes
-            elif token.type == tokenize.OP and token.string == "," and depth == 1:
-                commas.append(at + starts[token.start[0] - 1] + token.start[1])
-    except tokenize.TokenError as e:  # the text ends inside the list, or a string runs to its end
-        row = e.args[1][0] if len(e.args) > 1 and isinstance(e.args[1], tuple) else 0
-        if row < text.count("\n", at) + 1:  # a string that does not close on a line the text goes on after
-            return None
-    except SyntaxError:
-        return None
-    try:
-        done = _literal_calls(ast.parse(f"[{text[at + 1:commas[-1]]}]", mode="eval").body) if commas else []
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    last = text[commas[-1] + 1 if commas else at + 1:]
-    being = _CALL_BEING_WRITTEN.match(last)
-    if done is None or (last.strip() and (being is None or not being.group("open") and being.end() < len(last))):
-        return None  # after the calls, something that begins no call
-    return done, being.group("name") if being is not None and being.group("open") else ""
 
 
 def _list_end(text: str, at: int) -> int | None:
@@ -859,8 +755,7 @@ class StreamingToolParser:
             kept = out.rstrip()  # as the whole parse gives the text before a call
             self._before_trigger = out[len(kept):]
             return kept, self._call_deltas()
-        # an answer of calls only: nothing is content, its text waits for the calls (or none) at the end
-        out = self._held[: 0 if self.parser.calls_only else self.parser._maybe_start(self._held)]
+        out = self._held[: self.parser._maybe_start(self._held)]
         # trailing whitespace waits for what follows it: dropped before a call (as the whole parse drops it),
         # sent with the next text or at the end
         out = out[: len(out.rstrip())]

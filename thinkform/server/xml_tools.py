@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cached_property
 from typing import Any, Mapping
-
-import regex
 
 from thinkform.server.tools import ToolCall, ToolCallParser, arguments_object, tool_name, tool_schema
 from thinkform.structured.xml_args import STYLES, arguments_so_far, read_params
@@ -59,11 +56,6 @@ class XmlToolCallParser(ToolCallParser):
 
     def partial_calls(self, section: str, final: bool = True, scans: Any = None) -> list[tuple[str, str, bool]]:
         return self._read_calls(section, final)[0]
-
-    @cached_property
-    def _header_partial(self) -> regex.Pattern[str]:
-        """A call's opening up to its name and the end of its tag (`_head`), for partial matches at the end."""
-        return regex.compile(self._head.pattern)
 
     def _parse_section(self, section: str) -> tuple[list[ToolCall], str]:
         """The calls, and where the format wraps them in a section (MiniMax-M2, DSML), the text after its end:
