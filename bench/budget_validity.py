@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--per-subset", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--checked-only", action="store_true", help="run each configuration with the step check only")
+    ap.add_argument("--compile-timeout", type=float, default=None,
+                    help="the engine's grammar_compile_timeout (seconds; a loaded machine may need more)")
     args = ap.parse_args()
 
     tok = build_qwen_tokenizer()
@@ -103,7 +106,8 @@ def main() -> None:
     clock = SearchClock()
     step_check = ReasoningGate.ending_instead
     rows: list[dict] = []
-    with Engine(model_path=str(model), reasoning_parser="deepseek-r1", max_total_tokens=8192) as engine:
+    timeout = {} if args.compile_timeout is None else {"grammar_compile_timeout": args.compile_timeout}
+    with Engine(model_path=str(model), reasoning_parser="deepseek-r1", max_total_tokens=8192, **timeout) as engine:
         schemas = []
         for path in sample_schemas(args.schemas_dir, args.per_subset, args.seed):
             text = path.read_text()
@@ -115,7 +119,7 @@ def main() -> None:
             schemas.append((path, text, engine.parts.ending_search.shortest_answer(compiled)))
         clock.take()
         for name, params in CONFIGS.items():
-            for checked in (True, False):
+            for checked in (True,) if args.checked_only else (True, False):
                 ReasoningGate.ending_instead = step_check if checked else (lambda *a, **k: None)  # type: ignore
                 for path, text, shortest in schemas:
                     fits = shortest is not None and shortest + closing_reserve(params["max_new_tokens"]) <= \

@@ -182,6 +182,14 @@ class ReasoningGate:
         self._history: list[_Snapshot] = []
         self._endings: dict[int, list[int] | None] = {}  # the endings found, by the tokens taken before them
         self._watched: int | None = None  # the length of the last ending found that fitted: steps are checked
+        # a plain grammar's (JSON, regex, EBNF) ending is never appended while the model's own answer may still fit:
+        # where a look would append it, the model writes on and every step is checked from there (ending_instead);
+        # appended at the look, it replaced answers that fitted (`"score": 987654, "ok": true` came back
+        # `"score": 0, "ok": false` with 24 tokens unused). Calls in free text (a structural tag's, tools under
+        # auto) keep the look's append: a call the model begins there cannot be undone back to its trigger, and
+        # half a call is no answer (a pythonic call under required is one grammar, and waits)
+        self._ending_may_wait = closing_scope is None and between_calls is None and not closing_unfinished_only
+        self._ending_waits = False  # an ending that fits is known and every step is checked (no steering then)
         # a family with header ends (gpt-oss's bare ` to=functions.`, an end only in a message's header): whether
         # the bytes so far end inside a header, and (token index, the state before it) where a token changed it
         self._header_search: tuple[Any, ...] | None = None
@@ -324,7 +332,7 @@ class ReasoningGate:
         """The answer is being steered to its end: the tokens left are within the closing reserve."""
         if self._closing is None or self.phase is not Phase.ANSWER or self.max_new_tokens is None:
             return False
-        if self.max_new_tokens - len(self._history) > self._closing_reserve:
+        if self.max_new_tokens - len(self._history) > self._closing_reserve or self._ending_waits:
             return False
         return self._in_closing_scope()
 
@@ -411,8 +419,10 @@ class ReasoningGate:
         """A short ending of the grammar and EOS (EOS alone where the grammar may end already), looked for
         when the tokens left fall to 4×, 2× and 1× the closing reserve. One found early is not appended at
         once: the model writes on, the ending is looked for again halfway to where it would stop fitting (its
-        length and half of it for growth), and appended there; at the last point, whenever it fits."""
-        if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None:
+        length and half of it for growth), and appended there; at the last point, whenever it fits. A plain
+        grammar's is not appended there either (_ending_may_wait): the model writes on, each step checked."""
+        if self._ending is None or not self._ending_points or self.matcher is None or self.max_new_tokens is None \
+                or self._ending_waits:
             return []
         left = self.max_new_tokens - num_generated
         if self._call_room and left <= self._closing_reserve + self._call_room:
@@ -438,6 +448,9 @@ class ReasoningGate:
             if again > later:
                 self._ending_points.insert(0, again)
             return []
+        if self._ending_may_wait:
+            self._ending_waits = True  # from here every step is checked (ending_instead)
+            return []
         self.closed_by_budget = True
         return ids
 
@@ -455,20 +468,24 @@ class ReasoningGate:
         left = self.max_new_tokens - num_generated - len(taken)
         watched = self._watched is not None
         # a one-token step grows the ending by little (the looks keep a margin for that) until it nears the
-        # end of that margin; forced text (a key and what it requires) may grow it by a whole object
-        if watched and len(taken) == 1 and left > self._need(self._watched):  # type: ignore[arg-type]
+        # end of that margin; forced text (a key and what it requires) may grow it by a whole object. Once the
+        # ending waits (_ending_may_wait) every step is checked: one token may commit to a long piece (`y` where
+        # the regex goes on `[0-9]{30};`)
+        if watched and not self._ending_waits and len(taken) == 1 \
+                and left > self._need(self._watched):  # type: ignore[arg-type]
             return None
         if not watched and (not self._ending_points or left > self._ending_points[0]):
             return None
         if not self._in_closing_scope() and self._grammar_may_end():  # text where the answer may end: nothing begun
             return None
-        after = self._ending_now()
-        # none found from there: undone only where the ending must be written now (the reserve); further out
-        # the model writes on, as a look there lets it
+        after = self._kept_ending(len(taken), left) or self._ending_now()
+        # none found from there: undone only where the ending must be written now (the reserve, or a waiting
+        # ending's steps); further out the model writes on, as a look there lets it. Room for the ending's EOS is
+        # kept: an answer the ending completes ends "stop"
         if self._fitted(after, left, False) is not None:
             self._watched = len(after)  # type: ignore[arg-type]
             return None
-        if after is None and left > self._closing_reserve:
+        if after is None and left > self._closing_reserve and not self._ending_waits:
             return None
         self.rollback(len(taken))
         # from text where the answer may end, outside closing's scope (a tool call's, a structural tag's), the
@@ -482,6 +499,35 @@ class ReasoningGate:
             return None
         self.closed_by_budget = True
         return before
+
+    def _kept_ending(self, steps: int, left: int) -> list[int] | None:
+        """The ending from before a step of `steps` tokens, where it still ends the answer from here and fits
+        `left` (a string or a number the model goes on writing: most steps), kept for here without a search;
+        else None (searched: a shorter one may have come within reach)."""
+        at = len(self._history)
+        before = self._endings.get(at - steps)
+        if at in self._endings or not before or self._fitted(before, left, False) is None \
+                or not self._still_ends(before):
+            return None
+        self._endings[at] = before
+        while len(self._endings) > 2:
+            del self._endings[next(iter(self._endings))]
+        return before
+
+    def _still_ends(self, ids: list[int]) -> bool:
+        """Whether the grammar takes `ids` from here and ends with them (the matcher left as it was)."""
+        taken = 0
+        try:
+            for token_id in ids:
+                if token_id in self._eos:
+                    return token_id == ids[-1] and self.matcher.can_terminate()
+                if not self.matcher.accept_token(token_id):
+                    return False
+                taken += 1
+            return self.matcher.is_terminated()
+        finally:
+            if taken:
+                self.matcher.rollback(taken)
 
     def _need(self, length: int) -> int:
         """The tokens a found ending of `length` waits for: its length and a margin for growth (half of it, or
