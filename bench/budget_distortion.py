@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 from collections import defaultdict
@@ -27,16 +26,10 @@ from thinkform.structured.spec import constraint_from_fields
 from thinkform.testing.models import make_tiny_model_dir
 from thinkform.testing.qwen_vocab import build_qwen_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_validity import sample_schemas  # noqa: E402  (the same schemas for the same seed)
+
 PROMPT = "Give the answer as JSON."
-
-
-def sample_schemas(root: Path, per_subset: int, seed: int) -> list[Path]:
-    rng = random.Random(seed)
-    picked = []
-    for subset in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(subset.glob("*.json"))
-        picked += rng.sample(files, min(per_subset, len(files)))
-    return picked
 
 
 def valid(schema: dict, content: str) -> bool:
