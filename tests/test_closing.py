@@ -873,3 +873,26 @@ def test_an_answer_that_may_end_anywhere_ends_with_eos_at_its_budget(qwen_vocab_
             out = _write(engine, gate, digit * budget)
             assert gate.finished and len(out) <= budget, (budget, tok.decode(out))
             assert tok.decode(out[:-1]) == "7" * (len(out) - 1)
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
+def test_an_ending_kept_from_before_a_step_never_goes_on_with_the_models_item(qwen_vocab_model, backend) -> None:
+    """Review: a step whose earlier ending still ended the answer kept it without a search, and where a later step
+    gave way, that ending was written: from there its first bytes went on with the model's item (`(ab,cd` ended
+    `(ab,cda)`, `1,22,3` as `1,22,30`, `1e99` as `1e990`). A search from the step's state writes the ending; one
+    kept is written only where none found fits. The answer is what the model wrote, cut, and closed."""
+    import re
+
+    from thinkform import Engine
+
+    model, tok = qwen_vocab_model
+    cases = [(r"\(([a-z]+,)*[a-z]+\)", ["(", "ab", ",", "cd", ",", "ef", ")"]),
+             (r"(\d+,)*\d+", ["1", ",", "2", "2", ",", "3", ",", "4"])]
+    with Engine(model_path=str(model), max_total_tokens=8192, disable_jump_forward=True,
+                grammar_backend=backend) as engine:
+        for rx, pieces in cases:
+            script = [tok.encode(p, add_special_tokens=False)[0] for p in pieces]
+            for budget in range(4, 24):
+                gate = _gate_for(engine, {"regex": rx}, budget)
+                text = tok.decode(_write(engine, gate, script)).removesuffix("<|im_end|>")
+                assert re.fullmatch(rx, text) and "".join(pieces).startswith(text.rstrip(")")), (budget, text)

@@ -181,6 +181,7 @@ class ReasoningGate:
         self._spelling_start = False  # appending the start marker's tokens for the model
         self._history: list[_Snapshot] = []
         self._endings: dict[int, list[int] | None] = {}  # the endings found, by the tokens taken before them
+        self._kept: dict[int, list[int]] = {}  # endings from before a step that still end the answer (_kept_ending)
         self._watched: int | None = None  # the length of the last ending found that fitted: steps are checked
         # a plain grammar's (JSON, regex, EBNF) ending is never appended while the model's own answer may still fit:
         # where a look would append it, the model writes on and every step is checked from there (ending_instead);
@@ -494,6 +495,8 @@ class ReasoningGate:
         # call is written that the model did not begin
         usable = self._in_closing_scope() or self._grammar_may_end()
         before = self._fitted(self._ending_now(), left + len(taken)) if usable else None
+        if before is None and usable:  # the search's is longer than one kept here, which does fit
+            before = self._fitted(self._kept.get(len(self._history)), left + len(taken))
         self._advance(list(before if before is not None else taken))
         if before is None:
             return None
@@ -502,16 +505,18 @@ class ReasoningGate:
 
     def _kept_ending(self, steps: int, left: int) -> list[int] | None:
         """The ending from before a step of `steps` tokens, where it still ends the answer from here and fits
-        `left` (a string or a number the model goes on writing: most steps), kept for here without a search;
-        else None (searched: a shorter one may have come within reach)."""
+        `left` (a string or a number the model goes on writing: most steps): proof that an ending fits, without a
+        search; else None (searched: a shorter one may have come within reach). It is kept apart, and written only
+        where a search from here finds none that fits: from here its first bytes may go on with the model's item
+        instead of closing it (`1e99` + `0}` is `1e990}`, `1,22,3` + `0` is `1,22,30`), which a search does not."""
         at = len(self._history)
-        before = self._endings.get(at - steps)
+        before = self._endings.get(at - steps) or self._kept.get(at - steps)
         if at in self._endings or not before or self._fitted(before, left, False) is None \
                 or not self._still_ends(before):
             return None
-        self._endings[at] = before
-        while len(self._endings) > 2:
-            del self._endings[next(iter(self._endings))]
+        self._kept[at] = before
+        while len(self._kept) > 2:
+            del self._kept[next(iter(self._kept))]
         return before
 
     def _still_ends(self, ids: list[int]) -> bool:
@@ -590,6 +595,7 @@ class ReasoningGate:
         snapshot = self._history[-num_tokens]
         del self._history[-num_tokens:]
         self._endings = {at: ids for at, ids in self._endings.items() if at <= len(self._history)}
+        self._kept = {at: ids for at, ids in self._kept.items() if at <= len(self._history)}
         self._restore(snapshot)
         if steps and self.matcher is not None:
             self.matcher.rollback(steps)
