@@ -92,3 +92,13 @@ def test_a_regex_answer_keeps_its_stop_string(engine64):
             assert re.fullmatch("[a-z]+", out["text"]) and "e" in out["text"], out["text"]
             kept += not out["text"].startswith("e")  # cut, it would have been a complete answer
     assert kept  # such a stop did end some of them
+
+
+def test_a_stop_token_on_the_first_answer_token_leaves_no_empty_answer(engine64, free_text):
+    """Review: a stop_token_id that hit on the first answer token under tools auto was trimmed to an empty answer
+    (constraint_satisfied true), where the gate's rule is that an empty answer is no answer: the token's text
+    stays, as it stays under any grammar whose answer is not complete without it."""
+    ids, _, _ = free_text
+    text, reason = _run(engine64, True, stop_token_ids=[ids[0]])
+    assert reason == {"type": "stop", "matched": ids[0]}
+    assert text == engine64.tokenizer.decode([ids[0]]) and text.strip()

@@ -709,8 +709,8 @@ def _complete_without(seq: Sequence, count: int, kept: bytes) -> bool:
     try:
         if gate.phase not in (Phase.OPEN, Phase.ANSWER):  # they hold the end marker: the cut may be reasoning
             return False
-        if not kept:
-            return gate.matcher.can_terminate()
+        if not kept:  # the gate's own rule: an empty answer is no answer
+            return gate.may_stop()
         try:
             text = kept.decode("utf-8")
         except UnicodeDecodeError:
