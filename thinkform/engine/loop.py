@@ -697,31 +697,15 @@ def _cut_keeps_answer(seq: Sequence, cut: int) -> bool:
 def _complete_without(seq: Sequence, count: int, kept: bytes) -> bool:
     """Whether the answer with its last `count` output tokens replaced by `kept` (their bytes up to a stop) is a
     complete answer of its grammar: True without a grammar, False for a JSON, regex or EBNF answer (see
-    _cut_keeps_answer). The gate takes back those tokens (and any forced ones queued after them), its matcher
-    is asked, and the tokens are taken again: the gate ends as it was."""
+    _cut_keeps_answer); else the gate's verdict (those tokens and any forced ones queued after them taken back
+    and taken again: the gate ends as it was)."""
     gate = seq.gate
     if gate is None or gate.matcher is None:
         return True
     if seq.exact_answer or count > len(seq.output_ids):
         return False
-    again = seq.output_ids[len(seq.output_ids) - count:] + [tid for tid, _ in seq.forced_queue]
-    gate.rollback(len(again))
-    try:
-        if gate.phase not in (Phase.OPEN, Phase.ANSWER):  # they hold the end marker: the cut may be reasoning
-            return False
-        if not kept:  # the gate's own rule: an empty answer is no answer
-            return gate.may_stop()
-        try:
-            text = kept.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        if not gate.matcher.accept_string(text):
-            return False
-        complete = gate.matcher.can_terminate()
-        gate.matcher.rollback(1)
-        return complete
-    finally:
-        gate.accept_forced(again)  # the same tokens from the same state: the same gate
+    return gate.complete_without(seq.output_ids[len(seq.output_ids) - count:] + [t for t, _ in seq.forced_queue],
+                                 kept)
 
 
 def _earliest_stop(text: str, new_len: int, p: Any) -> tuple[int, int, str] | None:

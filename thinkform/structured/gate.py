@@ -575,6 +575,28 @@ class ReasoningGate:
         self.closed_by_budget = True
         return ids
 
+    def complete_without(self, last_ids: Sequence[int], kept: bytes) -> bool:
+        """Whether the answer with `last_ids` (its last tokens taken) replaced by the bytes `kept` is complete: a
+        stop string may cut the text there. The tokens are taken back, the grammar asked, and the same tokens
+        taken again from the same state: the gate ends as it was."""
+        self.rollback(len(last_ids))
+        try:
+            if self.phase not in (Phase.OPEN, Phase.ANSWER):  # they hold the end marker: the cut may be reasoning
+                return False
+            if not kept:  # an empty answer is no answer
+                return self.may_stop()
+            try:
+                text = kept.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            if not self.matcher.accept_string(text):  # type: ignore[union-attr]
+                return False
+            complete = self.matcher.can_terminate()  # type: ignore[union-attr]
+            self.matcher.rollback(1)  # type: ignore[union-attr]
+            return complete
+        finally:
+            self._advance(list(last_ids))
+
     def accept_forced(self, token_ids: Sequence[int]) -> None:
         """The engine appended `token_ids` (from forced_tokens) to the output."""
         self._advance(list(token_ids))
