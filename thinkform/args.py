@@ -28,6 +28,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # SGLang's own choices for flags that change nothing here (its server_args.py, every value of its versions)
 SCHEDULE_POLICIES = ("lpm", "random", "fcfs", "dfs-weight", "lof", "priority", "routing-key")
 SAMPLING_BACKENDS = ("flashinfer", "pytorch", "ascend")
+SECRET_ARGS = ("api_key", "admin_api_key")  # never shown in server info
 # SGLang's other spellings of our flags
 FLAG_ALIASES = {"model_path": ("--model",)}
 

@@ -14,7 +14,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from thinkform.args import EngineArgs
+from thinkform.args import SECRET_ARGS, EngineArgs
 from thinkform.engine.errors import DuplicateRequestId, EngineDead, EngineOverloaded, RequestFieldError
 from thinkform.engine.heap import freeze_startup_heap
 from thinkform.engine.loop import EngineLoop
@@ -314,7 +314,7 @@ class Engine:
         internal = {"last_gen_throughput": stats["last_gen_throughput"],
                     "memory_usage": {"token_capacity": pool.token_capacity,
                                      "tokens_used": stats["kv_pages_used"] * pool.page_size}}
-        return {**{k: v for k, v in vars(self.args).items() if k not in ("api_key", "admin_api_key")}, **stats, "internal_states": [internal],
+        return {**{k: v for k, v in vars(self.args).items() if k not in SECRET_ARGS}, **stats, "internal_states": [internal],
                 "grammar_cache": dataclasses.asdict(self.parts.grammar_cache.stats()),
                 "model_path": model["model_path"], "tokenizer_path": model["tokenizer_path"],
                 "served_model_name": self.served_model_name, "model_name": self.served_model_name,

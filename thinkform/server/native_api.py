@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from thinkform.args import SECRET_ARGS
 from thinkform.engine.engine import SGLANG_IGNORED_KEYWORDS, SGLANG_NEUTRAL_KEYWORDS, refuse_sglang_only
 from thinkform.engine.errors import ContextLengthError, EngineOverloaded, RequestFieldError
 from thinkform.engine.sampling_params import SamplingParamError
@@ -198,14 +199,12 @@ async def get_model_info(request: Request) -> dict[str, Any]:
     return _state(request).engine.get_model_info()
 
 
-_SECRET_ARGS = ("api_key", "admin_api_key")  # never shown, whatever the engine's info holds
-
-
 @router.get("/get_server_info")
 @router.get("/server_info", operation_id="server_info")  # SGLang's newer name
 async def get_server_info(request: Request) -> dict[str, Any]:
     state = _state(request)
-    info = {k: v for k, v in state.engine.get_server_info().items() if k not in _SECRET_ARGS}
+    # the keys never shown, whatever the engine's info holds
+    info = {k: v for k, v in state.engine.get_server_info().items() if k not in SECRET_ARGS}
     # the --tool-call-parser name as given (qwen25, as SGLang reports it, though it reads hermes' format), else
     # the format guessed from the chat template
     given = getattr(getattr(state.engine, "args", None), "tool_call_parser", None)
